@@ -1,0 +1,136 @@
+//! Local-directory object store: atomic, never-overwriting puts via hard links.
+
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStore { root }
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        if key.split('/').any(|c| c == ".." || c.is_empty()) {
+            bail!("invalid object key {key:?}");
+        }
+        Ok(self.root.join(key))
+    }
+
+    /// Writes via a temp file in the target directory and links it into place, so a reader
+    /// never sees a partial object and an existing object is never replaced.
+    fn put_with(&self, key: &str, fill: &mut dyn FnMut(&mut fs::File) -> Result<()>) -> Result<PutOutcome> {
+        let dest = self.path(key)?;
+        if dest.exists() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).with_context(|| format!("creating directory {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .with_context(|| format!("creating temp file in {}", dir.display()))?;
+        fill(tmp.as_file_mut()).with_context(|| format!("writing {}", dest.display()))?;
+        tmp.as_file().sync_all().with_context(|| format!("syncing {}", dest.display()))?;
+        let outcome = match fs::hard_link(tmp.path(), &dest) {
+            Ok(()) => PutOutcome::Created,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => PutOutcome::AlreadyExists,
+            Err(e) => return Err(e).with_context(|| format!("storing {}", dest.display())),
+        };
+        if let Ok(d) = fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(outcome)
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn check(&self) -> Result<()> {
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("archive directory {}", self.root.display()))?;
+        let probe = tempfile::tempfile_in(&self.root)
+            .with_context(|| format!("archive directory {} is not writable", self.root.display()))?;
+        drop(probe);
+        Ok(())
+    }
+
+    fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        self.put_with(key, &mut |f| {
+            let mut src = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            std::io::copy(&mut src, f)?;
+            Ok(())
+        })
+    }
+
+    fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        self.put_with(key, &mut |f| Ok(f.write_all(data)?))
+    }
+
+    fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
+        let p = self.path(key)?;
+        let mut f = match fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!("{}/{key}", self.describe())).into())
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", p.display())),
+        };
+        std::io::copy(&mut f, w).with_context(|| format!("reading {}", p.display()))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut out = Vec::new();
+        // Walk from the deepest directory the prefix names.
+        let start_rel = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if start_rel.is_empty() { self.root.clone() } else { self.root.join(start_rel) };
+        let mut stack = vec![start];
+        while let Some(dir) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            };
+            for ent in rd {
+                let ent = ent?;
+                let ft = ent.file_type()?;
+                let p = ent.path();
+                if ft.is_dir() {
+                    stack.push(p);
+                } else if ft.is_file() {
+                    let name = ent.file_name();
+                    if name.to_string_lossy().starts_with(".tmp-") {
+                        continue;
+                    }
+                    let rel = p.strip_prefix(&self.root).unwrap_or(&p);
+                    let key = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                    if key.starts_with(prefix) {
+                        out.push(ObjectMeta { key, size: ent.metadata()?.len() });
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let p = self.path(key)?;
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting {}", p.display())),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The archive: an object store behind a small trait, chosen by URL (s3:// or a local dir).
+
+pub mod local;
+pub mod s3;
+
+use crate::config::{ArchiveLocation, ArchiveSettings, Compression};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Key relative to the archive root (the URL's bucket and prefix, or directory).
+    pub key: String,
+    pub size: u64,
+}
+
+/// What a conditional put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    /// The key existed; nothing was written (objects are immutable).
+    AlreadyExists,
+}
+
+/// Errors a caller branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} not found")]
+    NotFound(String),
+}
+
+/// A minimal object store. Keys are relative, `/`-separated paths.
+pub trait ObjectStore: Send + Sync {
+    /// Where this store points, for messages (no secrets).
+    fn describe(&self) -> String;
+    /// Fails with a clear error when the store cannot be reached or written (missing bucket,
+    /// wrong credentials, missing directory).
+    fn check(&self) -> Result<()>;
+    /// Stores the contents of `path` under `key` unless `key` exists. Durable on return.
+    fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome>;
+    /// Stores `data` under `key` unless `key` exists.
+    fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
+    /// Streams the object into `w`; `StoreError::NotFound` when it does not exist.
+    fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64>;
+    /// All objects whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Removes an object; removing a missing one is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+}
+
+/// Opens the store the settings point at.
+pub fn open(settings: &ArchiveSettings) -> Result<Box<dyn ObjectStore>> {
+    Ok(match &settings.location {
+        ArchiveLocation::Local(dir) => Box::new(local::LocalStore::new(dir.clone())),
+        ArchiveLocation::S3 { .. } => Box::new(s3::S3Store::new(&settings.location)?),
+    })
+}
+
+/// Downloads an object to a temp file (bounded memory) and checks its sha256 when known.
+pub fn download(store: &dyn ObjectStore, key: &str, expected_sha256: Option<&str>) -> Result<std::fs::File> {
+    use sha2::Digest;
+    let mut file = tempfile::tempfile().context("creating a temp file for the download")?;
+    {
+        let mut w = std::io::BufWriter::new(&mut file);
+        store.get_into(key, &mut w)?;
+        w.flush()?;
+    }
+    file.seek(SeekFrom::Start(0))?;
+    if let Some(want) = expected_sha256 {
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut file, &mut h)?;
+        let got = hex::encode(h.finalize());
+        if got != want {
+            bail!("object {key} is corrupt: sha256 {got} does not match the manifest's {want}");
+        }
+        file.seek(SeekFrom::Start(0))?;
+    }
+    Ok(file)
+}
+
+/// A reader that decompresses an archived object by its compression.
+pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead>> {
+    let f = BufReader::with_capacity(256 << 10, file);
+    Ok(match c {
+        Compression::None => Box::new(f),
+        Compression::Gzip => Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(f))),
+        Compression::Zstd => Box::new(BufReader::new(zstd::stream::read::Decoder::with_buffer(f)?)),
+    })
+}
+
+#[cfg(test)]
+pub mod conformance {
+    //! One suite every `ObjectStore` impl must pass; the integration tests run it against S3.
+    use super::*;
+
+    pub fn run(store: &dyn ObjectStore) {
+        store.check().expect("check");
+        assert!(store.list("conf/").unwrap().is_empty(), "fresh store must be empty");
+        assert_eq!(
+            store.put_bytes_if_absent("conf/a/one.log", b"first").unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store.put_bytes_if_absent("conf/a/one.log", b"second").unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        let mut got = Vec::new();
+        store.get_into("conf/a/one.log", &mut got).unwrap();
+        assert_eq!(got, b"first", "an existing object must never be overwritten");
+
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(tmp.path(), &big).unwrap();
+        assert_eq!(
+            store.put_file_if_absent("conf/b/big.bin", tmp.path()).unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store.put_file_if_absent("conf/b/big.bin", tmp.path()).unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        let mut got = Vec::new();
+        assert_eq!(store.get_into("conf/b/big.bin", &mut got).unwrap(), big.len() as u64);
+        assert!(got == big, "large object round trip differs");
+
+        let list = store.list("conf/").unwrap();
+        let keys: Vec<_> = list.iter().map(|m| (m.key.as_str(), m.size)).collect();
+        assert_eq!(keys, vec![("conf/a/one.log", 5), ("conf/b/big.bin", big.len() as u64)]);
+        assert_eq!(store.list("conf/a/").unwrap().len(), 1);
+        assert!(store.list("nothing/").unwrap().is_empty());
+
+        let err = store.get_into("conf/missing", &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))),
+            "missing object must be NotFound, got {err:#}"
+        );
+        store.delete("conf/a/one.log").unwrap();
+        store.delete("conf/a/one.log").unwrap();
+        assert_eq!(store.list("conf/").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn local_store_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        run(&local::LocalStore::new(dir.path().to_path_buf()));
+    }
+}

@@ -1,0 +1,217 @@
+//! S3 (and S3-compatible) object store via rust-s3, synchronous.
+
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::config::ArchiveLocation;
+use anyhow::{anyhow, bail, Context, Result};
+use s3::creds::Credentials;
+use s3::error::S3Error;
+use s3::{Bucket, Region};
+use std::io::Write;
+use std::path::Path;
+
+/// Objects up to this size go up in one conditional PUT; larger ones stream as multipart.
+const SINGLE_PUT_MAX: u64 = 8 << 20;
+
+pub struct S3Store {
+    bucket: Box<Bucket>,
+    name: String,
+    prefix: String,
+    endpoint: String,
+}
+
+impl S3Store {
+    pub fn new(loc: &ArchiveLocation) -> Result<Self> {
+        let ArchiveLocation::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            access_key_id,
+            secret_access_key,
+        } = loc
+        else {
+            bail!("not an S3 location");
+        };
+        let creds = match (access_key_id, secret_access_key) {
+            (Some(id), Some(secret)) => {
+                Credentials::new(Some(id), Some(secret.expose()), None, None, None)
+                    .map_err(|_| anyhow!("invalid S3 credentials"))?
+            }
+            (None, None) => Credentials::anonymous().map_err(|_| anyhow!("S3 credentials"))?,
+            _ => bail!("S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        };
+        let reg = match endpoint {
+            Some(ep) => Region::Custom { region: region.clone(), endpoint: ep.clone() },
+            None => region
+                .parse()
+                .map_err(|_| anyhow!("unknown AWS region {region:?}"))?,
+        };
+        let mut b = Bucket::new(bucket, reg, creds)
+            .map_err(|e| anyhow!("S3 bucket {bucket}: {}", short(&e)))?;
+        if *path_style {
+            b = b.with_path_style();
+        }
+        Ok(S3Store {
+            bucket: b,
+            name: bucket.clone(),
+            prefix: prefix.clone(),
+            endpoint: endpoint.clone().unwrap_or_else(|| "aws".into()),
+        })
+    }
+
+    fn full(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.name, self.full(key))
+    }
+
+    /// Turns an S3 error into a one-line reason an operator can act on.
+    fn explain(&self, e: &S3Error) -> anyhow::Error {
+        match e {
+            S3Error::HttpFailWithBody(code, body) => {
+                let s3code = xml_tag(body, "Code").unwrap_or_default();
+                match (code, s3code.as_str()) {
+                    (404, "NoSuchBucket") => anyhow!("bucket {} does not exist at {}", self.name, self.endpoint),
+                    (403, _) | (_, "SignatureDoesNotMatch") | (_, "InvalidAccessKeyId") => anyhow!(
+                        "access denied to bucket {} at {} ({}; check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                        self.name, self.endpoint, if s3code.is_empty() { "HTTP 403".into() } else { s3code }
+                    ),
+                    _ => anyhow!("S3 answered HTTP {code} {s3code} at {}", self.endpoint),
+                }
+            }
+            other => anyhow!("S3 at {}: {}", self.endpoint, short(other)),
+        }
+    }
+
+    fn exists(&self, key: &str) -> Result<bool> {
+        match self.bucket.head_object(self.full(key)) {
+            Ok((_, 200)) => Ok(true),
+            Ok((_, 404)) => Ok(false),
+            Ok((_, code)) => bail!("HEAD {} answered HTTP {code}", self.url(key)),
+            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => Ok(false),
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("checking {}", self.url(key))),
+        }
+    }
+}
+
+fn short(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let i = body.find(&open)? + open.len();
+    let j = body[i..].find(&close)? + i;
+    Some(body[i..j].to_string())
+}
+
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        self.url("").trim_end_matches('/').to_string()
+    }
+
+    fn check(&self) -> Result<()> {
+        // Bucket::exists() fails on servers whose bucket list lacks <Owner>; a one-key list
+        // of our prefix checks the bucket and the credentials instead.
+        self.bucket
+            .list_page(self.full(""), None, None, None, Some(1))
+            .map(|_| ())
+            .map_err(|e| self.explain(&e))
+            .with_context(|| format!("archive {}", self.describe()))
+    }
+
+    fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        if self.exists(key)? {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let size = std::fs::metadata(path)?.len();
+        if size <= SINGLE_PUT_MAX {
+            let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            return self.put_bytes_if_absent(key, &data);
+        }
+        let mut f = std::fs::File::open(path)?;
+        match self.bucket.put_object_stream(&mut f, self.full(key)) {
+            Ok(200) => Ok(PutOutcome::Created),
+            Ok(code) => bail!("uploading {}: HTTP {code}", self.url(key)),
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("uploading {}", self.url(key))),
+        }
+    }
+
+    fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        if self.exists(key)? {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert("if-none-match", http::HeaderValue::from_static("*"));
+        match self.bucket.put_object_with_headers(self.full(key), data, Some(h)) {
+            Ok(r) if r.status_code() == 200 => Ok(PutOutcome::Created),
+            Ok(r) => bail!("uploading {}: HTTP {}", self.url(key), r.status_code()),
+            Err(S3Error::HttpFailWithBody(412, _)) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("uploading {}", self.url(key))),
+        }
+    }
+
+    fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
+        let mut counting = Counting { inner: w, n: 0 };
+        match self.bucket.get_object_to_writer(self.full(key), &mut counting) {
+            Ok(200) => Ok(counting.n),
+            Ok(404) => Err(StoreError::NotFound(self.url(key)).into()),
+            Ok(code) => bail!("downloading {}: HTTP {code}", self.url(key)),
+            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
+                Err(StoreError::NotFound(self.url(key)).into())
+            }
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("downloading {}", self.url(key))),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let pages = self
+            .bucket
+            .list(self.full(prefix), None)
+            .map_err(|e| self.explain(&e))
+            .with_context(|| format!("listing {}", self.url(prefix)))?;
+        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut out: Vec<ObjectMeta> = pages
+            .into_iter()
+            .flat_map(|p| p.contents)
+            .filter_map(|o| {
+                o.key.strip_prefix(&strip).map(|k| ObjectMeta { key: k.to_string(), size: o.size })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        match self.bucket.delete_object(self.full(key)) {
+            Ok(_) => Ok(()),
+            Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("deleting {}", self.url(key))),
+        }
+    }
+}
+
+struct Counting<'a> {
+    inner: &'a mut (dyn Write + Send),
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

@@ -1,0 +1,614 @@
+//! Configuration: TOML file < environment < flags, resolved once into typed `Settings`.
+//! This is the only module that reads the environment; commands take `Settings`.
+
+use crate::cli::CommonOpts;
+use crate::records::{Column, Layout};
+use crate::warehouse::redshift::{CopySpec, S3Auth};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A secret string: never printed by Debug or Display.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub kafka: KafkaFile,
+    #[serde(default)]
+    pub archive: ArchiveFile,
+    #[serde(default)]
+    pub warehouse: WarehouseFile,
+    #[serde(default)]
+    pub records: Option<RecordsFile>,
+    #[serde(default)]
+    pub aggregate: AggregateFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    /// Bootstrap servers, comma separated.
+    pub brokers: Option<String>,
+    /// Topic to archive.
+    pub topic: Option<String>,
+    /// Consumer group whose committed offsets mark what is archived.
+    pub group: Option<String>,
+    /// security.protocol (plaintext, ssl, sasl_plaintext, sasl_ssl).
+    pub security_protocol: Option<String>,
+    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// Secret; BATCHLAYER_KAFKA_SASL_PASSWORD overrides.
+    pub sasl_password: Option<Secret>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveFile {
+    /// s3://bucket/prefix, file:///dir or a plain path.
+    pub url: Option<String>,
+    /// Endpoint of an S3-compatible server (path-style addressing is then used).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    /// Secret; AWS_SECRET_ACCESS_KEY overrides.
+    pub secret_access_key: Option<Secret>,
+    /// none, gzip (default) or zstd.
+    pub compression: Option<String>,
+    /// Rotate objects at this many uncompressed bytes (default 128 MiB).
+    pub max_object_bytes: Option<u64>,
+    /// Rotate objects at this many records (default: no limit).
+    pub max_object_records: Option<u64>,
+    /// Time folder template: {topic} {YYYY} {MM} {DD} {HH}.
+    pub key_template: Option<String>,
+    /// Zone of the time folders: "UTC" or a fixed offset like "+02:00".
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseFile {
+    /// postgres (default) or redshift.
+    pub kind: Option<String>,
+    /// postgresql://user@host:port/db
+    pub url: Option<String>,
+    /// Secret; PGPASSWORD overrides.
+    pub password: Option<Secret>,
+    pub schema: Option<String>,
+    pub raw_table: Option<String>,
+    pub ledger_table: Option<String>,
+    pub rejects_table: Option<String>,
+    /// Redshift: IAM role COPY assumes to read the archive (preferred over access keys).
+    pub iam_role: Option<String>,
+    /// Redshift: region of the archive bucket for COPY (default: the archive's region).
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsFile {
+    pub delimiter: Option<String>,
+    pub trailing_delimiter: Option<bool>,
+    pub timestamp_format: Option<String>,
+    pub columns: Option<Vec<Column>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateFile {
+    /// Name of the batch view table.
+    pub view: Option<String>,
+    /// View SQL file; default: the built-in sql/batch_view.sql.
+    pub sql: Option<PathBuf>,
+    /// Refuse the swap when the new view has fewer rows.
+    pub min_rows: Option<i64>,
+    /// Refuse the swap when the row count changes by more than this fraction (e.g. 0.5).
+    pub max_row_change: Option<f64>,
+}
+
+/// Where environment values come from (the process, or a map in tests).
+pub trait Env {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    pub security_protocol: Option<String>,
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    pub sasl_password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Compression::None),
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            other => bail!("unknown compression {other:?} (expected none, gzip or zstd)"),
+        }
+    }
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "log",
+            Compression::Gzip => "log.gz",
+            Compression::Zstd => "log.zst",
+        }
+    }
+    pub fn from_key(key: &str) -> Option<Self> {
+        if key.ends_with(".log.gz") {
+            Some(Compression::Gzip)
+        } else if key.ends_with(".log.zst") {
+            Some(Compression::Zstd)
+        } else if key.ends_with(".log") {
+            Some(Compression::None)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum ArchiveLocation {
+    Local(PathBuf),
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: String,
+        path_style: bool,
+        access_key_id: Option<String>,
+        secret_access_key: Option<Secret>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ArchiveSettings {
+    pub location: ArchiveLocation,
+    pub compression: Compression,
+    pub max_object_bytes: u64,
+    pub max_object_records: u64,
+    pub key_template: String,
+    /// Offset of the time folders from UTC, in seconds.
+    pub utc_offset_secs: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarehouseKind {
+    Postgres,
+    Redshift,
+}
+
+#[derive(Debug, Clone)]
+pub struct WarehouseSettings {
+    pub kind: WarehouseKind,
+    pub url: String,
+    pub password: Option<Secret>,
+    pub schema: String,
+    pub raw_table: String,
+    pub ledger_table: String,
+    pub rejects_table: String,
+    /// How Redshift COPY reads the archive (kind = "redshift" only).
+    pub redshift: Option<crate::warehouse::redshift::CopySpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AggregateSettings {
+    pub view: String,
+    pub sql: Option<PathBuf>,
+    pub min_rows: Option<i64>,
+    pub max_row_change: Option<f64>,
+}
+
+/// Everything a command needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub archive: ArchiveSettings,
+    pub warehouse: WarehouseSettings,
+    pub layout: Layout,
+    pub aggregate: AggregateSettings,
+}
+
+/// Reads and parses the config file. A missing file is fine only when it was not asked for.
+pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(&text).with_context(|| format!("config file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
+        Err(e) => Err(anyhow!(e)).with_context(|| format!("reading config file {}", path.display())),
+    }
+}
+
+pub fn parse_file(text: &str) -> Result<FileConfig> {
+    // toml's error names the unknown key and its line; keep only that, never the file text.
+    toml::from_str(text).map_err(|e| anyhow!("{}", e.message().trim()))
+}
+
+/// Which config file to read: flag, then BATCHLAYER_CONFIG, then ./batchlayer.toml.
+pub fn config_path(flag: Option<&Path>, env: &dyn Env) -> (PathBuf, bool) {
+    if let Some(p) = flag {
+        return (p.to_path_buf(), true);
+    }
+    if let Some(p) = env.var("BATCHLAYER_CONFIG") {
+        return (PathBuf::from(p), true);
+    }
+    (PathBuf::from("batchlayer.toml"), false)
+}
+
+fn pick(flag: &Option<String>, env: &dyn Env, key: &str, file: &Option<String>) -> Option<String> {
+    flag.clone()
+        .or_else(|| env.var(key))
+        .or_else(|| file.clone())
+}
+
+fn required(v: Option<String>, flag: &str, env: &str, file: &str) -> Result<String> {
+    v.ok_or_else(|| anyhow!("missing {file}: set --{flag}, {env}, or {file} in the config file"))
+}
+
+/// Validates a SQL identifier: letters, digits and underscores, not starting with a digit.
+pub fn validate_ident(what: &str, s: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        bail!("{what} {s:?} is not a valid identifier (letters, digits and _, at most 63, not starting with a digit)")
+    }
+}
+
+/// Turns file, environment and flags into settings.
+pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Settings> {
+    let k = &file.kafka;
+    let kafka = KafkaSettings {
+        brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
+            .unwrap_or_else(|| "127.0.0.1:9092".into()),
+        topic: required(
+            pick(&flags.topic, env, "BATCHLAYER_KAFKA_TOPIC", &k.topic),
+            "topic",
+            "BATCHLAYER_KAFKA_TOPIC",
+            "kafka.topic",
+        )?,
+        group: pick(&flags.group, env, "BATCHLAYER_KAFKA_GROUP", &k.group)
+            .unwrap_or_else(|| "batchlayer".into()),
+        security_protocol: k.security_protocol.clone(),
+        sasl_mechanism: k.sasl_mechanism.clone(),
+        sasl_username: env
+            .var("BATCHLAYER_KAFKA_SASL_USERNAME")
+            .or_else(|| k.sasl_username.clone()),
+        sasl_password: env
+            .var("BATCHLAYER_KAFKA_SASL_PASSWORD")
+            .map(Secret)
+            .or_else(|| k.sasl_password.clone()),
+    };
+
+    let a = &file.archive;
+    let url = pick(&flags.archive, env, "BATCHLAYER_ARCHIVE_URL", &a.url)
+        .unwrap_or_else(|| "./batchlayer-archive".into());
+    let endpoint = pick(&flags.s3_endpoint, env, "BATCHLAYER_S3_ENDPOINT", &a.endpoint);
+    let location = if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            bail!("archive.url {url:?}: no bucket name after s3://");
+        }
+        ArchiveLocation::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            path_style: a.path_style.unwrap_or(endpoint.is_some()),
+            endpoint,
+            region: env
+                .var("AWS_REGION")
+                .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                .or_else(|| a.region.clone())
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: env
+                .var("AWS_ACCESS_KEY_ID")
+                .or_else(|| a.access_key_id.clone()),
+            secret_access_key: env
+                .var("AWS_SECRET_ACCESS_KEY")
+                .map(Secret)
+                .or_else(|| a.secret_access_key.clone()),
+        }
+    } else if let Some(rest) = url.strip_prefix("file://") {
+        ArchiveLocation::Local(PathBuf::from(rest))
+    } else if url.contains("://") {
+        bail!("archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)");
+    } else {
+        ArchiveLocation::Local(PathBuf::from(url))
+    };
+    let compression = Compression::parse(a.compression.as_deref().unwrap_or("gzip"))
+        .context("archive.compression")?;
+    let key_template = a
+        .key_template
+        .clone()
+        .unwrap_or_else(|| "{topic}/{YYYY}/{MM}/{DD}/{HH}".into());
+    if key_template.contains("..") || key_template.starts_with('/') {
+        bail!("archive.key_template {key_template:?} must be a relative path");
+    }
+    let utc_offset_secs = parse_tz(a.timezone.as_deref().unwrap_or("UTC"))?;
+    let archive = ArchiveSettings {
+        location,
+        compression,
+        max_object_bytes: a.max_object_bytes.unwrap_or(128 << 20).max(1),
+        max_object_records: a.max_object_records.unwrap_or(0),
+        key_template,
+        utc_offset_secs,
+    };
+
+    let w = &file.warehouse;
+    let kind = match w.kind.as_deref().unwrap_or("postgres") {
+        "postgres" | "postgresql" => WarehouseKind::Postgres,
+        "redshift" => WarehouseKind::Redshift,
+        other => bail!("warehouse.kind {other:?} (expected postgres or redshift)"),
+    };
+    let wurl = pick(&flags.warehouse_url, env, "BATCHLAYER_WAREHOUSE_URL", &w.url)
+        .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
+    let redshift = if kind == WarehouseKind::Redshift {
+        let ArchiveLocation::S3 { bucket, prefix, region, access_key_id, secret_access_key, .. } = &archive.location
+        else {
+            bail!("warehouse.kind = \"redshift\" needs an s3:// archive.url (Redshift COPY reads from S3)");
+        };
+        let auth = match (&w.iam_role, access_key_id, secret_access_key) {
+            (Some(role), _, _) => S3Auth::IamRole(role.clone()),
+            (None, Some(id), Some(secret)) => S3Auth::Keys {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+            },
+            _ => bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        };
+        let archive_url = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+        Some(CopySpec {
+            manifest_url: format!("{archive_url}/_copy_manifests/"),
+            archive_url,
+            region: w.region.clone().unwrap_or_else(|| region.clone()),
+            auth,
+            compression: archive.compression,
+            max_errors: None,
+        })
+    } else {
+        None
+    };
+    let warehouse = WarehouseSettings {
+        redshift,
+        kind,
+        url: wurl,
+        password: env.var("PGPASSWORD").map(Secret).or_else(|| w.password.clone()),
+        schema: validate_ident(
+            "warehouse.schema",
+            w.schema.as_deref().unwrap_or("public"),
+        )?,
+        raw_table: validate_ident(
+            "warehouse.raw_table",
+            w.raw_table.as_deref().unwrap_or("batch_raw"),
+        )?,
+        ledger_table: validate_ident(
+            "warehouse.ledger_table",
+            w.ledger_table.as_deref().unwrap_or("batchlayer_loads"),
+        )?,
+        rejects_table: validate_ident(
+            "warehouse.rejects_table",
+            w.rejects_table.as_deref().unwrap_or("batchlayer_rejects"),
+        )?,
+    };
+
+    let mut layout = Layout::tweets();
+    if let Some(r) = &file.records {
+        if let Some(d) = &r.delimiter {
+            let b = d.as_bytes();
+            if b.len() != 1 || b[0] == b'\\' || b[0] == b'\n' || b[0] == b'\r' {
+                bail!("records.delimiter {d:?} must be one byte other than backslash, CR or LF");
+            }
+            layout.delimiter = b[0];
+        }
+        if let Some(t) = r.trailing_delimiter {
+            layout.trailing_delimiter = t;
+        }
+        if let Some(f) = &r.timestamp_format {
+            layout.timestamp_format = f.clone();
+        }
+        if let Some(cols) = &r.columns {
+            if cols.is_empty() {
+                bail!("records.columns is empty");
+            }
+            layout.columns = cols.clone();
+        }
+    }
+    for c in &layout.columns {
+        validate_ident("records.columns name", &c.name)?;
+    }
+
+    let g = &file.aggregate;
+    let aggregate = AggregateSettings {
+        view: validate_ident("aggregate.view", g.view.as_deref().unwrap_or("batch_layer"))?,
+        sql: g.sql.clone(),
+        min_rows: g.min_rows,
+        max_row_change: g.max_row_change,
+    };
+
+    Ok(Settings {
+        kafka,
+        archive,
+        warehouse,
+        layout,
+        aggregate,
+    })
+}
+
+fn parse_tz(s: &str) -> Result<i32> {
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return Ok(0);
+    }
+    let sign = match s.as_bytes().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => bail!("archive.timezone {s:?}: use UTC or a fixed offset like +02:00"),
+    };
+    let (h, m) = s[1..]
+        .split_once(':')
+        .ok_or_else(|| anyhow!("archive.timezone {s:?}: use UTC or a fixed offset like +02:00"))?;
+    let h: i32 = h.parse().context("archive.timezone hours")?;
+    let m: i32 = m.parse().context("archive.timezone minutes")?;
+    if h > 14 || m > 59 {
+        bail!("archive.timezone {s:?} out of range");
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+/// A URL with any password replaced by `***`, for messages.
+pub fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut p) if p.password().is_some() => {
+            let _ = p.set_password(Some("***"));
+            p.to_string()
+        }
+        Ok(_) => u.to_string(),
+        Err(_) => "<unparsable url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flag() {
+        let text = "[kafka]\ntopic = \"from_file\"\ngroup = \"g_file\"\nbrokers = \"file:1\"\n";
+        let e = env(&[("BATCHLAYER_KAFKA_TOPIC", "from_env"), ("BATCHLAYER_KAFKA_GROUP", "g_env")]);
+        let flags = CommonOpts {
+            topic: Some("from_flag".into()),
+            ..Default::default()
+        };
+        let s = resolve(parse_file(text).unwrap(), &e, &flags).unwrap();
+        assert_eq!(s.kafka.topic, "from_flag");
+        assert_eq!(s.kafka.group, "g_env");
+        assert_eq!(s.kafka.brokers, "file:1");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse_file("[kafka]\ntopik = \"x\"\n").unwrap_err().to_string();
+        assert!(err.contains("topik"), "{err}");
+        let err = parse_file("[archives]\n").unwrap_err().to_string();
+        assert!(err.contains("archives"), "{err}");
+    }
+
+    #[test]
+    fn missing_topic_names_flag_and_env() {
+        let err = resolve(FileConfig::default(), &env(&[]), &CommonOpts::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--topic"), "{err}");
+        assert!(err.contains("BATCHLAYER_KAFKA_TOPIC"), "{err}");
+        assert!(err.contains("kafka.topic"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_over_file_and_never_print() {
+        let text = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\nsecret_access_key=\"filesecret123\"\n[warehouse]\npassword=\"pgfilesecret\"\n";
+        let e = env(&[("AWS_SECRET_ACCESS_KEY", "envsecret456"), ("AWS_ACCESS_KEY_ID", "AKID")]);
+        let s = resolve(parse_file(text).unwrap(), &e, &CommonOpts::default()).unwrap();
+        match &s.archive.location {
+            ArchiveLocation::S3 {
+                secret_access_key,
+                access_key_id,
+                bucket,
+                prefix,
+                ..
+            } => {
+                assert_eq!(secret_access_key.as_ref().unwrap().expose(), "envsecret456");
+                assert_eq!(access_key_id.as_deref(), Some("AKID"));
+                assert_eq!(bucket, "b");
+                assert_eq!(prefix, "p");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("envsecret456") && !dbg.contains("pgfilesecret"), "{dbg}");
+        assert_eq!(s.warehouse.password.as_ref().unwrap().expose(), "pgfilesecret");
+    }
+
+    #[test]
+    fn bad_table_names_are_refused() {
+        let text = "[kafka]\ntopic=\"t\"\n[warehouse]\nraw_table=\"x; drop table y\"\n";
+        let err = resolve(parse_file(text).unwrap(), &env(&[]), &CommonOpts::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a valid identifier"), "{err}");
+    }
+
+    #[test]
+    fn redact_hides_password() {
+        let r = redact_url("postgresql://u:hunter2@h:5432/db");
+        assert!(!r.contains("hunter2"));
+        assert!(r.contains("***"));
+    }
+
+    #[test]
+    fn timezone_offsets() {
+        assert_eq!(parse_tz("UTC").unwrap(), 0);
+        assert_eq!(parse_tz("+02:00").unwrap(), 7200);
+        assert_eq!(parse_tz("-05:30").unwrap(), -19800);
+        assert!(parse_tz("Europe/Paris").is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! Record layout, archive framing (escape/unescape), and field validation.
+//!
+//! Archive framing: one record per line. Inside a record, the three bytes `\`, LF and CR are
+//! written as a backslash followed by that byte. This is the one escaping that both
+//! Redshift `COPY ... ESCAPE` (a backslash makes the next byte literal) and PostgreSQL's text
+//! `COPY` (backslash + LF/CR/backslash) decode back to the original bytes, so an archived object
+//! can be loaded server-side by Redshift and decoded by `copy` for PostgreSQL. Any byte string,
+//! including invalid UTF-8 and the empty message, round-trips.
+
+use anyhow::{bail, Result};
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+
+/// Appends `msg` to `out` escaped, followed by the record terminator `\n`.
+pub fn frame_into(msg: &[u8], out: &mut Vec<u8>) {
+    out.reserve(msg.len() + 1);
+    let mut start = 0;
+    for (i, &b) in msg.iter().enumerate() {
+        if b == b'\\' || b == b'\n' || b == b'\r' {
+            out.extend_from_slice(&msg[start..i]);
+            out.push(b'\\');
+            out.push(b);
+            start = i + 1;
+        }
+    }
+    out.extend_from_slice(&msg[start..]);
+    out.push(b'\n');
+}
+
+/// Reads framed records one at a time from a buffered reader.
+pub struct FrameReader<R> {
+    inner: R,
+    /// 1-based number of the record most recently returned.
+    pub record_no: u64,
+}
+
+impl<R: BufRead> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            record_no: 0,
+        }
+    }
+
+    /// Reads the next record (unescaped) into `buf`. Returns false at end of input.
+    pub fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
+        buf.clear();
+        let mut pending_escape = false;
+        let mut any = false;
+        loop {
+            let avail = self.inner.fill_buf()?;
+            if avail.is_empty() {
+                if pending_escape {
+                    bail!("record {}: truncated escape at end of object", self.record_no + 1);
+                }
+                if any {
+                    bail!(
+                        "record {}: last record has no terminating newline (truncated object?)",
+                        self.record_no + 1
+                    );
+                }
+                return Ok(false);
+            }
+            any = true;
+            let mut consumed = 0;
+            let mut done = false;
+            for &b in avail.iter() {
+                consumed += 1;
+                if pending_escape {
+                    buf.push(b);
+                    pending_escape = false;
+                } else if b == b'\\' {
+                    pending_escape = true;
+                } else if b == b'\n' {
+                    done = true;
+                    break;
+                } else {
+                    buf.push(b);
+                }
+            }
+            self.inner.consume(consumed);
+            if done {
+                self.record_no += 1;
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Column types the layout understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnType {
+    Bigint,
+    Int,
+    Timestamp,
+    Text,
+}
+
+/// One column of the record layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    /// Column name in the raw table (validated as an identifier).
+    pub name: String,
+    /// bigint, int, timestamp or text.
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+    /// Maximum length in characters, for text columns.
+    #[serde(default)]
+    pub max_len: Option<usize>,
+    /// A field value that means NULL for this column (e.g. "None").
+    #[serde(default)]
+    pub null_marker: Option<String>,
+}
+
+/// The record layout: how a message splits into typed fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub delimiter: u8,
+    pub trailing_delimiter: bool,
+    pub columns: Vec<Column>,
+    /// chrono format of timestamp fields.
+    pub timestamp_format: String,
+}
+
+impl Layout {
+    /// The shipped example: `id;created_at;followers_count;location;favorite_count;retweet_count;`.
+    pub fn tweets() -> Layout {
+        let c = |name: &str, ty, max_len, null: Option<&str>| Column {
+            name: name.into(),
+            ty,
+            max_len,
+            null_marker: null.map(String::from),
+        };
+        Layout {
+            delimiter: b';',
+            trailing_delimiter: true,
+            columns: vec![
+                c("id", ColumnType::Bigint, None, None),
+                c("created_at", ColumnType::Timestamp, None, None),
+                c("followers_count", ColumnType::Int, None, None),
+                c("location", ColumnType::Text, Some(256), Some("None")),
+                c("favorite_count", ColumnType::Int, None, None),
+                c("retweet_count", ColumnType::Int, None, None),
+            ],
+            timestamp_format: "%Y-%m-%d %H:%M:%S".into(),
+        }
+    }
+
+    /// Validates one record and writes it as a PostgreSQL text-COPY row into `out`.
+    /// On error, `out` is left as it was and the error names the column, value and reason.
+    pub fn to_pg_copy_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        let mut fields: Vec<&[u8]> = rec.split(|&b| b == self.delimiter).collect();
+        let expected = self.columns.len() + usize::from(self.trailing_delimiter);
+        if fields.len() != expected {
+            return Err(RowError {
+                column: None,
+                value: None,
+                reason: format!(
+                    "expected {} fields separated by '{}'{}, found {}",
+                    self.columns.len(),
+                    self.delimiter as char,
+                    if self.trailing_delimiter {
+                        " plus a trailing delimiter"
+                    } else {
+                        ""
+                    },
+                    fields.len()
+                ),
+            });
+        }
+        if self.trailing_delimiter {
+            let last = fields.pop().unwrap_or_default();
+            if !last.is_empty() {
+                return Err(RowError {
+                    column: None,
+                    value: Some(String::from_utf8_lossy(last).into_owned()),
+                    reason: "text after the trailing delimiter".into(),
+                });
+            }
+        }
+        let start = out.len();
+        for (i, (col, raw)) in self.columns.iter().zip(fields).enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            if let Err(e) = self.field(col, raw, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+
+    fn field(&self, col: &Column, raw: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        let err = |reason: String| RowError {
+            column: Some(col.name.clone()),
+            value: Some(String::from_utf8_lossy(raw).into_owned()),
+            reason,
+        };
+        let s = std::str::from_utf8(raw).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
+        if col.null_marker.as_deref() == Some(s) {
+            out.extend_from_slice(b"\\N");
+            return Ok(());
+        }
+        match col.ty {
+            ColumnType::Bigint => {
+                s.parse::<i64>()
+                    .map_err(|_| err("not a 64-bit integer".into()))?;
+                out.extend_from_slice(s.as_bytes());
+            }
+            ColumnType::Int => {
+                s.parse::<i32>()
+                    .map_err(|_| err("not a 32-bit integer".into()))?;
+                out.extend_from_slice(s.as_bytes());
+            }
+            ColumnType::Timestamp => {
+                NaiveDateTime::parse_from_str(s, &self.timestamp_format).map_err(|e| {
+                    err(format!(
+                        "not a timestamp in format {} ({e})",
+                        self.timestamp_format
+                    ))
+                })?;
+                out.extend_from_slice(s.as_bytes());
+            }
+            ColumnType::Text => {
+                if s.contains('\0') {
+                    return Err(err("contains a NUL byte".into()));
+                }
+                if let Some(max) = col.max_len {
+                    let n = s.chars().count();
+                    if n > max {
+                        return Err(err(format!("{n} characters, longer than {max}")));
+                    }
+                }
+                pg_escape_into(s.as_bytes(), out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Escapes a value for PostgreSQL text COPY.
+pub fn pg_escape_into(v: &[u8], out: &mut Vec<u8>) {
+    for &b in v {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Why a record cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError {
+    pub column: Option<String>,
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(c) = &self.column {
+            write!(f, "column {c}: ")?;
+        }
+        if let Some(v) = &self.value {
+            let short: String = v.chars().take(80).collect();
+            write!(f, "value {short:?}: ")?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+/// Writes a framed record to any writer (used by tests and tools).
+pub fn write_framed<W: Write>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
+    let mut v = Vec::with_capacity(msg.len() + 2);
+    frame_into(msg, &mut v);
+    w.write_all(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(msgs: &[&[u8]]) {
+        let mut buf = Vec::new();
+        for m in msgs {
+            frame_into(m, &mut buf);
+        }
+        let mut r = FrameReader::new(&buf[..]);
+        let mut got = Vec::new();
+        let mut rec = Vec::new();
+        while r.next_into(&mut rec).unwrap() {
+            got.push(rec.clone());
+        }
+        let want: Vec<Vec<u8>> = msgs.iter().map(|m| m.to_vec()).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn framing_round_trips_awkward_messages() {
+        roundtrip(&[
+            b"plain",
+            b"",
+            b"new\nline",
+            b"cr\r\nlf",
+            b"back\\slash\\",
+            b"\\",
+            b"\n",
+            &[0xff, 0xfe, 0x00, b'\\', b'n'],
+            "emoji \u{1F600};x;".as_bytes(),
+        ]);
+    }
+
+    #[test]
+    fn framing_escapes_exactly_backslash_lf_cr() {
+        let mut out = Vec::new();
+        frame_into(b"a\\b\nc\rd\te", &mut out);
+        assert_eq!(out, b"a\\\\b\\\nc\\\rd\te\n");
+    }
+
+    #[test]
+    fn truncated_object_is_an_error() {
+        let mut r = FrameReader::new(&b"abc"[..]);
+        let mut rec = Vec::new();
+        assert!(r.next_into(&mut rec).is_err());
+    }
+
+    #[test]
+    fn tweet_row_converts_and_null_marker_applies() {
+        let l = Layout::tweets();
+        let mut out = Vec::new();
+        l.to_pg_copy_row(b"1;2020-01-02 03:04:05;10;None;2;3;", &mut out)
+            .unwrap();
+        assert_eq!(out, b"1\t2020-01-02 03:04:05\t10\t\\N\t2\t3\n");
+        out.clear();
+        l.to_pg_copy_row("7;2020-01-02 03:04:05;1;Z\u{fc}rich\tx\\;0;0;".as_bytes(), &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            "7\t2020-01-02 03:04:05\t1\tZ\u{fc}rich\\tx\\\\\t0\t0\n".as_bytes()
+        );
+    }
+
+    #[test]
+    fn bad_rows_name_column_and_reason() {
+        let l = Layout::tweets();
+        let mut out = Vec::new();
+        let e = l
+            .to_pg_copy_row(b"1;2020-01-02 03:04:05;10;Paris; France;2;3;", &mut out)
+            .unwrap_err();
+        assert!(e.reason.contains("found 8"), "{e}");
+        let e = l
+            .to_pg_copy_row(b"1;2020-01-02 03:04:05;ten;Paris;2;3;", &mut out)
+            .unwrap_err();
+        assert_eq!(e.column.as_deref(), Some("followers_count"));
+        let e = l
+            .to_pg_copy_row(b"1;yesterday;1;Paris;2;3;", &mut out)
+            .unwrap_err();
+        assert_eq!(e.column.as_deref(), Some("created_at"));
+        let e = l
+            .to_pg_copy_row(b"1;2020-01-02 03:04:05;1;\xff\xfe;2;3;", &mut out)
+            .unwrap_err();
+        assert!(e.reason.contains("UTF-8"));
+        let long = format!("1;2020-01-02 03:04:05;1;{};2;3;", "x".repeat(300));
+        let e = l.to_pg_copy_row(long.as_bytes(), &mut out).unwrap_err();
+        assert!(e.reason.contains("longer than 256"));
+        let e = l
+            .to_pg_copy_row(b"1;2020-01-02 03:04:05;1;x;2;3;junk", &mut out)
+            .unwrap_err();
+        assert!(e.reason.contains("trailing"));
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,265 @@
+//! The message source: a Kafka consumer (rdkafka) behind a small trait.
+
+use crate::config::KafkaSettings;
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// One consumed message, owned.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub partition: i32,
+    pub offset: i64,
+    /// Kafka timestamp in milliseconds since the epoch, when the broker gave one.
+    pub timestamp_ms: Option<i64>,
+    /// None for a null payload (a tombstone).
+    pub payload: Option<Vec<u8>>,
+}
+
+/// What a poll can return.
+#[derive(Debug)]
+pub enum Event {
+    Message(Message),
+    /// The partition has no more messages right now.
+    Eof(i32),
+    /// The group gave this consumer these partitions (the whole new assignment).
+    Assigned(Vec<i32>),
+    /// The group took these partitions away; data not yet committed for them must be dropped.
+    Revoked(Vec<i32>),
+    /// Nothing arrived within the timeout.
+    Idle,
+}
+
+/// A consumer of one topic in one consumer group.
+pub trait MessageSource {
+    fn topic(&self) -> &str;
+    fn poll(&mut self, timeout: Duration) -> Result<Event>;
+    /// Committed offsets (next offset to read) for these partitions; None where nothing is committed.
+    fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>>;
+    /// Commits these next-offsets synchronously.
+    fn commit(&self, offsets: &[(i32, i64)]) -> Result<()>;
+    /// (low, high) watermarks of a partition. Some brokers report `high` wrongly; use it for display only.
+    fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
+}
+
+#[derive(Default)]
+struct Ctx {
+    events: Mutex<Vec<Event>>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().unwrap().push(Event::Revoked(parts));
+        }
+    }
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            let parts = tpl.elements().iter().map(|e| e.partition()).collect();
+            self.events.lock().unwrap().push(Event::Assigned(parts));
+        }
+    }
+}
+
+pub struct KafkaSource {
+    consumer: BaseConsumer<Ctx>,
+    topic: String,
+    brokers: String,
+    timeout: Duration,
+}
+
+/// How the consumer gets its partitions.
+pub enum Mode {
+    /// Join the consumer group (ingest).
+    Subscribe,
+    /// Take every partition at its committed offset without joining (dry-run: changes nothing).
+    AssignAll,
+}
+
+impl KafkaSource {
+    pub fn connect(k: &KafkaSettings, mode: Mode) -> Result<Self> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &k.brokers)
+            .set("group.id", &k.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "false")
+            .set("socket.timeout.ms", "10000")
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "100")
+            .set("log_level", "3");
+        if let Some(p) = &k.security_protocol {
+            cfg.set("security.protocol", p);
+        }
+        if let Some(m) = &k.sasl_mechanism {
+            cfg.set("sasl.mechanism", m);
+        }
+        if let Some(u) = &k.sasl_username {
+            cfg.set("sasl.username", u);
+        }
+        if let Some(p) = &k.sasl_password {
+            cfg.set("sasl.password", p.expose());
+        }
+        let consumer: BaseConsumer<Ctx> = cfg
+            .create_with_context(Ctx::default())
+            .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
+        let src = KafkaSource {
+            consumer,
+            topic: k.topic.clone(),
+            brokers: k.brokers.clone(),
+            timeout: Duration::from_secs(10),
+        };
+        let partitions = src.partitions()?;
+        match mode {
+            Mode::Subscribe => src
+                .consumer
+                .subscribe(&[&k.topic])
+                .with_context(|| format!("subscribing to topic {}", k.topic))?,
+            Mode::AssignAll => {
+                let committed = src.committed(&partitions)?;
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    let off = match committed.get(p).copied().flatten() {
+                        Some(o) => Offset::Offset(o),
+                        None => Offset::Beginning,
+                    };
+                    tpl.add_partition_offset(&k.topic, *p, off)?;
+                }
+                src.consumer.assign(&tpl)?;
+                src.consumer
+                    .context()
+                    .events
+                    .lock()
+                    .unwrap()
+                    .push(Event::Assigned(partitions));
+            }
+        }
+        Ok(src)
+    }
+
+    /// Partitions of the topic; a clear error when the broker is unreachable or the topic is missing.
+    pub fn partitions(&self) -> Result<Vec<i32>> {
+        let md = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), self.timeout)
+            .map_err(|e| anyhow!("cannot reach Kafka at {}: {e}", self.brokers))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or_else(|| anyhow!("topic {} does not exist on {}", self.topic, self.brokers))?;
+        if let Some(err) = t.error() {
+            let code: RDKafkaErrorCode = err.into();
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                bail!("topic {} does not exist on {}", self.topic, self.brokers);
+            }
+            bail!("topic {} on {}: {code}", self.topic, self.brokers);
+        }
+        if t.partitions().is_empty() {
+            bail!("topic {} does not exist on {} (no partitions)", self.topic, self.brokers);
+        }
+        let mut v: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+}
+
+impl MessageSource for KafkaSource {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn poll(&mut self, timeout: Duration) -> Result<Event> {
+        if let Some(ev) = self.take_event() {
+            return Ok(ev);
+        }
+        let r = self.consumer.poll(timeout);
+        // A rebalance handled inside this poll comes first: it changes what the message means.
+        if let Some(ev) = self.take_event() {
+            if let Some(Ok(m)) = &r {
+                // Keep the message for after the rebalance event.
+                let msg = own(m);
+                self.consumer.context().events.lock().unwrap().insert(0, Event::Message(msg));
+            }
+            return Ok(ev);
+        }
+        match r {
+            None => Ok(Event::Idle),
+            Some(Ok(m)) => Ok(Event::Message(own(&m))),
+            Some(Err(KafkaError::PartitionEOF(p))) => Ok(Event::Eof(p)),
+            Some(Err(e)) => Err(anyhow!("consuming {} from {}: {e}", self.topic, self.brokers)),
+        }
+    }
+
+    fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
+        }
+        let got = self
+            .consumer
+            .committed_offsets(tpl, self.timeout)
+            .with_context(|| format!("reading committed offsets of {} from {}", self.topic, self.brokers))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| {
+                let o = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), o)
+            })
+            .collect())
+    }
+
+    fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets {
+            tpl.add_partition_offset(&self.topic, *p, Offset::Offset(*o))?;
+        }
+        self.consumer
+            .commit(&tpl, CommitMode::Sync)
+            .with_context(|| format!("committing offsets of {} to {}", self.topic, self.brokers))
+    }
+
+    fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, self.timeout)
+            .with_context(|| format!("watermarks of {}/{partition}", self.topic))
+    }
+}
+
+impl KafkaSource {
+    fn take_event(&self) -> Option<Event> {
+        let mut q = self.consumer.context().events.lock().unwrap();
+        if q.is_empty() {
+            None
+        } else {
+            Some(q.remove(0))
+        }
+    }
+}
+
+fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
+    Message {
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp_ms: m.timestamp().to_millis(),
+        payload: m.payload().map(|p| p.to_vec()),
+    }
+}
