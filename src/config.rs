@@ -429,7 +429,9 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
         password: env.var("PGPASSWORD").map(Secret).or_else(|| w.password.clone()),
         schema: validate_ident(
             "warehouse.schema",
-            w.schema.as_deref().unwrap_or("public"),
+            &env.var("BATCHLAYER_WAREHOUSE_SCHEMA")
+                .or_else(|| w.schema.clone())
+                .unwrap_or_else(|| "public".into()),
         )?,
         raw_table: validate_ident(
             "warehouse.raw_table",

@@ -1,0 +1,10 @@
+//! The one integration test binary: runs the real `batchlayer` against tansu, s3s-fs and
+//! PostgreSQL started by tests/stack.sh.
+
+mod common;
+
+mod aggregate;
+mod cli;
+mod copy;
+mod e2e;
+mod ingest;

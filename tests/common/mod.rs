@@ -1,0 +1,287 @@
+//! Shared helpers: the local stack's endpoints, unique names, and a builder that runs the real
+//! binary with a clean environment and a per-test config file.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn brokers() -> String {
+    env_or("BATCHLAYER_TEST_BROKERS", "127.0.0.1:9092")
+}
+pub fn s3_endpoint() -> String {
+    env_or("BATCHLAYER_TEST_S3_ENDPOINT", "http://127.0.0.1:9000")
+}
+pub fn s3_access() -> String {
+    env_or("BATCHLAYER_TEST_S3_ACCESS_KEY", "batchlayer")
+}
+pub fn s3_secret() -> String {
+    env_or("BATCHLAYER_TEST_S3_SECRET_KEY", "batchlayer-secret")
+}
+pub fn pg_url() -> String {
+    env_or("BATCHLAYER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+}
+
+fn port_open(addr: &str) -> bool {
+    let addr = addr.trim_start_matches("http://");
+    let Ok(mut it) = std::net::ToSocketAddrs::to_socket_addrs(addr) else { return false };
+    it.next()
+        .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+        .unwrap_or(false)
+}
+
+/// True when the services are up. Under `BATCHLAYER_REQUIRE_SERVICES` (tests/run.sh, CI) a
+/// missing service fails the test instead of skipping it.
+pub fn stack_up() -> bool {
+    let missing: Vec<&str> = [("kafka", brokers()), ("s3", s3_endpoint()), ("postgres", "127.0.0.1:5432".to_string())]
+        .iter()
+        .filter(|(_, a)| !port_open(a))
+        .map(|(n, _)| *n)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var_os("BATCHLAYER_REQUIRE_SERVICES").is_some() {
+        panic!("services not running: {missing:?} (run tests/stack.sh)");
+    }
+    eprintln!("SKIPPED: services not running: {missing:?} (run tests/run.sh)");
+    false
+}
+
+/// A name no other test (or earlier run) uses: letters, digits and `_`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
+    format!("{prefix}_{}_{}_{}", std::process::id(), t, N.fetch_add(1, Ordering::SeqCst))
+}
+
+pub fn bucket_name(prefix: &str) -> String {
+    unique(prefix).replace('_', "-").to_lowercase()
+}
+
+/// Creates an S3 bucket on the local S3 server.
+pub fn create_bucket(name: &str) {
+    let region = s3::Region::Custom { region: "us-east-1".into(), endpoint: s3_endpoint() };
+    let creds = s3::creds::Credentials::new(Some(&s3_access()), Some(&s3_secret()), None, None, None).unwrap();
+    s3::Bucket::create_with_path_style(name, region, creds, s3::BucketConfiguration::default())
+        .unwrap_or_else(|e| panic!("creating bucket {name}: {e}"));
+}
+
+pub fn pg() -> postgres::Client {
+    postgres::Client::connect(&pg_url(), postgres::NoTls).expect("connect to PostgreSQL")
+}
+
+pub fn create_schema(name: &str) {
+    pg().batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).unwrap();
+}
+
+/// One test's world: a topic, a group, an archive, a schema, and a config file naming them.
+pub struct World {
+    pub topic: String,
+    pub group: String,
+    pub archive: String,
+    pub schema: String,
+    pub dir: tempfile::TempDir,
+    pub extra_toml: String,
+    pub env: BTreeMap<String, String>,
+}
+
+impl World {
+    /// With an S3 archive on the local S3 server.
+    pub fn s3(name: &str) -> World {
+        let bucket = bucket_name(name);
+        create_bucket(&bucket);
+        let mut w = World::new(name, format!("s3://{bucket}/archive"));
+        w.env.insert("AWS_ACCESS_KEY_ID".into(), s3_access());
+        w.env.insert("AWS_SECRET_ACCESS_KEY".into(), s3_secret());
+        w.env.insert("BATCHLAYER_S3_ENDPOINT".into(), s3_endpoint());
+        w
+    }
+
+    /// With a local-directory archive.
+    pub fn local(name: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive").display().to_string();
+        let mut w = World::new(name, archive);
+        w.dir = dir;
+        w
+    }
+
+    fn new(name: &str, archive: String) -> World {
+        let id = unique(name);
+        create_schema(&id);
+        World {
+            topic: format!("{id}_t"),
+            group: format!("{id}_g"),
+            archive,
+            schema: id,
+            dir: tempfile::tempdir().unwrap(),
+            extra_toml: String::new(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        let p = self.dir.path().join("batchlayer.toml");
+        let text = format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ngroup = \"{}\"\n\n[archive]\nurl = \"{}\"\n{}\n[warehouse]\nurl = \"{}\"\nschema = \"{}\"\n",
+            brokers(),
+            self.topic,
+            self.group,
+            self.archive,
+            self.extra_toml,
+            pg_url(),
+            self.schema
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The real binary with a clean environment and this world's config.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("batchlayer").unwrap();
+        c.env_clear();
+        c.env("PATH", std::env::var("PATH").unwrap_or_default());
+        c.env("HOME", std::env::var("HOME").unwrap_or_default());
+        c.env("CI", "true");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.arg("--config").arg(self.config_path());
+        c.timeout(Duration::from_secs(300));
+        c
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.cmd().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "batchlayer {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs and returns (exit code, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd().args(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let s = self.run_ok(&a);
+        serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+    }
+
+    pub fn settings(&self) -> batchlayer::config::Settings {
+        let file = batchlayer::config::load_file(&self.config_path(), true).unwrap();
+        let env: std::collections::HashMap<String, String> = self.env.clone().into_iter().collect();
+        batchlayer::config::resolve(file, &env, &Default::default()).unwrap()
+    }
+
+    pub fn store(&self) -> Box<dyn batchlayer::archive::ObjectStore> {
+        batchlayer::archive::open(&self.settings().archive).unwrap()
+    }
+
+    pub fn kafka(&self) -> batchlayer::config::KafkaSettings {
+        self.settings().kafka
+    }
+
+    /// Archived data objects (not manifests).
+    pub fn data_objects(&self) -> Vec<String> {
+        self.store()
+            .list("")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .filter(|k| !k.starts_with('_'))
+            .collect()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        pg().query_one(&format!("SELECT count(*) FROM {}.{table}", self.schema), &[]).unwrap().get(0)
+    }
+}
+
+/// Produces raw payloads (keyed round-robin over partitions) and waits for delivery.
+pub fn produce_raw(brokers: &str, topic: &str, partitions: i32, payloads: &[Option<Vec<u8>>]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let k = batchlayer::config::KafkaSettings {
+        brokers: brokers.into(),
+        topic: topic.into(),
+        group: "unused".into(),
+        security_protocol: None,
+        sasl_mechanism: None,
+        sasl_username: None,
+        sasl_password: None,
+    };
+    batchlayer::commands::produce::create_topic(&k, partitions).unwrap();
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    for (i, m) in payloads.iter().enumerate() {
+        let part = (i as i32) % partitions;
+        let mut rec: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).partition(part);
+        if let Some(m) = m {
+            rec = rec.payload(&m[..]);
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Decodes every archived data object back into messages, grouped by partition in offset order.
+pub fn archived_messages(store: &dyn batchlayer::archive::ObjectStore) -> BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> {
+    use batchlayer::commands::ingest::parse_object_key;
+    use batchlayer::config::Compression;
+    let mut out: BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> = BTreeMap::new();
+    for o in store.list("").unwrap() {
+        if o.key.starts_with('_') {
+            continue;
+        }
+        let (_, p, first, last) = parse_object_key(&o.key).expect("object name");
+        let f = batchlayer::archive::download(store, &o.key, None).unwrap();
+        let c = Compression::from_key(&o.key).unwrap();
+        let mut r = batchlayer::records::FrameReader::new(batchlayer::archive::decoder(f, c).unwrap());
+        let mut recs = Vec::new();
+        let mut rec = Vec::new();
+        while r.next_into(&mut rec).unwrap() {
+            recs.push(rec.clone());
+        }
+        out.entry(p).or_default().push((first, last, recs));
+    }
+    for v in out.values_mut() {
+        v.sort_by_key(|x| x.0);
+    }
+    out
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

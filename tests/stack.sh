@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs (once) and starts (if down) the local stack on 127.0.0.1:
+#   tansu 0.6.0 (Kafka protocol, :9092), s3s-fs 0.14.1 (S3, :9000), PostgreSQL (:5432).
+# Idempotent and fast when everything is already there. Sourcing it exports the endpoints.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+stack="${BATCHLAYER_STACK_DIR:-$repo/.stack}"
+mkdir -p "$stack/s3"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+log() { echo "stack: $*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2 logf=$3
+  for _ in $(seq 1 150); do
+    port_open "$port" && return 0
+    sleep 0.2
+  done
+  log "$name did not open port $port; last lines of $logf:"
+  tail -n 20 "$logf" >&2 || true
+  return 1
+}
+
+install_crate() {
+  local bin=$1 want=$2; shift 2
+  if command -v "$bin" >/dev/null 2>&1 && "$bin" --version 2>/dev/null | grep -q "$want"; then
+    return 0
+  fi
+  log "installing $bin $want (cargo install $*; tansu takes 15-19 minutes cold)"
+  cargo install "$@" >&2
+}
+
+if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
+  log "installing gcc and make"
+  apt-get update -qq >&2 && apt-get install -y -qq build-essential >&2
+fi
+
+install_crate tansu 0.6.0 tansu --version 0.6.0 --locked --features dynostore
+install_crate s3s-fs 0.14.1 s3s-fs@0.14.1 --features binary --locked
+
+if ! port_open 9092; then
+  log "starting tansu on 127.0.0.1:9092"
+  nohup tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    --storage-engine memory://tansu/ >"$stack/tansu.log" 2>&1 &
+  wait_port 9092 tansu "$stack/tansu.log"
+fi
+
+if ! port_open 9000; then
+  log "starting s3s-fs on 127.0.0.1:9000 (data in $stack/s3)"
+  nohup s3s-fs --host 127.0.0.1 --port 9000 --access-key batchlayer --secret-key batchlayer-secret \
+    "$stack/s3" >"$stack/s3s-fs.log" 2>&1 &
+  wait_port 9000 s3s-fs "$stack/s3s-fs.log"
+fi
+
+if ! port_open 5432; then
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    log "installing PostgreSQL"
+    apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2
+  fi
+  ver="$(ls /etc/postgresql | sort -n | tail -n 1)"
+  log "starting PostgreSQL $ver"
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main start >&2 || pg_ctlcluster "$ver" main start >&2
+  wait_port 5432 postgresql "/var/log/postgresql/postgresql-$ver-main.log"
+fi
+
+export BATCHLAYER_TEST_BROKERS=127.0.0.1:9092
+export BATCHLAYER_TEST_S3_ENDPOINT=http://127.0.0.1:9000
+export BATCHLAYER_TEST_S3_ACCESS_KEY=batchlayer
+export BATCHLAYER_TEST_S3_SECRET_KEY=batchlayer-secret
+export BATCHLAYER_TEST_S3_DIR="$stack/s3"
+export BATCHLAYER_TEST_PG_URL="${BATCHLAYER_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
+log "ready: kafka 127.0.0.1:9092, s3 http://127.0.0.1:9000, postgres 127.0.0.1:5432"
