@@ -67,6 +67,8 @@ pub struct KafkaFile {
     pub sasl_username: Option<String>,
     /// Secret; BATCHLAYER_KAFKA_SASL_PASSWORD overrides.
     pub sasl_password: Option<Secret>,
+    /// Fail a run whose partitions deliver neither data nor end-of-partition for this many seconds (default 60).
+    pub stall_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +164,7 @@ pub struct KafkaSettings {
     pub sasl_mechanism: Option<String>,
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
+    pub stall_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -267,8 +270,12 @@ pub struct Settings {
 pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_file(&text).with_context(|| format!("config file {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(FileConfig::default()),
-        Err(e) => Err(anyhow!(e)).with_context(|| format!("reading config file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => {
+            Err(anyhow!(e)).with_context(|| format!("reading config file {}", path.display()))
+        }
     }
 }
 
@@ -334,12 +341,18 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
             .var("BATCHLAYER_KAFKA_SASL_PASSWORD")
             .map(Secret)
             .or_else(|| k.sasl_password.clone()),
+        stall_timeout_secs: k.stall_timeout_secs.unwrap_or(60).max(1),
     };
 
     let a = &file.archive;
     let url = pick(&flags.archive, env, "BATCHLAYER_ARCHIVE_URL", &a.url)
         .unwrap_or_else(|| "./batchlayer-archive".into());
-    let endpoint = pick(&flags.s3_endpoint, env, "BATCHLAYER_S3_ENDPOINT", &a.endpoint);
+    let endpoint = pick(
+        &flags.s3_endpoint,
+        env,
+        "BATCHLAYER_S3_ENDPOINT",
+        &a.endpoint,
+    );
     let location = if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
@@ -395,10 +408,22 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
         "redshift" => WarehouseKind::Redshift,
         other => bail!("warehouse.kind {other:?} (expected postgres or redshift)"),
     };
-    let wurl = pick(&flags.warehouse_url, env, "BATCHLAYER_WAREHOUSE_URL", &w.url)
-        .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
+    let wurl = pick(
+        &flags.warehouse_url,
+        env,
+        "BATCHLAYER_WAREHOUSE_URL",
+        &w.url,
+    )
+    .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
     let redshift = if kind == WarehouseKind::Redshift {
-        let ArchiveLocation::S3 { bucket, prefix, region, access_key_id, secret_access_key, .. } = &archive.location
+        let ArchiveLocation::S3 {
+            bucket,
+            prefix,
+            region,
+            access_key_id,
+            secret_access_key,
+            ..
+        } = &archive.location
         else {
             bail!("warehouse.kind = \"redshift\" needs an s3:// archive.url (Redshift COPY reads from S3)");
         };
@@ -410,7 +435,11 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
             },
             _ => bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
         };
-        let archive_url = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+        let archive_url = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
         Some(CopySpec {
             manifest_url: format!("{archive_url}/_copy_manifests/"),
             archive_url,
@@ -426,7 +455,10 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
         redshift,
         kind,
         url: wurl,
-        password: env.var("PGPASSWORD").map(Secret).or_else(|| w.password.clone()),
+        password: env
+            .var("PGPASSWORD")
+            .map(Secret)
+            .or_else(|| w.password.clone()),
         schema: validate_ident(
             "warehouse.schema",
             &env.var("BATCHLAYER_WAREHOUSE_SCHEMA")
@@ -536,7 +568,10 @@ mod tests {
     #[test]
     fn precedence_is_file_then_env_then_flag() {
         let text = "[kafka]\ntopic = \"from_file\"\ngroup = \"g_file\"\nbrokers = \"file:1\"\n";
-        let e = env(&[("BATCHLAYER_KAFKA_TOPIC", "from_env"), ("BATCHLAYER_KAFKA_GROUP", "g_env")]);
+        let e = env(&[
+            ("BATCHLAYER_KAFKA_TOPIC", "from_env"),
+            ("BATCHLAYER_KAFKA_GROUP", "g_env"),
+        ]);
         let flags = CommonOpts {
             topic: Some("from_flag".into()),
             ..Default::default()
@@ -549,7 +584,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse_file("[kafka]\ntopik = \"x\"\n").unwrap_err().to_string();
+        let err = parse_file("[kafka]\ntopik = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("topik"), "{err}");
         let err = parse_file("[archives]\n").unwrap_err().to_string();
         assert!(err.contains("archives"), "{err}");
@@ -568,7 +605,10 @@ mod tests {
     #[test]
     fn secrets_come_from_env_over_file_and_never_print() {
         let text = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\nsecret_access_key=\"filesecret123\"\n[warehouse]\npassword=\"pgfilesecret\"\n";
-        let e = env(&[("AWS_SECRET_ACCESS_KEY", "envsecret456"), ("AWS_ACCESS_KEY_ID", "AKID")]);
+        let e = env(&[
+            ("AWS_SECRET_ACCESS_KEY", "envsecret456"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+        ]);
         let s = resolve(parse_file(text).unwrap(), &e, &CommonOpts::default()).unwrap();
         match &s.archive.location {
             ArchiveLocation::S3 {
@@ -586,8 +626,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let dbg = format!("{s:?}");
-        assert!(!dbg.contains("envsecret456") && !dbg.contains("pgfilesecret"), "{dbg}");
-        assert_eq!(s.warehouse.password.as_ref().unwrap().expose(), "pgfilesecret");
+        assert!(
+            !dbg.contains("envsecret456") && !dbg.contains("pgfilesecret"),
+            "{dbg}"
+        );
+        assert_eq!(
+            s.warehouse.password.as_ref().unwrap().expose(),
+            "pgfilesecret"
+        );
     }
 
     #[test]

@@ -40,7 +40,10 @@ mod tests {
         assert_eq!(set.len(), all.len());
         assert_eq!(code_for(&crate::Busy("x".into()).into()), BUSY);
         assert_eq!(code_for(&crate::GateRefused("x".into()).into()), GATE);
-        assert_eq!(code_for(&crate::ConfigError(anyhow::anyhow!("x")).into()), USAGE);
+        assert_eq!(
+            code_for(&crate::ConfigError(anyhow::anyhow!("x")).into()),
+            USAGE
+        );
         assert_eq!(code_for(&anyhow::anyhow!("x")), FAILURE);
     }
 }

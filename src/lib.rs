@@ -53,7 +53,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 archive.compression = config::Compression::parse(c).map_err(ConfigError)?;
             }
             let store = archive::open(&archive)?;
-            let mode = if a.dry_run { source::Mode::AssignAll } else { source::Mode::Subscribe };
+            let mode = if a.dry_run {
+                source::Mode::AssignAll
+            } else {
+                source::Mode::Subscribe
+            };
             let mut src = source::KafkaSource::connect(&s.kafka, mode)?;
             let opts = commands::ingest::IngestOptions {
                 dry_run: a.dry_run,
@@ -61,15 +65,19 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_bytes: a.max_bytes,
                 max_duration: a.max_duration.map(Duration::from_secs),
                 assignment_timeout: Duration::from_secs(60),
+                stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
                 group: s.kafka.group.clone(),
                 fail_before_commit: failpoint.as_deref() == Some("ingest-before-commit"),
             };
             if a.dry_run {
                 let parts = src.partitions()?;
                 out.plan("partition  committed  end  lag");
-                for (p, c, end, lag) in commands::ingest::describe_lag(&src, &parts)? {
-                    let c = c.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-                    out.plan(&format!("{p}  {c}  {end}  {lag}"));
+                for l in commands::ingest::describe_lag(&src, &parts)? {
+                    let c = l
+                        .committed
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    out.plan(&format!("{}  {c}  {}  {}", l.partition, l.end, l.lag));
                 }
             }
             let sum = commands::ingest::run(&mut src, store.as_ref(), &archive, &opts, &out)?;
@@ -129,8 +137,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Aggregate(a) => {
             let mut wh = warehouse::connect(&s.warehouse, &out)?;
             let view_sql = match &s.aggregate.sql {
-                Some(p) => std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError(anyhow::anyhow!("aggregate.sql {}: {e}", p.display())))?,
+                Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError(anyhow::anyhow!("aggregate.sql {}: {e}", p.display()))
+                })?,
                 None => warehouse::BATCH_VIEW.to_string(),
             };
             let opts = commands::aggregate::AggregateOptions {
@@ -161,7 +170,10 @@ pub fn run(cli: Cli) -> Result<()> {
                     out.table(&commands::aggregate::format_table(cols, rows));
                 }
             }
-            let delta = sum.previous_rows.map(|p| format!("{:+}", sum.rows - p)).unwrap_or_else(|| "new".into());
+            let delta = sum
+                .previous_rows
+                .map(|p| format!("{:+}", sum.rows - p))
+                .unwrap_or_else(|| "new".into());
             out.summary(
                 &format!(
                     "aggregate{}: view {}, {} rows ({delta}){}, {:.1}s",

@@ -26,7 +26,12 @@ impl Output {
 
     /// For tests and library callers: prints nothing.
     pub fn silent() -> Self {
-        Output { quiet: true, verbose: false, json: false, interactive: false }
+        Output {
+            quiet: true,
+            verbose: false,
+            json: false,
+            interactive: false,
+        }
     }
 
     /// Human-facing lines (summaries, dry-run plans) go to stderr on a terminal or with -v.

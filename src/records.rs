@@ -52,7 +52,10 @@ impl<R: BufRead> FrameReader<R> {
             let avail = self.inner.fill_buf()?;
             if avail.is_empty() {
                 if pending_escape {
-                    bail!("record {}: truncated escape at end of object", self.record_no + 1);
+                    bail!(
+                        "record {}: truncated escape at end of object",
+                        self.record_no + 1
+                    );
                 }
                 if any {
                     bail!(
@@ -340,8 +343,11 @@ mod tests {
             .unwrap();
         assert_eq!(out, b"1\t2020-01-02 03:04:05\t10\t\\N\t2\t3\n");
         out.clear();
-        l.to_pg_copy_row("7;2020-01-02 03:04:05;1;Z\u{fc}rich\tx\\;0;0;".as_bytes(), &mut out)
-            .unwrap();
+        l.to_pg_copy_row(
+            "7;2020-01-02 03:04:05;1;Z\u{fc}rich\tx\\;0;0;".as_bytes(),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(
             out,
             "7\t2020-01-02 03:04:05\t1\tZ\u{fc}rich\\tx\\\\\t0\t0\n".as_bytes()

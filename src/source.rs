@@ -97,6 +97,8 @@ impl KafkaSource {
             .set("allow.auto.create.topics", "false")
             .set("socket.timeout.ms", "10000")
             .set("session.timeout.ms", "10000")
+            // Bounded runs are short: notice a rebalance quickly.
+            .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", "100")
             .set("log_level", "3");
         if let Some(p) = &k.security_protocol {
@@ -167,7 +169,11 @@ impl KafkaSource {
             bail!("topic {} on {}: {code}", self.topic, self.brokers);
         }
         if t.partitions().is_empty() {
-            bail!("topic {} does not exist on {} (no partitions)", self.topic, self.brokers);
+            bail!(
+                "topic {} does not exist on {} (no partitions)",
+                self.topic,
+                self.brokers
+            );
         }
         let mut v: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
         v.sort_unstable();
@@ -190,7 +196,12 @@ impl MessageSource for KafkaSource {
             if let Some(Ok(m)) = &r {
                 // Keep the message for after the rebalance event.
                 let msg = own(m);
-                self.consumer.context().events.lock().unwrap().insert(0, Event::Message(msg));
+                self.consumer
+                    .context()
+                    .events
+                    .lock()
+                    .unwrap()
+                    .insert(0, Event::Message(msg));
             }
             return Ok(ev);
         }
@@ -198,7 +209,11 @@ impl MessageSource for KafkaSource {
             None => Ok(Event::Idle),
             Some(Ok(m)) => Ok(Event::Message(own(&m))),
             Some(Err(KafkaError::PartitionEOF(p))) => Ok(Event::Eof(p)),
-            Some(Err(e)) => Err(anyhow!("consuming {} from {}: {e}", self.topic, self.brokers)),
+            Some(Err(e)) => Err(anyhow!(
+                "consuming {} from {}: {e}",
+                self.topic,
+                self.brokers
+            )),
         }
     }
 
@@ -210,7 +225,12 @@ impl MessageSource for KafkaSource {
         let got = self
             .consumer
             .committed_offsets(tpl, self.timeout)
-            .with_context(|| format!("reading committed offsets of {} from {}", self.topic, self.brokers))?;
+            .with_context(|| {
+                format!(
+                    "reading committed offsets of {} from {}",
+                    self.topic, self.brokers
+                )
+            })?;
         Ok(got
             .elements()
             .iter()

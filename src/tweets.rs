@@ -2,8 +2,18 @@
 
 /// Locations, including the awkward ones the pipeline must carry: emoji, non-ASCII, `None`.
 const LOCATIONS: &[&str] = &[
-    "Berlin", "Paris", "New York", "Z\u{fc}rich \u{1F1E8}\u{1F1ED}", "None", "S\u{e3}o Paulo", "Tokyo \u{1F5FC}",
-    "London", "Lagos", "Sydney", "Back\\slash City", "Tab\tTown",
+    "Berlin",
+    "Paris",
+    "New York",
+    "Z\u{fc}rich \u{1F1E8}\u{1F1ED}",
+    "None",
+    "S\u{e3}o Paulo",
+    "Tokyo \u{1F5FC}",
+    "London",
+    "Lagos",
+    "Sydney",
+    "Back\\slash City",
+    "Tab\tTown",
 ];
 
 fn mix(mut x: u64) -> u64 {
@@ -47,9 +57,15 @@ pub fn tweet(seed: u64, i: u64, locations: u64) -> Tweet {
     let n_loc = locations.max(1);
     let li = h % n_loc;
     let base = LOCATIONS[(li as usize) % LOCATIONS.len()];
-    let loc = if li < LOCATIONS.len() as u64 { base.to_string() } else { format!("{base} {li}") };
+    let loc = if li < LOCATIONS.len() as u64 {
+        base.to_string()
+    } else {
+        format!("{base} {li}")
+    };
     let secs = 1_704_067_200 + (i as i64); // 2024-01-01T00:00:00Z + i seconds
-    let created = chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().naive_utc();
+    let created = chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .naive_utc();
     Tweet {
         id: (seed as i64) * 1_000_000_000 + i as i64,
         created_at: created.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -71,7 +87,8 @@ mod tests {
         let l = crate::records::Layout::tweets();
         let mut out = Vec::new();
         for i in 0..500 {
-            l.to_pg_copy_row(tweet(3, i, 50).record().as_bytes(), &mut out).unwrap();
+            l.to_pg_copy_row(tweet(3, i, 50).record().as_bytes(), &mut out)
+                .unwrap();
         }
         assert!((0..500).any(|i| tweet(3, i, 50).location.is_none()));
     }

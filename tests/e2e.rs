@@ -17,7 +17,9 @@ fn expected_view(seed: u64, count: u64, locations: u64) -> Vec<ViewRow> {
         e.2 += t.favorite_count as i64;
         e.3 += t.retweet_count as i64;
     }
-    m.into_iter().map(|(k, v)| (k, v.0, v.1, v.2, v.3)).collect()
+    m.into_iter()
+        .map(|(k, v)| (k, v.0, v.1, v.2, v.3))
+        .collect()
 }
 
 fn actual_view(schema: &str) -> Vec<ViewRow> {
@@ -61,7 +63,11 @@ fn pipeline_end_to_end_on_real_services_and_second_run_adds_nothing() {
 
     let ing = w.json(&["ingest"]);
     assert_eq!(ing["messages"].as_u64().unwrap(), sent, "{ing}");
-    assert_eq!(ing["objects"].as_u64().unwrap(), 3, "one object per partition: {ing}");
+    assert_eq!(
+        ing["objects"].as_u64().unwrap(),
+        3,
+        "one object per partition: {ing}"
+    );
     let cp = w.json(&["copy"]);
     assert_eq!(cp["rows"].as_u64().unwrap(), sent, "{cp}");
     assert_eq!(cp["rejects"].as_u64().unwrap(), 0);

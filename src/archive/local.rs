@@ -24,19 +24,26 @@ impl LocalStore {
 
     /// Writes via a temp file in the target directory and links it into place, so a reader
     /// never sees a partial object and an existing object is never replaced.
-    fn put_with(&self, key: &str, fill: &mut dyn FnMut(&mut fs::File) -> Result<()>) -> Result<PutOutcome> {
+    fn put_with(
+        &self,
+        key: &str,
+        fill: &mut dyn FnMut(&mut fs::File) -> Result<()>,
+    ) -> Result<PutOutcome> {
         let dest = self.path(key)?;
         if dest.exists() {
             return Ok(PutOutcome::AlreadyExists);
         }
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).with_context(|| format!("creating directory {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
             .tempfile_in(&dir)
             .with_context(|| format!("creating temp file in {}", dir.display()))?;
         fill(tmp.as_file_mut()).with_context(|| format!("writing {}", dest.display()))?;
-        tmp.as_file().sync_all().with_context(|| format!("syncing {}", dest.display()))?;
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("syncing {}", dest.display()))?;
         let outcome = match fs::hard_link(tmp.path(), &dest) {
             Ok(()) => PutOutcome::Created,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => PutOutcome::AlreadyExists,
@@ -57,15 +64,17 @@ impl ObjectStore for LocalStore {
     fn check(&self) -> Result<()> {
         fs::create_dir_all(&self.root)
             .with_context(|| format!("archive directory {}", self.root.display()))?;
-        let probe = tempfile::tempfile_in(&self.root)
-            .with_context(|| format!("archive directory {} is not writable", self.root.display()))?;
+        let probe = tempfile::tempfile_in(&self.root).with_context(|| {
+            format!("archive directory {} is not writable", self.root.display())
+        })?;
         drop(probe);
         Ok(())
     }
 
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
         self.put_with(key, &mut |f| {
-            let mut src = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let mut src =
+                fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             std::io::copy(&mut src, f)?;
             Ok(())
         })
@@ -94,7 +103,11 @@ impl ObjectStore for LocalStore {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let start = if start_rel.is_empty() { self.root.clone() } else { self.root.join(start_rel) };
+        let start = if start_rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(start_rel)
+        };
         let mut stack = vec![start];
         while let Some(dir) = stack.pop() {
             let rd = match fs::read_dir(&dir) {
@@ -114,9 +127,14 @@ impl ObjectStore for LocalStore {
                         continue;
                     }
                     let rel = p.strip_prefix(&self.root).unwrap_or(&p);
-                    let key = rel.to_string_lossy().replace(std::path::MAIN_SEPARATOR, "/");
+                    let key = rel
+                        .to_string_lossy()
+                        .replace(std::path::MAIN_SEPARATOR, "/");
                     if key.starts_with(prefix) {
-                        out.push(ObjectMeta { key, size: ent.metadata()?.len() });
+                        out.push(ObjectMeta {
+                            key,
+                            size: ent.metadata()?.len(),
+                        });
                     }
                 }
             }

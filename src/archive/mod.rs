@@ -59,7 +59,11 @@ pub fn open(settings: &ArchiveSettings) -> Result<Box<dyn ObjectStore>> {
 }
 
 /// Downloads an object to a temp file (bounded memory) and checks its sha256 when known.
-pub fn download(store: &dyn ObjectStore, key: &str, expected_sha256: Option<&str>) -> Result<std::fs::File> {
+pub fn download(
+    store: &dyn ObjectStore,
+    key: &str,
+    expected_sha256: Option<&str>,
+) -> Result<std::fs::File> {
     use sha2::Digest;
     let mut file = tempfile::tempfile().context("creating a temp file for the download")?;
     {
@@ -97,43 +101,66 @@ pub mod conformance {
 
     pub fn run(store: &dyn ObjectStore) {
         store.check().expect("check");
-        assert!(store.list("conf/").unwrap().is_empty(), "fresh store must be empty");
+        assert!(
+            store.list("conf/").unwrap().is_empty(),
+            "fresh store must be empty"
+        );
         assert_eq!(
-            store.put_bytes_if_absent("conf/a/one.log", b"first").unwrap(),
+            store
+                .put_bytes_if_absent("conf/a/one.log", b"first")
+                .unwrap(),
             PutOutcome::Created
         );
         assert_eq!(
-            store.put_bytes_if_absent("conf/a/one.log", b"second").unwrap(),
+            store
+                .put_bytes_if_absent("conf/a/one.log", b"second")
+                .unwrap(),
             PutOutcome::AlreadyExists
         );
         let mut got = Vec::new();
         store.get_into("conf/a/one.log", &mut got).unwrap();
-        assert_eq!(got, b"first", "an existing object must never be overwritten");
+        assert_eq!(
+            got, b"first",
+            "an existing object must never be overwritten"
+        );
 
         let tmp = tempfile::NamedTempFile::new().unwrap();
         let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
         std::fs::write(tmp.path(), &big).unwrap();
         assert_eq!(
-            store.put_file_if_absent("conf/b/big.bin", tmp.path()).unwrap(),
+            store
+                .put_file_if_absent("conf/b/big.bin", tmp.path())
+                .unwrap(),
             PutOutcome::Created
         );
         assert_eq!(
-            store.put_file_if_absent("conf/b/big.bin", tmp.path()).unwrap(),
+            store
+                .put_file_if_absent("conf/b/big.bin", tmp.path())
+                .unwrap(),
             PutOutcome::AlreadyExists
         );
         let mut got = Vec::new();
-        assert_eq!(store.get_into("conf/b/big.bin", &mut got).unwrap(), big.len() as u64);
+        assert_eq!(
+            store.get_into("conf/b/big.bin", &mut got).unwrap(),
+            big.len() as u64
+        );
         assert!(got == big, "large object round trip differs");
 
         let list = store.list("conf/").unwrap();
         let keys: Vec<_> = list.iter().map(|m| (m.key.as_str(), m.size)).collect();
-        assert_eq!(keys, vec![("conf/a/one.log", 5), ("conf/b/big.bin", big.len() as u64)]);
+        assert_eq!(
+            keys,
+            vec![("conf/a/one.log", 5), ("conf/b/big.bin", big.len() as u64)]
+        );
         assert_eq!(store.list("conf/a/").unwrap().len(), 1);
         assert!(store.list("nothing/").unwrap().is_empty());
 
         let err = store.get_into("conf/missing", &mut Vec::new()).unwrap_err();
         assert!(
-            matches!(err.downcast_ref::<StoreError>(), Some(StoreError::NotFound(_))),
+            matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::NotFound(_))
+            ),
             "missing object must be NotFound, got {err:#}"
         );
         store.delete("conf/a/one.log").unwrap();

@@ -42,7 +42,10 @@ impl S3Store {
             _ => bail!("S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
         };
         let reg = match endpoint {
-            Some(ep) => Region::Custom { region: region.clone(), endpoint: ep.clone() },
+            Some(ep) => Region::Custom {
+                region: region.clone(),
+                endpoint: ep.clone(),
+            },
             None => region
                 .parse()
                 .map_err(|_| anyhow!("unknown AWS region {region:?}"))?,
@@ -95,7 +98,9 @@ impl S3Store {
             Ok((_, 200)) => Ok(true),
             Ok((_, 404)) => Ok(false),
             Ok((_, code)) => bail!("HEAD {} answered HTTP {code}", self.url(key)),
-            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => Ok(false),
+            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
+                Ok(false)
+            }
             Err(e) => Err(self.explain(&e)).with_context(|| format!("checking {}", self.url(key))),
         }
     }
@@ -135,7 +140,8 @@ impl ObjectStore for S3Store {
         }
         let size = std::fs::metadata(path)?.len();
         if size <= SINGLE_PUT_MAX {
-            let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             return self.put_bytes_if_absent(key, &data);
         }
         let mut f = std::fs::File::open(path)?;
@@ -152,7 +158,10 @@ impl ObjectStore for S3Store {
         }
         let mut h = http::HeaderMap::new();
         h.insert("if-none-match", http::HeaderValue::from_static("*"));
-        match self.bucket.put_object_with_headers(self.full(key), data, Some(h)) {
+        match self
+            .bucket
+            .put_object_with_headers(self.full(key), data, Some(h))
+        {
             Ok(r) if r.status_code() == 200 => Ok(PutOutcome::Created),
             Ok(r) => bail!("uploading {}: HTTP {}", self.url(key), r.status_code()),
             Err(S3Error::HttpFailWithBody(412, _)) => Ok(PutOutcome::AlreadyExists),
@@ -162,14 +171,19 @@ impl ObjectStore for S3Store {
 
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
         let mut counting = Counting { inner: w, n: 0 };
-        match self.bucket.get_object_to_writer(self.full(key), &mut counting) {
+        match self
+            .bucket
+            .get_object_to_writer(self.full(key), &mut counting)
+        {
             Ok(200) => Ok(counting.n),
             Ok(404) => Err(StoreError::NotFound(self.url(key)).into()),
             Ok(code) => bail!("downloading {}: HTTP {code}", self.url(key)),
             Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
                 Err(StoreError::NotFound(self.url(key)).into())
             }
-            Err(e) => Err(self.explain(&e)).with_context(|| format!("downloading {}", self.url(key))),
+            Err(e) => {
+                Err(self.explain(&e)).with_context(|| format!("downloading {}", self.url(key)))
+            }
         }
     }
 
@@ -179,12 +193,19 @@ impl ObjectStore for S3Store {
             .list(self.full(prefix), None)
             .map_err(|e| self.explain(&e))
             .with_context(|| format!("listing {}", self.url(prefix)))?;
-        let strip = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
         let mut out: Vec<ObjectMeta> = pages
             .into_iter()
             .flat_map(|p| p.contents)
             .filter_map(|o| {
-                o.key.strip_prefix(&strip).map(|k| ObjectMeta { key: k.to_string(), size: o.size })
+                o.key.strip_prefix(&strip).map(|k| ObjectMeta {
+                    key: k.to_string(),
+                    size: o.size,
+                })
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -45,9 +45,17 @@ pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool) -> Plan {
     let mut swap = vec![];
     if view_exists {
         swap.push(format!("DROP TABLE IF EXISTS {}", q(&prev)));
-        swap.push(format!("ALTER TABLE {} RENAME TO {}", q(v), quote_ident(&prev)));
+        swap.push(format!(
+            "ALTER TABLE {} RENAME TO {}",
+            q(v),
+            quote_ident(&prev)
+        ));
     }
-    swap.push(format!("ALTER TABLE {} RENAME TO {}", q(&new), quote_ident(v)));
+    swap.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        q(&new),
+        quote_ident(v)
+    ));
     let mut gates = vec![format!("SELECT count(*) FROM {}", q(&new))];
     if view_exists {
         gates.push(format!("SELECT count(*) FROM {}", q(v)));
@@ -79,10 +87,18 @@ pub struct AggregateSummary {
     pub top: Option<(Vec<String>, Vec<Vec<String>>)>,
 }
 
-pub fn run(wh: &mut dyn Warehouse, names: &Names, opts: &AggregateOptions) -> Result<AggregateSummary> {
+pub fn run(
+    wh: &mut dyn Warehouse,
+    names: &Names,
+    opts: &AggregateOptions,
+) -> Result<AggregateSummary> {
     let started = Instant::now();
     let v = opts.view.clone();
-    let mut summary = AggregateSummary { view: v.clone(), dry_run: opts.dry_run, ..Default::default() };
+    let mut summary = AggregateSummary {
+        view: v.clone(),
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
     if !opts.dry_run && !wh.lock("aggregate", opts.wait)? {
         return Err(Busy(format!("another aggregate of {v} holds the lock")).into());
     }
@@ -96,11 +112,17 @@ pub fn run(wh: &mut dyn Warehouse, names: &Names, opts: &AggregateOptions) -> Re
         }
         let stmts = rollback_plan(names, &v);
         if opts.dry_run {
-            summary.plan = Some(Plan { build: vec![], swap: stmts, gates: vec![] });
+            summary.plan = Some(Plan {
+                build: vec![],
+                swap: stmts,
+                gates: vec![],
+            });
         } else {
             wh.run_in_transaction(&stmts)?;
             summary.rolled_back = true;
-            summary.rows = wh.query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?.unwrap_or(0);
+            summary.rows = wh
+                .query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?
+                .unwrap_or(0);
         }
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -115,7 +137,11 @@ pub fn run(wh: &mut dyn Warehouse, names: &Names, opts: &AggregateOptions) -> Re
         wh.execute(s)?;
     }
     let rows = wh.query_i64(&p.gates[0])?.unwrap_or(0);
-    let previous = if view_exists { wh.query_i64(&p.gates[1])? } else { None };
+    let previous = if view_exists {
+        wh.query_i64(&p.gates[1])?
+    } else {
+        None
+    };
     summary.rows = rows;
     summary.previous_rows = previous;
     if !opts.force {
@@ -123,14 +149,21 @@ pub fn run(wh: &mut dyn Warehouse, names: &Names, opts: &AggregateOptions) -> Re
             let rejected = format!("{v}__rejected");
             wh.run_in_transaction(&[
                 format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
-                format!("ALTER TABLE {} RENAME TO {}", names.qualified(&format!("{v}__new")), quote_ident(&rejected)),
+                format!(
+                    "ALTER TABLE {} RENAME TO {}",
+                    names.qualified(&format!("{v}__new")),
+                    quote_ident(&rejected)
+                ),
             ])?;
             return Err(GateRefused(format!("{why}; kept {v} as it was, the new build is in {rejected} (use --force to swap anyway)")).into());
         }
     }
     wh.run_in_transaction(&p.swap)?;
     if let Some(n) = opts.print {
-        let sql = format!("SELECT * FROM {} ORDER BY 2 DESC, 1 LIMIT {n}", names.qualified(&v));
+        let sql = format!(
+            "SELECT * FROM {} ORDER BY 2 DESC, 1 LIMIT {n}",
+            names.qualified(&v)
+        );
         summary.top = Some(wh.query_text(&sql)?);
     }
     summary.seconds = started.elapsed().as_secs_f64();
@@ -141,7 +174,9 @@ pub fn run(wh: &mut dyn Warehouse, names: &Names, opts: &AggregateOptions) -> Re
 pub fn gate_failure(opts: &AggregateOptions, rows: i64, previous: Option<i64>) -> Option<String> {
     let min = opts.min_rows.unwrap_or(1);
     if rows < min {
-        return Some(format!("gate min_rows: the new view has {rows} rows, fewer than {min}"));
+        return Some(format!(
+            "gate min_rows: the new view has {rows} rows, fewer than {min}"
+        ));
     }
     if let (Some(max), Some(prev)) = (opts.max_row_change, previous) {
         if prev > 0 {
@@ -175,7 +210,13 @@ pub fn format_table(cols: &[String], rows: &[Vec<String>]) -> String {
         format!("{}\n", parts.join(" | ").trim_end())
     };
     let mut s = line(cols);
-    s += &format!("{}\n", w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("-+-"));
+    s += &format!(
+        "{}\n",
+        w.iter()
+            .map(|n| "-".repeat(*n))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
     for r in rows {
         s += &line(r);
     }
@@ -188,11 +229,20 @@ mod tests {
     use crate::warehouse::BATCH_VIEW;
 
     fn names() -> Names {
-        Names { schema: "public".into(), raw: "batch_raw".into(), ledger: "l".into(), rejects: "r".into() }
+        Names {
+            schema: "public".into(),
+            raw: "batch_raw".into(),
+            ledger: "l".into(),
+            rejects: "r".into(),
+        }
     }
 
     fn opts() -> AggregateOptions {
-        AggregateOptions { view: "batch_layer".into(), view_sql: BATCH_VIEW.into(), ..Default::default() }
+        AggregateOptions {
+            view: "batch_layer".into(),
+            view_sql: BATCH_VIEW.into(),
+            ..Default::default()
+        }
     }
 
     /// Statements both PostgreSQL and Redshift accept: no PG-only syntax may creep in.
@@ -207,9 +257,22 @@ mod tests {
         }
         all.extend(rollback_plan(&names(), "batch_layer"));
         let forbidden = [
-            "::", "ON CONFLICT", "RETURNING", "MATERIALIZED", "CONCURRENTLY", "UNLOGGED", "IF EXISTS RENAME",
-            "ALTER TABLE IF EXISTS", "FILTER (", "DISTINCT ON", "SERIAL", "TEXT[]", "ILIKE ANY", "GENERATED",
-            "CREATE OR REPLACE VIEW", "pg_",
+            "::",
+            "ON CONFLICT",
+            "RETURNING",
+            "MATERIALIZED",
+            "CONCURRENTLY",
+            "UNLOGGED",
+            "IF EXISTS RENAME",
+            "ALTER TABLE IF EXISTS",
+            "FILTER (",
+            "DISTINCT ON",
+            "SERIAL",
+            "TEXT[]",
+            "ILIKE ANY",
+            "GENERATED",
+            "CREATE OR REPLACE VIEW",
+            "pg_",
         ];
         for s in &all {
             let up = s.to_uppercase();
@@ -218,13 +281,22 @@ mod tests {
             }
             let first = up.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
             assert!(
-                ["DROP TABLE", "CREATE TABLE", "ALTER TABLE", "SELECT COUNT(*)"].contains(&first.as_str()),
+                [
+                    "DROP TABLE",
+                    "CREATE TABLE",
+                    "ALTER TABLE",
+                    "SELECT COUNT(*)"
+                ]
+                .contains(&first.as_str()),
                 "unexpected statement kind: {s}"
             );
         }
         let p = plan(&names(), &opts(), true);
         assert_eq!(p.swap.len(), 3);
-        assert!(p.swap.iter().all(|s| !s.contains("CREATE")), "the swap must only rename");
+        assert!(
+            p.swap.iter().all(|s| !s.contains("CREATE")),
+            "the swap must only rename"
+        );
         assert!(p.build[1].contains("WITH dedup AS") && p.build[1].contains("SELECT DISTINCT"));
     }
 
@@ -241,7 +313,10 @@ mod tests {
 
     #[test]
     fn table_is_aligned() {
-        let t = format_table(&["a".into(), "count".into()], &[vec!["Z\u{fc}rich".into(), "3".into()]]);
+        let t = format_table(
+            &["a".into(), "count".into()],
+            &[vec!["Z\u{fc}rich".into(), "3".into()]],
+        );
         assert_eq!(t, "a      | count\n-------+------\nZ\u{fc}rich | 3\n");
     }
 }

@@ -42,7 +42,8 @@ pub fn archived_objects(store: &dyn ObjectStore) -> Result<Vec<LoadJob>> {
     for m in store.list("_manifests/")? {
         let mut body = Vec::new();
         store.get_into(&m.key, &mut body)?;
-        let man: Manifest = serde_json::from_slice(&body).with_context(|| format!("parsing manifest {}", m.key))?;
+        let man: Manifest =
+            serde_json::from_slice(&body).with_context(|| format!("parsing manifest {}", m.key))?;
         for o in man.objects {
             expected.insert(o.key, (o.sha256, o.records));
         }
@@ -80,7 +81,8 @@ pub fn run(
         wh.ensure_tables(layout)?;
     }
     let loaded = wh.loaded_keys()?;
-    let mut jobs = archived_objects(store).with_context(|| format!("listing the archive {}", store.describe()))?;
+    let mut jobs = archived_objects(store)
+        .with_context(|| format!("listing the archive {}", store.describe()))?;
     if let Some(k) = &opts.key {
         jobs.retain(|j| &j.key == k);
         if jobs.is_empty() {
@@ -91,7 +93,10 @@ pub fn run(
     if let Some(n) = opts.limit {
         jobs.truncate(n);
     }
-    let mut summary = CopySummary { dry_run: opts.dry_run, ..Default::default() };
+    let mut summary = CopySummary {
+        dry_run: opts.dry_run,
+        ..Default::default()
+    };
     if opts.dry_run {
         summary.sql = wh.load_sql(&jobs, layout);
         summary.bytes = jobs.iter().map(|j| j.size).sum();
@@ -102,7 +107,10 @@ pub fn run(
     }
     let total: u64 = jobs.iter().map(|j| j.size).sum();
     let pb = out.progress(total, "copy");
-    let lopts = LoadOptions { max_errors: opts.max_errors, fail_before_commit: opts.fail_before_commit };
+    let lopts = LoadOptions {
+        max_errors: opts.max_errors,
+        fail_before_commit: opts.fail_before_commit,
+    };
     let results = wh.load(&jobs, store, layout, &lopts, &mut |r| {
         pb.inc(r.bytes);
         pb.set_message(format!("{} rows", r.loaded));
@@ -110,7 +118,13 @@ pub fn run(
     pb.finish_and_clear();
     for r in &results {
         if r.loaded + r.rejected != r.records {
-            bail!("object {}: {} loaded + {} rejected != {} records", r.key, r.loaded, r.rejected, r.records);
+            bail!(
+                "object {}: {} loaded + {} rejected != {} records",
+                r.key,
+                r.loaded,
+                r.rejected,
+                r.records
+            );
         }
         summary.rows += r.loaded;
         summary.rejects += r.rejected;

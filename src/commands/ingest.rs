@@ -30,6 +30,8 @@ pub struct IngestOptions {
     pub max_duration: Option<Duration>,
     /// How long to wait for the group to assign partitions.
     pub assignment_timeout: Duration,
+    /// Fail when assigned partitions deliver neither data nor end-of-partition for this long.
+    pub stall_timeout: Duration,
     pub group: String,
     /// Test hook: fail after storing objects and the manifest, before committing.
     pub fail_before_commit: bool,
@@ -90,8 +92,17 @@ pub struct IngestSummary {
 }
 
 /// The name part of an archived object: `{topic}+{partition}+{first:020}+{last:020}.log[.gz|.zst]`.
-pub fn object_file_name(topic: &str, partition: i32, first: i64, last: i64, c: Compression) -> String {
-    format!("{topic}+{partition}+{first:020}+{last:020}.{}", c.extension())
+pub fn object_file_name(
+    topic: &str,
+    partition: i32,
+    first: i64,
+    last: i64,
+    c: Compression,
+) -> String {
+    format!(
+        "{topic}+{partition}+{first:020}+{last:020}.{}",
+        c.extension()
+    )
 }
 
 /// Parses an object key's last segment back into (topic, partition, first, last).
@@ -186,6 +197,7 @@ struct Spool {
     first_ts: Option<i64>,
     records: u64,
     uncompressed: u64,
+    payload_bytes: u64,
     file: tempfile::TempPath,
     enc: Option<Encoder>,
     buf: Vec<u8>,
@@ -196,13 +208,20 @@ impl Spool {
         let (file, path) = tempfile::NamedTempFile::new()
             .context("creating spool file in the temp directory")?
             .into_parts();
-        let sink = HashWriter { inner: BufWriter::with_capacity(256 << 10, file), hash: Sha256::new(), n: 0 };
+        let sink = HashWriter {
+            inner: BufWriter::with_capacity(256 << 10, file),
+            hash: Sha256::new(),
+            n: 0,
+        };
         let enc = if dry_run {
             Encoder::Plain(sink)
         } else {
             match c {
                 Compression::None => Encoder::Plain(sink),
-                Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(sink, flate2::Compression::fast())),
+                Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
+                    sink,
+                    flate2::Compression::fast(),
+                )),
                 Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(sink, 3)?),
             }
         };
@@ -212,6 +231,7 @@ impl Spool {
             first_ts: m.timestamp_ms,
             records: 0,
             uncompressed: 0,
+            payload_bytes: 0,
             file: path,
             enc: Some(enc),
             buf: Vec::with_capacity(4096),
@@ -230,6 +250,7 @@ impl Spool {
                 .context("writing spool file (is the temp directory full?)")?;
         }
         self.uncompressed += self.buf.len() as u64;
+        self.payload_bytes += payload.len() as u64;
         self.records += 1;
         self.last = offset;
         Ok(())
@@ -243,7 +264,6 @@ struct PartState {
     spool: Option<Spool>,
     /// The offset to commit: one past the last message handled.
     next_commit: Option<i64>,
-    messages: u64,
 }
 
 struct Run<'a> {
@@ -263,10 +283,12 @@ impl Run<'_> {
     fn archived_for(&mut self, p: i32) -> Result<&Vec<(i64, i64)>> {
         if self.listing.is_none() {
             let prefix = list_prefix(&self.settings.key_template, &self.topic);
-            let listed = self
-                .store
-                .list(&prefix)
-                .with_context(|| format!("listing the archive {} for reconciliation", self.store.describe()))?;
+            let listed = self.store.list(&prefix).with_context(|| {
+                format!(
+                    "listing the archive {} for reconciliation",
+                    self.store.describe()
+                )
+            })?;
             let mut v = Vec::new();
             for o in listed {
                 if let Some((t, part, first, last)) = parse_object_key(&o.key) {
@@ -280,7 +302,11 @@ impl Run<'_> {
         let listing = self.listing.as_ref().expect("listed");
         let st = self.parts.entry(p).or_default();
         if st.archived.is_none() {
-            let mut r: Vec<(i64, i64)> = listing.iter().filter(|x| x.0 == p).map(|x| (x.1, x.2)).collect();
+            let mut r: Vec<(i64, i64)> = listing
+                .iter()
+                .filter(|x| x.0 == p)
+                .map(|x| (x.1, x.2))
+                .collect();
             r.sort_unstable();
             st.archived = Some(r);
         }
@@ -289,7 +315,10 @@ impl Run<'_> {
 
     fn on_message(&mut self, m: Message) -> Result<()> {
         let p = m.partition;
-        let covered = self.archived_for(p)?.iter().any(|&(f, l)| f <= m.offset && m.offset <= l);
+        let covered = self
+            .archived_for(p)?
+            .iter()
+            .any(|&(f, l)| f <= m.offset && m.offset <= l);
         if covered {
             // Already archived by a run that died before committing: skip, and cut the
             // current object here so no object spans the gap.
@@ -319,9 +348,9 @@ impl Run<'_> {
         let sp = st.spool.as_mut().expect("spool");
         sp.append(m.offset, payload, dry)?;
         st.next_commit = Some(m.offset + 1);
-        st.messages += 1;
         let rotate = sp.uncompressed >= self.settings.max_object_bytes
-            || (self.settings.max_object_records > 0 && sp.records >= self.settings.max_object_records);
+            || (self.settings.max_object_records > 0
+                && sp.records >= self.settings.max_object_records);
         self.summary.messages += 1;
         self.summary.bytes += len;
         if rotate {
@@ -332,13 +361,31 @@ impl Run<'_> {
 
     /// Stores the partition's open spool as an object (or, in a dry run, plans it).
     fn flush_partition(&mut self, p: i32) -> Result<()> {
-        let Some(st) = self.parts.get_mut(&p) else { return Ok(()) };
-        let Some(mut sp) = st.spool.take() else { return Ok(()) };
+        let Some(st) = self.parts.get_mut(&p) else {
+            return Ok(());
+        };
+        let Some(mut sp) = st.spool.take() else {
+            return Ok(());
+        };
         let c = self.settings.compression;
         let name = object_file_name(&self.topic, p, sp.first, sp.last, c);
-        let dir = folder(&self.settings.key_template, &self.topic, sp.first_ts, self.settings.utc_offset_secs);
-        let key = if dir.is_empty() { name } else { format!("{}/{name}", dir.trim_end_matches('/')) };
-        let sink = sp.enc.take().expect("encoder").finish().context("finishing spool file")?;
+        let dir = folder(
+            &self.settings.key_template,
+            &self.topic,
+            sp.first_ts,
+            self.settings.utc_offset_secs,
+        );
+        let key = if dir.is_empty() {
+            name
+        } else {
+            format!("{}/{name}", dir.trim_end_matches('/'))
+        };
+        let sink = sp
+            .enc
+            .take()
+            .expect("encoder")
+            .finish()
+            .context("finishing spool file")?;
         let bytes = sink.n;
         let sha = hex::encode(sink.hash.finalize());
         drop(sink.inner);
@@ -351,7 +398,11 @@ impl Run<'_> {
             records: sp.records,
             bytes: if self.opts.dry_run { 0 } else { bytes },
             uncompressed_bytes: sp.uncompressed,
-            sha256: if self.opts.dry_run { String::new() } else { sha },
+            sha256: if self.opts.dry_run {
+                String::new()
+            } else {
+                sha
+            },
             compression: format!("{c:?}").to_lowercase(),
         };
         if !self.opts.dry_run {
@@ -360,10 +411,13 @@ impl Run<'_> {
                 .put_file_if_absent(&key, &sp.file)
                 .with_context(|| format!("storing {key} in {}", self.store.describe()))?;
             match outcome {
-                PutOutcome::Created => self.out.debug(&format!("stored {key} ({} records)", sp.records)),
+                PutOutcome::Created => self
+                    .out
+                    .debug(&format!("stored {key} ({} records)", sp.records)),
                 PutOutcome::AlreadyExists => {
                     // Same name means same data (the name is a function of the offsets).
-                    self.out.warn(&format!("{key} already exists; kept the stored object"))
+                    self.out
+                        .warn(&format!("{key} already exists; kept the stored object"))
                 }
             }
         }
@@ -396,11 +450,16 @@ pub fn run(
         listing: None,
         objects: Vec::new(),
         rejected: Vec::new(),
-        summary: IngestSummary { dry_run: opts.dry_run, ..Default::default() },
+        summary: IngestSummary {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        },
     };
     let mut assigned: Option<BTreeSet<i32>> = None;
     let mut eof: BTreeSet<i32> = BTreeSet::new();
     let mut lag_total = 0u64;
+    let mut assign_wait_start = Instant::now();
+    let mut last_progress = Instant::now();
     let mut pb = out.progress(0, "ingest");
     let stopped_by;
     loop {
@@ -409,7 +468,7 @@ pub fn run(
                 stopped_by = "end of partitions".to_string();
                 break;
             }
-        } else if started.elapsed() > opts.assignment_timeout {
+        } else if assign_wait_start.elapsed() > opts.assignment_timeout {
             bail!(
                 "no partitions of topic {topic} were assigned to group {} within {}s (is the group coordinator up?)",
                 opts.group,
@@ -428,7 +487,11 @@ pub fn run(
             stopped_by = "--max-duration".into();
             break;
         }
-        match source.poll(Duration::from_millis(200))? {
+        let ev = source.poll(Duration::from_millis(200))?;
+        if !matches!(ev, Event::Idle) {
+            last_progress = Instant::now();
+        }
+        match ev {
             Event::Message(m) => {
                 if !assigned.as_ref().is_some_and(|a| a.contains(&m.partition)) {
                     continue;
@@ -454,21 +517,42 @@ pub fn run(
                 assigned = Some(ps.into_iter().collect());
             }
             Event::Revoked(ps) => {
-                out.debug(&format!("partitions {ps:?} revoked; dropping their uncommitted data"));
+                out.debug(&format!(
+                    "partitions {ps:?} revoked; dropping their uncommitted data"
+                ));
                 for p in &ps {
-                    if let Some(st) = run.parts.remove(p) {
-                        run.summary.messages -= st.messages;
+                    // Objects already stored stay (the next owner skips them); the spool is dropped.
+                    if let Some(sp) = run.parts.remove(p).and_then(|st| st.spool) {
+                        run.summary.messages -= sp.records;
+                        run.summary.bytes -= sp.payload_bytes;
                     }
                     eof.remove(p);
                 }
                 run.rejected.retain(|r| !ps.contains(&r.partition));
-                if let Some(a) = assigned.as_mut() {
-                    for p in &ps {
-                        a.remove(p);
+                // An assignment follows every revocation; wait for it before judging "done".
+                assigned = None;
+                assign_wait_start = Instant::now();
+            }
+            Event::Idle => {
+                if let Some(a) = &assigned {
+                    if last_progress.elapsed() > opts.stall_timeout {
+                        let waiting: Vec<String> = a
+                            .iter()
+                            .filter(|p| !eof.contains(p))
+                            .map(|p| match run.parts.get(p).and_then(|s| s.next_commit) {
+                                Some(o) => format!("{p} (at offset {o})"),
+                                None => format!("{p} (at its committed offset)"),
+                            })
+                            .collect();
+                        bail!(
+                            "topic {topic}: partitions {} delivered neither data nor end-of-partition for {}s; \
+                             the broker may be failing to serve that offset (nothing was committed)",
+                            waiting.join(", "),
+                            opts.stall_timeout.as_secs()
+                        );
                     }
                 }
             }
-            Event::Idle => {}
         }
     }
     pb.finish_and_clear();
@@ -476,7 +560,11 @@ pub fn run(
     for p in &part_ids {
         run.flush_partition(*p)?;
     }
-    let run_id = format!("{}-{}", started_at.format("%Y%m%dT%H%M%S%.3fZ"), std::process::id());
+    let run_id = format!(
+        "{}-{}",
+        started_at.format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id()
+    );
 
     let rejected_key = if run.rejected.is_empty() {
         None
@@ -488,7 +576,9 @@ pub fn run(
                 serde_json::to_writer(&mut body, r)?;
                 body.push(b'\n');
             }
-            store.put_bytes_if_absent(&key, &body).with_context(|| format!("storing {key}"))?;
+            store
+                .put_bytes_if_absent(&key, &body)
+                .with_context(|| format!("storing {key}"))?;
         }
         Some(key)
     };
@@ -551,14 +641,29 @@ fn lag(source: &dyn MessageSource, ps: &[i32]) -> u64 {
         .sum()
 }
 
+/// One partition's position, for --dry-run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    /// The high watermark as the broker reports it.
+    pub end: i64,
+    pub lag: i64,
+}
+
 /// Per-partition committed offset, end offset and lag, for --dry-run.
-pub fn describe_lag(source: &dyn MessageSource, ps: &[i32]) -> Result<Vec<(i32, Option<i64>, i64, i64)>> {
+pub fn describe_lag(source: &dyn MessageSource, ps: &[i32]) -> Result<Vec<PartitionLag>> {
     let committed = source.committed(ps)?;
     let mut v = Vec::new();
     for p in ps {
         let (lo, hi) = source.watermarks(*p)?;
         let c = committed.get(p).copied().flatten();
-        v.push((*p, c, hi, (hi - c.unwrap_or(lo)).max(0)));
+        v.push(PartitionLag {
+            partition: *p,
+            committed: c,
+            end: hi,
+            lag: (hi - c.unwrap_or(lo)).max(0),
+        });
     }
     Ok(v)
 }
@@ -582,8 +687,14 @@ mod tests {
     fn folders_use_utc_or_offset() {
         // 2021-03-04T23:30:00Z
         let ts = 1_614_900_600_000;
-        assert_eq!(folder("{topic}/{YYYY}/{MM}/{DD}/{HH}", "t", Some(ts), 0), "t/2021/03/04/23");
-        assert_eq!(folder("{topic}/{YYYY}/{MM}/{DD}/{HH}", "t", Some(ts), 3600), "t/2021/03/05/00");
+        assert_eq!(
+            folder("{topic}/{YYYY}/{MM}/{DD}/{HH}", "t", Some(ts), 0),
+            "t/2021/03/04/23"
+        );
+        assert_eq!(
+            folder("{topic}/{YYYY}/{MM}/{DD}/{HH}", "t", Some(ts), 3600),
+            "t/2021/03/05/00"
+        );
         assert_eq!(list_prefix("{topic}/{YYYY}/{MM}", "t"), "t/");
         assert_eq!(list_prefix("raw/{topic}/x/{YYYY}", "t"), "raw/t/x/");
         assert_eq!(list_prefix("{YYYY}/{topic}", "t"), "");

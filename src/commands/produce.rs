@@ -27,7 +27,10 @@ impl ProducerContext for Counting {
     fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = r {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            self.first_error.lock().unwrap().get_or_insert_with(|| e.to_string());
+            self.first_error
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| e.to_string());
         }
     }
 }
@@ -49,7 +52,9 @@ fn client_config(k: &KafkaSettings) -> ClientConfig {
 
 /// Creates the topic unless it exists.
 pub fn create_topic(k: &KafkaSettings, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(k).create().context("creating Kafka admin client")?;
+    let admin: AdminClient<DefaultClientContext> = client_config(k)
+        .create()
+        .context("creating Kafka admin client")?;
     let topic = NewTopic::new(&k.topic, partitions, TopicReplication::Fixed(1));
     let res = futures_executor::block_on(admin.create_topics(
         [&topic],
@@ -81,7 +86,11 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
     for i in 0..o.count {
         let rec = tweet(o.seed, i, o.locations).record();
         let key = i.to_string();
-        let copies = if o.duplicate_every > 0 && i % o.duplicate_every == 0 { 2 } else { 1 };
+        let copies = if o.duplicate_every > 0 && i % o.duplicate_every == 0 {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             loop {
                 match producer.send(BaseRecord::to(&k.topic).key(&key).payload(&rec)) {
@@ -89,7 +98,9 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    Err((e, _)) => return Err(anyhow!("producing to {} on {}: {e}", k.topic, k.brokers)),
+                    Err((e, _)) => {
+                        return Err(anyhow!("producing to {} on {}: {e}", k.topic, k.brokers))
+                    }
                 }
             }
             sent += 1;
@@ -100,8 +111,17 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
         .map_err(|e| anyhow!("flushing producer to {}: {e}", k.brokers))?;
     let failed = producer.context().failed.load(Ordering::Relaxed);
     if failed > 0 {
-        let first = producer.context().first_error.lock().unwrap().clone().unwrap_or_default();
-        return Err(anyhow!("{failed} of {sent} messages to {} were not delivered: {first}", k.topic));
+        let first = producer
+            .context()
+            .first_error
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        return Err(anyhow!(
+            "{failed} of {sent} messages to {} were not delivered: {first}",
+            k.topic
+        ));
     }
     Ok(sent)
 }

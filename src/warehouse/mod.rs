@@ -79,7 +79,8 @@ pub fn create_statements(names: &Names, layout: &Layout) -> Vec<String> {
             format!("    {} {ty}", quote_ident(&c.name))
         })
         .collect();
-    let raw = strip_comments(&names.render(CREATE_RAW, &[])).replace("{columns}", &cols.join(",\n"));
+    let raw =
+        strip_comments(&names.render(CREATE_RAW, &[])).replace("{columns}", &cols.join(",\n"));
     vec![
         format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&names.schema)),
         strip_comments(&raw),
@@ -178,21 +179,35 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names { schema: "s".into(), raw: "batch_raw".into(), ledger: "l".into(), rejects: "r".into() }
+        Names {
+            schema: "s".into(),
+            raw: "batch_raw".into(),
+            ledger: "l".into(),
+            rejects: "r".into(),
+        }
     }
 
     #[test]
     fn templates_render_quoted_identifiers() {
         let stmts = create_statements(&names(), &Layout::tweets());
         assert_eq!(stmts[0], "CREATE SCHEMA IF NOT EXISTS \"s\"");
-        assert!(stmts[1].starts_with("CREATE TABLE IF NOT EXISTS \"s\".\"batch_raw\" (\n    \"id\" bigint,"), "{}", stmts[1]);
+        assert!(
+            stmts[1].starts_with(
+                "CREATE TABLE IF NOT EXISTS \"s\".\"batch_raw\" (\n    \"id\" bigint,"
+            ),
+            "{}",
+            stmts[1]
+        );
         assert!(stmts[1].contains("\"location\" varchar(256)"));
         assert!(stmts.iter().all(|s| !s.contains('{') && !s.contains("--")));
     }
 
     #[test]
     fn hostile_names_stay_inside_quotes() {
-        assert_eq!(quote_ident("x\"; drop table y; --"), "\"x\"\"; drop table y; --\"");
+        assert_eq!(
+            quote_ident("x\"; drop table y; --"),
+            "\"x\"\"; drop table y; --\""
+        );
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -1,7 +1,10 @@
 //! PostgreSQL: streamed `COPY ... FROM STDIN`, ledger row in the same transaction,
 //! session advisory locks.
 
-use super::{create_statements, quote_ident, quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
+use super::{
+    create_statements, quote_ident, quote_literal, LoadJob, LoadOptions, LoadResult, Names,
+    Warehouse,
+};
 use crate::archive::{decoder, download, ObjectStore};
 use crate::config::{redact_url, WarehouseSettings};
 use crate::output::Output;
@@ -53,25 +56,53 @@ pub fn pg_reason(e: &postgres::Error) -> String {
 impl Pg {
     pub fn connect(w: &WarehouseSettings, names: Names, out: Output) -> Result<Self> {
         let (client, url) = open_client(w)?;
-        Ok(Pg { client, names, url, out })
+        Ok(Pg {
+            client,
+            names,
+            url,
+            out,
+        })
     }
 
     fn copy_sql(&self, layout: &Layout) -> String {
-        let cols: Vec<String> = layout.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        format!("COPY {} ({}) FROM STDIN", self.names.qualified(&self.names.raw), cols.join(", "))
+        let cols: Vec<String> = layout
+            .columns
+            .iter()
+            .map(|c| quote_ident(&c.name))
+            .collect();
+        format!(
+            "COPY {} ({}) FROM STDIN",
+            self.names.qualified(&self.names.raw),
+            cols.join(", ")
+        )
     }
 
-    fn load_one(&mut self, job: &LoadJob, store: &dyn ObjectStore, layout: &Layout, opts: &LoadOptions) -> Result<LoadResult> {
+    fn load_one(
+        &mut self,
+        job: &LoadJob,
+        store: &dyn ObjectStore,
+        layout: &Layout,
+        opts: &LoadOptions,
+    ) -> Result<LoadResult> {
         let file = download(store, &job.key, job.expected_sha256.as_deref())?;
         let mut reader = FrameReader::new(decoder(file, job.compression)?);
         let copy_sql = self.copy_sql(layout);
         let ledger = self.names.qualified(&self.names.ledger);
         let rejects_t = self.names.qualified(&self.names.rejects);
-        let mut tx = self.client.transaction().map_err(|e| anyhow!("{}", pg_reason(&e)))?;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| anyhow!("{}", pg_reason(&e)))?;
         let mut rejects: Vec<(u64, String, String)> = Vec::new();
-        let mut result = LoadResult { key: job.key.clone(), bytes: job.size, ..Default::default() };
+        let mut result = LoadResult {
+            key: job.key.clone(),
+            bytes: job.size,
+            ..Default::default()
+        };
         {
-            let mut w = tx.copy_in(&copy_sql).map_err(|e| anyhow!("starting COPY: {}", pg_reason(&e)))?;
+            let mut w = tx
+                .copy_in(&copy_sql)
+                .map_err(|e| anyhow!("starting COPY: {}", pg_reason(&e)))?;
             let mut rec = Vec::with_capacity(1024);
             let mut buf = Vec::with_capacity(128 << 10);
             loop {
@@ -103,21 +134,30 @@ impl Pg {
                     }
                 }
                 if buf.len() >= 64 << 10 {
-                    w.write_all(&buf).map_err(|e| anyhow!("sending COPY data: {e}"))?;
+                    w.write_all(&buf)
+                        .map_err(|e| anyhow!("sending COPY data: {e}"))?;
                     buf.clear();
                 }
             }
-            w.write_all(&buf).map_err(|e| anyhow!("sending COPY data: {e}"))?;
-            w.finish().map_err(|e| anyhow!("COPY into {}: {}", self.names.raw, pg_reason(&e)))?;
+            w.write_all(&buf)
+                .map_err(|e| anyhow!("sending COPY data: {e}"))?;
+            w.finish()
+                .map_err(|e| anyhow!("COPY into {}: {}", self.names.raw, pg_reason(&e)))?;
         }
         if let Some(want) = job.expected_records {
             if want != result.records {
-                bail!("object {}: holds {} records but its manifest says {want}", job.key, result.records);
+                bail!(
+                    "object {}: holds {} records but its manifest says {want}",
+                    job.key,
+                    result.records
+                );
             }
         }
         for (line, raw, reason) in &rejects {
             tx.execute(
-                &format!("INSERT INTO {rejects_t} (key, line, raw, reason) VALUES ($1, $2, $3, $4)"),
+                &format!(
+                    "INSERT INTO {rejects_t} (key, line, raw, reason) VALUES ($1, $2, $3, $4)"
+                ),
                 &[&job.key, &(*line as i64), raw, reason],
             )
             .map_err(|e| anyhow!("recording rejects: {}", pg_reason(&e)))?;
@@ -137,9 +177,13 @@ impl Pg {
         )
         .map_err(|e| anyhow!("recording {} in the ledger: {}", job.key, pg_reason(&e)))?;
         if opts.fail_before_commit {
-            bail!("failpoint: stopping after COPY of {}, before commit", job.key);
+            bail!(
+                "failpoint: stopping after COPY of {}, before commit",
+                job.key
+            );
         }
-        tx.commit().map_err(|e| anyhow!("committing load of {}: {}", job.key, pg_reason(&e)))?;
+        tx.commit()
+            .map_err(|e| anyhow!("committing load of {}: {}", job.key, pg_reason(&e)))?;
         Ok(result)
     }
 }
@@ -167,7 +211,9 @@ impl Warehouse for Pg {
                 .map_err(|e| anyhow!("taking lock: {}", pg_reason(&e)))?
                 .get(0);
             if !got {
-                self.out.info(&format!("waiting for another {name} run to finish (lock {key})"));
+                self.out.info(&format!(
+                    "waiting for another {name} run to finish (lock {key})"
+                ));
                 self.client
                     .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
                     .map_err(|e| anyhow!("taking lock: {}", pg_reason(&e)))?;
@@ -187,7 +233,10 @@ impl Warehouse for Pg {
         if !self.table_exists(&ledger)? {
             return Ok(HashSet::new());
         }
-        let sql = format!("SELECT key FROM {}", self.names.qualified(&self.names.ledger));
+        let sql = format!(
+            "SELECT key FROM {}",
+            self.names.qualified(&self.names.ledger)
+        );
         let rows = self
             .client
             .query(&sql, &[])
@@ -231,11 +280,16 @@ impl Warehouse for Pg {
     }
 
     fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()> {
-        let mut tx = self.client.transaction().map_err(|e| anyhow!("{}", pg_reason(&e)))?;
+        let mut tx = self
+            .client
+            .transaction()
+            .map_err(|e| anyhow!("{}", pg_reason(&e)))?;
         for s in stmts {
-            tx.batch_execute(s).map_err(|e| anyhow!("{}: {}", first_line(s), pg_reason(&e)))?;
+            tx.batch_execute(s)
+                .map_err(|e| anyhow!("{}: {}", first_line(s), pg_reason(&e)))?;
         }
-        tx.commit().map_err(|e| anyhow!("commit: {}", pg_reason(&e)))
+        tx.commit()
+            .map_err(|e| anyhow!("commit: {}", pg_reason(&e)))
     }
 
     fn execute(&mut self, sql: &str) -> Result<()> {
@@ -264,20 +318,46 @@ impl Warehouse for Pg {
     }
 
     fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-        let stmt = self.client.prepare(sql).map_err(|e| anyhow!("{}", pg_reason(&e)))?;
-        let cols: Vec<String> = stmt.columns().iter().map(|c| c.name().to_string()).collect();
+        let stmt = self
+            .client
+            .prepare(sql)
+            .map_err(|e| anyhow!("{}", pg_reason(&e)))?;
+        let cols: Vec<String> = stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
         // Cast every column to text on the server so any type prints.
-        let casts: Vec<String> = cols.iter().map(|c| format!("{}::text", quote_ident(c))).collect();
+        let casts: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
         let sql_text = format!("SELECT {} FROM ({sql}) AS q", casts.join(", "));
-        let rows = self.client.query(&sql_text, &[]).map_err(|e| anyhow!("{}", pg_reason(&e)))?;
+        let rows = self
+            .client
+            .query(&sql_text, &[])
+            .map_err(|e| anyhow!("{}", pg_reason(&e)))?;
         let data = rows
             .iter()
-            .map(|r| (0..cols.len()).map(|i| r.get::<_, Option<String>>(i).unwrap_or_else(|| "NULL".into())).collect())
+            .map(|r| {
+                (0..cols.len())
+                    .map(|i| {
+                        r.get::<_, Option<String>>(i)
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
+            })
             .collect();
         Ok((cols, data))
     }
 }
 
 fn first_line(sql: &str) -> String {
-    sql.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().chars().take(80).collect()
+    sql.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(80)
+        .collect()
 }

@@ -14,7 +14,10 @@ use std::collections::HashSet;
 #[derive(Debug, Clone)]
 pub enum S3Auth {
     IamRole(String),
-    Keys { access_key_id: String, secret_access_key: Secret },
+    Keys {
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
 }
 
 /// Everything needed to write the COPY statement.
@@ -57,7 +60,11 @@ fn redshift_timeformat(chrono_fmt: &str) -> String {
 
 /// The COPY statement. With `mask`, secrets are replaced by `***` (for --dry-run and logs).
 pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> Result<String> {
-    let cols: Vec<String> = layout.columns.iter().map(|c| super::quote_ident(&c.name)).collect();
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| super::quote_ident(&c.name))
+        .collect();
     let mut s = format!(
         "COPY {} ({})\nFROM {}\n",
         names.qualified(&names.raw),
@@ -71,8 +78,15 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
             }
             s += &format!("IAM_ROLE {}\n", quote_literal(arn));
         }
-        S3Auth::Keys { access_key_id, secret_access_key } => {
-            let secret = if mask { "***" } else { secret_access_key.expose() };
+        S3Auth::Keys {
+            access_key_id,
+            secret_access_key,
+        } => {
+            let secret = if mask {
+                "***"
+            } else {
+                secret_access_key.expose()
+            };
             s += &format!(
                 "ACCESS_KEY_ID {}\nSECRET_ACCESS_KEY {}\n",
                 quote_literal(access_key_id),
@@ -81,7 +95,10 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
         }
     }
     s += "MANIFEST\n";
-    s += &format!("DELIMITER {}\n", quote_literal(&(layout.delimiter as char).to_string()));
+    s += &format!(
+        "DELIMITER {}\n",
+        quote_literal(&(layout.delimiter as char).to_string())
+    );
     s += "ESCAPE\n";
     match spec.compression {
         Compression::Gzip => s += "GZIP\n",
@@ -89,8 +106,15 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
         Compression::None => {}
     }
     s += &format!("REGION {}\n", quote_literal(&spec.region));
-    s += &format!("TIMEFORMAT {}\n", quote_literal(&redshift_timeformat(&layout.timestamp_format)));
-    let markers: HashSet<&str> = layout.columns.iter().filter_map(|c| c.null_marker.as_deref()).collect();
+    s += &format!(
+        "TIMEFORMAT {}\n",
+        quote_literal(&redshift_timeformat(&layout.timestamp_format))
+    );
+    let markers: HashSet<&str> = layout
+        .columns
+        .iter()
+        .filter_map(|c| c.null_marker.as_deref())
+        .collect();
     match markers.len() {
         0 => {}
         1 => s += &format!("NULL AS {}\n", quote_literal(markers.iter().next().expect("one"))),
@@ -103,7 +127,13 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
 }
 
 /// The statements of one load, in order, inside one transaction.
-pub fn load_statements(names: &Names, layout: &Layout, spec: &CopySpec, jobs: &[LoadJob], mask: bool) -> Result<Vec<String>> {
+pub fn load_statements(
+    names: &Names,
+    layout: &Layout,
+    spec: &CopySpec,
+    jobs: &[LoadJob],
+    mask: bool,
+) -> Result<Vec<String>> {
     let ledger = names.qualified(&names.ledger);
     let rejects = names.qualified(&names.rejects);
     let target = format!("{}.{}", names.schema, names.raw);
@@ -118,7 +148,10 @@ pub fn load_statements(names: &Names, layout: &Layout, spec: &CopySpec, jobs: &[
             "(SELECT count(*) FROM stl_load_errors WHERE query = pg_last_copy_id() AND trim(filename) = {})",
             quote_literal(&url)
         );
-        let records = j.expected_records.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into());
+        let records = j
+            .expected_records
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "NULL".into());
         v.push(format!(
             "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table)\nSELECT {}, {}, {}, {records} - {bad}, {bad}, {}",
             quote_literal(&j.key),
@@ -132,7 +165,8 @@ pub fn load_statements(names: &Names, layout: &Layout, spec: &CopySpec, jobs: &[
 }
 
 /// The query that explains a failed COPY.
-pub const LOAD_ERRORS_SQL: &str = "SELECT trim(filename), line_number, trim(colname), trim(raw_field_value), trim(err_reason) \
+pub const LOAD_ERRORS_SQL: &str =
+    "SELECT trim(filename), line_number, trim(colname), trim(raw_field_value), trim(err_reason) \
 FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY line_number LIMIT 5";
 
 pub struct Redshift {
@@ -144,7 +178,11 @@ pub struct Redshift {
 impl Redshift {
     pub fn connect(w: &WarehouseSettings, names: Names, out: Output) -> Result<Self> {
         let pg = super::postgres::Pg::connect(w, names.clone(), out)?;
-        Ok(Redshift { pg, names, spec: w.redshift.clone() })
+        Ok(Redshift {
+            pg,
+            names,
+            spec: w.redshift.clone(),
+        })
     }
 }
 
@@ -176,13 +214,19 @@ impl Warehouse for Redshift {
         if jobs.is_empty() {
             return Ok(vec![]);
         }
-        let mut spec = self.spec.clone().ok_or_else(|| anyhow!("Redshift needs an s3:// archive"))?;
+        let mut spec = self
+            .spec
+            .clone()
+            .ok_or_else(|| anyhow!("Redshift needs an s3:// archive"))?;
         spec.max_errors = opts.max_errors;
         let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
         let manifest_key = format!("_copy_manifests/{run_id}-{}.json", std::process::id());
         spec.manifest_url = format!("{}/{manifest_key}", spec.archive_url.trim_end_matches('/'));
         store
-            .put_bytes_if_absent(&manifest_key, copy_manifest(&spec.archive_url, jobs).as_bytes())
+            .put_bytes_if_absent(
+                &manifest_key,
+                copy_manifest(&spec.archive_url, jobs).as_bytes(),
+            )
             .context("writing the COPY manifest")?;
         let stmts = load_statements(&self.names, layout, &spec, jobs, false)?;
         let inner: Vec<String> = stmts[1..stmts.len() - 1].to_vec();
@@ -190,20 +234,34 @@ impl Warehouse for Redshift {
             let detail = self
                 .pg
                 .query_text(LOAD_ERRORS_SQL)
-                .map(|(_, rows)| rows.iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
+                .map(|(_, rows)| {
+                    rows.iter()
+                        .map(|r| r.join(" | "))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
                 .unwrap_or_default();
             bail!("Redshift COPY failed: {e:#}; load errors: {detail}");
         }
         let results: Vec<LoadResult> = jobs
             .iter()
-            .map(|j| LoadResult { key: j.key.clone(), bytes: j.size, records: j.expected_records.unwrap_or(0), loaded: j.expected_records.unwrap_or(0), rejected: 0 })
+            .map(|j| LoadResult {
+                key: j.key.clone(),
+                bytes: j.size,
+                records: j.expected_records.unwrap_or(0),
+                loaded: j.expected_records.unwrap_or(0),
+                rejected: 0,
+            })
             .collect();
-        results.iter().for_each(|r| progress(r));
+        for r in &results {
+            progress(r);
+        }
         Ok(results)
     }
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String> {
         match &self.spec {
-            Some(spec) => load_statements(&self.names, layout, spec, jobs, true).unwrap_or_else(|e| vec![format!("-- {e:#}")]),
+            Some(spec) => load_statements(&self.names, layout, spec, jobs, true)
+                .unwrap_or_else(|e| vec![format!("-- {e:#}")]),
             None => vec!["-- Redshift needs an s3:// archive".into()],
         }
     }
@@ -229,7 +287,12 @@ mod tests {
     use super::*;
 
     fn names() -> Names {
-        Names { schema: "public".into(), raw: "batch_raw".into(), ledger: "batchlayer_loads".into(), rejects: "batchlayer_rejects".into() }
+        Names {
+            schema: "public".into(),
+            raw: "batch_raw".into(),
+            ledger: "batchlayer_loads".into(),
+            rejects: "batchlayer_rejects".into(),
+        }
     }
 
     fn spec(auth: S3Auth, c: Compression, max_errors: Option<u64>) -> CopySpec {
@@ -244,12 +307,28 @@ mod tests {
     }
 
     fn job(key: &str) -> LoadJob {
-        LoadJob { key: key.into(), size: 123, compression: Compression::Gzip, expected_sha256: Some("ab".into()), expected_records: Some(10) }
+        LoadJob {
+            key: key.into(),
+            size: 123,
+            compression: Compression::Gzip,
+            expected_sha256: Some("ab".into()),
+            expected_records: Some(10),
+        }
     }
 
     #[test]
     fn copy_with_iam_role_gzip_snapshot() {
-        let sql = copy_sql(&names(), &Layout::tweets(), &spec(S3Auth::IamRole("arn:aws:iam::123456789012:role/Loader".into()), Compression::Gzip, None), false).unwrap();
+        let sql = copy_sql(
+            &names(),
+            &Layout::tweets(),
+            &spec(
+                S3Auth::IamRole("arn:aws:iam::123456789012:role/Loader".into()),
+                Compression::Gzip,
+                None,
+            ),
+            false,
+        )
+        .unwrap();
         assert_eq!(
             sql,
             "COPY \"public\".\"batch_raw\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
@@ -267,32 +346,70 @@ NULL AS 'None'"
 
     #[test]
     fn copy_with_keys_zstd_maxerror_masks_secret() {
-        let auth = S3Auth::Keys { access_key_id: "AKIAEXAMPLE".into(), secret_access_key: Secret::new("s3cr3t/key") };
+        let auth = S3Auth::Keys {
+            access_key_id: "AKIAEXAMPLE".into(),
+            secret_access_key: Secret::new("s3cr3t/key"),
+        };
         let s = spec(auth, Compression::Zstd, Some(5));
         let masked = copy_sql(&names(), &Layout::tweets(), &s, true).unwrap();
-        assert!(masked.contains("ACCESS_KEY_ID 'AKIAEXAMPLE'\nSECRET_ACCESS_KEY '***'\n"), "{masked}");
+        assert!(
+            masked.contains("ACCESS_KEY_ID 'AKIAEXAMPLE'\nSECRET_ACCESS_KEY '***'\n"),
+            "{masked}"
+        );
         assert!(!masked.contains("s3cr3t"));
-        assert!(masked.contains("\nZSTD\n") && masked.ends_with("MAXERROR 5"), "{masked}");
+        assert!(
+            masked.contains("\nZSTD\n") && masked.ends_with("MAXERROR 5"),
+            "{masked}"
+        );
         let real = copy_sql(&names(), &Layout::tweets(), &s, false).unwrap();
         assert!(real.contains("SECRET_ACCESS_KEY 's3cr3t/key'"));
     }
 
     #[test]
     fn manifest_lists_exactly_the_objects() {
-        let m = copy_manifest("s3://arch/tweets/", &[job("t/2024/01/01/00/t+0+00000000000000000000+00000000000000000009.log.gz"), job("t/x/t+1+1+1.log.gz")]);
+        let m = copy_manifest(
+            "s3://arch/tweets/",
+            &[
+                job("t/2024/01/01/00/t+0+00000000000000000000+00000000000000000009.log.gz"),
+                job("t/x/t+1+1+1.log.gz"),
+            ],
+        );
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
-        let urls: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["url"].as_str().unwrap()).collect();
-        assert_eq!(urls, vec![
+        let urls: Vec<&str> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            vec![
             "s3://arch/tweets/t/2024/01/01/00/t+0+00000000000000000000+00000000000000000009.log.gz",
             "s3://arch/tweets/t/x/t+1+1+1.log.gz"
-        ]);
-        assert!(v["entries"].as_array().unwrap().iter().all(|e| e["mandatory"] == true && e["meta"]["content_length"] == 123));
+        ]
+        );
+        assert!(v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["mandatory"] == true && e["meta"]["content_length"] == 123));
     }
 
     #[test]
     fn load_runs_in_one_transaction_with_lock_and_ledger() {
-        let s = spec(S3Auth::IamRole("arn:aws:iam::1:role/r".into()), Compression::Gzip, Some(2));
-        let st = load_statements(&names(), &Layout::tweets(), &s, &[job("a.log.gz"), job("b.log.gz")], true).unwrap();
+        let s = spec(
+            S3Auth::IamRole("arn:aws:iam::1:role/r".into()),
+            Compression::Gzip,
+            Some(2),
+        );
+        let st = load_statements(
+            &names(),
+            &Layout::tweets(),
+            &s,
+            &[job("a.log.gz"), job("b.log.gz")],
+            true,
+        )
+        .unwrap();
         assert_eq!(st[0], "BEGIN");
         assert_eq!(st[1], "LOCK \"public\".\"batchlayer_loads\"");
         assert!(st[2].starts_with("COPY "));

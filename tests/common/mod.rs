@@ -25,12 +25,17 @@ pub fn s3_secret() -> String {
     env_or("BATCHLAYER_TEST_S3_SECRET_KEY", "batchlayer-secret")
 }
 pub fn pg_url() -> String {
-    env_or("BATCHLAYER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    env_or(
+        "BATCHLAYER_TEST_PG_URL",
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+    )
 }
 
 fn port_open(addr: &str) -> bool {
     let addr = addr.trim_start_matches("http://");
-    let Ok(mut it) = std::net::ToSocketAddrs::to_socket_addrs(addr) else { return false };
+    let Ok(mut it) = std::net::ToSocketAddrs::to_socket_addrs(addr) else {
+        return false;
+    };
     it.next()
         .map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
         .unwrap_or(false)
@@ -39,13 +44,17 @@ fn port_open(addr: &str) -> bool {
 /// True when the services are up. Under `BATCHLAYER_REQUIRE_SERVICES` (tests/run.sh, CI) a
 /// missing service fails the test instead of skipping it.
 pub fn stack_up() -> bool {
-    let missing: Vec<&str> = [("kafka", brokers()), ("s3", s3_endpoint()), ("postgres", "127.0.0.1:5432".to_string())]
-        .iter()
-        .filter(|(_, a)| !port_open(a))
-        .map(|(n, _)| *n)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .collect();
+    let missing: Vec<&str> = [
+        ("kafka", brokers()),
+        ("s3", s3_endpoint()),
+        ("postgres", "127.0.0.1:5432".to_string()),
+    ]
+    .iter()
+    .filter(|(_, a)| !port_open(a))
+    .map(|(n, _)| *n)
+    .collect::<Vec<_>>()
+    .into_iter()
+    .collect();
     if missing.is_empty() {
         return true;
     }
@@ -59,8 +68,17 @@ pub fn stack_up() -> bool {
 /// A name no other test (or earlier run) uses: letters, digits and `_`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() % 1_000_000_000;
-    format!("{prefix}_{}_{}_{}", std::process::id(), t, N.fetch_add(1, Ordering::SeqCst))
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000_000;
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        t,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 pub fn bucket_name(prefix: &str) -> String {
@@ -69,8 +87,13 @@ pub fn bucket_name(prefix: &str) -> String {
 
 /// Creates an S3 bucket on the local S3 server.
 pub fn create_bucket(name: &str) {
-    let region = s3::Region::Custom { region: "us-east-1".into(), endpoint: s3_endpoint() };
-    let creds = s3::creds::Credentials::new(Some(&s3_access()), Some(&s3_secret()), None, None, None).unwrap();
+    let region = s3::Region::Custom {
+        region: "us-east-1".into(),
+        endpoint: s3_endpoint(),
+    };
+    let creds =
+        s3::creds::Credentials::new(Some(&s3_access()), Some(&s3_secret()), None, None, None)
+            .unwrap();
     s3::Bucket::create_with_path_style(name, region, creds, s3::BucketConfiguration::default())
         .unwrap_or_else(|e| panic!("creating bucket {name}: {e}"));
 }
@@ -80,7 +103,10 @@ pub fn pg() -> postgres::Client {
 }
 
 pub fn create_schema(name: &str) {
-    pg().batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).unwrap();
+    pg().batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+    ))
+    .unwrap();
 }
 
 /// One test's world: a topic, a group, an archive, a schema, and a config file naming them.
@@ -91,6 +117,8 @@ pub struct World {
     pub schema: String,
     pub dir: tempfile::TempDir,
     pub extra_toml: String,
+    /// Extra lines for the [kafka] section.
+    pub kafka_toml: String,
     pub env: BTreeMap<String, String>,
 }
 
@@ -125,6 +153,7 @@ impl World {
             schema: id,
             dir: tempfile::tempdir().unwrap(),
             extra_toml: String::new(),
+            kafka_toml: String::new(),
             env: BTreeMap::new(),
         }
     }
@@ -132,16 +161,23 @@ impl World {
     pub fn config_path(&self) -> PathBuf {
         let p = self.dir.path().join("batchlayer.toml");
         let text = format!(
-            "[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ngroup = \"{}\"\n\n[archive]\nurl = \"{}\"\n{}\n[warehouse]\nurl = \"{}\"\nschema = \"{}\"\n",
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{}\"\ngroup = \"{}\"\n{}\n[archive]\nurl = \"{}\"\n{}\n[warehouse]\nurl = \"{}\"\nschema = \"{}\"\n",
             brokers(),
             self.topic,
             self.group,
+            self.kafka_toml,
             self.archive,
             self.extra_toml,
             pg_url(),
             self.schema
         );
-        std::fs::write(&p, text).unwrap();
+        // Atomic: concurrent runs may be reading the file.
+        let tmp = self
+            .dir
+            .path()
+            .join(format!("batchlayer.toml.{}", unique("tmp")));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
         p
     }
 
@@ -215,12 +251,29 @@ impl World {
     }
 
     pub fn count(&self, table: &str) -> i64 {
-        pg().query_one(&format!("SELECT count(*) FROM {}.{table}", self.schema), &[]).unwrap().get(0)
+        pg().query_one(
+            &format!("SELECT count(*) FROM {}.{table}", self.schema),
+            &[],
+        )
+        .unwrap()
+        .get(0)
     }
 }
 
 /// Produces raw payloads (keyed round-robin over partitions) and waits for delivery.
 pub fn produce_raw(brokers: &str, topic: &str, partitions: i32, payloads: &[Option<Vec<u8>>]) {
+    produce_batched(brokers, topic, partitions, payloads, 0)
+}
+
+/// Like `produce_raw`, but flushes every `flush_every` messages so each flush ends a batch
+/// (tansu's memory engine cannot start a fetch in the middle of a batch; see README).
+pub fn produce_batched(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[Option<Vec<u8>>],
+    flush_every: usize,
+) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let k = batchlayer::config::KafkaSettings {
         brokers: brokers.into(),
@@ -230,6 +283,7 @@ pub fn produce_raw(brokers: &str, topic: &str, partitions: i32, payloads: &[Opti
         sasl_mechanism: None,
         sasl_username: None,
         sasl_password: None,
+        stall_timeout_secs: 60,
     };
     batchlayer::commands::produce::create_topic(&k, partitions).unwrap();
     let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
@@ -252,12 +306,17 @@ pub fn produce_raw(brokers: &str, topic: &str, partitions: i32, payloads: &[Opti
                 }
             }
         }
+        if flush_every > 0 && (i + 1) % flush_every == 0 {
+            p.flush(Duration::from_secs(30)).unwrap();
+        }
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// Decodes every archived data object back into messages, grouped by partition in offset order.
-pub fn archived_messages(store: &dyn batchlayer::archive::ObjectStore) -> BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> {
+pub fn archived_messages(
+    store: &dyn batchlayer::archive::ObjectStore,
+) -> BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> {
     use batchlayer::commands::ingest::parse_object_key;
     use batchlayer::config::Compression;
     let mut out: BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> = BTreeMap::new();
@@ -268,7 +327,8 @@ pub fn archived_messages(store: &dyn batchlayer::archive::ObjectStore) -> BTreeM
         let (_, p, first, last) = parse_object_key(&o.key).expect("object name");
         let f = batchlayer::archive::download(store, &o.key, None).unwrap();
         let c = Compression::from_key(&o.key).unwrap();
-        let mut r = batchlayer::records::FrameReader::new(batchlayer::archive::decoder(f, c).unwrap());
+        let mut r =
+            batchlayer::records::FrameReader::new(batchlayer::archive::decoder(f, c).unwrap());
         let mut recs = Vec::new();
         let mut rec = Vec::new();
         while r.next_into(&mut rec).unwrap() {

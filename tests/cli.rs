@@ -1,0 +1,123 @@
+//! The binary's surface: help, config errors, exit codes, secrets, example configs.
+
+use crate::common::*;
+use assert_cmd::Command;
+
+fn bl() -> Command {
+    let mut c = Command::cargo_bin("batchlayer").unwrap();
+    c.env_clear();
+    c
+}
+
+#[test]
+fn help_lists_subcommands_and_never_shows_secret_values() {
+    let out = bl()
+        .env("AWS_SECRET_ACCESS_KEY", "help-secret-123")
+        .env("PGPASSWORD", "help-pg-456")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for sub in [
+        "ingest",
+        "copy",
+        "aggregate",
+        "Exit codes",
+        "BATCHLAYER_KAFKA_TOPIC",
+    ] {
+        assert!(s.contains(sub), "--help lacks {sub}: {s}");
+    }
+    assert!(!s.contains("help-secret-123") && !s.contains("help-pg-456"));
+    assert!(!s.contains("produce-tweets"), "the producer is hidden");
+    for sub in ["ingest", "copy", "aggregate"] {
+        let out = bl().args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--dry-run"));
+    }
+}
+
+#[test]
+fn no_flag_takes_a_secret() {
+    for flag in ["--password", "--secret-access-key", "--sasl-password"] {
+        let out = bl().args([flag, "x", "ingest"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag} was accepted");
+    }
+}
+
+#[test]
+fn config_errors_exit_2_with_one_line_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(&p, "[kafka]\ntopic = \"t\"\nbrokerz = \"x\"\n").unwrap();
+    let out = bl()
+        .args(["--config", &path_str(&p), "ingest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("batchlayer: error: ") && err.contains("brokerz"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Missing topic: names flag, env var and key.
+    std::fs::write(&p, "[kafka]\n").unwrap();
+    let out = bl()
+        .args(["--config", &path_str(&p), "ingest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--topic") && err.contains("BATCHLAYER_KAFKA_TOPIC"),
+        "{err}"
+    );
+
+    // An explicit config file that does not exist.
+    let out = bl()
+        .args(["--config", "/nonexistent/b.toml", "ingest"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    // A secret in the config file never appears in an error about that file.
+    std::fs::write(
+        &p,
+        "[archive]\nsecret_access_key = \"file-secret-789\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = bl()
+        .args(["--config", &path_str(&p), "ingest"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bogus") && !err.contains("file-secret-789"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_example_configs_load() {
+    for entry in std::fs::read_dir("examples").unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().and_then(|e| e.to_str()) == Some("toml") {
+            let file = batchlayer::config::load_file(&p, true)
+                .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            let s = batchlayer::config::resolve(
+                file,
+                &std::collections::HashMap::new(),
+                &Default::default(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            assert_eq!(
+                s.layout,
+                batchlayer::records::Layout::tweets(),
+                "{}",
+                p.display()
+            );
+        }
+    }
+}

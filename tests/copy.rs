@@ -1,0 +1,271 @@
+//! `copy` against s3s-fs and PostgreSQL: exactly-once loads, bad rows, locks, dry-run.
+
+use crate::common::*;
+use batchlayer::tweets::tweet;
+
+fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
+    (0..n)
+        .map(|i| Some(tweet(seed, i, 20).record().into_bytes()))
+        .collect()
+}
+
+fn ledger(w: &World) -> Vec<(String, i64, i64)> {
+    pg().query(
+        &format!(
+            "SELECT key, rows_loaded, rows_rejected FROM {}.batchlayer_loads ORDER BY key",
+            w.schema
+        ),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[test]
+fn loads_each_object_once_across_reruns() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cponce");
+    w.extra_toml = "max_object_records = 50\n".into();
+    produce_raw(&brokers(), &w.topic, 2, &tweets(400, 1));
+    w.run_ok(&["ingest"]);
+    let first = w.json(&["copy", "--limit", "3"]);
+    assert_eq!(first["objects"].as_u64().unwrap(), 3, "{first}");
+    let rest = w.json(&["copy"]);
+    assert_eq!(rest["objects"].as_u64().unwrap(), 5, "{rest}");
+    let again = w.json(&["copy"]);
+    assert_eq!(again["objects"].as_u64().unwrap(), 0, "{again}");
+    assert_eq!(w.count("batch_raw"), 400);
+    assert_eq!(ledger(&w).len(), 8);
+    // --key loads one object; one already loaded is skipped.
+    let key = w.data_objects()[0].clone();
+    assert_eq!(
+        w.json(&["copy", "--key", &key])["objects"]
+            .as_u64()
+            .unwrap(),
+        0
+    );
+}
+
+#[test]
+fn crash_between_copy_and_commit_leaves_nothing_and_rerun_loads_once() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cpcrash");
+    produce_raw(&brokers(), &w.topic, 2, &tweets(100, 2));
+    w.run_ok(&["ingest"]);
+    w.env
+        .insert("BATCHLAYER_FAILPOINT".into(), "copy-before-commit".into());
+    let (code, _, err) = w.run(&["copy"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failpoint"), "{err}");
+    assert_eq!(
+        w.count("batch_raw"),
+        0,
+        "rows of an uncommitted load are visible"
+    );
+    assert!(ledger(&w).is_empty());
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    let s = w.json(&["copy"]);
+    assert_eq!(s["objects"].as_u64().unwrap(), 2);
+    assert_eq!(w.count("batch_raw"), 100);
+}
+
+#[test]
+fn concurrent_copies_load_each_object_once() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cpconc");
+    w.extra_toml = "max_object_records = 500\n".into();
+    produce_raw(&brokers(), &w.topic, 3, &tweets(6000, 3));
+    w.run_ok(&["ingest"]);
+    let (a, b) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| w.json(&["copy"]));
+        let h2 = s.spawn(|| w.json(&["copy"]));
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    let total = a["objects"].as_u64().unwrap() + b["objects"].as_u64().unwrap();
+    assert_eq!(total, 12, "{a} {b}");
+    assert_eq!(w.count("batch_raw"), 6000);
+    // --no-wait while the lock is held: exit code 3.
+    let mut c = pg();
+    let key = format!("batchlayer:copy:{}.batch_raw", w.schema);
+    c.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .unwrap();
+    let (code, _, err) = w.run(&["copy", "--no-wait"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("busy"), "{err}");
+}
+
+fn bad_rows_world(name: &str) -> (World, Vec<Option<Vec<u8>>>) {
+    let w = World::local(name);
+    let mut msgs = tweets(20, 4);
+    msgs.push(Some(b"1;2024-01-01 00:00:00;5;Paris; France;1;1;".to_vec())); // ; in location
+    msgs.push(Some(b"2;2024-01-01 00:00:00;many;Paris;1;1;".to_vec())); // not an integer
+    msgs.push(Some(b"3;yesterday;5;Paris;1;1;".to_vec())); // bad timestamp
+    msgs.push(Some(b"4;2024-01-01 00:00:00;5;\xff\xfe;1;1;".to_vec())); // invalid UTF-8
+    msgs.push(Some(
+        format!("5;2024-01-01 00:00:00;5;{};1;1;", "x".repeat(300)).into_bytes(),
+    )); // overlong
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    w.run_ok(&["ingest"]);
+    (w, msgs)
+}
+
+#[test]
+fn strict_mode_fails_the_object_naming_key_line_column_value() {
+    if !stack_up() {
+        return;
+    }
+    let (w, _) = bad_rows_world("cpstrict");
+    let (code, _, err) = w.run(&["copy"]);
+    assert_eq!(code, 1);
+    let key = &w.data_objects()[0];
+    assert!(err.contains(key.as_str()), "{err}");
+    assert!(
+        err.contains("record 21") && err.contains("found 8"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(w.count("batch_raw"), 0, "strict failure left rows");
+    assert!(ledger(&w).is_empty());
+}
+
+#[test]
+fn max_errors_sends_bad_rows_to_rejects_and_accounts_for_every_record() {
+    if !stack_up() {
+        return;
+    }
+    let (w, msgs) = bad_rows_world("cpmaxerr");
+    // Too few allowed: the object fails, nothing changes.
+    let (code, _, err) = w.run(&["copy", "--max-errors", "4"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("more than 4 bad rows"), "{err}");
+    assert_eq!(w.count("batch_raw"), 0);
+    let s = w.json(&["copy", "--max-errors", "5"]);
+    assert_eq!(s["rows"].as_u64().unwrap(), 20, "{s}");
+    assert_eq!(s["rejects"].as_u64().unwrap(), 5);
+    let l = ledger(&w);
+    assert_eq!(l.len(), 1);
+    assert_eq!(
+        (l[0].1 + l[0].2) as usize,
+        msgs.len(),
+        "loaded + rejected = records"
+    );
+    let rej: Vec<(i64, String)> = pg()
+        .query(
+            &format!(
+                "SELECT line, reason FROM {}.batchlayer_rejects ORDER BY line",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let lines: Vec<i64> = rej.iter().map(|r| r.0).collect();
+    assert_eq!(lines, vec![21, 22, 23, 24, 25]);
+    assert!(
+        rej[1].1.contains("followers_count") && rej[2].1.contains("created_at"),
+        "{rej:?}"
+    );
+    assert!(
+        rej[3].1.contains("UTF-8") && rej[4].1.contains("longer than"),
+        "{rej:?}"
+    );
+    // NULL marker honoured.
+    let nulls: i64 = pg()
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}.batch_raw WHERE location IS NULL",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let want = (0..20)
+        .filter(|i| tweet(4, *i, 20).location.is_none())
+        .count() as i64;
+    assert_eq!(nulls, want);
+}
+
+#[test]
+fn dry_run_lists_objects_and_sql_and_loads_nothing() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("cpdry");
+    produce_raw(&brokers(), &w.topic, 2, &tweets(50, 5));
+    w.run_ok(&["ingest"]);
+    let out = w.run_ok(&["copy", "--dry-run"]);
+    assert_eq!(out.matches("would load ").count(), 2, "{out}");
+    assert!(
+        out.contains("COPY \"") && out.contains("FROM STDIN"),
+        "{out}"
+    );
+    let exists: i64 = pg()
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1",
+            &[&w.schema],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(exists, 0, "dry run created tables");
+    assert_eq!(w.json(&["copy"])["objects"].as_u64().unwrap(), 2);
+}
+
+#[test]
+fn hostile_table_names_are_refused_and_errors_are_clear() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("cpident");
+    w.extra_toml = String::new();
+    let cfg = w.config_path();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[warehouse]\n",
+        "[warehouse]\nraw_table = \"x; drop table y\"\n",
+    );
+    let bad = w.dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let out = assert_cmd::Command::cargo_bin("batchlayer")
+        .unwrap()
+        .env_clear()
+        .args(["--config", &path_str(&bad), "copy"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a valid identifier"), "{err}");
+
+    // Unreachable PostgreSQL: one line naming the server, no password.
+    w.env.insert("PGPASSWORD".into(), "pg-secret-pw".into());
+    let (code, _, err) = w.run(&[
+        "copy",
+        "--warehouse-url",
+        "postgresql://postgres@127.0.0.1:1/postgres",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/postgres"),
+        "{err}"
+    );
+    assert!(!err.contains("pg-secret-pw"));
+    // Missing bucket.
+    let (code, _, err) = w.run(&[
+        "copy",
+        "--archive",
+        "s3://no-such-bucket-cp/x",
+        "--s3-endpoint",
+        &s3_endpoint(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no-such-bucket-cp"), "{err}");
+}

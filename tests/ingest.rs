@@ -1,0 +1,356 @@
+//! `ingest` against tansu and s3s-fs (or a local directory): exactly-once archive.
+
+use crate::common::*;
+use batchlayer::tweets::tweet;
+use std::collections::BTreeMap;
+
+/// Messages as produced, per partition, in offset order (produce_raw sends i to partition i % n).
+fn by_partition(msgs: &[Option<Vec<u8>>], partitions: i32) -> BTreeMap<i32, Vec<Option<Vec<u8>>>> {
+    let mut m: BTreeMap<i32, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+    for (i, x) in msgs.iter().enumerate() {
+        m.entry(i as i32 % partitions).or_default().push(x.clone());
+    }
+    m
+}
+
+/// Checks the archive holds every non-null produced message exactly once, byte for byte, in
+/// offset order, with contiguous non-overlapping object ranges.
+fn assert_archive_exact(w: &World, msgs: &[Option<Vec<u8>>], partitions: i32) {
+    let got = archived_messages(w.store().as_ref());
+    let want = by_partition(msgs, partitions);
+    for (p, want_p) in &want {
+        let objs = got.get(p).cloned().unwrap_or_default();
+        let mut next = 0i64;
+        let mut recs: Vec<Vec<u8>> = Vec::new();
+        for (first, last, r) in &objs {
+            assert!(
+                *first >= next,
+                "partition {p}: object {first}..{last} overlaps previous (next {next})"
+            );
+            next = last + 1;
+            recs.extend(r.iter().cloned());
+        }
+        let want_recs: Vec<Vec<u8>> = want_p.iter().flatten().cloned().collect();
+        assert_eq!(recs.len(), want_recs.len(), "partition {p}: record count");
+        assert!(
+            recs == want_recs,
+            "partition {p}: archived bytes differ from produced"
+        );
+    }
+}
+
+fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
+    (0..n)
+        .map(|i| Some(tweet(seed, i, 50).record().into_bytes()))
+        .collect()
+}
+
+fn awkward() -> Vec<Option<Vec<u8>>> {
+    vec![
+        Some(b"line one\nline two".to_vec()),
+        Some(b"carriage\r\nreturn".to_vec()),
+        Some(b"back\\slash\\".to_vec()),
+        Some(vec![]),
+        Some(vec![0xff, 0xfe, b'\\', b'n', 0x00]),
+        Some(
+            "1;2024-01-01 00:00:00;1;emoji \u{1F600} and ; semicolon;0;0;"
+                .as_bytes()
+                .to_vec(),
+        ),
+        None,
+        Some(b"\\".to_vec()),
+        Some(b"\n".to_vec()),
+    ]
+}
+
+#[test]
+fn archive_holds_exactly_the_produced_messages_100k_multi_partition() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("ing100k");
+    w.extra_toml = "max_object_records = 40000\n".into();
+    let mut msgs = tweets(100_000, 11);
+    for (i, a) in awkward().into_iter().enumerate() {
+        msgs.insert(i * 9_000 + 5, a);
+    }
+    produce_raw(&brokers(), &w.topic, 4, &msgs);
+    let s = w.json(&["ingest"]);
+    let nonnull = msgs.iter().filter(|m| m.is_some()).count() as u64;
+    assert_eq!(s["messages"].as_u64().unwrap(), nonnull, "{s}");
+    assert_eq!(
+        s["rejected"].as_u64().unwrap(),
+        1,
+        "the tombstone is rejected: {s}"
+    );
+    assert_archive_exact(&w, &msgs, 4);
+    // The manifest lists every object with its checksum and record count.
+    let store = w.store();
+    let manifests = store.list("_manifests/").unwrap();
+    assert_eq!(manifests.len(), 1);
+    let mut body = Vec::new();
+    store.get_into(&manifests[0].key, &mut body).unwrap();
+    let m: batchlayer::commands::ingest::Manifest = serde_json::from_slice(&body).unwrap();
+    assert_eq!(m.objects.len(), w.data_objects().len());
+    assert_eq!(m.objects.iter().map(|o| o.records).sum::<u64>(), nonnull);
+    let rejected = store.list("_rejected/").unwrap();
+    assert_eq!(rejected.len(), 1, "one _rejected/ object for the tombstone");
+}
+
+#[test]
+fn framing_round_trips_with_each_compression() {
+    if !stack_up() {
+        return;
+    }
+    for c in ["none", "gzip", "zstd"] {
+        let w = World::local(&format!("frame_{c}"));
+        let msgs = awkward();
+        produce_raw(&brokers(), &w.topic, 2, &msgs);
+        let s = w.json(&["ingest", "--compression", c]);
+        assert_eq!(s["objects"].as_u64().unwrap(), 2, "{s}");
+        let keys = w.data_objects();
+        let ext = match c {
+            "none" => ".log",
+            "gzip" => ".log.gz",
+            _ => ".log.zst",
+        };
+        assert!(keys.iter().all(|k| k.ends_with(ext)), "{keys:?}");
+        assert_archive_exact(&w, &msgs, 2);
+    }
+}
+
+#[test]
+fn bounded_runs_and_reruns_archive_each_message_once() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("rerun");
+    let msgs = tweets(500, 3);
+    // Small batches: tansu cannot serve a fetch that starts inside a partition's last batch.
+    produce_batched(&brokers(), &w.topic, 2, &msgs, 10);
+    let a = w.json(&["ingest", "--max-messages", "100"]);
+    assert_eq!(a["messages"].as_u64().unwrap(), 100, "{a}");
+    assert_eq!(a["stopped_by"], "--max-messages");
+    let b = w.json(&["ingest"]);
+    assert_eq!(b["messages"].as_u64().unwrap(), 400, "{b}");
+    let c = w.json(&["ingest"]);
+    assert_eq!(c["messages"].as_u64().unwrap(), 0, "{c}");
+    assert_eq!(c["objects"].as_u64().unwrap(), 0);
+    assert_archive_exact(&w, &msgs, 2);
+    let more = tweets(60, 4);
+    produce_raw(&brokers(), &w.topic, 2, &more);
+    let d = w.json(&["ingest"]);
+    assert_eq!(d["messages"].as_u64().unwrap(), 60, "{d}");
+}
+
+#[test]
+fn crash_between_put_and_commit_neither_loses_nor_duplicates() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("crash");
+    let msgs = tweets(300, 5);
+    produce_raw(&brokers(), &w.topic, 3, &msgs);
+    w.env
+        .insert("BATCHLAYER_FAILPOINT".into(), "ingest-before-commit".into());
+    let (code, _, err) = w.run(&["ingest"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failpoint"), "{err}");
+    let after_crash = w.data_objects();
+    assert_eq!(after_crash.len(), 3, "objects were stored before the crash");
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    let more = tweets(30, 6);
+    produce_raw(&brokers(), &w.topic, 3, &more);
+    let s = w.json(&["ingest"]);
+    assert_eq!(
+        s["skipped"].as_u64().unwrap(),
+        300,
+        "already-archived messages are skipped: {s}"
+    );
+    assert_eq!(s["messages"].as_u64().unwrap(), 30, "{s}");
+    let mut all = Vec::new();
+    // Interleave as produce_raw did: each batch goes round-robin from partition 0.
+    let parts = by_partition(&msgs, 3);
+    let parts2 = by_partition(&more, 3);
+    let mut got = archived_messages(w.store().as_ref());
+    for p in 0..3 {
+        let want: Vec<Vec<u8>> = parts[&p]
+            .iter()
+            .chain(parts2[&p].iter())
+            .flatten()
+            .cloned()
+            .collect();
+        let have: Vec<Vec<u8>> = got
+            .remove(&p)
+            .unwrap()
+            .into_iter()
+            .flat_map(|o| o.2)
+            .collect();
+        assert!(have == want, "partition {p}: lost or duplicated messages");
+        all.extend(have);
+    }
+    assert_eq!(all.len(), 330);
+    // And the commit was repaired: nothing left to do.
+    assert_eq!(w.json(&["ingest"])["messages"].as_u64().unwrap(), 0);
+}
+
+#[test]
+fn rotation_cuts_objects_at_the_record_limit() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("rotate");
+    w.extra_toml = "max_object_records = 100\n".into();
+    let msgs = tweets(1000, 8);
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    let s = w.json(&["ingest"]);
+    assert_eq!(s["objects"].as_u64().unwrap(), 10, "{s}");
+    let got = archived_messages(w.store().as_ref());
+    let ranges: Vec<(i64, i64)> = got[&0].iter().map(|o| (o.0, o.1)).collect();
+    let want: Vec<(i64, i64)> = (0..10).map(|i| (i * 100, i * 100 + 99)).collect();
+    assert_eq!(ranges, want);
+    assert_archive_exact(&w, &msgs, 1);
+}
+
+#[test]
+fn two_concurrent_runs_in_one_group_archive_each_message_once() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("group");
+    // Many small objects keep each run busy long enough for the two to overlap in the group.
+    w.extra_toml = "max_object_records = 500\n".into();
+    let msgs = tweets(60_000, 9);
+    produce_raw(&brokers(), &w.topic, 6, &msgs);
+    // Start the second run once the first is archiving, so it joins the group mid-run and
+    // forces a rebalance.
+    let (ra, rb) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| w.cmd().args(["--json", "ingest"]).output().unwrap());
+        let t0 = std::time::Instant::now();
+        while w.data_objects().is_empty() && t0.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let h2 = s.spawn(|| w.cmd().args(["--json", "ingest"]).output().unwrap());
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    let mut split = vec![];
+    for r in [&ra, &rb] {
+        assert!(
+            r.status.success(),
+            "stderr: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        split.push((
+            v["messages"].as_u64().unwrap(),
+            v["partitions"].as_u64().unwrap(),
+        ));
+    }
+    eprintln!("concurrent ingest split (messages, partitions): {split:?}");
+    assert!(
+        split.iter().all(|x| x.0 > 0),
+        "the runs did not share the partitions: {split:?}"
+    );
+    // Between them, the two runs archived everything, exactly once: a third run finds nothing.
+    let third = w.json(&["ingest"]);
+    assert_eq!(
+        third["messages"].as_u64().unwrap(),
+        0,
+        "{third} after {split:?}"
+    );
+    assert_archive_exact(&w, &msgs, 6);
+}
+
+#[test]
+fn dry_run_shows_plan_and_changes_nothing() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("dry");
+    let msgs = tweets(200, 10);
+    produce_raw(&brokers(), &w.topic, 2, &msgs);
+    let out = w.run_ok(&["ingest", "--dry-run"]);
+    assert!(out.contains("partition  committed  end  lag"), "{out}");
+    assert_eq!(out.matches("would write ").count(), 2, "{out}");
+    assert!(w.data_objects().is_empty(), "dry run wrote objects");
+    let s = w.json(&["ingest"]);
+    assert_eq!(
+        s["messages"].as_u64().unwrap(),
+        200,
+        "dry run committed offsets: {s}"
+    );
+}
+
+#[test]
+fn errors_are_one_clear_line_and_commit_nothing() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("ingerr");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(20, 12));
+
+    // Missing topic.
+    let (code, out, err) = w.run(&["ingest", "--topic", "no_such_topic_xyz"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(
+        err.contains("topic no_such_topic_xyz does not exist"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Unreachable broker.
+    let (code, _, err) = w.run(&["ingest", "--brokers", "127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+
+    // Missing bucket.
+    let (code, _, err) = w.run(&["ingest", "--archive", "s3://no-such-bucket-xyz/p"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no-such-bucket-xyz") && err.contains("does not exist"),
+        "{err}"
+    );
+
+    // Wrong credentials: named, and the secret never printed.
+    let mut bad = World {
+        env: w.env.clone(),
+        ..World::local("unused")
+    };
+    bad.topic = w.topic.clone();
+    bad.group = w.group.clone();
+    bad.archive = w.archive.clone();
+    bad.env
+        .insert("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret-value".into());
+    let (code, _, err) = bad.run(&["ingest"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("access denied"), "{err}");
+    assert!(!err.contains("wrong-secret-value"));
+
+    // Nothing was committed by any failure.
+    assert_eq!(w.json(&["ingest"])["messages"].as_u64().unwrap(), 20);
+}
+
+/// A broker that answers a fetch with neither data nor end-of-partition (tansu's memory engine
+/// does this for an offset inside a partition's last batch) must not hang a cron job.
+#[test]
+fn a_stalled_partition_fails_in_bounded_time_and_commits_nothing() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("stall");
+    w.kafka_toml = "stall_timeout_secs = 3\n".into();
+    let msgs = tweets(250, 13);
+    produce_raw(&brokers(), &w.topic, 1, &msgs); // one batch
+    let a = w.json(&["ingest", "--max-messages", "100"]);
+    assert_eq!(a["messages"].as_u64().unwrap(), 100);
+    let started = std::time::Instant::now();
+    let (code, _, err) = w.run(&["ingest"]);
+    assert_eq!(code, 1, "tansu 0.6.0 is expected to stall here: {err}");
+    assert!(
+        err.contains("delivered neither data nor end-of-partition for 3s"),
+        "{err}"
+    );
+    assert!(err.contains("0 (at its committed offset)"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
