@@ -1,6 +1,8 @@
 //! The one integration test binary: runs the real `batchlayer` against tansu, s3s-fs and
 //! PostgreSQL started by tests/stack.sh.
 
+#![allow(clippy::print_stderr, clippy::print_stdout)]
+
 mod common;
 
 mod aggregate;

@@ -313,13 +313,14 @@ pub fn produce_batched(
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
+/// Per partition: (first offset, last offset, records) of each archived object.
+pub type Archived = BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>>;
+
 /// Decodes every archived data object back into messages, grouped by partition in offset order.
-pub fn archived_messages(
-    store: &dyn batchlayer::archive::ObjectStore,
-) -> BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> {
+pub fn archived_messages(store: &dyn batchlayer::archive::ObjectStore) -> Archived {
     use batchlayer::commands::ingest::parse_object_key;
     use batchlayer::config::Compression;
-    let mut out: BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>> = BTreeMap::new();
+    let mut out = Archived::new();
     for o in store.list("").unwrap() {
         if o.key.starts_with('_') {
             continue;
