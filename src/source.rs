@@ -39,6 +39,9 @@ pub enum Event {
 /// A consumer of one topic in one consumer group.
 pub trait MessageSource {
     fn topic(&self) -> &str;
+    /// Joins the group (or takes the partitions); called once the sink is known to work, so a
+    /// run that cannot store anything never disturbs the group.
+    fn start(&mut self) -> Result<()>;
     fn poll(&mut self, timeout: Duration) -> Result<Event>;
     /// Committed offsets (next offset to read) for these partitions; None where nothing is committed.
     fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>>;
@@ -72,12 +75,14 @@ impl ConsumerContext for Ctx {
 
 pub struct KafkaSource {
     consumer: BaseConsumer<Ctx>,
+    mode: Mode,
     topic: String,
     brokers: String,
     timeout: Duration,
 }
 
 /// How the consumer gets its partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Join the consumer group (ingest).
     Subscribe,
@@ -118,35 +123,12 @@ impl KafkaSource {
             .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
         let src = KafkaSource {
             consumer,
+            mode,
             topic: k.topic.clone(),
             brokers: k.brokers.clone(),
             timeout: Duration::from_secs(10),
         };
-        let partitions = src.partitions()?;
-        match mode {
-            Mode::Subscribe => src
-                .consumer
-                .subscribe(&[&k.topic])
-                .with_context(|| format!("subscribing to topic {}", k.topic))?,
-            Mode::AssignAll => {
-                let committed = src.committed(&partitions)?;
-                let mut tpl = TopicPartitionList::new();
-                for p in &partitions {
-                    let off = match committed.get(p).copied().flatten() {
-                        Some(o) => Offset::Offset(o),
-                        None => Offset::Beginning,
-                    };
-                    tpl.add_partition_offset(&k.topic, *p, off)?;
-                }
-                src.consumer.assign(&tpl)?;
-                src.consumer
-                    .context()
-                    .events
-                    .lock()
-                    .unwrap()
-                    .push(Event::Assigned(partitions));
-            }
-        }
+        src.partitions()?;
         Ok(src)
     }
 
@@ -184,6 +166,35 @@ impl KafkaSource {
 impl MessageSource for KafkaSource {
     fn topic(&self) -> &str {
         &self.topic
+    }
+
+    fn start(&mut self) -> Result<()> {
+        match self.mode {
+            Mode::Subscribe => self
+                .consumer
+                .subscribe(&[&self.topic])
+                .with_context(|| format!("subscribing to topic {}", self.topic))?,
+            Mode::AssignAll => {
+                let partitions = self.partitions()?;
+                let committed = self.committed(&partitions)?;
+                let mut tpl = TopicPartitionList::new();
+                for p in &partitions {
+                    let off = match committed.get(p).copied().flatten() {
+                        Some(o) => Offset::Offset(o),
+                        None => Offset::Beginning,
+                    };
+                    tpl.add_partition_offset(&self.topic, *p, off)?;
+                }
+                self.consumer.assign(&tpl)?;
+                self.consumer
+                    .context()
+                    .events
+                    .lock()
+                    .unwrap()
+                    .push(Event::Assigned(partitions));
+            }
+        }
+        Ok(())
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<Event> {
@@ -281,5 +292,158 @@ fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
         offset: m.offset(),
         timestamp_ms: m.timestamp().to_millis(),
         payload: m.payload().map(|p| p.to_vec()),
+    }
+}
+
+/// The suite every `MessageSource` must pass, given a topic that holds exactly `expected`
+/// (partition, payload) messages and a group that has committed nothing. Run against
+/// librdkafka's mock cluster (unit test) and tansu (integration test).
+#[doc(hidden)]
+pub mod conformance {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// Reads every assigned partition to its end; returns payloads per partition.
+    pub fn drain(src: &mut dyn MessageSource) -> BTreeMap<i32, Vec<(i64, Vec<u8>)>> {
+        let mut assigned: Option<BTreeSet<i32>> = None;
+        let mut eof = BTreeSet::new();
+        let mut got: BTreeMap<i32, Vec<(i64, Vec<u8>)>> = BTreeMap::new();
+        let t0 = std::time::Instant::now();
+        while assigned
+            .as_ref()
+            .is_none_or(|a| !a.iter().all(|p| eof.contains(p)))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no end of partitions within 60s"
+            );
+            match src.poll(Duration::from_millis(100)).expect("poll") {
+                Event::Assigned(ps) => assigned = Some(ps.into_iter().collect()),
+                Event::Revoked(_) => assigned = None,
+                Event::Eof(p) => {
+                    eof.insert(p);
+                }
+                Event::Message(m) => got
+                    .entry(m.partition)
+                    .or_default()
+                    .push((m.offset, m.payload.unwrap_or_default())),
+                Event::Idle => {}
+            }
+        }
+        got
+    }
+
+    pub fn run(open: &dyn Fn() -> Box<dyn MessageSource>, expected: &BTreeMap<i32, Vec<Vec<u8>>>) {
+        let mut src = open();
+        src.start().expect("start");
+        let got = drain(src.as_mut());
+        let payloads: BTreeMap<i32, Vec<Vec<u8>>> = got
+            .iter()
+            .map(|(p, v)| (*p, v.iter().map(|x| x.1.clone()).collect()))
+            .collect();
+        assert_eq!(
+            &payloads, expected,
+            "messages differ from what was produced"
+        );
+        for v in got.values() {
+            let offs: Vec<i64> = v.iter().map(|x| x.0).collect();
+            assert!(
+                offs.windows(2).all(|w| w[1] == w[0] + 1),
+                "offsets not contiguous: {offs:?}"
+            );
+        }
+        let parts: Vec<i32> = expected.keys().copied().collect();
+        assert!(
+            src.committed(&parts).unwrap().values().all(|c| c.is_none()),
+            "fresh group has commits"
+        );
+        let ends: Vec<(i32, i64)> = got
+            .iter()
+            .map(|(p, v)| (*p, v.last().unwrap().0 + 1))
+            .collect();
+        src.commit(&ends).expect("commit");
+        let committed = src.committed(&parts).unwrap();
+        for (p, o) in &ends {
+            assert_eq!(committed[p], Some(*o), "partition {p}");
+        }
+        drop(src);
+        // A new member of the group starts at the commit: nothing left to read.
+        let mut again = open();
+        again.start().expect("start");
+        let rest = drain(again.as_mut());
+        assert!(
+            rest.values().all(|v| v.is_empty()),
+            "re-read after commit: {rest:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn kafka_source_conforms_on_the_mock_cluster() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("conf", 3, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let mut expected: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+        for i in 0..300u32 {
+            let p = (i % 3) as i32;
+            let payload = format!("msg {i}\nwith newline").into_bytes();
+            producer
+                .send(
+                    BaseRecord::<(), [u8]>::to("conf")
+                        .partition(p)
+                        .payload(&payload),
+                )
+                .unwrap();
+            expected.entry(p).or_default().push(payload);
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let settings = KafkaSettings {
+            brokers: brokers.clone(),
+            topic: "conf".into(),
+            group: "conf-group".into(),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            stall_timeout_secs: 60,
+        };
+        conformance::run(
+            &|| {
+                Box::new(KafkaSource::connect(&settings, Mode::Subscribe).unwrap())
+                    as Box<dyn MessageSource>
+            },
+            &expected,
+        );
+    }
+
+    #[test]
+    fn missing_topic_is_named() {
+        let cluster = MockCluster::new(1).unwrap();
+        let settings = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            topic: "absent".into(),
+            group: "g".into(),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            stall_timeout_secs: 60,
+        };
+        let err = KafkaSource::connect(&settings, Mode::Subscribe)
+            .err()
+            .expect("error")
+            .to_string();
+        assert!(err.contains("topic absent does not exist"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ mod common;
 
 mod aggregate;
 mod cli;
+mod conformance;
 mod copy;
 mod e2e;
 mod ingest;

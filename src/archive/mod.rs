@@ -94,7 +94,7 @@ pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead>> 
     })
 }
 
-#[cfg(test)]
+#[doc(hidden)]
 pub mod conformance {
     //! One suite every `ObjectStore` impl must pass; the integration tests run it against S3.
     use super::*;
@@ -167,10 +167,13 @@ pub mod conformance {
         store.delete("conf/a/one.log").unwrap();
         assert_eq!(store.list("conf/").unwrap().len(), 1);
     }
+}
 
+#[cfg(test)]
+mod tests {
     #[test]
     fn local_store_conforms() {
         let dir = tempfile::tempdir().unwrap();
-        run(&local::LocalStore::new(dir.path().to_path_buf()));
+        super::conformance::run(&super::local::LocalStore::new(dir.path().to_path_buf()));
     }
 }

@@ -440,6 +440,7 @@ pub fn run(
     if !opts.dry_run {
         store.check()?;
     }
+    source.start()?;
     let mut run = Run {
         store,
         settings,

@@ -1,0 +1,38 @@
+//! Each backend trait's one conformance suite, run against the real services.
+
+use crate::common::*;
+use batchlayer::source::{KafkaSource, MessageSource, Mode};
+use std::collections::BTreeMap;
+
+#[test]
+fn s3_store_conforms_on_s3s_fs() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("s3conf");
+    batchlayer::archive::conformance::run(w.store().as_ref());
+}
+
+#[test]
+fn kafka_source_conforms_on_tansu() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("kconf");
+    let mut expected: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    let msgs: Vec<Option<Vec<u8>>> = (0..300)
+        .map(|i| Some(format!("msg {i}\nwith newline").into_bytes()))
+        .collect();
+    for (i, m) in msgs.iter().enumerate() {
+        expected
+            .entry(i as i32 % 3)
+            .or_default()
+            .push(m.clone().unwrap());
+    }
+    produce_raw(&brokers(), &w.topic, 3, &msgs);
+    let k = w.kafka();
+    batchlayer::source::conformance::run(
+        &|| Box::new(KafkaSource::connect(&k, Mode::Subscribe).unwrap()) as Box<dyn MessageSource>,
+        &expected,
+    );
+}
