@@ -40,7 +40,7 @@ else
   mkdir -p "$repo/.stack/quickstart"
   export BATCHLAYER_ARCHIVE_URL="$repo/.stack/quickstart/$run"
 fi
-psql -q -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 \
+PGOPTIONS=--client-min-messages=warning psql -q -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 \
   -c "DROP SCHEMA IF EXISTS $schema CASCADE" -c "CREATE SCHEMA $schema" >/dev/null
 export BATCHLAYER_WAREHOUSE_SCHEMA="$schema"
 

@@ -110,6 +110,12 @@ pub struct CopyArgs {
     /// Load at most N objects.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only objects whose time folder is at or after this (YYYY-MM-DD[THH[:MM]], archive zone).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only objects whose time folder is before this.
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
     /// Tolerate up to N bad rows per object (they go to the rejects table). Default: strict.
     #[arg(long, value_name = "N")]
     pub max_errors: Option<u64>,

@@ -111,6 +111,19 @@ pub fn run(cli: Cli) -> Result<()> {
                 max_errors: a.max_errors,
                 wait: !a.no_wait,
                 fail_before_commit: failpoint.as_deref() == Some("copy-before-commit"),
+                since: a
+                    .since
+                    .as_deref()
+                    .map(commands::copy::parse_time)
+                    .transpose()
+                    .map_err(ConfigError)?,
+                until: a
+                    .until
+                    .as_deref()
+                    .map(commands::copy::parse_time)
+                    .transpose()
+                    .map_err(ConfigError)?,
+                key_template: s.archive.key_template.clone(),
             };
             let sum = commands::copy::run(store.as_ref(), wh.as_mut(), &s.layout, &opts, &out)?;
             if a.dry_run {

@@ -269,3 +269,28 @@ fn hostile_table_names_are_refused_and_errors_are_clear() {
     assert_eq!(code, 1);
     assert!(err.contains("no-such-bucket-cp"), "{err}");
 }
+
+#[test]
+fn since_and_until_select_objects_by_time_folder() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cptime");
+    // 2024-01-01T00:00Z and 2024-01-02T00:00Z
+    produce_at(&brokers(), &w.topic, 1, &tweets(10, 6), 1_704_067_200_000);
+    w.run_ok(&["ingest"]);
+    produce_at(&brokers(), &w.topic, 1, &tweets(7, 7), 1_704_153_600_000);
+    w.run_ok(&["ingest"]);
+    let keys = w.data_objects();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys[0].contains("/2024/01/01/00/") && keys[1].contains("/2024/01/02/00/"),
+        "{keys:?}"
+    );
+    let a = w.json(&["copy", "--since", "2024-01-02"]);
+    assert_eq!(a["rows"].as_u64().unwrap(), 7, "{a}");
+    let b = w.json(&["copy", "--until", "2024-01-01T12"]);
+    assert_eq!(b["rows"].as_u64().unwrap(), 10, "{b}");
+    let (code, _, err) = w.run(&["copy", "--since", "last tuesday"]);
+    assert_eq!(code, 2, "{err}");
+}

@@ -9,6 +9,7 @@ use crate::records::Layout;
 use crate::warehouse::{LoadJob, LoadOptions, LoadResult, Warehouse};
 use crate::Busy;
 use anyhow::{bail, Context, Result};
+use chrono::NaiveDateTime;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -21,6 +22,29 @@ pub struct CopyOptions {
     pub max_errors: Option<u64>,
     pub wait: bool,
     pub fail_before_commit: bool,
+    /// Only objects whose time folder is at or after this (in the archive's zone).
+    pub since: Option<NaiveDateTime>,
+    /// Only objects whose time folder is before this.
+    pub until: Option<NaiveDateTime>,
+    /// The archive's folder template, to read an object's time folder from its key.
+    pub key_template: String,
+}
+
+/// Parses `--since`/`--until`: `YYYY-MM-DD`, `YYYY-MM-DDTHH` or `YYYY-MM-DDTHH:MM[:SS]`.
+pub fn parse_time(s: &str) -> Result<NaiveDateTime> {
+    let s = s.trim().replace(' ', "T");
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&s, f) {
+            return Ok(t);
+        }
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{s}:00"), "%Y-%m-%dT%H:%M") {
+        return Ok(t);
+    }
+    bail!("{s:?} is not a time (use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM)")
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -90,6 +114,14 @@ pub fn run(
         }
     }
     jobs.retain(|j| !loaded.contains(&j.key));
+    if opts.since.is_some() || opts.until.is_some() {
+        jobs.retain(
+            |j| match super::ingest::folder_time(&opts.key_template, &j.key) {
+                Some(t) => opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u),
+                None => false,
+            },
+        );
+    }
     if let Some(n) = opts.limit {
         jobs.truncate(n);
     }
@@ -134,4 +166,26 @@ pub fn run(
     summary.loaded = results;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_arguments() {
+        assert_eq!(
+            parse_time("2024-01-02").unwrap().to_string(),
+            "2024-01-02 00:00:00"
+        );
+        assert_eq!(
+            parse_time("2024-01-02T05").unwrap().to_string(),
+            "2024-01-02 05:00:00"
+        );
+        assert_eq!(
+            parse_time("2024-01-02 05:30").unwrap().to_string(),
+            "2024-01-02 05:30:00"
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
 }

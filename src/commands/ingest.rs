@@ -135,6 +135,27 @@ pub fn folder(template: &str, topic: &str, ts_ms: Option<i64>, utc_offset_secs: 
         .replace("{HH}", &format!("{:02}", t.hour()))
 }
 
+/// The time of an object's folder, read back from its key by the template (the inverse of
+/// `folder`); None when the key does not follow the template.
+pub fn folder_time(template: &str, key: &str) -> Option<chrono::NaiveDateTime> {
+    let tparts: Vec<&str> = template.split('/').filter(|p| !p.is_empty()).collect();
+    let kparts: Vec<&str> = key.split('/').collect();
+    if kparts.len() != tparts.len() + 1 {
+        return None;
+    }
+    let (mut y, mut mo, mut d, mut h) = (None, 1, 1, 0);
+    for (t, k) in tparts.iter().zip(&kparts) {
+        match *t {
+            "{YYYY}" => y = Some(k.parse::<i32>().ok()?),
+            "{MM}" => mo = k.parse().ok()?,
+            "{DD}" => d = k.parse().ok()?,
+            "{HH}" => h = k.parse().ok()?,
+            _ => {}
+        }
+    }
+    chrono::NaiveDate::from_ymd_opt(y?, mo, d)?.and_hms_opt(h, 0, 0)
+}
+
 /// The fixed listing prefix of the template (everything before the first time field).
 fn list_prefix(template: &str, topic: &str) -> String {
     let t = template.replace("{topic}", topic);
@@ -697,6 +718,17 @@ mod tests {
             "t/2021/03/05/00"
         );
         assert_eq!(list_prefix("{topic}/{YYYY}/{MM}", "t"), "t/");
+        let tpl = "{topic}/{YYYY}/{MM}/{DD}/{HH}";
+        let key = format!(
+            "{}/{}",
+            folder(tpl, "t", Some(ts), 0),
+            object_file_name("t", 0, 1, 2, Compression::Gzip)
+        );
+        assert_eq!(
+            folder_time(tpl, &key).unwrap().to_string(),
+            "2021-03-04 23:00:00"
+        );
+        assert_eq!(folder_time(tpl, "t/x.log"), None);
         assert_eq!(list_prefix("raw/{topic}/x/{YYYY}", "t"), "raw/t/x/");
         assert_eq!(list_prefix("{YYYY}/{topic}", "t"), "");
     }

@@ -274,6 +274,28 @@ pub fn produce_batched(
     payloads: &[Option<Vec<u8>>],
     flush_every: usize,
 ) {
+    produce_full(brokers, topic, partitions, payloads, flush_every, None)
+}
+
+/// Like `produce_raw`, with an explicit Kafka timestamp (ms) on every message.
+pub fn produce_at(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[Option<Vec<u8>>],
+    ts_ms: i64,
+) {
+    produce_full(brokers, topic, partitions, payloads, 0, Some(ts_ms))
+}
+
+fn produce_full(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[Option<Vec<u8>>],
+    flush_every: usize,
+    ts_ms: Option<i64>,
+) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let k = batchlayer::config::KafkaSettings {
         brokers: brokers.into(),
@@ -296,6 +318,9 @@ pub fn produce_batched(
         let mut rec: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).partition(part);
         if let Some(m) = m {
             rec = rec.payload(&m[..]);
+        }
+        if let Some(ts) = ts_ms {
+            rec = rec.timestamp(ts);
         }
         loop {
             match p.send(rec) {
