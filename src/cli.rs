@@ -141,6 +141,12 @@ pub struct AggregateArgs {
     /// Exit at once with code 3 when another aggregate holds the lock (default: wait).
     #[arg(long)]
     pub no_wait: bool,
+    /// Rebuild only this configured view (default: every configured view).
+    #[arg(long, value_name = "NAME")]
+    pub view: Option<String>,
+    /// Use this view SQL file instead of the configured one ({schema}/{raw} placeholders).
+    #[arg(long, value_name = "FILE")]
+    pub sql: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -6,7 +6,7 @@ use crate::records::{Column, Layout};
 use crate::warehouse::redshift::{CopySpec, S3Auth};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -128,12 +128,20 @@ pub struct RecordsFile {
 pub struct AggregateFile {
     /// Name of the batch view table.
     pub view: Option<String>,
-    /// View SQL file; default: the built-in sql/batch_view.sql.
+    /// View SQL file (a SELECT with {schema}/{raw} placeholders); default: sql/batch_view.sql.
     pub sql: Option<PathBuf>,
-    /// Refuse the swap when the new view has fewer rows.
+    /// Refuse the swap when the new view has fewer rows (default 1).
     pub min_rows: Option<i64>,
     /// Refuse the swap when the row count changes by more than this fraction (e.g. 0.5).
     pub max_row_change: Option<f64>,
+    /// Refuse the swap when the sum of a column changes by more than this fraction.
+    pub max_sum_change: Option<BTreeMap<String, f64>>,
+    /// Refuse the swap when any of these columns holds a NULL.
+    pub non_null_columns: Option<Vec<String>>,
+    /// How many previous versions to keep as <view>__prev, <view>__prev2, ... (default 1).
+    pub keep_versions: Option<u32>,
+    /// More views, each with its own `view`, `sql` and gates.
+    pub views: Option<Vec<AggregateFile>>,
 }
 
 /// Where environment values come from (the process, or a map in tests).
@@ -248,12 +256,60 @@ pub struct WarehouseSettings {
     pub redshift: Option<crate::warehouse::redshift::CopySpec>,
 }
 
+/// One view to build: its SQL, gates and how many old versions to keep.
+#[derive(Debug, Clone)]
+pub struct ViewSettings {
+    pub view: String,
+    /// None: the built-in sql/batch_view.sql.
+    pub sql: Option<PathBuf>,
+    pub min_rows: i64,
+    pub max_row_change: Option<f64>,
+    pub max_sum_change: BTreeMap<String, f64>,
+    pub non_null_columns: Vec<String>,
+    pub keep_versions: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct AggregateSettings {
-    pub view: String,
-    pub sql: Option<PathBuf>,
-    pub min_rows: Option<i64>,
-    pub max_row_change: Option<f64>,
+    /// The main view first, then `[[aggregate.views]]` in order.
+    pub views: Vec<ViewSettings>,
+}
+
+fn view_settings(
+    g: &AggregateFile,
+    what: &str,
+    default_view: Option<&str>,
+) -> Result<ViewSettings> {
+    let name = match (&g.view, default_view) {
+        (Some(v), _) => v.clone(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => bail!("{what}: every entry of aggregate.views needs a view name"),
+    };
+    let view = validate_ident(&format!("{what}.view"), &name)?;
+    if default_view.is_none() && g.sql.is_none() {
+        bail!("{what} {view}: needs sql = \"FILE\"");
+    }
+    let max_sum_change = g.max_sum_change.clone().unwrap_or_default();
+    for c in max_sum_change.keys() {
+        validate_ident(&format!("{what}.max_sum_change column"), c)?;
+    }
+    let non_null_columns = g.non_null_columns.clone().unwrap_or_default();
+    for c in &non_null_columns {
+        validate_ident(&format!("{what}.non_null_columns column"), c)?;
+    }
+    let keep_versions = g.keep_versions.unwrap_or(1);
+    if !(1..=20).contains(&keep_versions) {
+        bail!("{what}.keep_versions must be between 1 and 20");
+    }
+    Ok(ViewSettings {
+        view,
+        sql: g.sql.clone(),
+        min_rows: g.min_rows.unwrap_or(1),
+        max_row_change: g.max_row_change,
+        max_sum_change,
+        non_null_columns,
+        keep_versions,
+    })
 }
 
 /// Everything a command needs, resolved and validated.
@@ -506,12 +562,20 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
     }
 
     let g = &file.aggregate;
-    let aggregate = AggregateSettings {
-        view: validate_ident("aggregate.view", g.view.as_deref().unwrap_or("batch_layer"))?,
-        sql: g.sql.clone(),
-        min_rows: g.min_rows,
-        max_row_change: g.max_row_change,
-    };
+    let mut views = vec![view_settings(g, "aggregate", Some("batch_layer"))?];
+    for (i, v) in g.views.iter().flatten().enumerate() {
+        if v.views.is_some() {
+            bail!("aggregate.views[{i}]: views cannot nest");
+        }
+        views.push(view_settings(v, &format!("aggregate.views[{i}]"), None)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for v in &views {
+        if !seen.insert(v.view.clone()) {
+            bail!("aggregate: view {} is configured twice", v.view);
+        }
+    }
+    let aggregate = AggregateSettings { views };
 
     Ok(Settings {
         kafka,

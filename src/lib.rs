@@ -148,56 +148,87 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Aggregate(a) => {
+            let mut views = s.aggregate.views.clone();
+            if let Some(name) = &a.view {
+                views.retain(|v| &v.view == name);
+                if views.is_empty() {
+                    return Err(ConfigError(anyhow::anyhow!(
+                        "--view {name}: no such view in [aggregate]"
+                    ))
+                    .into());
+                }
+            }
+            if let Some(sql) = &a.sql {
+                if views.len() > 1 {
+                    return Err(ConfigError(anyhow::anyhow!(
+                        "--sql needs --view when several views are configured"
+                    ))
+                    .into());
+                }
+                views[0].sql = Some(sql.clone());
+            }
             let mut wh = warehouse::connect(&s.warehouse, &out)?;
-            let view_sql = match &s.aggregate.sql {
-                Some(p) => std::fs::read_to_string(p).map_err(|e| {
-                    ConfigError(anyhow::anyhow!("aggregate.sql {}: {e}", p.display()))
-                })?,
-                None => warehouse::BATCH_VIEW.to_string(),
-            };
-            let opts = commands::aggregate::AggregateOptions {
-                dry_run: a.dry_run,
-                rollback: a.rollback,
-                force: a.force,
-                print: a.print,
-                wait: !a.no_wait,
-                view: s.aggregate.view.clone(),
-                view_sql,
-                min_rows: s.aggregate.min_rows,
-                max_row_change: s.aggregate.max_row_change,
-            };
             let names = warehouse::Names::from_settings(&s.warehouse);
-            let sum = commands::aggregate::run(wh.as_mut(), &names, &opts)?;
-            if let Some(p) = &sum.plan {
-                for q in p.build.iter().chain(&p.gates) {
-                    out.plan(&format!("{q};"));
+            for vs in &views {
+                let view_sql = match &vs.sql {
+                    Some(p) => std::fs::read_to_string(p).map_err(|e| {
+                        ConfigError(anyhow::anyhow!("view SQL {}: {e}", p.display()))
+                    })?,
+                    None => warehouse::BATCH_VIEW.to_string(),
+                };
+                let opts = commands::aggregate::AggregateOptions {
+                    dry_run: a.dry_run,
+                    rollback: a.rollback,
+                    force: a.force,
+                    print: a.print,
+                    wait: !a.no_wait,
+                    view: vs.view.clone(),
+                    view_sql,
+                    min_rows: vs.min_rows,
+                    max_row_change: vs.max_row_change,
+                    max_sum_change: vs.max_sum_change.clone(),
+                    non_null_columns: vs.non_null_columns.clone(),
+                    keep_versions: vs.keep_versions,
+                };
+                let sum = commands::aggregate::run(wh.as_mut(), &names, &opts)?;
+                if let Some(p) = &sum.plan {
+                    for q in &p.build {
+                        out.plan(&format!("{q};"));
+                    }
+                    for g in &p.gates {
+                        out.plan(&format!("-- gate {} ({:?})", g.name, g.check));
+                        out.plan(&format!("{};", g.new_sql));
+                        if let Some(o) = &g.old_sql {
+                            out.plan(&format!("{o};"));
+                        }
+                    }
+                    out.plan("BEGIN;");
+                    for q in &p.swap {
+                        out.plan(&format!("{q};"));
+                    }
+                    out.plan("COMMIT;");
                 }
-                out.plan("BEGIN;");
-                for q in &p.swap {
-                    out.plan(&format!("{q};"));
+                if let Some((cols, rows)) = &sum.top {
+                    if !cli.json {
+                        out.table(&commands::aggregate::format_table(cols, rows));
+                    }
                 }
-                out.plan("COMMIT;");
+                let delta = sum
+                    .previous_rows
+                    .map(|p| format!("{:+}", sum.rows - p))
+                    .unwrap_or_else(|| "new".into());
+                out.summary(
+                    &format!(
+                        "aggregate{}: view {}, {} rows ({delta}){}, {:.1}s",
+                        if sum.dry_run { " (dry run)" } else { "" },
+                        sum.view,
+                        sum.rows,
+                        if sum.rolled_back { ", rolled back" } else { "" },
+                        sum.seconds
+                    ),
+                    &serde_json::to_value(&sum)?,
+                );
             }
-            if let Some((cols, rows)) = &sum.top {
-                if !cli.json {
-                    out.table(&commands::aggregate::format_table(cols, rows));
-                }
-            }
-            let delta = sum
-                .previous_rows
-                .map(|p| format!("{:+}", sum.rows - p))
-                .unwrap_or_else(|| "new".into());
-            out.summary(
-                &format!(
-                    "aggregate{}: view {}, {} rows ({delta}){}, {:.1}s",
-                    if sum.dry_run { " (dry run)" } else { "" },
-                    sum.view,
-                    sum.rows,
-                    if sum.rolled_back { ", rolled back" } else { "" },
-                    sum.seconds
-                ),
-                &serde_json::to_value(&sum)?,
-            );
         }
         Command::ProduceTweets(a) => {
             let opts = commands::produce::ProduceOptions {

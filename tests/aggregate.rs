@@ -116,7 +116,10 @@ fn failing_gate_keeps_the_old_view_and_rollback_restores_previous() {
         .unwrap();
     let (code, _, err) = w.run(&["aggregate"]);
     assert_eq!(code, 4, "{err}");
-    assert!(err.contains("min_rows") && err.contains("0 rows"), "{err}");
+    assert!(
+        err.contains("gate min_rows: the new view has 0, fewer than 1"),
+        "{err}"
+    );
     assert_eq!(view(&w), good, "a failed gate replaced the view");
     let rejected: i64 = pg()
         .query_one(
@@ -168,4 +171,74 @@ fn two_concurrent_runs_both_end_with_a_correct_view() {
     assert_eq!(a.0, 0, "{}", a.2);
     assert_eq!(b.0, 0, "{}", b.2);
     assert_eq!(view(&w), expected(20_000));
+}
+
+#[test]
+fn sum_gate_keep_versions_busy_and_a_second_view_from_custom_sql() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = seeded("agggates", 100);
+    let sql = w.dir.path().join("by_retweets.sql");
+    std::fs::write(
+        &sql,
+        "-- a user view\nSELECT retweet_count, count(*) AS n FROM {schema}.{raw} GROUP BY retweet_count",
+    )
+    .unwrap();
+    w.tail_toml = format!(
+        "\n[aggregate]\nmax_sum_change = {{ sum_followers_count = 0.5 }}\n\n[[aggregate.views]]\nview = \"by_retweets\"\nsql = \"{}\"\nkeep_versions = 2\n",
+        path_str(&sql)
+    );
+    let run = |args: &[&str]| {
+        let (code, _, err) = w.run(args);
+        (code, err)
+    };
+    let (code, err) = run(&["aggregate"]);
+    assert_eq!(code, 0, "{err}");
+    let n: i64 = pg()
+        .query_one(
+            &format!("SELECT sum(n)::bigint FROM {}.by_retweets", w.schema),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 200,
+        "the custom view counts raw rows (duplicates included)"
+    );
+    // Triple the followers: the sum gate refuses, naming both values; the view stays.
+    let before = view(&w);
+    pg().batch_execute(&format!(
+        "UPDATE {}.batch_raw SET followers_count = followers_count * 3",
+        w.schema
+    ))
+    .unwrap();
+    let (code, err) = run(&["aggregate", "--view", "batch_layer"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("max_sum_change(sum_followers_count)") && err.contains("more than 50.0%"),
+        "{err}"
+    );
+    assert_eq!(view(&w), before);
+    // keep_versions = 2 for by_retweets: two rebuilds later, __prev and __prev2 exist.
+    run(&["aggregate", "--view", "by_retweets"]);
+    run(&["aggregate", "--view", "by_retweets"]);
+    for t in ["by_retweets", "by_retweets__prev", "by_retweets__prev2"] {
+        let n: i64 = pg()
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+                &[&w.schema, &t],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "{t} missing");
+    }
+    // --no-wait while another aggregate of the view holds the lock: exit 3.
+    let mut c = pg();
+    let key = format!("batchlayer:aggregate:batch_layer:{}.batch_raw", w.schema);
+    c.execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .unwrap();
+    let (code, err) = run(&["aggregate", "--view", "batch_layer", "--no-wait", "--force"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("busy"), "{err}");
 }

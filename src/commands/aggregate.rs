@@ -5,6 +5,7 @@ use crate::warehouse::{quote_ident, strip_comments, Names, Warehouse};
 use crate::{Busy, GateRefused};
 use anyhow::{bail, Result};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Default)]
@@ -17,26 +18,70 @@ pub struct AggregateOptions {
     pub view: String,
     /// The view's SELECT (a template with {schema}/{raw} placeholders).
     pub view_sql: String,
-    pub min_rows: Option<i64>,
+    pub min_rows: i64,
     pub max_row_change: Option<f64>,
+    pub max_sum_change: BTreeMap<String, f64>,
+    pub non_null_columns: Vec<String>,
+    pub keep_versions: u32,
+}
+
+/// What a gate compares.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub enum Check {
+    /// The new value must be at least this.
+    AtLeast(i64),
+    /// The relative change against the current view must be at most this.
+    MaxChange(f64),
+    /// The new value must be zero.
+    Zero,
+}
+
+/// One gate: a query on the new build (and the same on the live view, for changes).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gate {
+    pub name: String,
+    pub new_sql: String,
+    pub old_sql: Option<String>,
+    pub check: Check,
 }
 
 /// The statements of one rebuild, split by phase (shown by --dry-run, checked by the tests).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Plan {
     /// Outside any transaction that locks the view: readers keep reading.
     pub build: Vec<String>,
+    /// Gate queries, each returning one bigint.
+    pub gates: Vec<Gate>,
     /// One short transaction: only renames (and dropping the oldest version).
     pub swap: Vec<String>,
-    /// Gate queries, each returning one bigint.
-    pub gates: Vec<String>,
 }
 
-pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool) -> Plan {
+impl Plan {
+    /// Every statement, in order (for the dialect test and --dry-run).
+    pub fn statements(&self) -> Vec<String> {
+        let mut v = self.build.clone();
+        for g in &self.gates {
+            v.push(g.new_sql.clone());
+            v.extend(g.old_sql.clone());
+        }
+        v.extend(self.swap.clone());
+        v
+    }
+}
+
+fn version_name(view: &str, n: u32) -> String {
+    if n == 1 {
+        format!("{view}__prev")
+    } else {
+        format!("{view}__prev{n}")
+    }
+}
+
+/// `versions`: which previous versions (1 = `__prev`, 2 = `__prev2`, ...) exist now.
+pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool, versions: &[u32]) -> Plan {
     let v = &opts.view;
     let q = |t: &str| names.qualified(t);
     let new = format!("{v}__new");
-    let prev = format!("{v}__prev");
     let select = strip_comments(&names.render(&opts.view_sql, &[("view", v)]));
     let build = vec![
         format!("DROP TABLE IF EXISTS {}", q(&new)),
@@ -44,11 +89,23 @@ pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool) -> Plan {
     ];
     let mut swap = vec![];
     if view_exists {
-        swap.push(format!("DROP TABLE IF EXISTS {}", q(&prev)));
+        let keep = opts.keep_versions.max(1);
+        swap.push(format!(
+            "DROP TABLE IF EXISTS {}",
+            q(&version_name(v, keep))
+        ));
+        // Shift the kept versions up by one.
+        for n in (1..keep).rev().filter(|n| versions.contains(n)) {
+            swap.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                q(&version_name(v, n)),
+                quote_ident(&version_name(v, n + 1))
+            ));
+        }
         swap.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             q(v),
-            quote_ident(&prev)
+            quote_ident(&version_name(v, 1))
         ));
     }
     swap.push(format!(
@@ -56,11 +113,44 @@ pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool) -> Plan {
         q(&new),
         quote_ident(v)
     ));
-    let mut gates = vec![format!("SELECT count(*) FROM {}", q(&new))];
-    if view_exists {
-        gates.push(format!("SELECT count(*) FROM {}", q(v)));
+
+    let on = |t: &str, expr: &str| format!("SELECT CAST({expr} AS BIGINT) FROM {}", q(t));
+    let mut gates = vec![Gate {
+        name: "min_rows".into(),
+        new_sql: on(&new, "count(*)"),
+        old_sql: None,
+        check: Check::AtLeast(opts.min_rows),
+    }];
+    if let Some(max) = opts.max_row_change {
+        gates.push(Gate {
+            name: "max_row_change".into(),
+            new_sql: on(&new, "count(*)"),
+            old_sql: view_exists.then(|| on(v, "count(*)")),
+            check: Check::MaxChange(max),
+        });
     }
-    Plan { build, swap, gates }
+    for (col, max) in &opts.max_sum_change {
+        let e = format!("sum({})", quote_ident(col));
+        gates.push(Gate {
+            name: format!("max_sum_change({col})"),
+            new_sql: on(&new, &e),
+            old_sql: view_exists.then(|| on(v, &e)),
+            check: Check::MaxChange(*max),
+        });
+    }
+    for col in &opts.non_null_columns {
+        gates.push(Gate {
+            name: format!("non_null({col})"),
+            new_sql: format!(
+                "SELECT count(*) FROM {} WHERE {} IS NULL",
+                q(&new),
+                quote_ident(col)
+            ),
+            old_sql: None,
+            check: Check::Zero,
+        });
+    }
+    Plan { build, gates, swap }
 }
 
 /// The statements of `--rollback`: the previous view and the current one trade places.
@@ -87,6 +177,34 @@ pub struct AggregateSummary {
     pub top: Option<(Vec<String>, Vec<Vec<String>>)>,
 }
 
+/// Judges one gate from its values; Some(reason naming both values) when it fails.
+pub fn judge(g: &Gate, new: Option<i64>, old: Option<i64>) -> Option<String> {
+    let n = new.unwrap_or(0);
+    match g.check {
+        Check::AtLeast(min) => {
+            (n < min).then(|| format!("gate {}: the new view has {n}, fewer than {min}", g.name))
+        }
+        Check::Zero => {
+            (n != 0).then(|| format!("gate {}: the new view has {n} rows with NULL", g.name))
+        }
+        Check::MaxChange(max) => {
+            let o = old?;
+            if o == 0 {
+                return None;
+            }
+            let change = (n - o).abs() as f64 / o.abs() as f64;
+            (change > max).then(|| {
+                format!(
+                    "gate {}: went from {o} to {n} ({:.1}%), more than {:.1}%",
+                    g.name,
+                    change * 100.0,
+                    max * 100.0
+                )
+            })
+        }
+    }
+}
+
 pub fn run(
     wh: &mut dyn Warehouse,
     names: &Names,
@@ -99,7 +217,7 @@ pub fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    if !opts.dry_run && !wh.lock("aggregate", opts.wait)? {
+    if !opts.dry_run && !wh.lock(&format!("aggregate:{v}"), opts.wait)? {
         return Err(Busy(format!("another aggregate of {v} holds the lock")).into());
     }
     let view_exists = wh.table_exists(&v)?;
@@ -114,8 +232,8 @@ pub fn run(
         if opts.dry_run {
             summary.plan = Some(Plan {
                 build: vec![],
-                swap: stmts,
                 gates: vec![],
+                swap: stmts,
             });
         } else {
             wh.run_in_transaction(&stmts)?;
@@ -127,7 +245,13 @@ pub fn run(
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
-    let p = plan(names, opts, view_exists);
+    let mut versions = vec![];
+    for n in 1..opts.keep_versions.max(1) {
+        if wh.table_exists(&version_name(&v, n))? {
+            versions.push(n);
+        }
+    }
+    let p = plan(names, opts, view_exists, &versions);
     if opts.dry_run {
         summary.plan = Some(p);
         summary.seconds = started.elapsed().as_secs_f64();
@@ -136,27 +260,39 @@ pub fn run(
     for s in &p.build {
         wh.execute(s)?;
     }
-    let rows = wh.query_i64(&p.gates[0])?.unwrap_or(0);
-    let previous = if view_exists {
-        wh.query_i64(&p.gates[1])?
-    } else {
-        None
-    };
-    summary.rows = rows;
-    summary.previous_rows = previous;
-    if !opts.force {
-        if let Some(why) = gate_failure(opts, rows, previous) {
-            let rejected = format!("{v}__rejected");
-            wh.run_in_transaction(&[
-                format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
-                format!(
-                    "ALTER TABLE {} RENAME TO {}",
-                    names.qualified(&format!("{v}__new")),
-                    quote_ident(&rejected)
-                ),
-            ])?;
-            return Err(GateRefused(format!("{why}; kept {v} as it was, the new build is in {rejected} (use --force to swap anyway)")).into());
+    let mut failures = vec![];
+    for g in &p.gates {
+        let new = wh.query_i64(&g.new_sql)?;
+        let old = match &g.old_sql {
+            Some(q) => wh.query_i64(q)?,
+            None => None,
+        };
+        if g.name == "min_rows" {
+            summary.rows = new.unwrap_or(0);
         }
+        if let Some(why) = judge(g, new, old) {
+            failures.push(why);
+        }
+    }
+    if view_exists {
+        summary.previous_rows =
+            wh.query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?;
+    }
+    if !failures.is_empty() && !opts.force {
+        let rejected = format!("{v}__rejected");
+        wh.run_in_transaction(&[
+            format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
+            format!(
+                "ALTER TABLE {} RENAME TO {}",
+                names.qualified(&format!("{v}__new")),
+                quote_ident(&rejected)
+            ),
+        ])?;
+        return Err(GateRefused(format!(
+            "view {v}: {}; kept {v} as it was, the new build is in {rejected} (use --force to swap anyway)",
+            failures.join("; ")
+        ))
+        .into());
     }
     wh.run_in_transaction(&p.swap)?;
     if let Some(n) = opts.print {
@@ -170,33 +306,16 @@ pub fn run(
     Ok(summary)
 }
 
-/// Which gate (if any) refuses the swap, naming both values.
-pub fn gate_failure(opts: &AggregateOptions, rows: i64, previous: Option<i64>) -> Option<String> {
-    let min = opts.min_rows.unwrap_or(1);
-    if rows < min {
-        return Some(format!(
-            "gate min_rows: the new view has {rows} rows, fewer than {min}"
-        ));
-    }
-    if let (Some(max), Some(prev)) = (opts.max_row_change, previous) {
-        if prev > 0 {
-            let change = (rows - prev).abs() as f64 / prev as f64;
-            if change > max {
-                return Some(format!(
-                    "gate max_row_change: rows went from {prev} to {rows} ({:.1}%), more than {:.1}%",
-                    change * 100.0,
-                    max * 100.0
-                ));
-            }
-        }
-    }
-    None
-}
-
 /// Formats rows as an aligned text table.
 pub fn format_table(cols: &[String], rows: &[Vec<String>]) -> String {
+    let clean = |c: &String| {
+        c.replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+    };
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(clean).collect()).collect();
     let mut w: Vec<usize> = cols.iter().map(|c| c.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.chars().count());
         }
@@ -217,7 +336,7 @@ pub fn format_table(cols: &[String], rows: &[Vec<String>]) -> String {
             .collect::<Vec<_>>()
             .join("-+-")
     );
-    for r in rows {
+    for r in &rows {
         s += &line(r);
     }
     s
@@ -241,6 +360,13 @@ mod tests {
         AggregateOptions {
             view: "batch_layer".into(),
             view_sql: BATCH_VIEW.into(),
+            min_rows: 1,
+            max_row_change: Some(0.5),
+            max_sum_change: [("sum_followers_count".to_string(), 0.3)]
+                .into_iter()
+                .collect(),
+            non_null_columns: vec!["location".into()],
+            keep_versions: 3,
             ..Default::default()
         }
     }
@@ -250,10 +376,7 @@ mod tests {
     fn statements_are_redshift_safe() {
         let mut all = vec![];
         for exists in [false, true] {
-            let p = plan(&names(), &opts(), exists);
-            all.extend(p.build);
-            all.extend(p.swap);
-            all.extend(p.gates);
+            all.extend(plan(&names(), &opts(), exists, &[1, 2]).statements());
         }
         all.extend(rollback_plan(&names(), "batch_layer"));
         let forbidden = [
@@ -263,21 +386,19 @@ mod tests {
             "MATERIALIZED",
             "CONCURRENTLY",
             "UNLOGGED",
-            "IF EXISTS RENAME",
             "ALTER TABLE IF EXISTS",
             "FILTER (",
             "DISTINCT ON",
             "SERIAL",
-            "TEXT[]",
-            "ILIKE ANY",
             "GENERATED",
             "CREATE OR REPLACE VIEW",
-            "pg_",
+            "PG_",
+            "ILIKE",
         ];
         for s in &all {
             let up = s.to_uppercase();
             for f in forbidden {
-                assert!(!up.contains(&f.to_uppercase()), "{f} in: {s}");
+                assert!(!up.contains(f), "{f} in: {s}");
             }
             let first = up.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
             assert!(
@@ -285,30 +406,69 @@ mod tests {
                     "DROP TABLE",
                     "CREATE TABLE",
                     "ALTER TABLE",
+                    "SELECT CAST(COUNT(*)",
+                    "SELECT CAST(SUM(\"SUM_FOLLOWERS_COUNT\")",
                     "SELECT COUNT(*)"
                 ]
-                .contains(&first.as_str()),
+                .iter()
+                .any(|k| up.starts_with(k) || first == *k),
                 "unexpected statement kind: {s}"
             );
         }
-        let p = plan(&names(), &opts(), true);
-        assert_eq!(p.swap.len(), 3);
+        let p = plan(&names(), &opts(), true, &[1, 2]);
         assert!(
             p.swap.iter().all(|s| !s.contains("CREATE")),
-            "the swap must only rename"
+            "the swap must only rename and drop"
+        );
+        assert_eq!(
+            p.swap,
+            vec![
+                "DROP TABLE IF EXISTS \"public\".\"batch_layer__prev3\"",
+                "ALTER TABLE \"public\".\"batch_layer__prev2\" RENAME TO \"batch_layer__prev3\"",
+                "ALTER TABLE \"public\".\"batch_layer__prev\" RENAME TO \"batch_layer__prev2\"",
+                "ALTER TABLE \"public\".\"batch_layer\" RENAME TO \"batch_layer__prev\"",
+                "ALTER TABLE \"public\".\"batch_layer__new\" RENAME TO \"batch_layer\"",
+            ]
+        );
+        let first = plan(&names(), &opts(), true, &[]);
+        assert_eq!(
+            first.swap.len(),
+            3,
+            "only existing versions shift: {:?}",
+            first.swap
         );
         assert!(p.build[1].contains("WITH dedup AS") && p.build[1].contains("SELECT DISTINCT"));
+        assert_eq!(p.gates.len(), 4);
     }
 
     #[test]
     fn gates_name_both_values() {
-        let mut o = opts();
-        assert!(gate_failure(&o, 0, Some(10)).unwrap().contains("0 rows"));
-        assert!(gate_failure(&o, 5, Some(10)).is_none());
-        o.max_row_change = Some(0.2);
-        let g = gate_failure(&o, 5, Some(10)).unwrap();
-        assert!(g.contains("from 10 to 5"), "{g}");
-        assert!(gate_failure(&o, 11, Some(10)).is_none());
+        let p = plan(&names(), &opts(), true, &[]);
+        let g = |name: &str| {
+            p.gates
+                .iter()
+                .find(|g| g.name.starts_with(name))
+                .unwrap()
+                .clone()
+        };
+        assert!(judge(&g("min_rows"), Some(0), None)
+            .unwrap()
+            .contains("has 0, fewer than 1"));
+        assert!(judge(&g("min_rows"), Some(5), None).is_none());
+        let m = judge(&g("max_row_change"), Some(4), Some(10)).unwrap();
+        assert!(m.contains("from 10 to 4"), "{m}");
+        assert!(judge(&g("max_row_change"), Some(14), Some(10)).is_none());
+        assert!(
+            judge(&g("max_row_change"), Some(14), None).is_none(),
+            "no old view: no change gate"
+        );
+        assert!(judge(&g("max_sum_change"), Some(200), Some(100))
+            .unwrap()
+            .contains("sum_followers_count"));
+        assert!(judge(&g("non_null"), Some(2), None)
+            .unwrap()
+            .contains("2 rows with NULL"));
+        assert!(judge(&g("non_null"), Some(0), None).is_none());
     }
 
     #[test]

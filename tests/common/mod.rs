@@ -119,6 +119,8 @@ pub struct World {
     pub extra_toml: String,
     /// Extra lines for the [kafka] section.
     pub kafka_toml: String,
+    /// Extra sections appended at the end of the config file.
+    pub tail_toml: String,
     pub env: BTreeMap<String, String>,
 }
 
@@ -154,6 +156,7 @@ impl World {
             dir: tempfile::tempdir().unwrap(),
             extra_toml: String::new(),
             kafka_toml: String::new(),
+            tail_toml: String::new(),
             env: BTreeMap::new(),
         }
     }
@@ -170,7 +173,7 @@ impl World {
             self.extra_toml,
             pg_url(),
             self.schema
-        );
+        ) + &self.tail_toml;
         // Atomic: concurrent runs may be reading the file.
         let tmp = self
             .dir
