@@ -294,3 +294,66 @@ fn since_and_until_select_objects_by_time_folder() {
     let (code, _, err) = w.run(&["copy", "--since", "last tuesday"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// An object that disappears between listing and download: one clear error naming it, and
+/// nothing loaded (the other objects before it stay loaded, each in its own transaction).
+#[test]
+fn an_object_that_disappeared_fails_clearly_and_loads_nothing() {
+    use batchlayer::archive::{ObjectMeta, ObjectStore, PutOutcome};
+    if !stack_up() {
+        return;
+    }
+    struct Vanishing(Box<dyn ObjectStore>);
+    impl ObjectStore for Vanishing {
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn check(&self) -> anyhow::Result<()> {
+            self.0.check()
+        }
+        fn put_file_if_absent(&self, k: &str, p: &std::path::Path) -> anyhow::Result<PutOutcome> {
+            self.0.put_file_if_absent(k, p)
+        }
+        fn put_bytes_if_absent(&self, k: &str, d: &[u8]) -> anyhow::Result<PutOutcome> {
+            self.0.put_bytes_if_absent(k, d)
+        }
+        fn get_into(&self, k: &str, w: &mut (dyn std::io::Write + Send)) -> anyhow::Result<u64> {
+            if !k.starts_with('_') {
+                self.0.delete(k)?; // gone, as if a lifecycle rule removed it just now
+            }
+            self.0.get_into(k, w)
+        }
+        fn list(&self, p: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+            self.0.list(p)
+        }
+        fn delete(&self, k: &str) -> anyhow::Result<()> {
+            self.0.delete(k)
+        }
+    }
+    let w = World::s3("cpgone");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(30, 8));
+    w.run_ok(&["ingest"]);
+    let key = w.data_objects()[0].clone();
+    let s = w.settings();
+    let store = Vanishing(w.store());
+    let mut wh = batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent()).unwrap();
+    let opts = batchlayer::commands::copy::CopyOptions { wait: true, ..Default::default() };
+    let err = batchlayer::commands::copy::run(&store, wh.as_mut(), &s.layout, &opts, &batchlayer::output::Output::silent())
+        .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(&key) && msg.contains("not found"), "{msg}");
+    assert_eq!(w.count("batch_raw"), 0);
+    assert_eq!(w.count("batchlayer_loads"), 0);
+}
+
+#[test]
+fn wrong_postgres_role_is_one_clear_line() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cprole");
+    let (code, _, err) = w.run(&["copy", "--warehouse-url", "postgresql://no_such_role@127.0.0.1:5432/postgres"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect to PostgreSQL") && err.contains("no_such_role"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

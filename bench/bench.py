@@ -1,0 +1,230 @@
+"""batchlayer benchmark: each step against its baselines, alternately, on the same machine in
+the same run. Prints a markdown table, writes bench/results-N.json and bench/RESULTS.md.
+Run through examples/bench.sh (which starts the stack and builds the release binary)."""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BL = os.path.join(REPO, "target/release/batchlayer")
+BARE = os.path.join(REPO, "target/release/examples/bare_consumer")
+PY = sys.executable
+PG = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"]
+MIB = 1024 * 1024
+
+
+def timed(cmd, env=None, stdin=None):
+    """Runs cmd under /usr/bin/time -v; returns (seconds, peak RSS in MiB, stdout)."""
+    full = ["/usr/bin/time", "-v"] + cmd
+    t0 = time.perf_counter()
+    p = subprocess.run(full, env=env, capture_output=True, text=True, stdin=stdin)
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    rss = int(m.group(1)) / 1024 if m else float("nan")
+    return secs, rss, p.stdout
+
+
+def psql(sql):
+    subprocess.run(PG + ["-c", sql], check=True, capture_output=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=1_000_000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=3)
+    a = ap.parse_args()
+    n = a.messages
+    run = f"b{n}_{int(time.time())}"
+    topic = f"bench_{run}"
+    bucket = f"bench-{run}".replace("_", "-").lower()
+    s3dir = os.environ["BATCHLAYER_TEST_S3_DIR"]
+    os.makedirs(os.path.join(s3dir, bucket), exist_ok=True)  # s3s-fs: a bucket is a directory
+    env = dict(os.environ)
+    env.update({
+        "BATCHLAYER_KAFKA_BROKERS": "127.0.0.1:9092",
+        "BATCHLAYER_KAFKA_TOPIC": topic,
+        "BATCHLAYER_S3_ENDPOINT": os.environ["BATCHLAYER_TEST_S3_ENDPOINT"],
+        "AWS_ACCESS_KEY_ID": os.environ["BATCHLAYER_TEST_S3_ACCESS_KEY"],
+        "AWS_SECRET_ACCESS_KEY": os.environ["BATCHLAYER_TEST_S3_SECRET_KEY"],
+        "S3_ENDPOINT": os.environ["BATCHLAYER_TEST_S3_ENDPOINT"],
+        "CI": "true",
+    })
+    env.pop("BATCHLAYER_CONFIG", None)
+    log = lambda *x: print("bench:", *x, file=sys.stderr, flush=True)
+
+    log(f"producing {n} tweets to {topic} ({a.partitions} partitions)")
+    subprocess.run([BL, "produce-tweets", "--count", str(n), "--partitions", str(a.partitions), "--locations", "1000"],
+                   env=env, check=True, capture_output=True)
+    payload_bytes = 0
+    res = {"ingest": {}, "copy": {}, "aggregate": {}}
+
+    def add(step, name, secs, rss):
+        res[step].setdefault(name, []).append({"seconds": secs, "rss_mib": rss})
+
+    # ---- ingest: batchlayer, bare consumer, seed; alternating, fresh group each time ----
+    seed_client = "kafka-python"
+    notes = []
+    for r in range(a.reps):
+        e = dict(env, BATCHLAYER_KAFKA_GROUP=f"bl_{run}_{r}", BATCHLAYER_ARCHIVE_URL=f"s3://{bucket}/bl{r}")
+        secs, rss, out = timed([BL, "--json", "ingest"], env=e)
+        summary = json.loads(out)
+        if summary["messages"] != n:
+            raise RuntimeError(f"batchlayer ingest archived {summary['messages']} of {n}")
+        payload_bytes = summary["bytes"]
+        add("ingest", "batchlayer ingest", secs, rss)
+        secs, rss, out = timed([BARE, "127.0.0.1:9092", topic], env=env)
+        add("ingest", "bare librdkafka consumer (limit)", secs, rss)
+        try:
+            secs, rss, out = timed([PY, os.path.join(REPO, "bench/seed_ingest.py"), "127.0.0.1:9092", topic, bucket,
+                                    f"seed{r}/tweets.log"], env=dict(env, CLIENT=seed_client))
+            if int(out.strip() or 0) != n:
+                raise RuntimeError(f"seed ingest read {out.strip()} of {n} messages")
+        except RuntimeError as ex:
+            if seed_client == "kafka-python":
+                notes.append(f"kafka-python could not read the topic from tansu ({str(ex).splitlines()[0][:160]}); "
+                             "the seed baseline uses confluent-kafka in its place, the rest unchanged.")
+                seed_client = "confluent-kafka"
+                secs, rss, out = timed([PY, os.path.join(REPO, "bench/seed_ingest.py"), "127.0.0.1:9092", topic,
+                                        bucket, f"seed{r}/tweets.log"], env=dict(env, CLIENT=seed_client))
+            else:
+                raise
+        add("ingest", f"seed ({seed_client} + one string + boto3 put)", secs, rss)
+        log(f"ingest rep {r + 1}/{a.reps} done")
+
+    # ---- copy: batchlayer, psql \copy of decoded rows, seed psycopg2 copy_expert ----
+    objdir = tempfile.mkdtemp(prefix="bench-objs-")
+    arch = os.path.join(s3dir, bucket, "bl0")
+    objs = [os.path.join(dp, f) for dp, _, fs in os.walk(arch) for f in fs if f.endswith(".log.gz")]
+    for o in objs:
+        shutil.copy(o, objdir)
+    local_objs = sorted(os.path.join(objdir, f) for f in os.listdir(objdir))
+    tsv = os.path.join(objdir, "rows.tsv")
+    for r in range(a.reps):
+        sch = f"blc_{run}_{r}"
+        psql(f"DROP SCHEMA IF EXISTS {sch} CASCADE; CREATE SCHEMA {sch}")
+        e = dict(env, BATCHLAYER_WAREHOUSE_SCHEMA=sch, BATCHLAYER_ARCHIVE_URL=f"s3://{bucket}/bl0")
+        secs, rss, _ = timed([BL, "copy"], env=e)
+        add("copy", "batchlayer copy", secs, rss)
+        if r == 0:
+            psql(f"\\copy {sch}.batch_raw TO '{tsv}'")
+        psch = f"psc_{run}_{r}"
+        psql(f"DROP SCHEMA IF EXISTS {psch} CASCADE; CREATE SCHEMA {psch}; "
+             f"CREATE TABLE {psch}.batch_raw (LIKE blc_{run}_0.batch_raw)")
+        secs, rss, _ = timed(PG + ["-c", f"\\copy {psch}.batch_raw FROM '{tsv}'"])
+        add("copy", "psql \\copy of decoded rows (limit)", secs, rss)
+        ssch = f"sdc_{run}_{r}"
+        psql(f"DROP SCHEMA IF EXISTS {ssch} CASCADE; CREATE SCHEMA {ssch}; "
+             f"CREATE TABLE {ssch}.batch_raw (id bigint, created_at timestamp, followers_count int, "
+             f"location varchar(256), favorite_count int, retweet_count int, trailing text)")
+        secs, rss, _ = timed([PY, os.path.join(REPO, "bench/seed_copy.py"),
+                              "host=127.0.0.1 user=postgres dbname=postgres", f"{ssch}.batch_raw"] + local_objs)
+        add("copy", "seed (psycopg2 copy_expert)", secs, rss)
+        log(f"copy rep {r + 1}/{a.reps} done")
+
+    # ---- aggregate: batchlayer vs the same SQL through psql ----
+    sch = f"blc_{run}_0"
+    e = dict(env, BATCHLAYER_WAREHOUSE_SCHEMA=sch)
+    plan = subprocess.run([BL, "aggregate", "--dry-run"], env=e, capture_output=True, text=True, check=True).stdout
+    sql = "\n".join(l for l in plan.splitlines() if not l.startswith("--"))
+    raw_sql = sql.replace("batch_layer", "bare_layer")
+    for r in range(a.reps):
+        secs, rss, _ = timed([BL, "aggregate", "--force"], env=e)
+        add("aggregate", "batchlayer aggregate", secs, rss)
+        if r == 0:
+            # The first psql run has no view to rename yet: create one so both do the same work.
+            subprocess.run(PG, input=raw_sql.split("BEGIN;")[0] +
+                           f"ALTER TABLE {sch}.bare_layer__new RENAME TO bare_layer;", text=True, check=True,
+                           capture_output=True)
+            plan2 = raw_sql
+        with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+            f.write(plan2)
+        secs, rss, _ = timed(PG + ["-f", f.name])
+        add("aggregate", "the same SQL via psql (limit)", secs, rss)
+        log(f"aggregate rep {r + 1}/{a.reps} done")
+
+    report(n, res, notes, payload_bytes, a)
+    for pre in ("blc", "psc", "sdc"):
+        for r in range(a.reps):
+            psql(f"DROP SCHEMA IF EXISTS {pre}_{run}_{r} CASCADE")
+    shutil.rmtree(os.path.join(s3dir, bucket), ignore_errors=True)
+    shutil.rmtree(objdir, ignore_errors=True)
+
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    return f"{os.cpu_count()} cores, {cpu or platform.machine()}, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def report(n, res, notes, payload_bytes, a):
+    med = {s: {k: statistics.median(x["seconds"] for x in v) for k, v in d.items()} for s, d in res.items()}
+    rss = {s: {k: max(x["rss_mib"] for x in v) for k, v in d.items()} for s, d in res.items()}
+    lines = [f"## {n:,} messages ({a.partitions} partitions, {a.reps} repetitions, median wall time)", ""]
+    lines += ["| step | program | median s | msgs/s | MB/s (payload) | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    for s, d in med.items():
+        for k, t in d.items():
+            lines.append(f"| {s} | {k} | {t:.2f} | {n / t:,.0f} | {payload_bytes / t / 1e6:.1f} | {rss[s][k]:.1f} |")
+    lines.append("")
+    ing = med["ingest"]
+    bl_i = ing["batchlayer ingest"]
+    bare = ing["bare librdkafka consumer (limit)"]
+    seed = next(v for k, v in ing.items() if k.startswith("seed"))
+    cp = med["copy"]
+    ag = med["aggregate"]
+    checks = [
+        ("ingest throughput vs bare consumer", bare / bl_i, ">= 0.5x", bare / bl_i >= 0.5),
+        ("ingest throughput vs seed", seed / bl_i, ">= 10x", seed / bl_i >= 10),
+        ("copy throughput vs psql \\copy", cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"], ">= 0.8x",
+         cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"] >= 0.8),
+        ("copy throughput vs seed copy_expert", cp["seed (psycopg2 copy_expert)"] / cp["batchlayer copy"], "(info)", True),
+        ("aggregate time vs bare SQL", ag["batchlayer aggregate"] / ag["the same SQL via psql (limit)"], "<= 1.1x",
+         ag["batchlayer aggregate"] / ag["the same SQL via psql (limit)"] <= 1.1),
+        ("ingest peak RSS (MiB)", rss["ingest"]["batchlayer ingest"], "< 100", rss["ingest"]["batchlayer ingest"] < 100),
+        ("copy peak RSS (MiB)", rss["copy"]["batchlayer copy"], "< 100", rss["copy"]["batchlayer copy"] < 100),
+    ]
+    lines += ["| target | measured | target | met |", "|---|---:|---|---|"]
+    for name, v, t, ok in checks:
+        lines.append(f"| {name} | {v:.2f} | {t} | {'yes' if ok else '**no**'} |")
+    lines.append("")
+    for note in notes:
+        lines.append(f"Note: {note}")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.join(REPO, "bench"), exist_ok=True)
+    with open(os.path.join(REPO, f"bench/results-{n}.json"), "w") as f:
+        json.dump({"messages": n, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "results": res, "medians": med, "peak_rss_mib": rss, "notes": notes,
+                   "checks": [{"name": c[0], "value": c[1], "target": c[2], "met": c[3]} for c in checks]}, f, indent=1)
+    with open(os.path.join(REPO, f"bench/results-{n}.md"), "w") as f:
+        f.write(text)
+    parts = sorted((int(m.group(1)), m.group(0)) for m in
+                   (re.match(r"results-(\d+)\.md$", x) for x in os.listdir(os.path.join(REPO, "bench"))) if m)
+    with open(os.path.join(REPO, "bench/RESULTS.md"), "w") as f:
+        f.write("# Benchmark results\n\n")
+        f.write(f"Machine: {machine()}. Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
+        f.write("Produced by `examples/bench.sh`; times are wall-clock medians, peak RSS from `/usr/bin/time -v` "
+                "(max over repetitions). Broker: tansu 0.6.0 (memory), S3: s3s-fs 0.14.1, PostgreSQL 15, all on "
+                "127.0.0.1 of the same machine, so each program competes with the servers for the 2 cores.\n\n")
+        for _, name in parts:
+            with open(os.path.join(REPO, "bench", name)) as g:
+                f.write(g.read() + "\n")
+
+
+if __name__ == "__main__":
+    main()
