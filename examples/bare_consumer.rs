@@ -22,6 +22,7 @@ fn main() {
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
         .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "100")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
