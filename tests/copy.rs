@@ -336,10 +336,21 @@ fn an_object_that_disappeared_fails_clearly_and_loads_nothing() {
     let key = w.data_objects()[0].clone();
     let s = w.settings();
     let store = Vanishing(w.store());
-    let mut wh = batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent()).unwrap();
-    let opts = batchlayer::commands::copy::CopyOptions { wait: true, ..Default::default() };
-    let err = batchlayer::commands::copy::run(&store, wh.as_mut(), &s.layout, &opts, &batchlayer::output::Output::silent())
-        .unwrap_err();
+    let mut wh =
+        batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent())
+            .unwrap();
+    let opts = batchlayer::commands::copy::CopyOptions {
+        wait: true,
+        ..Default::default()
+    };
+    let err = batchlayer::commands::copy::run(
+        &store,
+        wh.as_mut(),
+        &s.layout,
+        &opts,
+        &batchlayer::output::Output::silent(),
+    )
+    .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains(&key) && msg.contains("not found"), "{msg}");
     assert_eq!(w.count("batch_raw"), 0);
@@ -352,8 +363,15 @@ fn wrong_postgres_role_is_one_clear_line() {
         return;
     }
     let w = World::local("cprole");
-    let (code, _, err) = w.run(&["copy", "--warehouse-url", "postgresql://no_such_role@127.0.0.1:5432/postgres"]);
+    let (code, _, err) = w.run(&[
+        "copy",
+        "--warehouse-url",
+        "postgresql://no_such_role@127.0.0.1:5432/postgres",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("cannot connect to PostgreSQL") && err.contains("no_such_role"), "{err}");
+    assert!(
+        err.contains("cannot connect to PostgreSQL") && err.contains("no_such_role"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -41,6 +41,13 @@ impl LocalStore {
             .tempfile_in(&dir)
             .with_context(|| format!("creating temp file in {}", dir.display()))?;
         fill(tmp.as_file_mut()).with_context(|| format!("writing {}", dest.display()))?;
+        #[cfg(unix)]
+        {
+            // Archived objects are readable by the operator's tools, like any file they'd copy in.
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
         tmp.as_file()
             .sync_all()
             .with_context(|| format!("syncing {}", dest.display()))?;

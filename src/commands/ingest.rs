@@ -186,10 +186,13 @@ impl<W: Write> Write for HashWriter<W> {
 
 type Sink = HashWriter<BufWriter<std::fs::File>>;
 
+/// Compressors get 128 KiB writes, not one call per record: per-call overhead dominates otherwise.
+const ENC_BUF: usize = 128 << 10;
+
 enum Encoder {
     Plain(Sink),
-    Gzip(flate2::write::GzEncoder<Sink>),
-    Zstd(zstd::stream::write::Encoder<'static, Sink>),
+    Gzip(BufWriter<flate2::write::GzEncoder<Sink>>),
+    Zstd(BufWriter<zstd::stream::write::Encoder<'static, Sink>>),
 }
 
 impl Encoder {
@@ -203,8 +206,8 @@ impl Encoder {
     fn finish(self) -> Result<Sink> {
         let mut s = match self {
             Encoder::Plain(w) => w,
-            Encoder::Gzip(w) => w.finish()?,
-            Encoder::Zstd(w) => w.finish()?,
+            Encoder::Gzip(w) => w.into_inner().map_err(|e| e.into_error())?.finish()?,
+            Encoder::Zstd(w) => w.into_inner().map_err(|e| e.into_error())?.finish()?,
         };
         s.flush()?;
         Ok(s)
@@ -239,11 +242,14 @@ impl Spool {
         } else {
             match c {
                 Compression::None => Encoder::Plain(sink),
-                Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(
-                    sink,
-                    flate2::Compression::fast(),
+                Compression::Gzip => Encoder::Gzip(BufWriter::with_capacity(
+                    ENC_BUF,
+                    flate2::write::GzEncoder::new(sink, flate2::Compression::fast()),
                 )),
-                Compression::Zstd => Encoder::Zstd(zstd::stream::write::Encoder::new(sink, 3)?),
+                Compression::Zstd => Encoder::Zstd(BufWriter::with_capacity(
+                    ENC_BUF,
+                    zstd::stream::write::Encoder::new(sink, 3)?,
+                )),
             }
         };
         Ok(Spool {
@@ -519,7 +525,13 @@ pub fn run(
                     continue;
                 }
                 run.on_message(m)?;
-                pb.set_position(run.summary.messages);
+                if run.summary.messages.is_multiple_of(1024) {
+                    pb.set_position(run.summary.messages);
+                    pb.set_message(format!(
+                        "messages, {}",
+                        indicatif::HumanBytes(run.summary.bytes)
+                    ));
+                }
             }
             Event::Eof(p) => {
                 // Make sure the reconciliation covered this partition even with no new messages.

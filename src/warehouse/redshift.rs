@@ -243,16 +243,29 @@ impl Warehouse for Redshift {
                 .unwrap_or_default();
             bail!("Redshift COPY failed: {e:#}; load errors: {detail}");
         }
-        let results: Vec<LoadResult> = jobs
-            .iter()
-            .map(|j| LoadResult {
+        // Report what the ledger recorded (rows rejected under MAXERROR included), not a guess.
+        let keys: Vec<String> = jobs.iter().map(|j| quote_literal(&j.key)).collect();
+        let (_, rows) = self.pg.query_text(&format!(
+            "SELECT key, rows_loaded, rows_rejected FROM {} WHERE key IN ({})",
+            self.names.qualified(&self.names.ledger),
+            keys.join(", ")
+        ))?;
+        let mut results = Vec::new();
+        for j in jobs {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == j.key)
+                .ok_or_else(|| anyhow!("{} is missing from the ledger after its COPY", j.key))?;
+            let loaded: u64 = row[1].parse().unwrap_or(0);
+            let rejected: u64 = row[2].parse().unwrap_or(0);
+            results.push(LoadResult {
                 key: j.key.clone(),
                 bytes: j.size,
-                records: j.expected_records.unwrap_or(0),
-                loaded: j.expected_records.unwrap_or(0),
-                rejected: 0,
-            })
-            .collect();
+                records: loaded + rejected,
+                loaded,
+                rejected,
+            });
+        }
         for r in &results {
             progress(r);
         }
