@@ -354,3 +354,60 @@ fn a_stalled_partition_fails_in_bounded_time_and_commits_nothing() {
     assert!(err.contains("0 (at its committed offset)"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
+
+/// A full disk (a 256 KiB tmpfs) for the archive, then for the spool directory: one clear line
+/// naming what failed and where, exit 1, and no commit (a later run archives everything).
+#[test]
+fn a_full_disk_fails_clearly_and_commits_nothing() {
+    if !stack_up() {
+        return;
+    }
+    let small = tempfile::tempdir().unwrap();
+    let mnt = small.path().to_path_buf();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var_os("BATCHLAYER_REQUIRE_SERVICES").is_none(),
+            "cannot mount a tmpfs for the full-disk test (needs root)"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let mut w = World::local("full");
+    let msgs = tweets(20_000, 14);
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+
+    // The archive directory is full.
+    let good_archive = w.archive.clone();
+    w.archive = path_str(&mnt.join("archive"));
+    let (code, _, err) = w.run(&["ingest", "--compression", "none"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No space left on device") && err.contains(&w.archive), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // The spool (temp) directory is full.
+    w.archive = good_archive;
+    std::fs::remove_dir_all(mnt.join("archive")).unwrap();
+    w.env.insert("TMPDIR".into(), path_str(&mnt));
+    let (code, _, err) = w.run(&["ingest", "--compression", "none"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("spool") && err.contains("No space left on device"), "{err}");
+
+    // Nothing was committed: a run with room archives every message.
+    w.env.remove("TMPDIR");
+    let s = w.json(&["ingest"]);
+    assert_eq!(s["messages"].as_u64().unwrap(), 20_000, "{s}");
+    assert_archive_exact(&w, &msgs, 1);
+}

@@ -9,4 +9,5 @@ source tests/stack.sh
 export BATCHLAYER_REQUIRE_SERVICES=1
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets -- --test-threads="${BATCHLAYER_TEST_THREADS:-4}"
+# (clippy --all-targets above already compiled the bin and the examples.)
+cargo test --locked --lib --test integration -- --test-threads="${BATCHLAYER_TEST_THREADS:-4}"
