@@ -50,8 +50,10 @@ def main():
     ap.add_argument("--partitions", type=int, default=3)
     a = ap.parse_args()
     n = a.messages
-    run = f"b{n}_{int(time.time())}"
-    topic = f"bench_{run}"
+    run = f"b{n}_{int(time.time()) % 1000000}"
+    # Short names: s3s-fs keeps multipart parts in files named after the key, and a long key
+    # exceeds the 255-byte file name limit (HTTP 500 "File name too long").
+    topic = f"t{int(time.time()) % 1000000}"
     bucket = f"bench-{run}".replace("_", "-").lower()
     s3dir = os.environ["BATCHLAYER_TEST_S3_DIR"]
     os.makedirs(os.path.join(s3dir, bucket), exist_ok=True)  # s3s-fs: a bucket is a directory
