@@ -394,7 +394,10 @@ fn a_full_disk_fails_clearly_and_commits_nothing() {
     w.archive = path_str(&mnt.join("archive"));
     let (code, _, err) = w.run(&["ingest", "--compression", "none"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("No space left on device") && err.contains(&w.archive), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains(&w.archive),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // The spool (temp) directory is full.
@@ -403,11 +406,40 @@ fn a_full_disk_fails_clearly_and_commits_nothing() {
     w.env.insert("TMPDIR".into(), path_str(&mnt));
     let (code, _, err) = w.run(&["ingest", "--compression", "none"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("spool") && err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("spool") && err.contains("No space left on device"),
+        "{err}"
+    );
 
     // Nothing was committed: a run with room archives every message.
     w.env.remove("TMPDIR");
     let s = w.json(&["ingest"]);
     assert_eq!(s["messages"].as_u64().unwrap(), 20_000, "{s}");
     assert_archive_exact(&w, &msgs, 1);
+}
+
+/// Under cron (no terminal) a successful run prints nothing at all; -v prints the summary line
+/// on stderr; --json prints only JSON on stdout.
+#[test]
+fn cron_runs_are_silent_verbose_prints_a_summary() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("quiet");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(50, 15));
+    let (code, out, err) = w.run(&["ingest"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
+    produce_raw(&brokers(), &w.topic, 1, &tweets(5, 16));
+    let (code, out, err) = w.run(&["-v", "ingest"]);
+    assert_eq!(code, 0);
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("ingest: 5 messages"),
+        "{err}"
+    );
+    let (code, out, err) = w.run(&["-q", "copy"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
 }

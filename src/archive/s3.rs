@@ -10,7 +10,9 @@ use std::io::Write;
 use std::path::Path;
 
 /// Objects up to this size go up in one conditional PUT; larger ones stream as multipart.
-const SINGLE_PUT_MAX: u64 = 8 << 20;
+const SINGLE_PUT_MAX: u64 = 5 << 20;
+/// Part size of multipart uploads (S3's minimum is 5 MiB).
+const PART_SIZE: usize = 5 << 20;
 
 pub struct S3Store {
     bucket: Box<Bucket>,
@@ -93,6 +95,52 @@ impl S3Store {
         }
     }
 
+    /// Uploads a large file in 8 MiB parts, one at a time, reusing one buffer: memory stays
+    /// flat whatever the object size. A failed upload is aborted.
+    fn put_multipart(&self, key: &str, path: &Path) -> Result<()> {
+        use std::io::Read;
+        let full = self.full(key);
+        let ct = "application/octet-stream";
+        let up = self
+            .bucket
+            .initiate_multipart_upload(&full, ct)
+            .map_err(|e| self.explain(&e))?;
+        let result = (|| -> Result<()> {
+            let mut f = std::fs::File::open(path)?;
+            let mut buf = vec![0u8; PART_SIZE];
+            let mut parts = Vec::new();
+            for number in 1u32.. {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = f.read(&mut buf[filled..])?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 && number > 1 {
+                    break;
+                }
+                let part = self
+                    .bucket
+                    .put_multipart_chunk(&buf[..filled], &full, number, &up.upload_id, ct)
+                    .map_err(|e| self.explain(&e))?;
+                parts.push(part);
+                if filled < buf.len() {
+                    break;
+                }
+            }
+            self.bucket
+                .complete_multipart_upload(&full, &up.upload_id, parts)
+                .map_err(|e| self.explain(&e))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = self.bucket.abort_upload(&full, &up.upload_id);
+        }
+        result
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         match self.bucket.head_object(self.full(key)) {
             Ok((_, 200)) => Ok(true),
@@ -144,12 +192,9 @@ impl ObjectStore for S3Store {
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             return self.put_bytes_if_absent(key, &data);
         }
-        let mut f = std::fs::File::open(path)?;
-        match self.bucket.put_object_stream(&mut f, self.full(key)) {
-            Ok(200) => Ok(PutOutcome::Created),
-            Ok(code) => bail!("uploading {}: HTTP {code}", self.url(key)),
-            Err(e) => Err(self.explain(&e)).with_context(|| format!("uploading {}", self.url(key))),
-        }
+        self.put_multipart(key, path)
+            .with_context(|| format!("uploading {}", self.url(key)))?;
+        Ok(PutOutcome::Created)
     }
 
     fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
