@@ -8,7 +8,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One consumed message, owned.
@@ -49,11 +49,20 @@ pub trait MessageSource {
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()>;
     /// (low, high) watermarks of a partition. Some brokers report `high` wrongly; use it for display only.
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
+    /// Registers a function the source calls inside a group revocation, before the revoked
+    /// partitions are released to another member. Ingest uses it to finish storing objects
+    /// it has queued, so the next owner's archive listing sees them. Sources without a group
+    /// never revoke and may ignore it.
+    fn set_revoke_barrier(&mut self, _barrier: RevokeBarrier) {}
 }
+
+/// See [`MessageSource::set_revoke_barrier`].
+pub type RevokeBarrier = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct Ctx {
     events: Mutex<Vec<Event>>,
+    barrier: Mutex<Option<RevokeBarrier>>,
 }
 
 impl ClientContext for Ctx {}
@@ -61,6 +70,11 @@ impl ClientContext for Ctx {}
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
+            // Runs before rdkafka releases the partitions (it unassigns after this returns).
+            let barrier = self.barrier.lock().unwrap().clone();
+            if let Some(wait) = barrier {
+                wait();
+            }
             let parts = tpl.elements().iter().map(|e| e.partition()).collect();
             self.events.lock().unwrap().push(Event::Revoked(parts));
         }
@@ -276,6 +290,10 @@ impl MessageSource for KafkaSource {
             .fetch_watermarks(&self.topic, partition, self.timeout)
             .with_context(|| format!("watermarks of {}/{partition}", self.topic))
     }
+
+    fn set_revoke_barrier(&mut self, barrier: RevokeBarrier) {
+        *self.consumer.context().barrier.lock().unwrap() = Some(barrier);
+    }
 }
 
 impl KafkaSource {
@@ -427,6 +445,71 @@ mod tests {
                     as Box<dyn MessageSource>
             },
             &expected,
+        );
+    }
+
+    #[test]
+    fn revocation_waits_for_the_barrier_before_releasing_partitions() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("reb", 4, 1).unwrap();
+        let settings = KafkaSettings {
+            brokers: cluster.bootstrap_servers(),
+            topic: "reb".into(),
+            group: "reb-group".into(),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            stall_timeout_secs: 60,
+        };
+        let mut a = KafkaSource::connect(&settings, Mode::Subscribe).unwrap();
+        let barrier_done: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let done = barrier_done.clone();
+        a.set_revoke_barrier(Arc::new(move || {
+            // An upload that takes a while.
+            std::thread::sleep(Duration::from_millis(1500));
+            *done.lock().unwrap() = Some(std::time::Instant::now());
+        }));
+        a.start().unwrap();
+        let t0 = std::time::Instant::now();
+        loop {
+            assert!(t0.elapsed() < Duration::from_secs(30), "a never assigned");
+            if let Event::Assigned(ps) = a.poll(Duration::from_millis(100)).unwrap() {
+                assert_eq!(ps.len(), 4);
+                break;
+            }
+        }
+        // A second member joins from another thread and records when it gets partitions.
+        let s2 = settings.clone();
+        let b = std::thread::spawn(move || {
+            let mut b = KafkaSource::connect(&s2, Mode::Subscribe).unwrap();
+            b.start().unwrap();
+            let t0 = std::time::Instant::now();
+            loop {
+                assert!(t0.elapsed() < Duration::from_secs(60), "b never assigned");
+                if let Event::Assigned(ps) = b.poll(Duration::from_millis(50)).unwrap() {
+                    if !ps.is_empty() {
+                        return std::time::Instant::now();
+                    }
+                }
+            }
+        });
+        let mut revoked_seen = None;
+        while !b.is_finished() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "no rebalance");
+            if let Event::Revoked(_) = a.poll(Duration::from_millis(50)).unwrap() {
+                revoked_seen = Some(std::time::Instant::now());
+            }
+        }
+        let b_assigned = b.join().unwrap();
+        let barrier_end = barrier_done.lock().unwrap().expect("barrier never ran");
+        assert!(
+            revoked_seen.is_some_and(|r| r >= barrier_end),
+            "the Revoked event came before the barrier finished"
+        );
+        assert!(
+            b_assigned >= barrier_end,
+            "the other member got partitions while the barrier was still running"
         );
     }
 

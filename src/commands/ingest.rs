@@ -13,12 +13,14 @@ use crate::config::{ArchiveSettings, Compression};
 use crate::output::Output;
 use crate::records::frame_into;
 use crate::source::{Event, Message, MessageSource};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Datelike, FixedOffset, Timelike, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Per-run options (limits and mode) on top of the archive settings.
@@ -284,6 +286,92 @@ impl Spool {
     }
 }
 
+/// A finished spool file waiting to be stored under its key.
+struct Pending {
+    key: String,
+    file: tempfile::TempPath,
+    entry: ObjectEntry,
+}
+
+type Stored = Result<(ObjectEntry, PutOutcome)>;
+
+/// Counts objects queued or uploading, so a group revocation can wait until they are stored.
+#[derive(Default)]
+struct UploadGate {
+    /// (objects not yet stored, worker gone)
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+impl UploadGate {
+    fn add(&self) {
+        self.state.lock().unwrap().0 += 1;
+    }
+    fn done(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.0 = st.0.saturating_sub(1);
+        self.changed.notify_all();
+    }
+    fn close(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+    /// Blocks until every queued object is stored (or the worker has stopped).
+    fn wait_idle(&self) {
+        let mut st = self.state.lock().unwrap();
+        while st.0 > 0 && !st.1 {
+            st = self.changed.wait(st).unwrap();
+        }
+    }
+}
+
+/// Closes the gate when the worker ends, even by panic, so no revocation waits forever.
+struct CloseOnDrop(Arc<UploadGate>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Objects queued for the upload worker before `flush_partition` blocks (back-pressure). Each
+/// is a spool file on disk, not memory.
+const UPLOAD_QUEUE: usize = 4;
+
+/// Stores objects one after another on its own thread, so the consumer keeps draining
+/// librdkafka's queue during an upload (a synchronous upload let the prefetch queue fill,
+/// which made peak RSS grow with run length).
+fn upload_worker(
+    store: &dyn ObjectStore,
+    queue: Receiver<Pending>,
+    results: std::sync::mpsc::Sender<Stored>,
+    gate: Arc<UploadGate>,
+) {
+    let _close = CloseOnDrop(gate.clone());
+    let mut failed = false;
+    for p in queue {
+        if !failed {
+            let r = store
+                .put_file_if_absent(&p.key, &p.file)
+                .with_context(|| format!("storing {} in {}", p.key, store.describe()));
+            failed = r.is_err();
+            // Sent before `done`, so a caller that waited for the gate finds the result. When
+            // the run has already failed (nobody receives), the rest is not worth storing.
+            failed |= results.send(r.map(|o| (p.entry, o))).is_err();
+        }
+        // After a failure the rest is dropped unstored: the run fails and commits nothing.
+        drop(p.file);
+        gate.done();
+    }
+}
+
+/// The consumer's side of the upload worker.
+struct Uploader {
+    queue: Option<SyncSender<Pending>>,
+    results: Receiver<Stored>,
+    gate: Arc<UploadGate>,
+}
+
 #[derive(Default)]
 struct PartState {
     /// Archived (first, last) ranges at or after where this run started, from the listing.
@@ -304,9 +392,59 @@ struct Run<'a> {
     objects: Vec<ObjectEntry>,
     rejected: Vec<Rejected>,
     summary: IngestSummary,
+    uploader: Uploader,
 }
 
 impl Run<'_> {
+    /// Takes the results of finished uploads; the first failure fails the run.
+    fn collect_uploads(&mut self) -> Result<()> {
+        loop {
+            match self.uploader.results.try_recv() {
+                Ok(r) => self.stored(r)?,
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn stored(&mut self, r: Stored) -> Result<()> {
+        let (entry, outcome) = r?;
+        match outcome {
+            PutOutcome::Created => self
+                .out
+                .debug(&format!("stored {} ({} records)", entry.key, entry.records)),
+            // Same name means same data (the name is a function of the offsets).
+            PutOutcome::AlreadyExists => self.out.warn(&format!(
+                "{} already exists; kept the stored object",
+                entry.key
+            )),
+        }
+        self.objects.push(entry);
+        Ok(())
+    }
+
+    /// Queues an object for the worker (blocks while the queue is full).
+    fn upload(&mut self, p: Pending) -> Result<()> {
+        self.collect_uploads()?;
+        let queue = self.uploader.queue.as_ref().expect("uploader open");
+        self.uploader.gate.add();
+        if queue.send(p).is_err() {
+            self.uploader.gate.done();
+            // The worker is gone: report its error if it left one.
+            self.collect_uploads()?;
+            bail!("the upload worker stopped unexpectedly");
+        }
+        Ok(())
+    }
+
+    /// Waits for every queued object to be stored; fails on the first upload that failed.
+    fn finish_uploads(&mut self) -> Result<()> {
+        self.uploader.queue = None;
+        while let Ok(r) = self.uploader.results.recv() {
+            self.stored(r)?;
+        }
+        Ok(())
+    }
+
     fn archived_for(&mut self, p: i32) -> Result<&Vec<(i64, i64)>> {
         if self.listing.is_none() {
             let prefix = list_prefix(&self.settings.key_template, &self.topic);
@@ -432,24 +570,15 @@ impl Run<'_> {
             },
             compression: format!("{c:?}").to_lowercase(),
         };
-        if !self.opts.dry_run {
-            let outcome = self
-                .store
-                .put_file_if_absent(&key, &sp.file)
-                .with_context(|| format!("storing {key} in {}", self.store.describe()))?;
-            match outcome {
-                PutOutcome::Created => self
-                    .out
-                    .debug(&format!("stored {key} ({} records)", sp.records)),
-                PutOutcome::AlreadyExists => {
-                    // Same name means same data (the name is a function of the offsets).
-                    self.out
-                        .warn(&format!("{key} already exists; kept the stored object"))
-                }
-            }
+        if self.opts.dry_run {
+            self.objects.push(entry);
+            return Ok(());
         }
-        self.objects.push(entry);
-        Ok(())
+        self.upload(Pending {
+            key,
+            file: sp.file,
+            entry,
+        })
     }
 }
 
@@ -460,6 +589,45 @@ pub fn run(
     settings: &ArchiveSettings,
     opts: &IngestOptions,
     out: &Output,
+) -> Result<IngestSummary> {
+    let gate = Arc::new(UploadGate::default());
+    let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
+    let (results_tx, results_rx) = std::sync::mpsc::channel();
+    let uploader = Uploader {
+        queue: Some(queue_tx),
+        results: results_rx,
+        gate: gate.clone(),
+    };
+    // A revocation waits until objects of the revoked partitions are stored.
+    let waiter = gate.clone();
+    source.set_revoke_barrier(Arc::new(move || waiter.wait_idle()));
+    let r = std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("upload".into())
+            .spawn_scoped(s, {
+                let gate = gate.clone();
+                move || upload_worker(store, queue_rx, results_tx, gate)
+            })
+            .context("starting the upload thread")?;
+        let r = run_with(source, store, settings, opts, out, uploader);
+        // On success the queue is already closed and drained; on failure, dropping `run_with`'s
+        // uploader closed it, and the worker ends after the object it is storing.
+        if worker.join().is_err() {
+            return Err(anyhow!("the upload thread panicked"));
+        }
+        r
+    });
+    source.set_revoke_barrier(Arc::new(|| {}));
+    r
+}
+
+fn run_with(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    settings: &ArchiveSettings,
+    opts: &IngestOptions,
+    out: &Output,
+    uploader: Uploader,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
     let started_at = Utc::now();
@@ -482,6 +650,7 @@ pub fn run(
             dry_run: opts.dry_run,
             ..Default::default()
         },
+        uploader,
     };
     let mut assigned: Option<BTreeSet<i32>> = None;
     let mut eof: BTreeSet<i32> = BTreeSet::new();
@@ -526,6 +695,7 @@ pub fn run(
                 }
                 run.on_message(m)?;
                 if run.summary.messages.is_multiple_of(1024) {
+                    run.collect_uploads()?;
                     pb.set_position(run.summary.messages);
                     pb.set_message(format!(
                         "messages, {}",
@@ -594,6 +764,7 @@ pub fn run(
     for p in &part_ids {
         run.flush_partition(*p)?;
     }
+    run.finish_uploads()?;
     let run_id = format!(
         "{}-{}",
         started_at.format("%Y%m%dT%H%M%S%.3fZ"),
