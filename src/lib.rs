@@ -88,10 +88,10 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             out.summary(
                 &format!(
-                    "ingest{}: {} messages, {} bytes, {} partitions, {} objects, {} skipped, {} rejected, {:.1}s",
+                    "ingest{}: {} messages ({}), {} partitions, {} objects, {} skipped, {} rejected, {:.1}s",
                     if sum.dry_run { " (dry run)" } else { "" },
                     sum.messages,
-                    sum.bytes,
+                    indicatif::HumanBytes(sum.bytes),
                     sum.partitions,
                     sum.objects,
                     sum.skipped,
@@ -136,12 +136,12 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             out.summary(
                 &format!(
-                    "copy{}: {} objects, {} rows, {} rejects, {} bytes, {:.1}s",
+                    "copy{}: {} objects ({}), {} rows, {} rejects, {:.1}s",
                     if sum.dry_run { " (dry run)" } else { "" },
                     sum.objects,
+                    indicatif::HumanBytes(sum.bytes),
                     sum.rows,
                     sum.rejects,
-                    sum.bytes,
                     sum.seconds
                 ),
                 &serde_json::to_value(&sum)?,

@@ -81,15 +81,21 @@ impl Output {
         print!("{text}");
     }
 
-    /// A progress bar on a terminal, or a hidden one.
-    pub fn progress(&self, total: u64, what: &str) -> ProgressBar {
+    /// A progress bar on a terminal, or a hidden one. `bytes`: position and total are bytes.
+    /// The bar takes the width the text leaves, so a line never wraps on a narrow terminal.
+    pub fn progress(&self, total: u64, what: &str, bytes: bool) -> ProgressBar {
         if !self.interactive || self.quiet {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let counts = if bytes {
+            "{bytes}/{total_bytes}"
+        } else {
+            "{human_pos}/{human_len}"
+        };
         pb.set_style(
             ProgressStyle::with_template(&format!(
-                "{what} {{bar:30}} {{pos}}/{{len}} {{msg}} [{{elapsed_precise}}, eta {{eta}}]"
+                "{what} {{wide_bar}} {counts} {{msg}} [{{elapsed_precise}}, eta {{eta}}]"
             ))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );

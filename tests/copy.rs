@@ -298,6 +298,55 @@ fn since_and_until_select_objects_by_time_folder() {
 /// An object that disappears between listing and download: one clear error naming it, and
 /// nothing loaded (the other objects before it stay loaded, each in its own transaction).
 #[test]
+fn copy_reads_only_recent_manifests_and_refuses_an_object_that_differs_from_its_manifest() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpman");
+    // Four ingest runs, four manifests; copy after each reads only the newest manifest.
+    for run in 0..4u64 {
+        produce_raw(&brokers(), &w.topic, 1, &tweets(40, 20 + run));
+        let i = w.json(&["ingest"]);
+        assert_eq!(i["objects"].as_u64().unwrap(), 1, "{i}");
+        if run == 0 {
+            continue; // leave the first run for the second copy
+        }
+        let c = w.json(&["copy"]);
+        assert_eq!(
+            c["rows"].as_u64().unwrap(),
+            if run == 1 { 80 } else { 40 },
+            "{c}"
+        );
+        let read = c["manifests_read"].as_u64().unwrap();
+        // The second copy needs run 0's manifest too (two back); later ones only the newest.
+        assert_eq!(read, if run == 1 { 2 } else { 1 }, "{c}");
+    }
+    assert_eq!(w.count("batch_raw"), 160);
+    // A fifth object whose bytes no longer match its manifest: refused by name, nothing loaded.
+    produce_raw(&brokers(), &w.topic, 1, &tweets(40, 30));
+    w.run_ok(&["ingest"]);
+    let loaded: Vec<String> = ledger(&w).into_iter().map(|r| r.0).collect();
+    let key = w
+        .data_objects()
+        .into_iter()
+        .find(|k| !loaded.contains(k))
+        .expect("a new object");
+    let path = std::path::Path::new(&w.archive).join(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, _, err) = w.run(&["copy"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&key) && err.contains("corrupt") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(w.count("batch_raw"), 160);
+    assert_eq!(ledger(&w).len(), 4);
+}
+
+#[test]
 fn an_object_that_disappeared_fails_clearly_and_loads_nothing() {
     use batchlayer::archive::{ObjectMeta, ObjectStore, PutOutcome};
     if !stack_up() {

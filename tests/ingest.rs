@@ -443,3 +443,80 @@ fn cron_runs_are_silent_verbose_prints_a_summary() {
     let (code, out, err) = w.run(&["-q", "copy"]);
     assert_eq!((code, out.as_str(), err.as_str()), (0, "", ""));
 }
+
+/// Runs the binary on a pseudo-terminal (script(1)) with this world's config and environment,
+/// without CI set; returns (exit code, everything the terminal received).
+fn on_a_terminal(w: &World, args: &str) -> (i32, String) {
+    let bin = assert_cmd::cargo::cargo_bin("batchlayer");
+    // An 80-column terminal, as a default xterm.
+    let line = format!(
+        "stty cols 80 rows 24; exec {} --config {} {args}",
+        bin.display(),
+        w.config_path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("TERM", "xterm-256color")
+        .envs(&w.env)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux runs the binary on a pseudo-terminal");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The last line a terminal shows: what follows the last carriage return or erase-line.
+fn last_visible_line(tty: &str) -> String {
+    let line = tty.trim_end().rsplit('\n').next().unwrap_or("");
+    let line = line.rsplit('\r').next().unwrap_or("");
+    line.rsplit("\x1b[2K").next().unwrap_or("").to_string()
+}
+
+#[test]
+fn a_terminal_gets_progress_bars_that_clear_before_the_summary() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("tty");
+    produce_raw(&brokers(), &w.topic, 2, &tweets(200_000, 18));
+    let (code, tty) = on_a_terminal(&w, "ingest");
+    assert_eq!(code, 0, "{tty}");
+    // The bar was drawn with its label, position/total and bytes ...
+    assert!(
+        tty.contains("ingest ") && tty.contains(" messages, ") && tty.contains("/1"),
+        "no ingest progress bar on the terminal:\n{tty:?}"
+    );
+    // ... within one line of the 80 columns (a wrapped bar redraws with cursor-up) ...
+    assert!(!tty.contains("\x1b[1A"), "the bar wraps:\n{tty:?}");
+    let bar_lines: Vec<&str> = tty
+        .split(['\r', '\n'])
+        .filter(|l| l.contains('░') || l.contains('█'))
+        .collect();
+    assert!(bar_lines.len() > 3, "{tty:?}");
+    assert!(
+        bar_lines
+            .iter()
+            .all(|l| l.trim_start_matches("\x1b[2K").chars().count() <= 80),
+        "a bar longer than the terminal:\n{tty:?}"
+    );
+    // ... and cleared: what stays on screen is the one-line summary.
+    let last = last_visible_line(&tty);
+    assert!(
+        last.starts_with("ingest: 200000 messages"),
+        "last line {last:?} in\n{tty:?}"
+    );
+    let (code, tty) = on_a_terminal(&w, "copy");
+    assert_eq!(code, 0, "{tty}");
+    assert!(
+        tty.contains("copy ") && tty.contains(" rows") && tty.contains(" MiB/"),
+        "no copy progress bar on the terminal:\n{tty:?}"
+    );
+    assert!(!tty.contains("\x1b[1A"), "the bar wraps:\n{tty:?}");
+    assert!(last_visible_line(&tty).starts_with("copy: "), "{tty:?}");
+    assert_eq!(w.count("batch_raw"), 200_000);
+}

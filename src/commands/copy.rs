@@ -53,6 +53,8 @@ pub struct CopySummary {
     pub rows: u64,
     pub rejects: u64,
     pub bytes: u64,
+    /// Run manifests read to find the objects' checksums (the newest ones, as needed).
+    pub manifests_read: usize,
     pub seconds: f64,
     pub dry_run: bool,
     pub loaded: Vec<LoadResult>,
@@ -60,34 +62,68 @@ pub struct CopySummary {
     pub sql: Vec<String>,
 }
 
-/// Archived data objects (not manifests or rejects), with what the manifests say of them.
+/// Archived data objects (not manifests or rejects), sorted by key. What the manifests say of
+/// them is attached by [`attach_expectations`], only for the objects a run will load.
 pub fn archived_objects(store: &dyn ObjectStore) -> Result<Vec<LoadJob>> {
-    let mut expected: HashMap<String, (String, u64)> = HashMap::new();
-    for m in store.list("_manifests/")? {
-        let mut body = Vec::new();
-        store.get_into(&m.key, &mut body)?;
-        let man: Manifest =
-            serde_json::from_slice(&body).with_context(|| format!("parsing manifest {}", m.key))?;
-        for o in man.objects {
-            expected.insert(o.key, (o.sha256, o.records));
-        }
-    }
     let mut jobs = Vec::new();
     for o in store.list("")? {
         if o.key.starts_with('_') || parse_object_key(&o.key).is_none() {
             continue;
         }
         let compression = Compression::from_key(&o.key).unwrap_or(Compression::None);
-        let exp = expected.get(&o.key);
         jobs.push(LoadJob {
             key: o.key,
             size: o.size,
             compression,
-            expected_sha256: exp.map(|e| e.0.clone()),
-            expected_records: exp.map(|e| e.1),
+            expected_sha256: None,
+            expected_records: None,
         });
     }
     Ok(jobs)
+}
+
+/// Fills in each job's sha256 and record count from the run manifests. Manifests are read
+/// newest first (their names start with the run's start time) and reading stops once every job
+/// is matched, so a copy after each ingest reads the last few manifests, not one per ingest run
+/// ever made. An object no manifest lists (its run died before writing one) costs a read of
+/// every manifest and is loaded unchecked, as before. Returns the number of manifests read.
+pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Result<usize> {
+    let mut want: HashMap<String, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.key.clone(), i))
+        .collect();
+    if want.is_empty() {
+        return Ok(0);
+    }
+    let mut manifests: Vec<String> = store
+        .list("_manifests/")?
+        .into_iter()
+        .map(|m| m.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    let run_name = |k: &String| k.rsplit('/').next().unwrap_or_default().to_string();
+    manifests.sort_by_cached_key(|k| std::cmp::Reverse(run_name(k)));
+    let mut read = 0;
+    for key in manifests {
+        if want.is_empty() {
+            break;
+        }
+        let mut body = Vec::new();
+        store.get_into(&key, &mut body)?;
+        read += 1;
+        let man: Manifest =
+            serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))?;
+        for o in man.objects {
+            // Newest first: a key listed again by a later run (same name, same data) keeps
+            // the later run's entry.
+            if let Some(i) = want.remove(&o.key) {
+                jobs[i].expected_sha256 = Some(o.sha256);
+                jobs[i].expected_records = Some(o.records);
+            }
+        }
+    }
+    Ok(read)
 }
 
 pub fn run(
@@ -125,8 +161,15 @@ pub fn run(
     if let Some(n) = opts.limit {
         jobs.truncate(n);
     }
+    let read = attach_expectations(store, &mut jobs)
+        .with_context(|| format!("reading run manifests in {}", store.describe()))?;
+    out.debug(&format!(
+        "{} objects to load; read {read} run manifests",
+        jobs.len()
+    ));
     let mut summary = CopySummary {
         dry_run: opts.dry_run,
+        manifests_read: read,
         ..Default::default()
     };
     if opts.dry_run {
@@ -138,7 +181,7 @@ pub fn run(
         return Ok(summary);
     }
     let total: u64 = jobs.iter().map(|j| j.size).sum();
-    let pb = out.progress(total, "copy");
+    let pb = out.progress(total, "copy", true);
     let lopts = LoadOptions {
         max_errors: opts.max_errors,
         fail_before_commit: opts.fail_before_commit,

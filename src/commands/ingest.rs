@@ -657,7 +657,7 @@ fn run_with(
     let mut lag_total = 0u64;
     let mut assign_wait_start = Instant::now();
     let mut last_progress = Instant::now();
-    let mut pb = out.progress(0, "ingest");
+    let mut pb = out.progress(0, "ingest", false);
     let stopped_by;
     loop {
         if let Some(a) = &assigned {
@@ -696,6 +696,11 @@ fn run_with(
                 run.on_message(m)?;
                 if run.summary.messages.is_multiple_of(1024) {
                     run.collect_uploads()?;
+                    // The lag comes from the broker's high watermarks, which some brokers
+                    // (tansu) report short: never show a position past the total.
+                    if pb.length().is_some_and(|l| l < run.summary.messages) {
+                        pb.set_length(run.summary.messages);
+                    }
                     pb.set_position(run.summary.messages);
                     pb.set_message(format!(
                         "messages, {}",
@@ -716,7 +721,7 @@ fn run_with(
                 if opts.dry_run || out.interactive {
                     lag_total = lag(source, &ps);
                     pb.finish_and_clear();
-                    pb = out.progress(lag_total, "ingest");
+                    pb = out.progress(lag_total, "ingest", false);
                 }
                 assigned = Some(ps.into_iter().collect());
             }
