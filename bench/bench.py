@@ -48,7 +48,11 @@ def main():
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--index-only", action="store_true", help="only rewrite bench/RESULTS.md from kept results")
     a = ap.parse_args()
+    if a.index_only:
+        write_index()
+        return
     n = a.messages
     run = f"b{n}_{int(time.time()) % 1000000}"
     # Short names: s3s-fs keeps multipart parts in files named after the key, and a long key
@@ -218,16 +222,30 @@ def report(n, res, notes, payload_bytes, a):
                    "checks": [{"name": c[0], "value": c[1], "target": c[2], "met": c[3]} for c in checks]}, f, indent=1)
     with open(os.path.join(REPO, f"bench/results-{n}.md"), "w") as f:
         f.write(text)
+    write_index()
+
+
+def write_index():
+    """bench/RESULTS.md from the kept results-N.md/json (also: bench.py --index-only)."""
+    bench = os.path.join(REPO, "bench")
     parts = sorted((int(m.group(1)), m.group(0)) for m in
-                   (re.match(r"results-(\d+)\.md$", x) for x in os.listdir(os.path.join(REPO, "bench"))) if m)
-    with open(os.path.join(REPO, "bench/RESULTS.md"), "w") as f:
+                   (re.match(r"results-(\d+)\.md$", x) for x in os.listdir(bench)) if m)
+    runs = []
+    for n, _ in parts:
+        try:
+            with open(os.path.join(bench, f"results-{n}.json")) as g:
+                d = json.load(g)
+            runs.append(f"{n:,} messages on {d['date']} ({d['machine']})")
+        except (OSError, KeyError, ValueError):
+            pass
+    with open(os.path.join(bench, "RESULTS.md"), "w") as f:
         f.write("# Benchmark results\n\n")
-        f.write(f"Machine: {machine()}. Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n")
+        f.write("Runs: " + "; ".join(runs) + ".\n")
         f.write("Produced by `examples/bench.sh`; times are wall-clock medians, peak RSS from `/usr/bin/time -v` "
                 "(max over repetitions). Broker: tansu 0.6.0 (memory), S3: s3s-fs 0.14.1, PostgreSQL 15, all on "
                 "127.0.0.1 of the same machine, so each program competes with the servers for the 2 cores.\n\n")
         for _, name in parts:
-            with open(os.path.join(REPO, "bench", name)) as g:
+            with open(os.path.join(bench, name)) as g:
                 f.write(g.read() + "\n")
         f.write(scaling())
 
@@ -237,22 +255,29 @@ def scaling():
     def load(m):
         try:
             with open(os.path.join(REPO, f"bench/results-{m}.json")) as g:
-                return json.load(g)["peak_rss_mib"]
+                return json.load(g)
         except (OSError, KeyError, ValueError):
             return None
-    small, big = load(1_000_000), load(10_000_000)
-    if not (small and big):
+    small_d, big_d = load(1_000_000), load(10_000_000)
+    if not (small_d and big_d):
         return ""
+    small, big = small_d["peak_rss_mib"], big_d["peak_rss_mib"]
+
+    def reps(d, step, prog):
+        return ", ".join(f"{x['rss_mib']:.1f}" for x in d["results"][step].get(prog, []))
     lines = ["## Peak RSS from 1M to 10M messages (target: flat, within 20%)", "",
-             "| program | 1M MiB | 10M MiB | ratio | flat |", "|---|---:|---:|---:|---|"]
+             "| program | 1M MiB | 10M MiB | ratio | flat | each repetition, 1M / 10M |",
+             "|---|---:|---:|---:|---|---|"]
     for step, prog in [("ingest", "batchlayer ingest"), ("copy", "batchlayer copy")]:
         a, b = small[step].get(prog), big[step].get(prog)
         if a and b:
-            lines.append(f"| {prog} | {a:.1f} | {b:.1f} | {b / a:.2f} | {'yes' if b / a <= 1.2 else '**no**'} |")
+            lines.append(f"| {prog} | {a:.1f} | {b:.1f} | {b / a:.2f} | {'yes' if b / a <= 1.2 else '**no**'} "
+                         f"| {reps(small_d, step, prog)} / {reps(big_d, step, prog)} |")
     for step, d in big.items():
         for prog, b in d.items():
             if prog.startswith("seed") and prog in small[step]:
-                lines.append(f"| {prog} | {small[step][prog]:.1f} | {b:.1f} | {b / small[step][prog]:.2f} | (baseline) |")
+                lines.append(f"| {prog} | {small[step][prog]:.1f} | {b:.1f} | {b / small[step][prog]:.2f} | (baseline) "
+                             f"| {reps(small_d, step, prog)} / {reps(big_d, step, prog)} |")
     flat = big["ingest"].get("batchlayer ingest", 0) <= 1.2 * small["ingest"].get("batchlayer ingest", 1)
     lines += ["", INGEST_RSS_FLAT if flat else INGEST_RSS_NOTE]
     return "\n".join(lines) + "\n"
