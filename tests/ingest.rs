@@ -15,7 +15,7 @@ fn by_partition(msgs: &[Option<Vec<u8>>], partitions: i32) -> BTreeMap<i32, Vec<
 
 /// Checks the archive holds every non-null produced message exactly once, byte for byte, in
 /// offset order, with contiguous non-overlapping object ranges.
-fn assert_archive_exact(w: &World, msgs: &[Option<Vec<u8>>], partitions: i32) {
+pub(crate) fn assert_archive_exact(w: &World, msgs: &[Option<Vec<u8>>], partitions: i32) {
     let got = archived_messages(w.store().as_ref());
     let want = by_partition(msgs, partitions);
     for (p, want_p) in &want {

@@ -10,4 +10,5 @@ mod cli;
 mod conformance;
 mod copy;
 mod e2e;
+mod failures;
 mod ingest;

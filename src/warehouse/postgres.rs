@@ -254,9 +254,12 @@ impl Warehouse for Pg {
     ) -> Result<Vec<LoadResult>> {
         let mut out = Vec::new();
         for job in jobs {
-            let r = self
-                .load_one(job, store, layout, opts)
-                .with_context(|| format!("loading {} into {}", job.key, self.names.raw))?;
+            let r = self.load_one(job, store, layout, opts).with_context(|| {
+                format!(
+                    "loading {} into {} at {}",
+                    job.key, self.names.raw, self.url
+                )
+            })?;
             progress(&r);
             out.push(r);
         }

@@ -1,0 +1,322 @@
+//! Servers that die in the middle of a run: the run fails with one line, leaves nothing
+//! half-applied, and a re-run completes the step exactly once. Each test kills a private
+//! server of its own (never the shared stack), or a backend connection of its own.
+
+use crate::common::*;
+use batchlayer::tweets::tweet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
+    (0..n)
+        .map(|i| Some(tweet(seed, i, 30).record().into_bytes()))
+        .collect()
+}
+
+/// A stack binary (tansu, s3s-fs): on PATH (tests/stack.sh puts ~/.cargo/bin there) or in
+/// cargo's bin directory.
+fn tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    dirs.push(cargo_home.join("bin"));
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found (tests/stack.sh installs it)"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{what} did not start on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server process that is killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_s3(port: u16, dir: &Path) -> Server {
+    let child = Command::new(tool("s3s-fs"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", &s3_access(), "--secret-key", &s3_secret()])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start s3s-fs");
+    wait_port(port, "s3s-fs");
+    Server(child)
+}
+
+fn start_tansu(port: u16) -> Server {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tool("tansu"))
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    wait_port(port, "tansu");
+    Server(child)
+}
+
+/// The binary with the world's config and environment, started in the background.
+fn spawn(w: &World, args: &[&str]) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("batchlayer"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CI", "true")
+        .envs(&w.env)
+        .arg("--config")
+        .arg(w.config_path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for the child (at most `limit`); returns (exit code, stderr).
+fn finish(child: Child, limit: Duration) -> (i32, String) {
+    let t0 = Instant::now();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
+    while !waiter.is_finished() {
+        if t0.elapsed() > limit {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("batchlayer did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = waiter.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Data objects (finished `.log.gz` files) below a directory.
+fn object_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            v.extend(object_files(&p));
+        } else if p.to_string_lossy().ends_with(".log.gz") {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn wait_for_objects(dir: &Path, n: usize, child: &mut Child) {
+    let t0 = Instant::now();
+    while object_files(dir).len() < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {n} objects were stored"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(60), "no objects stored");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn s3_server_dying_mid_ingest_fails_in_one_line_and_a_rerun_archives_each_message_once() {
+    if !stack_up() {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("dying")).unwrap(); // a bucket is a directory
+    let port = free_port();
+    let mut s3 = start_s3(port, data.path());
+    let mut w = World::local("s3dies");
+    w.archive = "s3://dying/archive".into();
+    w.extra_toml = "max_object_records = 5000\n".into();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    w.env
+        .insert("BATCHLAYER_S3_ENDPOINT".into(), endpoint.clone());
+    w.env.insert("AWS_ACCESS_KEY_ID".into(), s3_access());
+    w.env.insert("AWS_SECRET_ACCESS_KEY".into(), s3_secret());
+    let msgs = tweets(200_000, 40);
+    produce_raw(&brokers(), &w.topic, 2, &msgs); // 40 objects of 5,000
+
+    let mut run = spawn(&w, &["ingest"]);
+    wait_for_objects(&data.path().join("dying"), 2, &mut run);
+    s3.kill();
+    let (code, err) = finish(run, Duration::from_secs(120));
+    eprintln!("s3s-fs killed: {err}");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("batchlayer: error: ") && err.contains("s3://dying/archive"),
+        "{err}"
+    );
+    assert!(!err.contains(&s3_secret()), "{err}");
+    let stored = object_files(&data.path().join("dying")).len();
+    assert!(
+        stored < 40,
+        "all {stored} objects were stored before the kill"
+    );
+    assert!(
+        object_files(&data.path().join("dying/archive/_manifests")).is_empty(),
+        "a failed run wrote a manifest"
+    );
+
+    // Back up on the same data: nothing was committed, the stored objects are recognised.
+    let _s3 = start_s3(port, data.path());
+    let s = w.json(&["ingest"]);
+    assert_eq!(
+        s["messages"].as_u64().unwrap() + s["skipped"].as_u64().unwrap(),
+        200_000,
+        "{s}"
+    );
+    assert!(s["skipped"].as_u64().unwrap() >= 10_000, "{s}");
+    crate::ingest::assert_archive_exact(&w, &msgs, 2);
+    assert_eq!(w.json(&["ingest"])["messages"].as_u64().unwrap(), 0);
+}
+
+#[test]
+fn kafka_broker_dying_mid_ingest_fails_in_bounded_time_and_writes_no_manifest() {
+    if !stack_up() {
+        return;
+    }
+    let port = free_port();
+    let mut broker = start_tansu(port);
+    let brokers = format!("127.0.0.1:{port}");
+    let mut w = World::local("kdies");
+    w.extra_toml = "max_object_records = 5000\n".into();
+    w.kafka_toml = "stall_timeout_secs = 5\n".into();
+    w.env
+        .insert("BATCHLAYER_KAFKA_BROKERS".into(), brokers.clone());
+    produce_raw(&brokers, &w.topic, 2, &tweets(200_000, 41));
+
+    let archive = PathBuf::from(&w.archive);
+    let mut run = spawn(&w, &["ingest"]);
+    wait_for_objects(&archive, 2, &mut run);
+    broker.kill();
+    let t0 = Instant::now();
+    let (code, err) = finish(run, Duration::from_secs(90));
+    eprintln!(
+        "broker killed: ingest ended after {:?}: {err}",
+        t0.elapsed()
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&w.topic), "{err}");
+    assert!(object_files(&archive).len() < 40);
+    // No manifest: a run that did not reach its commit never claims to be complete. What it
+    // stored is whole (each object decodes to a contiguous offset range).
+    assert!(object_files(&archive.join("_manifests")).is_empty());
+    assert!(!archive.join("_manifests").exists());
+    let got = archived_messages(w.store().as_ref());
+    assert!(!got.is_empty());
+}
+
+#[test]
+fn postgres_connection_killed_mid_copy_rolls_back_and_a_rerun_loads_once() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("pgdies");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(100, 42));
+    w.run_ok(&["ingest"]);
+    w.run_ok(&["copy"]); // creates the tables, loads the first object
+    produce_raw(&brokers(), &w.topic, 1, &tweets(20_000, 43));
+    w.run_ok(&["ingest"]);
+
+    // Hold batch_raw so the next load waits inside its transaction, then end its connection.
+    let mut holder = pg();
+    let mut tx = holder.transaction().unwrap();
+    tx.batch_execute(&format!(
+        "LOCK TABLE {}.batch_raw IN ACCESS EXCLUSIVE MODE",
+        w.schema
+    ))
+    .unwrap();
+    let mut run = spawn(&w, &["copy"]);
+    let admin = &mut pg();
+    let t0 = Instant::now();
+    let killed = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "copy never waited on the table"
+        );
+        assert!(run.try_wait().unwrap().is_none(), "copy ended early");
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'batchlayer' AND wait_event_type = 'Lock' \
+                 AND query ILIKE '%batch_raw%' AND query ILIKE $1",
+                &[&format!("%{}%", w.schema)],
+            )
+            .unwrap();
+        if !rows.is_empty() {
+            break rows.len();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(killed, 1);
+    let (code, err) = finish(run, Duration::from_secs(60));
+    eprintln!("backend terminated: {err}");
+    tx.rollback().unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Names the object, the table and the server (the exact PostgreSQL message depends on
+    // when the connection went: "terminating connection ..." or "connection closed").
+    assert!(
+        err.contains("loading ") && err.contains("batch_raw at postgresql://postgres@127.0.0.1"),
+        "{err}"
+    );
+    assert_eq!(
+        w.count("batch_raw"),
+        100,
+        "rows of the killed load are visible"
+    );
+    assert_eq!(w.count("batchlayer_loads"), 1);
+
+    let s = w.json(&["copy"]);
+    assert_eq!(s["rows"].as_u64().unwrap(), 20_000, "{s}");
+    assert_eq!(w.count("batch_raw"), 20_100);
+    assert_eq!(w.count("batchlayer_loads"), 2);
+}
