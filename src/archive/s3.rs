@@ -95,7 +95,7 @@ impl S3Store {
         }
     }
 
-    /// Uploads a large file in 8 MiB parts, one at a time, reusing one buffer: memory stays
+    /// Uploads a large file in 5 MiB parts, one at a time, reusing one buffer: memory stays
     /// flat whatever the object size. A failed upload is aborted.
     fn put_multipart(&self, key: &str, path: &Path) -> Result<()> {
         use std::io::Read;
