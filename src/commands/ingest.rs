@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -398,12 +398,10 @@ struct Run<'a> {
 impl Run<'_> {
     /// Takes the results of finished uploads; the first failure fails the run.
     fn collect_uploads(&mut self) -> Result<()> {
-        loop {
-            match self.uploader.results.try_recv() {
-                Ok(r) => self.stored(r)?,
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(()),
-            }
+        while let Ok(r) = self.uploader.results.try_recv() {
+            self.stored(r)?;
         }
+        Ok(())
     }
 
     fn stored(&mut self, r: Stored) -> Result<()> {
