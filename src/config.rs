@@ -322,6 +322,17 @@ pub struct Settings {
     pub aggregate: AggregateSettings,
 }
 
+impl Settings {
+    /// The Kafka settings, for the commands that talk to Kafka (copy and aggregate do not, so
+    /// they run without a topic); names flag, env var and key of what is missing.
+    pub fn require_kafka(&self) -> Result<&KafkaSettings> {
+        if self.kafka.topic.is_empty() {
+            required(None, "topic", "BATCHLAYER_KAFKA_TOPIC", "kafka.topic")?;
+        }
+        Ok(&self.kafka)
+    }
+}
+
 /// Reads and parses the config file. A missing file is fine only when it was not asked for.
 pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
     match std::fs::read_to_string(path) {
@@ -380,12 +391,8 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
     let kafka = KafkaSettings {
         brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
             .unwrap_or_else(|| "127.0.0.1:9092".into()),
-        topic: required(
-            pick(&flags.topic, env, "BATCHLAYER_KAFKA_TOPIC", &k.topic),
-            "topic",
-            "BATCHLAYER_KAFKA_TOPIC",
-            "kafka.topic",
-        )?,
+        // Only ingest needs a topic: `Settings::require_kafka` names it when missing.
+        topic: pick(&flags.topic, env, "BATCHLAYER_KAFKA_TOPIC", &k.topic).unwrap_or_default(),
         group: pick(&flags.group, env, "BATCHLAYER_KAFKA_GROUP", &k.group)
             .unwrap_or_else(|| "batchlayer".into()),
         security_protocol: k.security_protocol.clone(),
@@ -658,9 +665,8 @@ mod tests {
 
     #[test]
     fn missing_topic_names_flag_and_env() {
-        let err = resolve(FileConfig::default(), &env(&[]), &CommonOpts::default())
-            .unwrap_err()
-            .to_string();
+        let s = resolve(FileConfig::default(), &env(&[]), &CommonOpts::default()).unwrap();
+        let err = s.require_kafka().unwrap_err().to_string();
         assert!(err.contains("--topic"), "{err}");
         assert!(err.contains("BATCHLAYER_KAFKA_TOPIC"), "{err}");
         assert!(err.contains("kafka.topic"), "{err}");

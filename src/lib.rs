@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let failpoint = env.var("BATCHLAYER_FAILPOINT");
     match &cli.command {
         Command::Ingest(a) => {
+            let kafka = s.require_kafka().map_err(ConfigError)?;
             let mut archive = s.archive.clone();
             if let Some(c) = &a.compression {
                 archive.compression = config::Compression::parse(c).map_err(ConfigError)?;
@@ -58,7 +59,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 source::Mode::Subscribe
             };
-            let mut src = source::KafkaSource::connect(&s.kafka, mode)?;
+            let mut src = source::KafkaSource::connect(kafka, mode)?;
             let opts = commands::ingest::IngestOptions {
                 dry_run: a.dry_run,
                 max_messages: a.max_messages,
@@ -238,7 +239,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 duplicate_every: a.duplicate_every,
                 partitions: a.partitions,
             };
-            let n = commands::produce::run(&s.kafka, &opts)?;
+            let n = commands::produce::run(s.require_kafka().map_err(ConfigError)?, &opts)?;
             out.summary(
                 &format!("produced {n} messages to {}", s.kafka.topic),
                 &serde_json::json!({ "produced": n, "topic": s.kafka.topic }),

@@ -75,6 +75,25 @@ fn config_errors_exit_2_with_one_line_naming_the_problem() {
         "{err}"
     );
 
+    // copy and aggregate never talk to Kafka: no topic needed (they fail later, on the
+    // unreachable warehouse, not on the config).
+    for cmd in ["copy", "aggregate"] {
+        let out = bl()
+            .args(["--config", &path_str(&p), cmd])
+            .env(
+                "BATCHLAYER_WAREHOUSE_URL",
+                "postgresql://nobody@127.0.0.1:1/db",
+            )
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            !err.contains("topic") && err.contains("127.0.0.1:1"),
+            "{cmd}: {err}"
+        );
+    }
+
     // An explicit config file that does not exist.
     let out = bl()
         .args(["--config", "/nonexistent/b.toml", "ingest"])
