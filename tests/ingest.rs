@@ -218,9 +218,11 @@ fn two_concurrent_runs_in_one_group_archive_each_message_once() {
         return;
     }
     let mut w = World::s3("group");
-    // Many small objects keep each run busy long enough for the two to overlap in the group.
+    // Many small objects keep each run busy long enough for the two to overlap in the group
+    // (objects are stored beside the consumer, so it takes this many for the first run to
+    // still be reading when the rebalance completes).
     w.extra_toml = "max_object_records = 500\n".into();
-    let msgs = tweets(60_000, 9);
+    let msgs = tweets(240_000, 9);
     produce_raw(&brokers(), &w.topic, 6, &msgs);
     // Start the second run once the first is archiving, so it joins the group mid-run and
     // forces a rebalance.
