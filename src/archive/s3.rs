@@ -149,7 +149,8 @@ impl S3Store {
             Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
                 Ok(false)
             }
-            Err(e) => Err(self.explain(&e)).with_context(|| format!("checking {}", self.url(key))),
+            Err(e) => Err(self.explain(&e))
+                .with_context(|| format!("checking whether {} exists", self.url(key))),
         }
     }
 }

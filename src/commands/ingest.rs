@@ -353,7 +353,7 @@ fn upload_worker(
         if !failed {
             let r = store
                 .put_file_if_absent(&p.key, &p.file)
-                .with_context(|| format!("storing {} in {}", p.key, store.describe()));
+                .with_context(|| format!("storing an object in {}", store.describe()));
             failed = r.is_err();
             // Sent before `done`, so a caller that waited for the gate finds the result. When
             // the run has already failed (nobody receives), the rest is not worth storing.
