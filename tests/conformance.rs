@@ -36,3 +36,30 @@ fn kafka_source_conforms_on_tansu() {
         &expected,
     );
 }
+
+#[test]
+fn postgres_warehouse_conforms() {
+    use batchlayer::tweets::tweet;
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("wconf");
+    let s = w.settings();
+    let good: Vec<Vec<u8>> = (0..5)
+        .map(|i| tweet(50, i, 10).record().into_bytes())
+        .collect();
+    let good: Vec<&[u8]> = good.iter().map(|r| &r[..]).collect();
+    let bad = b"1;2024-01-01 00:00:00;not-a-number;Oslo;1;2;".to_vec();
+    let open = || {
+        batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent()).unwrap()
+    };
+    batchlayer::warehouse::conformance::run(
+        &open,
+        w.store().as_ref(),
+        &s.layout,
+        "batch_raw",
+        &format!("{}.batch_raw", w.schema),
+        &good,
+        &bad,
+    );
+}

@@ -211,3 +211,191 @@ mod tests {
         assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }
+
+/// The suite every `Warehouse` impl must pass. Run against PostgreSQL by the integration tests;
+/// the Redshift impl needs a cluster (its SQL is covered by snapshot tests only).
+#[doc(hidden)]
+pub mod conformance {
+    use super::*;
+    use crate::records::frame_into;
+    use sha2::Digest;
+    use std::io::Write;
+
+    /// Stores `records` (framed, gzip or plain) under `key`; returns its job with the checksum
+    /// and record count a manifest would give.
+    fn put_object(store: &dyn ObjectStore, key: &str, records: &[&[u8]], gzip: bool) -> LoadJob {
+        let mut plain = Vec::new();
+        for r in records {
+            frame_into(r, &mut plain);
+        }
+        let body = if gzip {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&plain).unwrap();
+            e.finish().unwrap()
+        } else {
+            plain
+        };
+        store.put_bytes_if_absent(key, &body).unwrap();
+        LoadJob {
+            key: key.into(),
+            size: body.len() as u64,
+            compression: if gzip {
+                Compression::Gzip
+            } else {
+                Compression::None
+            },
+            expected_sha256: Some(hex::encode(sha2::Sha256::digest(&body))),
+            expected_records: Some(records.len() as u64),
+        }
+    }
+
+    /// `open` connects to a fresh, empty schema (each call a new session); `raw` is the raw
+    /// table's bare name and `qualified_raw` its schema-qualified name; `good` are valid records
+    /// of `layout` and `bad` one that is not.
+    pub fn run(
+        open: &dyn Fn() -> Box<dyn Warehouse>,
+        store: &dyn ObjectStore,
+        layout: &Layout,
+        raw: &str,
+        qualified_raw: &str,
+        good: &[&[u8]],
+        bad: &[u8],
+    ) {
+        let count = |wh: &mut dyn Warehouse| {
+            wh.query_i64(&format!("SELECT count(*) FROM {qualified_raw}"))
+                .unwrap()
+                .unwrap()
+        };
+        let mut wh = open();
+        assert!(!wh.table_exists(raw).unwrap(), "schema must start empty");
+        assert!(
+            wh.loaded_keys().unwrap().is_empty(),
+            "no ledger yet: no keys"
+        );
+        wh.ensure_tables(layout).unwrap();
+        wh.ensure_tables(layout).expect("ensure_tables twice");
+        assert!(wh.table_exists(raw).unwrap());
+        assert!(wh.loaded_keys().unwrap().is_empty());
+
+        // The lock is per session: a second session is refused until the first ends.
+        assert!(wh.lock("conformance", false).unwrap());
+        let mut other = open();
+        assert!(
+            !other.lock("conformance", false).unwrap(),
+            "lock not exclusive"
+        );
+        drop(wh);
+        let t0 = std::time::Instant::now();
+        while !other.lock("conformance", false).unwrap() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "lock not released with its session"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut wh = other;
+
+        // Two objects load in order, each into the ledger.
+        let a = put_object(
+            store,
+            "wconf/t+0+00000000000000000000+00000000000000000002.log.gz",
+            &good[..3],
+            true,
+        );
+        let b = put_object(
+            store,
+            "wconf/t+1+00000000000000000000+00000000000000000001.log",
+            &good[3..5],
+            false,
+        );
+        let opts = LoadOptions::default();
+        let mut seen = Vec::new();
+        let results = wh
+            .load(&[a.clone(), b.clone()], store, layout, &opts, &mut |r| {
+                seen.push(r.key.clone())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![a.key.clone(), b.key.clone()],
+            "progress per object, in order"
+        );
+        assert_eq!(
+            results
+                .iter()
+                .map(|r| (r.records, r.loaded, r.rejected))
+                .collect::<Vec<_>>(),
+            vec![(3, 3, 0), (2, 2, 0)]
+        );
+        assert_eq!(count(wh.as_mut()), 5);
+        let keys = wh.loaded_keys().unwrap();
+        assert!(keys.contains(&a.key) && keys.contains(&b.key) && keys.len() == 2);
+
+        // The ledger refuses a key twice, and the refused load leaves no rows.
+        assert!(wh
+            .load(std::slice::from_ref(&a), store, layout, &opts, &mut |_| {})
+            .is_err());
+        assert_eq!(count(wh.as_mut()), 5, "a refused load left rows");
+
+        // Strict: a bad record fails its object, naming it; nothing of it is loaded.
+        let mut recs: Vec<&[u8]> = good[..2].to_vec();
+        recs.push(bad);
+        let c = put_object(
+            store,
+            "wconf/t+2+00000000000000000000+00000000000000000002.log.gz",
+            &recs,
+            true,
+        );
+        let err = format!(
+            "{:#}",
+            wh.load(std::slice::from_ref(&c), store, layout, &opts, &mut |_| {})
+                .unwrap_err()
+        );
+        assert!(err.contains(&c.key), "{err}");
+        assert_eq!(count(wh.as_mut()), 5);
+        assert!(!wh.loaded_keys().unwrap().contains(&c.key));
+
+        // A checksum or record count that differs from the manifest's: refused, nothing loaded.
+        let mut wrong_sha = c.clone();
+        wrong_sha.expected_sha256 = Some("0".repeat(64));
+        let mut wrong_count = c.clone();
+        wrong_count.expected_records = Some(4);
+        let tolerant = LoadOptions {
+            max_errors: Some(1),
+            ..Default::default()
+        };
+        for j in [wrong_sha, wrong_count] {
+            assert!(wh
+                .load(&[j], store, layout, &tolerant, &mut |_| {})
+                .is_err());
+            assert_eq!(count(wh.as_mut()), 5);
+        }
+
+        // Tolerant: the bad record is rejected and counted; loaded + rejected = records.
+        let r = wh
+            .load(
+                std::slice::from_ref(&c),
+                store,
+                layout,
+                &tolerant,
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (3, 2, 1));
+        assert_eq!(count(wh.as_mut()), 7);
+
+        // Statements in one transaction apply together or not at all.
+        let t = format!("{qualified_raw}_conformance_tx");
+        let stmts = [
+            format!("CREATE TABLE {t} (x int)"),
+            "SELECT 1/0".to_string(),
+        ];
+        assert!(wh.run_in_transaction(&stmts).is_err());
+        assert!(!wh.table_exists(&format!("{raw}_conformance_tx")).unwrap());
+
+        let (cols, rows) = wh.query_text("SELECT 1 AS a, 'x' AS b").unwrap();
+        assert_eq!(cols, vec!["a", "b"]);
+        assert_eq!(rows, vec![vec!["1".to_string(), "x".to_string()]]);
+        assert!(wh.load_sql(&[a], layout).iter().any(|s| s.contains(raw)));
+    }
+}
