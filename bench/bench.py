@@ -170,6 +170,18 @@ def main():
     shutil.rmtree(objdir, ignore_errors=True)
 
 
+def commit():
+    """The measured code: HEAD, marked when the work tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine():
     cpu = ""
     try:
@@ -217,7 +229,7 @@ def report(n, res, notes, payload_bytes, a):
     print(text)
     os.makedirs(os.path.join(REPO, "bench"), exist_ok=True)
     with open(os.path.join(REPO, f"bench/results-{n}.json"), "w") as f:
-        json.dump({"messages": n, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        json.dump({"messages": n, "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    "results": res, "medians": med, "peak_rss_mib": rss, "notes": notes,
                    "checks": [{"name": c[0], "value": c[1], "target": c[2], "met": c[3]} for c in checks]}, f, indent=1)
     with open(os.path.join(REPO, f"bench/results-{n}.md"), "w") as f:
@@ -235,7 +247,7 @@ def write_index():
         try:
             with open(os.path.join(bench, f"results-{n}.json")) as g:
                 d = json.load(g)
-            runs.append(f"{n:,} messages on {d['date']} ({d['machine']})")
+            runs.append(f"{n:,} messages on {d['date']}, commit {d.get('commit', 'not recorded')} ({d['machine']})")
         except (OSError, KeyError, ValueError):
             pass
     with open(os.path.join(bench, "RESULTS.md"), "w") as f:
