@@ -406,6 +406,19 @@ mod tests {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     use std::collections::BTreeMap;
 
+    fn mock_settings(brokers: impl Into<String>, topic: &str, group: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            group: group.into(),
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            stall_timeout_secs: 60,
+        }
+    }
+
     #[test]
     fn kafka_source_conforms_on_the_mock_cluster() {
         let cluster = MockCluster::new(1).unwrap();
@@ -429,16 +442,7 @@ mod tests {
             expected.entry(p).or_default().push(payload);
         }
         producer.flush(Duration::from_secs(10)).unwrap();
-        let settings = KafkaSettings {
-            brokers: brokers.clone(),
-            topic: "conf".into(),
-            group: "conf-group".into(),
-            security_protocol: None,
-            sasl_mechanism: None,
-            sasl_username: None,
-            sasl_password: None,
-            stall_timeout_secs: 60,
-        };
+        let settings = mock_settings(brokers.clone(), "conf", "conf-group");
         conformance::run(
             &|| {
                 Box::new(KafkaSource::connect(&settings, Mode::Subscribe).unwrap())
@@ -452,16 +456,7 @@ mod tests {
     fn revocation_waits_for_the_barrier_before_releasing_partitions() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("reb", 4, 1).unwrap();
-        let settings = KafkaSettings {
-            brokers: cluster.bootstrap_servers(),
-            topic: "reb".into(),
-            group: "reb-group".into(),
-            security_protocol: None,
-            sasl_mechanism: None,
-            sasl_username: None,
-            sasl_password: None,
-            stall_timeout_secs: 60,
-        };
+        let settings = mock_settings(cluster.bootstrap_servers(), "reb", "reb-group");
         let mut a = KafkaSource::connect(&settings, Mode::Subscribe).unwrap();
         let barrier_done: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
         let done = barrier_done.clone();
@@ -516,16 +511,7 @@ mod tests {
     #[test]
     fn missing_topic_is_named() {
         let cluster = MockCluster::new(1).unwrap();
-        let settings = KafkaSettings {
-            brokers: cluster.bootstrap_servers(),
-            topic: "absent".into(),
-            group: "g".into(),
-            security_protocol: None,
-            sasl_mechanism: None,
-            sasl_username: None,
-            sasl_password: None,
-            stall_timeout_secs: 60,
-        };
+        let settings = mock_settings(cluster.bootstrap_servers(), "absent", "g");
         let err = KafkaSource::connect(&settings, Mode::Subscribe)
             .err()
             .expect("error")

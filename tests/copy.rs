@@ -4,9 +4,7 @@ use crate::common::*;
 use batchlayer::tweets::tweet;
 
 fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
-    (0..n)
-        .map(|i| Some(tweet(seed, i, 20).record().into_bytes()))
-        .collect()
+    tweet_payloads(n, seed, 20)
 }
 
 fn ledger(w: &World) -> Vec<(String, i64, i64)> {

@@ -3,15 +3,12 @@
 //! server of its own (never the shared stack), or a backend connection of its own.
 
 use crate::common::*;
-use batchlayer::tweets::tweet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
-    (0..n)
-        .map(|i| Some(tweet(seed, i, 30).record().into_bytes()))
-        .collect()
+    tweet_payloads(n, seed, 30)
 }
 
 /// A stack binary (tansu, s3s-fs): on PATH (tests/stack.sh puts ~/.cargo/bin there) or in
@@ -99,13 +96,7 @@ fn start_tansu(port: u16) -> Server {
 
 /// The binary with the world's config and environment, started in the background.
 fn spawn(w: &World, args: &[&str]) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("batchlayer"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CI", "true")
-        .envs(&w.env)
-        .arg("--config")
-        .arg(w.config_path())
+    w.std_cmd()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

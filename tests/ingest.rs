@@ -1,7 +1,6 @@
 //! `ingest` against tansu and s3s-fs (or a local directory): exactly-once archive.
 
 use crate::common::*;
-use batchlayer::tweets::tweet;
 use std::collections::BTreeMap;
 
 /// Messages as produced, per partition, in offset order (produce_raw sends i to partition i % n).
@@ -40,9 +39,7 @@ pub(crate) fn assert_archive_exact(w: &World, msgs: &[Option<Vec<u8>>], partitio
 }
 
 fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
-    (0..n)
-        .map(|i| Some(tweet(seed, i, 50).record().into_bytes()))
-        .collect()
+    tweet_payloads(n, seed, 50)
 }
 
 fn awkward() -> Vec<Option<Vec<u8>>> {

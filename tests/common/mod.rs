@@ -184,17 +184,22 @@ impl World {
         p
     }
 
-    /// The real binary with a clean environment and this world's config.
-    pub fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("batchlayer").unwrap();
+    /// The real binary with a clean environment and this world's config, as a std command
+    /// (for runs a test starts in the background).
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("batchlayer"));
         c.env_clear();
         c.env("PATH", std::env::var("PATH").unwrap_or_default());
         c.env("HOME", std::env::var("HOME").unwrap_or_default());
         c.env("CI", "true");
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
+        c.envs(&self.env);
         c.arg("--config").arg(self.config_path());
+        c
+    }
+
+    /// `std_cmd` with assert_cmd's conveniences and a 300 s limit.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::from_std(self.std_cmd());
         c.timeout(Duration::from_secs(300));
         c
     }
@@ -261,6 +266,19 @@ impl World {
         .unwrap()
         .get(0)
     }
+}
+
+/// `n` synthetic tweet records (as Kafka payloads) over `locations` locations.
+pub fn tweet_payloads(n: u64, seed: u64, locations: u64) -> Vec<Option<Vec<u8>>> {
+    (0..n)
+        .map(|i| {
+            Some(
+                batchlayer::tweets::tweet(seed, i, locations)
+                    .record()
+                    .into_bytes(),
+            )
+        })
+        .collect()
 }
 
 /// Produces raw payloads (keyed round-robin over partitions) and waits for delivery.
