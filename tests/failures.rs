@@ -62,36 +62,50 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Starts a stack binary with these arguments and waits until it listens on `port`.
+    fn start(name: &str, args: &[&str], port: u16) -> Server {
+        let child = Command::new(tool(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let server = Server(child);
+        wait_port(port, name);
+        server
+    }
+}
+
 fn start_s3(port: u16, dir: &Path) -> Server {
-    let child = Command::new(tool("s3s-fs"))
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", &s3_access(), "--secret-key", &s3_secret()])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start s3s-fs");
-    wait_port(port, "s3s-fs");
-    Server(child)
+    let (port_s, access, secret) = (port.to_string(), s3_access(), s3_secret());
+    let dir = dir.to_str().expect("utf-8 temp dir");
+    let args = [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port_s,
+        "--access-key",
+        &access,
+        "--secret-key",
+        &secret,
+        dir,
+    ];
+    Server::start("s3s-fs", &args, port)
 }
 
 fn start_tansu(port: u16) -> Server {
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tool("tansu"))
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tansu");
-    wait_port(port, "tansu");
-    Server(child)
+    let args = [
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ];
+    Server::start("tansu", &args, port)
 }
 
 /// The binary with the world's config and environment, started in the background.
