@@ -1,7 +1,12 @@
-//! Command-line types (clap derive). No logic: `config` turns these into settings.
+//! Command-line types (clap derive) and the parsers of flag values. No logic: `config` turns
+//! these into settings, and each command reads its own argument struct.
 
+use crate::archive::layout::Compression;
+use crate::config::Overrides;
+use chrono::NaiveDateTime;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -11,6 +16,9 @@ Examples:
   batchlayer -q ingest && batchlayer -q copy    (what a crontab line runs)
   batchlayer ingest --dry-run           show lag and the objects a run would write
 
+Environment (each beats the config file; a flag beats both):
+  BATCHLAYER_CONFIG, BATCHLAYER_KAFKA_BROKERS, BATCHLAYER_KAFKA_TOPIC, BATCHLAYER_KAFKA_GROUP,
+  BATCHLAYER_ARCHIVE_URL, BATCHLAYER_S3_ENDPOINT, BATCHLAYER_WAREHOUSE_URL, AWS_REGION.
 Secrets (S3 secret key, PostgreSQL password, SASL password) are read from the environment
 (AWS_SECRET_ACCESS_KEY, PGPASSWORD, BATCHLAYER_KAFKA_SASL_PASSWORD) or the config file, never from flags.
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 busy (another run holds the lock),
@@ -20,8 +28,8 @@ Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 busy (another run
 #[derive(Debug, Parser)]
 #[command(name = "batchlayer", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Config file (TOML). Missing is fine when it is the default. [env: BATCHLAYER_CONFIG]
-    #[arg(long, global = true, value_name = "FILE")]
+    /// Config file (TOML). Missing is fine when it is the default.
+    #[arg(long, global = true, value_name = "FILE", env = "BATCHLAYER_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// Print nothing but errors, even on a terminal.
@@ -36,34 +44,41 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    #[command(flatten)]
-    pub common: CommonOpts,
-
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Connection options shared by every subcommand; each overrides the config file and env.
+/// Kafka connection options (ingest and produce-tweets).
 #[derive(Debug, Args, Default, Clone)]
-pub struct CommonOpts {
-    /// Kafka bootstrap servers. [env: BATCHLAYER_KAFKA_BROKERS] [config: kafka.brokers]
-    #[arg(long, global = true, value_name = "HOST:PORT,...")]
+pub struct KafkaOpts {
+    /// Kafka bootstrap servers. [config: kafka.brokers]
+    #[arg(long, value_name = "HOST:PORT,...", env = "BATCHLAYER_KAFKA_BROKERS")]
     pub brokers: Option<String>,
-    /// Kafka topic. [env: BATCHLAYER_KAFKA_TOPIC] [config: kafka.topic]
-    #[arg(long, global = true)]
+    /// Kafka topic. [config: kafka.topic]
+    #[arg(long, env = "BATCHLAYER_KAFKA_TOPIC")]
     pub topic: Option<String>,
-    /// Kafka consumer group. [env: BATCHLAYER_KAFKA_GROUP] [config: kafka.group]
-    #[arg(long, global = true)]
+    /// Kafka consumer group. [config: kafka.group]
+    #[arg(long, env = "BATCHLAYER_KAFKA_GROUP")]
     pub group: Option<String>,
-    /// Archive URL: s3://bucket/prefix, file:///dir or a path. [env: BATCHLAYER_ARCHIVE_URL] [config: archive.url]
-    #[arg(long, global = true, value_name = "URL")]
+}
+
+/// Archive options (ingest and copy).
+#[derive(Debug, Args, Default, Clone)]
+pub struct ArchiveOpts {
+    /// Archive URL: s3://bucket/prefix, file:///dir or a path. [config: archive.url]
+    #[arg(long, value_name = "URL", env = "BATCHLAYER_ARCHIVE_URL")]
     pub archive: Option<String>,
-    /// S3 endpoint for S3-compatible servers. [env: BATCHLAYER_S3_ENDPOINT] [config: archive.endpoint]
-    #[arg(long, global = true, value_name = "URL")]
+    /// S3 endpoint for S3-compatible servers. [config: archive.endpoint]
+    #[arg(long, value_name = "URL", env = "BATCHLAYER_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+}
+
+/// Warehouse options (copy and aggregate).
+#[derive(Debug, Args, Default, Clone)]
+pub struct WarehouseOpts {
     /// Warehouse URL (postgresql://user@host:port/db). Put no password here; use PGPASSWORD.
-    /// [env: BATCHLAYER_WAREHOUSE_URL] [config: warehouse.url]
-    #[arg(long, global = true, value_name = "URL")]
+    /// [config: warehouse.url]
+    #[arg(long, value_name = "URL", env = "BATCHLAYER_WAREHOUSE_URL")]
     pub warehouse_url: Option<String>,
 }
 
@@ -80,8 +95,37 @@ pub enum Command {
     ProduceTweets(ProduceArgs),
 }
 
+impl Command {
+    /// The flags that override the environment and the config file.
+    pub fn overrides(&self) -> Overrides {
+        let none = (None, None, None);
+        let (kafka, archive, warehouse, compression) = match self {
+            Command::Ingest(a) => (Some(&a.kafka), Some(&a.archive), None, a.compression),
+            Command::Copy(a) => (None, Some(&a.archive), Some(&a.warehouse), None),
+            Command::Aggregate(a) => (None, None, Some(&a.warehouse), None),
+            Command::ProduceTweets(a) => (Some(&a.kafka), None, None, None),
+        };
+        let (brokers, topic, group) = kafka
+            .map(|k| (k.brokers.clone(), k.topic.clone(), k.group.clone()))
+            .unwrap_or(none);
+        Overrides {
+            brokers,
+            topic,
+            group,
+            archive: archive.and_then(|a| a.archive.clone()),
+            s3_endpoint: archive.and_then(|a| a.s3_endpoint.clone()),
+            warehouse_url: warehouse.and_then(|w| w.warehouse_url.clone()),
+            compression,
+        }
+    }
+}
+
 #[derive(Debug, Args, Default)]
 pub struct IngestArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
     /// Show committed offsets, lag and the objects a run would write; write and commit nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -92,15 +136,19 @@ pub struct IngestArgs {
     #[arg(long)]
     pub max_bytes: Option<u64>,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
-    pub max_duration: Option<u64>,
-    /// Compression of archived objects: none, gzip or zstd. [config: archive.compression]
-    #[arg(long)]
-    pub compression: Option<String>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub max_duration: Option<Duration>,
+    /// Compression of archived objects. [config: archive.compression]
+    #[arg(long, value_enum)]
+    pub compression: Option<Compression>,
 }
 
 #[derive(Debug, Args, Default)]
 pub struct CopyArgs {
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
+    #[command(flatten)]
+    pub warehouse: WarehouseOpts,
     /// List what would be loaded and the SQL; load nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -111,11 +159,11 @@ pub struct CopyArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Only objects whose time folder is at or after this (YYYY-MM-DD[THH[:MM]], archive zone).
-    #[arg(long, value_name = "TIME")]
-    pub since: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<NaiveDateTime>,
     /// Only objects whose time folder is before this.
-    #[arg(long, value_name = "TIME")]
-    pub until: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<NaiveDateTime>,
     /// Tolerate up to N bad rows per object (they go to the rejects table). Default: strict.
     #[arg(long, value_name = "N")]
     pub max_errors: Option<u64>,
@@ -126,6 +174,8 @@ pub struct CopyArgs {
 
 #[derive(Debug, Args, Default)]
 pub struct AggregateArgs {
+    #[command(flatten)]
+    pub warehouse: WarehouseOpts,
     /// Print the SQL it would run; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -146,11 +196,13 @@ pub struct AggregateArgs {
     pub view: Option<String>,
     /// Use this view SQL file instead of the configured one ({schema}/{raw} placeholders).
     #[arg(long, value_name = "FILE")]
-    pub sql: Option<std::path::PathBuf>,
+    pub sql: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
     /// How many tweets.
     #[arg(long, default_value_t = 1000)]
     pub count: u64,
@@ -168,6 +220,33 @@ pub struct ProduceArgs {
     pub partitions: Option<i32>,
 }
 
+/// Parses `--since`/`--until`: `YYYY-MM-DD`, `YYYY-MM-DDTHH` or `YYYY-MM-DDTHH:MM[:SS]`.
+pub fn parse_time(s: &str) -> Result<NaiveDateTime, String> {
+    let s = s.trim().replace(' ', "T");
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
+    }
+    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(&s, f) {
+            return Ok(t);
+        }
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{s}:00"), "%Y-%m-%dT%H:%M") {
+        return Ok(t);
+    }
+    Err(format!(
+        "{s:?} is not a time (use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM)"
+    ))
+}
+
+/// Parses a whole number of seconds.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +255,41 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn time_arguments() {
+        assert_eq!(
+            parse_time("2024-01-02").unwrap().to_string(),
+            "2024-01-02 00:00:00"
+        );
+        assert_eq!(
+            parse_time("2024-01-02T05").unwrap().to_string(),
+            "2024-01-02 05:00:00"
+        );
+        assert_eq!(
+            parse_time("2024-01-02 05:30").unwrap().to_string(),
+            "2024-01-02 05:30:00"
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn flags_a_subcommand_does_not_use_are_refused() {
+        assert!(Cli::try_parse_from(["batchlayer", "copy", "--brokers", "x"]).is_err());
+        assert!(Cli::try_parse_from(["batchlayer", "aggregate", "--archive", "x"]).is_err());
+        assert!(Cli::try_parse_from(["batchlayer", "ingest", "--warehouse-url", "x"]).is_err());
+        let c = Cli::try_parse_from([
+            "batchlayer",
+            "ingest",
+            "--topic",
+            "t",
+            "--compression",
+            "zstd",
+        ])
+        .unwrap();
+        let o = c.command.overrides();
+        assert_eq!(o.topic.as_deref(), Some("t"));
+        assert_eq!(o.compression, Some(Compression::Zstd));
     }
 }

@@ -1,9 +1,10 @@
 //! Configuration: TOML file < environment < flags, resolved once into typed `Settings`.
-//! This is the only module that reads the environment; commands take `Settings`.
+//! This is the only module that reads the environment; commands take `Settings`. It holds
+//! plain data and imports no backend: the backends build their clients from these settings.
 
-use crate::cli::CommonOpts;
+use crate::archive::layout::Compression;
+use crate::error::{Error, OrConfig};
 use crate::records::{Column, Layout};
-use crate::warehouse::redshift::{CopySpec, S3Auth};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -175,43 +176,6 @@ pub struct KafkaSettings {
     pub stall_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(Compression::None),
-            "gzip" => Ok(Compression::Gzip),
-            "zstd" => Ok(Compression::Zstd),
-            other => bail!("unknown compression {other:?} (expected none, gzip or zstd)"),
-        }
-    }
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::None => "log",
-            Compression::Gzip => "log.gz",
-            Compression::Zstd => "log.zst",
-        }
-    }
-    pub fn from_key(key: &str) -> Option<Self> {
-        if key.ends_with(".log.gz") {
-            Some(Compression::Gzip)
-        } else if key.ends_with(".log.zst") {
-            Some(Compression::Zstd)
-        } else if key.ends_with(".log") {
-            Some(Compression::None)
-        } else {
-            None
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum ArchiveLocation {
     Local(PathBuf),
@@ -253,7 +217,36 @@ pub struct WarehouseSettings {
     pub ledger_table: String,
     pub rejects_table: String,
     /// How Redshift COPY reads the archive (kind = "redshift" only).
-    pub redshift: Option<crate::warehouse::redshift::CopySpec>,
+    pub redshift: Option<RedshiftSettings>,
+}
+
+/// What Redshift's COPY needs beyond the archive's location: plain data; the warehouse builds
+/// its statements from it at load time.
+#[derive(Debug, Clone)]
+pub struct RedshiftSettings {
+    /// The IAM role COPY assumes; None: the archive's access keys.
+    pub iam_role: Option<String>,
+    /// Region of the archive bucket.
+    pub region: String,
+}
+
+/// Output decisions the environment makes (progress bars off under CI or TERM=dumb).
+#[derive(Debug, Clone, Default)]
+pub struct UiSettings {
+    pub no_progress: bool,
+}
+
+/// Values given on the command line; each beats the environment and the file. Plain data,
+/// filled by `cli` from the subcommand's flags.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub group: Option<String>,
+    pub archive: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub warehouse_url: Option<String>,
+    pub compression: Option<Compression>,
 }
 
 /// One view to build: its SQL, gates and how many old versions to keep.
@@ -320,6 +313,9 @@ pub struct Settings {
     pub warehouse: WarehouseSettings,
     pub layout: Layout,
     pub aggregate: AggregateSettings,
+    pub ui: UiSettings,
+    /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose.
+    pub failpoint: Option<String>,
 }
 
 impl Settings {
@@ -327,10 +323,22 @@ impl Settings {
     /// they run without a topic); names flag, env var and key of what is missing.
     pub fn require_kafka(&self) -> Result<&KafkaSettings> {
         if self.kafka.topic.is_empty() {
-            required(None, "topic", "BATCHLAYER_KAFKA_TOPIC", "kafka.topic")?;
+            required(None, "topic", "BATCHLAYER_KAFKA_TOPIC", "kafka.topic").or_config()?;
         }
         Ok(&self.kafka)
     }
+
+    /// Whether the test hook named `name` is set.
+    pub fn failpoint(&self, name: &str) -> bool {
+        self.failpoint.as_deref() == Some(name)
+    }
+}
+
+/// Finds, reads and resolves the configuration once; every error here exits 2.
+pub fn load(flag: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result<Settings> {
+    let (path, explicit) = config_path(flag, env);
+    let file = load_file(&path, explicit).or_config()?;
+    Ok(resolve(file, env, overrides)?)
 }
 
 /// Reads and parses the config file. A missing file is fine only when it was not asked for.
@@ -385,10 +393,29 @@ pub fn validate_ident(what: &str, s: &str) -> Result<String> {
     }
 }
 
-/// Turns file, environment and flags into settings.
-pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Settings> {
-    let k = &file.kafka;
-    let kafka = KafkaSettings {
+/// Turns file, environment and flags into settings, one section at a time. Every error is a
+/// configuration error (exit 2).
+pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Settings, Error> {
+    let kafka = kafka_settings(&file.kafka, env, flags);
+    let archive = archive_settings(&file.archive, env, flags).or_config()?;
+    let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive).or_config()?;
+    let layout = layout_settings(file.records.as_ref()).or_config()?;
+    let aggregate = aggregate_settings(&file.aggregate).or_config()?;
+    Ok(Settings {
+        kafka,
+        archive,
+        warehouse,
+        layout,
+        aggregate,
+        ui: UiSettings {
+            no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
+        },
+        failpoint: env.var("BATCHLAYER_FAILPOINT"),
+    })
+}
+
+fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> KafkaSettings {
+    KafkaSettings {
         brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
             .unwrap_or_else(|| "127.0.0.1:9092".into()),
         // Only ingest needs a topic: `Settings::require_kafka` names it when missing.
@@ -405,9 +432,53 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
             .map(Secret)
             .or_else(|| k.sasl_password.clone()),
         stall_timeout_secs: k.stall_timeout_secs.unwrap_or(60).max(1),
-    };
+    }
+}
 
-    let a = &file.archive;
+/// Parses `archive.url`: `s3://bucket/prefix`, `file:///dir` or a plain path.
+fn archive_location(
+    url: &str,
+    a: &ArchiveFile,
+    env: &dyn Env,
+    endpoint: Option<String>,
+) -> Result<ArchiveLocation> {
+    if !url.contains("://") {
+        return Ok(ArchiveLocation::Local(PathBuf::from(url)));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| anyhow!("archive.url {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "file" => Ok(ArchiveLocation::Local(PathBuf::from(parsed.path()))),
+        "s3" => {
+            let bucket = parsed.host_str().unwrap_or_default();
+            if bucket.is_empty() {
+                bail!("archive.url {url:?}: no bucket name after s3://");
+            }
+            Ok(ArchiveLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: parsed.path().trim_matches('/').to_string(),
+                path_style: a.path_style.unwrap_or(endpoint.is_some()),
+                endpoint,
+                region: env
+                    .var("AWS_REGION")
+                    .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                    .or_else(|| a.region.clone())
+                    .unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: env
+                    .var("AWS_ACCESS_KEY_ID")
+                    .or_else(|| a.access_key_id.clone()),
+                secret_access_key: env
+                    .var("AWS_SECRET_ACCESS_KEY")
+                    .map(Secret)
+                    .or_else(|| a.secret_access_key.clone()),
+            })
+        }
+        _ => bail!(
+            "archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)"
+        ),
+    }
+}
+
+fn archive_settings(a: &ArchiveFile, env: &dyn Env, flags: &Overrides) -> Result<ArchiveSettings> {
     let url = pick(&flags.archive, env, "BATCHLAYER_ARCHIVE_URL", &a.url)
         .unwrap_or_else(|| "./batchlayer-archive".into());
     let endpoint = pick(
@@ -416,38 +487,12 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
         "BATCHLAYER_S3_ENDPOINT",
         &a.endpoint,
     );
-    let location = if let Some(rest) = url.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            bail!("archive.url {url:?}: no bucket name after s3://");
-        }
-        ArchiveLocation::S3 {
-            bucket: bucket.to_string(),
-            prefix: prefix.trim_matches('/').to_string(),
-            path_style: a.path_style.unwrap_or(endpoint.is_some()),
-            endpoint,
-            region: env
-                .var("AWS_REGION")
-                .or_else(|| env.var("AWS_DEFAULT_REGION"))
-                .or_else(|| a.region.clone())
-                .unwrap_or_else(|| "us-east-1".into()),
-            access_key_id: env
-                .var("AWS_ACCESS_KEY_ID")
-                .or_else(|| a.access_key_id.clone()),
-            secret_access_key: env
-                .var("AWS_SECRET_ACCESS_KEY")
-                .map(Secret)
-                .or_else(|| a.secret_access_key.clone()),
-        }
-    } else if let Some(rest) = url.strip_prefix("file://") {
-        ArchiveLocation::Local(PathBuf::from(rest))
-    } else if url.contains("://") {
-        bail!("archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)");
-    } else {
-        ArchiveLocation::Local(PathBuf::from(url))
+    let location = archive_location(&url, a, env, endpoint)?;
+    let compression = match flags.compression {
+        Some(c) => c,
+        None => Compression::parse(a.compression.as_deref().unwrap_or("gzip"))
+            .map_err(|e| anyhow!("archive.compression: {e}"))?,
     };
-    let compression = Compression::parse(a.compression.as_deref().unwrap_or("gzip"))
-        .context("archive.compression")?;
     let key_template = a
         .key_template
         .clone()
@@ -455,69 +500,64 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
     if key_template.contains("..") || key_template.starts_with('/') {
         bail!("archive.key_template {key_template:?} must be a relative path");
     }
-    let utc_offset_secs = parse_tz(a.timezone.as_deref().unwrap_or("UTC"))?;
-    let archive = ArchiveSettings {
+    Ok(ArchiveSettings {
         location,
         compression,
         max_object_bytes: a.max_object_bytes.unwrap_or(128 << 20).max(1),
         max_object_records: a.max_object_records.unwrap_or(0),
         key_template,
-        utc_offset_secs,
-    };
+        utc_offset_secs: parse_tz(a.timezone.as_deref().unwrap_or("UTC"))?,
+    })
+}
 
-    let w = &file.warehouse;
+/// Redshift's COPY reads the archive from S3 with a role or the archive's keys.
+fn redshift_settings(w: &WarehouseFile, archive: &ArchiveSettings) -> Result<RedshiftSettings> {
+    let ArchiveLocation::S3 {
+        region,
+        access_key_id,
+        secret_access_key,
+        ..
+    } = &archive.location
+    else {
+        bail!("warehouse.kind = \"redshift\" needs an s3:// archive.url (Redshift COPY reads from S3)");
+    };
+    if w.iam_role.is_none() && (access_key_id.is_none() || secret_access_key.is_none()) {
+        bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+    }
+    Ok(RedshiftSettings {
+        iam_role: w.iam_role.clone(),
+        region: w.region.clone().unwrap_or_else(|| region.clone()),
+    })
+}
+
+fn warehouse_settings(
+    w: &WarehouseFile,
+    env: &dyn Env,
+    flags: &Overrides,
+    archive: &ArchiveSettings,
+) -> Result<WarehouseSettings> {
     let kind = match w.kind.as_deref().unwrap_or("postgres") {
         "postgres" | "postgresql" => WarehouseKind::Postgres,
         "redshift" => WarehouseKind::Redshift,
         other => bail!("warehouse.kind {other:?} (expected postgres or redshift)"),
     };
-    let wurl = pick(
+    let url = pick(
         &flags.warehouse_url,
         env,
         "BATCHLAYER_WAREHOUSE_URL",
         &w.url,
     )
     .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
-    let redshift = if kind == WarehouseKind::Redshift {
-        let ArchiveLocation::S3 {
-            bucket,
-            prefix,
-            region,
-            access_key_id,
-            secret_access_key,
-            ..
-        } = &archive.location
-        else {
-            bail!("warehouse.kind = \"redshift\" needs an s3:// archive.url (Redshift COPY reads from S3)");
-        };
-        let auth = match (&w.iam_role, access_key_id, secret_access_key) {
-            (Some(role), _, _) => S3Auth::IamRole(role.clone()),
-            (None, Some(id), Some(secret)) => S3Auth::Keys {
-                access_key_id: id.clone(),
-                secret_access_key: secret.clone(),
-            },
-            _ => bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
-        };
-        let archive_url = if prefix.is_empty() {
-            format!("s3://{bucket}")
-        } else {
-            format!("s3://{bucket}/{prefix}")
-        };
-        Some(CopySpec {
-            manifest_url: format!("{archive_url}/_copy_manifests/"),
-            archive_url,
-            region: w.region.clone().unwrap_or_else(|| region.clone()),
-            auth,
-            compression: archive.compression,
-            max_errors: None,
-        })
-    } else {
-        None
+    let table = |key: &str, v: &Option<String>, default: &str| {
+        validate_ident(&format!("warehouse.{key}"), v.as_deref().unwrap_or(default))
     };
-    let warehouse = WarehouseSettings {
-        redshift,
+    Ok(WarehouseSettings {
+        redshift: match kind {
+            WarehouseKind::Redshift => Some(redshift_settings(w, archive)?),
+            WarehouseKind::Postgres => None,
+        },
         kind,
-        url: wurl,
+        url,
         password: env
             .var("PGPASSWORD")
             .map(Secret)
@@ -528,22 +568,15 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
                 .or_else(|| w.schema.clone())
                 .unwrap_or_else(|| "public".into()),
         )?,
-        raw_table: validate_ident(
-            "warehouse.raw_table",
-            w.raw_table.as_deref().unwrap_or("batch_raw"),
-        )?,
-        ledger_table: validate_ident(
-            "warehouse.ledger_table",
-            w.ledger_table.as_deref().unwrap_or("batchlayer_loads"),
-        )?,
-        rejects_table: validate_ident(
-            "warehouse.rejects_table",
-            w.rejects_table.as_deref().unwrap_or("batchlayer_rejects"),
-        )?,
-    };
+        raw_table: table("raw_table", &w.raw_table, "batch_raw")?,
+        ledger_table: table("ledger_table", &w.ledger_table, "batchlayer_loads")?,
+        rejects_table: table("rejects_table", &w.rejects_table, "batchlayer_rejects")?,
+    })
+}
 
+fn layout_settings(r: Option<&RecordsFile>) -> Result<Layout> {
     let mut layout = Layout::tweets();
-    if let Some(r) = &file.records {
+    if let Some(r) = r {
         if let Some(d) = &r.delimiter {
             let b = d.as_bytes();
             if b.len() != 1 || b[0] == b'\\' || b[0] == b'\n' || b[0] == b'\r' {
@@ -567,8 +600,10 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
     for c in &layout.columns {
         validate_ident("records.columns name", &c.name)?;
     }
+    Ok(layout)
+}
 
-    let g = &file.aggregate;
+fn aggregate_settings(g: &AggregateFile) -> Result<AggregateSettings> {
     let mut views = vec![view_settings(g, "aggregate", Some("batch_layer"))?];
     for (i, v) in g.views.iter().flatten().enumerate() {
         if v.views.is_some() {
@@ -582,15 +617,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &CommonOpts) -> Result<Se
             bail!("aggregate: view {} is configured twice", v.view);
         }
     }
-    let aggregate = AggregateSettings { views };
-
-    Ok(Settings {
-        kafka,
-        archive,
-        warehouse,
-        layout,
-        aggregate,
-    })
+    Ok(AggregateSettings { views })
 }
 
 fn parse_tz(s: &str) -> Result<i32> {
@@ -643,7 +670,7 @@ mod tests {
             ("BATCHLAYER_KAFKA_TOPIC", "from_env"),
             ("BATCHLAYER_KAFKA_GROUP", "g_env"),
         ]);
-        let flags = CommonOpts {
+        let flags = Overrides {
             topic: Some("from_flag".into()),
             ..Default::default()
         };
@@ -665,7 +692,7 @@ mod tests {
 
     #[test]
     fn missing_topic_names_flag_and_env() {
-        let s = resolve(FileConfig::default(), &env(&[]), &CommonOpts::default()).unwrap();
+        let s = resolve(FileConfig::default(), &env(&[]), &Overrides::default()).unwrap();
         let err = s.require_kafka().unwrap_err().to_string();
         assert!(err.contains("--topic"), "{err}");
         assert!(err.contains("BATCHLAYER_KAFKA_TOPIC"), "{err}");
@@ -679,7 +706,7 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY", "envsecret456"),
             ("AWS_ACCESS_KEY_ID", "AKID"),
         ]);
-        let s = resolve(parse_file(text).unwrap(), &e, &CommonOpts::default()).unwrap();
+        let s = resolve(parse_file(text).unwrap(), &e, &Overrides::default()).unwrap();
         match &s.archive.location {
             ArchiveLocation::S3 {
                 secret_access_key,
@@ -709,7 +736,7 @@ mod tests {
     #[test]
     fn bad_table_names_are_refused() {
         let text = "[kafka]\ntopic=\"t\"\n[warehouse]\nraw_table=\"x; drop table y\"\n";
-        let err = resolve(parse_file(text).unwrap(), &env(&[]), &CommonOpts::default())
+        let err = resolve(parse_file(text).unwrap(), &env(&[]), &Overrides::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a valid identifier"), "{err}");

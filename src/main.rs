@@ -1,15 +1,16 @@
 //! Thin binary: parse, run, map the result to an exit code and one stderr line.
 
+use batchlayer::error::{code_for, to_exit, OK};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = batchlayer::cli::Cli::parse();
     match batchlayer::run(cli) {
-        Ok(()) => batchlayer::exit::to_exit(batchlayer::exit::OK),
+        Ok(()) => to_exit(OK),
         Err(err) => {
             batchlayer::output::Output::error(&err);
-            batchlayer::exit::to_exit(batchlayer::exit::code_for(&err))
+            to_exit(code_for(&err))
         }
     }
 }

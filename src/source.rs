@@ -319,7 +319,7 @@ fn own(m: &rdkafka::message::BorrowedMessage<'_>) -> Message {
 /// The suite every `MessageSource` must pass, given a topic that holds exactly `expected`
 /// (partition, payload) messages and a group that has committed nothing. Run against
 /// librdkafka's mock cluster (unit test) and tansu (integration test).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     use super::*;
     use std::collections::{BTreeMap, BTreeSet};

@@ -50,9 +50,7 @@ fn postgres_warehouse_conforms() {
         .collect();
     let good: Vec<&[u8]> = good.iter().map(|r| &r[..]).collect();
     let bad = b"1;2024-01-01 00:00:00;not-a-number;Oslo;1;2;".to_vec();
-    let open = || {
-        batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent()).unwrap()
-    };
+    let open = || batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
     batchlayer::warehouse::conformance::run(
         &open,
         w.store().as_ref(),

@@ -383,9 +383,7 @@ fn an_object_that_disappeared_fails_clearly_and_loads_nothing() {
     let key = w.data_objects()[0].clone();
     let s = w.settings();
     let store = Vanishing(w.store());
-    let mut wh =
-        batchlayer::warehouse::connect(&s.warehouse, &batchlayer::output::Output::silent())
-            .unwrap();
+    let mut wh = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
     let opts = batchlayer::commands::copy::CopyOptions {
         wait: true,
         ..Default::default()

@@ -87,7 +87,7 @@ fn archive_holds_exactly_the_produced_messages_100k_multi_partition() {
     assert_eq!(manifests.len(), 1);
     let mut body = Vec::new();
     store.get_into(&manifests[0].key, &mut body).unwrap();
-    let m: batchlayer::commands::ingest::Manifest = serde_json::from_slice(&body).unwrap();
+    let m: batchlayer::archive::layout::Manifest = serde_json::from_slice(&body).unwrap();
     assert_eq!(m.objects.len(), w.data_objects().len());
     assert_eq!(m.objects.iter().map(|o| o.records).sum::<u64>(), nonnull);
     let rejected = store.list("_rejected/").unwrap();

@@ -15,6 +15,6 @@ find "$BATCHLAYER_TEST_S3_DIR" -mindepth 1 -maxdepth 1 -type d -mmin +60 -name '
 # Tests that need a service fail (never skip) when it is missing.
 export BATCHLAYER_REQUIRE_SERVICES=1
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --all-features --locked -- -D warnings
 # (clippy --all-targets above already compiled the bin and the examples.)
-cargo test --locked --lib --test integration -- --test-threads="${BATCHLAYER_TEST_THREADS:-4}"
+cargo test --locked --features testing --lib --test integration -- --test-threads="${BATCHLAYER_TEST_THREADS:-4}"

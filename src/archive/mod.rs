@@ -1,9 +1,13 @@
-//! The archive: an object store behind a small trait, chosen by URL (s3:// or a local dir).
+//! The archive: an object store behind a small trait, chosen by URL (s3:// or a local dir),
+//! and its layout (`layout`: keys, folders, manifests) that every command shares.
 
+pub mod layout;
 pub mod local;
 pub mod s3;
 
-use crate::config::{ArchiveLocation, ArchiveSettings, Compression};
+pub use layout::Compression;
+
+use crate::config::{ArchiveLocation, ArchiveSettings};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -94,7 +98,7 @@ pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead>> 
     })
 }
 
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     //! One suite every `ObjectStore` impl must pass; the integration tests run it against S3.
     use super::*;

@@ -2,6 +2,8 @@
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
 use crate::config::ArchiveLocation;
+use crate::error::Error;
+use crate::util::Tally;
 use anyhow::{anyhow, bail, Context, Result};
 use s3::creds::Credentials;
 use s3::error::S3Error;
@@ -38,10 +40,15 @@ impl S3Store {
         let creds = match (access_key_id, secret_access_key) {
             (Some(id), Some(secret)) => {
                 Credentials::new(Some(id), Some(secret.expose()), None, None, None)
-                    .map_err(|_| anyhow!("invalid S3 credentials"))?
+                    .map_err(|_| Error::config("invalid S3 credentials"))?
             }
             (None, None) => Credentials::anonymous().map_err(|_| anyhow!("S3 credentials"))?,
-            _ => bail!("S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            _ => {
+                return Err(Error::config(
+                    "S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                )
+                .into())
+            }
         };
         let reg = match endpoint {
             Some(ep) => Region::Custom {
@@ -50,7 +57,7 @@ impl S3Store {
             },
             None => region
                 .parse()
-                .map_err(|_| anyhow!("unknown AWS region {region:?}"))?,
+                .map_err(|_| Error::config(format!("unknown AWS region {region:?}")))?,
         };
         let mut b = Bucket::new(bucket, reg, creds)
             .map_err(|e| anyhow!("S3 bucket {bucket}: {}", short(&e)))?;
@@ -216,12 +223,12 @@ impl ObjectStore for S3Store {
     }
 
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
-        let mut counting = Counting { inner: w, n: 0 };
+        let mut counting = Tally::counting(w);
         match self
             .bucket
             .get_object_to_writer(self.full(key), &mut counting)
         {
-            Ok(200) => Ok(counting.n),
+            Ok(200) => Ok(counting.bytes),
             Ok(404) => Err(StoreError::NotFound(self.url(key)).into()),
             Ok(code) => bail!("downloading {}: HTTP {code}", self.url(key)),
             Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
@@ -264,21 +271,5 @@ impl ObjectStore for S3Store {
             Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
             Err(e) => Err(self.explain(&e)).with_context(|| format!("deleting {}", self.url(key))),
         }
-    }
-}
-
-struct Counting<'a> {
-    inner: &'a mut (dyn Write + Send),
-    n: u64,
-}
-
-impl Write for Counting<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }

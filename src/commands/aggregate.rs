@@ -1,8 +1,11 @@
 //! `aggregate`: build the batch view into `<view>__new` while readers use the old one, check
 //! the gates, then swap in one short transaction (`<view>` -> `<view>__prev`, new -> `<view>`).
 
-use crate::warehouse::{quote_ident, strip_comments, Names, Warehouse};
-use crate::{Busy, GateRefused};
+use crate::cli::AggregateArgs;
+use crate::config::{Settings, ViewSettings};
+use crate::error::Error;
+use crate::output::Output;
+use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
 use anyhow::{bail, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -205,10 +208,178 @@ pub fn judge(g: &Gate, new: Option<i64>, old: Option<i64>) -> Option<String> {
     }
 }
 
+/// The views this run rebuilds: all configured ones, or `--view`, with `--sql` applied.
+fn selected_views(a: &AggregateArgs, s: &Settings) -> Result<Vec<ViewSettings>, Error> {
+    let mut views = s.aggregate.views.clone();
+    if let Some(name) = &a.view {
+        views.retain(|v| &v.view == name);
+        if views.is_empty() {
+            return Err(Error::config(format!(
+                "--view {name}: no such view in [aggregate]"
+            )));
+        }
+    }
+    if let Some(sql) = &a.sql {
+        if views.len() > 1 {
+            return Err(Error::config(
+                "--sql needs --view when several views are configured",
+            ));
+        }
+        views[0].sql = Some(sql.clone());
+    }
+    Ok(views)
+}
+
+/// `batchlayer aggregate`: rebuilds each selected view in turn and prints its plan or summary.
+pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
+    let views = selected_views(a, s)?;
+    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    let names = Names::from_settings(&s.warehouse);
+    for vs in &views {
+        let view_sql = match &vs.sql {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| Error::config(format!("view SQL {}: {e}", p.display())))?,
+            None => warehouse::BATCH_VIEW.to_string(),
+        };
+        let opts = AggregateOptions {
+            dry_run: a.dry_run,
+            rollback: a.rollback,
+            force: a.force,
+            print: a.print,
+            wait: !a.no_wait,
+            view: vs.view.clone(),
+            view_sql,
+            min_rows: vs.min_rows,
+            max_row_change: vs.max_row_change,
+            max_sum_change: vs.max_sum_change.clone(),
+            non_null_columns: vs.non_null_columns.clone(),
+            keep_versions: vs.keep_versions,
+        };
+        let sum = run(wh.as_mut(), &names, &opts, out)?;
+        print_summary(&sum, out)?;
+    }
+    Ok(())
+}
+
+fn print_summary(sum: &AggregateSummary, out: &Output) -> Result<()> {
+    if let Some(p) = &sum.plan {
+        for q in &p.build {
+            out.plan(&format!("{q};"));
+        }
+        for g in &p.gates {
+            out.plan(&format!("-- gate {} ({:?})", g.name, g.check));
+            out.plan(&format!("{};", g.new_sql));
+            if let Some(o) = &g.old_sql {
+                out.plan(&format!("{o};"));
+            }
+        }
+        out.plan("BEGIN;");
+        for q in &p.swap {
+            out.plan(&format!("{q};"));
+        }
+        out.plan("COMMIT;");
+    }
+    if let Some((cols, rows)) = &sum.top {
+        if !out.json {
+            out.table(&format_table(cols, rows));
+        }
+    }
+    let delta = sum
+        .previous_rows
+        .map(|p| format!("{:+}", sum.rows - p))
+        .unwrap_or_else(|| "new".into());
+    out.summary(
+        &format!(
+            "aggregate{}: view {}, {} rows ({delta}){}, {:.1}s",
+            if sum.dry_run { " (dry run)" } else { "" },
+            sum.view,
+            sum.rows,
+            if sum.rolled_back { ", rolled back" } else { "" },
+            sum.seconds
+        ),
+        &serde_json::to_value(sum)?,
+    );
+    Ok(())
+}
+
+/// `--rollback`: the previous version and the current view trade places.
+fn rollback(
+    sql: &mut dyn SqlSession,
+    names: &Names,
+    opts: &AggregateOptions,
+    view_exists: bool,
+    summary: &mut AggregateSummary,
+) -> Result<()> {
+    let v = &opts.view;
+    if !sql.table_exists(&format!("{v}__prev"))? {
+        bail!("no previous version {v}__prev to roll back to");
+    }
+    if !view_exists {
+        bail!("view {v} does not exist; nothing to roll back from");
+    }
+    let stmts = rollback_plan(names, v);
+    if opts.dry_run {
+        summary.plan = Some(Plan {
+            build: vec![],
+            gates: vec![],
+            swap: stmts,
+        });
+    } else {
+        sql.run_in_transaction(&stmts)?;
+        summary.rolled_back = true;
+        summary.rows = sql
+            .query_i64(&format!("SELECT count(*) FROM {}", names.qualified(v)))?
+            .unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// Runs the gate queries; returns the reasons of the gates that failed.
+fn run_gates(
+    sql: &mut dyn SqlSession,
+    p: &Plan,
+    summary: &mut AggregateSummary,
+) -> Result<Vec<String>> {
+    let mut failures = vec![];
+    for g in &p.gates {
+        let new = sql.query_i64(&g.new_sql)?;
+        let old = match &g.old_sql {
+            Some(q) => sql.query_i64(q)?,
+            None => None,
+        };
+        if g.name == "min_rows" {
+            summary.rows = new.unwrap_or(0);
+        }
+        if let Some(why) = judge(g, new, old) {
+            failures.push(why);
+        }
+    }
+    Ok(failures)
+}
+
+/// Keeps the refused build as `<view>__rejected` and returns the gate error (exit 4).
+fn refuse(sql: &mut dyn SqlSession, names: &Names, v: &str, failures: &[String]) -> Result<()> {
+    let rejected = format!("{v}__rejected");
+    sql.run_in_transaction(&[
+        format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
+        format!(
+            "ALTER TABLE {} RENAME TO {}",
+            names.qualified(&format!("{v}__new")),
+            quote_ident(&rejected)
+        ),
+    ])?;
+    Err(Error::Gate(format!(
+        "view {v}: {}; kept {v} as it was, the new build is in {rejected} (use --force to swap anyway)",
+        failures.join("; ")
+    ))
+    .into())
+}
+
 pub fn run(
     wh: &mut dyn Warehouse,
     names: &Names,
     opts: &AggregateOptions,
+    out: &Output,
 ) -> Result<AggregateSummary> {
     let started = Instant::now();
     let v = opts.view.clone();
@@ -217,37 +388,25 @@ pub fn run(
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    if !opts.dry_run && !wh.lock(&format!("aggregate:{v}"), opts.wait)? {
-        return Err(Busy(format!("another aggregate of {v} holds the lock")).into());
+    if !opts.dry_run {
+        super::take_lock(
+            wh,
+            &format!("aggregate:{v}"),
+            opts.wait,
+            || format!("another aggregate of {v} holds the lock"),
+            out,
+        )?;
     }
-    let view_exists = wh.table_exists(&v)?;
+    let sql = wh.session();
+    let view_exists = sql.table_exists(&v)?;
     if opts.rollback {
-        if !wh.table_exists(&format!("{v}__prev"))? {
-            bail!("no previous version {v}__prev to roll back to");
-        }
-        if !view_exists {
-            bail!("view {v} does not exist; nothing to roll back from");
-        }
-        let stmts = rollback_plan(names, &v);
-        if opts.dry_run {
-            summary.plan = Some(Plan {
-                build: vec![],
-                gates: vec![],
-                swap: stmts,
-            });
-        } else {
-            wh.run_in_transaction(&stmts)?;
-            summary.rolled_back = true;
-            summary.rows = wh
-                .query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?
-                .unwrap_or(0);
-        }
+        rollback(sql, names, opts, view_exists, &mut summary)?;
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
     let mut versions = vec![];
     for n in 1..opts.keep_versions.max(1) {
-        if wh.table_exists(&version_name(&v, n))? {
+        if sql.table_exists(&version_name(&v, n))? {
             versions.push(n);
         }
     }
@@ -258,49 +417,23 @@ pub fn run(
         return Ok(summary);
     }
     for s in &p.build {
-        wh.execute(s)?;
+        sql.execute(s)?;
     }
-    let mut failures = vec![];
-    for g in &p.gates {
-        let new = wh.query_i64(&g.new_sql)?;
-        let old = match &g.old_sql {
-            Some(q) => wh.query_i64(q)?,
-            None => None,
-        };
-        if g.name == "min_rows" {
-            summary.rows = new.unwrap_or(0);
-        }
-        if let Some(why) = judge(g, new, old) {
-            failures.push(why);
-        }
-    }
+    let failures = run_gates(sql, &p, &mut summary)?;
     if view_exists {
         summary.previous_rows =
-            wh.query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?;
+            sql.query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?;
     }
     if !failures.is_empty() && !opts.force {
-        let rejected = format!("{v}__rejected");
-        wh.run_in_transaction(&[
-            format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
-            format!(
-                "ALTER TABLE {} RENAME TO {}",
-                names.qualified(&format!("{v}__new")),
-                quote_ident(&rejected)
-            ),
-        ])?;
-        return Err(GateRefused(format!(
-            "view {v}: {}; kept {v} as it was, the new build is in {rejected} (use --force to swap anyway)",
-            failures.join("; ")
-        ))
-        .into());
+        refuse(sql, names, &v, &failures)?;
     }
-    wh.run_in_transaction(&p.swap)?;
+    sql.run_in_transaction(&p.swap)?;
     if let Some(n) = opts.print {
-        let sql = format!(
+        let q = format!(
             "SELECT * FROM {} ORDER BY 2 DESC, 1 LIMIT {n}",
             names.qualified(&v)
         );
-        summary.top = Some(wh.query_text(&sql)?);
+        summary.top = Some(sql.query_text(&q)?);
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

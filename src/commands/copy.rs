@@ -1,13 +1,13 @@
 //! `copy`: load archived objects that are not in the ledger yet, each with its ledger row in
 //! the same transaction, under a lock so concurrent runs load each object once.
 
-use super::ingest::{parse_object_key, Manifest};
-use crate::archive::ObjectStore;
-use crate::config::Compression;
+use crate::archive::layout::{self, Manifest, MANIFESTS};
+use crate::archive::{self as archive_mod, Compression, ObjectStore};
+use crate::cli::CopyArgs;
+use crate::config::Settings;
 use crate::output::Output;
 use crate::records::Layout;
-use crate::warehouse::{LoadJob, LoadOptions, LoadResult, Warehouse};
-use crate::Busy;
+use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, Warehouse};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -30,23 +30,6 @@ pub struct CopyOptions {
     pub key_template: String,
 }
 
-/// Parses `--since`/`--until`: `YYYY-MM-DD`, `YYYY-MM-DDTHH` or `YYYY-MM-DDTHH:MM[:SS]`.
-pub fn parse_time(s: &str) -> Result<NaiveDateTime> {
-    let s = s.trim().replace(' ', "T");
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
-    }
-    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(&s, f) {
-            return Ok(t);
-        }
-    }
-    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{s}:00"), "%Y-%m-%dT%H:%M") {
-        return Ok(t);
-    }
-    bail!("{s:?} is not a time (use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM)")
-}
-
 #[derive(Debug, Default, Serialize)]
 pub struct CopySummary {
     pub objects: usize,
@@ -67,7 +50,7 @@ pub struct CopySummary {
 pub fn archived_objects(store: &dyn ObjectStore) -> Result<Vec<LoadJob>> {
     let mut jobs = Vec::new();
     for o in store.list("")? {
-        if o.key.starts_with('_') || parse_object_key(&o.key).is_none() {
+        if !layout::is_data_key(&o.key) {
             continue;
         }
         let compression = Compression::from_key(&o.key).unwrap_or(Compression::None);
@@ -97,7 +80,7 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
         return Ok(0);
     }
     let mut manifests: Vec<String> = store
-        .list("_manifests/")?
+        .list(MANIFESTS)?
         .into_iter()
         .map(|m| m.key)
         .filter(|k| k.ends_with(".json"))
@@ -126,20 +109,51 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
     Ok(read)
 }
 
-pub fn run(
+/// `batchlayer copy`: connects, runs, and prints the plan (dry run) and the summary.
+pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
+    let store = archive_mod::open(&s.archive)?;
+    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    let opts = CopyOptions {
+        dry_run: a.dry_run,
+        key: a.key.clone(),
+        limit: a.limit,
+        max_errors: a.max_errors,
+        wait: !a.no_wait,
+        fail_before_commit: s.failpoint("copy-before-commit"),
+        since: a.since,
+        until: a.until,
+        key_template: s.archive.key_template.clone(),
+    };
+    let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
+    if a.dry_run {
+        for j in &sum.pending {
+            out.plan(&format!("would load {} ({} bytes)", j.key, j.size));
+        }
+        for q in &sum.sql {
+            out.plan(&format!("{q};"));
+        }
+    }
+    out.summary(
+        &format!(
+            "copy{}: {} objects ({}), {} rows, {} rejects, {:.1}s",
+            if sum.dry_run { " (dry run)" } else { "" },
+            sum.objects,
+            indicatif::HumanBytes(sum.bytes),
+            sum.rows,
+            sum.rejects,
+            sum.seconds
+        ),
+        &serde_json::to_value(&sum)?,
+    );
+    Ok(())
+}
+
+/// The objects to load: archived, not in the ledger, and selected by the options.
+fn pending_jobs(
     store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
-    layout: &Layout,
     opts: &CopyOptions,
-    out: &Output,
-) -> Result<CopySummary> {
-    let started = Instant::now();
-    if !opts.dry_run {
-        if !wh.lock("copy", opts.wait)? {
-            return Err(Busy("another copy holds the lock on this raw table".into()).into());
-        }
-        wh.ensure_tables(layout)?;
-    }
+) -> Result<Vec<LoadJob>> {
     let loaded = wh.loaded_keys()?;
     let mut jobs = archived_objects(store)
         .with_context(|| format!("listing the archive {}", store.describe()))?;
@@ -151,16 +165,36 @@ pub fn run(
     }
     jobs.retain(|j| !loaded.contains(&j.key));
     if opts.since.is_some() || opts.until.is_some() {
-        jobs.retain(
-            |j| match super::ingest::folder_time(&opts.key_template, &j.key) {
-                Some(t) => opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u),
-                None => false,
-            },
-        );
+        jobs.retain(|j| match layout::folder_time(&opts.key_template, &j.key) {
+            Some(t) => opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u),
+            None => false,
+        });
     }
     if let Some(n) = opts.limit {
         jobs.truncate(n);
     }
+    Ok(jobs)
+}
+
+pub fn run(
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    layout: &Layout,
+    opts: &CopyOptions,
+    out: &Output,
+) -> Result<CopySummary> {
+    let started = Instant::now();
+    if !opts.dry_run {
+        super::take_lock(
+            wh,
+            "copy",
+            opts.wait,
+            || "another copy holds the lock on this raw table".into(),
+            out,
+        )?;
+        wh.ensure_tables(layout)?;
+    }
+    let mut jobs = pending_jobs(store, wh, opts)?;
     let read = attach_expectations(store, &mut jobs)
         .with_context(|| format!("reading run manifests in {}", store.describe()))?;
     out.debug(&format!(
@@ -209,26 +243,4 @@ pub fn run(
     summary.loaded = results;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn time_arguments() {
-        assert_eq!(
-            parse_time("2024-01-02").unwrap().to_string(),
-            "2024-01-02 00:00:00"
-        );
-        assert_eq!(
-            parse_time("2024-01-02T05").unwrap().to_string(),
-            "2024-01-02 05:00:00"
-        );
-        assert_eq!(
-            parse_time("2024-01-02 05:30").unwrap().to_string(),
-            "2024-01-02 05:30:00"
-        );
-        assert!(parse_time("yesterday").is_err());
-    }
 }

@@ -1,6 +1,33 @@
-//! One module per subcommand: plain logic over the source, store and warehouse traits.
+//! One module per subcommand, each with a cargo-style `exec(args, &Settings, &Output)` that
+//! opens the backends, runs plain logic over their traits, and prints its own output.
 
 pub mod aggregate;
 pub mod copy;
 pub mod ingest;
 pub mod produce;
+
+use crate::error::Error;
+use crate::output::Output;
+use crate::warehouse::Warehouse;
+use anyhow::Result;
+
+/// Takes a warehouse lock: at once if free, else waits (saying so) or fails busy (exit 3).
+pub fn take_lock(
+    wh: &mut dyn Warehouse,
+    name: &str,
+    wait: bool,
+    busy: impl FnOnce() -> String,
+    out: &Output,
+) -> Result<()> {
+    if wh.try_lock(name)? {
+        return Ok(());
+    }
+    if !wait {
+        return Err(Error::Busy(busy()).into());
+    }
+    out.info(&format!(
+        "waiting for another {name} run to finish (lock on {})",
+        wh.names().raw
+    ));
+    wh.lock_wait(name)
+}

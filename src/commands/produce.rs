@@ -1,6 +1,8 @@
 //! Hidden `produce-tweets`: sends N deterministic synthetic tweets (quickstart, tests, benchmarks).
 
-use crate::config::KafkaSettings;
+use crate::cli::ProduceArgs;
+use crate::config::{KafkaSettings, Settings};
+use crate::output::Output;
 use crate::tweets::tweet;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -42,6 +44,23 @@ pub struct ProduceOptions {
     pub locations: u64,
     pub duplicate_every: u64,
     pub partitions: Option<i32>,
+}
+
+/// `batchlayer produce-tweets` (hidden): produces and prints how many.
+pub fn exec(a: &ProduceArgs, s: &Settings, out: &Output) -> Result<()> {
+    let opts = ProduceOptions {
+        count: a.count,
+        seed: a.seed,
+        locations: a.locations,
+        duplicate_every: a.duplicate_every,
+        partitions: a.partitions,
+    };
+    let n = run(s.require_kafka()?, &opts)?;
+    out.summary(
+        &format!("produced {n} messages to {}", s.kafka.topic),
+        &serde_json::json!({ "produced": n, "topic": s.kafka.topic }),
+    );
+    Ok(())
 }
 
 fn client_config(k: &KafkaSettings) -> ClientConfig {

@@ -1,14 +1,17 @@
-//! The warehouse: SQL templates from `sql/`, identifier quoting, and the trait both dialects
-//! (PostgreSQL, Redshift) implement.
+//! The warehouse: SQL templates from `sql/`, identifier quoting, and the `Warehouse` trait
+//! each dialect (PostgreSQL, Redshift) implements over a shared [`session::SqlSession`].
+//! Backends return data; the commands print it.
 
 pub mod postgres;
 pub mod redshift;
+pub mod session;
 
-use crate::archive::ObjectStore;
-use crate::config::{Compression, WarehouseKind, WarehouseSettings};
-use crate::output::Output;
+pub use session::{SqlError, SqlSession};
+
+use crate::archive::{Compression, ObjectStore};
+use crate::config::{ArchiveSettings, WarehouseKind, WarehouseSettings};
 use crate::records::{ColumnType, Layout};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -131,16 +134,19 @@ pub struct LoadResult {
     pub rejected: u64,
 }
 
-/// A warehouse connection.
+/// What a dialect does: its tables, its lock, its ledger and how it loads objects. The plain
+/// SQL plumbing is the session's ([`Warehouse::session`]).
 pub trait Warehouse {
+    /// Statements, queries and transactions on this warehouse.
+    fn session(&mut self) -> &mut dyn SqlSession;
+    /// The configured table names.
+    fn names(&self) -> &Names;
     /// Where it points (no secrets).
     fn describe(&self) -> String;
-    /// Creates schema, raw, ledger and rejects tables if missing.
-    fn ensure_tables(&mut self, layout: &Layout) -> Result<()>;
-    /// Takes the named lock for this session; Ok(false) when busy and `wait` is false.
-    fn lock(&mut self, name: &str, wait: bool) -> Result<bool>;
-    /// Keys already in the ledger (none when the ledger does not exist yet).
-    fn loaded_keys(&mut self) -> Result<HashSet<String>>;
+    /// Takes the named lock for this session if it is free; Ok(false) when another holds it.
+    fn try_lock(&mut self, name: &str) -> Result<bool>;
+    /// Waits for the named lock and takes it.
+    fn lock_wait(&mut self, name: &str) -> Result<()>;
     /// Loads these objects, each recorded in the ledger in the same transaction as its rows.
     /// Results come back in order; the first failure stops the batch with an error.
     fn load(
@@ -153,24 +159,52 @@ pub trait Warehouse {
     ) -> Result<Vec<LoadResult>>;
     /// The SQL `load` would run for these jobs (for --dry-run; secrets masked).
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String>;
-    /// Runs statements in one transaction.
-    fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()>;
-    /// Runs one statement outside a transaction block.
-    fn execute(&mut self, sql: &str) -> Result<()>;
-    /// Runs a query returning one bigint (NULL as None).
-    fn query_i64(&mut self, sql: &str) -> Result<Option<i64>>;
-    /// Whether schema.table exists.
-    fn table_exists(&mut self, table: &str) -> Result<bool>;
-    /// Runs a query and returns column names and rows as text (for --print).
-    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)>;
+
+    /// Takes the named lock; Ok(false) when busy and `wait` is false.
+    fn lock(&mut self, name: &str, wait: bool) -> Result<bool> {
+        if self.try_lock(name)? {
+            return Ok(true);
+        }
+        if !wait {
+            return Ok(false);
+        }
+        self.lock_wait(name)?;
+        Ok(true)
+    }
+
+    /// Creates schema, raw, ledger and rejects tables if missing.
+    fn ensure_tables(&mut self, layout: &Layout) -> Result<()> {
+        let where_ = self.describe();
+        for s in create_statements(self.names(), layout) {
+            self.session()
+                .execute(&s)
+                .with_context(|| format!("creating tables in {where_}"))?;
+        }
+        Ok(())
+    }
+
+    /// Keys already in the ledger (none when the ledger does not exist yet).
+    fn loaded_keys(&mut self) -> Result<HashSet<String>> {
+        let ledger = self.names().ledger.clone();
+        let sql = format!("SELECT key FROM {}", self.names().qualified(&ledger));
+        let s = self.session();
+        if !s.table_exists(&ledger)? {
+            return Ok(HashSet::new());
+        }
+        let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
+    }
 }
 
-/// Connects to the configured warehouse.
-pub fn connect(w: &WarehouseSettings, out: &Output) -> Result<Box<dyn Warehouse>> {
+/// Connects to the configured warehouse (Redshift also needs the archive it COPYs from).
+pub fn connect(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<Box<dyn Warehouse>> {
     let names = Names::from_settings(w);
     Ok(match w.kind {
-        WarehouseKind::Postgres => Box::new(postgres::Pg::connect(w, names, out.clone())?),
-        WarehouseKind::Redshift => Box::new(redshift::Redshift::connect(w, names, out.clone())?),
+        WarehouseKind::Postgres => Box::new(postgres::Pg::connect(w, names)?),
+        WarehouseKind::Redshift => Box::new(redshift::Redshift::connect(w, archive, names)?),
     })
 }
 
@@ -214,7 +248,7 @@ mod tests {
 
 /// The suite every `Warehouse` impl must pass. Run against PostgreSQL by the integration tests;
 /// the Redshift impl needs a cluster (its SQL is covered by snapshot tests only).
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     use super::*;
     use crate::records::frame_into;
@@ -252,6 +286,9 @@ pub mod conformance {
     /// `open` connects to a fresh, empty schema (each call a new session); `raw` is the raw
     /// table's bare name and `qualified_raw` its schema-qualified name; `good` are valid records
     /// of `layout` and `bad` one that is not.
+    ///
+    /// Long on purpose: one story in order, each step asserting on the state the previous
+    /// steps left (the ledger, the row count), which split functions would hide.
     pub fn run(
         open: &dyn Fn() -> Box<dyn Warehouse>,
         store: &dyn ObjectStore,
@@ -262,19 +299,23 @@ pub mod conformance {
         bad: &[u8],
     ) {
         let count = |wh: &mut dyn Warehouse| {
-            wh.query_i64(&format!("SELECT count(*) FROM {qualified_raw}"))
+            wh.session()
+                .query_i64(&format!("SELECT count(*) FROM {qualified_raw}"))
                 .unwrap()
                 .unwrap()
         };
         let mut wh = open();
-        assert!(!wh.table_exists(raw).unwrap(), "schema must start empty");
+        assert!(
+            !wh.session().table_exists(raw).unwrap(),
+            "schema must start empty"
+        );
         assert!(
             wh.loaded_keys().unwrap().is_empty(),
             "no ledger yet: no keys"
         );
         wh.ensure_tables(layout).unwrap();
         wh.ensure_tables(layout).expect("ensure_tables twice");
-        assert!(wh.table_exists(raw).unwrap());
+        assert!(wh.session().table_exists(raw).unwrap());
         assert!(wh.loaded_keys().unwrap().is_empty());
 
         // The lock is per session: a second session is refused until the first ends.
@@ -390,10 +431,13 @@ pub mod conformance {
             format!("CREATE TABLE {t} (x int)"),
             "SELECT 1/0".to_string(),
         ];
-        assert!(wh.run_in_transaction(&stmts).is_err());
-        assert!(!wh.table_exists(&format!("{raw}_conformance_tx")).unwrap());
+        assert!(wh.session().run_in_transaction(&stmts).is_err());
+        assert!(!wh
+            .session()
+            .table_exists(&format!("{raw}_conformance_tx"))
+            .unwrap());
 
-        let (cols, rows) = wh.query_text("SELECT 1 AS a, 'x' AS b").unwrap();
+        let (cols, rows) = wh.session().query_text("SELECT 1 AS a, 'x' AS b").unwrap();
         assert_eq!(cols, vec!["a", "b"]);
         assert_eq!(rows, vec![vec!["1".to_string(), "x".to_string()]]);
         assert!(wh.load_sql(&[a], layout).iter().any(|s| s.contains(raw)));

@@ -2,10 +2,11 @@
 //! `COPY ... MANIFEST`, and the ledger rows in the same transaction.
 //! No cluster is reachable from the test machines: this path is verified by SQL snapshot tests.
 
-use super::{create_statements, quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
-use crate::archive::ObjectStore;
-use crate::config::{Compression, Secret, WarehouseSettings};
-use crate::output::Output;
+use super::session::{PgSession, SqlSession};
+use super::{quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
+use crate::archive::layout::COPY_MANIFESTS;
+use crate::archive::{Compression, ObjectStore};
+use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
 use crate::records::Layout;
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::HashSet;
@@ -169,85 +170,78 @@ pub const LOAD_ERRORS_SQL: &str =
     "SELECT trim(filename), line_number, trim(colname), trim(raw_field_value), trim(err_reason) \
 FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY line_number LIMIT 5";
 
+/// Builds the COPY statement's fixed parts from the settings (the manifest URL is set per load).
+pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<CopySpec> {
+    let rs = w
+        .redshift
+        .as_ref()
+        .ok_or_else(|| anyhow!("warehouse.kind is not redshift"))?;
+    let ArchiveLocation::S3 {
+        bucket,
+        prefix,
+        access_key_id,
+        secret_access_key,
+        ..
+    } = &archive.location
+    else {
+        bail!("Redshift COPY reads from S3: archive.url must be s3://");
+    };
+    let auth = match (&rs.iam_role, access_key_id, secret_access_key) {
+        (Some(role), _, _) => S3Auth::IamRole(role.clone()),
+        (None, Some(id), Some(secret)) => S3Auth::Keys {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+        },
+        _ => bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+    };
+    let archive_url = if prefix.is_empty() {
+        format!("s3://{bucket}")
+    } else {
+        format!("s3://{bucket}/{prefix}")
+    };
+    Ok(CopySpec {
+        manifest_url: format!("{archive_url}/{COPY_MANIFESTS}"),
+        archive_url,
+        region: rs.region.clone(),
+        auth,
+        compression: archive.compression,
+        max_errors: None,
+    })
+}
+
 pub struct Redshift {
-    pg: super::postgres::Pg,
-    names: Names,
-    spec: Option<CopySpec>,
+    s: PgSession,
+    spec: CopySpec,
 }
 
 impl Redshift {
-    pub fn connect(w: &WarehouseSettings, names: Names, out: Output) -> Result<Self> {
-        let pg = super::postgres::Pg::connect(w, names.clone(), out)?;
+    pub fn connect(w: &WarehouseSettings, archive: &ArchiveSettings, names: Names) -> Result<Self> {
+        let spec = copy_spec(w, archive)?;
         Ok(Redshift {
-            pg,
-            names,
-            spec: w.redshift.clone(),
+            s: PgSession::connect(w, names)?,
+            spec,
         })
     }
-}
 
-impl Warehouse for Redshift {
-    fn describe(&self) -> String {
-        format!("redshift {}", self.pg.describe())
+    /// The first rows of `stl_load_errors` for the last COPY, one line.
+    fn load_errors(&mut self) -> String {
+        self.s
+            .query_text(LOAD_ERRORS_SQL)
+            .map(|(_, rows)| {
+                rows.iter()
+                    .map(|r| r.join(" | "))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
     }
-    fn ensure_tables(&mut self, layout: &Layout) -> Result<()> {
-        for s in create_statements(&self.names, layout) {
-            self.pg.execute(&s)?;
-        }
-        Ok(())
-    }
-    fn lock(&mut self, _name: &str, _wait: bool) -> Result<bool> {
-        // Redshift has no advisory locks: `LOCK ledger` inside the load transaction serialises.
-        Ok(true)
-    }
-    fn loaded_keys(&mut self) -> Result<HashSet<String>> {
-        self.pg.loaded_keys()
-    }
-    fn load(
-        &mut self,
-        jobs: &[LoadJob],
-        store: &dyn ObjectStore,
-        layout: &Layout,
-        opts: &LoadOptions,
-        progress: &mut dyn FnMut(&LoadResult),
-    ) -> Result<Vec<LoadResult>> {
-        if jobs.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut spec = self
-            .spec
-            .clone()
-            .ok_or_else(|| anyhow!("Redshift needs an s3:// archive"))?;
-        spec.max_errors = opts.max_errors;
-        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
-        let manifest_key = format!("_copy_manifests/{run_id}-{}.json", std::process::id());
-        spec.manifest_url = format!("{}/{manifest_key}", spec.archive_url.trim_end_matches('/'));
-        store
-            .put_bytes_if_absent(
-                &manifest_key,
-                copy_manifest(&spec.archive_url, jobs).as_bytes(),
-            )
-            .context("writing the COPY manifest")?;
-        let stmts = load_statements(&self.names, layout, &spec, jobs, false)?;
-        let inner: Vec<String> = stmts[1..stmts.len() - 1].to_vec();
-        if let Err(e) = self.pg.run_in_transaction(&inner) {
-            let detail = self
-                .pg
-                .query_text(LOAD_ERRORS_SQL)
-                .map(|(_, rows)| {
-                    rows.iter()
-                        .map(|r| r.join(" | "))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
-            bail!("Redshift COPY failed: {e:#}; load errors: {detail}");
-        }
-        // Report what the ledger recorded (rows rejected under MAXERROR included), not a guess.
+
+    /// What the ledger recorded for these jobs (rows rejected under MAXERROR included).
+    fn ledger_results(&mut self, jobs: &[LoadJob]) -> Result<Vec<LoadResult>> {
         let keys: Vec<String> = jobs.iter().map(|j| quote_literal(&j.key)).collect();
-        let (_, rows) = self.pg.query_text(&format!(
+        let (_, rows) = self.s.query_text(&format!(
             "SELECT key, rows_loaded, rows_rejected FROM {} WHERE key IN ({})",
-            self.names.qualified(&self.names.ledger),
+            self.s.names.qualified(&self.s.names.ledger),
             keys.join(", ")
         ))?;
         let mut results = Vec::new();
@@ -266,32 +260,64 @@ impl Warehouse for Redshift {
                 rejected,
             });
         }
+        Ok(results)
+    }
+}
+
+impl Warehouse for Redshift {
+    fn session(&mut self) -> &mut dyn SqlSession {
+        &mut self.s
+    }
+    fn names(&self) -> &Names {
+        &self.s.names
+    }
+    fn describe(&self) -> String {
+        format!("redshift {}", self.s.describe())
+    }
+    fn try_lock(&mut self, _name: &str) -> Result<bool> {
+        // Redshift has no advisory locks: `LOCK ledger` inside the load transaction serialises.
+        Ok(true)
+    }
+    fn lock_wait(&mut self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+    fn load(
+        &mut self,
+        jobs: &[LoadJob],
+        store: &dyn ObjectStore,
+        layout: &Layout,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(&LoadResult),
+    ) -> Result<Vec<LoadResult>> {
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut spec = self.spec.clone();
+        spec.max_errors = opts.max_errors;
+        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let manifest_key = format!("{COPY_MANIFESTS}{run_id}-{}.json", std::process::id());
+        spec.manifest_url = format!("{}/{manifest_key}", spec.archive_url.trim_end_matches('/'));
+        store
+            .put_bytes_if_absent(
+                &manifest_key,
+                copy_manifest(&spec.archive_url, jobs).as_bytes(),
+            )
+            .context("writing the COPY manifest")?;
+        let stmts = load_statements(&self.s.names, layout, &spec, jobs, false)?;
+        let inner: Vec<String> = stmts[1..stmts.len() - 1].to_vec();
+        if let Err(e) = self.s.run_in_transaction(&inner) {
+            let detail = self.load_errors();
+            bail!("Redshift COPY failed: {e:#}; load errors: {detail}");
+        }
+        let results = self.ledger_results(jobs)?;
         for r in &results {
             progress(r);
         }
         Ok(results)
     }
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String> {
-        match &self.spec {
-            Some(spec) => load_statements(&self.names, layout, spec, jobs, true)
-                .unwrap_or_else(|e| vec![format!("-- {e:#}")]),
-            None => vec!["-- Redshift needs an s3:// archive".into()],
-        }
-    }
-    fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()> {
-        self.pg.run_in_transaction(stmts)
-    }
-    fn execute(&mut self, sql: &str) -> Result<()> {
-        self.pg.execute(sql)
-    }
-    fn query_i64(&mut self, sql: &str) -> Result<Option<i64>> {
-        self.pg.query_i64(sql)
-    }
-    fn table_exists(&mut self, table: &str) -> Result<bool> {
-        self.pg.table_exists(table)
-    }
-    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
-        self.pg.query_text(sql)
+        load_statements(&self.s.names, layout, &self.spec, jobs, true)
+            .unwrap_or_else(|e| vec![format!("-- {e:#}")])
     }
 }
 

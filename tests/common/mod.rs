@@ -364,8 +364,8 @@ pub type Archived = BTreeMap<i32, Vec<(i64, i64, Vec<Vec<u8>>)>>;
 
 /// Decodes every archived data object back into messages, grouped by partition in offset order.
 pub fn archived_messages(store: &dyn batchlayer::archive::ObjectStore) -> Archived {
-    use batchlayer::commands::ingest::parse_object_key;
-    use batchlayer::config::Compression;
+    use batchlayer::archive::layout::parse_object_key;
+    use batchlayer::archive::layout::Compression;
     let mut out = Archived::new();
     for o in store.list("").unwrap() {
         if o.key.starts_with('_') {

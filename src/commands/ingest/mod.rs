@@ -1,0 +1,644 @@
+//! `ingest`: consume what the group has not archived, store it as immutable offset-named
+//! objects, write the run manifest, and only then commit offsets.
+//!
+//! Exactly-once rests on three rules:
+//! 1. an object's key is a pure function of its data (topic, partition, first/last offset,
+//!    first message's timestamp), and an existing key is never overwritten;
+//! 2. offsets are committed only after the objects and the manifest are stored;
+//! 3. before archiving a partition, the archive is listed, and offsets already covered by an
+//!    object (left by a run that died before its commit) are skipped and the commit repaired.
+//!
+//! `spool` frames and compresses a partition's records into a temp file, `upload` stores
+//! finished files on a worker thread, and this module runs the consumer's state machine.
+
+mod spool;
+mod upload;
+
+use crate::archive::layout::{self, Manifest, ObjectEntry, Rejected};
+use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
+use crate::cli::IngestArgs;
+use crate::config::{ArchiveSettings, Settings};
+use crate::output::Output;
+use crate::source::{Event, KafkaSource, Message, MessageSource, Mode};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use indicatif::ProgressBar;
+use serde::Serialize;
+use spool::Spool;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use upload::{Pending, Stored, Uploader};
+
+/// Per-run options (limits and mode) on top of the archive settings.
+#[derive(Debug, Clone, Default)]
+pub struct IngestOptions {
+    pub dry_run: bool,
+    pub max_messages: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_duration: Option<Duration>,
+    /// How long to wait for the group to assign partitions.
+    pub assignment_timeout: Duration,
+    /// Fail when assigned partitions deliver neither data nor end-of-partition for this long.
+    pub stall_timeout: Duration,
+    pub group: String,
+    /// Test hook: fail after storing objects and the manifest, before committing.
+    pub fail_before_commit: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct IngestSummary {
+    pub messages: u64,
+    pub bytes: u64,
+    pub partitions: usize,
+    pub objects: usize,
+    /// Messages found already archived by an earlier run (skipped, commit repaired).
+    pub skipped: u64,
+    pub rejected: u64,
+    pub seconds: f64,
+    pub dry_run: bool,
+    pub stopped_by: String,
+    pub object_list: Vec<ObjectEntry>,
+    pub manifest_key: Option<String>,
+    pub committed: BTreeMap<i32, i64>,
+}
+
+/// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
+pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
+    let kafka = s.require_kafka()?;
+    let store = archive_mod::open(&s.archive)?;
+    let mode = if a.dry_run {
+        Mode::AssignAll
+    } else {
+        Mode::Subscribe
+    };
+    let mut src = KafkaSource::connect(kafka, mode)?;
+    let opts = IngestOptions {
+        dry_run: a.dry_run,
+        max_messages: a.max_messages,
+        max_bytes: a.max_bytes,
+        max_duration: a.max_duration,
+        assignment_timeout: Duration::from_secs(60),
+        stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
+        group: s.kafka.group.clone(),
+        fail_before_commit: s.failpoint("ingest-before-commit"),
+    };
+    if a.dry_run {
+        let parts = src.partitions()?;
+        out.plan("partition  committed  end  lag");
+        for l in describe_lag(&src, &parts)? {
+            let c = l
+                .committed
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into());
+            out.plan(&format!("{}  {c}  {}  {}", l.partition, l.end, l.lag));
+        }
+    }
+    let sum = run(&mut src, store.as_ref(), &s.archive, &opts, out)?;
+    if a.dry_run {
+        for o in &sum.object_list {
+            out.plan(&format!("would write {} ({} records)", o.key, o.records));
+        }
+    }
+    out.summary(
+        &format!(
+            "ingest{}: {} messages ({}), {} partitions, {} objects, {} skipped, {} rejected, {:.1}s",
+            if sum.dry_run { " (dry run)" } else { "" },
+            sum.messages,
+            indicatif::HumanBytes(sum.bytes),
+            sum.partitions,
+            sum.objects,
+            sum.skipped,
+            sum.rejected,
+            sum.seconds
+        ),
+        &serde_json::to_value(&sum)?,
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct PartState {
+    /// Archived (first, last) ranges at or after where this run started, from the listing.
+    archived: Option<Vec<(i64, i64)>>,
+    spool: Option<Spool>,
+    /// The offset to commit: one past the last message handled.
+    next_commit: Option<i64>,
+}
+
+/// One run's state: partitions, their spools, stored objects, and where the group stands.
+struct Run<'a> {
+    store: &'a dyn ObjectStore,
+    settings: &'a ArchiveSettings,
+    opts: &'a IngestOptions,
+    topic: String,
+    out: &'a Output,
+    parts: BTreeMap<i32, PartState>,
+    listing: Option<Vec<(i32, i64, i64)>>,
+    objects: Vec<ObjectEntry>,
+    rejected: Vec<Rejected>,
+    summary: IngestSummary,
+    uploader: Uploader,
+    /// The current assignment; None while waiting for one.
+    assigned: Option<BTreeSet<i32>>,
+    eof: BTreeSet<i32>,
+    started: Instant,
+    assign_wait_start: Instant,
+    last_progress: Instant,
+    pb: ProgressBar,
+}
+
+impl Run<'_> {
+    /// Takes the results of finished uploads; the first failure fails the run.
+    fn collect_uploads(&mut self) -> Result<()> {
+        for r in self.uploader.finished() {
+            self.stored(r)?;
+        }
+        Ok(())
+    }
+
+    fn stored(&mut self, r: Stored) -> Result<()> {
+        let (entry, outcome) = r?;
+        match outcome {
+            PutOutcome::Created => self
+                .out
+                .debug(&format!("stored {} ({} records)", entry.key, entry.records)),
+            // Same name means same data (the name is a function of the offsets).
+            PutOutcome::AlreadyExists => self.out.warn(&format!(
+                "{} already exists; kept the stored object",
+                entry.key
+            )),
+        }
+        self.objects.push(entry);
+        Ok(())
+    }
+
+    /// Queues an object for the worker (blocks while the queue is full).
+    fn upload(&mut self, p: Pending) -> Result<()> {
+        self.collect_uploads()?;
+        if let Err(e) = self.uploader.send(p) {
+            // The worker is gone: report its error if it left one.
+            self.collect_uploads()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits for every queued object to be stored; fails on the first upload that failed.
+    fn finish_uploads(&mut self) -> Result<()> {
+        for r in self.uploader.close_and_wait() {
+            self.stored(r)?;
+        }
+        Ok(())
+    }
+
+    fn archived_for(&mut self, p: i32) -> Result<&Vec<(i64, i64)>> {
+        if self.listing.is_none() {
+            let prefix = layout::list_prefix(&self.settings.key_template, &self.topic);
+            let listed = self.store.list(&prefix).with_context(|| {
+                format!(
+                    "listing the archive {} for reconciliation",
+                    self.store.describe()
+                )
+            })?;
+            let mut v = Vec::new();
+            for o in listed {
+                if let Some((t, part, first, last)) = layout::parse_object_key(&o.key) {
+                    if t == self.topic {
+                        v.push((part, first, last));
+                    }
+                }
+            }
+            self.listing = Some(v);
+        }
+        let listing = self.listing.as_ref().expect("listed");
+        let st = self.parts.entry(p).or_default();
+        if st.archived.is_none() {
+            let mut r: Vec<(i64, i64)> = listing
+                .iter()
+                .filter(|x| x.0 == p)
+                .map(|x| (x.1, x.2))
+                .collect();
+            r.sort_unstable();
+            st.archived = Some(r);
+        }
+        Ok(st.archived.as_ref().expect("set"))
+    }
+
+    fn on_message(&mut self, m: Message) -> Result<()> {
+        let p = m.partition;
+        let covered = self
+            .archived_for(p)?
+            .iter()
+            .any(|&(f, l)| f <= m.offset && m.offset <= l);
+        if covered {
+            // Already archived by a run that died before committing: skip, and cut the
+            // current object here so no object spans the gap.
+            self.flush_partition(p)?;
+            let st = self.parts.get_mut(&p).expect("state");
+            st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
+            self.summary.skipped += 1;
+            return Ok(());
+        }
+        let Some(payload) = m.payload.as_deref() else {
+            self.rejected.push(Rejected {
+                partition: p,
+                offset: m.offset,
+                reason: "null payload (tombstone)".into(),
+            });
+            let st = self.parts.get_mut(&p).expect("state");
+            st.next_commit = Some(m.offset + 1);
+            return Ok(());
+        };
+        let len = payload.len() as u64;
+        let c = self.settings.compression;
+        let st = self.parts.get_mut(&p).expect("state");
+        if st.spool.is_none() {
+            st.spool = Some(Spool::new(&m, c, self.opts.dry_run)?);
+        }
+        let sp = st.spool.as_mut().expect("spool");
+        sp.append(m.offset, payload)?;
+        st.next_commit = Some(m.offset + 1);
+        let rotate = sp.uncompressed >= self.settings.max_object_bytes
+            || (self.settings.max_object_records > 0
+                && sp.records >= self.settings.max_object_records);
+        self.summary.messages += 1;
+        self.summary.bytes += len;
+        if rotate {
+            self.flush_partition(p)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the partition's open spool as an object (or, in a dry run, plans it).
+    fn flush_partition(&mut self, p: i32) -> Result<()> {
+        let Some(sp) = self.parts.get_mut(&p).and_then(|st| st.spool.take()) else {
+            return Ok(());
+        };
+        let c = self.settings.compression;
+        let name = layout::object_file_name(&self.topic, p, sp.first, sp.last, c);
+        let dir = layout::folder(
+            &self.settings.key_template,
+            &self.topic,
+            sp.first_ts,
+            self.settings.utc_offset_secs,
+        );
+        let key = layout::object_key(&dir, &name);
+        let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
+        let done = sp.finish()?;
+        let dry = self.opts.dry_run;
+        let entry = ObjectEntry {
+            key: key.clone(),
+            topic: self.topic.clone(),
+            partition: p,
+            first_offset: first,
+            last_offset: last,
+            records,
+            bytes: if dry { 0 } else { done.bytes },
+            uncompressed_bytes: uncompressed,
+            sha256: if dry { String::new() } else { done.sha256 },
+            compression: c,
+        };
+        if dry {
+            self.objects.push(entry);
+            return Ok(());
+        }
+        self.upload(Pending {
+            key,
+            file: done.file,
+            entry,
+        })
+    }
+
+    /// Why the run stops now, if it does; fails when no assignment came in time.
+    fn stop_reason(&self) -> Result<Option<&'static str>> {
+        if let Some(a) = &self.assigned {
+            if a.iter().all(|p| self.eof.contains(p)) {
+                return Ok(Some("end of partitions"));
+            }
+        } else if self.assign_wait_start.elapsed() > self.opts.assignment_timeout {
+            bail!(
+                "no partitions of topic {} were assigned to group {} within {}s (is the group coordinator up?)",
+                self.topic,
+                self.opts.group,
+                self.opts.assignment_timeout.as_secs()
+            );
+        }
+        let o = self.opts;
+        Ok(
+            if o.max_messages.is_some_and(|n| self.summary.messages >= n) {
+                Some("--max-messages")
+            } else if o.max_bytes.is_some_and(|n| self.summary.bytes >= n) {
+                Some("--max-bytes")
+            } else if o.max_duration.is_some_and(|d| self.started.elapsed() >= d) {
+                Some("--max-duration")
+            } else {
+                None
+            },
+        )
+    }
+
+    /// Polls until every assigned partition is at its end or a limit is reached.
+    fn consume(&mut self, source: &mut dyn MessageSource) -> Result<&'static str> {
+        loop {
+            if let Some(why) = self.stop_reason()? {
+                self.pb.finish_and_clear();
+                return Ok(why);
+            }
+            let ev = source.poll(Duration::from_millis(200))?;
+            if !matches!(ev, Event::Idle) {
+                self.last_progress = Instant::now();
+            }
+            match ev {
+                Event::Message(m) => self.on_message_event(m)?,
+                // Make sure the reconciliation covered this partition even with no new messages.
+                Event::Eof(p) => {
+                    self.eof.insert(p);
+                }
+                Event::Assigned(ps) => self.on_assigned(source, ps),
+                Event::Revoked(ps) => self.on_revoked(&ps),
+                Event::Idle => self.check_stall()?,
+            }
+        }
+    }
+
+    fn on_message_event(&mut self, m: Message) -> Result<()> {
+        if !self
+            .assigned
+            .as_ref()
+            .is_some_and(|a| a.contains(&m.partition))
+        {
+            return Ok(());
+        }
+        self.on_message(m)?;
+        if self.summary.messages.is_multiple_of(1024) {
+            self.collect_uploads()?;
+            // The lag comes from the broker's high watermarks, which some brokers (tansu)
+            // report short: never show a position past the total.
+            if self.pb.length().is_some_and(|l| l < self.summary.messages) {
+                self.pb.set_length(self.summary.messages);
+            }
+            self.pb.set_position(self.summary.messages);
+            self.pb.set_message(format!(
+                "messages, {}",
+                indicatif::HumanBytes(self.summary.bytes)
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_assigned(&mut self, source: &dyn MessageSource, ps: Vec<i32>) {
+        self.out.debug(&format!("assigned partitions {ps:?}"));
+        self.listing = None;
+        for p in &ps {
+            self.parts.entry(*p).or_default().archived = None;
+        }
+        if self.opts.dry_run || self.out.interactive {
+            self.pb.finish_and_clear();
+            self.pb = self.out.progress(lag(source, &ps), "ingest", false);
+        }
+        self.assigned = Some(ps.into_iter().collect());
+    }
+
+    fn on_revoked(&mut self, ps: &[i32]) {
+        self.out.debug(&format!(
+            "partitions {ps:?} revoked; dropping their uncommitted data"
+        ));
+        for p in ps {
+            // Objects already stored stay (the next owner skips them); the spool is dropped.
+            if let Some(sp) = self.parts.remove(p).and_then(|st| st.spool) {
+                self.summary.messages -= sp.records;
+                self.summary.bytes -= sp.payload_bytes;
+            }
+            self.eof.remove(p);
+        }
+        self.rejected.retain(|r| !ps.contains(&r.partition));
+        // An assignment follows every revocation; wait for it before judging "done".
+        self.assigned = None;
+        self.assign_wait_start = Instant::now();
+    }
+
+    /// Fails the run when assigned partitions deliver nothing for the stall timeout.
+    fn check_stall(&self) -> Result<()> {
+        let Some(a) = &self.assigned else {
+            return Ok(());
+        };
+        if self.last_progress.elapsed() <= self.opts.stall_timeout {
+            return Ok(());
+        }
+        let waiting: Vec<String> = a
+            .iter()
+            .filter(|p| !self.eof.contains(p))
+            .map(|p| match self.parts.get(p).and_then(|s| s.next_commit) {
+                Some(o) => format!("{p} (at offset {o})"),
+                None => format!("{p} (at its committed offset)"),
+            })
+            .collect();
+        bail!(
+            "topic {}: partitions {} delivered neither data nor end-of-partition for {}s; \
+             the broker may be failing to serve that offset (nothing was committed)",
+            self.topic,
+            waiting.join(", "),
+            self.opts.stall_timeout.as_secs()
+        )
+    }
+
+    /// Stores the rejected messages' list, if any; returns its key.
+    fn store_rejected(&self, run_id: &str) -> Result<Option<String>> {
+        if self.rejected.is_empty() {
+            return Ok(None);
+        }
+        let key = layout::rejected_key(&self.topic, run_id);
+        if !self.opts.dry_run {
+            let mut body = Vec::new();
+            for r in &self.rejected {
+                serde_json::to_writer(&mut body, r)?;
+                body.push(b'\n');
+            }
+            self.store
+                .put_bytes_if_absent(&key, &body)
+                .with_context(|| format!("storing {key}"))?;
+        }
+        Ok(Some(key))
+    }
+
+    /// Stores the run manifest, if the run stored anything; returns its key.
+    fn store_manifest(
+        &self,
+        run_id: &str,
+        started_at: DateTime<Utc>,
+        rejected_key: Option<String>,
+    ) -> Result<Option<String>> {
+        if self.objects.is_empty() && rejected_key.is_none() {
+            return Ok(None);
+        }
+        let m = Manifest {
+            run_id: run_id.to_string(),
+            topic: self.topic.clone(),
+            group: self.opts.group.clone(),
+            started_at: started_at.to_rfc3339(),
+            finished_at: Utc::now().to_rfc3339(),
+            objects: self.objects.clone(),
+            rejected_key,
+            rejected: self.rejected.len() as u64,
+        };
+        let key = layout::manifest_key(&self.topic, run_id);
+        if !self.opts.dry_run {
+            self.store
+                .put_bytes_if_absent(&key, &serde_json::to_vec_pretty(&m)?)
+                .with_context(|| format!("storing manifest {key}"))?;
+        }
+        Ok(Some(key))
+    }
+
+    /// Stores what is left, the rejects and the manifest, then commits: the order that makes
+    /// a crash at any point safe.
+    fn finish(
+        mut self,
+        source: &mut dyn MessageSource,
+        started_at: DateTime<Utc>,
+        stopped_by: &str,
+    ) -> Result<IngestSummary> {
+        let part_ids: Vec<i32> = self.parts.keys().copied().collect();
+        for p in &part_ids {
+            self.flush_partition(*p)?;
+        }
+        self.finish_uploads()?;
+        let run_id = layout::run_id(started_at);
+        let rejected_key = self.store_rejected(&run_id)?;
+        let manifest_key = self.store_manifest(&run_id, started_at, rejected_key)?;
+        let commits: Vec<(i32, i64)> = self
+            .parts
+            .iter()
+            .filter_map(|(p, st)| st.next_commit.map(|o| (*p, o)))
+            .collect();
+        if !self.opts.dry_run {
+            if self.opts.fail_before_commit {
+                bail!("failpoint: stopping after storing objects, before committing offsets");
+            }
+            source.commit(&commits).context(
+                "objects are stored but the offset commit failed; the next run recognises them and will not duplicate them",
+            )?;
+        }
+        let mut sum = self.summary;
+        sum.committed = commits.into_iter().collect();
+        sum.rejected = self.rejected.len() as u64;
+        sum.partitions = self.assigned.map(|a| a.len()).unwrap_or(0);
+        sum.objects = self.objects.len();
+        sum.object_list = self.objects;
+        sum.manifest_key = manifest_key;
+        sum.stopped_by = stopped_by.to_string();
+        sum.seconds = self.started.elapsed().as_secs_f64();
+        Ok(sum)
+    }
+}
+
+/// Runs one bounded ingest over a source and a store.
+pub fn run(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    settings: &ArchiveSettings,
+    opts: &IngestOptions,
+    out: &Output,
+) -> Result<IngestSummary> {
+    let (uploader, end) = upload::channel();
+    // A revocation waits until objects of the revoked partitions are stored.
+    let waiter = uploader.gate.clone();
+    source.set_revoke_barrier(Arc::new(move || waiter.wait_idle()));
+    let r = std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("upload".into())
+            .spawn_scoped(s, move || {
+                upload::worker(store, end.queue, end.results, end.gate)
+            })
+            .context("starting the upload thread")?;
+        let r = run_with(source, store, settings, opts, out, uploader);
+        // On success the queue is already closed and drained; on failure, dropping `run_with`'s
+        // uploader closed it, and the worker ends after the object it is storing.
+        if worker.join().is_err() {
+            return Err(anyhow!("the upload thread panicked"));
+        }
+        r
+    });
+    source.set_revoke_barrier(Arc::new(|| {}));
+    r
+}
+
+fn run_with(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    settings: &ArchiveSettings,
+    opts: &IngestOptions,
+    out: &Output,
+    uploader: Uploader,
+) -> Result<IngestSummary> {
+    let started_at = Utc::now();
+    let now = Instant::now();
+    if !opts.dry_run {
+        store.check()?;
+    }
+    source.start()?;
+    let mut run = Run {
+        store,
+        settings,
+        opts,
+        topic: source.topic().to_string(),
+        out,
+        parts: BTreeMap::new(),
+        listing: None,
+        objects: Vec::new(),
+        rejected: Vec::new(),
+        summary: IngestSummary {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        },
+        uploader,
+        assigned: None,
+        eof: BTreeSet::new(),
+        started: now,
+        assign_wait_start: now,
+        last_progress: now,
+        pb: out.progress(0, "ingest", false),
+    };
+    let stopped_by = run.consume(source)?;
+    run.finish(source, started_at, stopped_by)
+}
+
+/// Total lag over these partitions from committed offsets and high watermarks (display only).
+fn lag(source: &dyn MessageSource, ps: &[i32]) -> u64 {
+    let committed = source.committed(ps).unwrap_or_default();
+    ps.iter()
+        .map(|p| {
+            let (lo, hi) = source.watermarks(*p).unwrap_or((0, 0));
+            let c = committed.get(p).copied().flatten().unwrap_or(lo);
+            (hi - c).max(0) as u64
+        })
+        .sum()
+}
+
+/// One partition's position, for --dry-run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    pub committed: Option<i64>,
+    /// The high watermark as the broker reports it.
+    pub end: i64,
+    pub lag: i64,
+}
+
+/// Per-partition committed offset, end offset and lag, for --dry-run.
+pub fn describe_lag(source: &dyn MessageSource, ps: &[i32]) -> Result<Vec<PartitionLag>> {
+    let committed = source.committed(ps)?;
+    let mut v = Vec::new();
+    for p in ps {
+        let (lo, hi) = source.watermarks(*p)?;
+        let c = committed.get(p).copied().flatten();
+        v.push(PartitionLag {
+            partition: *p,
+            committed: c,
+            end: hi,
+            lag: (hi - c.unwrap_or(lo)).max(0),
+        });
+    }
+    Ok(v)
+}

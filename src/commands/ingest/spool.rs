@@ -1,0 +1,132 @@
+//! The spool: one partition's records framed and compressed into a local temp file, so
+//! memory stays bounded whatever the object size.
+
+use crate::archive::Compression;
+use crate::records::frame_into;
+use crate::source::Message;
+use crate::util::Tally;
+use anyhow::{Context, Result};
+use std::io::{BufWriter, Write};
+
+type Sink = Tally<BufWriter<std::fs::File>>;
+
+/// Compressors get 128 KiB writes, not one call per record: per-call overhead dominates otherwise.
+const ENC_BUF: usize = 128 << 10;
+
+enum Encoder {
+    Plain(Sink),
+    Gzip(BufWriter<flate2::write::GzEncoder<Sink>>),
+    Zstd(BufWriter<zstd::stream::write::Encoder<'static, Sink>>),
+}
+
+impl Encoder {
+    fn new(sink: Sink, c: Compression) -> Result<Self> {
+        Ok(match c {
+            Compression::None => Encoder::Plain(sink),
+            Compression::Gzip => Encoder::Gzip(BufWriter::with_capacity(
+                ENC_BUF,
+                flate2::write::GzEncoder::new(sink, flate2::Compression::fast()),
+            )),
+            Compression::Zstd => Encoder::Zstd(BufWriter::with_capacity(
+                ENC_BUF,
+                zstd::stream::write::Encoder::new(sink, 3)?,
+            )),
+        })
+    }
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(w) => w,
+            Encoder::Zstd(w) => w,
+        }
+    }
+    fn finish(self) -> Result<Sink> {
+        let mut s = match self {
+            Encoder::Plain(w) => w,
+            Encoder::Gzip(w) => w.into_inner().map_err(|e| e.into_error())?.finish()?,
+            Encoder::Zstd(w) => w.into_inner().map_err(|e| e.into_error())?.finish()?,
+        };
+        s.flush()?;
+        Ok(s)
+    }
+}
+
+/// Records of one partition being written to a local spool file.
+pub struct Spool {
+    pub first: i64,
+    pub last: i64,
+    pub first_ts: Option<i64>,
+    pub records: u64,
+    pub uncompressed: u64,
+    pub payload_bytes: u64,
+    file: tempfile::TempPath,
+    enc: Option<Encoder>,
+    buf: Vec<u8>,
+    /// A dry run frames and counts, but writes nothing.
+    dry_run: bool,
+}
+
+/// A finished spool file: its stored size and sha256.
+pub struct Finished {
+    pub file: tempfile::TempPath,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl Spool {
+    pub fn new(m: &Message, c: Compression, dry_run: bool) -> Result<Self> {
+        let (file, path) = tempfile::NamedTempFile::new()
+            .context("creating spool file in the temp directory")?
+            .into_parts();
+        let sink = Tally::hashing(BufWriter::with_capacity(256 << 10, file));
+        let enc = Encoder::new(sink, if dry_run { Compression::None } else { c })?;
+        Ok(Spool {
+            first: m.offset,
+            last: m.offset,
+            first_ts: m.timestamp_ms,
+            records: 0,
+            uncompressed: 0,
+            payload_bytes: 0,
+            file: path,
+            enc: Some(enc),
+            buf: Vec::with_capacity(4096),
+            dry_run,
+        })
+    }
+
+    pub fn append(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
+        self.buf.clear();
+        frame_into(payload, &mut self.buf);
+        if !self.dry_run {
+            self.enc
+                .as_mut()
+                .expect("open spool")
+                .writer()
+                .write_all(&self.buf)
+                .context("writing spool file (is the temp directory full?)")?;
+        }
+        self.uncompressed += self.buf.len() as u64;
+        self.payload_bytes += payload.len() as u64;
+        self.records += 1;
+        self.last = offset;
+        Ok(())
+    }
+
+    /// Closes the compressor and the file.
+    pub fn finish(mut self) -> Result<Finished> {
+        let sink = self
+            .enc
+            .take()
+            .expect("encoder")
+            .finish()
+            .context("finishing spool file")?;
+        let bytes = sink.bytes;
+        let (sha256, file) = sink.finish();
+        drop(file);
+        Ok(Finished {
+            file: self.file,
+            bytes,
+            sha256,
+        })
+    }
+}

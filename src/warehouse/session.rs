@@ -1,0 +1,193 @@
+//! What every SQL warehouse shares: a PostgreSQL-protocol session (PostgreSQL and Redshift
+//! both speak it), plain statements and transactions, and the error type that keeps the
+//! server's error (and its SQLSTATE) inspectable while printing as one line.
+
+use super::{quote_ident, Names};
+use crate::config::{redact_url, WarehouseSettings};
+use anyhow::Result;
+use postgres::{Client, NoTls};
+use std::fmt::{self, Display};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Generic SQL plumbing, the same for every dialect.
+pub trait SqlSession {
+    /// Where it points (no secrets).
+    fn describe(&self) -> String;
+    /// Runs statements in one transaction.
+    fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()>;
+    /// Runs one statement outside a transaction block.
+    fn execute(&mut self, sql: &str) -> Result<()>;
+    /// Runs a query returning one bigint (NULL as None).
+    fn query_i64(&mut self, sql: &str) -> Result<Option<i64>>;
+    /// Whether schema.table exists.
+    fn table_exists(&mut self, table: &str) -> Result<bool>;
+    /// Runs a query and returns column names and rows as text.
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)>;
+}
+
+/// A server error, kept whole: `code()` gives its SQLSTATE; Display is one line without
+/// connection parameters.
+#[derive(Debug)]
+pub struct SqlError(pub postgres::Error);
+
+impl SqlError {
+    /// The SQLSTATE, when the server sent one.
+    pub fn code(&self) -> Option<&postgres::error::SqlState> {
+        self.0.code()
+    }
+}
+
+impl Display for SqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&pg_reason(&self.0))
+    }
+}
+
+// The reason (Display) already holds the whole cause chain, so no `source` is given: the
+// one-line error would otherwise repeat it.
+impl std::error::Error for SqlError {}
+
+/// Wraps a postgres error as [`SqlError`] with context.
+pub trait SqlContext<T> {
+    fn sql(self, context: impl Display) -> Result<T>;
+    fn sql_with<C: Display>(self, context: impl FnOnce() -> C) -> Result<T>;
+    /// No context: the server's reason alone.
+    fn sql_bare(self) -> Result<T>;
+}
+
+impl<T> SqlContext<T> for Result<T, postgres::Error> {
+    fn sql(self, context: impl Display) -> Result<T> {
+        self.map_err(|e| anyhow::Error::new(SqlError(e)).context(context.to_string()))
+    }
+    fn sql_with<C: Display>(self, context: impl FnOnce() -> C) -> Result<T> {
+        self.map_err(|e| anyhow::Error::new(SqlError(e)).context(context().to_string()))
+    }
+    fn sql_bare(self) -> Result<T> {
+        self.map_err(|e| anyhow::Error::new(SqlError(e)))
+    }
+}
+
+/// The server's message (or the I/O reason), one line, without connection parameters.
+pub fn pg_reason(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(c) = src {
+        s = format!("{s}: {c}");
+        src = c.source();
+    }
+    s
+}
+
+/// Opens a client; the error names the server, never the password.
+pub fn open_client(w: &WarehouseSettings) -> Result<(Client, String)> {
+    let shown = redact_url(&w.url);
+    let mut cfg = postgres::Config::from_str(&w.url).map_err(|_| {
+        crate::error::Error::config(format!(
+            "warehouse.url {shown} is not a valid PostgreSQL URL"
+        ))
+    })?;
+    if let Some(p) = &w.password {
+        cfg.password(p.expose());
+    }
+    cfg.connect_timeout(Duration::from_secs(10));
+    cfg.application_name("batchlayer");
+    let client = cfg
+        .connect(NoTls)
+        .sql_with(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    Ok((client, shown))
+}
+
+/// A session on a PostgreSQL-protocol server, with the configured table names.
+pub struct PgSession {
+    pub client: Client,
+    pub names: Names,
+    /// The URL with any password masked.
+    pub url: String,
+}
+
+impl PgSession {
+    pub fn connect(w: &WarehouseSettings, names: Names) -> Result<Self> {
+        let (client, url) = open_client(w)?;
+        Ok(PgSession { client, names, url })
+    }
+}
+
+impl SqlSession for PgSession {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()> {
+        let mut tx = self.client.transaction().sql_bare()?;
+        for s in stmts {
+            tx.batch_execute(s).sql_with(|| first_line(s))?;
+        }
+        tx.commit().sql("commit")
+    }
+
+    fn execute(&mut self, sql: &str) -> Result<()> {
+        self.client.batch_execute(sql).sql_with(|| first_line(sql))
+    }
+
+    fn query_i64(&mut self, sql: &str) -> Result<Option<i64>> {
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .sql_with(|| first_line(sql))?;
+        Ok(row.get::<_, Option<i64>>(0))
+    }
+
+    fn table_exists(&mut self, table: &str) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+                &[&self.names.schema, &table],
+            )
+            .sql_with(|| format!("checking table {table}"))?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        let stmt = self.client.prepare(sql).sql_bare()?;
+        let cols: Vec<String> = stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        // Cast every column to text on the server so any type prints.
+        let casts: Vec<String> = cols
+            .iter()
+            .map(|c| format!("{}::text", quote_ident(c)))
+            .collect();
+        let sql_text = format!("SELECT {} FROM ({sql}) AS q", casts.join(", "));
+        let rows = self.client.query(&sql_text, &[]).sql_bare()?;
+        let data = rows
+            .iter()
+            .map(|r| {
+                (0..cols.len())
+                    .map(|i| {
+                        r.get::<_, Option<String>>(i)
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((cols, data))
+    }
+}
+
+/// The first non-empty line of a statement, for messages.
+pub fn first_line(sql: &str) -> String {
+    sql.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(80)
+        .collect()
+}
