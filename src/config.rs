@@ -70,6 +70,18 @@ pub struct KafkaFile {
     pub sasl_password: Option<Secret>,
     /// Fail a run whose partitions deliver neither data nor end-of-partition for this many seconds (default 60).
     pub stall_timeout_secs: Option<u64>,
+    /// ssl.ca.location: CA certificate(s) (PEM) that sign the brokers' certificates.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// ssl.certificate.location: client certificate (PEM) for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// ssl.key.location: the client certificate's private key (PEM).
+    pub ssl_key_location: Option<PathBuf>,
+    /// Secret; BATCHLAYER_KAFKA_SSL_KEY_PASSWORD overrides.
+    pub ssl_key_password: Option<Secret>,
+    /// Check that the broker's certificate names the host (default true).
+    pub ssl_endpoint_identification: Option<bool>,
+    /// Further librdkafka properties, passed as given (e.g. sasl.oauthbearer.*).
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +96,10 @@ pub struct ArchiveFile {
     pub access_key_id: Option<String>,
     /// Secret; AWS_SECRET_ACCESS_KEY overrides.
     pub secret_access_key: Option<Secret>,
+    /// Secret (temporary credentials); AWS_SESSION_TOKEN overrides.
+    pub session_token: Option<Secret>,
+    /// Profile of the shared AWS files when no keys are given; AWS_PROFILE overrides.
+    pub profile: Option<String>,
     /// none, gzip (default) or zstd.
     pub compression: Option<String>,
     /// Rotate objects at this many uncompressed bytes (default 128 MiB).
@@ -113,6 +129,11 @@ pub struct WarehouseFile {
     pub iam_role: Option<String>,
     /// Redshift: region of the archive bucket for COPY (default: the archive's region).
     pub region: Option<String>,
+    /// TLS as libpq's sslmode: disable, prefer (default), require, verify-ca, verify-full.
+    /// `?sslmode=` in the URL works too.
+    pub sslmode: Option<String>,
+    /// CA certificate(s) (PEM) for verify-ca and verify-full. `?sslrootcert=` works too.
+    pub sslrootcert: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,7 +185,7 @@ impl Env for HashMap<String, String> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub topic: String,
@@ -174,9 +195,18 @@ pub struct KafkaSettings {
     pub sasl_username: Option<String>,
     pub sasl_password: Option<Secret>,
     pub stall_timeout_secs: u64,
+    pub ssl_ca_location: Option<PathBuf>,
+    pub ssl_certificate_location: Option<PathBuf>,
+    pub ssl_key_location: Option<PathBuf>,
+    pub ssl_key_password: Option<Secret>,
+    /// None: librdkafka's default (check the host name).
+    pub ssl_endpoint_identification: Option<bool>,
+    /// Extra librdkafka properties; keys that hold secrets are never printed.
+    pub properties: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per run; boxing would only add noise
 pub enum ArchiveLocation {
     Local(PathBuf),
     S3 {
@@ -187,7 +217,23 @@ pub enum ArchiveLocation {
         path_style: bool,
         access_key_id: Option<String>,
         secret_access_key: Option<Secret>,
+        session_token: Option<Secret>,
+        /// Where to look when no keys are given (the AWS credential chain).
+        chain: AwsChain,
     },
+}
+
+/// The shared AWS files the credential chain reads, resolved from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct AwsChain {
+    /// AWS_PROFILE, archive.profile, else "default".
+    pub profile: Option<String>,
+    /// AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials.
+    pub credentials_file: PathBuf,
+    /// AWS_CONFIG_FILE, else ~/.aws/config.
+    pub config_file: PathBuf,
+    /// Ask EC2 instance metadata (off with AWS_EC2_METADATA_DISABLED=true).
+    pub instance_metadata: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +264,55 @@ pub struct WarehouseSettings {
     pub rejects_table: String,
     /// How Redshift COPY reads the archive (kind = "redshift" only).
     pub redshift: Option<RedshiftSettings>,
+    pub tls: PgTls,
+}
+
+/// libpq's sslmode values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    /// TLS if the server offers it, else plain (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, the certificate not checked.
+    Require,
+    /// TLS, the certificate's chain checked against the root certificate.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => bail!(
+                "sslmode {other:?} (expected disable, prefer, require, verify-ca or verify-full)"
+            ),
+        })
+    }
+}
+
+/// TLS to the warehouse.
+#[derive(Debug, Clone, Default)]
+pub struct PgTls {
+    pub mode: SslMode,
+    /// Root certificate(s) for verify-ca/verify-full; None: ~/.postgresql/root.crt as libpq.
+    pub root_cert: Option<PathBuf>,
 }
 
 /// What Redshift's COPY needs beyond the archive's location: plain data; the warehouse builds
@@ -396,7 +491,7 @@ pub fn validate_ident(what: &str, s: &str) -> Result<String> {
 /// Turns file, environment and flags into settings, one section at a time. Every error is a
 /// configuration error (exit 2).
 pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Settings, Error> {
-    let kafka = kafka_settings(&file.kafka, env, flags);
+    let kafka = kafka_settings(&file.kafka, env, flags).or_config()?;
     let archive = archive_settings(&file.archive, env, flags).or_config()?;
     let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive).or_config()?;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
@@ -414,8 +509,31 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
     })
 }
 
-fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> KafkaSettings {
-    KafkaSettings {
+fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> Result<KafkaSettings> {
+    for (key, p) in [
+        ("kafka.ssl_ca_location", &k.ssl_ca_location),
+        (
+            "kafka.ssl_certificate_location",
+            &k.ssl_certificate_location,
+        ),
+        ("kafka.ssl_key_location", &k.ssl_key_location),
+    ] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                bail!("{key} {}: no such file", p.display());
+            }
+        }
+    }
+    if let Some(p) = &k.security_protocol {
+        let ok = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+        if !ok.contains(&p.to_ascii_lowercase().as_str()) {
+            bail!(
+                "kafka.security_protocol {p:?} (expected one of {})",
+                ok.join(", ")
+            );
+        }
+    }
+    Ok(KafkaSettings {
         brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
             .unwrap_or_else(|| "127.0.0.1:9092".into()),
         // Only ingest needs a topic: `Settings::require_kafka` names it when missing.
@@ -432,7 +550,16 @@ fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> KafkaSetti
             .map(Secret)
             .or_else(|| k.sasl_password.clone()),
         stall_timeout_secs: k.stall_timeout_secs.unwrap_or(60).max(1),
-    }
+        ssl_ca_location: k.ssl_ca_location.clone(),
+        ssl_certificate_location: k.ssl_certificate_location.clone(),
+        ssl_key_location: k.ssl_key_location.clone(),
+        ssl_key_password: env
+            .var("BATCHLAYER_KAFKA_SSL_KEY_PASSWORD")
+            .map(Secret)
+            .or_else(|| k.ssl_key_password.clone()),
+        ssl_endpoint_identification: k.ssl_endpoint_identification,
+        properties: k.properties.clone().unwrap_or_default(),
+    })
 }
 
 /// Parses `archive.url`: `s3://bucket/prefix`, `file:///dir` or a plain path.
@@ -470,11 +597,34 @@ fn archive_location(
                     .var("AWS_SECRET_ACCESS_KEY")
                     .map(Secret)
                     .or_else(|| a.secret_access_key.clone()),
+                session_token: env
+                    .var("AWS_SESSION_TOKEN")
+                    .map(Secret)
+                    .or_else(|| a.session_token.clone()),
+                chain: aws_chain(a, env),
             })
         }
         _ => bail!(
             "archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)"
         ),
+    }
+}
+
+fn aws_chain(a: &ArchiveFile, env: &dyn Env) -> AwsChain {
+    let aws_dir = PathBuf::from(env.var("HOME").unwrap_or_default()).join(".aws");
+    AwsChain {
+        profile: env.var("AWS_PROFILE").or_else(|| a.profile.clone()),
+        credentials_file: env
+            .var("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| aws_dir.join("credentials")),
+        config_file: env
+            .var("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| aws_dir.join("config")),
+        instance_metadata: !env
+            .var("AWS_EC2_METADATA_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
     }
 }
 
@@ -548,6 +698,24 @@ fn warehouse_settings(
         &w.url,
     )
     .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
+    let (url, url_mode, url_root) = split_tls_params(&url)?;
+    let mode = match url_mode.or_else(|| w.sslmode.clone()) {
+        Some(m) => SslMode::parse(&m).context("warehouse sslmode")?,
+        None => SslMode::default(),
+    };
+    let mut root_cert = url_root
+        .map(PathBuf::from)
+        .or_else(|| w.sslrootcert.clone());
+    if root_cert.is_none() && matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        // libpq's default place.
+        let home = env.var("HOME").unwrap_or_default();
+        root_cert = Some(PathBuf::from(home).join(".postgresql/root.crt"));
+    }
+    if let Some(p) = &root_cert {
+        if mode != SslMode::Disable && !p.is_file() {
+            bail!("warehouse sslrootcert {}: no such file", p.display());
+        }
+    }
     let table = |key: &str, v: &Option<String>, default: &str| {
         validate_ident(&format!("warehouse.{key}"), v.as_deref().unwrap_or(default))
     };
@@ -558,6 +726,7 @@ fn warehouse_settings(
         },
         kind,
         url,
+        tls: PgTls { mode, root_cert },
         password: env
             .var("PGPASSWORD")
             .map(Secret)
@@ -638,6 +807,43 @@ fn parse_tz(s: &str) -> Result<i32> {
         bail!("archive.timezone {s:?} out of range");
     }
     Ok(sign * (h * 3600 + m * 60))
+}
+
+/// Takes libpq's `sslmode` and `sslrootcert` out of a warehouse URL or key=value string (the
+/// postgres crate knows only some sslmodes and no sslrootcert); returns the rest and both.
+pub fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>)> {
+    let (mut mode, mut root) = (None, None);
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut u = url::Url::parse(url).map_err(|_| {
+            anyhow!(
+                "warehouse.url {} is not a valid PostgreSQL URL",
+                redact_url(url)
+            )
+        })?;
+        let mut keep = Vec::new();
+        for (k, v) in u.query_pairs() {
+            match k.as_ref() {
+                "sslmode" => mode = Some(v.into_owned()),
+                "sslrootcert" => root = Some(v.into_owned()),
+                _ => keep.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if keep.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(keep);
+        }
+        return Ok((u.to_string(), mode, root));
+    }
+    let mut keep = Vec::new();
+    for part in url.split_whitespace() {
+        match part.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(v.to_string()),
+            Some(("sslrootcert", v)) => root = Some(v.to_string()),
+            _ => keep.push(part),
+        }
+    }
+    Ok((keep.join(" "), mode, root))
 }
 
 /// A URL with any password replaced by `***`, for messages.

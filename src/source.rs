@@ -11,6 +11,71 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// librdkafka properties that hold secrets: never shown.
+const SECRET_PROPERTIES: [&str; 3] = [
+    "sasl.password",
+    "ssl.key.password",
+    "sasl.oauthbearer.client.secret",
+];
+
+/// The client configuration every Kafka client of batchlayer shares: brokers, TLS and SASL,
+/// then the extra properties from `[kafka.properties]`.
+pub fn client_config(k: &KafkaSettings) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &k.brokers)
+        .set("log_level", "3");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let pairs: [(&str, Option<String>); 8] = [
+        ("security.protocol", k.security_protocol.clone()),
+        ("sasl.mechanism", k.sasl_mechanism.clone()),
+        ("sasl.username", k.sasl_username.clone()),
+        (
+            "sasl.password",
+            k.sasl_password.as_ref().map(|s| s.expose().to_string()),
+        ),
+        ("ssl.ca.location", k.ssl_ca_location.as_deref().map(path)),
+        (
+            "ssl.certificate.location",
+            k.ssl_certificate_location.as_deref().map(path),
+        ),
+        ("ssl.key.location", k.ssl_key_location.as_deref().map(path)),
+        (
+            "ssl.key.password",
+            k.ssl_key_password.as_ref().map(|s| s.expose().to_string()),
+        ),
+    ];
+    for (key, v) in pairs {
+        if let Some(v) = v {
+            cfg.set(key, v);
+        }
+    }
+    if let Some(check) = k.ssl_endpoint_identification {
+        cfg.set(
+            "ssl.endpoint.identification.algorithm",
+            if check { "https" } else { "none" },
+        );
+    }
+    for (key, v) in &k.properties {
+        cfg.set(key, v);
+    }
+    cfg
+}
+
+/// The client configuration as text with secrets masked (for -v and tests).
+pub fn describe_config(cfg: &ClientConfig) -> String {
+    cfg.config_map()
+        .into_iter()
+        .map(|(k, val)| {
+            if SECRET_PROPERTIES.contains(&k) || k.contains("secret") || k.contains("password") {
+                format!("{k}=***")
+            } else {
+                format!("{k}={val}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// One consumed message, owned.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -106,9 +171,8 @@ pub enum Mode {
 
 impl KafkaSource {
     pub fn connect(k: &KafkaSettings, mode: Mode) -> Result<Self> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &k.brokers)
-            .set("group.id", &k.group)
+        let mut cfg = client_config(k);
+        cfg.set("group.id", &k.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
@@ -121,20 +185,7 @@ impl KafkaSource {
             .set("fetch.wait.max.ms", "100")
             // Bound librdkafka's prefetch queue (default 64 MiB). Lowering queued.min.messages
             // as well flattened RSS but cut throughput 7x against tansu, so it stays default.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("log_level", "3");
-        if let Some(p) = &k.security_protocol {
-            cfg.set("security.protocol", p);
-        }
-        if let Some(m) = &k.sasl_mechanism {
-            cfg.set("sasl.mechanism", m);
-        }
-        if let Some(u) = &k.sasl_username {
-            cfg.set("sasl.username", u);
-        }
-        if let Some(p) = &k.sasl_password {
-            cfg.set("sasl.password", p.expose());
-        }
+            .set("queued.max.messages.kbytes", "16384");
         let consumer: BaseConsumer<Ctx> = cfg
             .create_with_context(Ctx::default())
             .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
@@ -411,11 +462,8 @@ mod tests {
             brokers: brokers.into(),
             topic: topic.into(),
             group: group.into(),
-            security_protocol: None,
-            sasl_mechanism: None,
-            sasl_username: None,
-            sasl_password: None,
             stall_timeout_secs: 60,
+            ..Default::default()
         }
     }
 

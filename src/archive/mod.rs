@@ -39,6 +39,10 @@ pub enum StoreError {
 pub trait ObjectStore: Send + Sync {
     /// Where this store points, for messages (no secrets).
     fn describe(&self) -> String;
+    /// Where its credentials came from, for -v (never the values).
+    fn credential_source(&self) -> Option<String> {
+        None
+    }
     /// Fails with a clear error when the store cannot be reached or written (missing bucket,
     /// wrong credentials, missing directory).
     fn check(&self) -> Result<()>;

@@ -1,7 +1,7 @@
 //! S3 (and S3-compatible) object store via rust-s3, synchronous.
 
 use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
-use crate::config::ArchiveLocation;
+use crate::config::{ArchiveLocation, AwsChain, Secret};
 use crate::error::Error;
 use crate::util::Tally;
 use anyhow::{anyhow, bail, Context, Result};
@@ -21,6 +21,110 @@ pub struct S3Store {
     name: String,
     prefix: String,
     endpoint: String,
+    /// Which credential source was used (never the values).
+    source: String,
+}
+
+/// The AWS credential chain, in the order AWS tools use: keys from the environment or the
+/// config file (with a session token), the profile in the shared credentials file, then in
+/// the config file, web identity (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE), container
+/// credentials (ECS/EKS), EC2 instance metadata; else anonymous. Returns the credentials and
+/// the name of their source. Temporary credentials carry their expiry, and rust-s3 refreshes
+/// them from the same source before a request once they have expired.
+fn credentials(
+    id: &Option<String>,
+    secret: &Option<Secret>,
+    token: &Option<Secret>,
+    chain: &AwsChain,
+) -> Result<(Credentials, String)> {
+    match (id, secret) {
+        (Some(id), Some(secret)) => {
+            let token = token.as_ref().map(|t| t.expose());
+            let c = Credentials::new(Some(id), Some(secret.expose()), None, token, None)
+                .map_err(|_| Error::config("invalid S3 credentials"))?;
+            let what = if token.is_some() {
+                "access keys with a session token"
+            } else {
+                "access keys"
+            };
+            return Ok((c, format!("{what} (environment or config file)")));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::config(
+                "S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            )
+            .into())
+        }
+    }
+    let profile = chain.profile.as_deref().unwrap_or("default");
+    if chain.credentials_file.is_file() {
+        if let Ok(c) = Credentials::from_credentials_file(&chain.credentials_file, Some(profile)) {
+            let f = chain.credentials_file.display();
+            return Ok((c, format!("profile {profile} in {f}")));
+        }
+    }
+    if let Some(c) = config_file_keys(&chain.config_file, profile)? {
+        let f = chain.config_file.display();
+        return Ok((c, format!("profile {profile} in {f}")));
+    }
+    if chain.profile.is_some() {
+        return Err(Error::config(format!(
+            "AWS profile {profile} has no keys in {} or {}",
+            chain.credentials_file.display(),
+            chain.config_file.display()
+        ))
+        .into());
+    }
+    if let Ok(c) = Credentials::from_sts_env("batchlayer") {
+        return Ok((
+            c,
+            "web identity (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)".into(),
+        ));
+    }
+    if let Ok(c) = Credentials::from_container_credentials_provider() {
+        return Ok((c, "container credentials endpoint".into()));
+    }
+    if chain.instance_metadata {
+        // Off EC2 (no EC2 hypervisor or board vendor) this fails at once, without a request.
+        if let Ok(c) = Credentials::from_instance_metadata_v2(false) {
+            return Ok((c, "EC2 instance metadata".into()));
+        }
+    }
+    let c = Credentials::anonymous().map_err(|_| anyhow!("S3 credentials"))?;
+    Ok((c, "none found: anonymous requests".into()))
+}
+
+/// Static keys of a profile in the AWS config file (`[default]` or `[profile NAME]`).
+fn config_file_keys(file: &Path, profile: &str) -> Result<Option<Credentials>> {
+    if !file.is_file() {
+        return Ok(None);
+    }
+    let ini = ini::Ini::load_from_file(file)
+        .map_err(|e| Error::config(format!("AWS config file {}: {e}", file.display())))?;
+    let section = if profile == "default" {
+        "default".to_string()
+    } else {
+        format!("profile {profile}")
+    };
+    let Some(sec) = ini.section(Some(section)) else {
+        return Ok(None);
+    };
+    let (Some(id), Some(secret)) = (
+        sec.get("aws_access_key_id"),
+        sec.get("aws_secret_access_key"),
+    ) else {
+        return Ok(None);
+    };
+    let c = Credentials::new(
+        Some(id),
+        Some(secret),
+        None,
+        sec.get("aws_session_token"),
+        None,
+    )
+    .map_err(|_| Error::config(format!("AWS config file {}: bad keys", file.display())))?;
+    Ok(Some(c))
 }
 
 impl S3Store {
@@ -33,23 +137,13 @@ impl S3Store {
             path_style,
             access_key_id,
             secret_access_key,
+            session_token,
+            chain,
         } = loc
         else {
             bail!("not an S3 location");
         };
-        let creds = match (access_key_id, secret_access_key) {
-            (Some(id), Some(secret)) => {
-                Credentials::new(Some(id), Some(secret.expose()), None, None, None)
-                    .map_err(|_| Error::config("invalid S3 credentials"))?
-            }
-            (None, None) => Credentials::anonymous().map_err(|_| anyhow!("S3 credentials"))?,
-            _ => {
-                return Err(Error::config(
-                    "S3 credentials need both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                )
-                .into())
-            }
-        };
+        let (creds, source) = credentials(access_key_id, secret_access_key, session_token, chain)?;
         let reg = match endpoint {
             Some(ep) => Region::Custom {
                 region: region.clone(),
@@ -69,6 +163,7 @@ impl S3Store {
             name: bucket.clone(),
             prefix: prefix.clone(),
             endpoint: endpoint.clone().unwrap_or_else(|| "aws".into()),
+            source,
         })
     }
 
@@ -178,6 +273,10 @@ fn xml_tag(body: &str, tag: &str) -> Option<String> {
 impl ObjectStore for S3Store {
     fn describe(&self) -> String {
         self.url("").trim_end_matches('/').to_string()
+    }
+
+    fn credential_source(&self) -> Option<String> {
+        Some(self.source.clone())
     }
 
     fn check(&self) -> Result<()> {

@@ -112,6 +112,9 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
 /// `batchlayer copy`: connects, runs, and prints the plan (dry run) and the summary.
 pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     let store = archive_mod::open(&s.archive)?;
+    if let Some(src) = store.credential_source() {
+        out.debug(&format!("S3 credentials: {src}"));
+    }
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let opts = CopyOptions {
         dry_run: a.dry_run,

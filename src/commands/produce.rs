@@ -64,9 +64,7 @@ pub fn exec(a: &ProduceArgs, s: &Settings, out: &Output) -> Result<()> {
 }
 
 fn client_config(k: &KafkaSettings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers).set("log_level", "3");
-    c
+    crate::source::client_config(k)
 }
 
 /// Creates the topic unless it exists.

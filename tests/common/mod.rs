@@ -322,11 +322,8 @@ fn produce_full(
         brokers: brokers.into(),
         topic: topic.into(),
         group: "unused".into(),
-        security_protocol: None,
-        sasl_mechanism: None,
-        sasl_username: None,
-        sasl_password: None,
         stall_timeout_secs: 60,
+        ..Default::default()
     };
     batchlayer::commands::produce::create_topic(&k, partitions).unwrap();
     let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()

@@ -67,6 +67,9 @@ pub struct IngestSummary {
 pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
     let kafka = s.require_kafka()?;
     let store = archive_mod::open(&s.archive)?;
+    if let Some(src) = store.credential_source() {
+        out.debug(&format!("S3 credentials: {src}"));
+    }
     let mode = if a.dry_run {
         Mode::AssignAll
     } else {
