@@ -13,7 +13,7 @@ fn tweets(n: u64, seed: u64) -> Vec<Option<Vec<u8>>> {
 
 /// A stack binary (tansu, s3s-fs): on PATH (tests/stack.sh puts ~/.cargo/bin there) or in
 /// cargo's bin directory.
-fn tool(name: &str) -> PathBuf {
+pub fn tool(name: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -27,7 +27,7 @@ fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{name} not found (tests/stack.sh installs it)"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,7 +35,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn wait_port(port: u16, what: &str) {
+pub fn wait_port(port: u16, what: &str) {
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -47,7 +47,7 @@ fn wait_port(port: u16, what: &str) {
 }
 
 /// A server process that is killed when dropped.
-struct Server(Child);
+pub struct Server(pub Child);
 
 impl Server {
     fn kill(&mut self) {
@@ -64,7 +64,7 @@ impl Drop for Server {
 
 impl Server {
     /// Starts a stack binary with these arguments and waits until it listens on `port`.
-    fn start(name: &str, args: &[&str], port: u16) -> Server {
+    pub fn start(name: &str, args: &[&str], port: u16) -> Server {
         let child = Command::new(tool(name))
             .args(args)
             .stdout(Stdio::null())
@@ -77,7 +77,7 @@ impl Server {
     }
 }
 
-fn start_s3(port: u16, dir: &Path) -> Server {
+pub fn start_s3(port: u16, dir: &Path) -> Server {
     let (port_s, access, secret) = (port.to_string(), s3_access(), s3_secret());
     let dir = dir.to_str().expect("utf-8 temp dir");
     let args = [

@@ -12,3 +12,4 @@ mod copy;
 mod e2e;
 mod failures;
 mod ingest;
+mod tls;

@@ -33,9 +33,17 @@ install_crate() {
   cargo install "$@" >&2
 }
 
-if ! command -v cc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
-  log "installing gcc and make"
-  apt-get update -qq >&2 && apt-get install -y -qq build-essential >&2
+# Build tools, OpenSSL headers (librdkafka and the PostgreSQL TLS connector link the system
+# OpenSSL), and the TLS tests' tools: the openssl CLI (certificates) and socat (TLS terminator).
+need=()
+command -v cc >/dev/null 2>&1 && command -v make >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 fi
 
 install_crate tansu 0.6.0 tansu --version 0.6.0 --locked --features dynostore
