@@ -140,3 +140,35 @@ fn shipped_example_configs_load() {
         }
     }
 }
+
+#[test]
+fn s3_configuration_mistakes_exit_2() {
+    // Half-set S3 credentials are a configuration mistake (exit 2), found before any request.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.toml");
+    std::fs::write(
+        &p,
+        "[kafka]\ntopic = \"t\"\n[archive]\nurl = \"s3://bucket/p\"\nendpoint = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = bl()
+        .env("AWS_ACCESS_KEY_ID", "only-the-id")
+        .args(["--config", &path_str(&p), "copy", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("AWS_SECRET_ACCESS_KEY"), "{err}");
+}
+
+#[test]
+fn flags_of_other_steps_are_refused() {
+    for args in [
+        ["copy", "--brokers", "x"],
+        ["aggregate", "--archive", "x"],
+        ["ingest", "--warehouse-url", "x"],
+    ] {
+        let out = bl().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+    }
+}

@@ -61,3 +61,32 @@ fn postgres_warehouse_conforms() {
         &bad,
     );
 }
+
+#[test]
+fn sql_errors_keep_their_sqlstate_and_print_as_one_line() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("sqlstate");
+    let s = w.settings();
+    let mut wh = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
+    let err = wh
+        .session()
+        .execute("SELECT * FROM no_such_table_here")
+        .unwrap_err();
+    let sql = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<batchlayer::warehouse::SqlError>())
+        .expect("the server's error is kept in the chain");
+    assert_eq!(
+        sql.code(),
+        Some(&postgres::error::SqlState::UNDEFINED_TABLE),
+        "{err:#}"
+    );
+    let line = format!("{err:#}");
+    assert!(
+        line.contains("no_such_table_here") && line.contains("42P01"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "{line}");
+}

@@ -75,6 +75,10 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
     } else {
         Mode::Subscribe
     };
+    out.debug(&format!(
+        "Kafka client: {}",
+        crate::source::describe_config(&crate::source::client_config(kafka))
+    ));
     let mut src = KafkaSource::connect(kafka, mode)?;
     let opts = IngestOptions {
         dry_run: a.dry_run,
