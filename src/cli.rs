@@ -4,7 +4,8 @@
 use crate::archive::layout::Compression;
 use crate::config::Overrides;
 use chrono::NaiveDateTime;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,6 +47,29 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses the command line, refusing a secret on it: argv shows in `ps` and in shell
+    /// history. (Exits 2, as every usage error.)
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command().get_matches();
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        if let Some(("copy" | "aggregate", sub)) = matches.subcommand() {
+            let from_argv = sub.value_source("warehouse_url") == Some(ValueSource::CommandLine);
+            let url = sub.get_one::<String>("warehouse_url");
+            if from_argv && url.is_some_and(|u| crate::config::url_has_password(u)) {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ValueValidation,
+                        "--warehouse-url holds a password, and a secret on the command line shows in ps and shell history: \
+                         put the password in PGPASSWORD or warehouse.password in the config file (chmod 600)",
+                    )
+                    .exit();
+            }
+        }
+        cli
+    }
 }
 
 /// Kafka connection options (ingest and produce-tweets).

@@ -411,6 +411,8 @@ pub struct Settings {
     pub ui: UiSettings,
     /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose.
     pub failpoint: Option<String>,
+    /// Warnings found while reading the configuration (printed once, unless -q).
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -433,7 +435,30 @@ impl Settings {
 pub fn load(flag: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result<Settings> {
     let (path, explicit) = config_path(flag, env);
     let file = load_file(&path, explicit).or_config()?;
-    Ok(resolve(file, env, overrides)?)
+    let exposed = secrets_exposed(&path, &file);
+    let mut s = resolve(file, env, overrides)?;
+    s.warnings.extend(exposed);
+    Ok(s)
+}
+
+/// A warning, as ssh gives for keys, when a config file that holds a secret can be read by
+/// group or others.
+fn secrets_exposed(path: &Path, f: &FileConfig) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let holds_secret = f.kafka.sasl_password.is_some()
+        || f.kafka.ssl_key_password.is_some()
+        || f.archive.secret_access_key.is_some()
+        || f.archive.session_token.is_some()
+        || f.warehouse.password.is_some()
+        || f.warehouse.url.as_deref().is_some_and(url_has_password);
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (holds_secret && mode & 0o077 != 0).then(|| {
+        format!(
+            "config file {} holds a secret and can be read by group or others (mode {mode:o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
 }
 
 /// Reads and parses the config file. A missing file is fine only when it was not asked for.
@@ -506,6 +531,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
             no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
         },
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
+        warnings: Vec::new(),
     })
 }
 
@@ -847,15 +873,49 @@ pub fn split_tls_params(url: &str) -> Result<(String, Option<String>, Option<Str
 }
 
 /// A URL with any password replaced by `***`, for messages.
+/// Every form: `user:pass@` in a URL, `?password=` in its query, and `password=` in a libpq
+/// key=value string.
 pub fn redact_url(u: &str) -> String {
-    match url::Url::parse(u) {
-        Ok(mut p) if p.password().is_some() => {
-            let _ = p.set_password(Some("***"));
-            p.to_string()
-        }
-        Ok(_) => u.to_string(),
-        Err(_) => "<unparsable url>".to_string(),
+    if !u.contains("://") {
+        return u
+            .split_whitespace()
+            .map(|part| match part.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => part.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
     }
+    let Ok(mut p) = url::Url::parse(u) else {
+        return "<unparsable url>".to_string();
+    };
+    if p.password().is_some() {
+        let _ = p.set_password(Some("***"));
+    }
+    if p.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = p
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        p.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    p.to_string()
+}
+
+fn is_secret_param(k: &str) -> bool {
+    k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("sslpassword")
+}
+
+/// Whether a warehouse URL (or key=value string) holds a password in any form.
+pub fn url_has_password(u: &str) -> bool {
+    redact_url(u) != u || u.contains("<unparsable")
 }
 
 #[cfg(test)]
@@ -953,6 +1013,24 @@ mod tests {
         let r = redact_url("postgresql://u:hunter2@h:5432/db");
         assert!(!r.contains("hunter2"));
         assert!(r.contains("***"));
+    }
+
+    #[test]
+    fn redact_hides_every_form_of_password() {
+        for u in [
+            "postgresql://u@h:5432/db?password=hunter2&sslmode=require",
+            "postgresql://u:hunter2@h/db?application_name=x",
+            "host=h user=u password=hunter2 dbname=db",
+        ] {
+            let r = redact_url(u);
+            assert!(!r.contains("hunter2") && r.contains("***"), "{r}");
+            assert!(url_has_password(u), "{u}");
+        }
+        let plain = "postgresql://u@h:5432/db?sslmode=require";
+        assert_eq!(redact_url(plain), plain);
+        assert!(!url_has_password(plain));
+        assert!(redact_url("postgresql://u@h/db?sslmode=require&password=x")
+            .contains("sslmode=require"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ use output::Output;
 pub fn run(cli: Cli) -> Result<()> {
     let s = config::load(cli.config.as_deref(), &cli.command.overrides(), &ProcessEnv)?;
     let out = Output::new(cli.quiet, cli.verbose, cli.json, s.ui.no_progress);
+    for w in &s.warnings {
+        out.warn(w);
+    }
     match &cli.command {
         Command::Ingest(a) => ingest::exec(a, &s, &out),
         Command::Copy(a) => copy::exec(a, &s, &out),

@@ -1,11 +1,10 @@
 //! Thin binary: parse, run, map the result to an exit code and one stderr line.
 
 use batchlayer::error::{code_for, to_exit, OK};
-use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = batchlayer::cli::Cli::parse();
+    let cli = batchlayer::cli::Cli::parse_args();
     match batchlayer::run(cli) {
         Ok(()) => to_exit(OK),
         Err(err) => {

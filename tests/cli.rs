@@ -172,3 +172,68 @@ fn flags_of_other_steps_are_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
     }
 }
+
+#[test]
+fn a_password_on_argv_is_refused_and_never_printed_in_any_form() {
+    // On the command line: refused before anything runs, naming where it belongs.
+    for url in [
+        "postgresql://u:argv-pw-1@127.0.0.1:1/db",
+        "postgresql://u@127.0.0.1:1/db?password=argv-pw-1",
+    ] {
+        let out = bl()
+            .args(["copy", "--warehouse-url", url])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("PGPASSWORD") && !err.contains("argv-pw-1"),
+            "{err}"
+        );
+    }
+    // From the environment it is allowed, and never printed, whatever its form.
+    for url in [
+        "postgresql://postgres@127.0.0.1:1/postgres?password=qpw-secret-2",
+        "postgresql://postgres:qpw-secret-2@127.0.0.1:1/postgres",
+    ] {
+        let out = bl()
+            .env("BATCHLAYER_WAREHOUSE_URL", url)
+            .env("BATCHLAYER_ARCHIVE_URL", "/nonexistent-archive")
+            .args(["copy"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+        assert!(
+            !err.contains("qpw-secret-2") && err.contains("***"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_config_file_with_a_secret_readable_by_others_gets_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cfgperm");
+    let p = w.config_path();
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("[warehouse]\n", "[warehouse]\npassword = \"file-pw-3\"\n");
+    let secret_file = w.dir.path().join("secret.toml");
+    std::fs::write(&secret_file, text).unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = bl()
+            .args(["--config", &path_str(&secret_file), "copy", "--dry-run"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert_eq!(err.contains("chmod 600"), warned, "mode {mode:o}: {err}");
+        assert!(!err.contains("file-pw-3"), "{err}");
+    }
+}

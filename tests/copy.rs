@@ -420,3 +420,43 @@ fn wrong_postgres_role_is_one_clear_line() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_bad_record_of_any_size_is_rejected_with_prefix_length_and_checksum() {
+    use sha2::Digest;
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cphuge");
+    // 300 kB without a delimiter (longer than the rejects table's raw column), then good rows.
+    let huge: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut payloads = vec![Some(huge.clone())];
+    payloads.extend(tweets(20, 9));
+    produce_raw(&brokers(), &w.topic, 1, &payloads);
+    w.run_ok(&["ingest"]);
+    let v = w.json(&["copy", "--max-errors", "1"]);
+    assert_eq!(
+        (v["rows"].as_u64(), v["rejects"].as_u64()),
+        (Some(20), Some(1)),
+        "{v}"
+    );
+    let row = pg()
+        .query_one(
+            &format!(
+                "SELECT length(raw), raw_bytes, raw_sha256, reason, line FROM {}.batchlayer_rejects",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap();
+    let (len, bytes, sha, reason, line): (i32, i64, String, String, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+    assert_eq!(len, 4096);
+    assert_eq!(bytes, 300_000);
+    assert_eq!(sha, hex::encode(sha2::Sha256::digest(&huge)));
+    assert_eq!(line, 1);
+    assert!(reason.contains("fields"), "{reason}");
+    // Nothing is stuck: the next run has nothing left to load and succeeds.
+    let v = w.json(&["copy", "--max-errors", "1"]);
+    assert_eq!(v["objects"], 0, "{v}");
+}

@@ -172,10 +172,17 @@ pub trait Warehouse {
         Ok(true)
     }
 
-    /// Creates schema, raw, ledger and rejects tables if missing.
+    /// Statements that bring tables made by an older batchlayer up to date (idempotent).
+    fn upgrade_statements(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Creates schema, raw, ledger and rejects tables if missing, and upgrades old ones.
     fn ensure_tables(&mut self, layout: &Layout) -> Result<()> {
         let where_ = self.describe();
-        for s in create_statements(self.names(), layout) {
+        let mut stmts = create_statements(self.names(), layout);
+        stmts.extend(self.upgrade_statements());
+        for s in stmts {
             self.session()
                 .execute(&s)
                 .with_context(|| format!("creating tables in {where_}"))?;

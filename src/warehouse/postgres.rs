@@ -14,8 +14,36 @@ pub struct Pg {
     s: PgSession,
 }
 
-/// A bad row kept for the rejects table: (record number, raw text, reason).
-type Reject = (u64, String, String);
+/// How much of a bad record the rejects table keeps (bytes, cut at a character boundary).
+pub const REJECT_RAW_PREFIX: usize = 4096;
+
+/// A bad row kept for the rejects table: a bounded prefix of the record, with the whole
+/// record's length and sha256 so it can be found in its object whatever its size.
+struct Reject {
+    line: u64,
+    raw: String,
+    bytes: u64,
+    sha256: String,
+    reason: String,
+}
+
+impl Reject {
+    fn new(line: u64, rec: &[u8], reason: String) -> Self {
+        use sha2::Digest;
+        let text = String::from_utf8_lossy(&rec[..rec.len().min(REJECT_RAW_PREFIX + 4)]);
+        let mut end = text.len().min(REJECT_RAW_PREFIX);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Reject {
+            line,
+            raw: text[..end].replace('\0', "\u{fffd}"),
+            bytes: rec.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(rec)),
+            reason: reason.chars().take(1000).collect(),
+        }
+    }
+}
 
 impl Pg {
     pub fn connect(w: &WarehouseSettings, names: Names) -> Result<Self> {
@@ -126,8 +154,7 @@ fn copy_rows<R: BufRead>(
                         job.key
                     );
                 }
-                let raw = String::from_utf8_lossy(&rec).replace('\0', "\u{fffd}");
-                rejects.push((line, raw, e.to_string()));
+                rejects.push(Reject::new(line, &rec, e.to_string()));
             }
         }
         if buf.len() >= 64 << 10 {
@@ -152,10 +179,19 @@ fn record_load(
 ) -> Result<()> {
     let ledger = names.qualified(&names.ledger);
     let rejects_t = names.qualified(&names.rejects);
-    for (line, raw, reason) in rejects {
+    for r in rejects {
         tx.execute(
-            &format!("INSERT INTO {rejects_t} (key, line, raw, reason) VALUES ($1, $2, $3, $4)"),
-            &[&job.key, &(*line as i64), raw, reason],
+            &format!(
+                "INSERT INTO {rejects_t} (key, line, raw, reason, raw_bytes, raw_sha256) VALUES ($1, $2, $3, $4, $5, $6)"
+            ),
+            &[
+                &job.key,
+                &(r.line as i64),
+                &r.raw,
+                &r.reason,
+                &(r.bytes as i64),
+                &r.sha256,
+            ],
         )
         .sql("recording rejects")?;
     }
@@ -187,6 +223,13 @@ impl Warehouse for Pg {
 
     fn describe(&self) -> String {
         self.s.describe()
+    }
+
+    fn upgrade_statements(&self) -> Vec<String> {
+        let t = self.s.names.qualified(&self.s.names.rejects);
+        vec![format!(
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS raw_bytes bigint, ADD COLUMN IF NOT EXISTS raw_sha256 varchar(64)"
+        )]
     }
 
     fn try_lock(&mut self, name: &str) -> Result<bool> {
