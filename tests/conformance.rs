@@ -90,3 +90,37 @@ fn sql_errors_keep_their_sqlstate_and_print_as_one_line() {
     );
     assert_eq!(line.lines().count(), 1, "{line}");
 }
+
+#[test]
+fn a_multipart_completion_never_replaces_an_existing_object() {
+    use batchlayer::archive::PutOutcome;
+    if !stack_up() {
+        return;
+    }
+    let w = World::s3("mpcond");
+    let store = batchlayer::archive::s3::S3Store::new(&w.settings().archive.location).unwrap();
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![3u8; 6 << 20]).unwrap();
+    // Another writer stored the key while this one uploaded its parts (no HEAD here).
+    use batchlayer::archive::ObjectStore;
+    assert_eq!(
+        store.put_bytes_if_absent("race/obj.log", b"first").unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store
+            .put_multipart_if_absent("race/obj.log", big.path())
+            .unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    let mut got = Vec::new();
+    store.get_into("race/obj.log", &mut got).unwrap();
+    assert_eq!(got, b"first", "the completion replaced the object");
+    assert_eq!(
+        store
+            .put_multipart_if_absent("race/new.log", big.path())
+            .unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(store.list("race/").unwrap().len(), 2);
+}

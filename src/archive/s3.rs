@@ -198,8 +198,11 @@ impl S3Store {
     }
 
     /// Uploads a large file in 5 MiB parts, one at a time, reusing one buffer: memory stays
-    /// flat whatever the object size. A failed upload is aborted.
-    fn put_multipart(&self, key: &str, path: &Path) -> Result<()> {
+    /// flat whatever the object size. The completion is conditional (`If-None-Match: *`): a
+    /// key that exists by then (another writer won) is `AlreadyExists` and nothing is
+    /// replaced; a completion answered 200 with an error body is an error (rust-s3 checks the
+    /// body's root element). A failed or refused upload is aborted.
+    pub fn put_multipart_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
         use std::io::Read;
         let full = self.full(key);
         let ct = "application/octet-stream";
@@ -207,7 +210,7 @@ impl S3Store {
             .bucket
             .initiate_multipart_upload(&full, ct)
             .map_err(|e| self.explain(&e))?;
-        let result = (|| -> Result<()> {
+        let result = (|| -> Result<PutOutcome> {
             let mut f = std::fs::File::open(path)?;
             let mut buf = vec![0u8; PART_SIZE];
             let mut parts = Vec::new();
@@ -232,12 +235,22 @@ impl S3Store {
                     break;
                 }
             }
-            self.bucket
-                .complete_multipart_upload(&full, &up.upload_id, parts)
+            let mut h = self.bucket.extra_headers.clone();
+            h.insert(
+                http::header::IF_NONE_MATCH,
+                http::HeaderValue::from_static("*"),
+            );
+            let conditional = self
+                .bucket
+                .with_extra_headers(h)
                 .map_err(|e| self.explain(&e))?;
-            Ok(())
+            match conditional.complete_multipart_upload(&full, &up.upload_id, parts) {
+                Ok(_) => Ok(PutOutcome::Created),
+                Err(S3Error::HttpFailWithBody(412, _)) => Ok(PutOutcome::AlreadyExists),
+                Err(e) => Err(self.explain(&e)),
+            }
         })();
-        if result.is_err() {
+        if !matches!(result, Ok(PutOutcome::Created)) {
             let _ = self.bucket.abort_upload(&full, &up.upload_id);
         }
         result
@@ -290,24 +303,23 @@ impl ObjectStore for S3Store {
     }
 
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
-        if self.exists(key)? {
-            return Ok(PutOutcome::AlreadyExists);
-        }
         let size = std::fs::metadata(path)?.len();
         if size <= SINGLE_PUT_MAX {
             let data =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             return self.put_bytes_if_absent(key, &data);
         }
-        self.put_multipart(key, path)
-            .with_context(|| format!("uploading {}", self.url(key)))?;
-        Ok(PutOutcome::Created)
-    }
-
-    fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
+        // A HEAD first saves uploading a large object that exists; the conditional
+        // completion is what guarantees nothing is replaced.
         if self.exists(key)? {
             return Ok(PutOutcome::AlreadyExists);
         }
+        self.put_multipart_if_absent(key, path)
+            .with_context(|| format!("uploading {}", self.url(key)))
+    }
+
+    /// One conditional PUT (`If-None-Match: *`): the server answers 412 when the key exists.
+    fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         let mut h = http::HeaderMap::new();
         h.insert("if-none-match", http::HeaderValue::from_static("*"));
         match self
@@ -370,5 +382,105 @@ impl ObjectStore for S3Store {
             Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
             Err(e) => Err(self.explain(&e)).with_context(|| format!("deleting {}", self.url(key))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+
+    /// A fake S3 endpoint that accepts a multipart upload and answers its completion with
+    /// HTTP 200 and an `<Error>` body (as S3 may). Returns its port and the requests seen.
+    fn fake_s3() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { break };
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let (mut len, mut conditional) = (0usize, false);
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        let lower = h.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        conditional |= lower.starts_with("if-none-match: *");
+                        if h == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    let req = line.trim().to_string();
+                    log.lock().unwrap().push(format!(
+                        "{req}{}",
+                        if conditional { " [if-none-match]" } else { "" }
+                    ));
+                    let (status, extra, body) = if req.starts_with("POST")
+                        && req.contains("uploads")
+                    {
+                        ("200 OK", "", "<InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>u1</UploadId></InitiateMultipartUploadResult>".to_string())
+                    } else if req.starts_with("PUT") {
+                        ("200 OK", "ETag: \"e1\"\r\n", String::new())
+                    } else if req.starts_with("POST") {
+                        ("200 OK", "", "<?xml version=\"1.0\"?><Error><Code>InternalError</Code><Message>We encountered an internal error</Message></Error>".to_string())
+                    } else if req.starts_with("HEAD") {
+                        ("404 Not Found", "", String::new())
+                    } else {
+                        ("204 No Content", "", String::new())
+                    };
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            }
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn a_completion_answered_200_with_an_error_body_is_a_failure() {
+        let (port, seen) = fake_s3();
+        let loc = ArchiveLocation::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: "us-east-1".into(),
+            path_style: true,
+            access_key_id: Some("id".into()),
+            secret_access_key: Some(Secret::new("secret")),
+            session_token: None,
+            chain: AwsChain::default(),
+        };
+        let store = S3Store::new(&loc).unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![7u8; (SINGLE_PUT_MAX + 1) as usize]).unwrap();
+        let err = store.put_file_if_absent("k", f.path()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("InternalError"), "{msg}");
+        let seen = seen.lock().unwrap().clone();
+        let complete = seen
+            .iter()
+            .find(|r| r.starts_with("POST") && r.contains("uploadId"))
+            .expect("a completion was sent");
+        assert!(complete.ends_with("[if-none-match]"), "{seen:?}");
+        assert!(
+            seen.iter().any(|r| r.starts_with("DELETE")),
+            "the failed upload was not aborted: {seen:?}"
+        );
     }
 }
