@@ -383,4 +383,87 @@ mod tests {
         assert!(e.reason.contains("trailing"));
         assert!(out.is_empty());
     }
+
+    mod properties {
+        //! Property tests: any bytes round-trip through the framing, and any record gives a
+        //! row or a reject, never a panic; a valid row keeps its fields.
+        use super::*;
+        use proptest::prelude::*;
+
+        fn decode_all(buf: &[u8]) -> Vec<Vec<u8>> {
+            let mut r = FrameReader::new(buf);
+            let mut got = Vec::new();
+            let mut rec = Vec::new();
+            while r.next_into(&mut rec).unwrap() {
+                got.push(rec.clone());
+            }
+            got
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_messages_round_trip(msgs in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
+                let mut buf = Vec::new();
+                for m in &msgs {
+                    frame_into(m, &mut buf);
+                }
+                prop_assert_eq!(decode_all(&buf), msgs);
+            }
+
+            #[test]
+            fn framed_bytes_hold_no_bare_newline(m in proptest::collection::vec(any::<u8>(), 0..500)) {
+                let mut buf = Vec::new();
+                frame_into(&m, &mut buf);
+                // Exactly one record terminator: every other LF is escaped.
+                let mut bare = 0;
+                let mut escaped = false;
+                for &b in &buf {
+                    if escaped { escaped = false; continue; }
+                    if b == b'\\' { escaped = true; } else if b == b'\n' { bare += 1; }
+                }
+                prop_assert_eq!(bare, 1);
+            }
+
+            #[test]
+            fn any_bytes_decode_or_fail_cleanly(buf in proptest::collection::vec(any::<u8>(), 0..2000)) {
+                let mut r = FrameReader::new(&buf[..]);
+                let mut rec = Vec::new();
+                for _ in 0..buf.len() + 1 {
+                    match r.next_into(&mut rec) {
+                        Ok(true) => {}
+                        Ok(false) | Err(_) => break,
+                    }
+                }
+            }
+
+            #[test]
+            fn any_record_is_a_row_or_a_reject(rec in proptest::collection::vec(any::<u8>(), 0..400)) {
+                let l = Layout::tweets();
+                let mut out = b"keep".to_vec();
+                match l.to_pg_copy_row(&rec, &mut out) {
+                    Ok(()) => {
+                        prop_assert!(out.starts_with(b"keep") && out.ends_with(b"\n"));
+                        let row = &out[4..out.len() - 1];
+                        prop_assert_eq!(row.split(|&b| b == b'\t').count(), 6);
+                    }
+                    Err(e) => {
+                        prop_assert_eq!(&out[..], b"keep", "a reject left bytes behind");
+                        prop_assert!(!e.reason.is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn valid_tweets_with_any_location_load(
+                id in any::<i64>(), followers in any::<i32>(),
+                location in "[^;\\x00]{0,256}", fav in any::<i32>(), rt in any::<i32>()) {
+                let rec = format!("{id};2021-05-06 07:08:09;{followers};{location};{fav};{rt};");
+                let mut out = Vec::new();
+                prop_assert!(Layout::tweets().to_pg_copy_row(rec.as_bytes(), &mut out).is_ok(), "{}", rec);
+            }
+        }
+    }
 }
