@@ -519,3 +519,63 @@ fn a_terminal_gets_progress_bars_that_clear_before_the_summary() {
     assert!(last_visible_line(&tty).starts_with("copy: "), "{tty:?}");
     assert_eq!(w.count("batch_raw"), 200_000);
 }
+
+/// The (partition, offset) pairs listed in every `_rejected/` object.
+fn rejected_offsets(w: &World) -> Vec<(i64, i64)> {
+    let store = w.store();
+    let mut v = Vec::new();
+    for o in store.list("_rejected/").unwrap() {
+        let mut body = Vec::new();
+        store.get_into(&o.key, &mut body).unwrap();
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let r: serde_json::Value = serde_json::from_slice(line).unwrap();
+            v.push((
+                r["partition"].as_i64().unwrap(),
+                r["offset"].as_i64().unwrap(),
+            ));
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn tombstones_in_a_range_archived_by_a_crashed_run_are_still_listed() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("tombcrash");
+    w.extra_toml = "max_object_records = 4\n".into();
+    // One partition: a tombstone every third message, so stored objects span tombstones.
+    let msgs: Vec<Option<Vec<u8>>> = tweets(30, 21)
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| if i % 3 == 1 { None } else { m })
+        .collect();
+    let tombstones: Vec<(i64, i64)> = msgs
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.is_none())
+        .map(|(i, _)| (0, i as i64))
+        .collect();
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    // The first run dies (abort, as kill -9) once its first object is stored: no manifest,
+    // no _rejected/ list, no commit.
+    w.env.insert(
+        "BATCHLAYER_FAILPOINT".into(),
+        "ingest-crash-after-first-object".into(),
+    );
+    let (code, _, _) = w.run(&["ingest"]);
+    assert_ne!(code, 0);
+    assert!(
+        !w.data_objects().is_empty(),
+        "the crashed run stored an object"
+    );
+    assert!(rejected_offsets(&w).is_empty());
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    let s = w.json(&["ingest"]);
+    assert!(s["skipped"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(rejected_offsets(&w), tombstones, "{s}");
+    assert_archive_exact(&w, &msgs, 1);
+}

@@ -44,6 +44,8 @@ pub struct IngestOptions {
     pub group: String,
     /// Test hook: fail after storing objects and the manifest, before committing.
     pub fail_before_commit: bool,
+    /// Test hook: abort the process once the first object is stored.
+    pub crash_after_first_object: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -89,6 +91,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
         group: s.kafka.group.clone(),
         fail_before_commit: s.failpoint("ingest-before-commit"),
+        crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -166,6 +169,10 @@ impl Run<'_> {
 
     fn stored(&mut self, r: Stored) -> Result<()> {
         let (entry, outcome) = r?;
+        if self.opts.crash_after_first_object {
+            // Test hook: die as kill -9 would, with an object stored and nothing else.
+            std::process::abort();
+        }
         match outcome {
             PutOutcome::Created => self
                 .out
@@ -240,7 +247,11 @@ impl Run<'_> {
             .any(|&(f, l)| f <= m.offset && m.offset <= l);
         if covered {
             // Already archived by a run that died before committing: skip, and cut the
-            // current object here so no object spans the gap.
+            // current object here so no object spans the gap. A tombstone inside the archived
+            // range is listed here: the run that archived the range died before listing it.
+            if m.payload.is_none() {
+                self.reject_tombstone(p, m.offset);
+            }
             self.flush_partition(p)?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
@@ -248,11 +259,7 @@ impl Run<'_> {
             return Ok(());
         }
         let Some(payload) = m.payload.as_deref() else {
-            self.rejected.push(Rejected {
-                partition: p,
-                offset: m.offset,
-                reason: "null payload (tombstone)".into(),
-            });
+            self.reject_tombstone(p, m.offset);
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(m.offset + 1);
             return Ok(());
@@ -275,6 +282,14 @@ impl Run<'_> {
             self.flush_partition(p)?;
         }
         Ok(())
+    }
+
+    fn reject_tombstone(&mut self, partition: i32, offset: i64) {
+        self.rejected.push(Rejected {
+            partition,
+            offset,
+            reason: "null payload (tombstone)".into(),
+        });
     }
 
     /// Stores the partition's open spool as an object (or, in a dry run, plans it).
