@@ -82,6 +82,14 @@ pub struct KafkaFile {
     pub ssl_endpoint_identification: Option<bool>,
     /// Further librdkafka properties, passed as given (e.g. sasl.oauthbearer.*).
     pub properties: Option<BTreeMap<String, String>>,
+    /// A member that stops heartbeating is dead after this many seconds (default 10).
+    pub session_timeout_secs: Option<u64>,
+    /// How long a run waits for partitions that other members hold while they have lag (a
+    /// killed run's member holds them until its session times out). Default 30.
+    pub member_wait_secs: Option<u64>,
+    /// group.instance.id: static membership, where the broker supports it. Give each
+    /// concurrent ingest process its own.
+    pub group_instance_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +211,9 @@ pub struct KafkaSettings {
     pub ssl_endpoint_identification: Option<bool>,
     /// Extra librdkafka properties; keys that hold secrets are never printed.
     pub properties: BTreeMap<String, String>,
+    pub session_timeout_secs: u64,
+    pub member_wait_secs: u64,
+    pub group_instance_id: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -585,6 +596,9 @@ fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> Result<Kaf
             .or_else(|| k.ssl_key_password.clone()),
         ssl_endpoint_identification: k.ssl_endpoint_identification,
         properties: k.properties.clone().unwrap_or_default(),
+        session_timeout_secs: k.session_timeout_secs.unwrap_or(10).max(1),
+        member_wait_secs: k.member_wait_secs.unwrap_or(30),
+        group_instance_id: k.group_instance_id.clone(),
     })
 }
 

@@ -76,6 +76,14 @@ pub fn describe_config(cfg: &ClientConfig) -> String {
         .join(" ")
 }
 
+/// The group session timeout (10 s when unset).
+fn session_timeout_ms(k: &KafkaSettings) -> u64 {
+    match k.session_timeout_secs {
+        0 => 10_000,
+        n => n * 1000,
+    }
+}
+
 /// One consumed message, owned.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -114,6 +122,8 @@ pub trait MessageSource {
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()>;
     /// (low, high) watermarks of a partition. Some brokers report `high` wrongly; use it for display only.
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
+    /// Every partition of the topic (assigned to this member or not).
+    fn partitions(&self) -> Result<Vec<i32>>;
     /// Registers a function the source calls inside a group revocation, before the revoked
     /// partitions are released to another member. Ingest uses it to finish storing objects
     /// it has queued, so the next owner's archive listing sees them. Sources without a group
@@ -179,13 +189,17 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
             .set("socket.timeout.ms", "10000")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", &session_timeout_ms(k).to_string())
             // Bounded runs are short: notice a rebalance quickly.
             .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", "100")
             // Bound librdkafka's prefetch queue (default 64 MiB). Lowering queued.min.messages
             // as well flattened RSS but cut throughput 7x against tansu, so it stays default.
             .set("queued.max.messages.kbytes", "16384");
+        if let Some(id) = &k.group_instance_id {
+            // Static membership (KIP-345): a restarted run takes over its partitions at once.
+            cfg.set("group.instance.id", id);
+        }
         let consumer: BaseConsumer<Ctx> = cfg
             .create_with_context(Ctx::default())
             .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
@@ -196,12 +210,12 @@ impl KafkaSource {
             brokers: k.brokers.clone(),
             timeout: Duration::from_secs(10),
         };
-        src.partitions()?;
+        src.topic_partitions()?;
         Ok(src)
     }
 
     /// Partitions of the topic; a clear error when the broker is unreachable or the topic is missing.
-    pub fn partitions(&self) -> Result<Vec<i32>> {
+    pub fn topic_partitions(&self) -> Result<Vec<i32>> {
         let md = self
             .consumer
             .fetch_metadata(Some(&self.topic), self.timeout)
@@ -243,7 +257,7 @@ impl MessageSource for KafkaSource {
                 .subscribe(&[&self.topic])
                 .with_context(|| format!("subscribing to topic {}", self.topic))?,
             Mode::AssignAll => {
-                let partitions = self.partitions()?;
+                let partitions = self.topic_partitions()?;
                 let committed = self.committed(&partitions)?;
                 let mut tpl = TopicPartitionList::new();
                 for p in &partitions {
@@ -334,6 +348,10 @@ impl MessageSource for KafkaSource {
         self.consumer
             .commit(&tpl, CommitMode::Sync)
             .with_context(|| format!("committing offsets of {} to {}", self.topic, self.brokers))
+    }
+
+    fn partitions(&self) -> Result<Vec<i32>> {
+        self.topic_partitions()
     }
 
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {

@@ -579,3 +579,76 @@ fn tombstones_in_a_range_archived_by_a_crashed_run_are_still_listed() {
     assert_eq!(rejected_offsets(&w), tombstones, "{s}");
     assert_archive_exact(&w, &msgs, 1);
 }
+
+#[test]
+fn after_killed_runs_ingest_waits_for_dead_members_and_never_reports_work_it_did_not_do() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("deadmembers");
+    w.extra_toml = "max_object_records = 2000\n".into();
+    let msgs = tweets(300_000, 17);
+    produce_raw(&brokers(), &w.topic, 3, &msgs);
+    // Three runs killed with SIGKILL once they are consuming: their members stay in the group
+    // until their sessions time out.
+    for _ in 0..3 {
+        let mut child = w
+            .std_cmd()
+            .args(["ingest"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed as soon as it has stored a new object (it is consuming, partitions assigned).
+        let before = w.data_objects().len();
+        let t0 = Instant::now();
+        while w.data_objects().len() == before && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // A run that may not wait: it must not report plain success while partitions with lag
+    // were held by the dead members. Busy (3), or success that names the held partitions.
+    w.kafka_toml = "member_wait_secs = 0\n".into();
+    let t0 = Instant::now();
+    let (code, out, err) = w.run(&["--json", "ingest"]);
+    eprintln!(
+        "right after killed runs: exit {code} in {:?}: {} {}",
+        t0.elapsed(),
+        out.trim(),
+        err.trim()
+    );
+    match code {
+        3 => assert!(
+            err.contains("hold every partition") && err.contains("lag"),
+            "{err}"
+        ),
+        0 => {
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            let held = v["held_by_others"].as_array().unwrap();
+            let archived: usize = archived_messages(w.store().as_ref())
+                .values()
+                .flat_map(|objs| objs.iter().map(|o| o.2.len()))
+                .sum();
+            assert!(
+                !held.is_empty() || archived == msgs.len(),
+                "plain success with {archived} of {} archived: {v}",
+                msgs.len()
+            );
+            if !held.is_empty() {
+                assert!(err.contains("held by other members"), "{err}");
+            }
+        }
+        other => panic!("exit {other}: {err}"),
+    }
+    // A run with the default wait gets the dead members' partitions once their sessions end.
+    w.kafka_toml = String::new();
+    let t0 = Instant::now();
+    let v = w.json(&["ingest"]);
+    assert!(v["held_by_others"].as_array().unwrap().is_empty(), "{v}");
+    eprintln!("after killed runs: finished in {:?}: {v}", t0.elapsed());
+    assert_archive_exact(&w, &msgs, 3);
+}

@@ -46,6 +46,15 @@ pub struct IngestOptions {
     pub fail_before_commit: bool,
     /// Test hook: abort the process once the first object is stored.
     pub crash_after_first_object: bool,
+    /// How long to wait for partitions other members hold while they have lag.
+    pub member_wait: Duration,
+}
+
+/// A partition another member of the group held when the run ended, and its lag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    pub partition: i32,
+    pub lag: i64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -63,6 +72,9 @@ pub struct IngestSummary {
     pub object_list: Vec<ObjectEntry>,
     pub manifest_key: Option<String>,
     pub committed: BTreeMap<i32, i64>,
+    /// Partitions with lag that other members held, so this run did not read them (a
+    /// warning: the run did all it could).
+    pub held_by_others: Vec<Held>,
 }
 
 /// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
@@ -92,6 +104,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         group: s.kafka.group.clone(),
         fail_before_commit: s.failpoint("ingest-before-commit"),
         crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
+        member_wait: Duration::from_secs(s.kafka.member_wait_secs),
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -105,6 +118,19 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         }
     }
     let sum = run(&mut src, store.as_ref(), &s.archive, &opts, out)?;
+    if !sum.held_by_others.is_empty() {
+        let parts: Vec<String> = sum
+            .held_by_others
+            .iter()
+            .map(|h| format!("{} (lag {})", h.partition, h.lag))
+            .collect();
+        out.warn(&format!(
+            "partitions {} of topic {} are held by other members of group {}; this run did not read them",
+            parts.join(", "),
+            kafka.topic,
+            kafka.group
+        ));
+    }
     if a.dry_run {
         for o in &sum.object_list {
             out.plan(&format!("would write {} ({} records)", o.key, o.records));
@@ -156,6 +182,11 @@ struct Run<'a> {
     assign_wait_start: Instant,
     last_progress: Instant,
     pb: ProgressBar,
+    /// Every partition of the topic.
+    all_partitions: Vec<i32>,
+    /// Partitions other members hold that have lag, as last measured (and when).
+    held: Vec<Held>,
+    held_checked: Option<Instant>,
 }
 
 impl Run<'_> {
@@ -332,11 +363,54 @@ impl Run<'_> {
         })
     }
 
-    /// Why the run stops now, if it does; fails when no assignment came in time.
-    fn stop_reason(&self) -> Result<Option<&'static str>> {
+    /// Partitions not assigned to this run that have lag (committed offset below the end),
+    /// measured at most every 2 s.
+    fn held_with_lag(&mut self, source: &dyn MessageSource) -> Result<&[Held]> {
+        if self
+            .held_checked
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+        {
+            let assigned = self.assigned.clone().unwrap_or_default();
+            let others: Vec<i32> = self
+                .all_partitions
+                .iter()
+                .copied()
+                .filter(|p| !assigned.contains(p))
+                .collect();
+            self.held = if others.is_empty() {
+                Vec::new()
+            } else {
+                describe_lag(source, &others)?
+                    .into_iter()
+                    .filter(|l| l.lag > 0)
+                    .map(|l| Held {
+                        partition: l.partition,
+                        lag: l.lag,
+                    })
+                    .collect()
+            };
+            self.held_checked = Some(Instant::now());
+        }
+        Ok(&self.held)
+    }
+
+    /// Why the run stops now, if it does; fails when no assignment came in time. When every
+    /// assigned partition is at its end but other members hold partitions with lag, it waits
+    /// (up to `member_wait` from the start) for a rebalance: a killed run's member holds its
+    /// partitions until its session times out, and then the group hands them over.
+    fn stop_reason(&mut self, source: &dyn MessageSource) -> Result<Option<&'static str>> {
         if let Some(a) = &self.assigned {
             if a.iter().all(|p| self.eof.contains(p)) {
-                return Ok(Some("end of partitions"));
+                if self.opts.dry_run
+                    || self.limit_reached().is_some()
+                    || self.held_with_lag(source)?.is_empty()
+                {
+                    return Ok(Some("end of partitions"));
+                }
+                if self.started.elapsed() >= self.opts.member_wait {
+                    return Ok(Some("end of partitions (others held by other members)"));
+                }
+                return Ok(None);
             }
         } else if self.assign_wait_start.elapsed() > self.opts.assignment_timeout {
             bail!(
@@ -346,24 +420,27 @@ impl Run<'_> {
                 self.opts.assignment_timeout.as_secs()
             );
         }
+        Ok(self.limit_reached())
+    }
+
+    /// The limit (flag) that stops the run now, if any.
+    fn limit_reached(&self) -> Option<&'static str> {
         let o = self.opts;
-        Ok(
-            if o.max_messages.is_some_and(|n| self.summary.messages >= n) {
-                Some("--max-messages")
-            } else if o.max_bytes.is_some_and(|n| self.summary.bytes >= n) {
-                Some("--max-bytes")
-            } else if o.max_duration.is_some_and(|d| self.started.elapsed() >= d) {
-                Some("--max-duration")
-            } else {
-                None
-            },
-        )
+        if o.max_messages.is_some_and(|n| self.summary.messages >= n) {
+            Some("--max-messages")
+        } else if o.max_bytes.is_some_and(|n| self.summary.bytes >= n) {
+            Some("--max-bytes")
+        } else if o.max_duration.is_some_and(|d| self.started.elapsed() >= d) {
+            Some("--max-duration")
+        } else {
+            None
+        }
     }
 
     /// Polls until every assigned partition is at its end or a limit is reached.
     fn consume(&mut self, source: &mut dyn MessageSource) -> Result<&'static str> {
         loop {
-            if let Some(why) = self.stop_reason()? {
+            if let Some(why) = self.stop_reason(source)? {
                 self.pb.finish_and_clear();
                 return Ok(why);
             }
@@ -445,7 +522,9 @@ impl Run<'_> {
         let Some(a) = &self.assigned else {
             return Ok(());
         };
-        if self.last_progress.elapsed() <= self.opts.stall_timeout {
+        if a.iter().all(|p| self.eof.contains(p))
+            || self.last_progress.elapsed() <= self.opts.stall_timeout
+        {
             return Ok(());
         }
         let waiting: Vec<String> = a
@@ -542,7 +621,25 @@ impl Run<'_> {
                 "objects are stored but the offset commit failed; the next run recognises them and will not duplicate them",
             )?;
         }
+        let held = stopped_by.contains("held by other members");
+        if held && self.assigned.as_ref().is_none_or(|a| a.is_empty()) {
+            let parts: Vec<String> = self
+                .held
+                .iter()
+                .map(|h| format!("{} (lag {})", h.partition, h.lag))
+                .collect();
+            return Err(crate::error::Error::Busy(format!(
+                "other members of group {} hold every partition of topic {} that has lag ({}); this run read none and committed nothing",
+                self.opts.group,
+                self.topic,
+                parts.join(", ")
+            ))
+            .into());
+        }
         let mut sum = self.summary;
+        if held {
+            sum.held_by_others = self.held.clone();
+        }
         sum.committed = commits.into_iter().collect();
         sum.rejected = self.rejected.len() as u64;
         sum.partitions = self.assigned.map(|a| a.len()).unwrap_or(0);
@@ -621,6 +718,9 @@ fn run_with(
         assign_wait_start: now,
         last_progress: now,
         pb: out.progress(0, "ingest", false),
+        all_partitions: source.partitions()?,
+        held: Vec::new(),
+        held_checked: None,
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
@@ -663,4 +763,127 @@ pub fn describe_lag(source: &dyn MessageSource, ps: &[i32]) -> Result<Vec<Partit
         });
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::local::LocalStore;
+    use crate::config::KafkaSettings;
+    use crate::source::KafkaSource;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    fn settings(brokers: String, topic: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers,
+            topic: topic.into(),
+            group: "held-group".into(),
+            stall_timeout_secs: 60,
+            ..Default::default()
+        }
+    }
+
+    fn produce(brokers: &str, topic: &str, partitions: i32, n: i32) {
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for i in 0..n {
+            let payload = format!("m{i}");
+            p.send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(i % partitions)
+                    .payload(&payload),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// A live member that holds its partitions (reads nothing, commits nothing) until `stop`.
+    fn holder(
+        k: KafkaSettings,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let mut src = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
+            src.start().unwrap();
+            let mut told = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Event::Assigned(ps) = src.poll(Duration::from_millis(50)).unwrap() {
+                    if !ps.is_empty() && !told {
+                        tx.send(()).unwrap();
+                        told = true;
+                    }
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("holder assigned");
+        h
+    }
+
+    fn ingest(k: &KafkaSettings, dir: &std::path::Path) -> Result<IngestSummary> {
+        let store = LocalStore::new(dir.to_path_buf());
+        let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
+        let archive = ArchiveSettings {
+            location: crate::config::ArchiveLocation::Local(dir.to_path_buf()),
+            compression: crate::archive::Compression::None,
+            max_object_bytes: 1 << 20,
+            max_object_records: 0,
+            key_template: "{topic}".into(),
+            utc_offset_secs: 0,
+        };
+        let opts = IngestOptions {
+            assignment_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            group: k.group.clone(),
+            member_wait: Duration::from_secs(3),
+            ..Default::default()
+        };
+        run(&mut src, &store, &archive, &opts, &Output::silent())
+    }
+
+    #[test]
+    fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("held1", 1, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, "held1", 1, 50);
+        let k = settings(brokers, "held1");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = holder(k.clone(), stop.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let err = ingest(&k, dir.path()).unwrap_err();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("0 (lag 50)") && msg.contains("committed nothing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_run_that_reads_some_partitions_names_the_ones_others_held() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("held2", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, "held2", 2, 40);
+        let k = settings(brokers, "held2");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = holder(k.clone(), stop.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let sum = ingest(&k, dir.path()).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        assert_eq!(sum.partitions, 1);
+        assert_eq!(sum.messages, 20);
+        assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
+        assert_eq!(sum.held_by_others[0].lag, 20);
+        assert!(sum.stopped_by.contains("held by other members"));
+    }
 }
