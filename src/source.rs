@@ -189,7 +189,7 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("allow.auto.create.topics", "false")
             .set("socket.timeout.ms", "10000")
-            .set("session.timeout.ms", &session_timeout_ms(k).to_string())
+            .set("session.timeout.ms", session_timeout_ms(k).to_string())
             // Bounded runs are short: notice a rebalance quickly.
             .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", "100")
