@@ -5,6 +5,7 @@
 use crate::archive::layout::Compression;
 use crate::error::{Error, OrConfig};
 use crate::records::{Column, Layout};
+use crate::util::RetryPolicy;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +51,21 @@ pub struct FileConfig {
     pub records: Option<RecordsFile>,
     #[serde(default)]
     pub aggregate: AggregateFile,
+    #[serde(default)]
+    pub retry: RetryFile,
+}
+
+/// How transient failures (S3 5xx and SlowDown, broker transport errors, PostgreSQL refusing
+/// connections at start) are retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Tries in all, the first included (default 4; 1 = no retry).
+    pub attempts: Option<u32>,
+    /// First wait in milliseconds, doubled each time (default 200).
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest wait in milliseconds (default 5000).
+    pub max_backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -214,6 +230,7 @@ pub struct KafkaSettings {
     pub session_timeout_secs: u64,
     pub member_wait_secs: u64,
     pub group_instance_id: Option<String>,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -256,6 +273,7 @@ pub struct ArchiveSettings {
     pub key_template: String,
     /// Offset of the time folders from UTC, in seconds.
     pub utc_offset_secs: i32,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +294,7 @@ pub struct WarehouseSettings {
     /// How Redshift COPY reads the archive (kind = "redshift" only).
     pub redshift: Option<RedshiftSettings>,
     pub tls: PgTls,
+    pub retry: RetryPolicy,
 }
 
 /// libpq's sslmode values.
@@ -420,6 +439,7 @@ pub struct Settings {
     pub layout: Layout,
     pub aggregate: AggregateSettings,
     pub ui: UiSettings,
+    pub retry: RetryPolicy,
     /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose.
     pub failpoint: Option<String>,
     /// Warnings found while reading the configuration (printed once, unless -q).
@@ -527,9 +547,13 @@ pub fn validate_ident(what: &str, s: &str) -> Result<String> {
 /// Turns file, environment and flags into settings, one section at a time. Every error is a
 /// configuration error (exit 2).
 pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Settings, Error> {
-    let kafka = kafka_settings(&file.kafka, env, flags).or_config()?;
-    let archive = archive_settings(&file.archive, env, flags).or_config()?;
-    let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive).or_config()?;
+    let retry = retry_policy(&file.retry).or_config()?;
+    let mut kafka = kafka_settings(&file.kafka, env, flags).or_config()?;
+    kafka.retry = retry;
+    let mut archive = archive_settings(&file.archive, env, flags).or_config()?;
+    archive.retry = retry;
+    let mut warehouse = warehouse_settings(&file.warehouse, env, flags, &archive).or_config()?;
+    warehouse.retry = retry;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
     let aggregate = aggregate_settings(&file.aggregate).or_config()?;
     Ok(Settings {
@@ -541,8 +565,28 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         ui: UiSettings {
             no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
         },
+        retry,
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
         warnings: Vec::new(),
+    })
+}
+
+fn retry_policy(r: &RetryFile) -> Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let attempts = r.attempts.unwrap_or(d.attempts);
+    if !(1..=100).contains(&attempts) {
+        bail!("retry.attempts must be between 1 and 100");
+    }
+    Ok(RetryPolicy {
+        attempts,
+        initial: r
+            .initial_backoff_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(d.initial),
+        max: r
+            .max_backoff_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(d.max),
     })
 }
 
@@ -599,6 +643,7 @@ fn kafka_settings(k: &KafkaFile, env: &dyn Env, flags: &Overrides) -> Result<Kaf
         session_timeout_secs: k.session_timeout_secs.unwrap_or(10).max(1),
         member_wait_secs: k.member_wait_secs.unwrap_or(30),
         group_instance_id: k.group_instance_id.clone(),
+        retry: RetryPolicy::default(),
     })
 }
 
@@ -697,6 +742,7 @@ fn archive_settings(a: &ArchiveFile, env: &dyn Env, flags: &Overrides) -> Result
         max_object_records: a.max_object_records.unwrap_or(0),
         key_template,
         utc_offset_secs: parse_tz(a.timezone.as_deref().unwrap_or("UTC"))?,
+        retry: RetryPolicy::default(),
     })
 }
 
@@ -767,6 +813,7 @@ fn warehouse_settings(
         kind,
         url,
         tls: PgTls { mode, root_cert },
+        retry: RetryPolicy::default(),
         password: env
             .var("PGPASSWORD")
             .map(Secret)

@@ -23,6 +23,7 @@ use output::Output;
 pub fn run(cli: Cli) -> Result<()> {
     let s = config::load(cli.config.as_deref(), &cli.command.overrides(), &ProcessEnv)?;
     let out = Output::new(cli.quiet, cli.verbose, cli.json, s.ui.no_progress);
+    output::init_logs(cli.verbose);
     for w in &s.warnings {
         out.warn(w);
     }

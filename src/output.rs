@@ -107,3 +107,37 @@ impl Output {
         eprintln!("batchlayer: error: {err:#}");
     }
 }
+
+/// Detail lines from the backends (retries, for example) go through `tracing`; under -v they
+/// are printed to stderr as `batchlayer: ...` lines, otherwise dropped.
+pub fn init_logs(verbose: bool) {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    struct Line;
+    impl<S, N> FormatEvent<S, N> for Line
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut w: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> std::fmt::Result {
+            write!(w, "batchlayer: ")?;
+            ctx.field_format().format_fields(w.by_ref(), event)?;
+            writeln!(w)
+        }
+    }
+
+    if verbose {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::INFO)
+            .event_format(Line)
+            .try_init();
+    }
+}

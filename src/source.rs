@@ -168,6 +168,26 @@ pub struct KafkaSource {
     topic: String,
     brokers: String,
     timeout: Duration,
+    retry: crate::util::RetryPolicy,
+    /// A transient failure being retried: its reason and the attempts so far.
+    failing: Option<(String, u32)>,
+}
+
+/// Errors librdkafka recovers from by itself when the broker comes back.
+fn transient(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    let code = match e {
+        KafkaError::MessageConsumption(c) | KafkaError::Global(c) => *c,
+        _ => return false,
+    };
+    matches!(
+        code,
+        BrokerTransportFailure
+            | AllBrokersDown
+            | NetworkException
+            | RequestTimedOut
+            | OperationTimedOut
+    )
 }
 
 /// How the consumer gets its partitions.
@@ -209,6 +229,8 @@ impl KafkaSource {
             topic: k.topic.clone(),
             brokers: k.brokers.clone(),
             timeout: Duration::from_secs(10),
+            retry: k.retry,
+            failing: None,
         };
         src.topic_partitions()?;
         Ok(src)
@@ -299,9 +321,17 @@ impl MessageSource for KafkaSource {
             return Ok(ev);
         }
         match r {
+            None if self.failing.is_some() => self.retry_wait(None),
             None => Ok(Event::Idle),
-            Some(Ok(m)) => Ok(Event::Message(own(&m))),
-            Some(Err(KafkaError::PartitionEOF(p))) => Ok(Event::Eof(p)),
+            Some(Ok(m)) => {
+                self.failing = None;
+                Ok(Event::Message(own(&m)))
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                self.failing = None;
+                Ok(Event::Eof(p))
+            }
+            Some(Err(e)) if transient(&e) => self.retry_wait(Some(e.to_string())),
             Some(Err(e)) => Err(anyhow!(
                 "consuming {} from {}: {e}",
                 self.topic,
@@ -366,6 +396,33 @@ impl MessageSource for KafkaSource {
 }
 
 impl KafkaSource {
+    /// A transient failure (or a poll that brought nothing while one lasts): waits the
+    /// policy's backoff and reports Idle, or gives up once the attempts are used.
+    fn retry_wait(&mut self, reason: Option<String>) -> Result<Event> {
+        let (why, n) = self.failing.get_or_insert_with(|| (String::new(), 0));
+        if let Some(r) = reason {
+            *why = r;
+        }
+        *n += 1;
+        if *n >= self.retry.attempts {
+            bail!(
+                "consuming {} from {}: {why} (gave up after {n} attempts)",
+                self.topic,
+                self.brokers
+            );
+        }
+        let wait = self.retry.backoff(*n);
+        tracing::info!(
+            "Kafka at {}: {why}; retrying in {} ms (attempt {} of {})",
+            self.brokers,
+            wait.as_millis(),
+            *n + 1,
+            self.retry.attempts
+        );
+        std::thread::sleep(wait);
+        Ok(Event::Idle)
+    }
+
     fn take_event(&self) -> Option<Event> {
         let mut q = self.consumer.context().events.lock().unwrap();
         if q.is_empty() {

@@ -1,7 +1,98 @@
 //! Small I/O helpers shared by the archive and the commands.
 
 use sha2::{Digest, Sha256};
+use std::fmt::Display;
 use std::io::Write;
+use std::time::Duration;
+
+/// How transient failures are retried: `attempts` tries in all, waiting `initial`, then
+/// twice as long each time, at most `max`, in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 4,
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `n` (1-based).
+    pub fn backoff(&self, n: u32) -> Duration {
+        let f = 2u32.saturating_pow(n.saturating_sub(1).min(20));
+        self.initial.saturating_mul(f).min(self.max)
+    }
+}
+
+/// A failure after retries: the last error and how many attempts were made.
+#[derive(Debug)]
+pub struct GaveUp<E> {
+    pub error: E,
+    pub attempts: u32,
+}
+
+impl<E> GaveUp<E> {
+    /// " (gave up after N attempts)" when it was retried, else "".
+    pub fn note(&self) -> String {
+        if self.attempts > 1 {
+            format!(" (gave up after {} attempts)", self.attempts)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, fails with an error `transient` rejects, or the policy's
+/// attempts are used up. Each retry is logged (shown under -v).
+pub fn retry<T, E: Display>(
+    policy: &RetryPolicy,
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut op: impl FnMut() -> Result<T, E>,
+) -> Result<T, GaveUp<E>> {
+    let mut n = 1;
+    loop {
+        match op() {
+            Ok(v) => return Ok(v),
+            Err(e) if n < policy.attempts.max(1) && transient(&e) => {
+                let wait = policy.backoff(n);
+                tracing::info!(
+                    "{what}: {e}; retrying in {} ms (attempt {} of {})",
+                    wait.as_millis(),
+                    n + 1,
+                    policy.attempts
+                );
+                std::thread::sleep(wait);
+                n += 1;
+            }
+            Err(error) => return Err(GaveUp { error, attempts: n }),
+        }
+    }
+}
+
+/// Whether an I/O error is the kind a retry can cure (refused, reset, timed out).
+pub fn transient_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | TimedOut
+            | BrokenPipe
+            | UnexpectedEof
+            | Interrupted
+            | NotConnected
+    )
+}
 
 /// A writer that counts the bytes it passes on and, when asked, hashes them (sha256).
 pub struct Tally<W> {
@@ -56,6 +147,58 @@ impl<W: Write> Write for Tally<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_transient_errors_with_growing_waits_then_gives_up() {
+        let p = RetryPolicy {
+            attempts: 3,
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(3),
+        };
+        assert_eq!(
+            [p.backoff(1), p.backoff(2), p.backoff(3)],
+            [1, 2, 3].map(Duration::from_millis)
+        );
+        let mut calls = 0;
+        let r: Result<(), GaveUp<String>> = retry(
+            &p,
+            "op",
+            |_| true,
+            || {
+                calls += 1;
+                Err("down".to_string())
+            },
+        );
+        let g = r.unwrap_err();
+        assert_eq!((calls, g.attempts), (3, 3));
+        assert_eq!(g.note(), " (gave up after 3 attempts)");
+        let mut calls = 0;
+        let r = retry(
+            &p,
+            "op",
+            |_: &String| true,
+            || {
+                calls += 1;
+                if calls < 2 {
+                    Err("once".to_string())
+                } else {
+                    Ok(7)
+                }
+            },
+        );
+        assert_eq!(r.unwrap(), 7);
+        let mut calls = 0;
+        let r: Result<(), _> = retry(
+            &p,
+            "op",
+            |_: &String| false,
+            || {
+                calls += 1;
+                Err("fatal".to_string())
+            },
+        );
+        assert_eq!((calls, r.unwrap_err().note()), (1, String::new()));
+    }
 
     #[test]
     fn counts_and_hashes() {

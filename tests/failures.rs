@@ -325,3 +325,143 @@ fn postgres_connection_killed_mid_copy_rolls_back_and_a_rerun_loads_once() {
     assert_eq!(w.count("batch_raw"), 20_100);
     assert_eq!(w.count("batchlayer_loads"), 2);
 }
+
+/// An HTTP proxy in front of the shared s3s-fs that answers the first `fail` requests with
+/// 503 SlowDown (as S3 does under load) and forwards the rest. Returns its port and the
+/// number of requests it refused.
+fn slowdown_proxy(fail: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = refused.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { break };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut head = Vec::new();
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    head.extend_from_slice(line.as_bytes());
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let mut w = conn;
+                if count.fetch_add(1, Ordering::SeqCst) < fail {
+                    let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                    let _ = write!(
+                        w,
+                        "HTTP/1.1 503 Slow Down\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                        xml.len()
+                    );
+                    return;
+                }
+                count.fetch_sub(1, Ordering::SeqCst);
+                // Forward this request and the rest of the connection to s3s-fs.
+                let mut up = std::net::TcpStream::connect("127.0.0.1:9000").unwrap();
+                up.write_all(&head).unwrap();
+                up.write_all(&body).unwrap();
+                let mut up_r = up.try_clone().unwrap();
+                let mut down = w.try_clone().unwrap();
+                let t = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut down);
+                });
+                let _ = std::io::copy(&mut r, &mut up);
+                let _ = up.shutdown(std::net::Shutdown::Write);
+                let _ = t.join();
+            });
+        }
+    });
+    (port, refused)
+}
+
+#[test]
+fn s3_slowdown_is_retried_with_backoff_and_a_run_that_gives_up_says_how_often_it_tried() {
+    if !stack_up() {
+        return;
+    }
+    // Three refusals: the default 4 attempts get through, each retry shown under -v.
+    let (port, refused) = slowdown_proxy(3);
+    let mut w = World::s3("s3slow");
+    w.env.insert(
+        "BATCHLAYER_S3_ENDPOINT".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    produce_raw(&brokers(), &w.topic, 1, &tweets(100, 51));
+    let (code, _, err) = w.run(&["-v", "ingest"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(refused.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let retries: Vec<&str> = err.lines().filter(|l| l.contains("retrying in")).collect();
+    assert_eq!(retries.len(), 3, "{err}");
+    assert!(
+        retries[0].contains("SlowDown") || retries[0].contains("503"),
+        "{err}"
+    );
+    // Ten refusals and two attempts: the run gives up, in one line that says so.
+    let (port, _) = slowdown_proxy(10);
+    w.env.insert(
+        "BATCHLAYER_S3_ENDPOINT".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    w.tail_toml = "[retry]\nattempts = 2\ninitial_backoff_ms = 10\n".into();
+    let (code, _, err) = w.run(&["copy"]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("gave up after 2 attempts"), "{err}");
+}
+
+#[test]
+fn postgres_refusing_connections_at_start_is_retried() {
+    if !stack_up() {
+        return;
+    }
+    let port = free_port();
+    let w = World::local("pglate");
+    // PostgreSQL "comes up" (a forwarder to the shared server) half a second after copy starts.
+    let starter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let child = Command::new("socat")
+            .args([
+                &format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"),
+                "TCP:127.0.0.1:5432",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server(child)
+    });
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let (code, _, err) = w.run(&["-v", "copy", "--warehouse-url", &url]);
+    let _server = starter.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("connecting to PostgreSQL") && l.contains("retrying in")),
+        "{err}"
+    );
+    // Nothing listening at all: bounded, and the error says how often it tried.
+    let dead = free_port();
+    let url = format!("postgresql://postgres@127.0.0.1:{dead}/postgres");
+    let (code, _, err) = w.run(&["copy", "--warehouse-url", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("gave up after 4 attempts") && err.contains("cannot connect"),
+        "{err}"
+    );
+}

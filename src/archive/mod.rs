@@ -62,7 +62,9 @@ pub trait ObjectStore: Send + Sync {
 pub fn open(settings: &ArchiveSettings) -> Result<Box<dyn ObjectStore>> {
     Ok(match &settings.location {
         ArchiveLocation::Local(dir) => Box::new(local::LocalStore::new(dir.clone())),
-        ArchiveLocation::S3 { .. } => Box::new(s3::S3Store::new(&settings.location)?),
+        ArchiveLocation::S3 { .. } => {
+            Box::new(s3::S3Store::new(&settings.location)?.with_retry(settings.retry))
+        }
     })
 }
 

@@ -3,7 +3,7 @@
 use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
 use crate::config::{ArchiveLocation, AwsChain, Secret};
 use crate::error::Error;
-use crate::util::Tally;
+use crate::util::{retry, transient_io, RetryPolicy, Tally};
 use anyhow::{anyhow, bail, Context, Result};
 use s3::creds::Credentials;
 use s3::error::S3Error;
@@ -23,6 +23,27 @@ pub struct S3Store {
     endpoint: String,
     /// Which credential source was used (never the values).
     source: String,
+    retry: RetryPolicy,
+}
+
+/// An S3 error after retries, with how many attempts were made.
+#[derive(Debug)]
+struct Tried(S3Error, u32);
+
+/// Whether a retry can cure an S3 error: 5xx (SlowDown is 503), 429, 408, or a connection
+/// that was refused, reset or timed out. A TLS or auth failure is not retried.
+fn transient(e: &S3Error) -> bool {
+    match e {
+        S3Error::HttpFailWithBody(code, body) => {
+            *code >= 500 || *code == 429 || *code == 408 || body.contains("SlowDown")
+        }
+        S3Error::Atto(a) => match a.kind() {
+            attohttpc::ErrorKind::Io(io) => transient_io(io),
+            _ => false,
+        },
+        S3Error::Io(io) => transient_io(io),
+        _ => false,
+    }
 }
 
 /// The AWS credential chain, in the order AWS tools use: keys from the environment or the
@@ -153,6 +174,8 @@ impl S3Store {
                 .parse()
                 .map_err(|_| Error::config(format!("unknown AWS region {region:?}")))?,
         };
+        // batchlayer retries transient errors itself, bounded and visible under -v.
+        s3::set_retries(0);
         let mut b = Bucket::new(bucket, reg, creds)
             .map_err(|e| anyhow!("S3 bucket {bucket}: {}", short(&e)))?;
         if *path_style {
@@ -164,7 +187,21 @@ impl S3Store {
             prefix: prefix.clone(),
             endpoint: endpoint.clone().unwrap_or_else(|| "aws".into()),
             source,
+            retry: RetryPolicy::default(),
         })
+    }
+
+    /// Retries transient errors as the policy says (rust-s3's own silent retry is off).
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// One S3 request, retried while its error is transient.
+    fn call<T>(&self, what: &str, op: impl FnMut() -> Result<T, S3Error>) -> Result<T, Tried> {
+        let label = format!("S3 {what} at {}", self.endpoint);
+        retry(&self.retry, &label, |e: &S3Error| transient(e), op)
+            .map_err(|g| Tried(g.error, g.attempts))
     }
 
     fn full(&self, key: &str) -> String {
@@ -179,8 +216,18 @@ impl S3Store {
         format!("s3://{}/{}", self.name, self.full(key))
     }
 
-    /// Turns an S3 error into a one-line reason an operator can act on.
-    fn explain(&self, e: &S3Error) -> anyhow::Error {
+    /// Turns an S3 error into a one-line reason an operator can act on, saying how often it
+    /// was tried.
+    fn explain(&self, t: &Tried) -> anyhow::Error {
+        let e = self.explain_one(&t.0);
+        if t.1 > 1 {
+            anyhow!("{e:#} (gave up after {} attempts)", t.1)
+        } else {
+            e
+        }
+    }
+
+    fn explain_one(&self, e: &S3Error) -> anyhow::Error {
         match e {
             S3Error::HttpFailWithBody(code, body) => {
                 let s3code = xml_tag(body, "Code").unwrap_or_default();
@@ -207,8 +254,9 @@ impl S3Store {
         let full = self.full(key);
         let ct = "application/octet-stream";
         let up = self
-            .bucket
-            .initiate_multipart_upload(&full, ct)
+            .call("initiate multipart upload", || {
+                self.bucket.initiate_multipart_upload(&full, ct)
+            })
             .map_err(|e| self.explain(&e))?;
         let result = (|| -> Result<PutOutcome> {
             let mut f = std::fs::File::open(path)?;
@@ -227,8 +275,15 @@ impl S3Store {
                     break;
                 }
                 let part = self
-                    .bucket
-                    .put_multipart_chunk(&buf[..filled], &full, number, &up.upload_id, ct)
+                    .call("upload part", || {
+                        self.bucket.put_multipart_chunk(
+                            &buf[..filled],
+                            &full,
+                            number,
+                            &up.upload_id,
+                            ct,
+                        )
+                    })
                     .map_err(|e| self.explain(&e))?;
                 parts.push(part);
                 if filled < buf.len() {
@@ -243,10 +298,12 @@ impl S3Store {
             let conditional = self
                 .bucket
                 .with_extra_headers(h)
-                .map_err(|e| self.explain(&e))?;
-            match conditional.complete_multipart_upload(&full, &up.upload_id, parts) {
+                .map_err(|e| self.explain_one(&e))?;
+            match self.call("complete multipart upload", || {
+                conditional.complete_multipart_upload(&full, &up.upload_id, parts.clone())
+            }) {
                 Ok(_) => Ok(PutOutcome::Created),
-                Err(S3Error::HttpFailWithBody(412, _)) => Ok(PutOutcome::AlreadyExists),
+                Err(Tried(S3Error::HttpFailWithBody(412, _), _)) => Ok(PutOutcome::AlreadyExists),
                 Err(e) => Err(self.explain(&e)),
             }
         })();
@@ -257,11 +314,13 @@ impl S3Store {
     }
 
     fn exists(&self, key: &str) -> Result<bool> {
-        match self.bucket.head_object(self.full(key)) {
+        match self.call("HEAD", || self.bucket.head_object(self.full(key))) {
             Ok((_, 200)) => Ok(true),
             Ok((_, 404)) => Ok(false),
             Ok((_, code)) => bail!("HEAD {} answered HTTP {code}", self.url(key)),
-            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
+            Err(Tried(S3Error::HttpFailWithBody(404, body), _))
+                if !body.contains("NoSuchBucket") =>
+            {
                 Ok(false)
             }
             Err(e) => Err(self.explain(&e))
@@ -295,11 +354,13 @@ impl ObjectStore for S3Store {
     fn check(&self) -> Result<()> {
         // Bucket::exists() fails on servers whose bucket list lacks <Owner>; a one-key list
         // of our prefix checks the bucket and the credentials instead.
-        self.bucket
-            .list_page(self.full(""), None, None, None, Some(1))
-            .map(|_| ())
-            .map_err(|e| self.explain(&e))
-            .with_context(|| format!("archive {}", self.describe()))
+        self.call("LIST", || {
+            self.bucket
+                .list_page(self.full(""), None, None, None, Some(1))
+        })
+        .map(|_| ())
+        .map_err(|e| self.explain(&e))
+        .with_context(|| format!("archive {}", self.describe()))
     }
 
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
@@ -322,27 +383,43 @@ impl ObjectStore for S3Store {
     fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome> {
         let mut h = http::HeaderMap::new();
         h.insert("if-none-match", http::HeaderValue::from_static("*"));
-        match self
-            .bucket
-            .put_object_with_headers(self.full(key), data, Some(h))
-        {
+        // A retried PUT whose first attempt did land answers 412: the same object, kept.
+        match self.call("PUT", || {
+            self.bucket
+                .put_object_with_headers(self.full(key), data, Some(h.clone()))
+        }) {
             Ok(r) if r.status_code() == 200 => Ok(PutOutcome::Created),
             Ok(r) => bail!("uploading {}: HTTP {}", self.url(key), r.status_code()),
-            Err(S3Error::HttpFailWithBody(412, _)) => Ok(PutOutcome::AlreadyExists),
+            Err(Tried(S3Error::HttpFailWithBody(412, _), _)) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(self.explain(&e)).with_context(|| format!("uploading {}", self.url(key))),
         }
     }
 
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
         let mut counting = Tally::counting(w);
-        match self
-            .bucket
-            .get_object_to_writer(self.full(key), &mut counting)
-        {
+        // Retried only while nothing was written: a partial download cannot be taken back.
+        let wrote = std::cell::Cell::new(0u64);
+        let label = format!("S3 GET at {}", self.endpoint);
+        let r = retry(
+            &self.retry,
+            &label,
+            |e: &S3Error| wrote.get() == 0 && transient(e),
+            || {
+                let r = self
+                    .bucket
+                    .get_object_to_writer(self.full(key), &mut counting);
+                wrote.set(counting.bytes);
+                r
+            },
+        )
+        .map_err(|g| Tried(g.error, g.attempts));
+        match r {
             Ok(200) => Ok(counting.bytes),
             Ok(404) => Err(StoreError::NotFound(self.url(key)).into()),
             Ok(code) => bail!("downloading {}: HTTP {code}", self.url(key)),
-            Err(S3Error::HttpFailWithBody(404, body)) if !body.contains("NoSuchBucket") => {
+            Err(Tried(S3Error::HttpFailWithBody(404, body), _))
+                if !body.contains("NoSuchBucket") =>
+            {
                 Err(StoreError::NotFound(self.url(key)).into())
             }
             Err(e) => {
@@ -353,8 +430,7 @@ impl ObjectStore for S3Store {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
         let pages = self
-            .bucket
-            .list(self.full(prefix), None)
+            .call("LIST", || self.bucket.list(self.full(prefix), None))
             .map_err(|e| self.explain(&e))
             .with_context(|| format!("listing {}", self.url(prefix)))?;
         let strip = if self.prefix.is_empty() {
@@ -377,9 +453,9 @@ impl ObjectStore for S3Store {
     }
 
     fn delete(&self, key: &str) -> Result<()> {
-        match self.bucket.delete_object(self.full(key)) {
+        match self.call("DELETE", || self.bucket.delete_object(self.full(key))) {
             Ok(_) => Ok(()),
-            Err(S3Error::HttpFailWithBody(404, _)) => Ok(()),
+            Err(Tried(S3Error::HttpFailWithBody(404, _), _)) => Ok(()),
             Err(e) => Err(self.explain(&e)).with_context(|| format!("deleting {}", self.url(key))),
         }
     }

@@ -99,8 +99,29 @@ pub fn open_client(w: &WarehouseSettings) -> Result<(Client, String)> {
     }
     cfg.connect_timeout(Duration::from_secs(10));
     cfg.application_name("batchlayer");
-    let client = connect_tls(&mut cfg, &w.tls, &shown)?;
+    let what = format!("connecting to PostgreSQL at {shown}");
+    let client = crate::util::retry(&w.retry, &what, refused, || {
+        connect_tls(&mut cfg, &w.tls, &shown)
+    })
+    .map_err(|g| {
+        if g.attempts > 1 {
+            g.error
+                .context(format!("gave up after {} attempts", g.attempts))
+        } else {
+            g.error
+        }
+    })?;
     Ok((client, shown))
+}
+
+/// Whether a connection failed because nothing answered (a server starting or restarting):
+/// worth retrying. A refused login or a TLS failure is not.
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<SqlError>())
+        .filter_map(|s| std::error::Error::source(&s.0))
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(crate::util::transient_io)
 }
 
 /// Connects as libpq would for the sslmode: `prefer` tries TLS and falls back to a plain

@@ -835,6 +835,7 @@ mod tests {
             max_object_records: 0,
             key_template: "{topic}".into(),
             utc_offset_secs: 0,
+            retry: Default::default(),
         };
         let opts = IngestOptions {
             assignment_timeout: Duration::from_secs(30),
