@@ -124,6 +124,12 @@ pub trait MessageSource {
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
     /// Every partition of the topic (assigned to this member or not).
     fn partitions(&self) -> Result<Vec<i32>>;
+    /// Leaves and joins the group again, so the coordinator computes a fresh assignment
+    /// (some brokers keep a dead member's partitions until someone joins). Sources without
+    /// a group do nothing.
+    fn rejoin(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Registers a function the source calls inside a group revocation, before the revoked
     /// partitions are released to another member. Ingest uses it to finish storing objects
     /// it has queued, so the next owner's archive listing sees them. Sources without a group
@@ -382,6 +388,16 @@ impl MessageSource for KafkaSource {
 
     fn partitions(&self) -> Result<Vec<i32>> {
         self.topic_partitions()
+    }
+
+    fn rejoin(&mut self) -> Result<()> {
+        if self.mode == Mode::Subscribe {
+            self.consumer.unsubscribe();
+            self.consumer
+                .subscribe(&[&self.topic])
+                .with_context(|| format!("subscribing to topic {}", self.topic))?;
+        }
+        Ok(())
     }
 
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {

@@ -4,10 +4,10 @@ use crate::common::*;
 use batchlayer::tweets::tweet;
 use std::collections::{BTreeMap, BTreeSet};
 
-type ViewRow = (Option<String>, i64, i64, i64, i64);
+pub(crate) type ViewRow = (Option<String>, i64, i64, i64, i64);
 
 /// The batch view computed in the test from the produced records.
-fn expected_view(seed: u64, count: u64, locations: u64) -> Vec<ViewRow> {
+pub(crate) fn expected_view(seed: u64, count: u64, locations: u64) -> Vec<ViewRow> {
     let distinct: BTreeSet<_> = (0..count).map(|i| tweet(seed, i, locations)).collect();
     let mut m: BTreeMap<Option<String>, (i64, i64, i64, i64)> = BTreeMap::new();
     for t in distinct {
@@ -22,7 +22,7 @@ fn expected_view(seed: u64, count: u64, locations: u64) -> Vec<ViewRow> {
         .collect()
 }
 
-fn actual_view(schema: &str) -> Vec<ViewRow> {
+pub(crate) fn actual_view(schema: &str) -> Vec<ViewRow> {
     let mut rows: Vec<ViewRow> = pg()
         .query(
             &format!(

@@ -6,6 +6,7 @@
 mod common;
 
 mod aggregate;
+mod chaos;
 mod cli;
 mod conformance;
 mod copy;

@@ -48,6 +48,9 @@ pub struct IngestOptions {
     pub crash_after_first_object: bool,
     /// How long to wait for partitions other members hold while they have lag.
     pub member_wait: Duration,
+    /// Join the group again after this long without the held partitions (a dead member's
+    /// session has ended by then; some brokers reassign only on a join).
+    pub rejoin_after: Duration,
 }
 
 /// A partition another member of the group held when the run ended, and its lag.
@@ -105,6 +108,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         fail_before_commit: s.failpoint("ingest-before-commit"),
         crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
         member_wait: Duration::from_secs(s.kafka.member_wait_secs),
+        rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -187,6 +191,8 @@ struct Run<'a> {
     /// Partitions other members hold that have lag, as last measured (and when).
     held: Vec<Held>,
     held_checked: Option<Instant>,
+    /// When this member last joined the group.
+    joined: Instant,
 }
 
 impl Run<'_> {
@@ -363,6 +369,26 @@ impl Run<'_> {
         })
     }
 
+    /// Stores what is spooled, then leaves and joins the group again. The revocation drops
+    /// this run's uncommitted positions; the stored objects make the re-read skip them.
+    fn rejoin(&mut self, source: &mut dyn MessageSource) -> Result<()> {
+        self.out.debug(&format!(
+            "partitions {:?} still held by other members after {}s; joining the group again",
+            self.held.iter().map(|h| h.partition).collect::<Vec<_>>(),
+            self.joined.elapsed().as_secs()
+        ));
+        let ids: Vec<i32> = self.parts.keys().copied().collect();
+        for p in ids {
+            self.flush_partition(p)?;
+        }
+        source.rejoin()?;
+        self.joined = Instant::now();
+        self.assigned = None;
+        self.assign_wait_start = Instant::now();
+        self.held_checked = None;
+        Ok(())
+    }
+
     /// Partitions not assigned to this run that have lag (committed offset below the end),
     /// measured at most every 2 s.
     fn held_with_lag(&mut self, source: &dyn MessageSource) -> Result<&[Held]> {
@@ -398,7 +424,7 @@ impl Run<'_> {
     /// assigned partition is at its end but other members hold partitions with lag, it waits
     /// (up to `member_wait` from the start) for a rebalance: a killed run's member holds its
     /// partitions until its session times out, and then the group hands them over.
-    fn stop_reason(&mut self, source: &dyn MessageSource) -> Result<Option<&'static str>> {
+    fn stop_reason(&mut self, source: &mut dyn MessageSource) -> Result<Option<&'static str>> {
         if let Some(a) = &self.assigned {
             if a.iter().all(|p| self.eof.contains(p)) {
                 if self.opts.dry_run
@@ -409,6 +435,11 @@ impl Run<'_> {
                 }
                 if self.started.elapsed() >= self.opts.member_wait {
                     return Ok(Some("end of partitions (others held by other members)"));
+                }
+                if !self.opts.rejoin_after.is_zero()
+                    && self.joined.elapsed() >= self.opts.rejoin_after
+                {
+                    self.rejoin(source)?;
                 }
                 return Ok(None);
             }
@@ -721,6 +752,7 @@ fn run_with(
         all_partitions: source.partitions()?,
         held: Vec::new(),
         held_checked: None,
+        joined: now,
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
