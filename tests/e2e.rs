@@ -88,3 +88,30 @@ fn pipeline_end_to_end_on_real_services_and_second_run_adds_nothing() {
     assert_eq!(w.data_objects(), objects_before);
     assert_eq!(actual_view(&w.schema), want);
 }
+
+#[test]
+fn a_topic_named_with_a_leading_underscore_goes_through_all_three_steps() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("underscore");
+    w.topic = format!("_events_{}", w.topic);
+    let (count, seed, locs) = (600u64, 13u64, 9u64);
+    w.run_ok(&[
+        "produce-tweets",
+        "--count",
+        &count.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--locations",
+        &locs.to_string(),
+        "--partitions",
+        "2",
+    ]);
+    let ing = w.json(&["ingest"]);
+    assert_eq!(ing["messages"].as_u64(), Some(count), "{ing}");
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"].as_u64(), Some(count), "{cp}");
+    w.json(&["aggregate"]);
+    assert_eq!(actual_view(&w.schema), expected_view(seed, count, locs));
+}

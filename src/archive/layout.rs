@@ -85,9 +85,13 @@ pub fn parse_object_key(key: &str) -> Option<(String, i32, i64, i64)> {
     Some((topic, partition, first, last))
 }
 
-/// Whether a key names an archived data object (not a manifest or a rejects file).
+/// Prefixes batchlayer keeps its own files under; no data object lives there.
+pub const RESERVED: [&str; 3] = [MANIFESTS, REJECTED, COPY_MANIFESTS];
+
+/// Whether a key names an archived data object (not a manifest or a rejects file). Any topic
+/// name works, `_events` included: only batchlayer's own prefixes are excluded.
 pub fn is_data_key(key: &str) -> bool {
-    !key.starts_with('_') && parse_object_key(key).is_some()
+    !RESERVED.iter().any(|r| key.starts_with(r)) && parse_object_key(key).is_some()
 }
 
 /// Expands the folder template for a timestamp.
@@ -241,6 +245,21 @@ mod tests {
         assert_eq!(folder_time(tpl, "t/x.log"), None);
         assert_eq!(list_prefix("raw/{topic}/x/{YYYY}", "t"), "raw/t/x/");
         assert_eq!(list_prefix("{YYYY}/{topic}", "t"), "");
+    }
+
+    #[test]
+    fn topics_starting_with_an_underscore_are_data() {
+        let k = format!(
+            "_events/2024/01/02/03/{}",
+            object_file_name("_events", 0, 0, 9, Compression::Gzip)
+        );
+        assert!(is_data_key(&k));
+        assert!(!is_data_key("_manifests/_events/run.json"));
+        let fake = format!(
+            "_rejected/{}",
+            object_file_name("t", 0, 0, 9, Compression::None)
+        );
+        assert!(!is_data_key(&fake));
     }
 
     #[test]
