@@ -1,4 +1,7 @@
 -- The ledger: one row per loaded object, written in the same transaction as its COPY.
+-- Offsets are a record's identity: topic, partition, epoch and the object's offset range say
+-- which records are loaded, whatever the object's key. rows_skipped counts records whose
+-- offsets an earlier object had loaded already.
 CREATE TABLE IF NOT EXISTS {schema}.{ledger} (
     key           varchar(1024) PRIMARY KEY,
     size          bigint        NOT NULL,
@@ -6,5 +9,11 @@ CREATE TABLE IF NOT EXISTS {schema}.{ledger} (
     rows_loaded   bigint        NOT NULL,
     rows_rejected bigint        NOT NULL,
     target_table  varchar(256)  NOT NULL,
-    loaded_at     timestamp     NOT NULL DEFAULT CURRENT_TIMESTAMP
+    loaded_at     timestamp     NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    topic         varchar(255),
+    partition_id  integer,
+    epoch         integer,
+    first_offset  bigint,
+    last_offset   bigint,
+    rows_skipped  bigint
 );

@@ -460,3 +460,94 @@ fn a_bad_record_of_any_size_is_rejected_with_prefix_length_and_checksum() {
     let v = w.json(&["copy", "--max-errors", "1"]);
     assert_eq!(v["objects"], 0, "{v}");
 }
+
+fn raw_counts(w: &World) -> (i64, i64) {
+    let row = pg()
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn the_same_offsets_archived_under_two_templates_load_once() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("twotpl");
+    produce_raw(&brokers(), &w.topic, 2, &tweets(200, 31));
+    // A run stores its objects and manifest, then dies before committing...
+    w.env
+        .insert("BATCHLAYER_FAILPOINT".into(), "ingest-before-commit".into());
+    let (code, _, _) = w.run(&["ingest"]);
+    assert_eq!(code, 1);
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    // ...and the key template changes before the next run, which archives the same offsets
+    // again under other keys.
+    w.extra_toml = "key_template = \"moved/{topic}/{YYYY}\"\n".into();
+    let ing = w.json(&["ingest"]);
+    assert_eq!(ing["messages"], 200, "{ing}");
+    let objects = w.data_objects();
+    assert_eq!(objects.len(), 4, "{objects:?}");
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"], 200, "{cp}");
+    assert_eq!(cp["skipped_rows"], 200, "{cp}");
+    assert_eq!(cp["skipped_objects"].as_array().unwrap().len(), 2, "{cp}");
+    assert_eq!(raw_counts(&w), (200, 200));
+    // The skipped objects are in the ledger: the next run has nothing to do.
+    let again = w.json(&["copy"]);
+    assert_eq!(
+        (again["objects"].as_u64(), again["skipped_rows"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn objects_with_partly_overlapping_offsets_load_each_offset_once() {
+    use batchlayer::archive::layout::{object_file_name, Compression};
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("overlap");
+    w.extra_toml = "max_object_records = 60\n".into();
+    let msgs = tweets(100, 32);
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    w.run_ok(&["ingest"]); // objects with offsets 0..59 and 60..99
+                           // Another writer's object with offsets 40..79, under a key that sorts first.
+    let mut body = Vec::new();
+    for m in &msgs[40..80] {
+        batchlayer::records::frame_into(m.as_ref().unwrap(), &mut body);
+    }
+    let key = format!(
+        "{}/0000/{}",
+        w.topic,
+        object_file_name(&w.topic, 0, 40, 79, Compression::None)
+    );
+    w.store().put_bytes_if_absent(&key, &body).unwrap();
+    let dry = w.json(&["copy", "--dry-run"]);
+    assert_eq!(dry["partial_objects"].as_array().unwrap().len(), 2, "{dry}");
+    let cp = w.json(&["copy"]);
+    // 40..79 from the crafted object, then 0..39 and 80..99 from the two others.
+    assert_eq!(cp["rows"], 100, "{cp}");
+    assert_eq!(cp["skipped_rows"], 40, "{cp}");
+    assert_eq!(cp["partial_objects"].as_array().unwrap().len(), 2, "{cp}");
+    assert_eq!(raw_counts(&w), (100, 100));
+    let loaded: Vec<(i64, i64, i64)> = pg()
+        .query(
+            &format!(
+                "SELECT first_offset, rows_loaded, rows_skipped FROM {}.batchlayer_loads ORDER BY first_offset",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(loaded, vec![(0, 40, 20), (40, 40, 0), (60, 20, 20)]);
+}

@@ -181,6 +181,10 @@ pub struct ObjectEntry {
     pub uncompressed_bytes: u64,
     pub sha256: String,
     pub compression: Compression,
+    /// Offsets inside [first_offset, last_offset] the object does not hold (tombstones), so
+    /// each record's offset is known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<i64>,
 }
 
 /// A message that could not be archived as a record.
@@ -275,6 +279,7 @@ mod tests {
             uncompressed_bytes: 1,
             sha256: String::new(),
             compression: Compression::Zstd,
+            gaps: vec![],
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["compression"], "zstd");

@@ -7,7 +7,7 @@ use crate::cli::CopyArgs;
 use crate::config::Settings;
 use crate::output::Output;
 use crate::records::Layout;
-use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, Warehouse};
+use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -43,6 +43,73 @@ pub struct CopySummary {
     pub loaded: Vec<LoadResult>,
     pub pending: Vec<LoadJob>,
     pub sql: Vec<String>,
+    /// Objects not loaded because other objects had loaded every offset they hold.
+    pub skipped_objects: Vec<String>,
+    /// Objects of which only the offsets no other object had loaded were loaded.
+    pub partial_objects: Vec<String>,
+    /// Records skipped because their offsets were loaded already.
+    pub skipped_rows: u64,
+}
+
+/// What copy does with one object, in order.
+#[derive(Debug)]
+enum Step {
+    /// Load these objects (consecutive loads are one batch).
+    Load(Vec<LoadJob>),
+    /// Every offset is loaded already: record it in the ledger with this many records skipped.
+    Skip(LoadJob, u64),
+}
+
+/// Merges inclusive intervals.
+fn merge(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    v.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for (f, l) in v {
+        match out.last_mut() {
+            Some(last) if f <= last.1.saturating_add(1) => last.1 = last.1.max(l),
+            _ => out.push((f, l)),
+        }
+    }
+    out
+}
+
+/// Offsets are the identity of a record: an object whose every offset (same topic, partition
+/// and epoch) is loaded already is skipped, and one that overlaps loaded offsets loads only the
+/// others, whatever the keys look like. Jobs are planned in order, each counting as loaded
+/// for the ones after it (they load in that order, each in its own transaction).
+fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) -> Vec<Step> {
+    let mut steps: Vec<Step> = Vec::new();
+    for mut job in jobs {
+        let mut skip_all = None;
+        if let Some(r) = job.range.clone() {
+            let ranges = loaded
+                .entry((r.topic.clone(), r.partition, r.epoch))
+                .or_default();
+            let overlap: Vec<(i64, i64)> = merge(
+                ranges
+                    .iter()
+                    .filter(|&&(f, l)| l >= r.first && f <= r.last)
+                    .map(|&(f, l)| (f.max(r.first), l.min(r.last)))
+                    .collect(),
+            );
+            if overlap == [(r.first, r.last)] {
+                let holes = job.gaps.as_ref().map_or(0, |g| g.len() as u64);
+                let records = job
+                    .expected_records
+                    .unwrap_or(((r.last - r.first + 1) as u64).saturating_sub(holes));
+                skip_all = Some(records);
+            } else {
+                job.skip = overlap;
+            }
+            ranges.push((r.first, r.last));
+        }
+        match (skip_all, steps.last_mut()) {
+            (Some(n), _) => steps.push(Step::Skip(job, n)),
+            (None, Some(Step::Load(batch))) => batch.push(job),
+            (None, _) => steps.push(Step::Load(vec![job])),
+        }
+    }
+    steps
 }
 
 /// Archived data objects (not manifests or rejects), sorted by key. What the manifests say of
@@ -54,12 +121,20 @@ pub fn archived_objects(store: &dyn ObjectStore) -> Result<Vec<LoadJob>> {
             continue;
         }
         let compression = Compression::from_key(&o.key).unwrap_or(Compression::None);
+        let range =
+            layout::parse_object_key(&o.key).map(|(topic, partition, first, last)| OffsetRange {
+                topic,
+                partition,
+                epoch: 0,
+                first,
+                last,
+            });
         jobs.push(LoadJob {
             key: o.key,
             size: o.size,
             compression,
-            expected_sha256: None,
-            expected_records: None,
+            range,
+            ..Default::default()
         });
     }
     Ok(jobs)
@@ -103,6 +178,7 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
             if let Some(i) = want.remove(&o.key) {
                 jobs[i].expected_sha256 = Some(o.sha256);
                 jobs[i].expected_records = Some(o.records);
+                jobs[i].gaps = (!o.gaps.is_empty()).then_some(o.gaps);
             }
         }
     }
@@ -130,7 +206,14 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
     if a.dry_run {
         for j in &sum.pending {
-            out.plan(&format!("would load {} ({} bytes)", j.key, j.size));
+            let what = if sum.skipped_objects.contains(&j.key) {
+                "would skip (its offsets are loaded already)"
+            } else if !j.skip.is_empty() {
+                "would load in part (some offsets are loaded already)"
+            } else {
+                "would load"
+            };
+            out.plan(&format!("{what} {} ({} bytes)", j.key, j.size));
         }
         for q in &sum.sql {
             out.plan(&format!("{q};"));
@@ -138,12 +221,15 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     }
     out.summary(
         &format!(
-            "copy{}: {} objects ({}), {} rows, {} rejects, {:.1}s",
+            "copy{}: {} objects ({}), {} rows, {} rejects, {} rows skipped as loaded already ({} objects skipped, {} loaded in part), {:.1}s",
             if sum.dry_run { " (dry run)" } else { "" },
             sum.objects,
             indicatif::HumanBytes(sum.bytes),
             sum.rows,
             sum.rejects,
+            sum.skipped_rows,
+            sum.skipped_objects.len(),
+            sum.partial_objects.len(),
             sum.seconds
         ),
         &serde_json::to_value(&sum)?,
@@ -209,11 +295,29 @@ pub fn run(
         manifests_read: read,
         ..Default::default()
     };
+    let steps = plan_loads(wh.loaded_ranges()?, jobs.clone());
     if opts.dry_run {
+        let mut planned = Vec::new();
+        for st in steps {
+            match st {
+                Step::Skip(j, _) => {
+                    summary.skipped_objects.push(j.key.clone());
+                    planned.push(j);
+                }
+                Step::Load(b) => {
+                    for j in b {
+                        if !j.skip.is_empty() {
+                            summary.partial_objects.push(j.key.clone());
+                        }
+                        planned.push(j);
+                    }
+                }
+            }
+        }
         summary.sql = wh.load_sql(&jobs, layout);
         summary.bytes = jobs.iter().map(|j| j.size).sum();
         summary.objects = jobs.len();
-        summary.pending = jobs;
+        summary.pending = planned;
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
@@ -223,27 +327,136 @@ pub fn run(
         max_errors: opts.max_errors,
         fail_before_commit: opts.fail_before_commit,
     };
-    let results = wh.load(&jobs, store, layout, &lopts, &mut |r| {
-        pb.inc(r.bytes);
-        pb.set_message(format!("{} rows", r.loaded));
-    })?;
+    let mut results = Vec::new();
+    // In order: each batch of loads commits before the skips that rest on it are recorded.
+    for step in steps {
+        match step {
+            Step::Load(batch) => {
+                let r = wh.load(&batch, store, layout, &lopts, &mut |r| {
+                    pb.inc(r.bytes);
+                    pb.set_message(format!("{} rows", r.loaded));
+                })?;
+                results.extend(r);
+            }
+            Step::Skip(job, records) => {
+                wh.record_skipped(&job, records)?;
+                out.debug(&format!(
+                    "{}: every offset is loaded already by other objects; skipped",
+                    job.key
+                ));
+                pb.inc(job.size);
+                summary.skipped_objects.push(job.key);
+                summary.skipped_rows += records;
+            }
+        }
+    }
     pb.finish_and_clear();
     for r in &results {
-        if r.loaded + r.rejected != r.records {
+        if r.loaded + r.rejected + r.skipped != r.records {
             bail!(
-                "object {}: {} loaded + {} rejected != {} records",
+                "object {}: {} loaded + {} rejected + {} skipped != {} records",
                 r.key,
                 r.loaded,
                 r.rejected,
+                r.skipped,
                 r.records
             );
         }
+        if r.skipped > 0 {
+            summary.partial_objects.push(r.key.clone());
+        }
         summary.rows += r.loaded;
         summary.rejects += r.rejected;
+        summary.skipped_rows += r.skipped;
         summary.bytes += r.bytes;
     }
     summary.objects = results.len();
     summary.loaded = results;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn job(key: &str, p: i32, first: i64, last: i64) -> LoadJob {
+        LoadJob {
+            key: key.into(),
+            range: Some(OffsetRange {
+                topic: "t".into(),
+                partition: p,
+                epoch: 0,
+                first,
+                last,
+            }),
+            expected_records: Some((last - first + 1) as u64),
+            ..Default::default()
+        }
+    }
+
+    fn describe(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::Skip(j, n) => vec![format!("skip {} ({n})", j.key)],
+                Step::Load(b) => b
+                    .iter()
+                    .map(|j| format!("load {} skipping {:?}", j.key, j.skip))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offsets_decide_what_loads_whatever_the_keys() {
+        let mut loaded = BTreeMap::new();
+        loaded.insert(("t".to_string(), 0, 0), vec![(0, 9)]);
+        let steps = plan_loads(
+            loaded,
+            vec![
+                job("a", 0, 0, 9),   // the same offsets under another key: skipped
+                job("b", 0, 5, 19),  // 5..9 loaded: only 10..19
+                job("c", 0, 15, 24), // 15..19 now loaded by b: only 20..24
+                job("d", 1, 0, 9),   // another partition: all
+                job("e", 0, 10, 24), // covered by b and c together
+            ],
+        );
+        assert_eq!(
+            describe(&steps),
+            vec![
+                "skip a (10)",
+                "load b skipping [(5, 9)]",
+                "load c skipping [(15, 19)]",
+                "load d skipping []",
+                "skip e (15)",
+            ]
+        );
+        // b, c and d are one batch: loads between skips go together.
+        assert_eq!(steps.len(), 3);
+    }
+
+    #[test]
+    fn epochs_and_topics_are_separate_identities() {
+        let mut loaded = BTreeMap::new();
+        loaded.insert(("t".to_string(), 0, 0), vec![(0, 9)]);
+        let mut other_epoch = job("x", 0, 0, 9);
+        other_epoch.range.as_mut().unwrap().epoch = 1;
+        let mut other_topic = job("y", 0, 0, 9);
+        other_topic.range.as_mut().unwrap().topic = "u".into();
+        let steps = plan_loads(loaded, vec![other_epoch, other_topic]);
+        assert_eq!(
+            describe(&steps),
+            vec!["load x skipping []", "load y skipping []"]
+        );
+    }
+
+    #[test]
+    fn intervals_merge_when_they_touch_or_overlap() {
+        assert_eq!(
+            merge(vec![(5, 9), (0, 4), (12, 14), (13, 20)]),
+            vec![(0, 9), (12, 20)]
+        );
+    }
 }

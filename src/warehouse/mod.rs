@@ -13,7 +13,7 @@ use crate::config::{ArchiveSettings, WarehouseKind, WarehouseSettings};
 use crate::records::{ColumnType, Layout};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 pub const CREATE_RAW: &str = include_str!("../../sql/create_raw.sql");
 pub const CREATE_LEDGER: &str = include_str!("../../sql/create_ledger.sql");
@@ -105,7 +105,7 @@ pub fn strip_comments(sql: &str) -> String {
 }
 
 /// One object to load.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadJob {
     pub key: String,
     pub size: u64,
@@ -113,6 +113,47 @@ pub struct LoadJob {
     /// From the ingest manifest, when one lists the object.
     pub expected_sha256: Option<String>,
     pub expected_records: Option<u64>,
+    /// The records' identity: topic, partition, epoch and offset range (from the manifest or
+    /// the key).
+    pub range: Option<OffsetRange>,
+    /// Offsets inside the range that the object does not hold (tombstones), when known.
+    pub gaps: Option<Vec<i64>>,
+    /// Offset intervals (inclusive) loaded already by other objects: their records are
+    /// skipped, not loaded again.
+    pub skip: Vec<(i64, i64)>,
+}
+
+/// Loaded offset ranges (inclusive) per (topic, partition, epoch).
+pub type LoadedRanges = BTreeMap<(String, i32, i32), Vec<(i64, i64)>>;
+
+/// Where an object's records come from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OffsetRange {
+    pub topic: String,
+    pub partition: i32,
+    pub epoch: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+impl LoadJob {
+    /// The offset of each record, in order, when it can be known: the range without its gaps.
+    /// None when the range is unknown, or holds more offsets than records and the gaps are not
+    /// listed.
+    pub fn record_offsets(&self, records: Option<u64>) -> Option<Vec<i64>> {
+        let r = self.range.as_ref()?;
+        let gaps = self.gaps.clone().unwrap_or_default();
+        let offsets: Vec<i64> = (r.first..=r.last).filter(|o| !gaps.contains(o)).collect();
+        match (records, &self.gaps) {
+            (Some(n), None) if n != offsets.len() as u64 => None,
+            _ => Some(offsets),
+        }
+    }
+
+    /// Whether a record at this offset was loaded by another object.
+    pub fn skipped(&self, offset: i64) -> bool {
+        self.skip.iter().any(|&(f, l)| f <= offset && offset <= l)
+    }
 }
 
 /// How to treat bad rows.
@@ -132,6 +173,8 @@ pub struct LoadResult {
     pub records: u64,
     pub loaded: u64,
     pub rejected: u64,
+    /// Records whose offsets another object had loaded already.
+    pub skipped: u64,
 }
 
 /// What a dialect does: its tables, its lock, its ledger and how it loads objects. The plain
@@ -189,6 +232,37 @@ pub trait Warehouse {
         }
         Ok(())
     }
+
+    /// Offset ranges (inclusive) the ledger records as loaded, per (topic, partition, epoch).
+    fn loaded_ranges(&mut self) -> Result<LoadedRanges> {
+        let ledger = self.names().ledger.clone();
+        let sql = format!(
+            "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL",
+            self.names().qualified(&ledger)
+        );
+        let s = self.session();
+        let mut out = LoadedRanges::new();
+        if !s.table_exists(&ledger)? {
+            return Ok(out);
+        }
+        let (_, rows) = s
+            .query_text(&sql)
+            .context("reading the ledger's offset ranges")?;
+        for r in rows {
+            let num = |i: usize| -> Result<i64> {
+                r[i].parse()
+                    .with_context(|| format!("ledger offset value {:?}", r[i]))
+            };
+            out.entry((r[0].clone(), num(1)? as i32, num(2)? as i32))
+                .or_default()
+                .push((num(3)?, num(4)?));
+        }
+        Ok(out)
+    }
+
+    /// Records that an object needs no load: every offset it holds is loaded already by other
+    /// objects. A ledger row with no rows loaded, so the object is not considered again.
+    fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()>;
 
     /// Keys already in the ledger (none when the ledger does not exist yet).
     fn loaded_keys(&mut self) -> Result<HashSet<String>> {
@@ -287,6 +361,7 @@ pub mod conformance {
             },
             expected_sha256: Some(hex::encode(sha2::Sha256::digest(&body))),
             expected_records: Some(records.len() as u64),
+            ..Default::default()
         }
     }
 

@@ -132,6 +132,18 @@ fn copy_rows<R: BufRead>(
         bytes: job.size,
         ..Default::default()
     };
+    // Records whose offsets other objects loaded already are skipped; that needs each
+    // record's offset.
+    let offsets = if job.skip.is_empty() {
+        None
+    } else {
+        Some(job.record_offsets(job.expected_records).with_context(|| {
+            format!(
+                "object {}: its records' offsets are unknown (no manifest lists its gaps), so the part other objects loaded cannot be skipped",
+                job.key
+            )
+        })?)
+    };
     let mut w = tx.copy_in(copy_sql).sql("starting COPY")?;
     let mut rec = Vec::with_capacity(1024);
     let mut buf = Vec::with_capacity(128 << 10);
@@ -140,6 +152,19 @@ fn copy_rows<R: BufRead>(
         .with_context(|| format!("reading object {}", job.key))?
     {
         result.records += 1;
+        if let Some(offs) = &offsets {
+            let i = result.records as usize - 1;
+            let Some(&off) = offs.get(i) else {
+                bail!(
+                    "object {}: holds more records than its offset range",
+                    job.key
+                );
+            };
+            if job.skipped(off) {
+                result.skipped += 1;
+                continue;
+            }
+        }
         match layout.to_pg_copy_row(&rec, &mut buf) {
             Ok(()) => result.loaded += 1,
             Err(e) => {
@@ -195,9 +220,12 @@ fn record_load(
         )
         .sql("recording rejects")?;
     }
+    let r = job.range.as_ref();
     tx.execute(
         &format!(
-            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table) VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, \
+             topic, partition_id, epoch, first_offset, last_offset, rows_skipped) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         ),
         &[
             &job.key,
@@ -206,6 +234,12 @@ fn record_load(
             &(result.loaded as i64),
             &(result.rejected as i64),
             &format!("{}.{}", names.schema, names.raw),
+            &r.map(|r| r.topic.clone()),
+            &r.map(|r| r.partition),
+            &r.map(|r| r.epoch),
+            &r.map(|r| r.first),
+            &r.map(|r| r.last),
+            &(result.skipped as i64),
         ],
     )
     .sql_with(|| format!("recording {} in the ledger", job.key))?;
@@ -227,9 +261,32 @@ impl Warehouse for Pg {
 
     fn upgrade_statements(&self) -> Vec<String> {
         let t = self.s.names.qualified(&self.s.names.rejects);
-        vec![format!(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS raw_bytes bigint, ADD COLUMN IF NOT EXISTS raw_sha256 varchar(64)"
-        )]
+        let l = self.s.names.qualified(&self.s.names.ledger);
+        vec![
+            format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS raw_bytes bigint, ADD COLUMN IF NOT EXISTS raw_sha256 varchar(64)"
+            ),
+            format!(
+                "ALTER TABLE {l} ADD COLUMN IF NOT EXISTS topic varchar(255), ADD COLUMN IF NOT EXISTS partition_id integer, \
+                 ADD COLUMN IF NOT EXISTS epoch integer, ADD COLUMN IF NOT EXISTS first_offset bigint, \
+                 ADD COLUMN IF NOT EXISTS last_offset bigint, ADD COLUMN IF NOT EXISTS rows_skipped bigint"
+            ),
+        ]
+    }
+
+    fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()> {
+        let names = self.s.names.clone();
+        let result = LoadResult {
+            key: job.key.clone(),
+            bytes: job.size,
+            records,
+            skipped: records,
+            ..Default::default()
+        };
+        let mut tx = self.s.client.transaction().sql_bare()?;
+        record_load(&mut tx, &names, job, &result, &[])?;
+        tx.commit()
+            .sql_with(|| format!("recording {} as loaded by other objects", job.key))
     }
 
     fn try_lock(&mut self, name: &str) -> Result<bool> {

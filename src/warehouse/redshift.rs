@@ -258,6 +258,7 @@ impl Redshift {
                 records: loaded + rejected,
                 loaded,
                 rejected,
+                skipped: 0,
             });
         }
         Ok(results)
@@ -281,6 +282,28 @@ impl Warehouse for Redshift {
     fn lock_wait(&mut self, _name: &str) -> Result<()> {
         Ok(())
     }
+    fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()> {
+        let ledger = self.s.names.qualified(&self.s.names.ledger);
+        let r = job
+            .range
+            .as_ref()
+            .context("an object without an offset range")?;
+        let target = format!("{}.{}", self.s.names.schema, self.s.names.raw);
+        let sql = format!(
+            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped) \
+             VALUES ({}, {}, {}, 0, 0, {}, {}, {}, {}, {}, {}, {records})",
+            quote_literal(&job.key),
+            job.size,
+            quote_literal(job.expected_sha256.as_deref().unwrap_or("")),
+            quote_literal(&target),
+            quote_literal(&r.topic),
+            r.partition,
+            r.epoch,
+            r.first,
+            r.last
+        );
+        self.s.run_in_transaction(&[format!("LOCK {ledger}"), sql])
+    }
     fn load(
         &mut self,
         jobs: &[LoadJob],
@@ -291,6 +314,12 @@ impl Warehouse for Redshift {
     ) -> Result<Vec<LoadResult>> {
         if jobs.is_empty() {
             return Ok(vec![]);
+        }
+        if let Some(j) = jobs.iter().find(|j| !j.skip.is_empty()) {
+            bail!(
+                "object {} overlaps offsets loaded already; loading part of an object is not supported on Redshift",
+                j.key
+            );
         }
         let mut spec = self.spec.clone();
         spec.max_errors = opts.max_errors;
@@ -352,6 +381,7 @@ mod tests {
             compression: Compression::Gzip,
             expected_sha256: Some("ab".into()),
             expected_records: Some(10),
+            ..Default::default()
         }
     }
 

@@ -298,6 +298,9 @@ impl Run<'_> {
         let Some(payload) = m.payload.as_deref() else {
             self.reject_tombstone(p, m.offset);
             let st = self.parts.get_mut(&p).expect("state");
+            if let Some(sp) = st.spool.as_mut() {
+                sp.gaps.push(m.offset);
+            }
             st.next_commit = Some(m.offset + 1);
             return Ok(());
         };
@@ -344,6 +347,7 @@ impl Run<'_> {
         );
         let key = layout::object_key(&dir, &name);
         let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
+        let gaps: Vec<i64> = sp.gaps.iter().copied().filter(|&o| o < last).collect();
         let done = sp.finish()?;
         let dry = self.opts.dry_run;
         let entry = ObjectEntry {
@@ -357,6 +361,7 @@ impl Run<'_> {
             uncompressed_bytes: uncompressed,
             sha256: if dry { String::new() } else { done.sha256 },
             compression: c,
+            gaps,
         };
         if dry {
             self.objects.push(entry);

@@ -59,6 +59,8 @@ pub struct Spool {
     pub records: u64,
     pub uncompressed: u64,
     pub payload_bytes: u64,
+    /// Offsets after `first` that hold no record (tombstones).
+    pub gaps: Vec<i64>,
     file: tempfile::TempPath,
     enc: Option<Encoder>,
     buf: Vec<u8>,
@@ -87,6 +89,7 @@ impl Spool {
             records: 0,
             uncompressed: 0,
             payload_bytes: 0,
+            gaps: Vec::new(),
             file: path,
             enc: Some(enc),
             buf: Vec::with_capacity(4096),
