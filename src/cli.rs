@@ -165,6 +165,14 @@ pub struct IngestArgs {
     /// Compression of archived objects. [config: archive.compression]
     #[arg(long, value_enum)]
     pub compression: Option<Compression>,
+    /// The topic was deleted and re-created: start a new epoch, reading every partition from
+    /// its beginning into objects named with the new epoch (the old ones stay as they are).
+    #[arg(long)]
+    pub new_epoch: bool,
+    /// Offsets expired before they were archived: record them as a gap in the manifest and
+    /// the catalog, and go on from each partition's first offset.
+    #[arg(long)]
+    pub accept_expired: bool,
 }
 
 #[derive(Debug, Args, Default)]

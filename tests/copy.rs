@@ -364,6 +364,9 @@ fn an_object_that_disappeared_fails_clearly_and_loads_nothing() {
         fn put_bytes_if_absent(&self, k: &str, d: &[u8]) -> anyhow::Result<PutOutcome> {
             self.0.put_bytes_if_absent(k, d)
         }
+        fn put_bytes(&self, k: &str, d: &[u8]) -> anyhow::Result<()> {
+            self.0.put_bytes(k, d)
+        }
         fn get_into(&self, k: &str, w: &mut (dyn std::io::Write + Send)) -> anyhow::Result<u64> {
             if !k.starts_with('_') {
                 self.0.delete(k)?; // gone, as if a lifecycle rule removed it just now

@@ -652,3 +652,83 @@ fn after_killed_runs_ingest_waits_for_dead_members_and_never_reports_work_it_did
     eprintln!("after killed runs: finished in {:?}: {v}", t0.elapsed());
     assert_archive_exact(&w, &msgs, 3);
 }
+
+fn delete_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let r = futures_executor::block_on(admin.delete_topics(
+        &[topic],
+        &AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10))),
+    ))
+    .unwrap();
+    for x in r {
+        x.unwrap();
+    }
+}
+
+#[test]
+fn a_re_created_topic_is_refused_until_a_new_epoch_and_then_loads_exactly_once() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("recreate");
+    let old = tweets(1000, 61);
+    produce_raw(&brokers(), &w.topic, 2, &old);
+    assert_eq!(w.json(&["ingest"])["messages"], 1000);
+    assert_eq!(w.json(&["copy"])["rows"], 1000);
+
+    // The topic is deleted and re-created with the same name, and gets new messages.
+    delete_topic(&w.topic);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let new = tweets(1500, 62);
+    produce_raw(&brokers(), &w.topic, 2, &new);
+    let objects = w.data_objects();
+    let manifests = w.store().list("_manifests/").unwrap().len();
+
+    let (code, _, err) = w.run(&["ingest"]);
+    eprintln!("re-created topic: {err}");
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("partition 0") && err.contains("partition 1") && err.contains("--new-epoch"),
+        "{err}"
+    );
+    assert_eq!(w.data_objects(), objects, "nothing archived");
+    assert_eq!(w.store().list("_manifests/").unwrap().len(), manifests);
+
+    // The operator starts a new epoch: every new message is archived and loaded once, the
+    // old rows stay as they were.
+    let v = w.json(&["ingest", "--new-epoch"]);
+    assert_eq!(
+        (v["messages"].as_u64(), v["epoch"].as_i64()),
+        (Some(1500), Some(1)),
+        "{v}"
+    );
+    assert!(
+        w.data_objects().iter().any(|k| k.contains("@1+")),
+        "epoch in the keys"
+    );
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"], 1500, "{cp}");
+    let row = pg()
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2500, 2500));
+    // And the next run finds nothing new and nothing wrong.
+    let again = w.json(&["ingest"]);
+    assert_eq!(
+        (again["messages"].as_u64(), again["epoch"].as_i64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+}

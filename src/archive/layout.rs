@@ -12,6 +12,8 @@ pub const MANIFESTS: &str = "_manifests/";
 pub const REJECTED: &str = "_rejected/";
 /// Where Redshift COPY manifests live.
 pub const COPY_MANIFESTS: &str = "_copy_manifests/";
+/// Where the catalog keeps each topic's head: `_catalog/{topic}/head.json`.
+pub const CATALOG: &str = "_catalog/";
 
 /// How an archived object is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -69,8 +71,35 @@ pub fn object_file_name(
     )
 }
 
-/// Parses an object key's last segment back into (topic, partition, first, last).
-pub fn parse_object_key(key: &str) -> Option<(String, i32, i64, i64)> {
+/// The name of an object of a later epoch: `{topic}@{epoch}+{partition}+{first}+{last}...`
+/// (epoch 0 keeps the plain name). `@` never occurs in a Kafka topic name.
+pub fn epoch_file_name(
+    topic: &str,
+    epoch: i32,
+    partition: i32,
+    first: i64,
+    last: i64,
+    c: Compression,
+) -> String {
+    if epoch == 0 {
+        object_file_name(topic, partition, first, last, c)
+    } else {
+        object_file_name(&format!("{topic}@{epoch}"), partition, first, last, c)
+    }
+}
+
+/// What an object's name says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectName {
+    pub topic: String,
+    pub epoch: i32,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
+}
+
+/// Parses an object key's last segment, epoch included.
+pub fn parse_object_name(key: &str) -> Option<ObjectName> {
     let name = key.rsplit('/').next()?;
     let c = Compression::from_key(name)?;
     let stem = name.strip_suffix(&format!(".{}", c.extension()))?;
@@ -78,15 +107,58 @@ pub fn parse_object_key(key: &str) -> Option<(String, i32, i64, i64)> {
     let last = it.next()?.parse().ok()?;
     let first = it.next()?.parse().ok()?;
     let partition = it.next()?.parse().ok()?;
-    let topic = it.next()?.to_string();
+    let full = it.next()?;
+    let (topic, epoch) = match full.rsplit_once('@') {
+        Some((t, e)) => (t.to_string(), e.parse().ok()?),
+        None => (full.to_string(), 0),
+    };
     if topic.is_empty() || first > last {
         return None;
     }
-    Some((topic, partition, first, last))
+    Some(ObjectName {
+        topic,
+        epoch,
+        partition,
+        first,
+        last,
+    })
+}
+
+/// Parses an object key's last segment back into (topic, partition, first, last).
+pub fn parse_object_key(key: &str) -> Option<(String, i32, i64, i64)> {
+    parse_object_name(key).map(|n| (n.topic, n.partition, n.first, n.last))
+}
+
+/// The key of a topic's catalog head.
+pub fn catalog_head_key(topic: &str) -> String {
+    format!("{CATALOG}{topic}/head.json")
+}
+
+/// Where a topic's archive stands, written after each committed run: the epoch and, per
+/// partition, the next offset the archive expects. The committed offsets of the group are
+/// never behind it unless the group's offsets were reset or the topic was re-created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CatalogHead {
+    pub epoch: i32,
+    /// partition -> next offset to archive.
+    pub next: std::collections::BTreeMap<i32, i64>,
+    /// Offsets that expired before they were archived, accepted by the operator.
+    #[serde(default)]
+    pub expired: Vec<ExpiredGap>,
+    pub run_id: String,
+}
+
+/// Offsets of a partition that expired unarchived (inclusive), accepted with --accept-expired.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExpiredGap {
+    pub epoch: i32,
+    pub partition: i32,
+    pub first: i64,
+    pub last: i64,
 }
 
 /// Prefixes batchlayer keeps its own files under; no data object lives there.
-pub const RESERVED: [&str; 3] = [MANIFESTS, REJECTED, COPY_MANIFESTS];
+pub const RESERVED: [&str; 4] = [MANIFESTS, REJECTED, COPY_MANIFESTS, CATALOG];
 
 /// Whether a key names an archived data object (not a manifest or a rejects file). Any topic
 /// name works, `_events` included: only batchlayer's own prefixes are excluded.
@@ -206,6 +278,12 @@ pub struct Manifest {
     pub objects: Vec<ObjectEntry>,
     pub rejected_key: Option<String>,
     pub rejected: u64,
+    /// The topic's epoch this run archived.
+    #[serde(default)]
+    pub epoch: i32,
+    /// Expired offsets this run accepted as a gap (recorded forever).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired: Vec<ExpiredGap>,
 }
 
 #[cfg(test)]
@@ -221,6 +299,22 @@ mod tests {
         }
         assert_eq!(parse_object_key("_manifests/t/run.json"), None);
         assert_eq!(parse_object_key("a/t+1+5+2.log"), None);
+        let n = epoch_file_name("my.topic", 3, 1, 10, 20, Compression::Gzip);
+        assert_eq!(
+            parse_object_name(&format!("x/{n}")),
+            Some(ObjectName {
+                topic: "my.topic".into(),
+                epoch: 3,
+                partition: 1,
+                first: 10,
+                last: 20
+            })
+        );
+        assert_eq!(
+            epoch_file_name("t", 0, 1, 1, 2, Compression::None),
+            object_file_name("t", 1, 1, 2, Compression::None)
+        );
+        assert_eq!(parse_object_name("t+1+1+2.log").unwrap().epoch, 0);
     }
 
     #[test]

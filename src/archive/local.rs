@@ -91,6 +91,22 @@ impl ObjectStore for LocalStore {
         self.put_with(key, &mut |f| Ok(f.write_all(data)?))
     }
 
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        let dest = self.path(key)?;
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .with_context(|| format!("creating temp file in {}", dir.display()))?;
+        tmp.write_all(data)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&dest)
+            .with_context(|| format!("storing {}", dest.display()))?;
+        Ok(())
+    }
+
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
         let p = self.path(key)?;
         let mut f = match fs::File::open(&p) {

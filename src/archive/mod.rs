@@ -50,6 +50,9 @@ pub trait ObjectStore: Send + Sync {
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome>;
     /// Stores `data` under `key` unless `key` exists.
     fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
+    /// Stores `data` under `key`, replacing it (only for batchlayer's own small state files,
+    /// never for data objects). A reader sees the old or the new content, never a mix.
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()>;
     /// Streams the object into `w`; `StoreError::NotFound` when it does not exist.
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64>;
     /// All objects whose key starts with `prefix`, sorted by key.
@@ -176,6 +179,13 @@ pub mod conformance {
         store.delete("conf/a/one.log").unwrap();
         store.delete("conf/a/one.log").unwrap();
         assert_eq!(store.list("conf/").unwrap().len(), 1);
+
+        // State files are replaced whole.
+        store.put_bytes("conf/state.json", b"one").unwrap();
+        store.put_bytes("conf/state.json", b"two, longer").unwrap();
+        let mut got = Vec::new();
+        store.get_into("conf/state.json", &mut got).unwrap();
+        assert_eq!(got, b"two, longer");
     }
 }
 

@@ -395,6 +395,13 @@ impl ObjectStore for S3Store {
         }
     }
 
+    fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
+        self.call("PUT", || self.bucket.put_object(self.full(key), data))
+            .map(|_| ())
+            .map_err(|e| self.explain(&e))
+            .with_context(|| format!("storing {}", self.url(key)))
+    }
+
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64> {
         let mut counting = Tally::counting(w);
         // Retried only while nothing was written: a partial download cannot be taken back.

@@ -121,14 +121,13 @@ pub fn archived_objects(store: &dyn ObjectStore) -> Result<Vec<LoadJob>> {
             continue;
         }
         let compression = Compression::from_key(&o.key).unwrap_or(Compression::None);
-        let range =
-            layout::parse_object_key(&o.key).map(|(topic, partition, first, last)| OffsetRange {
-                topic,
-                partition,
-                epoch: 0,
-                first,
-                last,
-            });
+        let range = layout::parse_object_name(&o.key).map(|n| OffsetRange {
+            topic: n.topic,
+            partition: n.partition,
+            epoch: n.epoch,
+            first: n.first,
+            last: n.last,
+        });
         jobs.push(LoadJob {
             key: o.key,
             size: o.size,

@@ -14,7 +14,7 @@
 mod spool;
 mod upload;
 
-use crate::archive::layout::{self, Manifest, ObjectEntry, Rejected};
+use crate::archive::layout::{self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, Rejected};
 use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
 use crate::config::{ArchiveSettings, Settings};
@@ -51,6 +51,12 @@ pub struct IngestOptions {
     /// Join the group again after this long without the held partitions (a dead member's
     /// session has ended by then; some brokers reassign only on a join).
     pub rejoin_after: Duration,
+    /// Start a new epoch of the topic (after it was re-created): read every partition from
+    /// its beginning into objects named with the new epoch.
+    pub new_epoch: bool,
+    /// Accept offsets that expired unarchived: record them as a gap and go on from the
+    /// partition's first offset.
+    pub accept_expired: bool,
 }
 
 /// A partition another member of the group held when the run ended, and its lag.
@@ -78,6 +84,10 @@ pub struct IngestSummary {
     /// Partitions with lag that other members held, so this run did not read them (a
     /// warning: the run did all it could).
     pub held_by_others: Vec<Held>,
+    /// The topic's epoch this run archived.
+    pub epoch: i32,
+    /// Expired offsets accepted as a gap by this run (--accept-expired).
+    pub expired: Vec<ExpiredGap>,
 }
 
 /// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
@@ -109,6 +119,8 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
         member_wait: Duration::from_secs(s.kafka.member_wait_secs),
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
+        new_epoch: a.new_epoch,
+        accept_expired: a.accept_expired,
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -193,6 +205,13 @@ struct Run<'a> {
     held_checked: Option<Instant>,
     /// When this member last joined the group.
     joined: Instant,
+    /// The catalog head as this run found it, and the epoch it archives.
+    head: CatalogHead,
+    epoch: i32,
+    expired: Vec<ExpiredGap>,
+    /// Committed offsets at assignment, and the partitions whose first message was seen.
+    committed_at_assign: std::collections::HashMap<i32, Option<i64>>,
+    first_seen: BTreeSet<i32>,
 }
 
 impl Run<'_> {
@@ -254,9 +273,10 @@ impl Run<'_> {
             })?;
             let mut v = Vec::new();
             for o in listed {
-                if let Some((t, part, first, last)) = layout::parse_object_key(&o.key) {
-                    if t == self.topic {
-                        v.push((part, first, last));
+                // Only objects of this topic's current epoch hold the same messages.
+                if let Some(n) = layout::parse_object_name(&o.key) {
+                    if n.topic == self.topic && n.epoch == self.epoch {
+                        v.push((n.partition, n.first, n.last));
                     }
                 }
             }
@@ -338,7 +358,7 @@ impl Run<'_> {
             return Ok(());
         };
         let c = self.settings.compression;
-        let name = layout::object_file_name(&self.topic, p, sp.first, sp.last, c);
+        let name = layout::epoch_file_name(&self.topic, self.epoch, p, sp.first, sp.last, c);
         let dir = layout::folder(
             &self.settings.key_template,
             &self.topic,
@@ -490,7 +510,7 @@ impl Run<'_> {
                 Event::Eof(p) => {
                     self.eof.insert(p);
                 }
-                Event::Assigned(ps) => self.on_assigned(source, ps),
+                Event::Assigned(ps) => self.on_assigned(source, ps)?,
                 Event::Revoked(ps) => self.on_revoked(&ps),
                 Event::Idle => self.check_stall()?,
             }
@@ -504,6 +524,21 @@ impl Run<'_> {
             .is_some_and(|a| a.contains(&m.partition))
         {
             return Ok(());
+        }
+        if self.first_seen.insert(m.partition) {
+            let c = self
+                .committed_at_assign
+                .get(&m.partition)
+                .copied()
+                .flatten();
+            if let Some(c) = c.filter(|&c| m.offset < c) {
+                bail!(
+                    "topic {}: partition {}: the first message has offset {}, below the committed offset {c}: the partition was truncated or re-created. Nothing was committed; if the topic was re-created, run `batchlayer ingest --new-epoch`",
+                    self.topic,
+                    m.partition,
+                    m.offset
+                );
+            }
         }
         self.on_message(m)?;
         if self.summary.messages.is_multiple_of(1024) {
@@ -522,8 +557,51 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn on_assigned(&mut self, source: &dyn MessageSource, ps: Vec<i32>) {
+    /// Checks that the partitions are the ones the archive holds (same incarnation, nothing
+    /// expired unarchived) before anything is read. Every problem fails the run, naming the
+    /// partitions and offsets; nothing is committed.
+    fn check_positions(&mut self, source: &dyn MessageSource, ps: &[i32]) -> Result<()> {
+        let committed = source.committed(ps)?;
+        let mut problems = Vec::new();
+        for &p in ps {
+            let c = committed.get(&p).copied().flatten();
+            self.committed_at_assign.insert(p, c);
+            let h = self.head.next.get(&p).copied();
+            let (lo, _) = source.watermarks(p)?;
+            match (h, c) {
+                (Some(h), None) => problems.push(format!(
+                    "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",
+                    h - 1,
+                    self.epoch
+                )),
+                (Some(h), Some(c)) if c < h => problems.push(format!(
+                    "partition {p}: the committed offset {c} is behind the archive's next offset {h} (epoch {})",
+                    self.epoch
+                )),
+                _ => {}
+            }
+            if let Some(c) = c {
+                if c < lo {
+                    problems.push(format!(
+                        "partition {p}: offsets {c}..{} expired before they were archived (the partition starts at {lo})",
+                        lo - 1
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "topic {} is not the one the archive holds: {}. Nothing was read or committed. If the topic was deleted and re-created, run `batchlayer ingest --new-epoch`; to record expired offsets as a gap and go on, run `batchlayer ingest --accept-expired`",
+            self.topic,
+            problems.join("; ")
+        )
+    }
+
+    fn on_assigned(&mut self, source: &dyn MessageSource, ps: Vec<i32>) -> Result<()> {
         self.out.debug(&format!("assigned partitions {ps:?}"));
+        self.check_positions(source, &ps)?;
         self.listing = None;
         for p in &ps {
             self.parts.entry(*p).or_default().archived = None;
@@ -533,6 +611,7 @@ impl Run<'_> {
             self.pb = self.out.progress(lag(source, &ps), "ingest", false);
         }
         self.assigned = Some(ps.into_iter().collect());
+        Ok(())
     }
 
     fn on_revoked(&mut self, ps: &[i32]) {
@@ -580,6 +659,32 @@ impl Run<'_> {
         )
     }
 
+    /// Records where the archive now stands, after the commit. The head is never ahead of the
+    /// committed offsets (a run that died before its commit wrote none), so a committed offset
+    /// behind it means the offsets were reset or the topic re-created. A failure here loses
+    /// nothing (the next run's check only needs the head not to be ahead): it is a warning.
+    fn store_head(&self, commits: &[(i32, i64)], run_id: &str) {
+        let mut head = self.head.clone();
+        if head.epoch != self.epoch {
+            head.next.clear();
+        }
+        head.epoch = self.epoch;
+        for &(p, o) in commits {
+            head.next.insert(p, o);
+        }
+        head.expired.extend(self.expired.iter().cloned());
+        head.run_id = run_id.to_string();
+        let key = layout::catalog_head_key(&self.topic);
+        let r = serde_json::to_vec_pretty(&head)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| self.store.put_bytes(&key, &b));
+        if let Err(e) = r {
+            self.out.warn(&format!(
+                "the offsets are committed, but storing {key} failed: {e:#}"
+            ));
+        }
+    }
+
     /// Stores the rejected messages' list, if any; returns its key.
     fn store_rejected(&self, run_id: &str) -> Result<Option<String>> {
         if self.rejected.is_empty() {
@@ -606,10 +711,12 @@ impl Run<'_> {
         started_at: DateTime<Utc>,
         rejected_key: Option<String>,
     ) -> Result<Option<String>> {
-        if self.objects.is_empty() && rejected_key.is_none() {
+        if self.objects.is_empty() && rejected_key.is_none() && self.expired.is_empty() {
             return Ok(None);
         }
         let m = Manifest {
+            epoch: self.epoch,
+            expired: self.expired.clone(),
             run_id: run_id.to_string(),
             topic: self.topic.clone(),
             group: self.opts.group.clone(),
@@ -672,7 +779,12 @@ impl Run<'_> {
             ))
             .into());
         }
+        if !self.opts.dry_run && !commits.is_empty() {
+            self.store_head(&commits, &run_id);
+        }
         let mut sum = self.summary;
+        sum.epoch = self.epoch;
+        sum.expired = self.expired.clone();
         if held {
             sum.held_by_others = self.held.clone();
         }
@@ -732,6 +844,22 @@ fn run_with(
     if !opts.dry_run {
         store.check()?;
     }
+    let topic = source.topic().to_string();
+    let mut head = read_head(store, &topic)?;
+    let mut epoch = head.epoch;
+    let mut expired = Vec::new();
+    if opts.new_epoch && !opts.dry_run {
+        epoch = head.epoch + 1;
+        start_epoch(source, &topic, epoch, out)?;
+        head.next.clear();
+    }
+    if opts.accept_expired && !opts.dry_run {
+        expired = accept_expired(source, epoch, out)?;
+        for g in &expired {
+            // The head moves past the gap: the partition now goes on from its first offset.
+            head.next.insert(g.partition, g.last + 1);
+        }
+    }
     source.start()?;
     let mut run = Run {
         store,
@@ -758,9 +886,88 @@ fn run_with(
         held: Vec::new(),
         held_checked: None,
         joined: now,
+        head,
+        epoch,
+        expired,
+        committed_at_assign: Default::default(),
+        first_seen: BTreeSet::new(),
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
+}
+
+/// The topic's catalog head; an archive without one is at epoch 0 with no recorded positions.
+fn read_head(store: &dyn ObjectStore, topic: &str) -> Result<CatalogHead> {
+    let key = layout::catalog_head_key(topic);
+    let mut body = Vec::new();
+    match store.get_into(&key, &mut body) {
+        Ok(_) => serde_json::from_slice(&body).with_context(|| format!("parsing {key}")),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<crate::archive::StoreError>(),
+                Some(crate::archive::StoreError::NotFound(_))
+            ) =>
+        {
+            Ok(CatalogHead::default())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {key}")),
+    }
+}
+
+/// `--new-epoch`: the group's offsets go to the start of every partition; this run's objects
+/// carry the new epoch, so they never collide with the old incarnation's.
+fn start_epoch(
+    source: &mut dyn MessageSource,
+    topic: &str,
+    epoch: i32,
+    out: &Output,
+) -> Result<()> {
+    let mut starts = Vec::new();
+    for p in source.partitions()? {
+        starts.push((p, source.watermarks(p)?.0));
+    }
+    source
+        .commit(&starts)
+        .context("resetting the group's offsets for the new epoch")?;
+    out.info(&format!(
+        "topic {topic}: starting epoch {epoch}; every partition is read from its first offset"
+    ));
+    Ok(())
+}
+
+/// `--accept-expired`: partitions whose committed offset is below their first offset go on
+/// from the first offset; the expired range is recorded in the manifest and the catalog.
+fn accept_expired(
+    source: &mut dyn MessageSource,
+    epoch: i32,
+    out: &Output,
+) -> Result<Vec<ExpiredGap>> {
+    let parts = source.partitions()?;
+    let committed = source.committed(&parts)?;
+    let mut gaps = Vec::new();
+    let mut moves = Vec::new();
+    for p in parts {
+        let (lo, _) = source.watermarks(p)?;
+        if let Some(c) = committed.get(&p).copied().flatten().filter(|&c| c < lo) {
+            gaps.push(ExpiredGap {
+                epoch,
+                partition: p,
+                first: c,
+                last: lo - 1,
+            });
+            moves.push((p, lo));
+        }
+    }
+    source
+        .commit(&moves)
+        .context("moving the group's offsets past the expired range")?;
+    for g in &gaps {
+        out.warn(&format!(
+            "partition {}: offsets {}..{} expired unarchived; recorded as a gap",
+            g.partition, g.first, g.last
+        ));
+    }
+    Ok(gaps)
 }
 
 /// Total lag over these partitions from committed offsets and high watermarks (display only).
@@ -923,5 +1130,147 @@ mod tests {
         assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
         assert_eq!(sum.held_by_others[0].lag, 20);
         assert!(sum.stopped_by.contains("held by other members"));
+    }
+
+    /// A message source double for what no local broker can produce: a partition whose first
+    /// messages expired (retention, DeleteRecords) before the group archived them.
+    struct Expired {
+        committed: i64,
+        low: i64,
+        high: i64,
+        next: i64,
+        started: bool,
+        commits: Arc<std::sync::Mutex<Vec<(i32, i64)>>>,
+    }
+
+    impl MessageSource for Expired {
+        fn topic(&self) -> &str {
+            "exp"
+        }
+        fn start(&mut self) -> Result<()> {
+            self.started = true;
+            // Like librdkafka's auto.offset.reset=earliest: start at the committed offset, or
+            // at the partition's first offset when that is gone.
+            let c = self
+                .commits
+                .lock()
+                .unwrap()
+                .last()
+                .map_or(self.committed, |x| x.1);
+            self.next = c.max(self.low);
+            Ok(())
+        }
+        fn poll(&mut self, _t: Duration) -> Result<Event> {
+            if self.next == -1 {
+                return Ok(Event::Idle);
+            }
+            if self.next == -2 {
+                self.next = -1;
+                return Ok(Event::Eof(0));
+            }
+            if !std::mem::replace(&mut self.started, false) {
+                if self.next >= self.high {
+                    self.next = -2;
+                    return self.poll(_t);
+                }
+                let o = self.next;
+                self.next += 1;
+                return Ok(Event::Message(Message {
+                    partition: 0,
+                    offset: o,
+                    timestamp_ms: Some(0),
+                    payload: Some(format!("m{o}").into_bytes()),
+                }));
+            }
+            Ok(Event::Assigned(vec![0]))
+        }
+        fn committed(&self, _: &[i32]) -> Result<std::collections::HashMap<i32, Option<i64>>> {
+            let c = self
+                .commits
+                .lock()
+                .unwrap()
+                .last()
+                .map_or(self.committed, |x| x.1);
+            Ok([(0, Some(c))].into_iter().collect())
+        }
+        fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
+            self.commits.lock().unwrap().extend_from_slice(offsets);
+            Ok(())
+        }
+        fn watermarks(&self, _: i32) -> Result<(i64, i64)> {
+            Ok((self.low, self.high))
+        }
+        fn partitions(&self) -> Result<Vec<i32>> {
+            Ok(vec![0])
+        }
+    }
+
+    fn expired_run(accept: bool) -> (Result<IngestSummary>, Vec<(i32, i64)>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut src = Expired {
+            committed: 5,
+            low: 10,
+            high: 20,
+            next: 0,
+            started: false,
+            commits: commits.clone(),
+        };
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let archive = ArchiveSettings {
+            location: crate::config::ArchiveLocation::Local(dir.path().to_path_buf()),
+            compression: crate::archive::Compression::None,
+            max_object_bytes: 1 << 20,
+            max_object_records: 0,
+            key_template: "{topic}".into(),
+            utc_offset_secs: 0,
+            retry: Default::default(),
+        };
+        let opts = IngestOptions {
+            assignment_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(5),
+            group: "g".into(),
+            accept_expired: accept,
+            ..Default::default()
+        };
+        let r = run(&mut src, &store, &archive, &opts, &Output::silent());
+        let c = commits.lock().unwrap().clone();
+        (r, c, dir)
+    }
+
+    #[test]
+    fn offsets_that_expired_unarchived_fail_the_run_until_accepted_as_a_recorded_gap() {
+        let (r, commits, _dir) = expired_run(false);
+        let msg = format!("{:#}", r.unwrap_err());
+        assert!(
+            msg.contains("partition 0: offsets 5..9 expired before they were archived"),
+            "{msg}"
+        );
+        assert!(msg.contains("--accept-expired"), "{msg}");
+        assert!(commits.is_empty(), "committed {commits:?}");
+
+        let (r, commits, dir) = expired_run(true);
+        let sum = r.unwrap();
+        assert_eq!(sum.messages, 10);
+        assert_eq!(
+            sum.expired,
+            vec![ExpiredGap {
+                epoch: 0,
+                partition: 0,
+                first: 5,
+                last: 9
+            }]
+        );
+        // The gap is skipped on purpose (offsets moved to 10), then the run commits its end.
+        assert_eq!(commits, vec![(0, 10), (0, 20)]);
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let manifests = store.list(layout::MANIFESTS).unwrap();
+        let mut body = Vec::new();
+        store.get_into(&manifests[0].key, &mut body).unwrap();
+        let m: Manifest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(m.expired, sum.expired, "the gap is in the manifest");
+        let head = read_head(&store, "exp").unwrap();
+        assert_eq!(head.expired, sum.expired, "and in the catalog");
+        assert_eq!(head.next.get(&0), Some(&20));
     }
 }
