@@ -1,7 +1,8 @@
 -- The ledger: one row per loaded object, written in the same transaction as its COPY.
 -- Offsets are a record's identity: topic, partition, epoch and the object's offset range say
 -- which records are loaded, whatever the object's key. rows_skipped counts records whose
--- offsets an earlier object had loaded already.
+-- offsets an earlier object had loaded already. `manifest` names the run manifest that listed the
+-- object: the newest one per topic is copy's cursor, and it moves with the loads.
 CREATE TABLE IF NOT EXISTS {schema}.{ledger} (
     key           varchar(1024) PRIMARY KEY,
     size          bigint        NOT NULL,
@@ -15,5 +16,7 @@ CREATE TABLE IF NOT EXISTS {schema}.{ledger} (
     epoch         integer,
     first_offset  bigint,
     last_offset   bigint,
-    rows_skipped  bigint
+    rows_skipped  bigint,
+    manifest      varchar(256),
+    manifest_objects integer
 );

@@ -173,6 +173,10 @@ pub struct IngestArgs {
     /// the catalog, and go on from each partition's first offset.
     #[arg(long)]
     pub accept_expired: bool,
+    /// Repair: find objects of runs that died by listing the topic's whole archive, not only
+    /// the folders their markers name (for archives written before markers existed).
+    #[arg(long)]
+    pub full_scan: bool,
 }
 
 #[derive(Debug, Args, Default)]
@@ -202,6 +206,10 @@ pub struct CopyArgs {
     /// Exit at once with code 3 when another copy holds the lock (default: wait).
     #[arg(long)]
     pub no_wait: bool,
+    /// Find work by listing the whole archive instead of reading the manifests written since
+    /// the last load; also loads objects that no manifest lists (verify and repair).
+    #[arg(long)]
+    pub full_scan: bool,
 }
 
 #[derive(Debug, Args, Default)]

@@ -129,6 +129,16 @@ pub fn parse_object_key(key: &str) -> Option<(String, i32, i64, i64)> {
     parse_object_name(key).map(|n| (n.topic, n.partition, n.first, n.last))
 }
 
+/// Where the in-flight markers of a topic's runs are.
+pub fn markers_prefix(topic: &str) -> String {
+    format!("{CATALOG}{topic}/inflight/")
+}
+
+/// The key of a run's in-flight marker.
+pub fn marker_key(topic: &str, run_id: &str) -> String {
+    format!("{}{run_id}.json", markers_prefix(topic))
+}
+
 /// The key of a topic's catalog head.
 pub fn catalog_head_key(topic: &str) -> String {
     format!("{CATALOG}{topic}/head.json")
@@ -229,9 +239,29 @@ pub fn run_id(started_at: DateTime<Utc>) -> String {
     )
 }
 
-/// The key of a run's manifest.
-pub fn manifest_key(topic: &str, run_id: &str) -> String {
-    format!("{MANIFESTS}{topic}/{run_id}.json")
+/// The key of a run's manifest: `_manifests/{topic}/{YYYYMMDD}/{finished}-{run_id}.json`,
+/// in a folder per day of the time it is written, so its name sorts by when it was stored
+/// and a reader of recent manifests lists a day or two, whatever the archive's age.
+pub fn manifest_key(topic: &str, run_id: &str, finished: DateTime<Utc>) -> String {
+    format!(
+        "{MANIFESTS}{topic}/{}/{}-{run_id}.json",
+        finished.format("%Y%m%d"),
+        finished.format("%Y%m%dT%H%M%S%.3fZ")
+    )
+}
+
+/// A manifest's name (its key's last segment without `.json`): sorts by the time it was
+/// stored (by the time its run started for manifests of older versions).
+pub fn manifest_name(key: &str) -> Option<&str> {
+    key.rsplit('/').next()?.strip_suffix(".json")
+}
+
+/// The time a manifest name starts with.
+pub fn manifest_time(name: &str) -> Option<DateTime<Utc>> {
+    let stamp = name.get(..20)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// The key of a run's rejected-messages file.

@@ -166,6 +166,24 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut out = Vec::new();
+        for ent in rd {
+            let ent = ent?;
+            if ent.file_type()?.is_dir() {
+                out.push(ent.file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         let p = self.path(key)?;
         match fs::remove_file(&p) {

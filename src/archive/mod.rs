@@ -57,6 +57,8 @@ pub trait ObjectStore: Send + Sync {
     fn get_into(&self, key: &str, w: &mut (dyn Write + Send)) -> Result<u64>;
     /// All objects whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// The names of the "folders" right below `prefix` (which ends with `/`), sorted.
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
     /// Removes an object; removing a missing one is not an error.
     fn delete(&self, key: &str) -> Result<()>;
 }
@@ -167,6 +169,8 @@ pub mod conformance {
         );
         assert_eq!(store.list("conf/a/").unwrap().len(), 1);
         assert!(store.list("nothing/").unwrap().is_empty());
+        assert_eq!(store.list_dirs("conf/").unwrap(), vec!["a", "b"]);
+        assert!(store.list_dirs("nothing/").unwrap().is_empty());
 
         let err = store.get_into("conf/missing", &mut Vec::new()).unwrap_err();
         assert!(

@@ -459,6 +459,27 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let full = self.full(prefix);
+        let pages = self
+            .call("LIST", || {
+                self.bucket.list(full.clone(), Some("/".to_string()))
+            })
+            .map_err(|e| self.explain(&e))
+            .with_context(|| format!("listing {}", self.url(prefix)))?;
+        let mut out: Vec<String> = pages
+            .into_iter()
+            .flat_map(|p| p.common_prefixes.unwrap_or_default())
+            .filter_map(|c| {
+                c.prefix
+                    .strip_prefix(&full)
+                    .map(|d| d.trim_end_matches('/').to_string())
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         match self.call("DELETE", || self.bucket.delete_object(self.full(key))) {
             Ok(_) => Ok(()),

@@ -28,6 +28,8 @@ pub struct CopyOptions {
     pub until: Option<NaiveDateTime>,
     /// The archive's folder template, to read an object's time folder from its key.
     pub key_template: String,
+    /// List the whole archive (verify/repair) instead of reading recent manifests.
+    pub full_scan: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -171,6 +173,7 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
         read += 1;
         let man: Manifest =
             serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))?;
+        let listed = man.objects.len() as u32;
         for o in man.objects {
             // Newest first: a key listed again by a later run (same name, same data) keeps
             // the later run's entry.
@@ -178,6 +181,11 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
                 jobs[i].expected_sha256 = Some(o.sha256);
                 jobs[i].expected_records = Some(o.records);
                 jobs[i].gaps = (!o.gaps.is_empty()).then_some(o.gaps);
+                jobs[i].manifest = layout::manifest_name(&key).map(str::to_string);
+                jobs[i].manifest_objects = Some(listed);
+                if let Some(r) = jobs[i].range.as_mut() {
+                    r.epoch = man.epoch;
+                }
             }
         }
     }
@@ -201,6 +209,7 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         since: a.since,
         until: a.until,
         key_template: s.archive.key_template.clone(),
+        full_scan: a.full_scan,
     };
     let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
     if a.dry_run {
@@ -236,7 +245,124 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     Ok(())
 }
 
-/// The objects to load: archived, not in the ledger, and selected by the options.
+/// How far before the cursor copy still looks for manifests: a manifest is named when it is
+/// written, and one may land a little after a later one (a slow PUT, retries).
+const MANIFEST_GRACE_MINUTES: i64 = 15;
+
+/// The manifests of a topic copy must look at: all of them the first time (no cursor), else
+/// those in the day folders from the cursor (less the grace) to now, newer than that.
+fn recent_manifests(
+    store: &dyn ObjectStore,
+    topic: &str,
+    cursor: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let base = format!("{MANIFESTS}{topic}/");
+    let floor = cursor
+        .and_then(layout::manifest_time)
+        .map(|t| t - chrono::Duration::minutes(MANIFEST_GRACE_MINUTES));
+    let listed = match floor {
+        None => store.list(&base)?,
+        Some(floor) => {
+            let mut v = Vec::new();
+            let mut day = floor.date_naive();
+            let last = chrono::Utc::now().date_naive() + chrono::Days::new(1);
+            while day <= last {
+                v.extend(store.list(&format!("{base}{}/", day.format("%Y%m%d")))?);
+                day = day + chrono::Days::new(1);
+            }
+            v
+        }
+    };
+    let floor_name = floor.map(|t| t.format("%Y%m%dT%H%M%S%.3fZ").to_string());
+    let mut out: Vec<(String, String)> = listed
+        .into_iter()
+        .filter_map(|o| {
+            let name = layout::manifest_name(&o.key)?.to_string();
+            Some((o.key, name))
+        })
+        .filter(|(_, n)| floor_name.as_deref().is_none_or(|f| n.as_str() > f))
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
+}
+
+/// The objects to load, found through the catalog: per topic, the manifests written since
+/// copy's cursor (the newest manifest in the ledger), read in order; their objects that the
+/// ledger does not hold yet. What a run costs follows what is new, not the archive's size.
+/// Returns the jobs and how many manifests were read.
+fn discover(
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    opts: &CopyOptions,
+) -> Result<(Vec<LoadJob>, usize)> {
+    let mut jobs = Vec::new();
+    let mut read = 0;
+    for topic in store.list_dirs(MANIFESTS)? {
+        let cursor = wh.manifest_cursor(&topic)?;
+        let candidates = recent_manifests(store, &topic, cursor.as_deref())?;
+        // Manifests up to the cursor whose objects are in the ledger need no reading.
+        let older: Vec<String> = candidates
+            .iter()
+            .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
+            .map(|(_, n)| n.clone())
+            .collect();
+        let done = wh.manifests_loaded(&older)?;
+        for (key, name) in candidates {
+            if done.contains(&name) {
+                continue;
+            }
+            let mut body = Vec::new();
+            store.get_into(&key, &mut body)?;
+            read += 1;
+            let man: Manifest =
+                serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))?;
+            let listed = man.objects.len() as u32;
+            for o in man.objects {
+                jobs.push(LoadJob {
+                    manifest_objects: Some(listed),
+                    compression: o.compression,
+                    range: Some(OffsetRange {
+                        topic: o.topic,
+                        partition: o.partition,
+                        epoch: man.epoch,
+                        first: o.first_offset,
+                        last: o.last_offset,
+                    }),
+                    gaps: (!o.gaps.is_empty()).then_some(o.gaps),
+                    expected_sha256: Some(o.sha256),
+                    expected_records: Some(o.records),
+                    size: o.bytes,
+                    manifest: Some(name.clone()),
+                    key: o.key,
+                    skip: Vec::new(),
+                });
+            }
+        }
+    }
+    let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
+    let loaded = wh.keys_loaded(&keys)?;
+    let mut seen = std::collections::HashSet::new();
+    // A key listed by two manifests (a crashed run's object adopted later) loads once.
+    jobs.retain(|j| !loaded.contains(&j.key) && seen.insert(j.key.clone()));
+    select(&mut jobs, opts);
+    Ok((jobs, read))
+}
+
+/// Applies --since/--until and --limit.
+fn select(jobs: &mut Vec<LoadJob>, opts: &CopyOptions) {
+    if opts.since.is_some() || opts.until.is_some() {
+        jobs.retain(|j| match layout::folder_time(&opts.key_template, &j.key) {
+            Some(t) => opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u),
+            None => false,
+        });
+    }
+    if let Some(n) = opts.limit {
+        jobs.truncate(n);
+    }
+}
+
+/// The objects to load by a full listing (--full-scan, --key): archived, not in the ledger,
+/// and selected by the options.
 fn pending_jobs(
     store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
@@ -252,15 +378,7 @@ fn pending_jobs(
         }
     }
     jobs.retain(|j| !loaded.contains(&j.key));
-    if opts.since.is_some() || opts.until.is_some() {
-        jobs.retain(|j| match layout::folder_time(&opts.key_template, &j.key) {
-            Some(t) => opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u),
-            None => false,
-        });
-    }
-    if let Some(n) = opts.limit {
-        jobs.truncate(n);
-    }
+    select(&mut jobs, opts);
     Ok(jobs)
 }
 
@@ -282,9 +400,15 @@ pub fn run(
         )?;
         wh.ensure_tables(layout)?;
     }
-    let mut jobs = pending_jobs(store, wh, opts)?;
-    let read = attach_expectations(store, &mut jobs)
-        .with_context(|| format!("reading run manifests in {}", store.describe()))?;
+    let (jobs, read) = if opts.full_scan || opts.key.is_some() {
+        let mut jobs = pending_jobs(store, wh, opts)?;
+        let read = attach_expectations(store, &mut jobs)
+            .with_context(|| format!("reading run manifests in {}", store.describe()))?;
+        (jobs, read)
+    } else {
+        discover(store, wh, opts)
+            .with_context(|| format!("reading the catalog of {}", store.describe()))?
+    };
     out.debug(&format!(
         "{} objects to load; read {read} run manifests",
         jobs.len()
@@ -294,7 +418,7 @@ pub fn run(
         manifests_read: read,
         ..Default::default()
     };
-    let steps = plan_loads(wh.loaded_ranges()?, jobs.clone());
+    let steps = plan_loads(wh.loaded_ranges(&jobs)?, jobs.clone());
     if opts.dry_run {
         let mut planned = Vec::new();
         for st in steps {

@@ -118,6 +118,10 @@ pub struct LoadJob {
     pub range: Option<OffsetRange>,
     /// Offsets inside the range that the object does not hold (tombstones), when known.
     pub gaps: Option<Vec<i64>>,
+    /// The name of the run manifest that lists the object (recorded in the ledger: copy's
+    /// cursor), and how many objects that manifest lists.
+    pub manifest: Option<String>,
+    pub manifest_objects: Option<u32>,
     /// Offset intervals (inclusive) loaded already by other objects: their records are
     /// skipped, not loaded again.
     pub skip: Vec<(i64, i64)>,
@@ -233,12 +237,33 @@ pub trait Warehouse {
         Ok(())
     }
 
-    /// Offset ranges (inclusive) the ledger records as loaded, per (topic, partition, epoch).
-    fn loaded_ranges(&mut self) -> Result<LoadedRanges> {
+    /// Offset ranges (inclusive) the ledger records as loaded that touch these jobs' ranges,
+    /// per (topic, partition, epoch). Reads only the rows near the jobs, not the history.
+    fn loaded_ranges(&mut self, jobs: &[LoadJob]) -> Result<LoadedRanges> {
         let ledger = self.names().ledger.clone();
+        let mut bounds: BTreeMap<(String, i32, i32), (i64, i64)> = BTreeMap::new();
+        for r in jobs.iter().filter_map(|j| j.range.as_ref()) {
+            let b = bounds
+                .entry((r.topic.clone(), r.partition, r.epoch))
+                .or_insert((r.first, r.last));
+            *b = (b.0.min(r.first), b.1.max(r.last));
+        }
+        if bounds.is_empty() {
+            return Ok(LoadedRanges::new());
+        }
+        let conds: Vec<String> = bounds
+            .iter()
+            .map(|((t, p, e), (f, l))| {
+                format!(
+                    "(topic = {} AND partition_id = {p} AND epoch = {e} AND last_offset >= {f} AND first_offset <= {l})",
+                    quote_literal(t)
+                )
+            })
+            .collect();
         let sql = format!(
-            "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL",
-            self.names().qualified(&ledger)
+            "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL AND ({})",
+            self.names().qualified(&ledger),
+            conds.join(" OR ")
         );
         let s = self.session();
         let mut out = LoadedRanges::new();
@@ -263,6 +288,75 @@ pub trait Warehouse {
     /// Records that an object needs no load: every offset it holds is loaded already by other
     /// objects. A ledger row with no rows loaded, so the object is not considered again.
     fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()>;
+
+    /// Copy's cursor for a topic: the newest manifest whose objects the ledger records.
+    fn manifest_cursor(&mut self, topic: &str) -> Result<Option<String>> {
+        let ledger = self.names().ledger.clone();
+        let sql = format!(
+            "SELECT max(manifest) FROM {} WHERE topic = {}",
+            self.names().qualified(&ledger),
+            quote_literal(topic)
+        );
+        let s = self.session();
+        if !s.table_exists(&ledger)? {
+            return Ok(None);
+        }
+        let (_, rows) = s
+            .query_text(&sql)
+            .context("reading copy's cursor from the ledger")?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .filter(|v| v != "NULL"))
+    }
+
+    /// Which of these manifests (names) have every object they list in the ledger.
+    fn manifests_loaded(&mut self, names: &[String]) -> Result<HashSet<String>> {
+        let ledger = self.names().ledger.clone();
+        let table = self.names().qualified(&ledger);
+        let s = self.session();
+        let mut out = HashSet::new();
+        if names.is_empty() || !s.table_exists(&ledger)? {
+            return Ok(out);
+        }
+        for chunk in names.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
+            let sql = format!(
+                "SELECT manifest FROM {table} WHERE manifest IN ({}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)",
+                list.join(", ")
+            );
+            let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
+            out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
+        }
+        Ok(out)
+    }
+
+    /// Which of these keys are in the ledger.
+    fn keys_loaded(&mut self, keys: &[String]) -> Result<HashSet<String>> {
+        self.in_ledger("key", keys)
+    }
+
+    /// The values of a ledger column among these, queried in batches.
+    fn in_ledger(&mut self, column: &str, values: &[String]) -> Result<HashSet<String>> {
+        let ledger = self.names().ledger.clone();
+        let table = self.names().qualified(&ledger);
+        let s = self.session();
+        let mut out = HashSet::new();
+        if values.is_empty() || !s.table_exists(&ledger)? {
+            return Ok(out);
+        }
+        for chunk in values.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
+            let sql = format!(
+                "SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({})",
+                list.join(", ")
+            );
+            let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
+            out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
+        }
+        Ok(out)
+    }
 
     /// Keys already in the ledger (none when the ledger does not exist yet).
     fn loaded_keys(&mut self) -> Result<HashSet<String>> {

@@ -224,8 +224,8 @@ fn record_load(
     tx.execute(
         &format!(
             "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, \
-             topic, partition_id, epoch, first_offset, last_offset, rows_skipped) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+             topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
         ),
         &[
             &job.key,
@@ -240,6 +240,8 @@ fn record_load(
             &r.map(|r| r.first),
             &r.map(|r| r.last),
             &(result.skipped as i64),
+            &job.manifest,
+            &job.manifest_objects.map(|n| n as i32),
         ],
     )
     .sql_with(|| format!("recording {} in the ledger", job.key))?;
@@ -269,7 +271,17 @@ impl Warehouse for Pg {
             format!(
                 "ALTER TABLE {l} ADD COLUMN IF NOT EXISTS topic varchar(255), ADD COLUMN IF NOT EXISTS partition_id integer, \
                  ADD COLUMN IF NOT EXISTS epoch integer, ADD COLUMN IF NOT EXISTS first_offset bigint, \
-                 ADD COLUMN IF NOT EXISTS last_offset bigint, ADD COLUMN IF NOT EXISTS rows_skipped bigint"
+                 ADD COLUMN IF NOT EXISTS last_offset bigint, ADD COLUMN IF NOT EXISTS rows_skipped bigint, \
+                 ADD COLUMN IF NOT EXISTS manifest varchar(256), ADD COLUMN IF NOT EXISTS manifest_objects integer"
+            ),
+            // Copy's lookups by offset range and by manifest stay cheap as the ledger grows.
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {l} (topic, partition_id, epoch, last_offset)",
+                quote_ident(&format!("{}_offsets", self.s.names.ledger))
+            ),
+            format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {l} (topic, manifest)",
+                quote_ident(&format!("{}_manifest", self.s.names.ledger))
             ),
         ]
     }

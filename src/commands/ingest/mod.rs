@@ -57,6 +57,36 @@ pub struct IngestOptions {
     /// Accept offsets that expired unarchived: record them as a gap and go on from the
     /// partition's first offset.
     pub accept_expired: bool,
+    /// Find a crashed run's objects by listing the topic's whole archive (repair) instead of
+    /// the folders named by the crashed runs' markers.
+    pub full_scan: bool,
+}
+
+/// An archived object found in a listing.
+#[derive(Debug, Clone)]
+struct Listed {
+    partition: i32,
+    first: i64,
+    last: i64,
+    key: String,
+    size: u64,
+}
+
+/// A crashed run's object this run recognised (it skipped its offsets) and lists in its own
+/// manifest, so every stored object is in a manifest; with the tombstones seen in its range.
+#[derive(Debug, Clone)]
+struct Adopted {
+    object: Listed,
+    tombstones: Vec<i64>,
+}
+
+/// What a run's in-flight marker says: the folders it stores objects in. Written before the
+/// first object in each folder, removed after the commit; a marker left behind belongs to a
+/// run that died, and its folders are where its objects are.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+struct Marker {
+    run_id: String,
+    folders: BTreeSet<String>,
 }
 
 /// A partition another member of the group held when the run ended, and its lag.
@@ -88,6 +118,8 @@ pub struct IngestSummary {
     pub epoch: i32,
     /// Expired offsets accepted as a gap by this run (--accept-expired).
     pub expired: Vec<ExpiredGap>,
+    /// Objects of runs that died before their manifest, now listed in this run's manifest.
+    pub adopted: Vec<String>,
 }
 
 /// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
@@ -121,6 +153,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
+        full_scan: a.full_scan,
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -186,7 +219,12 @@ struct Run<'a> {
     topic: String,
     out: &'a Output,
     parts: BTreeMap<i32, PartState>,
-    listing: Option<Vec<(i32, i64, i64)>>,
+    listing: Option<Vec<Listed>>,
+    /// Markers of runs that died, found by this run's listing.
+    crashed_markers: Vec<String>,
+    adopted: BTreeMap<String, Adopted>,
+    run_id: String,
+    marker: Marker,
     objects: Vec<ObjectEntry>,
     rejected: Vec<Rejected>,
     summary: IngestSummary,
@@ -262,10 +300,38 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The objects a run that died may have left: under `--full-scan` the topic's whole
+    /// archive; otherwise only the folders the markers of dead runs name (what a run costs
+    /// then follows the crashes, not the archive's history).
+    fn list_candidates(&mut self) -> Result<Vec<crate::archive::ObjectMeta>> {
+        if self.opts.full_scan {
+            let prefix = layout::list_prefix(&self.settings.key_template, &self.topic);
+            return self.store.list(&prefix);
+        }
+        let own = layout::marker_key(&self.topic, &self.run_id);
+        let mut folders = BTreeSet::new();
+        self.crashed_markers.clear();
+        for m in self.store.list(&layout::markers_prefix(&self.topic))? {
+            if m.key == own {
+                continue;
+            }
+            let mut body = Vec::new();
+            self.store.get_into(&m.key, &mut body)?;
+            let marker: Marker = serde_json::from_slice(&body)
+                .with_context(|| format!("parsing the marker {}", m.key))?;
+            folders.extend(marker.folders);
+            self.crashed_markers.push(m.key);
+        }
+        let mut out = Vec::new();
+        for f in folders {
+            out.extend(self.store.list(&format!("{}/", f.trim_end_matches('/')))?);
+        }
+        Ok(out)
+    }
+
     fn archived_for(&mut self, p: i32) -> Result<&Vec<(i64, i64)>> {
         if self.listing.is_none() {
-            let prefix = layout::list_prefix(&self.settings.key_template, &self.topic);
-            let listed = self.store.list(&prefix).with_context(|| {
+            let listed = self.list_candidates().with_context(|| {
                 format!(
                     "listing the archive {} for reconciliation",
                     self.store.describe()
@@ -276,7 +342,13 @@ impl Run<'_> {
                 // Only objects of this topic's current epoch hold the same messages.
                 if let Some(n) = layout::parse_object_name(&o.key) {
                     if n.topic == self.topic && n.epoch == self.epoch {
-                        v.push((n.partition, n.first, n.last));
+                        v.push(Listed {
+                            partition: n.partition,
+                            first: n.first,
+                            last: n.last,
+                            key: o.key,
+                            size: o.size,
+                        });
                     }
                 }
             }
@@ -287,8 +359,8 @@ impl Run<'_> {
         if st.archived.is_none() {
             let mut r: Vec<(i64, i64)> = listing
                 .iter()
-                .filter(|x| x.0 == p)
-                .map(|x| (x.1, x.2))
+                .filter(|x| x.partition == p)
+                .map(|x| (x.first, x.last))
                 .collect();
             r.sort_unstable();
             st.archived = Some(r);
@@ -309,6 +381,7 @@ impl Run<'_> {
             if m.payload.is_none() {
                 self.reject_tombstone(p, m.offset);
             }
+            self.adopt(p, m.offset, m.payload.is_none());
             self.flush_partition(p)?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
@@ -342,6 +415,81 @@ impl Run<'_> {
             self.flush_partition(p)?;
         }
         Ok(())
+    }
+
+    /// Notes the stored object that covers this offset: this run lists it in its manifest.
+    fn adopt(&mut self, p: i32, offset: i64, tombstone: bool) {
+        let Some(o) = self.listing.as_ref().and_then(|l| {
+            l.iter()
+                .find(|x| x.partition == p && x.first <= offset && offset <= x.last)
+        }) else {
+            return;
+        };
+        let a = self
+            .adopted
+            .entry(o.key.clone())
+            .or_insert_with(|| Adopted {
+                object: o.clone(),
+                tombstones: Vec::new(),
+            });
+        if tombstone {
+            a.tombstones.push(offset);
+        }
+    }
+
+    /// Reads each adopted object once (its checksum and record count) and lists it among
+    /// this run's objects.
+    fn describe_adopted(&mut self) -> Result<()> {
+        for (key, a) in std::mem::take(&mut self.adopted) {
+            let c = crate::archive::Compression::from_key(&key).unwrap_or_default();
+            let mut file = crate::archive::download(self.store, &key, None)?;
+            let sha256 = {
+                use sha2::Digest;
+                use std::io::Seek;
+                let mut h = sha2::Sha256::new();
+                std::io::copy(&mut file, &mut h)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                hex::encode(h.finalize())
+            };
+            let mut reader = crate::records::FrameReader::new(crate::archive::decoder(file, c)?);
+            let (mut records, mut bytes, mut rec) = (0u64, 0u64, Vec::new());
+            while reader.next_into(&mut rec)? {
+                records += 1;
+                bytes += rec.len() as u64 + 1;
+            }
+            self.out.debug(&format!(
+                "adopting {key} ({records} records) stored by a run that died before its manifest"
+            ));
+            self.summary.adopted.push(key.clone());
+            self.objects.push(ObjectEntry {
+                key,
+                topic: self.topic.clone(),
+                partition: a.object.partition,
+                first_offset: a.object.first,
+                last_offset: a.object.last,
+                records,
+                bytes: a.object.size,
+                uncompressed_bytes: bytes,
+                sha256,
+                compression: c,
+                gaps: a.tombstones,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a folder this run stores objects in, in its marker, before the first object
+    /// there is stored.
+    fn mark_folder(&mut self, folder: &str) -> Result<()> {
+        if self.marker.folders.contains(folder) {
+            return Ok(());
+        }
+        self.marker.folders.insert(folder.to_string());
+        self.marker.run_id = self.run_id.clone();
+        let key = layout::marker_key(&self.topic, &self.run_id);
+        self.store
+            .put_bytes(&key, &serde_json::to_vec(&self.marker)?)
+            .with_context(|| format!("storing the run marker {key}"))
     }
 
     fn reject_tombstone(&mut self, partition: i32, offset: i64) {
@@ -387,6 +535,7 @@ impl Run<'_> {
             self.objects.push(entry);
             return Ok(());
         }
+        self.mark_folder(&dir)?;
         self.upload(Pending {
             key,
             file: done.file,
@@ -685,6 +834,25 @@ impl Run<'_> {
         }
     }
 
+    /// After the commit: this run's marker goes, and so do the dead runs' markers when this
+    /// run held every partition (their objects are adopted or their offsets committed).
+    fn remove_markers(&self) {
+        let mut keys = vec![layout::marker_key(&self.topic, &self.run_id)];
+        let held_all = self
+            .assigned
+            .as_ref()
+            .is_some_and(|a| self.all_partitions.iter().all(|p| a.contains(p)));
+        if held_all {
+            keys.extend(self.crashed_markers.iter().cloned());
+        }
+        for k in keys {
+            if let Err(e) = self.store.delete(&k) {
+                self.out
+                    .warn(&format!("removing the run marker {k}: {e:#}"));
+            }
+        }
+    }
+
     /// Stores the rejected messages' list, if any; returns its key.
     fn store_rejected(&self, run_id: &str) -> Result<Option<String>> {
         if self.rejected.is_empty() {
@@ -726,7 +894,7 @@ impl Run<'_> {
             rejected_key,
             rejected: self.rejected.len() as u64,
         };
-        let key = layout::manifest_key(&self.topic, run_id);
+        let key = layout::manifest_key(&self.topic, run_id, Utc::now());
         if !self.opts.dry_run {
             self.store
                 .put_bytes_if_absent(&key, &serde_json::to_vec_pretty(&m)?)
@@ -748,7 +916,10 @@ impl Run<'_> {
             self.flush_partition(*p)?;
         }
         self.finish_uploads()?;
-        let run_id = layout::run_id(started_at);
+        if !self.opts.dry_run {
+            self.describe_adopted()?;
+        }
+        let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
         let manifest_key = self.store_manifest(&run_id, started_at, rejected_key)?;
         let commits: Vec<(i32, i64)> = self
@@ -781,6 +952,9 @@ impl Run<'_> {
         }
         if !self.opts.dry_run && !commits.is_empty() {
             self.store_head(&commits, &run_id);
+        }
+        if !self.opts.dry_run {
+            self.remove_markers();
         }
         let mut sum = self.summary;
         sum.epoch = self.epoch;
@@ -869,6 +1043,10 @@ fn run_with(
         out,
         parts: BTreeMap::new(),
         listing: None,
+        crashed_markers: Vec::new(),
+        adopted: BTreeMap::new(),
+        run_id: layout::run_id(started_at),
+        marker: Marker::default(),
         objects: Vec::new(),
         rejected: Vec::new(),
         summary: IngestSummary {
