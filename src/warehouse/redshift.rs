@@ -154,15 +154,38 @@ pub fn load_statements(
             .map(|n| n.to_string())
             .unwrap_or_else(|| "NULL".into());
         v.push(format!(
-            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table)\nSELECT {}, {}, {}, {records} - {bad}, {bad}, {}",
+            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nSELECT {}, {}, {}, {records} - {bad}, {bad}, {}, {}, 0, {}, {}",
             quote_literal(&j.key),
             j.size,
             quote_literal(j.expected_sha256.as_deref().unwrap_or("")),
-            quote_literal(&target)
+            quote_literal(&target),
+            range_values(j),
+            j.manifest
+                .as_deref()
+                .map(quote_literal)
+                .unwrap_or_else(|| "NULL".into()),
+            j.manifest_objects
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "NULL".into())
         ));
     }
     v.push("COMMIT".to_string());
     Ok(v)
+}
+
+/// The ledger's identity columns of a job: topic, partition, epoch, first and last offset.
+fn range_values(j: &LoadJob) -> String {
+    match &j.range {
+        Some(r) => format!(
+            "{}, {}, {}, {}, {}",
+            quote_literal(&r.topic),
+            r.partition,
+            r.epoch,
+            r.first,
+            r.last
+        ),
+        None => "NULL, NULL, NULL, NULL, NULL".into(),
+    }
 }
 
 /// The query that explains a failed COPY.
