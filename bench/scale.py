@@ -199,10 +199,12 @@ def run_one(store, n, reps, proxy):
         res["copy new"].append(w.measure("copy"))
         got = res["copy new"][-1][2]
         assert got["rows"] == 50, got
-    # The whole-archive listing, for contrast (one new object, so ingest reconciles).
-    w.produce(50, 99)
-    res["ingest new --full-scan"] = [w.measure("ingest", "--full-scan")]
-    res["copy new --full-scan"] = [w.measure("copy", "--full-scan")]
+    # The whole-archive listing, for contrast (one new object, so ingest reconciles). Not on
+    # s3s-fs beyond 10k objects: its listing of 100k objects did not end within 10 minutes.
+    if store == "local" or n <= 10_000:
+        w.produce(50, 99)
+        res["ingest new --full-scan"] = [w.measure("ingest", "--full-scan")]
+        res["copy new --full-scan"] = [w.measure("copy", "--full-scan")]
     out = {}
     for k, v in res.items():
         out[k] = {"seconds": statistics.median(x[0] for x in v), "requests": statistics.median(x[1] for x in v)}
@@ -240,11 +242,16 @@ def main():
         for s in steps:
             cells = []
             for n in sizes:
-                r = results[(store, n)][s]
+                r = results[(store, n)].get(s)
+                if r is None:
+                    cells.append("not run")
+                    continue
                 cells.append(f"{r['seconds']:.3f} s" + (f", {r['requests']:.0f} req" if store == "s3" else ""))
-            first, last = results[(store, sizes[0])][s], results[(store, sizes[-1])][s]
-            ratio = last["seconds"] / first["seconds"] if first["seconds"] else float("nan")
-            cells.append(f"{ratio:.2f}x")
+            first, last = results[(store, sizes[0])].get(s), results[(store, sizes[-1])].get(s)
+            if first and last and first["seconds"]:
+                cells.append(f"{last['seconds'] / first['seconds']:.2f}x")
+            else:
+                cells.append("-")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)

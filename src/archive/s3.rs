@@ -353,10 +353,12 @@ impl ObjectStore for S3Store {
 
     fn check(&self) -> Result<()> {
         // Bucket::exists() fails on servers whose bucket list lacks <Owner>; a one-key list
-        // of our prefix checks the bucket and the credentials instead.
+        // checks the bucket and the credentials instead. It lists the catalog's small folder:
+        // a server that walks the prefix to answer (s3s-fs) then does not walk the archive.
+        let probe = self.full(crate::archive::layout::CATALOG);
         self.call("LIST", || {
             self.bucket
-                .list_page(self.full(""), None, None, None, Some(1))
+                .list_page(probe.clone(), None, None, None, Some(1))
         })
         .map(|_| ())
         .map_err(|e| self.explain(&e))

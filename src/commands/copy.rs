@@ -286,6 +286,17 @@ fn recent_manifests(
     Ok(out)
 }
 
+/// The topics of the archive: those with a catalog (ingest writes one per topic), and the
+/// manifest folders of archives written before the catalog existed. Both folders are small
+/// to list: a topic each.
+fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
+    let mut topics = store.list_dirs(layout::CATALOG)?;
+    if topics.is_empty() {
+        topics = store.list_dirs(MANIFESTS)?;
+    }
+    Ok(topics)
+}
+
 /// The objects to load, found through the catalog: per topic, the manifests written since
 /// copy's cursor (the newest manifest in the ledger), read in order; their objects that the
 /// ledger does not hold yet. What a run costs follows what is new, not the archive's size.
@@ -297,7 +308,7 @@ fn discover(
 ) -> Result<(Vec<LoadJob>, usize)> {
     let mut jobs = Vec::new();
     let mut read = 0;
-    for topic in store.list_dirs(MANIFESTS)? {
+    for topic in archived_topics(store)? {
         let cursor = wh.manifest_cursor(&topic)?;
         let candidates = recent_manifests(store, &topic, cursor.as_deref())?;
         // Manifests up to the cursor whose objects are in the ledger need no reading.
@@ -306,7 +317,7 @@ fn discover(
             .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
             .map(|(_, n)| n.clone())
             .collect();
-        let done = wh.manifests_loaded(&older)?;
+        let done = wh.manifests_loaded(&topic, &older)?;
         for (key, name) in candidates {
             if done.contains(&name) {
                 continue;

@@ -311,8 +311,8 @@ pub trait Warehouse {
             .filter(|v| v != "NULL"))
     }
 
-    /// Which of these manifests (names) have every object they list in the ledger.
-    fn manifests_loaded(&mut self, names: &[String]) -> Result<HashSet<String>> {
+    /// Which of these manifests (names) of a topic have every object they list in the ledger.
+    fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
         let ledger = self.names().ledger.clone();
         let table = self.names().qualified(&ledger);
         let s = self.session();
@@ -323,7 +323,8 @@ pub trait Warehouse {
         for chunk in names.chunks(500) {
             let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
             let sql = format!(
-                "SELECT manifest FROM {table} WHERE manifest IN ({}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)",
+                "SELECT manifest FROM {table} WHERE topic = {} AND manifest IN ({}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)",
+                quote_literal(topic),
                 list.join(", ")
             );
             let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
