@@ -168,11 +168,8 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
         if want.is_empty() {
             break;
         }
-        let mut body = Vec::new();
-        store.get_into(&key, &mut body)?;
+        let man = read_manifest(store, &key)?;
         read += 1;
-        let man: Manifest =
-            serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))?;
         let listed = man.objects.len() as u32;
         for o in man.objects {
             // Newest first: a key listed again by a later run (same name, same data) keeps
@@ -243,6 +240,13 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         &serde_json::to_value(&sum)?,
     );
     Ok(())
+}
+
+/// Reads and parses one run manifest.
+fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest> {
+    let mut body = Vec::new();
+    store.get_into(key, &mut body)?;
+    serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))
 }
 
 /// How far before the cursor copy still looks for manifests: a manifest is named when it is
@@ -322,11 +326,8 @@ fn discover(
             if done.contains(&name) {
                 continue;
             }
-            let mut body = Vec::new();
-            store.get_into(&key, &mut body)?;
+            let man = read_manifest(store, &key)?;
             read += 1;
-            let man: Manifest =
-                serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))?;
             let listed = man.objects.len() as u32;
             for o in man.objects {
                 jobs.push(LoadJob {
@@ -431,27 +432,10 @@ pub fn run(
     };
     let steps = plan_loads(wh.loaded_ranges(&jobs)?, jobs.clone());
     if opts.dry_run {
-        let mut planned = Vec::new();
-        for st in steps {
-            match st {
-                Step::Skip(j, _) => {
-                    summary.skipped_objects.push(j.key.clone());
-                    planned.push(j);
-                }
-                Step::Load(b) => {
-                    for j in b {
-                        if !j.skip.is_empty() {
-                            summary.partial_objects.push(j.key.clone());
-                        }
-                        planned.push(j);
-                    }
-                }
-            }
-        }
+        plan_summary(&mut summary, steps);
         summary.sql = wh.load_sql(&jobs, layout);
         summary.bytes = jobs.iter().map(|j| j.size).sum();
         summary.objects = jobs.len();
-        summary.pending = planned;
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
@@ -461,29 +445,7 @@ pub fn run(
         max_errors: opts.max_errors,
         fail_before_commit: opts.fail_before_commit,
     };
-    let mut results = Vec::new();
-    // In order: each batch of loads commits before the skips that rest on it are recorded.
-    for step in steps {
-        match step {
-            Step::Load(batch) => {
-                let r = wh.load(&batch, store, layout, &lopts, &mut |r| {
-                    pb.inc(r.bytes);
-                    pb.set_message(format!("{} rows", r.loaded));
-                })?;
-                results.extend(r);
-            }
-            Step::Skip(job, records) => {
-                wh.record_skipped(&job, records)?;
-                out.debug(&format!(
-                    "{}: every offset is loaded already by other objects; skipped",
-                    job.key
-                ));
-                pb.inc(job.size);
-                summary.skipped_objects.push(job.key);
-                summary.skipped_rows += records;
-            }
-        }
-    }
+    let results = execute(steps, store, wh, layout, &lopts, &pb, &mut summary, out)?;
     pb.finish_and_clear();
     for r in &results {
         if r.loaded + r.rejected + r.skipped != r.records {
@@ -508,6 +470,65 @@ pub fn run(
     summary.loaded = results;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What a dry run would do, into the summary.
+fn plan_summary(summary: &mut CopySummary, steps: Vec<Step>) {
+    for st in steps {
+        match st {
+            Step::Skip(j, _) => {
+                summary.skipped_objects.push(j.key.clone());
+                summary.pending.push(j);
+            }
+            Step::Load(b) => {
+                for j in b {
+                    if !j.skip.is_empty() {
+                        summary.partial_objects.push(j.key.clone());
+                    }
+                    summary.pending.push(j);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the steps in order: each batch of loads commits before the skips that rest on it
+/// are recorded. Returns what each load did.
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    steps: Vec<Step>,
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    layout: &Layout,
+    lopts: &LoadOptions,
+    pb: &indicatif::ProgressBar,
+    summary: &mut CopySummary,
+    out: &Output,
+) -> Result<Vec<LoadResult>> {
+    let mut results = Vec::new();
+    // In order: each batch of loads commits before the skips that rest on it are recorded.
+    for step in steps {
+        match step {
+            Step::Load(batch) => {
+                let r = wh.load(&batch, store, layout, lopts, &mut |r| {
+                    pb.inc(r.bytes);
+                    pb.set_message(format!("{} rows", r.loaded));
+                })?;
+                results.extend(r);
+            }
+            Step::Skip(job, records) => {
+                wh.record_skipped(&job, records)?;
+                out.debug(&format!(
+                    "{}: every offset is loaded already by other objects; skipped",
+                    job.key
+                ));
+                pb.inc(job.size);
+                summary.skipped_objects.push(job.key);
+                summary.skipped_rows += records;
+            }
+        }
+    }
+    Ok(results)
 }
 
 #[cfg(test)]

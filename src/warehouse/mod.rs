@@ -313,24 +313,12 @@ pub trait Warehouse {
 
     /// Which of these manifests (names) of a topic have every object they list in the ledger.
     fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
-        let ledger = self.names().ledger.clone();
-        let table = self.names().qualified(&ledger);
-        let s = self.session();
-        let mut out = HashSet::new();
-        if names.is_empty() || !s.table_exists(&ledger)? {
-            return Ok(out);
-        }
-        for chunk in names.chunks(500) {
-            let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
-            let sql = format!(
-                "SELECT manifest FROM {table} WHERE topic = {} AND manifest IN ({}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)",
-                quote_literal(topic),
-                list.join(", ")
-            );
-            let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
-            out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
-        }
-        Ok(out)
+        let topic = quote_literal(topic);
+        self.ledger_select(names, &|table, list| {
+            format!(
+                "SELECT manifest FROM {table} WHERE topic = {topic} AND manifest IN ({list}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)"
+            )
+        })
     }
 
     /// Which of these keys are in the ledger.
@@ -340,6 +328,18 @@ pub trait Warehouse {
 
     /// The values of a ledger column among these, queried in batches.
     fn in_ledger(&mut self, column: &str, values: &[String]) -> Result<HashSet<String>> {
+        self.ledger_select(values, &|table, list| {
+            format!("SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({list})")
+        })
+    }
+
+    /// Runs a one-column query on the ledger for these values, 500 (quoted) at a time;
+    /// `sql(table, list)` writes it. Nothing when there is no ledger yet.
+    fn ledger_select(
+        &mut self,
+        values: &[String],
+        sql: &dyn Fn(&str, &str) -> String,
+    ) -> Result<HashSet<String>> {
         let ledger = self.names().ledger.clone();
         let table = self.names().qualified(&ledger);
         let s = self.session();
@@ -349,10 +349,7 @@ pub trait Warehouse {
         }
         for chunk in values.chunks(500) {
             let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
-            let sql = format!(
-                "SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({})",
-                list.join(", ")
-            );
+            let sql = sql(&table, &list.join(", "));
             let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
             out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
         }

@@ -1269,19 +1269,26 @@ mod tests {
         run(&mut src, &store, &archive, &opts, &Output::silent())
     }
 
-    #[test]
-    fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
+    /// An ingest run while a live member holds partitions of a topic of `partitions` with
+    /// `n` messages in all.
+    fn ingest_beside_a_holder(topic: &str, partitions: i32, n: i32) -> Result<IngestSummary> {
         let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("held1", 1, 1).unwrap();
+        cluster.create_topic(topic, partitions, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        produce(&brokers, "held1", 1, 50);
-        let k = settings(brokers, "held1");
+        produce(&brokers, topic, partitions, n);
+        let k = settings(brokers, topic);
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let h = holder(k.clone(), stop.clone());
         let dir = tempfile::tempdir().unwrap();
-        let err = ingest(&k, dir.path()).unwrap_err();
+        let r = ingest(&k, dir.path());
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         h.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
+        let err = ingest_beside_a_holder("held1", 1, 50).unwrap_err();
         assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
         let msg = format!("{err:#}");
         assert!(
@@ -1292,17 +1299,7 @@ mod tests {
 
     #[test]
     fn a_run_that_reads_some_partitions_names_the_ones_others_held() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic("held2", 2, 1).unwrap();
-        let brokers = cluster.bootstrap_servers();
-        produce(&brokers, "held2", 2, 40);
-        let k = settings(brokers, "held2");
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let h = holder(k.clone(), stop.clone());
-        let dir = tempfile::tempdir().unwrap();
-        let sum = ingest(&k, dir.path()).unwrap();
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        h.join().unwrap();
+        let sum = ingest_beside_a_holder("held2", 2, 40).unwrap();
         assert_eq!(sum.partitions, 1);
         assert_eq!(sum.messages, 20);
         assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
