@@ -262,6 +262,12 @@ def write_index():
             with open(os.path.join(bench, name)) as g:
                 f.write(g.read() + "\n")
         f.write(scaling())
+        # Kept beside the runs: notes on them, and the archive-size scaling (bench/scale.py).
+        for extra in ("notes.md", "scale-results.md"):
+            path = os.path.join(bench, extra)
+            if os.path.exists(path):
+                with open(path) as g:
+                    f.write("\n" + g.read())
 
 
 def scaling():
