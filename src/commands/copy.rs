@@ -290,14 +290,14 @@ fn recent_manifests(
     Ok(out)
 }
 
-/// The topics of the archive: those with a catalog (ingest writes one per topic), and the
-/// manifest folders of archives written before the catalog existed. Both folders are small
-/// to list: a topic each.
+/// The topics of the archive: those with a catalog (ingest writes one per topic) and those
+/// with manifests (a topic not ingested since the catalog existed has only these). Both are
+/// listed as folders: a name per topic.
 fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut topics = store.list_dirs(layout::CATALOG)?;
-    if topics.is_empty() {
-        topics = store.list_dirs(MANIFESTS)?;
-    }
+    topics.extend(store.list_dirs(MANIFESTS)?);
+    topics.sort();
+    topics.dedup();
     Ok(topics)
 }
 
