@@ -226,15 +226,22 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     }
     out.summary(
         &format!(
-            "copy{}: {} objects ({}), {} rows, {} rejects, {} rows skipped as loaded already ({} objects skipped, {} loaded in part), {:.1}s",
+            "copy{}: {} objects ({}), {} rows, {} rejects{}, {:.1}s",
             if sum.dry_run { " (dry run)" } else { "" },
             sum.objects,
             indicatif::HumanBytes(sum.bytes),
             sum.rows,
             sum.rejects,
-            sum.skipped_rows,
-            sum.skipped_objects.len(),
-            sum.partial_objects.len(),
+            if sum.skipped_rows > 0 || !sum.skipped_objects.is_empty() {
+                format!(
+                    ", {} rows skipped as loaded already ({} objects skipped, {} loaded in part)",
+                    sum.skipped_rows,
+                    sum.skipped_objects.len(),
+                    sum.partial_objects.len()
+                )
+            } else {
+                String::new()
+            },
             sum.seconds
         ),
         &serde_json::to_value(&sum)?,
