@@ -61,15 +61,7 @@ fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
             let mut sent = 0u64;
             // At least two batches, then more until the killing stops.
             while sent < 2 * batch || !stop.load(Ordering::SeqCst) {
-                let msgs: Vec<Option<Vec<u8>>> = (sent..sent + batch)
-                    .map(|i| {
-                        Some(
-                            batchlayer::tweets::tweet(tweet_seed, i, locations)
-                                .record()
-                                .into_bytes(),
-                        )
-                    })
-                    .collect();
+                let msgs = tweet_range(sent..sent + batch, tweet_seed, locations);
                 produce_raw(&brokers(), &topic, partitions, &msgs);
                 sent += batch;
                 std::thread::sleep(Duration::from_millis(150));
@@ -123,29 +115,11 @@ fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
         agg["rows"]
     );
 
-    let all: Vec<Option<Vec<u8>>> = (0..sent)
-        .map(|i| {
-            Some(
-                batchlayer::tweets::tweet(tweet_seed, i, locations)
-                    .record()
-                    .into_bytes(),
-            )
-        })
-        .collect();
+    let all = tweet_range(0..sent, tweet_seed, locations);
     // The archive holds every message exactly once, in contiguous objects per partition.
     assert_archive_exact(&w, &all, partitions);
     // batch_raw holds each message once.
-    let mut c = pg();
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
-                w.schema
-            ),
-            &[],
-        )
-        .unwrap();
-    let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
+    let (rows, distinct) = w.raw_counts();
     assert_eq!((rows, distinct), (sent as i64, sent as i64), "seed {seed}");
     // And the view is the one computed from the produced tweets.
     assert_eq!(
@@ -154,7 +128,7 @@ fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
         "seed {seed}"
     );
     // No leftovers of killed aggregates are published.
-    let leftovers: i64 = c
+    let leftovers: i64 = pg()
         .query_one(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'batch_layer__new'",
             &[&w.schema],

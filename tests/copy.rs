@@ -467,19 +467,6 @@ fn a_bad_record_of_any_size_is_rejected_with_prefix_length_and_checksum() {
     assert_eq!(v["objects"], 0, "{v}");
 }
 
-fn raw_counts(w: &World) -> (i64, i64) {
-    let row = pg()
-        .query_one(
-            &format!(
-                "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
-                w.schema
-            ),
-            &[],
-        )
-        .unwrap();
-    (row.get(0), row.get(1))
-}
-
 #[test]
 fn the_same_offsets_archived_under_two_templates_load_once() {
     if !stack_up() {
@@ -505,7 +492,7 @@ fn the_same_offsets_archived_under_two_templates_load_once() {
     assert_eq!(cp["rows"], 200, "{cp}");
     assert_eq!(cp["skipped_rows"], 200, "{cp}");
     assert_eq!(cp["skipped_objects"].as_array().unwrap().len(), 2, "{cp}");
-    assert_eq!(raw_counts(&w), (200, 200));
+    assert_eq!(w.raw_counts(), (200, 200));
     // The skipped objects are in the ledger: the next run has nothing to do.
     let again = w.json(&["copy"]);
     assert_eq!(
@@ -544,7 +531,7 @@ fn objects_with_partly_overlapping_offsets_load_each_offset_once() {
     assert_eq!(cp["rows"], 100, "{cp}");
     assert_eq!(cp["skipped_rows"], 40, "{cp}");
     assert_eq!(cp["partial_objects"].as_array().unwrap().len(), 2, "{cp}");
-    assert_eq!(raw_counts(&w), (100, 100));
+    assert_eq!(w.raw_counts(), (100, 100));
     let loaded: Vec<(i64, i64, i64)> = pg()
         .query(
             &format!(
@@ -558,4 +545,38 @@ fn objects_with_partly_overlapping_offsets_load_each_offset_once() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(loaded, vec![(0, 40, 20), (40, 40, 0), (60, 20, 20)]);
+}
+
+#[test]
+fn objects_of_a_dead_run_are_named_by_copy_and_loaded_once_the_next_ingest_adopts_them() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cpdead");
+    w.extra_toml = "max_object_records = 20\n".into();
+    produce_raw(&brokers(), &w.topic, 1, &tweets(100, 33));
+    // The ingest dies (abort, as kill -9) once its first object is stored: no manifest.
+    w.env.insert(
+        "BATCHLAYER_FAILPOINT".into(),
+        "ingest-crash-after-first-object".into(),
+    );
+    let (code, _, _) = w.run(&["ingest"]);
+    assert_ne!(code, 0);
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    let stored = w.data_objects().len();
+    assert!(stored > 0);
+    // copy cannot see that object through the catalog: it says so, and loads nothing.
+    let (code, out, err) = w.run(&["--json", "copy"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["rows"], 0, "{v}");
+    assert_eq!(v["unlisted_runs"].as_array().unwrap().len(), 1, "{v}");
+    assert!(err.contains("no manifest lists yet"), "{err}");
+    // The next ingest adopts it into its manifest; copy then loads every message once.
+    let ing = w.json(&["ingest"]);
+    assert_eq!(ing["adopted"].as_array().unwrap().len(), stored, "{ing}");
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"], 100, "{cp}");
+    assert!(cp["unlisted_runs"].as_array().unwrap().is_empty(), "{cp}");
+    assert_eq!(w.raw_counts(), (100, 100));
 }

@@ -97,17 +97,7 @@ fn a_topic_named_with_a_leading_underscore_goes_through_all_three_steps() {
     let mut w = World::local("underscore");
     w.topic = format!("_events_{}", w.topic);
     let (count, seed, locs) = (600u64, 13u64, 9u64);
-    w.run_ok(&[
-        "produce-tweets",
-        "--count",
-        &count.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--locations",
-        &locs.to_string(),
-        "--partitions",
-        "2",
-    ]);
+    produce_raw(&brokers(), &w.topic, 2, &tweet_payloads(count, seed, locs));
     let ing = w.json(&["ingest"]);
     assert_eq!(ing["messages"].as_u64(), Some(count), "{ing}");
     let cp = w.json(&["copy"]);

@@ -714,16 +714,7 @@ fn a_re_created_topic_is_refused_until_a_new_epoch_and_then_loads_exactly_once()
     );
     let cp = w.json(&["copy"]);
     assert_eq!(cp["rows"], 1500, "{cp}");
-    let row = pg()
-        .query_one(
-            &format!(
-                "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
-                w.schema
-            ),
-            &[],
-        )
-        .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2500, 2500));
+    assert_eq!(w.raw_counts(), (2500, 2500));
     // And the next run finds nothing new and nothing wrong.
     let again = w.json(&["ingest"]);
     assert_eq!(

@@ -22,6 +22,18 @@ impl LocalStore {
         Ok(self.root.join(key))
     }
 
+    /// A temp file (hidden from listings) in the directory `dest` goes into, created if needed.
+    fn temp_beside(&self, dest: &Path) -> Result<(PathBuf, tempfile::NamedTempFile)> {
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(&dir)
+            .with_context(|| format!("creating temp file in {}", dir.display()))?;
+        Ok((dir, tmp))
+    }
+
     /// Writes via a temp file in the target directory and links it into place, so a reader
     /// never sees a partial object and an existing object is never replaced.
     fn put_with(
@@ -33,13 +45,7 @@ impl LocalStore {
         if dest.exists() {
             return Ok(PutOutcome::AlreadyExists);
         }
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("creating directory {}", dir.display()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .with_context(|| format!("creating temp file in {}", dir.display()))?;
+        let (dir, mut tmp) = self.temp_beside(&dest)?;
         fill(tmp.as_file_mut()).with_context(|| format!("writing {}", dest.display()))?;
         #[cfg(unix)]
         {
@@ -93,13 +99,7 @@ impl ObjectStore for LocalStore {
 
     fn put_bytes(&self, key: &str, data: &[u8]) -> Result<()> {
         let dest = self.path(key)?;
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("creating directory {}", dir.display()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(&dir)
-            .with_context(|| format!("creating temp file in {}", dir.display()))?;
+        let (_, mut tmp) = self.temp_beside(&dest)?;
         tmp.write_all(data)?;
         tmp.as_file().sync_all()?;
         tmp.persist(&dest)

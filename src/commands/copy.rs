@@ -51,6 +51,9 @@ pub struct CopySummary {
     pub partial_objects: Vec<String>,
     /// Records skipped because their offsets were loaded already.
     pub skipped_rows: u64,
+    /// In-flight markers of ingest runs: runs still going, or that died, whose stored objects
+    /// no manifest lists yet, so this run could not load them (a warning).
+    pub unlisted_runs: Vec<String>,
 }
 
 /// What copy does with one object, in order.
@@ -209,6 +212,14 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         full_scan: a.full_scan,
     };
     let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
+    if !sum.unlisted_runs.is_empty() {
+        out.warn(&format!(
+            "{} ingest run(s) stored objects that no manifest lists yet (still running, or they died: {}); \
+             they were not loaded. The next ingest lists them in its manifest; copy --full-scan loads them now",
+            sum.unlisted_runs.len(),
+            sum.unlisted_runs.join(", ")
+        ));
+    }
     if a.dry_run {
         for j in &sum.pending {
             let what = if sum.skipped_objects.contains(&j.key) {
@@ -316,10 +327,17 @@ fn discover(
     store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
     opts: &CopyOptions,
+    unlisted: &mut Vec<String>,
 ) -> Result<(Vec<LoadJob>, usize)> {
     let mut jobs = Vec::new();
     let mut read = 0;
     for topic in archived_topics(store)? {
+        unlisted.extend(
+            store
+                .list(&layout::markers_prefix(&topic))?
+                .into_iter()
+                .map(|m| m.key),
+        );
         let cursor = wh.manifest_cursor(&topic)?;
         let candidates = recent_manifests(store, &topic, cursor.as_deref())?;
         // Manifests up to the cursor whose objects are in the ledger need no reading.
@@ -419,13 +437,14 @@ pub fn run(
         )?;
         wh.ensure_tables(layout)?;
     }
+    let mut unlisted = Vec::new();
     let (jobs, read) = if opts.full_scan || opts.key.is_some() {
         let mut jobs = pending_jobs(store, wh, opts)?;
         let read = attach_expectations(store, &mut jobs)
             .with_context(|| format!("reading run manifests in {}", store.describe()))?;
         (jobs, read)
     } else {
-        discover(store, wh, opts)
+        discover(store, wh, opts, &mut unlisted)
             .with_context(|| format!("reading the catalog of {}", store.describe()))?
     };
     out.debug(&format!(
@@ -435,6 +454,7 @@ pub fn run(
     let mut summary = CopySummary {
         dry_run: opts.dry_run,
         manifests_read: read,
+        unlisted_runs: unlisted,
         ..Default::default()
     };
     let steps = plan_loads(wh.loaded_ranges(&jobs)?, jobs.clone());

@@ -258,6 +258,20 @@ impl World {
             .collect()
     }
 
+    /// Rows of batch_raw and distinct ids among them.
+    pub fn raw_counts(&self) -> (i64, i64) {
+        let row = pg()
+            .query_one(
+                &format!(
+                    "SELECT count(*), count(DISTINCT id) FROM {}.batch_raw",
+                    self.schema
+                ),
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    }
+
     pub fn count(&self, table: &str) -> i64 {
         pg().query_one(
             &format!("SELECT count(*) FROM {}.{table}", self.schema),
@@ -270,7 +284,12 @@ impl World {
 
 /// `n` synthetic tweet records (as Kafka payloads) over `locations` locations.
 pub fn tweet_payloads(n: u64, seed: u64, locations: u64) -> Vec<Option<Vec<u8>>> {
-    (0..n)
+    tweet_range(0..n, seed, locations)
+}
+
+/// The synthetic tweets with these numbers (as Kafka payloads).
+pub fn tweet_range(range: std::ops::Range<u64>, seed: u64, locations: u64) -> Vec<Option<Vec<u8>>> {
+    range
         .map(|i| {
             Some(
                 batchlayer::tweets::tweet(seed, i, locations)

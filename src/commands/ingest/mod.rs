@@ -1247,10 +1247,9 @@ mod tests {
         h
     }
 
-    fn ingest(k: &KafkaSettings, dir: &std::path::Path) -> Result<IngestSummary> {
-        let store = LocalStore::new(dir.to_path_buf());
-        let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
-        let archive = ArchiveSettings {
+    /// Archive settings for a local directory: plain objects, folders per topic.
+    fn local_archive(dir: &std::path::Path) -> ArchiveSettings {
+        ArchiveSettings {
             location: crate::config::ArchiveLocation::Local(dir.to_path_buf()),
             compression: crate::archive::Compression::None,
             max_object_bytes: 1 << 20,
@@ -1258,7 +1257,13 @@ mod tests {
             key_template: "{topic}".into(),
             utc_offset_secs: 0,
             retry: Default::default(),
-        };
+        }
+    }
+
+    fn ingest(k: &KafkaSettings, dir: &std::path::Path) -> Result<IngestSummary> {
+        let store = LocalStore::new(dir.to_path_buf());
+        let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
+        let archive = local_archive(dir);
         let opts = IngestOptions {
             assignment_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),
@@ -1392,15 +1397,7 @@ mod tests {
             commits: commits.clone(),
         };
         let store = LocalStore::new(dir.path().to_path_buf());
-        let archive = ArchiveSettings {
-            location: crate::config::ArchiveLocation::Local(dir.path().to_path_buf()),
-            compression: crate::archive::Compression::None,
-            max_object_bytes: 1 << 20,
-            max_object_records: 0,
-            key_template: "{topic}".into(),
-            utc_offset_secs: 0,
-            retry: Default::default(),
-        };
+        let archive = local_archive(dir.path());
         let opts = IngestOptions {
             assignment_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
