@@ -210,6 +210,14 @@ pub struct CopyArgs {
     /// the last load; also loads objects that no manifest lists (verify and repair).
     #[arg(long)]
     pub full_scan: bool,
+    /// PostgreSQL COPY format: binary (default: the server parses no text) or text.
+    /// Overrides [warehouse] copy_format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub copy_format: Option<crate::records::CopyFormat>,
+    /// PostgreSQL: load with N connections at once, each object still one transaction with
+    /// its ledger row (one run manifest's objects at a time).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: u16,
 }
 
 #[derive(Debug, Args, Default)]
@@ -255,6 +263,9 @@ pub struct ProduceArgs {
     /// Every Nth tweet is sent twice (duplicates), 0 for none.
     #[arg(long, default_value_t = 0)]
     pub duplicate_every: u64,
+    /// Long locations (up to 256 characters: multi-byte, backslashes, tabs, line breaks).
+    #[arg(long)]
+    pub long_locations: bool,
     /// Create the topic with this many partitions first (if it does not exist).
     #[arg(long)]
     pub partitions: Option<i32>,

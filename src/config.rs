@@ -158,6 +158,9 @@ pub struct WarehouseFile {
     pub sslmode: Option<String>,
     /// CA certificate(s) (PEM) for verify-ca and verify-full. `?sslrootcert=` works too.
     pub sslrootcert: Option<PathBuf>,
+    /// PostgreSQL: the COPY format copy sends, binary (default; falls back to text when the
+    /// raw table's column types differ from the layout's) or text.
+    pub copy_format: Option<crate::records::CopyFormat>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +298,8 @@ pub struct WarehouseSettings {
     pub redshift: Option<RedshiftSettings>,
     pub tls: PgTls,
     pub retry: RetryPolicy,
+    /// The COPY format for PostgreSQL loads.
+    pub copy_format: crate::records::CopyFormat,
 }
 
 /// libpq's sslmode values.
@@ -814,6 +819,7 @@ fn warehouse_settings(
         url,
         tls: PgTls { mode, root_cert },
         retry: RetryPolicy::default(),
+        copy_format: w.copy_format.unwrap_or_default(),
         password: env
             .var("PGPASSWORD")
             .map(Secret)

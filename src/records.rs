@@ -155,6 +155,53 @@ impl Layout {
     /// Validates one record and writes it as a PostgreSQL text-COPY row into `out`.
     /// On error, `out` is left as it was and the error names the column, value and reason.
     pub fn to_pg_copy_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        self.encode_row(rec, out, CopyFormat::Text)
+    }
+
+    /// Validates one record and writes it as a row of PostgreSQL's binary COPY format (a
+    /// field count, then each field's length and network-order bytes) into `out`. The raw
+    /// table's columns must have the layout's types exactly (`bigint`, `integer`, `timestamp`
+    /// without time zone, `varchar`/`text`); the caller checks that before choosing binary.
+    pub fn to_pg_binary_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        self.encode_row(rec, out, CopyFormat::Binary)
+    }
+
+    fn encode_row(
+        &self,
+        rec: &[u8],
+        out: &mut Vec<u8>,
+        format: CopyFormat,
+    ) -> Result<(), RowError> {
+        let fields = self.split(rec)?;
+        let start = out.len();
+        if format == CopyFormat::Binary {
+            out.extend_from_slice(&(self.columns.len() as i16).to_be_bytes());
+        }
+        for (i, (col, raw)) in self.columns.iter().zip(fields).enumerate() {
+            match self.field(col, raw) {
+                Ok(v) => match format {
+                    CopyFormat::Text => {
+                        if i > 0 {
+                            out.push(b'\t');
+                        }
+                        v.write_text(out);
+                    }
+                    CopyFormat::Binary => v.write_binary(out),
+                },
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        if format == CopyFormat::Text {
+            out.push(b'\n');
+        }
+        Ok(())
+    }
+
+    /// The record's fields, checked for their number and the trailing delimiter.
+    fn split<'a>(&self, rec: &'a [u8]) -> Result<Vec<&'a [u8]>, RowError> {
         let mut fields: Vec<&[u8]> = rec.split(|&b| b == self.delimiter).collect();
         let expected = self.columns.len() + usize::from(self.trailing_delimiter);
         if fields.len() != expected {
@@ -184,21 +231,11 @@ impl Layout {
                 });
             }
         }
-        let start = out.len();
-        for (i, (col, raw)) in self.columns.iter().zip(fields).enumerate() {
-            if i > 0 {
-                out.push(b'\t');
-            }
-            if let Err(e) = self.field(col, raw, out) {
-                out.truncate(start);
-                return Err(e);
-            }
-        }
-        out.push(b'\n');
-        Ok(())
+        Ok(fields)
     }
 
-    fn field(&self, col: &Column, raw: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+    /// Parses and validates one field by its column.
+    fn field<'a>(&self, col: &Column, raw: &'a [u8]) -> Result<Value<'a>, RowError> {
         let err = |reason: String| RowError {
             column: Some(col.name.clone()),
             value: Some(String::from_utf8_lossy(raw).into_owned()),
@@ -206,28 +243,27 @@ impl Layout {
         };
         let s = std::str::from_utf8(raw).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
         if col.null_marker.as_deref() == Some(s) {
-            out.extend_from_slice(b"\\N");
-            return Ok(());
+            return Ok(Value::Null);
         }
-        match col.ty {
-            ColumnType::Bigint => {
+        Ok(match col.ty {
+            ColumnType::Bigint => Value::Bigint(
+                s,
                 s.parse::<i64>()
-                    .map_err(|_| err("not a 64-bit integer".into()))?;
-                out.extend_from_slice(s.as_bytes());
-            }
-            ColumnType::Int => {
+                    .map_err(|_| err("not a 64-bit integer".into()))?,
+            ),
+            ColumnType::Int => Value::Int(
+                s,
                 s.parse::<i32>()
-                    .map_err(|_| err("not a 32-bit integer".into()))?;
-                out.extend_from_slice(s.as_bytes());
-            }
+                    .map_err(|_| err("not a 32-bit integer".into()))?,
+            ),
             ColumnType::Timestamp => {
-                NaiveDateTime::parse_from_str(s, &self.timestamp_format).map_err(|e| {
+                let t = NaiveDateTime::parse_from_str(s, &self.timestamp_format).map_err(|e| {
                     err(format!(
                         "not a timestamp in format {} ({e})",
                         self.timestamp_format
                     ))
                 })?;
-                out.extend_from_slice(s.as_bytes());
+                Value::Timestamp(s, t)
             }
             ColumnType::Text => {
                 if s.contains('\0') {
@@ -239,10 +275,66 @@ impl Layout {
                         return Err(err(format!("{n} characters, longer than {max}")));
                     }
                 }
-                pg_escape_into(s.as_bytes(), out);
+                Value::Text(s)
             }
+        })
+    }
+}
+
+/// PostgreSQL's two COPY formats that `copy` can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyFormat {
+    Text,
+    #[default]
+    Binary,
+}
+
+/// The header of a binary COPY stream: signature, flags, no header extension.
+pub const PG_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The trailer of a binary COPY stream: a field count of -1.
+pub const PG_BINARY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00).
+const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// A validated field: the text as it came (text COPY sends it unchanged) and its value.
+enum Value<'a> {
+    Null,
+    Bigint(&'a str, i64),
+    Int(&'a str, i32),
+    Timestamp(&'a str, NaiveDateTime),
+    Text(&'a str),
+}
+
+impl Value<'_> {
+    fn write_text(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Null => out.extend_from_slice(b"\\N"),
+            Value::Bigint(s, _) | Value::Int(s, _) | Value::Timestamp(s, _) => {
+                out.extend_from_slice(s.as_bytes())
+            }
+            Value::Text(s) => pg_escape_into(s.as_bytes(), out),
         }
-        Ok(())
+    }
+
+    fn write_binary(&self, out: &mut Vec<u8>) {
+        let mut put = |bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        match self {
+            Value::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Value::Bigint(_, v) => put(&v.to_be_bytes()),
+            Value::Int(_, v) => put(&v.to_be_bytes()),
+            Value::Timestamp(_, t) => {
+                // A leap second (:60) carries over into the next minute, as PostgreSQL's own
+                // input does.
+                let micros = t.and_utc().timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
+                put(&micros.to_be_bytes())
+            }
+            Value::Text(s) => put(s.as_bytes()),
+        }
     }
 }
 

@@ -51,13 +51,55 @@ impl Tweet {
     }
 }
 
+/// Pieces of the long locations: multi-byte characters, escapes and line breaks.
+const LONG_PIECES: &[&str] = &[
+    "\u{1F600}",
+    "\u{6771}\u{4EAC}",
+    "Z\u{fc}rich",
+    "\\",
+    "\n",
+    "\r\n",
+    "\t",
+    "caf\u{e9}",
+    " ",
+    "\u{1F1E8}\u{1F1ED}",
+    "\\N",
+    "Rio",
+];
+
+/// A long location: 20 to 256 characters of `LONG_PIECES`, chosen by `h`.
+fn long_location(mut h: u64) -> String {
+    let want = 20 + (h % 237) as usize;
+    let mut loc = String::new();
+    let mut n = 0;
+    while n < want {
+        h = mix(h);
+        let p = LONG_PIECES[(h % LONG_PIECES.len() as u64) as usize];
+        let c = p.chars().count();
+        if n + c > want {
+            break;
+        }
+        loc.push_str(p);
+        n += c;
+    }
+    loc
+}
+
 /// Tweet number `i` of the stream with this seed, over `locations` distinct locations.
 pub fn tweet(seed: u64, i: u64, locations: u64) -> Tweet {
+    tweet_with(seed, i, locations, false)
+}
+
+/// As `tweet`; with `long`, the location is a long one (up to 256 characters, multi-byte,
+/// with backslashes, tabs and line breaks) instead of a short name.
+pub fn tweet_with(seed: u64, i: u64, locations: u64, long: bool) -> Tweet {
     let h = mix(seed.wrapping_mul(1_000_003) ^ i);
     let n_loc = locations.max(1);
     let li = h % n_loc;
     let base = LOCATIONS[(li as usize) % LOCATIONS.len()];
-    let loc = if li < LOCATIONS.len() as u64 {
+    let loc = if long {
+        long_location(mix(li ^ seed))
+    } else if li < LOCATIONS.len() as u64 {
         base.to_string()
     } else {
         format!("{base} {li}")
@@ -91,5 +133,23 @@ mod tests {
                 .unwrap();
         }
         assert!((0..500).any(|i| tweet(3, i, 50).location.is_none()));
+    }
+
+    #[test]
+    fn long_locations_are_valid_long_and_awkward() {
+        let l = crate::records::Layout::tweets();
+        let mut out = Vec::new();
+        let locs: Vec<String> = (0..2000)
+            .map(|i| tweet_with(4, i, 1000, true).location.unwrap())
+            .collect();
+        for i in 0..2000 {
+            l.to_pg_copy_row(tweet_with(4, i, 1000, true).record().as_bytes(), &mut out)
+                .unwrap();
+        }
+        assert!(locs.iter().all(|l| (1..=256).contains(&l.chars().count())));
+        assert!(locs.iter().any(|l| l.chars().count() > 200));
+        for needle in ["\n", "\\", "\u{1F600}", "\t"] {
+            assert!(locs.iter().any(|l| l.contains(needle)), "{needle:?}");
+        }
     }
 }

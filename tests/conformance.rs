@@ -124,3 +124,67 @@ fn a_multipart_completion_never_replaces_an_existing_object() {
     );
     assert_eq!(store.list("race/").unwrap().len(), 2);
 }
+
+#[test]
+fn a_small_object_costs_one_s3_request_and_listings_of_catalog_folders_are_delimited() {
+    use batchlayer::archive::PutOutcome;
+    if !stack_up() {
+        return;
+    }
+    let (endpoint, requests) = proxy::counting_proxy();
+    let mut w = World::s3("s3reqs");
+    w.env.insert("BATCHLAYER_S3_ENDPOINT".into(), endpoint);
+    let store = w.store();
+    requests.take();
+    assert_eq!(
+        store.put_bytes_if_absent("r/a.log", b"small").unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(requests.take().len(), 1, "storing a small object");
+    // An existing key: the conditional PUT alone answers (412), nothing overwritten.
+    assert_eq!(
+        store.put_bytes_if_absent("r/a.log", b"other").unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    let reqs = requests.take();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert!(reqs[0].starts_with("PUT "), "{reqs:?}");
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b"a small file").unwrap();
+    assert_eq!(
+        store.put_file_if_absent("r/b.log", f.path()).unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(requests.take().len(), 1, "storing a small file");
+    store.put_bytes("r/sub/c.log", b"deeper").unwrap();
+    requests.take();
+    let folder: Vec<String> = store
+        .list_folder("r/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(folder, vec!["r/a.log", "r/b.log"]);
+    let reqs = requests.take();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert!(reqs[0].contains("delimiter=%2F"), "{reqs:?}");
+
+    // A whole ingest run: each data object is one PUT, and no HEAD anywhere.
+    w.extra_toml = "max_object_records = 10\n".into();
+    produce_raw(&brokers(), &w.topic, 1, &tweet_payloads(30, 5, 10));
+    requests.take();
+    let s = w.json(&["ingest"]);
+    assert_eq!(s["objects"].as_u64(), Some(3), "{s}");
+    let reqs = requests.take();
+    let data: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.contains(&format!("/{}", w.topic)) && !r.contains("/_"))
+        .collect();
+    assert_eq!(data.len(), 3, "requests on data objects: {data:?}");
+    assert!(data.iter().all(|r| r.starts_with("PUT ")), "{data:?}");
+    assert!(!reqs.iter().any(|r| r.starts_with("HEAD ")), "{reqs:?}");
+    eprintln!(
+        "ingest of 3 small objects: {} S3 requests: {reqs:?}",
+        reqs.len()
+    );
+}

@@ -580,3 +580,198 @@ fn objects_of_a_dead_run_are_named_by_copy_and_loaded_once_the_next_ingest_adopt
     assert!(cp["unlisted_runs"].as_array().unwrap().is_empty(), "{cp}");
     assert_eq!(w.raw_counts(), (100, 100));
 }
+
+/// Awkward but valid tweets (and a few bad ones) that the text and binary COPY formats must
+/// load to the same rows: extreme integers, the NULL marker, a leap second, and locations
+/// with multi-byte characters, tabs, backslashes, CR/LF, `\N` and 256 characters.
+fn awkward_tweets() -> Vec<Option<Vec<u8>>> {
+    let locations = [
+        "".to_string(),
+        "None".into(),
+        "none".into(),
+        "\\N".into(),
+        "tab\there".into(),
+        "back\\slash\\".into(),
+        "line\nbreak\r\nand CR\r".into(),
+        "Zürich 🇨🇭 東京 ☃".into(),
+        "🙂".repeat(256),
+        "é".repeat(256),
+        "x".repeat(256),
+        "  spaces  ".into(),
+    ];
+    let stamps = [
+        "2020-12-31 23:59:60",
+        "1970-01-01 00:00:00",
+        "1999-12-31 23:59:59",
+        "2000-01-01 00:00:00",
+        "0001-01-01 00:00:00",
+        "9999-12-31 23:59:59",
+    ];
+    let ints = ["0", "-1", "2147483647", "-2147483648", "007", "+5"];
+    let ids = ["9223372036854775807", "-9223372036854775808", "0", "42"];
+    let mut out = Vec::new();
+    for (i, loc) in locations.iter().enumerate() {
+        for (j, ts) in stamps.iter().enumerate() {
+            let id = ids[(i + j) % ids.len()];
+            let (a, b, c) = (ints[i % 6], ints[j % 6], ints[(i + j) % 6]);
+            out.push(Some(format!("{id};{ts};{a};{loc};{b};{c};").into_bytes()));
+        }
+    }
+    // Bad rows: rejected the same way whatever the format.
+    for bad in [
+        "1;2020-01-01 00:00:00;ten;x;1;1;",
+        "2;2020-02-30 00:00:00;1;x;1;1;",
+        "3;2020-01-01 00:00:00;1;x;1;99999999999;",
+        "4;2020-01-01 00:00:00;1;x;1;1",
+    ] {
+        out.push(Some(bad.as_bytes().to_vec()));
+    }
+    out.push(Some(
+        format!("5;2020-01-01 00:00:00;1;{};1;1;", "y".repeat(257)).into_bytes(),
+    ));
+    out
+}
+
+fn rows_as_text(schema: &str, table: &str, order: &str) -> Vec<String> {
+    pg().query(
+        &format!("SELECT t::text FROM {schema}.{table} t ORDER BY {order}"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn text_and_binary_copy_load_the_same_rows_and_rejects() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpfmt");
+    let payloads = awkward_tweets();
+    produce_raw(&brokers(), &w.topic, 3, &payloads);
+    w.run_ok(&["ingest"]);
+    // A second warehouse schema fed from the same archive.
+    let mut w2 = World::local("cpfmt2");
+    w2.archive = w.archive.clone();
+    w2.topic = w.topic.clone();
+    let text = w.json(&["copy", "--copy-format", "text", "--max-errors", "10"]);
+    let binary = w2.json(&["copy", "--copy-format", "binary", "--max-errors", "10"]);
+    assert_eq!(text["rows"], binary["rows"], "{text} {binary}");
+    assert_eq!(text["rejects"].as_u64(), Some(5), "{text}");
+    assert_eq!(binary["rejects"].as_u64(), Some(5), "{binary}");
+    let valid = payloads.len() as i64 - 5;
+    assert_eq!(w.count("batch_raw"), valid);
+    let a = rows_as_text(&w.schema, "batch_raw", "t::text");
+    let b = rows_as_text(&w2.schema, "batch_raw", "t::text");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "text and binary COPY loaded different rows");
+    }
+    // The leap second carried into the next minute in both.
+    let leap: i64 = pg()
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}.batch_raw WHERE created_at = '2021-01-01 00:00:00'",
+                w2.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leap, 12);
+    let cols = "(t.key, t.line, t.raw, t.reason, t.raw_bytes, t.raw_sha256)::text";
+    let ra = rows_as_text(&w.schema, "batchlayer_rejects", cols);
+    let rb = rows_as_text(&w2.schema, "batchlayer_rejects", cols);
+    assert_eq!(ra.len(), 5);
+    let strip = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .map(|s| s.replace(&w.schema, "S").replace(&w2.schema, "S"))
+            .collect()
+    };
+    assert_eq!(strip(ra), strip(rb));
+}
+
+#[test]
+fn binary_falls_back_to_text_when_the_raw_table_has_other_types() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpfall");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(30, 9));
+    w.run_ok(&["ingest"]);
+    // A hand-made raw table whose counts are numeric and whose time has a zone: binary rows
+    // of bigint/integer/timestamp would be refused, text is converted by the server.
+    pg().batch_execute(&format!(
+        "CREATE TABLE {}.batch_raw (id numeric, created_at timestamptz, followers_count numeric, \
+         location text, favorite_count numeric, retweet_count numeric)",
+        w.schema
+    ))
+    .unwrap();
+    let (code, out, err) = w.run(&["-v", "--json", "copy"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(err.contains("loading with text COPY"), "{err}");
+    assert_eq!(w.count("batch_raw"), 30);
+}
+
+#[test]
+fn copy_with_jobs_loads_each_object_once_even_when_two_run_at_once() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cpjobs");
+    w.extra_toml = "max_object_records = 250\n".into();
+    produce_raw(&brokers(), &w.topic, 3, &tweets(3000, 6));
+    w.run_ok(&["ingest"]);
+    let (a, b) = std::thread::scope(|s| {
+        let h1 = s.spawn(|| w.json(&["copy", "--jobs", "3"]));
+        let h2 = s.spawn(|| w.json(&["copy", "--jobs", "2"]));
+        (h1.join().unwrap(), h2.join().unwrap())
+    });
+    let total = a["objects"].as_u64().unwrap() + b["objects"].as_u64().unwrap();
+    assert_eq!(total, 12, "{a} {b}");
+    assert_eq!(w.count("batch_raw"), 3000);
+    let distinct: i64 = pg()
+        .query_one(
+            &format!("SELECT count(DISTINCT id) FROM {}.batch_raw", w.schema),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 3000);
+    assert_eq!(ledger(&w).len(), 12);
+    // --jobs 0 is refused by the CLI.
+    let (code, _, err) = w.run(&["copy", "--jobs", "0"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn copy_with_jobs_stops_at_a_corrupt_object_and_loads_no_object_twice() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("cpjobsbad");
+    w.extra_toml = "max_object_records = 100\n".into();
+    produce_raw(&brokers(), &w.topic, 2, &tweets(800, 7));
+    w.run_ok(&["ingest"]);
+    // Corrupt one object: its checksum no longer matches the manifest's.
+    let objs = w.data_objects();
+    assert_eq!(objs.len(), 8);
+    let victim = std::path::Path::new(&w.archive).join(&objs[3]);
+    let good = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, b"not what the manifest says").unwrap();
+    let (code, _, err) = w.run(&["copy", "--jobs", "3"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&objs[3]) && err.contains("sha256"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let loaded = ledger(&w).len() as i64;
+    assert!(loaded < 8);
+    assert_eq!(w.count("batch_raw"), loaded * 100);
+    // Repaired, the next run loads the rest, and nothing twice.
+    std::fs::write(&victim, good).unwrap();
+    let s = w.json(&["copy", "--jobs", "3"]);
+    assert_eq!(s["objects"].as_u64().unwrap() as i64, 8 - loaded, "{s}");
+    assert_eq!(w.count("batch_raw"), 800);
+    assert_eq!(ledger(&w).len(), 8);
+}

@@ -59,6 +59,15 @@ pub trait ObjectStore: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     /// The names of the "folders" right below `prefix` (which ends with `/`), sorted.
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The objects right inside the folder `prefix` (which ends with `/`), not in its
+    /// subfolders, sorted. What the catalog's folders (markers, a day's manifests) are read
+    /// with: an S3 server answers it from that folder alone (a delimiter listing), where a
+    /// plain prefix listing may cost a walk of the whole bucket on some servers.
+    fn list_folder(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        let mut v = self.list(prefix)?;
+        v.retain(|o| !o.key[prefix.len().min(o.key.len())..].contains('/'));
+        Ok(v)
+    }
     /// Removes an object; removing a missing one is not an error.
     fn delete(&self, key: &str) -> Result<()>;
 }
@@ -79,28 +88,25 @@ pub fn download(
     key: &str,
     expected_sha256: Option<&str>,
 ) -> Result<std::fs::File> {
-    use sha2::Digest;
     let mut file = tempfile::tempfile().context("creating a temp file for the download")?;
-    {
-        let mut w = std::io::BufWriter::new(&mut file);
-        store.get_into(key, &mut w)?;
-        w.flush()?;
-    }
-    file.seek(SeekFrom::Start(0))?;
+    // Hashed as it arrives: one pass over the bytes.
+    let mut w =
+        crate::util::Tally::hashing(std::io::BufWriter::with_capacity(256 << 10, &mut file));
+    store.get_into(key, &mut w)?;
+    let (got, mut inner) = w.finish();
+    inner.flush()?;
+    drop(inner);
     if let Some(want) = expected_sha256 {
-        let mut h = sha2::Sha256::new();
-        std::io::copy(&mut file, &mut h)?;
-        let got = hex::encode(h.finalize());
         if got != want {
             bail!("object {key} is corrupt: sha256 {got} does not match the manifest's {want}");
         }
-        file.seek(SeekFrom::Start(0))?;
     }
+    file.seek(SeekFrom::Start(0))?;
     Ok(file)
 }
 
 /// A reader that decompresses an archived object by its compression.
-pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead>> {
+pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead + Send>> {
     let f = BufReader::with_capacity(256 << 10, file);
     Ok(match c {
         Compression::None => Box::new(f),

@@ -149,6 +149,34 @@ fn config_file_keys(file: &Path, profile: &str) -> Result<Option<Credentials>> {
 }
 
 impl S3Store {
+    /// A listing of `prefix`, all of it or (with a delimiter) only its folder's objects.
+    fn list_with(&self, prefix: &str, delimiter: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        let pages = self
+            .call("LIST", || {
+                self.bucket
+                    .list(self.full(prefix), delimiter.map(str::to_string))
+            })
+            .map_err(|e| self.explain(&e))
+            .with_context(|| format!("listing {}", self.url(prefix)))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out: Vec<ObjectMeta> = pages
+            .into_iter()
+            .flat_map(|p| p.contents)
+            .filter_map(|o| {
+                o.key.strip_prefix(&strip).map(|k| ObjectMeta {
+                    key: k.to_string(),
+                    size: o.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     pub fn new(loc: &ArchiveLocation) -> Result<Self> {
         let ArchiveLocation::S3 {
             bucket,
@@ -438,27 +466,11 @@ impl ObjectStore for S3Store {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
-        let pages = self
-            .call("LIST", || self.bucket.list(self.full(prefix), None))
-            .map_err(|e| self.explain(&e))
-            .with_context(|| format!("listing {}", self.url(prefix)))?;
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
-        let mut out: Vec<ObjectMeta> = pages
-            .into_iter()
-            .flat_map(|p| p.contents)
-            .filter_map(|o| {
-                o.key.strip_prefix(&strip).map(|k| ObjectMeta {
-                    key: k.to_string(),
-                    size: o.size,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_with(prefix, None)
+    }
+
+    fn list_folder(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        self.list_with(prefix, Some("/"))
     }
 
     fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {

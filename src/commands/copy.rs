@@ -30,6 +30,10 @@ pub struct CopyOptions {
     pub key_template: String,
     /// List the whole archive (verify/repair) instead of reading recent manifests.
     pub full_scan: bool,
+    /// PostgreSQL COPY format.
+    pub format: crate::records::CopyFormat,
+    /// PostgreSQL: connections loading at once.
+    pub jobs: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -210,6 +214,8 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         until: a.until,
         key_template: s.archive.key_template.clone(),
         full_scan: a.full_scan,
+        format: a.copy_format.unwrap_or(s.warehouse.copy_format),
+        jobs: usize::from(a.jobs),
     };
     let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
     if !sum.unlisted_runs.is_empty() {
@@ -289,7 +295,7 @@ fn recent_manifests(
             let mut day = floor.date_naive();
             let last = chrono::Utc::now().date_naive() + chrono::Days::new(1);
             while day <= last {
-                v.extend(store.list(&format!("{base}{}/", day.format("%Y%m%d")))?);
+                v.extend(store.list_folder(&format!("{base}{}/", day.format("%Y%m%d")))?);
                 day = day + chrono::Days::new(1);
             }
             v
@@ -334,7 +340,7 @@ fn discover(
     for topic in archived_topics(store)? {
         unlisted.extend(
             store
-                .list(&layout::markers_prefix(&topic))?
+                .list_folder(&layout::markers_prefix(&topic))?
                 .into_iter()
                 .map(|m| m.key),
         );
@@ -471,6 +477,8 @@ pub fn run(
     let lopts = LoadOptions {
         max_errors: opts.max_errors,
         fail_before_commit: opts.fail_before_commit,
+        format: opts.format,
+        jobs: opts.jobs,
     };
     let results = execute(steps, store, wh, layout, &lopts, &pb, &mut summary, out)?;
     pb.finish_and_clear();

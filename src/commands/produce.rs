@@ -3,7 +3,7 @@
 use crate::cli::ProduceArgs;
 use crate::config::{KafkaSettings, Settings};
 use crate::output::Output;
-use crate::tweets::tweet;
+use crate::tweets::tweet_with;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -44,6 +44,7 @@ pub struct ProduceOptions {
     pub locations: u64,
     pub duplicate_every: u64,
     pub partitions: Option<i32>,
+    pub long_locations: bool,
 }
 
 /// `batchlayer produce-tweets` (hidden): produces and prints how many.
@@ -54,6 +55,7 @@ pub fn exec(a: &ProduceArgs, s: &Settings, out: &Output) -> Result<()> {
         locations: a.locations,
         duplicate_every: a.duplicate_every,
         partitions: a.partitions,
+        long_locations: a.long_locations,
     };
     let n = run(s.require_kafka()?, &opts)?;
     out.summary(
@@ -101,7 +103,7 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
         .context("creating Kafka producer")?;
     let mut sent = 0u64;
     for i in 0..o.count {
-        let rec = tweet(o.seed, i, o.locations).record();
+        let rec = tweet_with(o.seed, i, o.locations, o.long_locations).record();
         let key = i.to_string();
         let copies = if o.duplicate_every > 0 && i % o.duplicate_every == 0 {
             2

@@ -167,6 +167,11 @@ pub struct LoadOptions {
     pub max_errors: Option<u64>,
     /// Test hook: fail after the COPY, before the commit.
     pub fail_before_commit: bool,
+    /// PostgreSQL: the COPY format asked for (binary falls back to text when the raw table's
+    /// column types are not the layout's).
+    pub format: crate::records::CopyFormat,
+    /// PostgreSQL: how many connections load objects at once (0 and 1: one).
+    pub jobs: usize,
 }
 
 /// What loading one object did.

@@ -5,13 +5,19 @@ use super::session::{PgSession, SqlContext, SqlSession};
 use super::{quote_ident, quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
 use crate::archive::{decoder, download, ObjectStore};
 use crate::config::WarehouseSettings;
-use crate::records::{FrameReader, Layout};
+use crate::records::{
+    ColumnType, CopyFormat, FrameReader, Layout, PG_BINARY_HEADER, PG_BINARY_TRAILER,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use postgres::Transaction;
 use std::io::{BufRead, Write};
 
 pub struct Pg {
     s: PgSession,
+    /// What `copy --jobs` opens its extra connections with.
+    settings: WarehouseSettings,
+    /// The extra connections of `copy --jobs N` (N - 1 of them, opened at the first load).
+    workers: Vec<PgSession>,
 }
 
 /// How much of a bad record the rejects table keeps (bytes, cut at a character boundary).
@@ -49,20 +55,9 @@ impl Pg {
     pub fn connect(w: &WarehouseSettings, names: Names) -> Result<Self> {
         Ok(Pg {
             s: PgSession::connect(w, names)?,
+            settings: w.clone(),
+            workers: Vec::new(),
         })
-    }
-
-    fn copy_sql(&self, layout: &Layout) -> String {
-        let cols: Vec<String> = layout
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect();
-        format!(
-            "COPY {} ({}) FROM STDIN",
-            self.s.names.qualified(&self.s.names.raw),
-            cols.join(", ")
-        )
     }
 
     fn lock_key(&self, name: &str) -> String {
@@ -72,59 +67,266 @@ impl Pg {
         )
     }
 
-    fn load_one(
-        &mut self,
-        job: &LoadJob,
-        store: &dyn ObjectStore,
-        layout: &Layout,
-        opts: &LoadOptions,
-    ) -> Result<LoadResult> {
-        let file = download(store, &job.key, job.expected_sha256.as_deref())?;
-        let mut reader = FrameReader::new(decoder(file, job.compression)?);
-        let copy_sql = self.copy_sql(layout);
-        let names = self.s.names.clone();
-        let mut tx = self.s.client.transaction().sql_bare()?;
-        let (result, rejects) = copy_rows(
-            &mut tx,
-            &copy_sql,
-            &names.raw,
-            &mut reader,
-            job,
-            layout,
-            opts,
-        )?;
-        if let Some(want) = job.expected_records {
-            if want != result.records {
-                bail!(
-                    "object {}: holds {} records but its manifest says {want}",
-                    job.key,
-                    result.records
+    /// The format to send: binary needs the raw table's columns to have exactly the types
+    /// the layout encodes (a table created by hand with other types gets text, which the
+    /// server converts).
+    fn usable_format(&mut self, layout: &Layout, asked: CopyFormat) -> Result<CopyFormat> {
+        if asked == CopyFormat::Text {
+            return Ok(CopyFormat::Text);
+        }
+        let rows = self
+            .s
+            .client
+            .query(
+                "SELECT a.attname::text, a.atttypid::regtype::text FROM pg_attribute a \
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&self.s.names.qualified(&self.s.names.raw)],
+            )
+            .sql("reading the raw table's column types")?;
+        let types: std::collections::HashMap<String, String> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let mismatch = layout.columns.iter().find(|c| {
+            let want: &[&str] = match c.ty {
+                ColumnType::Bigint => &["bigint"],
+                ColumnType::Int => &["integer"],
+                ColumnType::Timestamp => &["timestamp without time zone"],
+                ColumnType::Text => &["character varying", "text"],
+            };
+            !types
+                .get(&c.name)
+                .is_some_and(|t| want.contains(&t.as_str()))
+        });
+        Ok(match mismatch {
+            None => CopyFormat::Binary,
+            Some(c) => {
+                tracing::warn!(
+                    "column {} of {} is {}, not the layout's {:?}: loading with text COPY",
+                    c.name,
+                    self.s.names.raw,
+                    types.get(&c.name).map_or("missing", |t| t.as_str()),
+                    c.ty
                 );
+                CopyFormat::Text
             }
-        }
-        record_load(&mut tx, &names, job, &result, &rejects)?;
-        if opts.fail_before_commit {
-            bail!(
-                "failpoint: stopping after COPY of {}, before commit",
-                job.key
-            );
-        }
-        tx.commit()
-            .sql_with(|| format!("committing load of {}", job.key))?;
-        Ok(result)
+        })
     }
 }
 
-/// Streams one object's records into `COPY`; bad rows fail the object (strict) or are kept
-/// for the rejects table (up to `max_errors`).
-fn copy_rows<R: BufRead>(
+/// The COPY statement for the raw table's layout columns.
+fn copy_sql(names: &Names, layout: &Layout, format: CopyFormat) -> String {
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    format!(
+        "COPY {} ({}) FROM STDIN{}",
+        names.qualified(&names.raw),
+        cols.join(", "),
+        match format {
+            CopyFormat::Binary => " (FORMAT binary)",
+            CopyFormat::Text => "",
+        }
+    )
+}
+
+/// Loads one downloaded object in its own transaction: its rows, rejects and ledger row.
+fn load_one(
+    s: &mut PgSession,
+    job: &LoadJob,
+    file: std::fs::File,
+    layout: &Layout,
+    opts: &LoadOptions,
+    format: CopyFormat,
+) -> Result<LoadResult> {
+    let reader = FrameReader::new(decoder(file, job.compression)?);
+    let copy_sql = copy_sql(&s.names, layout, format);
+    let names = s.names.clone();
+    let mut tx = s.client.transaction().sql_bare()?;
+    let (result, rejects) = copy_rows(
+        &mut tx,
+        &copy_sql,
+        &names.raw,
+        reader,
+        job,
+        &Encoding {
+            layout,
+            format,
+            max_errors: opts.max_errors,
+        },
+    )?;
+    if let Some(want) = job.expected_records {
+        if want != result.records {
+            bail!(
+                "object {}: holds {} records but its manifest says {want}",
+                job.key,
+                result.records
+            );
+        }
+    }
+    record_load(&mut tx, &names, job, &result, &rejects)?;
+    if opts.fail_before_commit {
+        bail!(
+            "failpoint: stopping after COPY of {}, before commit",
+            job.key
+        );
+    }
+    tx.commit()
+        .sql_with(|| format!("committing load of {}", job.key))?;
+    Ok(result)
+}
+
+/// Loads the objects one after another on one connection, the next one downloading (and its
+/// checksum checked) while this one loads: one object waiting at most.
+fn load_in_order(
+    s: &mut PgSession,
+    jobs: &[LoadJob],
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    opts: &LoadOptions,
+    format: CopyFormat,
+    progress: &mut dyn FnMut(&LoadResult),
+) -> Result<Vec<LoadResult>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<std::fs::File>>(0);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for job in jobs {
+                let file = download(store, &job.key, job.expected_sha256.as_deref());
+                if ready_tx.send(file).is_err() {
+                    break;
+                }
+            }
+        });
+        // Dropped before the scope joins the downloader, which then stops.
+        let ready_rx = ready_rx;
+        let mut out = Vec::new();
+        for job in jobs {
+            let r = ready_rx
+                .recv()
+                .map_err(|_| anyhow!("the download of {} stopped", job.key))
+                .and_then(|file| load_one(s, job, file?, layout, opts, format))
+                .with_context(|| {
+                    format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
+                })?;
+            progress(&r);
+            out.push(r);
+        }
+        Ok(out)
+    })
+}
+
+/// `copy --jobs N`: N connections take the objects in turn, each object still its own
+/// transaction with its ledger row. After a failure no object is started; the ones under way
+/// finish (committed or not, each whole), and the first error is returned.
+fn load_parallel(
+    sessions: Vec<&mut PgSession>,
+    jobs: &[LoadJob],
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    opts: &LoadOptions,
+    format: CopyFormat,
+) -> Result<Vec<LoadResult>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let done: Mutex<Vec<(usize, LoadResult)>> = Mutex::new(Vec::new());
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for s in sessions {
+            let (next, failed, done, first_error) = (&next, &failed, &done, &first_error);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= jobs.len() || failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let job = &jobs[i];
+                let r = download(store, &job.key, job.expected_sha256.as_deref())
+                    .and_then(|file| load_one(s, job, file, layout, opts, format))
+                    .with_context(|| {
+                        format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
+                    });
+                match r {
+                    Ok(r) => done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r)),
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, r)| r).collect())
+}
+
+/// How records become COPY rows.
+struct Encoding<'a> {
+    layout: &'a Layout,
+    format: CopyFormat,
+    /// None: strict (first bad row fails the object). Some(n): up to n rejects per object.
+    max_errors: Option<u64>,
+}
+
+/// The size of the chunks the encoder hands to the COPY stream.
+const CHUNK: usize = 128 << 10;
+
+/// Streams one object's records into `COPY`. A thread decodes and encodes the records into
+/// chunks while this one sends them, so decoding and the server's work overlap (two chunks in
+/// flight at most). Bad rows fail the object (strict) or are kept for the rejects table.
+fn copy_rows<R: BufRead + Send>(
     tx: &mut Transaction<'_>,
     copy_sql: &str,
     table: &str,
-    reader: &mut FrameReader<R>,
+    reader: FrameReader<R>,
     job: &LoadJob,
-    layout: &Layout,
-    opts: &LoadOptions,
+    enc: &Encoding<'_>,
+) -> Result<(LoadResult, Vec<Reject>)> {
+    let mut w = tx.copy_in(copy_sql).sql("starting COPY")?;
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (encoded, sent) = std::thread::scope(|scope| {
+        let encoder = scope.spawn(move || encode_object(reader, job, enc, &full_tx, &empty_rx));
+        let mut sent: Result<()> = Ok(());
+        for chunk in full_rx.iter() {
+            if let Err(e) = w.write_all(&chunk) {
+                sent = Err(anyhow!("sending COPY data: {e}"));
+                break;
+            }
+            let _ = empty_tx.send(chunk);
+        }
+        drop(full_rx);
+        let encoded = encoder
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the encoder of {} panicked", job.key)));
+        (encoded, sent)
+    });
+    let (result, rejects) = encoded?;
+    if let Err(e) = sent {
+        // The server's own error (a bad value, a lost connection) says more than the write's.
+        w.finish().sql_with(|| format!("COPY into {table}"))?;
+        return Err(e);
+    }
+    w.finish().sql_with(|| format!("COPY into {table}"))?;
+    Ok((result, rejects))
+}
+
+/// The encoder's side of `copy_rows`: reads, checks and encodes every record of the object,
+/// sending full chunks (reusing the buffers that come back).
+fn encode_object<R: BufRead>(
+    mut reader: FrameReader<R>,
+    job: &LoadJob,
+    enc: &Encoding<'_>,
+    full: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    empty: &std::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Result<(LoadResult, Vec<Reject>)> {
     let mut rejects = Vec::new();
     let mut result = LoadResult {
@@ -144,17 +346,18 @@ fn copy_rows<R: BufRead>(
             )
         })?)
     };
-    let mut w = tx.copy_in(copy_sql).sql("starting COPY")?;
     let mut rec = Vec::with_capacity(1024);
-    let mut buf = Vec::with_capacity(128 << 10);
+    let mut buf = Vec::with_capacity(CHUNK + (64 << 10));
+    if enc.format == CopyFormat::Binary {
+        buf.extend_from_slice(PG_BINARY_HEADER);
+    }
     while reader
         .next_into(&mut rec)
         .with_context(|| format!("reading object {}", job.key))?
     {
         result.records += 1;
         if let Some(offs) = &offsets {
-            let i = result.records as usize - 1;
-            let Some(&off) = offs.get(i) else {
+            let Some(&off) = offs.get(result.records as usize - 1) else {
                 bail!(
                     "object {}: holds more records than its offset range",
                     job.key
@@ -165,11 +368,15 @@ fn copy_rows<R: BufRead>(
                 continue;
             }
         }
-        match layout.to_pg_copy_row(&rec, &mut buf) {
+        let row = match enc.format {
+            CopyFormat::Text => enc.layout.to_pg_copy_row(&rec, &mut buf),
+            CopyFormat::Binary => enc.layout.to_pg_binary_row(&rec, &mut buf),
+        };
+        match row {
             Ok(()) => result.loaded += 1,
             Err(e) => {
                 let line = reader.record_no;
-                let Some(max) = opts.max_errors else {
+                let Some(max) = enc.max_errors else {
                     bail!("object {} record {line}: {e}", job.key);
                 };
                 result.rejected += 1;
@@ -182,15 +389,21 @@ fn copy_rows<R: BufRead>(
                 rejects.push(Reject::new(line, &rec, e.to_string()));
             }
         }
-        if buf.len() >= 64 << 10 {
-            w.write_all(&buf)
-                .map_err(|e| anyhow!("sending COPY data: {e}"))?;
+        if buf.len() >= CHUNK {
+            let next = empty
+                .try_recv()
+                .unwrap_or_else(|_| Vec::with_capacity(buf.capacity()));
+            if full.send(std::mem::replace(&mut buf, next)).is_err() {
+                // The sender stopped (the server refused the data): its error is the one to report.
+                return Ok((result, rejects));
+            }
             buf.clear();
         }
     }
-    w.write_all(&buf)
-        .map_err(|e| anyhow!("sending COPY data: {e}"))?;
-    w.finish().sql_with(|| format!("COPY into {table}"))?;
+    if enc.format == CopyFormat::Binary {
+        buf.extend_from_slice(PG_BINARY_TRAILER);
+    }
+    let _ = full.send(buf);
     Ok((result, rejects))
 }
 
@@ -328,16 +541,30 @@ impl Warehouse for Pg {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadResult),
     ) -> Result<Vec<LoadResult>> {
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let format = self.usable_format(layout, opts.format)?;
+        let jobs_n = opts.jobs.max(1);
+        if jobs_n == 1 {
+            return load_in_order(&mut self.s, jobs, store, layout, opts, format, progress);
+        }
+        while self.workers.len() < jobs_n - 1 {
+            let names = self.s.names.clone();
+            self.workers
+                .push(PgSession::connect(&self.settings, names)?);
+        }
         let mut out = Vec::new();
-        for job in jobs {
-            let r = self.load_one(job, store, layout, opts).with_context(|| {
-                format!(
-                    "loading {} into {} at {}",
-                    job.key, self.s.names.raw, self.s.url
-                )
-            })?;
-            progress(&r);
-            out.push(r);
+        // One manifest's objects at a time: copy's cursor (the newest manifest in the ledger)
+        // never passes a manifest with an object that failed.
+        for group in jobs.chunk_by(|a, b| a.manifest == b.manifest) {
+            let mut sessions: Vec<&mut PgSession> = vec![&mut self.s];
+            sessions.extend(self.workers.iter_mut().take(jobs_n - 1));
+            let r = load_parallel(sessions, group, store, layout, opts, format)?;
+            for x in r {
+                progress(&x);
+                out.push(x);
+            }
         }
         Ok(out)
     }
@@ -347,7 +574,11 @@ impl Warehouse for Pg {
         let mut v = Vec::new();
         for j in jobs {
             v.push("BEGIN".into());
-            v.push(format!("{}  -- rows of {}", self.copy_sql(layout), j.key));
+            v.push(format!(
+                "{}  -- rows of {}",
+                copy_sql(&self.s.names, layout, CopyFormat::Binary),
+                j.key
+            ));
             v.push(format!(
                 "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table) VALUES ({}, {}, ...)",
                 quote_literal(&j.key),

@@ -2,6 +2,8 @@
 //! binary with a clean environment and a per-test config file.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use assert_cmd::Command;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -311,7 +311,10 @@ impl Run<'_> {
         let own = layout::marker_key(&self.topic, &self.run_id);
         let mut folders = BTreeSet::new();
         self.crashed_markers.clear();
-        for m in self.store.list(&layout::markers_prefix(&self.topic))? {
+        for m in self
+            .store
+            .list_folder(&layout::markers_prefix(&self.topic))?
+        {
             if m.key == own {
                 continue;
             }
@@ -324,7 +327,10 @@ impl Run<'_> {
         }
         let mut out = Vec::new();
         for f in folders {
-            out.extend(self.store.list(&format!("{}/", f.trim_end_matches('/')))?);
+            out.extend(
+                self.store
+                    .list_folder(&format!("{}/", f.trim_end_matches('/')))?,
+            );
         }
         Ok(out)
     }
