@@ -177,6 +177,36 @@ pub struct IngestArgs {
     /// the folders their markers name (for archives written before markers existed).
     #[arg(long)]
     pub full_scan: bool,
+    /// Re-archive a range of the topic under --prefix (a shadow archive), reading without the
+    /// group and committing nothing: the group's offsets and the main archive are untouched.
+    /// Needs --from-offset or --from-time.
+    #[arg(long, requires = "prefix", conflicts_with_all = ["new_epoch", "accept_expired", "dry_run"])]
+    pub replay: bool,
+    /// Replay: the first offset of every partition.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "replay",
+        conflicts_with = "from_time"
+    )]
+    pub from_offset: Option<i64>,
+    /// Replay: from the first message at or after this time (UTC; YYYY-MM-DD[THH[:MM[:SS]]]).
+    #[arg(long, value_name = "TIME", requires = "replay", value_parser = parse_time)]
+    pub from_time: Option<NaiveDateTime>,
+    /// Replay: stop before this offset of every partition (default: the partitions' end).
+    #[arg(
+        long,
+        value_name = "M",
+        requires = "replay",
+        conflicts_with = "to_time"
+    )]
+    pub to_offset: Option<i64>,
+    /// Replay: stop before the first message at or after this time (UTC).
+    #[arg(long, value_name = "TIME", requires = "replay", value_parser = parse_time)]
+    pub to_time: Option<NaiveDateTime>,
+    /// Replay: the folder under the archive the replay writes to.
+    #[arg(long, value_name = "PREFIX", requires = "replay")]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -218,6 +248,14 @@ pub struct CopyArgs {
     /// its ledger row (one run manifest's objects at a time).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+    /// Load the shadow archive under this folder (written by `ingest --replay --prefix`);
+    /// needs --raw-table.
+    #[arg(long, value_name = "PREFIX", requires = "raw_table")]
+    pub prefix: Option<String>,
+    /// Load into this raw table, with its own ledger and rejects tables (<T>_loads,
+    /// <T>_rejects), instead of the configured ones.
+    #[arg(long, value_name = "T")]
+    pub raw_table: Option<String>,
 }
 
 #[derive(Debug, Args, Default)]

@@ -279,6 +279,54 @@ pub struct ArchiveSettings {
     pub retry: RetryPolicy,
 }
 
+impl ArchiveSettings {
+    /// The same archive under a sub-prefix: where `ingest --replay` writes and `copy
+    /// --prefix` reads a shadow archive. The prefix is one or more plain folder names
+    /// (letters, digits, `.`, `-`, `_`), none starting with `_` or `.` (batchlayer's own).
+    pub fn under(&self, prefix: &str) -> Result<ArchiveSettings> {
+        let prefix = prefix.trim_matches('/');
+        let plain = |seg: &str| {
+            !seg.is_empty()
+                && !seg.starts_with(['_', '.'])
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        };
+        if !prefix.split('/').all(plain) {
+            bail!("--prefix {prefix:?} must be folder names of letters, digits, '.', '-' and '_', none starting with '_' or '.'");
+        }
+        let mut out = self.clone();
+        out.location = match &self.location {
+            ArchiveLocation::Local(dir) => ArchiveLocation::Local(dir.join(prefix)),
+            ArchiveLocation::S3 { prefix: p, .. } => {
+                let mut loc = self.location.clone();
+                if let ArchiveLocation::S3 { prefix: q, .. } = &mut loc {
+                    *q = if p.is_empty() {
+                        prefix.to_string()
+                    } else {
+                        format!("{}/{prefix}", p.trim_end_matches('/'))
+                    };
+                }
+                loc
+            }
+        };
+        Ok(out)
+    }
+}
+
+impl WarehouseSettings {
+    /// Loads into another raw table (`copy --raw-table`), with its own ledger and rejects
+    /// tables (`<raw>_loads`, `<raw>_rejects`): the main ledger's offsets never decide what
+    /// the other table holds.
+    pub fn with_raw_table(&self, raw: &str) -> Result<WarehouseSettings> {
+        let mut out = self.clone();
+        out.raw_table = validate_ident("--raw-table", raw)?;
+        out.ledger_table = validate_ident("--raw-table", &format!("{raw}_loads"))?;
+        out.rejects_table = validate_ident("--raw-table", &format!("{raw}_rejects"))?;
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WarehouseKind {
     Postgres,

@@ -171,6 +171,8 @@ impl ConsumerContext for Ctx {
 pub struct KafkaSource {
     consumer: BaseConsumer<Ctx>,
     mode: Mode,
+    /// Replay: per partition, the first offset read and the offset it stops before.
+    replay: HashMap<i32, (i64, i64)>,
     topic: String,
     brokers: String,
     timeout: Duration,
@@ -203,6 +205,24 @@ pub enum Mode {
     Subscribe,
     /// Take every partition at its committed offset without joining (dry-run: changes nothing).
     AssignAll,
+    /// Read a range of every partition without joining and never commit (`ingest --replay`):
+    /// from an offset or a time, to an offset or a time (exclusive) or the partition's end.
+    Replay(ReplayRange),
+}
+
+/// Where a replay starts or stops in each partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayPoint {
+    Offset(i64),
+    /// The first message with a timestamp at or after this time.
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// The range `ingest --replay` reads: `from` inclusive, `to` exclusive (None: the end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRange {
+    pub from: ReplayPoint,
+    pub to: Option<ReplayPoint>,
 }
 
 impl KafkaSource {
@@ -232,6 +252,7 @@ impl KafkaSource {
         let src = KafkaSource {
             consumer,
             mode,
+            replay: HashMap::new(),
             topic: k.topic.clone(),
             brokers: k.brokers.clone(),
             timeout: Duration::from_secs(10),
@@ -303,6 +324,7 @@ impl MessageSource for KafkaSource {
                     .unwrap()
                     .push(Event::Assigned(partitions));
             }
+            Mode::Replay(range) => self.start_replay(range)?,
         }
         Ok(())
     }
@@ -331,6 +353,11 @@ impl MessageSource for KafkaSource {
             None => Ok(Event::Idle),
             Some(Ok(m)) => {
                 self.failing = None;
+                if let Some(&(_, end)) = self.replay.get(&m.partition()) {
+                    if m.offset() >= end {
+                        return self.replay_done(m.partition());
+                    }
+                }
                 Ok(Event::Message(own(&m)))
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -347,6 +374,13 @@ impl MessageSource for KafkaSource {
     }
 
     fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
+        if matches!(self.mode, Mode::Replay(_)) {
+            // A replay's position is where it starts; no group's offsets are read.
+            return Ok(partitions
+                .iter()
+                .map(|p| (*p, self.replay.get(p).map(|r| r.0)))
+                .collect());
+        }
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             tpl.add_partition(&self.topic, *p);
@@ -374,7 +408,8 @@ impl MessageSource for KafkaSource {
     }
 
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
-        if offsets.is_empty() {
+        // A replay never moves any group's offsets.
+        if offsets.is_empty() || matches!(self.mode, Mode::Replay(_)) {
             return Ok(());
         }
         let mut tpl = TopicPartitionList::new();
@@ -412,6 +447,68 @@ impl MessageSource for KafkaSource {
 }
 
 impl KafkaSource {
+    /// The offset `point` names in a partition: itself, or the first offset at or after the
+    /// time (the partition's end when no message is that late).
+    fn replay_offset(&self, p: i32, point: ReplayPoint, high: i64) -> Result<i64> {
+        let ms = match point {
+            ReplayPoint::Offset(o) => return Ok(o),
+            ReplayPoint::Time(t) => t.timestamp_millis(),
+        };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, p, Offset::Offset(ms))?;
+        let got = self
+            .consumer
+            .offsets_for_times(tpl, self.timeout)
+            .with_context(|| format!("finding the offset at {ms} ms in {}/{p}", self.topic))?;
+        Ok(match got.elements().first().map(|e| e.offset()) {
+            Some(Offset::Offset(o)) if o >= 0 => o,
+            _ => high,
+        })
+    }
+
+    /// Assigns every partition at the replay's first offset; a partition with nothing in the
+    /// range is at its end at once. A start below the low watermark (expired) is an error.
+    fn start_replay(&mut self, range: ReplayRange) -> Result<()> {
+        let partitions = self.topic_partitions()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut empty = Vec::new();
+        for &p in &partitions {
+            let (low, high) = self.watermarks(p)?;
+            let from = self.replay_offset(p, range.from, high)?;
+            let to = match range.to {
+                Some(t) => self.replay_offset(p, t, high)?,
+                None => high,
+            };
+            if from < low && from < to {
+                bail!(
+                    "replay of {}: partition {p} starts at offset {low} now (offsets below it expired); offset {from} cannot be replayed",
+                    self.topic
+                );
+            }
+            self.replay.insert(p, (from, to));
+            if from >= to.min(high) {
+                empty.push(p);
+            } else {
+                tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+            }
+        }
+        self.consumer.assign(&tpl)?;
+        let mut q = self.consumer.context().events.lock().unwrap();
+        q.push(Event::Assigned(partitions));
+        q.extend(empty.into_iter().map(Event::Eof));
+        Ok(())
+    }
+
+    /// A replayed partition reached its stop offset: no more of it is read.
+    fn replay_done(&mut self, p: i32) -> Result<Event> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, p);
+        self.consumer
+            .pause(&tpl)
+            .with_context(|| format!("pausing {}/{p} at the end of the replay", self.topic))?;
+        Ok(Event::Eof(p))
+    }
+
     /// A transient failure (or a poll that brought nothing while one lasts): waits the
     /// policy's backoff and reports Idle, or gives up once the attempts are used.
     fn retry_wait(&mut self, reason: Option<String>) -> Result<Event> {

@@ -198,11 +198,23 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
 
 /// `batchlayer copy`: connects, runs, and prints the plan (dry run) and the summary.
 pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
-    let store = archive_mod::open(&s.archive)?;
+    // A shadow archive (ingest --replay --prefix) and another raw table with its own ledger.
+    let archive = match &a.prefix {
+        Some(p) => s.archive.under(p).map_err(crate::error::Error::Config)?,
+        None => s.archive.clone(),
+    };
+    let warehouse = match &a.raw_table {
+        Some(t) => s
+            .warehouse
+            .with_raw_table(t)
+            .map_err(crate::error::Error::Config)?,
+        None => s.warehouse.clone(),
+    };
+    let store = archive_mod::open(&archive)?;
     if let Some(src) = store.credential_source() {
         out.debug(&format!("S3 credentials: {src}"));
     }
-    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    let mut wh = warehouse::connect(&warehouse, &archive)?;
     let opts = CopyOptions {
         dry_run: a.dry_run,
         key: a.key.clone(),
@@ -212,7 +224,7 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         fail_before_commit: s.failpoint("copy-before-commit"),
         since: a.since,
         until: a.until,
-        key_template: s.archive.key_template.clone(),
+        key_template: archive.key_template.clone(),
         full_scan: a.full_scan,
         format: a.copy_format.unwrap_or(s.warehouse.copy_format),
         jobs: usize::from(a.jobs),

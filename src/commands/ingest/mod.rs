@@ -19,7 +19,7 @@ use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
 use crate::config::{ArchiveSettings, Settings};
 use crate::output::Output;
-use crate::source::{Event, KafkaSource, Message, MessageSource, Mode};
+use crate::source::{Event, KafkaSource, Message, MessageSource, Mode, ReplayPoint, ReplayRange};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
@@ -60,6 +60,10 @@ pub struct IngestOptions {
     /// Find a crashed run's objects by listing the topic's whole archive (repair) instead of
     /// the folders named by the crashed runs' markers.
     pub full_scan: bool,
+    /// `--replay`: the main archive's epoch, which the replayed objects carry (the shadow
+    /// archive's catalog is not checked against the group: the source starts where asked
+    /// and never commits).
+    pub replay_epoch: Option<i32>,
 }
 
 /// An archived object found in a listing.
@@ -124,21 +128,38 @@ pub struct IngestSummary {
 
 /// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
 pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
-    let kafka = s.require_kafka()?;
-    let store = archive_mod::open(&s.archive)?;
-    if let Some(src) = store.credential_source() {
+    let mut kafka = s.require_kafka()?.clone();
+    let main_store = archive_mod::open(&s.archive)?;
+    if let Some(src) = main_store.credential_source() {
         out.debug(&format!("S3 credentials: {src}"));
     }
-    let mode = if a.dry_run {
-        Mode::AssignAll
-    } else {
-        Mode::Subscribe
+    let (mode, archive, replay_epoch) = match replay_plan(a)? {
+        Some((range, prefix)) => {
+            let epoch = read_head(main_store.as_ref(), &kafka.topic)?.epoch;
+            // A group of its own that never commits: the main group is never touched.
+            kafka.group = format!("{}-replay-{}", kafka.group, std::process::id());
+            out.info(&format!(
+                "replaying {} (epoch {epoch}) into {}/{prefix}",
+                kafka.topic,
+                main_store.describe()
+            ));
+            (
+                Mode::Replay(range),
+                s.archive
+                    .under(&prefix)
+                    .map_err(crate::error::Error::Config)?,
+                Some(epoch),
+            )
+        }
+        None if a.dry_run => (Mode::AssignAll, s.archive.clone(), None),
+        None => (Mode::Subscribe, s.archive.clone(), None),
     };
+    let store = archive_mod::open(&archive)?;
     out.debug(&format!(
         "Kafka client: {}",
-        crate::source::describe_config(&crate::source::client_config(kafka))
+        crate::source::describe_config(&crate::source::client_config(&kafka))
     ));
-    let mut src = KafkaSource::connect(kafka, mode)?;
+    let mut src = KafkaSource::connect(&kafka, mode)?;
     let opts = IngestOptions {
         dry_run: a.dry_run,
         max_messages: a.max_messages,
@@ -146,7 +167,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         max_duration: a.max_duration,
         assignment_timeout: Duration::from_secs(60),
         stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
-        group: s.kafka.group.clone(),
+        group: kafka.group.clone(),
         fail_before_commit: s.failpoint("ingest-before-commit"),
         crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
         member_wait: Duration::from_secs(s.kafka.member_wait_secs),
@@ -154,6 +175,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
         full_scan: a.full_scan,
+        replay_epoch,
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -166,7 +188,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
             out.plan(&format!("{}  {c}  {}  {}", l.partition, l.end, l.lag));
         }
     }
-    let sum = run(&mut src, store.as_ref(), &s.archive, &opts, out)?;
+    let sum = run(&mut src, store.as_ref(), &archive, &opts, out)?;
     if !sum.held_by_others.is_empty() {
         let parts: Vec<String> = sum
             .held_by_others
@@ -663,7 +685,11 @@ impl Run<'_> {
                 Event::Message(m) => self.on_message_event(m)?,
                 // Make sure the reconciliation covered this partition even with no new messages.
                 Event::Eof(p) => {
-                    self.eof.insert(p);
+                    // The partition's last object starts uploading now, while the others
+                    // drain (once per assignment: later messages wait for the run's end).
+                    if self.eof.insert(p) {
+                        self.flush_partition(p)?;
+                    }
                 }
                 Event::Assigned(ps) => self.on_assigned(source, ps)?,
                 Event::Revoked(ps) => self.on_revoked(&ps),
@@ -717,6 +743,14 @@ impl Run<'_> {
     /// partitions and offsets; nothing is committed.
     fn check_positions(&mut self, source: &dyn MessageSource, ps: &[i32]) -> Result<()> {
         let committed = source.committed(ps)?;
+        if self.opts.replay_epoch.is_some() {
+            // A replay starts where asked (the source refuses expired offsets).
+            for &p in ps {
+                self.committed_at_assign
+                    .insert(p, committed.get(&p).copied().flatten());
+            }
+            return Ok(());
+        }
         let mut problems = Vec::new();
         for &p in ps {
             let c = committed.get(&p).copied().flatten();
@@ -1026,6 +1060,9 @@ fn run_with(
     }
     let topic = source.topic().to_string();
     let mut head = read_head(store, &topic)?;
+    if let Some(e) = opts.replay_epoch {
+        head.epoch = e;
+    }
     let mut epoch = head.epoch;
     let mut expired = Vec::new();
     if opts.new_epoch && !opts.dry_run {
@@ -1096,6 +1133,27 @@ fn read_head(store: &dyn ObjectStore, topic: &str) -> Result<CatalogHead> {
         }
         Err(e) => Err(e).with_context(|| format!("reading {key}")),
     }
+}
+
+/// The range and prefix of `--replay`, or None for a normal run.
+fn replay_plan(a: &IngestArgs) -> Result<Option<(ReplayRange, String)>> {
+    if !a.replay {
+        return Ok(None);
+    }
+    let utc = |t: chrono::NaiveDateTime| ReplayPoint::Time(t.and_utc());
+    let from = match (a.from_offset, a.from_time) {
+        (Some(o), _) => ReplayPoint::Offset(o),
+        (None, Some(t)) => utc(t),
+        (None, None) => {
+            return Err(crate::error::Error::Config(anyhow!(
+                "ingest --replay needs --from-offset N or --from-time TIME"
+            ))
+            .into())
+        }
+    };
+    let to = a.to_offset.map(ReplayPoint::Offset).or(a.to_time.map(utc));
+    let prefix = a.prefix.clone().unwrap_or_default();
+    Ok(Some((ReplayRange { from, to }, prefix)))
 }
 
 /// `--new-epoch`: the group's offsets go to the start of every partition; this run's objects
