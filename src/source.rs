@@ -173,6 +173,10 @@ pub struct KafkaSource {
     mode: Mode,
     /// Replay: per partition, the first offset read and the offset it stops before.
     replay: HashMap<i32, (i64, i64)>,
+    /// Replay by time: the start time not reached yet (ms; messages before it are passed
+    /// over) and the stop time, checked on every message's own timestamp, since brokers'
+    /// offset-by-time answers vary (tansu 0.6 answers offset 0 for any time).
+    replay_times: HashMap<i32, (Option<i64>, Option<i64>)>,
     topic: String,
     brokers: String,
     timeout: Duration,
@@ -253,6 +257,7 @@ impl KafkaSource {
             consumer,
             mode,
             replay: HashMap::new(),
+            replay_times: HashMap::new(),
             topic: k.topic.clone(),
             brokers: k.brokers.clone(),
             timeout: Duration::from_secs(10),
@@ -330,46 +335,18 @@ impl MessageSource for KafkaSource {
     }
 
     fn poll(&mut self, timeout: Duration) -> Result<Event> {
-        if let Some(ev) = self.take_event() {
-            return Ok(ev);
-        }
-        let r = self.consumer.poll(timeout);
-        // A rebalance handled inside this poll comes first: it changes what the message means.
-        if let Some(ev) = self.take_event() {
-            if let Some(Ok(m)) = &r {
-                // Keep the message for after the rebalance event.
-                let msg = own(m);
-                self.consumer
-                    .context()
-                    .events
-                    .lock()
-                    .unwrap()
-                    .insert(0, Event::Message(msg));
-            }
-            return Ok(ev);
-        }
-        match r {
-            None if self.failing.is_some() => self.retry_wait(None),
-            None => Ok(Event::Idle),
-            Some(Ok(m)) => {
-                self.failing = None;
-                if let Some(&(_, end)) = self.replay.get(&m.partition()) {
-                    if m.offset() >= end {
-                        return self.replay_done(m.partition());
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let ev =
+                self.poll_once(deadline.saturating_duration_since(std::time::Instant::now()))?;
+            match ev {
+                Event::Message(m) if matches!(self.mode, Mode::Replay(_)) => {
+                    if let Some(ev) = self.replay_keep(m)? {
+                        return Ok(ev);
                     }
                 }
-                Ok(Event::Message(own(&m)))
+                ev => return Ok(ev),
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                self.failing = None;
-                Ok(Event::Eof(p))
-            }
-            Some(Err(e)) if transient(&e) => self.retry_wait(Some(e.to_string())),
-            Some(Err(e)) => Err(anyhow!(
-                "consuming {} from {}: {e}",
-                self.topic,
-                self.brokers
-            )),
         }
     }
 
@@ -447,11 +424,75 @@ impl MessageSource for KafkaSource {
 }
 
 impl KafkaSource {
+    /// One poll of the consumer, rebalance events first.
+    fn poll_once(&mut self, timeout: Duration) -> Result<Event> {
+        if let Some(ev) = self.take_event() {
+            return Ok(ev);
+        }
+        let r = self.consumer.poll(timeout);
+        // A rebalance handled inside this poll comes first: it changes what the message means.
+        if let Some(ev) = self.take_event() {
+            if let Some(Ok(m)) = &r {
+                // Keep the message for after the rebalance event.
+                let msg = own(m);
+                self.consumer
+                    .context()
+                    .events
+                    .lock()
+                    .unwrap()
+                    .insert(0, Event::Message(msg));
+            }
+            return Ok(ev);
+        }
+        match r {
+            None if self.failing.is_some() => self.retry_wait(None),
+            None => Ok(Event::Idle),
+            Some(Ok(m)) => {
+                self.failing = None;
+                Ok(Event::Message(own(&m)))
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                self.failing = None;
+                Ok(Event::Eof(p))
+            }
+            Some(Err(e)) if transient(&e) => self.retry_wait(Some(e.to_string())),
+            Some(Err(e)) => Err(anyhow!(
+                "consuming {} from {}: {e}",
+                self.topic,
+                self.brokers
+            )),
+        }
+    }
+
+    /// Replay: whether a message is in the range. A message at or past the stop ends its
+    /// partition (end-of-partition, the partition paused); one before the start time is
+    /// passed over.
+    fn replay_keep(&mut self, m: Message) -> Result<Option<Event>> {
+        let p = m.partition;
+        if self.replay.get(&p).is_some_and(|r| m.offset >= r.1) {
+            return self.replay_done(p).map(Some);
+        }
+        if let Some((from, to)) = self.replay_times.get_mut(&p) {
+            if let (Some(to), Some(ts)) = (*to, m.timestamp_ms) {
+                if ts >= to {
+                    return self.replay_done(p).map(Some);
+                }
+            }
+            if let Some(f) = *from {
+                if m.timestamp_ms.is_none_or(|ts| ts < f) {
+                    return Ok(None);
+                }
+                *from = None;
+            }
+        }
+        Ok(Some(Event::Message(m)))
+    }
+
     /// The offset `point` names in a partition: itself, or the first offset at or after the
-    /// time (the partition's end when no message is that late).
-    fn replay_offset(&self, p: i32, point: ReplayPoint, high: i64) -> Result<i64> {
+    /// time (None when no message is that late).
+    fn replay_offset(&self, p: i32, point: ReplayPoint) -> Result<Option<i64>> {
         let ms = match point {
-            ReplayPoint::Offset(o) => return Ok(o),
+            ReplayPoint::Offset(o) => return Ok(Some(o)),
             ReplayPoint::Time(t) => t.timestamp_millis(),
         };
         let mut tpl = TopicPartitionList::new();
@@ -460,36 +501,59 @@ impl KafkaSource {
             .consumer
             .offsets_for_times(tpl, self.timeout)
             .with_context(|| format!("finding the offset at {ms} ms in {}/{p}", self.topic))?;
-        Ok(match got.elements().first().map(|e| e.offset()) {
-            Some(Offset::Offset(o)) if o >= 0 => o,
-            _ => high,
-        })
+        let found = match got.elements().first().map(|e| e.offset()) {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o),
+            _ => None,
+        };
+        tracing::info!(
+            "replay of {}/{p}: the first offset at or after {} is {found:?}",
+            self.topic,
+            chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+        );
+        Ok(found)
     }
 
     /// Assigns every partition at the replay's first offset; a partition with nothing in the
     /// range is at its end at once. A start below the low watermark (expired) is an error.
+    /// The stop is the `to` offset or the partition's end-of-partition (not the high
+    /// watermark, which some brokers report wrong).
     fn start_replay(&mut self, range: ReplayRange) -> Result<()> {
         let partitions = self.topic_partitions()?;
         let mut tpl = TopicPartitionList::new();
         let mut empty = Vec::new();
         for &p in &partitions {
-            let (low, high) = self.watermarks(p)?;
-            let from = self.replay_offset(p, range.from, high)?;
-            let to = match range.to {
-                Some(t) => self.replay_offset(p, t, high)?,
-                None => high,
+            let (low, _) = self.watermarks(p)?;
+            let ms = |pt: Option<ReplayPoint>| match pt {
+                Some(ReplayPoint::Time(t)) => Some(t.timestamp_millis()),
+                _ => None,
             };
-            if from < low && from < to {
-                bail!(
-                    "replay of {}: partition {p} starts at offset {low} now (offsets below it expired); offset {from} cannot be replayed",
-                    self.topic
-                );
-            }
-            self.replay.insert(p, (from, to));
-            if from >= to.min(high) {
-                empty.push(p);
-            } else {
-                tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+            self.replay_times
+                .insert(p, (ms(Some(range.from)), ms(range.to)));
+            // A time start begins at the broker's answer (never later than the first such
+            // message) or the partition's start; a time stop is checked on each message.
+            let from = match range.from {
+                ReplayPoint::Offset(o) => Some(o),
+                t => Some(self.replay_offset(p, t)?.unwrap_or(low).max(low)),
+            };
+            let to = match range.to {
+                Some(ReplayPoint::Offset(o)) => o,
+                _ => i64::MAX,
+            };
+            match from {
+                Some(from) if from < to => {
+                    if from < low {
+                        bail!(
+                            "replay of {}: partition {p} starts at offset {low} now (offsets below it expired); offset {from} cannot be replayed",
+                            self.topic
+                        );
+                    }
+                    self.replay.insert(p, (from, to));
+                    tpl.add_partition_offset(&self.topic, p, Offset::Offset(from))?;
+                }
+                _ => {
+                    self.replay.insert(p, (from.unwrap_or(to), to));
+                    empty.push(p);
+                }
             }
         }
         self.consumer.assign(&tpl)?;

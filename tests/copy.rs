@@ -632,9 +632,9 @@ fn awkward_tweets() -> Vec<Option<Vec<u8>>> {
     out
 }
 
-fn rows_as_text(schema: &str, table: &str, order: &str) -> Vec<String> {
+fn rows_as_text(schema: &str, table: &str, cols: &str) -> Vec<String> {
     pg().query(
-        &format!("SELECT t::text FROM {schema}.{table} t ORDER BY {order}"),
+        &format!("SELECT {cols} FROM {schema}.{table} t ORDER BY 1"),
         &[],
     )
     .unwrap()

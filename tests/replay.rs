@@ -34,7 +34,9 @@ fn replay_rebuilds_the_same_objects_in_a_shadow_and_loads_them_into_another_tabl
     }
     let mut w = World::s3("replay");
     w.extra_toml = "max_object_records = 50\n".into();
-    produce_raw(&brokers(), &w.topic, 2, &tweet_payloads(300, 11, 20));
+    // Batches of 50 per partition: tansu's memory engine cannot start a fetch in the middle
+    // of a batch (README, Local stack), and the partial replay below starts at offset 50.
+    produce_batched(&brokers(), &w.topic, 2, &tweet_payloads(300, 11, 20), 100);
     w.run_ok(&["ingest"]);
     w.run_ok(&["copy"]);
     let offsets = committed(&w);
@@ -93,7 +95,10 @@ fn replay_rebuilds_the_same_objects_in_a_shadow_and_loads_them_into_another_tabl
     let part = objects_under(&w, "part/");
     assert_eq!(part.len(), 2, "{:?}", part.keys());
     for k in part.keys() {
-        assert!(k.ends_with(&format!("+50+99.log.gz")), "{k}");
+        assert!(
+            k.ends_with(&format!("+{:020}+{:020}.log.gz", 50, 99)),
+            "{k}"
+        );
         assert_eq!(part[k], main_objects[k], "{k}");
     }
     assert_eq!(committed(&w), offsets);
