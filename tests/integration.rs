@@ -13,4 +13,5 @@ mod copy;
 mod e2e;
 mod failures;
 mod ingest;
+mod redshift;
 mod tls;
