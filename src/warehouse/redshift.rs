@@ -152,8 +152,9 @@ pub fn plan_copies(
         .enumerate()
         .map(|(n, (compression, idx))| CopyGroup {
             compression,
-            max_error: max_errors
-                .map(|m| (m.saturating_mul(idx.len() as u64).saturating_add(1)).min(MAXERROR_LIMIT)),
+            max_error: max_errors.map(|m| {
+                (m.saturating_mul(idx.len() as u64).saturating_add(1)).min(MAXERROR_LIMIT)
+            }),
             jobs: idx,
             manifest_key: format!("{COPY_MANIFESTS}{tag}-{n}.json"),
         })
@@ -168,7 +169,11 @@ pub fn copy_sql(
     group: &CopyGroup,
     mask: bool,
 ) -> Result<String> {
-    let cols: Vec<String> = layout.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
     let mut s = format!(
         "COPY {table} ({})\nFROM {}\n",
@@ -288,6 +293,9 @@ pub struct Redshift {
     copy_ran: bool,
 }
 
+/// An offset range of an object in the load: first, last, key.
+type Claimed = (i64, i64, String);
+
 /// What one object's COPY measured.
 #[derive(Debug, Clone, Default)]
 struct Measured {
@@ -387,7 +395,8 @@ impl Redshift {
             bail!("object {k} is in the ledger already (loaded by another run since this one planned); nothing loaded");
         }
         let ranges = self.loaded_ranges(jobs)?;
-        let mut seen: BTreeMap<(String, i32, i32), Vec<(i64, i64, String)>> = BTreeMap::new();
+        // Offset ranges (and their keys) of this load's objects, per topic, partition, epoch.
+        let mut seen: BTreeMap<(String, i32, i32), Vec<Claimed>> = BTreeMap::new();
         for j in jobs {
             let Some(r) = &j.range else { continue };
             let id = (r.topic.clone(), r.partition, r.epoch);
@@ -451,15 +460,25 @@ impl Redshift {
             }
             let loaded = match j.expected_records {
                 Some(n) => n.checked_sub(bad).with_context(|| {
-                    format!("object {}: {bad} bad rows but its manifest lists {n} records", j.key)
+                    format!(
+                        "object {}: {bad} bad rows but its manifest lists {n} records",
+                        j.key
+                    )
                 })?,
                 // Alone in its COPY: what the COPY added is this object's.
                 None => (staged - staged_before).max(0) as u64,
             };
             want += loaded as i64;
-            out.push((i, Measured { loaded, rejected: bad }));
+            out.push((
+                i,
+                Measured {
+                    loaded,
+                    rejected: bad,
+                },
+            ));
             if bad > 0 {
-                self.s.execute(&rejects_sql(&self.names, &self.spec, j, group, id))?;
+                self.s
+                    .execute(&rejects_sql(&self.names, &self.spec, j, group, id))?;
             }
         }
         if staged - staged_before != want {
@@ -510,9 +529,11 @@ impl Redshift {
         }
         self.s.execute(&move_sql(&self.names, layout))?;
         for (j, m) in jobs.iter().zip(&measured) {
-            self.s.execute(&ledger_sql(&self.names, j, m.loaded, m.rejected, 0))?;
+            self.s
+                .execute(&ledger_sql(&self.names, j, m.loaded, m.rejected, 0))?;
         }
-        self.s.execute(&format!("DROP TABLE {}", quote_ident(STAGING)))?;
+        self.s
+            .execute(&format!("DROP TABLE {}", quote_ident(STAGING)))?;
         if opts.fail_before_commit {
             bail!("failpoint: stopping after the COPY, before commit");
         }
@@ -617,7 +638,10 @@ fn attribute_errors(
         };
         match pos {
             Some(p) => out[p] += n,
-            None => bail!("stl_load_errors names file {:?}, which this COPY did not list", r[0]),
+            None => bail!(
+                "stl_load_errors names file {:?}, which this COPY did not list",
+                r[0]
+            ),
         }
     }
     Ok(out)
@@ -635,7 +659,11 @@ fn rejects_sql(names: &Names, spec: &CopySpec, j: &LoadJob, group: &CopyGroup, i
 
 /// Moves the staged rows into the raw table.
 fn move_sql(names: &Names, layout: &Layout) -> String {
-    let cols: Vec<String> = layout.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     format!(
         "INSERT INTO {} ({cols})\nSELECT {cols} FROM {}",
         names.qualified(&names.raw),
@@ -660,7 +688,13 @@ fn ledger_sql(
             r.first.to_string(),
             r.last.to_string(),
         ),
-        None => ("NULL".into(), "NULL".into(), "NULL".into(), "NULL".into(), "NULL".into()),
+        None => (
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+        ),
     };
     format!(
         "INSERT INTO {} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {topic}, {part}, {epoch}, {first}, {last}, {skipped}, {}, {})",
@@ -744,7 +778,10 @@ impl Warehouse for Redshift {
         let insert = ledger_sql(&self.names, job, 0, 0, records);
         self.in_transaction(|this| {
             this.s.execute(&format!("LOCK {ledger}"))?;
-            if this.keys_loaded(std::slice::from_ref(&job.key))?.contains(&job.key) {
+            if this
+                .keys_loaded(std::slice::from_ref(&job.key))?
+                .contains(&job.key)
+            {
                 bail!("object {} is in the ledger already", job.key);
             }
             this.s.execute(&insert)
@@ -776,15 +813,15 @@ impl Warehouse for Redshift {
         for g in &groups {
             let listed: Vec<&LoadJob> = g.jobs.iter().map(|&i| &jobs[i]).collect();
             let body = copy_manifest(&self.spec.archive_url, &listed);
-            if store.put_bytes_if_absent(&g.manifest_key, body.as_bytes())?
-                != PutOutcome::Created
-            {
+            if store.put_bytes_if_absent(&g.manifest_key, body.as_bytes())? != PutOutcome::Created {
                 bail!("COPY manifest {} exists already", g.manifest_key);
             }
         }
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
         self.copy_ran = false;
-        let results = match self.in_transaction(|this| this.load_in_transaction(jobs, &groups, layout, opts)) {
+        let results = match self
+            .in_transaction(|this| this.load_in_transaction(jobs, &groups, layout, opts))
+        {
             Ok(r) => r,
             Err(e) => {
                 let detail = if self.copy_ran {
@@ -945,7 +982,10 @@ STATUPDATE OFF"
             "{masked}"
         );
         let real = copy_sql("x", &Layout::tweets(), &s, &g, false).unwrap();
-        assert!(real.contains("SECRET_ACCESS_KEY 's3cr3t/key\\\\'''"), "{real}");
+        assert!(
+            real.contains("SECRET_ACCESS_KEY 's3cr3t/key\\\\'''"),
+            "{real}"
+        );
     }
 
     #[test]
@@ -1036,11 +1076,14 @@ STATUPDATE OFF"
         assert!(copy_sql("x", &Layout::tweets(), &s, &g, true).is_err());
     }
 
+    /// Answers a query with rows of text.
+    type Answer = Rc<dyn Fn(&str) -> Vec<Vec<String>>>;
+
     /// Records every statement each session sends (`[n] sql`) and answers queries by script.
     struct Recorder {
         n: usize,
         log: Rc<RefCell<Vec<String>>>,
-        answer: Rc<dyn Fn(&str) -> Vec<Vec<String>>>,
+        answer: Answer,
     }
 
     impl Recorder {
@@ -1085,7 +1128,7 @@ STATUPDATE OFF"
     }
 
     /// A Redshift over recorders: session 0 is the main one, then one per lock.
-    fn recorded(answer: Rc<dyn Fn(&str) -> Vec<Vec<String>>>) -> (Redshift, Rc<RefCell<Vec<String>>>) {
+    fn recorded(answer: Answer) -> (Redshift, Rc<RefCell<Vec<String>>>) {
         let log = Rc::new(RefCell::new(Vec::new()));
         let n = Rc::new(Cell::new(0));
         let l = log.clone();
@@ -1119,14 +1162,13 @@ STATUPDATE OFF"
             let body = format!("object {key}");
             store.put_bytes_if_absent(key, body.as_bytes()).unwrap();
             let mut j = job(key, c, recs, p);
-            j.expected_sha256 =
-                recs.map(|_| hex::encode(sha2::Sha256::digest(body.as_bytes())));
+            j.expected_sha256 = recs.map(|_| hex::encode(sha2::Sha256::digest(body.as_bytes())));
             j.manifest = Some("m1".into());
             j.manifest_objects = Some(4);
             jobs.push(j);
         }
         let copies = Rc::new(Cell::new(10));
-        let answer: Rc<dyn Fn(&str) -> Vec<Vec<String>>> = Rc::new(move |sql: &str| {
+        let answer: Answer = Rc::new(move |sql: &str| {
             let one = |v: i64| vec![vec![v.to_string()]];
             if sql.contains("pg_last_copy_id") {
                 copies.set(copies.get() + 1);
@@ -1152,7 +1194,10 @@ STATUPDATE OFF"
         let r = wh
             .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
             .unwrap();
-        let got: Vec<(u64, u64, u64)> = r.iter().map(|r| (r.records, r.loaded, r.rejected)).collect();
+        let got: Vec<(u64, u64, u64)> = r
+            .iter()
+            .map(|r| (r.records, r.loaded, r.rejected))
+            .collect();
         assert_eq!(got, vec![(4, 3, 1), (2, 2, 0), (2, 2, 0), (7, 5, 2)]);
         let cols = "\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\"";
         let copy = |n: usize, c: &str, max: u64| {
@@ -1229,14 +1274,18 @@ STATUPDATE OFF"
         .collect::<Vec<_>>();
         for (staged, errors, want) in [
             ("7", vec![], "do not hold what their manifests say"),
-            ("6", vec![("s3://arch/tweets/a.log.gz", "2")], "2 bad rows, more than 1"),
+            (
+                "6",
+                vec![("s3://arch/tweets/a.log.gz", "2")],
+                "2 bad rows, more than 1",
+            ),
             ("7", vec![("s3://elsewhere/z.log.gz", "1")], "did not list"),
         ] {
             let errors: Vec<Vec<String>> = errors
                 .iter()
                 .map(|(f, n)| vec![f.to_string(), n.to_string()])
                 .collect();
-            let answer: Rc<dyn Fn(&str) -> Vec<Vec<String>>> = Rc::new(move |sql: &str| {
+            let answer: Answer = Rc::new(move |sql: &str| {
                 if sql.contains("pg_last_copy_id") {
                     vec![vec!["5".into()]]
                 } else if sql.starts_with("SELECT count(*)") {
@@ -1269,7 +1318,10 @@ STATUPDATE OFF"
     fn run_locks_hold_a_table_lock_on_their_own_session() {
         let (mut wh, log) = recorded(Rc::new(|_: &str| vec![]));
         assert!(wh.try_lock("aggregate:batch_layer").unwrap());
-        assert!(wh.try_lock("aggregate:batch_layer").unwrap(), "held: true at once");
+        assert!(
+            wh.try_lock("aggregate:batch_layer").unwrap(),
+            "held: true at once"
+        );
         wh.lock_wait("copy").unwrap();
         assert_eq!(
             *log.borrow(),

@@ -76,7 +76,10 @@ impl StandInCluster {
         let pg = PgSession {
             client,
             names,
-            url: format!("redshift stand-in on {}", crate::config::redact_url(&self.pg_url)),
+            url: format!(
+                "redshift stand-in on {}",
+                crate::config::redact_url(&self.pg_url)
+            ),
         };
         Ok(StandIn {
             pg,
@@ -102,12 +105,16 @@ pub struct StandIn {
 }
 
 /// PostgreSQL forms Redshift does not have: refused so the dialect cannot come to rely on them.
-const REFUSED: [(&str, &str); 5] = [
-    ("advisory", "Redshift has no advisory lock functions"),
+const REFUSED: [(&str, &str); 6] = [
+    ("pg_advisory", "Redshift has no advisory lock functions"),
+    ("pg_try_advisory", "Redshift has no advisory lock functions"),
     ("create index", "Redshift has no indexes"),
     ("create unique index", "Redshift has no indexes"),
     ("on conflict", "Redshift has no INSERT ... ON CONFLICT"),
-    ("add column if not exists", "Redshift has no ADD COLUMN IF NOT EXISTS"),
+    (
+        "add column if not exists",
+        "Redshift has no ADD COLUMN IF NOT EXISTS",
+    ),
 ];
 
 impl StandIn {
@@ -116,7 +123,10 @@ impl StandIn {
         let lower = sql.to_lowercase();
         for (what, why) in REFUSED {
             if lower.contains(what) {
-                bail!("Redshift stand-in: {why}: {}", super::session::first_line(sql));
+                bail!(
+                    "Redshift stand-in: {why}: {}",
+                    super::session::first_line(sql)
+                );
             }
         }
         let mut s = sql
@@ -188,10 +198,11 @@ impl StandIn {
             }
         }
         let names: Vec<String> = cols.iter().map(|c| super::quote_ident(&c.name)).collect();
-        let mut w = self
-            .pg
-            .client
-            .copy_in(&format!("COPY {} ({}) FROM STDIN", stmt.table, names.join(", ")))?;
+        let mut w = self.pg.client.copy_in(&format!(
+            "COPY {} ({}) FROM STDIN",
+            stmt.table,
+            names.join(", ")
+        ))?;
         w.write_all(&good)?;
         w.finish()?;
         self.last_copy_count = rows as i64;
@@ -236,7 +247,9 @@ impl StandIn {
             let body = match self.get(stmt, &e.url) {
                 Ok(b) => b,
                 Err(_) if !e.mandatory => continue,
-                Err(err) => return Err(err.context(format!("mandatory file {} of the manifest", e.url))),
+                Err(err) => {
+                    return Err(err.context(format!("mandatory file {} of the manifest", e.url)))
+                }
             };
             let plain = decompress(&body, stmt.compression)
                 .with_context(|| format!("decompressing {}", e.url))?;
@@ -401,7 +414,9 @@ impl Col {
                     .parse()
                     .with_context(|| format!("column type {v}"))?,
             ),
-            other => bail!("Redshift stand-in: column {name} has type {other}, which it does not model"),
+            other => {
+                bail!("Redshift stand-in: column {name} has type {other}, which it does not model")
+            }
         };
         Ok(Col { name, ty: t })
     }
@@ -586,8 +601,10 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
             bail!("option {kw} given twice");
         }
         // `[AS]` is optional before these options' values.
-        if matches!(kw.as_str(), "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR")
-            && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
+        if matches!(
+            kw.as_str(),
+            "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR"
+        ) && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
         {
             t.next();
         }
@@ -768,8 +785,12 @@ fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String
     if st.null_as.as_deref().map(str::as_bytes) == Some(f) {
         return Ok(());
     }
-    let text = std::str::from_utf8(f)
-        .map_err(|_| (1220, "String contains invalid or unsupported UTF8 codepoints".to_string()));
+    let text = std::str::from_utf8(f).map_err(|_| {
+        (
+            1220,
+            "String contains invalid or unsupported UTF8 codepoints".to_string(),
+        )
+    });
     match c.ty {
         ColType::Bigint => text?
             .parse::<i64>()
