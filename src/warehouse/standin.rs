@@ -545,24 +545,36 @@ pub fn parse_copy(sql: &str) -> Result<CopyStatement> {
     })
 }
 
-fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
-    let mut t = toks.into_iter().peekable();
-    let word = |tok: Option<Tok>| match tok {
+type Toks = std::iter::Peekable<std::vec::IntoIter<Tok>>;
+
+fn word(tok: Option<Tok>) -> Result<String> {
+    match tok {
         Some(Tok::Word(w)) => Ok(w.to_uppercase()),
         other => Err(anyhow!("expected a keyword, found {other:?}")),
-    };
-    let ident = |tok: Option<Tok>| match tok {
+    }
+}
+
+/// An identifier: (as PostgreSQL is to be given it, its name).
+fn ident(tok: Option<Tok>) -> Result<(String, String)> {
+    match tok {
         Some(Tok::Word(w)) => Ok((w.to_lowercase(), w.to_lowercase())),
         Some(Tok::Quoted(q)) => Ok((super::quote_ident(&q), q)),
         other => Err(anyhow!("expected an identifier, found {other:?}")),
-    };
+    }
+}
+
+fn string(tok: Option<Tok>) -> Result<String> {
+    match tok {
+        Some(Tok::Str(s)) => Ok(s),
+        other => Err(anyhow!("expected a string literal, found {other:?}")),
+    }
+}
+
+/// `COPY table [(columns)] FROM 'url'`.
+fn parse_head(t: &mut Toks, st: &mut CopyStatement) -> Result<()> {
     if word(t.next())? != "COPY" {
         bail!("not a COPY");
     }
-    let mut st = CopyStatement {
-        delimiter: b'|',
-        ..Default::default()
-    };
     st.table = ident(t.next())?.0;
     if t.peek() == Some(&Tok::Punct('.')) {
         t.next();
@@ -582,13 +594,70 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
     if word(t.next())? != "FROM" {
         bail!("expected FROM");
     }
-    let string = |tok: Option<Tok>| match tok {
-        Some(Tok::Str(s)) => Ok(s),
-        other => Err(anyhow!("expected a string literal, found {other:?}")),
-    };
     st.from = string(t.next())?;
+    Ok(())
+}
+
+/// One option and its value; an option the stand-in does not model is an error.
+fn parse_option(
+    kw: &str,
+    t: &mut Toks,
+    st: &mut CopyStatement,
+    keys: &mut BTreeMap<&'static str, String>,
+) -> Result<()> {
+    // `[AS]` is optional before these options' values.
+    if matches!(
+        kw,
+        "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR"
+    ) && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
+    {
+        t.next();
+    }
+    match kw {
+        "IAM_ROLE" => st.iam_role = Some(string(t.next())?),
+        "ACCESS_KEY_ID" => {
+            keys.insert("id", string(t.next())?);
+        }
+        "SECRET_ACCESS_KEY" => {
+            keys.insert("secret", string(t.next())?);
+        }
+        "MANIFEST" => st.manifest = true,
+        "ESCAPE" => st.escape = true,
+        "GZIP" => st.compression = Some("GZIP"),
+        "ZSTD" => st.compression = Some("ZSTD"),
+        "DELIMITER" => {
+            let d = string(t.next())?;
+            if d.len() != 1 {
+                bail!("DELIMITER must be one single-byte character, not {d:?}");
+            }
+            st.delimiter = d.as_bytes()[0];
+        }
+        "REGION" => st.region = Some(string(t.next())?),
+        "TIMEFORMAT" => st.timeformat = Some(timeformat(&string(t.next())?)?),
+        "NULL" => st.null_as = Some(string(t.next())?),
+        "MAXERROR" => match t.next() {
+            Some(Tok::Num(n)) if n <= 100_000 => st.max_error = n,
+            other => bail!("MAXERROR takes a number up to 100000, not {other:?}"),
+        },
+        // Performance options with no effect on what is loaded.
+        "COMPUPDATE" | "STATUPDATE" => match word(t.next())?.as_str() {
+            "OFF" | "ON" | "TRUE" | "FALSE" => {}
+            other => bail!("{kw} {other}"),
+        },
+        other => bail!("option {other} is not modelled by the stand-in"),
+    }
+    Ok(())
+}
+
+fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
+    let mut t = toks.into_iter().peekable();
+    let mut st = CopyStatement {
+        delimiter: b'|',
+        ..Default::default()
+    };
+    parse_head(&mut t, &mut st)?;
     let mut seen = std::collections::HashSet::new();
-    let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+    let mut keys = BTreeMap::new();
     while let Some(tok) = t.next() {
         if tok == Tok::Punct(';') {
             if let Some(more) = t.next() {
@@ -600,47 +669,7 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
         if !seen.insert(kw.clone()) {
             bail!("option {kw} given twice");
         }
-        // `[AS]` is optional before these options' values.
-        if matches!(
-            kw.as_str(),
-            "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR"
-        ) && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
-        {
-            t.next();
-        }
-        match kw.as_str() {
-            "IAM_ROLE" => st.iam_role = Some(string(t.next())?),
-            "ACCESS_KEY_ID" => {
-                keys.insert("id", string(t.next())?);
-            }
-            "SECRET_ACCESS_KEY" => {
-                keys.insert("secret", string(t.next())?);
-            }
-            "MANIFEST" => st.manifest = true,
-            "ESCAPE" => st.escape = true,
-            "GZIP" => st.compression = Some("GZIP"),
-            "ZSTD" => st.compression = Some("ZSTD"),
-            "DELIMITER" => {
-                let d = string(t.next())?;
-                if d.len() != 1 {
-                    bail!("DELIMITER must be one single-byte character, not {d:?}");
-                }
-                st.delimiter = d.as_bytes()[0];
-            }
-            "REGION" => st.region = Some(string(t.next())?),
-            "TIMEFORMAT" => st.timeformat = Some(timeformat(&string(t.next())?)?),
-            "NULL" => st.null_as = Some(string(t.next())?),
-            "MAXERROR" => match t.next() {
-                Some(Tok::Num(n)) if n <= 100_000 => st.max_error = n,
-                other => bail!("MAXERROR takes a number up to 100000, not {other:?}"),
-            },
-            // Performance options with no effect on what is loaded.
-            "COMPUPDATE" | "STATUPDATE" => match word(t.next())?.as_str() {
-                "OFF" | "ON" | "TRUE" | "FALSE" => {}
-                other => bail!("{kw} {other}"),
-            },
-            other => bail!("option {other} is not modelled by the stand-in"),
-        }
+        parse_option(&kw, &mut t, &mut st, &mut keys)?;
     }
     if seen.contains("GZIP") && seen.contains("ZSTD") {
         bail!("GZIP and ZSTD together");
@@ -832,4 +861,115 @@ fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>)
         }
     }
     out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Compression;
+    use crate::records::{frame_into, Layout};
+    use crate::warehouse::redshift::{copy_sql, CopyGroup, CopySpec, S3Auth};
+
+    #[test]
+    fn parses_the_dialects_copy_exactly() {
+        let spec = CopySpec {
+            archive_url: "s3://b/p".into(),
+            region: "eu-west-1".into(),
+            auth: S3Auth::Keys {
+                access_key_id: "id\\'x".into(),
+                secret_access_key: Secret::new("se'cret"),
+            },
+        };
+        let g = CopyGroup {
+            compression: Compression::Zstd,
+            jobs: vec![0],
+            manifest_key: "_copy_manifests/m.json".into(),
+            max_error: Some(7),
+        };
+        let sql = copy_sql(
+            "\"batchlayer_staging\"",
+            &Layout::tweets(),
+            &spec,
+            &g,
+            false,
+        )
+        .unwrap();
+        let st = parse_copy(&sql).unwrap();
+        assert_eq!(st.table, "\"batchlayer_staging\"");
+        assert_eq!(st.columns.len(), 6);
+        assert_eq!(st.from, "s3://b/p/_copy_manifests/m.json");
+        assert_eq!(st.keys, Some(("id\\'x".into(), "se'cret".into())));
+        assert_eq!(
+            (st.delimiter, st.escape, st.compression, st.max_error),
+            (b';', true, Some("ZSTD"), 7)
+        );
+        assert_eq!(st.timeformat.as_deref(), Some("%Y-%m-%d %H:%M:%S"));
+        assert_eq!(st.null_as.as_deref(), Some("None"));
+        // One word it does not know, and the statement is refused.
+        assert!(parse_copy(&format!("{sql}\nTRUNCATECOLUMNS")).is_err());
+        assert!(parse_copy(&sql.replace("MANIFEST\n", "")).is_err());
+    }
+
+    #[test]
+    fn records_split_as_copy_escape_reads_them() {
+        let mut data = Vec::new();
+        for r in [&b"a;b\nc;"[..], b"x\\;y;", b"last"] {
+            frame_into(r, &mut data);
+        }
+        data.extend_from_slice(b"a\\;b;c");
+        let recs = split_records(&data, b';', true);
+        let fields: Vec<Vec<&[u8]>> = recs
+            .iter()
+            .map(|r| r.fields.iter().map(|f| &f[..]).collect())
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                vec![&b"a"[..], b"b\nc", b""],
+                vec![&b"x\\"[..], b"y", b""],
+                vec![&b"last"[..]],
+                vec![&b"a;b"[..], b"c"],
+            ]
+        );
+        assert_eq!(
+            recs.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [1, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn fields_are_checked_as_redshift_types() {
+        let st = CopyStatement {
+            null_as: Some("None".into()),
+            timeformat: Some("%Y-%m-%d %H:%M:%S".into()),
+            ..Default::default()
+        };
+        let v = |n| Col {
+            name: "v".into(),
+            ty: ColType::Varchar(n),
+        };
+        assert!(check_field(&v(4), "éé".as_bytes(), &st).is_ok());
+        assert_eq!(
+            check_field(&v(3), "éé".as_bytes(), &st).unwrap_err().0,
+            1204
+        );
+        assert_eq!(check_field(&v(9), &[0xff], &st).unwrap_err().0, 1220);
+        assert!(check_field(&v(1), b"None", &st).is_ok(), "NULL AS");
+        let int = Col {
+            name: "i".into(),
+            ty: ColType::Integer,
+        };
+        assert!(check_field(&int, b"12", &st).is_ok());
+        assert!(check_field(&int, b"", &st).is_err());
+        assert!(check_field(&int, b"99999999999", &st).is_err());
+        let cols = vec![int.clone(), v(5)];
+        let rec = |s: &[u8]| split_records(s, b';', true).remove(0);
+        assert!(
+            check_record(&rec(b"1;ab;\n"), &cols, &st).is_ok(),
+            "trailing delimiter"
+        );
+        assert!(check_record(&rec(b"1;ab\n"), &cols, &st).is_ok());
+        assert!(check_record(&rec(b"1;ab;x\n"), &cols, &st).is_err());
+        assert!(check_record(&rec(b"1\n"), &cols, &st).is_err());
+    }
 }
