@@ -238,9 +238,11 @@ pub fn copy_sql(
 }
 
 /// The query that explains a failed COPY (run after the rollback: `stl_load_errors` is not
-/// transactional, and `pg_last_copy_id()` names the COPY that failed).
+/// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
+/// own name: `SqlSession::query_text` selects them by name.
 pub const LOAD_ERRORS_SQL: &str =
-    "SELECT trim(filename), line_number, trim(colname), trim(raw_field_value), trim(err_reason) \
+    "SELECT trim(filename) AS filename, line_number, trim(colname) AS colname, \
+trim(raw_field_value) AS value, trim(err_reason) AS reason \
 FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY line_number LIMIT 5";
 
 /// Builds the COPY statement's fixed parts from the settings.
@@ -497,7 +499,7 @@ impl Redshift {
         let filter = filename_filter(&self.spec, group, key);
         self.s
             .query_text(&format!(
-                "SELECT line_number, trim(colname), trim(raw_field_value), trim(err_reason) FROM stl_load_errors WHERE query = {id}{filter} ORDER BY line_number LIMIT 1"
+                "SELECT line_number, trim(colname) AS colname, trim(raw_field_value) AS value, trim(err_reason) AS reason FROM stl_load_errors WHERE query = {id}{filter} ORDER BY line_number LIMIT 1"
             ))
             .map(|(_, rows)| rows.iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
             .unwrap_or_default()

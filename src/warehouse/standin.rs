@@ -76,10 +76,7 @@ impl StandInCluster {
         let pg = PgSession {
             client,
             names,
-            url: format!(
-                "redshift stand-in on {}",
-                crate::config::redact_url(&self.pg_url)
-            ),
+            url: format!("stand-in on {}", crate::config::redact_url(&self.pg_url)),
         };
         Ok(StandIn {
             pg,
