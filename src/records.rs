@@ -110,7 +110,8 @@ pub struct Column {
     /// bigint, int, timestamp or text.
     #[serde(rename = "type")]
     pub ty: ColumnType,
-    /// Maximum length in characters, for text columns.
+    /// Maximum length of text columns: characters on PostgreSQL, bytes on Redshift (its
+    /// varchar(n) counts bytes).
     #[serde(default)]
     pub max_len: Option<usize>,
     /// A field value that means NULL for this column (e.g. "None").

@@ -13,5 +13,6 @@ mod copy;
 mod e2e;
 mod failures;
 mod ingest;
+mod redshift;
 mod replay;
 mod tls;

@@ -5,6 +5,8 @@
 pub mod postgres;
 pub mod redshift;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod standin;
 
 pub use session::{SqlError, SqlSession};
 
@@ -195,6 +197,10 @@ pub trait Warehouse {
     fn names(&self) -> &Names;
     /// Where it points (no secrets).
     fn describe(&self) -> String;
+    /// A string literal as this warehouse reads it (Redshift reads a backslash as an escape).
+    fn literal(&self, s: &str) -> String {
+        quote_literal(s)
+    }
     /// Takes the named lock for this session if it is free; Ok(false) when another holds it.
     fn try_lock(&mut self, name: &str) -> Result<bool>;
     /// Waits for the named lock and takes it.
@@ -261,7 +267,7 @@ pub trait Warehouse {
             .map(|((t, p, e), (f, l))| {
                 format!(
                     "(topic = {} AND partition_id = {p} AND epoch = {e} AND last_offset >= {f} AND first_offset <= {l})",
-                    quote_literal(t)
+                    self.literal(t)
                 )
             })
             .collect();
@@ -300,7 +306,7 @@ pub trait Warehouse {
         let sql = format!(
             "SELECT max(manifest) FROM {} WHERE topic = {}",
             self.names().qualified(&ledger),
-            quote_literal(topic)
+            self.literal(topic)
         );
         let s = self.session();
         if !s.table_exists(&ledger)? {
@@ -318,7 +324,7 @@ pub trait Warehouse {
 
     /// Which of these manifests (names) of a topic have every object they list in the ledger.
     fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
-        let topic = quote_literal(topic);
+        let topic = self.literal(topic);
         self.ledger_select(names, &|table, list| {
             format!(
                 "SELECT manifest FROM {table} WHERE topic = {topic} AND manifest IN ({list}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)"
@@ -347,14 +353,14 @@ pub trait Warehouse {
     ) -> Result<HashSet<String>> {
         let ledger = self.names().ledger.clone();
         let table = self.names().qualified(&ledger);
+        let quoted: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
         let s = self.session();
         let mut out = HashSet::new();
         if values.is_empty() || !s.table_exists(&ledger)? {
             return Ok(out);
         }
-        for chunk in values.chunks(500) {
-            let list: Vec<String> = chunk.iter().map(|v| quote_literal(v)).collect();
-            let sql = sql(&table, &list.join(", "));
+        for chunk in quoted.chunks(500) {
+            let sql = sql(&table, &chunk.join(", "));
             let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
             out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
         }
@@ -424,8 +430,8 @@ mod tests {
     }
 }
 
-/// The suite every `Warehouse` impl must pass. Run against PostgreSQL by the integration tests;
-/// the Redshift impl needs a cluster (its SQL is covered by snapshot tests only).
+/// The suite every `Warehouse` impl must pass. Run by the integration tests against PostgreSQL,
+/// and against the Redshift dialect on the Redshift stand-in (`standin`).
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     use super::*;

@@ -1,15 +1,21 @@
-//! Amazon Redshift: a COPY manifest of exactly the selected objects, one server-side
-//! `COPY ... MANIFEST`, and the ledger rows in the same transaction.
-//! No cluster is reachable from the test machines: this path is verified by SQL snapshot tests.
+//! Amazon Redshift: server-side `COPY ... MANIFEST` into a staging table, measured against the
+//! manifests, then moved into the raw table with the ledger rows, all in one transaction that
+//! starts with `LOCK` on the ledger. Runs (copy, aggregate) are serialised by a lock held in an
+//! open transaction on a second session, because Redshift has no advisory locks.
+//!
+//! Tested against a Redshift stand-in (`warehouse::standin`, PostgreSQL set up to behave like
+//! Redshift where this code depends on it); no Redshift cluster is reachable from the test
+//! machines. The SQL snapshot tests below show the exact statements sent.
 
-use super::session::{PgSession, SqlSession};
-use super::{quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
+use super::session::{PgSession, SqlError, SqlSession};
+use super::{quote_ident, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
 use crate::archive::layout::COPY_MANIFESTS;
-use crate::archive::{Compression, ObjectStore};
+use crate::archive::{Compression, ObjectStore, PutOutcome};
 use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
 use crate::records::Layout;
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How Redshift authenticates to S3.
 #[derive(Debug, Clone)]
@@ -21,31 +27,58 @@ pub enum S3Auth {
     },
 }
 
-/// Everything needed to write the COPY statement.
+/// The fixed parts of every COPY statement.
 #[derive(Debug, Clone)]
 pub struct CopySpec {
     /// s3://bucket/prefix of the archive (objects' keys are relative to it).
     pub archive_url: String,
-    pub manifest_url: String,
     pub region: String,
     pub auth: S3Auth,
-    pub compression: Compression,
-    pub max_errors: Option<u64>,
+}
+
+/// The staging table each load COPYs into (a temporary table, gone with the transaction).
+pub const STAGING: &str = "batchlayer_staging";
+/// Redshift's largest MAXERROR.
+pub const MAXERROR_LIMIT: u64 = 100_000;
+/// `stl_load_errors.filename` is char(256): longer URLs are cut, so such an object gets a COPY
+/// of its own (its errors are then its own whatever the filename says).
+pub const STL_FILENAME_BYTES: usize = 256;
+/// How long `try_lock` waits for a lock another session holds before calling it busy.
+pub const TRY_LOCK_MS: u64 = 1000;
+
+/// A string literal as Redshift reads it: a backslash is an escape character inside literals
+/// there, so both `\` and `'` are doubled.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Refuses keys Redshift cannot take safely: control characters (a literal cannot hold NUL, and
+/// `stl_load_errors` keeps file names one per line), and leading or trailing blanks (Redshift's
+/// `trim` of the char(256) filename would lose them).
+pub fn check_key(key: &str) -> Result<()> {
+    if key.chars().any(|c| c.is_control()) || key.trim() != key || key.is_empty() {
+        bail!("object key {key:?} is not plain (control characters or leading/trailing blanks): not loaded into Redshift");
+    }
+    Ok(())
 }
 
 /// The Redshift COPY manifest (JSON) listing exactly these objects.
-pub fn copy_manifest(archive_url: &str, jobs: &[LoadJob]) -> String {
+pub fn copy_manifest(archive_url: &str, jobs: &[&LoadJob]) -> String {
     let entries: Vec<serde_json::Value> = jobs
         .iter()
         .map(|j| {
             serde_json::json!({
-                "url": format!("{}/{}", archive_url.trim_end_matches('/'), j.key),
+                "url": object_url(archive_url, &j.key),
                 "mandatory": true,
                 "meta": { "content_length": j.size }
             })
         })
         .collect();
     serde_json::to_string_pretty(&serde_json::json!({ "entries": entries })).unwrap_or_default()
+}
+
+fn object_url(archive_url: &str, key: &str) -> String {
+    format!("{}/{key}", archive_url.trim_end_matches('/'))
 }
 
 /// Converts a chrono format to Redshift's TIMEFORMAT, for the formats the layout supports.
@@ -59,25 +92,100 @@ fn redshift_timeformat(chrono_fmt: &str) -> String {
         .replace("%S", "SS")
 }
 
-/// The COPY statement. With `mask`, secrets are replaced by `***` (for --dry-run and logs).
-pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> Result<String> {
+/// One COPY of a load: objects of one compression, listed by one COPY manifest.
+#[derive(Debug, Clone)]
+pub struct CopyGroup {
+    pub compression: Compression,
+    /// Indices into the load's jobs.
+    pub jobs: Vec<usize>,
+    pub manifest_key: String,
+    /// MAXERROR for the whole COPY: enough for every object to have its allowance; each
+    /// object's own count is checked afterwards. None: strict (Redshift's default, 0).
+    pub max_error: Option<u64>,
+}
+
+impl CopyGroup {
+    /// One object alone: every error of this COPY is its own.
+    pub fn alone(&self) -> bool {
+        self.jobs.len() == 1
+    }
+}
+
+/// Splits a load into COPYs: one per compression (a COPY takes one), at most as many objects
+/// as keep MAXERROR within Redshift's limit; an object no manifest lists, or whose URL is
+/// longer than `stl_load_errors` keeps, gets a COPY of its own so that what it loaded is
+/// measured alone. `tag` makes the manifest keys unique to this load.
+pub fn plan_copies(
+    archive_url: &str,
+    jobs: &[LoadJob],
+    max_errors: Option<u64>,
+    tag: &str,
+) -> Vec<CopyGroup> {
+    let per_copy = match max_errors {
+        Some(n) if n > 0 => ((MAXERROR_LIMIT - 1) / n).max(1) as usize,
+        _ => usize::MAX,
+    };
+    let mut groups: Vec<(Compression, Vec<usize>)> = Vec::new();
+    // The group still taking objects, per compression.
+    let mut open: Vec<(Compression, usize)> = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let alone = j.expected_records.is_none()
+            || object_url(archive_url, &j.key).len() > STL_FILENAME_BYTES;
+        if alone {
+            groups.push((j.compression, vec![i]));
+            continue;
+        }
+        match open.iter_mut().find(|(c, _)| *c == j.compression) {
+            Some((_, g)) if groups[*g].1.len() < per_copy => groups[*g].1.push(i),
+            Some((_, g)) => {
+                *g = groups.len();
+                groups.push((j.compression, vec![i]));
+            }
+            None => {
+                open.push((j.compression, groups.len()));
+                groups.push((j.compression, vec![i]));
+            }
+        }
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(n, (compression, idx))| CopyGroup {
+            compression,
+            max_error: max_errors.map(|m| {
+                (m.saturating_mul(idx.len() as u64).saturating_add(1)).min(MAXERROR_LIMIT)
+            }),
+            jobs: idx,
+            manifest_key: format!("{COPY_MANIFESTS}{tag}-{n}.json"),
+        })
+        .collect()
+}
+
+/// The COPY statement of one group into `table`. With `mask`, secrets are replaced by `***`.
+pub fn copy_sql(
+    table: &str,
+    layout: &Layout,
+    spec: &CopySpec,
+    group: &CopyGroup,
+    mask: bool,
+) -> Result<String> {
     let cols: Vec<String> = layout
         .columns
         .iter()
-        .map(|c| super::quote_ident(&c.name))
+        .map(|c| quote_ident(&c.name))
         .collect();
+    let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
     let mut s = format!(
-        "COPY {} ({})\nFROM {}\n",
-        names.qualified(&names.raw),
+        "COPY {table} ({})\nFROM {}\n",
         cols.join(", "),
-        quote_literal(&spec.manifest_url)
+        literal(&manifest_url)
     );
     match &spec.auth {
         S3Auth::IamRole(arn) => {
             if !arn.starts_with("arn:") {
                 bail!("warehouse.iam_role {arn:?} is not an ARN (arn:aws:iam::ACCOUNT:role/NAME)");
             }
-            s += &format!("IAM_ROLE {}\n", quote_literal(arn));
+            s += &format!("IAM_ROLE {}\n", literal(arn));
         }
         S3Auth::Keys {
             access_key_id,
@@ -90,26 +198,26 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
             };
             s += &format!(
                 "ACCESS_KEY_ID {}\nSECRET_ACCESS_KEY {}\n",
-                quote_literal(access_key_id),
-                quote_literal(secret)
+                literal(access_key_id),
+                literal(secret)
             );
         }
     }
     s += "MANIFEST\n";
     s += &format!(
         "DELIMITER {}\n",
-        quote_literal(&(layout.delimiter as char).to_string())
+        literal(&(layout.delimiter as char).to_string())
     );
     s += "ESCAPE\n";
-    match spec.compression {
+    match group.compression {
         Compression::Gzip => s += "GZIP\n",
         Compression::Zstd => s += "ZSTD\n",
         Compression::None => {}
     }
-    s += &format!("REGION {}\n", quote_literal(&spec.region));
+    s += &format!("REGION {}\n", literal(&spec.region));
     s += &format!(
         "TIMEFORMAT {}\n",
-        quote_literal(&redshift_timeformat(&layout.timestamp_format))
+        literal(&redshift_timeformat(&layout.timestamp_format))
     );
     let markers: HashSet<&str> = layout
         .columns
@@ -118,82 +226,26 @@ pub fn copy_sql(names: &Names, layout: &Layout, spec: &CopySpec, mask: bool) -> 
         .collect();
     match markers.len() {
         0 => {}
-        1 => s += &format!("NULL AS {}\n", quote_literal(markers.iter().next().expect("one"))),
+        1 => s += &format!("NULL AS {}\n", literal(markers.iter().next().expect("one"))),
         _ => bail!("Redshift COPY takes one NULL AS string for all columns; the layout has several null markers"),
     }
-    if let Some(n) = spec.max_errors {
+    // A staging table: no compression analysis, no statistics.
+    s += "COMPUPDATE OFF\nSTATUPDATE OFF\n";
+    if let Some(n) = group.max_error {
         s += &format!("MAXERROR {n}\n");
     }
     Ok(s.trim_end().to_string())
 }
 
-/// The statements of one load, in order, inside one transaction.
-pub fn load_statements(
-    names: &Names,
-    layout: &Layout,
-    spec: &CopySpec,
-    jobs: &[LoadJob],
-    mask: bool,
-) -> Result<Vec<String>> {
-    let ledger = names.qualified(&names.ledger);
-    let rejects = names.qualified(&names.rejects);
-    let target = format!("{}.{}", names.schema, names.raw);
-    let mut v = vec!["BEGIN".to_string(), format!("LOCK {ledger}")];
-    v.push(copy_sql(names, layout, spec, mask)?);
-    v.push(format!(
-        "INSERT INTO {rejects} (key, line, raw, reason)\nSELECT trim(filename), line_number, trim(raw_line), trim(err_reason)\nFROM stl_load_errors WHERE query = pg_last_copy_id()"
-    ));
-    for j in jobs {
-        let url = format!("{}/{}", spec.archive_url.trim_end_matches('/'), j.key);
-        let bad = format!(
-            "(SELECT count(*) FROM stl_load_errors WHERE query = pg_last_copy_id() AND trim(filename) = {})",
-            quote_literal(&url)
-        );
-        let records = j
-            .expected_records
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "NULL".into());
-        v.push(format!(
-            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nSELECT {}, {}, {}, {records} - {bad}, {bad}, {}, {}, 0, {}, {}",
-            quote_literal(&j.key),
-            j.size,
-            quote_literal(j.expected_sha256.as_deref().unwrap_or("")),
-            quote_literal(&target),
-            range_values(j),
-            j.manifest
-                .as_deref()
-                .map(quote_literal)
-                .unwrap_or_else(|| "NULL".into()),
-            j.manifest_objects
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "NULL".into())
-        ));
-    }
-    v.push("COMMIT".to_string());
-    Ok(v)
-}
-
-/// The ledger's identity columns of a job: topic, partition, epoch, first and last offset.
-fn range_values(j: &LoadJob) -> String {
-    match &j.range {
-        Some(r) => format!(
-            "{}, {}, {}, {}, {}",
-            quote_literal(&r.topic),
-            r.partition,
-            r.epoch,
-            r.first,
-            r.last
-        ),
-        None => "NULL, NULL, NULL, NULL, NULL".into(),
-    }
-}
-
-/// The query that explains a failed COPY.
+/// The query that explains a failed COPY (run after the rollback: `stl_load_errors` is not
+/// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
+/// own name: `SqlSession::query_text` selects them by name.
 pub const LOAD_ERRORS_SQL: &str =
-    "SELECT trim(filename), line_number, trim(colname), trim(raw_field_value), trim(err_reason) \
+    "SELECT trim(filename) AS filename, line_number, trim(colname) AS colname, \
+trim(raw_field_value) AS value, trim(err_reason) AS reason \
 FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY line_number LIMIT 5";
 
-/// Builds the COPY statement's fixed parts from the settings (the manifest URL is set per load).
+/// Builds the COPY statement's fixed parts from the settings.
 pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<CopySpec> {
     let rs = w
         .redshift
@@ -223,27 +275,282 @@ pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<Cop
         format!("s3://{bucket}/{prefix}")
     };
     Ok(CopySpec {
-        manifest_url: format!("{archive_url}/{COPY_MANIFESTS}"),
         archive_url,
         region: rs.region.clone(),
         auth,
-        compression: archive.compression,
-        max_errors: None,
     })
 }
 
+/// Opens another session on the same warehouse (the lock holders use their own).
+pub type SessionOpener = Box<dyn Fn() -> Result<Box<dyn SqlSession>>>;
+
 pub struct Redshift {
-    s: PgSession,
+    s: Box<dyn SqlSession>,
+    names: Names,
     spec: CopySpec,
+    open: SessionOpener,
+    /// Run locks taken, each held by an open transaction on its own session until dropped.
+    held: BTreeMap<String, Box<dyn SqlSession>>,
+    /// Whether the current load has sent a COPY (its errors then explain a failure).
+    copy_ran: bool,
+}
+
+/// An offset range of an object in the load: first, last, key.
+type Claimed = (i64, i64, String);
+
+/// What one object's COPY measured.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    loaded: u64,
+    rejected: u64,
 }
 
 impl Redshift {
     pub fn connect(w: &WarehouseSettings, archive: &ArchiveSettings, names: Names) -> Result<Self> {
         let spec = copy_spec(w, archive)?;
+        let (w, n) = (w.clone(), names.clone());
+        let open: SessionOpener = Box::new(move || {
+            Ok(Box::new(PgSession::connect(&w, n.clone())?) as Box<dyn SqlSession>)
+        });
+        Self::over(names, spec, open)
+    }
+
+    /// The dialect over sessions `open` makes (a real cluster, or a stand-in in tests).
+    pub fn over(names: Names, spec: CopySpec, open: SessionOpener) -> Result<Self> {
         Ok(Redshift {
-            s: PgSession::connect(w, names)?,
+            s: open()?,
+            names,
             spec,
+            open,
+            held: BTreeMap::new(),
+            copy_ran: false,
         })
+    }
+
+    fn ledger(&self) -> String {
+        self.names.qualified(&self.names.ledger)
+    }
+
+    /// Runs `f` inside BEGIN ... COMMIT on the main session; ROLLBACK when it fails.
+    fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.s.execute("BEGIN")?;
+        let r = f(self).and_then(|v| self.s.execute("COMMIT").map(|_| v));
+        if r.is_err() {
+            let _ = self.s.execute("ROLLBACK");
+        }
+        r
+    }
+
+    /// The table whose `LOCK` is the run lock `name` (one table per lock: a LOCK takes all of it).
+    fn lock_table(&self, name: &str) -> String {
+        use sha2::Digest;
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let t = format!("{}__lock_{clean}", self.names.raw);
+        if t.len() <= 63 {
+            return t;
+        }
+        let h = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..4]);
+        format!("{}_{h}", &t[..54])
+    }
+
+    /// Takes a run lock: a session of its own opens a transaction and `LOCK`s the lock table,
+    /// and keeps both until this warehouse is dropped (or the process dies: the server then
+    /// ends the session and its transaction). `wait` false: busy after [`TRY_LOCK_MS`].
+    fn take_run_lock(&mut self, name: &str, wait: bool) -> Result<bool> {
+        if self.held.contains_key(name) {
+            return Ok(true);
+        }
+        let table = self.lock_table(name);
+        let qualified = self.names.qualified(&table);
+        let mut s = (self.open)()?;
+        create_lock_table(s.as_mut(), &self.names.schema, &table, &qualified)?;
+        let timeout = if wait { 0 } else { TRY_LOCK_MS };
+        s.execute(&format!("SET statement_timeout TO {timeout}"))?;
+        s.execute("BEGIN")?;
+        if let Err(e) = s.execute(&format!("LOCK {qualified}")) {
+            if !wait && timed_out(&e) {
+                return Ok(false);
+            }
+            return Err(e.context(format!("taking the {name} lock ({qualified})")));
+        }
+        s.execute("SET statement_timeout TO 0")?;
+        self.held.insert(name.to_string(), s);
+        Ok(true)
+    }
+
+    /// Inside the load's transaction, after the LOCK: refuses objects whose key or offsets
+    /// the ledger holds now (another run may have loaded them since this one planned), and
+    /// objects of the load whose offsets overlap each other. Never loads an offset twice.
+    fn recheck(&mut self, jobs: &[LoadJob]) -> Result<()> {
+        let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
+        let loaded = self.keys_loaded(&keys)?;
+        if let Some(k) = keys.iter().find(|k| loaded.contains(*k)) {
+            bail!("object {k} is in the ledger already (loaded by another run since this one planned); nothing loaded");
+        }
+        let ranges = self.loaded_ranges(jobs)?;
+        // Offset ranges (and their keys) of this load's objects, per topic, partition, epoch.
+        let mut seen: BTreeMap<(String, i32, i32), Vec<Claimed>> = BTreeMap::new();
+        for j in jobs {
+            let Some(r) = &j.range else { continue };
+            let id = (r.topic.clone(), r.partition, r.epoch);
+            if let Some(&(f, l)) = ranges
+                .get(&id)
+                .and_then(|v| v.iter().find(|&&(f, l)| l >= r.first && f <= r.last))
+            {
+                bail!(
+                    "object {}: offsets {f}..{l} of topic {} partition {} epoch {} are loaded already (by another run since this one planned); nothing loaded",
+                    j.key, r.topic, r.partition, r.epoch
+                );
+            }
+            let mine = seen.entry(id).or_default();
+            if let Some((_, _, other)) = mine.iter().find(|(f, l, _)| *l >= r.first && *f <= r.last)
+            {
+                bail!("objects {other} and {} hold the same offsets; loading both would load them twice", j.key);
+            }
+            mine.push((r.first, r.last, j.key.clone()));
+        }
+        Ok(())
+    }
+
+    /// Runs one COPY into the staging table and measures it: rows it added, errors per object
+    /// (from `stl_load_errors`), each object's count against its manifest. Records the rejects.
+    fn run_copy(
+        &mut self,
+        jobs: &[LoadJob],
+        group: &CopyGroup,
+        layout: &Layout,
+        opts: &LoadOptions,
+        staged_before: i64,
+    ) -> Result<(i64, Vec<(usize, Measured)>)> {
+        self.copy_ran = true;
+        let copy = copy_sql(&quote_ident(STAGING), layout, &self.spec, group, false)?;
+        self.s.execute(&copy)?;
+        let id = self
+            .s
+            .query_i64("SELECT CAST(pg_last_copy_id() AS BIGINT)")?
+            .context("pg_last_copy_id() is NULL after a COPY")?;
+        let staged = self
+            .s
+            .query_i64(&format!("SELECT count(*) FROM {}", quote_ident(STAGING)))?
+            .unwrap_or(0);
+        let (_, rows) = self.s.query_text(&format!(
+            "SELECT trim(filename), CAST(count(*) AS BIGINT) FROM stl_load_errors WHERE query = {id} GROUP BY 1"
+        ))?;
+        let errors = attribute_errors(&self.spec.archive_url, jobs, group, &rows)?;
+        let mut out = Vec::new();
+        let mut want = 0i64;
+        for (&i, &bad) in group.jobs.iter().zip(&errors) {
+            let j = &jobs[i];
+            match (opts.max_errors, bad) {
+                (_, 0) => {}
+                (None, n) => bail!("object {}: {n} bad rows in a strict load", j.key),
+                (Some(max), n) if n > max => bail!(
+                    "object {}: {n} bad rows, more than {max} (--max-errors); first: {}",
+                    j.key,
+                    self.first_error(id, group, &j.key)
+                ),
+                _ => {}
+            }
+            let loaded = match j.expected_records {
+                Some(n) => n.checked_sub(bad).with_context(|| {
+                    format!(
+                        "object {}: {bad} bad rows but its manifest lists {n} records",
+                        j.key
+                    )
+                })?,
+                // Alone in its COPY: what the COPY added is this object's.
+                None => (staged - staged_before).max(0) as u64,
+            };
+            want += loaded as i64;
+            out.push((
+                i,
+                Measured {
+                    loaded,
+                    rejected: bad,
+                },
+            ));
+            if bad > 0 {
+                self.s
+                    .execute(&rejects_sql(&self.names, &self.spec, j, group, id))?;
+            }
+        }
+        if staged - staged_before != want {
+            let keys: Vec<&str> = group.jobs.iter().map(|&i| jobs[i].key.as_str()).collect();
+            bail!(
+                "COPY of {} loaded {} rows, but their manifests' record counts less the rejected rows make {want}: the objects do not hold what their manifests say; nothing loaded",
+                keys.join(", "),
+                staged - staged_before
+            );
+        }
+        Ok((staged, out))
+    }
+
+    /// The first error of a COPY for an object, one line (for messages).
+    fn first_error(&mut self, id: i64, group: &CopyGroup, key: &str) -> String {
+        let filter = filename_filter(&self.spec, group, key);
+        self.s
+            .query_text(&format!(
+                "SELECT line_number, trim(colname) AS colname, trim(raw_field_value) AS value, trim(err_reason) AS reason FROM stl_load_errors WHERE query = {id}{filter} ORDER BY line_number LIMIT 1"
+            ))
+            .map(|(_, rows)| rows.iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
+            .unwrap_or_default()
+    }
+
+    /// The whole load, inside its transaction.
+    fn load_in_transaction(
+        &mut self,
+        jobs: &[LoadJob],
+        groups: &[CopyGroup],
+        layout: &Layout,
+        opts: &LoadOptions,
+    ) -> Result<Vec<LoadResult>> {
+        self.s.execute(&format!("LOCK {}", self.ledger()))?;
+        self.recheck(jobs)?;
+        self.s.execute(&format!(
+            "CREATE TEMP TABLE {} (LIKE {})",
+            quote_ident(STAGING),
+            self.names.qualified(&self.names.raw)
+        ))?;
+        let mut measured: Vec<Measured> = vec![Measured::default(); jobs.len()];
+        let mut staged = 0;
+        for g in groups {
+            let (now, per) = self.run_copy(jobs, g, layout, opts, staged)?;
+            staged = now;
+            for (i, m) in per {
+                measured[i] = m;
+            }
+        }
+        self.s.execute(&move_sql(&self.names, layout))?;
+        for (j, m) in jobs.iter().zip(&measured) {
+            self.s
+                .execute(&ledger_sql(&self.names, j, m.loaded, m.rejected, 0))?;
+        }
+        self.s
+            .execute(&format!("DROP TABLE {}", quote_ident(STAGING)))?;
+        if opts.fail_before_commit {
+            bail!("failpoint: stopping after the COPY, before commit");
+        }
+        Ok(jobs
+            .iter()
+            .zip(measured)
+            .map(|(j, m)| LoadResult {
+                key: j.key.clone(),
+                bytes: j.size,
+                records: m.loaded + m.rejected,
+                loaded: m.loaded,
+                rejected: m.rejected,
+                skipped: 0,
+            })
+            .collect())
     }
 
     /// The first rows of `stl_load_errors` for the last COPY, one line.
@@ -258,74 +565,230 @@ impl Redshift {
             })
             .unwrap_or_default()
     }
+}
 
-    /// What the ledger recorded for these jobs (rows rejected under MAXERROR included).
-    fn ledger_results(&mut self, jobs: &[LoadJob]) -> Result<Vec<LoadResult>> {
-        let keys: Vec<String> = jobs.iter().map(|j| quote_literal(&j.key)).collect();
-        let (_, rows) = self.s.query_text(&format!(
-            "SELECT key, rows_loaded, rows_rejected FROM {} WHERE key IN ({})",
-            self.s.names.qualified(&self.s.names.ledger),
-            keys.join(", ")
-        ))?;
-        let mut results = Vec::new();
-        for j in jobs {
-            let row = rows
-                .iter()
-                .find(|r| r[0] == j.key)
-                .ok_or_else(|| anyhow!("{} is missing from the ledger after its COPY", j.key))?;
-            let loaded: u64 = row[1].parse().unwrap_or(0);
-            let rejected: u64 = row[2].parse().unwrap_or(0);
-            results.push(LoadResult {
-                key: j.key.clone(),
-                bytes: j.size,
-                records: loaded + rejected,
-                loaded,
-                rejected,
-                skipped: 0,
-            });
+/// Creates the schema and a lock table if missing; concurrent creators may race (PostgreSQL
+/// can refuse the second `CREATE ... IF NOT EXISTS`), so it tries again while it is missing.
+fn create_lock_table(
+    s: &mut dyn SqlSession,
+    schema: &str,
+    table: &str,
+    qualified: &str,
+) -> Result<()> {
+    let stmts = [
+        format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
+        format!("CREATE TABLE IF NOT EXISTS {qualified} (held boolean)"),
+    ];
+    let mut last = None;
+    for _ in 0..5 {
+        match stmts.iter().try_for_each(|st| s.execute(st)) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if s.table_exists(table).unwrap_or(false) {
+                    return Ok(());
+                }
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
-        Ok(results)
     }
+    Err(last
+        .unwrap_or_else(|| anyhow!("no attempt"))
+        .context(format!("creating the lock table {qualified}")))
+}
+
+/// Whether a statement was cancelled by `statement_timeout` (SQLSTATE 57014).
+fn timed_out(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<SqlError>())
+        .any(|s| s.code() == Some(&postgres::error::SqlState::QUERY_CANCELED))
+}
+
+/// The `AND trim(filename) = ...` condition that picks one object's errors out of a COPY's
+/// (none when the object is alone in its COPY).
+fn filename_filter(spec: &CopySpec, group: &CopyGroup, key: &str) -> String {
+    if group.alone() {
+        String::new()
+    } else {
+        format!(
+            " AND trim(filename) = {}",
+            literal(&object_url(&spec.archive_url, key))
+        )
+    }
+}
+
+/// Errors per object of a group (in the group's order), from `(filename, count)` rows of
+/// `stl_load_errors`. An error naming a file outside the group fails the load.
+fn attribute_errors(
+    archive_url: &str,
+    jobs: &[LoadJob],
+    group: &CopyGroup,
+    rows: &[Vec<String>],
+) -> Result<Vec<u64>> {
+    let mut out = vec![0u64; group.jobs.len()];
+    for r in rows {
+        let n: u64 = r[1]
+            .parse()
+            .with_context(|| format!("stl_load_errors count {:?}", r[1]))?;
+        let pos = if group.alone() {
+            Some(0)
+        } else {
+            group
+                .jobs
+                .iter()
+                .position(|&i| object_url(archive_url, &jobs[i].key) == r[0])
+        };
+        match pos {
+            Some(p) => out[p] += n,
+            None => bail!(
+                "stl_load_errors names file {:?}, which this COPY did not list",
+                r[0]
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// Copies one object's rejected lines from `stl_load_errors` into the rejects table.
+fn rejects_sql(names: &Names, spec: &CopySpec, j: &LoadJob, group: &CopyGroup, id: i64) -> String {
+    format!(
+        "INSERT INTO {} (key, line, raw, reason)\nSELECT {}, line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = {id}{}",
+        names.qualified(&names.rejects),
+        literal(&j.key),
+        filename_filter(spec, group, &j.key)
+    )
+}
+
+/// Moves the staged rows into the raw table.
+fn move_sql(names: &Names, layout: &Layout) -> String {
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    format!(
+        "INSERT INTO {} ({cols})\nSELECT {cols} FROM {}",
+        names.qualified(&names.raw),
+        quote_ident(STAGING),
+        cols = cols.join(", ")
+    )
+}
+
+/// One ledger row, every value a literal.
+fn ledger_sql(
+    names: &Names,
+    j: &LoadJob,
+    loaded: impl std::fmt::Display,
+    rejected: impl std::fmt::Display,
+    skipped: u64,
+) -> String {
+    let (topic, part, epoch, first, last) = match &j.range {
+        Some(r) => (
+            literal(&r.topic),
+            r.partition.to_string(),
+            r.epoch.to_string(),
+            r.first.to_string(),
+            r.last.to_string(),
+        ),
+        None => (
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+            "NULL".into(),
+        ),
+    };
+    format!(
+        "INSERT INTO {} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {topic}, {part}, {epoch}, {first}, {last}, {skipped}, {}, {})",
+        names.qualified(&names.ledger),
+        literal(&j.key),
+        j.size,
+        literal(j.expected_sha256.as_deref().unwrap_or("")),
+        literal(&format!("{}.{}", names.schema, names.raw)),
+        j.manifest.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
+        j.manifest_objects
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "NULL".into())
+    )
+}
+
+/// Streams an object through sha256 and compares it with its manifest's (Redshift's COPY
+/// cannot check a checksum, so the loader does, before anything is sent).
+fn verify_checksum(store: &dyn ObjectStore, j: &LoadJob) -> Result<()> {
+    use sha2::Digest;
+    let Some(want) = &j.expected_sha256 else {
+        return Ok(());
+    };
+    struct Hasher(sha2::Sha256);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut h = Hasher(sha2::Sha256::new());
+    store.get_into(&j.key, &mut h)?;
+    let got = hex::encode(h.0.finalize());
+    if &got != want {
+        bail!(
+            "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
+            j.key
+        );
+    }
+    Ok(())
+}
+
+/// A tag unique to one load (manifest keys): time, process and a counter.
+fn load_tag() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 impl Warehouse for Redshift {
     fn session(&mut self) -> &mut dyn SqlSession {
-        &mut self.s
+        self.s.as_mut()
     }
     fn names(&self) -> &Names {
-        &self.s.names
+        &self.names
     }
     fn describe(&self) -> String {
         format!("redshift {}", self.s.describe())
     }
-    fn try_lock(&mut self, _name: &str) -> Result<bool> {
-        // Redshift has no advisory locks: `LOCK ledger` inside the load transaction serialises.
-        Ok(true)
+    fn literal(&self, s: &str) -> String {
+        literal(s)
     }
-    fn lock_wait(&mut self, _name: &str) -> Result<()> {
-        Ok(())
+    fn try_lock(&mut self, name: &str) -> Result<bool> {
+        self.take_run_lock(name, false)
+    }
+    fn lock_wait(&mut self, name: &str) -> Result<()> {
+        self.take_run_lock(name, true).map(|_| ())
     }
     fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()> {
-        let ledger = self.s.names.qualified(&self.s.names.ledger);
-        let r = job
-            .range
-            .as_ref()
-            .context("an object without an offset range")?;
-        let target = format!("{}.{}", self.s.names.schema, self.s.names.raw);
-        let sql = format!(
-            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped) \
-             VALUES ({}, {}, {}, 0, 0, {}, {}, {}, {}, {}, {}, {records})",
-            quote_literal(&job.key),
-            job.size,
-            quote_literal(job.expected_sha256.as_deref().unwrap_or("")),
-            quote_literal(&target),
-            quote_literal(&r.topic),
-            r.partition,
-            r.epoch,
-            r.first,
-            r.last
-        );
-        self.s.run_in_transaction(&[format!("LOCK {ledger}"), sql])
+        check_key(&job.key)?;
+        if job.range.is_none() {
+            bail!("object {}: an object without an offset range", job.key);
+        }
+        let ledger = self.ledger();
+        let insert = ledger_sql(&self.names, job, 0, 0, records);
+        self.in_transaction(|this| {
+            this.s.execute(&format!("LOCK {ledger}"))?;
+            if this
+                .keys_loaded(std::slice::from_ref(&job.key))?
+                .contains(&job.key)
+            {
+                bail!("object {} is in the ledger already", job.key);
+            }
+            this.s.execute(&insert)
+        })
+        .with_context(|| format!("recording {} as loaded by other objects", job.key))
     }
     fn load(
         &mut self,
@@ -338,44 +801,94 @@ impl Warehouse for Redshift {
         if jobs.is_empty() {
             return Ok(vec![]);
         }
-        if let Some(j) = jobs.iter().find(|j| !j.skip.is_empty()) {
-            bail!(
-                "object {} overlaps offsets loaded already; loading part of an object is not supported on Redshift",
-                j.key
-            );
+        for j in jobs {
+            check_key(&j.key)?;
+            if !j.skip.is_empty() {
+                bail!(
+                    "object {} overlaps offsets loaded already; loading part of an object is not supported on Redshift",
+                    j.key
+                );
+            }
+            verify_checksum(store, j)?;
         }
-        let mut spec = self.spec.clone();
-        spec.max_errors = opts.max_errors;
-        let run_id = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
-        let manifest_key = format!("{COPY_MANIFESTS}{run_id}-{}.json", std::process::id());
-        spec.manifest_url = format!("{}/{manifest_key}", spec.archive_url.trim_end_matches('/'));
-        store
-            .put_bytes_if_absent(
-                &manifest_key,
-                copy_manifest(&spec.archive_url, jobs).as_bytes(),
-            )
-            .context("writing the COPY manifest")?;
-        let stmts = load_statements(&self.s.names, layout, &spec, jobs, false)?;
-        let inner: Vec<String> = stmts[1..stmts.len() - 1].to_vec();
-        if let Err(e) = self.s.run_in_transaction(&inner) {
-            let detail = self.load_errors();
-            bail!("Redshift COPY failed: {e:#}; load errors: {detail}");
+        let groups = plan_copies(&self.spec.archive_url, jobs, opts.max_errors, &load_tag());
+        for g in &groups {
+            let listed: Vec<&LoadJob> = g.jobs.iter().map(|&i| &jobs[i]).collect();
+            let body = copy_manifest(&self.spec.archive_url, &listed);
+            if store.put_bytes_if_absent(&g.manifest_key, body.as_bytes())? != PutOutcome::Created {
+                bail!("COPY manifest {} exists already", g.manifest_key);
+            }
         }
-        let results = self.ledger_results(jobs)?;
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        self.copy_ran = false;
+        let results = match self
+            .in_transaction(|this| this.load_in_transaction(jobs, &groups, layout, opts))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = if self.copy_ran {
+                    self.load_errors()
+                } else {
+                    String::new()
+                };
+                return Err(e.context(format!(
+                    "loading {} into {} ({}); load errors of the last COPY: {}",
+                    keys.join(", "),
+                    self.names.raw,
+                    self.describe(),
+                    if detail.is_empty() { "none" } else { &detail }
+                )));
+            }
+        };
         for r in &results {
             progress(r);
         }
         Ok(results)
     }
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String> {
-        load_statements(&self.s.names, layout, &self.spec, jobs, true)
+        load_plan(&self.names, layout, &self.spec, jobs)
             .unwrap_or_else(|e| vec![format!("-- {e:#}")])
     }
+}
+
+/// The statements of one load, for --dry-run (secrets masked; measured values as `{...}`).
+pub fn load_plan(
+    names: &Names,
+    layout: &Layout,
+    spec: &CopySpec,
+    jobs: &[LoadJob],
+) -> Result<Vec<String>> {
+    let groups = plan_copies(&spec.archive_url, jobs, None, "{load}");
+    let mut v = vec![
+        "BEGIN".to_string(),
+        format!("LOCK {}", names.qualified(&names.ledger)),
+        "-- re-check the objects' keys and offset ranges in the ledger".to_string(),
+        format!(
+            "CREATE TEMP TABLE {} (LIKE {})",
+            quote_ident(STAGING),
+            names.qualified(&names.raw)
+        ),
+    ];
+    for g in &groups {
+        v.push(copy_sql(&quote_ident(STAGING), layout, spec, g, true)?);
+        v.push("-- count the staged rows and the errors per object in stl_load_errors; check them against the manifests".into());
+    }
+    v.push(move_sql(names, layout));
+    for j in jobs {
+        v.push(ledger_sql(names, j, "{loaded}", "{rejected}", 0));
+    }
+    v.push(format!("DROP TABLE {}", quote_ident(STAGING)));
+    v.push("COMMIT".into());
+    Ok(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::local::LocalStore;
+    use crate::warehouse::OffsetRange;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
 
     fn names() -> Names {
         Names {
@@ -386,24 +899,41 @@ mod tests {
         }
     }
 
-    fn spec(auth: S3Auth, c: Compression, max_errors: Option<u64>) -> CopySpec {
+    fn spec(auth: S3Auth) -> CopySpec {
         CopySpec {
             archive_url: "s3://arch/tweets".into(),
-            manifest_url: "s3://arch/tweets/_copy_manifests/run1.json".into(),
             region: "eu-west-1".into(),
             auth,
-            compression: c,
-            max_errors,
         }
     }
 
-    fn job(key: &str) -> LoadJob {
+    fn role() -> S3Auth {
+        S3Auth::IamRole("arn:aws:iam::123456789012:role/Loader".into())
+    }
+
+    fn group(c: Compression, n: usize, max_error: Option<u64>) -> CopyGroup {
+        CopyGroup {
+            compression: c,
+            jobs: (0..n).collect(),
+            manifest_key: "_copy_manifests/run1-0.json".into(),
+            max_error,
+        }
+    }
+
+    fn job(key: &str, c: Compression, records: Option<u64>, p: i32) -> LoadJob {
         LoadJob {
             key: key.into(),
             size: 123,
-            compression: Compression::Gzip,
-            expected_sha256: Some("ab".into()),
-            expected_records: Some(10),
+            compression: c,
+            expected_sha256: records.map(|_| "ab".into()),
+            expected_records: records,
+            range: Some(OffsetRange {
+                topic: "t".into(),
+                partition: p,
+                epoch: 0,
+                first: 0,
+                last: 9,
+            }),
             ..Default::default()
         }
     }
@@ -411,20 +941,17 @@ mod tests {
     #[test]
     fn copy_with_iam_role_gzip_snapshot() {
         let sql = copy_sql(
-            &names(),
+            "\"batchlayer_staging\"",
             &Layout::tweets(),
-            &spec(
-                S3Auth::IamRole("arn:aws:iam::123456789012:role/Loader".into()),
-                Compression::Gzip,
-                None,
-            ),
+            &spec(role()),
+            &group(Compression::Gzip, 2, None),
             false,
         )
         .unwrap();
         assert_eq!(
             sql,
-            "COPY \"public\".\"batch_raw\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
-FROM 's3://arch/tweets/_copy_manifests/run1.json'\n\
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
 IAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\n\
 MANIFEST\n\
 DELIMITER ';'\n\
@@ -432,7 +959,9 @@ ESCAPE\n\
 GZIP\n\
 REGION 'eu-west-1'\n\
 TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\n\
-NULL AS 'None'"
+NULL AS 'None'\n\
+COMPUPDATE OFF\n\
+STATUPDATE OFF"
         );
     }
 
@@ -440,32 +969,87 @@ NULL AS 'None'"
     fn copy_with_keys_zstd_maxerror_masks_secret() {
         let auth = S3Auth::Keys {
             access_key_id: "AKIAEXAMPLE".into(),
-            secret_access_key: Secret::new("s3cr3t/key"),
+            secret_access_key: Secret::new("s3cr3t/key\\'"),
         };
-        let s = spec(auth, Compression::Zstd, Some(5));
-        let masked = copy_sql(&names(), &Layout::tweets(), &s, true).unwrap();
+        let s = spec(auth);
+        let g = group(Compression::Zstd, 2, Some(11));
+        let masked = copy_sql("x", &Layout::tweets(), &s, &g, true).unwrap();
         assert!(
             masked.contains("ACCESS_KEY_ID 'AKIAEXAMPLE'\nSECRET_ACCESS_KEY '***'\n"),
             "{masked}"
         );
         assert!(!masked.contains("s3cr3t"));
         assert!(
-            masked.contains("\nZSTD\n") && masked.ends_with("MAXERROR 5"),
+            masked.contains("\nZSTD\n") && masked.ends_with("MAXERROR 11"),
             "{masked}"
         );
-        let real = copy_sql(&names(), &Layout::tweets(), &s, false).unwrap();
-        assert!(real.contains("SECRET_ACCESS_KEY 's3cr3t/key'"));
+        let real = copy_sql("x", &Layout::tweets(), &s, &g, false).unwrap();
+        assert!(
+            real.contains("SECRET_ACCESS_KEY 's3cr3t/key\\\\'''"),
+            "{real}"
+        );
+    }
+
+    #[test]
+    fn literals_are_escaped_the_redshift_way() {
+        assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal("a\\'b"), "'a\\\\''b'");
+        assert_eq!(literal("\\"), "'\\\\'");
+        assert!(check_key("t/x\\'y/t+0+1+2.log").is_ok());
+        assert!(check_key("t/x\ny").is_err());
+        assert!(check_key("t/x\0y").is_err());
+        assert!(check_key(" t").is_err());
+    }
+
+    #[test]
+    fn copies_split_by_compression_and_measurability() {
+        let long = format!("t/{}/t+0+0+9.log.gz", "x".repeat(240));
+        let jobs = vec![
+            job("a.log.gz", Compression::Gzip, Some(10), 0),
+            job("b.log.zst", Compression::Zstd, Some(10), 1),
+            job("c.log.gz", Compression::Gzip, Some(10), 2),
+            job("d.log.gz", Compression::Gzip, None, 3),
+            job(&long, Compression::Gzip, Some(10), 4),
+            job("e.log", Compression::None, Some(10), 5),
+        ];
+        let g = plan_copies("s3://arch/tweets", &jobs, Some(2), "tag");
+        let got: Vec<(Compression, Vec<usize>, Option<u64>)> = g
+            .iter()
+            .map(|g| (g.compression, g.jobs.clone(), g.max_error))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Compression::Gzip, vec![0, 2], Some(5)),
+                (Compression::Zstd, vec![1], Some(3)),
+                (Compression::Gzip, vec![3], Some(3)),
+                (Compression::Gzip, vec![4], Some(3)),
+                (Compression::None, vec![5], Some(3)),
+            ]
+        );
+        assert_eq!(g[0].manifest_key, "_copy_manifests/tag-0.json");
+        // MAXERROR stays within Redshift's limit: more COPYs instead.
+        let many: Vec<LoadJob> = (0..5)
+            .map(|i| job(&format!("{i}.log.gz"), Compression::Gzip, Some(1), i))
+            .collect();
+        let g = plan_copies("s3://a", &many, Some(40_000), "t");
+        assert_eq!(g.len(), 3);
+        assert!(g.iter().all(|g| g.max_error.unwrap() <= MAXERROR_LIMIT));
+        assert!(plan_copies("s3://a", &many, None, "t")
+            .iter()
+            .all(|g| g.max_error.is_none()));
     }
 
     #[test]
     fn manifest_lists_exactly_the_objects() {
-        let m = copy_manifest(
-            "s3://arch/tweets/",
-            &[
-                job("t/2024/01/01/00/t+0+00000000000000000000+00000000000000000009.log.gz"),
-                job("t/x/t+1+1+1.log.gz"),
-            ],
+        let a = job(
+            "t/2024/01/01/00/t+0+00000000000000000000+00000000000000000009.log.gz",
+            Compression::Gzip,
+            Some(1),
+            0,
         );
+        let b = job("t/x/t+1+1+1.log.gz", Compression::Gzip, Some(1), 1);
+        let m = copy_manifest("s3://arch/tweets/", &[&a, &b]);
         let v: serde_json::Value = serde_json::from_str(&m).unwrap();
         let urls: Vec<&str> = v["entries"]
             .as_array()
@@ -488,32 +1072,296 @@ NULL AS 'None'"
     }
 
     #[test]
-    fn load_runs_in_one_transaction_with_lock_and_ledger() {
-        let s = spec(
-            S3Auth::IamRole("arn:aws:iam::1:role/r".into()),
-            Compression::Gzip,
-            Some(2),
+    fn bad_iam_role_is_refused() {
+        let s = spec(S3Auth::IamRole("Loader".into()));
+        let g = group(Compression::Gzip, 1, None);
+        assert!(copy_sql("x", &Layout::tweets(), &s, &g, true).is_err());
+    }
+
+    /// Answers a query with rows of text.
+    type Answer = Rc<dyn Fn(&str) -> Vec<Vec<String>>>;
+
+    /// Records every statement each session sends (`[n] sql`) and answers queries by script.
+    struct Recorder {
+        n: usize,
+        log: Rc<RefCell<Vec<String>>>,
+        answer: Answer,
+    }
+
+    impl Recorder {
+        fn note(&self, s: &str) {
+            // The load's tag (time, pid, counter) varies: shown as TAG.
+            let s = match (s.find("_copy_manifests/"), s.find(".json")) {
+                (Some(a), Some(b)) => {
+                    let start = a + "_copy_manifests/".len();
+                    let dash = s[..b].rfind('-').unwrap();
+                    format!("{}TAG{}", &s[..start], &s[dash..])
+                }
+                _ => s.to_string(),
+            };
+            self.log.borrow_mut().push(format!("[{}] {s}", self.n));
+        }
+    }
+
+    impl SqlSession for Recorder {
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+        fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()> {
+            stmts.iter().for_each(|s| self.note(s));
+            Ok(())
+        }
+        fn execute(&mut self, sql: &str) -> Result<()> {
+            self.note(sql);
+            Ok(())
+        }
+        fn query_i64(&mut self, sql: &str) -> Result<Option<i64>> {
+            self.note(sql);
+            Ok((self.answer)(sql).first().and_then(|r| r[0].parse().ok()))
+        }
+        fn table_exists(&mut self, table: &str) -> Result<bool> {
+            self.note(&format!("-- table_exists({table})"));
+            Ok(true)
+        }
+        fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+            self.note(sql);
+            Ok((vec![], (self.answer)(sql)))
+        }
+    }
+
+    /// A Redshift over recorders: session 0 is the main one, then one per lock.
+    fn recorded(answer: Answer) -> (Redshift, Rc<RefCell<Vec<String>>>) {
+        let log = Rc::new(RefCell::new(Vec::new()));
+        let n = Rc::new(Cell::new(0));
+        let l = log.clone();
+        let open: SessionOpener = Box::new(move || {
+            let s = Recorder {
+                n: n.get(),
+                log: l.clone(),
+                answer: answer.clone(),
+            };
+            n.set(n.get() + 1);
+            Ok(Box::new(s) as Box<dyn SqlSession>)
+        });
+        (Redshift::over(names(), spec(role()), open).unwrap(), log)
+    }
+
+    /// The exact statements one load sends to Redshift: LOCK first, the re-check inside it,
+    /// one COPY per compression into the staging table (an unlisted object alone), each
+    /// measured, rejects copied per object, then the move into raw and the ledger rows.
+    #[test]
+    fn load_sends_these_statements_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut jobs = Vec::new();
+        for (key, c, recs, p) in [
+            ("t/a.log.gz", Compression::Gzip, Some(4), 0),
+            ("t/x\\'y/b.log.gz", Compression::Gzip, Some(2), 1),
+            ("t/c.log.zst", Compression::Zstd, Some(2), 2),
+            ("t/d.log", Compression::None, None, 3),
+        ] {
+            use sha2::Digest;
+            let body = format!("object {key}");
+            store.put_bytes_if_absent(key, body.as_bytes()).unwrap();
+            let mut j = job(key, c, recs, p);
+            j.expected_sha256 = recs.map(|_| hex::encode(sha2::Sha256::digest(body.as_bytes())));
+            j.manifest = Some("m1".into());
+            j.manifest_objects = Some(4);
+            jobs.push(j);
+        }
+        let copies = Rc::new(Cell::new(10));
+        let answer: Answer = Rc::new(move |sql: &str| {
+            let one = |v: i64| vec![vec![v.to_string()]];
+            if sql.contains("pg_last_copy_id") {
+                copies.set(copies.get() + 1);
+                return one(copies.get());
+            }
+            if sql.starts_with("SELECT count(*) FROM \"batchlayer_staging\"") {
+                // a: 3 of 4 loaded, b: 2; c: 2; d: 5.
+                return one([0, 5, 7, 12][(copies.get() - 10) as usize]);
+            }
+            if sql.contains("FROM stl_load_errors WHERE query = 11 GROUP BY 1") {
+                return vec![vec!["s3://arch/tweets/t/a.log.gz".into(), "1".into()]];
+            }
+            if sql.contains("FROM stl_load_errors WHERE query = 13 GROUP BY 1") {
+                return vec![vec!["s3://arch/tweets/t/d.log".into(), "2".into()]];
+            }
+            vec![]
+        });
+        let (mut wh, log) = recorded(answer);
+        let opts = LoadOptions {
+            max_errors: Some(2),
+            ..Default::default()
+        };
+        let r = wh
+            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .unwrap();
+        let got: Vec<(u64, u64, u64)> = r
+            .iter()
+            .map(|r| (r.records, r.loaded, r.rejected))
+            .collect();
+        assert_eq!(got, vec![(4, 3, 1), (2, 2, 0), (2, 2, 0), (7, 5, 2)]);
+        let cols = "\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\"";
+        let copy = |n: usize, c: &str, max: u64| {
+            format!(
+                "[0] COPY \"batchlayer_staging\" ({cols})\nFROM 's3://arch/tweets/_copy_manifests/TAG-{n}.json'\nIAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\nMANIFEST\nDELIMITER ';'\nESCAPE\n{c}REGION 'eu-west-1'\nTIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\nNULL AS 'None'\nCOMPUPDATE OFF\nSTATUPDATE OFF\nMAXERROR {max}"
+            )
+        };
+        let ledger = |key: &str, loaded: u64, rejected: u64, p: i32| {
+            format!(
+                "[0] INSERT INTO \"public\".\"batchlayer_loads\" (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nVALUES ({}, 123, {}, {loaded}, {rejected}, 'public.batch_raw', 't', {p}, 0, 0, 9, 0, 'm1', 4)",
+                literal(key),
+                literal(jobs[p as usize].expected_sha256.as_deref().unwrap_or(""))
+            )
+        };
+        let staged = "[0] SELECT count(*) FROM \"batchlayer_staging\"".to_string();
+        let errors = |id: i64| {
+            format!("[0] SELECT trim(filename), CAST(count(*) AS BIGINT) FROM stl_load_errors WHERE query = {id} GROUP BY 1")
+        };
+        let last_id = "[0] SELECT CAST(pg_last_copy_id() AS BIGINT)".to_string();
+        let expected = vec![
+            "[0] BEGIN".to_string(),
+            "[0] LOCK \"public\".\"batchlayer_loads\"".into(),
+            "[0] -- table_exists(batchlayer_loads)".into(),
+            "[0] SELECT DISTINCT key FROM \"public\".\"batchlayer_loads\" WHERE key IN ('t/a.log.gz', 't/x\\\\''y/b.log.gz', 't/c.log.zst', 't/d.log')".into(),
+            "[0] -- table_exists(batchlayer_loads)".into(),
+            "[0] SELECT topic, partition_id, epoch, first_offset, last_offset FROM \"public\".\"batchlayer_loads\" WHERE first_offset IS NOT NULL AND ((topic = 't' AND partition_id = 0 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 1 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 2 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 3 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9))".into(),
+            "[0] CREATE TEMP TABLE \"batchlayer_staging\" (LIKE \"public\".\"batch_raw\")".into(),
+            copy(0, "GZIP\n", 5),
+            last_id.clone(),
+            staged.clone(),
+            errors(11),
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (key, line, raw, reason)\nSELECT 't/a.log.gz', line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = 11 AND trim(filename) = 's3://arch/tweets/t/a.log.gz'".into(),
+            copy(1, "ZSTD\n", 3),
+            last_id.clone(),
+            staged.clone(),
+            errors(12),
+            copy(2, "", 3),
+            last_id,
+            staged,
+            errors(13),
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (key, line, raw, reason)\nSELECT 't/d.log', line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = 13".into(),
+            format!("[0] INSERT INTO \"public\".\"batch_raw\" ({cols})\nSELECT {cols} FROM \"batchlayer_staging\""),
+            ledger("t/a.log.gz", 3, 1, 0),
+            ledger("t/x\\'y/b.log.gz", 2, 0, 1),
+            ledger("t/c.log.zst", 2, 0, 2),
+            ledger("t/d.log", 5, 2, 3),
+            "[0] DROP TABLE \"batchlayer_staging\"".into(),
+            "[0] COMMIT".into(),
+        ];
+        let got = log.borrow().clone();
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "statement {i}");
+        }
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+    }
+
+    /// A count that differs from the manifests fails the load (rolled back), and so does an
+    /// object over its own allowance even when the COPY's MAXERROR let it through.
+    #[test]
+    fn measured_counts_must_match_and_maxerror_is_per_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        store.put_bytes_if_absent("a.log.gz", b"x").unwrap();
+        store.put_bytes_if_absent("b.log.gz", b"y").unwrap();
+        let jobs = vec![
+            job("a.log.gz", Compression::Gzip, Some(4), 0),
+            job("b.log.gz", Compression::Gzip, Some(4), 1),
+        ]
+        .into_iter()
+        .map(|mut j| {
+            j.expected_sha256 = None;
+            j
+        })
+        .collect::<Vec<_>>();
+        for (staged, errors, want) in [
+            ("7", vec![], "do not hold what their manifests say"),
+            (
+                "6",
+                vec![("s3://arch/tweets/a.log.gz", "2")],
+                "2 bad rows, more than 1",
+            ),
+            ("7", vec![("s3://elsewhere/z.log.gz", "1")], "did not list"),
+        ] {
+            let errors: Vec<Vec<String>> = errors
+                .iter()
+                .map(|(f, n)| vec![f.to_string(), n.to_string()])
+                .collect();
+            let answer: Answer = Rc::new(move |sql: &str| {
+                if sql.contains("pg_last_copy_id") {
+                    vec![vec!["5".into()]]
+                } else if sql.starts_with("SELECT count(*)") {
+                    vec![vec![staged.into()]]
+                } else if sql.contains("GROUP BY 1") {
+                    errors.clone()
+                } else {
+                    vec![]
+                }
+            });
+            let (mut wh, log) = recorded(answer);
+            let opts = LoadOptions {
+                max_errors: Some(1),
+                ..Default::default()
+            };
+            let err = wh
+                .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{err:#}");
+            let log = log.borrow();
+            assert!(log.iter().any(|s| s == "[0] ROLLBACK"), "{log:#?}");
+            assert!(!log.iter().any(|s| s.contains("COMMIT")));
+            assert!(log.iter().any(|s| s.ends_with("MAXERROR 3")), "{log:#?}");
+        }
+    }
+
+    /// The run lock: a session of its own, a lock table per name, LOCK inside an open
+    /// transaction; `try_lock` waits at most TRY_LOCK_MS.
+    #[test]
+    fn run_locks_hold_a_table_lock_on_their_own_session() {
+        let (mut wh, log) = recorded(Rc::new(|_: &str| vec![]));
+        assert!(wh.try_lock("aggregate:batch_layer").unwrap());
+        assert!(
+            wh.try_lock("aggregate:batch_layer").unwrap(),
+            "held: true at once"
         );
-        let st = load_statements(
-            &names(),
-            &Layout::tweets(),
-            &s,
-            &[job("a.log.gz"), job("b.log.gz")],
-            true,
-        )
-        .unwrap();
-        assert_eq!(st[0], "BEGIN");
-        assert_eq!(st[1], "LOCK \"public\".\"batchlayer_loads\"");
-        assert!(st[2].starts_with("COPY "));
-        assert!(st[3].starts_with("INSERT INTO \"public\".\"batchlayer_rejects\""));
-        assert!(st[4].contains("'a.log.gz'") && st[5].contains("'b.log.gz'"));
-        assert_eq!(st.last().unwrap(), "COMMIT");
-        assert_eq!(st.len(), 7);
+        wh.lock_wait("copy").unwrap();
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                "[1] CREATE SCHEMA IF NOT EXISTS \"public\"",
+                "[1] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_aggregate_batch_layer\" (held boolean)",
+                "[1] SET statement_timeout TO 1000",
+                "[1] BEGIN",
+                "[1] LOCK \"public\".\"batch_raw__lock_aggregate_batch_layer\"",
+                "[1] SET statement_timeout TO 0",
+                "[2] CREATE SCHEMA IF NOT EXISTS \"public\"",
+                "[2] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_copy\" (held boolean)",
+                "[2] SET statement_timeout TO 0",
+                "[2] BEGIN",
+                "[2] LOCK \"public\".\"batch_raw__lock_copy\"",
+                "[2] SET statement_timeout TO 0",
+            ]
+        );
+        let long = wh.lock_table(&"x".repeat(100));
+        assert!(long.len() <= 63, "{long}");
     }
 
     #[test]
-    fn bad_iam_role_is_refused() {
-        let s = spec(S3Auth::IamRole("Loader".into()), Compression::Gzip, None);
-        assert!(copy_sql(&names(), &Layout::tweets(), &s, true).is_err());
+    fn dry_run_plan_masks_secrets_and_names_measured_values() {
+        let auth = S3Auth::Keys {
+            access_key_id: "AKIA".into(),
+            secret_access_key: Secret::new("topsecret"),
+        };
+        let jobs = vec![
+            job("a.log.gz", Compression::Gzip, Some(1), 0),
+            job("b.log", Compression::None, Some(1), 1),
+        ];
+        let plan = load_plan(&names(), &Layout::tweets(), &spec(auth), &jobs).unwrap();
+        assert_eq!(plan[0], "BEGIN");
+        assert_eq!(plan[1], "LOCK \"public\".\"batchlayer_loads\"");
+        assert_eq!(plan.iter().filter(|s| s.starts_with("COPY ")).count(), 2);
+        assert!(plan.iter().all(|s| !s.contains("topsecret")));
+        assert!(plan.iter().any(|s| s.contains("{loaded}, {rejected}")));
+        assert_eq!(plan.last().unwrap(), "COMMIT");
     }
 }

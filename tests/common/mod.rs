@@ -46,12 +46,22 @@ fn port_open(addr: &str) -> bool {
 /// True when the services are up. Under `BATCHLAYER_REQUIRE_SERVICES` (tests/run.sh, CI) a
 /// missing service fails the test instead of skipping it.
 pub fn stack_up() -> bool {
+    services_up(true)
+}
+
+/// Like `stack_up`, for tests that need only S3 and PostgreSQL (no Kafka).
+pub fn s3_and_pg_up() -> bool {
+    services_up(false)
+}
+
+fn services_up(kafka: bool) -> bool {
     let missing: Vec<&str> = [
         ("kafka", brokers()),
         ("s3", s3_endpoint()),
         ("postgres", "127.0.0.1:5432".to_string()),
     ]
     .iter()
+    .filter(|(n, _)| kafka || *n != "kafka")
     .filter(|(_, a)| !port_open(a))
     .map(|(n, _)| *n)
     .collect::<Vec<_>>()

@@ -1,0 +1,972 @@
+//! A Redshift stand-in for tests (feature `testing`): a [`SqlSession`] over PostgreSQL, set up
+//! to behave like Redshift wherever batchlayer's Redshift dialect depends on it, with the
+//! server-side `COPY ... FROM 's3://.../manifest' MANIFEST ...` carried out by this double.
+//!
+//! What it models:
+//! * `standard_conforming_strings = off`: a backslash is an escape inside string literals.
+//! * Keys are not enforced: `PRIMARY KEY` is dropped from `CREATE TABLE` (Redshift accepts and
+//!   ignores it).
+//! * No advisory locks: any statement naming one fails; `LOCK` is PostgreSQL's (ACCESS
+//!   EXCLUSIVE until the transaction ends, as Redshift's).
+//! * `COPY`: parses the exact statement (anything it does not understand is an error), reads the
+//!   manifest and the objects it lists from the S3 server, decodes them with the options named
+//!   (GZIP/ZSTD, DELIMITER, ESCAPE, NULL AS, TIMEFORMAT), checks each field against the target
+//!   column (integers, timestamps, valid UTF-8, varchar(n) counted in bytes), records each bad
+//!   line in an `stl_load_errors` look-alike written outside the transaction (it survives a
+//!   rollback, as Redshift's system tables do), applies MAXERROR to the whole COPY, and inserts
+//!   the good rows into the target in the session's transaction. A failed COPY aborts the
+//!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session.
+//! * Statements Redshift has no form of that PostgreSQL would accept (`CREATE INDEX`,
+//!   `ON CONFLICT`, `ADD COLUMN IF NOT EXISTS`) are refused.
+//!
+//! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
+//! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
+//! cluster, and Redshift's serializable isolation (sessions here run read committed).
+
+use super::session::{PgSession, SqlSession};
+use super::Names;
+use crate::archive::s3::S3Store;
+use crate::archive::ObjectStore;
+use crate::config::{ArchiveLocation, AwsChain, Secret};
+use anyhow::{anyhow, bail, Context, Result};
+use postgres::{Client, NoTls};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+/// Where the stand-in runs: a PostgreSQL database, a schema for its system tables, and the S3
+/// server the COPYs read from.
+#[derive(Debug, Clone)]
+pub struct StandInCluster {
+    pub pg_url: String,
+    /// Holds `stl_load_errors` and the query-id sequence (the cluster's "system tables").
+    pub system_schema: String,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    /// The keys a COPY naming IAM_ROLE reads with (IAM cannot be modelled here).
+    pub role_keys: (String, String),
+}
+
+impl StandInCluster {
+    /// Creates (afresh) the system schema: `stl_load_errors` with Redshift's column types, and
+    /// the sequence query ids come from.
+    pub fn install(&self) -> Result<()> {
+        let sys = super::quote_ident(&self.system_schema);
+        let mut c = Client::connect(&self.pg_url, NoTls).context("connecting the stand-in")?;
+        c.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {sys} CASCADE; CREATE SCHEMA {sys};
+             CREATE SEQUENCE {sys}.query_ids;
+             CREATE TABLE {sys}.stl_load_errors (
+                 userid integer, slice integer, tbl integer, starttime timestamp DEFAULT now(),
+                 session integer, query integer, filename char(256), line_number bigint,
+                 colname char(127), type char(10), col_length char(10), position integer,
+                 raw_line char(1024), raw_field_value char(1024), err_code integer,
+                 err_reason char(100), is_partial integer, start_offset bigint)"
+        ))?;
+        Ok(())
+    }
+
+    /// A new session with the dialect's table names.
+    pub fn session(&self, names: Names) -> Result<StandIn> {
+        let connect = || Client::connect(&self.pg_url, NoTls).context("connecting the stand-in");
+        let mut client = connect()?;
+        client.batch_execute(&format!(
+            "SET standard_conforming_strings = off; SET escape_string_warning = off; SET search_path TO {}",
+            super::quote_ident(&self.system_schema)
+        ))?;
+        let pg = PgSession {
+            client,
+            names,
+            url: format!("stand-in on {}", crate::config::redact_url(&self.pg_url)),
+        };
+        Ok(StandIn {
+            pg,
+            log: connect()?,
+            cluster: self.clone(),
+            last_copy_id: -1,
+            last_copy_count: -1,
+            copies: Vec::new(),
+        })
+    }
+}
+
+/// One session on the stand-in.
+pub struct StandIn {
+    pg: PgSession,
+    /// Autocommit connection for the system tables (not part of the session's transaction).
+    log: Client,
+    cluster: StandInCluster,
+    last_copy_id: i64,
+    last_copy_count: i64,
+    /// The COPY statements this session carried out, in order (for tests).
+    pub copies: Vec<String>,
+}
+
+/// PostgreSQL forms Redshift does not have: refused so the dialect cannot come to rely on them.
+const REFUSED: [(&str, &str); 6] = [
+    ("pg_advisory", "Redshift has no advisory lock functions"),
+    ("pg_try_advisory", "Redshift has no advisory lock functions"),
+    ("create index", "Redshift has no indexes"),
+    ("create unique index", "Redshift has no indexes"),
+    ("on conflict", "Redshift has no INSERT ... ON CONFLICT"),
+    (
+        "add column if not exists",
+        "Redshift has no ADD COLUMN IF NOT EXISTS",
+    ),
+];
+
+impl StandIn {
+    /// Refusals and rewrites that make PostgreSQL answer as Redshift would.
+    fn prepare(&self, sql: &str) -> Result<String> {
+        let lower = sql.to_lowercase();
+        for (what, why) in REFUSED {
+            if lower.contains(what) {
+                bail!(
+                    "Redshift stand-in: {why}: {}",
+                    super::session::first_line(sql)
+                );
+            }
+        }
+        let mut s = sql
+            .replace("pg_last_copy_id()", &self.last_copy_id.to_string())
+            .replace("PG_LAST_COPY_ID()", &self.last_copy_id.to_string())
+            .replace("pg_last_copy_count()", &self.last_copy_count.to_string())
+            .replace("PG_LAST_COPY_COUNT()", &self.last_copy_count.to_string());
+        if lower.trim_start().starts_with("create table") {
+            s = s.replace(" PRIMARY KEY", "").replace(" primary key", "");
+        }
+        Ok(s)
+    }
+
+    /// One statement: a COPY is carried out here, anything else goes to PostgreSQL.
+    fn statement(&mut self, sql: &str) -> Result<()> {
+        if sql.trim_start().to_lowercase().starts_with("copy") {
+            self.copies.push(sql.to_string());
+            let r = self.copy(sql);
+            if r.is_err() {
+                // As on Redshift, a failed statement aborts the transaction it is in.
+                let _ = self
+                    .pg
+                    .client
+                    .batch_execute("DO $$ BEGIN RAISE EXCEPTION 'COPY failed'; END $$");
+            }
+            return r;
+        }
+        let s = self.prepare(sql)?;
+        self.pg.execute(&s)
+    }
+
+    fn copy(&mut self, sql: &str) -> Result<()> {
+        let stmt = parse_copy(sql)?;
+        self.last_copy_id = self
+            .log
+            .query_one(
+                &format!(
+                    "SELECT nextval('{}.query_ids')",
+                    super::quote_ident(&self.cluster.system_schema)
+                ),
+                &[],
+            )?
+            .get::<_, i64>(0);
+        self.last_copy_count = 0;
+        let cols = self.target_columns(&stmt)?;
+        let files = self.fetch(&stmt)?;
+        let mut good = Vec::new();
+        let mut errors = 0u64;
+        let fail_at = stmt.max_error.max(1);
+        let mut rows = 0u64;
+        for (url, data) in &files {
+            for rec in split_records(data, stmt.delimiter, stmt.escape) {
+                match check_record(&rec, &cols, &stmt) {
+                    Ok(()) => {
+                        rows += 1;
+                        encode_row(&rec, cols.len(), &stmt, &mut good);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        self.log_error(url, &rec, &e)?;
+                        if errors >= fail_at {
+                            bail!(
+                                "Load into table '{}' failed. Check 'stl_load_errors' system table for details.",
+                                stmt.table
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = cols.iter().map(|c| super::quote_ident(&c.name)).collect();
+        let mut w = self.pg.client.copy_in(&format!(
+            "COPY {} ({}) FROM STDIN",
+            stmt.table,
+            names.join(", ")
+        ))?;
+        w.write_all(&good)?;
+        w.finish()?;
+        self.last_copy_count = rows as i64;
+        Ok(())
+    }
+
+    /// The target's columns in the statement's order, with their PostgreSQL types.
+    fn target_columns(&mut self, stmt: &CopyStatement) -> Result<Vec<Col>> {
+        let rows = self.pg.client.query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&stmt.table],
+        )?;
+        if rows.is_empty() {
+            bail!("relation {} does not exist", stmt.table);
+        }
+        let all: Vec<Col> = rows
+            .iter()
+            .map(|r| Col::new(r.get(0), r.get::<_, String>(1)))
+            .collect::<Result<_>>()?;
+        if stmt.columns.is_empty() {
+            return Ok(all);
+        }
+        stmt.columns
+            .iter()
+            .map(|n| {
+                all.iter()
+                    .find(|c| &c.name == n)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("column {n} of {} does not exist", stmt.table))
+            })
+            .collect()
+    }
+
+    /// The manifest and the objects it lists, decompressed, with their URLs.
+    fn fetch(&self, stmt: &CopyStatement) -> Result<Vec<(String, Vec<u8>)>> {
+        let manifest = self.get(stmt, &stmt.from)?;
+        let m: Manifest = serde_json::from_slice(&manifest)
+            .with_context(|| format!("manifest {} is not a COPY manifest", stmt.from))?;
+        let mut out = Vec::new();
+        for e in m.entries {
+            let body = match self.get(stmt, &e.url) {
+                Ok(b) => b,
+                Err(_) if !e.mandatory => continue,
+                Err(err) => {
+                    return Err(err.context(format!("mandatory file {} of the manifest", e.url)))
+                }
+            };
+            let plain = decompress(&body, stmt.compression)
+                .with_context(|| format!("decompressing {}", e.url))?;
+            out.push((e.url, plain));
+        }
+        Ok(out)
+    }
+
+    /// Reads `s3://bucket/key` with the statement's credentials.
+    fn get(&self, stmt: &CopyStatement, url: &str) -> Result<Vec<u8>> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow!("{url} is not an s3:// URL"))?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| anyhow!("{url} names no object"))?;
+        let (id, secret) = match &stmt.keys {
+            Some(k) => k.clone(),
+            None => self.cluster.role_keys.clone(),
+        };
+        let store = S3Store::new(&ArchiveLocation::S3 {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            endpoint: Some(self.cluster.s3_endpoint.clone()),
+            region: self.cluster.s3_region.clone(),
+            path_style: true,
+            access_key_id: Some(id),
+            secret_access_key: Some(Secret::new(secret)),
+            session_token: None,
+            chain: AwsChain::default(),
+        })?;
+        let mut body = Vec::new();
+        store.get_into(key, &mut body)?;
+        Ok(body)
+    }
+
+    /// One row of `stl_load_errors`, committed at once (outside the session's transaction).
+    fn log_error(&mut self, url: &str, rec: &Record, e: &LineError) -> Result<()> {
+        self.log.execute(
+            &format!(
+                "INSERT INTO {}.stl_load_errors (query, filename, line_number, colname, raw_line, raw_field_value, err_code, err_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                super::quote_ident(&self.cluster.system_schema)
+            ),
+            &[
+                &(self.last_copy_id as i32),
+                &cut(url, 256),
+                &(rec.line as i64),
+                &cut(&e.column, 127),
+                &cut(&printable(&rec.raw), 1024),
+                &cut(&printable(&e.value), 1024),
+                &e.code,
+                &cut(&e.reason, 100),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+impl SqlSession for StandIn {
+    fn describe(&self) -> String {
+        self.pg.describe()
+    }
+    fn run_in_transaction(&mut self, stmts: &[String]) -> Result<()> {
+        self.statement("BEGIN")?;
+        let r = stmts.iter().try_for_each(|s| self.statement(s));
+        match r {
+            Ok(()) => self.statement("COMMIT"),
+            Err(e) => {
+                let _ = self.statement("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+    fn execute(&mut self, sql: &str) -> Result<()> {
+        self.statement(sql)
+    }
+    fn query_i64(&mut self, sql: &str) -> Result<Option<i64>> {
+        let s = self.prepare(sql)?;
+        self.pg.query_i64(&s)
+    }
+    fn table_exists(&mut self, table: &str) -> Result<bool> {
+        self.pg.table_exists(table)
+    }
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        let s = self.prepare(sql)?;
+        self.pg.query_text(&s)
+    }
+}
+
+/// A string cut to at most `n` bytes (at a character boundary), as Redshift's char(n) keeps it.
+fn cut(s: &str, n: usize) -> String {
+    let mut end = s.len().min(n);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Bytes as text PostgreSQL can store (invalid UTF-8 and NUL replaced).
+fn printable(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).replace('\0', "\u{fffd}")
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    entries: Vec<Entry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    url: String,
+    #[serde(default)]
+    mandatory: bool,
+    /// Read and not checked: Redshift needs content_length for columnar formats only.
+    #[serde(default)]
+    #[allow(dead_code)]
+    meta: Option<serde_json::Value>,
+}
+
+fn decompress(body: &[u8], c: Option<&'static str>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match c {
+        None => out.extend_from_slice(body),
+        Some("GZIP") => {
+            flate2::read::MultiGzDecoder::new(body).read_to_end(&mut out)?;
+        }
+        Some("ZSTD") => {
+            zstd::stream::read::Decoder::new(body)?.read_to_end(&mut out)?;
+        }
+        Some(other) => bail!("compression {other} is not modelled"),
+    }
+    Ok(out)
+}
+
+/// A target column as the stand-in checks it.
+#[derive(Debug, Clone)]
+struct Col {
+    name: String,
+    ty: ColType,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ColType {
+    Bigint,
+    Integer,
+    Timestamp,
+    /// varchar(n): n bytes.
+    Varchar(usize),
+}
+
+impl Col {
+    fn new(name: String, ty: String) -> Result<Col> {
+        let t = match ty.as_str() {
+            "bigint" => ColType::Bigint,
+            "integer" => ColType::Integer,
+            "timestamp without time zone" => ColType::Timestamp,
+            v if v.starts_with("character varying(") => ColType::Varchar(
+                v["character varying(".len()..v.len() - 1]
+                    .parse()
+                    .with_context(|| format!("column type {v}"))?,
+            ),
+            other => {
+                bail!("Redshift stand-in: column {name} has type {other}, which it does not model")
+            }
+        };
+        Ok(Col { name, ty: t })
+    }
+}
+
+/// The parts of a COPY statement the stand-in understands.
+#[derive(Debug, Default)]
+pub struct CopyStatement {
+    /// As written (quoted identifiers kept), for PostgreSQL.
+    pub table: String,
+    pub columns: Vec<String>,
+    pub from: String,
+    /// ACCESS_KEY_ID and SECRET_ACCESS_KEY; None with IAM_ROLE.
+    pub keys: Option<(String, String)>,
+    pub iam_role: Option<String>,
+    pub manifest: bool,
+    pub delimiter: u8,
+    pub escape: bool,
+    pub compression: Option<&'static str>,
+    pub region: Option<String>,
+    /// A chrono format converted from TIMEFORMAT.
+    pub timeformat: Option<String>,
+    pub null_as: Option<String>,
+    pub max_error: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Quoted(String),
+    Str(String),
+    Num(u64),
+    Punct(char),
+}
+
+/// Tokens of a statement, string literals read as Redshift does (`''` and backslash escapes).
+fn tokenize(sql: &str) -> Result<Vec<Tok>> {
+    let b: Vec<char> = sql.chars().collect();
+    let mut i = 0;
+    let mut out = Vec::new();
+    while i < b.len() {
+        let c = b[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '\'' {
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => bail!("unterminated string literal"),
+                    Some('\'') if b.get(i + 1) == Some(&'\'') => {
+                        s.push('\'');
+                        i += 2;
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') => {
+                        let n = *b.get(i + 1).ok_or_else(|| anyhow!("unterminated escape"))?;
+                        s.push(match n {
+                            'n' => '\n',
+                            't' => '\t',
+                            'r' => '\r',
+                            other => other,
+                        });
+                        i += 2;
+                    }
+                    Some(&ch) => {
+                        s.push(ch);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Tok::Str(s));
+        } else if c == '"' {
+            let mut s = String::new();
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => bail!("unterminated quoted identifier"),
+                    Some('"') if b.get(i + 1) == Some(&'"') => {
+                        s.push('"');
+                        i += 2;
+                    }
+                    Some('"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&ch) => {
+                        s.push(ch);
+                        i += 1;
+                    }
+                }
+            }
+            out.push(Tok::Quoted(s));
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push(Tok::Num(b[start..i].iter().collect::<String>().parse()?));
+        } else if c.is_alphanumeric() || c == '_' {
+            let start = i;
+            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_' || b[i] == '$') {
+                i += 1;
+            }
+            out.push(Tok::Word(b[start..i].iter().collect()));
+        } else if "(),.;".contains(c) {
+            out.push(Tok::Punct(c));
+            i += 1;
+        } else {
+            bail!("unexpected character {c:?}");
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the COPY statements the Redshift dialect sends; anything else is an error.
+pub fn parse_copy(sql: &str) -> Result<CopyStatement> {
+    parse_tokens(tokenize(sql)?).with_context(|| {
+        format!(
+            "Redshift stand-in: COPY it does not understand: {}",
+            super::session::first_line(sql)
+        )
+    })
+}
+
+type Toks = std::iter::Peekable<std::vec::IntoIter<Tok>>;
+
+fn word(tok: Option<Tok>) -> Result<String> {
+    match tok {
+        Some(Tok::Word(w)) => Ok(w.to_uppercase()),
+        other => Err(anyhow!("expected a keyword, found {other:?}")),
+    }
+}
+
+/// An identifier: (as PostgreSQL is to be given it, its name).
+fn ident(tok: Option<Tok>) -> Result<(String, String)> {
+    match tok {
+        Some(Tok::Word(w)) => Ok((w.to_lowercase(), w.to_lowercase())),
+        Some(Tok::Quoted(q)) => Ok((super::quote_ident(&q), q)),
+        other => Err(anyhow!("expected an identifier, found {other:?}")),
+    }
+}
+
+fn string(tok: Option<Tok>) -> Result<String> {
+    match tok {
+        Some(Tok::Str(s)) => Ok(s),
+        other => Err(anyhow!("expected a string literal, found {other:?}")),
+    }
+}
+
+/// `COPY table [(columns)] FROM 'url'`.
+fn parse_head(t: &mut Toks, st: &mut CopyStatement) -> Result<()> {
+    if word(t.next())? != "COPY" {
+        bail!("not a COPY");
+    }
+    st.table = ident(t.next())?.0;
+    if t.peek() == Some(&Tok::Punct('.')) {
+        t.next();
+        st.table = format!("{}.{}", st.table, ident(t.next())?.0);
+    }
+    if t.peek() == Some(&Tok::Punct('(')) {
+        t.next();
+        loop {
+            st.columns.push(ident(t.next())?.1);
+            match t.next() {
+                Some(Tok::Punct(',')) => continue,
+                Some(Tok::Punct(')')) => break,
+                other => bail!("column list: unexpected {other:?}"),
+            }
+        }
+    }
+    if word(t.next())? != "FROM" {
+        bail!("expected FROM");
+    }
+    st.from = string(t.next())?;
+    Ok(())
+}
+
+/// One option and its value; an option the stand-in does not model is an error.
+fn parse_option(
+    kw: &str,
+    t: &mut Toks,
+    st: &mut CopyStatement,
+    keys: &mut BTreeMap<&'static str, String>,
+) -> Result<()> {
+    // `[AS]` is optional before these options' values.
+    if matches!(
+        kw,
+        "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR"
+    ) && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
+    {
+        t.next();
+    }
+    match kw {
+        "IAM_ROLE" => st.iam_role = Some(string(t.next())?),
+        "ACCESS_KEY_ID" => {
+            keys.insert("id", string(t.next())?);
+        }
+        "SECRET_ACCESS_KEY" => {
+            keys.insert("secret", string(t.next())?);
+        }
+        "MANIFEST" => st.manifest = true,
+        "ESCAPE" => st.escape = true,
+        "GZIP" => st.compression = Some("GZIP"),
+        "ZSTD" => st.compression = Some("ZSTD"),
+        "DELIMITER" => {
+            let d = string(t.next())?;
+            if d.len() != 1 {
+                bail!("DELIMITER must be one single-byte character, not {d:?}");
+            }
+            st.delimiter = d.as_bytes()[0];
+        }
+        "REGION" => st.region = Some(string(t.next())?),
+        "TIMEFORMAT" => st.timeformat = Some(timeformat(&string(t.next())?)?),
+        "NULL" => st.null_as = Some(string(t.next())?),
+        "MAXERROR" => match t.next() {
+            Some(Tok::Num(n)) if n <= 100_000 => st.max_error = n,
+            other => bail!("MAXERROR takes a number up to 100000, not {other:?}"),
+        },
+        // Performance options with no effect on what is loaded.
+        "COMPUPDATE" | "STATUPDATE" => match word(t.next())?.as_str() {
+            "OFF" | "ON" | "TRUE" | "FALSE" => {}
+            other => bail!("{kw} {other}"),
+        },
+        other => bail!("option {other} is not modelled by the stand-in"),
+    }
+    Ok(())
+}
+
+fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
+    let mut t = toks.into_iter().peekable();
+    let mut st = CopyStatement {
+        delimiter: b'|',
+        ..Default::default()
+    };
+    parse_head(&mut t, &mut st)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = BTreeMap::new();
+    while let Some(tok) = t.next() {
+        if tok == Tok::Punct(';') {
+            if let Some(more) = t.next() {
+                bail!("text after the statement: {more:?}");
+            }
+            break;
+        }
+        let kw = word(Some(tok))?;
+        if !seen.insert(kw.clone()) {
+            bail!("option {kw} given twice");
+        }
+        parse_option(&kw, &mut t, &mut st, &mut keys)?;
+    }
+    if seen.contains("GZIP") && seen.contains("ZSTD") {
+        bail!("GZIP and ZSTD together");
+    }
+    if !st.manifest {
+        bail!("the stand-in loads only from a manifest (MANIFEST missing)");
+    }
+    st.keys = match (keys.remove("id"), keys.remove("secret"), &st.iam_role) {
+        (Some(i), Some(s), None) => Some((i, s)),
+        (None, None, Some(_)) => None,
+        _ => bail!("credentials: IAM_ROLE, or ACCESS_KEY_ID with SECRET_ACCESS_KEY"),
+    };
+    Ok(st)
+}
+
+/// Redshift TIMEFORMAT to a chrono format, for the tokens the dialect writes.
+fn timeformat(f: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = f;
+    let tokens = [
+        ("YYYY", "%Y"),
+        ("HH24", "%H"),
+        ("MM", "%m"),
+        ("DD", "%d"),
+        ("MI", "%M"),
+        ("SS", "%S"),
+    ];
+    'outer: while !rest.is_empty() {
+        for (rs, ch) in tokens {
+            if let Some(r) = rest.strip_prefix(rs) {
+                out += ch;
+                rest = r;
+                continue 'outer;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        if c.is_ascii_alphanumeric() {
+            bail!("TIMEFORMAT {f:?}: {rest:?} is not modelled by the stand-in");
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    Ok(out)
+}
+
+/// One input record: its line number, its raw bytes and its fields (escapes removed).
+struct Record {
+    line: u64,
+    raw: Vec<u8>,
+    fields: Vec<Vec<u8>>,
+}
+
+/// Splits input into records at unescaped newlines and fields at unescaped delimiters; with
+/// ESCAPE a backslash makes the next byte literal (newline, delimiter and backslash included).
+fn split_records(data: &[u8], delim: u8, escape: bool) -> Vec<Record> {
+    let mut out = Vec::new();
+    let (mut line, mut start_line) = (1u64, 1u64);
+    let mut raw = Vec::new();
+    let mut fields = vec![Vec::new()];
+    let mut i = 0;
+    while i < data.len() {
+        let b = data[i];
+        if escape && b == b'\\' && i + 1 < data.len() {
+            let n = data[i + 1];
+            raw.extend_from_slice(&[b, n]);
+            fields.last_mut().expect("one").push(n);
+            if n == b'\n' {
+                line += 1;
+            }
+            i += 2;
+            continue;
+        }
+        i += 1;
+        if b == b'\n' {
+            out.push(Record {
+                line: start_line,
+                raw: std::mem::take(&mut raw),
+                fields: std::mem::replace(&mut fields, vec![Vec::new()]),
+            });
+            line += 1;
+            start_line = line;
+            continue;
+        }
+        raw.push(b);
+        if b == delim {
+            fields.push(Vec::new());
+        } else {
+            fields.last_mut().expect("one").push(b);
+        }
+    }
+    if !raw.is_empty() {
+        out.push(Record {
+            line: start_line,
+            raw,
+            fields,
+        });
+    }
+    out
+}
+
+/// Why a line was not loaded, as `stl_load_errors` says it.
+struct LineError {
+    column: String,
+    value: Vec<u8>,
+    code: i32,
+    reason: String,
+}
+
+/// Checks a record against the columns: the field count (the last field may be followed by a
+/// delimiter), then each field by its column's type.
+fn check_record(rec: &Record, cols: &[Col], st: &CopyStatement) -> Result<(), LineError> {
+    let n = rec.fields.len();
+    let trailing = n == cols.len() + 1 && rec.fields[n - 1].is_empty();
+    if n < cols.len() {
+        return Err(LineError {
+            column: cols[n.min(cols.len() - 1)].name.clone(),
+            value: Vec::new(),
+            code: 1214,
+            reason: "Delimiter not found".into(),
+        });
+    }
+    if n > cols.len() && !trailing {
+        return Err(LineError {
+            column: String::new(),
+            value: Vec::new(),
+            code: 1214,
+            reason: "Extra column(s) found".into(),
+        });
+    }
+    for (c, f) in cols.iter().zip(&rec.fields) {
+        check_field(c, f, st).map_err(|(code, reason)| LineError {
+            column: c.name.clone(),
+            value: f.clone(),
+            code,
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String)> {
+    if st.null_as.as_deref().map(str::as_bytes) == Some(f) {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(f).map_err(|_| {
+        (
+            1220,
+            "String contains invalid or unsupported UTF8 codepoints".to_string(),
+        )
+    });
+    match c.ty {
+        ColType::Bigint => text?
+            .parse::<i64>()
+            .map(|_| ())
+            .map_err(|_| (1207, "Invalid digit, Value, Type: Long".into())),
+        ColType::Integer => text?
+            .parse::<i32>()
+            .map(|_| ())
+            .map_err(|_| (1207, "Invalid digit, Value, Type: Integer".into())),
+        ColType::Timestamp => {
+            let fmt = st.timeformat.as_deref().unwrap_or("%Y-%m-%d %H:%M:%S");
+            chrono::NaiveDateTime::parse_from_str(text?, fmt)
+                .map(|_| ())
+                .map_err(|_| (1206, "Invalid timestamp format or value".into()))
+        }
+        ColType::Varchar(n) => {
+            let t = text?;
+            if t.contains('\0') {
+                return Err((1220, "NUL byte (PostgreSQL cannot store it)".into()));
+            }
+            if t.len() > n {
+                return Err((1204, "String length exceeds DDL length".into()));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Appends a checked record (its first `ncols` fields) as a PostgreSQL text-COPY row.
+fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>) {
+    for (i, f) in rec.fields.iter().take(ncols).enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        if st.null_as.as_deref().map(str::as_bytes) == Some(f.as_slice()) {
+            out.extend_from_slice(b"\\N");
+        } else {
+            crate::records::pg_escape_into(f, out);
+        }
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::Compression;
+    use crate::records::{frame_into, Layout};
+    use crate::warehouse::redshift::{copy_sql, CopyGroup, CopySpec, S3Auth};
+
+    #[test]
+    fn parses_the_dialects_copy_exactly() {
+        let spec = CopySpec {
+            archive_url: "s3://b/p".into(),
+            region: "eu-west-1".into(),
+            auth: S3Auth::Keys {
+                access_key_id: "id\\'x".into(),
+                secret_access_key: Secret::new("se'cret"),
+            },
+        };
+        let g = CopyGroup {
+            compression: Compression::Zstd,
+            jobs: vec![0],
+            manifest_key: "_copy_manifests/m.json".into(),
+            max_error: Some(7),
+        };
+        let sql = copy_sql(
+            "\"batchlayer_staging\"",
+            &Layout::tweets(),
+            &spec,
+            &g,
+            false,
+        )
+        .unwrap();
+        let st = parse_copy(&sql).unwrap();
+        assert_eq!(st.table, "\"batchlayer_staging\"");
+        assert_eq!(st.columns.len(), 6);
+        assert_eq!(st.from, "s3://b/p/_copy_manifests/m.json");
+        assert_eq!(st.keys, Some(("id\\'x".into(), "se'cret".into())));
+        assert_eq!(
+            (st.delimiter, st.escape, st.compression, st.max_error),
+            (b';', true, Some("ZSTD"), 7)
+        );
+        assert_eq!(st.timeformat.as_deref(), Some("%Y-%m-%d %H:%M:%S"));
+        assert_eq!(st.null_as.as_deref(), Some("None"));
+        // One word it does not know, and the statement is refused.
+        assert!(parse_copy(&format!("{sql}\nTRUNCATECOLUMNS")).is_err());
+        assert!(parse_copy(&sql.replace("MANIFEST\n", "")).is_err());
+    }
+
+    #[test]
+    fn records_split_as_copy_escape_reads_them() {
+        let mut data = Vec::new();
+        for r in [&b"a;b\nc;"[..], b"x\\;y;", b"last"] {
+            frame_into(r, &mut data);
+        }
+        data.extend_from_slice(b"a\\;b;c");
+        let recs = split_records(&data, b';', true);
+        let fields: Vec<Vec<&[u8]>> = recs
+            .iter()
+            .map(|r| r.fields.iter().map(|f| &f[..]).collect())
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                vec![&b"a"[..], b"b\nc", b""],
+                vec![&b"x\\"[..], b"y", b""],
+                vec![&b"last"[..]],
+                vec![&b"a;b"[..], b"c"],
+            ]
+        );
+        assert_eq!(
+            recs.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [1, 3, 4, 5]
+        );
+    }
+
+    #[test]
+    fn fields_are_checked_as_redshift_types() {
+        let st = CopyStatement {
+            null_as: Some("None".into()),
+            timeformat: Some("%Y-%m-%d %H:%M:%S".into()),
+            ..Default::default()
+        };
+        let v = |n| Col {
+            name: "v".into(),
+            ty: ColType::Varchar(n),
+        };
+        assert!(check_field(&v(4), "éé".as_bytes(), &st).is_ok());
+        assert_eq!(
+            check_field(&v(3), "éé".as_bytes(), &st).unwrap_err().0,
+            1204
+        );
+        assert_eq!(check_field(&v(9), &[0xff], &st).unwrap_err().0, 1220);
+        assert!(check_field(&v(1), b"None", &st).is_ok(), "NULL AS");
+        let int = Col {
+            name: "i".into(),
+            ty: ColType::Integer,
+        };
+        assert!(check_field(&int, b"12", &st).is_ok());
+        assert!(check_field(&int, b"", &st).is_err());
+        assert!(check_field(&int, b"99999999999", &st).is_err());
+        let cols = vec![int.clone(), v(5)];
+        let rec = |s: &[u8]| split_records(s, b';', true).remove(0);
+        assert!(
+            check_record(&rec(b"1;ab;\n"), &cols, &st).is_ok(),
+            "trailing delimiter"
+        );
+        assert!(check_record(&rec(b"1;ab\n"), &cols, &st).is_ok());
+        assert!(check_record(&rec(b"1;ab;x\n"), &cols, &st).is_err());
+        assert!(check_record(&rec(b"1\n"), &cols, &st).is_err());
+    }
+}

@@ -1,0 +1,563 @@
+//! The Redshift dialect on the Redshift stand-in (`batchlayer::warehouse::standin`): PostgreSQL
+//! set up to behave like Redshift, with the server-side COPY carried out by a test double that
+//! reads the manifests and objects from s3s-fs. The conformance suite, and the cases the
+//! Redshift loader got wrong before: concurrent copies, objects no manifest lists, mixed
+//! compression, hostile keys, MAXERROR per object and varchar in bytes, concurrent aggregates.
+
+use crate::common::*;
+use batchlayer::archive::layout::{self, Compression, Manifest, ObjectEntry};
+use batchlayer::archive::ObjectStore;
+use batchlayer::commands::aggregate::{self, AggregateOptions};
+use batchlayer::commands::copy::{self, CopyOptions, CopySummary};
+use batchlayer::config::{ArchiveSettings, Secret};
+use batchlayer::output::Output;
+use batchlayer::records::{frame_into, Layout};
+use batchlayer::warehouse::redshift::{CopySpec, Redshift, S3Auth};
+use batchlayer::warehouse::standin::StandInCluster;
+use batchlayer::warehouse::{
+    quote_literal, LoadJob, LoadOptions, Names, OffsetRange, SqlSession, Warehouse,
+};
+use sha2::Digest;
+use std::io::Write;
+use std::sync::{Arc, Barrier};
+
+/// What a thread needs to open its own warehouse and store.
+#[derive(Clone)]
+struct Target {
+    cluster: StandInCluster,
+    names: Names,
+    spec: CopySpec,
+    archive: ArchiveSettings,
+    topic: String,
+}
+
+impl Target {
+    fn open(&self) -> Box<dyn Warehouse> {
+        let (c, n) = (self.cluster.clone(), self.names.clone());
+        let open = Box::new(move || Ok(Box::new(c.session(n.clone())?) as Box<dyn SqlSession>));
+        Box::new(Redshift::over(self.names.clone(), self.spec.clone(), open).unwrap())
+    }
+
+    fn store(&self) -> Box<dyn ObjectStore> {
+        batchlayer::archive::open(&self.archive).unwrap()
+    }
+
+    fn copy(&self, max_errors: Option<u64>, full_scan: bool) -> anyhow::Result<CopySummary> {
+        let opts = CopyOptions {
+            wait: true,
+            max_errors,
+            full_scan,
+            key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+            ..Default::default()
+        };
+        let mut wh = self.open();
+        copy::run(
+            self.store().as_ref(),
+            wh.as_mut(),
+            &Layout::tweets(),
+            &opts,
+            &Output::silent(),
+        )
+    }
+
+    /// Stores framed records as partition `p`'s object from offset `first`; returns the entry
+    /// a run manifest gives it. `folder` replaces the time folder (hostile keys).
+    fn put(
+        &self,
+        p: i32,
+        first: i64,
+        recs: &[Vec<u8>],
+        c: Compression,
+        folder: Option<&str>,
+    ) -> ObjectEntry {
+        let mut plain = Vec::new();
+        for r in recs {
+            frame_into(r, &mut plain);
+        }
+        let body = match c {
+            Compression::None => plain.clone(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&plain).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => zstd::encode_all(&plain[..], 3).unwrap(),
+        };
+        let last = first + recs.len() as i64 - 1;
+        let name = layout::object_file_name(&self.topic, p, first, last, c);
+        let folder = folder.map_or(format!("{}/2024/01/01/00", self.topic), str::to_string);
+        let key = layout::object_key(&folder, &name);
+        self.store().put_bytes_if_absent(&key, &body).unwrap();
+        ObjectEntry {
+            key,
+            topic: self.topic.clone(),
+            partition: p,
+            first_offset: first,
+            last_offset: last,
+            records: recs.len() as u64,
+            bytes: body.len() as u64,
+            uncompressed_bytes: plain.len() as u64,
+            sha256: hex::encode(sha2::Sha256::digest(&body)),
+            compression: c,
+            gaps: vec![],
+        }
+    }
+
+    /// Writes a run manifest listing these objects.
+    fn manifest(&self, objects: Vec<ObjectEntry>) {
+        let now = chrono::Utc::now();
+        let run = format!("{}{}", layout::run_id(now), unique("r"));
+        let m = Manifest {
+            run_id: run.clone(),
+            topic: self.topic.clone(),
+            group: "g".into(),
+            started_at: now.to_rfc3339(),
+            finished_at: now.to_rfc3339(),
+            objects,
+            rejected_key: None,
+            rejected: 0,
+            epoch: 0,
+            expired: vec![],
+        };
+        let key = layout::manifest_key(&self.topic, &run, now);
+        self.store()
+            .put_bytes_if_absent(&key, &serde_json::to_vec(&m).unwrap())
+            .unwrap();
+    }
+
+    fn job(&self, e: &ObjectEntry) -> LoadJob {
+        LoadJob {
+            key: e.key.clone(),
+            size: e.bytes,
+            compression: e.compression,
+            expected_sha256: Some(e.sha256.clone()),
+            expected_records: Some(e.records),
+            range: Some(OffsetRange {
+                topic: e.topic.clone(),
+                partition: e.partition,
+                epoch: 0,
+                first: e.first_offset,
+                last: e.last_offset,
+            }),
+            manifest: Some("m".into()),
+            manifest_objects: Some(1),
+            ..Default::default()
+        }
+    }
+
+    fn query(&self, sql: &str) -> Vec<postgres::Row> {
+        pg().query(&sql.replace("{s}", &self.names.schema), &[])
+            .unwrap()
+    }
+
+    fn count(&self, table: &str) -> i64 {
+        self.query(&format!("SELECT count(*) FROM {{s}}.{table}"))[0].get(0)
+    }
+}
+
+/// A world with an S3 archive and the stand-in over its schema; None when the stack is down.
+fn target(name: &str) -> Option<(World, Target)> {
+    if !s3_and_pg_up() {
+        return None;
+    }
+    let w = World::s3(name);
+    let cluster = StandInCluster {
+        pg_url: pg_url(),
+        system_schema: format!("{}_sys", w.schema),
+        s3_endpoint: s3_endpoint(),
+        s3_region: "us-east-1".into(),
+        role_keys: (s3_access(), s3_secret()),
+    };
+    cluster.install().unwrap();
+    let s = w.settings();
+    let t = Target {
+        cluster,
+        names: Names::from_settings(&s.warehouse),
+        spec: CopySpec {
+            archive_url: w.archive.clone(),
+            region: "us-east-1".into(),
+            auth: S3Auth::Keys {
+                access_key_id: s3_access(),
+                secret_access_key: Secret::new(s3_secret()),
+            },
+        },
+        archive: s.archive.clone(),
+        topic: w.topic.clone(),
+    };
+    Some((w, t))
+}
+
+fn tweets(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
+    range
+        .map(|i| batchlayer::tweets::tweet(77, i, 5).record().into_bytes())
+        .collect()
+}
+
+const BAD: &[u8] = b"1;2024-01-01 00:00:00;not-a-number;Oslo;1;2;";
+
+#[test]
+fn redshift_warehouse_conforms_on_the_stand_in() {
+    let Some((w, t)) = target("rsconf") else {
+        return;
+    };
+    let good = tweets(0..5);
+    let good: Vec<&[u8]> = good.iter().map(|r| &r[..]).collect();
+    batchlayer::warehouse::conformance::run(
+        &|| t.open(),
+        t.store().as_ref(),
+        &Layout::tweets(),
+        "batch_raw",
+        &format!("{}.batch_raw", w.schema),
+        &good,
+        BAD,
+    );
+}
+
+#[test]
+fn the_stand_in_refuses_what_it_does_not_model() {
+    let Some((_w, t)) = target("rsrefuse") else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let err = format!(
+        "{:#}",
+        s.execute("SELECT pg_try_advisory_lock(1)").unwrap_err()
+    );
+    assert!(err.contains("advisory"), "{err}");
+    for copy in [
+        "COPY x FROM 's3://b/m' IAM_ROLE 'arn:aws:iam::1:role/r' MANIFEST CSV",
+        "COPY x FROM 's3://b/prefix' IAM_ROLE 'arn:aws:iam::1:role/r'",
+        "COPY x FROM 's3://b/m' MANIFEST GZIP",
+        "COPY x FROM 's3://b/m' IAM_ROLE 'a' MANIFEST TIMEFORMAT 'auto'",
+    ] {
+        let err = format!("{:#}", s.execute(copy).unwrap_err());
+        assert!(err.contains("does not understand"), "{copy}: {err}");
+    }
+    // Backslash is an escape in literals, as on Redshift; PostgreSQL's quoting is not enough.
+    let key = "a\\'b";
+    assert!(
+        s.query_text(&format!("SELECT {} AS k", quote_literal(key)))
+            .map(|(_, r)| r[0][0] != key)
+            .unwrap_or(true),
+        "the stand-in read a backslash as PostgreSQL does"
+    );
+    let (_, rows) = s
+        .query_text(&format!(
+            "SELECT {} AS k",
+            batchlayer::warehouse::redshift::literal(key)
+        ))
+        .unwrap();
+    assert_eq!(rows[0][0], key);
+}
+
+#[test]
+fn two_copies_started_at_once_load_each_object_once() {
+    let Some((_w, t)) = target("rstwo") else {
+        return;
+    };
+    let mut entries = Vec::new();
+    for p in 0..3 {
+        for k in 0..2 {
+            let recs = tweets((p * 100 + k * 10) as u64..(p * 100 + k * 10 + 10) as u64);
+            entries.push(t.put(p, k as i64 * 10, &recs, Compression::Gzip, None));
+        }
+    }
+    t.manifest(entries);
+    let barrier = Arc::new(Barrier::new(2));
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (t, b) = (t.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                t.copy(None, false).map(|s| s.objects)
+            })
+        })
+        .collect();
+    let objects: Vec<usize> = runs
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(objects.iter().sum::<usize>(), 6, "{objects:?}");
+    assert_eq!(t.count("batch_raw"), 60);
+    let r = t.query("SELECT count(*), count(DISTINCT key) FROM {s}.batchlayer_loads");
+    assert_eq!((r[0].get::<_, i64>(0), r[0].get::<_, i64>(1)), (6, 6));
+}
+
+#[test]
+fn loads_racing_past_the_run_lock_still_load_each_object_once() {
+    let Some((_w, t)) = target("rsrace") else {
+        return;
+    };
+    let e = [
+        t.put(0, 0, &tweets(0..20), Compression::Gzip, None),
+        t.put(1, 0, &tweets(20..40), Compression::Gzip, None),
+    ];
+    let jobs: Vec<LoadJob> = e.iter().map(|e| t.job(e)).collect();
+    t.open().ensure_tables(&Layout::tweets()).unwrap();
+    // Both load the same objects at once without copy's run lock: the LOCK on the ledger
+    // and the re-check inside it let one through.
+    let barrier = Arc::new(Barrier::new(2));
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (t, b, jobs) = (t.clone(), barrier.clone(), jobs.clone());
+            std::thread::spawn(move || {
+                let mut wh = t.open();
+                b.wait();
+                wh.load(
+                    &jobs,
+                    t.store().as_ref(),
+                    &Layout::tweets(),
+                    &LoadOptions::default(),
+                    &mut |_| {},
+                )
+                .map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "{results:?}");
+    let err = results.iter().find_map(|r| r.clone().err()).unwrap();
+    assert!(err.contains("in the ledger already"), "{err}");
+    assert_eq!(t.count("batch_raw"), 40);
+    assert_eq!(t.count("batchlayer_loads"), 2);
+}
+
+#[test]
+fn an_object_no_manifest_lists_is_loaded_and_measured() {
+    let Some((_w, t)) = target("rsunlisted") else {
+        return;
+    };
+    let listed = t.put(0, 0, &tweets(0..10), Compression::Gzip, None);
+    t.manifest(vec![listed]);
+    // A crashed run's object: stored, in no manifest; one bad record among 8.
+    let mut recs = tweets(10..17);
+    recs.push(BAD.to_vec());
+    let orphan = t.put(0, 10, &recs, Compression::Gzip, None);
+    let s = t.copy(Some(1), true).unwrap();
+    assert_eq!((s.objects, s.rows, s.rejects), (2, 17, 1), "{s:?}");
+    let r = t.query(&format!(
+        "SELECT rows_loaded, rows_rejected, sha256 FROM {{s}}.batchlayer_loads WHERE key = '{}'",
+        orphan.key
+    ));
+    assert_eq!(
+        (
+            r[0].get::<_, i64>(0),
+            r[0].get::<_, i64>(1),
+            r[0].get::<_, String>(2)
+        ),
+        (7, 1, String::new()),
+        "measured, not taken from a manifest"
+    );
+    assert_eq!(t.count("batch_raw"), 17);
+    assert_eq!(t.count("batchlayer_rejects"), 1);
+    // Nothing is left to load: the next runs do nothing, and are not stuck.
+    assert_eq!(t.copy(Some(1), true).unwrap().objects, 0);
+    assert_eq!(t.copy(None, false).unwrap().objects, 0);
+    assert_eq!(t.count("batch_raw"), 17);
+}
+
+#[test]
+fn a_mixed_compression_archive_loads_with_one_copy_per_compression() {
+    let Some((_w, t)) = target("rsmixed") else {
+        return;
+    };
+    let e = vec![
+        t.put(0, 0, &tweets(0..10), Compression::Gzip, None),
+        t.put(0, 10, &tweets(10..15), Compression::Zstd, None),
+        t.put(0, 15, &tweets(15..18), Compression::None, None),
+        t.put(1, 0, &tweets(18..25), Compression::Gzip, None),
+    ];
+    t.manifest(e);
+    let s = t.copy(None, false).unwrap();
+    assert_eq!((s.objects, s.rows), (4, 25), "{s:?}");
+    assert_eq!(t.count("batch_raw"), 25);
+    // One COPY manifest per compression, each listing only its own objects.
+    let store = t.store();
+    let manifests = store.list(layout::COPY_MANIFESTS).unwrap();
+    assert_eq!(manifests.len(), 3, "{manifests:?}");
+    for m in manifests {
+        let mut body = Vec::new();
+        store.get_into(&m.key, &mut body).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let urls: Vec<&str> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["url"].as_str().unwrap())
+            .collect();
+        let mut kinds: Vec<Option<Compression>> =
+            urls.iter().map(|u| Compression::from_key(u)).collect();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 1, "{urls:?}");
+    }
+}
+
+#[test]
+fn a_key_with_backslash_quote_is_loaded_safely() {
+    let Some((w, t)) = target("rskey") else {
+        return;
+    };
+    let folder = format!("{}/x\\'); DROP TABLE {}.batch_raw; --", t.topic, w.schema);
+    let e = t.put(0, 0, &tweets(0..4), Compression::Gzip, Some(&folder));
+    assert!(e.key.contains("\\'"));
+    t.manifest(vec![e.clone()]);
+    let s = t.copy(None, false).unwrap();
+    assert_eq!((s.objects, s.rows), (1, 4));
+    let r = t.query("SELECT key FROM {s}.batchlayer_loads");
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].get::<_, String>(0),
+        e.key,
+        "the key is stored as it is"
+    );
+    assert_eq!(t.count("batch_raw"), 4, "the raw table is intact");
+    // The next run finds it loaded (the ledger lookups quote it the Redshift way too).
+    assert_eq!(t.copy(None, false).unwrap().objects, 0);
+    assert_eq!(t.copy(None, true).unwrap().objects, 0);
+}
+
+#[test]
+fn maxerror_applies_per_object_and_rejects_are_recorded() {
+    let Some((_w, t)) = target("rsmaxerr") else {
+        return;
+    };
+    let with_bad = |r: std::ops::Range<u64>, bad: usize| {
+        let mut v = tweets(r);
+        v.extend(std::iter::repeat_n(BAD.to_vec(), bad));
+        v
+    };
+    // Two objects with one bad row each, one COPY: --max-errors 1 allows both.
+    let a = t.put(0, 0, &with_bad(0..3, 1), Compression::Gzip, None);
+    let b = t.put(1, 0, &with_bad(3..6, 1), Compression::Gzip, None);
+    // Redshift's MAXERROR counts errors over the whole COPY: MAXERROR 2 fails on these two.
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    t.open().ensure_tables(&Layout::tweets()).unwrap();
+    let jobs = [t.job(&a), t.job(&b)];
+    let refs: Vec<&LoadJob> = jobs.iter().collect();
+    let body = batchlayer::warehouse::redshift::copy_manifest(&t.spec.archive_url, &refs);
+    t.store()
+        .put_bytes_if_absent("_copy_manifests/by-hand.json", body.as_bytes())
+        .unwrap();
+    let err = s
+        .execute(&format!(
+            "COPY {}.batch_raw FROM '{}/_copy_manifests/by-hand.json' ACCESS_KEY_ID '{}' SECRET_ACCESS_KEY '{}' MANIFEST DELIMITER ';' ESCAPE GZIP NULL AS 'None' MAXERROR 2",
+            t.names.schema, t.spec.archive_url, s3_access(), s3_secret()
+        ))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("stl_load_errors"), "{err:#}");
+    assert_eq!(t.count("batch_raw"), 0);
+
+    t.manifest(vec![a.clone(), b.clone()]);
+    let sum = t.copy(Some(1), false).unwrap();
+    assert_eq!((sum.objects, sum.rows, sum.rejects), (2, 6, 2), "{sum:?}");
+    let r = t.query("SELECT key, line, reason FROM {s}.batchlayer_rejects ORDER BY key");
+    let got: Vec<(String, i64)> = r.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got, vec![(a.key.clone(), 4), (b.key.clone(), 4)]);
+    let reason: String = r[0].get(2);
+    assert!(reason.contains("followers_count"), "{reason}");
+
+    // varchar(256) counts bytes on Redshift: 200 two-byte characters are 400 bytes. The
+    // PostgreSQL path's check (characters) accepts the record; the stand-in rejects it.
+    let long = format!("1;2024-01-01 00:00:00;5;{};1;2;", "é".repeat(200)).into_bytes();
+    assert!(Layout::tweets()
+        .to_pg_copy_row(&long, &mut Vec::new())
+        .is_ok());
+    let mut recs = tweets(9..12);
+    recs.push(long);
+    let d = t.put(3, 0, &recs, Compression::Zstd, None);
+    t.manifest(vec![d.clone()]);
+    let err = format!("{:#}", t.copy(None, false).unwrap_err());
+    assert!(
+        err.contains(&d.key) && err.contains("String length exceeds DDL length"),
+        "strict: the error names the object and Redshift's reason: {err}"
+    );
+    assert_eq!(t.count("batch_raw"), 6);
+    let sum = t.copy(Some(1), false).unwrap();
+    assert_eq!((sum.objects, sum.rows, sum.rejects), (1, 3, 1), "{sum:?}");
+
+    // An object with two bad rows under --max-errors 1 fails, naming it; nothing of it loads.
+    let c = t.put(2, 0, &with_bad(6..9, 2), Compression::Gzip, None);
+    t.manifest(vec![c.clone()]);
+    let err = format!("{:#}", t.copy(Some(1), false).unwrap_err());
+    assert!(
+        err.contains(&c.key) && err.contains("followers_count"),
+        "{err}"
+    );
+    assert_eq!(
+        (t.count("batch_raw"), t.count("batchlayer_rejects")),
+        (9, 3)
+    );
+    let r = t.query(&format!(
+        "SELECT count(*) FROM {{s}}.batchlayer_loads WHERE key = '{}'",
+        c.key
+    ));
+    assert_eq!(r[0].get::<_, i64>(0), 0);
+}
+
+#[test]
+fn two_aggregates_at_once_are_serialised() {
+    let Some((_w, t)) = target("rsagg") else {
+        return;
+    };
+    t.manifest(vec![t.put(0, 0, &tweets(0..50), Compression::Gzip, None)]);
+    assert_eq!(t.copy(None, false).unwrap().rows, 50);
+    fn run(t: &Target, wait: bool) -> anyhow::Result<aggregate::AggregateSummary> {
+        let opts = AggregateOptions {
+            wait,
+            view: "batch_layer".into(),
+            view_sql: batchlayer::warehouse::BATCH_VIEW.into(),
+            min_rows: 1,
+            keep_versions: 1,
+            ..Default::default()
+        };
+        let mut wh = t.open();
+        aggregate::run(wh.as_mut(), &t.names, &opts, &Output::silent())
+    }
+    // Another aggregate holds the lock: --no-wait is busy (exit 3), a waiting one waits.
+    let mut holder = t.open();
+    assert!(holder.lock("aggregate:batch_layer", false).unwrap());
+    let err = run(&t, false).unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<batchlayer::error::Error>(),
+            Some(batchlayer::error::Error::Busy(_))
+        ),
+        "{err:#}"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t2 = t.clone();
+    let waiter = std::thread::spawn(move || {
+        let r = run(&t2, true).map(|s| s.rows);
+        tx.send(()).unwrap();
+        r.map_err(|e| format!("{e:#}"))
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(3)).is_err(),
+        "the waiting aggregate ran while another held the lock"
+    );
+    drop(holder);
+    let groups: i64 =
+        t.query("SELECT count(*) FROM (SELECT DISTINCT location FROM {s}.batch_raw) q")[0].get(0);
+    assert_eq!(waiter.join().unwrap().unwrap(), groups);
+    // Two started at once: both complete, one after the other; the view is whole.
+    let barrier = Arc::new(Barrier::new(2));
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (t, b) = (t.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                b.wait();
+                run(&t, true).map(|s| s.rows).map_err(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    for h in runs {
+        assert_eq!(h.join().unwrap().unwrap(), groups);
+    }
+    let tables: Vec<String> = t
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = '{s}' AND table_name LIKE 'batch_layer%' ORDER BY 1")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tables, vec!["batch_layer", "batch_layer__prev"]);
+}
