@@ -11,6 +11,8 @@ mod cli;
 mod conformance;
 mod copy;
 mod e2e;
+mod examples;
 mod failures;
 mod ingest;
+mod ops;
 mod tls;
