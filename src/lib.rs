@@ -58,6 +58,7 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
         Command::Copy(a) => copy::exec(a, &s, out),
         Command::Aggregate(a) => aggregate::exec(a, &s, out),
         Command::ProduceTweets(a) => produce::exec(a, &s, out),
+        // Answered in `run`, before any configuration is read.
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }
