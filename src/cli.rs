@@ -3,6 +3,7 @@
 
 use crate::archive::layout::Compression;
 use crate::config::Overrides;
+use crate::output::LogFormat;
 use chrono::NaiveDateTime;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -16,6 +17,9 @@ Examples:
   batchlayer aggregate                  rebuild and swap in the batch view
   batchlayer -q ingest && batchlayer -q copy    (what a crontab line runs)
   batchlayer ingest --dry-run           show lag and the objects a run would write
+  batchlayer ingest --metrics-file /var/lib/node_exporter/textfile/batchlayer_ingest.prom
+  batchlayer completions bash           shell completions (also zsh, fish, elvish, powershell)
+  batchlayer man > batchlayer.1         the man page (roff)
 
 Environment (each beats the config file; a flag beats both):
   BATCHLAYER_CONFIG, BATCHLAYER_KAFKA_BROKERS, BATCHLAYER_KAFKA_TOPIC, BATCHLAYER_KAFKA_GROUP,
@@ -45,11 +49,24 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Log lines on stderr as text or as JSON lines (the error line of a failed run stays
+    /// text). [config: log.format; env: BATCHLAYER_LOG_FORMAT]
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// The flags that override the environment and the config file (global ones included).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            log_format: self.log_format,
+            ..self.command.overrides()
+        }
+    }
+
     /// Parses the command line, refusing a secret on it: argv shows in `ps` and in shell
     /// history. (Exits 2, as every usage error.)
     pub fn parse_args() -> Cli {
@@ -97,6 +114,15 @@ pub struct ArchiveOpts {
     pub s3_endpoint: Option<String>,
 }
 
+/// The metrics file of a step (ingest, copy, aggregate).
+#[derive(Debug, Args, Default, Clone)]
+pub struct MetricsOpts {
+    /// Write this run's metrics here in the Prometheus text format (node_exporter's textfile
+    /// collector), atomically, on success and on failure (with the exit code).
+    #[arg(long, value_name = "PATH", conflicts_with = "dry_run")]
+    pub metrics_file: Option<PathBuf>,
+}
+
 /// Warehouse options (copy and aggregate).
 #[derive(Debug, Args, Default, Clone)]
 pub struct WarehouseOpts {
@@ -114,6 +140,10 @@ pub enum Command {
     Copy(CopyArgs),
     /// Rebuild the batch view and swap it in atomically.
     Aggregate(AggregateArgs),
+    /// Print shell completions (from these very definitions) for a shell on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout: `batchlayer man > batchlayer.1`.
+    Man(ManArgs),
     /// Produce N deterministic synthetic tweets (for the quickstart, tests and benchmarks).
     #[command(hide = true)]
     ProduceTweets(ProduceArgs),
@@ -128,6 +158,7 @@ impl Command {
             Command::Copy(a) => (None, Some(&a.archive), Some(&a.warehouse), None),
             Command::Aggregate(a) => (None, None, Some(&a.warehouse), None),
             Command::ProduceTweets(a) => (Some(&a.kafka), None, None, None),
+            Command::Completions(_) | Command::Man(_) => (None, None, None, None),
         };
         let (brokers, topic, group) = kafka
             .map(|k| (k.brokers.clone(), k.topic.clone(), k.group.clone()))
@@ -140,7 +171,19 @@ impl Command {
             s3_endpoint: archive.and_then(|a| a.s3_endpoint.clone()),
             warehouse_url: warehouse.and_then(|w| w.warehouse_url.clone()),
             compression,
+            log_format: None,
         }
+    }
+
+    /// The step's name and its metrics file, if asked for (clap refuses it with --dry-run).
+    pub fn metrics_file(&self) -> Option<(&'static str, &std::path::Path)> {
+        let (step, m) = match self {
+            Command::Ingest(a) => ("ingest", &a.metrics),
+            Command::Copy(a) => ("copy", &a.metrics),
+            Command::Aggregate(a) => ("aggregate", &a.metrics),
+            _ => return None,
+        };
+        m.metrics_file.as_deref().map(|p| (step, p))
     }
 }
 
@@ -207,6 +250,8 @@ pub struct IngestArgs {
     /// Replay: the folder under the archive the replay writes to.
     #[arg(long, value_name = "PREFIX", requires = "replay")]
     pub prefix: Option<String>,
+    #[command(flatten)]
+    pub metrics: MetricsOpts,
 }
 
 #[derive(Debug, Args, Default)]
@@ -256,6 +301,8 @@ pub struct CopyArgs {
     /// <T>_rejects), instead of the configured ones.
     #[arg(long, value_name = "T")]
     pub raw_table: Option<String>,
+    #[command(flatten)]
+    pub metrics: MetricsOpts,
 }
 
 #[derive(Debug, Args, Default)]
@@ -283,6 +330,22 @@ pub struct AggregateArgs {
     /// Use this view SQL file instead of the configured one ({schema}/{raw} placeholders).
     #[arg(long, value_name = "FILE")]
     pub sql: Option<PathBuf>,
+    #[command(flatten)]
+    pub metrics: MetricsOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The page of this subcommand (batchlayer-SUBCOMMAND(1)) instead of batchlayer(1).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 
 use crate::archive::layout::Compression;
 use crate::error::{Error, OrConfig};
+use crate::output::LogFormat;
 use crate::records::{Column, Layout};
 use crate::util::RetryPolicy;
 use anyhow::{anyhow, bail, Context, Result};
@@ -53,6 +54,17 @@ pub struct FileConfig {
     pub aggregate: AggregateFile,
     #[serde(default)]
     pub retry: RetryFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// text (default) or json (one JSON object per line); BATCHLAYER_LOG_FORMAT and
+    /// --log-format override.
+    pub format: Option<LogFormat>,
 }
 
 /// How transient failures (S3 5xx and SlowDown, broker transport errors, PostgreSQL refusing
@@ -408,10 +420,15 @@ pub struct RedshiftSettings {
     pub region: String,
 }
 
-/// Output decisions the environment makes (progress bars off under CI or TERM=dumb).
+/// Output decisions the environment makes (progress bars off under CI or TERM=dumb), and
+/// how log lines are written.
 #[derive(Debug, Clone, Default)]
 pub struct UiSettings {
     pub no_progress: bool,
+    /// --log-format, else BATCHLAYER_LOG_FORMAT, else log.format, else text.
+    pub log_format: LogFormat,
+    /// RUST_LOG: which `tracing` events are written (`level` or `target=level,...`).
+    pub log_filter: Option<String>,
 }
 
 /// Values given on the command line; each beats the environment and the file. Plain data,
@@ -425,6 +442,7 @@ pub struct Overrides {
     pub s3_endpoint: Option<String>,
     pub warehouse_url: Option<String>,
     pub compression: Option<Compression>,
+    pub log_format: Option<LogFormat>,
 }
 
 /// One view to build: its SQL, gates and how many old versions to keep.
@@ -615,12 +633,27 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         warehouse,
         layout,
         aggregate,
-        ui: UiSettings {
-            no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
-        },
+        ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
         warnings: Vec::new(),
+    })
+}
+
+fn ui_settings(l: &LogFile, env: &dyn Env, flags: &Overrides) -> Result<UiSettings> {
+    let log_format = match (flags.log_format, env.var("BATCHLAYER_LOG_FORMAT")) {
+        (Some(f), _) => f,
+        (None, Some(v)) => match v.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => bail!("BATCHLAYER_LOG_FORMAT {v:?} (expected text or json)"),
+        },
+        (None, None) => l.format.unwrap_or_default(),
+    };
+    Ok(UiSettings {
+        no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
+        log_format,
+        log_filter: env.var("RUST_LOG"),
     })
 }
 
@@ -1146,6 +1179,30 @@ mod tests {
         assert!(!url_has_password(plain));
         assert!(redact_url("postgresql://u@h/db?sslmode=require&password=x")
             .contains("sslmode=require"));
+    }
+
+    #[test]
+    fn log_format_is_file_then_env_then_flag() {
+        let file = || parse_file("[log]\nformat = \"json\"\n").unwrap();
+        let none = Overrides::default();
+        let s = resolve(file(), &env(&[]), &none).unwrap();
+        assert_eq!(s.ui.log_format, LogFormat::Json);
+        let e = env(&[("BATCHLAYER_LOG_FORMAT", "text"), ("RUST_LOG", "warn")]);
+        let s = resolve(file(), &e, &none).unwrap();
+        assert_eq!(s.ui.log_format, LogFormat::Text);
+        assert_eq!(s.ui.log_filter.as_deref(), Some("warn"));
+        let flag = Overrides {
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(file(), &e, &flag).unwrap().ui.log_format,
+            LogFormat::Json
+        );
+        let bad = env(&[("BATCHLAYER_LOG_FORMAT", "xml")]);
+        let err = resolve(file(), &bad, &none).unwrap_err().to_string();
+        assert!(err.contains("BATCHLAYER_LOG_FORMAT"), "{err}");
+        assert!(parse_file("[log]\nformat = \"xml\"\n").is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod output;
 pub mod records;
 pub mod source;
@@ -15,22 +16,49 @@ pub mod warehouse;
 
 use anyhow::Result;
 use cli::{Cli, Command};
-use commands::{aggregate, copy, ingest, produce};
+use commands::{aggregate, completions, copy, ingest, produce};
 use config::ProcessEnv;
 use output::Output;
 
-/// Runs one parsed command line.
+/// Runs one parsed command line; a step given `--metrics-file` writes it at the end, whether
+/// it succeeded or not.
 pub fn run(cli: Cli) -> Result<()> {
-    let s = config::load(cli.config.as_deref(), &cli.command.overrides(), &ProcessEnv)?;
-    let out = Output::new(cli.quiet, cli.verbose, cli.json, s.ui.no_progress);
-    output::init_logs(cli.verbose);
+    let mut out = Output::new(cli.quiet, cli.verbose, cli.json, false);
+    match &cli.command {
+        Command::Completions(a) => return completions::exec(a, &out),
+        Command::Man(a) => return completions::man(a, &out),
+        _ => {}
+    }
+    let started = std::time::Instant::now();
+    let result = run_step(&cli, &mut out);
+    match cli.command.metrics_file() {
+        Some((step, path)) => metrics::finish(step, path, started, &out, result),
+        None => result,
+    }
+}
+
+/// Resolves the settings, sets up output and logs, and runs the subcommand.
+fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
+    let s = config::load(cli.config.as_deref(), &cli.overrides(), &ProcessEnv)?;
+    *out = Output::new(cli.quiet, cli.verbose, cli.json, s.ui.no_progress)
+        .with_log_format(s.ui.log_format);
+    output::init_logs(
+        cli.verbose,
+        cli.quiet,
+        s.ui.log_format,
+        s.ui.log_filter.as_deref(),
+    )
+    .map_err(error::Error::config)?;
     for w in &s.warnings {
         out.warn(w);
     }
+    let out = &*out;
     match &cli.command {
-        Command::Ingest(a) => ingest::exec(a, &s, &out),
-        Command::Copy(a) => copy::exec(a, &s, &out),
-        Command::Aggregate(a) => aggregate::exec(a, &s, &out),
-        Command::ProduceTweets(a) => produce::exec(a, &s, &out),
+        Command::Ingest(a) => ingest::exec(a, &s, out),
+        Command::Copy(a) => copy::exec(a, &s, out),
+        Command::Aggregate(a) => aggregate::exec(a, &s, out),
+        Command::ProduceTweets(a) => produce::exec(a, &s, out),
+        // Answered in `run`, before any configuration is read.
+        Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }

@@ -3,6 +3,22 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+
+/// How log lines (details under -v, warnings, `tracing` events) are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `batchlayer: ...` lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, message, target).
+    Json,
+}
+
+/// The summaries a run reported (one per step, or per view for aggregate), kept for the
+/// metrics file. Shared by the clones of an `Output`.
+pub type Summaries = Arc<Mutex<Vec<serde_json::Value>>>;
 
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -11,6 +27,10 @@ pub struct Output {
     pub json: bool,
     /// Whether stderr is an interactive terminal fit for progress bars.
     pub interactive: bool,
+    /// Log lines as JSON (`--log-format json`): details, info and warnings become `tracing`
+    /// events, and progress bars are off so that stderr holds JSON lines only.
+    pub log_json: bool,
+    summaries: Summaries,
 }
 
 impl Output {
@@ -21,7 +41,23 @@ impl Output {
             verbose,
             json,
             interactive: std::io::stderr().is_terminal() && !no_progress_env,
+            log_json: false,
+            summaries: Summaries::default(),
         }
+    }
+
+    /// The same output with log lines in this format.
+    pub fn with_log_format(mut self, format: LogFormat) -> Self {
+        self.log_json = format == LogFormat::Json;
+        self
+    }
+
+    /// The summaries this output (and its clones) reported so far, in order.
+    pub fn summaries(&self) -> Vec<serde_json::Value> {
+        self.summaries
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// For tests and library callers: prints nothing.
@@ -31,6 +67,8 @@ impl Output {
             verbose: false,
             json: false,
             interactive: false,
+            log_json: false,
+            summaries: Summaries::default(),
         }
     }
 
@@ -42,21 +80,33 @@ impl Output {
     /// A line of information, shown on a terminal or with -v, never under -q.
     pub fn info(&self, line: &str) {
         if self.human() {
-            eprintln!("{line}");
+            if self.log_json {
+                tracing::info!("{line}");
+            } else {
+                eprintln!("{line}");
+            }
         }
     }
 
     /// Detail shown only with -v.
     pub fn debug(&self, line: &str) {
         if self.verbose {
-            eprintln!("batchlayer: {line}");
+            if self.log_json {
+                tracing::info!("{line}");
+            } else {
+                eprintln!("batchlayer: {line}");
+            }
         }
     }
 
     /// A warning: always shown unless -q (cron mails it, which is what a warning is for).
     pub fn warn(&self, line: &str) {
         if !self.quiet {
-            eprintln!("batchlayer: warning: {line}");
+            if self.log_json {
+                tracing::warn!("{line}");
+            } else {
+                eprintln!("batchlayer: warning: {line}");
+            }
         }
     }
 
@@ -69,6 +119,9 @@ impl Output {
 
     /// The end-of-run summary: a line for humans, JSON on stdout with --json.
     pub fn summary(&self, line: &str, json: &serde_json::Value) {
+        if let Ok(mut v) = self.summaries.lock() {
+            v.push(json.clone());
+        }
         if self.json {
             println!("{json}");
         } else {
@@ -81,10 +134,18 @@ impl Output {
         print!("{text}");
     }
 
+    /// A generated document (shell completions, a man page): stdout, as is.
+    pub fn document(&self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(bytes)?;
+        stdout.flush()
+    }
+
     /// A progress bar on a terminal, or a hidden one. `bytes`: position and total are bytes.
     /// The bar takes the width the text leaves, so a line never wraps on a narrow terminal.
     pub fn progress(&self, total: u64, what: &str, bytes: bool) -> ProgressBar {
-        if !self.interactive || self.quiet {
+        if !self.interactive || self.quiet || self.log_json {
             return ProgressBar::hidden();
         }
         let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -108,36 +169,68 @@ impl Output {
     }
 }
 
-/// Detail lines from the backends (retries, for example) go through `tracing`; under -v they
-/// are printed to stderr as `batchlayer: ...` lines, otherwise dropped.
-pub fn init_logs(verbose: bool) {
-    use tracing_subscriber::fmt::format::Writer;
-    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-    use tracing_subscriber::registry::LookupSpan;
+/// Detail lines from the backends (retries, for example) go through `tracing`. As text, they
+/// are printed under -v as `batchlayer: ...` lines, otherwise dropped. As JSON, every event
+/// (and the details, information and warnings of `Output`) is one JSON object per line:
+/// warnings always (unless -q), details and backend events under -v. `filter` (RUST_LOG,
+/// `target=level,...`) replaces those levels. The one error line of a failed run is never
+/// JSON: main prints it as it is.
+pub fn init_logs(
+    verbose: bool,
+    quiet: bool,
+    format: LogFormat,
+    filter: Option<&str>,
+) -> Result<(), String> {
+    use tracing::level_filters::LevelFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
 
-    struct Line;
-    impl<S, N> FormatEvent<S, N> for Line
-    where
-        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
-        N: for<'a> FormatFields<'a> + 'static,
-    {
-        fn format_event(
-            &self,
-            ctx: &FmtContext<'_, S, N>,
-            mut w: Writer<'_>,
-            event: &tracing::Event<'_>,
-        ) -> std::fmt::Result {
-            write!(w, "batchlayer: ")?;
-            ctx.field_format().format_fields(w.by_ref(), event)?;
-            writeln!(w)
-        }
-    }
+    let targets = match filter {
+        Some(f) => f
+            .parse::<Targets>()
+            .map_err(|e| format!("RUST_LOG {f:?}: {e} (use level or target=level,...)"))?,
+        None if verbose => Targets::new().with_default(LevelFilter::INFO),
+        None if format == LogFormat::Json && !quiet => Targets::new()
+            .with_default(LevelFilter::WARN)
+            .with_target("batchlayer::output", LevelFilter::INFO),
+        None => return Ok(()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(LevelFilter::TRACE);
+    // try_init: a second call in one process (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .finish()
+            .with(targets)
+            .try_init(),
+        LogFormat::Text => builder.event_format(Line).finish().with(targets).try_init(),
+    };
+    Ok(())
+}
 
-    if verbose {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_max_level(tracing::Level::INFO)
-            .event_format(Line)
-            .try_init();
+/// The text form of a `tracing` event: `batchlayer: ` and its fields.
+struct Line;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Line
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut w: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(w, "batchlayer: ")?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
     }
 }

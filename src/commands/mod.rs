@@ -2,6 +2,7 @@
 //! opens the backends, runs plain logic over their traits, and prints its own output.
 
 pub mod aggregate;
+pub mod completions;
 pub mod copy;
 pub mod ingest;
 pub mod produce;

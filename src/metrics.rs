@@ -1,0 +1,396 @@
+//! The metrics file of a step (`--metrics-file PATH`): the Prometheus text format that
+//! node_exporter's textfile collector reads, written atomically (a temp file in the same
+//! folder, then a rename) when the step ends, on success and on failure.
+//!
+//! Every metric is a gauge labelled `step="ingest|copy|aggregate"`, with the same help text
+//! whatever the step, so the files of several steps can sit in one collector folder. The
+//! figures of a run come from the summary the step reported (what `--json` prints); a failed
+//! run writes its exit code, duration and end time, and keeps the last success timestamp of
+//! the file it replaces.
+
+use crate::error::{code_for, OK};
+use crate::output::Output;
+use anyhow::{anyhow, bail, Context, Result};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+/// The name of the metric that carries the last success over a failed run.
+pub const LAST_SUCCESS: &str = "batchlayer_last_success_timestamp_seconds";
+
+/// What one run of a step wrote: its outcome and, after a success, its figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepMetrics {
+    pub step: String,
+    pub exit_code: u8,
+    /// When the run ended (Unix seconds).
+    pub finished_at: f64,
+    pub duration_seconds: f64,
+    /// The end of the last successful run: this one, or the previous file's.
+    pub last_success: Option<f64>,
+    pub figures: Figures,
+}
+
+/// A successful run's counts; None where the step has no such count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub messages: Option<u64>,
+    pub bytes: Option<u64>,
+    pub objects: Option<u64>,
+    pub rows: Option<u64>,
+    pub rejects: Option<u64>,
+    pub skipped_offsets: Option<u64>,
+    /// (partition, lag) where the run knows it: 0 for a partition it read to its end, the
+    /// reported lag of one another group member held.
+    pub lag: Vec<(i32, i64)>,
+    /// (view, rows) of each view aggregate built or rolled back.
+    pub views: Vec<(String, i64)>,
+}
+
+/// The fields of ingest's summary that metrics use.
+#[derive(Deserialize)]
+struct IngestFigures {
+    messages: u64,
+    bytes: u64,
+    objects: u64,
+    rejected: u64,
+    skipped: u64,
+    stopped_by: String,
+    committed: BTreeMap<i32, i64>,
+    held_by_others: Vec<HeldFigures>,
+}
+
+#[derive(Deserialize)]
+struct HeldFigures {
+    partition: i32,
+    lag: i64,
+}
+
+#[derive(Deserialize)]
+struct CopyFigures {
+    objects: u64,
+    rows: u64,
+    rejects: u64,
+    bytes: u64,
+    skipped_rows: u64,
+}
+
+#[derive(Deserialize)]
+struct ViewFigures {
+    view: String,
+    rows: i64,
+}
+
+impl Figures {
+    /// Reads a step's figures from the summaries it reported (one for ingest and copy, one
+    /// per view for aggregate). A missing field is an error, never a zero.
+    pub fn from_summaries(step: &str, summaries: &[serde_json::Value]) -> Result<Figures> {
+        let last = || {
+            summaries
+                .last()
+                .cloned()
+                .ok_or_else(|| anyhow!("{step} reported no summary"))
+        };
+        let figures = match step {
+            "ingest" => {
+                let i: IngestFigures = serde_json::from_value(last()?)?;
+                let mut lag: Vec<(i32, i64)> = Vec::new();
+                if i.stopped_by.starts_with("end of partitions") {
+                    lag.extend(i.committed.keys().map(|p| (*p, 0)));
+                }
+                lag.extend(i.held_by_others.iter().map(|h| (h.partition, h.lag)));
+                lag.sort_unstable();
+                Figures {
+                    messages: Some(i.messages),
+                    bytes: Some(i.bytes),
+                    objects: Some(i.objects),
+                    rejects: Some(i.rejected),
+                    skipped_offsets: Some(i.skipped),
+                    lag,
+                    ..Figures::default()
+                }
+            }
+            "copy" => {
+                let c: CopyFigures = serde_json::from_value(last()?)?;
+                Figures {
+                    bytes: Some(c.bytes),
+                    objects: Some(c.objects),
+                    rows: Some(c.rows),
+                    rejects: Some(c.rejects),
+                    skipped_offsets: Some(c.skipped_rows),
+                    ..Figures::default()
+                }
+            }
+            "aggregate" => {
+                let mut views = Vec::new();
+                for v in summaries {
+                    let v: ViewFigures = serde_json::from_value(v.clone())?;
+                    views.push((v.view, v.rows));
+                }
+                Figures {
+                    views,
+                    ..Figures::default()
+                }
+            }
+            other => bail!("no metrics for step {other}"),
+        };
+        Ok(figures)
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Adds a gauge family to the registry and returns a handle on it.
+fn family<G>(reg: &mut Registry, name: &str, help: &str) -> Family<Labels, G>
+where
+    G: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let f = Family::<Labels, G>::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
+fn labels(step: &str, extra: Option<(&str, String)>) -> Labels {
+    let mut l = vec![("step".to_string(), step.to_string())];
+    l.extend(extra.map(|(k, v)| (k.to_string(), v)));
+    l
+}
+
+impl StepMetrics {
+    /// The file's text, in the Prometheus text format.
+    pub fn encode(&self) -> Result<String> {
+        let mut reg = Registry::default();
+        let step = || labels(&self.step, None);
+        let seconds = |reg: &mut Registry, name: &str, help: &str, v: f64| {
+            family::<Gauge<f64, AtomicU64>>(reg, name, help)
+                .get_or_create(&step())
+                .set(v);
+        };
+        if let Some(t) = self.last_success {
+            seconds(
+                &mut reg,
+                LAST_SUCCESS,
+                "End of the step's last successful run, in Unix seconds",
+                t,
+            );
+        }
+        seconds(
+            &mut reg,
+            "batchlayer_last_run_timestamp_seconds",
+            "End of the step's last run, successful or not, in Unix seconds",
+            self.finished_at,
+        );
+        seconds(
+            &mut reg,
+            "batchlayer_last_run_duration_seconds",
+            "Wall time of the step's last run",
+            self.duration_seconds,
+        );
+        family::<Gauge>(
+            &mut reg,
+            "batchlayer_last_run_exit_code",
+            "Exit code of the step's last run (0 ok, 1 failure, 2 usage, 3 busy, 4 gate)",
+        )
+        .get_or_create(&step())
+        .set(i64::from(self.exit_code));
+        let f = &self.figures;
+        let counts = [
+            ("messages", f.messages, "Kafka messages the last run archived"),
+            ("bytes", f.bytes, "Bytes the last run archived (ingest: payload bytes) or loaded (copy: object bytes)"),
+            ("objects", f.objects, "Objects the last run stored (ingest) or loaded (copy)"),
+            ("rows", f.rows, "Rows the last run loaded into the raw table"),
+            ("rejects", f.rejects, "Records the last run rejected (ingest: tombstones; copy: bad rows)"),
+            ("skipped_offsets", f.skipped_offsets, "Offsets the last run skipped as done already (ingest: archived; copy: loaded)"),
+        ];
+        for (what, value, help) in counts {
+            if let Some(v) = value {
+                let v = i64::try_from(v).with_context(|| format!("{what} {v} out of range"))?;
+                family::<Gauge>(&mut reg, &format!("batchlayer_last_run_{what}"), help)
+                    .get_or_create(&step())
+                    .set(v);
+            }
+        }
+        if !f.lag.is_empty() {
+            let g = family::<Gauge>(
+                &mut reg,
+                "batchlayer_lag_messages",
+                "Messages of a partition not archived when the last run ended, where known",
+            );
+            for (p, lag) in &f.lag {
+                g.get_or_create(&labels(&self.step, Some(("partition", p.to_string()))))
+                    .set(*lag);
+            }
+        }
+        if !f.views.is_empty() {
+            let g = family::<Gauge>(
+                &mut reg,
+                "batchlayer_view_rows",
+                "Rows of the batch view the last run swapped in",
+            );
+            for (view, rows) in &f.views {
+                g.get_or_create(&labels(&self.step, Some(("view", view.clone()))))
+                    .set(*rows);
+            }
+        }
+        let mut text = String::new();
+        encode(&mut text, &reg).map_err(|e| anyhow!("encoding metrics: {e}"))?;
+        Ok(text)
+    }
+}
+
+/// The last success timestamp a metrics file holds for a step, if any.
+pub fn last_success_in(text: &str, step: &str) -> Option<f64> {
+    let want = format!("{LAST_SUCCESS}{{step=\"{step}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+}
+
+/// Writes `text` to `path` atomically: a temp file in the same folder (not named *.prom, so
+/// the collector never reads half a file), readable by the collector's user, then a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".batchlayer-metrics-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| anyhow!(e.error))
+        .with_context(|| format!("renaming the temp file to {}", path.display()))?;
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Writes the metrics file of a step that ended with `result`, and returns the result. A
+/// step that succeeded but whose file cannot be written fails (exit 1): the operator asked
+/// for it. A step that failed keeps its own error; a write failure is then a warning.
+pub fn finish(
+    step: &str,
+    path: &Path,
+    started: Instant,
+    out: &Output,
+    result: Result<()>,
+) -> Result<()> {
+    let finished_at = unix_now();
+    let written = (|| {
+        let m = StepMetrics {
+            step: step.to_string(),
+            exit_code: result.as_ref().map_or_else(code_for, |()| OK),
+            finished_at,
+            duration_seconds: started.elapsed().as_secs_f64(),
+            last_success: match &result {
+                Ok(()) => Some(finished_at),
+                Err(_) => std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|t| last_success_in(&t, step)),
+            },
+            figures: match &result {
+                Ok(()) => Figures::from_summaries(step, &out.summaries())?,
+                Err(_) => Figures::default(),
+            },
+        };
+        write_atomic(path, &m.encode()?)
+    })()
+    .with_context(|| format!("writing metrics file {}", path.display()));
+    match (result, written) {
+        (Ok(()), w) => w,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(w)) => {
+            out.warn(&format!("{w:#}"));
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn failed_run_keeps_the_last_success_and_has_no_figures() {
+        let ok = StepMetrics {
+            step: "copy".into(),
+            exit_code: 0,
+            finished_at: 1700000000.5,
+            duration_seconds: 2.0,
+            last_success: Some(1700000000.5),
+            figures: Figures::from_summaries(
+                "copy",
+                &[json!({"objects": 3, "rows": 30, "rejects": 1, "bytes": 900, "skipped_rows": 2})],
+            )
+            .unwrap(),
+        };
+        let text = ok.encode().unwrap();
+        assert!(
+            text.contains("batchlayer_last_run_rows{step=\"copy\"} 30\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE batchlayer_last_run_exit_code gauge"),
+            "{text}"
+        );
+        assert_eq!(last_success_in(&text, "copy"), Some(1700000000.5));
+        assert_eq!(last_success_in(&text, "ingest"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy.prom");
+        write_atomic(&path, &text).unwrap();
+        let err: Result<()> = Err(crate::error::Error::Busy("lock".into()).into());
+        let out = Output::silent();
+        assert!(finish("copy", &path, Instant::now(), &out, err).is_err());
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            after.contains("batchlayer_last_run_exit_code{step=\"copy\"} 3\n"),
+            "{after}"
+        );
+        assert_eq!(last_success_in(&after, "copy"), Some(1700000000.5));
+        assert!(!after.contains("batchlayer_last_run_rows"), "{after}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temp file is left behind");
+    }
+
+    #[test]
+    fn a_summary_without_a_field_is_an_error() {
+        assert!(Figures::from_summaries("copy", &[json!({"objects": 3})]).is_err());
+        assert!(Figures::from_summaries("copy", &[]).is_err());
+        let agg = Figures::from_summaries(
+            "aggregate",
+            &[
+                json!({"view": "a", "rows": 5}),
+                json!({"view": "b", "rows": 7}),
+            ],
+        )
+        .unwrap();
+        assert_eq!(agg.views, vec![("a".into(), 5), ("b".into(), 7)]);
+    }
+}
