@@ -15,7 +15,7 @@ pub mod warehouse;
 
 use anyhow::Result;
 use cli::{Cli, Command};
-use commands::{aggregate, copy, ingest, produce};
+use commands::{aggregate, audit, copy, ingest, produce, status};
 use config::ProcessEnv;
 use output::Output;
 
@@ -31,6 +31,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ingest(a) => ingest::exec(a, &s, &out),
         Command::Copy(a) => copy::exec(a, &s, &out),
         Command::Aggregate(a) => aggregate::exec(a, &s, &out),
+        Command::Status(a) => status::exec(a, &s, &out),
+        Command::Audit(a) => audit::exec(a, &s, &out),
         Command::ProduceTweets(a) => produce::exec(a, &s, &out),
     }
 }

@@ -6,6 +6,7 @@
 mod common;
 
 mod aggregate;
+mod audit;
 mod chaos;
 mod cli;
 mod conformance;
@@ -13,4 +14,5 @@ mod copy;
 mod e2e;
 mod failures;
 mod ingest;
+mod status;
 mod tls;
