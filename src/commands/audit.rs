@@ -681,13 +681,14 @@ fn check_objects(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut Aud
 
 /// Each ledger row agrees with its manifest entry; nothing is left unloaded below loaded offsets.
 fn check_ledger(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut AuditReport) {
-    let mut loaded_top: HashMap<(i32, i32), i64> = HashMap::new();
+    let mut loaded: HashMap<(i32, i32), Vec<(i64, i64)>> = HashMap::new();
     let mut in_ledger = BTreeSet::new();
     for row in rows.iter().filter(|x| x.topic.as_deref() == Some(topic)) {
         in_ledger.insert(row.key.as_str());
-        if let (Some(p), Some(e), Some(l)) = (row.partition, row.epoch, row.last_offset) {
-            let t = loaded_top.entry((p, e)).or_insert(l);
-            *t = (*t).max(l);
+        if let (Some(p), Some(e), Some(f), Some(l)) =
+            (row.partition, row.epoch, row.first_offset, row.last_offset)
+        {
+            loaded.entry((p, e)).or_default().push((f, l));
         }
         let Some(e) = ta.entries.get(&row.key) else {
             continue;
@@ -723,8 +724,14 @@ fn check_ledger(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut Audi
         .values()
         .filter(|e| !in_ledger.contains(e.o.key.as_str()))
     {
-        match loaded_top.get(&(e.o.partition, e.epoch)) {
-            Some(&top) if e.o.last_offset < top => r.problems.push(
+        let ranges = loaded.get(&(e.o.partition, e.epoch));
+        let top = ranges.and_then(|v| v.iter().map(|x| x.1).max());
+        // Every offset loaded by other objects (a duplicate): the overlap is the finding.
+        let covered = ranges
+            .is_some_and(|v| unaccounted(e.o.first_offset, e.o.last_offset, v, None).is_empty());
+        match top {
+            _ if covered => {}
+            Some(top) if e.o.last_offset < top => r.problems.push(
                 Finding::new("not_loaded", format!(
                     "archived (manifest {}) but not in the ledger, while offsets up to {top} are loaded; plain copy will not return to it: run copy --full-scan (or copy --key)",
                     e.manifest

@@ -423,3 +423,95 @@ pub fn snapshot(
         manifests_read_by_name: manifests.read,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn part(p: i32, end: i64, next: Option<i64>, through_at: Option<&str>) -> PartitionProgress {
+        PartitionProgress {
+            partition: p,
+            committed: next,
+            start: 0,
+            end,
+            lag: 0,
+            archived_next: next,
+            newest_archived_at: None,
+            loaded_through: next.map(|n| n - 1),
+            loaded_through_at: through_at.map(t),
+            unloaded_objects: 0,
+            caught_up: false,
+            complete_through: None,
+        }
+    }
+
+    fn prefix(start: i64, through: i64, top: i64) -> Prefix {
+        Prefix {
+            start,
+            through,
+            top,
+            key: None,
+            manifest: None,
+            top_key: None,
+            top_manifest: None,
+        }
+    }
+
+    #[test]
+    fn complete_through_is_now_when_caught_up_else_the_loaded_prefix_less_lateness() {
+        let pending = Pending::default();
+        let rules = TimeRules {
+            key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+            utc_offset_secs: 0,
+        };
+        let inp = Inputs {
+            head: None,
+            pending: &pending,
+            rules: &rules,
+            lateness: Duration::from_secs(60),
+            now: t("2024-01-02T12:00:00Z"),
+        };
+        // Everything archived and loaded: complete through now, less the lateness.
+        let mut a = part(0, 100, Some(100), Some("2024-01-02T11:00:00Z"));
+        judge(&mut a, Some(&prefix(0, 99, 99)), &[], &inp);
+        assert!(a.caught_up);
+        assert_eq!(a.complete_through, Some(t("2024-01-02T11:59:00Z")));
+        // Behind the end offset: through the newest loaded message, less the lateness.
+        let mut b = part(1, 150, Some(100), Some("2024-01-02T11:00:00Z"));
+        judge(&mut b, Some(&prefix(0, 99, 99)), &[], &inp);
+        assert!(!b.caught_up);
+        assert_eq!(b.complete_through, Some(t("2024-01-02T10:59:00Z")));
+        // A hole in the loaded offsets: not caught up even when all is archived.
+        let mut c = part(2, 100, Some(100), Some("2024-01-02T10:00:00Z"));
+        judge(&mut c, Some(&prefix(0, 49, 99)), &[], &inp);
+        assert!(!c.caught_up);
+        // Nothing loaded, messages waiting: complete through nothing.
+        let mut d = part(3, 10, None, None);
+        judge(&mut d, None, &[], &inp);
+        assert_eq!(d.complete_through, None);
+        // An empty partition holds nothing back.
+        let mut e = part(4, 0, None, None);
+        judge(&mut e, None, &[], &inp);
+        assert!(e.caught_up);
+
+        assert_eq!(
+            complete_through(&[a.clone(), b.clone()]),
+            Some(t("2024-01-02T10:59:00Z"))
+        );
+        assert_eq!(complete_through(&[a.clone(), d.clone()]), None);
+        let held = holding_back(&[a, b, d], t("2024-01-02T11:30:00Z"));
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(
+            held[0].starts_with("partition 1 (loaded through offset 99"),
+            "{held:?}"
+        );
+        assert!(
+            held[1].starts_with("partition 3 (nothing loaded"),
+            "{held:?}"
+        );
+    }
+}
