@@ -213,7 +213,8 @@ fn a_gap_in_the_offsets_is_reported_with_its_range() {
     if !stack_up() {
         return;
     }
-    let w = healthy("audgap", 100);
+    // 100 records per partition, 4 objects each: the second one is in the middle.
+    let w = healthy("audgap", 200);
     let (key, mut m) = manifest(&w);
     let p0 = partition0(&m);
     let (gone, first, last) = p0[1].clone();
