@@ -2,7 +2,7 @@
 //! these into settings, and each command reads its own argument struct.
 
 use crate::archive::layout::Compression;
-use crate::config::Overrides;
+use crate::config::{parse_duration, Overrides, TimeSpec};
 use crate::output::LogFormat;
 use chrono::NaiveDateTime;
 use clap::parser::ValueSource;
@@ -20,6 +20,8 @@ Examples:
   batchlayer ingest --metrics-file /var/lib/node_exporter/textfile/batchlayer_ingest.prom
   batchlayer completions bash           shell completions (also zsh, fish, elvish, powershell)
   batchlayer man > batchlayer.1         the man page (roff)
+  batchlayer status --max-lag 10000     the pipeline on one screen; exit 5 past a threshold
+  batchlayer audit                      reconcile offsets, manifests, objects and ledger
 
 Environment (each beats the config file; a flag beats both):
   BATCHLAYER_CONFIG, BATCHLAYER_KAFKA_BROKERS, BATCHLAYER_KAFKA_TOPIC, BATCHLAYER_KAFKA_GROUP,
@@ -27,7 +29,7 @@ Environment (each beats the config file; a flag beats both):
 Secrets (S3 secret key, PostgreSQL password, SASL password) are read from the environment
 (AWS_SECRET_ACCESS_KEY, PGPASSWORD, BATCHLAYER_KAFKA_SASL_PASSWORD) or the config file, never from flags.
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 busy (another run holds the lock),
-4 a gate refused the aggregate swap.";
+4 a gate refused the aggregate swap, 5 status: a threshold is exceeded, 6 audit found problems.";
 
 /// The batch layer of a Lambda Architecture: Kafka -> object store -> warehouse -> batch view.
 #[derive(Debug, Parser)]
@@ -72,7 +74,7 @@ impl Cli {
     pub fn parse_args() -> Cli {
         let matches = Cli::command().get_matches();
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if let Some(("copy" | "aggregate", sub)) = matches.subcommand() {
+        if let Some(("copy" | "aggregate" | "status" | "audit", sub)) = matches.subcommand() {
             let from_argv = sub.value_source("warehouse_url") == Some(ValueSource::CommandLine);
             let url = sub.get_one::<String>("warehouse_url");
             if from_argv && url.is_some_and(|u| crate::config::url_has_password(u)) {
@@ -144,6 +146,10 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout: `batchlayer man > batchlayer.1`.
     Man(ManArgs),
+    /// Show the pipeline on one screen: lag, archive, warehouse, views, complete-through.
+    Status(StatusArgs),
+    /// Reconcile offsets, manifests, archived objects and the ledger; report every mismatch.
+    Audit(AuditArgs),
     /// Produce N deterministic synthetic tweets (for the quickstart, tests and benchmarks).
     #[command(hide = true)]
     ProduceTweets(ProduceArgs),
@@ -157,6 +163,8 @@ impl Command {
             Command::Ingest(a) => (Some(&a.kafka), Some(&a.archive), None, a.compression),
             Command::Copy(a) => (None, Some(&a.archive), Some(&a.warehouse), None),
             Command::Aggregate(a) => (None, None, Some(&a.warehouse), None),
+            Command::Status(a) => (Some(&a.kafka), Some(&a.archive), Some(&a.warehouse), None),
+            Command::Audit(a) => (Some(&a.kafka), Some(&a.archive), Some(&a.warehouse), None),
             Command::ProduceTweets(a) => (Some(&a.kafka), None, None, None),
             Command::Completions(_) | Command::Man(_) => (None, None, None, None),
         };
@@ -332,6 +340,50 @@ pub struct AggregateArgs {
     pub sql: Option<PathBuf>,
     #[command(flatten)]
     pub metrics: MetricsOpts,
+    /// Refuse to build unless every partition is archived and loaded through this time: a
+    /// duration before now (2h) or a time (YYYY-MM-DD[THH[:MM]] in the archive's zone, or
+    /// RFC 3339). Reads Kafka and the archive from the config. [config:
+    /// aggregate.require_complete_through]
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    pub require_complete_through: Option<TimeSpec>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
+    #[command(flatten)]
+    pub warehouse: WarehouseOpts,
+    /// Exit 5 when the topic's total lag (end offset - committed offset) is above N messages.
+    #[arg(long, value_name = "N")]
+    pub max_lag: Option<u64>,
+    /// Exit 5 when an archived object has waited longer than this to be loaded (90, 15m, 2h, 1d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_unloaded_age: Option<Duration>,
+    /// Exit 5 when a view was last built longer ago than this (or its build time is unknown).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_view_age: Option<Duration>,
+    /// How late a message's timestamp may be against the ones before it. [config: status.lateness]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lateness: Option<Duration>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
+    #[command(flatten)]
+    pub warehouse: WarehouseOpts,
+    /// Re-read every object: check its sha256 and count its records.
+    #[arg(long)]
+    pub deep: bool,
+    /// Do not read the group's committed offsets from Kafka (archive and warehouse only).
+    #[arg(long)]
+    pub no_kafka: bool,
 }
 
 #[derive(Debug, Args)]

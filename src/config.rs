@@ -56,6 +56,18 @@ pub struct FileConfig {
     pub retry: RetryFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub status: StatusFile,
+}
+
+/// What `status` (and `aggregate`'s completeness gate) assume of the data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusFile {
+    /// How much earlier than a message before it in its partition a message's Kafka timestamp
+    /// may be (producers' clocks, CreateTime); "complete through" is held back by this much.
+    /// Seconds, or a duration like "5m" (default 0).
+    pub lateness: Option<toml::Value>,
 }
 
 /// How log lines are written on stderr.
@@ -203,6 +215,9 @@ pub struct AggregateFile {
     pub keep_versions: Option<u32>,
     /// More views, each with its own `view`, `sql` and gates.
     pub views: Option<Vec<AggregateFile>>,
+    /// Refuse to build unless every partition is archived and loaded through this time: a
+    /// duration before now ("2h") or a time ("2024-01-02T03:00", archive zone; RFC 3339).
+    pub require_complete_through: Option<String>,
 }
 
 /// Where environment values come from (the process, or a map in tests).
@@ -456,6 +471,102 @@ pub struct ViewSettings {
     pub max_sum_change: BTreeMap<String, f64>,
     pub non_null_columns: Vec<String>,
     pub keep_versions: u32,
+    /// The completeness gate: every partition archived and loaded through this time.
+    pub require_complete_through: Option<TimeSpec>,
+}
+
+/// A point in time as the operator gives it: a duration before now, or a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// This long before the moment it is resolved.
+    Ago(std::time::Duration),
+    /// A time without a zone: in the archive's zone (`archive.timezone`).
+    Local(chrono::NaiveDateTime),
+    /// A time with its zone.
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+impl TimeSpec {
+    /// Parses "2h", "90m", "3600" (before now), "YYYY-MM-DD[THH[:MM[:SS]]]" or RFC 3339.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(d) = parse_duration(s) {
+            return Ok(TimeSpec::Ago(d));
+        }
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(TimeSpec::At(t.with_timezone(&chrono::Utc)));
+        }
+        let t = s.replace(' ', "T");
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(&t, "%Y-%m-%d") {
+            return Ok(TimeSpec::Local(d.and_hms_opt(0, 0, 0).expect("midnight")));
+        }
+        for (f, suffix) in [
+            ("%Y-%m-%dT%H:%M:%S", ""),
+            ("%Y-%m-%dT%H:%M", ""),
+            ("%Y-%m-%dT%H:%M", ":00"),
+        ] {
+            if let Ok(v) = chrono::NaiveDateTime::parse_from_str(&format!("{t}{suffix}"), f) {
+                return Ok(TimeSpec::Local(v));
+            }
+        }
+        Err(format!(
+            "{s:?} is neither a duration (30m, 2h, 1d) nor a time (YYYY-MM-DD[THH[:MM]], RFC 3339)"
+        ))
+    }
+
+    /// The UTC time it names, `now` being the present and `utc_offset_secs` the archive's zone.
+    pub fn resolve(
+        self,
+        now: chrono::DateTime<chrono::Utc>,
+        utc_offset_secs: i32,
+    ) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            TimeSpec::Ago(d) => now - chrono::Duration::from_std(d).unwrap_or_default(),
+            TimeSpec::Local(t) => {
+                t.and_utc() - chrono::Duration::seconds(i64::from(utc_offset_secs))
+            }
+            TimeSpec::At(t) => t,
+        }
+    }
+}
+
+/// Parses a duration: whole seconds ("90"), or a number with s, m, h or d ("15m", "2h").
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (90, 90s, 15m, 2h, 1d)"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?} is not a duration (90, 90s, 15m, 2h, 1d)")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
+}
+
+/// What `status` assumes of the data.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSettings {
+    /// See [`StatusFile::lateness`].
+    pub lateness: std::time::Duration,
+}
+
+fn status_settings(f: &StatusFile) -> Result<StatusSettings> {
+    let lateness = match &f.lateness {
+        None => std::time::Duration::ZERO,
+        Some(toml::Value::Integer(n)) if *n >= 0 => std::time::Duration::from_secs(*n as u64),
+        Some(toml::Value::String(s)) => {
+            parse_duration(s).map_err(|e| anyhow!("status.lateness: {e}"))?
+        }
+        Some(other) => bail!("status.lateness {other}: use seconds or a duration like \"5m\""),
+    };
+    Ok(StatusSettings { lateness })
 }
 
 #[derive(Debug, Clone)]
@@ -490,7 +601,14 @@ fn view_settings(
     if !(1..=20).contains(&keep_versions) {
         bail!("{what}.keep_versions must be between 1 and 20");
     }
+    let require_complete_through = g
+        .require_complete_through
+        .as_deref()
+        .map(TimeSpec::parse)
+        .transpose()
+        .map_err(|e| anyhow!("{what}.require_complete_through: {e}"))?;
     Ok(ViewSettings {
+        require_complete_through,
         view,
         sql: g.sql.clone(),
         min_rows: g.min_rows.unwrap_or(1),
@@ -509,6 +627,7 @@ pub struct Settings {
     pub warehouse: WarehouseSettings,
     pub layout: Layout,
     pub aggregate: AggregateSettings,
+    pub status: StatusSettings,
     pub ui: UiSettings,
     pub retry: RetryPolicy,
     /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose.
@@ -627,12 +746,14 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
     warehouse.retry = retry;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
     let aggregate = aggregate_settings(&file.aggregate).or_config()?;
+    let status = status_settings(&file.status).or_config()?;
     Ok(Settings {
         kafka,
         archive,
         warehouse,
         layout,
         aggregate,
+        status,
         ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
@@ -1075,6 +1196,48 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn times_and_durations_for_status_and_the_completeness_gate() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("15m").unwrap().as_secs(), 900);
+        assert_eq!(parse_duration("2h").unwrap().as_secs(), 7200);
+        assert_eq!(parse_duration("1d").unwrap().as_secs(), 86400);
+        assert!(parse_duration("2 weeks").is_err() && parse_duration("h").is_err());
+        let now = chrono::DateTime::parse_from_rfc3339("2024-01-02T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let at = |s: &str, tz: i32| TimeSpec::parse(s).unwrap().resolve(now, tz).to_rfc3339();
+        assert_eq!(at("2h", 0), "2024-01-02T10:00:00+00:00");
+        assert_eq!(at("2024-01-02T05", 0), "2024-01-02T05:00:00+00:00");
+        // A time without a zone is in the archive's zone.
+        assert_eq!(at("2024-01-02 05:30", 3600), "2024-01-02T04:30:00+00:00");
+        assert_eq!(
+            at("2024-01-02T05:00:00+02:00", 0),
+            "2024-01-02T03:00:00+00:00"
+        );
+        assert!(TimeSpec::parse("yesterday").is_err());
+        let s = resolve(
+            parse_file(
+                "[status]\nlateness = \"5m\"\n[aggregate]\nrequire_complete_through = \"1h\"\n",
+            )
+            .unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.status.lateness.as_secs(), 300);
+        assert_eq!(
+            s.aggregate.views[0].require_complete_through,
+            Some(TimeSpec::Ago(std::time::Duration::from_secs(3600)))
+        );
+        let bad = resolve(
+            parse_file("[aggregate]\nrequire_complete_through = \"soon\"\n").unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        );
+        assert!(format!("{:#}", bad.unwrap_err()).contains("aggregate.require_complete_through"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Every other failure is an `anyhow::Error` with context at each I/O boundary and exits 1.
 //! A caller marks a failure as a configuration mistake, a busy lock or a refused gate by
-//! returning the matching variant; `code_for` finds it anywhere in the error's chain.
+//! returning the matching variant (and `status`/`audit` a failed check); `code_for` finds it anywhere in the error's chain.
 
 use std::fmt::Display;
 use std::process::ExitCode;
@@ -16,6 +16,10 @@ pub const USAGE: u8 = 2;
 pub const BUSY: u8 = 3;
 /// A gate refused the aggregate swap; the old view stays.
 pub const GATE: u8 = 4;
+/// `status`: a threshold (`--max-lag`, `--max-unloaded-age`, `--max-view-age`) is exceeded.
+pub const UNHEALTHY: u8 = 5;
+/// `audit`: the archive, the manifests, the offsets and the ledger do not agree.
+pub const INCONSISTENT: u8 = 6;
 
 /// An error whose kind decides the exit code.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,12 @@ pub enum Error {
     /// A gate refused the aggregate swap (exit 4).
     #[error("{0}")]
     Gate(String),
+    /// A status threshold is exceeded (exit 5).
+    #[error("unhealthy: {0}")]
+    Unhealthy(String),
+    /// The audit found problems (exit 6).
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
 }
 
 impl Error {
@@ -42,6 +52,8 @@ impl Error {
             Error::Config(_) => USAGE,
             Error::Busy(_) => BUSY,
             Error::Gate(_) => GATE,
+            Error::Unhealthy(_) => UNHEALTHY,
+            Error::Inconsistent(_) => INCONSISTENT,
         }
     }
 }
@@ -75,11 +87,16 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_mapped() {
-        let all = [OK, FAILURE, USAGE, BUSY, GATE];
+        let all = [OK, FAILURE, USAGE, BUSY, GATE, UNHEALTHY, INCONSISTENT];
         let set: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(set.len(), all.len());
         assert_eq!(code_for(&Error::Busy("x".into()).into()), BUSY);
         assert_eq!(code_for(&Error::Gate("x".into()).into()), GATE);
+        assert_eq!(code_for(&Error::Unhealthy("x".into()).into()), UNHEALTHY);
+        assert_eq!(
+            code_for(&Error::Inconsistent("x".into()).into()),
+            INCONSISTENT
+        );
         assert_eq!(code_for(&Error::Config(anyhow::anyhow!("x")).into()), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("x")), FAILURE);
     }

@@ -16,7 +16,7 @@ pub mod warehouse;
 
 use anyhow::Result;
 use cli::{Cli, Command};
-use commands::{aggregate, completions, copy, ingest, produce};
+use commands::{aggregate, audit, completions, copy, ingest, produce, status};
 use config::ProcessEnv;
 use output::Output;
 
@@ -57,6 +57,8 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
         Command::Ingest(a) => ingest::exec(a, &s, out),
         Command::Copy(a) => copy::exec(a, &s, out),
         Command::Aggregate(a) => aggregate::exec(a, &s, out),
+        Command::Status(a) => status::exec(a, &s, out),
+        Command::Audit(a) => audit::exec(a, &s, out),
         Command::ProduceTweets(a) => produce::exec(a, &s, out),
         // Answered in `run`, before any configuration is read.
         Command::Completions(_) | Command::Man(_) => Ok(()),

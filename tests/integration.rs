@@ -6,6 +6,7 @@
 mod common;
 
 mod aggregate;
+mod audit;
 mod chaos;
 mod cli;
 mod conformance;
@@ -17,4 +18,5 @@ mod ingest;
 mod ops;
 mod redshift;
 mod replay;
+mod status;
 mod tls;

@@ -256,6 +256,20 @@ pub fn manifest_name(key: &str) -> Option<&str> {
     key.rsplit('/').next()?.strip_suffix(".json")
 }
 
+/// Where a manifest of this name may be: its day folder (named by the time the name starts
+/// with), then the topic's folder (manifests of older versions).
+pub fn manifest_keys_for_name(topic: &str, name: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(day) = name
+        .get(..8)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+    {
+        keys.push(format!("{MANIFESTS}{topic}/{day}/{name}.json"));
+    }
+    keys.push(format!("{MANIFESTS}{topic}/{name}.json"));
+    keys
+}
+
 /// The time a manifest name starts with.
 pub fn manifest_time(name: &str) -> Option<DateTime<Utc>> {
     let stamp = name.get(..20)?;
@@ -287,6 +301,10 @@ pub struct ObjectEntry {
     /// each record's offset is known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<i64>,
+    /// The newest Kafka timestamp (ms) among its records, when known (manifests written before
+    /// this field, and adopted objects, have none: readers fall back to the time folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_timestamp_ms: Option<i64>,
 }
 
 /// A message that could not be archived as a record.
@@ -404,6 +422,7 @@ mod tests {
             sha256: String::new(),
             compression: Compression::Zstd,
             gaps: vec![],
+            max_timestamp_ms: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["compression"], "zstd");

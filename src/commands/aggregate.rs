@@ -2,12 +2,16 @@
 //! the gates, then swap in one short transaction (`<view>` -> `<view>__prev`, new -> `<view>`).
 
 use crate::cli::AggregateArgs;
+use crate::commands::progress::{self, PartitionProgress};
 use crate::config::{Settings, ViewSettings};
 use crate::error::Error;
 use crate::output::Output;
-use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
+use crate::warehouse::{
+    self, quote_ident, quote_literal, strip_comments, Names, SqlSession, Warehouse,
+};
 use anyhow::{bail, Result};
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -26,6 +30,97 @@ pub struct AggregateOptions {
     pub max_sum_change: BTreeMap<String, f64>,
     pub non_null_columns: Vec<String>,
     pub keep_versions: u32,
+    /// The completeness gate: refuse unless every partition is complete through this time.
+    pub require_complete_through: Option<DateTime<Utc>>,
+    /// Where each partition stands (read once by `exec` when a view has the gate).
+    pub progress: Option<Vec<PartitionProgress>>,
+}
+
+/// One gate's outcome, kept with the build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateResult {
+    pub name: String,
+    pub new: Option<i64>,
+    pub old: Option<i64>,
+    pub passed: bool,
+}
+
+/// What a build was, stored as the built table's comment (`COMMENT ON TABLE`): it moves with
+/// the table through the renames, so the view, `__prev` and `__rejected` each carry their own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BuildRecord {
+    pub built_at: DateTime<Utc>,
+    pub rows: i64,
+    pub gates: Vec<GateResult>,
+    /// Swapped in with --force although a gate failed.
+    #[serde(default)]
+    pub forced: bool,
+    /// The completeness gate's time and what the data was complete through, when checked.
+    #[serde(default)]
+    pub required_complete_through: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub complete_through: Option<DateTime<Utc>>,
+}
+
+/// The build record of a table (None when it has none: built before batchlayer kept them).
+pub fn read_build(
+    sql: &mut dyn SqlSession,
+    names: &Names,
+    table: &str,
+) -> Result<Option<BuildRecord>> {
+    let q = format!(
+        "SELECT d.description FROM pg_description d JOIN pg_class c ON c.oid = d.objoid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {} AND d.objsubid = 0",
+        quote_literal(&names.schema),
+        quote_literal(table)
+    );
+    let (_, rows) = sql.query_text(&q)?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|d| serde_json::from_str(&d).ok()))
+}
+
+/// The statement that keeps a build's record on its table.
+fn record_build(names: &Names, table: &str, rec: &BuildRecord) -> Result<String> {
+    Ok(format!(
+        "COMMENT ON TABLE {} IS {}",
+        names.qualified(table),
+        quote_literal(&serde_json::to_string(rec)?)
+    ))
+}
+
+/// The completeness gate, before anything is built: Err(gate) naming the partitions that
+/// hold the data back from the time asked for.
+fn check_complete(opts: &AggregateOptions, out: &Output) -> Result<Option<DateTime<Utc>>> {
+    let Some(t) = opts.require_complete_through else {
+        return Ok(None);
+    };
+    let parts = opts.progress.as_deref().unwrap_or_default();
+    let through = progress::complete_through(parts);
+    if through.is_some_and(|c| c >= t) {
+        return Ok(through);
+    }
+    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let why = format!(
+        "gate require_complete_through: the data is complete through {}, not {}: held back by {}",
+        through.map_or("nothing".to_string(), fmt),
+        fmt(t),
+        progress::holding_back(parts, t).join(", ")
+    );
+    if opts.force {
+        out.warn(&format!(
+            "view {}: {why}; building anyway (--force)",
+            opts.view
+        ));
+        return Ok(through);
+    }
+    Err(Error::Gate(format!(
+        "view {}: {why}; kept {} as it was and built nothing (run ingest and copy, or use --force)",
+        opts.view, opts.view
+    ))
+    .into())
 }
 
 /// What a gate compares.
@@ -178,6 +273,10 @@ pub struct AggregateSummary {
     pub rolled_back: bool,
     pub plan: Option<Plan>,
     pub top: Option<(Vec<String>, Vec<Vec<String>>)>,
+    /// Every gate's values.
+    pub gates: Vec<GateResult>,
+    /// What the data was complete through (with --require-complete-through).
+    pub complete_through: Option<DateTime<Utc>>,
 }
 
 /// Judges one gate from its values; Some(reason naming both values) when it fails.
@@ -235,6 +334,20 @@ pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
     let views = selected_views(a, s)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let names = Names::from_settings(&s.warehouse);
+    let now = Utc::now();
+    let required = |vs: &ViewSettings| {
+        a.require_complete_through
+            .or(vs.require_complete_through)
+            .map(|t| t.resolve(now, s.archive.utc_offset_secs))
+    };
+    let gated = !a.dry_run && !a.rollback && views.iter().any(|v| required(v).is_some());
+    let progress = if gated {
+        let store = crate::archive::open(&s.archive)?;
+        let snap = progress::snapshot(s, store.as_ref(), wh.as_mut(), s.status.lateness, now)?;
+        Some(snap.partitions)
+    } else {
+        None
+    };
     for vs in &views {
         let view_sql = match &vs.sql {
             Some(p) => std::fs::read_to_string(p)
@@ -254,6 +367,8 @@ pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
             max_sum_change: vs.max_sum_change.clone(),
             non_null_columns: vs.non_null_columns.clone(),
             keep_versions: vs.keep_versions,
+            require_complete_through: required(vs),
+            progress: progress.clone(),
         };
         let sum = run(wh.as_mut(), &names, &opts, out)?;
         print_summary(&sum, out)?;
@@ -334,7 +449,8 @@ fn rollback(
     Ok(())
 }
 
-/// Runs the gate queries; returns the reasons of the gates that failed.
+/// Runs the gate queries; returns the reasons of the gates that failed (and every gate's
+/// values into the summary).
 fn run_gates(
     sql: &mut dyn SqlSession,
     p: &Plan,
@@ -350,9 +466,14 @@ fn run_gates(
         if g.name == "min_rows" {
             summary.rows = new.unwrap_or(0);
         }
-        if let Some(why) = judge(g, new, old) {
-            failures.push(why);
-        }
+        let why = judge(g, new, old);
+        summary.gates.push(GateResult {
+            name: g.name.clone(),
+            new,
+            old,
+            passed: why.is_none(),
+        });
+        failures.extend(why);
     }
     Ok(failures)
 }
@@ -416,6 +537,7 @@ pub fn run(
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
     }
+    summary.complete_through = check_complete(opts, out)?;
     for s in &p.build {
         sql.execute(s)?;
     }
@@ -424,6 +546,15 @@ pub fn run(
         summary.previous_rows =
             sql.query_i64(&format!("SELECT count(*) FROM {}", names.qualified(&v)))?;
     }
+    let rec = BuildRecord {
+        built_at: Utc::now(),
+        rows: summary.rows,
+        gates: summary.gates.clone(),
+        forced: opts.force && !failures.is_empty(),
+        required_complete_through: opts.require_complete_through,
+        complete_through: summary.complete_through,
+    };
+    sql.execute(&record_build(names, &format!("{v}__new"), &rec)?)?;
     if !failures.is_empty() && !opts.force {
         refuse(sql, names, &v, &failures)?;
     }

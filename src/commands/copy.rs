@@ -279,7 +279,7 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
 }
 
 /// Reads and parses one run manifest.
-fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest> {
+pub fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest> {
     let mut body = Vec::new();
     store.get_into(key, &mut body)?;
     serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))
@@ -291,7 +291,7 @@ const MANIFEST_GRACE_MINUTES: i64 = 15;
 
 /// The manifests of a topic copy must look at: all of them the first time (no cursor), else
 /// those in the day folders from the cursor (less the grace) to now, newer than that.
-fn recent_manifests(
+pub fn recent_manifests(
     store: &dyn ObjectStore,
     topic: &str,
     cursor: Option<&str>,
@@ -329,7 +329,7 @@ fn recent_manifests(
 /// The topics of the archive: those with a catalog (ingest writes one per topic) and those
 /// with manifests (a topic not ingested since the catalog existed has only these). Both are
 /// listed as folders: a name per topic.
-fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
+pub fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut topics = store.list_dirs(layout::CATALOG)?;
     topics.extend(store.list_dirs(MANIFESTS)?);
     topics.sort();

@@ -2,10 +2,13 @@
 //! opens the backends, runs plain logic over their traits, and prints its own output.
 
 pub mod aggregate;
+pub mod audit;
 pub mod completions;
 pub mod copy;
 pub mod ingest;
 pub mod produce;
+pub mod progress;
+pub mod status;
 
 use crate::error::Error;
 use crate::output::Output;

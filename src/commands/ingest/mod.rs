@@ -433,6 +433,7 @@ impl Run<'_> {
         }
         let sp = st.spool.as_mut().expect("spool");
         sp.append(m.offset, payload)?;
+        sp.max_ts = sp.max_ts.max(m.timestamp_ms);
         st.next_commit = Some(m.offset + 1);
         let rotate = sp.uncompressed >= self.settings.max_object_bytes
             || (self.settings.max_object_records > 0
@@ -501,6 +502,7 @@ impl Run<'_> {
                 sha256,
                 compression: c,
                 gaps: a.tombstones,
+                max_timestamp_ms: None,
             });
         }
         Ok(())
@@ -543,6 +545,7 @@ impl Run<'_> {
         );
         let key = layout::object_key(&dir, &name);
         let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
+        let max_timestamp_ms = sp.max_ts;
         let gaps: Vec<i64> = sp.gaps.iter().copied().filter(|&o| o < last).collect();
         let done = sp.finish()?;
         let dry = self.opts.dry_run;
@@ -558,6 +561,7 @@ impl Run<'_> {
             sha256: if dry { String::new() } else { done.sha256 },
             compression: c,
             gaps,
+            max_timestamp_ms,
         };
         if dry {
             self.objects.push(entry);

@@ -56,6 +56,8 @@ pub struct Spool {
     pub first: i64,
     pub last: i64,
     pub first_ts: Option<i64>,
+    /// The newest Kafka timestamp among the records (for the manifest).
+    pub max_ts: Option<i64>,
     pub records: u64,
     pub uncompressed: u64,
     pub payload_bytes: u64,
@@ -86,6 +88,7 @@ impl Spool {
             first: m.offset,
             last: m.offset,
             first_ts: m.timestamp_ms,
+            max_ts: m.timestamp_ms,
             records: 0,
             uncompressed: 0,
             payload_bytes: 0,

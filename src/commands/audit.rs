@@ -1,0 +1,856 @@
+//! `audit`: reconciles the whole chain per topic, partition and epoch: the group's committed
+//! offsets, the manifests' offset ranges, the objects that exist, and the ledger. Unlike
+//! `status` it reads everything: one listing of the archive, every manifest and rejects file,
+//! every ledger row (and with `--deep` every object's bytes). Each problem names its exact
+//! offsets or key; any problem exits 6.
+
+use crate::archive::layout::{self, ExpiredGap, Manifest, ObjectEntry, Rejected};
+use crate::archive::{self, ObjectMeta, ObjectStore};
+use crate::cli::AuditArgs;
+use crate::commands::progress::read_head;
+use crate::config::Settings;
+use crate::error::Error;
+use crate::output::Output;
+use crate::source::{KafkaSource, MessageSource, Mode};
+use crate::warehouse::ledger::{self, LedgerRow};
+use crate::warehouse::{self, Warehouse};
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One problem (or note), with where it is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: String,
+    pub topic: Option<String>,
+    pub partition: Option<i32>,
+    pub epoch: Option<i32>,
+    /// The offsets concerned (inclusive).
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    pub key: Option<String>,
+    pub detail: String,
+}
+
+impl Finding {
+    fn new(kind: &str, detail: String) -> Self {
+        Finding {
+            kind: kind.into(),
+            topic: None,
+            partition: None,
+            epoch: None,
+            first: None,
+            last: None,
+            key: None,
+            detail,
+        }
+    }
+    fn at(mut self, topic: &str, partition: i32, epoch: i32) -> Self {
+        self.topic = Some(topic.into());
+        self.partition = Some(partition);
+        self.epoch = Some(epoch);
+        self
+    }
+    fn range(mut self, first: i64, last: i64) -> Self {
+        self.first = Some(first);
+        self.last = Some(last);
+        self
+    }
+    fn key(mut self, key: &str) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// One line: kind, where, what.
+    pub fn line(&self) -> String {
+        let mut s = self.kind.clone();
+        if let (Some(t), Some(p), Some(e)) = (&self.topic, self.partition, self.epoch) {
+            s += &format!(" {t}[{p}]@{e}");
+        } else if let Some(t) = &self.topic {
+            s += &format!(" {t}");
+        }
+        if let (Some(f), Some(l)) = (self.first, self.last) {
+            s += &format!(" offsets {f}..{l}");
+        }
+        if let Some(k) = &self.key {
+            s += &format!(" {k}");
+        }
+        format!("{s}: {}", self.detail)
+    }
+}
+
+/// One partition of one epoch, as the manifests describe it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionAudit {
+    pub topic: String,
+    pub partition: i32,
+    pub epoch: i32,
+    pub objects: usize,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub records: u64,
+    pub committed: Option<i64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct AuditReport {
+    pub topics: Vec<String>,
+    pub partitions: Vec<PartitionAudit>,
+    pub objects_listed: usize,
+    pub manifests_read: usize,
+    pub ledger_rows: usize,
+    pub deep: bool,
+    pub objects_reread: usize,
+    pub problems: Vec<Finding>,
+    /// Not problems: work in progress (objects not loaded yet, runs in flight), recorded gaps.
+    pub notes: Vec<Finding>,
+}
+
+/// A manifest entry with the epoch and manifest it came from.
+#[derive(Debug, Clone)]
+struct Entry {
+    o: ObjectEntry,
+    epoch: i32,
+    manifest: String,
+}
+
+/// Everything the archive holds for one topic.
+#[derive(Debug, Default)]
+struct TopicArchive {
+    /// Entries by key (the first manifest that lists a key).
+    entries: BTreeMap<String, Entry>,
+    /// Data objects listed in the store, by key.
+    listed: BTreeMap<String, u64>,
+    expired: Vec<ExpiredGap>,
+    /// Tombstone offsets per (partition, epoch).
+    tombstones: HashMap<(i32, i32), BTreeSet<i64>>,
+    /// Folders named by in-flight markers.
+    marker_folders: BTreeSet<String>,
+    markers: usize,
+    head: Option<layout::CatalogHead>,
+}
+
+/// `batchlayer audit`.
+pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<()> {
+    let store = archive::open(&s.archive)?;
+    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    let source = if a.no_kafka || s.kafka.topic.is_empty() {
+        None
+    } else {
+        Some(KafkaSource::connect(&s.kafka, Mode::AssignAll)?)
+    };
+    let kafka = source
+        .as_ref()
+        .map(|src| (src as &dyn MessageSource, s.kafka.topic.as_str()));
+    let report = run(store.as_ref(), wh.as_mut(), kafka, a.deep, out)?;
+    if out.json {
+        out.summary("", &serde_json::to_value(&report)?);
+    } else {
+        out.table(&render(&report));
+    }
+    if !report.problems.is_empty() {
+        let first: Vec<String> = report.problems.iter().take(3).map(Finding::line).collect();
+        return Err(Error::Inconsistent(format!(
+            "audit found {} problem(s): {}{}",
+            report.problems.len(),
+            first.join("; "),
+            if report.problems.len() > 3 {
+                "; ..."
+            } else {
+                ""
+            }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn render(r: &AuditReport) -> String {
+    let mut s = format!(
+        "audit: {} topics, {} partitions, {} objects listed, {} manifests read, {} ledger rows{}\n",
+        r.topics.len(),
+        r.partitions.len(),
+        r.objects_listed,
+        r.manifests_read,
+        r.ledger_rows,
+        if r.deep {
+            format!(", {} objects re-read", r.objects_reread)
+        } else {
+            String::new()
+        }
+    );
+    for p in &r.partitions {
+        s += &format!(
+            "{}[{}]@{}: offsets {}..{} in {} objects ({} records), committed {}\n",
+            p.topic,
+            p.partition,
+            p.epoch,
+            p.first_offset,
+            p.last_offset,
+            p.objects,
+            p.records,
+            p.committed.map_or("-".into(), |c| c.to_string())
+        );
+    }
+    for n in &r.notes {
+        s += &format!("note: {}\n", n.line());
+    }
+    for p in &r.problems {
+        s += &format!("PROBLEM: {}\n", p.line());
+    }
+    if r.problems.is_empty() {
+        s += "no problems found\n";
+    }
+    s
+}
+
+/// The audit over the traits: `kafka` is the source and the topic whose group it reads.
+pub fn run(
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    kafka: Option<(&dyn MessageSource, &str)>,
+    deep: bool,
+    out: &Output,
+) -> Result<AuditReport> {
+    let listing = store
+        .list("")
+        .with_context(|| format!("listing the archive {}", store.describe()))?;
+    let mut r = AuditReport {
+        deep,
+        ..Default::default()
+    };
+    let rows = ledger::rows(wh)?;
+    r.ledger_rows = rows.len();
+    let mut topics = split_listing(&listing, &mut r);
+    for row in &rows {
+        if let Some(t) = &row.topic {
+            topics.entry(t.clone()).or_default();
+        }
+    }
+    if let Some((_, t)) = kafka {
+        topics.entry(t.to_string()).or_default();
+    }
+    for (topic, paths) in topics {
+        out.debug(&format!("auditing topic {topic}"));
+        let ta = read_topic(store, &topic, &paths, &listing, &mut r)?;
+        check_ranges(&topic, &ta, &mut r);
+        if let Some((src, t)) = kafka.filter(|(_, t)| *t == topic) {
+            check_committed(src, t, &ta, &mut r)?;
+        }
+        check_objects(&topic, &ta, &rows, &mut r);
+        check_ledger(&topic, &ta, &rows, &mut r);
+        if deep {
+            reread(store, &topic, &ta, &mut r)?;
+        }
+        r.topics.push(topic);
+    }
+    check_orphan_rows(&rows, &listing, &mut r);
+    if let Some((raw, led)) = ledger::raw_against_ledger(wh)? {
+        if raw != led {
+            let names = wh.names().clone();
+            r.problems.push(Finding::new(
+                "raw_rows_mismatch",
+                format!(
+                    "{}.{} holds {raw} rows but the ledger records {led} loaded into it ({}): ledger rows deleted, or rows written or deleted outside batchlayer",
+                    names.schema,
+                    names.raw,
+                    if raw > led { "more rows than the ledger accounts for" } else { "rows the ledger counts are gone" }
+                ),
+            ));
+        }
+    }
+    Ok(r)
+}
+
+/// The listing's own files per topic: manifests, rejects files and markers.
+#[derive(Debug, Default)]
+struct TopicPaths {
+    manifests: Vec<String>,
+    rejects: Vec<String>,
+    markers: Vec<String>,
+}
+
+fn split_listing(listing: &[ObjectMeta], r: &mut AuditReport) -> BTreeMap<String, TopicPaths> {
+    let mut topics: BTreeMap<String, TopicPaths> = BTreeMap::new();
+    for o in listing {
+        let k = &o.key;
+        let seg = |prefix: &str| k.strip_prefix(prefix).and_then(|x| x.split('/').next());
+        if let Some(t) = seg(layout::MANIFESTS).filter(|_| k.ends_with(".json")) {
+            topics
+                .entry(t.into())
+                .or_default()
+                .manifests
+                .push(k.clone());
+        } else if let Some(t) = seg(layout::REJECTED) {
+            topics.entry(t.into()).or_default().rejects.push(k.clone());
+        } else if let Some(t) =
+            seg(layout::CATALOG).filter(|t| k.starts_with(&layout::markers_prefix(t)))
+        {
+            topics.entry(t.into()).or_default().markers.push(k.clone());
+        } else if layout::is_data_key(k) {
+            r.objects_listed += 1;
+            if let Some(n) = layout::parse_object_name(k) {
+                topics.entry(n.topic).or_default();
+            }
+        }
+    }
+    topics
+}
+
+fn get_json<T: serde::de::DeserializeOwned>(store: &dyn ObjectStore, key: &str) -> Result<T> {
+    let mut body = Vec::new();
+    store.get_into(key, &mut body)?;
+    serde_json::from_slice(&body).with_context(|| format!("parsing {key}"))
+}
+
+/// Reads a topic's manifests (oldest first), rejects files, markers and head.
+fn read_topic(
+    store: &dyn ObjectStore,
+    topic: &str,
+    paths: &TopicPaths,
+    listing: &[ObjectMeta],
+    r: &mut AuditReport,
+) -> Result<TopicArchive> {
+    let mut ta = TopicArchive {
+        head: read_head(store, topic)?,
+        markers: paths.markers.len(),
+        ..Default::default()
+    };
+    let mut manifests = paths.manifests.clone();
+    manifests.sort_by_key(|k| layout::manifest_name(k).unwrap_or_default().to_string());
+    let mut reject_epoch: HashMap<String, i32> = HashMap::new();
+    for key in &manifests {
+        let m: Manifest = get_json(store, key)?;
+        r.manifests_read += 1;
+        let name = layout::manifest_name(key).unwrap_or_default().to_string();
+        if let Some(rk) = &m.rejected_key {
+            reject_epoch.insert(rk.clone(), m.epoch);
+        }
+        ta.expired.extend(m.expired.iter().cloned());
+        for o in m.objects {
+            add_entry(&mut ta, o, m.epoch, &name, topic, r);
+        }
+    }
+    if let Some(h) = &ta.head {
+        ta.expired.extend(h.expired.iter().cloned());
+    }
+    for key in &paths.rejects {
+        let epoch = reject_epoch.get(key).copied().unwrap_or(0);
+        let mut body = Vec::new();
+        store.get_into(key, &mut body)?;
+        for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let rej: Rejected =
+                serde_json::from_slice(line).with_context(|| format!("parsing {key}"))?;
+            ta.tombstones
+                .entry((rej.partition, epoch))
+                .or_default()
+                .insert(rej.offset);
+        }
+    }
+    for key in &paths.markers {
+        let v: serde_json::Value = get_json(store, key)?;
+        for f in v["folders"].as_array().into_iter().flatten() {
+            ta.marker_folders.extend(f.as_str().map(str::to_string));
+        }
+    }
+    for o in listing.iter().filter(|o| layout::is_data_key(&o.key)) {
+        if layout::parse_object_name(&o.key).is_some_and(|n| n.topic == topic) {
+            ta.listed.insert(o.key.clone(), o.size);
+        }
+    }
+    Ok(ta)
+}
+
+/// Adds a manifest entry; a key listed again must say the same of the object.
+fn add_entry(
+    ta: &mut TopicArchive,
+    o: ObjectEntry,
+    epoch: i32,
+    name: &str,
+    topic: &str,
+    r: &mut AuditReport,
+) {
+    if let Some(prev) = ta.entries.get(&o.key) {
+        let same = prev.o.sha256 == o.sha256 && prev.o.records == o.records && prev.epoch == epoch;
+        if !same {
+            r.problems.push(
+                Finding::new(
+                    "manifest_conflict",
+                    format!(
+                        "manifests {} and {name} describe it differently (sha256 {} vs {}, {} vs {} records)",
+                        prev.manifest, prev.o.sha256, o.sha256, prev.o.records, o.records
+                    ),
+                )
+                .at(topic, o.partition, epoch)
+                .range(o.first_offset, o.last_offset)
+                .key(&o.key),
+            );
+        }
+        return;
+    }
+    ta.entries.insert(
+        o.key.clone(),
+        Entry {
+            o,
+            epoch,
+            manifest: name.to_string(),
+        },
+    );
+}
+
+/// The parts of `first..=last` that no recorded expiry gap and no tombstone accounts for.
+fn unaccounted(
+    first: i64,
+    last: i64,
+    expired: &[(i64, i64)],
+    tombs: Option<&BTreeSet<i64>>,
+) -> Vec<(i64, i64)> {
+    let mut left = vec![(first, last)];
+    for &(ef, el) in expired {
+        let mut next = Vec::new();
+        for (f, l) in left {
+            if el < f || ef > l {
+                next.push((f, l));
+                continue;
+            }
+            if f < ef {
+                next.push((f, ef - 1));
+            }
+            if l > el {
+                next.push((el + 1, l));
+            }
+        }
+        left = next;
+    }
+    let Some(tombs) = tombs else { return left };
+    let mut out = Vec::new();
+    for (f, l) in left {
+        let mut start = None;
+        for o in f..=l.min(f + 1_000_000) {
+            match (tombs.contains(&o), start) {
+                (false, None) => start = Some(o),
+                (true, Some(s)) => {
+                    out.push((s, o - 1));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s, l));
+        }
+    }
+    out
+}
+
+/// Per (partition, epoch): manifest entries in offset order.
+fn by_partition(ta: &TopicArchive) -> BTreeMap<(i32, i32), Vec<&Entry>> {
+    let mut m: BTreeMap<(i32, i32), Vec<&Entry>> = BTreeMap::new();
+    for e in ta.entries.values() {
+        m.entry((e.o.partition, e.epoch)).or_default().push(e);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|e| (e.o.first_offset, e.o.last_offset, e.o.key.clone()));
+    }
+    m
+}
+
+fn expired_for(ta: &TopicArchive, p: i32, epoch: i32) -> Vec<(i64, i64)> {
+    ta.expired
+        .iter()
+        .filter(|g| g.partition == p && g.epoch == epoch)
+        .map(|g| (g.first, g.last))
+        .collect()
+}
+
+/// The manifests' ranges are contiguous from the first archived offset: every gap is a
+/// recorded expiry or tombstones, and no two objects hold the same offset.
+fn check_ranges(topic: &str, ta: &TopicArchive, r: &mut AuditReport) {
+    for ((p, epoch), es) in by_partition(ta) {
+        let expired = expired_for(ta, p, epoch);
+        let tombs = ta.tombstones.get(&(p, epoch));
+        let mut prev: Option<&Entry> = None;
+        let mut top = i64::MIN;
+        for e in &es {
+            if let Some(pe) = prev {
+                if e.o.first_offset > top + 1 {
+                    for (f, l) in unaccounted(top + 1, e.o.first_offset - 1, &expired, tombs) {
+                        r.problems.push(
+                            Finding::new(
+                                "gap",
+                                format!("in no manifest's object, no recorded expiry and no tombstone (after {}, before {})", pe.o.key, e.o.key),
+                            )
+                            .at(topic, p, epoch)
+                            .range(f, l),
+                        );
+                    }
+                } else if e.o.first_offset <= top {
+                    r.problems.push(
+                        Finding::new(
+                            "overlap",
+                            format!("archived twice: in {} and in {}", pe.o.key, e.o.key),
+                        )
+                        .at(topic, p, epoch)
+                        .range(e.o.first_offset, top.min(e.o.last_offset))
+                        .key(&e.o.key),
+                    );
+                }
+            }
+            if e.o.last_offset > top {
+                top = e.o.last_offset;
+                prev = Some(e);
+            }
+        }
+        r.partitions.push(PartitionAudit {
+            topic: topic.into(),
+            partition: p,
+            epoch,
+            objects: es.len(),
+            first_offset: es.first().map_or(0, |e| e.o.first_offset),
+            last_offset: top,
+            records: es.iter().map(|e| e.o.records).sum(),
+            committed: None,
+        });
+    }
+}
+
+/// The group's committed offsets against what the manifests hold of the head's epoch.
+fn check_committed(
+    src: &dyn MessageSource,
+    topic: &str,
+    ta: &TopicArchive,
+    r: &mut AuditReport,
+) -> Result<()> {
+    let epoch = ta.head.as_ref().map_or(0, |h| h.epoch);
+    let parts = src.partitions()?;
+    let committed = src.committed(&parts)?;
+    let ranges = by_partition(ta);
+    for p in parts {
+        let c = committed.get(&p).copied().flatten();
+        let (low, _) = src.watermarks(p)?;
+        let es = ranges.get(&(p, epoch));
+        let archived_end = es
+            .and_then(|v| v.iter().map(|e| e.o.last_offset).max())
+            .map(|l| l + 1);
+        if let Some(pa) = r
+            .partitions
+            .iter_mut()
+            .find(|x| x.topic == topic && x.partition == p && x.epoch == epoch)
+        {
+            pa.committed = c;
+        }
+        let head_next = ta.head.as_ref().and_then(|h| h.next.get(&p).copied());
+        compare_commit(
+            topic,
+            p,
+            epoch,
+            c,
+            archived_end.unwrap_or(low),
+            head_next,
+            ta,
+            r,
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compare_commit(
+    topic: &str,
+    p: i32,
+    epoch: i32,
+    c: Option<i64>,
+    end: i64,
+    head_next: Option<i64>,
+    ta: &TopicArchive,
+    r: &mut AuditReport,
+) {
+    let Some(c) = c else {
+        if head_next.is_some() {
+            r.problems.push(
+                Finding::new(
+                    "no_committed_offset",
+                    format!(
+                        "the group has no committed offset, but the catalog head expects offset {}",
+                        head_next.unwrap_or(0)
+                    ),
+                )
+                .at(topic, p, epoch),
+            );
+        }
+        return;
+    };
+    if c > end {
+        let expired = expired_for(ta, p, epoch);
+        for (f, l) in unaccounted(end, c - 1, &expired, ta.tombstones.get(&(p, epoch))) {
+            r.problems.push(
+                Finding::new(
+                    "committed_not_archived",
+                    format!("committed (offset {c}) but in no manifest's object"),
+                )
+                .at(topic, p, epoch)
+                .range(f, l),
+            );
+        }
+    } else if c < end {
+        let f = Finding::new(
+            "archived_beyond_commit",
+            format!("archived, but the committed offset is {c}"),
+        )
+        .at(topic, p, epoch)
+        .range(c, end - 1);
+        if ta.markers > 0 {
+            r.notes.push(Finding {
+                detail: format!(
+                    "{} (an ingest run is in flight or died; the next run commits it)",
+                    f.detail
+                ),
+                ..f
+            });
+        } else {
+            r.problems.push(Finding {
+                detail: format!(
+                    "{}: the group's offsets were reset, or a run died after its manifest",
+                    f.detail
+                ),
+                ..f
+            });
+        }
+    }
+    if let Some(h) = head_next.filter(|&h| h > c) {
+        r.problems.push(
+            Finding::new(
+                "head_ahead_of_commit",
+                format!("the catalog head expects offset {h}, past the committed offset {c}"),
+            )
+            .at(topic, p, epoch),
+        );
+    }
+}
+
+/// Every manifest entry has its object, of its size; every data object is in a manifest.
+fn check_objects(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut AuditReport) {
+    let loaded: BTreeSet<&str> = rows.iter().map(|x| x.key.as_str()).collect();
+    for e in ta.entries.values() {
+        let at = |f: Finding| {
+            f.at(topic, e.o.partition, e.epoch)
+                .range(e.o.first_offset, e.o.last_offset)
+                .key(&e.o.key)
+        };
+        match ta.listed.get(&e.o.key) {
+            None if loaded.contains(e.o.key.as_str()) => r.problems.push(at(Finding::new(
+                "loaded_object_missing",
+                format!(
+                    "loaded (in the ledger) and listed by manifest {}, but gone from the archive",
+                    e.manifest
+                ),
+            ))),
+            None => r.problems.push(at(Finding::new(
+                "missing_object",
+                format!("listed by manifest {} but not in the archive", e.manifest),
+            ))),
+            Some(&size) if size != e.o.bytes => r.problems.push(at(Finding::new(
+                "size_mismatch",
+                format!(
+                    "{size} bytes in the archive, {} in manifest {}",
+                    e.o.bytes, e.manifest
+                ),
+            ))),
+            Some(_) => {}
+        }
+    }
+    for key in ta.listed.keys().filter(|k| !ta.entries.contains_key(*k)) {
+        let n = layout::parse_object_name(key).expect("listed data keys parse");
+        let folder = key.rsplit_once('/').map_or("", |x| x.0);
+        let f = Finding::new("unlisted_object", "in no manifest".into())
+            .at(topic, n.partition, n.epoch)
+            .range(n.first, n.last)
+            .key(key);
+        if ta.marker_folders.contains(folder) {
+            r.notes.push(Finding {
+                detail:
+                    "in no manifest yet: an ingest run is in flight or died; the next run lists it"
+                        .into(),
+                ..f
+            });
+        } else {
+            r.problems.push(f);
+        }
+    }
+}
+
+/// Each ledger row agrees with its manifest entry; nothing is left unloaded below loaded offsets.
+fn check_ledger(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut AuditReport) {
+    let mut loaded: HashMap<(i32, i32), Vec<(i64, i64)>> = HashMap::new();
+    let mut in_ledger = BTreeSet::new();
+    for row in rows.iter().filter(|x| x.topic.as_deref() == Some(topic)) {
+        in_ledger.insert(row.key.as_str());
+        if let (Some(p), Some(e), Some(f), Some(l)) =
+            (row.partition, row.epoch, row.first_offset, row.last_offset)
+        {
+            loaded.entry((p, e)).or_default().push((f, l));
+        }
+        let Some(e) = ta.entries.get(&row.key) else {
+            continue;
+        };
+        let at = |f: Finding| {
+            f.at(topic, e.o.partition, e.epoch)
+                .range(e.o.first_offset, e.o.last_offset)
+                .key(&row.key)
+        };
+        let sum = row.rows_loaded + row.rows_rejected + row.rows_skipped;
+        if sum != e.o.records as i64 {
+            r.problems.push(at(Finding::new(
+                "ledger_count_mismatch",
+                format!(
+                    "{} loaded + {} rejected + {} skipped = {sum}, but the object holds {} records",
+                    row.rows_loaded, row.rows_rejected, row.rows_skipped, e.o.records
+                ),
+            )));
+        }
+        if !row.sha256.is_empty() && row.sha256 != e.o.sha256 {
+            r.problems.push(at(Finding::new(
+                "ledger_checksum_mismatch",
+                format!(
+                    "the ledger says sha256 {}, manifest {} says {}",
+                    row.sha256, e.manifest, e.o.sha256
+                ),
+            )));
+        }
+    }
+    let mut pending = 0;
+    for e in ta
+        .entries
+        .values()
+        .filter(|e| !in_ledger.contains(e.o.key.as_str()))
+    {
+        let ranges = loaded.get(&(e.o.partition, e.epoch));
+        let top = ranges.and_then(|v| v.iter().map(|x| x.1).max());
+        // Every offset loaded by other objects (a duplicate): the overlap is the finding.
+        let covered = ranges
+            .is_some_and(|v| unaccounted(e.o.first_offset, e.o.last_offset, v, None).is_empty());
+        match top {
+            _ if covered => {}
+            Some(top) if e.o.last_offset < top => r.problems.push(
+                Finding::new("not_loaded", format!(
+                    "archived (manifest {}) but not in the ledger, while offsets up to {top} are loaded; plain copy will not return to it: run copy --full-scan (or copy --key)",
+                    e.manifest
+                ))
+                .at(topic, e.o.partition, e.epoch)
+                .range(e.o.first_offset, e.o.last_offset)
+                .key(&e.o.key),
+            ),
+            _ => pending += 1,
+        }
+    }
+    if pending > 0 {
+        let mut f = Finding::new(
+            "pending",
+            format!("{pending} archived objects are not loaded yet (the next copy loads them)"),
+        );
+        f.topic = Some(topic.into());
+        r.notes.push(f);
+    }
+}
+
+/// Ledger rows whose object is in no topic's listing and no manifest.
+fn check_orphan_rows(rows: &[LedgerRow], listing: &[ObjectMeta], r: &mut AuditReport) {
+    let listed: BTreeSet<&str> = listing.iter().map(|o| o.key.as_str()).collect();
+    let reported: BTreeSet<String> = r.problems.iter().filter_map(|f| f.key.clone()).collect();
+    for row in rows {
+        if listed.contains(row.key.as_str()) || reported.contains(&row.key) {
+            continue;
+        }
+        let mut f = Finding::new(
+            "loaded_object_missing",
+            "loaded (in the ledger) but gone from the archive, and in no manifest".into(),
+        )
+        .key(&row.key);
+        f.topic = row.topic.clone();
+        f.partition = row.partition;
+        f.epoch = row.epoch;
+        f.first = row.first_offset;
+        f.last = row.last_offset;
+        r.problems.push(f);
+    }
+}
+
+/// `--deep`: every listed object of the topic is read again; its sha256 and record count must
+/// match its manifest entry.
+fn reread(
+    store: &dyn ObjectStore,
+    topic: &str,
+    ta: &TopicArchive,
+    r: &mut AuditReport,
+) -> Result<()> {
+    use sha2::Digest;
+    use std::io::{Seek, SeekFrom};
+    for key in ta.listed.keys() {
+        let mut file = archive::download(store, key, None)?;
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut file, &mut h).with_context(|| format!("re-reading {key}"))?;
+        let sha = hex::encode(h.finalize());
+        file.seek(SeekFrom::Start(0))?;
+        let c = archive::Compression::from_key(key).unwrap_or_default();
+        let mut reader = crate::records::FrameReader::new(archive::decoder(file, c)?);
+        let (mut records, mut rec) = (0u64, Vec::new());
+        let readable = loop {
+            match reader.next_into(&mut rec) {
+                Ok(true) => records += 1,
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        r.objects_reread += 1;
+        let n = layout::parse_object_name(key).expect("listed data keys parse");
+        let at = |f: Finding| {
+            f.at(topic, n.partition, n.epoch)
+                .range(n.first, n.last)
+                .key(key)
+        };
+        if let Err(e) = readable {
+            r.problems.push(at(Finding::new(
+                "unreadable_object",
+                format!("cannot be decoded: {e:#}"),
+            )));
+            continue;
+        }
+        let Some(e) = ta.entries.get(key) else {
+            continue;
+        };
+        if sha != e.o.sha256 {
+            r.problems.push(at(Finding::new(
+                "checksum_mismatch",
+                format!("sha256 {sha}, manifest {} says {}", e.manifest, e.o.sha256),
+            )));
+        }
+        if records != e.o.records {
+            r.problems.push(at(Finding::new(
+                "record_count_mismatch",
+                format!(
+                    "holds {records} records, manifest {} says {}",
+                    e.manifest, e.o.records
+                ),
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_accounted_for_by_expiry_and_tombstones() {
+        let tombs: BTreeSet<i64> = [12, 13].into_iter().collect();
+        assert_eq!(unaccounted(10, 20, &[], None), vec![(10, 20)]);
+        assert_eq!(unaccounted(10, 20, &[(0, 15)], None), vec![(16, 20)]);
+        assert_eq!(unaccounted(10, 20, &[(5, 25)], None), vec![]);
+        assert_eq!(
+            unaccounted(10, 20, &[(15, 16)], Some(&tombs)),
+            vec![(10, 11), (14, 14), (17, 20)]
+        );
+        assert_eq!(unaccounted(12, 13, &[], Some(&tombs)), vec![]);
+    }
+}
