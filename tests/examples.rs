@@ -143,6 +143,7 @@ fn every_example_config_loads_and_documents_every_key() {
         ("aggregate", fields::<AggregateFile>()),
         ("retry", fields::<RetryFile>()),
         ("log", fields::<LogFile>()),
+        ("status", fields::<StatusFile>()),
     ];
     let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(
