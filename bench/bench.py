@@ -143,6 +143,11 @@ def main():
         e = dict(env, BATCHLAYER_WAREHOUSE_SCHEMA=tsch, BATCHLAYER_ARCHIVE_URL=f"s3://{bucket}/bl0")
         secs, rss, _ = timed([BL, "copy", "--copy-format", "text"], env=e)
         add("copy", "batchlayer copy --copy-format text", secs, rss)
+        jsch = f"blj_{run}_{r}"
+        psql(f"DROP SCHEMA IF EXISTS {jsch} CASCADE; CREATE SCHEMA {jsch}")
+        e = dict(env, BATCHLAYER_WAREHOUSE_SCHEMA=jsch, BATCHLAYER_ARCHIVE_URL=f"s3://{bucket}/bl0")
+        secs, rss, _ = timed([BL, "copy", "--jobs", "2"], env=e)
+        add("copy", "batchlayer copy --jobs 2", secs, rss)
         ssch = f"sdc_{run}_{r}"
         psql(f"DROP SCHEMA IF EXISTS {ssch} CASCADE; CREATE SCHEMA {ssch}; "
              f"CREATE TABLE {ssch}.batch_raw (id bigint, created_at timestamp, followers_count int, "
@@ -171,7 +176,7 @@ def main():
         log(f"aggregate rep {r + 1}/{a.reps} done")
 
     report(n, res, notes, payload_bytes, a, "-long" if a.long_locations else "")
-    for pre in ("blc", "psc", "sdc", "blt"):
+    for pre in ("blc", "psc", "sdc", "blt", "blj"):
         for r in range(a.reps):
             psql(f"DROP SCHEMA IF EXISTS {pre}_{run}_{r} CASCADE")
     shutil.rmtree(os.path.join(s3dir, bucket), ignore_errors=True)
@@ -225,6 +230,8 @@ def report(n, res, notes, payload_bytes, a, variant=""):
         ("copy (binary) throughput vs psql \\copy (text)",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"], ">= 1.3x",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"] >= 1.3),
+        ("copy --jobs 2 throughput vs psql \\copy",
+         cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy --jobs 2"], "(info)", True),
         ("copy --copy-format text throughput vs psql \\copy",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy --copy-format text"], "(info)", True),
         ("copy throughput vs seed copy_expert", cp["seed (psycopg2 copy_expert)"] / cp["batchlayer copy"], "(info)", True),
