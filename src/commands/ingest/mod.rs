@@ -1026,22 +1026,30 @@ pub fn run(
     opts: &IngestOptions,
     out: &Output,
 ) -> Result<IngestSummary> {
-    let (uploader, end) = upload::channel();
+    let (uploader, end, results) = upload::channel();
     // A revocation waits until objects of the revoked partitions are stored.
     let waiter = uploader.gate.clone();
     source.set_revoke_barrier(Arc::new(move || waiter.wait_idle()));
+    let end = &end;
     let r = std::thread::scope(|s| {
-        let worker = std::thread::Builder::new()
-            .name("upload".into())
-            .spawn_scoped(s, move || {
-                upload::worker(store, end.queue, end.results, end.gate)
-            })
-            .context("starting the upload thread")?;
+        let mut workers = Vec::new();
+        for i in 0..upload::UPLOAD_WORKERS {
+            let results = results.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("upload-{i}"))
+                    .spawn_scoped(s, move || upload::worker(store, end, results))
+                    .context("starting the upload threads")?,
+            );
+        }
+        drop(results);
         let r = run_with(source, store, settings, opts, out, uploader);
         // On success the queue is already closed and drained; on failure, dropping `run_with`'s
-        // uploader closed it, and the worker ends after the object it is storing.
-        if worker.join().is_err() {
-            return Err(anyhow!("the upload thread panicked"));
+        // uploader closed it, and each worker ends after the object it is storing.
+        for w in workers {
+            if w.join().is_err() {
+                return Err(anyhow!("an upload thread panicked"));
+            }
         }
         r
     });

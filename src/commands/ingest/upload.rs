@@ -1,6 +1,7 @@
-//! The upload worker: stores finished spool files one after another on its own thread, so
-//! the consumer keeps draining librdkafka's queue during an upload (a synchronous upload let
-//! the prefetch queue fill, which made peak RSS grow with run length).
+//! The upload workers: store finished spool files on their own threads, so the consumer keeps
+//! draining librdkafka's queue during an upload (a synchronous upload let the prefetch queue
+//! fill, which made peak RSS grow with run length). `UPLOAD_WORKERS` store at once, so the
+//! last objects of a run (one per partition, finished together) upload side by side.
 
 use crate::archive::layout::ObjectEntry;
 use crate::archive::{ObjectStore, PutOutcome};
@@ -11,6 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 /// Objects queued for the upload worker before `Uploader::send` blocks (back-pressure). Each
 /// is a spool file on disk, not memory.
 pub const UPLOAD_QUEUE: usize = 4;
+
+/// Objects stored at once.
+pub const UPLOAD_WORKERS: usize = 3;
 
 /// A finished spool file waiting to be stored under its key.
 pub struct Pending {
@@ -24,8 +28,8 @@ pub type Stored = Result<(ObjectEntry, PutOutcome)>;
 /// Counts objects queued or uploading, so a group revocation can wait until they are stored.
 #[derive(Default)]
 pub struct UploadGate {
-    /// (objects not yet stored, worker gone)
-    state: Mutex<(usize, bool)>,
+    /// (objects not yet stored, workers gone)
+    state: Mutex<(usize, usize)>,
     changed: Condvar,
 }
 
@@ -39,13 +43,13 @@ impl UploadGate {
         self.changed.notify_all();
     }
     fn close(&self) {
-        self.state.lock().unwrap().1 = true;
+        self.state.lock().unwrap().1 += 1;
         self.changed.notify_all();
     }
-    /// Blocks until every queued object is stored (or the worker has stopped).
+    /// Blocks until every queued object is stored (or every worker has stopped).
     pub fn wait_idle(&self) {
         let mut st = self.state.lock().unwrap();
-        while st.0 > 0 && !st.1 {
+        while st.0 > 0 && st.1 < UPLOAD_WORKERS {
             st = self.changed.wait(st).unwrap();
         }
     }
@@ -60,16 +64,22 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// The worker's loop: store each queued object; after the first failure, drop the rest.
-pub fn worker(
-    store: &dyn ObjectStore,
-    queue: Receiver<Pending>,
-    results: Sender<Stored>,
-    gate: Arc<UploadGate>,
-) {
+/// A worker's loop: store each queued object; after the first failure (of any worker), drop
+/// the rest.
+/// Each worker has its own `results` sender: when the last one ends, the uploader's
+/// `close_and_wait` sees the channel close.
+pub fn worker(store: &dyn ObjectStore, end: &WorkerEnd, results: Sender<Stored>) {
+    let WorkerEnd {
+        queue,
+        gate,
+        failed: any_failed,
+    } = end;
     let _close = CloseOnDrop(gate.clone());
-    let mut failed = false;
-    for p in queue {
+    loop {
+        // The lock is held only while taking the next object, not while storing it.
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(p) = next else { break };
+        let mut failed = any_failed.load(std::sync::atomic::Ordering::SeqCst);
         if !failed {
             let r = store
                 .put_file_if_absent(&p.key, &p.file)
@@ -78,6 +88,9 @@ pub fn worker(
             // Sent before `done`, so a caller that waited for the gate finds the result. When
             // the run has already failed (nobody receives), the rest is not worth storing.
             failed |= results.send(r.map(|o| (p.entry, o))).is_err();
+            if failed {
+                any_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
         // After a failure the rest is dropped unstored: the run fails and commits nothing.
         drop(p.file);
@@ -92,15 +105,15 @@ pub struct Uploader {
     pub gate: Arc<UploadGate>,
 }
 
-/// The worker's side: what `worker` takes.
+/// The workers' side, shared by them: what `worker` takes.
 pub struct WorkerEnd {
-    pub queue: Receiver<Pending>,
-    pub results: Sender<Stored>,
+    pub queue: Mutex<Receiver<Pending>>,
     pub gate: Arc<UploadGate>,
+    pub failed: std::sync::atomic::AtomicBool,
 }
 
-/// A connected uploader and worker end.
-pub fn channel() -> (Uploader, WorkerEnd) {
+/// A connected uploader, the workers' end, and the sender of results (one clone per worker).
+pub fn channel() -> (Uploader, WorkerEnd, Sender<Stored>) {
     let gate = Arc::new(UploadGate::default());
     let (queue_tx, queue_rx) = std::sync::mpsc::sync_channel(UPLOAD_QUEUE);
     let (results_tx, results_rx) = std::sync::mpsc::channel();
@@ -111,10 +124,11 @@ pub fn channel() -> (Uploader, WorkerEnd) {
             gate: gate.clone(),
         },
         WorkerEnd {
-            queue: queue_rx,
-            results: results_tx,
+            queue: Mutex::new(queue_rx),
             gate,
+            failed: Default::default(),
         },
+        results_tx,
     )
 }
 
