@@ -105,9 +105,44 @@ pub fn download(
     Ok(file)
 }
 
+/// Streams an object through a pipe: a thread of `scope` runs the GET into the pipe, hashing
+/// the bytes on the way; the reader gets them as they arrive (memory stays bounded by the
+/// pipe). The thread's result is the object's sha256 once all of it went through.
+pub fn stream<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    store: &'scope dyn ObjectStore,
+    key: &'scope str,
+) -> Result<(
+    std::io::PipeReader,
+    std::thread::ScopedJoinHandle<'scope, Result<String>>,
+)> {
+    let (reader, writer) = std::io::pipe().context("creating a pipe for a download")?;
+    let getter = scope.spawn(move || {
+        let mut w =
+            crate::util::Tally::hashing(std::io::BufWriter::with_capacity(128 << 10, writer));
+        store.get_into(key, &mut w)?;
+        let (sha, mut inner) = w.finish();
+        inner.flush()?;
+        Ok(sha)
+    });
+    Ok((reader, getter))
+}
+
+/// True when an error is only a closed pipe (the reading side stopped first, for its own
+/// reason, which is the one to report).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// A reader that decompresses an archived object by its compression.
-pub fn decoder(file: std::fs::File, c: Compression) -> Result<Box<dyn BufRead + Send>> {
-    let f = BufReader::with_capacity(256 << 10, file);
+pub fn decoder<R: std::io::Read + Send + 'static>(
+    input: R,
+    c: Compression,
+) -> Result<Box<dyn BufRead + Send>> {
+    let f = BufReader::with_capacity(256 << 10, input);
     Ok(match c {
         Compression::None => Box::new(f),
         Compression::Gzip => Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(f))),

@@ -3,7 +3,7 @@
 
 use super::session::{PgSession, SqlContext, SqlSession};
 use super::{quote_ident, quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
-use crate::archive::{decoder, download, ObjectStore};
+use crate::archive::{decoder, download, is_broken_pipe, stream, ObjectStore};
 use crate::config::WarehouseSettings;
 use crate::records::{
     ColumnType, CopyFormat, FrameReader, Layout, PG_BINARY_HEADER, PG_BINARY_TRAILER,
@@ -131,15 +131,19 @@ fn copy_sql(names: &Names, layout: &Layout, format: CopyFormat) -> String {
 }
 
 /// Loads one downloaded object in its own transaction: its rows, rejects and ledger row.
-fn load_one(
+/// `verify` runs after the rows are sent and before anything is recorded: a streamed object's
+/// checksum is known only then.
+#[allow(clippy::too_many_arguments)]
+fn load_one<R: std::io::Read + Send + 'static>(
     s: &mut PgSession,
     job: &LoadJob,
-    file: std::fs::File,
+    input: R,
     layout: &Layout,
     opts: &LoadOptions,
     format: CopyFormat,
+    verify: &mut dyn FnMut() -> Result<()>,
 ) -> Result<LoadResult> {
-    let reader = FrameReader::new(decoder(file, job.compression)?);
+    let reader = FrameReader::new(decoder(input, job.compression)?);
     let copy_sql = copy_sql(&s.names, layout, format);
     let names = s.names.clone();
     let mut tx = s.client.transaction().sql_bare()?;
@@ -164,6 +168,7 @@ fn load_one(
             );
         }
     }
+    verify()?;
     record_load(&mut tx, &names, job, &result, &rejects)?;
     if opts.fail_before_commit {
         bail!(
@@ -187,31 +192,75 @@ fn load_in_order(
     format: CopyFormat,
     progress: &mut dyn FnMut(&LoadResult),
 ) -> Result<Vec<LoadResult>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<std::fs::File>>(0);
+    let mut out = Vec::new();
+    for job in jobs {
+        let r = load_streamed(s, job, store, layout, opts, format)
+            .with_context(|| format!("loading {} into {} at {}", job.key, s.names.raw, s.url))?;
+        progress(&r);
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Loads one object as it downloads (the GET on a thread, through a pipe), so the transfer,
+/// the decoding and the server's work overlap even for the first object. Its checksum is
+/// checked when the last byte is in, before the ledger row and the commit; a download that
+/// failed is the error reported, not what the decoder made of the missing bytes.
+fn load_streamed(
+    s: &mut PgSession,
+    job: &LoadJob,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+    opts: &LoadOptions,
+    format: CopyFormat,
+) -> Result<LoadResult> {
     std::thread::scope(|scope| {
-        scope.spawn(move || {
-            for job in jobs {
-                let file = download(store, &job.key, job.expected_sha256.as_deref());
-                if ready_tx.send(file).is_err() {
-                    break;
-                }
+        let (reader, getter) = stream(scope, store, &job.key)?;
+        let mut getter = Some(getter);
+        let downloaded = |getter: &mut Option<
+            std::thread::ScopedJoinHandle<'_, Result<String>>,
+        >| {
+            getter
+                .take()
+                .map(|g| {
+                    g.join()
+                        .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", job.key)))
+                })
+                .unwrap_or_else(|| Err(anyhow!("the download of {} was checked twice", job.key)))
+        };
+        let mut verify = || -> Result<()> {
+            let got = downloaded(&mut getter)?;
+            match job.expected_sha256.as_deref() {
+                Some(want) if want != got => bail!(
+                    "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
+                    job.key
+                ),
+                _ => Ok(()),
             }
-        });
-        // Dropped before the scope joins the downloader, which then stops.
-        let ready_rx = ready_rx;
-        let mut out = Vec::new();
-        for job in jobs {
-            let r = ready_rx
-                .recv()
-                .map_err(|_| anyhow!("the download of {} stopped", job.key))
-                .and_then(|file| load_one(s, job, file?, layout, opts, format))
-                .with_context(|| {
-                    format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
-                })?;
-            progress(&r);
-            out.push(r);
+        };
+        let r = load_one(s, job, reader, layout, opts, format, &mut verify);
+        drop(verify);
+        let Err(e) = r else { return r };
+        if getter.is_none() {
+            return Err(e);
         }
-        Ok(out)
+        // Why did it fail? A download that failed is the cause; bytes that are not the
+        // manifest's (corrupt) are the cause of whatever the decoder said about them.
+        let want = job.expected_sha256.as_deref();
+        match downloaded(&mut getter) {
+            Err(d) if !is_broken_pipe(&d) => Err(d),
+            Ok(got) if want.is_some_and(|w| w != got) => Err(anyhow!(
+                "object {} is corrupt: sha256 {got} does not match the manifest's {}",
+                job.key,
+                want.unwrap_or_default()
+            )),
+            Ok(_) => Err(e),
+            // Cut short: read it once more to tell corruption from a bad record.
+            Err(_) => match want.map(|w| download(store, &job.key, Some(w))) {
+                Some(Err(corrupt)) => Err(corrupt),
+                _ => Err(e),
+            },
+        }
     })
 }
 
@@ -242,7 +291,7 @@ fn load_parallel(
                 }
                 let job = &jobs[i];
                 let r = download(store, &job.key, job.expected_sha256.as_deref())
-                    .and_then(|file| load_one(s, job, file, layout, opts, format))
+                    .and_then(|file| load_one(s, job, file, layout, opts, format, &mut || Ok(())))
                     .with_context(|| {
                         format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
                     });
