@@ -381,12 +381,13 @@ impl ObjectStore for S3Store {
 
     fn check(&self) -> Result<()> {
         // Bucket::exists() fails on servers whose bucket list lacks <Owner>; a one-key list
-        // checks the bucket and the credentials instead. It lists the catalog's small folder:
-        // a server that walks the prefix to answer (s3s-fs) then does not walk the archive.
+        // checks the bucket and the credentials instead. It lists the catalog's small folder
+        // with a delimiter: a server that walks the bucket to answer (s3s-fs walks all of it
+        // for a listing without one) then walks only that folder.
         let probe = self.full(crate::archive::layout::CATALOG);
         self.call("LIST", || {
             self.bucket
-                .list_page(probe.clone(), None, None, None, Some(1))
+                .list_page(probe.clone(), Some("/".to_string()), None, None, Some(1))
         })
         .map(|_| ())
         .map_err(|e| self.explain(&e))
