@@ -326,12 +326,18 @@ pub fn recent_manifests(
     Ok(out)
 }
 
-/// The topics of the archive: those with a catalog (ingest writes one per topic) and those
-/// with manifests (a topic not ingested since the catalog existed has only these). Both are
-/// listed as folders: a name per topic.
+/// The topics of the archive: those with a catalog folder (an ingest run writes its marker
+/// there before its first object, and the head after its commit, so every topic archived
+/// since the catalog exists has one). An archive with no catalog at all was written before
+/// it existed: its topics are the manifests' folders. Listing those in every run would cost
+/// a walk of every manifest on servers that answer a folder listing by walking it (s3s-fs);
+/// a topic archived only before the catalog, in an archive where others have one, is found
+/// by `copy --full-scan` or after one ingest of it (and `audit` reports its unloaded objects).
 pub fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut topics = store.list_dirs(layout::CATALOG)?;
-    topics.extend(store.list_dirs(MANIFESTS)?);
+    if topics.is_empty() {
+        topics = store.list_dirs(MANIFESTS)?;
+    }
     topics.sort();
     topics.dedup();
     Ok(topics)
