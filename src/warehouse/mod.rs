@@ -70,6 +70,16 @@ impl Names {
     }
 }
 
+/// The layout's columns, quoted and comma-separated (COPY and INSERT column lists).
+pub fn column_list(layout: &Layout) -> String {
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    cols.join(", ")
+}
+
 /// The DDL that creates the raw, ledger and rejects tables, idempotently.
 pub fn create_statements(names: &Names, layout: &Layout) -> Vec<String> {
     let cols: Vec<String> = layout

@@ -114,15 +114,11 @@ impl Pg {
 
 /// The COPY statement for the raw table's layout columns.
 fn copy_sql(names: &Names, layout: &Layout, format: CopyFormat) -> String {
-    let cols: Vec<String> = layout
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let cols = super::column_list(layout);
     format!(
         "COPY {} ({}) FROM STDIN{}",
         names.qualified(&names.raw),
-        cols.join(", "),
+        cols,
         match format {
             CopyFormat::Binary => " (FORMAT binary)",
             CopyFormat::Text => "",

@@ -169,17 +169,9 @@ pub fn copy_sql(
     group: &CopyGroup,
     mask: bool,
 ) -> Result<String> {
-    let cols: Vec<String> = layout
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let cols = super::column_list(layout);
     let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
-    let mut s = format!(
-        "COPY {table} ({})\nFROM {}\n",
-        cols.join(", "),
-        literal(&manifest_url)
-    );
+    let mut s = format!("COPY {table} ({})\nFROM {}\n", cols, literal(&manifest_url));
     match &spec.auth {
         S3Auth::IamRole(arn) => {
             if !arn.starts_with("arn:") {
@@ -661,16 +653,11 @@ fn rejects_sql(names: &Names, spec: &CopySpec, j: &LoadJob, group: &CopyGroup, i
 
 /// Moves the staged rows into the raw table.
 fn move_sql(names: &Names, layout: &Layout) -> String {
-    let cols: Vec<String> = layout
-        .columns
-        .iter()
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let cols = super::column_list(layout);
     format!(
         "INSERT INTO {} ({cols})\nSELECT {cols} FROM {}",
         names.qualified(&names.raw),
         quote_ident(STAGING),
-        cols = cols.join(", ")
     )
 }
 
