@@ -261,7 +261,7 @@ def report(n, res, notes, payload_bytes, a, variant=""):
 def write_index():
     """bench/RESULTS.md from the kept results-N.md/json (also: bench.py --index-only)."""
     bench = os.path.join(REPO, "bench")
-    parts = sorted((int(m.group(1)), m.group(2), m.group(0)) for m in
+    parts = sorted((int(m.group(1)), m.group(2) or "", m.group(0)) for m in
                    (re.match(r"results-(\d+)(-long)?\.md$", x) for x in os.listdir(bench)) if m)
     runs = []
     for n, variant, _ in parts:
