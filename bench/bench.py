@@ -334,12 +334,8 @@ INGEST_RSS_FLAT = (
 )
 
 INGEST_RSS_NOTE = (
-    "What bounds ingest's RSS at 10M (profiled): objects reach the 128 MiB rotation size only at 10M, and while "
-    "one uploads, librdkafka keeps prefetching into its queue (up to queued.min.messages = 100,000 small messages "
-    "per partition, a few hundred bytes of overhead each). Local-archive runs stay at ~48 MiB at 10M; the S3 "
-    "upload itself streams 5 MiB parts from the spool file. Lowering queued.min.messages to 20,000-50,000 made "
-    "RSS flat (51 MiB at 1M and 10M) but cut throughput ~7x against tansu, so it was not kept. The fix that is "
-    "ours and still open: pause the partitions while an object uploads (or upload from a background thread)."
+    "Ingest's peak RSS is not flat from 1M to 10M in these runs (target: within 20%); the notes "
+    "below say what the runs were measured with and what was measured since."
 )
 
 
