@@ -514,11 +514,11 @@ mod tests {
             .unwrap();
         let mut want = 6i16.to_be_bytes().to_vec();
         for (len, bytes) in [
-            (8, (-2i64).to_be_bytes().to_vec()),
+            (8i32, (-2i64).to_be_bytes().to_vec()),
             (8, 1_000_000i64.to_be_bytes().to_vec()),
             (4, 7i32.to_be_bytes().to_vec()),
         ] {
-            want.extend_from_slice(&(len as i32).to_be_bytes());
+            want.extend_from_slice(&len.to_be_bytes());
             want.extend_from_slice(&bytes);
         }
         want.extend_from_slice(&(-1i32).to_be_bytes());

@@ -235,7 +235,6 @@ fn load_streamed(
             }
         };
         let r = load_one(s, job, reader, layout, opts, format, &mut verify);
-        drop(verify);
         let Err(e) = r else { return r };
         if getter.is_none() {
             return Err(e);
