@@ -450,15 +450,7 @@ mod tests {
     }
 
     fn prefix(start: i64, through: i64, top: i64) -> Prefix {
-        Prefix {
-            start,
-            through,
-            top,
-            key: None,
-            manifest: None,
-            top_key: None,
-            top_manifest: None,
-        }
+        Prefix::new(start, through, top)
     }
 
     #[test]

@@ -97,6 +97,21 @@ pub struct Prefix {
     pub top_manifest: Option<String>,
 }
 
+impl Prefix {
+    /// A prefix with no object or manifest named yet.
+    pub fn new(start: i64, through: i64, top: i64) -> Prefix {
+        Prefix {
+            start,
+            through,
+            top,
+            key: None,
+            manifest: None,
+            top_key: None,
+            top_manifest: None,
+        }
+    }
+}
+
 /// Per partition of a topic's epoch, how far its offsets are loaded without a hole. Two
 /// queries; the holes are found by the database (a window over each partition's ranges).
 pub fn loaded_prefixes(
@@ -127,18 +142,7 @@ pub fn loaded_prefixes(
         ) else {
             continue;
         };
-        out.insert(
-            p as i32,
-            Prefix {
-                start,
-                through,
-                top,
-                key: None,
-                manifest: None,
-                top_key: None,
-                top_manifest: None,
-            },
-        );
+        out.insert(p as i32, Prefix::new(start, through, top));
     }
     if out.is_empty() {
         return Ok(out);
