@@ -775,3 +775,41 @@ fn copy_with_jobs_stops_at_a_corrupt_object_and_loads_no_object_twice() {
     assert_eq!(w.count("batch_raw"), 800);
     assert_eq!(ledger(&w).len(), 8);
 }
+
+#[test]
+fn a_topic_archived_before_the_catalog_is_catalogued_by_the_next_new_topic_and_loaded() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::s3("cplegacy");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(30, 41));
+    w.run_ok(&["ingest"]);
+    // As an archive written before the catalog existed: manifests and objects, no `_catalog/`.
+    let store = w.store();
+    let catalog = store.list("_catalog/").unwrap();
+    assert!(!catalog.is_empty());
+    for o in catalog {
+        store.delete(&o.key).unwrap();
+    }
+    let legacy = w.topic.clone();
+    // A second topic's first run in the same archive makes the catalog non-empty; copy,
+    // which finds topics through the catalog, must still find the first one.
+    w.topic = format!("{legacy}2");
+    w.group = format!("{}2", w.group);
+    produce_raw(&brokers(), &w.topic, 1, &tweet_range(1000..1020, 41, 20));
+    w.run_ok(&["ingest"]);
+    let listed: Vec<String> = store
+        .list("_catalog/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert!(
+        listed.contains(&format!("_catalog/{legacy}/legacy.json")),
+        "{listed:?}"
+    );
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"], 50, "{cp}");
+    assert_eq!(w.raw_counts(), (50, 50));
+    assert_eq!(w.json(&["copy"])["rows"], 0);
+}

@@ -144,6 +144,11 @@ pub fn catalog_head_key(topic: &str) -> String {
     format!("{CATALOG}{topic}/head.json")
 }
 
+/// The key that gives a topic archived before the catalog existed its catalog folder.
+pub fn catalog_legacy_key(topic: &str) -> String {
+    format!("{CATALOG}{topic}/legacy.json")
+}
+
 /// Where a topic's archive stands, written after each committed run: the epoch and, per
 /// partition, the next offset the archive expects. The committed offsets of the group are
 /// never behind it unless the group's offsets were reset or the topic was re-created.

@@ -331,8 +331,8 @@ pub fn recent_manifests(
 /// since the catalog exists has one). An archive with no catalog at all was written before
 /// it existed: its topics are the manifests' folders. Listing those in every run would cost
 /// a walk of every manifest on servers that answer a folder listing by walking it (s3s-fs);
-/// a topic archived only before the catalog, in an archive where others have one, is found
-/// by `copy --full-scan` or after one ingest of it (and `audit` reports its unloaded objects).
+/// instead, the first ingest run of a topic gives every topic that has manifests but no
+/// catalog folder one (`legacy.json`), so those are found here too.
 pub fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
     let mut topics = store.list_dirs(layout::CATALOG)?;
     if topics.is_empty() {

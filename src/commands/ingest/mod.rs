@@ -1072,6 +1072,15 @@ fn run_with(
     }
     let topic = source.topic().to_string();
     let mut head = read_head(store, &topic)?;
+    if head == CatalogHead::default() && !opts.dry_run && opts.replay_epoch.is_none() {
+        let added = catalog_legacy_topics(store, &topic)?;
+        if !added.is_empty() {
+            out.info(&format!(
+                "catalogued topics archived before the catalog existed, so copy finds them: {}",
+                added.join(", ")
+            ));
+        }
+    }
     if let Some(e) = opts.replay_epoch {
         head.epoch = e;
     }
@@ -1127,6 +1136,26 @@ fn run_with(
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
+}
+
+/// An archive written before the catalog existed names its topics only by their manifest
+/// folders, and copy finds topics through the catalog. A topic's first run (no head yet)
+/// therefore gives every topic that has manifests but no catalog folder a `legacy.json` there,
+/// before its own marker makes the catalog non-empty. Returns the topics it catalogued.
+fn catalog_legacy_topics(store: &dyn ObjectStore, topic: &str) -> Result<Vec<String>> {
+    let known: BTreeSet<String> = store.list_dirs(layout::CATALOG)?.into_iter().collect();
+    let mut added = Vec::new();
+    for t in store.list_dirs(layout::MANIFESTS)? {
+        if t == topic || known.contains(&t) {
+            continue;
+        }
+        let key = layout::catalog_legacy_key(&t);
+        store
+            .put_bytes(&key, br#"{"catalogued_from":"_manifests"}"#)
+            .with_context(|| format!("cataloguing topic {t}, archived before the catalog"))?;
+        added.push(t);
+    }
+    Ok(added)
 }
 
 /// The topic's catalog head; an archive without one is at epoch 0 with no recorded positions.
