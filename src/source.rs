@@ -129,6 +129,11 @@ pub trait MessageSource {
     fn poll(&mut self, timeout: Duration) -> Result<Event>;
     /// Committed offsets (next offset to read) for these partitions; None where nothing is committed.
     fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>>;
+    /// Where the partitions of the last assignment stood when they were assigned, if the
+    /// source looked it up then (taken: a second call answers None).
+    fn assigned_positions(&self) -> Option<HashMap<i32, Position>> {
+        None
+    }
     /// Commits these next-offsets synchronously.
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()>;
     /// (low, high) watermarks of a partition. Some brokers report `high` wrongly; use it for display only.
@@ -151,16 +156,65 @@ pub trait MessageSource {
 /// See [`MessageSource::set_revoke_barrier`].
 pub type RevokeBarrier = Arc<dyn Fn() + Send + Sync>;
 
+/// Where an assigned partition stood when it was assigned: the group's committed offset (None:
+/// nothing committed) and the partition's first offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub committed: Option<i64>,
+    pub low: i64,
+}
+
 #[derive(Default)]
 struct Ctx {
     events: Mutex<Vec<Event>>,
     barrier: Mutex<Option<RevokeBarrier>>,
+    /// The positions looked up in the last assignment's callback.
+    positions: Mutex<Option<HashMap<i32, Position>>>,
 }
 
 impl ClientContext for Ctx {}
 
+/// Looks up where each newly assigned partition stands and gives it its start explicitly:
+/// the committed offset, or the first offset where nothing is committed (what
+/// `auto.offset.reset=earliest` gives). Left to itself, librdkafka looks the committed
+/// offsets up after the assignment and the first offsets after that, and ingest then asked
+/// the broker the same again; against tansu that put the first fetch about 0.1 s later (a
+/// bare subscribing consumer at 1M messages: 1.73-1.79 s, against 1.62-1.64 s with explicit
+/// offsets). The elements write through to the list librdkafka assigns right after this
+/// callback. None (and the offsets left to librdkafka) when a lookup fails.
+fn start_positions<C: ConsumerContext>(
+    c: &BaseConsumer<C>,
+    tpl: &TopicPartitionList,
+) -> Option<HashMap<i32, Position>> {
+    let wait = Duration::from_secs(10);
+    let committed = c.committed_offsets(tpl.clone(), wait).ok()?;
+    let mut found = HashMap::new();
+    for e in tpl.elements() {
+        let committed = match committed
+            .find_partition(e.topic(), e.partition())
+            .map(|c| c.offset())
+        {
+            Some(Offset::Offset(o)) if o >= 0 => Some(o),
+            _ => None,
+        };
+        let (low, _) = c.fetch_watermarks(e.topic(), e.partition(), wait).ok()?;
+        found.insert(e.partition(), Position { committed, low });
+    }
+    for mut e in tpl.elements() {
+        if matches!(e.offset(), Offset::Invalid | Offset::Stored) {
+            let p = found[&e.partition()];
+            e.set_offset(Offset::Offset(p.committed.unwrap_or(p.low)))
+                .ok()?;
+        }
+    }
+    Some(found)
+}
+
 impl ConsumerContext for Ctx {
-    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+    fn pre_rebalance(&self, c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            *self.positions.lock().unwrap() = start_positions(c, tpl);
+        }
         if let Rebalance::Revoke(tpl) = r {
             // Runs before rdkafka releases the partitions (it unassigns after this returns).
             let barrier = self.barrier.lock().unwrap().clone();
@@ -388,6 +442,10 @@ impl MessageSource for KafkaSource {
                 ev => return Ok(ev),
             }
         }
+    }
+
+    fn assigned_positions(&self) -> Option<HashMap<i32, Position>> {
+        self.consumer.context().positions.lock().unwrap().take()
     }
 
     fn committed(&self, partitions: &[i32]) -> Result<HashMap<i32, Option<i64>>> {

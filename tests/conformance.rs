@@ -156,6 +156,20 @@ fn a_small_object_costs_one_s3_request_and_listings_of_catalog_folders_are_delim
         PutOutcome::Created
     );
     assert_eq!(requests.take().len(), 1, "storing a small file");
+    // A file of several MiB is one PUT as well, its body streamed from the file.
+    let mid = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(mid.path(), vec![9u8; 7 << 20]).unwrap();
+    assert_eq!(
+        store.put_file_if_absent("r/m.log", mid.path()).unwrap(),
+        PutOutcome::Created
+    );
+    let reqs = requests.take();
+    assert_eq!(reqs.len(), 1, "storing a 7 MiB file: {reqs:?}");
+    assert!(reqs[0].starts_with("PUT "), "{reqs:?}");
+    let mut got = Vec::new();
+    store.get_into("r/m.log", &mut got).unwrap();
+    assert!(got.len() == 7 << 20 && got.iter().all(|b| *b == 9));
+    store.delete("r/m.log").unwrap();
     store.put_bytes("r/sub/c.log", b"deeper").unwrap();
     requests.take();
     let folder: Vec<String> = store

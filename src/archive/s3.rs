@@ -11,8 +11,9 @@ use s3::{Bucket, Region};
 use std::io::Write;
 use std::path::Path;
 
-/// Objects up to this size go up in one conditional PUT; larger ones stream as multipart.
-const SINGLE_PUT_MAX: u64 = 5 << 20;
+/// Files up to this size go up in one conditional PUT whose body streams from the file;
+/// larger ones as multipart uploads (retried part by part).
+const SINGLE_PUT_MAX: u64 = 64 << 20;
 /// Part size of multipart uploads (S3's minimum is 5 MiB).
 const PART_SIZE: usize = 5 << 20;
 
@@ -341,6 +342,61 @@ impl S3Store {
         result
     }
 
+    /// One conditional PUT (`If-None-Match: *`) whose body streams from the file, so no copy
+    /// of the object is held in memory (rust-s3's PUT takes the body as a slice and copies
+    /// it once more per attempt). The request is a presigned URL of rust-s3 (SigV4 in the
+    /// query, the payload unsigned) sent with attohttpc, rust-s3's own HTTP client. The
+    /// server answers 412 when the key exists.
+    fn put_file_streamed(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        let full = self.full(key);
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::IF_NONE_MATCH,
+            http::HeaderValue::from_static("*"),
+        );
+        let read_timeout = self
+            .bucket
+            .request_timeout()
+            .unwrap_or(std::time::Duration::from_secs(60));
+        let put = || -> std::result::Result<(), S3Error> {
+            let url = self
+                .bucket
+                .presign_put(&full, 3600, Some(h.clone()), None)?;
+            let file = std::fs::File::open(path)?;
+            let sent = attohttpc::put(url)
+                .header(http::header::IF_NONE_MATCH, "*")
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(read_timeout)
+                .file(file)
+                .send();
+            let resp = match sent {
+                Ok(r) => r,
+                // A server may answer 412 as soon as it has the headers and close the
+                // connection while the body is still being sent: the key exists if a HEAD
+                // finds it (a PUT lands whole or not at all). Otherwise the error stands,
+                // and is retried as a dropped connection.
+                Err(e) if is_closed_early(&e) => {
+                    if let Ok((_, 200)) = self.bucket.head_object(&full) {
+                        return Err(S3Error::HttpFailWithBody(412, "the key exists".into()));
+                    }
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let status = resp.status().as_u16();
+            if resp.is_success() {
+                return Ok(());
+            }
+            let body = resp.text().unwrap_or_default();
+            Err(S3Error::HttpFailWithBody(status, body))
+        };
+        match self.call("PUT", put) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(Tried(S3Error::HttpFailWithBody(412, _), _)) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(self.explain(&e)).with_context(|| format!("uploading {}", self.url(key))),
+        }
+    }
+
     fn exists(&self, key: &str) -> Result<bool> {
         match self.call("HEAD", || self.bucket.head_object(self.full(key))) {
             Ok((_, 200)) => Ok(true),
@@ -355,6 +411,14 @@ impl S3Store {
                 .with_context(|| format!("checking whether {} exists", self.url(key))),
         }
     }
+}
+
+/// Whether the server closed the connection while a request body was being sent.
+fn is_closed_early(e: &attohttpc::Error) -> bool {
+    matches!(e.kind(), attohttpc::ErrorKind::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+    ))
 }
 
 fn short(e: &dyn std::fmt::Display) -> String {
@@ -397,9 +461,7 @@ impl ObjectStore for S3Store {
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
         let size = std::fs::metadata(path)?.len();
         if size <= SINGLE_PUT_MAX {
-            let data =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            return self.put_bytes_if_absent(key, &data);
+            return self.put_file_streamed(key, path);
         }
         // A HEAD first saves uploading a large object that exists; the conditional
         // completion is what guarantees nothing is replaced.

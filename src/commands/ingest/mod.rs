@@ -746,7 +746,15 @@ impl Run<'_> {
     /// expired unarchived) before anything is read. Every problem fails the run, naming the
     /// partitions and offsets; nothing is committed.
     fn check_positions(&mut self, source: &dyn MessageSource, ps: &[i32]) -> Result<()> {
-        let committed = source.committed(ps)?;
+        // What the source looked up while assigning, else asked now (after the fetching has
+        // started, where a broker may answer only after a pending fetch).
+        let known = source
+            .assigned_positions()
+            .filter(|k| ps.iter().all(|p| k.contains_key(p)));
+        let committed: std::collections::HashMap<i32, Option<i64>> = match &known {
+            Some(k) => k.iter().map(|(p, pos)| (*p, pos.committed)).collect(),
+            None => source.committed(ps)?,
+        };
         if self.opts.replay_epoch.is_some() {
             // A replay starts where asked (the source refuses expired offsets).
             for &p in ps {
@@ -760,7 +768,10 @@ impl Run<'_> {
             let c = committed.get(&p).copied().flatten();
             self.committed_at_assign.insert(p, c);
             let h = self.head.next.get(&p).copied();
-            let (lo, _) = source.watermarks(p)?;
+            let lo = match known.as_ref().and_then(|k| k.get(&p)) {
+                Some(pos) => pos.low,
+                None => source.watermarks(p)?.0,
+            };
             match (h, c) {
                 (Some(h), None) => problems.push(format!(
                     "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",

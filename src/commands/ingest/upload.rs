@@ -12,11 +12,12 @@ use std::sync::{Arc, Condvar, Mutex};
 /// is a spool file on disk, not memory.
 pub const UPLOAD_QUEUE: usize = 4;
 
-/// Objects stored at once. Three workers (storing a run's last objects side by side) showed
-/// no gain on the benchmark (ingest 0.90x the bare consumer at 1M, against 0.88-0.92x with
-/// one) and raised ingest's peak RSS from 58 to 74 MiB at 1M and to 90-102 MiB at 10M (each
-/// multipart upload holds its part buffer), so one it is.
-pub const UPLOAD_WORKERS: usize = 1;
+/// Objects stored at once. A run's last objects are finished together when every partition
+/// reaches its end, so they are stored side by side. Each object up to 64 MiB goes up as
+/// one PUT streamed from its spool file, which holds no copy of it in memory (three workers
+/// with rust-s3's in-memory PUT and 5 MiB multipart buffers had raised peak RSS from 58 to
+/// 74 MiB at 1M messages and to 90-102 MiB at 10M); larger ones hold one 5 MiB part each.
+pub const UPLOAD_WORKERS: usize = 3;
 
 /// A finished spool file waiting to be stored under its key.
 pub struct Pending {
