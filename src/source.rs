@@ -876,6 +876,65 @@ mod tests {
     }
 
     #[test]
+    fn an_assignment_starts_at_the_committed_offsets_it_looked_up() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("pos", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..20u32 {
+            let payload = format!("m{i}").into_bytes();
+            producer
+                .send(
+                    BaseRecord::<(), [u8]>::to("pos")
+                        .partition((i % 2) as i32)
+                        .payload(&payload),
+                )
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        let settings = mock_settings(brokers, "pos", "pos-group");
+        KafkaSource::connect(&settings, Mode::Subscribe)
+            .unwrap()
+            .commit(&[(0, 7)])
+            .unwrap();
+        let mut src = KafkaSource::connect(&settings, Mode::Subscribe).unwrap();
+        src.start().unwrap();
+        let t0 = std::time::Instant::now();
+        let mut first: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut positions = None;
+        while first.len() < 2 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no messages");
+            match src.poll(Duration::from_millis(100)).unwrap() {
+                Event::Assigned(_) => positions = src.assigned_positions(),
+                Event::Message(m) => {
+                    first.entry(m.partition).or_insert(m.offset);
+                }
+                _ => {}
+            }
+        }
+        let positions = positions.expect("looked up while assigning");
+        assert_eq!(
+            positions[&0],
+            Position {
+                committed: Some(7),
+                low: 0
+            }
+        );
+        assert_eq!(
+            positions[&1],
+            Position {
+                committed: None,
+                low: 0
+            }
+        );
+        assert_eq!(src.assigned_positions(), None, "taken once");
+        assert_eq!(first, BTreeMap::from([(0, 7), (1, 0)]));
+    }
+
+    #[test]
     fn revocation_waits_for_the_barrier_before_releasing_partitions() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("reb", 4, 1).unwrap();
