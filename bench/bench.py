@@ -99,6 +99,8 @@ def main():
         add("ingest", "batchlayer ingest", secs, rss)
         secs, rss, out = timed([BARE, "127.0.0.1:9092", topic], env=env)
         add("ingest", "bare librdkafka consumer (limit)", secs, rss)
+        secs, rss, out = timed([BARE, "127.0.0.1:9092", topic, "--subscribe"], env=env)
+        add("ingest", "bare librdkafka consumer joining a group", secs, rss)
         try:
             secs, rss, out = timed([PY, os.path.join(REPO, "bench/seed_ingest.py"), "127.0.0.1:9092", topic, bucket,
                                     f"seed{r}/tweets.log"], env=dict(env, CLIENT=seed_client),
@@ -226,6 +228,8 @@ def report(n, res, notes, payload_bytes, a, variant=""):
     ag = med["aggregate"]
     checks = [
         ("ingest throughput vs bare consumer", bare / bl_i, ">= 0.9x", bare / bl_i >= 0.9),
+        ("ingest throughput vs bare consumer joining a group", ing["bare librdkafka consumer joining a group"] / bl_i,
+         "(info)", True),
         ("ingest throughput vs seed", seed / bl_i, ">= 10x", seed / bl_i >= 10),
         ("copy (binary) throughput vs psql \\copy (text)",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"], ">= 1.3x",
