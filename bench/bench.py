@@ -135,11 +135,17 @@ def main():
         add("copy", "batchlayer copy", secs, rss)
         if r == 0:
             psql(f"\\copy {sch}.batch_raw TO '{tsv}'")
+            psql(f"\\copy {sch}.batch_raw TO '{tsv}.bin' (FORMAT binary)")
         psch = f"psc_{run}_{r}"
         psql(f"DROP SCHEMA IF EXISTS {psch} CASCADE; CREATE SCHEMA {psch}; "
              f"CREATE TABLE {psch}.batch_raw (LIKE blc_{run}_0.batch_raw)")
         secs, rss, _ = timed(PG + ["-c", f"\\copy {psch}.batch_raw FROM '{tsv}'"])
         add("copy", "psql \\copy of decoded rows (limit)", secs, rss)
+        bsch = f"psb_{run}_{r}"
+        psql(f"DROP SCHEMA IF EXISTS {bsch} CASCADE; CREATE SCHEMA {bsch}; "
+             f"CREATE TABLE {bsch}.batch_raw (LIKE blc_{run}_0.batch_raw)")
+        secs, rss, _ = timed(PG + ["-c", f"\\copy {bsch}.batch_raw FROM '{tsv}.bin' (FORMAT binary)"])
+        add("copy", "psql \\copy of the same rows in binary", secs, rss)
         tsch = f"blt_{run}_{r}"
         psql(f"DROP SCHEMA IF EXISTS {tsch} CASCADE; CREATE SCHEMA {tsch}")
         e = dict(env, BATCHLAYER_WAREHOUSE_SCHEMA=tsch, BATCHLAYER_ARCHIVE_URL=f"s3://{bucket}/bl0")
@@ -178,7 +184,7 @@ def main():
         log(f"aggregate rep {r + 1}/{a.reps} done")
 
     report(n, res, notes, payload_bytes, a, "-long" if a.long_locations else "")
-    for pre in ("blc", "psc", "sdc", "blt", "blj"):
+    for pre in ("blc", "psc", "psb", "sdc", "blt", "blj"):
         for r in range(a.reps):
             psql(f"DROP SCHEMA IF EXISTS {pre}_{run}_{r} CASCADE")
     shutil.rmtree(os.path.join(s3dir, bucket), ignore_errors=True)
@@ -234,6 +240,8 @@ def report(n, res, notes, payload_bytes, a, variant=""):
         ("copy (binary) throughput vs psql \\copy (text)",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"], ">= 1.3x",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy"] >= 1.3),
+        ("copy (binary) throughput vs psql \\copy in binary (the server's binary limit)",
+         cp["psql \\copy of the same rows in binary"] / cp["batchlayer copy"], "(info)", True),
         ("copy --jobs 2 throughput vs psql \\copy",
          cp["psql \\copy of decoded rows (limit)"] / cp["batchlayer copy --jobs 2"], "(info)", True),
         ("copy --copy-format text throughput vs psql \\copy",
