@@ -189,9 +189,19 @@ impl Layout {
         if format == CopyFormat::Binary {
             out.extend_from_slice(&(self.columns.len() as i16).to_be_bytes());
         }
-        let fields = rec.split(|&b| b == self.delimiter);
-        for (i, (col, raw)) in self.columns.iter().zip(fields).enumerate() {
-            match self.field(col, raw) {
+        // One UTF-8 check for the whole record (fields cut at an ASCII delimiter stay valid);
+        // a record that fails it is checked field by field, to name the column.
+        let text = std::str::from_utf8(rec).ok();
+        let ends = memchr::memchr_iter(self.delimiter, rec).chain(std::iter::once(rec.len()));
+        let mut begin = 0;
+        for (i, (col, end)) in self.columns.iter().zip(ends).enumerate() {
+            let raw = &rec[begin..end];
+            let parsed = match text {
+                Some(t) => self.field_str(col, &t[begin..end]),
+                None => self.field(col, raw),
+            };
+            begin = end + 1;
+            match parsed {
                 Ok(v) => match format {
                     CopyFormat::Text => {
                         if i > 0 {
@@ -257,6 +267,16 @@ impl Layout {
             reason,
         };
         let s = std::str::from_utf8(raw).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
+        self.field_str(col, s)
+    }
+
+    /// Parses and validates one field, known to be UTF-8, by its column.
+    fn field_str<'a>(&self, col: &Column, s: &'a str) -> Result<Value<'a>, RowError> {
+        let err = |reason: String| RowError {
+            column: Some(col.name.clone()),
+            value: Some(s.to_string()),
+            reason,
+        };
         if col.null_marker.as_deref() == Some(s) {
             return Ok(Value::Null);
         }
@@ -485,6 +505,24 @@ mod tests {
         let mut r = FrameReader::new(&b"abc"[..]);
         let mut rec = Vec::new();
         assert!(r.next_into(&mut rec).is_err());
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_naming_its_column_in_both_formats() {
+        let l = Layout::tweets();
+        for binary in [false, true] {
+            let mut out = b"kept".to_vec();
+            let rec = b"4;2024-01-01 00:00:00;5;\xff\xfe;1;1;";
+            let e = if binary {
+                l.to_pg_binary_row(rec, &mut out)
+            } else {
+                l.to_pg_copy_row(rec, &mut out)
+            }
+            .unwrap_err();
+            assert_eq!(e.column.as_deref(), Some("location"), "{e:?}");
+            assert!(e.reason.contains("invalid UTF-8"), "{e:?}");
+            assert_eq!(out, b"kept", "a refused row left bytes behind");
+        }
     }
 
     #[test]
