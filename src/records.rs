@@ -191,7 +191,7 @@ impl Layout {
         }
         // One UTF-8 check for the whole record (fields cut at an ASCII delimiter stay valid);
         // a record that fails it is checked field by field, to name the column.
-        let text = std::str::from_utf8(rec).ok();
+        let text = simdutf8::basic::from_utf8(rec).ok();
         let ends = memchr::memchr_iter(self.delimiter, rec).chain(std::iter::once(rec.len()));
         let mut begin = 0;
         for (i, (col, end)) in self.columns.iter().zip(ends).enumerate() {
