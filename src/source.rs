@@ -300,7 +300,10 @@ impl KafkaSource {
             .iter()
             .find(|p| k.properties.contains_key(**p))
         {
-            bail!("kafka.properties: {key} is set by batchlayer and cannot be changed (offsets are committed only after the objects are stored)");
+            return Err(crate::error::Error::Config(anyhow!(
+                "kafka.properties: {key} is set by batchlayer and cannot be changed (offsets are committed only after the objects are stored)"
+            ))
+            .into());
         }
         let mut cfg = client_config(k);
         cfg.set("group.id", &k.group)
@@ -829,6 +832,8 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(err.contains("enable.auto.commit"), "{err}");
+        let refused = KafkaSource::connect(&k, Mode::Subscribe).err().unwrap();
+        assert_eq!(crate::error::code_for(&refused), crate::error::USAGE);
         k.properties.clear();
         // A tuning property overrides ingest's default (an invalid value proves it is applied).
         k.properties
@@ -842,29 +847,44 @@ mod tests {
         assert!(KafkaSource::connect(&k, Mode::Subscribe).is_ok());
     }
 
+    /// Produces the payloads round-robin over the partitions; returns them per partition.
+    fn produce_round_robin(
+        brokers: &str,
+        topic: &str,
+        partitions: u32,
+        payloads: impl Iterator<Item = Vec<u8>>,
+    ) -> BTreeMap<i32, Vec<Vec<u8>>> {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        let mut sent: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+        for (i, payload) in payloads.enumerate() {
+            let p = (i as u32 % partitions) as i32;
+            producer
+                .send(
+                    BaseRecord::<(), [u8]>::to(topic)
+                        .partition(p)
+                        .payload(&payload),
+                )
+                .unwrap();
+            sent.entry(p).or_default().push(payload);
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        sent
+    }
+
     #[test]
     fn kafka_source_conforms_on_the_mock_cluster() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("conf", 3, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        let mut expected: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
-        for i in 0..300u32 {
-            let p = (i % 3) as i32;
-            let payload = format!("msg {i}\nwith newline").into_bytes();
-            producer
-                .send(
-                    BaseRecord::<(), [u8]>::to("conf")
-                        .partition(p)
-                        .payload(&payload),
-                )
-                .unwrap();
-            expected.entry(p).or_default().push(payload);
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        let expected = produce_round_robin(
+            &brokers,
+            "conf",
+            3,
+            (0..300u32).map(|i| format!("msg {i}\nwith newline").into_bytes()),
+        );
         let settings = mock_settings(brokers.clone(), "conf", "conf-group");
         conformance::run(
             &|| {
@@ -880,21 +900,12 @@ mod tests {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("pos", 2, 1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()
-            .unwrap();
-        for i in 0..20u32 {
-            let payload = format!("m{i}").into_bytes();
-            producer
-                .send(
-                    BaseRecord::<(), [u8]>::to("pos")
-                        .partition((i % 2) as i32)
-                        .payload(&payload),
-                )
-                .unwrap();
-        }
-        producer.flush(Duration::from_secs(10)).unwrap();
+        produce_round_robin(
+            &brokers,
+            "pos",
+            2,
+            (0..20u32).map(|i| format!("m{i}").into_bytes()),
+        );
         let settings = mock_settings(brokers, "pos", "pos-group");
         KafkaSource::connect(&settings, Mode::Subscribe)
             .unwrap()
