@@ -178,6 +178,14 @@ impl TlsPostgres {
             "-U",
             "postgres",
         ]);
+        // One role logs in with a SCRAM password over TLS only (channel binding is tested on it).
+        let hba = data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("hostssl all bl_scram 127.0.0.1/32 scram-sha-256\n{rest}"),
+        )
+        .unwrap();
         for (from, to) in [(&c.cert, "server.crt"), (&c.key, "server.key")] {
             std::fs::copy(from, data.join(to)).unwrap();
         }
@@ -236,9 +244,17 @@ impl Drop for TlsPostgres {
 
 /// Connects through batchlayer's own client with this URL; Ok(whether the session is TLS).
 fn session_ssl(url: &str) -> Result<bool, String> {
+    session_ssl_with(url, &[])
+}
+
+/// [`session_ssl`] with these environment variables (PGPASSWORD).
+fn session_ssl_with(url: &str, vars: &[(&str, &str)]) -> Result<bool, String> {
     let text = format!("[warehouse]\nurl = \"{url}\"\n");
     let file = batchlayer::config::parse_file(&text).unwrap();
-    let env: std::collections::HashMap<String, String> = Default::default();
+    let env: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let s = batchlayer::config::resolve(file, &env, &Default::default())
         .map_err(|e| format!("{e:#}"))?;
     let (mut client, _) =
@@ -299,6 +315,31 @@ fn postgres_over_tls_in_every_sslmode() {
     // A CA that did not sign the server's certificate.
     let err = session_ssl(&pg.url("localhost", &q("verify-ca", &other))).unwrap_err();
     assert!(err.contains("certificate verify failed"), "{err}");
+    // SCRAM with channel binding required: the client must bind the session to the server's
+    // certificate (tls-server-end-point) in every TLS mode, or the server refuses the login.
+    let mut admin = postgres::Client::connect(&pg.url("127.0.0.1", ""), postgres::NoTls).unwrap();
+    admin
+        .batch_execute("CREATE ROLE bl_scram LOGIN PASSWORD 'scram-pw-9'")
+        .unwrap();
+    let scram = |mode: &str, host: &str, root: &str, pw: &str| {
+        let url = format!(
+            "postgresql://bl_scram@{host}:{}/postgres{}&channel_binding=require",
+            pg.port,
+            q(mode, root)
+        );
+        session_ssl_with(&url, &[("PGPASSWORD", pw)])
+    };
+    assert_eq!(scram("require", "127.0.0.1", "", "scram-pw-9"), Ok(true));
+    assert_eq!(
+        scram("verify-full", "localhost", &ca, "scram-pw-9"),
+        Ok(true)
+    );
+    let err = scram("require", "127.0.0.1", "", "wrong-pw-7").unwrap_err();
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(
+        !err.contains("wrong-pw-7"),
+        "the password must not be shown: {err}"
+    );
     // The shared stack's server: prefer gives TLS exactly when the server offers it (Debian
     // turns ssl on with a snakeoil certificate), and falls back to plain when it does not.
     let row = crate::common::pg().query_one("SHOW ssl", &[]).unwrap();

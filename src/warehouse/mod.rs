@@ -8,6 +8,7 @@ pub mod redshift;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod standin;
+pub mod tls;
 
 pub use session::{SqlError, SqlSession};
 

@@ -5,11 +5,7 @@
 use super::{quote_ident, Names};
 use crate::config::{redact_url, PgTls, SslMode, WarehouseSettings};
 use anyhow::{Context, Result};
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::X509;
 use postgres::{Client, NoTls};
-use postgres_openssl::MakeTlsConnector;
 use std::fmt::{self, Display};
 use std::str::FromStr;
 use std::time::Duration;
@@ -138,7 +134,7 @@ fn connect_tls(cfg: &mut postgres::Config, tls: &PgTls, shown: &str) -> Result<C
         cfg.ssl_mode(Wire::Disable);
         return cfg.connect(NoTls).sql_with(ctx);
     }
-    let connector = tls_connector(tls).with_context(ctx)?;
+    let connector = super::tls::Connector::new(tls).with_context(ctx)?;
     cfg.ssl_mode(match tls.mode {
         SslMode::Prefer => Wire::Prefer,
         _ => Wire::Require,
@@ -152,37 +148,6 @@ fn connect_tls(cfg: &mut postgres::Config, tls: &PgTls, shown: &str) -> Result<C
     }
 }
 
-/// The OpenSSL connector for a mode: no certificate check for prefer/require; the chain
-/// against the root certificate(s) for verify-ca; and the host name too for verify-full.
-fn tls_connector(tls: &PgTls) -> Result<MakeTlsConnector> {
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
-    if matches!(tls.mode, SslMode::VerifyCa | SslMode::VerifyFull) {
-        let root = tls
-            .root_cert
-            .as_ref()
-            .context("sslmode verify-ca/verify-full needs sslrootcert")?;
-        let pem = std::fs::read(root)
-            .with_context(|| format!("reading sslrootcert {}", root.display()))?;
-        let mut store = X509StoreBuilder::new()?;
-        for c in X509::stack_from_pem(&pem)
-            .with_context(|| format!("sslrootcert {} is not PEM", root.display()))?
-        {
-            store.add_cert(c)?;
-        }
-        b.set_cert_store(store.build());
-        b.set_verify(SslVerifyMode::PEER);
-    } else {
-        b.set_verify(SslVerifyMode::NONE);
-    }
-    let mut c = MakeTlsConnector::new(b.build());
-    if tls.mode != SslMode::VerifyFull {
-        c.set_callback(|cfg, _host| {
-            cfg.set_verify_hostname(false);
-            Ok(())
-        });
-    }
-    Ok(c)
-}
 /// A session on a PostgreSQL-protocol server, with the configured table names.
 pub struct PgSession {
     pub client: Client,
