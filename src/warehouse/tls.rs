@@ -152,9 +152,6 @@ impl TlsStream for Stream {
     /// `tls-server-end-point`: the hash of the server's certificate, with the hash of its
     /// signature algorithm (SHA-256 where that is MD5 or SHA-1).
     fn channel_binding(&self) -> ChannelBinding {
-        if true {
-            return ChannelBinding::none();
-        }
         let Some(cert) = self.0.ssl().peer_certificate() else {
             return ChannelBinding::none();
         };
