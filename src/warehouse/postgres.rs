@@ -126,37 +126,105 @@ fn copy_sql(names: &Names, layout: &Layout, format: CopyFormat) -> String {
     )
 }
 
-/// Loads one downloaded object in its own transaction: its rows, rejects and ledger row.
-/// `verify` runs after the rows are sent and before anything is recorded: a streamed object's
-/// checksum is known only then.
-#[allow(clippy::too_many_arguments)]
-fn load_one<R: std::io::Read + Send + 'static>(
+/// What an object's encoder found: its counts, and the rows kept for the rejects table.
+type Encoded = (LoadResult, Vec<Reject>);
+
+/// An object on its way into COPY: a thread reads, checks and encodes its records into chunks
+/// (two queued at most) before its transaction starts, so the first rows of the next object are
+/// ready when the current one commits. Memory stays bounded: two chunks and the pipe.
+struct Incoming<'s> {
+    job: &'s LoadJob,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    spare: std::sync::mpsc::Sender<Vec<u8>>,
+    encoder: Option<std::thread::ScopedJoinHandle<'s, Result<Encoded>>>,
+    /// The streamed GET; its result is the object's sha256. None when the object was
+    /// downloaded (and checked) before.
+    getter: Option<std::thread::ScopedJoinHandle<'s, Result<String>>>,
+}
+
+impl<'s> Incoming<'s> {
+    /// Starts encoding `input` (the object's bytes as stored) on a thread of `scope`.
+    fn start<R: std::io::Read + Send + 'static>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        job: &'s LoadJob,
+        input: R,
+        getter: Option<std::thread::ScopedJoinHandle<'s, Result<String>>>,
+        enc: &'s Encoding<'s>,
+    ) -> Result<Self> {
+        let reader = FrameReader::new(decoder(input, job.compression)?);
+        let (full_tx, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (spare, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let encoder = scope.spawn(move || encode_object(reader, job, enc, &full_tx, &empty_rx));
+        Ok(Incoming {
+            job,
+            chunks,
+            spare,
+            encoder: Some(encoder),
+            getter,
+        })
+    }
+
+    /// Streams the object from the store: the GET on one thread, through a pipe, the encoder
+    /// on another.
+    fn stream(
+        scope: &'s std::thread::Scope<'s, '_>,
+        store: &'s dyn ObjectStore,
+        job: &'s LoadJob,
+        enc: &'s Encoding<'s>,
+    ) -> Result<Self> {
+        let (reader, getter) = stream(scope, store, &job.key)?;
+        Incoming::start(scope, job, reader, Some(getter), enc)
+    }
+
+    /// The streamed object's sha256, checked against its manifest's.
+    fn downloaded(&mut self) -> Result<()> {
+        let key = &self.job.key;
+        let got = self
+            .getter
+            .take()
+            .map(|g| {
+                g.join()
+                    .unwrap_or_else(|_| Err(anyhow!("the download of {key} panicked")))
+            })
+            .transpose()?;
+        match (got, self.job.expected_sha256.as_deref()) {
+            (Some(got), Some(want)) if want != got => {
+                bail!("object {key} is corrupt: sha256 {got} does not match the manifest's {want}")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Loads one object in its own transaction: its rows, rejects and ledger row. `sent` runs once
+/// the last row is on the wire, while the server still works through it (the caller starts
+/// the next object then). A streamed object's checksum is checked after its rows are sent and
+/// before anything is recorded; when the load fails, a download that failed or bytes that are
+/// not the manifest's are the error reported, not what the decoder made of them.
+fn load_one(
     s: &mut PgSession,
-    job: &LoadJob,
-    input: R,
+    mut inc: Incoming<'_>,
+    store: &dyn ObjectStore,
     layout: &Layout,
     opts: &LoadOptions,
     format: CopyFormat,
-    verify: &mut dyn FnMut() -> Result<()>,
+    sent: &mut dyn FnMut(),
 ) -> Result<LoadResult> {
-    let reader = FrameReader::new(decoder(input, job.compression)?);
-    let copy_sql = copy_sql(&s.names, layout, format);
+    let job = inc.job;
     let names = s.names.clone();
+    let copy_sql = copy_sql(&names, layout, format);
     let mut tx = s.client.transaction().sql_bare()?;
-    let (result, rejects) = copy_rows(
-        &mut tx,
-        &copy_sql,
-        &names.raw,
-        reader,
-        job,
-        &Encoding {
-            layout,
-            format,
-            max_errors: opts.max_errors,
-        },
-    )?;
+    let loaded = copy_rows(&mut tx, &copy_sql, &names.raw, &mut inc, sent);
+    let (result, rejects) = match loaded {
+        Ok(r) => r,
+        Err(e) => {
+            drop(tx);
+            return Err(download_cause(&mut inc, store).unwrap_or(e));
+        }
+    };
     if let Some(want) = job.expected_records {
         if want != result.records {
+            inc.downloaded()?;
             bail!(
                 "object {}: holds {} records but its manifest says {want}",
                 job.key,
@@ -164,7 +232,7 @@ fn load_one<R: std::io::Read + Send + 'static>(
             );
         }
     }
-    verify()?;
+    inc.downloaded()?;
     record_load(&mut tx, &names, job, &result, &rejects)?;
     if opts.fail_before_commit {
         bail!(
@@ -177,8 +245,37 @@ fn load_one<R: std::io::Read + Send + 'static>(
     Ok(result)
 }
 
-/// Loads the objects one after another on one connection, the next one downloading (and its
-/// checksum checked) while this one loads: one object waiting at most.
+/// Why did a streamed object's load fail? A download that failed is the cause; bytes that are
+/// not the manifest's (corrupt) are the cause of whatever the decoder said about them. None:
+/// the load's own error stands.
+fn download_cause(inc: &mut Incoming<'_>, store: &dyn ObjectStore) -> Option<anyhow::Error> {
+    let want = inc.job.expected_sha256.as_deref();
+    let getter = inc.getter.take()?;
+    // The getter may be blocked on a full pipe: stop the encoder so it lets go of it.
+    drop(std::mem::replace(
+        &mut inc.chunks,
+        std::sync::mpsc::sync_channel(0).1,
+    ));
+    let got = getter
+        .join()
+        .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", inc.job.key)));
+    match got {
+        Err(d) if !is_broken_pipe(&d) => Some(d),
+        Ok(got) if want.is_some_and(|w| w != got) => Some(anyhow!(
+            "object {} is corrupt: sha256 {got} does not match the manifest's {}",
+            inc.job.key,
+            want.unwrap_or_default()
+        )),
+        Ok(_) => None,
+        // Cut short: read it once more to tell corruption from a bad record.
+        Err(_) => want
+            .map(|w| download(store, &inc.job.key, Some(w)))
+            .and_then(Result::err),
+    }
+}
+
+/// Loads the objects one after another on one connection, each streamed as it downloads; the
+/// next one starts (its GET, and its first rows encoded) once this one's rows are all sent.
 fn load_in_order(
     s: &mut PgSession,
     jobs: &[LoadJob],
@@ -188,74 +285,31 @@ fn load_in_order(
     format: CopyFormat,
     progress: &mut dyn FnMut(&LoadResult),
 ) -> Result<Vec<LoadResult>> {
+    let enc = Encoding {
+        layout,
+        format,
+        max_errors: opts.max_errors,
+    };
+    let enc = &enc;
     let mut out = Vec::new();
-    for job in jobs {
-        let r = load_streamed(s, job, store, layout, opts, format)
-            .with_context(|| format!("loading {} into {} at {}", job.key, s.names.raw, s.url))?;
-        progress(&r);
-        out.push(r);
-    }
-    Ok(out)
-}
-
-/// Loads one object as it downloads (the GET on a thread, through a pipe), so the transfer,
-/// the decoding and the server's work overlap even for the first object. Its checksum is
-/// checked when the last byte is in, before the ledger row and the commit; a download that
-/// failed is the error reported, not what the decoder made of the missing bytes.
-fn load_streamed(
-    s: &mut PgSession,
-    job: &LoadJob,
-    store: &dyn ObjectStore,
-    layout: &Layout,
-    opts: &LoadOptions,
-    format: CopyFormat,
-) -> Result<LoadResult> {
     std::thread::scope(|scope| {
-        let (reader, getter) = stream(scope, store, &job.key)?;
-        let mut getter = Some(getter);
-        let downloaded = |getter: &mut Option<
-            std::thread::ScopedJoinHandle<'_, Result<String>>,
-        >| {
-            getter
-                .take()
-                .map(|g| {
-                    g.join()
-                        .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", job.key)))
-                })
-                .unwrap_or_else(|| Err(anyhow!("the download of {} was checked twice", job.key)))
-        };
-        let mut verify = || -> Result<()> {
-            let got = downloaded(&mut getter)?;
-            match job.expected_sha256.as_deref() {
-                Some(want) if want != got => bail!(
-                    "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
-                    job.key
-                ),
-                _ => Ok(()),
-            }
-        };
-        let r = load_one(s, job, reader, layout, opts, format, &mut verify);
-        let Err(e) = r else { return r };
-        if getter.is_none() {
-            return Err(e);
+        let mut next = jobs.first().map(|j| Incoming::stream(scope, store, j, enc));
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(inc) = next.take() else { break };
+            let mut sent = || {
+                next = jobs
+                    .get(i + 1)
+                    .map(|j| Incoming::stream(scope, store, j, enc));
+            };
+            let r = inc
+                .and_then(|inc| load_one(s, inc, store, layout, opts, format, &mut sent))
+                .with_context(|| {
+                    format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
+                })?;
+            progress(&r);
+            out.push(r);
         }
-        // Why did it fail? A download that failed is the cause; bytes that are not the
-        // manifest's (corrupt) are the cause of whatever the decoder said about them.
-        let want = job.expected_sha256.as_deref();
-        match downloaded(&mut getter) {
-            Err(d) if !is_broken_pipe(&d) => Err(d),
-            Ok(got) if want.is_some_and(|w| w != got) => Err(anyhow!(
-                "object {} is corrupt: sha256 {got} does not match the manifest's {}",
-                job.key,
-                want.unwrap_or_default()
-            )),
-            Ok(_) => Err(e),
-            // Cut short: read it once more to tell corruption from a bad record.
-            Err(_) => match want.map(|w| download(store, &job.key, Some(w))) {
-                Some(Err(corrupt)) => Err(corrupt),
-                _ => Err(e),
-            },
-        }
+        Ok(out)
     })
 }
 
@@ -274,6 +328,11 @@ fn load_parallel(
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    let enc = &Encoding {
+        layout,
+        format,
+        max_errors: opts.max_errors,
+    };
     let done: Mutex<Vec<(usize, LoadResult)>> = Mutex::new(Vec::new());
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
@@ -286,7 +345,12 @@ fn load_parallel(
                 }
                 let job = &jobs[i];
                 let r = download(store, &job.key, job.expected_sha256.as_deref())
-                    .and_then(|file| load_one(s, job, file, layout, opts, format, &mut || Ok(())))
+                    .and_then(|file| {
+                        std::thread::scope(|scope| {
+                            let inc = Incoming::start(scope, job, file, None, enc)?;
+                            load_one(s, inc, store, layout, opts, format, &mut || ())
+                        })
+                    })
                     .with_context(|| {
                         format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
                     });
@@ -323,42 +387,44 @@ struct Encoding<'a> {
 /// The size of the chunks the encoder hands to the COPY stream.
 const CHUNK: usize = 128 << 10;
 
-/// Streams one object's records into `COPY`. A thread decodes and encodes the records into
-/// chunks while this one sends them, so decoding and the server's work overlap (two chunks in
-/// flight at most). Bad rows fail the object (strict) or are kept for the rejects table.
-fn copy_rows<R: BufRead + Send>(
+/// Streams an incoming object's chunks into `COPY` as its encoder makes them, so decoding and
+/// the server's work overlap. Bad rows fail the object (strict) or are kept for the rejects
+/// table.
+fn copy_rows(
     tx: &mut Transaction<'_>,
     copy_sql: &str,
     table: &str,
-    reader: FrameReader<R>,
-    job: &LoadJob,
-    enc: &Encoding<'_>,
+    inc: &mut Incoming<'_>,
+    sent_all: &mut dyn FnMut(),
 ) -> Result<(LoadResult, Vec<Reject>)> {
     let mut w = tx.copy_in(copy_sql).sql("starting COPY")?;
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (encoded, sent) = std::thread::scope(|scope| {
-        let encoder = scope.spawn(move || encode_object(reader, job, enc, &full_tx, &empty_rx));
-        let mut sent: Result<()> = Ok(());
-        for chunk in full_rx.iter() {
-            if let Err(e) = w.write_all(&chunk) {
-                sent = Err(anyhow!("sending COPY data: {e}"));
-                break;
-            }
-            let _ = empty_tx.send(chunk);
+    let mut sent: Result<()> = Ok(());
+    for chunk in inc.chunks.iter() {
+        if let Err(e) = w.write_all(&chunk) {
+            sent = Err(anyhow!("sending COPY data: {e}"));
+            break;
         }
-        drop(full_rx);
-        let encoded = encoder
+        let _ = inc.spare.send(chunk);
+    }
+    // The encoder stops at its next chunk when the sending did.
+    drop(std::mem::replace(
+        &mut inc.chunks,
+        std::sync::mpsc::sync_channel(0).1,
+    ));
+    let key = &inc.job.key;
+    let encoded = match inc.encoder.take() {
+        Some(e) => e
             .join()
-            .unwrap_or_else(|_| Err(anyhow!("the encoder of {} panicked", job.key)));
-        (encoded, sent)
-    });
+            .unwrap_or_else(|_| Err(anyhow!("the encoder of {key} panicked"))),
+        None => Err(anyhow!("the encoder of {key} was joined twice")),
+    };
     let (result, rejects) = encoded?;
     if let Err(e) = sent {
         // The server's own error (a bad value, a lost connection) says more than the write's.
         w.finish().sql_with(|| format!("COPY into {table}"))?;
         return Err(e);
     }
+    sent_all();
     w.finish().sql_with(|| format!("COPY into {table}"))?;
     Ok((result, rejects))
 }
