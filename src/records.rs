@@ -184,21 +184,29 @@ impl Layout {
         out: &mut Vec<u8>,
         format: CopyFormat,
     ) -> Result<(), RowError> {
-        self.check_fields(rec)?;
         let start = out.len();
+        // A row is never longer than the record plus each field's length word and widening.
+        out.reserve(rec.len() + 2 + 12 * self.columns.len());
         if format == CopyFormat::Binary {
             out.extend_from_slice(&(self.columns.len() as i16).to_be_bytes());
         }
-        // One UTF-8 check for the whole record (fields cut at an ASCII delimiter stay valid);
-        // a record that fails it is checked field by field, to name the column.
+        // One pass: the UTF-8 check for the whole record (fields cut at an ASCII delimiter stay
+        // valid; a record that fails it is checked field by field, to name the column), then
+        // the fields at the delimiters. Whatever is wrong with the record's shape is reported
+        // before any field's value, as `check_fields` says it.
         let text = simdutf8::basic::from_utf8(rec).ok();
-        let ends = memchr::memchr_iter(self.delimiter, rec).chain(std::iter::once(rec.len()));
+        let mut ends = memchr::memchr_iter(self.delimiter, rec);
+        let last = self.columns.len().saturating_sub(1);
         let mut begin = 0;
-        for (i, (col, end)) in self.columns.iter().zip(ends).enumerate() {
-            let raw = &rec[begin..end];
+        for (i, col) in self.columns.iter().enumerate() {
+            let end = match ends.next() {
+                Some(e) if i < last || self.trailing_delimiter => e,
+                None if i == last && !self.trailing_delimiter => rec.len(),
+                _ => return Err(self.shape_error(rec, out, start, None)),
+            };
             let parsed = match text {
                 Some(t) => self.field_str(col, &t[begin..end]),
-                None => self.field(col, raw),
+                None => self.field(col, &rec[begin..end]),
             };
             begin = end + 1;
             match parsed {
@@ -211,16 +219,37 @@ impl Layout {
                     }
                     CopyFormat::Binary => v.write_binary(out),
                 },
-                Err(e) => {
-                    out.truncate(start);
-                    return Err(e);
-                }
+                Err(e) => return Err(self.shape_error(rec, out, start, Some(e))),
             }
+        }
+        // With a trailing delimiter, it must end the record.
+        if self.trailing_delimiter && begin != rec.len() {
+            return Err(self.shape_error(rec, out, start, None));
         }
         if format == CopyFormat::Text {
             out.push(b'\n');
         }
         Ok(())
+    }
+
+    /// The error of a record that failed: its shape's (field count, trailing delimiter) if that
+    /// is wrong, else the field's. `out` goes back to `start`.
+    fn shape_error(
+        &self,
+        rec: &[u8],
+        out: &mut Vec<u8>,
+        start: usize,
+        field: Option<RowError>,
+    ) -> RowError {
+        out.truncate(start);
+        match (self.check_fields(rec), field) {
+            (Err(e), _) | (Ok(()), Some(e)) => e,
+            (Ok(()), None) => RowError {
+                column: None,
+                value: None,
+                reason: "malformed record".into(),
+            },
+        }
     }
 
     /// Checks the record's number of fields and its trailing delimiter.
@@ -603,6 +632,28 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    #[test]
+    fn a_layout_without_trailing_delimiter_takes_exactly_its_fields() {
+        let mut l = Layout::tweets();
+        l.trailing_delimiter = false;
+        l.columns.truncate(3);
+        let mut out = Vec::new();
+        l.to_pg_binary_row(b"1;2020-01-02 03:04:05;7", &mut out)
+            .unwrap();
+        // Field count, then bigint and timestamp (8 bytes each) and int (4), each after its length.
+        assert_eq!(out.len(), 2 + (4 + 8) + (4 + 8) + (4 + 4));
+        for (rec, why) in [
+            (&b"1;2020-01-02 03:04:05;7;"[..], "found 4"),
+            (b"1;2020-01-02 03:04:05", "found 2"),
+            (b"1;2020-01-02 03:04:05;7;8", "found 4"),
+        ] {
+            let mut out = b"kept".to_vec();
+            let e = l.to_pg_copy_row(rec, &mut out).unwrap_err();
+            assert!(e.reason.contains(why), "{e:?}");
+            assert_eq!(out, b"kept");
+        }
+    }
+
     mod properties {
         //! Property tests: any bytes round-trip through the framing, and any record gives a
         //! row or a reject, never a panic; a valid row keeps its fields.
@@ -672,6 +723,23 @@ mod tests {
                         prop_assert_eq!(&out[..], b"keep", "a reject left bytes behind");
                         prop_assert!(!e.reason.is_empty());
                     }
+                }
+            }
+
+            #[test]
+            fn a_record_of_the_wrong_shape_says_so_before_any_value(
+                rec in "[0-9a-z;: \\-]{0,60}", trailing in any::<bool>(), binary in any::<bool>()) {
+                let mut l = Layout::tweets();
+                l.trailing_delimiter = trailing;
+                let mut out = Vec::new();
+                let got = if binary {
+                    l.to_pg_binary_row(rec.as_bytes(), &mut out)
+                } else {
+                    l.to_pg_copy_row(rec.as_bytes(), &mut out)
+                };
+                if let Err(shape) = l.check_fields(rec.as_bytes()) {
+                    prop_assert_eq!(got.unwrap_err(), shape);
+                    prop_assert!(out.is_empty());
                 }
             }
 
