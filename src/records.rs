@@ -204,22 +204,16 @@ impl Layout {
                 None if i == last && !self.trailing_delimiter => rec.len(),
                 _ => return Err(self.shape_error(rec, out, start, None)),
             };
-            let parsed = match text {
-                Some(t) => self.field_str(col, &t[begin..end]),
-                None => self.field(col, &rec[begin..end]),
+            if format == CopyFormat::Text && i > 0 {
+                out.push(b'\t');
+            }
+            let put = match text {
+                Some(t) => self.put_field(col, &t[begin..end], format, out),
+                None => self.field(col, &rec[begin..end], format, out),
             };
             begin = end + 1;
-            match parsed {
-                Ok(v) => match format {
-                    CopyFormat::Text => {
-                        if i > 0 {
-                            out.push(b'\t');
-                        }
-                        v.write_text(out);
-                    }
-                    CopyFormat::Binary => v.write_binary(out),
-                },
-                Err(e) => return Err(self.shape_error(rec, out, start, Some(e))),
+            if let Err(e) = put {
+                return Err(self.shape_error(rec, out, start, Some(e)));
             }
         }
         // With a trailing delimiter, it must end the record.
@@ -288,38 +282,65 @@ impl Layout {
         Ok(())
     }
 
-    /// Parses and validates one field by its column.
-    fn field<'a>(&self, col: &Column, raw: &'a [u8]) -> Result<Value<'a>, RowError> {
+    /// Parses and validates one field by its column and writes it into `out`.
+    fn field(
+        &self,
+        col: &Column,
+        raw: &[u8],
+        format: CopyFormat,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
         let err = |reason: String| RowError {
             column: Some(col.name.clone()),
             value: Some(String::from_utf8_lossy(raw).into_owned()),
             reason,
         };
         let s = std::str::from_utf8(raw).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-        self.field_str(col, s)
+        self.put_field(col, s, format, out)
     }
 
-    /// Parses and validates one field, known to be UTF-8, by its column.
-    fn field_str<'a>(&self, col: &Column, s: &'a str) -> Result<Value<'a>, RowError> {
+    /// Parses and validates one field, known to be UTF-8, by its column, and writes it into
+    /// `out` as COPY wants it: text COPY gets the text as it came (escaped, for text columns),
+    /// binary COPY the value's length and network-order bytes.
+    fn put_field(
+        &self,
+        col: &Column,
+        s: &str,
+        format: CopyFormat,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
         let err = |reason: String| RowError {
             column: Some(col.name.clone()),
             value: Some(s.to_string()),
             reason,
         };
+        let binary = format == CopyFormat::Binary;
         if col.null_marker.as_deref() == Some(s) {
-            return Ok(Value::Null);
+            match format {
+                CopyFormat::Binary => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                CopyFormat::Text => out.extend_from_slice(b"\\N"),
+            }
+            return Ok(());
         }
-        Ok(match col.ty {
-            ColumnType::Bigint => Value::Bigint(
-                s,
-                s.parse::<i64>()
-                    .map_err(|_| err("not a 64-bit integer".into()))?,
-            ),
-            ColumnType::Int => Value::Int(
-                s,
-                s.parse::<i32>()
-                    .map_err(|_| err("not a 32-bit integer".into()))?,
-            ),
+        match col.ty {
+            ColumnType::Bigint => {
+                let v = s
+                    .parse::<i64>()
+                    .map_err(|_| err("not a 64-bit integer".into()))?;
+                if binary {
+                    put_binary(out, &v.to_be_bytes());
+                    return Ok(());
+                }
+            }
+            ColumnType::Int => {
+                let v = s
+                    .parse::<i32>()
+                    .map_err(|_| err("not a 32-bit integer".into()))?;
+                if binary {
+                    put_binary(out, &v.to_be_bytes());
+                    return Ok(());
+                }
+            }
             ColumnType::Timestamp => {
                 let fast = (self.timestamp_format == ISO_SECONDS)
                     .then(|| parse_iso_seconds(s))
@@ -339,7 +360,13 @@ impl Layout {
                 if t.year() < 1 {
                     return Err(err("a year before 1 AD".into()));
                 }
-                Value::Timestamp(s, t)
+                if binary {
+                    // A leap second (:60) carries over into the next minute, as PostgreSQL's
+                    // own input does.
+                    let micros = t.and_utc().timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
+                    put_binary(out, &micros.to_be_bytes());
+                    return Ok(());
+                }
             }
             ColumnType::Text => {
                 if s.contains('\0') {
@@ -352,9 +379,16 @@ impl Layout {
                         return Err(err(format!("{n} characters, longer than {max}")));
                     }
                 }
-                Value::Text(s)
+                match format {
+                    CopyFormat::Binary => put_binary(out, s.as_bytes()),
+                    CopyFormat::Text => pg_escape_into(s.as_bytes(), out),
+                }
+                return Ok(());
             }
-        })
+        }
+        // Text COPY: a checked number or timestamp goes as it came.
+        out.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -407,44 +441,10 @@ pub const PG_BINARY_TRAILER: &[u8] = &[0xff, 0xff];
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
-/// A validated field: the text as it came (text COPY sends it unchanged) and its value.
-enum Value<'a> {
-    Null,
-    Bigint(&'a str, i64),
-    Int(&'a str, i32),
-    Timestamp(&'a str, NaiveDateTime),
-    Text(&'a str),
-}
-
-impl Value<'_> {
-    fn write_text(&self, out: &mut Vec<u8>) {
-        match self {
-            Value::Null => out.extend_from_slice(b"\\N"),
-            Value::Bigint(s, _) | Value::Int(s, _) | Value::Timestamp(s, _) => {
-                out.extend_from_slice(s.as_bytes())
-            }
-            Value::Text(s) => pg_escape_into(s.as_bytes(), out),
-        }
-    }
-
-    fn write_binary(&self, out: &mut Vec<u8>) {
-        let mut put = |bytes: &[u8]| {
-            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-            out.extend_from_slice(bytes);
-        };
-        match self {
-            Value::Null => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Value::Bigint(_, v) => put(&v.to_be_bytes()),
-            Value::Int(_, v) => put(&v.to_be_bytes()),
-            Value::Timestamp(_, t) => {
-                // A leap second (:60) carries over into the next minute, as PostgreSQL's own
-                // input does.
-                let micros = t.and_utc().timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
-                put(&micros.to_be_bytes())
-            }
-            Value::Text(s) => put(s.as_bytes()),
-        }
-    }
+/// One binary COPY field: its length, then its bytes.
+fn put_binary(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Escapes a value for PostgreSQL text COPY.
