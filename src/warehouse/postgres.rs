@@ -396,7 +396,7 @@ fn copy_rows(
     table: &str,
     inc: &mut Incoming<'_>,
     sent_all: &mut dyn FnMut(),
-) -> Result<(LoadResult, Vec<Reject>)> {
+) -> Result<Encoded> {
     let mut w = tx.copy_in(copy_sql).sql("starting COPY")?;
     let mut sent: Result<()> = Ok(());
     for chunk in inc.chunks.iter() {
@@ -437,7 +437,7 @@ fn encode_object<R: BufRead>(
     enc: &Encoding<'_>,
     full: &std::sync::mpsc::SyncSender<Vec<u8>>,
     empty: &std::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<(LoadResult, Vec<Reject>)> {
+) -> Result<Encoded> {
     let mut rejects = Vec::new();
     let mut result = LoadResult {
         key: job.key.clone(),
