@@ -293,9 +293,12 @@ fn load_in_order(
     let enc = &enc;
     let mut out = Vec::new();
     std::thread::scope(|scope| {
-        let mut next = jobs.first().map(|j| Incoming::stream(scope, store, j, enc));
+        let mut next = None;
         for (i, job) in jobs.iter().enumerate() {
-            let Some(inc) = next.take() else { break };
+            // Started early by the previous object's hook, or now: never skipped.
+            let inc = next
+                .take()
+                .unwrap_or_else(|| Incoming::stream(scope, store, job, enc));
             let mut sent = || {
                 next = jobs
                     .get(i + 1)
