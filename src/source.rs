@@ -177,11 +177,10 @@ impl ClientContext for Ctx {}
 /// Looks up where each newly assigned partition stands and gives it its start explicitly:
 /// the committed offset, or the first offset where nothing is committed (what
 /// `auto.offset.reset=earliest` gives). Left to itself, librdkafka looks the committed
-/// offsets up after the assignment and the first offsets after that, and ingest then asked
-/// the broker the same again; against tansu that put the first fetch about 0.1 s later (a
-/// bare subscribing consumer at 1M messages: 1.73-1.79 s, against 1.62-1.64 s with explicit
-/// offsets). The elements write through to the list librdkafka assigns right after this
-/// callback. None (and the offsets left to librdkafka) when a lookup fails.
+/// offsets up after the assignment and the first offsets after that, which delays the first
+/// fetch (measured in bench/notes.md). The elements write through to the list librdkafka
+/// assigns right after this callback. None (and the offsets left to librdkafka) when a lookup
+/// fails.
 fn start_positions<C: ConsumerContext>(
     c: &BaseConsumer<C>,
     tpl: &TopicPartitionList,
@@ -317,8 +316,8 @@ impl KafkaSource {
             // Bounded runs are short: notice a rebalance quickly.
             .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", "100")
-            // Bound librdkafka's prefetch queue (default 64 MiB). Lowering queued.min.messages
-            // as well flattened RSS but cut throughput 7x against tansu, so it stays default.
+            // Bound librdkafka's prefetch queue (default 64 MiB); queued.min.messages stays
+            // default, for throughput (bench/notes.md).
             .set("queued.max.messages.kbytes", "16384");
         // `[kafka.properties]` may tune these defaults (the loop in `client_config` ran before
         // them); the settings that exactly-once archiving rests on stay as set above.
@@ -381,8 +380,8 @@ impl KafkaSource {
 }
 
 /// Leaves the group before the consumer is dropped. rdkafka's own drop does the same but
-/// waits for the close in 100 ms polls, which a run paid in full every time (measured:
-/// 0.100 s from the last partition's end to the process's exit, against 0.005 s this way).
+/// waits for the close in 100 ms polls, which every run would pay at its end; this polls in
+/// 5 ms steps.
 impl Drop for KafkaSource {
     fn drop(&mut self) {
         if self.consumer.close_queue().is_err() {

@@ -1,6 +1,8 @@
-//! The files under examples/: every config loads through the real loader and documents every
-//! key the config module accepts; every script passes `bash -n`; every crontab job is valid
-//! bash behind `flock -n`; the systemd units name commands that exist.
+//! The files under examples/ and the docs: every config loads through the real loader and
+//! documents every key the config module accepts, as does the key table in
+//! docs/configuration.md; every script passes `bash -n`; every crontab job is valid bash behind
+//! `flock -n`; the systemd units name commands that exist; every TOML block in README.md and
+//! docs/ loads, and every relative link there resolves to a file and, for `#anchor`, a heading.
 
 use serde::de::{self, Deserialize, Visitor};
 use std::collections::BTreeSet;
@@ -113,6 +115,29 @@ fn uncommented(text: &str) -> String {
         .join("\n")
 }
 
+/// Every section of the config file with the keys it accepts, from the config types
+/// themselves.
+fn config_sections() -> Vec<(&'static str, BTreeSet<&'static str>)> {
+    use batchlayer::config::*;
+    let sections: Vec<(&str, BTreeSet<&str>)> = vec![
+        ("kafka", fields::<KafkaFile>()),
+        ("archive", fields::<ArchiveFile>()),
+        ("warehouse", fields::<WarehouseFile>()),
+        ("records", fields::<RecordsFile>()),
+        ("aggregate", fields::<AggregateFile>()),
+        ("retry", fields::<RetryFile>()),
+        ("log", fields::<LogFile>()),
+        ("status", fields::<StatusFile>()),
+    ];
+    let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        top,
+        fields::<FileConfig>(),
+        "a config section this test does not know"
+    );
+    sections
+}
+
 #[test]
 fn every_example_config_loads_and_documents_every_key() {
     use batchlayer::config::*;
@@ -135,22 +160,7 @@ fn every_example_config_loads_and_documents_every_key() {
     // The main example names every key of every section.
     let text = std::fs::read_to_string(examples().join("batchlayer.toml")).unwrap();
     let shown = documented_keys(&text);
-    let sections: Vec<(&str, BTreeSet<&str>)> = vec![
-        ("kafka", fields::<KafkaFile>()),
-        ("archive", fields::<ArchiveFile>()),
-        ("warehouse", fields::<WarehouseFile>()),
-        ("records", fields::<RecordsFile>()),
-        ("aggregate", fields::<AggregateFile>()),
-        ("retry", fields::<RetryFile>()),
-        ("log", fields::<LogFile>()),
-        ("status", fields::<StatusFile>()),
-    ];
-    let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
-    assert_eq!(
-        top,
-        fields::<FileConfig>(),
-        "a config section this test does not know"
-    );
+    let sections = config_sections();
     let mut missing = Vec::new();
     for (section, keys) in &sections {
         for k in keys {
@@ -267,5 +277,209 @@ fn the_systemd_units_run_batchlayer_steps() {
             <batchlayer::cli::Cli as clap::Parser>::try_parse_from(&args)
                 .unwrap_or_else(|err| panic!("{}: {e}: {err}", u.display()));
         }
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// README.md and every docs/*.md.
+fn docs() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    out.sort();
+    out.insert(0, root().join("README.md"));
+    out
+}
+
+/// A Markdown text split into its prose (the lines outside fenced code blocks) and its fenced
+/// code blocks (info string, body).
+fn split_markdown(text: &str) -> (Vec<&str>, Vec<(String, String)>) {
+    let (mut prose, mut blocks) = (Vec::new(), Vec::new());
+    let mut open: Option<(String, String)> = None;
+    for line in text.lines() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut open, fence) {
+            (None, Some(info)) => open = Some((info.trim().to_string(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => prose.push(line),
+        }
+    }
+    assert!(open.is_none(), "a code block is not closed");
+    (prose, blocks)
+}
+
+/// The anchors GitHub gives a text's headings: the heading lowercased, letters, digits, `-`
+/// and `_` kept, spaces made `-`, anything else dropped; a repeated one gets `-1`, `-2`, ...
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in split_markdown(text).0 {
+        let hashes = line.chars().take_while(|&c| c == '#').count();
+        let Some(heading) = line[hashes..]
+            .strip_prefix(' ')
+            .filter(|_| (1..=6).contains(&hashes))
+        else {
+            continue;
+        };
+        let slug: String = heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let mut candidate = slug.clone();
+        let mut n = 0;
+        while !out.insert(candidate.clone()) {
+            n += 1;
+            candidate = format!("{slug}-{n}");
+        }
+    }
+    out
+}
+
+/// The targets of a text's inline links (`[text](target)`) and link definitions
+/// (`[name]: target`), outside code blocks and code spans.
+fn link_targets(text: &str) -> Vec<String> {
+    let prose = split_markdown(text).0.join("\n");
+    // Code spans may run over a line break; every other backtick opens or closes one.
+    let outside: String = prose.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+    let mut out = Vec::new();
+    let mut rest = outside.as_str();
+    while let Some(i) = rest.find("](") {
+        rest = &rest[i + 2..];
+        let end = rest
+            .find(')')
+            .expect("a link without its closing parenthesis");
+        out.push(rest[..end].trim().to_string());
+        rest = &rest[end..];
+    }
+    for line in outside.lines() {
+        if let Some((_, target)) = line
+            .trim_start()
+            .strip_prefix('[')
+            .and_then(|l| l.split_once("]: "))
+        {
+            out.push(target.trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let files = docs();
+    assert!(files.len() > 1, "no docs/*.md");
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let name = file.strip_prefix(root()).unwrap().display().to_string();
+        for target in link_targets(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            checked += 1;
+            let (path, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let linked = if path.is_empty() {
+                file.clone()
+            } else {
+                file.parent().unwrap().join(path)
+            };
+            if !linked.exists() {
+                broken.push(format!("{name}: {target}: no such file"));
+            } else if !anchor.is_empty() && linked.extension().is_some_and(|x| x == "md") {
+                let text = std::fs::read_to_string(&linked).unwrap();
+                if !anchors(&text).contains(anchor) {
+                    broken.push(format!("{name}: {target}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} links found: is the parser right?"
+    );
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
+
+#[test]
+fn every_toml_block_in_the_docs_loads() {
+    use batchlayer::config::*;
+    let mut blocks = 0;
+    for file in docs() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (info, body) in split_markdown(&text).1 {
+            if info != "toml" {
+                continue;
+            }
+            blocks += 1;
+            let at = || format!("{}: the block {body:?}", file.display());
+            let parsed = parse_file(&body).unwrap_or_else(|e| panic!("{}: {e:#}", at()));
+            // The README's settings resolve as they are (the managed services' examples name
+            // certificate files that exist only on their hosts).
+            if file.ends_with("README.md") {
+                let env = std::collections::HashMap::<String, String>::new();
+                resolve(parsed, &env, &Overrides::default())
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", at()));
+            }
+        }
+    }
+    assert!(
+        blocks >= 2,
+        "the README's and the managed services' examples"
+    );
+}
+
+#[test]
+fn the_configuration_doc_names_every_key_and_only_keys() {
+    let path = root().join("docs/configuration.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // The key table: its rows' first cells, `section.key` or a bare key of the same section as
+    // the last one named, `[section.table]` or `[[section.table]]` for sub-tables.
+    let mut rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("| key |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'));
+    let mut named = BTreeSet::new();
+    let mut section = String::new();
+    for row in rows.by_ref() {
+        let cell = row.split('|').nth(1).unwrap_or_default();
+        for token in cell.split('`').skip(1).step_by(2) {
+            let token = token.trim_matches(|c| c == '[' || c == ']');
+            let key = match token.split_once('.') {
+                Some((s, k)) => {
+                    section = s.to_string();
+                    k
+                }
+                None => token,
+            };
+            named.insert((section.clone(), key.to_string()));
+        }
+    }
+    assert!(named.len() > 20, "no key table in {}", path.display());
+    let sections = config_sections();
+    let real: BTreeSet<(String, String)> = sections
+        .iter()
+        .flat_map(|(s, keys)| keys.iter().map(move |k| (s.to_string(), k.to_string())))
+        .collect();
+    let unknown: Vec<_> = named.difference(&real).collect();
+    assert!(
+        unknown.is_empty(),
+        "the table names keys that do not exist: {unknown:?}"
+    );
+    let missing: Vec<_> = real.difference(&named).collect();
+    assert!(missing.is_empty(), "the table lacks {missing:?}");
+    for k in fields::<batchlayer::records::Column>() {
+        assert!(text.contains(k), "the record layout does not show {k}");
     }
 }

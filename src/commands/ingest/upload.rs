@@ -1,6 +1,6 @@
 //! The upload workers: store finished spool files on their own threads, so the consumer keeps
-//! draining librdkafka's queue during an upload (a synchronous upload let the prefetch queue
-//! fill, which made peak RSS grow with run length). `UPLOAD_WORKERS` threads store at once.
+//! draining librdkafka's queue during an upload (else the prefetch queue fills and peak RSS
+//! grows with run length). `UPLOAD_WORKERS` threads store at once.
 
 use crate::archive::layout::ObjectEntry;
 use crate::archive::{ObjectStore, PutOutcome};
@@ -14,9 +14,8 @@ pub const UPLOAD_QUEUE: usize = 4;
 
 /// Objects stored at once. A run's last objects are finished together when every partition
 /// reaches its end, so they are stored side by side. Each object up to 64 MiB goes up as
-/// one PUT streamed from its spool file, which holds no copy of it in memory (three workers
-/// with rust-s3's in-memory PUT and 5 MiB multipart buffers had raised peak RSS from 58 to
-/// 74 MiB at 1M messages and to 90-102 MiB at 10M); larger ones hold one 5 MiB part each.
+/// one PUT streamed from its spool file, which holds no copy of it in memory, so the workers
+/// keep peak RSS flat (bench/notes.md); larger ones hold one 5 MiB part each.
 pub const UPLOAD_WORKERS: usize = 3;
 
 /// A finished spool file waiting to be stored under its key.
