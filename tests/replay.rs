@@ -35,7 +35,7 @@ fn replay_rebuilds_the_same_objects_in_a_shadow_and_loads_them_into_another_tabl
     let mut w = World::s3("replay");
     w.extra_toml = "max_object_records = 50\n".into();
     // Batches of 50 per partition: tansu's memory engine cannot start a fetch in the middle
-    // of a batch (README, Local stack), and the partial replay below starts at offset 50.
+    // of a batch (docs/operating.md), and the partial replay below starts at offset 50.
     produce_batched(&brokers(), &w.topic, 2, &tweet_payloads(300, 11, 20), 100);
     w.run_ok(&["ingest"]);
     w.run_ok(&["copy"]);

@@ -42,7 +42,7 @@ fn status_on_a_healthy_pipeline_reads_the_catalog_and_passes_its_thresholds() {
     assert_eq!(parts.len(), 2, "{s}");
     for p in parts {
         assert_eq!(p["lag"], 0, "{p}");
-        // tansu reports the high watermark short (README: Troubleshooting): never above.
+        // tansu reports the high watermark short (docs/operating.md): never above.
         assert!(p["committed"].as_i64() >= p["end"].as_i64(), "{p}");
         assert_eq!(p["caught_up"], true, "{p}");
         assert_eq!(

@@ -318,7 +318,7 @@ pub fn produce_raw(brokers: &str, topic: &str, partitions: i32, payloads: &[Opti
 }
 
 /// Like `produce_raw`, but flushes every `flush_every` messages so each flush ends a batch
-/// (tansu's memory engine cannot start a fetch in the middle of a batch; see README).
+/// (tansu's memory engine cannot start a fetch in the middle of a batch; docs/operating.md).
 pub fn produce_batched(
     brokers: &str,
     topic: &str,
