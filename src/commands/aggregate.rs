@@ -2,7 +2,7 @@
 //! the gates, then swap in one short transaction (`<view>` -> `<view>__prev`, new -> `<view>`).
 
 use crate::cli::AggregateArgs;
-use crate::commands::progress::{self, PartitionProgress};
+use crate::progress::{self, PartitionProgress};
 use crate::config::{Settings, ViewSettings};
 use crate::error::Error;
 use crate::output::Output;

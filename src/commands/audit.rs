@@ -7,7 +7,7 @@
 use crate::archive::layout::{self, ExpiredGap, Manifest, ObjectEntry, Rejected};
 use crate::archive::{self, ObjectMeta, ObjectStore};
 use crate::cli::AuditArgs;
-use crate::commands::progress::read_head;
+use crate::progress::read_head;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::output::Output;

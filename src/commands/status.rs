@@ -5,7 +5,7 @@
 use crate::archive;
 use crate::cli::StatusArgs;
 use crate::commands::aggregate::{read_build, BuildRecord};
-use crate::commands::progress::{self, PartitionProgress, Snapshot};
+use crate::progress::{self, PartitionProgress, Snapshot};
 use crate::config::Settings;
 use crate::error::Error;
 use crate::output::Output;
