@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod output;
+pub mod progress;
 pub mod records;
 pub mod source;
 pub mod tweets;

@@ -169,6 +169,44 @@ impl Output {
     }
 }
 
+/// Formats rows as an aligned text table. Columns are aligned by display width (what a
+/// terminal shows), so a wide character (an emoji, CJK) in a cell does not shift the others.
+pub fn format_table(cols: &[String], rows: &[Vec<String>]) -> String {
+    use unicode_width::UnicodeWidthStr;
+    let clean = |c: &String| {
+        c.replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+    };
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(clean).collect()).collect();
+    let mut w: Vec<usize> = cols.iter().map(|c| c.width()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.width());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.width())))
+            .collect();
+        format!("{}\n", parts.join(" | ").trim_end())
+    };
+    let mut s = line(cols);
+    s += &format!(
+        "{}\n",
+        w.iter()
+            .map(|n| "-".repeat(*n))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
+    for r in &rows {
+        s += &line(r);
+    }
+    s
+}
+
 /// Detail lines from the backends (retries, for example) go through `tracing`. As text, they
 /// are printed under -v as `batchlayer: ...` lines, otherwise dropped. As JSON, every event
 /// (and the details, information and warnings of `Output`) is one JSON object per line:
@@ -232,5 +270,40 @@ where
         write!(w, "batchlayer: ")?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_aligned() {
+        let t = format_table(
+            &["a".into(), "count".into()],
+            &[vec!["Z\u{fc}rich".into(), "3".into()]],
+        );
+        assert_eq!(t, "a      | count\n-------+------\nZ\u{fc}rich | 3\n");
+    }
+
+    #[test]
+    fn table_aligns_wide_characters_by_display_width() {
+        // An emoji and CJK characters take two columns each on a terminal.
+        let t = format_table(
+            &["location".into(), "n".into()],
+            &[
+                vec!["\u{6771}\u{4eac}".into(), "1".into()],
+                vec!["Paris \u{1f4cd}".into(), "2".into()],
+                vec!["Lyon".into(), "3".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "location | n\n\
+             ---------+--\n\
+             \u{6771}\u{4eac}     | 1\n\
+             Paris \u{1f4cd} | 2\n\
+             Lyon     | 3\n"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The archive: an object store behind a small trait, chosen by URL (s3:// or a local dir),
-//! and its layout (`layout`: keys, folders, manifests) that every command shares.
+//! its layout (`layout`: keys, folders, manifests) that every command shares, and its catalog
+//! (`catalog`: the one module that reads and writes heads, markers, manifests and epochs).
 
+pub mod catalog;
 pub mod layout;
 pub mod local;
 pub mod s3;

@@ -2,16 +2,15 @@
 //! the gates, then swap in one short transaction (`<view>` -> `<view>__prev`, new -> `<view>`).
 
 use crate::cli::AggregateArgs;
-use crate::commands::progress::{self, PartitionProgress};
 use crate::config::{Settings, ViewSettings};
 use crate::error::Error;
-use crate::output::Output;
-use crate::warehouse::{
-    self, quote_ident, quote_literal, strip_comments, Names, SqlSession, Warehouse,
-};
+use crate::output::{format_table, Output};
+use crate::progress::{self, PartitionProgress};
+use crate::warehouse::views::{record_build, BuildRecord, GateResult};
+use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -34,61 +33,6 @@ pub struct AggregateOptions {
     pub require_complete_through: Option<DateTime<Utc>>,
     /// Where each partition stands (read once by `exec` when a view has the gate).
     pub progress: Option<Vec<PartitionProgress>>,
-}
-
-/// One gate's outcome, kept with the build.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GateResult {
-    pub name: String,
-    pub new: Option<i64>,
-    pub old: Option<i64>,
-    pub passed: bool,
-}
-
-/// What a build was, stored as the built table's comment (`COMMENT ON TABLE`): it moves with
-/// the table through the renames, so the view, `__prev` and `__rejected` each carry their own.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BuildRecord {
-    pub built_at: DateTime<Utc>,
-    pub rows: i64,
-    pub gates: Vec<GateResult>,
-    /// Swapped in with --force although a gate failed.
-    #[serde(default)]
-    pub forced: bool,
-    /// The completeness gate's time and what the data was complete through, when checked.
-    #[serde(default)]
-    pub required_complete_through: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub complete_through: Option<DateTime<Utc>>,
-}
-
-/// The build record of a table (None when it has none: built before batchlayer kept them).
-pub fn read_build(
-    sql: &mut dyn SqlSession,
-    names: &Names,
-    table: &str,
-) -> Result<Option<BuildRecord>> {
-    let q = format!(
-        "SELECT d.description FROM pg_description d JOIN pg_class c ON c.oid = d.objoid \
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {} AND d.objsubid = 0",
-        quote_literal(&names.schema),
-        quote_literal(table)
-    );
-    let (_, rows) = sql.query_text(&q)?;
-    Ok(rows
-        .into_iter()
-        .next()
-        .and_then(|r| r.into_iter().next())
-        .and_then(|d| serde_json::from_str(&d).ok()))
-}
-
-/// The statement that keeps a build's record on its table.
-fn record_build(names: &Names, table: &str, rec: &BuildRecord) -> Result<String> {
-    Ok(format!(
-        "COMMENT ON TABLE {} IS {}",
-        names.qualified(table),
-        quote_literal(&serde_json::to_string(rec)?)
-    ))
 }
 
 /// The completeness gate, before anything is built: Err(gate) naming the partitions that
@@ -570,42 +514,6 @@ pub fn run(
     Ok(summary)
 }
 
-/// Formats rows as an aligned text table.
-pub fn format_table(cols: &[String], rows: &[Vec<String>]) -> String {
-    let clean = |c: &String| {
-        c.replace('\t', "\\t")
-            .replace('\n', "\\n")
-            .replace('\r', "\\r")
-    };
-    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(clean).collect()).collect();
-    let mut w: Vec<usize> = cols.iter().map(|c| c.chars().count()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        let parts: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c}{}", " ".repeat(w[i] - c.chars().count())))
-            .collect();
-        format!("{}\n", parts.join(" | ").trim_end())
-    };
-    let mut s = line(cols);
-    s += &format!(
-        "{}\n",
-        w.iter()
-            .map(|n| "-".repeat(*n))
-            .collect::<Vec<_>>()
-            .join("-+-")
-    );
-    for r in &rows {
-        s += &line(r);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,14 +641,5 @@ mod tests {
             .unwrap()
             .contains("2 rows with NULL"));
         assert!(judge(&g("non_null"), Some(0), None).is_none());
-    }
-
-    #[test]
-    fn table_is_aligned() {
-        let t = format_table(
-            &["a".into(), "count".into()],
-            &[vec!["Z\u{fc}rich".into(), "3".into()]],
-        );
-        assert_eq!(t, "a      | count\n-------+------\nZ\u{fc}rich | 3\n");
     }
 }

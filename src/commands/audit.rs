@@ -4,10 +4,10 @@
 //! every ledger row (and with `--deep` every object's bytes). Each problem names its exact
 //! offsets or key; any problem exits 6.
 
-use crate::archive::layout::{self, ExpiredGap, Manifest, ObjectEntry, Rejected};
+use crate::archive::catalog::{self, Catalog, KeyKind};
+use crate::archive::layout::{self, ExpiredGap, ObjectEntry, Rejected};
 use crate::archive::{self, ObjectMeta, ObjectStore};
 use crate::cli::AuditArgs;
-use crate::commands::progress::read_head;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::output::Output;
@@ -274,33 +274,24 @@ fn split_listing(listing: &[ObjectMeta], r: &mut AuditReport) -> BTreeMap<String
     let mut topics: BTreeMap<String, TopicPaths> = BTreeMap::new();
     for o in listing {
         let k = &o.key;
-        let seg = |prefix: &str| k.strip_prefix(prefix).and_then(|x| x.split('/').next());
-        if let Some(t) = seg(layout::MANIFESTS).filter(|_| k.ends_with(".json")) {
-            topics
+        match catalog::classify(k) {
+            KeyKind::Manifest(t) => topics
                 .entry(t.into())
                 .or_default()
                 .manifests
-                .push(k.clone());
-        } else if let Some(t) = seg(layout::REJECTED) {
-            topics.entry(t.into()).or_default().rejects.push(k.clone());
-        } else if let Some(t) =
-            seg(layout::CATALOG).filter(|t| k.starts_with(&layout::markers_prefix(t)))
-        {
-            topics.entry(t.into()).or_default().markers.push(k.clone());
-        } else if layout::is_data_key(k) {
-            r.objects_listed += 1;
-            if let Some(n) = layout::parse_object_name(k) {
-                topics.entry(n.topic).or_default();
+                .push(k.clone()),
+            KeyKind::Rejects(t) => topics.entry(t.into()).or_default().rejects.push(k.clone()),
+            KeyKind::Marker(t) => topics.entry(t.into()).or_default().markers.push(k.clone()),
+            KeyKind::Data => {
+                r.objects_listed += 1;
+                if let Some(n) = layout::parse_object_name(k) {
+                    topics.entry(n.topic).or_default();
+                }
             }
+            KeyKind::Other => {}
         }
     }
     topics
-}
-
-fn get_json<T: serde::de::DeserializeOwned>(store: &dyn ObjectStore, key: &str) -> Result<T> {
-    let mut body = Vec::new();
-    store.get_into(key, &mut body)?;
-    serde_json::from_slice(&body).with_context(|| format!("parsing {key}"))
 }
 
 /// Reads a topic's manifests (oldest first), rejects files, markers and head.
@@ -311,8 +302,9 @@ fn read_topic(
     listing: &[ObjectMeta],
     r: &mut AuditReport,
 ) -> Result<TopicArchive> {
+    let cat = Catalog::new(store, topic);
     let mut ta = TopicArchive {
-        head: read_head(store, topic)?,
+        head: cat.head()?,
         markers: paths.markers.len(),
         ..Default::default()
     };
@@ -320,7 +312,7 @@ fn read_topic(
     manifests.sort_by_key(|k| layout::manifest_name(k).unwrap_or_default().to_string());
     let mut reject_epoch: HashMap<String, i32> = HashMap::new();
     for key in &manifests {
-        let m: Manifest = get_json(store, key)?;
+        let m = cat.read_manifest(key)?;
         r.manifests_read += 1;
         let name = layout::manifest_name(key).unwrap_or_default().to_string();
         if let Some(rk) = &m.rejected_key {
@@ -348,10 +340,7 @@ fn read_topic(
         }
     }
     for key in &paths.markers {
-        let v: serde_json::Value = get_json(store, key)?;
-        for f in v["folders"].as_array().into_iter().flatten() {
-            ta.marker_folders.extend(f.as_str().map(str::to_string));
-        }
+        ta.marker_folders.extend(cat.read_marker(key)?.folders);
     }
     for o in listing.iter().filter(|o| layout::is_data_key(&o.key)) {
         if layout::parse_object_name(&o.key).is_some_and(|n| n.topic == topic) {

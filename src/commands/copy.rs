@@ -1,7 +1,8 @@
 //! `copy`: load archived objects that are not in the ledger yet, each with its ledger row in
 //! the same transaction, under a lock so concurrent runs load each object once.
 
-use crate::archive::layout::{self, Manifest, MANIFESTS};
+use crate::archive::catalog::{self, Catalog};
+use crate::archive::layout;
 use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
 use crate::config::Settings;
@@ -162,20 +163,12 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
     if want.is_empty() {
         return Ok(0);
     }
-    let mut manifests: Vec<String> = store
-        .list(MANIFESTS)?
-        .into_iter()
-        .map(|m| m.key)
-        .filter(|k| k.ends_with(".json"))
-        .collect();
-    let run_name = |k: &String| k.rsplit('/').next().unwrap_or_default().to_string();
-    manifests.sort_by_cached_key(|k| std::cmp::Reverse(run_name(k)));
     let mut read = 0;
-    for key in manifests {
+    for key in catalog::manifests_newest_first(store)? {
         if want.is_empty() {
             break;
         }
-        let man = read_manifest(store, &key)?;
+        let man = catalog::read_manifest(store, &key)?;
         read += 1;
         let listed = man.objects.len() as u32;
         for o in man.objects {
@@ -278,71 +271,6 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
     Ok(())
 }
 
-/// Reads and parses one run manifest.
-pub fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest> {
-    let mut body = Vec::new();
-    store.get_into(key, &mut body)?;
-    serde_json::from_slice(&body).with_context(|| format!("parsing manifest {key}"))
-}
-
-/// How far before the cursor copy still looks for manifests: a manifest is named when it is
-/// written, and one may land a little after a later one (a slow PUT, retries).
-const MANIFEST_GRACE_MINUTES: i64 = 15;
-
-/// The manifests of a topic copy must look at: all of them the first time (no cursor), else
-/// those in the day folders from the cursor (less the grace) to now, newer than that.
-pub fn recent_manifests(
-    store: &dyn ObjectStore,
-    topic: &str,
-    cursor: Option<&str>,
-) -> Result<Vec<(String, String)>> {
-    let base = format!("{MANIFESTS}{topic}/");
-    let floor = cursor
-        .and_then(layout::manifest_time)
-        .map(|t| t - chrono::Duration::minutes(MANIFEST_GRACE_MINUTES));
-    let listed = match floor {
-        None => store.list(&base)?,
-        Some(floor) => {
-            let mut v = Vec::new();
-            let mut day = floor.date_naive();
-            let last = chrono::Utc::now().date_naive() + chrono::Days::new(1);
-            while day <= last {
-                v.extend(store.list_folder(&format!("{base}{}/", day.format("%Y%m%d")))?);
-                day = day + chrono::Days::new(1);
-            }
-            v
-        }
-    };
-    let floor_name = floor.map(|t| t.format("%Y%m%dT%H%M%S%.3fZ").to_string());
-    let mut out: Vec<(String, String)> = listed
-        .into_iter()
-        .filter_map(|o| {
-            let name = layout::manifest_name(&o.key)?.to_string();
-            Some((o.key, name))
-        })
-        .filter(|(_, n)| floor_name.as_deref().is_none_or(|f| n.as_str() > f))
-        .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
-}
-
-/// The topics of the archive: those with a catalog folder (an ingest run writes its marker
-/// there before its first object, and the head after its commit, so every topic archived
-/// since the catalog exists has one). An archive with no catalog at all was written before
-/// it existed: its topics are the manifests' folders. Listing those in every run would cost
-/// a walk of every manifest on servers that answer a folder listing by walking it (s3s-fs);
-/// instead, the first ingest run of a topic gives every topic that has manifests but no
-/// catalog folder one (`legacy.json`), so those are found here too.
-pub fn archived_topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
-    let mut topics = store.list_dirs(layout::CATALOG)?;
-    if topics.is_empty() {
-        topics = store.list_dirs(MANIFESTS)?;
-    }
-    topics.sort();
-    topics.dedup();
-    Ok(topics)
-}
-
 /// The objects to load, found through the catalog: per topic, the manifests written since
 /// copy's cursor (the newest manifest in the ledger), read in order; their objects that the
 /// ledger does not hold yet. What a run costs follows what is new, not the archive's size.
@@ -355,15 +283,11 @@ fn discover(
 ) -> Result<(Vec<LoadJob>, usize)> {
     let mut jobs = Vec::new();
     let mut read = 0;
-    for topic in archived_topics(store)? {
-        unlisted.extend(
-            store
-                .list_folder(&layout::markers_prefix(&topic))?
-                .into_iter()
-                .map(|m| m.key),
-        );
+    for topic in catalog::topics(store)? {
+        let cat = Catalog::new(store, &topic);
+        unlisted.extend(cat.marker_keys()?);
         let cursor = wh.manifest_cursor(&topic)?;
-        let candidates = recent_manifests(store, &topic, cursor.as_deref())?;
+        let candidates = cat.recent_manifests(cursor.as_deref())?;
         // Manifests up to the cursor whose objects are in the ledger need no reading.
         let older: Vec<String> = candidates
             .iter()
@@ -375,7 +299,7 @@ fn discover(
             if done.contains(&name) {
                 continue;
             }
-            let man = read_manifest(store, &key)?;
+            let man = cat.read_manifest(&key)?;
             read += 1;
             let listed = man.objects.len() as u32;
             for o in man.objects {

@@ -7,7 +7,6 @@ pub mod completions;
 pub mod copy;
 pub mod ingest;
 pub mod produce;
-pub mod progress;
 pub mod status;
 
 use crate::error::Error;

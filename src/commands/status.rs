@@ -4,11 +4,11 @@
 
 use crate::archive;
 use crate::cli::StatusArgs;
-use crate::commands::aggregate::{read_build, BuildRecord};
-use crate::commands::progress::{self, PartitionProgress, Snapshot};
 use crate::config::Settings;
 use crate::error::Error;
-use crate::output::Output;
+use crate::output::{format_table, Output};
+use crate::progress::{self, PartitionProgress, Snapshot};
+use crate::warehouse::views::{read_build, BuildRecord};
 use crate::warehouse::{self, ledger, Names, Warehouse};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -343,7 +343,7 @@ fn partition_rows(r: &StatusReport) -> String {
             ]
         })
         .collect();
-    crate::commands::aggregate::format_table(&cols, &rows)
+    format_table(&cols, &rows)
 }
 
 fn gates_text(b: &Option<BuildRecord>, now: DateTime<Utc>) -> String {

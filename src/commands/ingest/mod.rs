@@ -14,6 +14,7 @@
 mod spool;
 mod upload;
 
+use crate::archive::catalog::{Catalog, Marker};
 use crate::archive::layout::{self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, Rejected};
 use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
@@ -84,15 +85,6 @@ struct Adopted {
     tombstones: Vec<i64>,
 }
 
-/// What a run's in-flight marker says: the folders it stores objects in. Written before the
-/// first object in each folder, removed after the commit; a marker left behind belongs to a
-/// run that died, and its folders are where its objects are.
-#[derive(Debug, Default, Serialize, serde::Deserialize)]
-struct Marker {
-    run_id: String,
-    folders: BTreeSet<String>,
-}
-
 /// A partition another member of the group held when the run ended, and its lag.
 #[derive(Debug, Clone, Serialize)]
 pub struct Held {
@@ -135,7 +127,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
     }
     let (mode, archive, replay_epoch) = match replay_plan(a)? {
         Some((range, prefix)) => {
-            let epoch = read_head(main_store.as_ref(), &kafka.topic)?.epoch;
+            let epoch = Catalog::new(main_store.as_ref(), &kafka.topic).epoch()?;
             // A group of its own that never commits: the main group is never touched.
             kafka.group = format!("{}-replay-{}", kafka.group, std::process::id());
             out.info(&format!(
@@ -236,6 +228,8 @@ struct PartState {
 /// One run's state: partitions, their spools, stored objects, and where the group stands.
 struct Run<'a> {
     store: &'a dyn ObjectStore,
+    /// The topic's catalog: its head, markers and manifests.
+    catalog: Catalog<'a>,
     settings: &'a ArchiveSettings,
     opts: &'a IngestOptions,
     topic: String,
@@ -330,22 +324,11 @@ impl Run<'_> {
             let prefix = layout::list_prefix(&self.settings.key_template, &self.topic);
             return self.store.list(&prefix);
         }
-        let own = layout::marker_key(&self.topic, &self.run_id);
         let mut folders = BTreeSet::new();
         self.crashed_markers.clear();
-        for m in self
-            .store
-            .list_folder(&layout::markers_prefix(&self.topic))?
-        {
-            if m.key == own {
-                continue;
-            }
-            let mut body = Vec::new();
-            self.store.get_into(&m.key, &mut body)?;
-            let marker: Marker = serde_json::from_slice(&body)
-                .with_context(|| format!("parsing the marker {}", m.key))?;
+        for (key, marker) in self.catalog.markers_of_other_runs(&self.run_id)? {
             folders.extend(marker.folders);
-            self.crashed_markers.push(m.key);
+            self.crashed_markers.push(key);
         }
         let mut out = Vec::new();
         for f in folders {
@@ -516,10 +499,7 @@ impl Run<'_> {
         }
         self.marker.folders.insert(folder.to_string());
         self.marker.run_id = self.run_id.clone();
-        let key = layout::marker_key(&self.topic, &self.run_id);
-        self.store
-            .put_bytes(&key, &serde_json::to_vec(&self.marker)?)
-            .with_context(|| format!("storing the run marker {key}"))
+        self.catalog.store_marker(&self.marker)
     }
 
     fn reject_tombstone(&mut self, partition: i32, offset: i64) {
@@ -868,43 +848,30 @@ impl Run<'_> {
     /// behind it means the offsets were reset or the topic re-created. A failure here loses
     /// nothing (the next run's check only needs the head not to be ahead): it is a warning.
     fn store_head(&self, commits: &[(i32, i64)], run_id: &str) {
-        let mut head = self.head.clone();
-        if head.epoch != self.epoch {
-            head.next.clear();
-        }
-        head.epoch = self.epoch;
-        for &(p, o) in commits {
-            head.next.insert(p, o);
-        }
-        head.expired.extend(self.expired.iter().cloned());
-        head.run_id = run_id.to_string();
-        let key = layout::catalog_head_key(&self.topic);
-        let r = serde_json::to_vec_pretty(&head)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| self.store.put_bytes(&key, &b));
-        if let Err(e) = r {
-            self.out.warn(&format!(
-                "the offsets are committed, but storing {key} failed: {e:#}"
-            ));
+        let head = self
+            .head
+            .after_run(self.epoch, commits, &self.expired, run_id);
+        if let Err(e) = self.catalog.store_head(&head) {
+            self.out
+                .warn(&format!("the offsets are committed, but {e:#}"));
         }
     }
 
     /// After the commit: this run's marker goes, and so do the dead runs' markers when this
     /// run held every partition (their objects are adopted or their offsets committed).
     fn remove_markers(&self) {
-        let mut keys = vec![layout::marker_key(&self.topic, &self.run_id)];
+        let mut removed = vec![self.catalog.remove_marker(&self.run_id)];
         let held_all = self
             .assigned
             .as_ref()
             .is_some_and(|a| self.all_partitions.iter().all(|p| a.contains(p)));
         if held_all {
-            keys.extend(self.crashed_markers.iter().cloned());
-        }
-        for k in keys {
-            if let Err(e) = self.store.delete(&k) {
-                self.out
-                    .warn(&format!("removing the run marker {k}: {e:#}"));
+            for k in &self.crashed_markers {
+                removed.push(self.catalog.remove_marker_at(k));
             }
+        }
+        for e in removed.into_iter().filter_map(Result::err) {
+            self.out.warn(&format!("{e:#}"));
         }
     }
 
@@ -949,11 +916,9 @@ impl Run<'_> {
             rejected_key,
             rejected: self.rejected.len() as u64,
         };
-        let key = layout::manifest_key(&self.topic, run_id, Utc::now());
+        let key = self.catalog.key_for_manifest(run_id, Utc::now());
         if !self.opts.dry_run {
-            self.store
-                .put_bytes_if_absent(&key, &serde_json::to_vec_pretty(&m)?)
-                .with_context(|| format!("storing manifest {key}"))?;
+            self.catalog.store_manifest(&key, &m)?;
         }
         Ok(Some(key))
     }
@@ -1082,9 +1047,10 @@ fn run_with(
         store.check()?;
     }
     let topic = source.topic().to_string();
-    let mut head = read_head(store, &topic)?;
+    let catalog = Catalog::new(store, &topic);
+    let mut head = catalog.head_or_default()?;
     if head == CatalogHead::default() && !opts.dry_run && opts.replay_epoch.is_none() {
-        let added = catalog_legacy_topics(store, &topic)?;
+        let added = catalog.catalog_legacy_topics()?;
         if !added.is_empty() {
             out.info(&format!(
                 "catalogued topics archived before the catalog existed, so copy finds them: {}",
@@ -1098,20 +1064,18 @@ fn run_with(
     let mut epoch = head.epoch;
     let mut expired = Vec::new();
     if opts.new_epoch && !opts.dry_run {
-        epoch = head.epoch + 1;
+        epoch = head.start_next_epoch();
         start_epoch(source, &topic, epoch, out)?;
-        head.next.clear();
     }
     if opts.accept_expired && !opts.dry_run {
         expired = accept_expired(source, epoch, out)?;
-        for g in &expired {
-            // The head moves past the gap: the partition now goes on from its first offset.
-            head.next.insert(g.partition, g.last + 1);
-        }
+        // The head moves past the gap: the partition now goes on from its first offset.
+        head.skip_expired(&expired);
     }
     source.start()?;
     let mut run = Run {
         store,
+        catalog,
         settings,
         opts,
         topic: source.topic().to_string(),
@@ -1147,44 +1111,6 @@ fn run_with(
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
-}
-
-/// An archive written before the catalog existed names its topics only by their manifest
-/// folders, and copy finds topics through the catalog. A topic's first run (no head yet)
-/// therefore gives every topic that has manifests but no catalog folder a `legacy.json` there,
-/// before its own marker makes the catalog non-empty. Returns the topics it catalogued.
-fn catalog_legacy_topics(store: &dyn ObjectStore, topic: &str) -> Result<Vec<String>> {
-    let known: BTreeSet<String> = store.list_dirs(layout::CATALOG)?.into_iter().collect();
-    let mut added = Vec::new();
-    for t in store.list_dirs(layout::MANIFESTS)? {
-        if t == topic || known.contains(&t) {
-            continue;
-        }
-        let key = layout::catalog_legacy_key(&t);
-        store
-            .put_bytes(&key, br#"{"catalogued_from":"_manifests"}"#)
-            .with_context(|| format!("cataloguing topic {t}, archived before the catalog"))?;
-        added.push(t);
-    }
-    Ok(added)
-}
-
-/// The topic's catalog head; an archive without one is at epoch 0 with no recorded positions.
-fn read_head(store: &dyn ObjectStore, topic: &str) -> Result<CatalogHead> {
-    let key = layout::catalog_head_key(topic);
-    let mut body = Vec::new();
-    match store.get_into(&key, &mut body) {
-        Ok(_) => serde_json::from_slice(&body).with_context(|| format!("parsing {key}")),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<crate::archive::StoreError>(),
-                Some(crate::archive::StoreError::NotFound(_))
-            ) =>
-        {
-            Ok(CatalogHead::default())
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {key}")),
-    }
 }
 
 /// The range and prefix of `--replay`, or None for a normal run.
@@ -1557,7 +1483,7 @@ mod tests {
         store.get_into(&manifests[0].key, &mut body).unwrap();
         let m: Manifest = serde_json::from_slice(&body).unwrap();
         assert_eq!(m.expired, sum.expired, "the gap is in the manifest");
-        let head = read_head(&store, "exp").unwrap();
+        let head = Catalog::new(&store, "exp").head_or_default().unwrap();
         assert_eq!(head.expired, sum.expired, "and in the catalog");
         assert_eq!(head.next.get(&0), Some(&20));
     }

@@ -1,11 +1,12 @@
 //! Where each partition of a topic stands along the chain (Kafka -> archive -> ledger), read
-//! from the catalog, not from a listing of the archive: the catalog head, the manifests written
-//! since copy's cursor, a few ledger aggregates, and one manifest per partition for the time
-//! of its newest loaded message. Shared by `status` and `aggregate --require-complete-through`.
+//! from the catalog (`archive::catalog`), not from a listing of the archive: the catalog head,
+//! the manifests written since copy's cursor, a few ledger aggregates, and one manifest per
+//! partition for the time of its newest loaded message. Shared by `status` and `aggregate
+//! --require-complete-through`.
 
-use crate::archive::layout::{self, CatalogHead, Manifest, ObjectEntry};
-use crate::archive::{ObjectStore, StoreError};
-use crate::commands::copy;
+use crate::archive::catalog::{Catalog, ManifestCache};
+use crate::archive::layout::{self, CatalogHead, ObjectEntry};
+use crate::archive::ObjectStore;
 use crate::config::Settings;
 use crate::source::{KafkaSource, MessageSource, Mode};
 use crate::warehouse::ledger::{self, Prefix};
@@ -13,65 +14,8 @@ use crate::warehouse::Warehouse;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
-
-/// Reads a small JSON state file; None when it does not exist.
-fn read_json<T: serde::de::DeserializeOwned>(
-    store: &dyn ObjectStore,
-    key: &str,
-) -> Result<Option<T>> {
-    let mut body = Vec::new();
-    match store.get_into(key, &mut body) {
-        Ok(_) => Ok(Some(
-            serde_json::from_slice(&body).with_context(|| format!("parsing {key}"))?,
-        )),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<StoreError>(),
-                Some(StoreError::NotFound(_))
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {key}")),
-    }
-}
-
-/// The topic's catalog head, None when no ingest has written one.
-pub fn read_head(store: &dyn ObjectStore, topic: &str) -> Result<Option<CatalogHead>> {
-    read_json(store, &layout::catalog_head_key(topic))
-}
-
-/// Manifests read by name (the ledger names them), each read once.
-#[derive(Default)]
-pub struct ManifestCache {
-    by_name: HashMap<String, Option<Manifest>>,
-    pub read: usize,
-}
-
-impl ManifestCache {
-    /// The manifest of this name, from its day folder (or the topic's folder, older layout).
-    pub fn get(
-        &mut self,
-        store: &dyn ObjectStore,
-        topic: &str,
-        name: &str,
-    ) -> Result<Option<&Manifest>> {
-        if !self.by_name.contains_key(name) {
-            let mut found = None;
-            for key in layout::manifest_keys_for_name(topic, name) {
-                self.read += 1;
-                if let Some(m) = read_json::<Manifest>(store, &key)? {
-                    found = Some(m);
-                    break;
-                }
-            }
-            self.by_name.insert(name.to_string(), found);
-        }
-        Ok(self.by_name.get(name).and_then(Option::as_ref))
-    }
-}
 
 /// An archived object no ledger row holds yet, as its manifest lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -98,17 +42,14 @@ pub struct Pending {
 
 /// The objects of a topic's manifests since copy's cursor that the ledger does not hold: what
 /// the next `copy` would load (copy's own discovery, read only).
-pub fn pending(store: &dyn ObjectStore, wh: &mut dyn Warehouse, topic: &str) -> Result<Pending> {
+pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
+    let topic = cat.topic();
     let mut out = Pending {
-        unlisted_runs: store
-            .list(&layout::markers_prefix(topic))?
-            .into_iter()
-            .map(|m| m.key)
-            .collect(),
+        unlisted_runs: cat.marker_keys()?,
         ..Default::default()
     };
     let cursor = wh.manifest_cursor(topic)?;
-    let candidates = copy::recent_manifests(store, topic, cursor.as_deref())?;
+    let candidates = cat.recent_manifests(cursor.as_deref())?;
     let older: Vec<String> = candidates
         .iter()
         .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
@@ -117,7 +58,7 @@ pub fn pending(store: &dyn ObjectStore, wh: &mut dyn Warehouse, topic: &str) -> 
     let done = wh.manifests_loaded(topic, &older)?;
     let mut seen = HashSet::new();
     for (key, name) in candidates.into_iter().filter(|(_, n)| !done.contains(n)) {
-        let man = copy::read_manifest(store, &key)?;
+        let man = cat.read_manifest(&key)?;
         out.manifests_read += 1;
         let stored_at = layout::manifest_time(&name);
         for o in man.objects {
@@ -206,11 +147,10 @@ pub struct Inputs<'a> {
 /// complete through.
 pub fn progress(
     source: &dyn MessageSource,
-    store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
     topic: &str,
     inp: &Inputs<'_>,
-    manifests: &mut ManifestCache,
+    manifests: &mut ManifestCache<'_>,
 ) -> Result<Vec<PartitionProgress>> {
     let epoch = inp.head.map_or(0, |h| h.epoch);
     let prefixes = ledger::loaded_prefixes(wh, topic, epoch)?;
@@ -241,7 +181,7 @@ pub fn progress(
             caught_up: false,
             complete_through: None,
         };
-        fill_times(&mut pp, prefix, &mine, store, topic, inp.rules, manifests)?;
+        fill_times(&mut pp, prefix, &mine, inp.rules, manifests)?;
         judge(&mut pp, prefix, &mine, inp);
         out.push(pp);
     }
@@ -250,17 +190,15 @@ pub fn progress(
 
 /// The time of the ledger's object `key` (listed by manifest `name`).
 fn loaded_time(
-    store: &dyn ObjectStore,
-    topic: &str,
     key: Option<&String>,
     name: Option<&String>,
     rules: &TimeRules,
-    manifests: &mut ManifestCache,
+    manifests: &mut ManifestCache<'_>,
 ) -> Result<Option<DateTime<Utc>>> {
     let Some(key) = key else { return Ok(None) };
     let mut max_ms = None;
     if let Some(name) = name {
-        if let Some(m) = manifests.get(store, topic, name)? {
+        if let Some(m) = manifests.get(name)? {
             max_ms = m
                 .objects
                 .iter()
@@ -276,23 +214,14 @@ fn fill_times(
     pp: &mut PartitionProgress,
     prefix: Option<&Prefix>,
     mine: &[&PendingObject],
-    store: &dyn ObjectStore,
-    topic: &str,
     rules: &TimeRules,
-    manifests: &mut ManifestCache,
+    manifests: &mut ManifestCache<'_>,
 ) -> Result<()> {
     // A pending object below the loaded offsets: nothing is loaded from the start.
     let prefix = prefix.filter(|x| mine.iter().all(|o| o.first_offset > x.start));
     if let Some(x) = prefix {
         pp.loaded_through = Some(x.through);
-        pp.loaded_through_at = loaded_time(
-            store,
-            topic,
-            x.key.as_ref(),
-            x.manifest.as_ref(),
-            rules,
-            manifests,
-        )?;
+        pp.loaded_through_at = loaded_time(x.key.as_ref(), x.manifest.as_ref(), rules, manifests)?;
     }
     let newest_pending = mine.iter().max_by_key(|o| o.last_offset);
     let top = prefixes_top(prefix);
@@ -303,8 +232,6 @@ fn fill_times(
         _ => match prefix {
             Some(x) if x.top == x.through => pp.loaded_through_at,
             Some(x) => loaded_time(
-                store,
-                topic,
                 x.top_key.as_ref(),
                 x.top_manifest.as_ref(),
                 rules,
@@ -397,14 +324,15 @@ pub fn snapshot(
 ) -> Result<Snapshot> {
     let k = s.require_kafka()?;
     let source = KafkaSource::connect(k, Mode::AssignAll)?;
-    let head = read_head(store, &k.topic)?;
-    let pending = pending(store, wh, &k.topic)
+    let catalog = Catalog::new(store, &k.topic);
+    let head = catalog.head()?;
+    let pending = pending(&catalog, wh)
         .with_context(|| format!("reading the catalog of {}", store.describe()))?;
     let rules = TimeRules {
         key_template: s.archive.key_template.clone(),
         utc_offset_secs: s.archive.utc_offset_secs,
     };
-    let mut manifests = ManifestCache::default();
+    let mut manifests = ManifestCache::new(catalog);
     let inputs = Inputs {
         head: head.as_ref(),
         pending: &pending,
@@ -412,7 +340,7 @@ pub fn snapshot(
         lateness,
         now,
     };
-    let partitions = progress(&source, store, wh, &k.topic, &inputs, &mut manifests)?;
+    let partitions = progress(&source, wh, &k.topic, &inputs, &mut manifests)?;
     Ok(Snapshot {
         topic: k.topic.clone(),
         group: k.group.clone(),

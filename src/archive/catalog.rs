@@ -1,0 +1,503 @@
+//! The archive's catalog: every read and write of batchlayer's own state in the archive. Per
+//! topic ([`Catalog`]): the head (epoch and next offsets, and the epoch bookkeeping of
+//! re-created topics), the in-flight markers of runs, the run manifests (stored, listed since
+//! copy's cursor, read by key or by name), and the legacy entries of topics archived before the
+//! catalog existed; for the whole archive: its topics, every manifest, what a key is.
+//!
+//! `layout` names the keys and formats; this module is the one that builds and reads them.
+
+use super::layout::{self, CatalogHead, ExpiredGap, Manifest, CATALOG, MANIFESTS, REJECTED};
+use super::{ObjectStore, StoreError};
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// What a run's in-flight marker says: the folders it stores objects in. Written before the
+/// first object in each folder, removed after the commit; a marker left behind belongs to a
+/// run that died, and its folders are where its objects are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Marker {
+    pub run_id: String,
+    pub folders: BTreeSet<String>,
+}
+
+/// How far before the cursor copy still looks for manifests: a manifest is named when it is
+/// written, and one may land a little after a later one (a slow PUT, retries).
+const MANIFEST_GRACE_MINUTES: i64 = 15;
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::NotFound(_))
+    )
+}
+
+/// The catalog's one JSON getter: reads and parses a small JSON file; None when it does not
+/// exist. A parse error names the file (`parsing {what}{key}`).
+fn get_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+    what: &str,
+) -> Result<Option<T>> {
+    let mut body = Vec::new();
+    match store.get_into(key, &mut body) {
+        Ok(_) => serde_json::from_slice(&body)
+            .map(Some)
+            .with_context(|| format!("parsing {what}{key}")),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {key}")),
+    }
+}
+
+/// A file that must exist (it was listed): missing is `StoreError::NotFound`.
+fn require_json<T: DeserializeOwned>(store: &dyn ObjectStore, key: &str, what: &str) -> Result<T> {
+    get_json(store, key, what)?.ok_or_else(|| StoreError::NotFound(key.to_string()).into())
+}
+
+/// One run manifest, by key (of any topic).
+pub fn read_manifest(store: &dyn ObjectStore, key: &str) -> Result<Manifest> {
+    require_json(store, key, "manifest ")
+}
+
+/// The topics of the archive: those with a catalog folder (an ingest run writes its marker
+/// there before its first object, and the head after its commit, so every topic archived
+/// since the catalog exists has one). An archive with no catalog at all was written before
+/// it existed: its topics are the manifests' folders. Listing those in every run would cost
+/// a walk of every manifest on servers that answer a folder listing by walking it (s3s-fs);
+/// instead, the first ingest run of a topic gives every topic that has manifests but no
+/// catalog folder one (a legacy entry, [`Catalog::catalog_legacy_topics`]), so those are
+/// found here too.
+pub fn topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
+    let mut topics = store.list_dirs(CATALOG)?;
+    if topics.is_empty() {
+        topics = store.list_dirs(MANIFESTS)?;
+    }
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
+}
+
+/// Every run manifest of every topic, newest first (by name: the time it was stored, or its
+/// run's start for manifests of older versions).
+pub fn manifests_newest_first(store: &dyn ObjectStore) -> Result<Vec<String>> {
+    let mut manifests: Vec<String> = store
+        .list(MANIFESTS)?
+        .into_iter()
+        .map(|m| m.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    let run_name = |k: &String| k.rsplit('/').next().unwrap_or_default().to_string();
+    manifests.sort_by_cached_key(|k| std::cmp::Reverse(run_name(k)));
+    Ok(manifests)
+}
+
+/// What a key of the archive is, and the topic of batchlayer's own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind<'k> {
+    /// A run manifest of this topic.
+    Manifest(&'k str),
+    /// A rejected-messages file of this topic.
+    Rejects(&'k str),
+    /// An in-flight marker of a run of this topic.
+    Marker(&'k str),
+    /// An archived data object.
+    Data,
+    /// Anything else (a head, a legacy entry, a COPY manifest, a foreign file).
+    Other,
+}
+
+/// Sorts a key of a listing of the whole archive.
+pub fn classify(key: &str) -> KeyKind<'_> {
+    let seg = |prefix: &str| key.strip_prefix(prefix).and_then(|x| x.split('/').next());
+    if let Some(t) = seg(MANIFESTS).filter(|_| key.ends_with(".json")) {
+        KeyKind::Manifest(t)
+    } else if let Some(t) = seg(REJECTED) {
+        KeyKind::Rejects(t)
+    } else if let Some(t) = seg(CATALOG).filter(|t| key.starts_with(&layout::markers_prefix(t))) {
+        KeyKind::Marker(t)
+    } else if layout::is_data_key(key) {
+        KeyKind::Data
+    } else {
+        KeyKind::Other
+    }
+}
+
+/// One topic's catalog in an archive.
+#[derive(Clone)]
+pub struct Catalog<'a> {
+    store: &'a dyn ObjectStore,
+    topic: String,
+}
+
+impl<'a> Catalog<'a> {
+    pub fn new(store: &'a dyn ObjectStore, topic: &str) -> Self {
+        Catalog {
+            store,
+            topic: topic.to_string(),
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The topic's head, None when no ingest has written one.
+    pub fn head(&self) -> Result<Option<CatalogHead>> {
+        get_json(self.store, &layout::catalog_head_key(&self.topic), "")
+    }
+
+    /// The topic's head; an archive without one is at epoch 0 with no recorded positions.
+    pub fn head_or_default(&self) -> Result<CatalogHead> {
+        Ok(self.head()?.unwrap_or_default())
+    }
+
+    /// The topic's epoch (0 before any head).
+    pub fn epoch(&self) -> Result<i32> {
+        Ok(self.head_or_default()?.epoch)
+    }
+
+    /// Replaces the topic's head.
+    pub fn store_head(&self, head: &CatalogHead) -> Result<()> {
+        let key = layout::catalog_head_key(&self.topic);
+        serde_json::to_vec_pretty(head)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| self.store.put_bytes(&key, &b))
+            .with_context(|| format!("storing {key} failed"))
+    }
+
+    /// The keys of the in-flight markers: runs going on, or dead, whose objects no manifest
+    /// lists yet.
+    pub fn marker_keys(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_folder(&layout::markers_prefix(&self.topic))?
+            .into_iter()
+            .map(|m| m.key)
+            .collect())
+    }
+
+    /// The marker stored under `key` (one of [`Catalog::marker_keys`]).
+    pub fn read_marker(&self, key: &str) -> Result<Marker> {
+        require_json(self.store, key, "the marker ")
+    }
+
+    /// The markers of every run but `run_id` (runs going on, or dead), with their keys.
+    pub fn markers_of_other_runs(&self, run_id: &str) -> Result<Vec<(String, Marker)>> {
+        let own = layout::marker_key(&self.topic, run_id);
+        let mut out = Vec::new();
+        for key in self.marker_keys()? {
+            if key == own {
+                continue;
+            }
+            let m = self.read_marker(&key)?;
+            out.push((key, m));
+        }
+        Ok(out)
+    }
+
+    /// Stores (replaces) the marker of the run `m.run_id`.
+    pub fn store_marker(&self, m: &Marker) -> Result<()> {
+        let key = layout::marker_key(&self.topic, &m.run_id);
+        self.store
+            .put_bytes(&key, &serde_json::to_vec(m)?)
+            .with_context(|| format!("storing the run marker {key}"))
+    }
+
+    /// Removes the marker of the run `run_id`.
+    pub fn remove_marker(&self, run_id: &str) -> Result<()> {
+        self.remove_marker_at(&layout::marker_key(&self.topic, run_id))
+    }
+
+    /// Removes the marker stored under `key` (one of [`Catalog::marker_keys`]).
+    pub fn remove_marker_at(&self, key: &str) -> Result<()> {
+        self.store
+            .delete(key)
+            .with_context(|| format!("removing the run marker {key}"))
+    }
+
+    /// The key of the manifest of run `run_id` written at `at` (in its day's folder).
+    pub fn key_for_manifest(&self, run_id: &str, at: DateTime<Utc>) -> String {
+        layout::manifest_key(&self.topic, run_id, at)
+    }
+
+    /// Stores a run's manifest under `key` (from [`Catalog::key_for_manifest`]); an existing
+    /// one is never replaced.
+    pub fn store_manifest(&self, key: &str, m: &Manifest) -> Result<()> {
+        self.store
+            .put_bytes_if_absent(key, &serde_json::to_vec_pretty(m)?)
+            .with_context(|| format!("storing manifest {key}"))?;
+        Ok(())
+    }
+
+    /// One run manifest, by key.
+    pub fn read_manifest(&self, key: &str) -> Result<Manifest> {
+        read_manifest(self.store, key)
+    }
+
+    /// The manifest of this name, from its day folder (or the topic's folder, older layout);
+    /// None when there is none. Counts the keys it tried into `read`.
+    fn manifest_named(&self, name: &str, read: &mut usize) -> Result<Option<Manifest>> {
+        for key in layout::manifest_keys_for_name(&self.topic, name) {
+            *read += 1;
+            if let Some(m) = get_json(self.store, &key, "")? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifests copy must look at, as (key, name) sorted by name: all of them the first
+    /// time (no cursor), else those in the day folders from the cursor (less the grace) to
+    /// now, newer than that.
+    pub fn recent_manifests(&self, cursor: Option<&str>) -> Result<Vec<(String, String)>> {
+        let base = format!("{MANIFESTS}{}/", self.topic);
+        let floor = cursor
+            .and_then(layout::manifest_time)
+            .map(|t| t - chrono::Duration::minutes(MANIFEST_GRACE_MINUTES));
+        let listed = match floor {
+            None => self.store.list(&base)?,
+            Some(floor) => {
+                let mut v = Vec::new();
+                let mut day = floor.date_naive();
+                let last = Utc::now().date_naive() + chrono::Days::new(1);
+                while day <= last {
+                    v.extend(
+                        self.store
+                            .list_folder(&format!("{base}{}/", day.format("%Y%m%d")))?,
+                    );
+                    day = day + chrono::Days::new(1);
+                }
+                v
+            }
+        };
+        let floor_name = floor.map(|t| t.format("%Y%m%dT%H%M%S%.3fZ").to_string());
+        let mut out: Vec<(String, String)> = listed
+            .into_iter()
+            .filter_map(|o| {
+                let name = layout::manifest_name(&o.key)?.to_string();
+                Some((o.key, name))
+            })
+            .filter(|(_, n)| floor_name.as_deref().is_none_or(|f| n.as_str() > f))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        Ok(out)
+    }
+
+    /// An archive written before the catalog existed names its topics only by their manifest
+    /// folders, and copy finds topics through the catalog. A topic's first run (no head yet)
+    /// therefore gives every other topic that has manifests but no catalog folder a legacy
+    /// entry there, before its own marker makes the catalog non-empty. Returns the topics it
+    /// catalogued.
+    pub fn catalog_legacy_topics(&self) -> Result<Vec<String>> {
+        let known: BTreeSet<String> = self.store.list_dirs(CATALOG)?.into_iter().collect();
+        let mut added = Vec::new();
+        for t in self.store.list_dirs(MANIFESTS)? {
+            if t == self.topic || known.contains(&t) {
+                continue;
+            }
+            let key = layout::catalog_legacy_key(&t);
+            self.store
+                .put_bytes(&key, br#"{"catalogued_from":"_manifests"}"#)
+                .with_context(|| format!("cataloguing topic {t}, archived before the catalog"))?;
+            added.push(t);
+        }
+        Ok(added)
+    }
+}
+
+/// A topic's manifests read by name (the ledger names them), each read once.
+pub struct ManifestCache<'a> {
+    catalog: Catalog<'a>,
+    by_name: HashMap<String, Option<Manifest>>,
+    /// Keys tried so far.
+    pub read: usize,
+}
+
+impl<'a> ManifestCache<'a> {
+    pub fn new(catalog: Catalog<'a>) -> Self {
+        ManifestCache {
+            catalog,
+            by_name: HashMap::new(),
+            read: 0,
+        }
+    }
+
+    /// The manifest of this name, from its day folder (or the topic's folder, older layout).
+    pub fn get(&mut self, name: &str) -> Result<Option<&Manifest>> {
+        if !self.by_name.contains_key(name) {
+            let found = self.catalog.manifest_named(name, &mut self.read)?;
+            self.by_name.insert(name.to_string(), found);
+        }
+        Ok(self.by_name.get(name).and_then(Option::as_ref))
+    }
+}
+
+/// The topic's epochs: a topic deleted and re-created starts a new epoch (`--new-epoch`), whose
+/// objects carry it in their names; offsets that expired unarchived are recorded as gaps.
+impl CatalogHead {
+    /// `--new-epoch`: the epoch after this head's. The old epoch's positions are dropped; the
+    /// head moves to the new epoch when the run's head is stored ([`CatalogHead::after_run`]).
+    pub fn start_next_epoch(&mut self) -> i32 {
+        self.next.clear();
+        self.epoch + 1
+    }
+
+    /// `--accept-expired`: each partition of a gap goes on from the offset after it.
+    pub fn skip_expired(&mut self, gaps: &[ExpiredGap]) {
+        for g in gaps {
+            self.next.insert(g.partition, g.last + 1);
+        }
+    }
+
+    /// The head after a run of `epoch` committed `commits`: the positions of another epoch
+    /// are dropped, the run's commits and accepted gaps recorded.
+    pub fn after_run(
+        &self,
+        epoch: i32,
+        commits: &[(i32, i64)],
+        expired: &[ExpiredGap],
+        run_id: &str,
+    ) -> CatalogHead {
+        let mut head = self.clone();
+        if head.epoch != epoch {
+            head.next.clear();
+        }
+        head.epoch = epoch;
+        for &(p, o) in commits {
+            head.next.insert(p, o);
+        }
+        head.expired.extend(expired.iter().cloned());
+        head.run_id = run_id.to_string();
+        head
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::local::LocalStore;
+
+    #[test]
+    fn heads_markers_and_manifests_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let cat = Catalog::new(&store, "t");
+        assert_eq!(cat.head().unwrap(), None);
+        assert_eq!(cat.epoch().unwrap(), 0);
+        let head = CatalogHead::default().after_run(2, &[(0, 10)], &[], "r1");
+        cat.store_head(&head).unwrap();
+        assert_eq!(cat.head().unwrap(), Some(head.clone()));
+        assert_eq!(cat.epoch().unwrap(), 2);
+
+        let mut m = Marker {
+            run_id: "r2".into(),
+            ..Default::default()
+        };
+        m.folders.insert("t/2024".into());
+        cat.store_marker(&m).unwrap();
+        cat.store_marker(&Marker {
+            run_id: "r3".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let keys = cat.marker_keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(cat.read_marker(&keys[0]).unwrap(), m);
+        let others = cat.markers_of_other_runs("r3").unwrap();
+        assert_eq!(others, vec![(keys[0].clone(), m)]);
+        assert_eq!(classify(&keys[0]), KeyKind::Marker("t"));
+        cat.remove_marker("r2").unwrap();
+        cat.remove_marker_at(&keys[1]).unwrap();
+        assert!(cat.marker_keys().unwrap().is_empty());
+
+        let at = DateTime::parse_from_rfc3339("2024-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let key = cat.key_for_manifest("r1", at);
+        let man = Manifest {
+            run_id: "r1".into(),
+            topic: "t".into(),
+            group: "g".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            objects: vec![],
+            rejected_key: None,
+            rejected: 0,
+            epoch: 2,
+            expired: vec![],
+        };
+        cat.store_manifest(&key, &man).unwrap();
+        assert_eq!(classify(&key), KeyKind::Manifest("t"));
+        assert_eq!(cat.read_manifest(&key).unwrap().epoch, 2);
+        let recent = cat.recent_manifests(None).unwrap();
+        assert_eq!(recent.len(), 1);
+        let mut cache = ManifestCache::new(cat.clone());
+        assert_eq!(cache.get(&recent[0].1).unwrap().unwrap().run_id, "r1");
+        assert!(cache.get("20240102T000000.000Z-none").unwrap().is_none());
+        assert_eq!(
+            cache.read, 3,
+            "one key for the first, two for the missing one"
+        );
+        assert_eq!(manifests_newest_first(&store).unwrap(), vec![key]);
+        let err = cat.read_manifest("_manifests/t/missing.json").unwrap_err();
+        assert!(is_not_found(&err), "{err:#}");
+    }
+
+    #[test]
+    fn legacy_topics_are_catalogued_and_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        store
+            .put_bytes("_manifests/old/20240101T000000.000Z-1.json", b"{}")
+            .unwrap();
+        assert_eq!(topics(&store).unwrap(), vec!["old"]);
+        let added = Catalog::new(&store, "new").catalog_legacy_topics().unwrap();
+        assert_eq!(added, vec!["old"]);
+        assert_eq!(topics(&store).unwrap(), vec!["old"]);
+        assert!(Catalog::new(&store, "new")
+            .catalog_legacy_topics()
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn epochs_drop_the_old_positions() {
+        let mut head = CatalogHead::default().after_run(0, &[(0, 5), (1, 7)], &[], "r1");
+        assert_eq!(head.start_next_epoch(), 1);
+        assert!(head.next.is_empty());
+        let gap = ExpiredGap {
+            epoch: 1,
+            partition: 1,
+            first: 0,
+            last: 3,
+        };
+        head.skip_expired(std::slice::from_ref(&gap));
+        assert_eq!(head.next.get(&1), Some(&4));
+        let after = head.after_run(1, &[(0, 9)], std::slice::from_ref(&gap), "r2");
+        assert_eq!(after.epoch, 1);
+        assert_eq!(
+            after.next.into_iter().collect::<Vec<_>>(),
+            vec![(0, 9)],
+            "a new epoch keeps only its own run's positions"
+        );
+        assert_eq!(after.expired, vec![gap]);
+        assert_eq!(after.run_id, "r2");
+        let same = CatalogHead::default()
+            .after_run(0, &[(0, 5), (1, 7)], &[], "r1")
+            .after_run(0, &[(0, 8)], &[], "r2");
+        assert_eq!(same.next.get(&1), Some(&7), "the same epoch keeps them");
+    }
+
+    #[test]
+    fn keys_are_classified() {
+        assert_eq!(classify("_rejected/t/r.jsonl"), KeyKind::Rejects("t"));
+        assert_eq!(classify("_catalog/t/head.json"), KeyKind::Other);
+        assert_eq!(classify("_manifests/t/x.txt"), KeyKind::Other);
+        assert_eq!(
+            classify("t/t+0+00000000000000000001+00000000000000000002.log"),
+            KeyKind::Data
+        );
+    }
+}
