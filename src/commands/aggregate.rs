@@ -78,7 +78,7 @@ pub fn read_build(
     Ok(rows
         .into_iter()
         .next()
-        .and_then(|r| r.into_iter().next())
+        .and_then(|r| r.into_iter().next().flatten())
         .and_then(|d| serde_json::from_str(&d).ok()))
 }
 
@@ -564,7 +564,8 @@ pub fn run(
             "SELECT * FROM {} ORDER BY 2 DESC, 1 LIMIT {n}",
             names.qualified(&v)
         );
-        summary.top = Some(sql.query_text(&q)?);
+        let (cols, rows) = sql.query_text(&q)?;
+        summary.top = Some((cols, crate::warehouse::session::shown(rows)));
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
