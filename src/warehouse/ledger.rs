@@ -248,7 +248,7 @@ impl<'a> Ledger<'a> {
         for r in self.read(queries, "reading the ledger's offset ranges")? {
             let need = |i: usize| -> Result<i64> {
                 r.get(i)?
-                    .with_context(|| format!("ledger offset value {:?}", r.0[i]))
+                    .with_context(|| format!("ledger offset value {:?}", r.text(i)))
             };
             let id = (
                 r.text(0).unwrap_or_default(),
@@ -477,5 +477,225 @@ impl<'a> Ledger<'a> {
             super::quote_literal(&job.key),
             job.size
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::ObjectStore;
+    use crate::records::Layout;
+    use crate::warehouse::session::Rows;
+    use crate::warehouse::{LoadOptions, OffsetRange};
+
+    /// A session that logs what it is asked and answers queries by script.
+    struct Script {
+        ledger_exists: bool,
+        log: Vec<String>,
+        answer: fn(&str) -> Rows,
+    }
+
+    impl SqlSession for Script {
+        fn describe(&self) -> String {
+            "script".into()
+        }
+        fn run_in_transaction(&mut self, _: &[String]) -> Result<()> {
+            unimplemented!()
+        }
+        fn execute(&mut self, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn query_i64(&mut self, _: &str) -> Result<Option<i64>> {
+            unimplemented!()
+        }
+        fn table_exists(&mut self, table: &str) -> Result<bool> {
+            self.log.push(format!("exists {table}"));
+            Ok(self.ledger_exists || table != "l")
+        }
+        fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
+            self.log.push(sql.to_string());
+            Ok((Vec::new(), (self.answer)(sql)))
+        }
+    }
+
+    /// A warehouse that is only its session and names.
+    struct Wh(Script, Names);
+
+    impl Warehouse for Wh {
+        fn session(&mut self) -> &mut dyn SqlSession {
+            &mut self.0
+        }
+        fn names(&self) -> &Names {
+            &self.1
+        }
+        fn describe(&self) -> String {
+            "wh".into()
+        }
+        fn try_lock(&mut self, _: &str) -> Result<bool> {
+            unimplemented!()
+        }
+        fn lock_wait(&mut self, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn load(
+            &mut self,
+            _: &[LoadJob],
+            _: &dyn ObjectStore,
+            _: &Layout,
+            _: &LoadOptions,
+            _: &mut dyn FnMut(&LoadResult),
+        ) -> Result<Vec<LoadResult>> {
+            unimplemented!()
+        }
+        fn record_skipped(&mut self, _: &LoadJob, _: u64) -> Result<()> {
+            unimplemented!()
+        }
+        fn load_sql(&self, _: &[LoadJob], _: &Layout) -> Vec<String> {
+            unimplemented!()
+        }
+    }
+
+    fn wh(ledger_exists: bool, answer: fn(&str) -> Rows) -> Wh {
+        let names = Names {
+            schema: "s".into(),
+            raw: "r".into(),
+            ledger: "l".into(),
+            rejects: "x".into(),
+        };
+        let s = Script {
+            ledger_exists,
+            log: Vec::new(),
+            answer,
+        };
+        Wh(s, names)
+    }
+
+    fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
+        values.iter().map(|v| v.map(String::from)).collect()
+    }
+
+    fn job(key: &str) -> LoadJob {
+        LoadJob {
+            key: key.into(),
+            range: Some(OffsetRange {
+                topic: "t".into(),
+                partition: 1,
+                epoch: 0,
+                first: 5,
+                last: 9,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// No ledger table yet: every question has the empty answer, and only the table's
+    /// existence is asked (nothing at all when there is nothing to ask about).
+    #[test]
+    fn no_ledger_yet_asks_nothing_more() {
+        let mut w = wh(false, |sql| panic!("asked {sql}"));
+        let mut l = Ledger::new(&mut w);
+        assert!(l.keys_loaded(&[]).unwrap().is_empty());
+        assert!(l.loaded_ranges(&[LoadJob::default()]).unwrap().is_empty());
+        assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
+        assert!(l.loaded_keys().unwrap().is_empty());
+        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        assert!(l.manifests_loaded("t", &["m".into()]).unwrap().is_empty());
+        assert!(l.loaded_ranges(&[job("a")]).unwrap().is_empty());
+        assert_eq!(l.summary("t").unwrap(), LedgerSummary::default());
+        assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
+        assert!(l.rows().unwrap().is_empty());
+        assert_eq!(l.raw_against_ledger().unwrap(), None);
+        assert_eq!(w.0.log.len(), 10, "{:?}", w.0.log);
+        assert!(w.0.log[..8].iter().all(|s| s == "exists l"));
+        assert_eq!(w.0.log[8..], ["exists r", "exists l"]);
+    }
+
+    /// NULLs come back as None (or 0 for counts), never as text.
+    #[test]
+    fn nulls_are_none() {
+        let mut w = wh(true, |sql| {
+            if sql.starts_with("SELECT max(manifest)") {
+                vec![row(&[None])]
+            } else if sql.starts_with("SELECT key, size") {
+                vec![row(&[
+                    Some("k"),
+                    Some("10"),
+                    Some(""),
+                    Some("3"),
+                    Some("0"),
+                    Some("0"),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ])]
+            } else if sql.starts_with("SELECT CAST(count(*)") {
+                vec![row(&[
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    None,
+                ])]
+            } else if sql.starts_with("SELECT (SELECT") {
+                vec![row(&[Some("4"), None])]
+            } else if sql.starts_with("SELECT partition_id, CAST") {
+                vec![row(&[Some("0"), Some("0"), None, None])]
+            } else {
+                vec![row(&[None])]
+            }
+        });
+        let mut l = Ledger::new(&mut w);
+        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        let r = &l.rows().unwrap()[0];
+        assert_eq!((r.key.as_str(), r.size, r.rows_loaded), ("k", 10, 3));
+        assert_eq!((r.topic.clone(), r.partition, r.epoch), (None, None, None));
+        assert_eq!(
+            (r.first_offset, r.last_offset, r.manifest.clone()),
+            (None, None, None)
+        );
+        assert_eq!(l.summary("t").unwrap(), LedgerSummary::default());
+        assert_eq!(l.raw_against_ledger().unwrap(), Some((4, 0)));
+        assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
+        assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
+        assert!(l.loaded_keys().unwrap().is_empty());
+        let err = format!("{:#}", l.loaded_ranges(&[job("a")]).unwrap_err());
+        assert!(err.contains("ledger offset value None"), "{err}");
+    }
+
+    /// Values are asked about 500 at a time, the ledger's existence once.
+    #[test]
+    fn long_lists_are_asked_in_chunks() {
+        let mut w = wh(true, |sql| {
+            let n = sql.matches(", ").count() + 1;
+            vec![row(&[Some(&n.to_string())])]
+        });
+        let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+        let got = Ledger::new(&mut w).keys_loaded(&keys).unwrap();
+        let want: HashSet<String> = ["500", "1"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want);
+        assert_eq!(w.0.log.len(), 4);
+        assert_eq!(w.0.log[0], "exists l");
+        assert!(w.0.log[1]
+            .starts_with("SELECT DISTINCT key FROM \"s\".\"l\" WHERE key IN ('k0', 'k1', "));
+    }
+
+    /// An object with no offsets or manifest is written with NULLs.
+    #[test]
+    fn insert_without_range_writes_nulls() {
+        let names = wh(true, |_| vec![]).1;
+        let j = LoadJob {
+            key: "a'b".into(),
+            size: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            Ledger::insert_sql(&names, &j, 1, 2, 3, &super::super::quote_literal),
+            "INSERT INTO \"s\".\"l\" (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\n\
+             VALUES ('a''b', 7, '', 1, 2, 's.r', NULL, NULL, NULL, NULL, NULL, 3, NULL, NULL)"
+        );
     }
 }
