@@ -3,7 +3,7 @@
 //! check, and the typed rows it answers with (NULL as None). Its SQL is what PostgreSQL and
 //! Redshift both accept; the dialect gives only its string literals.
 
-use super::session::{SqlContext, SqlSession};
+use super::session::SqlContext;
 use super::{LoadJob, LoadResult, LoadedRanges, Names, Warehouse};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -145,6 +145,11 @@ impl<'a> Ledger<'a> {
         self.literal(&format!("{}.{}", n.schema, n.raw))
     }
 
+    /// What the read-only questions say when a query fails: the ledger, by name.
+    fn reading(&self) -> String {
+        format!("reading the ledger {}", self.wh.names().ledger)
+    }
+
     /// Runs these queries in order and returns all their rows. The one place that knows "no
     /// ledger yet": when the table does not exist, nothing is asked and there are no rows.
     fn read(&mut self, queries: Vec<String>, what: &str) -> Result<Vec<Row>> {
@@ -152,7 +157,7 @@ impl<'a> Ledger<'a> {
             return Ok(Vec::new());
         }
         let ledger = self.wh.names().ledger.clone();
-        let s: &mut dyn SqlSession = self.wh.session();
+        let s = self.wh.session();
         if !s.table_exists(&ledger)? {
             return Ok(Vec::new());
         }
@@ -283,11 +288,6 @@ impl<'a> Ledger<'a> {
             rows_skipped: r.count(4)?,
             last_load_at: r.get(5)?.and_then(|s| DateTime::from_timestamp(s, 0)),
         })
-    }
-
-    /// What the read-only questions say when a query fails: the ledger, by name.
-    fn reading(&self) -> String {
-        format!("reading the ledger {}", self.wh.names().ledger)
     }
 
     /// Per partition of a topic's epoch, how far its offsets are loaded without a hole. Two
@@ -485,7 +485,7 @@ mod tests {
     use super::*;
     use crate::archive::ObjectStore;
     use crate::records::Layout;
-    use crate::warehouse::session::Rows;
+    use crate::warehouse::session::{Rows, SqlSession};
     use crate::warehouse::{LoadOptions, OffsetRange};
 
     /// A session that logs what it is asked and answers queries by script.
