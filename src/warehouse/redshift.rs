@@ -627,10 +627,10 @@ fn attribute_errors(
 ) -> Result<Vec<u64>> {
     let mut out = vec![0u64; group.jobs.len()];
     for r in rows {
-        let (file, count) = (r[0].as_deref(), r[1].as_deref());
+        let (file, count) = (r[0].as_deref(), r[1].as_deref().unwrap_or_default());
         let n: u64 = count
-            .and_then(|c| c.parse().ok())
-            .with_context(|| format!("stl_load_errors count {:?}", count.unwrap_or_default()))?;
+            .parse()
+            .with_context(|| format!("stl_load_errors count {count:?}"))?;
         let pos = if group.alone() {
             Some(0)
         } else {
