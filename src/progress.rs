@@ -48,14 +48,14 @@ pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
         unlisted_runs: cat.marker_keys()?,
         ..Default::default()
     };
-    let cursor = wh.manifest_cursor(topic)?;
+    let cursor = ledger::Ledger::new(wh).manifest_cursor(topic)?;
     let candidates = cat.recent_manifests(cursor.as_deref())?;
     let older: Vec<String> = candidates
         .iter()
         .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
         .map(|(_, n)| n.clone())
         .collect();
-    let done = wh.manifests_loaded(topic, &older)?;
+    let done = ledger::Ledger::new(wh).manifests_loaded(topic, &older)?;
     let mut seen = HashSet::new();
     for (key, name) in candidates.into_iter().filter(|(_, n)| !done.contains(n)) {
         let man = cat.read_manifest(&key)?;
@@ -68,7 +68,7 @@ pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
         }
     }
     let keys: Vec<String> = out.objects.iter().map(|o| o.key.clone()).collect();
-    let loaded = wh.keys_loaded(&keys)?;
+    let loaded = ledger::Ledger::new(wh).keys_loaded(&keys)?;
     out.objects.retain(|o| !loaded.contains(&o.key));
     Ok(out)
 }
@@ -153,7 +153,7 @@ pub fn progress(
     manifests: &mut ManifestCache<'_>,
 ) -> Result<Vec<PartitionProgress>> {
     let epoch = inp.head.map_or(0, |h| h.epoch);
-    let prefixes = ledger::loaded_prefixes(wh, topic, epoch)?;
+    let prefixes = ledger::Ledger::new(wh).loaded_prefixes(topic, epoch)?;
     let parts = source.partitions()?;
     let committed = source.committed(&parts)?;
     let mut out = Vec::new();

@@ -238,7 +238,7 @@ fn the_stand_in_refuses_what_it_does_not_model() {
     let key = "a\\'b";
     assert!(
         s.query_text(&format!("SELECT {} AS k", quote_literal(key)))
-            .map(|(_, r)| r[0][0] != key)
+            .map(|(_, r)| r[0][0].as_deref() != Some(key))
             .unwrap_or(true),
         "the stand-in read a backslash as PostgreSQL does"
     );
@@ -248,7 +248,7 @@ fn the_stand_in_refuses_what_it_does_not_model() {
             batchlayer::warehouse::redshift::literal(key)
         ))
         .unwrap();
-    assert_eq!(rows[0][0], key);
+    assert_eq!(rows[0][0].as_deref(), Some(key));
 }
 
 #[test]

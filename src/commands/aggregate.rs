@@ -508,7 +508,8 @@ pub fn run(
             "SELECT * FROM {} ORDER BY 2 DESC, 1 LIMIT {n}",
             names.qualified(&v)
         );
-        summary.top = Some(sql.query_text(&q)?);
+        let (cols, rows) = sql.query_text(&q)?;
+        summary.top = Some((cols, crate::warehouse::session::shown(rows)));
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

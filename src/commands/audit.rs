@@ -219,7 +219,7 @@ pub fn run(
         deep,
         ..Default::default()
     };
-    let rows = ledger::rows(wh)?;
+    let rows = ledger::Ledger::new(wh).rows()?;
     r.ledger_rows = rows.len();
     let mut topics = split_listing(&listing, &mut r);
     for row in &rows {
@@ -245,7 +245,7 @@ pub fn run(
         r.topics.push(topic);
     }
     check_orphan_rows(&rows, &listing, &mut r);
-    if let Some((raw, led)) = ledger::raw_against_ledger(wh)? {
+    if let Some((raw, led)) = ledger::Ledger::new(wh).raw_against_ledger()? {
         if raw != led {
             let names = wh.names().clone();
             r.problems.push(Finding::new(

@@ -286,7 +286,7 @@ fn discover(
     for topic in catalog::topics(store)? {
         let cat = Catalog::new(store, &topic);
         unlisted.extend(cat.marker_keys()?);
-        let cursor = wh.manifest_cursor(&topic)?;
+        let cursor = warehouse::Ledger::new(wh).manifest_cursor(&topic)?;
         let candidates = cat.recent_manifests(cursor.as_deref())?;
         // Manifests up to the cursor whose objects are in the ledger need no reading.
         let older: Vec<String> = candidates
@@ -294,7 +294,7 @@ fn discover(
             .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
             .map(|(_, n)| n.clone())
             .collect();
-        let done = wh.manifests_loaded(&topic, &older)?;
+        let done = warehouse::Ledger::new(wh).manifests_loaded(&topic, &older)?;
         for (key, name) in candidates {
             if done.contains(&name) {
                 continue;
@@ -325,7 +325,7 @@ fn discover(
         }
     }
     let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
-    let loaded = wh.keys_loaded(&keys)?;
+    let loaded = warehouse::Ledger::new(wh).keys_loaded(&keys)?;
     let mut seen = std::collections::HashSet::new();
     // A key listed by two manifests (a crashed run's object adopted later) loads once.
     jobs.retain(|j| !loaded.contains(&j.key) && seen.insert(j.key.clone()));
@@ -353,7 +353,7 @@ fn pending_jobs(
     wh: &mut dyn Warehouse,
     opts: &CopyOptions,
 ) -> Result<Vec<LoadJob>> {
-    let loaded = wh.loaded_keys()?;
+    let loaded = warehouse::Ledger::new(wh).loaded_keys()?;
     let mut jobs = archived_objects(store)
         .with_context(|| format!("listing the archive {}", store.describe()))?;
     if let Some(k) = &opts.key {
@@ -405,7 +405,10 @@ pub fn run(
         unlisted_runs: unlisted,
         ..Default::default()
     };
-    let steps = plan_loads(wh.loaded_ranges(&jobs)?, jobs.clone());
+    let steps = plan_loads(
+        warehouse::Ledger::new(wh).loaded_ranges(&jobs)?,
+        jobs.clone(),
+    );
     if opts.dry_run {
         plan_summary(&mut summary, steps);
         summary.sql = wh.load_sql(&jobs, layout);

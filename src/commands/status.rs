@@ -125,7 +125,7 @@ pub fn build(
     now: DateTime<Utc>,
     t: &Thresholds,
 ) -> Result<StatusReport> {
-    let summary = ledger::summary(wh, &snap.topic)?;
+    let summary = ledger::Ledger::new(wh).summary(&snap.topic)?;
     let archive = archive_status(&snap, &summary, now);
     let names = Names::from_settings(&s.warehouse);
     let mut views = Vec::new();

@@ -1,49 +1,59 @@
-//! Read-only questions to the ledger for `status`, `audit` and the completeness gate. Each is
-//! one query whose answer is small (aggregates, or one row per object for the audit), in SQL
-//! that PostgreSQL and Redshift both accept.
+//! The ledger: one row per loaded object. [`Ledger`] owns every statement that reads or writes
+//! it (the dialects run its INSERT inside their load transactions), the one "no ledger yet"
+//! check, and the typed rows it answers with (NULL as None). Its SQL is what PostgreSQL and
+//! Redshift both accept; the dialect gives only its string literals.
 
-use super::{quote_literal, Warehouse};
+use super::session::SqlContext;
+use super::{LoadJob, LoadResult, LoadedRanges, Names, Warehouse};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Display;
+use std::str::FromStr;
 
-/// The true epoch seconds of a `timestamp` column written with `DEFAULT CURRENT_TIMESTAMP`
-/// (the session's zone): its nominal value less the session's offset from UTC.
-fn epoch_expr(col: &str) -> String {
-    format!(
-        "CAST(EXTRACT(EPOCH FROM {col}) - (EXTRACT(EPOCH FROM LOCALTIMESTAMP) - EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)) AS BIGINT)"
-    )
+/// The columns an object's ledger row is written with, in the order of its values.
+const COLUMNS: &str = "key, size, sha256, rows_loaded, rows_rejected, target_table, topic, \
+partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects";
+
+/// How many values one `IN (...)` list holds.
+const IN_LIST: usize = 500;
+
+/// The ledger of a warehouse: its questions, answered by one query or a few, and the SQL
+/// that records a load.
+pub struct Ledger<'a> {
+    wh: &'a mut dyn Warehouse,
 }
 
-fn opt_i64(v: &str) -> Result<Option<i64>> {
-    if v == "NULL" {
-        return Ok(None);
+/// One row of a ledger query: each value as text, NULL as None.
+struct Row(Vec<Option<String>>);
+
+impl Row {
+    /// Value `i`, parsed; None when NULL.
+    fn get<T>(&self, i: usize) -> Result<Option<T>>
+    where
+        T: FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.0
+            .get(i)
+            .and_then(Option::as_deref)
+            .map(|v| {
+                v.parse()
+                    .with_context(|| format!("ledger value {v:?} is not a number"))
+            })
+            .transpose()
     }
-    v.parse()
-        .map(Some)
-        .with_context(|| format!("ledger value {v:?} is not a number"))
-}
 
-fn opt_str(v: &str) -> Option<String> {
-    (v != "NULL").then(|| v.to_string())
-}
-
-fn time(secs: Option<i64>) -> Option<DateTime<Utc>> {
-    secs.and_then(|s| DateTime::from_timestamp(s, 0))
-}
-
-/// Runs a query on the ledger; no rows when there is no ledger yet.
-fn ledger_query(wh: &mut dyn Warehouse, sql: &str) -> Result<Vec<Vec<String>>> {
-    let ledger = wh.names().ledger.clone();
-    let s = wh.session();
-    if !s.table_exists(&ledger)? {
-        return Ok(Vec::new());
+    /// Value `i`, a number that NULL counts as 0 (sums, counts, `rows_skipped` of old rows).
+    fn count(&self, i: usize) -> Result<i64> {
+        Ok(self.get(i)?.unwrap_or(0))
     }
-    let (_, rows) = s
-        .query_text(sql)
-        .with_context(|| format!("reading the ledger {ledger}"))?;
-    Ok(rows)
+
+    /// Value `i` as text; None when NULL.
+    fn text(&self, i: usize) -> Option<String> {
+        self.0.get(i).cloned().flatten()
+    }
 }
 
 /// What the ledger holds of one topic.
@@ -55,31 +65,6 @@ pub struct LedgerSummary {
     pub rows_rejected: i64,
     pub rows_skipped: i64,
     pub last_load_at: Option<DateTime<Utc>>,
-}
-
-/// Totals of the ledger's rows for a topic (one aggregate query).
-pub fn summary(wh: &mut dyn Warehouse, topic: &str) -> Result<LedgerSummary> {
-    let table = wh.names().qualified(&wh.names().ledger.clone());
-    let sql = format!(
-        "SELECT CAST(count(*) AS BIGINT) AS objects, CAST(coalesce(sum(size), 0) AS BIGINT) AS bytes, \
-         CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) AS loaded, CAST(coalesce(sum(rows_rejected), 0) AS BIGINT) AS rejected, \
-         CAST(coalesce(sum(rows_skipped), 0) AS BIGINT) AS skipped, {} AS last_load \
-         FROM {table} WHERE topic = {}",
-        epoch_expr("max(loaded_at)"),
-        quote_literal(topic)
-    );
-    let Some(r) = ledger_query(wh, &sql)?.into_iter().next() else {
-        return Ok(LedgerSummary::default());
-    };
-    let n = |i: usize| opt_i64(&r[i]).map(|v| v.unwrap_or(0));
-    Ok(LedgerSummary {
-        objects: n(0)?,
-        bytes: n(1)?,
-        rows_loaded: n(2)?,
-        rows_rejected: n(3)?,
-        rows_skipped: n(4)?,
-        last_load_at: time(opt_i64(&r[5])?),
-    })
 }
 
 /// A partition's loaded offsets from their start: `start..=through` is loaded without a hole
@@ -112,70 +97,6 @@ impl Prefix {
     }
 }
 
-/// Per partition of a topic's epoch, how far its offsets are loaded without a hole. Two
-/// queries; the holes are found by the database (a window over each partition's ranges).
-pub fn loaded_prefixes(
-    wh: &mut dyn Warehouse,
-    topic: &str,
-    epoch: i32,
-) -> Result<BTreeMap<i32, Prefix>> {
-    let table = wh.names().qualified(&wh.names().ledger.clone());
-    let filter = format!(
-        "topic = {} AND epoch = {epoch} AND first_offset IS NOT NULL",
-        quote_literal(topic)
-    );
-    let sql = format!(
-        "SELECT partition_id, CAST(min(first_offset) AS BIGINT) AS start, \
-         CAST(coalesce(min(CASE WHEN first_offset > prev_max + 1 THEN prev_max END), max(last_offset)) AS BIGINT) AS through, \
-         CAST(max(last_offset) AS BIGINT) AS top FROM (\
-         SELECT partition_id, first_offset, last_offset, max(last_offset) OVER (PARTITION BY partition_id \
-         ORDER BY first_offset, last_offset ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max \
-         FROM {table} WHERE {filter}) x GROUP BY partition_id"
-    );
-    let mut out = BTreeMap::new();
-    for r in ledger_query(wh, &sql)? {
-        let (Some(p), Some(start), Some(through), Some(top)) = (
-            opt_i64(&r[0])?,
-            opt_i64(&r[1])?,
-            opt_i64(&r[2])?,
-            opt_i64(&r[3])?,
-        ) else {
-            continue;
-        };
-        out.insert(p as i32, Prefix::new(start, through, top));
-    }
-    if out.is_empty() {
-        return Ok(out);
-    }
-    let ends: Vec<String> = out
-        .iter()
-        .map(|(p, x)| {
-            format!(
-                "(partition_id = {p} AND last_offset IN ({}, {}))",
-                x.through, x.top
-            )
-        })
-        .collect();
-    let sql = format!(
-        "SELECT partition_id, key, manifest, last_offset FROM {table} WHERE {filter} AND ({}) ORDER BY key",
-        ends.join(" OR ")
-    );
-    for r in ledger_query(wh, &sql)? {
-        let last = opt_i64(&r[3])?;
-        if let Some(x) = opt_i64(&r[0])?.and_then(|p| out.get_mut(&(p as i32))) {
-            if last == Some(x.through) {
-                x.key = Some(r[1].clone());
-                x.manifest = opt_str(&r[2]);
-            }
-            if last == Some(x.top) {
-                x.top_key = Some(r[1].clone());
-                x.top_manifest = opt_str(&r[2]);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// One ledger row, as the audit reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerRow {
@@ -193,57 +114,588 @@ pub struct LedgerRow {
     pub manifest: Option<String>,
 }
 
-/// Every ledger row of the configured raw table (the audit reads them all, once).
-pub fn rows(wh: &mut dyn Warehouse) -> Result<Vec<LedgerRow>> {
-    let n = wh.names().clone();
-    let sql = format!(
-        "SELECT key, size, sha256, rows_loaded, rows_rejected, coalesce(rows_skipped, 0) AS skipped, topic, \
-         partition_id, epoch, first_offset, last_offset, manifest FROM {} WHERE target_table = {} ORDER BY key",
-        n.qualified(&n.ledger),
-        quote_literal(&format!("{}.{}", n.schema, n.raw))
-    );
-    let mut out = Vec::new();
-    for r in ledger_query(wh, &sql)? {
-        let n = |i: usize| opt_i64(&r[i]).map(|v| v.unwrap_or(0));
-        out.push(LedgerRow {
-            key: r[0].clone(),
-            size: n(1)?,
-            sha256: r[2].clone(),
-            rows_loaded: n(3)?,
-            rows_rejected: n(4)?,
-            rows_skipped: n(5)?,
-            topic: opt_str(&r[6]),
-            partition: opt_i64(&r[7])?.map(|v| v as i32),
-            epoch: opt_i64(&r[8])?.map(|v| v as i32),
-            first_offset: opt_i64(&r[9])?,
-            last_offset: opt_i64(&r[10])?,
-            manifest: opt_str(&r[11]),
-        });
-    }
-    Ok(out)
+/// The true epoch seconds of a `timestamp` column written with `DEFAULT CURRENT_TIMESTAMP`
+/// (the session's zone): its nominal value less the session's offset from UTC.
+fn epoch_expr(col: &str) -> String {
+    format!(
+        "CAST(EXTRACT(EPOCH FROM {col}) - (EXTRACT(EPOCH FROM LOCALTIMESTAMP) - EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)) AS BIGINT)"
+    )
 }
 
-/// The raw table's row count and the rows the ledger says were loaded into it, read by one
-/// statement (one snapshot, so a concurrent load cannot make them differ).
-pub fn raw_against_ledger(wh: &mut dyn Warehouse) -> Result<Option<(i64, i64)>> {
-    let n = wh.names().clone();
-    let s = wh.session();
-    if !s.table_exists(&n.raw)? || !s.table_exists(&n.ledger)? {
-        return Ok(None);
+impl<'a> Ledger<'a> {
+    /// The ledger of this warehouse (its configured ledger table).
+    pub fn new(wh: &'a mut dyn Warehouse) -> Self {
+        Ledger { wh }
     }
-    let sql = format!(
-        "SELECT (SELECT CAST(count(*) AS BIGINT) FROM {}) AS raw_rows, \
-         (SELECT CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) FROM {} WHERE target_table = {}) AS ledger_rows",
-        n.qualified(&n.raw),
-        n.qualified(&n.ledger),
-        quote_literal(&format!("{}.{}", n.schema, n.raw))
-    );
-    let (_, rows) = s
-        .query_text(&sql)
-        .context("counting the raw table's rows against the ledger")?;
-    let r = rows.into_iter().next().unwrap_or_default();
-    match (r.first(), r.get(1)) {
-        (Some(a), Some(b)) => Ok(Some((opt_i64(a)?.unwrap_or(0), opt_i64(b)?.unwrap_or(0)))),
-        _ => Ok(None),
+
+    /// The ledger table, schema-qualified and quoted.
+    fn table(&self) -> String {
+        let n = self.wh.names();
+        n.qualified(&n.ledger)
+    }
+
+    /// A string literal as the warehouse reads it.
+    fn literal(&self, s: &str) -> String {
+        self.wh.literal(s)
+    }
+
+    /// `target_table` of the configured raw table's rows.
+    fn target(&self) -> String {
+        let n = self.wh.names();
+        self.literal(&format!("{}.{}", n.schema, n.raw))
+    }
+
+    /// What the read-only questions say when a query fails: the ledger, by name.
+    fn reading(&self) -> String {
+        format!("reading the ledger {}", self.wh.names().ledger)
+    }
+
+    /// Runs these queries in order and returns all their rows. The one place that knows "no
+    /// ledger yet": when the table does not exist, nothing is asked and there are no rows.
+    fn read(&mut self, queries: Vec<String>, what: &str) -> Result<Vec<Row>> {
+        if queries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ledger = self.wh.names().ledger.clone();
+        let s = self.wh.session();
+        if !s.table_exists(&ledger)? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for q in queries {
+            let (_, rows) = s.query_text(&q).with_context(|| what.to_string())?;
+            out.extend(rows.into_iter().map(Row));
+        }
+        Ok(out)
+    }
+
+    /// The first column of a one-column query over these values, IN_LIST (quoted) at a time;
+    /// `sql(table, list)` writes it.
+    fn select_in(
+        &mut self,
+        values: &[String],
+        sql: &dyn Fn(&str, &str) -> String,
+    ) -> Result<HashSet<String>> {
+        let table = self.table();
+        let quoted: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
+        let queries = quoted
+            .chunks(IN_LIST)
+            .map(|c| sql(&table, &c.join(", ")))
+            .collect();
+        let rows = self.read(queries, "reading the ledger")?;
+        Ok(rows.iter().filter_map(|r| r.text(0)).collect())
+    }
+
+    /// Which of these keys are in the ledger.
+    pub fn keys_loaded(&mut self, keys: &[String]) -> Result<HashSet<String>> {
+        self.select_in(keys, &|table, list| {
+            format!("SELECT DISTINCT key FROM {table} WHERE key IN ({list})")
+        })
+    }
+
+    /// Every key in the ledger (none when the ledger does not exist yet).
+    pub fn loaded_keys(&mut self) -> Result<HashSet<String>> {
+        let sql = format!("SELECT key FROM {}", self.table());
+        let rows = self.read(vec![sql], "reading the ledger")?;
+        Ok(rows.iter().filter_map(|r| r.text(0)).collect())
+    }
+
+    /// Copy's cursor for a topic: the newest manifest whose objects the ledger records.
+    pub fn manifest_cursor(&mut self, topic: &str) -> Result<Option<String>> {
+        let sql = format!(
+            "SELECT max(manifest) FROM {} WHERE topic = {}",
+            self.table(),
+            self.literal(topic)
+        );
+        let rows = self.read(vec![sql], "reading copy's cursor from the ledger")?;
+        Ok(rows.first().and_then(|r| r.text(0)))
+    }
+
+    /// Which of these manifests (names) of a topic have every object they list in the ledger.
+    pub fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
+        let topic = self.literal(topic);
+        self.select_in(names, &|table, list| {
+            format!(
+                "SELECT manifest FROM {table} WHERE topic = {topic} AND manifest IN ({list}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)"
+            )
+        })
+    }
+
+    /// Offset ranges (inclusive) the ledger records as loaded that touch these jobs' ranges,
+    /// per (topic, partition, epoch). Reads only the rows near the jobs, not the history.
+    pub fn loaded_ranges(&mut self, jobs: &[LoadJob]) -> Result<LoadedRanges> {
+        let mut bounds: BTreeMap<(String, i32, i32), (i64, i64)> = BTreeMap::new();
+        for r in jobs.iter().filter_map(|j| j.range.as_ref()) {
+            let b = bounds
+                .entry((r.topic.clone(), r.partition, r.epoch))
+                .or_insert((r.first, r.last));
+            *b = (b.0.min(r.first), b.1.max(r.last));
+        }
+        let conds: Vec<String> = bounds
+            .iter()
+            .map(|((t, p, e), (f, l))| {
+                format!(
+                    "(topic = {} AND partition_id = {p} AND epoch = {e} AND last_offset >= {f} AND first_offset <= {l})",
+                    self.literal(t)
+                )
+            })
+            .collect();
+        let queries = if conds.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL AND ({})",
+                self.table(),
+                conds.join(" OR ")
+            )]
+        };
+        let mut out = LoadedRanges::new();
+        for r in self.read(queries, "reading the ledger's offset ranges")? {
+            let need = |i: usize| -> Result<i64> {
+                r.get(i)?
+                    .with_context(|| format!("ledger offset value {:?}", r.text(i)))
+            };
+            let id = (
+                r.text(0).unwrap_or_default(),
+                need(1)? as i32,
+                need(2)? as i32,
+            );
+            out.entry(id).or_default().push((need(3)?, need(4)?));
+        }
+        Ok(out)
+    }
+
+    /// Totals of the ledger's rows for a topic (one aggregate query).
+    pub fn summary(&mut self, topic: &str) -> Result<LedgerSummary> {
+        let sql = format!(
+            "SELECT CAST(count(*) AS BIGINT) AS objects, CAST(coalesce(sum(size), 0) AS BIGINT) AS bytes, \
+             CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) AS loaded, CAST(coalesce(sum(rows_rejected), 0) AS BIGINT) AS rejected, \
+             CAST(coalesce(sum(rows_skipped), 0) AS BIGINT) AS skipped, {} AS last_load \
+             FROM {} WHERE topic = {}",
+            epoch_expr("max(loaded_at)"),
+            self.table(),
+            self.literal(topic)
+        );
+        let what = self.reading();
+        let Some(r) = self.read(vec![sql], &what)?.into_iter().next() else {
+            return Ok(LedgerSummary::default());
+        };
+        Ok(LedgerSummary {
+            objects: r.count(0)?,
+            bytes: r.count(1)?,
+            rows_loaded: r.count(2)?,
+            rows_rejected: r.count(3)?,
+            rows_skipped: r.count(4)?,
+            last_load_at: r.get(5)?.and_then(|s| DateTime::from_timestamp(s, 0)),
+        })
+    }
+
+    /// Per partition of a topic's epoch, how far its offsets are loaded without a hole. Two
+    /// queries; the holes are found by the database (a window over each partition's ranges).
+    pub fn loaded_prefixes(&mut self, topic: &str, epoch: i32) -> Result<BTreeMap<i32, Prefix>> {
+        let table = self.table();
+        let filter = format!(
+            "topic = {} AND epoch = {epoch} AND first_offset IS NOT NULL",
+            self.literal(topic)
+        );
+        let sql = format!(
+            "SELECT partition_id, CAST(min(first_offset) AS BIGINT) AS start, \
+             CAST(coalesce(min(CASE WHEN first_offset > prev_max + 1 THEN prev_max END), max(last_offset)) AS BIGINT) AS through, \
+             CAST(max(last_offset) AS BIGINT) AS top FROM (\
+             SELECT partition_id, first_offset, last_offset, max(last_offset) OVER (PARTITION BY partition_id \
+             ORDER BY first_offset, last_offset ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max \
+             FROM {table} WHERE {filter}) x GROUP BY partition_id"
+        );
+        let what = self.reading();
+        let mut out = BTreeMap::new();
+        for r in self.read(vec![sql], &what)? {
+            let (Some(p), Some(start), Some(through), Some(top)) =
+                (r.get::<i32>(0)?, r.get(1)?, r.get(2)?, r.get(3)?)
+            else {
+                continue;
+            };
+            out.insert(p, Prefix::new(start, through, top));
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let ends: Vec<String> = out
+            .iter()
+            .map(|(p, x)| {
+                format!(
+                    "(partition_id = {p} AND last_offset IN ({}, {}))",
+                    x.through, x.top
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT partition_id, key, manifest, last_offset FROM {table} WHERE {filter} AND ({}) ORDER BY key",
+            ends.join(" OR ")
+        );
+        for r in self.read(vec![sql], &what)? {
+            let last = r.get::<i64>(3)?;
+            if let Some(x) = r.get::<i32>(0)?.and_then(|p| out.get_mut(&p)) {
+                if last == Some(x.through) {
+                    x.key = r.text(1);
+                    x.manifest = r.text(2);
+                }
+                if last == Some(x.top) {
+                    x.top_key = r.text(1);
+                    x.top_manifest = r.text(2);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every ledger row of the configured raw table (the audit reads them all, once).
+    pub fn rows(&mut self) -> Result<Vec<LedgerRow>> {
+        let sql = format!(
+            "SELECT key, size, sha256, rows_loaded, rows_rejected, coalesce(rows_skipped, 0) AS skipped, topic, \
+             partition_id, epoch, first_offset, last_offset, manifest FROM {} WHERE target_table = {} ORDER BY key",
+            self.table(),
+            self.target()
+        );
+        let what = self.reading();
+        let mut out = Vec::new();
+        for r in self.read(vec![sql], &what)? {
+            out.push(LedgerRow {
+                key: r.text(0).unwrap_or_default(),
+                size: r.count(1)?,
+                sha256: r.text(2).unwrap_or_default(),
+                rows_loaded: r.count(3)?,
+                rows_rejected: r.count(4)?,
+                rows_skipped: r.count(5)?,
+                topic: r.text(6),
+                partition: r.get(7)?,
+                epoch: r.get(8)?,
+                first_offset: r.get(9)?,
+                last_offset: r.get(10)?,
+                manifest: r.text(11),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The raw table's row count and the rows the ledger says were loaded into it, read by one
+    /// statement (one snapshot, so a concurrent load cannot make them differ). None when
+    /// either table does not exist yet.
+    pub fn raw_against_ledger(&mut self) -> Result<Option<(i64, i64)>> {
+        let n = self.wh.names().clone();
+        if !self.wh.session().table_exists(&n.raw)? {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT (SELECT CAST(count(*) AS BIGINT) FROM {}) AS raw_rows, \
+             (SELECT CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) FROM {} WHERE target_table = {}) AS ledger_rows",
+            n.qualified(&n.raw),
+            self.table(),
+            self.target()
+        );
+        let rows = self.read(
+            vec![sql],
+            "counting the raw table's rows against the ledger",
+        )?;
+        match rows.first() {
+            Some(r) if r.0.len() >= 2 => Ok(Some((r.count(0)?, r.count(1)?))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The INSERT of an object's ledger row with every value a literal (`literal` quotes text
+    /// the dialect's way). The counts may be placeholders, in a plan.
+    pub fn insert_sql(
+        names: &Names,
+        job: &LoadJob,
+        loaded: impl Display,
+        rejected: impl Display,
+        skipped: u64,
+        literal: &dyn Fn(&str) -> String,
+    ) -> String {
+        let null = || "NULL".to_string();
+        let r = job.range.as_ref();
+        let num = |v: Option<i64>| v.map_or_else(null, |v| v.to_string());
+        format!(
+            "INSERT INTO {} ({COLUMNS})\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {}, {}, {}, {}, {}, {skipped}, {}, {})",
+            names.qualified(&names.ledger),
+            literal(&job.key),
+            job.size,
+            literal(job.expected_sha256.as_deref().unwrap_or("")),
+            literal(&format!("{}.{}", names.schema, names.raw)),
+            r.map_or_else(null, |r| literal(&r.topic)),
+            num(r.map(|r| r.partition.into())),
+            num(r.map(|r| r.epoch.into())),
+            num(r.map(|r| r.first)),
+            num(r.map(|r| r.last)),
+            job.manifest.as_deref().map_or_else(null, literal),
+            num(job.manifest_objects.map(i64::from)),
+        )
+    }
+
+    /// Records an object's load in its PostgreSQL transaction: the same INSERT, its values
+    /// sent as parameters.
+    pub fn insert_in(
+        tx: &mut postgres::Transaction<'_>,
+        names: &Names,
+        job: &LoadJob,
+        result: &LoadResult,
+    ) -> Result<()> {
+        let r = job.range.as_ref();
+        tx.execute(
+            &format!(
+                "INSERT INTO {} ({COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                names.qualified(&names.ledger)
+            ),
+            &[
+                &job.key,
+                &(job.size as i64),
+                &job.expected_sha256.clone().unwrap_or_default(),
+                &(result.loaded as i64),
+                &(result.rejected as i64),
+                &format!("{}.{}", names.schema, names.raw),
+                &r.map(|r| r.topic.clone()),
+                &r.map(|r| r.partition),
+                &r.map(|r| r.epoch),
+                &r.map(|r| r.first),
+                &r.map(|r| r.last),
+                &(result.skipped as i64),
+                &job.manifest,
+                &job.manifest_objects.map(|n| n as i32),
+            ],
+        )
+        .sql_with(|| format!("recording {} in the ledger", job.key))?;
+        Ok(())
+    }
+
+    /// The INSERT as a PostgreSQL plan (`copy --dry-run`) shows it: key and size, the rest
+    /// measured.
+    pub fn insert_outline(names: &Names, job: &LoadJob) -> String {
+        format!(
+            "INSERT INTO {} (key, size, sha256, rows_loaded, rows_rejected, target_table) VALUES ({}, {}, ...)",
+            names.qualified(&names.ledger),
+            super::quote_literal(&job.key),
+            job.size
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::ObjectStore;
+    use crate::records::Layout;
+    use crate::warehouse::session::{Rows, SqlSession};
+    use crate::warehouse::{LoadOptions, OffsetRange};
+
+    /// A session that logs what it is asked and answers queries by script.
+    struct Script {
+        ledger_exists: bool,
+        log: Vec<String>,
+        answer: fn(&str) -> Rows,
+    }
+
+    impl SqlSession for Script {
+        fn describe(&self) -> String {
+            "script".into()
+        }
+        fn run_in_transaction(&mut self, _: &[String]) -> Result<()> {
+            unimplemented!()
+        }
+        fn execute(&mut self, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn query_i64(&mut self, _: &str) -> Result<Option<i64>> {
+            unimplemented!()
+        }
+        fn table_exists(&mut self, table: &str) -> Result<bool> {
+            self.log.push(format!("exists {table}"));
+            Ok(self.ledger_exists || table != "l")
+        }
+        fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
+            self.log.push(sql.to_string());
+            Ok((Vec::new(), (self.answer)(sql)))
+        }
+    }
+
+    /// A warehouse that is only its session and names.
+    struct Wh(Script, Names);
+
+    impl Warehouse for Wh {
+        fn session(&mut self) -> &mut dyn SqlSession {
+            &mut self.0
+        }
+        fn names(&self) -> &Names {
+            &self.1
+        }
+        fn describe(&self) -> String {
+            "wh".into()
+        }
+        fn try_lock(&mut self, _: &str) -> Result<bool> {
+            unimplemented!()
+        }
+        fn lock_wait(&mut self, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn load(
+            &mut self,
+            _: &[LoadJob],
+            _: &dyn ObjectStore,
+            _: &Layout,
+            _: &LoadOptions,
+            _: &mut dyn FnMut(&LoadResult),
+        ) -> Result<Vec<LoadResult>> {
+            unimplemented!()
+        }
+        fn record_skipped(&mut self, _: &LoadJob, _: u64) -> Result<()> {
+            unimplemented!()
+        }
+        fn load_sql(&self, _: &[LoadJob], _: &Layout) -> Vec<String> {
+            unimplemented!()
+        }
+    }
+
+    fn wh(ledger_exists: bool, answer: fn(&str) -> Rows) -> Wh {
+        let names = Names {
+            schema: "s".into(),
+            raw: "r".into(),
+            ledger: "l".into(),
+            rejects: "x".into(),
+        };
+        let s = Script {
+            ledger_exists,
+            log: Vec::new(),
+            answer,
+        };
+        Wh(s, names)
+    }
+
+    fn row(values: &[Option<&str>]) -> Vec<Option<String>> {
+        values.iter().map(|v| v.map(String::from)).collect()
+    }
+
+    fn job(key: &str) -> LoadJob {
+        LoadJob {
+            key: key.into(),
+            range: Some(OffsetRange {
+                topic: "t".into(),
+                partition: 1,
+                epoch: 0,
+                first: 5,
+                last: 9,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// No ledger table yet: every question has the empty answer, and only the table's
+    /// existence is asked (nothing at all when there is nothing to ask about).
+    #[test]
+    fn no_ledger_yet_asks_nothing_more() {
+        let mut w = wh(false, |sql| panic!("asked {sql}"));
+        let mut l = Ledger::new(&mut w);
+        assert!(l.keys_loaded(&[]).unwrap().is_empty());
+        assert!(l.loaded_ranges(&[LoadJob::default()]).unwrap().is_empty());
+        assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
+        assert!(l.loaded_keys().unwrap().is_empty());
+        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        assert!(l.manifests_loaded("t", &["m".into()]).unwrap().is_empty());
+        assert!(l.loaded_ranges(&[job("a")]).unwrap().is_empty());
+        assert_eq!(l.summary("t").unwrap(), LedgerSummary::default());
+        assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
+        assert!(l.rows().unwrap().is_empty());
+        assert_eq!(l.raw_against_ledger().unwrap(), None);
+        assert_eq!(w.0.log.len(), 10, "{:?}", w.0.log);
+        assert!(w.0.log[..8].iter().all(|s| s == "exists l"));
+        assert_eq!(w.0.log[8..], ["exists r", "exists l"]);
+    }
+
+    /// NULLs come back as None (or 0 for counts), never as text.
+    #[test]
+    fn nulls_are_none() {
+        let mut w = wh(true, |sql| {
+            if sql.starts_with("SELECT max(manifest)") {
+                vec![row(&[None])]
+            } else if sql.starts_with("SELECT key, size") {
+                vec![row(&[
+                    Some("k"),
+                    Some("10"),
+                    Some(""),
+                    Some("3"),
+                    Some("0"),
+                    Some("0"),
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ])]
+            } else if sql.starts_with("SELECT CAST(count(*)") {
+                vec![row(&[
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    Some("0"),
+                    None,
+                ])]
+            } else if sql.starts_with("SELECT (SELECT") {
+                vec![row(&[Some("4"), None])]
+            } else if sql.starts_with("SELECT partition_id, CAST") {
+                vec![row(&[Some("0"), Some("0"), None, None])]
+            } else {
+                vec![row(&[None])]
+            }
+        });
+        let mut l = Ledger::new(&mut w);
+        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        let r = &l.rows().unwrap()[0];
+        assert_eq!((r.key.as_str(), r.size, r.rows_loaded), ("k", 10, 3));
+        assert_eq!((r.topic.clone(), r.partition, r.epoch), (None, None, None));
+        assert_eq!(
+            (r.first_offset, r.last_offset, r.manifest.clone()),
+            (None, None, None)
+        );
+        assert_eq!(l.summary("t").unwrap(), LedgerSummary::default());
+        assert_eq!(l.raw_against_ledger().unwrap(), Some((4, 0)));
+        assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
+        assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
+        assert!(l.loaded_keys().unwrap().is_empty());
+        let err = format!("{:#}", l.loaded_ranges(&[job("a")]).unwrap_err());
+        assert!(err.contains("ledger offset value None"), "{err}");
+    }
+
+    /// Values are asked about 500 at a time, the ledger's existence once.
+    #[test]
+    fn long_lists_are_asked_in_chunks() {
+        let mut w = wh(true, |sql| {
+            let n = sql.matches(", ").count() + 1;
+            vec![row(&[Some(&n.to_string())])]
+        });
+        let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+        let got = Ledger::new(&mut w).keys_loaded(&keys).unwrap();
+        let want: HashSet<String> = ["500", "1"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want);
+        assert_eq!(w.0.log.len(), 4);
+        assert_eq!(w.0.log[0], "exists l");
+        assert!(w.0.log[1]
+            .starts_with("SELECT DISTINCT key FROM \"s\".\"l\" WHERE key IN ('k0', 'k1', "));
+    }
+
+    /// An object with no offsets or manifest is written with NULLs.
+    #[test]
+    fn insert_without_range_writes_nulls() {
+        let names = wh(true, |_| vec![]).1;
+        let j = LoadJob {
+            key: "a'b".into(),
+            size: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            Ledger::insert_sql(&names, &j, 1, 2, 3, &super::super::quote_literal),
+            "INSERT INTO \"s\".\"l\" (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\n\
+             VALUES ('a''b', 7, '', 1, 2, 's.r', NULL, NULL, NULL, NULL, NULL, 3, NULL, NULL)"
+        );
     }
 }

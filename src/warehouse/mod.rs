@@ -1,6 +1,6 @@
 //! The warehouse: SQL templates from `sql/`, identifier quoting, and the `Warehouse` trait
-//! each dialect (PostgreSQL, Redshift) implements over a shared [`session::SqlSession`].
-//! Backends return data; the commands print it.
+//! each dialect (PostgreSQL, Redshift) implements over a shared [`session::SqlSession`]; the
+//! ledger's questions are [`Ledger`]'s. Backends return data; the commands print it.
 
 pub mod ledger;
 pub mod postgres;
@@ -11,6 +11,7 @@ pub mod standin;
 pub mod tls;
 pub mod views;
 
+pub use ledger::Ledger;
 pub use session::{SqlError, SqlSession};
 
 use crate::archive::{Compression, ObjectStore};
@@ -18,7 +19,7 @@ use crate::config::{ArchiveSettings, WarehouseKind, WarehouseSettings};
 use crate::records::{ColumnType, Layout};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 pub const CREATE_RAW: &str = include_str!("../../sql/create_raw.sql");
 pub const CREATE_LEDGER: &str = include_str!("../../sql/create_ledger.sql");
@@ -201,8 +202,9 @@ pub struct LoadResult {
     pub skipped: u64,
 }
 
-/// What a dialect does: its tables, its lock, its ledger and how it loads objects. The plain
-/// SQL plumbing is the session's ([`Warehouse::session`]).
+/// What a dialect does: its tables, its locks, and how it loads objects (each load's
+/// transaction writes the [`Ledger`]'s INSERT). The ledger's questions are the [`Ledger`]'s;
+/// the plain SQL plumbing is the session's ([`Warehouse::session`]).
 pub trait Warehouse {
     /// Statements, queries and transactions on this warehouse.
     fn session(&mut self) -> &mut dyn SqlSession;
@@ -210,7 +212,8 @@ pub trait Warehouse {
     fn names(&self) -> &Names;
     /// Where it points (no secrets).
     fn describe(&self) -> String;
-    /// A string literal as this warehouse reads it (Redshift reads a backslash as an escape).
+    /// A string literal as this warehouse reads it (Redshift reads a backslash as an escape):
+    /// what the [`Ledger`] writes its values with.
     fn literal(&self, s: &str) -> String {
         quote_literal(s)
     }
@@ -228,6 +231,10 @@ pub trait Warehouse {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadResult),
     ) -> Result<Vec<LoadResult>>;
+    /// Records that an object needs no load: every offset it holds is loaded already by other
+    /// objects. A ledger row with no rows loaded, in a transaction of its own, so the object is
+    /// not considered again.
+    fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()>;
     /// The SQL `load` would run for these jobs (for --dry-run; secrets masked).
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String>;
 
@@ -259,140 +266,6 @@ pub trait Warehouse {
                 .with_context(|| format!("creating tables in {where_}"))?;
         }
         Ok(())
-    }
-
-    /// Offset ranges (inclusive) the ledger records as loaded that touch these jobs' ranges,
-    /// per (topic, partition, epoch). Reads only the rows near the jobs, not the history.
-    fn loaded_ranges(&mut self, jobs: &[LoadJob]) -> Result<LoadedRanges> {
-        let ledger = self.names().ledger.clone();
-        let mut bounds: BTreeMap<(String, i32, i32), (i64, i64)> = BTreeMap::new();
-        for r in jobs.iter().filter_map(|j| j.range.as_ref()) {
-            let b = bounds
-                .entry((r.topic.clone(), r.partition, r.epoch))
-                .or_insert((r.first, r.last));
-            *b = (b.0.min(r.first), b.1.max(r.last));
-        }
-        if bounds.is_empty() {
-            return Ok(LoadedRanges::new());
-        }
-        let conds: Vec<String> = bounds
-            .iter()
-            .map(|((t, p, e), (f, l))| {
-                format!(
-                    "(topic = {} AND partition_id = {p} AND epoch = {e} AND last_offset >= {f} AND first_offset <= {l})",
-                    self.literal(t)
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL AND ({})",
-            self.names().qualified(&ledger),
-            conds.join(" OR ")
-        );
-        let s = self.session();
-        let mut out = LoadedRanges::new();
-        if !s.table_exists(&ledger)? {
-            return Ok(out);
-        }
-        let (_, rows) = s
-            .query_text(&sql)
-            .context("reading the ledger's offset ranges")?;
-        for r in rows {
-            let num = |i: usize| -> Result<i64> {
-                r[i].parse()
-                    .with_context(|| format!("ledger offset value {:?}", r[i]))
-            };
-            out.entry((r[0].clone(), num(1)? as i32, num(2)? as i32))
-                .or_default()
-                .push((num(3)?, num(4)?));
-        }
-        Ok(out)
-    }
-
-    /// Records that an object needs no load: every offset it holds is loaded already by other
-    /// objects. A ledger row with no rows loaded, so the object is not considered again.
-    fn record_skipped(&mut self, job: &LoadJob, records: u64) -> Result<()>;
-
-    /// Copy's cursor for a topic: the newest manifest whose objects the ledger records.
-    fn manifest_cursor(&mut self, topic: &str) -> Result<Option<String>> {
-        let ledger = self.names().ledger.clone();
-        let sql = format!(
-            "SELECT max(manifest) FROM {} WHERE topic = {}",
-            self.names().qualified(&ledger),
-            self.literal(topic)
-        );
-        let s = self.session();
-        if !s.table_exists(&ledger)? {
-            return Ok(None);
-        }
-        let (_, rows) = s
-            .query_text(&sql)
-            .context("reading copy's cursor from the ledger")?;
-        Ok(rows
-            .into_iter()
-            .next()
-            .and_then(|r| r.into_iter().next())
-            .filter(|v| v != "NULL"))
-    }
-
-    /// Which of these manifests (names) of a topic have every object they list in the ledger.
-    fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
-        let topic = self.literal(topic);
-        self.ledger_select(names, &|table, list| {
-            format!(
-                "SELECT manifest FROM {table} WHERE topic = {topic} AND manifest IN ({list}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)"
-            )
-        })
-    }
-
-    /// Which of these keys are in the ledger.
-    fn keys_loaded(&mut self, keys: &[String]) -> Result<HashSet<String>> {
-        self.in_ledger("key", keys)
-    }
-
-    /// The values of a ledger column among these, queried in batches.
-    fn in_ledger(&mut self, column: &str, values: &[String]) -> Result<HashSet<String>> {
-        self.ledger_select(values, &|table, list| {
-            format!("SELECT DISTINCT {column} FROM {table} WHERE {column} IN ({list})")
-        })
-    }
-
-    /// Runs a one-column query on the ledger for these values, 500 (quoted) at a time;
-    /// `sql(table, list)` writes it. Nothing when there is no ledger yet.
-    fn ledger_select(
-        &mut self,
-        values: &[String],
-        sql: &dyn Fn(&str, &str) -> String,
-    ) -> Result<HashSet<String>> {
-        let ledger = self.names().ledger.clone();
-        let table = self.names().qualified(&ledger);
-        let quoted: Vec<String> = values.iter().map(|v| self.literal(v)).collect();
-        let s = self.session();
-        let mut out = HashSet::new();
-        if values.is_empty() || !s.table_exists(&ledger)? {
-            return Ok(out);
-        }
-        for chunk in quoted.chunks(500) {
-            let sql = sql(&table, &chunk.join(", "));
-            let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
-            out.extend(rows.into_iter().filter_map(|r| r.into_iter().next()));
-        }
-        Ok(out)
-    }
-
-    /// Keys already in the ledger (none when the ledger does not exist yet).
-    fn loaded_keys(&mut self) -> Result<HashSet<String>> {
-        let ledger = self.names().ledger.clone();
-        let sql = format!("SELECT key FROM {}", self.names().qualified(&ledger));
-        let s = self.session();
-        if !s.table_exists(&ledger)? {
-            return Ok(HashSet::new());
-        }
-        let (_, rows) = s.query_text(&sql).context("reading the ledger")?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| r.into_iter().next())
-            .collect())
     }
 }
 
@@ -450,6 +323,7 @@ pub mod conformance {
     use super::*;
     use crate::records::frame_into;
     use sha2::Digest;
+    use std::collections::HashSet;
     use std::io::Write;
 
     /// Stores `records` (framed, gzip or plain) under `key`; returns its job with the checksum
@@ -481,6 +355,133 @@ pub mod conformance {
         }
     }
 
+    /// The job with the records' identity a manifest gives: topic `t`, partition `p`, epoch 0,
+    /// offsets `first..=last`, listed by `manifest` (of two objects) when named.
+    fn ranged(mut j: LoadJob, p: i32, first: i64, last: i64, manifest: Option<&str>) -> LoadJob {
+        j.range = Some(OffsetRange {
+            topic: "t".into(),
+            partition: p,
+            epoch: 0,
+            first,
+            last,
+        });
+        j.manifest = manifest.map(String::from);
+        j.manifest_objects = manifest.map(|_| 2);
+        j
+    }
+
+    /// Every question to a ledger that holds nothing (no table yet, or an empty one) has the
+    /// empty answer; the raw table against it: None without the tables, (0, 0) with them.
+    fn ledger_is_empty(wh: &mut dyn Warehouse, tables: bool) {
+        let probe = ranged(LoadJob::default(), 0, 0, 9, Some("m1"));
+        let mut l = Ledger::new(wh);
+        assert!(l.loaded_keys().unwrap().is_empty(), "no keys");
+        assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
+        assert_eq!(l.manifest_cursor("t").unwrap(), None, "no cursor");
+        assert!(l.manifests_loaded("t", &["m1".into()]).unwrap().is_empty());
+        assert!(l.loaded_ranges(&[probe]).unwrap().is_empty());
+        assert_eq!(l.summary("t").unwrap(), ledger::LedgerSummary::default());
+        assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
+        assert!(l.rows().unwrap().is_empty());
+        let want = tables.then_some((0, 0));
+        assert_eq!(l.raw_against_ledger().unwrap(), want);
+    }
+
+    /// The ledger's answers once `a` (partition 0, offsets 0..=2) and `b` (partition 1, 0..=1),
+    /// both of manifest m1, are loaded: 5 rows. NULLs come back as None.
+    fn ledger_holds(wh: &mut dyn Warehouse, a: &LoadJob, b: &LoadJob) {
+        let mut l = Ledger::new(wh);
+        let got = l
+            .keys_loaded(&[a.key.clone(), "wconf/none".into(), b.key.clone()])
+            .unwrap();
+        assert_eq!(got, HashSet::from([a.key.clone(), b.key.clone()]));
+        assert_eq!(l.manifest_cursor("t").unwrap().as_deref(), Some("m1"));
+        assert_eq!(
+            l.manifest_cursor("other").unwrap(),
+            None,
+            "max() of no rows"
+        );
+        let got = l
+            .manifests_loaded("t", &["m0".into(), "m1".into()])
+            .unwrap();
+        assert_eq!(got, HashSet::from(["m1".to_string()]));
+        let probe = ranged(LoadJob::default(), 0, 1, 9, None);
+        let got = l.loaded_ranges(&[probe]).unwrap();
+        assert_eq!(
+            got,
+            LoadedRanges::from([(("t".into(), 0, 0), vec![(0, 2)])])
+        );
+        let sum = l.summary("t").unwrap();
+        assert_eq!(
+            (sum.objects, sum.bytes, sum.rows_loaded, sum.rows_rejected),
+            (2, (a.size + b.size) as i64, 5, 0)
+        );
+        assert!(sum.last_load_at.is_some());
+        let mut p0 = ledger::Prefix::new(0, 2, 2);
+        p0.key = Some(a.key.clone());
+        p0.manifest = Some("m1".into());
+        p0.top_key = p0.key.clone();
+        p0.top_manifest = p0.manifest.clone();
+        let prefixes = l.loaded_prefixes("t", 0).unwrap();
+        assert_eq!(prefixes.get(&0), Some(&p0));
+        assert_eq!(prefixes.keys().copied().collect::<Vec<_>>(), vec![0, 1]);
+        assert!(l.loaded_prefixes("t", 1).unwrap().is_empty());
+        let rows = l.rows().unwrap();
+        assert_eq!(rows.len(), 2);
+        let r = rows.iter().find(|r| r.key == a.key).unwrap();
+        assert_eq!(
+            (
+                r.topic.as_deref(),
+                r.partition,
+                r.epoch,
+                r.first_offset,
+                r.last_offset
+            ),
+            (Some("t"), Some(0), Some(0), Some(0), Some(2))
+        );
+        assert_eq!(
+            (r.size, r.rows_loaded, r.rows_skipped),
+            (a.size as i64, 3, 0)
+        );
+        assert_eq!(Some(&r.sha256), a.expected_sha256.as_ref());
+        assert_eq!(r.manifest.as_deref(), Some("m1"));
+        assert_eq!(l.raw_against_ledger().unwrap(), Some((5, 5)));
+    }
+
+    /// An object whose offsets are all loaded by `a` is recorded as skipped: in the ledger,
+    /// with its records counted as skipped and none loaded; never twice.
+    fn ledger_records_a_skip(wh: &mut dyn Warehouse, store: &dyn ObjectStore, good: &[&[u8]]) {
+        let before = Ledger::new(wh).summary("t").unwrap();
+        let d = put_object(
+            store,
+            "wconf/t+0+00000000000000000000+00000000000000000001.log",
+            &good[..2],
+            false,
+        );
+        let d = ranged(d, 0, 0, 1, None);
+        wh.record_skipped(&d, 2).unwrap();
+        assert!(wh.record_skipped(&d, 2).is_err(), "recorded twice");
+        let mut l = Ledger::new(wh);
+        let sum = l.summary("t").unwrap();
+        assert_eq!(
+            (sum.objects, sum.rows_loaded, sum.rows_skipped),
+            (
+                before.objects + 1,
+                before.rows_loaded,
+                before.rows_skipped + 2
+            )
+        );
+        let r = l
+            .rows()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.key == d.key)
+            .unwrap();
+        assert_eq!((r.rows_loaded, r.rows_skipped, r.manifest), (0, 2, None));
+        let prefixes = l.loaded_prefixes("t", 0).unwrap();
+        assert_eq!((prefixes[&0].through, prefixes[&0].top), (2, 2));
+    }
+
     /// `open` connects to a fresh, empty schema (each call a new session); `raw` is the raw
     /// table's bare name and `qualified_raw` its schema-qualified name; `good` are valid records
     /// of `layout` and `bad` one that is not.
@@ -507,14 +508,11 @@ pub mod conformance {
             !wh.session().table_exists(raw).unwrap(),
             "schema must start empty"
         );
-        assert!(
-            wh.loaded_keys().unwrap().is_empty(),
-            "no ledger yet: no keys"
-        );
+        ledger_is_empty(wh.as_mut(), false);
         wh.ensure_tables(layout).unwrap();
         wh.ensure_tables(layout).expect("ensure_tables twice");
         assert!(wh.session().table_exists(raw).unwrap());
-        assert!(wh.loaded_keys().unwrap().is_empty());
+        ledger_is_empty(wh.as_mut(), true);
 
         // The lock is per session: a second session is refused until the first ends.
         assert!(wh.lock("conformance", false).unwrap());
@@ -541,12 +539,14 @@ pub mod conformance {
             &good[..3],
             true,
         );
+        let a = ranged(a, 0, 0, 2, Some("m1"));
         let b = put_object(
             store,
             "wconf/t+1+00000000000000000000+00000000000000000001.log",
             &good[3..5],
             false,
         );
+        let b = ranged(b, 1, 0, 1, Some("m1"));
         let opts = LoadOptions::default();
         let mut seen = Vec::new();
         let results = wh
@@ -567,8 +567,9 @@ pub mod conformance {
             vec![(3, 3, 0), (2, 2, 0)]
         );
         assert_eq!(count(wh.as_mut()), 5);
-        let keys = wh.loaded_keys().unwrap();
+        let keys = Ledger::new(wh.as_mut()).loaded_keys().unwrap();
         assert!(keys.contains(&a.key) && keys.contains(&b.key) && keys.len() == 2);
+        ledger_holds(wh.as_mut(), &a, &b);
 
         // The ledger refuses a key twice, and the refused load leaves no rows.
         assert!(wh
@@ -585,6 +586,7 @@ pub mod conformance {
             &recs,
             true,
         );
+        let c = ranged(c, 2, 0, 2, None);
         let err = format!(
             "{:#}",
             wh.load(std::slice::from_ref(&c), store, layout, &opts, &mut |_| {})
@@ -592,7 +594,10 @@ pub mod conformance {
         );
         assert!(err.contains(&c.key), "{err}");
         assert_eq!(count(wh.as_mut()), 5);
-        assert!(!wh.loaded_keys().unwrap().contains(&c.key));
+        assert!(!Ledger::new(wh.as_mut())
+            .loaded_keys()
+            .unwrap()
+            .contains(&c.key));
 
         // A checksum or record count that differs from the manifest's: refused, nothing loaded.
         let mut wrong_sha = c.clone();
@@ -622,6 +627,10 @@ pub mod conformance {
             .unwrap();
         assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (3, 2, 1));
         assert_eq!(count(wh.as_mut()), 7);
+        let mut l = Ledger::new(wh.as_mut());
+        assert_eq!(l.raw_against_ledger().unwrap(), Some((7, 7)));
+        assert_eq!(l.summary("t").unwrap().rows_rejected, 1);
+        ledger_records_a_skip(wh.as_mut(), store, good);
 
         // Statements in one transaction apply together or not at all.
         let t = format!("{qualified_raw}_conformance_tx");
@@ -637,7 +646,12 @@ pub mod conformance {
 
         let (cols, rows) = wh.session().query_text("SELECT 1 AS a, 'x' AS b").unwrap();
         assert_eq!(cols, vec!["a", "b"]);
-        assert_eq!(rows, vec![vec!["1".to_string(), "x".to_string()]]);
+        assert_eq!(
+            rows,
+            vec![vec![Some("1".to_string()), Some("x".to_string())]]
+        );
+        let (_, rows) = wh.session().query_text("SELECT NULL AS n").unwrap();
+        assert_eq!(rows, vec![vec![None]], "NULL comes back as None");
         assert!(wh.load_sql(&[a], layout).iter().any(|s| s.contains(raw)));
     }
 }

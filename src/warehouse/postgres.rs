@@ -2,7 +2,7 @@
 //! session advisory locks.
 
 use super::session::{PgSession, SqlContext, SqlSession};
-use super::{quote_ident, quote_literal, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
+use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
 use crate::archive::{decoder, download, is_broken_pipe, stream, ObjectStore};
 use crate::config::WarehouseSettings;
 use crate::records::{
@@ -528,7 +528,6 @@ fn record_load(
     result: &LoadResult,
     rejects: &[Reject],
 ) -> Result<()> {
-    let ledger = names.qualified(&names.ledger);
     let rejects_t = names.qualified(&names.rejects);
     for r in rejects {
         tx.execute(
@@ -546,32 +545,7 @@ fn record_load(
         )
         .sql("recording rejects")?;
     }
-    let r = job.range.as_ref();
-    tx.execute(
-        &format!(
-            "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table, \
-             topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-        ),
-        &[
-            &job.key,
-            &(job.size as i64),
-            &job.expected_sha256.clone().unwrap_or_default(),
-            &(result.loaded as i64),
-            &(result.rejected as i64),
-            &format!("{}.{}", names.schema, names.raw),
-            &r.map(|r| r.topic.clone()),
-            &r.map(|r| r.partition),
-            &r.map(|r| r.epoch),
-            &r.map(|r| r.first),
-            &r.map(|r| r.last),
-            &(result.skipped as i64),
-            &job.manifest,
-            &job.manifest_objects.map(|n| n as i32),
-        ],
-    )
-    .sql_with(|| format!("recording {} in the ledger", job.key))?;
-    Ok(())
+    Ledger::insert_in(tx, names, job, result)
 }
 
 impl Warehouse for Pg {
@@ -683,7 +657,6 @@ impl Warehouse for Pg {
     }
 
     fn load_sql(&self, jobs: &[LoadJob], layout: &Layout) -> Vec<String> {
-        let ledger = self.s.names.qualified(&self.s.names.ledger);
         let mut v = Vec::new();
         for j in jobs {
             v.push("BEGIN".into());
@@ -692,11 +665,7 @@ impl Warehouse for Pg {
                 copy_sql(&self.s.names, layout, CopyFormat::Binary),
                 j.key
             ));
-            v.push(format!(
-                "INSERT INTO {ledger} (key, size, sha256, rows_loaded, rows_rejected, target_table) VALUES ({}, {}, ...)",
-                quote_literal(&j.key),
-                j.size
-            ));
+            v.push(Ledger::insert_outline(&self.s.names, j));
             v.push("COMMIT".into());
         }
         v

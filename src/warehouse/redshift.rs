@@ -7,8 +7,8 @@
 //! Redshift where this code depends on it); no Redshift cluster is reachable from the test
 //! machines. The SQL snapshot tests below show the exact statements sent.
 
-use super::session::{PgSession, SqlError, SqlSession};
-use super::{quote_ident, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
+use super::session::{shown, PgSession, Rows, SqlError, SqlSession};
+use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
 use crate::archive::layout::COPY_MANIFESTS;
 use crate::archive::{Compression, ObjectStore, PutOutcome};
 use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
@@ -384,11 +384,12 @@ impl Redshift {
     /// objects of the load whose offsets overlap each other. Never loads an offset twice.
     fn recheck(&mut self, jobs: &[LoadJob]) -> Result<()> {
         let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
-        let loaded = self.keys_loaded(&keys)?;
+        let mut ledger = Ledger::new(self);
+        let loaded = ledger.keys_loaded(&keys)?;
         if let Some(k) = keys.iter().find(|k| loaded.contains(*k)) {
             bail!("object {k} is in the ledger already (loaded by another run since this one planned); nothing loaded");
         }
-        let ranges = self.loaded_ranges(jobs)?;
+        let ranges = ledger.loaded_ranges(jobs)?;
         // Offset ranges (and their keys) of this load's objects, per topic, partition, epoch.
         let mut seen: BTreeMap<(String, i32, i32), Vec<Claimed>> = BTreeMap::new();
         for j in jobs {
@@ -493,7 +494,7 @@ impl Redshift {
             .query_text(&format!(
                 "SELECT line_number, trim(colname) AS colname, trim(raw_field_value) AS value, trim(err_reason) AS reason FROM stl_load_errors WHERE query = {id}{filter} ORDER BY line_number LIMIT 1"
             ))
-            .map(|(_, rows)| rows.iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
+            .map(|(_, rows)| shown(rows).iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
             .unwrap_or_default()
     }
 
@@ -523,8 +524,14 @@ impl Redshift {
         }
         self.s.execute(&move_sql(&self.names, layout))?;
         for (j, m) in jobs.iter().zip(&measured) {
-            self.s
-                .execute(&ledger_sql(&self.names, j, m.loaded, m.rejected, 0))?;
+            self.s.execute(&Ledger::insert_sql(
+                &self.names,
+                j,
+                m.loaded,
+                m.rejected,
+                0,
+                &literal,
+            ))?;
         }
         self.s
             .execute(&format!("DROP TABLE {}", quote_ident(STAGING)))?;
@@ -550,7 +557,8 @@ impl Redshift {
         self.s
             .query_text(LOAD_ERRORS_SQL)
             .map(|(_, rows)| {
-                rows.iter()
+                shown(rows)
+                    .iter()
                     .map(|r| r.join(" | "))
                     .collect::<Vec<_>>()
                     .join("; ")
@@ -615,26 +623,27 @@ fn attribute_errors(
     archive_url: &str,
     jobs: &[LoadJob],
     group: &CopyGroup,
-    rows: &[Vec<String>],
+    rows: &Rows,
 ) -> Result<Vec<u64>> {
     let mut out = vec![0u64; group.jobs.len()];
     for r in rows {
-        let n: u64 = r[1]
+        let (file, count) = (r[0].as_deref(), r[1].as_deref().unwrap_or_default());
+        let n: u64 = count
             .parse()
-            .with_context(|| format!("stl_load_errors count {:?}", r[1]))?;
+            .with_context(|| format!("stl_load_errors count {count:?}"))?;
         let pos = if group.alone() {
             Some(0)
         } else {
             group
                 .jobs
                 .iter()
-                .position(|&i| object_url(archive_url, &jobs[i].key) == r[0])
+                .position(|&i| Some(object_url(archive_url, &jobs[i].key).as_str()) == file)
         };
         match pos {
             Some(p) => out[p] += n,
             None => bail!(
                 "stl_load_errors names file {:?}, which this COPY did not list",
-                r[0]
+                file.unwrap_or_default()
             ),
         }
     }
@@ -658,44 +667,6 @@ fn move_sql(names: &Names, layout: &Layout) -> String {
         "INSERT INTO {} ({cols})\nSELECT {cols} FROM {}",
         names.qualified(&names.raw),
         quote_ident(STAGING),
-    )
-}
-
-/// One ledger row, every value a literal.
-fn ledger_sql(
-    names: &Names,
-    j: &LoadJob,
-    loaded: impl std::fmt::Display,
-    rejected: impl std::fmt::Display,
-    skipped: u64,
-) -> String {
-    let (topic, part, epoch, first, last) = match &j.range {
-        Some(r) => (
-            literal(&r.topic),
-            r.partition.to_string(),
-            r.epoch.to_string(),
-            r.first.to_string(),
-            r.last.to_string(),
-        ),
-        None => (
-            "NULL".into(),
-            "NULL".into(),
-            "NULL".into(),
-            "NULL".into(),
-            "NULL".into(),
-        ),
-    };
-    format!(
-        "INSERT INTO {} (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {topic}, {part}, {epoch}, {first}, {last}, {skipped}, {}, {})",
-        names.qualified(&names.ledger),
-        literal(&j.key),
-        j.size,
-        literal(j.expected_sha256.as_deref().unwrap_or("")),
-        literal(&format!("{}.{}", names.schema, names.raw)),
-        j.manifest.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
-        j.manifest_objects
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "NULL".into())
     )
 }
 
@@ -764,10 +735,10 @@ impl Warehouse for Redshift {
             bail!("object {}: an object without an offset range", job.key);
         }
         let ledger = self.ledger();
-        let insert = ledger_sql(&self.names, job, 0, 0, records);
+        let insert = Ledger::insert_sql(&self.names, job, 0, 0, records, &literal);
         self.in_transaction(|this| {
             this.s.execute(&format!("LOCK {ledger}"))?;
-            if this
+            if Ledger::new(this)
                 .keys_loaded(std::slice::from_ref(&job.key))?
                 .contains(&job.key)
             {
@@ -862,7 +833,14 @@ pub fn load_plan(
     }
     v.push(move_sql(names, layout));
     for j in jobs {
-        v.push(ledger_sql(names, j, "{loaded}", "{rejected}", 0));
+        v.push(Ledger::insert_sql(
+            names,
+            j,
+            "{loaded}",
+            "{rejected}",
+            0,
+            &literal,
+        ));
     }
     v.push(format!("DROP TABLE {}", quote_ident(STAGING)));
     v.push("COMMIT".into());
@@ -1110,9 +1088,15 @@ STATUPDATE OFF"
             self.note(&format!("-- table_exists({table})"));
             Ok(true)
         }
-        fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+        fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
             self.note(sql);
-            Ok((vec![], (self.answer)(sql)))
+            let rows = (self.answer)(sql);
+            Ok((
+                vec![],
+                rows.into_iter()
+                    .map(|r| r.into_iter().map(Some).collect())
+                    .collect(),
+            ))
         }
     }
 

@@ -22,8 +22,25 @@ pub trait SqlSession {
     fn query_i64(&mut self, sql: &str) -> Result<Option<i64>>;
     /// Whether schema.table exists.
     fn table_exists(&mut self, table: &str) -> Result<bool>;
-    /// Runs a query and returns column names and rows as text.
-    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)>;
+    /// Runs a query and returns column names and rows as text, NULL as None.
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)>;
+}
+
+/// A query's rows: each value as text, NULL as None.
+pub type Rows = Vec<Vec<Option<String>>>;
+
+/// How a table shown to people writes NULL (psql's `\pset null NULL`); never compared against.
+pub const NULL_SHOWN: &str = "NULL";
+
+/// Rows as shown to people (tables, messages): NULL written as [`NULL_SHOWN`].
+pub fn shown(rows: Rows) -> Vec<Vec<String>> {
+    rows.into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.unwrap_or_else(|| NULL_SHOWN.into()))
+                .collect()
+        })
+        .collect()
 }
 
 /// A server error, kept whole: `code()` gives its SQLSTATE; Display is one line without
@@ -199,7 +216,7 @@ impl SqlSession for PgSession {
         Ok(row.get::<_, i64>(0) > 0)
     }
 
-    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
         let stmt = self.client.prepare(sql).sql_bare()?;
         let cols: Vec<String> = stmt
             .columns()
@@ -215,14 +232,7 @@ impl SqlSession for PgSession {
         let rows = self.client.query(&sql_text, &[]).sql_bare()?;
         let data = rows
             .iter()
-            .map(|r| {
-                (0..cols.len())
-                    .map(|i| {
-                        r.get::<_, Option<String>>(i)
-                            .unwrap_or_else(|| "NULL".into())
-                    })
-                    .collect()
-            })
+            .map(|r| (0..cols.len()).map(|i| r.get(i)).collect())
             .collect();
         Ok((cols, data))
     }

@@ -331,7 +331,7 @@ impl SqlSession for StandIn {
     fn table_exists(&mut self, table: &str) -> Result<bool> {
         self.pg.table_exists(table)
     }
-    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Vec<Vec<Option<String>>>)> {
         let s = self.prepare(sql)?;
         self.pg.query_text(&s)
     }

@@ -48,7 +48,7 @@ pub fn read_build(
     Ok(rows
         .into_iter()
         .next()
-        .and_then(|r| r.into_iter().next())
+        .and_then(|r| r.into_iter().next().flatten())
         .and_then(|d| serde_json::from_str(&d).ok()))
 }
 
