@@ -1,5 +1,6 @@
 //! batchlayer: the batch layer of a Lambda Architecture as three bounded, chainable steps.
-//! `run` resolves the configuration once and hands it to the subcommand's `exec`.
+//! `run` resolves the configuration once, hands it to the subcommand's `exec`, and hands the
+//! report `exec` returns to the output and to the metrics file.
 
 pub mod archive;
 pub mod cli;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod records;
+pub mod report;
 pub mod source;
 pub mod tweets;
 pub mod util;
@@ -20,14 +22,15 @@ use cli::{Cli, Command};
 use commands::{aggregate, audit, completions, copy, ingest, produce, status};
 use config::ProcessEnv;
 use output::Output;
+use report::{Part, Report};
 
-/// Runs one parsed command line; a step given `--metrics-file` writes it at the end, whether
-/// it succeeded or not.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs one parsed command line and returns its report; a step given `--metrics-file` writes
+/// it at the end, whether it succeeded or not.
+pub fn run(cli: Cli) -> Result<Report> {
     let mut out = Output::new(cli.quiet, cli.verbose, cli.json, false);
     match &cli.command {
-        Command::Completions(a) => return completions::exec(a, &out),
-        Command::Man(a) => return completions::man(a, &out),
+        Command::Completions(a) => return completions::exec(a, &out).map(|()| Report::None),
+        Command::Man(a) => return completions::man(a, &out).map(|()| Report::None),
         _ => {}
     }
     let started = std::time::Instant::now();
@@ -38,8 +41,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Resolves the settings, sets up output and logs, and runs the subcommand.
-fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
+/// Resolves the settings, sets up output and logs, runs the subcommand, and prints its report.
+fn run_step(cli: &Cli, out: &mut Output) -> Result<Report> {
     let s = config::load(cli.config.as_deref(), &cli.overrides(), &ProcessEnv)?;
     *out = Output::new(cli.quiet, cli.verbose, cli.json, s.ui.no_progress)
         .with_log_format(s.ui.log_format);
@@ -54,14 +57,24 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
         out.warn(w);
     }
     let out = &*out;
-    match &cli.command {
-        Command::Ingest(a) => ingest::exec(a, &s, out),
-        Command::Copy(a) => copy::exec(a, &s, out),
-        Command::Aggregate(a) => aggregate::exec(a, &s, out),
-        Command::Status(a) => status::exec(a, &s, out),
-        Command::Audit(a) => audit::exec(a, &s, out),
-        Command::ProduceTweets(a) => produce::exec(a, &s, out),
+    let report = match &cli.command {
+        Command::Ingest(a) => ingest::exec(a, &s, out)?,
+        Command::Copy(a) => copy::exec(a, &s, out)?,
+        // Views are built in turn, and each is printed as soon as it is built: a later view's
+        // failure leaves the earlier ones built, and reported.
+        Command::Aggregate(a) => {
+            return aggregate::exec(a, &s, out, &mut |view| out.summary(&Part::View(view)))
+        }
+        Command::Status(a) => status::exec(a, &s)?,
+        Command::Audit(a) => audit::exec(a, &s, out)?,
+        Command::ProduceTweets(a) => produce::exec(a, &s)?,
         // Answered in `run`, before any configuration is read.
-        Command::Completions(_) | Command::Man(_) => Ok(()),
+        Command::Completions(_) | Command::Man(_) => Report::None,
+    };
+    for part in report.parts() {
+        out.summary(&part)?;
     }
+    // Status and audit fail on what they found (exit 5, 6), once it is printed.
+    report.outcome()?;
+    Ok(report)
 }

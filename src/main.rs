@@ -6,7 +6,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = batchlayer::cli::Cli::parse_args();
     match batchlayer::run(cli) {
-        Ok(()) => to_exit(OK),
+        Ok(_report) => to_exit(OK),
         Err(err) => {
             batchlayer::output::Output::error(&err);
             to_exit(code_for(&err))

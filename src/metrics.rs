@@ -4,19 +4,18 @@
 //!
 //! Every metric is a gauge labelled `step="ingest|copy|aggregate"`, with the same help text
 //! whatever the step, so the files of several steps can sit in one collector folder. The
-//! figures of a run come from the summary the step reported (what `--json` prints); a failed
+//! figures of a run come from the report the step returned (what `--json` prints); a failed
 //! run writes its exit code, duration and end time, and keeps the last success timestamp of
 //! the file it replaces.
 
 use crate::error::{code_for, OK};
 use crate::output::Output;
+use crate::report::Report;
 use anyhow::{anyhow, bail, Context, Result};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -54,55 +53,14 @@ pub struct Figures {
     pub views: Vec<(String, i64)>,
 }
 
-/// The fields of ingest's summary that metrics use.
-#[derive(Deserialize)]
-struct IngestFigures {
-    messages: u64,
-    bytes: u64,
-    objects: u64,
-    rejected: u64,
-    skipped: u64,
-    stopped_by: String,
-    committed: BTreeMap<i32, i64>,
-    held_by_others: Vec<HeldFigures>,
-}
-
-#[derive(Deserialize)]
-struct HeldFigures {
-    partition: i32,
-    lag: i64,
-}
-
-#[derive(Deserialize)]
-struct CopyFigures {
-    objects: u64,
-    rows: u64,
-    rejects: u64,
-    bytes: u64,
-    skipped_rows: u64,
-}
-
-#[derive(Deserialize)]
-struct ViewFigures {
-    view: String,
-    rows: i64,
-}
-
 impl Figures {
-    /// Reads a step's figures from the summaries it reported (one for ingest and copy, one
-    /// per view for aggregate). A missing field is an error, never a zero.
-    pub fn from_summaries(step: &str, summaries: &[serde_json::Value]) -> Result<Figures> {
-        let last = || {
-            summaries
-                .last()
-                .cloned()
-                .ok_or_else(|| anyhow!("{step} reported no summary"))
-        };
-        let figures = match step {
-            "ingest" => {
-                let i: IngestFigures = serde_json::from_value(last()?)?;
+    /// A step's figures, from the report it returned. A report of another command (or none)
+    /// is an error, never zeros.
+    pub fn from_report(step: &str, report: &Report) -> Result<Figures> {
+        let figures = match (step, report) {
+            ("ingest", Report::Ingest(i)) => {
                 let mut lag: Vec<(i32, i64)> = Vec::new();
-                if i.stopped_by.starts_with("end of partitions") {
+                if i.stopped_by.read_to_end() {
                     lag.extend(i.committed.keys().map(|p| (*p, 0)));
                 }
                 lag.extend(i.held_by_others.iter().map(|h| (h.partition, h.lag)));
@@ -110,36 +68,27 @@ impl Figures {
                 Figures {
                     messages: Some(i.messages),
                     bytes: Some(i.bytes),
-                    objects: Some(i.objects),
+                    objects: Some(i.objects as u64),
                     rejects: Some(i.rejected),
                     skipped_offsets: Some(i.skipped),
                     lag,
                     ..Figures::default()
                 }
             }
-            "copy" => {
-                let c: CopyFigures = serde_json::from_value(last()?)?;
-                Figures {
-                    bytes: Some(c.bytes),
-                    objects: Some(c.objects),
-                    rows: Some(c.rows),
-                    rejects: Some(c.rejects),
-                    skipped_offsets: Some(c.skipped_rows),
-                    ..Figures::default()
-                }
-            }
-            "aggregate" => {
-                let mut views = Vec::new();
-                for v in summaries {
-                    let v: ViewFigures = serde_json::from_value(v.clone())?;
-                    views.push((v.view, v.rows));
-                }
-                Figures {
-                    views,
-                    ..Figures::default()
-                }
-            }
-            other => bail!("no metrics for step {other}"),
+            ("copy", Report::Copy(c)) => Figures {
+                bytes: Some(c.bytes),
+                objects: Some(c.objects as u64),
+                rows: Some(c.rows),
+                rejects: Some(c.rejects),
+                skipped_offsets: Some(c.skipped_rows),
+                ..Figures::default()
+            },
+            ("aggregate", Report::Aggregate(views)) => Figures {
+                views: views.iter().map(|v| (v.view.clone(), v.rows)).collect(),
+                ..Figures::default()
+            },
+            ("ingest" | "copy" | "aggregate", _) => bail!("{step} reported no summary"),
+            (other, _) => bail!("no metrics for step {other}"),
         };
         Ok(figures)
     }
@@ -298,23 +247,23 @@ pub fn finish(
     path: &Path,
     started: Instant,
     out: &Output,
-    result: Result<()>,
-) -> Result<()> {
+    result: Result<Report>,
+) -> Result<Report> {
     let finished_at = unix_now();
     let written = (|| {
         let m = StepMetrics {
             step: step.to_string(),
-            exit_code: result.as_ref().map_or_else(code_for, |()| OK),
+            exit_code: result.as_ref().map_or_else(code_for, |_| OK),
             finished_at,
             duration_seconds: started.elapsed().as_secs_f64(),
             last_success: match &result {
-                Ok(()) => Some(finished_at),
+                Ok(_) => Some(finished_at),
                 Err(_) => std::fs::read_to_string(path)
                     .ok()
                     .and_then(|t| last_success_in(&t, step)),
             },
             figures: match &result {
-                Ok(()) => Figures::from_summaries(step, &out.summaries())?,
+                Ok(report) => Figures::from_report(step, report)?,
                 Err(_) => Figures::default(),
             },
         };
@@ -322,7 +271,7 @@ pub fn finish(
     })()
     .with_context(|| format!("writing metrics file {}", path.display()));
     match (result, written) {
-        (Ok(()), w) => w,
+        (Ok(report), w) => w.map(|()| report),
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(w)) => {
             out.warn(&format!("{w:#}"));
@@ -334,7 +283,7 @@ pub fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::report::{AggregateSummary, CopySummary};
 
     #[test]
     fn failed_run_keeps_the_last_success_and_has_no_figures() {
@@ -344,9 +293,16 @@ mod tests {
             finished_at: 1700000000.5,
             duration_seconds: 2.0,
             last_success: Some(1700000000.5),
-            figures: Figures::from_summaries(
+            figures: Figures::from_report(
                 "copy",
-                &[json!({"objects": 3, "rows": 30, "rejects": 1, "bytes": 900, "skipped_rows": 2})],
+                &Report::Copy(CopySummary {
+                    objects: 3,
+                    rows: 30,
+                    rejects: 1,
+                    bytes: 900,
+                    skipped_rows: 2,
+                    ..Default::default()
+                }),
             )
             .unwrap(),
         };
@@ -365,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("copy.prom");
         write_atomic(&path, &text).unwrap();
-        let err: Result<()> = Err(crate::error::Error::Busy("lock".into()).into());
+        let err: Result<Report> = Err(crate::error::Error::Busy("lock".into()).into());
         let out = Output::silent();
         assert!(finish("copy", &path, Instant::now(), &out, err).is_err());
         let after = std::fs::read_to_string(&path).unwrap();
@@ -379,16 +335,20 @@ mod tests {
         assert_eq!(left.len(), 1, "no temp file is left behind");
     }
 
+    /// A summary without a field no longer compiles (the figures read typed fields); a step
+    /// without its summary is still an error, never zeros.
     #[test]
-    fn a_summary_without_a_field_is_an_error() {
-        assert!(Figures::from_summaries("copy", &[json!({"objects": 3})]).is_err());
-        assert!(Figures::from_summaries("copy", &[]).is_err());
-        let agg = Figures::from_summaries(
+    fn a_step_without_its_summary_is_an_error() {
+        assert!(Figures::from_report("copy", &Report::None).is_err());
+        assert!(Figures::from_report("copy", &Report::Aggregate(Vec::new())).is_err());
+        let view = |v: &str, rows| AggregateSummary {
+            view: v.into(),
+            rows,
+            ..Default::default()
+        };
+        let agg = Figures::from_report(
             "aggregate",
-            &[
-                json!({"view": "a", "rows": 5}),
-                json!({"view": "b", "rows": 7}),
-            ],
+            &Report::Aggregate(vec![view("a", 5), view("b", 7)]),
         )
         .unwrap();
         assert_eq!(agg.views, vec![("a".into(), 5), ("b".into(), 7)]);

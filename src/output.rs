@@ -3,7 +3,6 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
 
 /// How log lines (details under -v, warnings, `tracing` events) are written on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -16,9 +15,20 @@ pub enum LogFormat {
     Json,
 }
 
-/// The summaries a run reported (one per step, or per view for aggregate), kept for the
-/// metrics file. Shared by the clones of an `Output`.
-pub type Summaries = Arc<Mutex<Vec<serde_json::Value>>>;
+/// How a summary reads for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Human {
+    /// A line on stderr, shown on a terminal or with -v, never under -q.
+    Line(String),
+    /// A table on stdout, always.
+    Table(String),
+}
+
+/// What a run prints when it ends: a JSON document with --json, else its form for people.
+pub trait Summary {
+    fn human(&self) -> Human;
+    fn document(&self) -> serde_json::Result<serde_json::Value>;
+}
 
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -30,7 +40,6 @@ pub struct Output {
     /// Log lines as JSON (`--log-format json`): details, info and warnings become `tracing`
     /// events, and progress bars are off so that stderr holds JSON lines only.
     pub log_json: bool,
-    summaries: Summaries,
 }
 
 impl Output {
@@ -42,7 +51,6 @@ impl Output {
             json,
             interactive: std::io::stderr().is_terminal() && !no_progress_env,
             log_json: false,
-            summaries: Summaries::default(),
         }
     }
 
@@ -50,14 +58,6 @@ impl Output {
     pub fn with_log_format(mut self, format: LogFormat) -> Self {
         self.log_json = format == LogFormat::Json;
         self
-    }
-
-    /// The summaries this output (and its clones) reported so far, in order.
-    pub fn summaries(&self) -> Vec<serde_json::Value> {
-        self.summaries
-            .lock()
-            .map(|v| v.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// For tests and library callers: prints nothing.
@@ -68,7 +68,6 @@ impl Output {
             json: false,
             interactive: false,
             log_json: false,
-            summaries: Summaries::default(),
         }
     }
 
@@ -117,16 +116,18 @@ impl Output {
         }
     }
 
-    /// The end-of-run summary: a line for humans, JSON on stdout with --json.
-    pub fn summary(&self, line: &str, json: &serde_json::Value) {
-        if let Ok(mut v) = self.summaries.lock() {
-            v.push(json.clone());
-        }
+    /// An end-of-run summary: its JSON document on a line of stdout with --json, else its
+    /// line for humans (or its table, on stdout).
+    pub fn summary(&self, summary: &impl Summary) -> anyhow::Result<()> {
         if self.json {
-            println!("{json}");
+            println!("{}", summary.document()?);
         } else {
-            self.info(line);
+            match summary.human() {
+                Human::Line(line) => self.info(&line),
+                Human::Table(text) => self.table(&text),
+            }
         }
+        Ok(())
     }
 
     /// Plain result rows (e.g. `aggregate --print`): stdout, always.

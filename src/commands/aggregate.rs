@@ -8,6 +8,7 @@ use crate::output::{format_table, Output};
 use crate::progress::{self, PartitionProgress};
 use crate::warehouse::views::{record_build, BuildRecord, GateResult};
 use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
+use crate::report::Report;
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -273,8 +274,15 @@ fn selected_views(a: &AggregateArgs, s: &Settings) -> Result<Vec<ViewSettings>, 
     Ok(views)
 }
 
-/// `batchlayer aggregate`: rebuilds each selected view in turn and prints its plan or summary.
-pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
+/// `batchlayer aggregate`: rebuilds each selected view in turn, prints its plan (dry run) or
+/// rows (`--print`), and hands its summary to `built` at once: a later view's failure leaves
+/// the earlier views built, and reported. The report lists every view built.
+pub fn exec(
+    a: &AggregateArgs,
+    s: &Settings,
+    out: &Output,
+    built: &mut dyn FnMut(&AggregateSummary) -> Result<()>,
+) -> Result<Report> {
     let views = selected_views(a, s)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let names = Names::from_settings(&s.warehouse);
@@ -292,6 +300,7 @@ pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
     } else {
         None
     };
+    let mut sums = Vec::with_capacity(views.len());
     for vs in &views {
         let view_sql = match &vs.sql {
             Some(p) => std::fs::read_to_string(p)
@@ -315,12 +324,15 @@ pub fn exec(a: &AggregateArgs, s: &Settings, out: &Output) -> Result<()> {
             progress: progress.clone(),
         };
         let sum = run(wh.as_mut(), &names, &opts, out)?;
-        print_summary(&sum, out)?;
+        print_plan(&sum, out);
+        built(&sum)?;
+        sums.push(sum);
     }
-    Ok(())
+    Ok(Report::Aggregate(sums))
 }
 
-fn print_summary(sum: &AggregateSummary, out: &Output) -> Result<()> {
+/// A view's plan (dry run) and rows (`--print`), before its summary.
+fn print_plan(sum: &AggregateSummary, out: &Output) {
     if let Some(p) = &sum.plan {
         for q in &p.build {
             out.plan(&format!("{q};"));
@@ -343,22 +355,6 @@ fn print_summary(sum: &AggregateSummary, out: &Output) -> Result<()> {
             out.table(&format_table(cols, rows));
         }
     }
-    let delta = sum
-        .previous_rows
-        .map(|p| format!("{:+}", sum.rows - p))
-        .unwrap_or_else(|| "new".into());
-    out.summary(
-        &format!(
-            "aggregate{}: view {}, {} rows ({delta}){}, {:.1}s",
-            if sum.dry_run { " (dry run)" } else { "" },
-            sum.view,
-            sum.rows,
-            if sum.rolled_back { ", rolled back" } else { "" },
-            sum.seconds
-        ),
-        &serde_json::to_value(sum)?,
-    );
-    Ok(())
 }
 
 /// `--rollback`: the previous version and the current view trade places.

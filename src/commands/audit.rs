@@ -11,6 +11,7 @@ use crate::cli::AuditArgs;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::output::Output;
+use crate::report::Report;
 use crate::source::{KafkaSource, MessageSource, Mode};
 use crate::warehouse::ledger::{self, LedgerRow};
 use crate::warehouse::{self, Warehouse};
@@ -130,8 +131,9 @@ struct TopicArchive {
     head: Option<layout::CatalogHead>,
 }
 
-/// `batchlayer audit`.
-pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<()> {
+/// `batchlayer audit`: reconciles the chain, and reports what it found (judged by
+/// `AuditReport::outcome` once it is printed).
+pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<Report> {
     let store = archive::open(&s.archive)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let source = if a.no_kafka || s.kafka.topic.is_empty() {
@@ -143,29 +145,27 @@ pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<()> {
         .as_ref()
         .map(|src| (src as &dyn MessageSource, s.kafka.topic.as_str()));
     let report = run(store.as_ref(), wh.as_mut(), kafka, a.deep, out)?;
-    if out.json {
-        out.summary("", &serde_json::to_value(&report)?);
-    } else {
-        out.table(&render(&report));
-    }
-    if !report.problems.is_empty() {
-        let first: Vec<String> = report.problems.iter().take(3).map(Finding::line).collect();
-        return Err(Error::Inconsistent(format!(
-            "audit found {} problem(s): {}{}",
-            report.problems.len(),
-            first.join("; "),
-            if report.problems.len() > 3 {
-                "; ..."
-            } else {
-                ""
-            }
-        ))
-        .into());
-    }
-    Ok(())
+    Ok(Report::Audit(report))
 }
 
-fn render(r: &AuditReport) -> String {
+impl AuditReport {
+    /// The audit's verdict: inconsistent (exit 6) when it found a problem.
+    pub fn outcome(&self) -> Result<(), Error> {
+        if !self.problems.is_empty() {
+            let first: Vec<String> = self.problems.iter().take(3).map(Finding::line).collect();
+            return Err(Error::Inconsistent(format!(
+                "audit found {} problem(s): {}{}",
+                self.problems.len(),
+                first.join("; "),
+                if self.problems.len() > 3 { "; ..." } else { "" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The report as people read it.
+pub fn render(r: &AuditReport) -> String {
     let mut s = format!(
         "audit: {} topics, {} partitions, {} objects listed, {} manifests read, {} ledger rows{}\n",
         r.topics.len(),

@@ -8,6 +8,7 @@ use crate::cli::CopyArgs;
 use crate::config::Settings;
 use crate::output::Output;
 use crate::records::Layout;
+use crate::report::Report;
 use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
@@ -189,8 +190,8 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
     Ok(read)
 }
 
-/// `batchlayer copy`: connects, runs, and prints the plan (dry run) and the summary.
-pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
+/// `batchlayer copy`: connects, runs, prints the plan (dry run), and reports the summary.
+pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
     // A shadow archive (ingest --replay --prefix) and another raw table with its own ledger.
     let archive = match &a.prefix {
         Some(p) => s.archive.under(p).map_err(crate::error::Error::Config)?,
@@ -246,29 +247,7 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
             out.plan(&format!("{q};"));
         }
     }
-    out.summary(
-        &format!(
-            "copy{}: {} objects ({}), {} rows, {} rejects{}, {:.1}s",
-            if sum.dry_run { " (dry run)" } else { "" },
-            sum.objects,
-            indicatif::HumanBytes(sum.bytes),
-            sum.rows,
-            sum.rejects,
-            if sum.skipped_rows > 0 || !sum.skipped_objects.is_empty() {
-                format!(
-                    ", {} rows skipped as loaded already ({} objects skipped, {} loaded in part)",
-                    sum.skipped_rows,
-                    sum.skipped_objects.len(),
-                    sum.partial_objects.len()
-                )
-            } else {
-                String::new()
-            },
-            sum.seconds
-        ),
-        &serde_json::to_value(&sum)?,
-    );
-    Ok(())
+    Ok(Report::Copy(sum))
 }
 
 /// The objects to load, found through the catalog: per topic, the manifests written since

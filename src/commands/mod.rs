@@ -1,5 +1,6 @@
-//! One module per subcommand, each with a cargo-style `exec(args, &Settings, &Output)` that
-//! opens the backends, runs plain logic over their traits, and prints its own output.
+//! One module per subcommand, each with a cargo-style `exec(args, &Settings[, &Output])` that
+//! opens the backends, runs plain logic over their traits, prints its plan and progress, and
+//! returns its typed `Report` (which `lib` prints and the metrics file reads).
 
 pub mod aggregate;
 pub mod audit;

@@ -2,7 +2,7 @@
 
 use crate::cli::ProduceArgs;
 use crate::config::{KafkaSettings, Settings};
-use crate::output::Output;
+use crate::report::Report;
 use crate::tweets::tweet_with;
 use anyhow::{anyhow, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,6 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -47,8 +48,15 @@ pub struct ProduceOptions {
     pub long_locations: bool,
 }
 
-/// `batchlayer produce-tweets` (hidden): produces and prints how many.
-pub fn exec(a: &ProduceArgs, s: &Settings, out: &Output) -> Result<()> {
+/// What `produce-tweets` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProduceSummary {
+    pub produced: u64,
+    pub topic: String,
+}
+
+/// `batchlayer produce-tweets` (hidden): produces, and reports how many.
+pub fn exec(a: &ProduceArgs, s: &Settings) -> Result<Report> {
     let opts = ProduceOptions {
         count: a.count,
         seed: a.seed,
@@ -58,11 +66,10 @@ pub fn exec(a: &ProduceArgs, s: &Settings, out: &Output) -> Result<()> {
         long_locations: a.long_locations,
     };
     let n = run(s.require_kafka()?, &opts)?;
-    out.summary(
-        &format!("produced {n} messages to {}", s.kafka.topic),
-        &serde_json::json!({ "produced": n, "topic": s.kafka.topic }),
-    );
-    Ok(())
+    Ok(Report::Produce(ProduceSummary {
+        produced: n,
+        topic: s.kafka.topic.clone(),
+    }))
 }
 
 fn client_config(k: &KafkaSettings) -> ClientConfig {

@@ -6,9 +6,10 @@ use crate::archive;
 use crate::cli::StatusArgs;
 use crate::config::Settings;
 use crate::error::Error;
-use crate::output::{format_table, Output};
+use crate::output::format_table;
 use crate::progress::{self, PartitionProgress, Snapshot};
 use crate::warehouse::views::{read_build, BuildRecord};
+use crate::report::Report;
 use crate::warehouse::{self, ledger, Names, Warehouse};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -92,8 +93,9 @@ pub struct Thresholds {
     pub max_view_age: Option<Duration>,
 }
 
-/// `batchlayer status`.
-pub fn exec(a: &StatusArgs, s: &Settings, out: &Output) -> Result<()> {
+/// `batchlayer status`: reads where the pipeline stands, and reports it (judged by
+/// `StatusReport::outcome` once it is printed).
+pub fn exec(a: &StatusArgs, s: &Settings) -> Result<Report> {
     let store = archive::open(&s.archive)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let lateness = a.lateness.unwrap_or(s.status.lateness);
@@ -105,15 +107,17 @@ pub fn exec(a: &StatusArgs, s: &Settings, out: &Output) -> Result<()> {
         max_view_age: a.max_view_age,
     };
     let report = build(snap, wh.as_mut(), s, lateness, now, &thresholds)?;
-    if out.json {
-        out.summary("", &serde_json::to_value(&report)?);
-    } else {
-        out.table(&render(&report));
+    Ok(Report::Status(report))
+}
+
+impl StatusReport {
+    /// A check's verdict: unhealthy (exit 5) when a threshold is exceeded.
+    pub fn outcome(&self) -> Result<(), Error> {
+        if !self.problems.is_empty() {
+            return Err(Error::Unhealthy(self.problems.join("; ")));
+        }
+        Ok(())
     }
-    if !report.problems.is_empty() {
-        return Err(Error::Unhealthy(report.problems.join("; ")).into());
-    }
-    Ok(())
 }
 
 /// Puts the report together and judges it against the thresholds.

@@ -20,6 +20,7 @@ use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
 use crate::config::{ArchiveSettings, Settings};
 use crate::output::Output;
+use crate::report::Report;
 use crate::source::{Event, KafkaSource, Message, MessageSource, Mode, ReplayPoint, ReplayRange};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
@@ -103,7 +104,7 @@ pub struct IngestSummary {
     pub rejected: u64,
     pub seconds: f64,
     pub dry_run: bool,
-    pub stopped_by: String,
+    pub stopped_by: StopReason,
     pub object_list: Vec<ObjectEntry>,
     pub manifest_key: Option<String>,
     pub committed: BTreeMap<i32, i64>,
@@ -118,8 +119,52 @@ pub struct IngestSummary {
     pub adopted: Vec<String>,
 }
 
-/// `batchlayer ingest`: connects, runs, and prints the plan (dry run) and the summary.
-pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
+/// Why a run stopped reading. In the summary, the text `as_str` gives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StopReason {
+    /// Every assigned partition was read to its end (also the summary's value while the run
+    /// is still reading).
+    #[default]
+    EndOfPartitions,
+    /// Every assigned partition was read to its end; others, with lag, stayed with other
+    /// members of the group past `member_wait`.
+    EndOfPartitionsOthersHeld,
+    MaxMessages,
+    MaxBytes,
+    MaxDuration,
+}
+
+impl StopReason {
+    /// The reason as the summary's `stopped_by` says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::EndOfPartitions => "end of partitions",
+            StopReason::EndOfPartitionsOthersHeld => {
+                "end of partitions (others held by other members)"
+            }
+            StopReason::MaxMessages => "--max-messages",
+            StopReason::MaxBytes => "--max-bytes",
+            StopReason::MaxDuration => "--max-duration",
+        }
+    }
+
+    /// Whether every partition the run held was read to its end (so their lag is 0).
+    pub fn read_to_end(self) -> bool {
+        matches!(
+            self,
+            StopReason::EndOfPartitions | StopReason::EndOfPartitionsOthersHeld
+        )
+    }
+}
+
+impl Serialize for StopReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// `batchlayer ingest`: connects, runs, prints the plan (dry run), and reports the summary.
+pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
     let mut kafka = s.require_kafka()?.clone();
     let main_store = archive_mod::open(&s.archive)?;
     if let Some(src) = main_store.credential_source() {
@@ -199,21 +244,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<()> {
             out.plan(&format!("would write {} ({} records)", o.key, o.records));
         }
     }
-    out.summary(
-        &format!(
-            "ingest{}: {} messages ({}), {} partitions, {} objects, {} skipped, {} rejected, {:.1}s",
-            if sum.dry_run { " (dry run)" } else { "" },
-            sum.messages,
-            indicatif::HumanBytes(sum.bytes),
-            sum.partitions,
-            sum.objects,
-            sum.skipped,
-            sum.rejected,
-            sum.seconds
-        ),
-        &serde_json::to_value(&sum)?,
-    );
-    Ok(())
+    Ok(Report::Ingest(sum))
 }
 
 #[derive(Default)]
@@ -610,17 +641,17 @@ impl Run<'_> {
     /// assigned partition is at its end but other members hold partitions with lag, it waits
     /// (up to `member_wait` from the start) for a rebalance: a killed run's member holds its
     /// partitions until its session times out, and then the group hands them over.
-    fn stop_reason(&mut self, source: &mut dyn MessageSource) -> Result<Option<&'static str>> {
+    fn stop_reason(&mut self, source: &mut dyn MessageSource) -> Result<Option<StopReason>> {
         if let Some(a) = &self.assigned {
             if a.iter().all(|p| self.eof.contains(p)) {
                 if self.opts.dry_run
                     || self.limit_reached().is_some()
                     || self.held_with_lag(source)?.is_empty()
                 {
-                    return Ok(Some("end of partitions"));
+                    return Ok(Some(StopReason::EndOfPartitions));
                 }
                 if self.started.elapsed() >= self.opts.member_wait {
-                    return Ok(Some("end of partitions (others held by other members)"));
+                    return Ok(Some(StopReason::EndOfPartitionsOthersHeld));
                 }
                 if !self.opts.rejoin_after.is_zero()
                     && self.joined.elapsed() >= self.opts.rejoin_after
@@ -641,21 +672,21 @@ impl Run<'_> {
     }
 
     /// The limit (flag) that stops the run now, if any.
-    fn limit_reached(&self) -> Option<&'static str> {
+    fn limit_reached(&self) -> Option<StopReason> {
         let o = self.opts;
         if o.max_messages.is_some_and(|n| self.summary.messages >= n) {
-            Some("--max-messages")
+            Some(StopReason::MaxMessages)
         } else if o.max_bytes.is_some_and(|n| self.summary.bytes >= n) {
-            Some("--max-bytes")
+            Some(StopReason::MaxBytes)
         } else if o.max_duration.is_some_and(|d| self.started.elapsed() >= d) {
-            Some("--max-duration")
+            Some(StopReason::MaxDuration)
         } else {
             None
         }
     }
 
     /// Polls until every assigned partition is at its end or a limit is reached.
-    fn consume(&mut self, source: &mut dyn MessageSource) -> Result<&'static str> {
+    fn consume(&mut self, source: &mut dyn MessageSource) -> Result<StopReason> {
         loop {
             if let Some(why) = self.stop_reason(source)? {
                 self.pb.finish_and_clear();
@@ -929,7 +960,7 @@ impl Run<'_> {
         mut self,
         source: &mut dyn MessageSource,
         started_at: DateTime<Utc>,
-        stopped_by: &str,
+        stopped_by: StopReason,
     ) -> Result<IngestSummary> {
         let part_ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in &part_ids {
@@ -955,7 +986,7 @@ impl Run<'_> {
                 "objects are stored but the offset commit failed; the next run recognises them and will not duplicate them",
             )?;
         }
-        let held = stopped_by.contains("held by other members");
+        let held = stopped_by == StopReason::EndOfPartitionsOthersHeld;
         if held && self.assigned.as_ref().is_none_or(|a| a.is_empty()) {
             let parts: Vec<String> = self
                 .held
@@ -988,7 +1019,7 @@ impl Run<'_> {
         sum.objects = self.objects.len();
         sum.object_list = self.objects;
         sum.manifest_key = manifest_key;
-        sum.stopped_by = stopped_by.to_string();
+        sum.stopped_by = stopped_by;
         sum.seconds = self.started.elapsed().as_secs_f64();
         Ok(sum)
     }
@@ -1351,7 +1382,7 @@ mod tests {
         assert_eq!(sum.messages, 20);
         assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
         assert_eq!(sum.held_by_others[0].lag, 20);
-        assert!(sum.stopped_by.contains("held by other members"));
+        assert!(sum.stopped_by.as_str().contains("held by other members"));
     }
 
     /// A message source double for what no local broker can produce: a partition whose first
