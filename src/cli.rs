@@ -4,8 +4,6 @@
 use crate::archive::layout::Compression;
 use crate::config::{parse_duration, Overrides, TimeSpec};
 use crate::output::LogFormat;
-use chrono::NaiveDateTime;
-use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,8 +33,9 @@ Exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 busy (another run
 #[derive(Debug, Parser)]
 #[command(name = "batchlayer", version, about, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// Config file (TOML). Missing is fine when it is the default.
-    #[arg(long, global = true, value_name = "FILE", env = "BATCHLAYER_CONFIG")]
+    /// Config file (TOML). Missing is fine when it is the default (./batchlayer.toml).
+    /// [env: BATCHLAYER_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Print nothing but errors, even on a terminal.
@@ -70,14 +69,13 @@ impl Cli {
     }
 
     /// Parses the command line, refusing a secret on it: argv shows in `ps` and in shell
-    /// history. (Exits 2, as every usage error.)
+    /// history. (Exits 2, as every usage error.) Flags only: `config` reads the environment.
     pub fn parse_args() -> Cli {
         let matches = Cli::command().get_matches();
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if let Some(("copy" | "aggregate" | "status" | "audit", sub)) = matches.subcommand() {
-            let from_argv = sub.value_source("warehouse_url") == Some(ValueSource::CommandLine);
             let url = sub.get_one::<String>("warehouse_url");
-            if from_argv && url.is_some_and(|u| crate::config::url_has_password(u)) {
+            if url.is_some_and(|u| crate::warehouse::conninfo::url_has_password(u)) {
                 Cli::command()
                     .error(
                         clap::error::ErrorKind::ValueValidation,
@@ -94,25 +92,27 @@ impl Cli {
 /// Kafka connection options (ingest and produce-tweets).
 #[derive(Debug, Args, Default, Clone)]
 pub struct KafkaOpts {
-    /// Kafka bootstrap servers. [config: kafka.brokers]
-    #[arg(long, value_name = "HOST:PORT,...", env = "BATCHLAYER_KAFKA_BROKERS")]
+    /// Kafka bootstrap servers. [config: kafka.brokers; env: BATCHLAYER_KAFKA_BROKERS]
+    #[arg(long, value_name = "HOST:PORT,...")]
     pub brokers: Option<String>,
-    /// Kafka topic. [config: kafka.topic]
-    #[arg(long, env = "BATCHLAYER_KAFKA_TOPIC")]
+    /// Kafka topic. [config: kafka.topic; env: BATCHLAYER_KAFKA_TOPIC]
+    #[arg(long)]
     pub topic: Option<String>,
-    /// Kafka consumer group. [config: kafka.group]
-    #[arg(long, env = "BATCHLAYER_KAFKA_GROUP")]
+    /// Kafka consumer group. [config: kafka.group; env: BATCHLAYER_KAFKA_GROUP]
+    #[arg(long)]
     pub group: Option<String>,
 }
 
 /// Archive options (ingest and copy).
 #[derive(Debug, Args, Default, Clone)]
 pub struct ArchiveOpts {
-    /// Archive URL: s3://bucket/prefix, file:///dir or a path. [config: archive.url]
-    #[arg(long, value_name = "URL", env = "BATCHLAYER_ARCHIVE_URL")]
+    /// Archive URL: s3://bucket/prefix, file:///dir or a path. [config: archive.url; env:
+    /// BATCHLAYER_ARCHIVE_URL]
+    #[arg(long, value_name = "URL")]
     pub archive: Option<String>,
-    /// S3 endpoint for S3-compatible servers. [config: archive.endpoint]
-    #[arg(long, value_name = "URL", env = "BATCHLAYER_S3_ENDPOINT")]
+    /// S3 endpoint for S3-compatible servers. [config: archive.endpoint; env:
+    /// BATCHLAYER_S3_ENDPOINT]
+    #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
 }
 
@@ -129,8 +129,8 @@ pub struct MetricsOpts {
 #[derive(Debug, Args, Default, Clone)]
 pub struct WarehouseOpts {
     /// Warehouse URL (postgresql://user@host:port/db). Put no password here; use PGPASSWORD.
-    /// [config: warehouse.url]
-    #[arg(long, value_name = "URL", env = "BATCHLAYER_WAREHOUSE_URL")]
+    /// [config: warehouse.url; env: BATCHLAYER_WAREHOUSE_URL]
+    #[arg(long, value_name = "URL")]
     pub warehouse_url: Option<String>,
 }
 
@@ -241,9 +241,10 @@ pub struct IngestArgs {
         conflicts_with = "from_time"
     )]
     pub from_offset: Option<i64>,
-    /// Replay: from the first message at or after this time (UTC; YYYY-MM-DD[THH[:MM[:SS]]]).
-    #[arg(long, value_name = "TIME", requires = "replay", value_parser = parse_time)]
-    pub from_time: Option<NaiveDateTime>,
+    /// Replay: from the first message at or after this time: YYYY-MM-DD[THH[:MM[:SS]]] in
+    /// UTC, RFC 3339, or a duration before now (2h).
+    #[arg(long, value_name = "TIME", requires = "replay", value_parser = TimeSpec::parse)]
+    pub from_time: Option<TimeSpec>,
     /// Replay: stop before this offset of every partition (default: the partitions' end).
     #[arg(
         long,
@@ -252,9 +253,10 @@ pub struct IngestArgs {
         conflicts_with = "to_time"
     )]
     pub to_offset: Option<i64>,
-    /// Replay: stop before the first message at or after this time (UTC).
-    #[arg(long, value_name = "TIME", requires = "replay", value_parser = parse_time)]
-    pub to_time: Option<NaiveDateTime>,
+    /// Replay: stop before the first message at or after this time (as --from-time: a time
+    /// without a zone is UTC).
+    #[arg(long, value_name = "TIME", requires = "replay", value_parser = TimeSpec::parse)]
+    pub to_time: Option<TimeSpec>,
     /// Replay: the folder under the archive the replay writes to.
     #[arg(long, value_name = "PREFIX", requires = "replay")]
     pub prefix: Option<String>,
@@ -277,12 +279,14 @@ pub struct CopyArgs {
     /// Load at most N objects.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Only objects whose time folder is at or after this (YYYY-MM-DD[THH[:MM]], archive zone).
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub since: Option<NaiveDateTime>,
-    /// Only objects whose time folder is before this.
-    #[arg(long, value_name = "TIME", value_parser = parse_time)]
-    pub until: Option<NaiveDateTime>,
+    /// Only objects whose time folder is at or after this: YYYY-MM-DD[THH[:MM]] in the
+    /// archive's zone (archive.timezone), RFC 3339, or a duration before now (2h).
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    pub since: Option<TimeSpec>,
+    /// Only objects whose time folder is before this (as --since: a time without a zone is
+    /// in the archive's zone).
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    pub until: Option<TimeSpec>,
     /// Tolerate up to N bad rows per object (they go to the rejects table). Default: strict.
     #[arg(long, value_name = "N")]
     pub max_errors: Option<u64>,
@@ -424,25 +428,6 @@ pub struct ProduceArgs {
     pub partitions: Option<i32>,
 }
 
-/// Parses `--since`/`--until`: `YYYY-MM-DD`, `YYYY-MM-DDTHH` or `YYYY-MM-DDTHH:MM[:SS]`.
-pub fn parse_time(s: &str) -> Result<NaiveDateTime, String> {
-    let s = s.trim().replace(' ', "T");
-    if let Ok(d) = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight"));
-    }
-    for f in ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(&s, f) {
-            return Ok(t);
-        }
-    }
-    if let Ok(t) = NaiveDateTime::parse_from_str(&format!("{s}:00"), "%Y-%m-%dT%H:%M") {
-        return Ok(t);
-    }
-    Err(format!(
-        "{s:?} is not a time (use YYYY-MM-DD, YYYY-MM-DDTHH or YYYY-MM-DDTHH:MM)"
-    ))
-}
-
 /// Parses a whole number of seconds.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.trim()
@@ -462,20 +447,45 @@ mod tests {
     }
 
     #[test]
-    fn time_arguments() {
-        assert_eq!(
-            parse_time("2024-01-02").unwrap().to_string(),
-            "2024-01-02 00:00:00"
+    fn help_names_the_variable_of_every_flag_that_has_one() {
+        // Whatever the terminal's width: the words, one space apart.
+        let words = |h: clap::builder::StyledStr| {
+            h.to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut cli = Cli::command();
+        let top = words(cli.render_long_help());
+        assert!(top.contains("BATCHLAYER_CONFIG"), "{top}");
+        for (sub, vars) in [
+            (
+                "ingest",
+                &[
+                    "BATCHLAYER_KAFKA_BROKERS",
+                    "BATCHLAYER_KAFKA_TOPIC",
+                    "BATCHLAYER_KAFKA_GROUP",
+                    "BATCHLAYER_ARCHIVE_URL",
+                    "BATCHLAYER_S3_ENDPOINT",
+                ][..],
+            ),
+            ("copy", &["BATCHLAYER_WAREHOUSE_URL", "archive's zone"][..]),
+            (
+                "aggregate",
+                &["BATCHLAYER_WAREHOUSE_URL", "archive's zone"][..],
+            ),
+        ] {
+            let help = words(cli.find_subcommand_mut(sub).unwrap().render_long_help());
+            for v in vars {
+                assert!(help.contains(v), "{sub} --help lacks {v}: {help}");
+            }
+        }
+        let ingest = words(
+            cli.find_subcommand_mut("ingest")
+                .unwrap()
+                .render_long_help(),
         );
-        assert_eq!(
-            parse_time("2024-01-02T05").unwrap().to_string(),
-            "2024-01-02 05:00:00"
-        );
-        assert_eq!(
-            parse_time("2024-01-02 05:30").unwrap().to_string(),
-            "2024-01-02 05:30:00"
-        );
-        assert!(parse_time("yesterday").is_err());
+        assert!(ingest.contains("[THH[:MM[:SS]]] in UTC"), "{ingest}");
     }
 
     #[test]

@@ -209,6 +209,7 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
         out.debug(&format!("S3 credentials: {src}"));
     }
     let mut wh = warehouse::connect(&warehouse, &archive)?;
+    let now = chrono::Utc::now();
     let opts = CopyOptions {
         dry_run: a.dry_run,
         key: a.key.clone(),
@@ -216,8 +217,9 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
         max_errors: a.max_errors,
         wait: !a.no_wait,
         fail_before_commit: s.failpoint("copy-before-commit"),
-        since: a.since,
-        until: a.until,
+        // The time folders are in the archive's zone: so is a time given without one.
+        since: a.since.map(|t| t.wall_clock(now, archive.utc_offset_secs)),
+        until: a.until.map(|t| t.wall_clock(now, archive.utc_offset_secs)),
         key_template: archive.key_template.clone(),
         full_scan: a.full_scan,
         format: a.copy_format.unwrap_or(s.warehouse.copy_format),

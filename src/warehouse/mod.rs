@@ -2,6 +2,7 @@
 //! each dialect (PostgreSQL, Redshift) implements over a shared [`session::SqlSession`]; the
 //! ledger's questions are [`Ledger`]'s. Backends return data; the commands print it.
 
+pub mod conninfo;
 pub mod ledger;
 pub mod postgres;
 pub mod redshift;

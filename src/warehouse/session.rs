@@ -2,8 +2,9 @@
 //! both speak it), plain statements and transactions, and the error type that keeps the
 //! server's error (and its SQLSTATE) inspectable while printing as one line.
 
+use super::conninfo::redact_url;
 use super::{quote_ident, Names};
-use crate::config::{redact_url, PgTls, SslMode, WarehouseSettings};
+use crate::config::{PgTls, SslMode, WarehouseSettings};
 use anyhow::{Context, Result};
 use postgres::{Client, NoTls};
 use std::fmt::{self, Display};

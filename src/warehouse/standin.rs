@@ -76,7 +76,10 @@ impl StandInCluster {
         let pg = PgSession {
             client,
             names,
-            url: format!("stand-in on {}", crate::config::redact_url(&self.pg_url)),
+            url: format!(
+                "stand-in on {}",
+                crate::warehouse::conninfo::redact_url(&self.pg_url)
+            ),
         };
         Ok(StandIn {
             pg,

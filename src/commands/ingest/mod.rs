@@ -1149,7 +1149,9 @@ fn replay_plan(a: &IngestArgs) -> Result<Option<(ReplayRange, String)>> {
     if !a.replay {
         return Ok(None);
     }
-    let utc = |t: chrono::NaiveDateTime| ReplayPoint::Time(t.and_utc());
+    // --from-time and --to-time read a time without a zone as UTC.
+    let now = chrono::Utc::now();
+    let utc = |t: crate::config::TimeSpec| ReplayPoint::Time(t.resolve(now, crate::config::UTC));
     let from = match (a.from_offset, a.from_time) {
         (Some(o), _) => ReplayPoint::Offset(o),
         (None, Some(t)) => utc(t),

@@ -1,0 +1,275 @@
+//! The config file as written: its sections as serde structs that refuse unknown keys, where
+//! the file is, and reading it. Plain values; `resolve` checks them and applies the
+//! environment and the flags.
+
+use super::{Env, Secret};
+use crate::output::LogFormat;
+use crate::records::Column;
+use crate::warehouse::conninfo::url_has_password;
+use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub kafka: KafkaFile,
+    #[serde(default)]
+    pub archive: ArchiveFile,
+    #[serde(default)]
+    pub warehouse: WarehouseFile,
+    #[serde(default)]
+    pub records: Option<RecordsFile>,
+    #[serde(default)]
+    pub aggregate: AggregateFile,
+    #[serde(default)]
+    pub retry: RetryFile,
+    #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub status: StatusFile,
+}
+
+/// What `status` (and `aggregate`'s completeness gate) assume of the data.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusFile {
+    /// How much earlier than a message before it in its partition a message's Kafka timestamp
+    /// may be (producers' clocks, CreateTime); "complete through" is held back by this much.
+    /// Seconds, or a duration like "5m" (default 0).
+    pub lateness: Option<toml::Value>,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// text (default) or json (one JSON object per line); BATCHLAYER_LOG_FORMAT and
+    /// --log-format override.
+    pub format: Option<LogFormat>,
+}
+
+/// How transient failures (S3 5xx and SlowDown, broker transport errors, PostgreSQL refusing
+/// connections at start) are retried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// Tries in all, the first included (default 4; 1 = no retry).
+    pub attempts: Option<u32>,
+    /// First wait in milliseconds, doubled each time (default 200).
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest wait in milliseconds (default 5000).
+    pub max_backoff_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaFile {
+    /// Bootstrap servers, comma separated.
+    pub brokers: Option<String>,
+    /// Topic to archive.
+    pub topic: Option<String>,
+    /// Consumer group whose committed offsets mark what is archived.
+    pub group: Option<String>,
+    /// security.protocol (plaintext, ssl, sasl_plaintext, sasl_ssl).
+    pub security_protocol: Option<String>,
+    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    pub sasl_mechanism: Option<String>,
+    pub sasl_username: Option<String>,
+    /// Secret; BATCHLAYER_KAFKA_SASL_PASSWORD overrides.
+    pub sasl_password: Option<Secret>,
+    /// Fail a run whose partitions deliver neither data nor end-of-partition for this many seconds (default 60).
+    pub stall_timeout_secs: Option<u64>,
+    /// ssl.ca.location: CA certificate(s) (PEM) that sign the brokers' certificates.
+    pub ssl_ca_location: Option<PathBuf>,
+    /// ssl.certificate.location: client certificate (PEM) for mutual TLS.
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// ssl.key.location: the client certificate's private key (PEM).
+    pub ssl_key_location: Option<PathBuf>,
+    /// Secret; BATCHLAYER_KAFKA_SSL_KEY_PASSWORD overrides.
+    pub ssl_key_password: Option<Secret>,
+    /// Check that the broker's certificate names the host (default true).
+    pub ssl_endpoint_identification: Option<bool>,
+    /// Further librdkafka properties, passed as given (e.g. sasl.oauthbearer.*).
+    pub properties: Option<BTreeMap<String, String>>,
+    /// A member that stops heartbeating is dead after this many seconds (default 10).
+    pub session_timeout_secs: Option<u64>,
+    /// How long a run waits for partitions that other members hold while they have lag (a
+    /// killed run's member holds them until its session times out). Default 30.
+    pub member_wait_secs: Option<u64>,
+    /// group.instance.id: static membership, where the broker supports it. Give each
+    /// concurrent ingest process its own.
+    pub group_instance_id: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveFile {
+    /// s3://bucket/prefix, file:///dir or a plain path.
+    pub url: Option<String>,
+    /// Endpoint of an S3-compatible server (path-style addressing is then used).
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub access_key_id: Option<String>,
+    /// Secret; AWS_SECRET_ACCESS_KEY overrides.
+    pub secret_access_key: Option<Secret>,
+    /// Secret (temporary credentials); AWS_SESSION_TOKEN overrides.
+    pub session_token: Option<Secret>,
+    /// Profile of the shared AWS files when no keys are given; AWS_PROFILE overrides.
+    pub profile: Option<String>,
+    /// none, gzip (default) or zstd.
+    pub compression: Option<String>,
+    /// Rotate objects at this many uncompressed bytes (default 128 MiB).
+    pub max_object_bytes: Option<u64>,
+    /// Rotate objects at this many records (default: no limit).
+    pub max_object_records: Option<u64>,
+    /// Time folder template: {topic} {YYYY} {MM} {DD} {HH}.
+    pub key_template: Option<String>,
+    /// Zone of the time folders: "UTC" or a fixed offset like "+02:00".
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseFile {
+    /// postgres (default) or redshift.
+    pub kind: Option<String>,
+    /// postgresql://user@host:port/db
+    pub url: Option<String>,
+    /// Secret; PGPASSWORD overrides.
+    pub password: Option<Secret>,
+    pub schema: Option<String>,
+    pub raw_table: Option<String>,
+    pub ledger_table: Option<String>,
+    pub rejects_table: Option<String>,
+    /// Redshift: IAM role COPY assumes to read the archive (preferred over access keys).
+    pub iam_role: Option<String>,
+    /// Redshift: region of the archive bucket for COPY (default: the archive's region).
+    pub region: Option<String>,
+    /// TLS as libpq's sslmode: disable, prefer (default), require, verify-ca, verify-full.
+    /// `?sslmode=` in the URL works too.
+    pub sslmode: Option<String>,
+    /// CA certificate(s) (PEM) for verify-ca and verify-full. `?sslrootcert=` works too.
+    pub sslrootcert: Option<PathBuf>,
+    /// PostgreSQL: the COPY format copy sends, binary (default; falls back to text when the
+    /// raw table's column types differ from the layout's) or text.
+    pub copy_format: Option<crate::records::CopyFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsFile {
+    pub delimiter: Option<String>,
+    pub trailing_delimiter: Option<bool>,
+    pub timestamp_format: Option<String>,
+    pub columns: Option<Vec<Column>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateFile {
+    /// Name of the batch view table.
+    pub view: Option<String>,
+    /// View SQL file (a SELECT with {schema}/{raw} placeholders); default: sql/batch_view.sql.
+    pub sql: Option<PathBuf>,
+    /// Refuse the swap when the new view has fewer rows (default 1).
+    pub min_rows: Option<i64>,
+    /// Refuse the swap when the row count changes by more than this fraction (e.g. 0.5).
+    pub max_row_change: Option<f64>,
+    /// Refuse the swap when the sum of a column changes by more than this fraction.
+    pub max_sum_change: Option<BTreeMap<String, f64>>,
+    /// Refuse the swap when any of these columns holds a NULL.
+    pub non_null_columns: Option<Vec<String>>,
+    /// How many previous versions to keep as <view>__prev, <view>__prev2, ... (default 1).
+    pub keep_versions: Option<u32>,
+    /// More views, each with its own `view`, `sql` and gates.
+    pub views: Option<Vec<AggregateFile>>,
+    /// Refuse to build unless every partition is archived and loaded through this time: a
+    /// duration before now ("2h") or a time ("2024-01-02T03:00", archive zone; RFC 3339).
+    pub require_complete_through: Option<String>,
+}
+
+/// Which config file to read: flag, then BATCHLAYER_CONFIG, then ./batchlayer.toml.
+pub fn config_path(flag: Option<&Path>, env: &dyn Env) -> (PathBuf, bool) {
+    if let Some(p) = flag {
+        return (p.to_path_buf(), true);
+    }
+    if let Some(p) = env.var("BATCHLAYER_CONFIG") {
+        return (PathBuf::from(p), true);
+    }
+    (PathBuf::from("batchlayer.toml"), false)
+}
+
+/// Reads and parses the config file. A missing file is fine only when it was not asked for.
+pub fn load_file(path: &Path, explicit: bool) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(&text).with_context(|| format!("config file {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => {
+            Err(anyhow!(e)).with_context(|| format!("reading config file {}", path.display()))
+        }
+    }
+}
+
+pub fn parse_file(text: &str) -> Result<FileConfig> {
+    // toml's error names the unknown key and its line; keep only that, never the file text.
+    toml::from_str(text).map_err(|e| anyhow!("{}", e.message().trim()))
+}
+
+/// A warning, as ssh gives for keys, when a config file that holds a secret can be read by
+/// group or others.
+pub(super) fn secrets_exposed(path: &Path, f: &FileConfig) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let holds_secret = f.kafka.sasl_password.is_some()
+        || f.kafka.ssl_key_password.is_some()
+        || f.archive.secret_access_key.is_some()
+        || f.archive.session_token.is_some()
+        || f.warehouse.password.is_some()
+        || f.warehouse.url.as_deref().is_some_and(url_has_password);
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (holds_secret && mode & 0o077 != 0).then(|| {
+        format!(
+            "config file {} holds a secret and can be read by group or others (mode {mode:o}); run: chmod 600 {}",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_is_the_flag_then_the_variable_then_the_default() {
+        use std::collections::HashMap;
+        let none = HashMap::<String, String>::new();
+        let e = HashMap::from([("BATCHLAYER_CONFIG".to_string(), "/env.toml".to_string())]);
+        let flag = Path::new("/flag.toml");
+        assert_eq!(
+            config_path(Some(flag), &e),
+            (PathBuf::from("/flag.toml"), true)
+        );
+        assert_eq!(config_path(None, &e), (PathBuf::from("/env.toml"), true));
+        assert_eq!(
+            config_path(None, &none),
+            (PathBuf::from("batchlayer.toml"), false)
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse_file("[kafka]\ntopik = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("topik"), "{err}");
+        let err = parse_file("[archives]\n").unwrap_err().to_string();
+        assert!(err.contains("archives"), "{err}");
+    }
+}

@@ -1,0 +1,672 @@
+//! Resolving, one section at a time: the file's values checked and typed, the environment
+//! over the file and the flags over both (file < env < flags). Variables are read through
+//! [`Env`] (tests give a map); clap reads none.
+
+use super::file::{
+    AggregateFile, ArchiveFile, KafkaFile, LogFile, RecordsFile, RetryFile, StatusFile,
+    WarehouseFile,
+};
+use super::time::{parse_duration, TimeSpec};
+use super::{
+    AggregateSettings, ArchiveLocation, ArchiveSettings, AwsChain, Env, KafkaSettings, Overrides,
+    PgTls, RedshiftSettings, Secret, SslMode, StatusSettings, UiSettings, ViewSettings,
+    WarehouseKind, WarehouseSettings,
+};
+use crate::archive::layout::Compression;
+use crate::output::LogFormat;
+use crate::records::Layout;
+use crate::util::RetryPolicy;
+use crate::warehouse::conninfo::split_tls_params;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::PathBuf;
+
+fn pick(flag: &Option<String>, env: &dyn Env, key: &str, file: &Option<String>) -> Option<String> {
+    flag.clone()
+        .or_else(|| env.var(key))
+        .or_else(|| file.clone())
+}
+
+pub(super) fn required(v: Option<String>, flag: &str, env: &str, file: &str) -> Result<String> {
+    v.ok_or_else(|| anyhow!("missing {file}: set --{flag}, {env}, or {file} in the config file"))
+}
+
+/// Validates a SQL identifier: letters, digits and underscores, not starting with a digit.
+pub fn validate_ident(what: &str, s: &str) -> Result<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(s.to_string())
+    } else {
+        bail!("{what} {s:?} is not a valid identifier (letters, digits and _, at most 63, not starting with a digit)")
+    }
+}
+
+pub(super) fn ui_settings(l: &LogFile, env: &dyn Env, flags: &Overrides) -> Result<UiSettings> {
+    let log_format = match (flags.log_format, env.var("BATCHLAYER_LOG_FORMAT")) {
+        (Some(f), _) => f,
+        (None, Some(v)) => match v.to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => bail!("BATCHLAYER_LOG_FORMAT {v:?} (expected text or json)"),
+        },
+        (None, None) => l.format.unwrap_or_default(),
+    };
+    Ok(UiSettings {
+        no_progress: env.var("CI").is_some() || env.var("TERM").as_deref() == Some("dumb"),
+        log_format,
+        log_filter: env.var("RUST_LOG"),
+    })
+}
+
+pub(super) fn retry_policy(r: &RetryFile) -> Result<RetryPolicy> {
+    let d = RetryPolicy::default();
+    let attempts = r.attempts.unwrap_or(d.attempts);
+    if !(1..=100).contains(&attempts) {
+        bail!("retry.attempts must be between 1 and 100");
+    }
+    Ok(RetryPolicy {
+        attempts,
+        initial: r
+            .initial_backoff_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(d.initial),
+        max: r
+            .max_backoff_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(d.max),
+    })
+}
+
+pub(super) fn kafka_settings(
+    k: &KafkaFile,
+    env: &dyn Env,
+    flags: &Overrides,
+    retry: RetryPolicy,
+) -> Result<KafkaSettings> {
+    for (key, p) in [
+        ("kafka.ssl_ca_location", &k.ssl_ca_location),
+        (
+            "kafka.ssl_certificate_location",
+            &k.ssl_certificate_location,
+        ),
+        ("kafka.ssl_key_location", &k.ssl_key_location),
+    ] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                bail!("{key} {}: no such file", p.display());
+            }
+        }
+    }
+    if let Some(p) = &k.security_protocol {
+        let ok = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+        if !ok.contains(&p.to_ascii_lowercase().as_str()) {
+            bail!(
+                "kafka.security_protocol {p:?} (expected one of {})",
+                ok.join(", ")
+            );
+        }
+    }
+    Ok(KafkaSettings {
+        brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
+            .unwrap_or_else(|| "127.0.0.1:9092".into()),
+        // Only ingest needs a topic: `Settings::require_kafka` names it when missing.
+        topic: pick(&flags.topic, env, "BATCHLAYER_KAFKA_TOPIC", &k.topic).unwrap_or_default(),
+        group: pick(&flags.group, env, "BATCHLAYER_KAFKA_GROUP", &k.group)
+            .unwrap_or_else(|| "batchlayer".into()),
+        security_protocol: k.security_protocol.clone(),
+        sasl_mechanism: k.sasl_mechanism.clone(),
+        sasl_username: env
+            .var("BATCHLAYER_KAFKA_SASL_USERNAME")
+            .or_else(|| k.sasl_username.clone()),
+        sasl_password: env
+            .var("BATCHLAYER_KAFKA_SASL_PASSWORD")
+            .map(Secret::new)
+            .or_else(|| k.sasl_password.clone()),
+        stall_timeout_secs: k.stall_timeout_secs.unwrap_or(60).max(1),
+        ssl_ca_location: k.ssl_ca_location.clone(),
+        ssl_certificate_location: k.ssl_certificate_location.clone(),
+        ssl_key_location: k.ssl_key_location.clone(),
+        ssl_key_password: env
+            .var("BATCHLAYER_KAFKA_SSL_KEY_PASSWORD")
+            .map(Secret::new)
+            .or_else(|| k.ssl_key_password.clone()),
+        ssl_endpoint_identification: k.ssl_endpoint_identification,
+        properties: k.properties.clone().unwrap_or_default(),
+        session_timeout_secs: k.session_timeout_secs.unwrap_or(10).max(1),
+        member_wait_secs: k.member_wait_secs.unwrap_or(30),
+        group_instance_id: k.group_instance_id.clone(),
+        retry,
+    })
+}
+
+/// Parses `archive.url`: `s3://bucket/prefix`, `file:///dir` or a plain path.
+fn archive_location(
+    url: &str,
+    a: &ArchiveFile,
+    env: &dyn Env,
+    endpoint: Option<String>,
+) -> Result<ArchiveLocation> {
+    if !url.contains("://") {
+        return Ok(ArchiveLocation::Local(PathBuf::from(url)));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| anyhow!("archive.url {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "file" => Ok(ArchiveLocation::Local(PathBuf::from(parsed.path()))),
+        "s3" => {
+            let bucket = parsed.host_str().unwrap_or_default();
+            if bucket.is_empty() {
+                bail!("archive.url {url:?}: no bucket name after s3://");
+            }
+            Ok(ArchiveLocation::S3 {
+                bucket: bucket.to_string(),
+                prefix: parsed.path().trim_matches('/').to_string(),
+                path_style: a.path_style.unwrap_or(endpoint.is_some()),
+                endpoint,
+                region: env
+                    .var("AWS_REGION")
+                    .or_else(|| env.var("AWS_DEFAULT_REGION"))
+                    .or_else(|| a.region.clone())
+                    .unwrap_or_else(|| "us-east-1".into()),
+                access_key_id: env
+                    .var("AWS_ACCESS_KEY_ID")
+                    .or_else(|| a.access_key_id.clone()),
+                secret_access_key: env
+                    .var("AWS_SECRET_ACCESS_KEY")
+                    .map(Secret::new)
+                    .or_else(|| a.secret_access_key.clone()),
+                session_token: env
+                    .var("AWS_SESSION_TOKEN")
+                    .map(Secret::new)
+                    .or_else(|| a.session_token.clone()),
+                chain: aws_chain(a, env),
+            })
+        }
+        _ => bail!(
+            "archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)"
+        ),
+    }
+}
+
+fn aws_chain(a: &ArchiveFile, env: &dyn Env) -> AwsChain {
+    let aws_dir = PathBuf::from(env.var("HOME").unwrap_or_default()).join(".aws");
+    AwsChain {
+        profile: env.var("AWS_PROFILE").or_else(|| a.profile.clone()),
+        credentials_file: env
+            .var("AWS_SHARED_CREDENTIALS_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| aws_dir.join("credentials")),
+        config_file: env
+            .var("AWS_CONFIG_FILE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| aws_dir.join("config")),
+        instance_metadata: !env
+            .var("AWS_EC2_METADATA_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+    }
+}
+
+pub(super) fn archive_settings(
+    a: &ArchiveFile,
+    env: &dyn Env,
+    flags: &Overrides,
+    retry: RetryPolicy,
+) -> Result<ArchiveSettings> {
+    let url = pick(&flags.archive, env, "BATCHLAYER_ARCHIVE_URL", &a.url)
+        .unwrap_or_else(|| "./batchlayer-archive".into());
+    let endpoint = pick(
+        &flags.s3_endpoint,
+        env,
+        "BATCHLAYER_S3_ENDPOINT",
+        &a.endpoint,
+    );
+    let location = archive_location(&url, a, env, endpoint)?;
+    let compression = match flags.compression {
+        Some(c) => c,
+        None => Compression::parse(a.compression.as_deref().unwrap_or("gzip"))
+            .map_err(|e| anyhow!("archive.compression: {e}"))?,
+    };
+    let key_template = a
+        .key_template
+        .clone()
+        .unwrap_or_else(|| "{topic}/{YYYY}/{MM}/{DD}/{HH}".into());
+    if key_template.contains("..") || key_template.starts_with('/') {
+        bail!("archive.key_template {key_template:?} must be a relative path");
+    }
+    Ok(ArchiveSettings {
+        location,
+        compression,
+        max_object_bytes: a.max_object_bytes.unwrap_or(128 << 20).max(1),
+        max_object_records: a.max_object_records.unwrap_or(0),
+        key_template,
+        utc_offset_secs: parse_tz(a.timezone.as_deref().unwrap_or("UTC"))?,
+        retry,
+    })
+}
+
+/// Redshift's COPY reads the archive from S3 with a role or the archive's keys.
+fn redshift_settings(w: &WarehouseFile, archive: &ArchiveSettings) -> Result<RedshiftSettings> {
+    let ArchiveLocation::S3 {
+        region,
+        access_key_id,
+        secret_access_key,
+        ..
+    } = &archive.location
+    else {
+        bail!("warehouse.kind = \"redshift\" needs an s3:// archive.url (Redshift COPY reads from S3)");
+    };
+    if w.iam_role.is_none() && (access_key_id.is_none() || secret_access_key.is_none()) {
+        bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+    }
+    Ok(RedshiftSettings {
+        iam_role: w.iam_role.clone(),
+        region: w.region.clone().unwrap_or_else(|| region.clone()),
+    })
+}
+
+pub(super) fn warehouse_settings(
+    w: &WarehouseFile,
+    env: &dyn Env,
+    flags: &Overrides,
+    archive: &ArchiveSettings,
+    retry: RetryPolicy,
+) -> Result<WarehouseSettings> {
+    let kind = match w.kind.as_deref().unwrap_or("postgres") {
+        "postgres" | "postgresql" => WarehouseKind::Postgres,
+        "redshift" => WarehouseKind::Redshift,
+        other => bail!("warehouse.kind {other:?} (expected postgres or redshift)"),
+    };
+    let url = pick(
+        &flags.warehouse_url,
+        env,
+        "BATCHLAYER_WAREHOUSE_URL",
+        &w.url,
+    )
+    .unwrap_or_else(|| "postgresql://postgres@127.0.0.1:5432/postgres".into());
+    let (url, url_mode, url_root) = split_tls_params(&url)?;
+    let mode = match url_mode.or_else(|| w.sslmode.clone()) {
+        Some(m) => SslMode::parse(&m).context("warehouse sslmode")?,
+        None => SslMode::default(),
+    };
+    let mut root_cert = url_root
+        .map(PathBuf::from)
+        .or_else(|| w.sslrootcert.clone());
+    if root_cert.is_none() && matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        // libpq's default place.
+        let home = env.var("HOME").unwrap_or_default();
+        root_cert = Some(PathBuf::from(home).join(".postgresql/root.crt"));
+    }
+    if let Some(p) = &root_cert {
+        if mode != SslMode::Disable && !p.is_file() {
+            bail!("warehouse sslrootcert {}: no such file", p.display());
+        }
+    }
+    let table = |key: &str, v: &Option<String>, default: &str| {
+        validate_ident(&format!("warehouse.{key}"), v.as_deref().unwrap_or(default))
+    };
+    Ok(WarehouseSettings {
+        redshift: match kind {
+            WarehouseKind::Redshift => Some(redshift_settings(w, archive)?),
+            WarehouseKind::Postgres => None,
+        },
+        kind,
+        url,
+        tls: PgTls { mode, root_cert },
+        retry,
+        copy_format: w.copy_format.unwrap_or_default(),
+        password: env
+            .var("PGPASSWORD")
+            .map(Secret::new)
+            .or_else(|| w.password.clone()),
+        schema: validate_ident(
+            "warehouse.schema",
+            &env.var("BATCHLAYER_WAREHOUSE_SCHEMA")
+                .or_else(|| w.schema.clone())
+                .unwrap_or_else(|| "public".into()),
+        )?,
+        raw_table: table("raw_table", &w.raw_table, "batch_raw")?,
+        ledger_table: table("ledger_table", &w.ledger_table, "batchlayer_loads")?,
+        rejects_table: table("rejects_table", &w.rejects_table, "batchlayer_rejects")?,
+    })
+}
+
+pub(super) fn layout_settings(r: Option<&RecordsFile>) -> Result<Layout> {
+    let mut layout = Layout::tweets();
+    if let Some(r) = r {
+        if let Some(d) = &r.delimiter {
+            let b = d.as_bytes();
+            if b.len() != 1 || b[0] == b'\\' || b[0] == b'\n' || b[0] == b'\r' {
+                bail!("records.delimiter {d:?} must be one byte other than backslash, CR or LF");
+            }
+            layout.delimiter = b[0];
+        }
+        if let Some(t) = r.trailing_delimiter {
+            layout.trailing_delimiter = t;
+        }
+        if let Some(f) = &r.timestamp_format {
+            layout.timestamp_format = f.clone();
+        }
+        if let Some(cols) = &r.columns {
+            if cols.is_empty() {
+                bail!("records.columns is empty");
+            }
+            layout.columns = cols.clone();
+        }
+    }
+    for c in &layout.columns {
+        validate_ident("records.columns name", &c.name)?;
+    }
+    Ok(layout)
+}
+
+pub(super) fn aggregate_settings(g: &AggregateFile) -> Result<AggregateSettings> {
+    let mut views = vec![view_settings(g, "aggregate", Some("batch_layer"))?];
+    for (i, v) in g.views.iter().flatten().enumerate() {
+        if v.views.is_some() {
+            bail!("aggregate.views[{i}]: views cannot nest");
+        }
+        views.push(view_settings(v, &format!("aggregate.views[{i}]"), None)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for v in &views {
+        if !seen.insert(v.view.clone()) {
+            bail!("aggregate: view {} is configured twice", v.view);
+        }
+    }
+    Ok(AggregateSettings { views })
+}
+
+fn parse_tz(s: &str) -> Result<i32> {
+    if s.eq_ignore_ascii_case("utc") || s == "Z" {
+        return Ok(0);
+    }
+    let sign = match s.as_bytes().first() {
+        Some(b'+') => 1,
+        Some(b'-') => -1,
+        _ => bail!("archive.timezone {s:?}: use UTC or a fixed offset like +02:00"),
+    };
+    let (h, m) = s[1..]
+        .split_once(':')
+        .ok_or_else(|| anyhow!("archive.timezone {s:?}: use UTC or a fixed offset like +02:00"))?;
+    let h: i32 = h.parse().context("archive.timezone hours")?;
+    let m: i32 = m.parse().context("archive.timezone minutes")?;
+    if h > 14 || m > 59 {
+        bail!("archive.timezone {s:?} out of range");
+    }
+    Ok(sign * (h * 3600 + m * 60))
+}
+
+pub(super) fn status_settings(f: &StatusFile) -> Result<StatusSettings> {
+    let lateness = match &f.lateness {
+        None => std::time::Duration::ZERO,
+        Some(toml::Value::Integer(n)) if *n >= 0 => std::time::Duration::from_secs(*n as u64),
+        Some(toml::Value::String(s)) => {
+            parse_duration(s).map_err(|e| anyhow!("status.lateness: {e}"))?
+        }
+        Some(other) => bail!("status.lateness {other}: use seconds or a duration like \"5m\""),
+    };
+    Ok(StatusSettings { lateness })
+}
+
+fn view_settings(
+    g: &AggregateFile,
+    what: &str,
+    default_view: Option<&str>,
+) -> Result<ViewSettings> {
+    let name = match (&g.view, default_view) {
+        (Some(v), _) => v.clone(),
+        (None, Some(d)) => d.to_string(),
+        (None, None) => bail!("{what}: every entry of aggregate.views needs a view name"),
+    };
+    let view = validate_ident(&format!("{what}.view"), &name)?;
+    if default_view.is_none() && g.sql.is_none() {
+        bail!("{what} {view}: needs sql = \"FILE\"");
+    }
+    let max_sum_change = g.max_sum_change.clone().unwrap_or_default();
+    for c in max_sum_change.keys() {
+        validate_ident(&format!("{what}.max_sum_change column"), c)?;
+    }
+    let non_null_columns = g.non_null_columns.clone().unwrap_or_default();
+    for c in &non_null_columns {
+        validate_ident(&format!("{what}.non_null_columns column"), c)?;
+    }
+    let keep_versions = g.keep_versions.unwrap_or(1);
+    if !(1..=20).contains(&keep_versions) {
+        bail!("{what}.keep_versions must be between 1 and 20");
+    }
+    let require_complete_through = g
+        .require_complete_through
+        .as_deref()
+        .map(TimeSpec::parse)
+        .transpose()
+        .map_err(|e| anyhow!("{what}.require_complete_through: {e}"))?;
+    Ok(ViewSettings {
+        require_complete_through,
+        view,
+        sql: g.sql.clone(),
+        min_rows: g.min_rows.unwrap_or(1),
+        max_row_change: g.max_row_change,
+        max_sum_change,
+        non_null_columns,
+        keep_versions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_file, resolve, FileConfig};
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn status_lateness_and_the_completeness_gate_from_the_file() {
+        let s = resolve(
+            parse_file(
+                "[status]\nlateness = \"5m\"\n[aggregate]\nrequire_complete_through = \"1h\"\n",
+            )
+            .unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.status.lateness.as_secs(), 300);
+        assert_eq!(
+            s.aggregate.views[0].require_complete_through,
+            Some(TimeSpec::Ago(std::time::Duration::from_secs(3600)))
+        );
+        let bad = resolve(
+            parse_file("[aggregate]\nrequire_complete_through = \"soon\"\n").unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        );
+        assert!(format!("{:#}", bad.unwrap_err()).contains("aggregate.require_complete_through"));
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_flag() {
+        let text = "[kafka]\ntopic = \"from_file\"\ngroup = \"g_file\"\nbrokers = \"file:1\"\n";
+        let e = env(&[
+            ("BATCHLAYER_KAFKA_TOPIC", "from_env"),
+            ("BATCHLAYER_KAFKA_GROUP", "g_env"),
+        ]);
+        let flags = Overrides {
+            topic: Some("from_flag".into()),
+            ..Default::default()
+        };
+        let s = resolve(parse_file(text).unwrap(), &e, &flags).unwrap();
+        assert_eq!(s.kafka.topic, "from_flag");
+        assert_eq!(s.kafka.group, "g_env");
+        assert_eq!(s.kafka.brokers, "file:1");
+    }
+
+    /// The variables a flag also sets: each beats the file, and its flag beats it.
+    #[test]
+    fn every_flag_with_a_variable_is_file_then_env_then_flag() {
+        let text = "[kafka]\nbrokers = \"file:1\"\ntopic = \"t_file\"\ngroup = \"g_file\"\n\
+                    [archive]\nurl = \"s3://file/p\"\nendpoint = \"http://file:1\"\n\
+                    [warehouse]\nurl = \"postgresql://file@h/db\"\n";
+        let e = env(&[
+            ("BATCHLAYER_KAFKA_BROKERS", "env:1"),
+            ("BATCHLAYER_KAFKA_TOPIC", "t_env"),
+            ("BATCHLAYER_KAFKA_GROUP", "g_env"),
+            ("BATCHLAYER_ARCHIVE_URL", "s3://env/p"),
+            ("BATCHLAYER_S3_ENDPOINT", "http://env:1"),
+            ("BATCHLAYER_WAREHOUSE_URL", "postgresql://env@h/db"),
+        ]);
+        let s3 = |s: &super::super::Settings| match &s.archive.location {
+            ArchiveLocation::S3 {
+                bucket, endpoint, ..
+            } => (bucket.clone(), endpoint.clone().unwrap()),
+            other => panic!("{other:?}"),
+        };
+        let s = resolve(parse_file(text).unwrap(), &env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                s.kafka.brokers.as_str(),
+                s.kafka.topic.as_str(),
+                s.kafka.group.as_str()
+            ),
+            ("file:1", "t_file", "g_file")
+        );
+        assert_eq!(s3(&s), ("file".into(), "http://file:1".into()));
+        assert_eq!(s.warehouse.url, "postgresql://file@h/db");
+        let s = resolve(parse_file(text).unwrap(), &e, &Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                s.kafka.brokers.as_str(),
+                s.kafka.topic.as_str(),
+                s.kafka.group.as_str()
+            ),
+            ("env:1", "t_env", "g_env")
+        );
+        assert_eq!(s3(&s), ("env".into(), "http://env:1".into()));
+        assert_eq!(s.warehouse.url, "postgresql://env@h/db");
+        let flags = Overrides {
+            brokers: Some("flag:1".into()),
+            topic: Some("t_flag".into()),
+            group: Some("g_flag".into()),
+            archive: Some("s3://flag/p".into()),
+            s3_endpoint: Some("http://flag:1".into()),
+            warehouse_url: Some("postgresql://flag@h/db".into()),
+            ..Default::default()
+        };
+        let s = resolve(parse_file(text).unwrap(), &e, &flags).unwrap();
+        assert_eq!(
+            (
+                s.kafka.brokers.as_str(),
+                s.kafka.topic.as_str(),
+                s.kafka.group.as_str()
+            ),
+            ("flag:1", "t_flag", "g_flag")
+        );
+        assert_eq!(s3(&s), ("flag".into(), "http://flag:1".into()));
+        assert_eq!(s.warehouse.url, "postgresql://flag@h/db");
+    }
+
+    #[test]
+    fn retry_is_one_policy_for_every_backend() {
+        let s = resolve(
+            parse_file("[retry]\nattempts = 7\ninitial_backoff_ms = 10\n").unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.retry.attempts, 7);
+        assert_eq!(s.retry.initial, std::time::Duration::from_millis(10));
+        for r in [s.kafka.retry, s.archive.retry, s.warehouse.retry] {
+            assert_eq!(r, s.retry);
+        }
+    }
+
+    #[test]
+    fn missing_topic_names_flag_and_env() {
+        let s = resolve(FileConfig::default(), &env(&[]), &Overrides::default()).unwrap();
+        let err = s.require_kafka().unwrap_err().to_string();
+        assert!(err.contains("--topic"), "{err}");
+        assert!(err.contains("BATCHLAYER_KAFKA_TOPIC"), "{err}");
+        assert!(err.contains("kafka.topic"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_over_file_and_never_print() {
+        let text = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\nsecret_access_key=\"filesecret123\"\n[warehouse]\npassword=\"pgfilesecret\"\n";
+        let e = env(&[
+            ("AWS_SECRET_ACCESS_KEY", "envsecret456"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+        ]);
+        let s = resolve(parse_file(text).unwrap(), &e, &Overrides::default()).unwrap();
+        match &s.archive.location {
+            ArchiveLocation::S3 {
+                secret_access_key,
+                access_key_id,
+                bucket,
+                prefix,
+                ..
+            } => {
+                assert_eq!(secret_access_key.as_ref().unwrap().expose(), "envsecret456");
+                assert_eq!(access_key_id.as_deref(), Some("AKID"));
+                assert_eq!(bucket, "b");
+                assert_eq!(prefix, "p");
+            }
+            other => panic!("{other:?}"),
+        }
+        let dbg = format!("{s:?}");
+        assert!(
+            !dbg.contains("envsecret456") && !dbg.contains("pgfilesecret"),
+            "{dbg}"
+        );
+        assert_eq!(
+            s.warehouse.password.as_ref().unwrap().expose(),
+            "pgfilesecret"
+        );
+    }
+
+    #[test]
+    fn bad_table_names_are_refused() {
+        let text = "[kafka]\ntopic=\"t\"\n[warehouse]\nraw_table=\"x; drop table y\"\n";
+        let err = resolve(parse_file(text).unwrap(), &env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a valid identifier"), "{err}");
+    }
+
+    #[test]
+    fn log_format_is_file_then_env_then_flag() {
+        let file = || parse_file("[log]\nformat = \"json\"\n").unwrap();
+        let none = Overrides::default();
+        let s = resolve(file(), &env(&[]), &none).unwrap();
+        assert_eq!(s.ui.log_format, LogFormat::Json);
+        let e = env(&[("BATCHLAYER_LOG_FORMAT", "text"), ("RUST_LOG", "warn")]);
+        let s = resolve(file(), &e, &none).unwrap();
+        assert_eq!(s.ui.log_format, LogFormat::Text);
+        assert_eq!(s.ui.log_filter.as_deref(), Some("warn"));
+        let flag = Overrides {
+            log_format: Some(LogFormat::Json),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(file(), &e, &flag).unwrap().ui.log_format,
+            LogFormat::Json
+        );
+        let bad = env(&[("BATCHLAYER_LOG_FORMAT", "xml")]);
+        let err = resolve(file(), &bad, &none).unwrap_err().to_string();
+        assert!(err.contains("BATCHLAYER_LOG_FORMAT"), "{err}");
+        assert!(parse_file("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn timezone_offsets() {
+        assert_eq!(parse_tz("UTC").unwrap(), 0);
+        assert_eq!(parse_tz("+02:00").unwrap(), 7200);
+        assert_eq!(parse_tz("-05:30").unwrap(), -19800);
+        assert!(parse_tz("Europe/Paris").is_err());
+    }
+}
