@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod metrics;
 pub mod output;
 pub mod records;
@@ -52,6 +53,7 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<()> {
     for w in &s.warnings {
         out.warn(w);
     }
+    failpoint::arm(&s);
     let out = &*out;
     match &cli.command {
         Command::Ingest(a) => ingest::exec(a, &s, out),

@@ -21,7 +21,6 @@ pub struct CopyOptions {
     pub limit: Option<usize>,
     pub max_errors: Option<u64>,
     pub wait: bool,
-    pub fail_before_commit: bool,
     /// Only objects whose time folder is at or after this (in the archive's zone).
     pub since: Option<NaiveDateTime>,
     /// Only objects whose time folder is before this.
@@ -221,7 +220,6 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<()> {
         limit: a.limit,
         max_errors: a.max_errors,
         wait: !a.no_wait,
-        fail_before_commit: s.failpoint("copy-before-commit"),
         since: a.since,
         until: a.until,
         key_template: archive.key_template.clone(),
@@ -494,7 +492,6 @@ pub fn run(
     let pb = out.progress(total, "copy", true);
     let lopts = LoadOptions {
         max_errors: opts.max_errors,
-        fail_before_commit: opts.fail_before_commit,
         format: opts.format,
         jobs: opts.jobs,
     };
