@@ -3,7 +3,12 @@
 //! always false and `crash` does nothing, so `cargo build` and `cargo install` have none.
 //!
 //! The name comes from the resolved settings (`BATCHLAYER_FAILPOINT`), armed once per run by
-//! `lib.rs`; the commands only ask whether theirs is the one armed.
+//! `lib.rs`; the commands only ask whether theirs is the one armed. The names:
+//! * `ingest-before-commit`: ingest fails after storing its objects and manifest, before
+//!   committing offsets.
+//! * `ingest-crash-after-first-object`: ingest aborts the process once its first object is
+//!   stored.
+//! * `copy-before-commit`: copy fails after a load's COPY, before its transaction commits.
 
 use crate::config::Settings;
 
