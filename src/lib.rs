@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod metrics;
 pub mod output;
 pub mod progress;
@@ -56,6 +57,7 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<Report> {
     for w in &s.warnings {
         out.warn(w);
     }
+    failpoint::arm(&s);
     let out = &*out;
     let report = match &cli.command {
         Command::Ingest(a) => ingest::exec(a, &s, out)?,

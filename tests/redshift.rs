@@ -1,9 +1,10 @@
-//! The Redshift dialect on the Redshift stand-in (`batchlayer::warehouse::standin`): PostgreSQL
+//! The Redshift dialect on the Redshift stand-in (`tests/common/standin.rs`): PostgreSQL
 //! set up to behave like Redshift, with the server-side COPY carried out by a test double that
 //! reads the manifests and objects from s3s-fs. The conformance suite, and the cases the
 //! Redshift loader got wrong before: concurrent copies, objects no manifest lists, mixed
 //! compression, hostile keys, MAXERROR per object and varchar in bytes, concurrent aggregates.
 
+use crate::common::standin::StandInCluster;
 use crate::common::*;
 use batchlayer::archive::layout::{self, Compression, Manifest, ObjectEntry};
 use batchlayer::archive::ObjectStore;
@@ -13,7 +14,6 @@ use batchlayer::config::{ArchiveSettings, Secret};
 use batchlayer::output::Output;
 use batchlayer::records::{frame_into, Layout};
 use batchlayer::warehouse::redshift::{CopySpec, Redshift, S3Auth};
-use batchlayer::warehouse::standin::StandInCluster;
 use batchlayer::warehouse::{
     quote_literal, LoadJob, LoadOptions, Names, OffsetRange, SqlSession, Warehouse,
 };

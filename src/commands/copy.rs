@@ -23,7 +23,6 @@ pub struct CopyOptions {
     pub limit: Option<usize>,
     pub max_errors: Option<u64>,
     pub wait: bool,
-    pub fail_before_commit: bool,
     /// Only objects whose time folder is at or after this (in the archive's zone).
     pub since: Option<NaiveDateTime>,
     /// Only objects whose time folder is before this.
@@ -216,7 +215,6 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
         limit: a.limit,
         max_errors: a.max_errors,
         wait: !a.no_wait,
-        fail_before_commit: s.failpoint("copy-before-commit"),
         // The time folders are in the archive's zone: so is a time given without one.
         since: a.since.map(|t| t.wall_clock(now, archive.utc_offset_secs)),
         until: a.until.map(|t| t.wall_clock(now, archive.utc_offset_secs)),
@@ -402,7 +400,6 @@ pub fn run(
     let pb = out.progress(total, "copy", true);
     let lopts = LoadOptions {
         max_errors: opts.max_errors,
-        fail_before_commit: opts.fail_before_commit,
         format: opts.format,
         jobs: opts.jobs,
     };

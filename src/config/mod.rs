@@ -336,7 +336,8 @@ pub struct Settings {
     pub status: StatusSettings,
     pub ui: UiSettings,
     pub retry: RetryPolicy,
-    /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose.
+    /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose (see `failpoint`).
+    #[cfg(feature = "testing")]
     pub failpoint: Option<String>,
     /// Warnings found while reading the configuration (printed once, unless -q).
     pub warnings: Vec<String>,
@@ -350,11 +351,6 @@ impl Settings {
             required(None, "topic", "BATCHLAYER_KAFKA_TOPIC", "kafka.topic").or_config()?;
         }
         Ok(&self.kafka)
-    }
-
-    /// Whether the test hook named `name` is set.
-    pub fn failpoint(&self, name: &str) -> bool {
-        self.failpoint.as_deref() == Some(name)
     }
 }
 
@@ -387,6 +383,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         status,
         ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
+        #[cfg(feature = "testing")]
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
         warnings: Vec::new(),
     })

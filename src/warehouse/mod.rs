@@ -7,8 +7,6 @@ pub mod ledger;
 pub mod postgres;
 pub mod redshift;
 pub mod session;
-#[cfg(feature = "testing")]
-pub mod standin;
 pub mod tls;
 pub mod views;
 
@@ -182,8 +180,6 @@ impl LoadJob {
 pub struct LoadOptions {
     /// None: strict (first bad row fails the object). Some(n): up to n rejects per object.
     pub max_errors: Option<u64>,
-    /// Test hook: fail after the COPY, before the commit.
-    pub fail_before_commit: bool,
     /// PostgreSQL: the COPY format asked for (binary falls back to text when the raw table's
     /// column types are not the layout's).
     pub format: crate::records::CopyFormat,
@@ -318,7 +314,7 @@ mod tests {
 }
 
 /// The suite every `Warehouse` impl must pass. Run by the integration tests against PostgreSQL,
-/// and against the Redshift dialect on the Redshift stand-in (`standin`).
+/// and against the Redshift dialect on the Redshift stand-in (`tests/common/standin.rs`).
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance {
     use super::*;

@@ -206,7 +206,6 @@ fn load_one(
     mut inc: Incoming<'_>,
     store: &dyn ObjectStore,
     layout: &Layout,
-    opts: &LoadOptions,
     format: CopyFormat,
     sent: &mut dyn FnMut(),
 ) -> Result<LoadResult> {
@@ -234,7 +233,7 @@ fn load_one(
     }
     inc.downloaded()?;
     record_load(&mut tx, &names, job, &result, &rejects)?;
-    if opts.fail_before_commit {
+    if crate::failpoint::hit("copy-before-commit") {
         bail!(
             "failpoint: stopping after COPY of {}, before commit",
             job.key
@@ -305,7 +304,7 @@ fn load_in_order(
                     .map(|j| Incoming::stream(scope, store, j, enc));
             };
             let r = inc
-                .and_then(|inc| load_one(s, inc, store, layout, opts, format, &mut sent))
+                .and_then(|inc| load_one(s, inc, store, layout, format, &mut sent))
                 .with_context(|| {
                     format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
                 })?;
@@ -351,7 +350,7 @@ fn load_parallel(
                     .and_then(|file| {
                         std::thread::scope(|scope| {
                             let inc = Incoming::start(scope, job, file, None, enc)?;
-                            load_one(s, inc, store, layout, opts, format, &mut || ())
+                            load_one(s, inc, store, layout, format, &mut || ())
                         })
                     })
                     .with_context(|| {

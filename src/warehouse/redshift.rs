@@ -3,8 +3,8 @@
 //! starts with `LOCK` on the ledger. Runs (copy, aggregate) are serialised by a lock held in an
 //! open transaction on a second session, because Redshift has no advisory locks.
 //!
-//! Tested against a Redshift stand-in (`warehouse::standin`, PostgreSQL set up to behave like
-//! Redshift where this code depends on it); no Redshift cluster is reachable from the test
+//! Tested against a Redshift stand-in (`tests/common/standin.rs`, PostgreSQL set up to behave
+//! like Redshift where this code depends on it); no Redshift cluster is reachable from the test
 //! machines. The SQL snapshot tests below show the exact statements sent.
 
 use super::session::{shown, PgSession, Rows, SqlError, SqlSession};
@@ -535,7 +535,7 @@ impl Redshift {
         }
         self.s
             .execute(&format!("DROP TABLE {}", quote_ident(STAGING)))?;
-        if opts.fail_before_commit {
+        if crate::failpoint::hit("copy-before-commit") {
             bail!("failpoint: stopping after the COPY, before commit");
         }
         Ok(jobs

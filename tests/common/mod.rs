@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod standin;
 
 use assert_cmd::Command;
 use std::collections::BTreeMap;

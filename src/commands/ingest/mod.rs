@@ -44,10 +44,6 @@ pub struct IngestOptions {
     /// Fail when assigned partitions deliver neither data nor end-of-partition for this long.
     pub stall_timeout: Duration,
     pub group: String,
-    /// Test hook: fail after storing objects and the manifest, before committing.
-    pub fail_before_commit: bool,
-    /// Test hook: abort the process once the first object is stored.
-    pub crash_after_first_object: bool,
     /// How long to wait for partitions other members hold while they have lag.
     pub member_wait: Duration,
     /// Join the group again after this long without the held partitions (a dead member's
@@ -205,8 +201,6 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         assignment_timeout: Duration::from_secs(60),
         stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
         group: kafka.group.clone(),
-        fail_before_commit: s.failpoint("ingest-before-commit"),
-        crash_after_first_object: s.failpoint("ingest-crash-after-first-object"),
         member_wait: Duration::from_secs(s.kafka.member_wait_secs),
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
         new_epoch: a.new_epoch,
@@ -310,10 +304,8 @@ impl Run<'_> {
 
     fn stored(&mut self, r: Stored) -> Result<()> {
         let (entry, outcome) = r?;
-        if self.opts.crash_after_first_object {
-            // Test hook: die as kill -9 would, with an object stored and nothing else.
-            std::process::abort();
-        }
+        // Test hook: die as kill -9 would, with an object stored and nothing else.
+        crate::failpoint::crash("ingest-crash-after-first-object");
         match outcome {
             PutOutcome::Created => self
                 .out
@@ -979,7 +971,7 @@ impl Run<'_> {
             .filter_map(|(p, st)| st.next_commit.map(|o| (*p, o)))
             .collect();
         if !self.opts.dry_run {
-            if self.opts.fail_before_commit {
+            if crate::failpoint::hit("ingest-before-commit") {
                 bail!("failpoint: stopping after storing objects, before committing offsets");
             }
             source.commit(&commits).context(

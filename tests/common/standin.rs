@@ -1,4 +1,4 @@
-//! A Redshift stand-in for tests (feature `testing`): a [`SqlSession`] over PostgreSQL, set up
+//! A Redshift stand-in for the integration tests: a [`SqlSession`] over PostgreSQL, set up
 //! to behave like Redshift wherever batchlayer's Redshift dialect depends on it, with the
 //! server-side `COPY ... FROM 's3://.../manifest' MANIFEST ...` carried out by this double.
 //!
@@ -23,12 +23,14 @@
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
 //! cluster, and Redshift's serializable isolation (sessions here run read committed).
 
-use super::session::{PgSession, SqlSession};
-use super::Names;
-use crate::archive::s3::S3Store;
-use crate::archive::ObjectStore;
-use crate::config::{ArchiveLocation, AwsChain, Secret};
 use anyhow::{anyhow, bail, Context, Result};
+use batchlayer::archive::s3::S3Store;
+use batchlayer::archive::ObjectStore;
+use batchlayer::config::{ArchiveLocation, AwsChain, Secret};
+use batchlayer::warehouse::conninfo::redact_url;
+use batchlayer::records::pg_escape_into;
+use batchlayer::warehouse::session::{first_line, PgSession, SqlSession};
+use batchlayer::warehouse::{quote_ident, Names};
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -50,7 +52,7 @@ impl StandInCluster {
     /// Creates (afresh) the system schema: `stl_load_errors` with Redshift's column types, and
     /// the sequence query ids come from.
     pub fn install(&self) -> Result<()> {
-        let sys = super::quote_ident(&self.system_schema);
+        let sys = quote_ident(&self.system_schema);
         let mut c = Client::connect(&self.pg_url, NoTls).context("connecting the stand-in")?;
         c.batch_execute(&format!(
             "DROP SCHEMA IF EXISTS {sys} CASCADE; CREATE SCHEMA {sys};
@@ -71,15 +73,12 @@ impl StandInCluster {
         let mut client = connect()?;
         client.batch_execute(&format!(
             "SET standard_conforming_strings = off; SET escape_string_warning = off; SET search_path TO {}",
-            super::quote_ident(&self.system_schema)
+            quote_ident(&self.system_schema)
         ))?;
         let pg = PgSession {
             client,
             names,
-            url: format!(
-                "stand-in on {}",
-                crate::warehouse::conninfo::redact_url(&self.pg_url)
-            ),
+            url: format!("stand-in on {}", redact_url(&self.pg_url)),
         };
         Ok(StandIn {
             pg,
@@ -123,10 +122,7 @@ impl StandIn {
         let lower = sql.to_lowercase();
         for (what, why) in REFUSED {
             if lower.contains(what) {
-                bail!(
-                    "Redshift stand-in: {why}: {}",
-                    super::session::first_line(sql)
-                );
+                bail!("Redshift stand-in: {why}: {}", first_line(sql));
             }
         }
         let mut s = sql
@@ -165,7 +161,7 @@ impl StandIn {
             .query_one(
                 &format!(
                     "SELECT nextval('{}.query_ids')",
-                    super::quote_ident(&self.cluster.system_schema)
+                    quote_ident(&self.cluster.system_schema)
                 ),
                 &[],
             )?
@@ -197,7 +193,7 @@ impl StandIn {
                 }
             }
         }
-        let names: Vec<String> = cols.iter().map(|c| super::quote_ident(&c.name)).collect();
+        let names: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
         let mut w = self.pg.client.copy_in(&format!(
             "COPY {} ({}) FROM STDIN",
             stmt.table,
@@ -292,7 +288,7 @@ impl StandIn {
             &format!(
                 "INSERT INTO {}.stl_load_errors (query, filename, line_number, colname, raw_line, raw_field_value, err_code, err_reason) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                super::quote_ident(&self.cluster.system_schema)
+                quote_ident(&self.cluster.system_schema)
             ),
             &[
                 &(self.last_copy_id as i32),
@@ -540,7 +536,7 @@ pub fn parse_copy(sql: &str) -> Result<CopyStatement> {
     parse_tokens(tokenize(sql)?).with_context(|| {
         format!(
             "Redshift stand-in: COPY it does not understand: {}",
-            super::session::first_line(sql)
+            first_line(sql)
         )
     })
 }
@@ -558,7 +554,7 @@ fn word(tok: Option<Tok>) -> Result<String> {
 fn ident(tok: Option<Tok>) -> Result<(String, String)> {
     match tok {
         Some(Tok::Word(w)) => Ok((w.to_lowercase(), w.to_lowercase())),
-        Some(Tok::Quoted(q)) => Ok((super::quote_ident(&q), q)),
+        Some(Tok::Quoted(q)) => Ok((quote_ident(&q), q)),
         other => Err(anyhow!("expected an identifier, found {other:?}")),
     }
 }
@@ -857,7 +853,7 @@ fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>)
         if st.null_as.as_deref().map(str::as_bytes) == Some(f.as_slice()) {
             out.extend_from_slice(b"\\N");
         } else {
-            crate::records::pg_escape_into(f, out);
+            pg_escape_into(f, out);
         }
     }
     out.push(b'\n');
@@ -866,9 +862,9 @@ fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::Compression;
-    use crate::records::{frame_into, Layout};
-    use crate::warehouse::redshift::{copy_sql, CopyGroup, CopySpec, S3Auth};
+    use batchlayer::archive::Compression;
+    use batchlayer::records::{frame_into, Layout};
+    use batchlayer::warehouse::redshift::{copy_sql, CopyGroup, CopySpec, S3Auth};
 
     #[test]
     fn parses_the_dialects_copy_exactly() {
