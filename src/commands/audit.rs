@@ -783,13 +783,10 @@ fn reread(
     ta: &TopicArchive,
     r: &mut AuditReport,
 ) -> Result<()> {
-    use sha2::Digest;
     use std::io::{Seek, SeekFrom};
     for key in ta.listed.keys() {
         let mut file = archive::download(store, key, None)?;
-        let mut h = sha2::Sha256::new();
-        std::io::copy(&mut file, &mut h).with_context(|| format!("re-reading {key}"))?;
-        let sha = hex::encode(h.finalize());
+        let sha = crate::util::sha256_of(&mut file).with_context(|| format!("re-reading {key}"))?;
         file.seek(SeekFrom::Start(0))?;
         let c = archive::Compression::from_key(key).unwrap_or_default();
         let mut reader = crate::records::FrameReader::new(archive::decoder(file, c)?);

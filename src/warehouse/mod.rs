@@ -448,7 +448,6 @@ mod tests {
 pub mod conformance {
     use super::*;
     use crate::records::frame_into;
-    use sha2::Digest;
     use std::io::Write;
 
     /// Stores `records` (framed, gzip or plain) under `key`; returns its job with the checksum
@@ -474,7 +473,7 @@ pub mod conformance {
             } else {
                 Compression::None
             },
-            expected_sha256: Some(hex::encode(sha2::Sha256::digest(&body))),
+            expected_sha256: Some(crate::util::sha256_hex(&body)),
             expected_records: Some(records.len() as u64),
             ..Default::default()
         }
