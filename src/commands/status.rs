@@ -9,6 +9,7 @@ use crate::commands::progress::{self, PartitionProgress, Snapshot};
 use crate::config::Settings;
 use crate::error::Error;
 use crate::output::Output;
+use crate::warehouse::views::{version_name, ViewTable};
 use crate::warehouse::{self, ledger, Names, Warehouse};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -221,8 +222,8 @@ fn view_status(
         view: view.to_string(),
         age_secs,
         live,
-        previous: version(wh, names, &format!("{view}__prev"))?,
-        rejected: version(wh, names, &format!("{view}__rejected"))?,
+        previous: version(wh, names, &version_name(view, ViewTable::Prev(1)))?,
+        rejected: version(wh, names, &version_name(view, ViewTable::Rejected))?,
     })
 }
 

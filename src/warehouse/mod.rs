@@ -9,6 +9,7 @@ pub mod session;
 #[cfg(feature = "testing")]
 pub mod standin;
 pub mod tls;
+pub mod views;
 
 pub use session::{SqlError, SqlSession};
 
