@@ -1,9 +1,22 @@
-//! Small I/O helpers shared by the archive and the commands.
+//! Small helpers shared by the archive, the warehouse and the commands: retries, sha256, and a
+//! writer that counts and hashes.
 
 use sha2::{Digest, Sha256};
 use std::fmt::Display;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::Duration;
+
+/// The hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The hex sha256 of everything `r` yields, read to its end.
+pub fn sha256_of(r: &mut impl Read) -> std::io::Result<String> {
+    let mut h = Tally::hashing(std::io::sink());
+    std::io::copy(r, &mut h)?;
+    Ok(h.finish().0)
+}
 
 /// How transient failures are retried: `attempts` tries in all, waiting `initial`, then
 /// twice as long each time, at most `max`, in between.
@@ -198,6 +211,17 @@ mod tests {
             },
         );
         assert_eq!((calls, r.unwrap_err().note()), (1, String::new()));
+    }
+
+    #[test]
+    fn hashes_bytes_and_readers_alike() {
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(sha256_hex(b"abc"), abc);
+        assert_eq!(sha256_of(&mut &b"abc"[..]).unwrap(), abc);
+        let mut t = Tally::hashing(std::io::sink());
+        t.write_all(b"ab").unwrap();
+        t.write_all(b"c").unwrap();
+        assert_eq!(t.finish().0, abc);
     }
 
     #[test]

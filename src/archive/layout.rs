@@ -88,6 +88,42 @@ pub fn epoch_file_name(
     }
 }
 
+/// An inclusive range of one partition's offsets, `first..=last`. Serialized as
+/// `[first, last]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(into = "(i64, i64)")]
+pub struct OffsetSpan {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl OffsetSpan {
+    pub fn new(first: i64, last: i64) -> Self {
+        OffsetSpan { first, last }
+    }
+
+    pub fn contains(self, offset: i64) -> bool {
+        self.first <= offset && offset <= self.last
+    }
+
+    /// The offsets both spans hold, when they share any.
+    pub fn intersect(self, other: OffsetSpan) -> Option<OffsetSpan> {
+        (other.last >= self.first && other.first <= self.last)
+            .then(|| OffsetSpan::new(self.first.max(other.first), self.last.min(other.last)))
+    }
+
+    /// How many offsets it holds.
+    pub fn count(self) -> u64 {
+        (self.last - self.first + 1) as u64
+    }
+}
+
+impl From<OffsetSpan> for (i64, i64) {
+    fn from(s: OffsetSpan) -> Self {
+        (s.first, s.last)
+    }
+}
+
 /// What an object's name says of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectName {
@@ -342,6 +378,23 @@ pub struct Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offset_spans_are_inclusive() {
+        let s = OffsetSpan::new(10, 20);
+        assert!(s.contains(10) && s.contains(20) && !s.contains(9) && !s.contains(21));
+        assert_eq!(s.count(), 11);
+        assert_eq!(
+            s.intersect(OffsetSpan::new(20, 30)),
+            Some(OffsetSpan::new(20, 20))
+        );
+        assert_eq!(s.intersect(OffsetSpan::new(0, 9)), None);
+        assert_eq!(
+            s.intersect(OffsetSpan::new(0, 99)),
+            Some(OffsetSpan::new(10, 20))
+        );
+        assert_eq!(serde_json::to_string(&[s]).unwrap(), "[[10,20]]");
+    }
 
     #[test]
     fn object_names_round_trip() {

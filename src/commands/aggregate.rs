@@ -6,9 +6,10 @@ use crate::config::{Settings, ViewSettings};
 use crate::error::Error;
 use crate::output::{format_table, Output};
 use crate::progress::{self, PartitionProgress};
-use crate::warehouse::views::{record_build, BuildRecord, GateResult};
-use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
 use crate::report::Report;
+use crate::warehouse::views::{record_build, BuildRecord, GateResult};
+use crate::warehouse::views::{version_name, ViewTable};
+use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
 use anyhow::{bail, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -112,19 +113,11 @@ impl Plan {
     }
 }
 
-fn version_name(view: &str, n: u32) -> String {
-    if n == 1 {
-        format!("{view}__prev")
-    } else {
-        format!("{view}__prev{n}")
-    }
-}
-
 /// `versions`: which previous versions (1 = `__prev`, 2 = `__prev2`, ...) exist now.
 pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool, versions: &[u32]) -> Plan {
     let v = &opts.view;
     let q = |t: &str| names.qualified(t);
-    let new = format!("{v}__new");
+    let new = version_name(v, ViewTable::New);
     let select = strip_comments(&names.render(&opts.view_sql, &[("view", v)]));
     let build = vec![
         format!("DROP TABLE IF EXISTS {}", q(&new)),
@@ -135,20 +128,20 @@ pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool, versions:
         let keep = opts.keep_versions.max(1);
         swap.push(format!(
             "DROP TABLE IF EXISTS {}",
-            q(&version_name(v, keep))
+            q(&version_name(v, ViewTable::Prev(keep)))
         ));
         // Shift the kept versions up by one.
         for n in (1..keep).rev().filter(|n| versions.contains(n)) {
             swap.push(format!(
                 "ALTER TABLE {} RENAME TO {}",
-                q(&version_name(v, n)),
-                quote_ident(&version_name(v, n + 1))
+                q(&version_name(v, ViewTable::Prev(n))),
+                quote_ident(&version_name(v, ViewTable::Prev(n + 1)))
             ));
         }
         swap.push(format!(
             "ALTER TABLE {} RENAME TO {}",
             q(v),
-            quote_ident(&version_name(v, 1))
+            quote_ident(&version_name(v, ViewTable::Prev(1)))
         ));
     }
     swap.push(format!(
@@ -199,8 +192,8 @@ pub fn plan(names: &Names, opts: &AggregateOptions, view_exists: bool, versions:
 /// The statements of `--rollback`: the previous view and the current one trade places.
 pub fn rollback_plan(names: &Names, view: &str) -> Vec<String> {
     let q = |t: &str| names.qualified(t);
-    let tmp = format!("{view}__swap");
-    let prev = format!("{view}__prev");
+    let tmp = version_name(view, ViewTable::Swap);
+    let prev = version_name(view, ViewTable::Prev(1));
     vec![
         format!("ALTER TABLE {} RENAME TO {}", q(view), quote_ident(&tmp)),
         format!("ALTER TABLE {} RENAME TO {}", q(&prev), quote_ident(view)),
@@ -366,8 +359,9 @@ fn rollback(
     summary: &mut AggregateSummary,
 ) -> Result<()> {
     let v = &opts.view;
-    if !sql.table_exists(&format!("{v}__prev"))? {
-        bail!("no previous version {v}__prev to roll back to");
+    let prev = version_name(v, ViewTable::Prev(1));
+    if !sql.table_exists(&prev)? {
+        bail!("no previous version {prev} to roll back to");
     }
     if !view_exists {
         bail!("view {v} does not exist; nothing to roll back from");
@@ -420,12 +414,12 @@ fn run_gates(
 
 /// Keeps the refused build as `<view>__rejected` and returns the gate error (exit 4).
 fn refuse(sql: &mut dyn SqlSession, names: &Names, v: &str, failures: &[String]) -> Result<()> {
-    let rejected = format!("{v}__rejected");
+    let rejected = version_name(v, ViewTable::Rejected);
     sql.run_in_transaction(&[
         format!("DROP TABLE IF EXISTS {}", names.qualified(&rejected)),
         format!(
             "ALTER TABLE {} RENAME TO {}",
-            names.qualified(&format!("{v}__new")),
+            names.qualified(&version_name(v, ViewTable::New)),
             quote_ident(&rejected)
         ),
     ])?;
@@ -467,7 +461,7 @@ pub fn run(
     }
     let mut versions = vec![];
     for n in 1..opts.keep_versions.max(1) {
-        if sql.table_exists(&version_name(&v, n))? {
+        if sql.table_exists(&version_name(&v, ViewTable::Prev(n)))? {
             versions.push(n);
         }
     }
@@ -494,7 +488,11 @@ pub fn run(
         required_complete_through: opts.require_complete_through,
         complete_through: summary.complete_through,
     };
-    sql.execute(&record_build(names, &format!("{v}__new"), &rec)?)?;
+    sql.execute(&record_build(
+        names,
+        &version_name(&v, ViewTable::New),
+        &rec,
+    )?)?;
     if !failures.is_empty() && !opts.force {
         refuse(sql, names, &v, &failures)?;
     }

@@ -5,6 +5,7 @@
 //! offsets or key; any problem exits 6.
 
 use crate::archive::catalog::{self, Catalog, KeyKind};
+use crate::archive::layout::OffsetSpan;
 use crate::archive::layout::{self, ExpiredGap, ObjectEntry, Rejected};
 use crate::archive::{self, ObjectMeta, ObjectStore};
 use crate::cli::AuditArgs;
@@ -387,46 +388,45 @@ fn add_entry(
     );
 }
 
-/// The parts of `first..=last` that no recorded expiry gap and no tombstone accounts for.
+/// The parts of `span` that no recorded expiry gap and no tombstone accounts for.
 fn unaccounted(
-    first: i64,
-    last: i64,
-    expired: &[(i64, i64)],
+    span: OffsetSpan,
+    expired: &[OffsetSpan],
     tombs: Option<&BTreeSet<i64>>,
-) -> Vec<(i64, i64)> {
-    let mut left = vec![(first, last)];
-    for &(ef, el) in expired {
+) -> Vec<OffsetSpan> {
+    let mut left = vec![span];
+    for gap in expired {
         let mut next = Vec::new();
-        for (f, l) in left {
-            if el < f || ef > l {
-                next.push((f, l));
+        for s in left {
+            if gap.last < s.first || gap.first > s.last {
+                next.push(s);
                 continue;
             }
-            if f < ef {
-                next.push((f, ef - 1));
+            if s.first < gap.first {
+                next.push(OffsetSpan::new(s.first, gap.first - 1));
             }
-            if l > el {
-                next.push((el + 1, l));
+            if s.last > gap.last {
+                next.push(OffsetSpan::new(gap.last + 1, s.last));
             }
         }
         left = next;
     }
     let Some(tombs) = tombs else { return left };
     let mut out = Vec::new();
-    for (f, l) in left {
+    for OffsetSpan { first: f, last: l } in left {
         let mut start = None;
         for o in f..=l.min(f + 1_000_000) {
             match (tombs.contains(&o), start) {
                 (false, None) => start = Some(o),
                 (true, Some(s)) => {
-                    out.push((s, o - 1));
+                    out.push(OffsetSpan::new(s, o - 1));
                     start = None;
                 }
                 _ => {}
             }
         }
         if let Some(s) = start {
-            out.push((s, l));
+            out.push(OffsetSpan::new(s, l));
         }
     }
     out
@@ -444,11 +444,11 @@ fn by_partition(ta: &TopicArchive) -> BTreeMap<(i32, i32), Vec<&Entry>> {
     m
 }
 
-fn expired_for(ta: &TopicArchive, p: i32, epoch: i32) -> Vec<(i64, i64)> {
+fn expired_for(ta: &TopicArchive, p: i32, epoch: i32) -> Vec<OffsetSpan> {
     ta.expired
         .iter()
         .filter(|g| g.partition == p && g.epoch == epoch)
-        .map(|g| (g.first, g.last))
+        .map(|g| OffsetSpan::new(g.first, g.last))
         .collect()
 }
 
@@ -463,14 +463,15 @@ fn check_ranges(topic: &str, ta: &TopicArchive, r: &mut AuditReport) {
         for e in &es {
             if let Some(pe) = prev {
                 if e.o.first_offset > top + 1 {
-                    for (f, l) in unaccounted(top + 1, e.o.first_offset - 1, &expired, tombs) {
+                    let between = OffsetSpan::new(top + 1, e.o.first_offset - 1);
+                    for s in unaccounted(between, &expired, tombs) {
                         r.problems.push(
                             Finding::new(
                                 "gap",
                                 format!("in no manifest's object, no recorded expiry and no tombstone (after {}, before {})", pe.o.key, e.o.key),
                             )
                             .at(topic, p, epoch)
-                            .range(f, l),
+                            .range(s.first, s.last),
                         );
                     }
                 } else if e.o.first_offset <= top {
@@ -571,14 +572,15 @@ fn compare_commit(
     };
     if c > end {
         let expired = expired_for(ta, p, epoch);
-        for (f, l) in unaccounted(end, c - 1, &expired, ta.tombstones.get(&(p, epoch))) {
+        let tombs = ta.tombstones.get(&(p, epoch));
+        for s in unaccounted(OffsetSpan::new(end, c - 1), &expired, tombs) {
             r.problems.push(
                 Finding::new(
                     "committed_not_archived",
                     format!("committed (offset {c}) but in no manifest's object"),
                 )
                 .at(topic, p, epoch)
-                .range(f, l),
+                .range(s.first, s.last),
             );
         }
     } else if c < end {
@@ -670,14 +672,17 @@ fn check_objects(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut Aud
 
 /// Each ledger row agrees with its manifest entry; nothing is left unloaded below loaded offsets.
 fn check_ledger(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut AuditReport) {
-    let mut loaded: HashMap<(i32, i32), Vec<(i64, i64)>> = HashMap::new();
+    let mut loaded: HashMap<(i32, i32), Vec<OffsetSpan>> = HashMap::new();
     let mut in_ledger = BTreeSet::new();
     for row in rows.iter().filter(|x| x.topic.as_deref() == Some(topic)) {
         in_ledger.insert(row.key.as_str());
         if let (Some(p), Some(e), Some(f), Some(l)) =
             (row.partition, row.epoch, row.first_offset, row.last_offset)
         {
-            loaded.entry((p, e)).or_default().push((f, l));
+            loaded
+                .entry((p, e))
+                .or_default()
+                .push(OffsetSpan::new(f, l));
         }
         let Some(e) = ta.entries.get(&row.key) else {
             continue;
@@ -714,10 +719,10 @@ fn check_ledger(topic: &str, ta: &TopicArchive, rows: &[LedgerRow], r: &mut Audi
         .filter(|e| !in_ledger.contains(e.o.key.as_str()))
     {
         let ranges = loaded.get(&(e.o.partition, e.epoch));
-        let top = ranges.and_then(|v| v.iter().map(|x| x.1).max());
+        let top = ranges.and_then(|v| v.iter().map(|x| x.last).max());
         // Every offset loaded by other objects (a duplicate): the overlap is the finding.
-        let covered = ranges
-            .is_some_and(|v| unaccounted(e.o.first_offset, e.o.last_offset, v, None).is_empty());
+        let span = OffsetSpan::new(e.o.first_offset, e.o.last_offset);
+        let covered = ranges.is_some_and(|v| unaccounted(span, v, None).is_empty());
         match top {
             _ if covered => {}
             Some(top) if e.o.last_offset < top => r.problems.push(
@@ -772,13 +777,10 @@ fn reread(
     ta: &TopicArchive,
     r: &mut AuditReport,
 ) -> Result<()> {
-    use sha2::Digest;
     use std::io::{Seek, SeekFrom};
     for key in ta.listed.keys() {
         let mut file = archive::download(store, key, None)?;
-        let mut h = sha2::Sha256::new();
-        std::io::copy(&mut file, &mut h).with_context(|| format!("re-reading {key}"))?;
-        let sha = hex::encode(h.finalize());
+        let sha = crate::util::sha256_of(&mut file).with_context(|| format!("re-reading {key}"))?;
         file.seek(SeekFrom::Start(0))?;
         let c = archive::Compression::from_key(key).unwrap_or_default();
         let mut reader = crate::records::FrameReader::new(archive::decoder(file, c)?);
@@ -829,6 +831,23 @@ fn reread(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unaccounted` over plain pairs.
+    fn unaccounted(
+        first: i64,
+        last: i64,
+        expired: &[(i64, i64)],
+        tombs: Option<&BTreeSet<i64>>,
+    ) -> Vec<(i64, i64)> {
+        let expired: Vec<OffsetSpan> = expired
+            .iter()
+            .map(|&(f, l)| OffsetSpan::new(f, l))
+            .collect();
+        super::unaccounted(OffsetSpan::new(first, last), &expired, tombs)
+            .into_iter()
+            .map(|s| s.into())
+            .collect()
+    }
 
     #[test]
     fn gaps_are_accounted_for_by_expiry_and_tombstones() {

@@ -3,6 +3,7 @@
 
 use crate::archive::catalog::{self, Catalog};
 use crate::archive::layout;
+use crate::archive::layout::OffsetSpan;
 use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
 use crate::config::Settings;
@@ -70,14 +71,16 @@ enum Step {
     Skip(LoadJob, u64),
 }
 
-/// Merges inclusive intervals.
-fn merge(mut v: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+/// Merges spans that touch or overlap.
+fn merge(mut v: Vec<OffsetSpan>) -> Vec<OffsetSpan> {
     v.sort_unstable();
-    let mut out: Vec<(i64, i64)> = Vec::new();
-    for (f, l) in v {
+    let mut out: Vec<OffsetSpan> = Vec::new();
+    for s in v {
         match out.last_mut() {
-            Some(last) if f <= last.1.saturating_add(1) => last.1 = last.1.max(l),
-            _ => out.push((f, l)),
+            Some(last) if s.first <= last.last.saturating_add(1) => {
+                last.last = last.last.max(s.last)
+            }
+            _ => out.push(s),
         }
     }
     out
@@ -92,21 +95,21 @@ fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) ->
     for mut job in jobs {
         let mut skip_all = None;
         if let Some(r) = job.range.clone() {
+            let span = r.span();
             let ranges = loaded
                 .entry((r.topic.clone(), r.partition, r.epoch))
                 .or_default();
-            let overlap: Vec<(i64, i64)> = merge(
+            let overlap = merge(
                 ranges
                     .iter()
-                    .filter(|&&(f, l)| l >= r.first && f <= r.last)
-                    .map(|&(f, l)| (f.max(r.first), l.min(r.last)))
+                    .filter_map(|&(f, l)| OffsetSpan::new(f, l).intersect(span))
                     .collect(),
             );
-            if overlap == [(r.first, r.last)] {
+            if overlap == [span] {
                 let holes = job.gaps.as_ref().map_or(0, |g| g.len() as u64);
                 let records = job
                     .expected_records
-                    .unwrap_or(((r.last - r.first + 1) as u64).saturating_sub(holes));
+                    .unwrap_or(span.count().saturating_sub(holes));
                 skip_all = Some(records);
             } else {
                 job.skip = overlap;
@@ -509,6 +512,14 @@ mod tests {
         }
     }
 
+    fn pairs(v: &[OffsetSpan]) -> Vec<(i64, i64)> {
+        v.iter().map(|&s| s.into()).collect()
+    }
+
+    fn spans(v: &[(i64, i64)]) -> Vec<OffsetSpan> {
+        v.iter().map(|&(f, l)| OffsetSpan::new(f, l)).collect()
+    }
+
     fn describe(steps: &[Step]) -> Vec<String> {
         steps
             .iter()
@@ -516,7 +527,7 @@ mod tests {
                 Step::Skip(j, n) => vec![format!("skip {} ({n})", j.key)],
                 Step::Load(b) => b
                     .iter()
-                    .map(|j| format!("load {} skipping {:?}", j.key, j.skip))
+                    .map(|j| format!("load {} skipping {:?}", j.key, pairs(&j.skip)))
                     .collect(),
             })
             .collect()
@@ -568,7 +579,7 @@ mod tests {
     #[test]
     fn intervals_merge_when_they_touch_or_overlap() {
         assert_eq!(
-            merge(vec![(5, 9), (0, 4), (12, 14), (13, 20)]),
+            pairs(&merge(spans(&[(5, 9), (0, 4), (12, 14), (13, 20)]))),
             vec![(0, 9), (12, 20)]
         );
     }

@@ -8,8 +8,9 @@ use crate::config::Settings;
 use crate::error::Error;
 use crate::output::format_table;
 use crate::progress::{self, PartitionProgress, Snapshot};
-use crate::warehouse::views::{read_build, BuildRecord};
 use crate::report::Report;
+use crate::warehouse::views::{read_build, BuildRecord};
+use crate::warehouse::views::{version_name, ViewTable};
 use crate::warehouse::{self, ledger, Names, Warehouse};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -225,8 +226,8 @@ fn view_status(
         view: view.to_string(),
         age_secs,
         live,
-        previous: version(wh, names, &format!("{view}__prev"))?,
-        rejected: version(wh, names, &format!("{view}__rejected"))?,
+        previous: version(wh, names, &version_name(view, ViewTable::Prev(1)))?,
+        rejected: version(wh, names, &version_name(view, ViewTable::Rejected))?,
     })
 }
 

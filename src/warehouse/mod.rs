@@ -13,6 +13,7 @@ pub mod views;
 pub use ledger::Ledger;
 pub use session::{SqlError, SqlSession};
 
+use crate::archive::layout::OffsetSpan;
 use crate::archive::{Compression, ObjectStore};
 use crate::config::{ArchiveSettings, WarehouseKind, WarehouseSettings};
 use crate::records::{ColumnType, Layout};
@@ -137,9 +138,8 @@ pub struct LoadJob {
     /// cursor), and how many objects that manifest lists.
     pub manifest: Option<String>,
     pub manifest_objects: Option<u32>,
-    /// Offset intervals (inclusive) loaded already by other objects: their records are
-    /// skipped, not loaded again.
-    pub skip: Vec<(i64, i64)>,
+    /// Offsets loaded already by other objects: their records are skipped, not loaded again.
+    pub skip: Vec<OffsetSpan>,
 }
 
 /// Loaded offset ranges (inclusive) per (topic, partition, epoch).
@@ -153,6 +153,13 @@ pub struct OffsetRange {
     pub epoch: i32,
     pub first: i64,
     pub last: i64,
+}
+
+impl OffsetRange {
+    /// Its offsets, without the partition they belong to.
+    pub fn span(&self) -> OffsetSpan {
+        OffsetSpan::new(self.first, self.last)
+    }
 }
 
 impl LoadJob {
@@ -171,7 +178,7 @@ impl LoadJob {
 
     /// Whether a record at this offset was loaded by another object.
     pub fn skipped(&self, offset: i64) -> bool {
-        self.skip.iter().any(|&(f, l)| f <= offset && offset <= l)
+        self.skip.iter().any(|s| s.contains(offset))
     }
 }
 
@@ -319,7 +326,6 @@ mod tests {
 pub mod conformance {
     use super::*;
     use crate::records::frame_into;
-    use sha2::Digest;
     use std::collections::HashSet;
     use std::io::Write;
 
@@ -346,7 +352,7 @@ pub mod conformance {
             } else {
                 Compression::None
             },
-            expected_sha256: Some(hex::encode(sha2::Sha256::digest(&body))),
+            expected_sha256: Some(crate::util::sha256_hex(&body)),
             expected_records: Some(records.len() as u64),
             ..Default::default()
         }

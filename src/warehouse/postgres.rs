@@ -35,7 +35,6 @@ struct Reject {
 
 impl Reject {
     fn new(line: u64, rec: &[u8], reason: String) -> Self {
-        use sha2::Digest;
         let text = String::from_utf8_lossy(&rec[..rec.len().min(REJECT_RAW_PREFIX + 4)]);
         let mut end = text.len().min(REJECT_RAW_PREFIX);
         while !text.is_char_boundary(end) {
@@ -45,7 +44,7 @@ impl Reject {
             line,
             raw: text[..end].replace('\0', "\u{fffd}"),
             bytes: rec.len() as u64,
-            sha256: hex::encode(sha2::Sha256::digest(rec)),
+            sha256: crate::util::sha256_hex(rec),
             reason: reason.chars().take(1000).collect(),
         }
     }

@@ -335,7 +335,6 @@ impl Redshift {
 
     /// The table whose `LOCK` is the run lock `name` (one table per lock: a LOCK takes all of it).
     fn lock_table(&self, name: &str) -> String {
-        use sha2::Digest;
         let clean: String = name
             .chars()
             .map(|c| {
@@ -350,7 +349,8 @@ impl Redshift {
         if t.len() <= 63 {
             return t;
         }
-        let h = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..4]);
+        // The first 4 bytes of the name's sha256, in hex.
+        let h = &crate::util::sha256_hex(name.as_bytes())[..8];
         format!("{}_{h}", &t[..54])
     }
 
@@ -673,23 +673,12 @@ fn move_sql(names: &Names, layout: &Layout) -> String {
 /// Streams an object through sha256 and compares it with its manifest's (Redshift's COPY
 /// cannot check a checksum, so the loader does, before anything is sent).
 fn verify_checksum(store: &dyn ObjectStore, j: &LoadJob) -> Result<()> {
-    use sha2::Digest;
     let Some(want) = &j.expected_sha256 else {
         return Ok(());
     };
-    struct Hasher(sha2::Sha256);
-    impl std::io::Write for Hasher {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.update(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut h = Hasher(sha2::Sha256::new());
+    let mut h = crate::util::Tally::hashing(std::io::sink());
     store.get_into(&j.key, &mut h)?;
-    let got = hex::encode(h.0.finalize());
+    let (got, _) = h.finish();
     if &got != want {
         bail!(
             "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
@@ -1131,11 +1120,10 @@ STATUPDATE OFF"
             ("t/c.log.zst", Compression::Zstd, Some(2), 2),
             ("t/d.log", Compression::None, None, 3),
         ] {
-            use sha2::Digest;
             let body = format!("object {key}");
             store.put_bytes_if_absent(key, body.as_bytes()).unwrap();
             let mut j = job(key, c, recs, p);
-            j.expected_sha256 = recs.map(|_| hex::encode(sha2::Sha256::digest(body.as_bytes())));
+            j.expected_sha256 = recs.map(|_| crate::util::sha256_hex(body.as_bytes()));
             j.manifest = Some("m1".into());
             j.manifest_objects = Some(4);
             jobs.push(j);

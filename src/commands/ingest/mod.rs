@@ -478,14 +478,8 @@ impl Run<'_> {
         for (key, a) in std::mem::take(&mut self.adopted) {
             let c = crate::archive::Compression::from_key(&key).unwrap_or_default();
             let mut file = crate::archive::download(self.store, &key, None)?;
-            let sha256 = {
-                use sha2::Digest;
-                use std::io::Seek;
-                let mut h = sha2::Sha256::new();
-                std::io::copy(&mut file, &mut h)?;
-                file.seek(std::io::SeekFrom::Start(0))?;
-                hex::encode(h.finalize())
-            };
+            let sha256 = crate::util::sha256_of(&mut file)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
             let mut reader = crate::records::FrameReader::new(crate::archive::decoder(file, c)?);
             let (mut records, mut bytes, mut rec) = (0u64, 0u64, Vec::new());
             while reader.next_into(&mut rec)? {
