@@ -99,12 +99,7 @@ fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) ->
             let ranges = loaded
                 .entry((r.topic.clone(), r.partition, r.epoch))
                 .or_default();
-            let overlap = merge(
-                ranges
-                    .iter()
-                    .filter_map(|&(f, l)| OffsetSpan::new(f, l).intersect(span))
-                    .collect(),
-            );
+            let overlap = merge(ranges.iter().filter_map(|s| s.intersect(span)).collect());
             if overlap == [span] {
                 let holes = job.gaps.as_ref().map_or(0, |g| g.len() as u64);
                 let records = job
@@ -114,7 +109,7 @@ fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) ->
             } else {
                 job.skip = overlap;
             }
-            ranges.push((r.first, r.last));
+            ranges.push(span);
         }
         match (skip_all, steps.last_mut()) {
             (Some(n), _) => steps.push(Step::Skip(job, n)),
@@ -536,7 +531,7 @@ mod tests {
     #[test]
     fn offsets_decide_what_loads_whatever_the_keys() {
         let mut loaded = BTreeMap::new();
-        loaded.insert(("t".to_string(), 0, 0), vec![(0, 9)]);
+        loaded.insert(("t".to_string(), 0, 0), vec![OffsetSpan::new(0, 9)]);
         let steps = plan_loads(
             loaded,
             vec![
@@ -564,7 +559,7 @@ mod tests {
     #[test]
     fn epochs_and_topics_are_separate_identities() {
         let mut loaded = BTreeMap::new();
-        loaded.insert(("t".to_string(), 0, 0), vec![(0, 9)]);
+        loaded.insert(("t".to_string(), 0, 0), vec![OffsetSpan::new(0, 9)]);
         let mut other_epoch = job("x", 0, 0, 9);
         other_epoch.range.as_mut().unwrap().epoch = 1;
         let mut other_topic = job("y", 0, 0, 9);

@@ -5,6 +5,7 @@
 
 use super::session::SqlContext;
 use super::{LoadJob, LoadResult, LoadedRanges, Names, Warehouse};
+use crate::archive::layout::OffsetSpan;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -260,7 +261,9 @@ impl<'a> Ledger<'a> {
                 need(1)? as i32,
                 need(2)? as i32,
             );
-            out.entry(id).or_default().push((need(3)?, need(4)?));
+            out.entry(id)
+                .or_default()
+                .push(OffsetSpan::new(need(3)?, need(4)?));
         }
         Ok(out)
     }

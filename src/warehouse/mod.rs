@@ -143,7 +143,7 @@ pub struct LoadJob {
 }
 
 /// Loaded offset ranges (inclusive) per (topic, partition, epoch).
-pub type LoadedRanges = BTreeMap<(String, i32, i32), Vec<(i64, i64)>>;
+pub type LoadedRanges = BTreeMap<(String, i32, i32), Vec<OffsetSpan>>;
 
 /// Where an object's records come from.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -412,7 +412,7 @@ pub mod conformance {
         let got = l.loaded_ranges(&[probe]).unwrap();
         assert_eq!(
             got,
-            LoadedRanges::from([(("t".into(), 0, 0), vec![(0, 2)])])
+            LoadedRanges::from([(("t".into(), 0, 0), vec![OffsetSpan::new(0, 2)])])
         );
         let sum = l.summary("t").unwrap();
         assert_eq!(

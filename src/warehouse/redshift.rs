@@ -395,10 +395,11 @@ impl Redshift {
         for j in jobs {
             let Some(r) = &j.range else { continue };
             let id = (r.topic.clone(), r.partition, r.epoch);
-            if let Some(&(f, l)) = ranges
+            if let Some(s) = ranges
                 .get(&id)
-                .and_then(|v| v.iter().find(|&&(f, l)| l >= r.first && f <= r.last))
+                .and_then(|v| v.iter().find(|s| s.intersect(r.span()).is_some()))
             {
+                let (f, l) = (s.first, s.last);
                 bail!(
                     "object {}: offsets {f}..{l} of topic {} partition {} epoch {} are loaded already (by another run since this one planned); nothing loaded",
                     j.key, r.topic, r.partition, r.epoch
