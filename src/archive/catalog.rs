@@ -1,6 +1,6 @@
 //! The archive's catalog: every read and write of batchlayer's own state in the archive. Per
 //! topic ([`Catalog`]): the head (epoch and next offsets, and the epoch bookkeeping of
-//! re-created topics), the in-flight markers of runs, the run manifests (stored, listed since
+//! re-created topics and of one ingest run, [`RunEpoch`]), the in-flight markers of runs, the run manifests (stored, listed since
 //! copy's cursor, read by key or by name), and the legacy entries of topics archived before the
 //! catalog existed; for the whole archive: its topics, every manifest, what a key is.
 //!
@@ -374,6 +374,67 @@ impl CatalogHead {
     }
 }
 
+/// One ingest run against the topic's head: the head as the run found it, the epoch the run
+/// archives, and the expired offsets it accepted as gaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunEpoch {
+    /// The head as found (emptied by a new epoch, moved past accepted gaps).
+    head: CatalogHead,
+    /// The epoch the run's objects carry.
+    pub epoch: i32,
+    /// Expired offsets the run accepted as gaps (`--accept-expired`).
+    pub expired: Vec<ExpiredGap>,
+}
+
+impl RunEpoch {
+    /// A run on the head found; under `--replay`, of the main archive's epoch `replay_epoch`.
+    pub fn new(mut head: CatalogHead, replay_epoch: Option<i32>) -> Self {
+        if let Some(e) = replay_epoch {
+            head.epoch = e;
+        }
+        RunEpoch {
+            epoch: head.epoch,
+            head,
+            expired: Vec::new(),
+        }
+    }
+
+    /// `--new-epoch`: the run archives the epoch after the head's; returns it.
+    pub fn start_next(&mut self) -> i32 {
+        self.epoch = self.head.start_next_epoch();
+        self.epoch
+    }
+
+    /// `--accept-expired`: records the gaps; each partition of one goes on after it.
+    pub fn accept_expired(&mut self, gaps: Vec<ExpiredGap>) {
+        self.head.skip_expired(&gaps);
+        self.expired = gaps;
+    }
+
+    /// What is wrong with partition `p`'s committed offset, if the archive holds offsets the
+    /// group has not committed (the offsets were reset, or the topic re-created).
+    pub fn committed_problem(&self, p: i32, committed: Option<i64>) -> Option<String> {
+        match (self.head.next.get(&p).copied(), committed) {
+            (Some(h), None) => Some(format!(
+                "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",
+                h - 1,
+                self.epoch
+            )),
+            (Some(h), Some(c)) if c < h => Some(format!(
+                "partition {p}: the committed offset {c} is behind the archive's next offset {h} (epoch {})",
+                self.epoch
+            )),
+            _ => None,
+        }
+    }
+
+    /// The head to store after the run committed `commits` ([`CatalogHead::after_run`]).
+    pub fn head_after(&self, commits: &[(i32, i64)], run_id: &str) -> CatalogHead {
+        self.head
+            .after_run(self.epoch, commits, &self.expired, run_id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +549,53 @@ mod tests {
             .after_run(0, &[(0, 5), (1, 7)], &[], "r1")
             .after_run(0, &[(0, 8)], &[], "r2");
         assert_eq!(same.next.get(&1), Some(&7), "the same epoch keeps them");
+    }
+
+    #[test]
+    fn a_run_epoch_checks_committed_offsets_and_moves_the_head() {
+        let found = CatalogHead::default().after_run(0, &[(0, 5), (1, 7)], &[], "r1");
+        let run = RunEpoch::new(found.clone(), None);
+        assert_eq!(run.epoch, 0);
+        assert_eq!(run.committed_problem(0, Some(5)), None);
+        assert_eq!(
+            run.committed_problem(2, None),
+            None,
+            "a partition the head lacks"
+        );
+        assert_eq!(
+            run.committed_problem(0, Some(4)).unwrap(),
+            "partition 0: the committed offset 4 is behind the archive's next offset 5 (epoch 0)"
+        );
+        assert_eq!(
+            run.committed_problem(1, None).unwrap(),
+            "partition 1: the group has no committed offset, but the archive holds offsets up to 6 (epoch 0)"
+        );
+        assert_eq!(RunEpoch::new(found.clone(), Some(3)).epoch, 3, "--replay");
+
+        let mut next = RunEpoch::new(found.clone(), None);
+        assert_eq!(next.start_next(), 1);
+        assert_eq!(
+            next.committed_problem(0, None),
+            None,
+            "the old positions are dropped"
+        );
+        let gap = ExpiredGap {
+            epoch: 1,
+            partition: 1,
+            first: 0,
+            last: 3,
+        };
+        next.accept_expired(vec![gap.clone()]);
+        assert_eq!(next.expired, vec![gap.clone()]);
+        assert!(
+            next.committed_problem(1, Some(3)).is_some(),
+            "behind the gap"
+        );
+        let head = next.head_after(&[(0, 9)], "r2");
+        assert_eq!(
+            head,
+            CatalogHead::default().after_run(1, &[(0, 9)], &[gap], "r2")
+        );
     }
 
     #[test]

@@ -9,13 +9,19 @@
 //!    object (left by a run that died before its commit) are skipped and the commit repaired.
 //!
 //! `spool` frames and compresses a partition's records into a temp file, `upload` stores
-//! finished files on a worker thread, and this module runs the consumer's state machine.
+//! finished files on a worker thread, `recovery` finds and adopts what crashed runs left,
+//! `membership` follows the group (assignments, partitions others hold), and this module runs
+//! the consumer's state machine.
 
+mod membership;
+mod recovery;
 mod spool;
 mod upload;
 
-use crate::archive::catalog::{Catalog, Marker};
-use crate::archive::layout::{self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, Rejected};
+use crate::archive::catalog::{Catalog, RunEpoch};
+use crate::archive::layout::{
+    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, OffsetSpan, Rejected,
+};
 use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
 use crate::config::{ArchiveSettings, Settings};
@@ -25,6 +31,9 @@ use crate::source::{Event, KafkaSource, Message, MessageSource, Mode, ReplayPoin
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
+pub use membership::Held;
+use membership::{Membership, Others};
+use recovery::Recovery;
 use serde::Serialize;
 use spool::Spool;
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,31 +71,6 @@ pub struct IngestOptions {
     /// archive's catalog is not checked against the group: the source starts where asked
     /// and never commits).
     pub replay_epoch: Option<i32>,
-}
-
-/// An archived object found in a listing.
-#[derive(Debug, Clone)]
-struct Listed {
-    partition: i32,
-    first: i64,
-    last: i64,
-    key: String,
-    size: u64,
-}
-
-/// A crashed run's object this run recognised (it skipped its offsets) and lists in its own
-/// manifest, so every stored object is in a manifest; with the tombstones seen in its range.
-#[derive(Debug, Clone)]
-struct Adopted {
-    object: Listed,
-    tombstones: Vec<i64>,
-}
-
-/// A partition another member of the group held when the run ended, and its lag.
-#[derive(Debug, Clone, Serialize)]
-pub struct Held {
-    pub partition: i32,
-    pub lag: i64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -243,51 +227,39 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
 
 #[derive(Default)]
 struct PartState {
-    /// Archived (first, last) ranges at or after where this run started, from the listing.
-    archived: Option<Vec<(i64, i64)>>,
+    /// Archived offset spans at or after where this run started, from the listing.
+    archived: Option<Vec<OffsetSpan>>,
     spool: Option<Spool>,
     /// The offset to commit: one past the last message handled.
     next_commit: Option<i64>,
 }
 
-/// One run's state: partitions, their spools, stored objects, and where the group stands.
+/// One run's state: partitions, their spools, stored objects; it polls the source and
+/// orchestrates the crash recovery and the group membership.
 struct Run<'a> {
     store: &'a dyn ObjectStore,
-    /// The topic's catalog: its head, markers and manifests.
+    /// The topic's catalog: its head and manifests.
     catalog: Catalog<'a>,
     settings: &'a ArchiveSettings,
     opts: &'a IngestOptions,
     topic: String,
     out: &'a Output,
     parts: BTreeMap<i32, PartState>,
-    listing: Option<Vec<Listed>>,
-    /// Markers of runs that died, found by this run's listing.
-    crashed_markers: Vec<String>,
-    adopted: BTreeMap<String, Adopted>,
+    /// This run's marker, and what crashed runs left.
+    recovery: Recovery<'a>,
+    /// Where this run stands in the group.
+    membership: Membership,
     run_id: String,
-    marker: Marker,
     objects: Vec<ObjectEntry>,
     rejected: Vec<Rejected>,
     summary: IngestSummary,
     uploader: Uploader,
-    /// The current assignment; None while waiting for one.
-    assigned: Option<BTreeSet<i32>>,
     eof: BTreeSet<i32>,
     started: Instant,
-    assign_wait_start: Instant,
     last_progress: Instant,
     pb: ProgressBar,
-    /// Every partition of the topic.
-    all_partitions: Vec<i32>,
-    /// Partitions other members hold that have lag, as last measured (and when).
-    held: Vec<Held>,
-    held_checked: Option<Instant>,
-    /// When this member last joined the group.
-    joined: Instant,
     /// The catalog head as this run found it, and the epoch it archives.
-    head: CatalogHead,
-    epoch: i32,
-    expired: Vec<ExpiredGap>,
+    head: RunEpoch,
     /// Committed offsets at assignment, and the partitions whose first message was seen.
     committed_at_assign: std::collections::HashMap<i32, Option<i64>>,
     first_seen: BTreeSet<i32>,
@@ -339,75 +311,19 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The objects a run that died may have left: under `--full-scan` the topic's whole
-    /// archive; otherwise only the folders the markers of dead runs name (what a run costs
-    /// then follows the crashes, not the archive's history).
-    fn list_candidates(&mut self) -> Result<Vec<crate::archive::ObjectMeta>> {
-        if self.opts.full_scan {
-            let prefix = layout::list_prefix(&self.settings.key_template, &self.topic);
-            return self.store.list(&prefix);
-        }
-        let mut folders = BTreeSet::new();
-        self.crashed_markers.clear();
-        for (key, marker) in self.catalog.markers_of_other_runs(&self.run_id)? {
-            folders.extend(marker.folders);
-            self.crashed_markers.push(key);
-        }
-        let mut out = Vec::new();
-        for f in folders {
-            out.extend(
-                self.store
-                    .list_folder(&format!("{}/", f.trim_end_matches('/')))?,
-            );
-        }
-        Ok(out)
-    }
-
-    fn archived_for(&mut self, p: i32) -> Result<&Vec<(i64, i64)>> {
-        if self.listing.is_none() {
-            let listed = self.list_candidates().with_context(|| {
-                format!(
-                    "listing the archive {} for reconciliation",
-                    self.store.describe()
-                )
-            })?;
-            let mut v = Vec::new();
-            for o in listed {
-                // Only objects of this topic's current epoch hold the same messages.
-                if let Some(n) = layout::parse_object_name(&o.key) {
-                    if n.topic == self.topic && n.epoch == self.epoch {
-                        v.push(Listed {
-                            partition: n.partition,
-                            first: n.first,
-                            last: n.last,
-                            key: o.key,
-                            size: o.size,
-                        });
-                    }
-                }
-            }
-            self.listing = Some(v);
-        }
-        let listing = self.listing.as_ref().expect("listed");
+    /// The offsets of partition `p` already archived (by runs that died before committing).
+    fn archived_for(&mut self, p: i32) -> Result<&[OffsetSpan]> {
+        self.recovery.list()?;
         let st = self.parts.entry(p).or_default();
         if st.archived.is_none() {
-            let mut r: Vec<(i64, i64)> = listing
-                .iter()
-                .filter(|x| x.partition == p)
-                .map(|x| (x.first, x.last))
-                .collect();
-            r.sort_unstable();
-            st.archived = Some(r);
+            st.archived = Some(self.recovery.archived(p));
         }
-        Ok(st.archived.as_ref().expect("set"))
+        Ok(st.archived.as_deref().expect("set"))
     }
 
     fn on_message(&mut self, m: Message) -> Result<()> {
         let p = m.partition;
-        let covered = self
-            .archived_for(p)?
-            .iter()
-            .any(|&(f, l)| f <= m.offset && m.offset <= l);
+        let covered = self.archived_for(p)?.iter().any(|s| s.contains(m.offset));
         if covered {
             // Already archived by a run that died before committing: skip, and cut the
             // current object here so no object spans the gap. A tombstone inside the archived
@@ -415,7 +331,7 @@ impl Run<'_> {
             if m.payload.is_none() {
                 self.reject_tombstone(p, m.offset);
             }
-            self.adopt(p, m.offset, m.payload.is_none());
+            self.recovery.adopt(p, m.offset, m.payload.is_none());
             self.flush_partition(p)?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
@@ -452,73 +368,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Notes the stored object that covers this offset: this run lists it in its manifest.
-    fn adopt(&mut self, p: i32, offset: i64, tombstone: bool) {
-        let Some(o) = self.listing.as_ref().and_then(|l| {
-            l.iter()
-                .find(|x| x.partition == p && x.first <= offset && offset <= x.last)
-        }) else {
-            return;
-        };
-        let a = self
-            .adopted
-            .entry(o.key.clone())
-            .or_insert_with(|| Adopted {
-                object: o.clone(),
-                tombstones: Vec::new(),
-            });
-        if tombstone {
-            a.tombstones.push(offset);
-        }
-    }
-
-    /// Reads each adopted object once (its checksum and record count) and lists it among
-    /// this run's objects.
-    fn describe_adopted(&mut self) -> Result<()> {
-        for (key, a) in std::mem::take(&mut self.adopted) {
-            let c = crate::archive::Compression::from_key(&key).unwrap_or_default();
-            let mut file = crate::archive::download(self.store, &key, None)?;
-            let sha256 = crate::util::sha256_of(&mut file)?;
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
-            let mut reader = crate::records::FrameReader::new(crate::archive::decoder(file, c)?);
-            let (mut records, mut bytes, mut rec) = (0u64, 0u64, Vec::new());
-            while reader.next_into(&mut rec)? {
-                records += 1;
-                bytes += rec.len() as u64 + 1;
-            }
-            self.out.debug(&format!(
-                "adopting {key} ({records} records) stored by a run that died before its manifest"
-            ));
-            self.summary.adopted.push(key.clone());
-            self.objects.push(ObjectEntry {
-                key,
-                topic: self.topic.clone(),
-                partition: a.object.partition,
-                first_offset: a.object.first,
-                last_offset: a.object.last,
-                records,
-                bytes: a.object.size,
-                uncompressed_bytes: bytes,
-                sha256,
-                compression: c,
-                gaps: a.tombstones,
-                max_timestamp_ms: None,
-            });
-        }
-        Ok(())
-    }
-
-    /// Records a folder this run stores objects in, in its marker, before the first object
-    /// there is stored.
-    fn mark_folder(&mut self, folder: &str) -> Result<()> {
-        if self.marker.folders.contains(folder) {
-            return Ok(());
-        }
-        self.marker.folders.insert(folder.to_string());
-        self.marker.run_id = self.run_id.clone();
-        self.catalog.store_marker(&self.marker)
-    }
-
     fn reject_tombstone(&mut self, partition: i32, offset: i64) {
         self.rejected.push(Rejected {
             partition,
@@ -533,7 +382,7 @@ impl Run<'_> {
             return Ok(());
         };
         let c = self.settings.compression;
-        let name = layout::epoch_file_name(&self.topic, self.epoch, p, sp.first, sp.last, c);
+        let name = layout::epoch_file_name(&self.topic, self.head.epoch, p, sp.first, sp.last, c);
         let dir = layout::folder(
             &self.settings.key_template,
             &self.topic,
@@ -564,7 +413,7 @@ impl Run<'_> {
             self.objects.push(entry);
             return Ok(());
         }
-        self.mark_folder(&dir)?;
+        self.recovery.mark_folder(&dir)?;
         self.upload(Pending {
             key,
             file: done.file,
@@ -577,76 +426,43 @@ impl Run<'_> {
     fn rejoin(&mut self, source: &mut dyn MessageSource) -> Result<()> {
         self.out.debug(&format!(
             "partitions {:?} still held by other members after {}s; joining the group again",
-            self.held.iter().map(|h| h.partition).collect::<Vec<_>>(),
-            self.joined.elapsed().as_secs()
+            self.membership
+                .held()
+                .iter()
+                .map(|h| h.partition)
+                .collect::<Vec<_>>(),
+            self.membership.since_joined().as_secs()
         ));
         let ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in ids {
             self.flush_partition(p)?;
         }
-        source.rejoin()?;
-        self.joined = Instant::now();
-        self.assigned = None;
-        self.assign_wait_start = Instant::now();
-        self.held_checked = None;
-        Ok(())
-    }
-
-    /// Partitions not assigned to this run that have lag (committed offset below the end),
-    /// measured at most every 2 s.
-    fn held_with_lag(&mut self, source: &dyn MessageSource) -> Result<&[Held]> {
-        if self
-            .held_checked
-            .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
-        {
-            let assigned = self.assigned.clone().unwrap_or_default();
-            let others: Vec<i32> = self
-                .all_partitions
-                .iter()
-                .copied()
-                .filter(|p| !assigned.contains(p))
-                .collect();
-            self.held = if others.is_empty() {
-                Vec::new()
-            } else {
-                describe_lag(source, &others)?
-                    .into_iter()
-                    .filter(|l| l.lag > 0)
-                    .map(|l| Held {
-                        partition: l.partition,
-                        lag: l.lag,
-                    })
-                    .collect()
-            };
-            self.held_checked = Some(Instant::now());
-        }
-        Ok(&self.held)
+        self.membership.rejoin(source)
     }
 
     /// Why the run stops now, if it does; fails when no assignment came in time. When every
     /// assigned partition is at its end but other members hold partitions with lag, it waits
-    /// (up to `member_wait` from the start) for a rebalance: a killed run's member holds its
-    /// partitions until its session times out, and then the group hands them over.
+    /// for them ([`Membership::others`]).
     fn stop_reason(&mut self, source: &mut dyn MessageSource) -> Result<Option<StopReason>> {
-        if let Some(a) = &self.assigned {
-            if a.iter().all(|p| self.eof.contains(p)) {
-                if self.opts.dry_run
-                    || self.limit_reached().is_some()
-                    || self.held_with_lag(source)?.is_empty()
-                {
-                    return Ok(Some(StopReason::EndOfPartitions));
-                }
-                if self.started.elapsed() >= self.opts.member_wait {
-                    return Ok(Some(StopReason::EndOfPartitionsOthersHeld));
-                }
-                if !self.opts.rejoin_after.is_zero()
-                    && self.joined.elapsed() >= self.opts.rejoin_after
-                {
-                    self.rejoin(source)?;
-                }
-                return Ok(None);
+        let at_end = self
+            .membership
+            .assigned()
+            .map(|a| a.iter().all(|p| self.eof.contains(p)));
+        if at_end == Some(true) {
+            if self.opts.dry_run || self.limit_reached().is_some() {
+                return Ok(Some(StopReason::EndOfPartitions));
             }
-        } else if self.assign_wait_start.elapsed() > self.opts.assignment_timeout {
+            return match self.membership.others(source, self.started)? {
+                Others::NoneLagging => Ok(Some(StopReason::EndOfPartitions)),
+                Others::WaitedLongEnough => Ok(Some(StopReason::EndOfPartitionsOthersHeld)),
+                Others::Rejoin => {
+                    self.rejoin(source)?;
+                    Ok(None)
+                }
+                Others::Wait => Ok(None),
+            };
+        }
+        if self.membership.assignment_overdue() {
             bail!(
                 "no partitions of topic {} were assigned to group {} within {}s (is the group coordinator up?)",
                 self.topic,
@@ -700,11 +516,7 @@ impl Run<'_> {
     }
 
     fn on_message_event(&mut self, m: Message) -> Result<()> {
-        if !self
-            .assigned
-            .as_ref()
-            .is_some_and(|a| a.contains(&m.partition))
-        {
+        if !self.membership.is_assigned(m.partition) {
             return Ok(());
         }
         if self.first_seen.insert(m.partition) {
@@ -764,23 +576,11 @@ impl Run<'_> {
         for &p in ps {
             let c = committed.get(&p).copied().flatten();
             self.committed_at_assign.insert(p, c);
-            let h = self.head.next.get(&p).copied();
             let lo = match known.as_ref().and_then(|k| k.get(&p)) {
                 Some(pos) => pos.low,
                 None => source.watermarks(p)?.0,
             };
-            match (h, c) {
-                (Some(h), None) => problems.push(format!(
-                    "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",
-                    h - 1,
-                    self.epoch
-                )),
-                (Some(h), Some(c)) if c < h => problems.push(format!(
-                    "partition {p}: the committed offset {c} is behind the archive's next offset {h} (epoch {})",
-                    self.epoch
-                )),
-                _ => {}
-            }
+            problems.extend(self.head.committed_problem(p, c));
             if let Some(c) = c {
                 if c < lo {
                     problems.push(format!(
@@ -803,7 +603,7 @@ impl Run<'_> {
     fn on_assigned(&mut self, source: &dyn MessageSource, ps: Vec<i32>) -> Result<()> {
         self.out.debug(&format!("assigned partitions {ps:?}"));
         self.check_positions(source, &ps)?;
-        self.listing = None;
+        self.recovery.forget_listing();
         for p in &ps {
             self.parts.entry(*p).or_default().archived = None;
         }
@@ -811,7 +611,7 @@ impl Run<'_> {
             self.pb.finish_and_clear();
             self.pb = self.out.progress(lag(source, &ps), "ingest", false);
         }
-        self.assigned = Some(ps.into_iter().collect());
+        self.membership.assign(ps);
         Ok(())
     }
 
@@ -828,14 +628,12 @@ impl Run<'_> {
             self.eof.remove(p);
         }
         self.rejected.retain(|r| !ps.contains(&r.partition));
-        // An assignment follows every revocation; wait for it before judging "done".
-        self.assigned = None;
-        self.assign_wait_start = Instant::now();
+        self.membership.revoked();
     }
 
     /// Fails the run when assigned partitions deliver nothing for the stall timeout.
     fn check_stall(&self) -> Result<()> {
-        let Some(a) = &self.assigned else {
+        let Some(a) = self.membership.assigned() else {
             return Ok(());
         };
         if a.iter().all(|p| self.eof.contains(p))
@@ -865,30 +663,10 @@ impl Run<'_> {
     /// behind it means the offsets were reset or the topic re-created. A failure here loses
     /// nothing (the next run's check only needs the head not to be ahead): it is a warning.
     fn store_head(&self, commits: &[(i32, i64)], run_id: &str) {
-        let head = self
-            .head
-            .after_run(self.epoch, commits, &self.expired, run_id);
+        let head = self.head.head_after(commits, run_id);
         if let Err(e) = self.catalog.store_head(&head) {
             self.out
                 .warn(&format!("the offsets are committed, but {e:#}"));
-        }
-    }
-
-    /// After the commit: this run's marker goes, and so do the dead runs' markers when this
-    /// run held every partition (their objects are adopted or their offsets committed).
-    fn remove_markers(&self) {
-        let mut removed = vec![self.catalog.remove_marker(&self.run_id)];
-        let held_all = self
-            .assigned
-            .as_ref()
-            .is_some_and(|a| self.all_partitions.iter().all(|p| a.contains(p)));
-        if held_all {
-            for k in &self.crashed_markers {
-                removed.push(self.catalog.remove_marker_at(k));
-            }
-        }
-        for e in removed.into_iter().filter_map(Result::err) {
-            self.out.warn(&format!("{e:#}"));
         }
     }
 
@@ -918,12 +696,12 @@ impl Run<'_> {
         started_at: DateTime<Utc>,
         rejected_key: Option<String>,
     ) -> Result<Option<String>> {
-        if self.objects.is_empty() && rejected_key.is_none() && self.expired.is_empty() {
+        if self.objects.is_empty() && rejected_key.is_none() && self.head.expired.is_empty() {
             return Ok(None);
         }
         let m = Manifest {
-            epoch: self.epoch,
-            expired: self.expired.clone(),
+            epoch: self.head.epoch,
+            expired: self.head.expired.clone(),
             run_id: run_id.to_string(),
             topic: self.topic.clone(),
             group: self.opts.group.clone(),
@@ -954,7 +732,10 @@ impl Run<'_> {
         }
         self.finish_uploads()?;
         if !self.opts.dry_run {
-            self.describe_adopted()?;
+            for entry in self.recovery.describe_adopted(self.out)? {
+                self.summary.adopted.push(entry.key.clone());
+                self.objects.push(entry);
+            }
         }
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
@@ -973,9 +754,10 @@ impl Run<'_> {
             )?;
         }
         let held = stopped_by == StopReason::EndOfPartitionsOthersHeld;
-        if held && self.assigned.as_ref().is_none_or(|a| a.is_empty()) {
+        if held && self.membership.holds_none() {
             let parts: Vec<String> = self
-                .held
+                .membership
+                .held()
                 .iter()
                 .map(|h| format!("{} (lag {})", h.partition, h.lag))
                 .collect();
@@ -991,17 +773,18 @@ impl Run<'_> {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
-            self.remove_markers();
+            self.recovery
+                .remove_markers(self.membership.holds_all(), self.out);
         }
         let mut sum = self.summary;
-        sum.epoch = self.epoch;
-        sum.expired = self.expired.clone();
+        sum.epoch = self.head.epoch;
+        sum.expired = self.head.expired.clone();
         if held {
-            sum.held_by_others = self.held.clone();
+            sum.held_by_others = self.membership.held().to_vec();
         }
         sum.committed = commits.into_iter().collect();
         sum.rejected = self.rejected.len() as u64;
-        sum.partitions = self.assigned.map(|a| a.len()).unwrap_or(0);
+        sum.partitions = self.membership.assigned_count();
         sum.objects = self.objects.len();
         sum.object_list = self.objects;
         sum.manifest_key = manifest_key;
@@ -1065,7 +848,57 @@ fn run_with(
     }
     let topic = source.topic().to_string();
     let catalog = Catalog::new(store, &topic);
-    let mut head = catalog.head_or_default()?;
+    let head = run_epoch(source, &catalog, opts, out)?;
+    source.start()?;
+    let run_id = layout::run_id(started_at);
+    let recovery = Recovery::new(
+        store,
+        catalog.clone(),
+        &settings.key_template,
+        opts.full_scan,
+        head.epoch,
+        &run_id,
+    );
+    let mut run = Run {
+        store,
+        catalog,
+        settings,
+        opts,
+        topic,
+        out,
+        parts: BTreeMap::new(),
+        recovery,
+        run_id,
+        objects: Vec::new(),
+        rejected: Vec::new(),
+        summary: IngestSummary {
+            dry_run: opts.dry_run,
+            ..Default::default()
+        },
+        uploader,
+        eof: BTreeSet::new(),
+        started: now,
+        last_progress: now,
+        pb: out.progress(0, "ingest", false),
+        membership: Membership::new(source.partitions()?, opts, now),
+        head,
+        committed_at_assign: Default::default(),
+        first_seen: BTreeSet::new(),
+    };
+    let stopped_by = run.consume(source)?;
+    run.finish(source, started_at, stopped_by)
+}
+
+/// The head this run finds and the epoch it archives: a topic's first run catalogues the
+/// topics archived before the catalog; `--new-epoch` starts the next epoch and
+/// `--accept-expired` records expired offsets as gaps (both move the group's offsets).
+fn run_epoch(
+    source: &mut dyn MessageSource,
+    catalog: &Catalog,
+    opts: &IngestOptions,
+    out: &Output,
+) -> Result<RunEpoch> {
+    let head = catalog.head_or_default()?;
     if head == CatalogHead::default() && !opts.dry_run && opts.replay_epoch.is_none() {
         let added = catalog.catalog_legacy_topics()?;
         if !added.is_empty() {
@@ -1075,59 +908,16 @@ fn run_with(
             ));
         }
     }
-    if let Some(e) = opts.replay_epoch {
-        head.epoch = e;
-    }
-    let mut epoch = head.epoch;
-    let mut expired = Vec::new();
+    let mut head = RunEpoch::new(head, opts.replay_epoch);
     if opts.new_epoch && !opts.dry_run {
-        epoch = head.start_next_epoch();
-        start_epoch(source, &topic, epoch, out)?;
+        let epoch = head.start_next();
+        start_epoch(source, catalog.topic(), epoch, out)?;
     }
     if opts.accept_expired && !opts.dry_run {
-        expired = accept_expired(source, epoch, out)?;
         // The head moves past the gap: the partition now goes on from its first offset.
-        head.skip_expired(&expired);
+        head.accept_expired(accept_expired(source, head.epoch, out)?);
     }
-    source.start()?;
-    let mut run = Run {
-        store,
-        catalog,
-        settings,
-        opts,
-        topic: source.topic().to_string(),
-        out,
-        parts: BTreeMap::new(),
-        listing: None,
-        crashed_markers: Vec::new(),
-        adopted: BTreeMap::new(),
-        run_id: layout::run_id(started_at),
-        marker: Marker::default(),
-        objects: Vec::new(),
-        rejected: Vec::new(),
-        summary: IngestSummary {
-            dry_run: opts.dry_run,
-            ..Default::default()
-        },
-        uploader,
-        assigned: None,
-        eof: BTreeSet::new(),
-        started: now,
-        assign_wait_start: now,
-        last_progress: now,
-        pb: out.progress(0, "ingest", false),
-        all_partitions: source.partitions()?,
-        held: Vec::new(),
-        held_checked: None,
-        joined: now,
-        head,
-        epoch,
-        expired,
-        committed_at_assign: Default::default(),
-        first_seen: BTreeSet::new(),
-    };
-    let stopped_by = run.consume(source)?;
-    run.finish(source, started_at, stopped_by)
+    Ok(head)
 }
 
 /// The range and prefix of `--replay`, or None for a normal run.
@@ -1252,64 +1042,9 @@ pub fn describe_lag(source: &dyn MessageSource, ps: &[i32]) -> Result<Vec<Partit
 mod tests {
     use super::*;
     use crate::archive::local::LocalStore;
-    use crate::config::KafkaSettings;
-    use crate::source::KafkaSource;
-    use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-
-    fn settings(brokers: String, topic: &str) -> KafkaSettings {
-        KafkaSettings {
-            brokers,
-            topic: topic.into(),
-            group: "held-group".into(),
-            stall_timeout_secs: 60,
-            ..Default::default()
-        }
-    }
-
-    fn produce(brokers: &str, topic: &str, partitions: i32, n: i32) {
-        let p: BaseProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()
-            .unwrap();
-        for i in 0..n {
-            let payload = format!("m{i}");
-            p.send(
-                BaseRecord::<(), str>::to(topic)
-                    .partition(i % partitions)
-                    .payload(&payload),
-            )
-            .unwrap();
-        }
-        p.flush(Duration::from_secs(10)).unwrap();
-    }
-
-    /// A live member that holds its partitions (reads nothing, commits nothing) until `stop`.
-    fn holder(
-        k: KafkaSettings,
-        stop: Arc<std::sync::atomic::AtomicBool>,
-    ) -> std::thread::JoinHandle<()> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let h = std::thread::spawn(move || {
-            let mut src = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
-            src.start().unwrap();
-            let mut told = false;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Event::Assigned(ps) = src.poll(Duration::from_millis(50)).unwrap() {
-                    if !ps.is_empty() && !told {
-                        tx.send(()).unwrap();
-                        told = true;
-                    }
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("holder assigned");
-        h
-    }
 
     /// Archive settings for a local directory: plain objects, folders per topic.
-    fn local_archive(dir: &std::path::Path) -> ArchiveSettings {
+    pub(super) fn local_archive(dir: &std::path::Path) -> ArchiveSettings {
         ArchiveSettings {
             location: crate::config::ArchiveLocation::Local(dir.to_path_buf()),
             compression: crate::archive::Compression::None,
@@ -1319,58 +1054,6 @@ mod tests {
             utc_offset_secs: 0,
             retry: Default::default(),
         }
-    }
-
-    fn ingest(k: &KafkaSettings, dir: &std::path::Path) -> Result<IngestSummary> {
-        let store = LocalStore::new(dir.to_path_buf());
-        let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
-        let archive = local_archive(dir);
-        let opts = IngestOptions {
-            assignment_timeout: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(30),
-            group: k.group.clone(),
-            member_wait: Duration::from_secs(3),
-            ..Default::default()
-        };
-        run(&mut src, &store, &archive, &opts, &Output::silent())
-    }
-
-    /// An ingest run while a live member holds partitions of a topic of `partitions` with
-    /// `n` messages in all.
-    fn ingest_beside_a_holder(topic: &str, partitions: i32, n: i32) -> Result<IngestSummary> {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(topic, partitions, 1).unwrap();
-        let brokers = cluster.bootstrap_servers();
-        produce(&brokers, topic, partitions, n);
-        let k = settings(brokers, topic);
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let h = holder(k.clone(), stop.clone());
-        let dir = tempfile::tempdir().unwrap();
-        let r = ingest(&k, dir.path());
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        h.join().unwrap();
-        r
-    }
-
-    #[test]
-    fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
-        let err = ingest_beside_a_holder("held1", 1, 50).unwrap_err();
-        assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
-        let msg = format!("{err:#}");
-        assert!(
-            msg.contains("0 (lag 50)") && msg.contains("committed nothing"),
-            "{msg}"
-        );
-    }
-
-    #[test]
-    fn a_run_that_reads_some_partitions_names_the_ones_others_held() {
-        let sum = ingest_beside_a_holder("held2", 2, 40).unwrap();
-        assert_eq!(sum.partitions, 1);
-        assert_eq!(sum.messages, 20);
-        assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
-        assert_eq!(sum.held_by_others[0].lag, 20);
-        assert!(sum.stopped_by.as_str().contains("held by other members"));
     }
 
     /// A message source double for what no local broker can produce: a partition whose first

@@ -1,0 +1,295 @@
+//! Group membership for ingest: the partitions the group assigned to this run, the partitions
+//! other members hold while they have lag (a killed run's member holds its partitions until its
+//! session times out), waiting for those, and joining the group again.
+
+use super::{describe_lag, IngestOptions};
+use crate::source::MessageSource;
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// A partition another member of the group held when the run ended, and its lag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    pub partition: i32,
+    pub lag: i64,
+}
+
+/// What a run whose assigned partitions are all at their end does about the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Others {
+    /// No other member holds a partition with lag: the run is done.
+    NoneLagging,
+    /// Others still hold partitions with lag after `member_wait` from the run's start.
+    WaitedLongEnough,
+    /// Others hold partitions with lag; join the group again (`rejoin_after` has passed).
+    Rejoin,
+    /// Others hold partitions with lag; keep waiting for a rebalance.
+    Wait,
+}
+
+/// This run's place in the group.
+pub(super) struct Membership {
+    /// Every partition of the topic.
+    all_partitions: Vec<i32>,
+    /// The current assignment; None while waiting for one.
+    assigned: Option<BTreeSet<i32>>,
+    assign_wait_start: Instant,
+    /// Partitions other members hold that have lag, as last measured (and when).
+    held: Vec<Held>,
+    held_checked: Option<Instant>,
+    /// When this member last joined the group.
+    joined: Instant,
+    assignment_timeout: Duration,
+    member_wait: Duration,
+    rejoin_after: Duration,
+}
+
+impl Membership {
+    /// A member that joined at `now` and waits for its assignment.
+    pub(super) fn new(all_partitions: Vec<i32>, opts: &IngestOptions, now: Instant) -> Self {
+        Membership {
+            all_partitions,
+            assigned: None,
+            assign_wait_start: now,
+            held: Vec::new(),
+            held_checked: None,
+            joined: now,
+            assignment_timeout: opts.assignment_timeout,
+            member_wait: opts.member_wait,
+            rejoin_after: opts.rejoin_after,
+        }
+    }
+
+    /// The current assignment; None while waiting for one.
+    pub(super) fn assigned(&self) -> Option<&BTreeSet<i32>> {
+        self.assigned.as_ref()
+    }
+
+    pub(super) fn is_assigned(&self, p: i32) -> bool {
+        self.assigned.as_ref().is_some_and(|a| a.contains(&p))
+    }
+
+    /// How many partitions the run holds (0 while waiting for an assignment).
+    pub(super) fn assigned_count(&self) -> usize {
+        self.assigned.as_ref().map(|a| a.len()).unwrap_or(0)
+    }
+
+    /// Whether the run holds no partition at all.
+    pub(super) fn holds_none(&self) -> bool {
+        self.assigned.as_ref().is_none_or(|a| a.is_empty())
+    }
+
+    /// Whether the run holds every partition of the topic.
+    pub(super) fn holds_all(&self) -> bool {
+        self.assigned
+            .as_ref()
+            .is_some_and(|a| self.all_partitions.iter().all(|p| a.contains(p)))
+    }
+
+    pub(super) fn assign(&mut self, ps: Vec<i32>) {
+        self.assigned = Some(ps.into_iter().collect());
+    }
+
+    /// An assignment follows every revocation; wait for it before judging "done".
+    pub(super) fn revoked(&mut self) {
+        self.assigned = None;
+        self.assign_wait_start = Instant::now();
+    }
+
+    /// Whether the run has waited for an assignment longer than `assignment_timeout`.
+    pub(super) fn assignment_overdue(&self) -> bool {
+        self.assigned.is_none() && self.assign_wait_start.elapsed() > self.assignment_timeout
+    }
+
+    /// The partitions with lag other members held, as last measured.
+    pub(super) fn held(&self) -> &[Held] {
+        &self.held
+    }
+
+    /// How long ago this member last joined the group.
+    pub(super) fn since_joined(&self) -> Duration {
+        self.joined.elapsed()
+    }
+
+    /// Partitions not assigned to this run that have lag (committed offset below the end),
+    /// measured at most every 2 s.
+    fn held_with_lag(&mut self, source: &dyn MessageSource) -> Result<&[Held]> {
+        if self
+            .held_checked
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+        {
+            let assigned = self.assigned.clone().unwrap_or_default();
+            let others: Vec<i32> = self
+                .all_partitions
+                .iter()
+                .copied()
+                .filter(|p| !assigned.contains(p))
+                .collect();
+            self.held = if others.is_empty() {
+                Vec::new()
+            } else {
+                describe_lag(source, &others)?
+                    .into_iter()
+                    .filter(|l| l.lag > 0)
+                    .map(|l| Held {
+                        partition: l.partition,
+                        lag: l.lag,
+                    })
+                    .collect()
+            };
+            self.held_checked = Some(Instant::now());
+        }
+        Ok(&self.held)
+    }
+
+    /// Every assigned partition is at its end: whether other members hold partitions with
+    /// lag, and if so whether to go on waiting (up to `member_wait` from the run's start, for
+    /// a rebalance: a killed run's member holds its partitions until its session times out,
+    /// and then the group hands them over) or to join the group again.
+    pub(super) fn others(
+        &mut self,
+        source: &dyn MessageSource,
+        started: Instant,
+    ) -> Result<Others> {
+        if self.held_with_lag(source)?.is_empty() {
+            return Ok(Others::NoneLagging);
+        }
+        if started.elapsed() >= self.member_wait {
+            return Ok(Others::WaitedLongEnough);
+        }
+        if !self.rejoin_after.is_zero() && self.joined.elapsed() >= self.rejoin_after {
+            return Ok(Others::Rejoin);
+        }
+        Ok(Others::Wait)
+    }
+
+    /// Leaves and joins the group again, and waits for the new assignment.
+    pub(super) fn rejoin(&mut self, source: &mut dyn MessageSource) -> Result<()> {
+        source.rejoin()?;
+        self.joined = Instant::now();
+        self.assigned = None;
+        self.assign_wait_start = Instant::now();
+        self.held_checked = None;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::local_archive;
+    use super::super::{run, IngestOptions, IngestSummary};
+    use crate::archive::local::LocalStore;
+    use crate::config::KafkaSettings;
+    use crate::output::Output;
+    use crate::source::{Event, KafkaSource, MessageSource, Mode};
+    use anyhow::Result;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn settings(brokers: String, topic: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers,
+            topic: topic.into(),
+            group: "held-group".into(),
+            stall_timeout_secs: 60,
+            ..Default::default()
+        }
+    }
+
+    fn produce(brokers: &str, topic: &str, partitions: i32, n: i32) {
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .unwrap();
+        for i in 0..n {
+            let payload = format!("m{i}");
+            p.send(
+                BaseRecord::<(), str>::to(topic)
+                    .partition(i % partitions)
+                    .payload(&payload),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// A live member that holds its partitions (reads nothing, commits nothing) until `stop`.
+    fn holder(
+        k: KafkaSettings,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let mut src = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
+            src.start().unwrap();
+            let mut told = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Event::Assigned(ps) = src.poll(Duration::from_millis(50)).unwrap() {
+                    if !ps.is_empty() && !told {
+                        tx.send(()).unwrap();
+                        told = true;
+                    }
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("holder assigned");
+        h
+    }
+
+    fn ingest(k: &KafkaSettings, dir: &std::path::Path) -> Result<IngestSummary> {
+        let store = LocalStore::new(dir.to_path_buf());
+        let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
+        let archive = local_archive(dir);
+        let opts = IngestOptions {
+            assignment_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+            group: k.group.clone(),
+            member_wait: Duration::from_secs(3),
+            ..Default::default()
+        };
+        run(&mut src, &store, &archive, &opts, &Output::silent())
+    }
+
+    /// An ingest run while a live member holds partitions of a topic of `partitions` with
+    /// `n` messages in all.
+    fn ingest_beside_a_holder(topic: &str, partitions: i32, n: i32) -> Result<IngestSummary> {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topic, partitions, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, topic, partitions, n);
+        let k = settings(brokers, topic);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = holder(k.clone(), stop.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let r = ingest(&k, dir.path());
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
+        let err = ingest_beside_a_holder("held1", 1, 50).unwrap_err();
+        assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("0 (lag 50)") && msg.contains("committed nothing"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_run_that_reads_some_partitions_names_the_ones_others_held() {
+        let sum = ingest_beside_a_holder("held2", 2, 40).unwrap();
+        assert_eq!(sum.partitions, 1);
+        assert_eq!(sum.messages, 20);
+        assert_eq!(sum.held_by_others.len(), 1, "{:?}", sum.held_by_others);
+        assert_eq!(sum.held_by_others[0].lag, 20);
+        assert!(sum.stopped_by.as_str().contains("held by other members"));
+    }
+}
