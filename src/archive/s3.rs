@@ -53,7 +53,7 @@ fn transient(e: &S3Error) -> bool {
 /// credentials (ECS/EKS), EC2 instance metadata; else anonymous. Returns the credentials and
 /// the name of their source. Temporary credentials carry their expiry, and rust-s3 refreshes
 /// them from the same source before a request once they have expired.
-fn credentials(
+pub(crate) fn credentials(
     id: &Option<String>,
     secret: &Option<Secret>,
     token: &Option<Secret>,

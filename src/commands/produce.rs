@@ -72,13 +72,17 @@ pub fn exec(a: &ProduceArgs, s: &Settings) -> Result<Report> {
     }))
 }
 
-fn client_config(k: &KafkaSettings) -> ClientConfig {
-    crate::source::client_config(k)
+fn client_config(k: &KafkaSettings) -> Result<ClientConfig> {
+    if k.msk_iam.is_some() {
+        // Its producer and admin clients have no token callback (only ingest's consumer has).
+        anyhow::bail!("produce-tweets does not support kafka.sasl_mechanism = \"AWS_MSK_IAM\"");
+    }
+    Ok(crate::source::client_config(k))
 }
 
 /// Creates the topic unless it exists.
 pub fn create_topic(k: &KafkaSettings, partitions: i32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = client_config(k)
+    let admin: AdminClient<DefaultClientContext> = client_config(k)?
         .create()
         .context("creating Kafka admin client")?;
     let topic = NewTopic::new(&k.topic, partitions, TopicReplication::Fixed(1));
@@ -101,7 +105,7 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
     if let Some(p) = o.partitions {
         create_topic(k, p)?;
     }
-    let producer: ThreadedProducer<Counting> = client_config(k)
+    let producer: ThreadedProducer<Counting> = client_config(k)?
         .set("linger.ms", "20")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "200000")

@@ -76,8 +76,12 @@ pub struct KafkaFile {
     pub group: Option<String>,
     /// security.protocol (plaintext, ssl, sasl_plaintext, sasl_ssl).
     pub security_protocol: Option<String>,
-    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512).
+    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER), or AWS_MSK_IAM:
+    /// Amazon MSK's IAM authentication (OAUTHBEARER with a SigV4-signed token).
     pub sasl_mechanism: Option<String>,
+    /// AWS_MSK_IAM: the region the token is signed for (default: from the brokers' host
+    /// names, else AWS_REGION, else AWS_DEFAULT_REGION).
+    pub aws_region: Option<String>,
     pub sasl_username: Option<String>,
     /// Secret; BATCHLAYER_KAFKA_SASL_PASSWORD overrides.
     pub sasl_password: Option<Secret>,

@@ -98,6 +98,20 @@ pub struct KafkaSettings {
     pub member_wait_secs: u64,
     pub group_instance_id: Option<String>,
     pub retry: RetryPolicy,
+    /// Amazon MSK IAM authentication (`sasl_mechanism = "AWS_MSK_IAM"`): librdkafka then
+    /// speaks OAUTHBEARER and the source signs its tokens.
+    pub msk_iam: Option<MskIamSettings>,
+}
+
+/// What signing MSK IAM tokens needs: the region and the AWS credentials, found as the
+/// archive finds its own (keys from the environment or `[archive]`, then the chain).
+#[derive(Debug, Clone)]
+pub struct MskIamSettings {
+    pub region: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    pub chain: AwsChain,
 }
 
 #[derive(Debug, Clone)]
@@ -368,7 +382,7 @@ pub fn load(flag: Option<&Path>, overrides: &Overrides, env: &dyn Env) -> Result
 /// configuration error (exit 2).
 pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Settings, Error> {
     let retry = retry_policy(&file.retry).or_config()?;
-    let kafka = kafka_settings(&file.kafka, env, flags, retry).or_config()?;
+    let kafka = kafka_settings(&file.kafka, &file.archive, env, flags, retry).or_config()?;
     let archive = archive_settings(&file.archive, env, flags, retry).or_config()?;
     let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive, retry).or_config()?;
     let layout = layout_settings(file.records.as_ref()).or_config()?;

@@ -8,9 +8,9 @@ use super::file::{
 };
 use super::time::{parse_duration, TimeSpec};
 use super::{
-    AggregateSettings, ArchiveLocation, ArchiveSettings, AwsChain, Env, KafkaSettings, Overrides,
-    PgTls, RedshiftSettings, Secret, SslMode, StatusSettings, UiSettings, ViewSettings,
-    WarehouseKind, WarehouseSettings,
+    AggregateSettings, ArchiveLocation, ArchiveSettings, AwsChain, Env, KafkaSettings,
+    MskIamSettings, Overrides, PgTls, RedshiftSettings, Secret, SslMode, StatusSettings,
+    UiSettings, ViewSettings, WarehouseKind, WarehouseSettings,
 };
 use crate::archive::layout::Compression;
 use crate::output::LogFormat;
@@ -79,8 +79,71 @@ pub(super) fn retry_policy(r: &RetryFile) -> Result<RetryPolicy> {
     })
 }
 
+/// The region an MSK broker's host name names: `b-1.NAME.ID.c2.kafka.REGION.amazonaws.com`
+/// (provisioned) or `boot-ID.c1.kafka-serverless.REGION.amazonaws.com` (Serverless).
+fn region_from_brokers(brokers: &str) -> Option<String> {
+    brokers.split(',').find_map(|b| {
+        let host = b.trim().rsplit_once(':').map_or(b.trim(), |(h, _)| h);
+        let labels: Vec<&str> = host.split('.').collect();
+        let n = labels.len();
+        (n >= 4
+            && labels[n - 2] == "amazonaws"
+            && matches!(labels[n - 4], "kafka" | "kafka-serverless"))
+        .then(|| labels[n - 3].to_string())
+    })
+}
+
+/// `sasl_mechanism = "AWS_MSK_IAM"`: the region (kafka.aws_region, else the brokers' host
+/// names, else AWS_REGION, else AWS_DEFAULT_REGION; never a guessed default) and the
+/// credentials the archive would use (keys from the environment, else `[archive]`'s keys,
+/// else the chain: profile, web identity, container, instance metadata).
+fn msk_iam_settings(
+    k: &KafkaFile,
+    a: &ArchiveFile,
+    env: &dyn Env,
+    brokers: &str,
+) -> Result<MskIamSettings> {
+    let region = k
+        .aws_region
+        .clone()
+        .or_else(|| region_from_brokers(brokers))
+        .or_else(|| env.var("AWS_REGION"))
+        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+        .ok_or_else(|| {
+            anyhow!("kafka.sasl_mechanism = \"AWS_MSK_IAM\" needs a region: set kafka.aws_region (or AWS_REGION); the brokers' host names ({brokers}) do not name one")
+        })?;
+    let plain = !region.is_empty()
+        && region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !plain {
+        bail!("kafka.aws_region {region:?} is not an AWS region name (like eu-west-1)");
+    }
+    if let Some(p) = &k.security_protocol {
+        if !p.to_ascii_lowercase().starts_with("sasl_") {
+            bail!("kafka.security_protocol {p:?} cannot carry AWS_MSK_IAM (SASL): use sasl_ssl (the default with AWS_MSK_IAM)");
+        }
+    }
+    Ok(MskIamSettings {
+        region,
+        access_key_id: env
+            .var("AWS_ACCESS_KEY_ID")
+            .or_else(|| a.access_key_id.clone()),
+        secret_access_key: env
+            .var("AWS_SECRET_ACCESS_KEY")
+            .map(Secret::new)
+            .or_else(|| a.secret_access_key.clone()),
+        session_token: env
+            .var("AWS_SESSION_TOKEN")
+            .map(Secret::new)
+            .or_else(|| a.session_token.clone()),
+        chain: aws_chain(a, env),
+    })
+}
+
 pub(super) fn kafka_settings(
     k: &KafkaFile,
+    a: &ArchiveFile,
     env: &dyn Env,
     flags: &Overrides,
     retry: RetryPolicy,
@@ -108,15 +171,39 @@ pub(super) fn kafka_settings(
             );
         }
     }
+    let brokers = pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
+        .unwrap_or_else(|| "127.0.0.1:9092".into());
+    let msk_iam = match &k.sasl_mechanism {
+        Some(m) if m.eq_ignore_ascii_case("AWS_MSK_IAM") => {
+            Some(msk_iam_settings(k, a, env, &brokers)?)
+        }
+        _ => {
+            if k.aws_region.is_some() {
+                bail!("kafka.aws_region is used only with kafka.sasl_mechanism = \"AWS_MSK_IAM\"");
+            }
+            None
+        }
+    };
+    let (security_protocol, sasl_mechanism) = match &msk_iam {
+        // MSK IAM is SASL/OAUTHBEARER over TLS (port 9098; 9198 for public access).
+        Some(_) => (
+            Some(
+                k.security_protocol
+                    .clone()
+                    .unwrap_or_else(|| "sasl_ssl".into()),
+            ),
+            Some("OAUTHBEARER".to_string()),
+        ),
+        None => (k.security_protocol.clone(), k.sasl_mechanism.clone()),
+    };
     Ok(KafkaSettings {
-        brokers: pick(&flags.brokers, env, "BATCHLAYER_KAFKA_BROKERS", &k.brokers)
-            .unwrap_or_else(|| "127.0.0.1:9092".into()),
+        brokers,
         // Only ingest needs a topic: `Settings::require_kafka` names it when missing.
         topic: pick(&flags.topic, env, "BATCHLAYER_KAFKA_TOPIC", &k.topic).unwrap_or_default(),
         group: pick(&flags.group, env, "BATCHLAYER_KAFKA_GROUP", &k.group)
             .unwrap_or_else(|| "batchlayer".into()),
-        security_protocol: k.security_protocol.clone(),
-        sasl_mechanism: k.sasl_mechanism.clone(),
+        security_protocol,
+        sasl_mechanism,
         sasl_username: env
             .var("BATCHLAYER_KAFKA_SASL_USERNAME")
             .or_else(|| k.sasl_username.clone()),
@@ -138,6 +225,7 @@ pub(super) fn kafka_settings(
         member_wait_secs: k.member_wait_secs.unwrap_or(30),
         group_instance_id: k.group_instance_id.clone(),
         retry,
+        msk_iam,
     })
 }
 
@@ -660,6 +748,85 @@ mod tests {
         let err = resolve(file(), &bad, &none).unwrap_err().to_string();
         assert!(err.contains("BATCHLAYER_LOG_FORMAT"), "{err}");
         assert!(parse_file("[log]\nformat = \"xml\"\n").is_err());
+    }
+
+    #[test]
+    fn aws_msk_iam_is_oauthbearer_over_tls_with_the_archive_credentials() {
+        let text = "[kafka]\nsasl_mechanism = \"AWS_MSK_IAM\"\n\
+                    brokers = \"b-1.demo.abc123.c2.kafka.eu-west-1.amazonaws.com:9098,b-2.demo.abc123.c2.kafka.eu-west-1.amazonaws.com:9098\"\n\
+                    [archive]\nprofile = \"msk\"\n";
+        let e = env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret-from-env"),
+            ("AWS_SESSION_TOKEN", "token-from-env"),
+            ("AWS_REGION", "us-east-1"),
+        ]);
+        let s = resolve(parse_file(text).unwrap(), &e, &Overrides::default()).unwrap();
+        let m = s.kafka.msk_iam.as_ref().expect("msk_iam settings");
+        // The brokers' host names beat AWS_REGION (which may be the archive bucket's).
+        assert_eq!(m.region, "eu-west-1");
+        assert_eq!(m.access_key_id.as_deref(), Some("AKIDEXAMPLE"));
+        assert_eq!(m.session_token.as_ref().unwrap().expose(), "token-from-env");
+        assert_eq!(m.chain.profile.as_deref(), Some("msk"));
+        assert_eq!(s.kafka.sasl_mechanism.as_deref(), Some("OAUTHBEARER"));
+        assert_eq!(s.kafka.security_protocol.as_deref(), Some("sasl_ssl"));
+        let dbg = format!("{:?}", s.kafka);
+        assert!(
+            !dbg.contains("secret-from-env") && !dbg.contains("token-from-env"),
+            "{dbg}"
+        );
+
+        // kafka.aws_region beats the host names; Serverless host names name theirs too.
+        let explicit = "[kafka]\nsasl_mechanism = \"aws_msk_iam\"\naws_region = \"ap-south-1\"\nbrokers = \"b-1.x.kafka.eu-west-1.amazonaws.com:9098\"\n";
+        let s = resolve(
+            parse_file(explicit).unwrap(),
+            &env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.msk_iam.unwrap().region, "ap-south-1");
+        assert_eq!(
+            region_from_brokers("boot-abc.c1.kafka-serverless.us-east-2.amazonaws.com:9098"),
+            Some("us-east-2".into())
+        );
+        assert_eq!(region_from_brokers("127.0.0.1:9092,kafka:9092"), None);
+
+        // Elsewhere AWS_REGION, then AWS_DEFAULT_REGION; never a guessed default.
+        let local = "[kafka]\nsasl_mechanism = \"AWS_MSK_IAM\"\nbrokers = \"127.0.0.1:9098\"\n";
+        let s = resolve(
+            parse_file(local).unwrap(),
+            &env(&[("AWS_DEFAULT_REGION", "sa-east-1")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.msk_iam.unwrap().region, "sa-east-1");
+        let err = resolve(parse_file(local).unwrap(), &env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kafka.aws_region"), "{err}");
+    }
+
+    #[test]
+    fn aws_msk_iam_refuses_what_cannot_work() {
+        let refused = |text: &str| {
+            resolve(
+                parse_file(text).unwrap(),
+                &env(&[("AWS_REGION", "us-east-1")]),
+                &Overrides::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        let err =
+            refused("[kafka]\nsasl_mechanism = \"AWS_MSK_IAM\"\nsecurity_protocol = \"ssl\"\n");
+        assert!(
+            err.contains("kafka.security_protocol") && err.contains("sasl_ssl"),
+            "{err}"
+        );
+        let err = refused("[kafka]\nsasl_mechanism = \"AWS_MSK_IAM\"\naws_region = \"EU West\"\n");
+        assert!(err.contains("kafka.aws_region"), "{err}");
+        let err = refused("[kafka]\nsasl_mechanism = \"PLAIN\"\naws_region = \"us-east-1\"\n");
+        assert!(err.contains("AWS_MSK_IAM"), "{err}");
     }
 
     #[test]
