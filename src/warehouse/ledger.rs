@@ -682,8 +682,9 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(w.0.log.len(), 4);
         assert_eq!(w.0.log[0], "exists l");
-        assert!(w.0.log[1]
-            .starts_with("SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"key\" IN ('k0', 'k1', "));
+        assert!(w.0.log[1].starts_with(
+            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"key\" IN ('k0', 'k1', "
+        ));
     }
 
     /// An object with no offsets or manifest is written with NULLs.

@@ -704,6 +704,19 @@ pub mod conformance {
         );
         let (_, rows) = wh.session().query_text("SELECT NULL AS n").unwrap();
         assert_eq!(rows, vec![vec![None]], "NULL comes back as None");
+        // Values come back whole (no cast: Redshift's TEXT is VARCHAR(256)) and in the
+        // query's order (no wrapper around it).
+        let long = format!("t/{}", "k".repeat(400));
+        let quoted = wh.literal(&long);
+        let (_, rows) = wh
+            .session()
+            .query_text(&format!(
+                "SELECT 'a' AS v UNION ALL SELECT {} UNION ALL SELECT 'z' ORDER BY 1 DESC",
+                quoted
+            ))
+            .unwrap();
+        let got: Vec<Option<String>> = rows.into_iter().map(|mut r| r.remove(0)).collect();
+        assert_eq!(got, vec![Some("z".into()), Some(long), Some("a".into())]);
         assert!(wh.load_sql(&[a], layout).iter().any(|s| s.contains(raw)));
     }
 }

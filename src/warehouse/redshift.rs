@@ -232,8 +232,7 @@ pub fn copy_sql(
 /// The query that explains a failed COPY (run after the rollback: `stl_load_errors` is not
 /// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
 /// own name: `SqlSession::query_text` selects them by name.
-pub const LOAD_ERRORS_SQL: &str =
-    r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#;
+pub const LOAD_ERRORS_SQL: &str = r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#;
 
 /// Builds the COPY statement's fixed parts from the settings.
 pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<CopySpec> {

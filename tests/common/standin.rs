@@ -886,24 +886,162 @@ fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>)
 /// Amazon Redshift's reserved words, the whole list as the page gives it: usable as identifiers
 /// only quoted. <https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html>
 pub const RESERVED: &[&str] = &[
-    "AES128", "AES256", "ALL", "ALLOWOVERWRITE", "ANALYSE", "ANALYZE", "AND", "ANY", "ARRAY",
-    "AS", "ASC", "AUTHORIZATION", "AZ64", "BACKUP", "BETWEEN", "BINARY", "BLANKSASNULL", "BOTH",
-    "BYTEDICT", "BZIP2", "CASE", "CAST", "CHECK", "COLLATE", "COLUMN", "CONSTRAINT", "CREATE",
-    "CREDENTIALS", "CROSS", "CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIMESTAMP", "CURRENT_USER",
-    "CURRENT_USER_ID", "DEFAULT", "DEFERRABLE", "DEFLATE", "DEFRAG", "DELTA", "DELTA32K", "DESC",
-    "DISABLE", "DISTINCT", "DO", "ELSE", "EMPTYASNULL", "ENABLE", "ENCODE", "ENCRYPT",
-    "ENCRYPTION", "END", "EXCEPT", "EXPLICIT", "FALSE", "FOR", "FOREIGN", "FREEZE", "FROM", "FULL",
-    "GLOBALDICT256", "GLOBALDICT64K", "GRANT", "GROUP", "GZIP", "HAVING", "IDENTITY", "IGNORE",
-    "ILIKE", "IN", "INITIALLY", "INNER", "INTERSECT", "INTERVAL", "INTO", "IS", "ISNULL", "JOIN",
-    "LEADING", "LEFT", "LIKE", "LIMIT", "LOCALTIME", "LOCALTIMESTAMP", "LUN", "LUNS", "LZO",
-    "LZOP", "MINUS", "MOSTLY16", "MOSTLY32", "MOSTLY8", "NATURAL", "NEW", "NOT", "NOTNULL", "NULL",
-    "NULLS", "OFF", "OFFLINE", "OFFSET", "OID", "OLD", "ON", "ONLY", "OPEN", "OR", "ORDER",
-    "OUTER", "OVERLAPS", "PARALLEL", "PARTITION", "PERCENT", "PERMISSIONS", "PIVOT", "PLACING",
-    "PRIMARY", "RAW", "READRATIO", "RECOVER", "REFERENCES", "REJECTLOG", "RESORT", "RESPECT",
-    "RESTORE", "RIGHT", "SELECT", "SESSION_USER", "SIMILAR", "SNAPSHOT", "SOME", "SYSDATE",
-    "SYSTEM", "TABLE", "TAG", "TDES", "TEXT255", "TEXT32K", "THEN", "TIMESTAMP", "TO", "TOP",
-    "TRAILING", "TRUE", "TRUNCATECOLUMNS", "UNION", "UNIQUE", "UNNEST", "UNPIVOT", "USER", "USING",
-    "VERBOSE", "WALLET", "WHEN", "WHERE", "WITH", "WITHOUT",
+    "AES128",
+    "AES256",
+    "ALL",
+    "ALLOWOVERWRITE",
+    "ANALYSE",
+    "ANALYZE",
+    "AND",
+    "ANY",
+    "ARRAY",
+    "AS",
+    "ASC",
+    "AUTHORIZATION",
+    "AZ64",
+    "BACKUP",
+    "BETWEEN",
+    "BINARY",
+    "BLANKSASNULL",
+    "BOTH",
+    "BYTEDICT",
+    "BZIP2",
+    "CASE",
+    "CAST",
+    "CHECK",
+    "COLLATE",
+    "COLUMN",
+    "CONSTRAINT",
+    "CREATE",
+    "CREDENTIALS",
+    "CROSS",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_USER",
+    "CURRENT_USER_ID",
+    "DEFAULT",
+    "DEFERRABLE",
+    "DEFLATE",
+    "DEFRAG",
+    "DELTA",
+    "DELTA32K",
+    "DESC",
+    "DISABLE",
+    "DISTINCT",
+    "DO",
+    "ELSE",
+    "EMPTYASNULL",
+    "ENABLE",
+    "ENCODE",
+    "ENCRYPT",
+    "ENCRYPTION",
+    "END",
+    "EXCEPT",
+    "EXPLICIT",
+    "FALSE",
+    "FOR",
+    "FOREIGN",
+    "FREEZE",
+    "FROM",
+    "FULL",
+    "GLOBALDICT256",
+    "GLOBALDICT64K",
+    "GRANT",
+    "GROUP",
+    "GZIP",
+    "HAVING",
+    "IDENTITY",
+    "IGNORE",
+    "ILIKE",
+    "IN",
+    "INITIALLY",
+    "INNER",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "ISNULL",
+    "JOIN",
+    "LEADING",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "LOCALTIME",
+    "LOCALTIMESTAMP",
+    "LUN",
+    "LUNS",
+    "LZO",
+    "LZOP",
+    "MINUS",
+    "MOSTLY16",
+    "MOSTLY32",
+    "MOSTLY8",
+    "NATURAL",
+    "NEW",
+    "NOT",
+    "NOTNULL",
+    "NULL",
+    "NULLS",
+    "OFF",
+    "OFFLINE",
+    "OFFSET",
+    "OID",
+    "OLD",
+    "ON",
+    "ONLY",
+    "OPEN",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVERLAPS",
+    "PARALLEL",
+    "PARTITION",
+    "PERCENT",
+    "PERMISSIONS",
+    "PIVOT",
+    "PLACING",
+    "PRIMARY",
+    "RAW",
+    "READRATIO",
+    "RECOVER",
+    "REFERENCES",
+    "REJECTLOG",
+    "RESORT",
+    "RESPECT",
+    "RESTORE",
+    "RIGHT",
+    "SELECT",
+    "SESSION_USER",
+    "SIMILAR",
+    "SNAPSHOT",
+    "SOME",
+    "SYSDATE",
+    "SYSTEM",
+    "TABLE",
+    "TAG",
+    "TDES",
+    "TEXT255",
+    "TEXT32K",
+    "THEN",
+    "TIMESTAMP",
+    "TO",
+    "TOP",
+    "TRAILING",
+    "TRUE",
+    "TRUNCATECOLUMNS",
+    "UNION",
+    "UNIQUE",
+    "UNNEST",
+    "UNPIVOT",
+    "USER",
+    "USING",
+    "VERBOSE",
+    "WALLET",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "WITHOUT",
 ];
 
 /// The reserved words the stand-in reads as SQL syntax (keywords, type names, niladic
@@ -911,20 +1049,103 @@ pub const RESERVED: &[&str] = &[
 /// unquoted can only be an identifier, and is refused wherever it stands; these are refused in
 /// an identifier's place: next to a `.`, as an alias after `AS`, as a column of a column list.
 const SYNTAX: &[&str] = &[
-    "ALL", "AND", "ANY", "AS", "ASC", "BETWEEN", "BOTH", "CASE", "CAST", "CHECK", "COLLATE",
-    "COLUMN", "CONSTRAINT", "CREATE", "CROSS", "CURRENT_DATE", "CURRENT_TIME", "CURRENT_TIMESTAMP",
-    "CURRENT_USER", "DEFAULT", "DEFERRABLE", "DESC", "DISTINCT", "ELSE", "END", "EXCEPT", "FALSE",
-    "FOR", "FOREIGN", "FROM", "FULL", "GRANT", "GROUP", "HAVING", "ILIKE", "IN", "INITIALLY",
-    "INNER", "INTERSECT", "INTERVAL", "INTO", "IS", "ISNULL", "JOIN", "LEADING", "LEFT", "LIKE",
-    "LIMIT", "LOCALTIME", "LOCALTIMESTAMP", "MINUS", "NATURAL", "NOT", "NOTNULL", "NULL", "NULLS",
-    "OFFSET", "ON", "ONLY", "OR", "ORDER", "OUTER", "OVERLAPS", "PARTITION", "PRIMARY",
-    "REFERENCES", "RIGHT", "SELECT", "SESSION_USER", "SIMILAR", "SOME", "SYSDATE", "TABLE", "THEN",
-    "TIMESTAMP", "TO", "TOP", "TRAILING", "TRUE", "UNION", "UNIQUE", "USING", "WHEN", "WHERE",
-    "WITH", "WITHOUT",
+    "ALL",
+    "AND",
+    "ANY",
+    "AS",
+    "ASC",
+    "BETWEEN",
+    "BOTH",
+    "CASE",
+    "CAST",
+    "CHECK",
+    "COLLATE",
+    "COLUMN",
+    "CONSTRAINT",
+    "CREATE",
+    "CROSS",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_USER",
+    "DEFAULT",
+    "DEFERRABLE",
+    "DESC",
+    "DISTINCT",
+    "ELSE",
+    "END",
+    "EXCEPT",
+    "FALSE",
+    "FOR",
+    "FOREIGN",
+    "FROM",
+    "FULL",
+    "GRANT",
+    "GROUP",
+    "HAVING",
+    "ILIKE",
+    "IN",
+    "INITIALLY",
+    "INNER",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "ISNULL",
+    "JOIN",
+    "LEADING",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "LOCALTIME",
+    "LOCALTIMESTAMP",
+    "MINUS",
+    "NATURAL",
+    "NOT",
+    "NOTNULL",
+    "NULL",
+    "NULLS",
+    "OFFSET",
+    "ON",
+    "ONLY",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVERLAPS",
+    "PARTITION",
+    "PRIMARY",
+    "REFERENCES",
+    "RIGHT",
+    "SELECT",
+    "SESSION_USER",
+    "SIMILAR",
+    "SOME",
+    "SYSDATE",
+    "TABLE",
+    "THEN",
+    "TIMESTAMP",
+    "TO",
+    "TOP",
+    "TRAILING",
+    "TRUE",
+    "UNION",
+    "UNIQUE",
+    "USING",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "WITHOUT",
 ];
 
 /// Words that open an element of a CREATE TABLE list other than a column definition.
-const TABLE_ELEMENT: &[&str] = &["LIKE", "PRIMARY", "UNIQUE", "CONSTRAINT", "CHECK", "FOREIGN"];
+const TABLE_ELEMENT: &[&str] = &[
+    "LIKE",
+    "PRIMARY",
+    "UNIQUE",
+    "CONSTRAINT",
+    "CHECK",
+    "FOREIGN",
+];
 
 /// Leader-node-only functions: an error in a statement that references user-created tables or
 /// system tables (STL/STV/SVL/SVV); allowed where only catalog tables (PG_ prefix) or no
@@ -1139,8 +1360,7 @@ pub fn redshift_sql(sql: &str) -> Result<String> {
                         && upper(k - 1) == "AS"
                         && !in_cast
                         && !matches!(up.as_str(), "SELECT" | "WITH");
-                    let column =
-                        element_start && (insert || !TABLE_ELEMENT.contains(&up.as_str()));
+                    let column = element_start && (insert || !TABLE_ELEMENT.contains(&up.as_str()));
                     if !syntax || dotted || alias || column {
                         return Err(reserved_error(w, sql));
                     }
@@ -1183,7 +1403,8 @@ pub fn redshift_sql(sql: &str) -> Result<String> {
             Lex::Word(w)
                 if w.eq_ignore_ascii_case("TEXT")
                     && (prev.is_some_and(|p| p.text() == "::")
-                        || prev.is_some_and(|p| p.is("AS")) && next.is_some_and(|n| n.text() == ")")) =>
+                        || prev.is_some_and(|p| p.is("AS"))
+                            && next.is_some_and(|n| n.text() == ")")) =>
             {
                 out.push_str(TEXT_DOMAIN)
             }
@@ -1206,7 +1427,11 @@ fn user_table(toks: &[Lex], sig: &[usize]) -> Option<String> {
     for k in 0..sig.len() {
         let t = at(k)?;
         if t.text() == "(" {
-            parens.push(if k > 0 { at(k - 1)?.text().to_ascii_uppercase() } else { String::new() });
+            parens.push(if k > 0 {
+                at(k - 1)?.text().to_ascii_uppercase()
+            } else {
+                String::new()
+            });
             continue;
         }
         if t.text() == ")" {
@@ -1290,6 +1515,42 @@ mod tests {
         // One word it does not know, and the statement is refused.
         assert!(parse_copy(&format!("{sql}\nTRUNCATECOLUMNS")).is_err());
         assert!(parse_copy(&sql.replace("MANIFEST\n", "")).is_err());
+    }
+
+    /// What PostgreSQL is given: quoted names folded, SYSDATE as LOCALTIMESTAMP, TEXT as the
+    /// 256-byte domain; literals, blanks and everything else as written.
+    #[test]
+    fn statements_are_rewritten_as_redshift_reads_them() {
+        let sql = "SELECT \"Key\", 'A\\'\"B\"' AS \"Out\", x::text, CAST(y AS TEXT)\n  FROM \"S\".\"T\" WHERE \"at\" < SYSDATE";
+        assert_eq!(
+            redshift_sql(sql).unwrap(),
+            "SELECT \"key\", 'A\\'\"B\"' AS \"out\", x::redshift_text, CAST(y AS redshift_text)\n  FROM \"s\".\"t\" WHERE \"at\" < LOCALTIMESTAMP"
+        );
+        for bad in [
+            "CREATE TABLE \"s\".\"r\" (\"key\" int, raw int)",
+            "INSERT INTO \"s\".\"r\" (\"key\", line, raw) VALUES (1, 2, 3)",
+            "SELECT \"x\" AS user FROM \"t\"",
+            "SELECT t.partition FROM t",
+            "CREATE TABLE t (\"a\" int, offset int)",
+        ] {
+            let err = redshift_sql(bad).unwrap_err().to_string();
+            assert!(err.contains("reserved word"), "{bad}: {err}");
+        }
+        for good in [
+            "CREATE TEMP TABLE \"s\" (LIKE \"x\".\"y\")",
+            "CREATE TABLE \"t\" AS\nWITH \"d\" AS (SELECT DISTINCT \"a\" FROM \"x\") SELECT \"a\" FROM \"d\" GROUP BY \"a\"",
+            "SELECT CAST(count(*) AS BIGINT) FROM \"t\" ORDER BY 1 DESC LIMIT 5",
+            "SELECT max(\"x\") OVER (PARTITION BY \"p\" ORDER BY \"o\" ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) FROM \"t\"",
+            "SET statement_timeout TO 0",
+        ] {
+            assert!(redshift_sql(good).is_ok(), "{good}");
+        }
+        let err = redshift_sql("INSERT INTO \"t\" (\"at\") SELECT now()").unwrap_err();
+        assert!(err.to_string().contains("leader-node only"), "{err}");
+        assert!(redshift_sql("SELECT now(), CURRENT_SCHEMA").is_ok());
+        assert!(
+            redshift_sql("SELECT CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS BIGINT)").is_ok()
+        );
     }
 
     #[test]
