@@ -18,6 +18,10 @@
 //!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session.
 //! * Statements Redshift has no form of that PostgreSQL would accept (`CREATE INDEX`,
 //!   `ON CONFLICT`, `ADD COLUMN IF NOT EXISTS`) are refused.
+//! * Every statement is checked by [`redshift_sql`] against Redshift's documented rules, each
+//!   with its page: reserved words unquoted in an identifier's place refused; quoted
+//!   identifiers folded to lower case; leader-node-only functions refused in statements on
+//!   user or system tables; `SYSDATE`/`GETDATE()` answered in UTC; TEXT as VARCHAR(256) bytes.
 //!
 //! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
