@@ -251,6 +251,213 @@ fn the_stand_in_refuses_what_it_does_not_model() {
     assert_eq!(rows[0][0].as_deref(), Some(key));
 }
 
+/// Runs `sql` on PostgreSQL itself (schema `{s}`), which must accept it, and on the stand-in,
+/// which must refuse it with a message holding `why`.
+fn pg_accepts_standin_refuses(t: &Target, s: &mut dyn SqlSession, sql: &str, why: &str) {
+    let sql = sql.replace("{s}", &t.names.schema);
+    pg().batch_execute(&sql)
+        .unwrap_or_else(|e| panic!("PostgreSQL refused {sql}: {e}"));
+    let err = format!("{:#}", s.execute(&sql).unwrap_err());
+    assert!(err.contains(why), "{sql}: {err}");
+}
+
+/// Reserved words (r_pg_keywords): an unquoted one in an identifier's place is Redshift's
+/// syntax error; quoted, it is an identifier. The dialect's own DDL passes (`ensure_tables`).
+#[test]
+fn the_stand_in_refuses_an_unquoted_reserved_word() {
+    let Some((_w, t)) = target("rsreserved") else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    pg().batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", t.names.schema))
+        .unwrap();
+    let why = "syntax error at or near";
+    pg_accepts_standin_refuses(
+        &t,
+        &mut s,
+        "CREATE TABLE {s}.rej_a (raw varchar(10), open int)",
+        why,
+    );
+    pg_accepts_standin_refuses(&t, &mut s, "SELECT raw FROM {s}.rej_a", why);
+    pg_accepts_standin_refuses(&t, &mut s, "INSERT INTO {s}.rej_a (raw) VALUES ('x')", why);
+    pg_accepts_standin_refuses(&t, &mut s, "SELECT r.open FROM {s}.rej_a r", why);
+    pg_accepts_standin_refuses(&t, &mut s, "SELECT 1 AS tag", why);
+    pg_accepts_standin_refuses(&t, &mut s, "CREATE TABLE {s}.rej_b (partition int)", why);
+    // Quoted, each is an identifier.
+    s.execute(&format!(
+        r#"CREATE TABLE {}.rej_c ("raw" varchar(10), "open" int, "partition" int)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    s.execute(&format!(
+        r#"INSERT INTO {}.rej_c ("raw", "open") VALUES ('x', 1)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    let (_, rows) = s
+        .query_text(&format!(
+            r#"SELECT "r"."raw" AS "tag" FROM {}.rej_c "r" ORDER BY "open""#,
+            t.names.schema
+        ))
+        .unwrap();
+    assert_eq!(rows, vec![vec![Some("x".to_string())]]);
+    // The COPY's table and columns are checked too.
+    let err = format!(
+        "{:#}",
+        s.execute("COPY x (raw) FROM 's3://b/m' IAM_ROLE 'arn:aws:iam::1:role/r' MANIFEST")
+            .unwrap_err()
+    );
+    assert!(err.contains(why), "{err}");
+    t.open().ensure_tables(&Layout::tweets()).unwrap();
+}
+
+/// Identifiers fold to lower case, quoted ones too (r_names): "Mixed" and "mixed" are one
+/// table, and a lookup of the name as written finds nothing.
+#[test]
+fn the_stand_in_folds_quoted_identifiers_to_lower_case() {
+    let Some((_w, t)) = target("rsfold") else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    pg().batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", t.names.schema))
+        .unwrap();
+    // PostgreSQL keeps quoted names as written: two tables.
+    let pg_schema = format!("{}_pg", t.names.schema);
+    pg().batch_execute(&format!(
+        r#"CREATE SCHEMA {pg_schema}; CREATE TABLE {pg_schema}."MixedCase" ("Col" int); CREATE TABLE {pg_schema}."mixedcase" ("col" int)"#
+    ))
+    .unwrap();
+    // Redshift folds them: one.
+    s.execute(&format!(
+        r#"CREATE TABLE {}."MixedCase" ("Col" int)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        s.execute(&format!(
+            r#"CREATE TABLE {}."mixedcase" ("col" int)"#,
+            t.names.schema
+        ))
+        .unwrap_err()
+    );
+    assert!(err.contains("already exists"), "{err}");
+    assert!(s.table_exists("mixedcase").unwrap());
+    assert!(!s.table_exists("MixedCase").unwrap(), "kept as written");
+    s.execute(&format!(
+        r#"INSERT INTO {}."MIXEDCASE" ("COL") VALUES (1)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    let (cols, _) = s
+        .query_text(&format!(
+            r#"SELECT "Col" FROM {}."mixedCase""#,
+            t.names.schema
+        ))
+        .unwrap();
+    assert_eq!(cols, vec!["col"], "column names come back in lower case");
+    // The dialect with a mixed-case ledger name (config refuses it for Redshift): the table is
+    // created folded, and the ledger's lookup of the name as written finds none, so every
+    // question would see an empty ledger.
+    let mut names = t.names.clone();
+    names.ledger = "MixedLoads".into();
+    let (c, n) = (t.cluster.clone(), names.clone());
+    let open = Box::new(move || Ok(Box::new(c.session(n.clone())?) as Box<dyn SqlSession>));
+    let mut wh = Redshift::over(names, t.spec.clone(), open).unwrap();
+    wh.ensure_tables(&Layout::tweets()).unwrap();
+    assert!(wh.session().table_exists("mixedloads").unwrap());
+    assert!(!wh.session().table_exists("MixedLoads").unwrap());
+}
+
+/// Leader-node-only functions (c_SQL_functions_leader_node_only) fail in a statement on a
+/// user table, the DDL's DEFAULT included; alone, or on catalog tables, they run. SYSDATE and
+/// GETDATE() are Redshift's, answered in UTC.
+#[test]
+fn the_stand_in_refuses_leader_only_functions_on_user_tables() {
+    let Some((_w, t)) = target("rsleader") else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    pg().batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", t.names.schema))
+        .unwrap();
+    let why = "not supported on Redshift tables";
+    pg_accepts_standin_refuses(
+        &t,
+        &mut s,
+        r#"CREATE TABLE {s}.lo_a ("at" timestamp DEFAULT CURRENT_TIMESTAMP)"#,
+        why,
+    );
+    pg_accepts_standin_refuses(&t, &mut s, r#"SELECT now() FROM {s}.lo_a"#, why);
+    pg_accepts_standin_refuses(
+        &t,
+        &mut s,
+        r#"SELECT count(*) FROM {s}.lo_a WHERE "at" < CURRENT_TIMESTAMP"#,
+        why,
+    );
+    assert!(s
+        .query_i64("SELECT CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS BIGINT)")
+        .is_ok());
+    assert!(
+        s.query_i64("SELECT count(*) FROM pg_class WHERE now() IS NOT NULL")
+            .is_ok(),
+        "a catalog table runs on the leader"
+    );
+    s.execute(&format!(
+        r#"CREATE TABLE {}.lo_b ("at" timestamp DEFAULT SYSDATE, "x" int)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    s.execute(&format!(
+        r#"INSERT INTO {}.lo_b ("x") VALUES (1)"#,
+        t.names.schema
+    ))
+    .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    for f in [r#"max("at")"#, "GETDATE()", "SYSDATE"] {
+        let got = s
+            .query_i64(&format!(
+                "SELECT CAST(EXTRACT(EPOCH FROM {f}) AS BIGINT) FROM {}.lo_b",
+                t.names.schema
+            ))
+            .unwrap()
+            .unwrap();
+        assert!(
+            (got - now).abs() < 300,
+            "{f}: {got} is not now ({now}) in UTC"
+        );
+    }
+}
+
+/// TEXT is VARCHAR(256) in bytes (r_Character_types): a longer value cast to it is refused
+/// (PostgreSQL's text takes any length). query_text casts nothing, so a ledger key of 300
+/// bytes comes back whole, and in the query's order.
+#[test]
+fn the_stand_in_refuses_a_text_value_over_256_bytes() {
+    let Some((_w, t)) = target("rstext") else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let why = "text_is_varchar_256_on_redshift";
+    pg_accepts_standin_refuses(&t, &mut s, "SELECT repeat('x', 257)::text AS v", why);
+    pg_accepts_standin_refuses(
+        &t,
+        &mut s,
+        "SELECT CAST(repeat('é', 129) AS TEXT) AS v",
+        why,
+    );
+    let (_, rows) = s.query_text("SELECT repeat('é', 128)::text AS v").unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("é".repeat(128).as_str()));
+    let key = format!("t/{}/t+0+0+9.log.gz", "k".repeat(300));
+    let (_, rows) = s
+        .query_text(&format!(
+            "SELECT {} AS k UNION ALL SELECT 'a' UNION ALL SELECT 'z' ORDER BY 1 DESC",
+            quote_literal(&key)
+        ))
+        .unwrap();
+    let got: Vec<Option<String>> = rows.into_iter().map(|mut r| r.remove(0)).collect();
+    assert_eq!(got, vec![Some("z".into()), Some(key), Some("a".into())]);
+}
+
 #[test]
 fn two_copies_started_at_once_load_each_object_once() {
     let Some((_w, t)) = target("rstwo") else {

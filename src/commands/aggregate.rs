@@ -604,7 +604,7 @@ mod tests {
             "only existing versions shift: {:?}",
             first.swap
         );
-        assert!(p.build[1].contains("WITH dedup AS") && p.build[1].contains("SELECT DISTINCT"));
+        assert!(p.build[1].contains("WITH \"dedup\" AS") && p.build[1].contains("SELECT DISTINCT"));
         assert_eq!(p.gates.len(), 4);
     }
 

@@ -201,6 +201,9 @@ impl WarehouseSettings {
         out.raw_table = validate_ident("--raw-table", raw)?;
         out.ledger_table = validate_ident("--raw-table", &format!("{raw}_loads"))?;
         out.rejects_table = validate_ident("--raw-table", &format!("{raw}_rejects"))?;
+        if self.kind == WarehouseKind::Redshift {
+            resolve::redshift_name("--raw-table", raw)?;
+        }
         Ok(out)
     }
 }
@@ -387,6 +390,9 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
     let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive, retry).or_config()?;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
     let aggregate = aggregate_settings(&file.aggregate).or_config()?;
+    if warehouse.kind == WarehouseKind::Redshift {
+        resolve::redshift_names(&warehouse, &layout, &aggregate).or_config()?;
+    }
     let status = status_settings(&file.status).or_config()?;
     Ok(Settings {
         kafka,

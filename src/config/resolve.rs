@@ -43,6 +43,51 @@ pub fn validate_ident(what: &str, s: &str) -> Result<String> {
     }
 }
 
+/// Refuses names with upper-case letters for Redshift, naming the key: Redshift folds ASCII
+/// letters of identifiers to lower case, quoted ones too (`enable_case_sensitive_identifier` is
+/// false by default), so a table created as `Loads` is `loads`, and the catalog lookups that
+/// compare names as written (`table_exists`, a view's build record) would never find it.
+/// <https://docs.aws.amazon.com/redshift/latest/dg/r_names.html>
+pub fn redshift_name(key: &str, name: &str) -> Result<()> {
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        bail!(
+            "{key} {name:?} has upper-case letters: Redshift folds identifiers to lower case (quoted ones too), so batchlayer would look for a name the cluster does not keep; write it as {:?}",
+            name.to_ascii_lowercase()
+        );
+    }
+    Ok(())
+}
+
+/// Every name batchlayer would create or look up on Redshift, by the key that sets it: each
+/// in lower case ([`redshift_name`]).
+pub(super) fn redshift_names(
+    w: &WarehouseSettings,
+    layout: &Layout,
+    g: &AggregateSettings,
+) -> Result<()> {
+    redshift_name("warehouse.schema", &w.schema)?;
+    redshift_name("warehouse.raw_table", &w.raw_table)?;
+    redshift_name("warehouse.ledger_table", &w.ledger_table)?;
+    redshift_name("warehouse.rejects_table", &w.rejects_table)?;
+    for c in &layout.columns {
+        redshift_name("records.columns name", &c.name)?;
+    }
+    for (i, v) in g.views.iter().enumerate() {
+        let what = match i {
+            0 => "aggregate".to_string(),
+            n => format!("aggregate.views[{}]", n - 1),
+        };
+        redshift_name(&format!("{what}.view"), &v.view)?;
+        for c in v.max_sum_change.keys() {
+            redshift_name(&format!("{what}.max_sum_change column"), c)?;
+        }
+        for c in &v.non_null_columns {
+            redshift_name(&format!("{what}.non_null_columns column"), c)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn ui_settings(l: &LogFile, env: &dyn Env, flags: &Overrides) -> Result<UiSettings> {
     let log_format = match (flags.log_format, env.var("BATCHLAYER_LOG_FORMAT")) {
         (Some(f), _) => f,
@@ -724,6 +769,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a valid identifier"), "{err}");
+    }
+
+    /// Redshift keeps names in lower case: upper case is refused at config time, naming the
+    /// key; PostgreSQL keeps quoted names as written, so there it is accepted.
+    #[test]
+    fn upper_case_names_are_refused_for_redshift() {
+        let base = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\n";
+        let rs = "[warehouse]\nkind=\"redshift\"\niam_role=\"arn:aws:iam::1:role/r\"\n";
+        for (extra, key) in [
+            ("ledger_table=\"Loads\"\n", "warehouse.ledger_table"),
+            ("schema=\"Batch\"\n", "warehouse.schema"),
+            ("[aggregate]\nview=\"BatchLayer\"\n", "aggregate.view"),
+        ] {
+            let text = format!("{base}{rs}{extra}");
+            let err =
+                resolve(parse_file(&text).unwrap(), &env(&[]), &Overrides::default()).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains("lower case"), "{msg}");
+        }
+        let pg = format!("{base}[warehouse]\nledger_table=\"Loads\"\n");
+        assert!(resolve(parse_file(&pg).unwrap(), &env(&[]), &Overrides::default()).is_ok());
+        let text = format!("{base}{rs}ledger_table=\"loads\"\n");
+        assert!(resolve(parse_file(&text).unwrap(), &env(&[]), &Overrides::default()).is_ok());
     }
 
     #[test]

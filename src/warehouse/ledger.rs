@@ -4,7 +4,7 @@
 //! Redshift both accept; the dialect gives only its string literals.
 
 use super::session::SqlContext;
-use super::{LoadJob, LoadResult, LoadedRanges, Names, Warehouse};
+use super::{quote_idents, LoadJob, LoadResult, LoadedRanges, Names, Warehouse};
 use crate::archive::layout::OffsetSpan;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
@@ -14,8 +14,23 @@ use std::fmt::Display;
 use std::str::FromStr;
 
 /// The columns an object's ledger row is written with, in the order of its values.
-const COLUMNS: &str = "key, size, sha256, rows_loaded, rows_rejected, target_table, topic, \
-partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects";
+/// Each is quoted where it is used (Redshift reserves words PostgreSQL does not).
+const COLUMNS: [&str; 14] = [
+    "key",
+    "size",
+    "sha256",
+    "rows_loaded",
+    "rows_rejected",
+    "target_table",
+    "topic",
+    "partition_id",
+    "epoch",
+    "first_offset",
+    "last_offset",
+    "rows_skipped",
+    "manifest",
+    "manifest_objects",
+];
 
 /// How many values one `IN (...)` list holds.
 const IN_LIST: usize = 500;
@@ -115,14 +130,6 @@ pub struct LedgerRow {
     pub manifest: Option<String>,
 }
 
-/// The true epoch seconds of a `timestamp` column written with `DEFAULT CURRENT_TIMESTAMP`
-/// (the session's zone): its nominal value less the session's offset from UTC.
-fn epoch_expr(col: &str) -> String {
-    format!(
-        "CAST(EXTRACT(EPOCH FROM {col}) - (EXTRACT(EPOCH FROM LOCALTIMESTAMP) - EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)) AS BIGINT)"
-    )
-}
-
 impl<'a> Ledger<'a> {
     /// The ledger of this warehouse (its configured ledger table).
     pub fn new(wh: &'a mut dyn Warehouse) -> Self {
@@ -190,13 +197,13 @@ impl<'a> Ledger<'a> {
     /// Which of these keys are in the ledger.
     pub fn keys_loaded(&mut self, keys: &[String]) -> Result<HashSet<String>> {
         self.select_in(keys, &|table, list| {
-            format!("SELECT DISTINCT key FROM {table} WHERE key IN ({list})")
+            format!(r#"SELECT DISTINCT "key" FROM {table} WHERE "key" IN ({list})"#)
         })
     }
 
     /// Every key in the ledger (none when the ledger does not exist yet).
     pub fn loaded_keys(&mut self) -> Result<HashSet<String>> {
-        let sql = format!("SELECT key FROM {}", self.table());
+        let sql = format!(r#"SELECT "key" FROM {}"#, self.table());
         let rows = self.read(vec![sql], "reading the ledger")?;
         Ok(rows.iter().filter_map(|r| r.text(0)).collect())
     }
@@ -204,7 +211,7 @@ impl<'a> Ledger<'a> {
     /// Copy's cursor for a topic: the newest manifest whose objects the ledger records.
     pub fn manifest_cursor(&mut self, topic: &str) -> Result<Option<String>> {
         let sql = format!(
-            "SELECT max(manifest) FROM {} WHERE topic = {}",
+            r#"SELECT max("manifest") FROM {} WHERE "topic" = {}"#,
             self.table(),
             self.literal(topic)
         );
@@ -217,7 +224,7 @@ impl<'a> Ledger<'a> {
         let topic = self.literal(topic);
         self.select_in(names, &|table, list| {
             format!(
-                "SELECT manifest FROM {table} WHERE topic = {topic} AND manifest IN ({list}) GROUP BY manifest HAVING count(*) >= max(manifest_objects)"
+                r#"SELECT "manifest" FROM {table} WHERE "topic" = {topic} AND "manifest" IN ({list}) GROUP BY "manifest" HAVING count(*) >= max("manifest_objects")"#
             )
         })
     }
@@ -236,7 +243,7 @@ impl<'a> Ledger<'a> {
             .iter()
             .map(|((t, p, e), (f, l))| {
                 format!(
-                    "(topic = {} AND partition_id = {p} AND epoch = {e} AND last_offset >= {f} AND first_offset <= {l})",
+                    r#"("topic" = {} AND "partition_id" = {p} AND "epoch" = {e} AND "last_offset" >= {f} AND "first_offset" <= {l})"#,
                     self.literal(t)
                 )
             })
@@ -245,7 +252,7 @@ impl<'a> Ledger<'a> {
             Vec::new()
         } else {
             vec![format!(
-                "SELECT topic, partition_id, epoch, first_offset, last_offset FROM {} WHERE first_offset IS NOT NULL AND ({})",
+                r#"SELECT "topic", "partition_id", "epoch", "first_offset", "last_offset" FROM {} WHERE "first_offset" IS NOT NULL AND ({})"#,
                 self.table(),
                 conds.join(" OR ")
             )]
@@ -271,11 +278,8 @@ impl<'a> Ledger<'a> {
     /// Totals of the ledger's rows for a topic (one aggregate query).
     pub fn summary(&mut self, topic: &str) -> Result<LedgerSummary> {
         let sql = format!(
-            "SELECT CAST(count(*) AS BIGINT) AS objects, CAST(coalesce(sum(size), 0) AS BIGINT) AS bytes, \
-             CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) AS loaded, CAST(coalesce(sum(rows_rejected), 0) AS BIGINT) AS rejected, \
-             CAST(coalesce(sum(rows_skipped), 0) AS BIGINT) AS skipped, {} AS last_load \
-             FROM {} WHERE topic = {}",
-            epoch_expr("max(loaded_at)"),
+            r#"SELECT CAST(count(*) AS BIGINT) AS "objects", CAST(coalesce(sum("size"), 0) AS BIGINT) AS "bytes", CAST(coalesce(sum("rows_loaded"), 0) AS BIGINT) AS "loaded", CAST(coalesce(sum("rows_rejected"), 0) AS BIGINT) AS "rejected", CAST(coalesce(sum("rows_skipped"), 0) AS BIGINT) AS "skipped", {} AS "last_load" FROM {} WHERE "topic" = {}"#,
+            self.wh.dialect().epoch(r#"max("loaded_at")"#),
             self.table(),
             self.literal(topic)
         );
@@ -298,16 +302,11 @@ impl<'a> Ledger<'a> {
     pub fn loaded_prefixes(&mut self, topic: &str, epoch: i32) -> Result<BTreeMap<i32, Prefix>> {
         let table = self.table();
         let filter = format!(
-            "topic = {} AND epoch = {epoch} AND first_offset IS NOT NULL",
+            r#""topic" = {} AND "epoch" = {epoch} AND "first_offset" IS NOT NULL"#,
             self.literal(topic)
         );
         let sql = format!(
-            "SELECT partition_id, CAST(min(first_offset) AS BIGINT) AS start, \
-             CAST(coalesce(min(CASE WHEN first_offset > prev_max + 1 THEN prev_max END), max(last_offset)) AS BIGINT) AS through, \
-             CAST(max(last_offset) AS BIGINT) AS top FROM (\
-             SELECT partition_id, first_offset, last_offset, max(last_offset) OVER (PARTITION BY partition_id \
-             ORDER BY first_offset, last_offset ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_max \
-             FROM {table} WHERE {filter}) x GROUP BY partition_id"
+            r#"SELECT "partition_id", CAST(min("first_offset") AS BIGINT) AS "start", CAST(coalesce(min(CASE WHEN "first_offset" > "prev_max" + 1 THEN "prev_max" END), max("last_offset")) AS BIGINT) AS "through", CAST(max("last_offset") AS BIGINT) AS "top" FROM ( SELECT "partition_id", "first_offset", "last_offset", max("last_offset") OVER (PARTITION BY "partition_id" ORDER BY "first_offset", "last_offset" ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS "prev_max" FROM {table} WHERE {filter}) "x" GROUP BY "partition_id""#
         );
         let what = self.reading();
         let mut out = BTreeMap::new();
@@ -326,13 +325,13 @@ impl<'a> Ledger<'a> {
             .iter()
             .map(|(p, x)| {
                 format!(
-                    "(partition_id = {p} AND last_offset IN ({}, {}))",
+                    r#"("partition_id" = {p} AND "last_offset" IN ({}, {}))"#,
                     x.through, x.top
                 )
             })
             .collect();
         let sql = format!(
-            "SELECT partition_id, key, manifest, last_offset FROM {table} WHERE {filter} AND ({}) ORDER BY key",
+            r#"SELECT "partition_id", "key", "manifest", "last_offset" FROM {table} WHERE {filter} AND ({}) ORDER BY "key""#,
             ends.join(" OR ")
         );
         for r in self.read(vec![sql], &what)? {
@@ -354,8 +353,7 @@ impl<'a> Ledger<'a> {
     /// Every ledger row of the configured raw table (the audit reads them all, once).
     pub fn rows(&mut self) -> Result<Vec<LedgerRow>> {
         let sql = format!(
-            "SELECT key, size, sha256, rows_loaded, rows_rejected, coalesce(rows_skipped, 0) AS skipped, topic, \
-             partition_id, epoch, first_offset, last_offset, manifest FROM {} WHERE target_table = {} ORDER BY key",
+            r#"SELECT "key", "size", "sha256", "rows_loaded", "rows_rejected", coalesce("rows_skipped", 0) AS "skipped", "topic", "partition_id", "epoch", "first_offset", "last_offset", "manifest" FROM {} WHERE "target_table" = {} ORDER BY "key""#,
             self.table(),
             self.target()
         );
@@ -389,8 +387,7 @@ impl<'a> Ledger<'a> {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT (SELECT CAST(count(*) AS BIGINT) FROM {}) AS raw_rows, \
-             (SELECT CAST(coalesce(sum(rows_loaded), 0) AS BIGINT) FROM {} WHERE target_table = {}) AS ledger_rows",
+            r#"SELECT (SELECT CAST(count(*) AS BIGINT) FROM {}) AS "raw_rows", (SELECT CAST(coalesce(sum("rows_loaded"), 0) AS BIGINT) FROM {} WHERE "target_table" = {}) AS "ledger_rows""#,
             n.qualified(&n.raw),
             self.table(),
             self.target()
@@ -419,8 +416,9 @@ impl<'a> Ledger<'a> {
         let r = job.range.as_ref();
         let num = |v: Option<i64>| v.map_or_else(null, |v| v.to_string());
         format!(
-            "INSERT INTO {} ({COLUMNS})\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {}, {}, {}, {}, {}, {skipped}, {}, {})",
+            "INSERT INTO {} ({})\nVALUES ({}, {}, {}, {loaded}, {rejected}, {}, {}, {}, {}, {}, {}, {skipped}, {}, {})",
             names.qualified(&names.ledger),
+            quote_idents(&COLUMNS),
             literal(&job.key),
             job.size,
             literal(job.expected_sha256.as_deref().unwrap_or("")),
@@ -446,9 +444,10 @@ impl<'a> Ledger<'a> {
         let r = job.range.as_ref();
         tx.execute(
             &format!(
-                "INSERT INTO {} ({COLUMNS}) \
+                "INSERT INTO {} ({}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-                names.qualified(&names.ledger)
+                names.qualified(&names.ledger),
+                quote_idents(&COLUMNS)
             ),
             &[
                 &job.key,
@@ -475,8 +474,9 @@ impl<'a> Ledger<'a> {
     /// measured.
     pub fn insert_outline(names: &Names, job: &LoadJob) -> String {
         format!(
-            "INSERT INTO {} (key, size, sha256, rows_loaded, rows_rejected, target_table) VALUES ({}, {}, ...)",
+            "INSERT INTO {} ({}) VALUES ({}, {}, ...)",
             names.qualified(&names.ledger),
+            quote_idents(&COLUMNS[..6]),
             super::quote_literal(&job.key),
             job.size
         )
@@ -617,9 +617,9 @@ mod tests {
     #[test]
     fn nulls_are_none() {
         let mut w = wh(true, |sql| {
-            if sql.starts_with("SELECT max(manifest)") {
+            if sql.starts_with("SELECT max(\"manifest\")") {
                 vec![row(&[None])]
-            } else if sql.starts_with("SELECT key, size") {
+            } else if sql.starts_with("SELECT \"key\", \"size\"") {
                 vec![row(&[
                     Some("k"),
                     Some("10"),
@@ -645,7 +645,7 @@ mod tests {
                 ])]
             } else if sql.starts_with("SELECT (SELECT") {
                 vec![row(&[Some("4"), None])]
-            } else if sql.starts_with("SELECT partition_id, CAST") {
+            } else if sql.starts_with("SELECT \"partition_id\", CAST") {
                 vec![row(&[Some("0"), Some("0"), None, None])]
             } else {
                 vec![row(&[None])]
@@ -682,8 +682,9 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(w.0.log.len(), 4);
         assert_eq!(w.0.log[0], "exists l");
-        assert!(w.0.log[1]
-            .starts_with("SELECT DISTINCT key FROM \"s\".\"l\" WHERE key IN ('k0', 'k1', "));
+        assert!(w.0.log[1].starts_with(
+            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"key\" IN ('k0', 'k1', "
+        ));
     }
 
     /// An object with no offsets or manifest is written with NULLs.
@@ -697,7 +698,7 @@ mod tests {
         };
         assert_eq!(
             Ledger::insert_sql(&names, &j, 1, 2, 3, &super::super::quote_literal),
-            "INSERT INTO \"s\".\"l\" (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\n\
+            "INSERT INTO \"s\".\"l\" (\"key\", \"size\", \"sha256\", \"rows_loaded\", \"rows_rejected\", \"target_table\", \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\", \"rows_skipped\", \"manifest\", \"manifest_objects\")\n\
              VALUES ('a''b', 7, '', 1, 2, 's.r', NULL, NULL, NULL, NULL, NULL, 3, NULL, NULL)"
         );
     }

@@ -31,6 +31,51 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Identifiers, each quoted, comma-separated (column lists). Every identifier batchlayer
+/// emits is quoted, in every dialect: Redshift reserves words PostgreSQL does not (`raw`,
+/// `partition`, `open`, `tag`, ... <https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html>).
+pub fn quote_idents(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What differs between the SQL dialects in the statements the ledger and the DDL share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Redshift,
+}
+
+impl Dialect {
+    /// The current time, as a `timestamp` in the session's zone. On Redshift `CURRENT_TIMESTAMP`
+    /// is a leader-node-only function, an error in a statement on a user table
+    /// (<https://docs.aws.amazon.com/redshift/latest/dg/c_SQL_functions_leader_node_only.html>);
+    /// `SYSDATE` is the transaction's start in the session's zone, UTC by default
+    /// (<https://docs.aws.amazon.com/redshift/latest/dg/r_SYSDATE.html>).
+    pub fn now(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "CURRENT_TIMESTAMP",
+            Dialect::Redshift => "SYSDATE",
+        }
+    }
+
+    /// The true epoch seconds of a `timestamp` column written with [`Dialect::now`] (the
+    /// session's zone): its nominal value less the session's offset from UTC. On Redshift the
+    /// session's zone is UTC (the default; batchlayer's sessions set it), so none is taken off:
+    /// the offset would need a leader-node-only function.
+    pub fn epoch(self, col: &str) -> String {
+        match self {
+            Dialect::Postgres => format!(
+                "CAST(EXTRACT(EPOCH FROM {col}) - (EXTRACT(EPOCH FROM LOCALTIMESTAMP) - EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)) AS BIGINT)"
+            ),
+            Dialect::Redshift => format!("CAST(EXTRACT(EPOCH FROM {col}) AS BIGINT)"),
+        }
+    }
+}
+
 /// Quotes a string literal for SQL.
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
@@ -83,8 +128,8 @@ pub fn column_list(layout: &Layout) -> String {
     cols.join(", ")
 }
 
-/// The DDL that creates the raw, ledger and rejects tables, idempotently.
-pub fn create_statements(names: &Names, layout: &Layout) -> Vec<String> {
+/// The DDL that creates the raw, ledger and rejects tables, idempotently, in this dialect.
+pub fn create_statements(names: &Names, layout: &Layout, dialect: Dialect) -> Vec<String> {
     let cols: Vec<String> = layout
         .columns
         .iter()
@@ -103,8 +148,8 @@ pub fn create_statements(names: &Names, layout: &Layout) -> Vec<String> {
     vec![
         format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&names.schema)),
         strip_comments(&raw),
-        strip_comments(&names.render(CREATE_LEDGER, &[])),
-        strip_comments(&names.render(CREATE_REJECTS, &[])),
+        strip_comments(&names.render(CREATE_LEDGER, &[])).replace("{now}", dialect.now()),
+        strip_comments(&names.render(CREATE_REJECTS, &[])).replace("{now}", dialect.now()),
     ]
 }
 
@@ -221,6 +266,10 @@ pub trait Warehouse {
     fn literal(&self, s: &str) -> String {
         quote_literal(s)
     }
+    /// Its SQL dialect (the current time, epoch seconds).
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
     /// Takes the named lock for this session if it is free; Ok(false) when another holds it.
     fn try_lock(&mut self, name: &str) -> Result<bool>;
     /// Waits for the named lock and takes it.
@@ -262,7 +311,7 @@ pub trait Warehouse {
     /// Creates schema, raw, ledger and rejects tables if missing, and upgrades old ones.
     fn ensure_tables(&mut self, layout: &Layout) -> Result<()> {
         let where_ = self.describe();
-        let mut stmts = create_statements(self.names(), layout);
+        let mut stmts = create_statements(self.names(), layout, self.dialect());
         stmts.extend(self.upgrade_statements());
         for s in stmts {
             self.session()
@@ -297,7 +346,7 @@ mod tests {
 
     #[test]
     fn templates_render_quoted_identifiers() {
-        let stmts = create_statements(&names(), &Layout::tweets());
+        let stmts = create_statements(&names(), &Layout::tweets(), Dialect::Postgres);
         assert_eq!(stmts[0], "CREATE SCHEMA IF NOT EXISTS \"s\"");
         assert!(
             stmts[1].starts_with(
@@ -655,6 +704,19 @@ pub mod conformance {
         );
         let (_, rows) = wh.session().query_text("SELECT NULL AS n").unwrap();
         assert_eq!(rows, vec![vec![None]], "NULL comes back as None");
+        // Values come back whole (no cast: Redshift's TEXT is VARCHAR(256)) and in the
+        // query's order (no wrapper around it).
+        let long = format!("t/{}", "k".repeat(400));
+        let quoted = wh.literal(&long);
+        let (_, rows) = wh
+            .session()
+            .query_text(&format!(
+                "SELECT 'a' AS v UNION ALL SELECT {} UNION ALL SELECT 'z' ORDER BY 1 DESC",
+                quoted
+            ))
+            .unwrap();
+        let got: Vec<Option<String>> = rows.into_iter().map(|mut r| r.remove(0)).collect();
+        assert_eq!(got, vec![Some("z".into()), Some(long), Some("a".into())]);
         assert!(wh.load_sql(&[a], layout).iter().any(|s| s.contains(raw)));
     }
 }

@@ -77,8 +77,7 @@ impl Pg {
             .s
             .client
             .query(
-                "SELECT a.attname::text, a.atttypid::regtype::text FROM pg_attribute a \
-                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+                r#"SELECT "a"."attname"::text, "a"."atttypid"::regtype::text FROM "pg_attribute" "a" WHERE "a"."attrelid" = to_regclass($1) AND "a"."attnum" > 0 AND NOT "a"."attisdropped""#,
                 &[&self.s.names.qualified(&self.s.names.raw)],
             )
             .sql("reading the raw table's column types")?;
@@ -530,7 +529,7 @@ fn record_load(
     for r in rejects {
         tx.execute(
             &format!(
-                "INSERT INTO {rejects_t} (key, line, raw, reason, raw_bytes, raw_sha256) VALUES ($1, $2, $3, $4, $5, $6)"
+                r#"INSERT INTO {rejects_t} ("key", "line", "raw", "reason", "raw_bytes", "raw_sha256") VALUES ($1, $2, $3, $4, $5, $6)"#
             ),
             &[
                 &job.key,
@@ -564,21 +563,18 @@ impl Warehouse for Pg {
         let l = self.s.names.qualified(&self.s.names.ledger);
         vec![
             format!(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS raw_bytes bigint, ADD COLUMN IF NOT EXISTS raw_sha256 varchar(64)"
+                r#"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS "raw_bytes" bigint, ADD COLUMN IF NOT EXISTS "raw_sha256" varchar(64)"#
             ),
             format!(
-                "ALTER TABLE {l} ADD COLUMN IF NOT EXISTS topic varchar(255), ADD COLUMN IF NOT EXISTS partition_id integer, \
-                 ADD COLUMN IF NOT EXISTS epoch integer, ADD COLUMN IF NOT EXISTS first_offset bigint, \
-                 ADD COLUMN IF NOT EXISTS last_offset bigint, ADD COLUMN IF NOT EXISTS rows_skipped bigint, \
-                 ADD COLUMN IF NOT EXISTS manifest varchar(256), ADD COLUMN IF NOT EXISTS manifest_objects integer"
+                r#"ALTER TABLE {l} ADD COLUMN IF NOT EXISTS "topic" varchar(255), ADD COLUMN IF NOT EXISTS "partition_id" integer, ADD COLUMN IF NOT EXISTS "epoch" integer, ADD COLUMN IF NOT EXISTS "first_offset" bigint, ADD COLUMN IF NOT EXISTS "last_offset" bigint, ADD COLUMN IF NOT EXISTS "rows_skipped" bigint, ADD COLUMN IF NOT EXISTS "manifest" varchar(256), ADD COLUMN IF NOT EXISTS "manifest_objects" integer"#
             ),
             // Copy's lookups by offset range and by manifest stay cheap as the ledger grows.
             format!(
-                "CREATE INDEX IF NOT EXISTS {} ON {l} (topic, partition_id, epoch, last_offset)",
+                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("topic", "partition_id", "epoch", "last_offset")"#,
                 quote_ident(&format!("{}_offsets", self.s.names.ledger))
             ),
             format!(
-                "CREATE INDEX IF NOT EXISTS {} ON {l} (topic, manifest)",
+                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("topic", "manifest")"#,
                 quote_ident(&format!("{}_manifest", self.s.names.ledger))
             ),
         ]

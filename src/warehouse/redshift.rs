@@ -232,10 +232,7 @@ pub fn copy_sql(
 /// The query that explains a failed COPY (run after the rollback: `stl_load_errors` is not
 /// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
 /// own name: `SqlSession::query_text` selects them by name.
-pub const LOAD_ERRORS_SQL: &str =
-    "SELECT trim(filename) AS filename, line_number, trim(colname) AS colname, \
-trim(raw_field_value) AS value, trim(err_reason) AS reason \
-FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY line_number LIMIT 5";
+pub const LOAD_ERRORS_SQL: &str = r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#;
 
 /// Builds the COPY statement's fixed parts from the settings.
 pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<CopySpec> {
@@ -437,7 +434,7 @@ impl Redshift {
             .query_i64(&format!("SELECT count(*) FROM {}", quote_ident(STAGING)))?
             .unwrap_or(0);
         let (_, rows) = self.s.query_text(&format!(
-            "SELECT trim(filename), CAST(count(*) AS BIGINT) FROM stl_load_errors WHERE query = {id} GROUP BY 1"
+            r#"SELECT trim("filename"), CAST(count(*) AS BIGINT) FROM "stl_load_errors" WHERE "query" = {id} GROUP BY 1"#
         ))?;
         let errors = attribute_errors(&self.spec.archive_url, jobs, group, &rows)?;
         let mut out = Vec::new();
@@ -493,7 +490,7 @@ impl Redshift {
         let filter = filename_filter(&self.spec, group, key);
         self.s
             .query_text(&format!(
-                "SELECT line_number, trim(colname) AS colname, trim(raw_field_value) AS value, trim(err_reason) AS reason FROM stl_load_errors WHERE query = {id}{filter} ORDER BY line_number LIMIT 1"
+                r#"SELECT "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = {id}{filter} ORDER BY "line_number" LIMIT 1"#
             ))
             .map(|(_, rows)| shown(rows).iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
             .unwrap_or_default()
@@ -578,7 +575,7 @@ fn create_lock_table(
 ) -> Result<()> {
     let stmts = [
         format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
-        format!("CREATE TABLE IF NOT EXISTS {qualified} (held boolean)"),
+        format!(r#"CREATE TABLE IF NOT EXISTS {qualified} ("held" boolean)"#),
     ];
     let mut last = None;
     for _ in 0..5 {
@@ -612,7 +609,7 @@ fn filename_filter(spec: &CopySpec, group: &CopyGroup, key: &str) -> String {
         String::new()
     } else {
         format!(
-            " AND trim(filename) = {}",
+            r#" AND trim("filename") = {}"#,
             literal(&object_url(&spec.archive_url, key))
         )
     }
@@ -654,7 +651,7 @@ fn attribute_errors(
 /// Copies one object's rejected lines from `stl_load_errors` into the rejects table.
 fn rejects_sql(names: &Names, spec: &CopySpec, j: &LoadJob, group: &CopyGroup, id: i64) -> String {
     format!(
-        "INSERT INTO {} (key, line, raw, reason)\nSELECT {}, line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = {id}{}",
+        "INSERT INTO {} (\"key\", \"line\", \"raw\", \"reason\")\nSELECT {}, \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = {id}{}",
         names.qualified(&names.rejects),
         literal(&j.key),
         filename_filter(spec, group, &j.key)
@@ -712,6 +709,9 @@ impl Warehouse for Redshift {
     }
     fn literal(&self, s: &str) -> String {
         literal(s)
+    }
+    fn dialect(&self) -> super::Dialect {
+        super::Dialect::Redshift
     }
     fn try_lock(&mut self, name: &str) -> Result<bool> {
         self.take_run_lock(name, false)
@@ -1140,10 +1140,10 @@ STATUPDATE OFF"
                 // a: 3 of 4 loaded, b: 2; c: 2; d: 5.
                 return one([0, 5, 7, 12][(copies.get() - 10) as usize]);
             }
-            if sql.contains("FROM stl_load_errors WHERE query = 11 GROUP BY 1") {
+            if sql.contains("FROM \"stl_load_errors\" WHERE \"query\" = 11 GROUP BY 1") {
                 return vec![vec!["s3://arch/tweets/t/a.log.gz".into(), "1".into()]];
             }
-            if sql.contains("FROM stl_load_errors WHERE query = 13 GROUP BY 1") {
+            if sql.contains("FROM \"stl_load_errors\" WHERE \"query\" = 13 GROUP BY 1") {
                 return vec![vec!["s3://arch/tweets/t/d.log".into(), "2".into()]];
             }
             vec![]
@@ -1169,29 +1169,29 @@ STATUPDATE OFF"
         };
         let ledger = |key: &str, loaded: u64, rejected: u64, p: i32| {
             format!(
-                "[0] INSERT INTO \"public\".\"batchlayer_loads\" (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects)\nVALUES ({}, 123, {}, {loaded}, {rejected}, 'public.batch_raw', 't', {p}, 0, 0, 9, 0, 'm1', 4)",
+                "[0] INSERT INTO \"public\".\"batchlayer_loads\" (\"key\", \"size\", \"sha256\", \"rows_loaded\", \"rows_rejected\", \"target_table\", \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\", \"rows_skipped\", \"manifest\", \"manifest_objects\")\nVALUES ({}, 123, {}, {loaded}, {rejected}, 'public.batch_raw', 't', {p}, 0, 0, 9, 0, 'm1', 4)",
                 literal(key),
                 literal(jobs[p as usize].expected_sha256.as_deref().unwrap_or(""))
             )
         };
         let staged = "[0] SELECT count(*) FROM \"batchlayer_staging\"".to_string();
         let errors = |id: i64| {
-            format!("[0] SELECT trim(filename), CAST(count(*) AS BIGINT) FROM stl_load_errors WHERE query = {id} GROUP BY 1")
+            format!("[0] SELECT trim(\"filename\"), CAST(count(*) AS BIGINT) FROM \"stl_load_errors\" WHERE \"query\" = {id} GROUP BY 1")
         };
         let last_id = "[0] SELECT CAST(pg_last_copy_id() AS BIGINT)".to_string();
         let expected = vec![
             "[0] BEGIN".to_string(),
             "[0] LOCK \"public\".\"batchlayer_loads\"".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
-            "[0] SELECT DISTINCT key FROM \"public\".\"batchlayer_loads\" WHERE key IN ('t/a.log.gz', 't/x\\\\''y/b.log.gz', 't/c.log.zst', 't/d.log')".into(),
+            "[0] SELECT DISTINCT \"key\" FROM \"public\".\"batchlayer_loads\" WHERE \"key\" IN ('t/a.log.gz', 't/x\\\\''y/b.log.gz', 't/c.log.zst', 't/d.log')".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
-            "[0] SELECT topic, partition_id, epoch, first_offset, last_offset FROM \"public\".\"batchlayer_loads\" WHERE first_offset IS NOT NULL AND ((topic = 't' AND partition_id = 0 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 1 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 2 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9) OR (topic = 't' AND partition_id = 3 AND epoch = 0 AND last_offset >= 0 AND first_offset <= 9))".into(),
+            "[0] SELECT \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\" FROM \"public\".\"batchlayer_loads\" WHERE \"first_offset\" IS NOT NULL AND ((\"topic\" = 't' AND \"partition_id\" = 0 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 1 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 2 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 3 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9))".into(),
             "[0] CREATE TEMP TABLE \"batchlayer_staging\" (LIKE \"public\".\"batch_raw\")".into(),
             copy(0, "GZIP\n", 5),
             last_id.clone(),
             staged.clone(),
             errors(11),
-            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (key, line, raw, reason)\nSELECT 't/a.log.gz', line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = 11 AND trim(filename) = 's3://arch/tweets/t/a.log.gz'".into(),
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\")\nSELECT 't/a.log.gz', \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = 11 AND trim(\"filename\") = 's3://arch/tweets/t/a.log.gz'".into(),
             copy(1, "ZSTD\n", 3),
             last_id.clone(),
             staged.clone(),
@@ -1200,7 +1200,7 @@ STATUPDATE OFF"
             last_id,
             staged,
             errors(13),
-            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (key, line, raw, reason)\nSELECT 't/d.log', line_number, trim(raw_line), trim(colname) || ': ' || trim(err_reason)\nFROM stl_load_errors WHERE query = 13".into(),
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\")\nSELECT 't/d.log', \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = 13".into(),
             format!("[0] INSERT INTO \"public\".\"batch_raw\" ({cols})\nSELECT {cols} FROM \"batchlayer_staging\""),
             ledger("t/a.log.gz", 3, 1, 0),
             ledger("t/x\\'y/b.log.gz", 2, 0, 1),
@@ -1289,13 +1289,13 @@ STATUPDATE OFF"
             *log.borrow(),
             vec![
                 "[1] CREATE SCHEMA IF NOT EXISTS \"public\"",
-                "[1] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_aggregate_batch_layer\" (held boolean)",
+                "[1] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_aggregate_batch_layer\" (\"held\" boolean)",
                 "[1] SET statement_timeout TO 1000",
                 "[1] BEGIN",
                 "[1] LOCK \"public\".\"batch_raw__lock_aggregate_batch_layer\"",
                 "[1] SET statement_timeout TO 0",
                 "[2] CREATE SCHEMA IF NOT EXISTS \"public\"",
-                "[2] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_copy\" (held boolean)",
+                "[2] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_copy\" (\"held\" boolean)",
                 "[2] SET statement_timeout TO 0",
                 "[2] BEGIN",
                 "[2] LOCK \"public\".\"batch_raw__lock_copy\"",

@@ -3,7 +3,7 @@
 //! server's error (and its SQLSTATE) inspectable while printing as one line.
 
 use super::conninfo::redact_url;
-use super::{quote_ident, Names};
+use super::Names;
 use crate::config::{PgTls, SslMode, WarehouseSettings};
 use anyhow::{Context, Result};
 use postgres::{Client, NoTls};
@@ -210,32 +210,38 @@ impl SqlSession for PgSession {
         let row = self
             .client
             .query_one(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2",
+                r#"SELECT count(*) FROM "information_schema"."tables" WHERE "table_schema" = $1 AND "table_name" = $2"#,
                 &[&self.names.schema, &table],
             )
             .sql_with(|| format!("checking table {table}"))?;
         Ok(row.get::<_, i64>(0) > 0)
     }
 
+    /// Sent as a simple query: the server sends every value as text, so nothing is cast and
+    /// the statement is not wrapped (a wrapper would drop its ORDER BY, and on Redshift a
+    /// `::text` cast is VARCHAR(256), which would cut longer values:
+    /// <https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html>).
     fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
-        let stmt = self.client.prepare(sql).sql_bare()?;
-        let cols: Vec<String> = stmt
-            .columns()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect();
-        // Cast every column to text on the server so any type prints.
-        let casts: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{}::text", quote_ident(c)))
-            .collect();
-        let sql_text = format!("SELECT {} FROM ({sql}) AS q", casts.join(", "));
-        let rows = self.client.query(&sql_text, &[]).sql_bare()?;
-        let data = rows
-            .iter()
-            .map(|r| (0..cols.len()).map(|i| r.get(i)).collect())
-            .collect();
-        Ok((cols, data))
+        use postgres::SimpleQueryMessage as M;
+        let msgs = self.client.simple_query(sql).sql_bare()?;
+        let mut cols: Option<Vec<String>> = None;
+        let mut data = Vec::new();
+        for m in msgs {
+            match m {
+                M::RowDescription(c) if cols.is_none() => {
+                    cols = Some(c.iter().map(|c| c.name().to_string()).collect());
+                }
+                M::Row(r) => {
+                    if cols.is_none() {
+                        cols = Some(r.columns().iter().map(|c| c.name().to_string()).collect());
+                    }
+                    data.push((0..r.len()).map(|i| r.get(i).map(String::from)).collect());
+                }
+                M::CommandComplete(_) => break,
+                _ => {}
+            }
+        }
+        Ok((cols.unwrap_or_default(), data))
     }
 }
 

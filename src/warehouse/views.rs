@@ -42,8 +42,7 @@ pub fn read_build(
     table: &str,
 ) -> Result<Option<BuildRecord>> {
     let q = format!(
-        "SELECT d.description FROM pg_description d JOIN pg_class c ON c.oid = d.objoid \
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {} AND d.objsubid = 0",
+        r#"SELECT "d"."description" FROM "pg_description" "d" JOIN "pg_class" "c" ON "c"."oid" = "d"."objoid" JOIN "pg_namespace" "n" ON "n"."oid" = "c"."relnamespace" WHERE "n"."nspname" = {} AND "c"."relname" = {} AND "d"."objsubid" = 0"#,
         quote_literal(&names.schema),
         quote_literal(table)
     );

@@ -18,6 +18,10 @@
 //!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session.
 //! * Statements Redshift has no form of that PostgreSQL would accept (`CREATE INDEX`,
 //!   `ON CONFLICT`, `ADD COLUMN IF NOT EXISTS`) are refused.
+//! * Every statement is checked by [`redshift_sql`] against Redshift's documented rules, each
+//!   with its page: reserved words unquoted in an identifier's place refused; quoted
+//!   identifiers folded to lower case; leader-node-only functions refused in statements on
+//!   user or system tables; `SYSDATE`/`GETDATE()` answered in UTC; TEXT as VARCHAR(256) bytes.
 //!
 //! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
@@ -62,7 +66,16 @@ impl StandInCluster {
                  session integer, query integer, filename char(256), line_number bigint,
                  colname char(127), type char(10), col_length char(10), position integer,
                  raw_line char(1024), raw_field_value char(1024), err_code integer,
-                 err_reason char(100), is_partial integer, start_offset bigint)"
+                 err_reason char(100), is_partial integer, start_offset bigint);
+             -- TEXT is converted to VARCHAR(256), in bytes: a longer value cast to it is refused.
+             -- https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html
+             CREATE DOMAIN {sys}.{text} AS text
+                 CONSTRAINT text_is_varchar_256_on_redshift CHECK (octet_length(VALUE) <= 256);
+             -- GETDATE(): the current date and time in the session's zone.
+             -- https://docs.aws.amazon.com/redshift/latest/dg/r_GETDATE.html
+             CREATE FUNCTION {sys}.getdate() RETURNS timestamp
+                 AS 'SELECT CAST(statement_timestamp() AS timestamp)' LANGUAGE sql STABLE;",
+            text = TEXT_DOMAIN
         ))?;
         Ok(())
     }
@@ -72,7 +85,9 @@ impl StandInCluster {
         let connect = || Client::connect(&self.pg_url, NoTls).context("connecting the stand-in");
         let mut client = connect()?;
         client.batch_execute(&format!(
-            "SET standard_conforming_strings = off; SET escape_string_warning = off; SET search_path TO {}",
+            // The session's zone is UTC, Redshift's default (SYSDATE and GETDATE answer in it).
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_SYSDATE.html
+            "SET standard_conforming_strings = off; SET escape_string_warning = off; SET timezone TO 'UTC'; SET search_path TO {}",
             quote_ident(&self.system_schema)
         ))?;
         let pg = PgSession {
@@ -125,7 +140,7 @@ impl StandIn {
                 bail!("Redshift stand-in: {why}: {}", first_line(sql));
             }
         }
-        let mut s = sql
+        let mut s = redshift_sql(sql)?
             .replace("pg_last_copy_id()", &self.last_copy_id.to_string())
             .replace("PG_LAST_COPY_ID()", &self.last_copy_id.to_string())
             .replace("pg_last_copy_count()", &self.last_copy_count.to_string())
@@ -550,11 +565,19 @@ fn word(tok: Option<Tok>) -> Result<String> {
     }
 }
 
-/// An identifier: (as PostgreSQL is to be given it, its name).
+/// An identifier: (as PostgreSQL is to be given it, its name). A reserved word is one only
+/// quoted (https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html); quoted or not,
+/// ASCII letters fold to lower case (https://docs.aws.amazon.com/redshift/latest/dg/r_names.html).
 fn ident(tok: Option<Tok>) -> Result<(String, String)> {
     match tok {
+        Some(Tok::Word(w)) if RESERVED.contains(&w.to_ascii_uppercase().as_str()) => {
+            Err(reserved_error(&w, &w))
+        }
         Some(Tok::Word(w)) => Ok((w.to_lowercase(), w.to_lowercase())),
-        Some(Tok::Quoted(q)) => Ok((quote_ident(&q), q)),
+        Some(Tok::Quoted(q)) => {
+            let q = q.to_ascii_lowercase();
+            Ok((quote_ident(&q), q))
+        }
         other => Err(anyhow!("expected an identifier, found {other:?}")),
     }
 }
@@ -859,6 +882,598 @@ fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>)
     out.push(b'\n');
 }
 
+// ---------------------------------------------------------------------------------------------
+// The statement checker: Redshift's rules for identifiers, leader-node-only functions and
+// TEXT, applied to every statement before PostgreSQL sees it, each with the page it models.
+// ---------------------------------------------------------------------------------------------
+
+/// Amazon Redshift's reserved words, the whole list as the page gives it: usable as identifiers
+/// only quoted. <https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html>
+pub const RESERVED: &[&str] = &[
+    "AES128",
+    "AES256",
+    "ALL",
+    "ALLOWOVERWRITE",
+    "ANALYSE",
+    "ANALYZE",
+    "AND",
+    "ANY",
+    "ARRAY",
+    "AS",
+    "ASC",
+    "AUTHORIZATION",
+    "AZ64",
+    "BACKUP",
+    "BETWEEN",
+    "BINARY",
+    "BLANKSASNULL",
+    "BOTH",
+    "BYTEDICT",
+    "BZIP2",
+    "CASE",
+    "CAST",
+    "CHECK",
+    "COLLATE",
+    "COLUMN",
+    "CONSTRAINT",
+    "CREATE",
+    "CREDENTIALS",
+    "CROSS",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_USER",
+    "CURRENT_USER_ID",
+    "DEFAULT",
+    "DEFERRABLE",
+    "DEFLATE",
+    "DEFRAG",
+    "DELTA",
+    "DELTA32K",
+    "DESC",
+    "DISABLE",
+    "DISTINCT",
+    "DO",
+    "ELSE",
+    "EMPTYASNULL",
+    "ENABLE",
+    "ENCODE",
+    "ENCRYPT",
+    "ENCRYPTION",
+    "END",
+    "EXCEPT",
+    "EXPLICIT",
+    "FALSE",
+    "FOR",
+    "FOREIGN",
+    "FREEZE",
+    "FROM",
+    "FULL",
+    "GLOBALDICT256",
+    "GLOBALDICT64K",
+    "GRANT",
+    "GROUP",
+    "GZIP",
+    "HAVING",
+    "IDENTITY",
+    "IGNORE",
+    "ILIKE",
+    "IN",
+    "INITIALLY",
+    "INNER",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "ISNULL",
+    "JOIN",
+    "LEADING",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "LOCALTIME",
+    "LOCALTIMESTAMP",
+    "LUN",
+    "LUNS",
+    "LZO",
+    "LZOP",
+    "MINUS",
+    "MOSTLY16",
+    "MOSTLY32",
+    "MOSTLY8",
+    "NATURAL",
+    "NEW",
+    "NOT",
+    "NOTNULL",
+    "NULL",
+    "NULLS",
+    "OFF",
+    "OFFLINE",
+    "OFFSET",
+    "OID",
+    "OLD",
+    "ON",
+    "ONLY",
+    "OPEN",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVERLAPS",
+    "PARALLEL",
+    "PARTITION",
+    "PERCENT",
+    "PERMISSIONS",
+    "PIVOT",
+    "PLACING",
+    "PRIMARY",
+    "RAW",
+    "READRATIO",
+    "RECOVER",
+    "REFERENCES",
+    "REJECTLOG",
+    "RESORT",
+    "RESPECT",
+    "RESTORE",
+    "RIGHT",
+    "SELECT",
+    "SESSION_USER",
+    "SIMILAR",
+    "SNAPSHOT",
+    "SOME",
+    "SYSDATE",
+    "SYSTEM",
+    "TABLE",
+    "TAG",
+    "TDES",
+    "TEXT255",
+    "TEXT32K",
+    "THEN",
+    "TIMESTAMP",
+    "TO",
+    "TOP",
+    "TRAILING",
+    "TRUE",
+    "TRUNCATECOLUMNS",
+    "UNION",
+    "UNIQUE",
+    "UNNEST",
+    "UNPIVOT",
+    "USER",
+    "USING",
+    "VERBOSE",
+    "WALLET",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "WITHOUT",
+];
+
+/// The reserved words the stand-in reads as SQL syntax (keywords, type names, niladic
+/// functions) where they stand outside an identifier's place. Any other reserved word written
+/// unquoted can only be an identifier, and is refused wherever it stands; these are refused in
+/// an identifier's place: next to a `.`, as an alias after `AS`, as a column of a column list.
+const SYNTAX: &[&str] = &[
+    "ALL",
+    "AND",
+    "ANY",
+    "AS",
+    "ASC",
+    "BETWEEN",
+    "BOTH",
+    "CASE",
+    "CAST",
+    "CHECK",
+    "COLLATE",
+    "COLUMN",
+    "CONSTRAINT",
+    "CREATE",
+    "CROSS",
+    "CURRENT_DATE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "CURRENT_USER",
+    "DEFAULT",
+    "DEFERRABLE",
+    "DESC",
+    "DISTINCT",
+    "ELSE",
+    "END",
+    "EXCEPT",
+    "FALSE",
+    "FOR",
+    "FOREIGN",
+    "FROM",
+    "FULL",
+    "GRANT",
+    "GROUP",
+    "HAVING",
+    "ILIKE",
+    "IN",
+    "INITIALLY",
+    "INNER",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "ISNULL",
+    "JOIN",
+    "LEADING",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "LOCALTIME",
+    "LOCALTIMESTAMP",
+    "MINUS",
+    "NATURAL",
+    "NOT",
+    "NOTNULL",
+    "NULL",
+    "NULLS",
+    "OFFSET",
+    "ON",
+    "ONLY",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVERLAPS",
+    "PARTITION",
+    "PRIMARY",
+    "REFERENCES",
+    "RIGHT",
+    "SELECT",
+    "SESSION_USER",
+    "SIMILAR",
+    "SOME",
+    "SYSDATE",
+    "TABLE",
+    "THEN",
+    "TIMESTAMP",
+    "TO",
+    "TOP",
+    "TRAILING",
+    "TRUE",
+    "UNION",
+    "UNIQUE",
+    "USING",
+    "WHEN",
+    "WHERE",
+    "WITH",
+    "WITHOUT",
+];
+
+/// Words that open an element of a CREATE TABLE list other than a column definition.
+const TABLE_ELEMENT: &[&str] = &[
+    "LIKE",
+    "PRIMARY",
+    "UNIQUE",
+    "CONSTRAINT",
+    "CHECK",
+    "FOREIGN",
+];
+
+/// Leader-node-only functions: an error in a statement that references user-created tables or
+/// system tables (STL/STV/SVL/SVV); allowed where only catalog tables (PG_ prefix) or no
+/// tables are referenced. The page's list, the deprecated date and string functions included.
+/// <https://docs.aws.amazon.com/redshift/latest/dg/c_SQL_functions_leader_node_only.html>
+pub const LEADER_ONLY: &[&str] = &[
+    "CURRENT_SCHEMA",
+    "CURRENT_SCHEMAS",
+    "HAS_DATABASE_PRIVILEGE",
+    "HAS_SCHEMA_PRIVILEGE",
+    "HAS_TABLE_PRIVILEGE",
+    "SUBSTR",
+    "FACTORIAL",
+    "LOG",
+    "AGE",
+    "CURRENT_TIME",
+    "CURRENT_TIMESTAMP",
+    "LOCALTIME",
+    "ISFINITE",
+    "NOW",
+    "GETBIT",
+    "GET_BYTE",
+    "SET_BIT",
+    "SET_BYTE",
+    "TO_ASCII",
+];
+
+/// The PostgreSQL domain a Redshift TEXT becomes here: TEXT is converted to VARCHAR(256), and
+/// VARCHAR lengths are bytes. <https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html>
+pub const TEXT_DOMAIN: &str = "redshift_text";
+
+/// One lexical piece of a statement, with its text as written (the pieces put back together
+/// are the statement).
+#[derive(Debug, Clone, PartialEq)]
+enum Lex {
+    Space(String),
+    Word(String),
+    Quoted(String),
+    Str(String),
+    Other(String),
+}
+
+impl Lex {
+    fn text(&self) -> &str {
+        match self {
+            Lex::Space(s) | Lex::Word(s) | Lex::Quoted(s) | Lex::Str(s) | Lex::Other(s) => s,
+        }
+    }
+    fn is(&self, kw: &str) -> bool {
+        matches!(self, Lex::Word(w) if w.eq_ignore_ascii_case(kw))
+    }
+}
+
+/// Splits a statement into pieces; string literals are read as Redshift reads them (a
+/// backslash escapes the next character, `''` is a quote).
+fn lex(sql: &str) -> Result<Vec<Lex>> {
+    let b: Vec<char> = sql.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let take = |from: usize, to: usize| b[from..to].iter().collect::<String>();
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        if c.is_whitespace() {
+            while i < b.len() && b[i].is_whitespace() {
+                i += 1;
+            }
+            out.push(Lex::Space(take(start, i)));
+        } else if c == '-' && b.get(i + 1) == Some(&'-') {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
+            }
+            out.push(Lex::Space(take(start, i)));
+        } else if c == '\'' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => bail!("unterminated string literal"),
+                    Some('\'') if b.get(i + 1) == Some(&'\'') => i += 2,
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') => i += 2,
+                    Some(_) => i += 1,
+                }
+            }
+            out.push(Lex::Str(take(start, i)));
+        } else if c == '"' {
+            i += 1;
+            loop {
+                match b.get(i) {
+                    None => bail!("unterminated quoted identifier"),
+                    Some('"') if b.get(i + 1) == Some(&'"') => i += 2,
+                    Some('"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => i += 1,
+                }
+            }
+            out.push(Lex::Quoted(take(start, i)));
+        } else if c.is_alphabetic() || c == '_' {
+            while i < b.len() && (b[i].is_alphanumeric() || b[i] == '_' || b[i] == '$') {
+                i += 1;
+            }
+            out.push(Lex::Word(take(start, i)));
+        } else if c.is_ascii_digit() {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == '.') {
+                i += 1;
+            }
+            out.push(Lex::Other(take(start, i)));
+        } else if c == ':' && b.get(i + 1) == Some(&':') {
+            i += 2;
+            out.push(Lex::Other("::".into()));
+        } else {
+            i += 1;
+            out.push(Lex::Other(c.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Redshift's refusal of a reserved word written as an identifier, as its parser says it.
+fn reserved_error(word: &str, sql: &str) -> anyhow::Error {
+    anyhow!(
+        "Redshift stand-in: syntax error at or near \"{}\" (42601): {} is a Redshift reserved word, an identifier only when quoted (https://docs.aws.amazon.com/redshift/latest/dg/r_pg_keywords.html): {}",
+        word.to_lowercase(),
+        word.to_uppercase(),
+        first_line(sql)
+    )
+}
+
+/// Where a statement's column list would open: the piece after the table name that follows
+/// `CREATE [TEMP] TABLE [IF NOT EXISTS]` or `INSERT INTO`.
+fn column_list_at(toks: &[Lex], sig: &[usize]) -> Option<usize> {
+    let at = |k: usize| sig.get(k).map(|&i| &toks[i]);
+    let mut k = match (at(0), at(1)) {
+        (Some(a), Some(b)) if a.is("INSERT") && b.is("INTO") => 2,
+        (Some(a), Some(b)) if a.is("CREATE") && b.is("TABLE") => 2,
+        (Some(a), Some(b)) if a.is("CREATE") && (b.is("TEMP") || b.is("TEMPORARY")) => {
+            if !at(2)?.is("TABLE") {
+                return None;
+            }
+            3
+        }
+        _ => return None,
+    };
+    while at(k)?.is("IF") || at(k)?.is("NOT") || at(k)?.is("EXISTS") {
+        k += 1;
+    }
+    loop {
+        if !matches!(at(k)?, Lex::Word(_) | Lex::Quoted(_)) {
+            return None;
+        }
+        if at(k + 1)?.text() != "." {
+            return Some(k + 1);
+        }
+        k += 2;
+    }
+}
+
+/// Checks a statement against Redshift's rules and rewrites it for PostgreSQL: quoted
+/// identifiers folded to lower case, GETDATE()/SYSDATE as PostgreSQL writes them, TEXT as
+/// VARCHAR(256) in bytes.
+pub fn redshift_sql(sql: &str) -> Result<String> {
+    let toks = lex(sql)?;
+    // Indices of the pieces that are not blanks or comments.
+    let sig: Vec<usize> = (0..toks.len())
+        .filter(|&i| !matches!(toks[i], Lex::Space(_)))
+        .collect();
+    let at = |k: usize| sig.get(k).map(|&i| &toks[i]);
+    let upper = |k: usize| match at(k) {
+        Some(Lex::Word(w)) => w.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let list_at = column_list_at(&toks, &sig);
+    let insert = at(0).is_some_and(|t| t.is("INSERT"));
+    // For each open parenthesis: the word before it (CAST, ...), and whether it is the
+    // statement's column list.
+    let mut parens: Vec<(String, bool)> = Vec::new();
+    let mut element_start = false;
+    let mut leader = None;
+    for k in 0..sig.len() {
+        let t = at(k).expect("in range");
+        match t {
+            Lex::Other(p) if p == "(" => {
+                let before = if k > 0 { upper(k - 1) } else { String::new() };
+                let list = list_at == Some(k);
+                parens.push((before, list));
+                element_start = list;
+                continue;
+            }
+            Lex::Other(p) if p == ")" => {
+                parens.pop();
+            }
+            Lex::Other(p) if p == "," => {
+                element_start = parens.last().is_some_and(|p| p.1);
+                continue;
+            }
+            Lex::Word(w) => {
+                let up = w.to_ascii_uppercase();
+                if LEADER_ONLY.contains(&up.as_str()) {
+                    leader.get_or_insert(up.clone());
+                }
+                if RESERVED.contains(&up.as_str()) {
+                    let syntax = SYNTAX.contains(&up.as_str());
+                    let dotted = at(k + 1).is_some_and(|t| t.text() == ".")
+                        || (k > 0 && at(k - 1).is_some_and(|t| t.text() == "."));
+                    let in_cast = parens.last().is_some_and(|p| p.0 == "CAST");
+                    let alias = k > 0
+                        && upper(k - 1) == "AS"
+                        && !in_cast
+                        && !matches!(up.as_str(), "SELECT" | "WITH");
+                    let column = element_start && (insert || !TABLE_ELEMENT.contains(&up.as_str()));
+                    if !syntax || dotted || alias || column {
+                        return Err(reserved_error(w, sql));
+                    }
+                }
+            }
+            _ => {}
+        }
+        element_start = false;
+    }
+    if let Some(f) = leader {
+        if let Some(table) = user_table(&toks, &sig) {
+            // https://docs.aws.amazon.com/redshift/latest/dg/c_SQL_functions_leader_node_only.html
+            bail!(
+                "Redshift stand-in: Specified types or functions (one per INFO message) not supported on Redshift tables. INFO: Function {f} is leader-node only, and the statement references table {table} (https://docs.aws.amazon.com/redshift/latest/dg/c_SQL_functions_leader_node_only.html): {}",
+                first_line(sql)
+            );
+        }
+    }
+    let mut out = String::with_capacity(sql.len());
+    for (k, &i) in sig.iter().enumerate() {
+        // The blanks before this piece, as written.
+        let from = if k == 0 { 0 } else { sig[k - 1] + 1 };
+        toks[from..i].iter().for_each(|t| out.push_str(t.text()));
+        let t = &toks[i];
+        let prev = if k > 0 { at(k - 1) } else { None };
+        let next = at(k + 1);
+        match t {
+            // Names and identifiers: ASCII letters in standard and delimited identifiers are
+            // folded to lower case (enable_case_sensitive_identifier is false by default).
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_names.html
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_enable_case_sensitive_identifier.html
+            Lex::Quoted(q) => out.push_str(&q.to_ascii_lowercase()),
+            // SYSDATE: the start of the transaction in the session's zone (UTC by default).
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_SYSDATE.html
+            Lex::Word(w) if w.eq_ignore_ascii_case("SYSDATE") => out.push_str("LOCALTIMESTAMP"),
+            // GETDATE() is a function of the system schema (`StandInCluster::install`).
+            // TEXT is converted to VARCHAR(256), and VARCHAR lengths count bytes: a value cast
+            // to TEXT holds at most 256 bytes.
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html
+            Lex::Word(w)
+                if w.eq_ignore_ascii_case("TEXT")
+                    && (prev.is_some_and(|p| p.text() == "::")
+                        || prev.is_some_and(|p| p.is("AS"))
+                            && next.is_some_and(|n| n.text() == ")")) =>
+            {
+                out.push_str(TEXT_DOMAIN)
+            }
+            _ => out.push_str(t.text()),
+        }
+    }
+    if let Some(&last) = sig.last() {
+        toks[last + 1..].iter().for_each(|t| out.push_str(t.text()));
+    } else {
+        toks.iter().for_each(|t| out.push_str(t.text()));
+    }
+    Ok(out)
+}
+
+/// The first table the statement references that is not a catalog table (`pg_*`,
+/// `information_schema`): a user-created or system table.
+fn user_table(toks: &[Lex], sig: &[usize]) -> Option<String> {
+    let at = |k: usize| sig.get(k).map(|&i| &toks[i]);
+    let mut parens: Vec<String> = Vec::new();
+    for k in 0..sig.len() {
+        let t = at(k)?;
+        if t.text() == "(" {
+            parens.push(if k > 0 {
+                at(k - 1)?.text().to_ascii_uppercase()
+            } else {
+                String::new()
+            });
+            continue;
+        }
+        if t.text() == ")" {
+            parens.pop();
+            continue;
+        }
+        let names_table = ["FROM", "JOIN", "INTO", "TABLE", "LOCK", "UPDATE"]
+            .iter()
+            .any(|kw| t.is(kw));
+        // FROM inside EXTRACT(... FROM ...) or TRIM(... FROM ...) names no table.
+        let in_function = parens
+            .last()
+            .is_some_and(|f| matches!(f.as_str(), "EXTRACT" | "TRIM" | "SUBSTRING" | "POSITION"));
+        if !names_table || in_function {
+            continue;
+        }
+        let mut j = k + 1;
+        while at(j).is_some_and(|t| t.is("IF") || t.is("NOT") || t.is("EXISTS") || t.is("ONLY")) {
+            j += 1;
+        }
+        let mut parts = Vec::new();
+        while let Some(Lex::Word(_) | Lex::Quoted(_)) = at(j) {
+            parts.push(at(j)?.text().trim_matches('"').to_ascii_lowercase());
+            if at(j + 1).map(Lex::text) != Some(".") {
+                break;
+            }
+            j += 2;
+        }
+        let Some(name) = parts.last() else { continue };
+        let catalog = name.starts_with("pg_")
+            || parts.len() > 1 && matches!(parts[0].as_str(), "pg_catalog" | "information_schema");
+        if !catalog {
+            return Some(parts.join("."));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -904,6 +1519,42 @@ mod tests {
         // One word it does not know, and the statement is refused.
         assert!(parse_copy(&format!("{sql}\nTRUNCATECOLUMNS")).is_err());
         assert!(parse_copy(&sql.replace("MANIFEST\n", "")).is_err());
+    }
+
+    /// What PostgreSQL is given: quoted names folded, SYSDATE as LOCALTIMESTAMP, TEXT as the
+    /// 256-byte domain; literals, blanks and everything else as written.
+    #[test]
+    fn statements_are_rewritten_as_redshift_reads_them() {
+        let sql = "SELECT \"Key\", 'A\\'\"B\"' AS \"Out\", x::text, CAST(y AS TEXT)\n  FROM \"S\".\"T\" WHERE \"at\" < SYSDATE";
+        assert_eq!(
+            redshift_sql(sql).unwrap(),
+            "SELECT \"key\", 'A\\'\"B\"' AS \"out\", x::redshift_text, CAST(y AS redshift_text)\n  FROM \"s\".\"t\" WHERE \"at\" < LOCALTIMESTAMP"
+        );
+        for bad in [
+            "CREATE TABLE \"s\".\"r\" (\"key\" int, raw int)",
+            "INSERT INTO \"s\".\"r\" (\"key\", line, raw) VALUES (1, 2, 3)",
+            "SELECT \"x\" AS user FROM \"t\"",
+            "SELECT t.partition FROM t",
+            "CREATE TABLE t (\"a\" int, offset int)",
+        ] {
+            let err = redshift_sql(bad).unwrap_err().to_string();
+            assert!(err.contains("reserved word"), "{bad}: {err}");
+        }
+        for good in [
+            "CREATE TEMP TABLE \"s\" (LIKE \"x\".\"y\")",
+            "CREATE TABLE \"t\" AS\nWITH \"d\" AS (SELECT DISTINCT \"a\" FROM \"x\") SELECT \"a\" FROM \"d\" GROUP BY \"a\"",
+            "SELECT CAST(count(*) AS BIGINT) FROM \"t\" ORDER BY 1 DESC LIMIT 5",
+            "SELECT max(\"x\") OVER (PARTITION BY \"p\" ORDER BY \"o\" ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) FROM \"t\"",
+            "SET statement_timeout TO 0",
+        ] {
+            assert!(redshift_sql(good).is_ok(), "{good}");
+        }
+        let err = redshift_sql("INSERT INTO \"t\" (\"at\") SELECT now()").unwrap_err();
+        assert!(err.to_string().contains("leader-node only"), "{err}");
+        assert!(redshift_sql("SELECT now(), CURRENT_SCHEMA").is_ok());
+        assert!(
+            redshift_sql("SELECT CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS BIGINT)").is_ok()
+        );
     }
 
     #[test]
