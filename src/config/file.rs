@@ -150,8 +150,12 @@ pub struct WarehouseFile {
     pub raw_table: Option<String>,
     pub ledger_table: Option<String>,
     pub rejects_table: Option<String>,
-    /// Redshift: IAM role COPY assumes to read the archive (preferred over access keys).
+    /// Redshift: IAM role COPY assumes to read the archive (preferred over access keys): an
+    /// ARN, or "default" for the cluster's default role.
     pub iam_role: Option<String>,
+    /// Redshift: whether the warehouse is Redshift Serverless (load errors in the SYS views)
+    /// or a provisioned cluster (STL views). Unset: detected.
+    pub redshift_serverless: Option<bool>,
     /// Redshift: region of the archive bucket for COPY (default: the archive's region).
     pub region: Option<String>,
     /// TLS as libpq's sslmode: disable, prefer (default), require, verify-ca, verify-full.

@@ -283,8 +283,11 @@ pub struct PgTls {
 /// its statements from it at load time.
 #[derive(Debug, Clone)]
 pub struct RedshiftSettings {
-    /// The IAM role COPY assumes; None: the archive's access keys.
+    /// The IAM role COPY assumes (an ARN, or "default": the cluster's default role); None: the
+    /// archive's access keys.
     pub iam_role: Option<String>,
+    /// Serverless (true) or provisioned (false); None: detected at connect time.
+    pub serverless: Option<bool>,
     /// Region of the archive bucket.
     pub region: String,
 }

@@ -392,8 +392,16 @@ fn redshift_settings(w: &WarehouseFile, archive: &ArchiveSettings) -> Result<Red
     if w.iam_role.is_none() && (access_key_id.is_none() || secret_access_key.is_none()) {
         bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
     }
+    if let Some(role) = &w.iam_role {
+        // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
+        // IAM_ROLE { default | 'arn:aws:iam::<AWS account-id>:role/<role-name>' }
+        if role != "default" && !(role.starts_with("arn:") && role.contains(":role/")) {
+            bail!("warehouse.iam_role {role:?} is neither \"default\" nor a role ARN (arn:aws:iam::ACCOUNT:role/NAME)");
+        }
+    }
     Ok(RedshiftSettings {
         iam_role: w.iam_role.clone(),
+        serverless: w.redshift_serverless,
         region: w.region.clone().unwrap_or_else(|| region.clone()),
     })
 }
@@ -896,6 +904,38 @@ mod tests {
         assert!(err.contains("kafka.aws_region"), "{err}");
         let err = refused("[kafka]\nsasl_mechanism = \"PLAIN\"\naws_region = \"us-east-1\"\n");
         assert!(err.contains("AWS_MSK_IAM"), "{err}");
+    }
+
+    #[test]
+    fn redshift_role_flavour_and_temporary_keys() {
+        let text = |extra: &str| {
+            format!("[archive]\nurl = \"s3://b/p\"\n[warehouse]\nkind = \"redshift\"\n{extra}")
+        };
+        let none = Overrides::default();
+        let rs = |extra: &str, e: &[(&str, &str)]| {
+            resolve(parse_file(&text(extra)).unwrap(), &env(e), &none).map(|s| s.warehouse)
+        };
+        let w = rs("iam_role = \"default\"\nredshift_serverless = true\n", &[]).unwrap();
+        let r = w.redshift.unwrap();
+        assert_eq!(
+            (r.iam_role.as_deref(), r.serverless),
+            (Some("default"), Some(true))
+        );
+        let w = rs("iam_role = \"arn:aws:iam::1:role/r\"\n", &[]).unwrap();
+        assert_eq!(w.redshift.unwrap().serverless, None, "unset: detected");
+        let err = format!("{:#}", rs("iam_role = \"Loader\"\n", &[]).unwrap_err());
+        assert!(err.contains("warehouse.iam_role"), "{err}");
+        // Temporary keys: the session token comes with them to COPY.
+        let keys = [
+            ("AWS_ACCESS_KEY_ID", "ASIA1"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_SESSION_TOKEN", "tok"),
+        ];
+        let s = resolve(parse_file(&text("")).unwrap(), &env(&keys), &none).unwrap();
+        let ArchiveLocation::S3 { session_token, .. } = &s.archive.location else {
+            panic!("s3")
+        };
+        assert_eq!(session_token.as_ref().map(|t| t.expose()), Some("tok"));
     }
 
     #[test]

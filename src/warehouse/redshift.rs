@@ -17,15 +17,101 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// How Redshift authenticates to S3.
+/// How Redshift authenticates to S3
+/// (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html).
 #[derive(Debug, Clone)]
 pub enum S3Auth {
+    /// A role ARN, or "default": the role set as the cluster's default (`IAM_ROLE default`).
     IamRole(String),
+    /// Access keys; with a session token when they are temporary (STS, SSO).
     Keys {
         access_key_id: String,
         secret_access_key: Secret,
+        session_token: Option<Secret>,
     },
 }
+
+/// Which Redshift: a provisioned cluster keeps COPY's errors in the STL views; Serverless has
+/// no STL views and keeps them in the SYS monitoring views.
+/// https://docs.aws.amazon.com/redshift/latest/dg/c_intro_system_views.html ("System monitoring
+/// (provisioned only)"), https://docs.aws.amazon.com/redshift/latest/mgmt/serverless-monitoring.html,
+/// https://docs.aws.amazon.com/redshift/latest/dg/serverless_views-monitoring.html
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Provisioned,
+    Serverless,
+}
+
+/// Where a flavour's COPY errors are, by column. `raw` and `value` are None where the view has
+/// no such column (SYS_LOAD_ERROR_DETAIL keeps neither the raw line nor the field's value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadErrorView {
+    pub table: &'static str,
+    /// The query id `pg_last_copy_id()` names.
+    pub query: &'static str,
+    pub file: &'static str,
+    pub line: &'static str,
+    pub column: &'static str,
+    pub reason: &'static str,
+    pub raw: Option<&'static str>,
+    pub value: Option<&'static str>,
+}
+
+/// https://docs.aws.amazon.com/redshift/latest/dg/r_STL_LOAD_ERRORS.html
+pub const STL_LOAD_ERRORS: LoadErrorView = LoadErrorView {
+    table: "\"stl_load_errors\"",
+    query: "\"query\"",
+    file: "\"filename\"",
+    line: "\"line_number\"",
+    column: "\"colname\"",
+    reason: "\"err_reason\"",
+    raw: Some("\"raw_line\""),
+    value: Some("\"raw_field_value\""),
+};
+
+/// https://docs.aws.amazon.com/redshift/latest/dg/SYS_LOAD_ERROR_DETAIL.html: query_id,
+/// file_name char(256), line_number, column_name, error_message char(512); no raw line. Its
+/// query_id is what `pg_last_copy_id()` returns: SYS_LOAD_DETAIL's own example selects
+/// `where query_id = pg_last_copy_id()`
+/// (https://docs.aws.amazon.com/redshift/latest/dg/SYS_LOAD_DETAIL.html).
+pub const SYS_LOAD_ERROR_DETAIL: LoadErrorView = LoadErrorView {
+    table: "\"sys_load_error_detail\"",
+    query: "\"query_id\"",
+    file: "\"file_name\"",
+    line: "\"line_number\"",
+    column: "\"column_name\"",
+    reason: "\"error_message\"",
+    raw: None,
+    value: None,
+};
+
+impl Flavour {
+    pub fn errors(self) -> &'static LoadErrorView {
+        match self {
+            Flavour::Provisioned => &STL_LOAD_ERRORS,
+            Flavour::Serverless => &SYS_LOAD_ERROR_DETAIL,
+        }
+    }
+
+    /// The flavour the settings give: `warehouse.redshift_serverless` when set, else Serverless
+    /// when the endpoint is a Serverless workgroup's
+    /// (`<workgroup>.<account>.<region>.redshift-serverless.amazonaws.com`), else unknown (then
+    /// [`Redshift`] probes for the STL views before its first load).
+    pub fn from_settings(serverless: Option<bool>, url: &str) -> Option<Flavour> {
+        match serverless {
+            Some(true) => Some(Flavour::Serverless),
+            Some(false) => Some(Flavour::Provisioned),
+            None => url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+                .filter(|h| h.ends_with(".redshift-serverless.amazonaws.com"))
+                .map(|_| Flavour::Serverless),
+        }
+    }
+}
+
+/// The probe for the STL views: answered on a provisioned cluster, refused on Serverless.
+pub const STL_PROBE_SQL: &str = "SELECT count(*) FROM stl_load_errors WHERE query = -1";
 
 /// The fixed parts of every COPY statement.
 #[derive(Debug, Clone)]
@@ -172,27 +258,38 @@ pub fn copy_sql(
     let cols = super::column_list(layout);
     let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
     let mut s = format!("COPY {table} ({})\nFROM {}\n", cols, literal(&manifest_url));
+    // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
+    // IAM_ROLE { default | 'arn:aws:iam::<AWS account-id>:role/<role-name>' }, or
+    // ACCESS_KEY_ID '..' SECRET_ACCESS_KEY '..' [SESSION_TOKEN '..'] for temporary keys.
+    // The keys are on lines of their own: errors quote a statement's first line only.
+    let hide = |v: &Secret| -> String {
+        if mask {
+            literal("***")
+        } else {
+            literal(v.expose())
+        }
+    };
     match &spec.auth {
+        S3Auth::IamRole(role) if role == "default" => s += "IAM_ROLE default\n",
         S3Auth::IamRole(arn) => {
             if !arn.starts_with("arn:") {
-                bail!("warehouse.iam_role {arn:?} is not an ARN (arn:aws:iam::ACCOUNT:role/NAME)");
+                bail!("warehouse.iam_role {arn:?} is neither \"default\" nor an ARN (arn:aws:iam::ACCOUNT:role/NAME)");
             }
             s += &format!("IAM_ROLE {}\n", literal(arn));
         }
         S3Auth::Keys {
             access_key_id,
             secret_access_key,
+            session_token,
         } => {
-            let secret = if mask {
-                "***"
-            } else {
-                secret_access_key.expose()
-            };
             s += &format!(
                 "ACCESS_KEY_ID {}\nSECRET_ACCESS_KEY {}\n",
                 literal(access_key_id),
-                literal(secret)
+                hide(secret_access_key)
             );
+            if let Some(token) = session_token {
+                s += &format!("SESSION_TOKEN {}\n", hide(token));
+            }
         }
     }
     s += "MANIFEST\n";
@@ -229,10 +326,20 @@ pub fn copy_sql(
     Ok(s.trim_end().to_string())
 }
 
-/// The query that explains a failed COPY (run after the rollback: `stl_load_errors` is not
+/// The query that explains a failed COPY (run after the rollback: the error views are not
 /// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
 /// own name: `SqlSession::query_text` selects them by name.
-pub const LOAD_ERRORS_SQL: &str = r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#;
+pub fn load_errors_sql(v: &LoadErrorView) -> String {
+    let value = v
+        .value
+        .map(|c| format!("trim({c}) AS \"value\", "))
+        .unwrap_or_default();
+    format!(
+        "SELECT trim({}) AS \"filename\", {}, trim({}) AS \"colname\", {value}trim({}) AS \"reason\" \
+FROM {} WHERE {} = pg_last_copy_id() ORDER BY {} LIMIT 5",
+        v.file, v.line, v.column, v.reason, v.table, v.query, v.line
+    )
+}
 
 /// Builds the COPY statement's fixed parts from the settings.
 pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<CopySpec> {
@@ -245,6 +352,7 @@ pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<Cop
         prefix,
         access_key_id,
         secret_access_key,
+        session_token,
         ..
     } = &archive.location
     else {
@@ -255,6 +363,7 @@ pub fn copy_spec(w: &WarehouseSettings, archive: &ArchiveSettings) -> Result<Cop
         (None, Some(id), Some(secret)) => S3Auth::Keys {
             access_key_id: id.clone(),
             secret_access_key: secret.clone(),
+            session_token: session_token.clone(),
         },
         _ => bail!("Redshift COPY needs warehouse.iam_role, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     };
@@ -282,6 +391,8 @@ pub struct Redshift {
     held: BTreeMap<String, Box<dyn SqlSession>>,
     /// Whether the current load has sent a COPY (its errors then explain a failure).
     copy_ran: bool,
+    /// Provisioned or Serverless; None: probed before the first load.
+    flavour: Option<Flavour>,
 }
 
 /// An offset range of an object in the load: first, last, key.
@@ -297,14 +408,17 @@ struct Measured {
 impl Redshift {
     pub fn connect(w: &WarehouseSettings, archive: &ArchiveSettings, names: Names) -> Result<Self> {
         let spec = copy_spec(w, archive)?;
+        let flavour =
+            Flavour::from_settings(w.redshift.as_ref().and_then(|r| r.serverless), &w.url);
         let (w, n) = (w.clone(), names.clone());
         let open: SessionOpener = Box::new(move || {
             Ok(Box::new(PgSession::connect(&w, n.clone())?) as Box<dyn SqlSession>)
         });
-        Self::over(names, spec, open)
+        Ok(Self::over(names, spec, open)?.with_flavour(flavour))
     }
 
-    /// The dialect over sessions `open` makes (a real cluster, or a stand-in in tests).
+    /// The dialect over sessions `open` makes (a real cluster, or a stand-in in tests). The
+    /// flavour is probed before the first load unless [`Redshift::with_flavour`] sets it.
     pub fn over(names: Names, spec: CopySpec, open: SessionOpener) -> Result<Self> {
         Ok(Redshift {
             s: open()?,
@@ -313,7 +427,39 @@ impl Redshift {
             open,
             held: BTreeMap::new(),
             copy_ran: false,
+            flavour: None,
         })
+    }
+
+    /// Sets the flavour (None: probe for it).
+    pub fn with_flavour(mut self, flavour: Option<Flavour>) -> Self {
+        self.flavour = flavour;
+        self
+    }
+
+    /// The flavour, probed once when not set: a session of its own asks for the STL views
+    /// ([`STL_PROBE_SQL`]); an answer means a provisioned cluster, a refusal Serverless (which
+    /// has none). A session of its own, outside any transaction: a refused statement would
+    /// abort the load's transaction.
+    pub fn flavour(&mut self) -> Result<Flavour> {
+        if let Some(f) = self.flavour {
+            return Ok(f);
+        }
+        let mut s = (self.open)().context("opening a session to probe for the STL views")?;
+        let f = match s.query_i64(STL_PROBE_SQL) {
+            Ok(_) => Flavour::Provisioned,
+            Err(e) => {
+                tracing::info!("stl_load_errors refused ({e:#}): taking the warehouse for Redshift Serverless (set warehouse.redshift_serverless to say)");
+                Flavour::Serverless
+            }
+        };
+        self.flavour = Some(f);
+        Ok(f)
+    }
+
+    /// The view COPY's errors are in (the flavour is known once a load has begun).
+    fn errors_view(&self) -> &'static LoadErrorView {
+        self.flavour.unwrap_or(Flavour::Provisioned).errors()
     }
 
     fn ledger(&self) -> String {
@@ -413,7 +559,8 @@ impl Redshift {
     }
 
     /// Runs one COPY into the staging table and measures it: rows it added, errors per object
-    /// (from `stl_load_errors`), each object's count against its manifest. Records the rejects.
+    /// (from the flavour's error view), each object's count against its manifest. Records the
+    /// rejects.
     fn run_copy(
         &mut self,
         jobs: &[LoadJob],
@@ -433,10 +580,12 @@ impl Redshift {
             .s
             .query_i64(&format!("SELECT count(*) FROM {}", quote_ident(STAGING)))?
             .unwrap_or(0);
+        let v = self.errors_view();
         let (_, rows) = self.s.query_text(&format!(
-            r#"SELECT trim("filename"), CAST(count(*) AS BIGINT) FROM "stl_load_errors" WHERE "query" = {id} GROUP BY 1"#
+            "SELECT trim({}), CAST(count(*) AS BIGINT) FROM {} WHERE {} = {id} GROUP BY 1",
+            v.file, v.table, v.query
         ))?;
-        let errors = attribute_errors(&self.spec.archive_url, jobs, group, &rows)?;
+        let errors = attribute_errors(v, &self.spec.archive_url, jobs, group, &rows)?;
         let mut out = Vec::new();
         let mut want = 0i64;
         for (&i, &bad) in group.jobs.iter().zip(&errors) {
@@ -471,7 +620,7 @@ impl Redshift {
             ));
             if bad > 0 {
                 self.s
-                    .execute(&rejects_sql(&self.names, &self.spec, j, group, id))?;
+                    .execute(&rejects_sql(v, &self.names, &self.spec, j, group, id))?;
             }
         }
         if staged - staged_before != want {
@@ -487,10 +636,16 @@ impl Redshift {
 
     /// The first error of a COPY for an object, one line (for messages).
     fn first_error(&mut self, id: i64, group: &CopyGroup, key: &str) -> String {
-        let filter = filename_filter(&self.spec, group, key);
+        let v = self.errors_view();
+        let filter = filename_filter(v, &self.spec, group, key);
+        let value = v
+            .value
+            .map(|c| format!("trim({c}) AS \"value\", "))
+            .unwrap_or_default();
         self.s
             .query_text(&format!(
-                r#"SELECT "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = {id}{filter} ORDER BY "line_number" LIMIT 1"#
+                "SELECT {}, trim({}) AS \"colname\", {value}trim({}) AS \"reason\" FROM {} WHERE {} = {id}{filter} ORDER BY {} LIMIT 1",
+                v.line, v.column, v.reason, v.table, v.query, v.line
             ))
             .map(|(_, rows)| shown(rows).iter().map(|r| r.join(" | ")).collect::<Vec<_>>().join("; "))
             .unwrap_or_default()
@@ -550,10 +705,10 @@ impl Redshift {
             .collect())
     }
 
-    /// The first rows of `stl_load_errors` for the last COPY, one line.
+    /// The first rows of the error view for the last COPY, one line.
     fn load_errors(&mut self) -> String {
         self.s
-            .query_text(LOAD_ERRORS_SQL)
+            .query_text(&load_errors_sql(self.errors_view()))
             .map(|(_, rows)| {
                 shown(rows)
                     .iter()
@@ -604,20 +759,22 @@ fn timed_out(e: &anyhow::Error) -> bool {
 
 /// The `AND trim(filename) = ...` condition that picks one object's errors out of a COPY's
 /// (none when the object is alone in its COPY).
-fn filename_filter(spec: &CopySpec, group: &CopyGroup, key: &str) -> String {
+fn filename_filter(v: &LoadErrorView, spec: &CopySpec, group: &CopyGroup, key: &str) -> String {
     if group.alone() {
         String::new()
     } else {
         format!(
-            r#" AND trim("filename") = {}"#,
+            " AND trim({}) = {}",
+            v.file,
             literal(&object_url(&spec.archive_url, key))
         )
     }
 }
 
 /// Errors per object of a group (in the group's order), from `(filename, count)` rows of
-/// `stl_load_errors`. An error naming a file outside the group fails the load.
+/// the error view. An error naming a file outside the group fails the load.
 fn attribute_errors(
+    v: &LoadErrorView,
     archive_url: &str,
     jobs: &[LoadJob],
     group: &CopyGroup,
@@ -628,7 +785,7 @@ fn attribute_errors(
         let (file, count) = (r[0].as_deref(), r[1].as_deref().unwrap_or_default());
         let n: u64 = count
             .parse()
-            .with_context(|| format!("stl_load_errors count {count:?}"))?;
+            .with_context(|| format!("{} count {count:?}", v.table))?;
         let pos = if group.alone() {
             Some(0)
         } else {
@@ -640,7 +797,8 @@ fn attribute_errors(
         match pos {
             Some(p) => out[p] += n,
             None => bail!(
-                "stl_load_errors names file {:?}, which this COPY did not list",
+                "{} names file {:?}, which this COPY did not list",
+                v.table,
                 file.unwrap_or_default()
             ),
         }
@@ -648,13 +806,27 @@ fn attribute_errors(
     Ok(out)
 }
 
-/// Copies one object's rejected lines from `stl_load_errors` into the rejects table.
-fn rejects_sql(names: &Names, spec: &CopySpec, j: &LoadJob, group: &CopyGroup, id: i64) -> String {
+/// Copies one object's rejected lines from the error view into the rejects table (the raw
+/// line NULL where the view does not keep it: Serverless).
+fn rejects_sql(
+    v: &LoadErrorView,
+    names: &Names,
+    spec: &CopySpec,
+    j: &LoadJob,
+    group: &CopyGroup,
+    id: i64,
+) -> String {
+    let raw = v.raw.map_or("NULL".to_string(), |c| format!("trim({c})"));
     format!(
-        "INSERT INTO {} (\"key\", \"line\", \"raw\", \"reason\")\nSELECT {}, \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = {id}{}",
+        "INSERT INTO {} (\"key\", \"line\", \"raw\", \"reason\")\nSELECT {}, {}, {raw}, trim({}) || ': ' || trim({})\nFROM {} WHERE {} = {id}{}",
         names.qualified(&names.rejects),
         literal(&j.key),
-        filename_filter(spec, group, &j.key)
+        v.line,
+        v.column,
+        v.reason,
+        v.table,
+        v.query,
+        filename_filter(v, spec, group, &j.key)
     )
 }
 
@@ -759,6 +931,7 @@ impl Warehouse for Redshift {
             }
             verify_checksum(store, j)?;
         }
+        self.flavour()?;
         let groups = plan_copies(&self.spec.archive_url, jobs, opts.max_errors, &load_tag());
         for g in &groups {
             let listed: Vec<&LoadJob> = g.jobs.iter().map(|&i| &jobs[i]).collect();
@@ -819,7 +992,7 @@ pub fn load_plan(
     ];
     for g in &groups {
         v.push(copy_sql(&quote_ident(STAGING), layout, spec, g, true)?);
-        v.push("-- count the staged rows and the errors per object in stl_load_errors; check them against the manifests".into());
+        v.push("-- count the staged rows and the errors per object in stl_load_errors (sys_load_error_detail on Serverless); check them against the manifests".into());
     }
     v.push(move_sql(names, layout));
     for j in jobs {
@@ -925,6 +1098,7 @@ STATUPDATE OFF"
         let auth = S3Auth::Keys {
             access_key_id: "AKIAEXAMPLE".into(),
             secret_access_key: Secret::new("s3cr3t/key\\'"),
+            session_token: None,
         };
         let s = spec(auth);
         let g = group(Compression::Zstd, 2, Some(11));
@@ -1033,6 +1207,96 @@ STATUPDATE OFF"
         assert!(copy_sql("x", &Layout::tweets(), &s, &g, true).is_err());
     }
 
+    /// Temporary keys (STS, SSO): SESSION_TOKEN goes with them; masked, neither secret shows,
+    /// and the first line (all an error quotes of a statement) holds no credential.
+    #[test]
+    fn copy_with_temporary_keys_snapshot() {
+        let auth = S3Auth::Keys {
+            access_key_id: "ASIAEXAMPLE".into(),
+            secret_access_key: Secret::new("tmpsecret"),
+            session_token: Some(Secret::new("FwoGZXIvYXdz'token")),
+        };
+        let s = spec(auth);
+        let g = group(Compression::Gzip, 1, None);
+        let real = copy_sql("\"batchlayer_staging\"", &Layout::tweets(), &s, &g, false).unwrap();
+        assert_eq!(
+            real,
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
+ACCESS_KEY_ID 'ASIAEXAMPLE'\n\
+SECRET_ACCESS_KEY 'tmpsecret'\n\
+SESSION_TOKEN 'FwoGZXIvYXdz''token'\n\
+MANIFEST\n\
+DELIMITER ';'\n\
+ESCAPE\n\
+GZIP\n\
+REGION 'eu-west-1'\n\
+TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\n\
+NULL AS 'None'\n\
+COMPUPDATE OFF\n\
+STATUPDATE OFF"
+        );
+        let shown = super::super::session::first_line(&real);
+        assert!(
+            !shown.contains("tmpsecret") && !shown.contains("token"),
+            "{shown}"
+        );
+        let masked = copy_sql("x", &Layout::tweets(), &s, &g, true).unwrap();
+        assert!(
+            masked.contains("SECRET_ACCESS_KEY '***'\nSESSION_TOKEN '***'\n"),
+            "{masked}"
+        );
+        assert!(!masked.contains("tmpsecret") && !masked.contains("FwoG"));
+    }
+
+    /// `iam_role = "default"`: the keyword, unquoted (a quoted 'default' is not an ARN).
+    #[test]
+    fn copy_with_the_default_role_snapshot() {
+        let s = spec(S3Auth::IamRole("default".into()));
+        let g = group(Compression::None, 1, Some(3));
+        let sql = copy_sql("\"batchlayer_staging\"", &Layout::tweets(), &s, &g, false).unwrap();
+        assert_eq!(
+            sql,
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
+IAM_ROLE default\n\
+MANIFEST\n\
+DELIMITER ';'\n\
+ESCAPE\n\
+REGION 'eu-west-1'\n\
+TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\n\
+NULL AS 'None'\n\
+COMPUPDATE OFF\n\
+STATUPDATE OFF\n\
+MAXERROR 3"
+        );
+    }
+
+    #[test]
+    fn the_flavour_is_the_setting_else_the_serverless_endpoint_else_probed() {
+        let sl =
+            "postgresql://u@wg.123456789012.eu-west-1.redshift-serverless.amazonaws.com:5439/dev";
+        let prov = "postgresql://u@c.abc123.eu-west-1.redshift.amazonaws.com:5439/dev";
+        assert_eq!(Flavour::from_settings(None, sl), Some(Flavour::Serverless));
+        assert_eq!(Flavour::from_settings(None, prov), None, "probed");
+        assert_eq!(
+            Flavour::from_settings(Some(false), sl),
+            Some(Flavour::Provisioned)
+        );
+        assert_eq!(
+            Flavour::from_settings(Some(true), prov),
+            Some(Flavour::Serverless)
+        );
+        assert_eq!(
+            load_errors_sql(Flavour::Serverless.errors()),
+            r#"SELECT trim("file_name") AS "filename", "line_number", trim("column_name") AS "colname", trim("error_message") AS "reason" FROM "sys_load_error_detail" WHERE "query_id" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+        );
+        assert_eq!(
+            load_errors_sql(Flavour::Provisioned.errors()),
+            r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+        );
+    }
+
     /// Answers a query with rows of text.
     type Answer = Rc<dyn Fn(&str) -> Vec<Vec<String>>>;
 
@@ -1104,7 +1368,8 @@ STATUPDATE OFF"
             n.set(n.get() + 1);
             Ok(Box::new(s) as Box<dyn SqlSession>)
         });
-        (Redshift::over(names(), spec(role()), open).unwrap(), log)
+        let wh = Redshift::over(names(), spec(role()), open).unwrap();
+        (wh.with_flavour(Some(Flavour::Provisioned)), log)
     }
 
     /// The exact statements one load sends to Redshift: LOCK first, the re-check inside it,
@@ -1216,6 +1481,48 @@ STATUPDATE OFF"
         assert_eq!(got.len(), expected.len(), "{got:#?}");
     }
 
+    /// On Serverless the errors are read from sys_load_error_detail (its own columns, no raw
+    /// line), never from an STL view.
+    #[test]
+    fn serverless_loads_read_errors_from_the_sys_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut jobs = Vec::new();
+        for (key, p) in [("t/a.log.gz", 0), ("t/b.log.gz", 1)] {
+            store.put_bytes_if_absent(key, b"x").unwrap();
+            let mut j = job(key, Compression::Gzip, Some(4), p);
+            j.expected_sha256 = None;
+            jobs.push(j);
+        }
+        let answer: Answer = Rc::new(|sql: &str| {
+            if sql.contains("pg_last_copy_id") {
+                vec![vec!["900001".into()]]
+            } else if sql.starts_with("SELECT count(*)") {
+                vec![vec!["7".into()]]
+            } else if sql.contains("GROUP BY 1") {
+                vec![vec!["s3://arch/tweets/t/b.log.gz".into(), "1".into()]]
+            } else {
+                vec![]
+            }
+        });
+        let (wh, log) = recorded(answer);
+        let mut wh = wh.with_flavour(Some(Flavour::Serverless));
+        let opts = LoadOptions {
+            max_errors: Some(1),
+            ..Default::default()
+        };
+        let r = wh
+            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .unwrap();
+        assert_eq!((r[1].loaded, r[1].rejected), (3, 1));
+        let log = log.borrow();
+        assert!(log.iter().all(|s| !s.contains("stl_")), "{log:#?}");
+        assert!(log.iter().any(|s| s == "[0] SELECT trim(file_name), CAST(count(*) AS BIGINT) FROM sys_load_error_detail WHERE query_id = 900001 GROUP BY 1"), "{log:#?}");
+        assert!(log.iter().any(|s| s == r#"[0] INSERT INTO "public"."batchlayer_rejects" ("key", "line", "raw", "reason")
+SELECT 't/b.log.gz', "line_number", NULL, trim("column_name") || ': ' || trim("error_message")
+FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = 's3://arch/tweets/t/b.log.gz'"#), "{log:#?}");
+    }
+
     /// A count that differs from the manifests fails the load (rolled back), and so does an
     /// object over its own allowance even when the COPY's MAXERROR let it through.
     #[test]
@@ -1311,6 +1618,7 @@ STATUPDATE OFF"
         let auth = S3Auth::Keys {
             access_key_id: "AKIA".into(),
             secret_access_key: Secret::new("topsecret"),
+            session_token: Some(Secret::new("tokensecret")),
         };
         let jobs = vec![
             job("a.log.gz", Compression::Gzip, Some(1), 0),
@@ -1320,7 +1628,13 @@ STATUPDATE OFF"
         assert_eq!(plan[0], "BEGIN");
         assert_eq!(plan[1], "LOCK \"public\".\"batchlayer_loads\"");
         assert_eq!(plan.iter().filter(|s| s.starts_with("COPY ")).count(), 2);
-        assert!(plan.iter().all(|s| !s.contains("topsecret")));
+        assert!(plan
+            .iter()
+            .all(|s| !s.contains("topsecret") && !s.contains("tokensecret")));
+        assert!(
+            plan.iter().any(|s| s.contains("SESSION_TOKEN '***'")),
+            "{plan:#?}"
+        );
         assert!(plan.iter().any(|s| s.contains("{loaded}, {rejected}")));
         assert_eq!(plan.last().unwrap(), "COMMIT");
     }

@@ -22,6 +22,23 @@
 //!   with its page: reserved words unquoted in an identifier's place refused; quoted
 //!   identifiers folded to lower case; leader-node-only functions refused in statements on
 //!   user or system tables; `SYSDATE`/`GETDATE()` answered in UTC; TEXT as VARCHAR(256) bytes.
+//! * Two flavours ([`StandInCluster::serverless`]). Provisioned: COPY's errors go to
+//!   `stl_load_errors` and `pg_last_copy_id()` names its STL query id; the SYS monitoring views
+//!   are served too, with their own query ids (SYS views exist on both flavours:
+//!   https://docs.aws.amazon.com/redshift/latest/dg/serverless_views-monitoring.html).
+//!   Serverless: any STL/STV/SVL/SVCS view is refused
+//!   (https://docs.aws.amazon.com/redshift/latest/mgmt/serverless-monitoring.html;
+//!   https://docs.aws.amazon.com/redshift/latest/dg/c_intro_system_views.html, "provisioned
+//!   only"), COPY's errors are in `sys_load_error_detail` and `pg_last_copy_id()` names their
+//!   `query_id` (as SYS_LOAD_DETAIL's example joins them). Both record each COPY in
+//!   `sys_load_history`. The SYS views have their documented columns
+//!   (https://docs.aws.amazon.com/redshift/latest/dg/SYS_LOAD_ERROR_DETAIL.html,
+//!   https://docs.aws.amazon.com/redshift/latest/dg/SYS_LOAD_HISTORY.html): no raw line.
+//! * COPY's credentials as
+//!   https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html gives
+//!   them: `IAM_ROLE default` (the keyword) or `IAM_ROLE '<role ARN>'`, or `ACCESS_KEY_ID`
+//!   with `SECRET_ACCESS_KEY` and an optional `SESSION_TOKEN`; IAM_ROLE with keys, a token
+//!   without keys, or a quoted non-ARN role is refused.
 //!
 //! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
@@ -50,11 +67,21 @@ pub struct StandInCluster {
     pub s3_region: String,
     /// The keys a COPY naming IAM_ROLE reads with (IAM cannot be modelled here).
     pub role_keys: (String, String),
+    /// Redshift Serverless (no STL views; errors in the SYS views), else a provisioned cluster.
+    pub serverless: bool,
 }
 
+/// The STL query ids and the SYS query ids are numbered apart: a SYS view's query_id is its
+/// own (https://docs.aws.amazon.com/redshift/latest/dg/cm_chap_system-tables.html, "Improving
+/// query identifier tracking using the SYS monitoring views").
+const SYS_QUERY_IDS_FROM: i64 = 900_001;
+
+/// Prefixes of the system views Serverless does not have.
+const PROVISIONED_ONLY: [&str; 4] = ["stl_", "stv_", "svl_", "svcs_"];
+
 impl StandInCluster {
-    /// Creates (afresh) the system schema: `stl_load_errors` with Redshift's column types, and
-    /// the sequence query ids come from.
+    /// Creates (afresh) the system schema: `stl_load_errors`, `sys_load_error_detail` and
+    /// `sys_load_history` with Redshift's column types, and the sequences query ids come from.
     pub fn install(&self) -> Result<()> {
         let sys = quote_ident(&self.system_schema);
         let mut c = Client::connect(&self.pg_url, NoTls).context("connecting the stand-in")?;
@@ -74,7 +101,22 @@ impl StandInCluster {
              -- GETDATE(): the current date and time in the session's zone.
              -- https://docs.aws.amazon.com/redshift/latest/dg/r_GETDATE.html
              CREATE FUNCTION {sys}.getdate() RETURNS timestamp
-                 AS 'SELECT CAST(statement_timestamp() AS timestamp)' LANGUAGE sql STABLE;",
+                 AS 'SELECT CAST(statement_timestamp() AS timestamp)' LANGUAGE sql STABLE;
+             CREATE SEQUENCE {sys}.sys_query_ids START {SYS_QUERY_IDS_FROM};
+             CREATE TABLE {sys}.sys_load_error_detail (
+                 user_id integer, query_id bigint, transaction_id bigint, session_id integer,
+                 database_name char(64), table_id integer, start_time timestamp DEFAULT now(),
+                 file_name char(256), line_number bigint, column_name char(127),
+                 column_type char(10), column_length char(10), position integer,
+                 error_code integer, error_message char(512));
+             CREATE TABLE {sys}.sys_load_history (
+                 user_id integer, query_id bigint, transaction_id bigint, session_id integer,
+                 database_name text, status text, table_name text,
+                 start_time timestamp DEFAULT now(), end_time timestamp, duration bigint,
+                 data_source text, file_format text, loaded_rows bigint, loaded_bytes bigint,
+                 source_file_count integer, source_file_bytes bigint,
+                 file_count_scanned integer, file_bytes_scanned bigint, error_count bigint,
+                 copy_job_id bigint);",
             text = TEXT_DOMAIN
         ))?;
         Ok(())
@@ -99,6 +141,8 @@ impl StandInCluster {
             pg,
             log: connect()?,
             cluster: self.clone(),
+            stl_id: -1,
+            sys_id: -1,
             last_copy_id: -1,
             last_copy_count: -1,
             copies: Vec::new(),
@@ -112,6 +156,9 @@ pub struct StandIn {
     /// Autocommit connection for the system tables (not part of the session's transaction).
     log: Client,
     cluster: StandInCluster,
+    /// The running COPY's STL query id (provisioned) and SYS query_id.
+    stl_id: i64,
+    sys_id: i64,
     last_copy_id: i64,
     last_copy_count: i64,
     /// The COPY statements this session carried out, in order (for tests).
@@ -138,6 +185,20 @@ impl StandIn {
         for (what, why) in REFUSED {
             if lower.contains(what) {
                 bail!("Redshift stand-in: {why}: {}", first_line(sql));
+            }
+        }
+        if self.cluster.serverless {
+            // https://docs.aws.amazon.com/redshift/latest/mgmt/serverless-monitoring.html:
+            // Serverless has no STL, STV, SVL or SVCS views (the SYS views replace them).
+            let words = lower.split(|c: char| !(c.is_alphanumeric() || c == '_'));
+            if let Some(view) = words
+                .into_iter()
+                .find(|w| PROVISIONED_ONLY.iter().any(|p| w.starts_with(p)))
+            {
+                bail!(
+                    "Redshift stand-in (Serverless): {view} is a provisioned-only system view; Serverless has the SYS monitoring views: {}",
+                    first_line(sql)
+                );
             }
         }
         let mut s = redshift_sql(sql)?
@@ -169,23 +230,69 @@ impl StandIn {
         self.pg.execute(&s)
     }
 
-    fn copy(&mut self, sql: &str) -> Result<()> {
-        let stmt = parse_copy(sql)?;
-        self.last_copy_id = self
+    fn next_id(&mut self, sequence: &str) -> Result<i64> {
+        Ok(self
             .log
             .query_one(
                 &format!(
-                    "SELECT nextval('{}.query_ids')",
+                    "SELECT nextval('{}.{sequence}')",
                     quote_ident(&self.cluster.system_schema)
                 ),
                 &[],
             )?
-            .get::<_, i64>(0);
+            .get::<_, i64>(0))
+    }
+
+    /// A COPY, recorded in `sys_load_history` (running, then completed or aborted).
+    fn copy(&mut self, sql: &str) -> Result<()> {
+        let stmt = parse_copy(sql)?;
+        self.stl_id = self.next_id("query_ids")?;
+        self.sys_id = self.next_id("sys_query_ids")?;
+        self.last_copy_id = if self.cluster.serverless {
+            self.sys_id
+        } else {
+            self.stl_id
+        };
         self.last_copy_count = 0;
+        let sys = quote_ident(&self.cluster.system_schema);
+        self.log.execute(
+            &format!(
+                "INSERT INTO {sys}.sys_load_history (query_id, status, table_name, data_source, file_format, copy_job_id) \
+                 VALUES ($1, 'running', $2, $3, 'txt', 0)"
+            ),
+            &[&self.sys_id, &stmt.table, &stmt.from],
+        )?;
+        let (errors, r) = self.copy_rows(&stmt);
+        let status = if r.is_ok() { "completed" } else { "aborted" };
+        self.log.execute(
+            &format!(
+                "UPDATE {sys}.sys_load_history SET status = $2, end_time = now(), \
+                 duration = (extract(epoch FROM now() - start_time) * 1000000)::bigint, \
+                 loaded_rows = $3, error_count = $4 WHERE query_id = $1"
+            ),
+            &[
+                &self.sys_id,
+                &status,
+                &self.last_copy_count,
+                &(errors as i64),
+            ],
+        )?;
+        r
+    }
+
+    /// The rows of a COPY: checked, bad lines logged, good ones inserted. Returns the errors
+    /// logged with the outcome.
+    fn copy_rows(&mut self, stmt: &CopyStatement) -> (u64, Result<()>) {
+        let mut errors = 0u64;
+        let r = self.copy_checked(stmt, &mut errors);
+        (errors, r)
+    }
+
+    fn copy_checked(&mut self, stmt: &CopyStatement, errors: &mut u64) -> Result<()> {
+        let stmt = stmt.clone();
         let cols = self.target_columns(&stmt)?;
         let files = self.fetch(&stmt)?;
         let mut good = Vec::new();
-        let mut errors = 0u64;
         let fail_at = stmt.max_error.max(1);
         let mut rows = 0u64;
         for (url, data) in &files {
@@ -196,12 +303,13 @@ impl StandIn {
                         encode_row(&rec, cols.len(), &stmt, &mut good);
                     }
                     Err(e) => {
-                        errors += 1;
-                        self.log_error(url, &rec, &e)?;
-                        if errors >= fail_at {
+                        *errors += 1;
+                        self.log_error(url, &rec, &e, &cols)?;
+                        if *errors >= fail_at {
                             bail!(
-                                "Load into table '{}' failed. Check 'stl_load_errors' system table for details.",
-                                stmt.table
+                                "Load into table '{}' failed. Check '{}' system table for details.",
+                                stmt.table,
+                                self.cluster.error_view()
                             );
                         }
                     }
@@ -281,6 +389,11 @@ impl StandIn {
             Some(k) => k.clone(),
             None => self.cluster.role_keys.clone(),
         };
+        let session_token = stmt
+            .keys
+            .as_ref()
+            .and(stmt.session_token.clone())
+            .map(Secret::new);
         let store = S3Store::new(&ArchiveLocation::S3 {
             bucket: bucket.into(),
             prefix: String::new(),
@@ -289,7 +402,7 @@ impl StandIn {
             path_style: true,
             access_key_id: Some(id),
             secret_access_key: Some(Secret::new(secret)),
-            session_token: None,
+            session_token,
             chain: AwsChain::default(),
         })?;
         let mut body = Vec::new();
@@ -297,16 +410,37 @@ impl StandIn {
         Ok(body)
     }
 
-    /// One row of `stl_load_errors`, committed at once (outside the session's transaction).
-    fn log_error(&mut self, url: &str, rec: &Record, e: &LineError) -> Result<()> {
+    /// One bad line, committed at once (outside the session's transaction): a row of
+    /// `sys_load_error_detail`, and on a provisioned cluster one of `stl_load_errors`.
+    fn log_error(&mut self, url: &str, rec: &Record, e: &LineError, cols: &[Col]) -> Result<()> {
+        let sys = quote_ident(&self.cluster.system_schema);
+        let col = cols.iter().find(|c| c.name == e.column);
         self.log.execute(
             &format!(
-                "INSERT INTO {}.stl_load_errors (query, filename, line_number, colname, raw_line, raw_field_value, err_code, err_reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                quote_ident(&self.cluster.system_schema)
+                "INSERT INTO {sys}.sys_load_error_detail (query_id, file_name, line_number, column_name, column_type, column_length, error_code, error_message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
             ),
             &[
-                &(self.last_copy_id as i32),
+                &self.sys_id,
+                &cut(url, 256),
+                &(rec.line as i64),
+                &cut(&e.column, 127),
+                &col.map(|c| c.ty.redshift_name()).unwrap_or_default(),
+                &col.and_then(|c| c.ty.length()).unwrap_or_default(),
+                &e.code,
+                &cut(&e.reason, 512),
+            ],
+        )?;
+        if self.cluster.serverless {
+            return Ok(());
+        }
+        self.log.execute(
+            &format!(
+                "INSERT INTO {sys}.stl_load_errors (query, filename, line_number, colname, raw_line, raw_field_value, err_code, err_reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            &[
+                &(self.stl_id as i32),
                 &cut(url, 256),
                 &(rec.line as i64),
                 &cut(&e.column, 127),
@@ -414,6 +548,37 @@ enum ColType {
     Varchar(usize),
 }
 
+impl ColType {
+    /// The type's name as the error views show it.
+    fn redshift_name(self) -> String {
+        match self {
+            ColType::Bigint => "int8",
+            ColType::Integer => "int4",
+            ColType::Timestamp => "timestamp",
+            ColType::Varchar(_) => "varchar",
+        }
+        .into()
+    }
+
+    fn length(self) -> Option<String> {
+        match self {
+            ColType::Varchar(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl StandInCluster {
+    /// The view COPY's failure message points to.
+    pub fn error_view(&self) -> &'static str {
+        if self.serverless {
+            "sys_load_error_detail"
+        } else {
+            "stl_load_errors"
+        }
+    }
+}
+
 impl Col {
     fn new(name: String, ty: String) -> Result<Col> {
         let t = match ty.as_str() {
@@ -434,7 +599,7 @@ impl Col {
 }
 
 /// The parts of a COPY statement the stand-in understands.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CopyStatement {
     /// As written (quoted identifiers kept), for PostgreSQL.
     pub table: String,
@@ -442,6 +607,9 @@ pub struct CopyStatement {
     pub from: String,
     /// ACCESS_KEY_ID and SECRET_ACCESS_KEY; None with IAM_ROLE.
     pub keys: Option<(String, String)>,
+    /// SESSION_TOKEN, with temporary keys.
+    pub session_token: Option<String>,
+    /// The role's ARN, or `default` (the keyword).
     pub iam_role: Option<String>,
     pub manifest: bool,
     pub delimiter: u8,
@@ -633,12 +801,23 @@ fn parse_option(
         t.next();
     }
     match kw {
-        "IAM_ROLE" => st.iam_role = Some(string(t.next())?),
+        // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
+        // IAM_ROLE { default | 'arn:aws:iam::<AWS account-id>:role/<role-name>' }
+        "IAM_ROLE" => {
+            st.iam_role = Some(match t.next() {
+                Some(Tok::Word(w)) if w.eq_ignore_ascii_case("default") => "default".into(),
+                Some(Tok::Str(arn)) if is_role_arn(&arn) => arn,
+                other => bail!("IAM_ROLE takes default or a role ARN 'arn:aws:iam::<account>:role/<name>', not {other:?}"),
+            })
+        }
         "ACCESS_KEY_ID" => {
             keys.insert("id", string(t.next())?);
         }
         "SECRET_ACCESS_KEY" => {
             keys.insert("secret", string(t.next())?);
+        }
+        "SESSION_TOKEN" => {
+            keys.insert("token", string(t.next())?);
         }
         "MANIFEST" => st.manifest = true,
         "ESCAPE" => st.escape = true,
@@ -696,12 +875,25 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
     if !st.manifest {
         bail!("the stand-in loads only from a manifest (MANIFEST missing)");
     }
+    // The same page: with IAM_ROLE, no ACCESS_KEY_ID, SECRET_ACCESS_KEY or SESSION_TOKEN; a
+    // SESSION_TOKEN needs ACCESS_KEY_ID and SECRET_ACCESS_KEY.
+    st.session_token = keys.remove("token");
     st.keys = match (keys.remove("id"), keys.remove("secret"), &st.iam_role) {
         (Some(i), Some(s), None) => Some((i, s)),
-        (None, None, Some(_)) => None,
-        _ => bail!("credentials: IAM_ROLE, or ACCESS_KEY_ID with SECRET_ACCESS_KEY"),
+        (None, None, Some(_)) if st.session_token.is_none() => None,
+        _ => bail!("credentials: IAM_ROLE, or ACCESS_KEY_ID with SECRET_ACCESS_KEY (and SESSION_TOKEN for temporary keys)"),
     };
     Ok(st)
+}
+
+/// `arn:<partition>:iam::<account id>:role/<name>`.
+fn is_role_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", partition, "iam", "", account, resource]
+        if partition.starts_with("aws")
+            && !account.is_empty()
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && resource.strip_prefix("role/").is_some_and(|n| !n.is_empty()))
 }
 
 /// Redshift TIMEFORMAT to a chrono format, for the tokens the dialect writes.
@@ -1489,6 +1681,7 @@ mod tests {
             auth: S3Auth::Keys {
                 access_key_id: "id\\'x".into(),
                 secret_access_key: Secret::new("se'cret"),
+                session_token: Some(Secret::new("to'ken")),
             },
         };
         let g = CopyGroup {
@@ -1510,6 +1703,7 @@ mod tests {
         assert_eq!(st.columns.len(), 6);
         assert_eq!(st.from, "s3://b/p/_copy_manifests/m.json");
         assert_eq!(st.keys, Some(("id\\'x".into(), "se'cret".into())));
+        assert_eq!(st.session_token.as_deref(), Some("to'ken"));
         assert_eq!(
             (st.delimiter, st.escape, st.compression, st.max_error),
             (b';', true, Some("ZSTD"), 7)
@@ -1555,6 +1749,38 @@ mod tests {
         assert!(
             redshift_sql("SELECT CAST(EXTRACT(EPOCH FROM CURRENT_TIMESTAMP) AS BIGINT)").is_ok()
         );
+    }
+
+    /// The authorization forms of copy-parameters-authorization, and what it rules out.
+    #[test]
+    fn copy_credentials_as_the_authorization_page_gives_them() {
+        let head = "COPY t FROM 's3://b/m' MANIFEST ";
+        let ok = |creds: &str| parse_copy(&format!("{head}{creds}"));
+        let st = ok("IAM_ROLE default").unwrap();
+        assert_eq!((st.iam_role.as_deref(), st.keys), (Some("default"), None));
+        let st = ok("IAM_ROLE 'arn:aws:iam::123456789012:role/Loader'").unwrap();
+        assert_eq!(
+            st.iam_role.as_deref(),
+            Some("arn:aws:iam::123456789012:role/Loader")
+        );
+        let st = ok("ACCESS_KEY_ID 'ASIA' SECRET_ACCESS_KEY 's' SESSION_TOKEN 't'").unwrap();
+        assert_eq!(
+            (st.keys, st.session_token.as_deref()),
+            (Some(("ASIA".into(), "s".into())), Some("t"))
+        );
+        for bad in [
+            // The keyword quoted is a string, and not an ARN.
+            "IAM_ROLE 'default'",
+            "IAM_ROLE 'Loader'",
+            "IAM_ROLE 'arn:aws:iam::123456789012:user/Bob'",
+            "IAM_ROLE default SESSION_TOKEN 't'",
+            "IAM_ROLE default ACCESS_KEY_ID 'a' SECRET_ACCESS_KEY 's'",
+            "SESSION_TOKEN 't'",
+            "ACCESS_KEY_ID 'a' SESSION_TOKEN 't'",
+        ] {
+            let err = format!("{:#}", ok(bad).unwrap_err());
+            assert!(err.contains("does not understand"), "{bad}: {err}");
+        }
     }
 
     #[test]
