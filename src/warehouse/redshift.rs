@@ -111,7 +111,7 @@ impl Flavour {
 }
 
 /// The probe for the STL views: answered on a provisioned cluster, refused on Serverless.
-pub const STL_PROBE_SQL: &str = "SELECT count(*) FROM stl_load_errors WHERE query = -1";
+pub const STL_PROBE_SQL: &str = r#"SELECT count(*) FROM "stl_load_errors" WHERE "query" = -1"#;
 
 /// The fixed parts of every COPY statement.
 #[derive(Debug, Clone)]
@@ -1517,7 +1517,7 @@ MAXERROR 3"
         assert_eq!((r[1].loaded, r[1].rejected), (3, 1));
         let log = log.borrow();
         assert!(log.iter().all(|s| !s.contains("stl_")), "{log:#?}");
-        assert!(log.iter().any(|s| s == "[0] SELECT trim(file_name), CAST(count(*) AS BIGINT) FROM sys_load_error_detail WHERE query_id = 900001 GROUP BY 1"), "{log:#?}");
+        assert!(log.iter().any(|s| s == r#"[0] SELECT trim("file_name"), CAST(count(*) AS BIGINT) FROM "sys_load_error_detail" WHERE "query_id" = 900001 GROUP BY 1"#), "{log:#?}");
         assert!(log.iter().any(|s| s == r#"[0] INSERT INTO "public"."batchlayer_rejects" ("key", "line", "raw", "reason")
 SELECT 't/b.log.gz', "line_number", NULL, trim("column_name") || ': ' || trim("error_message")
 FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = 's3://arch/tweets/t/b.log.gz'"#), "{log:#?}");
