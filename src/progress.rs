@@ -40,14 +40,13 @@ pub struct Pending {
     pub unlisted_runs: Vec<String>,
 }
 
-/// The objects of a topic's manifests since copy's cursor that the ledger does not hold: what
-/// the next `copy` would load (copy's own discovery, read only).
-pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
+/// The manifests (key, name) a copy reads for a topic: those since the ledger's cursor (less
+/// the catalog's grace), but for the ones up to the cursor whose objects the ledger holds.
+pub fn unloaded_manifests(
+    cat: &Catalog<'_>,
+    wh: &mut dyn Warehouse,
+) -> Result<Vec<(String, String)>> {
     let topic = cat.topic();
-    let mut out = Pending {
-        unlisted_runs: cat.marker_keys()?,
-        ..Default::default()
-    };
     let cursor = ledger::Ledger::new(wh).manifest_cursor(topic)?;
     let candidates = cat.recent_manifests(cursor.as_deref())?;
     let older: Vec<String> = candidates
@@ -56,8 +55,21 @@ pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
         .map(|(_, n)| n.clone())
         .collect();
     let done = ledger::Ledger::new(wh).manifests_loaded(topic, &older)?;
+    Ok(candidates
+        .into_iter()
+        .filter(|(_, n)| !done.contains(n))
+        .collect())
+}
+
+/// The objects of a topic's manifests since copy's cursor that the ledger does not hold: what
+/// the next `copy` would load (copy's own discovery, read only).
+pub fn pending(cat: &Catalog<'_>, wh: &mut dyn Warehouse) -> Result<Pending> {
+    let mut out = Pending {
+        unlisted_runs: cat.marker_keys()?,
+        ..Default::default()
+    };
     let mut seen = HashSet::new();
-    for (key, name) in candidates.into_iter().filter(|(_, n)| !done.contains(n)) {
+    for (key, name) in unloaded_manifests(cat, wh)? {
         let man = cat.read_manifest(&key)?;
         out.manifests_read += 1;
         let stored_at = layout::manifest_time(&name);

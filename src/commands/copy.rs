@@ -263,19 +263,8 @@ fn discover(
     for topic in catalog::topics(store)? {
         let cat = Catalog::new(store, &topic);
         unlisted.extend(cat.marker_keys()?);
-        let cursor = warehouse::Ledger::new(wh).manifest_cursor(&topic)?;
-        let candidates = cat.recent_manifests(cursor.as_deref())?;
         // Manifests up to the cursor whose objects are in the ledger need no reading.
-        let older: Vec<String> = candidates
-            .iter()
-            .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
-            .map(|(_, n)| n.clone())
-            .collect();
-        let done = warehouse::Ledger::new(wh).manifests_loaded(&topic, &older)?;
-        for (key, name) in candidates {
-            if done.contains(&name) {
-                continue;
-            }
+        for (key, name) in crate::progress::unloaded_manifests(&cat, wh)? {
             let man = cat.read_manifest(&key)?;
             read += 1;
             let listed = man.objects.len() as u32;

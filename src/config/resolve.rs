@@ -169,19 +169,12 @@ fn msk_iam_settings(
             bail!("kafka.security_protocol {p:?} cannot carry AWS_MSK_IAM (SASL): use sasl_ssl (the default with AWS_MSK_IAM)");
         }
     }
+    let (access_key_id, secret_access_key, session_token) = aws_keys(a, env);
     Ok(MskIamSettings {
         region,
-        access_key_id: env
-            .var("AWS_ACCESS_KEY_ID")
-            .or_else(|| a.access_key_id.clone()),
-        secret_access_key: env
-            .var("AWS_SECRET_ACCESS_KEY")
-            .map(Secret::new)
-            .or_else(|| a.secret_access_key.clone()),
-        session_token: env
-            .var("AWS_SESSION_TOKEN")
-            .map(Secret::new)
-            .or_else(|| a.session_token.clone()),
+        access_key_id,
+        secret_access_key,
+        session_token,
         chain: aws_chain(a, env),
     })
 }
@@ -292,6 +285,7 @@ fn archive_location(
             if bucket.is_empty() {
                 bail!("archive.url {url:?}: no bucket name after s3://");
             }
+            let (access_key_id, secret_access_key, session_token) = aws_keys(a, env);
             Ok(ArchiveLocation::S3 {
                 bucket: bucket.to_string(),
                 prefix: parsed.path().trim_matches('/').to_string(),
@@ -302,17 +296,9 @@ fn archive_location(
                     .or_else(|| env.var("AWS_DEFAULT_REGION"))
                     .or_else(|| a.region.clone())
                     .unwrap_or_else(|| "us-east-1".into()),
-                access_key_id: env
-                    .var("AWS_ACCESS_KEY_ID")
-                    .or_else(|| a.access_key_id.clone()),
-                secret_access_key: env
-                    .var("AWS_SECRET_ACCESS_KEY")
-                    .map(Secret::new)
-                    .or_else(|| a.secret_access_key.clone()),
-                session_token: env
-                    .var("AWS_SESSION_TOKEN")
-                    .map(Secret::new)
-                    .or_else(|| a.session_token.clone()),
+                access_key_id,
+                secret_access_key,
+                session_token,
                 chain: aws_chain(a, env),
             })
         }
@@ -320,6 +306,19 @@ fn archive_location(
             "archive.url {url:?}: unsupported scheme (use s3://bucket/prefix, file:///dir or a path)"
         ),
     }
+}
+
+/// The AWS keys (access key id, secret, session token): the environment's, else the archive
+/// section's. The archive and MSK IAM both sign with them.
+fn aws_keys(a: &ArchiveFile, env: &dyn Env) -> (Option<String>, Option<Secret>, Option<Secret>) {
+    let secret =
+        |var: &str, file: &Option<Secret>| env.var(var).map(Secret::new).or_else(|| file.clone());
+    (
+        env.var("AWS_ACCESS_KEY_ID")
+            .or_else(|| a.access_key_id.clone()),
+        secret("AWS_SECRET_ACCESS_KEY", &a.secret_access_key),
+        secret("AWS_SESSION_TOKEN", &a.session_token),
+    )
 }
 
 fn aws_chain(a: &ArchiveFile, env: &dyn Env) -> AwsChain {
