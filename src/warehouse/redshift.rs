@@ -326,17 +326,18 @@ pub fn copy_sql(
     Ok(s.trim_end().to_string())
 }
 
-/// The query that explains a failed COPY (run after the rollback: the error views are not
-/// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
-/// own name: `SqlSession::query_text` selects them by name.
-pub fn load_errors_sql(v: &LoadErrorView) -> String {
+/// The query that explains a failed COPY: the error view's first rows for query `id` (the
+/// COPY's own id, never `pg_last_copy_id()` read later: that does not move when a COPY fails
+/// before loading, https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html).
+/// Every column has its own name: `SqlSession::query_text` selects them by name.
+pub fn load_errors_sql(v: &LoadErrorView, id: i64) -> String {
     let value = v
         .value
         .map(|c| format!("trim({c}) AS \"value\", "))
         .unwrap_or_default();
     format!(
         "SELECT trim({}) AS \"filename\", {}, trim({}) AS \"colname\", {value}trim({}) AS \"reason\" \
-FROM {} WHERE {} = pg_last_copy_id() ORDER BY {} LIMIT 5",
+FROM {} WHERE {} = {id} ORDER BY {} LIMIT 5",
         v.file, v.line, v.column, v.reason, v.table, v.query, v.line
     )
 }
@@ -389,11 +390,31 @@ pub struct Redshift {
     open: SessionOpener,
     /// Run locks taken, each held by an open transaction on its own session until dropped.
     held: BTreeMap<String, Box<dyn SqlSession>>,
-    /// Whether the current load has sent a COPY (its errors then explain a failure).
-    copy_ran: bool,
+    /// The last COPY the current load sent (its errors then explain a failure).
+    last_copy: Option<LastCopy>,
     /// Provisioned or Serverless; None: probed before the first load.
     flavour: Option<Flavour>,
 }
+
+/// The last COPY of a load: `pg_last_copy_id()` before it, and its own id once it succeeded.
+/// A COPY that fails before loading (S3, credentials, syntax) leaves `pg_last_copy_id()`
+/// where it was, so only an id that moved names this COPY's errors
+/// (https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html).
+#[derive(Debug, Clone, Copy)]
+struct LastCopy {
+    before: i64,
+    id: Option<i64>,
+}
+
+/// How often a load whose transaction Redshift cancelled with a serializable isolation
+/// violation (error 1023) is tried again, and the wait before the first retry (doubled each
+/// time). https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html:
+/// "Retry the canceled transaction."
+pub const SERIALIZABLE_RETRIES: u32 = 3;
+pub const SERIALIZABLE_BACKOFF_MS: u64 = 200;
+
+/// The id query: `pg_last_copy_id()` as a BIGINT.
+const LAST_COPY_ID_SQL: &str = "SELECT CAST(pg_last_copy_id() AS BIGINT)";
 
 /// An offset range of an object in the load: first, last, key.
 type Claimed = (i64, i64, String);
@@ -426,7 +447,7 @@ impl Redshift {
             spec,
             open,
             held: BTreeMap::new(),
-            copy_ran: false,
+            last_copy: None,
             flavour: None,
         })
     }
@@ -569,13 +590,21 @@ impl Redshift {
         opts: &LoadOptions,
         staged_before: i64,
     ) -> Result<(i64, Vec<(usize, Measured)>)> {
-        self.copy_ran = true;
         let copy = copy_sql(&quote_ident(STAGING), layout, &self.spec, group, false)?;
+        let before = self.s.query_i64(LAST_COPY_ID_SQL)?.unwrap_or(-1);
+        self.last_copy = Some(LastCopy { before, id: None });
         self.s.execute(&copy)?;
         let id = self
             .s
-            .query_i64("SELECT CAST(pg_last_copy_id() AS BIGINT)")?
+            .query_i64(LAST_COPY_ID_SQL)?
             .context("pg_last_copy_id() is NULL after a COPY")?;
+        if id == before {
+            bail!("pg_last_copy_id() is still {id} after a COPY that succeeded: cannot tell its errors from an earlier COPY's");
+        }
+        self.last_copy = Some(LastCopy {
+            before,
+            id: Some(id),
+        });
         let staged = self
             .s
             .query_i64(&format!("SELECT count(*) FROM {}", quote_ident(STAGING)))?
@@ -705,10 +734,10 @@ impl Redshift {
             .collect())
     }
 
-    /// The first rows of the error view for the last COPY, one line.
-    fn load_errors(&mut self) -> String {
+    /// The first rows of the error view for COPY `id`, one line.
+    fn load_errors(&mut self, id: i64) -> Result<String> {
         self.s
-            .query_text(&load_errors_sql(self.errors_view()))
+            .query_text(&load_errors_sql(self.errors_view(), id))
             .map(|(_, rows)| {
                 shown(rows)
                     .iter()
@@ -716,7 +745,65 @@ impl Redshift {
                     .collect::<Vec<_>>()
                     .join("; ")
             })
-            .unwrap_or_default()
+    }
+
+    /// Ends a failed load's transaction and says what the error view holds for the COPY that
+    /// failed, and only for it. A COPY that succeeded has its id: its errors are read in the
+    /// session before the ROLLBACK (they are written outside the transaction), or after it
+    /// when a failed statement has aborted the transaction (an aborted transaction refuses
+    /// every statement until it ends). A COPY that failed has an id only when
+    /// `pg_last_copy_id()` moved past the one read before it: a COPY failing before loading
+    /// (S3, credentials) does not move it, and then no view rows are quoted (they would be an
+    /// earlier COPY's). https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html
+    fn rollback_explained(&mut self) -> String {
+        let last = self.last_copy.take();
+        if let Some(id) = last.and_then(|c| c.id) {
+            if let Ok(d) = self.load_errors(id) {
+                let _ = self.s.execute("ROLLBACK");
+                return d;
+            }
+        }
+        let _ = self.s.execute("ROLLBACK");
+        let Some(c) = last else {
+            return String::new();
+        };
+        let id = c.id.or_else(|| {
+            self.s
+                .query_i64(LAST_COPY_ID_SQL)
+                .ok()
+                .flatten()
+                .filter(|&n| n != c.before)
+        });
+        match id {
+            Some(id) => self.load_errors(id).unwrap_or_default(),
+            None => "none (the COPY failed before loading: pg_last_copy_id() did not move)".into(),
+        }
+    }
+
+    /// One try of a load: its transaction, committed, or rolled back with the failed COPY's
+    /// errors in the error.
+    fn load_once(
+        &mut self,
+        jobs: &[LoadJob],
+        groups: &[CopyGroup],
+        layout: &Layout,
+        opts: &LoadOptions,
+    ) -> Result<Vec<LoadResult>> {
+        self.last_copy = None;
+        self.s.execute("BEGIN")?;
+        let r = self
+            .load_in_transaction(jobs, groups, layout, opts)
+            .and_then(|v| self.s.execute("COMMIT").map(|_| v));
+        let Err(e) = r else { return r };
+        let detail = self.rollback_explained();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        Err(e.context(format!(
+            "loading {} into {} ({}); load errors of the last COPY: {}",
+            keys.join(", "),
+            self.names.raw,
+            self.describe(),
+            if detail.is_empty() { "none" } else { &detail }
+        )))
     }
 }
 
@@ -748,6 +835,26 @@ fn create_lock_table(
     Err(last
         .unwrap_or_else(|| anyhow!("no attempt"))
         .context(format!("creating the lock table {qualified}")))
+}
+
+/// Whether Redshift cancelled the transaction with a serializable isolation violation:
+/// "ERROR: 1023 DETAIL: Serializable isolation violation on table ..."
+/// (https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html).
+/// The server's message is `1023`, the violation in its detail.
+pub fn serialization_violation(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(db) = c.downcast_ref::<SqlError>().and_then(|s| s.0.as_db_error()) {
+            db.message().trim() == "1023"
+                || db.detail().is_some_and(|d| {
+                    d.to_lowercase()
+                        .contains("serializable isolation violation")
+                })
+        } else {
+            c.to_string()
+                .to_lowercase()
+                .contains("serializable isolation violation")
+        }
+    })
 }
 
 /// Whether a statement was cancelled by `statement_timeout` (SQLSTATE 57014).
@@ -940,25 +1047,17 @@ impl Warehouse for Redshift {
                 bail!("COPY manifest {} exists already", g.manifest_key);
             }
         }
-        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
-        self.copy_ran = false;
-        let results = match self
-            .in_transaction(|this| this.load_in_transaction(jobs, &groups, layout, opts))
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let detail = if self.copy_ran {
-                    self.load_errors()
-                } else {
-                    String::new()
-                };
-                return Err(e.context(format!(
-                    "loading {} into {} ({}); load errors of the last COPY: {}",
-                    keys.join(", "),
-                    self.names.raw,
-                    self.describe(),
-                    if detail.is_empty() { "none" } else { &detail }
-                )));
+        let mut retries = 0;
+        let results = loop {
+            match self.load_once(jobs, &groups, layout, opts) {
+                Ok(r) => break r,
+                Err(e) if serialization_violation(&e) && retries < SERIALIZABLE_RETRIES => {
+                    let wait = SERIALIZABLE_BACKOFF_MS << retries;
+                    retries += 1;
+                    tracing::warn!("{e:#}: Redshift cancelled the load's transaction (serializable isolation violation); trying it again in {wait} ms ({retries} of {SERIALIZABLE_RETRIES})");
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+                Err(e) => return Err(e),
             }
         };
         for r in &results {
@@ -1288,13 +1387,24 @@ MAXERROR 3"
             Some(Flavour::Serverless)
         );
         assert_eq!(
-            load_errors_sql(Flavour::Serverless.errors()),
-            r#"SELECT trim("file_name") AS "filename", "line_number", trim("column_name") AS "colname", trim("error_message") AS "reason" FROM "sys_load_error_detail" WHERE "query_id" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+            load_errors_sql(Flavour::Serverless.errors(), 900007),
+            r#"SELECT trim("file_name") AS "filename", "line_number", trim("column_name") AS "colname", trim("error_message") AS "reason" FROM "sys_load_error_detail" WHERE "query_id" = 900007 ORDER BY "line_number" LIMIT 5"#
         );
         assert_eq!(
-            load_errors_sql(Flavour::Provisioned.errors()),
-            r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+            load_errors_sql(Flavour::Provisioned.errors(), 7),
+            r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = 7 ORDER BY "line_number" LIMIT 5"#
         );
+    }
+
+    /// `pg_last_copy_id()` as a cluster answers it around COPYs that load: asked before and
+    /// after each COPY, it gives `first - 1`, `first`, `first`, `first + 1`, ...
+    fn copy_ids(first: i64) -> impl Fn() -> i64 {
+        let asked = Cell::new(0i64);
+        move || {
+            let n = asked.get();
+            asked.set(n + 1);
+            first - 1 + (n + 1) / 2
+        }
     }
 
     /// Answers a query with rows of text.
@@ -1395,10 +1505,11 @@ MAXERROR 3"
             jobs.push(j);
         }
         let copies = Rc::new(Cell::new(10));
+        let next_id = copy_ids(11);
         let answer: Answer = Rc::new(move |sql: &str| {
             let one = |v: i64| vec![vec![v.to_string()]];
             if sql.contains("pg_last_copy_id") {
-                copies.set(copies.get() + 1);
+                copies.set(next_id());
                 return one(copies.get());
             }
             if sql.starts_with("SELECT count(*) FROM \"batchlayer_staging\"") {
@@ -1452,15 +1563,18 @@ MAXERROR 3"
             "[0] -- table_exists(batchlayer_loads)".into(),
             "[0] SELECT \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\" FROM \"public\".\"batchlayer_loads\" WHERE \"first_offset\" IS NOT NULL AND ((\"topic\" = 't' AND \"partition_id\" = 0 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 1 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 2 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 3 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9))".into(),
             "[0] CREATE TEMP TABLE \"batchlayer_staging\" (LIKE \"public\".\"batch_raw\")".into(),
+            last_id.clone(),
             copy(0, "GZIP\n", 5),
             last_id.clone(),
             staged.clone(),
             errors(11),
             "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\")\nSELECT 't/a.log.gz', \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = 11 AND trim(\"filename\") = 's3://arch/tweets/t/a.log.gz'".into(),
+            last_id.clone(),
             copy(1, "ZSTD\n", 3),
             last_id.clone(),
             staged.clone(),
             errors(12),
+            last_id.clone(),
             copy(2, "", 3),
             last_id,
             staged,
@@ -1494,9 +1608,10 @@ MAXERROR 3"
             j.expected_sha256 = None;
             jobs.push(j);
         }
-        let answer: Answer = Rc::new(|sql: &str| {
+        let next_id = copy_ids(900001);
+        let answer: Answer = Rc::new(move |sql: &str| {
             if sql.contains("pg_last_copy_id") {
-                vec![vec!["900001".into()]]
+                vec![vec![next_id().to_string()]]
             } else if sql.starts_with("SELECT count(*)") {
                 vec![vec!["7".into()]]
             } else if sql.contains("GROUP BY 1") {
@@ -1517,7 +1632,7 @@ MAXERROR 3"
         assert_eq!((r[1].loaded, r[1].rejected), (3, 1));
         let log = log.borrow();
         assert!(log.iter().all(|s| !s.contains("stl_")), "{log:#?}");
-        assert!(log.iter().any(|s| s == "[0] SELECT trim(file_name), CAST(count(*) AS BIGINT) FROM sys_load_error_detail WHERE query_id = 900001 GROUP BY 1"), "{log:#?}");
+        assert!(log.iter().any(|s| s == r#"[0] SELECT trim("file_name"), CAST(count(*) AS BIGINT) FROM "sys_load_error_detail" WHERE "query_id" = 900001 GROUP BY 1"#), "{log:#?}");
         assert!(log.iter().any(|s| s == r#"[0] INSERT INTO "public"."batchlayer_rejects" ("key", "line", "raw", "reason")
 SELECT 't/b.log.gz', "line_number", NULL, trim("column_name") || ': ' || trim("error_message")
 FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = 's3://arch/tweets/t/b.log.gz'"#), "{log:#?}");
@@ -1554,9 +1669,10 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
                 .iter()
                 .map(|(f, n)| vec![f.to_string(), n.to_string()])
                 .collect();
+            let next_id = copy_ids(5);
             let answer: Answer = Rc::new(move |sql: &str| {
                 if sql.contains("pg_last_copy_id") {
-                    vec![vec!["5".into()]]
+                    vec![vec![next_id().to_string()]]
                 } else if sql.starts_with("SELECT count(*)") {
                     vec![vec![staged.into()]]
                 } else if sql.contains("GROUP BY 1") {
