@@ -199,6 +199,7 @@ both_flavours!(
     the_stand_in_refuses_a_text_value_over_256_bytes,
     a_copy_failing_before_loading_quotes_no_earlier_copys_errors,
     a_serializable_isolation_violation_is_retried,
+    a_busy_run_lock_is_refused_at_once,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -1005,4 +1006,33 @@ fn a_serializable_isolation_violation_is_retried(serverless: bool) {
     assert_eq!(t.count("batch_raw"), 5);
     t.cluster.serial_violations.store(0, Ordering::SeqCst);
     assert_eq!(t.copy(None, false).unwrap().rows, 3);
+}
+
+/// `try_lock` does not wait for a LOCK: another session holding (or waiting for) the lock
+/// table's LOCK, as svv_transactions shows it, makes it busy at once, well before the
+/// statement_timeout kept as a second guard; once the holder is gone it is taken.
+fn a_busy_run_lock_is_refused_at_once(serverless: bool) {
+    use batchlayer::warehouse::redshift::TRY_LOCK_MS;
+    let Some((_w, t)) = target("rstrylock", serverless) else {
+        return;
+    };
+    let mut holder = t.open();
+    assert!(holder.lock("copy", false).unwrap());
+    let mut other = t.open();
+    let start = std::time::Instant::now();
+    assert!(!other.lock("copy", false).unwrap(), "held elsewhere: busy");
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(TRY_LOCK_MS / 2),
+        "busy after {took:?}: it waited for the LOCK"
+    );
+    assert!(
+        other.lock("aggregate:batch_layer", false).unwrap(),
+        "another name is free"
+    );
+    drop(holder);
+    assert!(
+        other.lock("copy", false).unwrap(),
+        "free once the holder is gone"
+    );
 }

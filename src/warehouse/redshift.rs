@@ -520,7 +520,12 @@ impl Redshift {
 
     /// Takes a run lock: a session of its own opens a transaction and `LOCK`s the lock table,
     /// and keeps both until this warehouse is dropped (or the process dies: the server then
-    /// ends the session and its transaction). `wait` false: busy after [`TRY_LOCK_MS`].
+    /// ends the session and its transaction). `wait` false: busy at once when another session
+    /// holds or waits for the lock table's LOCK, as SVV_TRANSACTIONS shows it ([`lock_probe_sql`]):
+    /// Redshift's LOCK waits ("waiting if necessary for any conflicting locks to be released",
+    /// https://docs.aws.amazon.com/redshift/latest/dg/r_LOCK.html) and has no NOWAIT, and
+    /// whether `statement_timeout` cancels a LOCK wait is not documented. `statement_timeout`
+    /// ([`TRY_LOCK_MS`]) stays as a second guard for the moment between the probe and the LOCK.
     fn take_run_lock(&mut self, name: &str, wait: bool) -> Result<bool> {
         if self.held.contains_key(name) {
             return Ok(true);
@@ -529,6 +534,15 @@ impl Redshift {
         let qualified = self.names.qualified(&table);
         let mut s = (self.open)()?;
         create_lock_table(s.as_mut(), &self.names.schema, &table, &qualified)?;
+        if !wait {
+            let others = s
+                .query_i64(&lock_probe_sql(&self.names.schema, &table))
+                .with_context(|| format!("asking svv_transactions who holds the {name} lock"))?
+                .unwrap_or(0);
+            if others > 0 {
+                return Ok(false);
+            }
+        }
         let timeout = if wait { 0 } else { TRY_LOCK_MS };
         s.execute(&format!("SET statement_timeout TO {timeout}"))?;
         s.execute("BEGIN")?;
@@ -855,6 +869,22 @@ pub fn serialization_violation(e: &anyhow::Error) -> bool {
                 .contains("serializable isolation violation")
         }
     })
+}
+
+/// How many locks other sessions hold or wait for in ACCESS EXCLUSIVE mode (LOCK's) on the
+/// lock table `schema.table`. SVV_TRANSACTIONS lists the locks of open transactions, granted
+/// or pending, with the table id in `relation`; it is visible to all users (each sees their own
+/// sessions', and every run lock is taken by batchlayer's user).
+/// https://docs.aws.amazon.com/redshift/latest/dg/r_SVV_TRANSACTIONS.html
+pub fn lock_probe_sql(schema: &str, table: &str) -> String {
+    format!(
+        "SELECT count(*) FROM \"svv_transactions\" WHERE \"lockable_object_type\" = 'relation' \
+AND \"lock_mode\" = 'AccessExclusiveLock' AND \"pid\" <> pg_backend_pid() AND \"relation\" = \
+(SELECT CAST(c.\"oid\" AS INTEGER) FROM \"pg_class\" c JOIN \"pg_namespace\" n ON n.\"oid\" = c.\"relnamespace\" \
+WHERE n.\"nspname\" = {} AND c.\"relname\" = {})",
+        literal(schema),
+        literal(table)
+    )
 }
 
 /// Whether a statement was cancelled by `statement_timeout` (SQLSTATE 57014).
@@ -1698,7 +1728,7 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
     }
 
     /// The run lock: a session of its own, a lock table per name, LOCK inside an open
-    /// transaction; `try_lock` waits at most TRY_LOCK_MS.
+    /// transaction; `try_lock` first asks svv_transactions whether another session has it.
     #[test]
     fn run_locks_hold_a_table_lock_on_their_own_session() {
         let (mut wh, log) = recorded(Rc::new(|_: &str| vec![]));
@@ -1713,6 +1743,7 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
             vec![
                 "[1] CREATE SCHEMA IF NOT EXISTS \"public\"",
                 "[1] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_aggregate_batch_layer\" (\"held\" boolean)",
+                &format!("[1] {}", lock_probe_sql("public", "batch_raw__lock_aggregate_batch_layer")),
                 "[1] SET statement_timeout TO 1000",
                 "[1] BEGIN",
                 "[1] LOCK \"public\".\"batch_raw__lock_aggregate_batch_layer\"",

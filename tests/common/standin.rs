@@ -111,6 +111,17 @@ impl StandInCluster {
              -- https://docs.aws.amazon.com/redshift/latest/dg/r_GETDATE.html
              CREATE FUNCTION {sys}.getdate() RETURNS timestamp
                  AS 'SELECT CAST(statement_timestamp() AS timestamp)' LANGUAGE sql STABLE;
+             -- The locks of open transactions, granted or pending, with the table id in
+             -- relation (https://docs.aws.amazon.com/redshift/latest/dg/r_SVV_TRANSACTIONS.html);
+             -- an SVV view, served on both flavours.
+             CREATE VIEW {sys}.svv_transactions AS
+                 SELECT a.usename::text AS txn_owner, a.datname::text AS txn_db,
+                        a.backend_xid::text::bigint AS xid, l.pid,
+                        a.xact_start::timestamp AS txn_start, l.mode AS lock_mode,
+                        l.locktype AS lockable_object_type,
+                        l.relation::bigint::integer AS relation, l.granted
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype IN ('relation', 'transactionid');
              CREATE SEQUENCE {sys}.sys_query_ids START {SYS_QUERY_IDS_FROM};
              CREATE TABLE {sys}.sys_load_error_detail (
                  user_id integer, query_id bigint, transaction_id bigint, session_id integer,
