@@ -200,6 +200,7 @@ both_flavours!(
     a_copy_failing_before_loading_quotes_no_earlier_copys_errors,
     a_serializable_isolation_violation_is_retried,
     a_busy_run_lock_is_refused_at_once,
+    a_load_blocks_other_ledger_writers_but_not_its_readers,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -1035,4 +1036,74 @@ fn a_busy_run_lock_is_refused_at_once(serverless: bool) {
         other.lock("copy", false).unwrap(),
         "free once the holder is gone"
     );
+}
+
+/// A load's transaction LOCKs the ledger's write-lock table, not the ledger: while one holds it
+/// (with a ledger row written, uncommitted), the ledger is read at once (status, audit) and
+/// another load waits until it ends.
+fn a_load_blocks_other_ledger_writers_but_not_its_readers(serverless: bool) {
+    use batchlayer::warehouse::redshift::ledger_lock_table;
+    let Some((_w, t)) = target("rsledgerlock", serverless) else {
+        return;
+    };
+    t.manifest(vec![t.put(0, 0, &tweets(0..4), Compression::Gzip, None)]);
+    assert_eq!(t.copy(None, false).unwrap().rows, 4);
+    // A batch in flight: its transaction holds the write lock and has written the ledger.
+    let mut batch = t.cluster.session(t.names.clone()).unwrap();
+    batch.execute("BEGIN").unwrap();
+    batch
+        .execute(&format!(
+            "LOCK {}",
+            t.names.qualified(&ledger_lock_table(&t.names))
+        ))
+        .unwrap();
+    let in_flight = t.job(&t.put(2, 0, &tweets(9..10), Compression::Gzip, None));
+    batch
+        .execute(&batchlayer::warehouse::Ledger::insert_sql(
+            &t.names,
+            &in_flight,
+            1,
+            0,
+            0,
+            &batchlayer::warehouse::redshift::literal,
+        ))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = t.clone();
+    std::thread::spawn(move || {
+        let mut wh = reader.open();
+        let rows = batchlayer::warehouse::Ledger::new(wh.as_mut())
+            .rows()
+            .map(|r| r.len())
+            .map_err(|e| format!("{e:#}"));
+        tx.send(rows).unwrap();
+    });
+    let read = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading the ledger waited for the batch in flight");
+    assert_eq!(read.unwrap(), 1, "the committed rows only");
+    // Another load waits for the write lock.
+    t.manifest(vec![t.put(1, 0, &tweets(4..6), Compression::Gzip, None)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let loader = t.clone();
+    std::thread::spawn(move || {
+        tx.send(
+            loader
+                .copy(None, false)
+                .map(|s| s.rows)
+                .map_err(|e| format!("{e:#}")),
+        )
+        .unwrap();
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)).is_err(),
+        "a load wrote the ledger while another held its write lock"
+    );
+    batch.execute("ROLLBACK").unwrap();
+    let rows = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(t.count("batchlayer_loads"), 2);
 }

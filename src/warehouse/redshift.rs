@@ -392,6 +392,8 @@ pub struct Redshift {
     held: BTreeMap<String, Box<dyn SqlSession>>,
     /// The last COPY the current load sent (its errors then explain a failure).
     last_copy: Option<LastCopy>,
+    /// Whether the ledger's write-lock table is known to exist ([`Redshift::ledger_lock`]).
+    ledger_lock_ready: bool,
     /// Provisioned or Serverless; None: probed before the first load.
     flavour: Option<Flavour>,
 }
@@ -448,6 +450,7 @@ impl Redshift {
             open,
             held: BTreeMap::new(),
             last_copy: None,
+            ledger_lock_ready: false,
             flavour: None,
         })
     }
@@ -483,10 +486,6 @@ impl Redshift {
         self.flavour.unwrap_or(Flavour::Provisioned).errors()
     }
 
-    fn ledger(&self) -> String {
-        self.names.qualified(&self.names.ledger)
-    }
-
     /// Runs `f` inside BEGIN ... COMMIT on the main session; ROLLBACK when it fails.
     fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.s.execute("BEGIN")?;
@@ -499,25 +498,53 @@ impl Redshift {
 
     /// The table whose `LOCK` is the run lock `name` (one table per lock: a LOCK takes all of it).
     fn lock_table(&self, name: &str) -> String {
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let t = format!("{}__lock_{clean}", self.names.raw);
-        if t.len() <= 63 {
-            return t;
-        }
-        // The first 4 bytes of the name's sha256, in hex.
-        let h = &crate::util::sha256_hex(name.as_bytes())[..8];
-        format!("{}_{h}", &t[..54])
+        lock_table_name(&self.names.raw, name)
     }
 
+    /// The ledger's write lock: a table of its own whose `LOCK` serialises the transactions
+    /// that write the ledger (loads, skipped objects), so that the ledger itself is never
+    /// LOCKed (ACCESS EXCLUSIVE would make `status` and `audit` wait for a whole batch; a
+    /// reader of a table another transaction writes reads the committed snapshot:
+    /// https://docs.aws.amazon.com/redshift/latest/dg/r_LOCK.html). Created before the first
+    /// transaction that takes it.
+    fn ledger_lock(&mut self) -> Result<String> {
+        let table = ledger_lock_table(&self.names);
+        let qualified = self.names.qualified(&table);
+        if !self.ledger_lock_ready {
+            create_lock_table(self.s.as_mut(), &self.names.schema, &table, &qualified)?;
+            self.ledger_lock_ready = true;
+        }
+        Ok(qualified)
+    }
+}
+
+/// The ledger's write-lock table ([`Redshift`] LOCKs it, never the ledger).
+pub fn ledger_lock_table(names: &Names) -> String {
+    lock_table_name(&names.ledger, "writers")
+}
+
+/// `<base>__lock_<name>` in at most 63 bytes (a hash of the name when longer).
+fn lock_table_name(base: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let t = format!("{base}__lock_{clean}");
+    if t.len() <= 63 {
+        return t;
+    }
+    // The first 4 bytes of the name's sha256, in hex.
+    let h = &crate::util::sha256_hex(name.as_bytes())[..8];
+    format!("{}_{h}", &t[..54])
+}
+
+impl Redshift {
     /// Takes a run lock: a session of its own opens a transaction and `LOCK`s the lock table,
     /// and keeps both until this warehouse is dropped (or the process dies: the server then
     /// ends the session and its transaction). `wait` false: busy at once when another session
@@ -702,7 +729,8 @@ impl Redshift {
         layout: &Layout,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
-        self.s.execute(&format!("LOCK {}", self.ledger()))?;
+        let lock = self.ledger_lock()?;
+        self.s.execute(&format!("LOCK {lock}"))?;
         self.recheck(jobs)?;
         self.s.execute(&format!(
             "CREATE TEMP TABLE {} (LIKE {})",
@@ -804,6 +832,7 @@ impl Redshift {
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
         self.last_copy = None;
+        self.ledger_lock()?;
         self.s.execute("BEGIN")?;
         let r = self
             .load_in_transaction(jobs, groups, layout, opts)
@@ -1033,10 +1062,10 @@ impl Warehouse for Redshift {
         if job.range.is_none() {
             bail!("object {}: an object without an offset range", job.key);
         }
-        let ledger = self.ledger();
+        let lock = self.ledger_lock()?;
         let insert = Ledger::insert_sql(&self.names, job, 0, 0, records, &literal);
         self.in_transaction(|this| {
-            this.s.execute(&format!("LOCK {ledger}"))?;
+            this.s.execute(&format!("LOCK {lock}"))?;
             if Ledger::new(this)
                 .keys_loaded(std::slice::from_ref(&job.key))?
                 .contains(&job.key)
@@ -1111,7 +1140,7 @@ pub fn load_plan(
     let groups = plan_copies(&spec.archive_url, jobs, None, "{load}");
     let mut v = vec![
         "BEGIN".to_string(),
-        format!("LOCK {}", names.qualified(&names.ledger)),
+        format!("LOCK {}", names.qualified(&ledger_lock_table(names))),
         "-- re-check the objects' keys and offset ranges in the ledger".to_string(),
         format!(
             "CREATE TEMP TABLE {} (LIKE {})",
@@ -1586,8 +1615,10 @@ MAXERROR 3"
         };
         let last_id = "[0] SELECT CAST(pg_last_copy_id() AS BIGINT)".to_string();
         let expected = vec![
-            "[0] BEGIN".to_string(),
-            "[0] LOCK \"public\".\"batchlayer_loads\"".into(),
+            "[0] CREATE SCHEMA IF NOT EXISTS \"public\"".to_string(),
+            "[0] CREATE TABLE IF NOT EXISTS \"public\".\"batchlayer_loads__lock_writers\" (\"held\" boolean)".into(),
+            "[0] BEGIN".into(),
+            "[0] LOCK \"public\".\"batchlayer_loads__lock_writers\"".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
             "[0] SELECT DISTINCT \"key\" FROM \"public\".\"batchlayer_loads\" WHERE \"key\" IN ('t/a.log.gz', 't/x\\\\''y/b.log.gz', 't/c.log.zst', 't/d.log')".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
@@ -1773,7 +1804,10 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
         ];
         let plan = load_plan(&names(), &Layout::tweets(), &spec(auth), &jobs).unwrap();
         assert_eq!(plan[0], "BEGIN");
-        assert_eq!(plan[1], "LOCK \"public\".\"batchlayer_loads\"");
+        assert_eq!(
+            plan[1],
+            "LOCK \"public\".\"batchlayer_loads__lock_writers\""
+        );
         assert_eq!(plan.iter().filter(|s| s.starts_with("COPY ")).count(), 2);
         assert!(plan
             .iter()
