@@ -197,6 +197,10 @@ both_flavours!(
     the_stand_in_folds_quoted_identifiers_to_lower_case,
     the_stand_in_refuses_leader_only_functions_on_user_tables,
     the_stand_in_refuses_a_text_value_over_256_bytes,
+    a_copy_failing_before_loading_quotes_no_earlier_copys_errors,
+    a_serializable_isolation_violation_is_retried,
+    a_busy_run_lock_is_refused_at_once,
+    a_load_blocks_other_ledger_writers_but_not_its_readers,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -213,6 +217,7 @@ fn target(name: &str, serverless: bool) -> Option<(World, Target)> {
         s3_region: "us-east-1".into(),
         role_keys: (s3_access(), s3_secret()),
         serverless,
+        serial_violations: Default::default(),
     };
     cluster.install().unwrap();
     let s = w.settings();
@@ -904,4 +909,201 @@ fn temporary_keys_and_the_default_role_load(serverless: bool) {
     drop(wh);
     let sum = t.copy(Some(1), false).unwrap();
     assert_eq!((sum.rows, sum.rejects), (2, 1), "{sum:?}");
+}
+
+/// pg_last_copy_id() does not move when a COPY fails before loading (here: a manifest naming
+/// an object S3 does not have), so a load failing so quotes no error rows: the view's rows
+/// for the id it still names are an earlier COPY's.
+/// https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html
+fn a_copy_failing_before_loading_quotes_no_earlier_copys_errors(serverless: bool) {
+    let Some((_w, t)) = target("rslastcopy", serverless) else {
+        return;
+    };
+    let mut wh = t.redshift(None);
+    wh.ensure_tables(&Layout::tweets()).unwrap();
+    // The stand-in's rule: a COPY of a missing manifest leaves pg_last_copy_id() at -1.
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let last = "SELECT CAST(pg_last_copy_id() AS BIGINT)";
+    assert_eq!(s.query_i64(last).unwrap(), Some(-1));
+    let err = s
+        .execute(&format!(
+            "COPY {}.batch_raw FROM '{}/_copy_manifests/none.json' ACCESS_KEY_ID '{}' SECRET_ACCESS_KEY '{}' MANIFEST DELIMITER ';' ESCAPE NULL AS 'None'",
+            t.names.schema, t.spec.archive_url, s3_access(), s3_secret()
+        ))
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("none.json"), "{err:#}");
+    let _ = s.execute("ROLLBACK");
+    assert_eq!(
+        s.query_i64(last).unwrap(),
+        Some(-1),
+        "moved on a pre-load failure"
+    );
+
+    // A strict load with a bad row fails, quoting its own error.
+    let mut recs = tweets(0..3);
+    recs.push(BAD.to_vec());
+    let bad = t.put(0, 0, &recs, Compression::Gzip, None);
+    let opts = LoadOptions::default();
+    let err = format!(
+        "{:#}",
+        wh.load(
+            &[t.job(&bad)],
+            t.store().as_ref(),
+            &Layout::tweets(),
+            &opts,
+            &mut |_| {}
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("followers_count"), "{err}");
+    // In the same session, a COPY whose object is missing fails before loading: none of the
+    // earlier COPY's errors are quoted.
+    let mut missing = t.job(&t.put(1, 0, &tweets(3..5), Compression::None, None));
+    missing.key = format!("{}/2024/01/01/00/missing.log", t.topic);
+    missing.expected_sha256 = None;
+    let err = format!(
+        "{:#}",
+        wh.load(
+            &[missing],
+            t.store().as_ref(),
+            &Layout::tweets(),
+            &opts,
+            &mut |_| {}
+        )
+        .unwrap_err()
+    );
+    assert!(
+        !err.contains("followers_count") && err.contains("pg_last_copy_id() did not move"),
+        "{err}"
+    );
+    assert_eq!(t.count("batch_raw"), 0);
+}
+
+/// Redshift cancels a transaction it cannot serialise with error 1023; the load is tried
+/// again (at most SERIALIZABLE_RETRIES times), and loads each object once.
+/// https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html
+fn a_serializable_isolation_violation_is_retried(serverless: bool) {
+    use batchlayer::warehouse::redshift::SERIALIZABLE_RETRIES;
+    use std::sync::atomic::Ordering;
+    let Some((_w, t)) = target("rs1023", serverless) else {
+        return;
+    };
+    t.manifest(vec![t.put(0, 0, &tweets(0..5), Compression::Gzip, None)]);
+    t.cluster.serial_violations.store(2, Ordering::SeqCst);
+    let sum = t.copy(None, false).unwrap();
+    assert_eq!((sum.objects, sum.rows), (1, 5), "{sum:?}");
+    assert_eq!(t.cluster.serial_violations.load(Ordering::SeqCst), 0);
+    assert_eq!(t.count("batch_raw"), 5);
+    assert_eq!(t.count("batchlayer_loads"), 1);
+
+    // More violations than retries: the load fails with Redshift's error; nothing loaded.
+    t.manifest(vec![t.put(1, 0, &tweets(5..8), Compression::Gzip, None)]);
+    t.cluster
+        .serial_violations
+        .store(SERIALIZABLE_RETRIES + 2, Ordering::SeqCst);
+    let err = format!("{:#}", t.copy(None, false).unwrap_err());
+    assert!(err.contains("1023"), "{err}");
+    assert_eq!(t.cluster.serial_violations.load(Ordering::SeqCst), 1);
+    assert_eq!(t.count("batch_raw"), 5);
+    t.cluster.serial_violations.store(0, Ordering::SeqCst);
+    assert_eq!(t.copy(None, false).unwrap().rows, 3);
+}
+
+/// `try_lock` does not wait for a LOCK: another session holding (or waiting for) the lock
+/// table's LOCK, as svv_transactions shows it, makes it busy at once, well before the
+/// statement_timeout kept as a second guard; once the holder is gone it is taken.
+fn a_busy_run_lock_is_refused_at_once(serverless: bool) {
+    use batchlayer::warehouse::redshift::TRY_LOCK_MS;
+    let Some((_w, t)) = target("rstrylock", serverless) else {
+        return;
+    };
+    let mut holder = t.open();
+    assert!(holder.lock("copy", false).unwrap());
+    let mut other = t.open();
+    let start = std::time::Instant::now();
+    assert!(!other.lock("copy", false).unwrap(), "held elsewhere: busy");
+    let took = start.elapsed();
+    assert!(
+        took < std::time::Duration::from_millis(TRY_LOCK_MS / 2),
+        "busy after {took:?}: it waited for the LOCK"
+    );
+    assert!(
+        other.lock("aggregate:batch_layer", false).unwrap(),
+        "another name is free"
+    );
+    drop(holder);
+    assert!(
+        other.lock("copy", false).unwrap(),
+        "free once the holder is gone"
+    );
+}
+
+/// A load's transaction LOCKs the ledger's write-lock table, not the ledger: while one holds it
+/// (with a ledger row written, uncommitted), the ledger is read at once (status, audit) and
+/// another load waits until it ends.
+fn a_load_blocks_other_ledger_writers_but_not_its_readers(serverless: bool) {
+    use batchlayer::warehouse::redshift::ledger_lock_table;
+    let Some((_w, t)) = target("rsledgerlock", serverless) else {
+        return;
+    };
+    t.manifest(vec![t.put(0, 0, &tweets(0..4), Compression::Gzip, None)]);
+    assert_eq!(t.copy(None, false).unwrap().rows, 4);
+    // A batch in flight: its transaction holds the write lock and has written the ledger.
+    let mut batch = t.cluster.session(t.names.clone()).unwrap();
+    batch.execute("BEGIN").unwrap();
+    batch
+        .execute(&format!(
+            "LOCK {}",
+            t.names.qualified(&ledger_lock_table(&t.names))
+        ))
+        .unwrap();
+    let in_flight = t.job(&t.put(2, 0, &tweets(9..10), Compression::Gzip, None));
+    batch
+        .execute(&batchlayer::warehouse::Ledger::insert_sql(
+            &t.names,
+            &in_flight,
+            1,
+            0,
+            0,
+            &batchlayer::warehouse::redshift::literal,
+        ))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = t.clone();
+    std::thread::spawn(move || {
+        let mut wh = reader.open();
+        let rows = batchlayer::warehouse::Ledger::new(wh.as_mut())
+            .rows()
+            .map(|r| r.len())
+            .map_err(|e| format!("{e:#}"));
+        tx.send(rows).unwrap();
+    });
+    let read = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading the ledger waited for the batch in flight");
+    assert_eq!(read.unwrap(), 1, "the committed rows only");
+    // Another load waits for the write lock.
+    t.manifest(vec![t.put(1, 0, &tweets(4..6), Compression::Gzip, None)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let loader = t.clone();
+    std::thread::spawn(move || {
+        tx.send(
+            loader
+                .copy(None, false)
+                .map(|s| s.rows)
+                .map_err(|e| format!("{e:#}")),
+        )
+        .unwrap();
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(2)).is_err(),
+        "a load wrote the ledger while another held its write lock"
+    );
+    batch.execute("ROLLBACK").unwrap();
+    let rows = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(t.count("batchlayer_loads"), 2);
 }

@@ -390,11 +390,19 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
     let retry = retry_policy(&file.retry).or_config()?;
     let kafka = kafka_settings(&file.kafka, &file.archive, env, flags, retry).or_config()?;
     let archive = archive_settings(&file.archive, env, flags, retry).or_config()?;
-    let warehouse = warehouse_settings(&file.warehouse, env, flags, &archive, retry).or_config()?;
+    let warehouse = warehouse_settings(
+        &file.warehouse,
+        env,
+        flags,
+        (&archive, &file.archive),
+        retry,
+    )
+    .or_config()?;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
     let aggregate = aggregate_settings(&file.aggregate).or_config()?;
     if warehouse.kind == WarehouseKind::Redshift {
         resolve::redshift_names(&warehouse, &layout, &aggregate).or_config()?;
+        resolve::redshift_layout(&layout).or_config()?;
     }
     let status = status_settings(&file.status).or_config()?;
     Ok(Settings {

@@ -58,6 +58,39 @@ pub fn redshift_name(key: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Redshift's VARCHAR holds at most 65535 bytes.
+/// <https://docs.aws.amazon.com/redshift/latest/dg/r_Character_types.html>
+pub const REDSHIFT_VARCHAR_MAX: usize = 65535;
+
+/// The chrono directives [`crate::warehouse::redshift`] turns into TIMEFORMAT dateparts.
+const TIMEFORMAT_DIRECTIVES: [&str; 6] = ["%Y", "%m", "%d", "%H", "%M", "%S"];
+
+/// What Redshift's COPY cannot be told of the layout, refused by the key that sets it: a
+/// `max_len` over VARCHAR's 65535 bytes (r_Character_types); a timestamp format with more than the directives TIMEFORMAT is given (%Y %m %d %H %M %S as
+/// YYYY MM DD HH24 MI SS) and datetime separators: a letter would be read as a datepart
+/// (<https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html>).
+pub(super) fn redshift_layout(layout: &Layout) -> Result<()> {
+    for c in &layout.columns {
+        if let Some(n) = c.max_len.filter(|&n| n > REDSHIFT_VARCHAR_MAX) {
+            bail!(
+                "records.columns max_len {n} of column {}: Redshift's VARCHAR holds at most {REDSHIFT_VARCHAR_MAX} bytes",
+                c.name
+            );
+        }
+    }
+    let f = &layout.timestamp_format;
+    let rest = TIMEFORMAT_DIRECTIVES
+        .iter()
+        .fold(f.clone(), |s, d| s.replace(d, ""));
+    if let Some(c) = rest.chars().find(|c| !" -/:.,".contains(*c)) {
+        bail!(
+            "records.timestamp_format {f:?}: {c:?} has no Redshift TIMEFORMAT form (only {} and the separators - / : . , and space)",
+            TIMEFORMAT_DIRECTIVES.join(" ")
+        );
+    }
+    Ok(())
+}
+
 /// Every name batchlayer would create or look up on Redshift, by the key that sets it: each
 /// in lower case ([`redshift_name`]).
 pub(super) fn redshift_names(
@@ -291,11 +324,7 @@ fn archive_location(
                 prefix: parsed.path().trim_matches('/').to_string(),
                 path_style: a.path_style.unwrap_or(endpoint.is_some()),
                 endpoint,
-                region: env
-                    .var("AWS_REGION")
-                    .or_else(|| env.var("AWS_DEFAULT_REGION"))
-                    .or_else(|| a.region.clone())
-                    .unwrap_or_else(|| "us-east-1".into()),
+                region: archive_region(a, env).unwrap_or_else(|| "us-east-1".into()),
                 access_key_id,
                 secret_access_key,
                 session_token,
@@ -377,10 +406,23 @@ pub(super) fn archive_settings(
     })
 }
 
-/// Redshift's COPY reads the archive from S3 with a role or the archive's keys.
-fn redshift_settings(w: &WarehouseFile, archive: &ArchiveSettings) -> Result<RedshiftSettings> {
+/// The archive's region when one is given: AWS_REGION, AWS_DEFAULT_REGION, archive.region.
+pub(super) fn archive_region(a: &ArchiveFile, env: &dyn Env) -> Option<String> {
+    env.var("AWS_REGION")
+        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+        .or_else(|| a.region.clone())
+}
+
+/// Redshift's COPY reads the archive from S3 with a role or the archive's keys, in the region
+/// given (warehouse.region, else the archive's own when given): COPY's REGION is the bucket's
+/// (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-source-s3.html), and a
+/// guess (us-east-1) would send a bucket elsewhere to the wrong region.
+fn redshift_settings(
+    w: &WarehouseFile,
+    archive: &ArchiveSettings,
+    archive_region: Option<String>,
+) -> Result<RedshiftSettings> {
     let ArchiveLocation::S3 {
-        region,
         access_key_id,
         secret_access_key,
         ..
@@ -401,7 +443,9 @@ fn redshift_settings(w: &WarehouseFile, archive: &ArchiveSettings) -> Result<Red
     Ok(RedshiftSettings {
         iam_role: w.iam_role.clone(),
         serverless: w.redshift_serverless,
-        region: w.region.clone().unwrap_or_else(|| region.clone()),
+        region: w.region.clone().or(archive_region).ok_or_else(|| {
+            anyhow!("warehouse.region is not set: Redshift COPY needs the archive bucket's region (REGION); set warehouse.region, or the archive's (archive.region or AWS_REGION)")
+        })?,
     })
 }
 
@@ -409,9 +453,10 @@ pub(super) fn warehouse_settings(
     w: &WarehouseFile,
     env: &dyn Env,
     flags: &Overrides,
-    archive: &ArchiveSettings,
+    archive: (&ArchiveSettings, &ArchiveFile),
     retry: RetryPolicy,
 ) -> Result<WarehouseSettings> {
+    let (archive, archive_file) = archive;
     let kind = match w.kind.as_deref().unwrap_or("postgres") {
         "postgres" | "postgresql" => WarehouseKind::Postgres,
         "redshift" => WarehouseKind::Redshift,
@@ -447,7 +492,11 @@ pub(super) fn warehouse_settings(
     };
     Ok(WarehouseSettings {
         redshift: match kind {
-            WarehouseKind::Redshift => Some(redshift_settings(w, archive)?),
+            WarehouseKind::Redshift => Some(redshift_settings(
+                w,
+                archive,
+                archive_region(archive_file, env),
+            )?),
             WarehouseKind::Postgres => None,
         },
         kind,
@@ -477,7 +526,10 @@ pub(super) fn layout_settings(r: Option<&RecordsFile>) -> Result<Layout> {
         if let Some(d) = &r.delimiter {
             let b = d.as_bytes();
             if b.len() != 1 || b[0] == b'\\' || b[0] == b'\n' || b[0] == b'\r' {
-                bail!("records.delimiter {d:?} must be one byte other than backslash, CR or LF");
+                // One byte in UTF-8 is one ASCII character, as Redshift COPY's DELIMITER must be
+                // ("the single ASCII character that is used to separate fields"):
+                // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html
+                bail!("records.delimiter {d:?} must be one ASCII character other than backslash, CR or LF");
             }
             layout.delimiter = b[0];
         }
@@ -783,7 +835,7 @@ mod tests {
     #[test]
     fn upper_case_names_are_refused_for_redshift() {
         let base = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\n";
-        let rs = "[warehouse]\nkind=\"redshift\"\niam_role=\"arn:aws:iam::1:role/r\"\n";
+        let rs = "[warehouse]\nkind=\"redshift\"\niam_role=\"arn:aws:iam::1:role/r\"\nregion=\"eu-west-1\"\n";
         for (extra, key) in [
             ("ledger_table=\"Loads\"\n", "warehouse.ledger_table"),
             ("schema=\"Batch\"\n", "warehouse.schema"),
@@ -908,7 +960,7 @@ mod tests {
     #[test]
     fn redshift_role_flavour_and_temporary_keys() {
         let text = |extra: &str| {
-            format!("[archive]\nurl = \"s3://b/p\"\n[warehouse]\nkind = \"redshift\"\n{extra}")
+            format!("[archive]\nurl = \"s3://b/p\"\nregion = \"eu-west-1\"\n[warehouse]\nkind = \"redshift\"\n{extra}")
         };
         let none = Overrides::default();
         let rs = |extra: &str, e: &[(&str, &str)]| {
@@ -935,6 +987,63 @@ mod tests {
             panic!("s3")
         };
         assert_eq!(session_token.as_ref().map(|t| t.expose()), Some("tok"));
+    }
+
+    /// What Redshift's COPY cannot be told is refused at config time (exit 2), naming the
+    /// key: max_len over VARCHAR's 65535 bytes, a non-ASCII delimiter, a timestamp format
+    /// TIMEFORMAT has no form of, no region (us-east-1 is not assumed).
+    #[test]
+    fn redshift_limits_are_checked_at_config_time() {
+        let base = "[kafka]\ntopic=\"t\"\n[archive]\nurl=\"s3://b/p\"\n";
+        let rs = "[warehouse]\nkind=\"redshift\"\niam_role=\"default\"\n";
+        let run = |text: &str, e: &[(&str, &str)]| {
+            resolve(parse_file(text).unwrap(), &env(e), &Overrides::default())
+        };
+        let col = |max: usize| {
+            format!("[records]\ncolumns = [{{ name = \"id\", type = \"bigint\" }}, {{ name = \"t\", type = \"text\", max_len = {max} }}]\n")
+        };
+        for (extra, key) in [
+            (col(65536), "records.columns max_len"),
+            ("[records]\ndelimiter = \"é\"\n".into(), "records.delimiter"),
+            (
+                "[records]\ntimestamp_format = \"%Y-%m-%dT%H:%M:%S\"\n".into(),
+                "records.timestamp_format",
+            ),
+            (
+                "[records]\ntimestamp_format = \"%d %b %Y %H:%M\"\n".into(),
+                "records.timestamp_format",
+            ),
+        ] {
+            let text = format!("{base}region=\"eu-west-1\"\n{rs}{extra}");
+            let err = run(&text, &[]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        // The same layouts are fine on PostgreSQL.
+        let pg = format!("{base}{}", col(65536));
+        assert!(run(&pg, &[]).is_ok());
+        let ok = format!(
+            "{base}{rs}region=\"eu-west-1\"\n{}[records]\ntimestamp_format = \"%d/%m/%Y %H.%M.%S\"\n",
+            ""
+        );
+        assert!(run(&ok, &[]).is_ok());
+        assert!(run(
+            &format!("{base}{rs}{}", col(65535)),
+            &[("AWS_REGION", "eu-west-1")]
+        )
+        .is_ok());
+        // No region anywhere: refused, naming warehouse.region; the archive's region serves.
+        let err = run(&format!("{base}{rs}"), &[]).unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("warehouse.region"), "{err}");
+        let s = run(&format!("{base}region=\"ap-south-1\"\n{rs}"), &[]).unwrap();
+        assert_eq!(s.warehouse.redshift.unwrap().region, "ap-south-1");
+        let s = run(
+            &format!("{base}{rs}region=\"eu-north-1\"\n"),
+            &[("AWS_REGION", "us-west-2")],
+        )
+        .unwrap();
+        assert_eq!(s.warehouse.redshift.unwrap().region, "eu-north-1");
     }
 
     #[test]

@@ -326,17 +326,18 @@ pub fn copy_sql(
     Ok(s.trim_end().to_string())
 }
 
-/// The query that explains a failed COPY (run after the rollback: the error views are not
-/// transactional, and `pg_last_copy_id()` names the COPY that failed). Every column has its
-/// own name: `SqlSession::query_text` selects them by name.
-pub fn load_errors_sql(v: &LoadErrorView) -> String {
+/// The query that explains a failed COPY: the error view's first rows for query `id` (the
+/// COPY's own id, never `pg_last_copy_id()` read later: that does not move when a COPY fails
+/// before loading, https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html).
+/// Every column has its own name: `SqlSession::query_text` selects them by name.
+pub fn load_errors_sql(v: &LoadErrorView, id: i64) -> String {
     let value = v
         .value
         .map(|c| format!("trim({c}) AS \"value\", "))
         .unwrap_or_default();
     format!(
         "SELECT trim({}) AS \"filename\", {}, trim({}) AS \"colname\", {value}trim({}) AS \"reason\" \
-FROM {} WHERE {} = pg_last_copy_id() ORDER BY {} LIMIT 5",
+FROM {} WHERE {} = {id} ORDER BY {} LIMIT 5",
         v.file, v.line, v.column, v.reason, v.table, v.query, v.line
     )
 }
@@ -389,11 +390,33 @@ pub struct Redshift {
     open: SessionOpener,
     /// Run locks taken, each held by an open transaction on its own session until dropped.
     held: BTreeMap<String, Box<dyn SqlSession>>,
-    /// Whether the current load has sent a COPY (its errors then explain a failure).
-    copy_ran: bool,
+    /// The last COPY the current load sent (its errors then explain a failure).
+    last_copy: Option<LastCopy>,
+    /// Whether the ledger's write-lock table is known to exist ([`Redshift::ledger_lock`]).
+    ledger_lock_ready: bool,
     /// Provisioned or Serverless; None: probed before the first load.
     flavour: Option<Flavour>,
 }
+
+/// The last COPY of a load: `pg_last_copy_id()` before it, and its own id once it succeeded.
+/// A COPY that fails before loading (S3, credentials, syntax) leaves `pg_last_copy_id()`
+/// where it was, so only an id that moved names this COPY's errors
+/// (https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html).
+#[derive(Debug, Clone, Copy)]
+struct LastCopy {
+    before: i64,
+    id: Option<i64>,
+}
+
+/// How often a load whose transaction Redshift cancelled with a serializable isolation
+/// violation (error 1023) is tried again, and the wait before the first retry (doubled each
+/// time). https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html:
+/// "Retry the canceled transaction."
+pub const SERIALIZABLE_RETRIES: u32 = 3;
+pub const SERIALIZABLE_BACKOFF_MS: u64 = 200;
+
+/// The id query: `pg_last_copy_id()` as a BIGINT.
+const LAST_COPY_ID_SQL: &str = "SELECT CAST(pg_last_copy_id() AS BIGINT)";
 
 /// An offset range of an object in the load: first, last, key.
 type Claimed = (i64, i64, String);
@@ -426,7 +449,8 @@ impl Redshift {
             spec,
             open,
             held: BTreeMap::new(),
-            copy_ran: false,
+            last_copy: None,
+            ledger_lock_ready: false,
             flavour: None,
         })
     }
@@ -462,10 +486,6 @@ impl Redshift {
         self.flavour.unwrap_or(Flavour::Provisioned).errors()
     }
 
-    fn ledger(&self) -> String {
-        self.names.qualified(&self.names.ledger)
-    }
-
     /// Runs `f` inside BEGIN ... COMMIT on the main session; ROLLBACK when it fails.
     fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.s.execute("BEGIN")?;
@@ -478,28 +498,61 @@ impl Redshift {
 
     /// The table whose `LOCK` is the run lock `name` (one table per lock: a LOCK takes all of it).
     fn lock_table(&self, name: &str) -> String {
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let t = format!("{}__lock_{clean}", self.names.raw);
-        if t.len() <= 63 {
-            return t;
-        }
-        // The first 4 bytes of the name's sha256, in hex.
-        let h = &crate::util::sha256_hex(name.as_bytes())[..8];
-        format!("{}_{h}", &t[..54])
+        lock_table_name(&self.names.raw, name)
     }
 
+    /// The ledger's write lock: a table of its own whose `LOCK` serialises the transactions
+    /// that write the ledger (loads, skipped objects), so that the ledger itself is never
+    /// LOCKed (ACCESS EXCLUSIVE would make `status` and `audit` wait for a whole batch; a
+    /// reader of a table another transaction writes reads the committed snapshot:
+    /// https://docs.aws.amazon.com/redshift/latest/dg/r_LOCK.html). Created before the first
+    /// transaction that takes it.
+    fn ledger_lock(&mut self) -> Result<String> {
+        let table = ledger_lock_table(&self.names);
+        let qualified = self.names.qualified(&table);
+        if !self.ledger_lock_ready {
+            create_lock_table(self.s.as_mut(), &self.names.schema, &table, &qualified)?;
+            self.ledger_lock_ready = true;
+        }
+        Ok(qualified)
+    }
+}
+
+/// The ledger's write-lock table ([`Redshift`] LOCKs it, never the ledger).
+pub fn ledger_lock_table(names: &Names) -> String {
+    lock_table_name(&names.ledger, "writers")
+}
+
+/// `<base>__lock_<name>` in at most 63 bytes (a hash of the name when longer).
+fn lock_table_name(base: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let t = format!("{base}__lock_{clean}");
+    if t.len() <= 63 {
+        return t;
+    }
+    // The first 4 bytes of the name's sha256, in hex.
+    let h = &crate::util::sha256_hex(name.as_bytes())[..8];
+    format!("{}_{h}", &t[..54])
+}
+
+impl Redshift {
     /// Takes a run lock: a session of its own opens a transaction and `LOCK`s the lock table,
     /// and keeps both until this warehouse is dropped (or the process dies: the server then
-    /// ends the session and its transaction). `wait` false: busy after [`TRY_LOCK_MS`].
+    /// ends the session and its transaction). `wait` false: busy at once when another session
+    /// holds or waits for the lock table's LOCK, as SVV_TRANSACTIONS shows it ([`lock_probe_sql`]):
+    /// Redshift's LOCK waits ("waiting if necessary for any conflicting locks to be released",
+    /// https://docs.aws.amazon.com/redshift/latest/dg/r_LOCK.html) and has no NOWAIT, and
+    /// whether `statement_timeout` cancels a LOCK wait is not documented. `statement_timeout`
+    /// ([`TRY_LOCK_MS`]) stays as a second guard for the moment between the probe and the LOCK.
     fn take_run_lock(&mut self, name: &str, wait: bool) -> Result<bool> {
         if self.held.contains_key(name) {
             return Ok(true);
@@ -508,6 +561,15 @@ impl Redshift {
         let qualified = self.names.qualified(&table);
         let mut s = (self.open)()?;
         create_lock_table(s.as_mut(), &self.names.schema, &table, &qualified)?;
+        if !wait {
+            let others = s
+                .query_i64(&lock_probe_sql(&self.names.schema, &table))
+                .with_context(|| format!("asking svv_transactions who holds the {name} lock"))?
+                .unwrap_or(0);
+            if others > 0 {
+                return Ok(false);
+            }
+        }
         let timeout = if wait { 0 } else { TRY_LOCK_MS };
         s.execute(&format!("SET statement_timeout TO {timeout}"))?;
         s.execute("BEGIN")?;
@@ -569,13 +631,21 @@ impl Redshift {
         opts: &LoadOptions,
         staged_before: i64,
     ) -> Result<(i64, Vec<(usize, Measured)>)> {
-        self.copy_ran = true;
         let copy = copy_sql(&quote_ident(STAGING), layout, &self.spec, group, false)?;
+        let before = self.s.query_i64(LAST_COPY_ID_SQL)?.unwrap_or(-1);
+        self.last_copy = Some(LastCopy { before, id: None });
         self.s.execute(&copy)?;
         let id = self
             .s
-            .query_i64("SELECT CAST(pg_last_copy_id() AS BIGINT)")?
+            .query_i64(LAST_COPY_ID_SQL)?
             .context("pg_last_copy_id() is NULL after a COPY")?;
+        if id == before {
+            bail!("pg_last_copy_id() is still {id} after a COPY that succeeded: cannot tell its errors from an earlier COPY's");
+        }
+        self.last_copy = Some(LastCopy {
+            before,
+            id: Some(id),
+        });
         let staged = self
             .s
             .query_i64(&format!("SELECT count(*) FROM {}", quote_ident(STAGING)))?
@@ -659,7 +729,8 @@ impl Redshift {
         layout: &Layout,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
-        self.s.execute(&format!("LOCK {}", self.ledger()))?;
+        let lock = self.ledger_lock()?;
+        self.s.execute(&format!("LOCK {lock}"))?;
         self.recheck(jobs)?;
         self.s.execute(&format!(
             "CREATE TEMP TABLE {} (LIKE {})",
@@ -705,10 +776,10 @@ impl Redshift {
             .collect())
     }
 
-    /// The first rows of the error view for the last COPY, one line.
-    fn load_errors(&mut self) -> String {
+    /// The first rows of the error view for COPY `id`, one line.
+    fn load_errors(&mut self, id: i64) -> Result<String> {
         self.s
-            .query_text(&load_errors_sql(self.errors_view()))
+            .query_text(&load_errors_sql(self.errors_view(), id))
             .map(|(_, rows)| {
                 shown(rows)
                     .iter()
@@ -716,7 +787,66 @@ impl Redshift {
                     .collect::<Vec<_>>()
                     .join("; ")
             })
-            .unwrap_or_default()
+    }
+
+    /// Ends a failed load's transaction and says what the error view holds for the COPY that
+    /// failed, and only for it. A COPY that succeeded has its id: its errors are read in the
+    /// session before the ROLLBACK (they are written outside the transaction), or after it
+    /// when a failed statement has aborted the transaction (an aborted transaction refuses
+    /// every statement until it ends). A COPY that failed has an id only when
+    /// `pg_last_copy_id()` moved past the one read before it: a COPY failing before loading
+    /// (S3, credentials) does not move it, and then no view rows are quoted (they would be an
+    /// earlier COPY's). https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html
+    fn rollback_explained(&mut self) -> String {
+        let last = self.last_copy.take();
+        if let Some(id) = last.and_then(|c| c.id) {
+            if let Ok(d) = self.load_errors(id) {
+                let _ = self.s.execute("ROLLBACK");
+                return d;
+            }
+        }
+        let _ = self.s.execute("ROLLBACK");
+        let Some(c) = last else {
+            return String::new();
+        };
+        let id = c.id.or_else(|| {
+            self.s
+                .query_i64(LAST_COPY_ID_SQL)
+                .ok()
+                .flatten()
+                .filter(|&n| n != c.before)
+        });
+        match id {
+            Some(id) => self.load_errors(id).unwrap_or_default(),
+            None => "none (the COPY failed before loading: pg_last_copy_id() did not move)".into(),
+        }
+    }
+
+    /// One try of a load: its transaction, committed, or rolled back with the failed COPY's
+    /// errors in the error.
+    fn load_once(
+        &mut self,
+        jobs: &[LoadJob],
+        groups: &[CopyGroup],
+        layout: &Layout,
+        opts: &LoadOptions,
+    ) -> Result<Vec<LoadResult>> {
+        self.last_copy = None;
+        self.ledger_lock()?;
+        self.s.execute("BEGIN")?;
+        let r = self
+            .load_in_transaction(jobs, groups, layout, opts)
+            .and_then(|v| self.s.execute("COMMIT").map(|_| v));
+        let Err(e) = r else { return r };
+        let detail = self.rollback_explained();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        Err(e.context(format!(
+            "loading {} into {} ({}); load errors of the last COPY: {}",
+            keys.join(", "),
+            self.names.raw,
+            self.describe(),
+            if detail.is_empty() { "none" } else { &detail }
+        )))
     }
 }
 
@@ -748,6 +878,42 @@ fn create_lock_table(
     Err(last
         .unwrap_or_else(|| anyhow!("no attempt"))
         .context(format!("creating the lock table {qualified}")))
+}
+
+/// Whether Redshift cancelled the transaction with a serializable isolation violation:
+/// "ERROR: 1023 DETAIL: Serializable isolation violation on table ..."
+/// (https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html).
+/// The server's message is `1023`, the violation in its detail.
+pub fn serialization_violation(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if let Some(db) = c.downcast_ref::<SqlError>().and_then(|s| s.0.as_db_error()) {
+            db.message().trim() == "1023"
+                || db.detail().is_some_and(|d| {
+                    d.to_lowercase()
+                        .contains("serializable isolation violation")
+                })
+        } else {
+            c.to_string()
+                .to_lowercase()
+                .contains("serializable isolation violation")
+        }
+    })
+}
+
+/// How many locks other sessions hold or wait for in ACCESS EXCLUSIVE mode (LOCK's) on the
+/// lock table `schema.table`. SVV_TRANSACTIONS lists the locks of open transactions, granted
+/// or pending, with the table id in `relation`; it is visible to all users (each sees their own
+/// sessions', and every run lock is taken by batchlayer's user).
+/// https://docs.aws.amazon.com/redshift/latest/dg/r_SVV_TRANSACTIONS.html
+pub fn lock_probe_sql(schema: &str, table: &str) -> String {
+    format!(
+        "SELECT count(*) FROM \"svv_transactions\" WHERE \"lockable_object_type\" = 'relation' \
+AND \"lock_mode\" = 'AccessExclusiveLock' AND \"pid\" <> pg_backend_pid() AND \"relation\" = \
+(SELECT CAST(c.\"oid\" AS INTEGER) FROM \"pg_class\" c JOIN \"pg_namespace\" n ON n.\"oid\" = c.\"relnamespace\" \
+WHERE n.\"nspname\" = {} AND c.\"relname\" = {})",
+        literal(schema),
+        literal(table)
+    )
 }
 
 /// Whether a statement was cancelled by `statement_timeout` (SQLSTATE 57014).
@@ -896,10 +1062,10 @@ impl Warehouse for Redshift {
         if job.range.is_none() {
             bail!("object {}: an object without an offset range", job.key);
         }
-        let ledger = self.ledger();
+        let lock = self.ledger_lock()?;
         let insert = Ledger::insert_sql(&self.names, job, 0, 0, records, &literal);
         self.in_transaction(|this| {
-            this.s.execute(&format!("LOCK {ledger}"))?;
+            this.s.execute(&format!("LOCK {lock}"))?;
             if Ledger::new(this)
                 .keys_loaded(std::slice::from_ref(&job.key))?
                 .contains(&job.key)
@@ -940,25 +1106,17 @@ impl Warehouse for Redshift {
                 bail!("COPY manifest {} exists already", g.manifest_key);
             }
         }
-        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
-        self.copy_ran = false;
-        let results = match self
-            .in_transaction(|this| this.load_in_transaction(jobs, &groups, layout, opts))
-        {
-            Ok(r) => r,
-            Err(e) => {
-                let detail = if self.copy_ran {
-                    self.load_errors()
-                } else {
-                    String::new()
-                };
-                return Err(e.context(format!(
-                    "loading {} into {} ({}); load errors of the last COPY: {}",
-                    keys.join(", "),
-                    self.names.raw,
-                    self.describe(),
-                    if detail.is_empty() { "none" } else { &detail }
-                )));
+        let mut retries = 0;
+        let results = loop {
+            match self.load_once(jobs, &groups, layout, opts) {
+                Ok(r) => break r,
+                Err(e) if serialization_violation(&e) && retries < SERIALIZABLE_RETRIES => {
+                    let wait = SERIALIZABLE_BACKOFF_MS << retries;
+                    retries += 1;
+                    tracing::warn!("{e:#}: Redshift cancelled the load's transaction (serializable isolation violation); trying it again in {wait} ms ({retries} of {SERIALIZABLE_RETRIES})");
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+                Err(e) => return Err(e),
             }
         };
         for r in &results {
@@ -982,7 +1140,7 @@ pub fn load_plan(
     let groups = plan_copies(&spec.archive_url, jobs, None, "{load}");
     let mut v = vec![
         "BEGIN".to_string(),
-        format!("LOCK {}", names.qualified(&names.ledger)),
+        format!("LOCK {}", names.qualified(&ledger_lock_table(names))),
         "-- re-check the objects' keys and offset ranges in the ledger".to_string(),
         format!(
             "CREATE TEMP TABLE {} (LIKE {})",
@@ -1288,13 +1446,24 @@ MAXERROR 3"
             Some(Flavour::Serverless)
         );
         assert_eq!(
-            load_errors_sql(Flavour::Serverless.errors()),
-            r#"SELECT trim("file_name") AS "filename", "line_number", trim("column_name") AS "colname", trim("error_message") AS "reason" FROM "sys_load_error_detail" WHERE "query_id" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+            load_errors_sql(Flavour::Serverless.errors(), 900007),
+            r#"SELECT trim("file_name") AS "filename", "line_number", trim("column_name") AS "colname", trim("error_message") AS "reason" FROM "sys_load_error_detail" WHERE "query_id" = 900007 ORDER BY "line_number" LIMIT 5"#
         );
         assert_eq!(
-            load_errors_sql(Flavour::Provisioned.errors()),
-            r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = pg_last_copy_id() ORDER BY "line_number" LIMIT 5"#
+            load_errors_sql(Flavour::Provisioned.errors(), 7),
+            r#"SELECT trim("filename") AS "filename", "line_number", trim("colname") AS "colname", trim("raw_field_value") AS "value", trim("err_reason") AS "reason" FROM "stl_load_errors" WHERE "query" = 7 ORDER BY "line_number" LIMIT 5"#
         );
+    }
+
+    /// `pg_last_copy_id()` as a cluster answers it around COPYs that load: asked before and
+    /// after each COPY, it gives `first - 1`, `first`, `first`, `first + 1`, ...
+    fn copy_ids(first: i64) -> impl Fn() -> i64 {
+        let asked = Cell::new(0i64);
+        move || {
+            let n = asked.get();
+            asked.set(n + 1);
+            first - 1 + (n + 1) / 2
+        }
     }
 
     /// Answers a query with rows of text.
@@ -1395,10 +1564,11 @@ MAXERROR 3"
             jobs.push(j);
         }
         let copies = Rc::new(Cell::new(10));
+        let next_id = copy_ids(11);
         let answer: Answer = Rc::new(move |sql: &str| {
             let one = |v: i64| vec![vec![v.to_string()]];
             if sql.contains("pg_last_copy_id") {
-                copies.set(copies.get() + 1);
+                copies.set(next_id());
                 return one(copies.get());
             }
             if sql.starts_with("SELECT count(*) FROM \"batchlayer_staging\"") {
@@ -1445,22 +1615,27 @@ MAXERROR 3"
         };
         let last_id = "[0] SELECT CAST(pg_last_copy_id() AS BIGINT)".to_string();
         let expected = vec![
-            "[0] BEGIN".to_string(),
-            "[0] LOCK \"public\".\"batchlayer_loads\"".into(),
+            "[0] CREATE SCHEMA IF NOT EXISTS \"public\"".to_string(),
+            "[0] CREATE TABLE IF NOT EXISTS \"public\".\"batchlayer_loads__lock_writers\" (\"held\" boolean)".into(),
+            "[0] BEGIN".into(),
+            "[0] LOCK \"public\".\"batchlayer_loads__lock_writers\"".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
             "[0] SELECT DISTINCT \"key\" FROM \"public\".\"batchlayer_loads\" WHERE \"key\" IN ('t/a.log.gz', 't/x\\\\''y/b.log.gz', 't/c.log.zst', 't/d.log')".into(),
             "[0] -- table_exists(batchlayer_loads)".into(),
             "[0] SELECT \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\" FROM \"public\".\"batchlayer_loads\" WHERE \"first_offset\" IS NOT NULL AND ((\"topic\" = 't' AND \"partition_id\" = 0 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 1 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 2 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 3 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9))".into(),
             "[0] CREATE TEMP TABLE \"batchlayer_staging\" (LIKE \"public\".\"batch_raw\")".into(),
+            last_id.clone(),
             copy(0, "GZIP\n", 5),
             last_id.clone(),
             staged.clone(),
             errors(11),
             "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\")\nSELECT 't/a.log.gz', \"line_number\", trim(\"raw_line\"), trim(\"colname\") || ': ' || trim(\"err_reason\")\nFROM \"stl_load_errors\" WHERE \"query\" = 11 AND trim(\"filename\") = 's3://arch/tweets/t/a.log.gz'".into(),
+            last_id.clone(),
             copy(1, "ZSTD\n", 3),
             last_id.clone(),
             staged.clone(),
             errors(12),
+            last_id.clone(),
             copy(2, "", 3),
             last_id,
             staged,
@@ -1494,9 +1669,10 @@ MAXERROR 3"
             j.expected_sha256 = None;
             jobs.push(j);
         }
-        let answer: Answer = Rc::new(|sql: &str| {
+        let next_id = copy_ids(900001);
+        let answer: Answer = Rc::new(move |sql: &str| {
             if sql.contains("pg_last_copy_id") {
-                vec![vec!["900001".into()]]
+                vec![vec![next_id().to_string()]]
             } else if sql.starts_with("SELECT count(*)") {
                 vec![vec!["7".into()]]
             } else if sql.contains("GROUP BY 1") {
@@ -1554,9 +1730,10 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
                 .iter()
                 .map(|(f, n)| vec![f.to_string(), n.to_string()])
                 .collect();
+            let next_id = copy_ids(5);
             let answer: Answer = Rc::new(move |sql: &str| {
                 if sql.contains("pg_last_copy_id") {
-                    vec![vec!["5".into()]]
+                    vec![vec![next_id().to_string()]]
                 } else if sql.starts_with("SELECT count(*)") {
                     vec![vec![staged.into()]]
                 } else if sql.contains("GROUP BY 1") {
@@ -1582,7 +1759,7 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
     }
 
     /// The run lock: a session of its own, a lock table per name, LOCK inside an open
-    /// transaction; `try_lock` waits at most TRY_LOCK_MS.
+    /// transaction; `try_lock` first asks svv_transactions whether another session has it.
     #[test]
     fn run_locks_hold_a_table_lock_on_their_own_session() {
         let (mut wh, log) = recorded(Rc::new(|_: &str| vec![]));
@@ -1597,6 +1774,7 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
             vec![
                 "[1] CREATE SCHEMA IF NOT EXISTS \"public\"",
                 "[1] CREATE TABLE IF NOT EXISTS \"public\".\"batch_raw__lock_aggregate_batch_layer\" (\"held\" boolean)",
+                &format!("[1] {}", lock_probe_sql("public", "batch_raw__lock_aggregate_batch_layer")),
                 "[1] SET statement_timeout TO 1000",
                 "[1] BEGIN",
                 "[1] LOCK \"public\".\"batch_raw__lock_aggregate_batch_layer\"",
@@ -1626,7 +1804,10 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
         ];
         let plan = load_plan(&names(), &Layout::tweets(), &spec(auth), &jobs).unwrap();
         assert_eq!(plan[0], "BEGIN");
-        assert_eq!(plan[1], "LOCK \"public\".\"batchlayer_loads\"");
+        assert_eq!(
+            plan[1],
+            "LOCK \"public\".\"batchlayer_loads__lock_writers\""
+        );
         assert_eq!(plan.iter().filter(|s| s.starts_with("COPY ")).count(), 2);
         assert!(plan
             .iter()

@@ -15,7 +15,11 @@
 //!   line in an `stl_load_errors` look-alike written outside the transaction (it survives a
 //!   rollback, as Redshift's system tables do), applies MAXERROR to the whole COPY, and inserts
 //!   the good rows into the target in the session's transaction. A failed COPY aborts the
-//!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session.
+//!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session;
+//!   the id moves when a COPY begins loading, not when it fails before (the manifest or an
+//!   object unreadable, credentials refused): PG_LAST_COPY_ID.html.
+//! * Serializable isolation error 1023 can be injected at the COMMIT of a transaction that ran
+//!   a COPY ([`StandInCluster::serial_violations`]); sessions otherwise run read committed.
 //! * Statements Redshift has no form of that PostgreSQL would accept (`CREATE INDEX`,
 //!   `ON CONFLICT`, `ADD COLUMN IF NOT EXISTS`) are refused.
 //! * Every statement is checked by [`redshift_sql`] against Redshift's documented rules, each
@@ -55,6 +59,8 @@ use batchlayer::warehouse::{quote_ident, Names};
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// Where the stand-in runs: a PostgreSQL database, a schema for its system tables, and the S3
 /// server the COPYs read from.
@@ -69,6 +75,9 @@ pub struct StandInCluster {
     pub role_keys: (String, String),
     /// Redshift Serverless (no STL views; errors in the SYS views), else a provisioned cluster.
     pub serverless: bool,
+    /// How many of the next COMMITs of a transaction that ran a COPY fail with Redshift's
+    /// serializable isolation violation (shared by every session of this cluster).
+    pub serial_violations: Arc<AtomicU32>,
 }
 
 /// The STL query ids and the SYS query ids are numbered apart: a SYS view's query_id is its
@@ -102,6 +111,17 @@ impl StandInCluster {
              -- https://docs.aws.amazon.com/redshift/latest/dg/r_GETDATE.html
              CREATE FUNCTION {sys}.getdate() RETURNS timestamp
                  AS 'SELECT CAST(statement_timestamp() AS timestamp)' LANGUAGE sql STABLE;
+             -- The locks of open transactions, granted or pending, with the table id in
+             -- relation (https://docs.aws.amazon.com/redshift/latest/dg/r_SVV_TRANSACTIONS.html);
+             -- an SVV view, served on both flavours.
+             CREATE VIEW {sys}.svv_transactions AS
+                 SELECT a.usename::text AS txn_owner, a.datname::text AS txn_db,
+                        a.backend_xid::text::bigint AS xid, l.pid,
+                        a.xact_start::timestamp AS txn_start, l.mode AS lock_mode,
+                        l.locktype AS lockable_object_type,
+                        l.relation::bigint::integer AS relation, l.granted
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE l.locktype IN ('relation', 'transactionid');
              CREATE SEQUENCE {sys}.sys_query_ids START {SYS_QUERY_IDS_FROM};
              CREATE TABLE {sys}.sys_load_error_detail (
                  user_id integer, query_id bigint, transaction_id bigint, session_id integer,
@@ -145,6 +165,7 @@ impl StandInCluster {
             sys_id: -1,
             last_copy_id: -1,
             last_copy_count: -1,
+            copied_in_transaction: false,
             copies: Vec::new(),
         })
     }
@@ -161,6 +182,8 @@ pub struct StandIn {
     sys_id: i64,
     last_copy_id: i64,
     last_copy_count: i64,
+    /// Whether the open transaction ran a COPY (a COMMIT may then be cancelled with 1023).
+    copied_in_transaction: bool,
     /// The COPY statements this session carried out, in order (for tests).
     pub copies: Vec<String>,
 }
@@ -227,7 +250,28 @@ impl StandIn {
             return r;
         }
         let s = self.prepare(sql)?;
+        let word = sql.trim().to_ascii_uppercase();
+        if ["BEGIN", "COMMIT", "END", "ROLLBACK"].contains(&word.as_str()) {
+            let copied = std::mem::take(&mut self.copied_in_transaction);
+            if word != "BEGIN" && word != "ROLLBACK" && copied && self.take_serial_violation() {
+                // Redshift cancels a transaction that cannot be serialised, at any statement
+                // or at COMMIT: "ERROR: 1023 DETAIL: Serializable isolation violation on table"
+                // https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation-serializable-isolation-troubleshooting.html
+                // https://docs.aws.amazon.com/redshift/latest/dg/c_serial_isolation.html
+                return self.pg.execute(
+                    "DO $$ BEGIN RAISE EXCEPTION '1023' USING DETAIL = 'Serializable isolation violation on table - 100001, transactions forming the cycle are: 1, 2 (pid:1)'; END $$",
+                );
+            }
+        }
         self.pg.execute(&s)
+    }
+
+    /// Whether an injected serializable isolation violation is due (one used up when so).
+    fn take_serial_violation(&self) -> bool {
+        self.cluster
+            .serial_violations
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     fn next_id(&mut self, sequence: &str) -> Result<i64> {
@@ -248,12 +292,7 @@ impl StandIn {
         let stmt = parse_copy(sql)?;
         self.stl_id = self.next_id("query_ids")?;
         self.sys_id = self.next_id("sys_query_ids")?;
-        self.last_copy_id = if self.cluster.serverless {
-            self.sys_id
-        } else {
-            self.stl_id
-        };
-        self.last_copy_count = 0;
+        self.copied_in_transaction = true;
         let sys = quote_ident(&self.cluster.system_schema);
         self.log.execute(
             &format!(
@@ -292,6 +331,16 @@ impl StandIn {
         let stmt = stmt.clone();
         let cols = self.target_columns(&stmt)?;
         let files = self.fetch(&stmt)?;
+        // pg_last_copy_id() moves when the COPY begins loading, not when it fails before (a
+        // syntax, access or credentials error): "The COPY ID is not updated if the COPY
+        // command fails because of an error that occurs before the load process begins".
+        // https://docs.aws.amazon.com/redshift/latest/dg/PG_LAST_COPY_ID.html
+        self.last_copy_id = if self.cluster.serverless {
+            self.sys_id
+        } else {
+            self.stl_id
+        };
+        self.last_copy_count = 0;
         let mut good = Vec::new();
         let fail_at = stmt.max_error.max(1);
         let mut rows = 0u64;
