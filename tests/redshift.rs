@@ -197,6 +197,7 @@ both_flavours!(
     the_stand_in_folds_quoted_identifiers_to_lower_case,
     the_stand_in_refuses_leader_only_functions_on_user_tables,
     the_stand_in_refuses_a_text_value_over_256_bytes,
+    one_awkward_archive_loads_the_same_into_postgresql_and_redshift,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -241,6 +242,11 @@ fn tweets(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
 }
 
 const BAD: &[u8] = b"1;2024-01-01 00:00:00;not-a-number;Oslo;1;2;";
+
+/// A record the loader's check accepts (256 characters at most) and Redshift refuses: 400
+/// bytes in a varchar(256).
+static OVER_256_BYTES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("1;2024-01-01 00:00:00;5;{};1;2;", "é".repeat(200)));
 
 fn redshift_warehouse_conforms_on_the_stand_in(serverless: bool) {
     let Some((w, t)) = target("rsconf", serverless) else {
@@ -864,9 +870,10 @@ fn temporary_keys_and_the_default_role_load(serverless: bool) {
         vec![("completed".to_string(), 5), ("completed".to_string(), 3)]
     );
 
-    // A bad row and a dialect set to the other flavour.
+    // A row only Redshift refuses (the loader's own check, which the PostgreSQL path shares,
+    // counts characters; varchar counts bytes), and a dialect set to the other flavour.
     let mut recs = tweets(8..10);
-    recs.push(BAD.to_vec());
+    recs.push(OVER_256_BYTES.as_bytes().to_vec());
     t.manifest(vec![t.put(2, 0, &recs, Compression::Gzip, None)]);
     let wrong = if serverless {
         Flavour::Provisioned
@@ -904,4 +911,116 @@ fn temporary_keys_and_the_default_role_load(serverless: bool) {
     drop(wh);
     let sum = t.copy(Some(1), false).unwrap();
     assert_eq!((sum.rows, sum.rejects), (2, 1), "{sum:?}");
+}
+
+/// A rejects table's row: key, line, raw, reason, raw_bytes, raw_sha256.
+type RejectRow = (
+    String,
+    i64,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+/// One awkward archive, loaded by the PostgreSQL path and by the Redshift dialect on the
+/// stand-in, gives the same rows and the same rejects (key, line, raw prefix, reason, length,
+/// sha256). Without the loader's own record check before COPY, the stand-in (modelling COPY's
+/// documented conversions) would load the empty INT and TIMESTAMP fields as NULL and the
+/// fractional second, and keep a 1024-byte `raw_line` with multibyte characters as `.`.
+fn one_awkward_archive_loads_the_same_into_postgresql_and_redshift(serverless: bool) {
+    let Some((w, t)) = target("rsawkward", serverless) else {
+        return;
+    };
+    let mut recs = tweets(0..2);
+    for r in [
+        "10;2024-01-01 00:00:00;;Oslo;1;2;".to_string(), // empty INT
+        "11;;5;Oslo;1;2;".into(),                        // empty TIMESTAMP
+        "12;2024-01-01 00:00:00;5;Os\0lo;1;2;".into(),   // NUL in location
+        "13;2024-01-01 00:00:00.5;5;Oslo;1;2;".into(),   // fractional second
+        "14;2024-01-01 00:00:00;5;Zürich – 東京 🚀;1;2;".into(), // multibyte, good
+        format!("15;2024-01-01 00:00:00;5;{};1;2;", "ø".repeat(700)), // 1 KiB+ line
+        "16;2024-01-01 00:00:00;5;Os\\;lo;1;2;".into(),  // a `;` after a backslash
+        "17;2024-01-01 00:00:00;5;None;1;2;".into(),     // the NULL marker
+        "18;2024-01-01 00:00:00;5;a\nb\\c;1;2;".into(),  // escaped newline and backslash, good
+    ] {
+        recs.push(r.into_bytes());
+    }
+    recs.push(BAD.to_vec());
+    let e = t.put(0, 0, &recs, Compression::Gzip, None);
+    t.manifest(vec![e.clone()]);
+    let rs = t.copy(Some(100), false).unwrap();
+
+    let mut s = w.settings();
+    let pg_schema = format!("{}_pg", s.warehouse.schema);
+    s.warehouse.schema = pg_schema.clone();
+    let mut pgw = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
+    let opts = CopyOptions {
+        wait: true,
+        max_errors: Some(100),
+        key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+        ..Default::default()
+    };
+    let pgs = copy::run(
+        t.store().as_ref(),
+        pgw.as_mut(),
+        &Layout::tweets(),
+        &opts,
+        &Output::silent(),
+    )
+    .unwrap();
+    drop(pgw);
+    assert_eq!(
+        (rs.rows, rs.rejects),
+        (pgs.rows, pgs.rejects),
+        "{rs:?} {pgs:?}"
+    );
+    assert_eq!((rs.rows, rs.rejects), (5, 7), "{rs:?}");
+
+    let rows = |schema: &str| -> Vec<Vec<Option<String>>> {
+        pg().query(
+            &format!(
+                "SELECT id::text, created_at::text, followers_count::text, location, favorite_count::text, retweet_count::text FROM \"{schema}\".batch_raw ORDER BY id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (0..6).map(|i| r.get(i)).collect())
+        .collect()
+    };
+    let rejects = |schema: &str| -> Vec<RejectRow> {
+        pg().query(
+            &format!(
+                "SELECT key, line, raw, reason, raw_bytes, raw_sha256 FROM \"{schema}\".batchlayer_rejects ORDER BY line"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect()
+    };
+    let (rs_rows, pg_rows) = (rows(&t.names.schema), rows(&pg_schema));
+    let (rs_rej, pg_rej) = (rejects(&t.names.schema), rejects(&pg_schema));
+    pg().batch_execute(&format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE"))
+        .unwrap();
+    assert_eq!(rs_rows, pg_rows);
+    let ids: Vec<String> = rs_rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert!(
+        ids.starts_with(&["14".into(), "17".into(), "18".into()]),
+        "{ids:?}"
+    );
+    assert_eq!(rs_rej, pg_rej);
+    let lines: Vec<i64> = rs_rej.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6, 8, 9, 12]);
+    assert!(rs_rej
+        .iter()
+        .all(|r| r.0 == e.key && r.4.is_some() && r.5.is_some()));
+    let long = &rs_rej[4];
+    assert_eq!(long.4, Some(1430), "the whole record's length");
+    assert!(
+        long.2.as_deref().unwrap().contains("øøø"),
+        "raw kept as UTF-8"
+    );
 }
