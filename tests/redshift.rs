@@ -198,6 +198,7 @@ both_flavours!(
     the_stand_in_refuses_leader_only_functions_on_user_tables,
     the_stand_in_refuses_a_text_value_over_256_bytes,
     one_awkward_archive_loads_the_same_into_postgresql_and_redshift,
+    the_stand_in_converts_as_copy_is_documented,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -1023,4 +1024,108 @@ fn one_awkward_archive_loads_the_same_into_postgresql_and_redshift(serverless: b
         long.2.as_deref().unwrap().contains("øøø"),
         "raw kept as UTF-8"
     );
+}
+
+/// COPY's documented conversions, as the stand-in models them, on records the PostgreSQL path
+/// refuses: an empty INT or TIMESTAMP field loads as NULL, `SS` takes a fraction; a NUL byte
+/// fails the line; a line with a field after the last column fails unless COPY has a column
+/// for it; `raw_line` shows multibyte characters as `.`. (The loader checks records before
+/// COPY, so none of these reaches Redshift from batchlayer.)
+fn the_stand_in_converts_as_copy_is_documented(serverless: bool) {
+    let Some((_w, t)) = target("rsconv", serverless) else {
+        return;
+    };
+    t.open().ensure_tables(&Layout::tweets()).unwrap();
+    let recs: Vec<Vec<u8>> = [
+        "1;;5;Oslo;1;2;".to_string(),
+        "2;2024-01-01 00:00:00;;Oslo;1;2;".into(),
+        "3;2024-01-01 00:00:00.25;5;Oslo;1;2;".into(),
+        "4;2024-01-01 00:00:00;5;Os\0lo;1;2;".into(),
+        format!("5;2024-01-01 00:00:00;5;{};1;2;", "é".repeat(200)),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    for r in &recs[..4] {
+        assert!(
+            Layout::tweets().to_pg_copy_row(r, &mut Vec::new()).is_err(),
+            "the PostgreSQL path refuses {r:?}"
+        );
+    }
+    let e = t.put(0, 0, &recs, Compression::Gzip, None);
+    let jobs = [t.job(&e)];
+    let refs: Vec<&LoadJob> = jobs.iter().collect();
+    let body = batchlayer::warehouse::redshift::copy_manifest(&t.spec.archive_url, &refs);
+    t.store()
+        .put_bytes_if_absent("_copy_manifests/conv.json", body.as_bytes())
+        .unwrap();
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let copy = |table: &str, cols: &str| {
+        format!(
+            "COPY {}.{table}{cols} FROM '{}/_copy_manifests/conv.json' ACCESS_KEY_ID '{}' SECRET_ACCESS_KEY '{}' MANIFEST DELIMITER ';' ESCAPE GZIP TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS' NULL AS 'None' MAXERROR 100",
+            t.names.schema,
+            t.spec.archive_url,
+            s3_access(),
+            s3_secret()
+        )
+    };
+    // No column for the field after the final delimiter: every line has one field too many.
+    s.execute(&copy("batch_raw", "")).unwrap();
+    assert_eq!(t.count("batch_raw"), 0);
+    let errors = |s: &mut dyn SqlSession| -> Vec<Vec<Option<String>>> {
+        let sql = if serverless {
+            "SELECT CAST(line_number AS BIGINT), trim(error_message) FROM sys_load_error_detail WHERE query_id = pg_last_copy_id() ORDER BY 1"
+        } else {
+            "SELECT CAST(line_number AS BIGINT), trim(err_reason), trim(raw_line) FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY 1"
+        };
+        s.query_text(sql).unwrap().1
+    };
+    let first = errors(&mut s);
+    assert_eq!(first.len(), 5, "{first:?}");
+    assert!(first
+        .iter()
+        .all(|r| r[1].as_deref() == Some("Extra column(s) found")));
+    // With a column for it (as the loader's staging table has), the conversions apply.
+    s.execute(&format!(
+        "CREATE TABLE {0}.conv (LIKE {0}.batch_raw)",
+        t.names.schema
+    ))
+    .unwrap();
+    s.execute(&format!(
+        "ALTER TABLE {}.conv ADD COLUMN \"batchlayer_trailing\" VARCHAR(1)",
+        t.names.schema
+    ))
+    .unwrap();
+    let cols = " (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"batchlayer_trailing\")";
+    s.execute(&copy("conv", cols)).unwrap();
+    let rows: Vec<Vec<Option<String>>> = t
+        .query("SELECT id::text, created_at::text, followers_count::text FROM {s}.conv ORDER BY id")
+        .iter()
+        .map(|r| (0..3).map(|i| r.get(i)).collect())
+        .collect();
+    let v = |a: &str, b: Option<&str>, c: Option<&str>| {
+        vec![
+            Some(a.to_string()),
+            b.map(String::from),
+            c.map(String::from),
+        ]
+    };
+    assert_eq!(
+        rows,
+        vec![
+            v("1", None, Some("5")),
+            v("2", Some("2024-01-01 00:00:00"), None),
+            v("3", Some("2024-01-01 00:00:00.25"), Some("5")),
+        ]
+    );
+    let bad = errors(&mut s);
+    let lines: Vec<Option<&str>> = bad.iter().map(|r| r[0].as_deref()).collect();
+    assert_eq!(lines, vec![Some("4"), Some("5")], "{bad:?}");
+    if !serverless {
+        let raw = bad[1][2].as_deref().unwrap();
+        assert!(
+            raw.contains(&".".repeat(200)) && !raw.contains('é'),
+            "{raw}"
+        );
+    }
 }

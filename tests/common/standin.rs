@@ -10,7 +10,10 @@
 //!   EXCLUSIVE until the transaction ends, as Redshift's).
 //! * `COPY`: parses the exact statement (anything it does not understand is an error), reads the
 //!   manifest and the objects it lists from the S3 server, decodes them with the options named
-//!   (GZIP/ZSTD, DELIMITER, ESCAPE, NULL AS, TIMEFORMAT), checks each field against the target
+//!   (GZIP/ZSTD, DELIMITER, ESCAPE, NULL AS, TIMEFORMAT), counts the fields strictly (one more
+//!   than the column list, an empty one after a final delimiter included, is an error), converts
+//!   as COPY's data-conversion page says (an empty INT/TIMESTAMP field is NULL, `SS` takes
+//!   fractions, a NUL byte fails the line), checks each field against the target
 //!   column (integers, timestamps, valid UTF-8, varchar(n) counted in bytes), records each bad
 //!   line in an `stl_load_errors` look-alike written outside the transaction (it survives a
 //!   rollback, as Redshift's system tables do), applies MAXERROR to the whole COPY, and inserts
