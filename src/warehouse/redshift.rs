@@ -1681,6 +1681,94 @@ MAXERROR 3"
         assert_eq!(got.len(), expected.len(), "{got:#?}");
     }
 
+    /// Records the PostgreSQL path refuses never reach COPY: a strict load fails naming the
+    /// record; a tolerant one COPYs a cleaned object (good records only, uncompressed) and
+    /// records the rejects with the PostgreSQL path's line, raw prefix, reason, length and sha256.
+    #[test]
+    fn bad_records_are_rejected_before_copy_as_on_postgresql() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut plain = Vec::new();
+        let bad: &[u8] = b"1;;5;Oslo;1;2;";
+        let records: &[&[u8]] = &[
+            b"1;2024-01-01 00:00:00;5;Oslo;1;2;",
+            bad,
+            b"2;2024-01-01 00:00:00;5;None;1;2;",
+        ];
+        for r in records {
+            crate::records::frame_into(r, &mut plain);
+        }
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&plain).unwrap();
+        store
+            .put_bytes_if_absent("t/a.log.gz", &e.finish().unwrap())
+            .unwrap();
+        let mut j = job("t/a.log.gz", Compression::Gzip, Some(3), 0);
+        j.expected_sha256 = None;
+        let jobs = vec![j];
+        let answer: Answer = Rc::new(|sql: &str| {
+            if sql.contains("pg_last_copy_id") {
+                vec![vec!["5".into()]]
+            } else if sql.starts_with("SELECT count(*)") {
+                vec![vec!["2".into()]]
+            } else {
+                vec![]
+            }
+        });
+        // Strict: the record is named, nothing is sent.
+        let (mut wh, log) = recorded(answer.clone());
+        let err = wh
+            .load(
+                &jobs,
+                &store,
+                &Layout::tweets(),
+                &LoadOptions::default(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("object t/a.log.gz record 2: column created_at"),
+            "{err}"
+        );
+        assert!(log.borrow().iter().all(|s| !s.contains("COPY")));
+        // Tolerant: COPY reads the cleaned object.
+        let (mut wh, log) = recorded(answer);
+        let opts = LoadOptions {
+            max_errors: Some(1),
+            ..Default::default()
+        };
+        let r = wh
+            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .unwrap();
+        assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (3, 2, 1));
+        let manifests = store.list(COPY_MANIFESTS).unwrap();
+        let clean = manifests
+            .iter()
+            .find(|m| m.key.ends_with(".clean"))
+            .expect("a cleaned object");
+        let mut body = Vec::new();
+        store.get_into(&clean.key, &mut body).unwrap();
+        assert_eq!(body, [&plain[..34], &plain[34 + 15..]].concat());
+        let manifest = manifests.iter().find(|m| m.key.ends_with(".json")).unwrap();
+        let mut m = Vec::new();
+        store.get_into(&manifest.key, &mut m).unwrap();
+        let m = String::from_utf8(m).unwrap();
+        assert!(m.contains(&clean.key) && !m.contains("t/a.log.gz"), "{m}");
+        let log = log.borrow();
+        assert!(
+            log.iter()
+                .any(|s| s.contains("COPY") && !s.contains("GZIP")),
+            "{log:#?}"
+        );
+        let want = format!(
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\", \"raw_bytes\", \"raw_sha256\") VALUES ('t/a.log.gz', 2, '1;;5;Oslo;1;2;', 'column created_at: value \"\": not a timestamp in format %Y-%m-%d %H:%M:%S (premature end of input)', 14, '{}')",
+            crate::util::sha256_hex(bad)
+        );
+        assert!(log.contains(&want), "{want}\n{log:#?}");
+    }
+
     /// On Serverless the errors are read from sys_load_error_detail (its own columns, no raw
     /// line), never from an STL view.
     #[test]
