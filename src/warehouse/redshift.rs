@@ -137,7 +137,9 @@ pub const STAGING: &str = "batchlayer_staging";
 pub const TRAILING: &str = "batchlayer_trailing";
 
 /// The statements that create the staging table: the raw table's columns, and the trailing
-/// field's column when the layout ends its records with a delimiter.
+/// field's column when the layout ends its records with a delimiter. ADD COLUMN runs inside the
+/// load's transaction: only an external table's ALTER TABLE may not
+/// (https://docs.aws.amazon.com/redshift/latest/dg/r_ALTER_TABLE.html).
 pub fn staging_sql(names: &Names, layout: &Layout) -> Vec<String> {
     let mut v = vec![format!(
         "CREATE TEMP TABLE {} (LIKE {})",
