@@ -201,6 +201,8 @@ both_flavours!(
     a_serializable_isolation_violation_is_retried,
     a_busy_run_lock_is_refused_at_once,
     a_load_blocks_other_ledger_writers_but_not_its_readers,
+    one_awkward_archive_loads_the_same_into_postgresql_and_redshift,
+    the_stand_in_converts_as_copy_is_documented,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -246,6 +248,11 @@ fn tweets(range: std::ops::Range<u64>) -> Vec<Vec<u8>> {
 }
 
 const BAD: &[u8] = b"1;2024-01-01 00:00:00;not-a-number;Oslo;1;2;";
+
+/// A record the loader's check accepts (256 characters at most) and Redshift refuses: 400
+/// bytes in a varchar(256).
+static OVER_256_BYTES: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("1;2024-01-01 00:00:00;5;{};1;2;", "é".repeat(200)));
 
 fn redshift_warehouse_conforms_on_the_stand_in(serverless: bool) {
     let Some((w, t)) = target("rsconf", serverless) else {
@@ -869,9 +876,10 @@ fn temporary_keys_and_the_default_role_load(serverless: bool) {
         vec![("completed".to_string(), 5), ("completed".to_string(), 3)]
     );
 
-    // A bad row and a dialect set to the other flavour.
+    // A row only Redshift refuses (the loader's own check, which the PostgreSQL path shares,
+    // counts characters; varchar counts bytes), and a dialect set to the other flavour.
     let mut recs = tweets(8..10);
-    recs.push(BAD.to_vec());
+    recs.push(OVER_256_BYTES.as_bytes().to_vec());
     t.manifest(vec![t.put(2, 0, &recs, Compression::Gzip, None)]);
     let wrong = if serverless {
         Flavour::Provisioned
@@ -1106,4 +1114,220 @@ fn a_load_blocks_other_ledger_writers_but_not_its_readers(serverless: bool) {
         .unwrap();
     assert_eq!(rows, 2);
     assert_eq!(t.count("batchlayer_loads"), 2);
+}
+
+/// A rejects table's row: key, line, raw, reason, raw_bytes, raw_sha256.
+type RejectRow = (
+    String,
+    i64,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+/// One awkward archive, loaded by the PostgreSQL path and by the Redshift dialect on the
+/// stand-in, gives the same rows and the same rejects (key, line, raw prefix, reason, length,
+/// sha256). Without the loader's own record check before COPY, the stand-in (modelling COPY's
+/// documented conversions) would load the empty INT and TIMESTAMP fields as NULL and the
+/// fractional second, and keep a 1024-byte `raw_line` with multibyte characters as `.`.
+fn one_awkward_archive_loads_the_same_into_postgresql_and_redshift(serverless: bool) {
+    let Some((w, t)) = target("rsawkward", serverless) else {
+        return;
+    };
+    let mut recs = tweets(0..2);
+    for r in [
+        "10;2024-01-01 00:00:00;;Oslo;1;2;".to_string(), // empty INT
+        "11;;5;Oslo;1;2;".into(),                        // empty TIMESTAMP
+        "12;2024-01-01 00:00:00;5;Os\0lo;1;2;".into(),   // NUL in location
+        "13;2024-01-01 00:00:00.5;5;Oslo;1;2;".into(),   // fractional second
+        "14;2024-01-01 00:00:00;5;Zürich – 東京 🚀;1;2;".into(), // multibyte, good
+        format!("15;2024-01-01 00:00:00;5;{};1;2;", "ø".repeat(700)), // 1 KiB+ line
+        "16;2024-01-01 00:00:00;5;Os\\;lo;1;2;".into(),  // a `;` after a backslash
+        "17;2024-01-01 00:00:00;5;None;1;2;".into(),     // the NULL marker
+        "18;2024-01-01 00:00:00;5;a\nb\\c;1;2;".into(),  // escaped newline and backslash, good
+    ] {
+        recs.push(r.into_bytes());
+    }
+    recs.push(BAD.to_vec());
+    let e = t.put(0, 0, &recs, Compression::Gzip, None);
+    t.manifest(vec![e.clone()]);
+    let rs = t.copy(Some(100), false).unwrap();
+
+    let mut s = w.settings();
+    let pg_schema = format!("{}_pg", s.warehouse.schema);
+    s.warehouse.schema = pg_schema.clone();
+    let mut pgw = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
+    let opts = CopyOptions {
+        wait: true,
+        max_errors: Some(100),
+        key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+        ..Default::default()
+    };
+    let pgs = copy::run(
+        t.store().as_ref(),
+        pgw.as_mut(),
+        &Layout::tweets(),
+        &opts,
+        &Output::silent(),
+    )
+    .unwrap();
+    drop(pgw);
+    assert_eq!(
+        (rs.rows, rs.rejects),
+        (pgs.rows, pgs.rejects),
+        "{rs:?} {pgs:?}"
+    );
+    assert_eq!((rs.rows, rs.rejects), (5, 7), "{rs:?}");
+
+    let rows = |schema: &str| -> Vec<Vec<Option<String>>> {
+        pg().query(
+            &format!(
+                "SELECT id::text, created_at::text, followers_count::text, location, favorite_count::text, retweet_count::text FROM \"{schema}\".batch_raw ORDER BY id"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (0..6).map(|i| r.get(i)).collect())
+        .collect()
+    };
+    let rejects = |schema: &str| -> Vec<RejectRow> {
+        pg().query(
+            &format!(
+                "SELECT key, line, raw, reason, raw_bytes, raw_sha256 FROM \"{schema}\".batchlayer_rejects ORDER BY line"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect()
+    };
+    let (rs_rows, pg_rows) = (rows(&t.names.schema), rows(&pg_schema));
+    let (rs_rej, pg_rej) = (rejects(&t.names.schema), rejects(&pg_schema));
+    pg().batch_execute(&format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE"))
+        .unwrap();
+    assert_eq!(rs_rows, pg_rows);
+    let ids: Vec<String> = rs_rows.iter().map(|r| r[0].clone().unwrap()).collect();
+    assert!(
+        ids.starts_with(&["14".into(), "17".into(), "18".into()]),
+        "{ids:?}"
+    );
+    assert_eq!(rs_rej, pg_rej);
+    let lines: Vec<i64> = rs_rej.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![3, 4, 5, 6, 8, 9, 12]);
+    assert!(rs_rej
+        .iter()
+        .all(|r| r.0 == e.key && r.4.is_some() && r.5.is_some()));
+    let long = &rs_rej[4];
+    assert_eq!(long.4, Some(1430), "the whole record's length");
+    assert!(
+        long.2.as_deref().unwrap().contains("øøø"),
+        "raw kept as UTF-8"
+    );
+}
+
+/// COPY's documented conversions, as the stand-in models them, on records the PostgreSQL path
+/// refuses: an empty INT or TIMESTAMP field loads as NULL, `SS` takes a fraction; a NUL byte
+/// fails the line; a line with a field after the last column fails unless COPY has a column
+/// for it; `raw_line` shows multibyte characters as `.`. (The loader checks records before
+/// COPY, so none of these reaches Redshift from batchlayer.)
+fn the_stand_in_converts_as_copy_is_documented(serverless: bool) {
+    let Some((_w, t)) = target("rsconv", serverless) else {
+        return;
+    };
+    t.open().ensure_tables(&Layout::tweets()).unwrap();
+    let recs: Vec<Vec<u8>> = [
+        "1;;5;Oslo;1;2;".to_string(),
+        "2;2024-01-01 00:00:00;;Oslo;1;2;".into(),
+        "3;2024-01-01 00:00:00.25;5;Oslo;1;2;".into(),
+        "4;2024-01-01 00:00:00;5;Os\0lo;1;2;".into(),
+        format!("5;2024-01-01 00:00:00;5;{};1;2;", "é".repeat(200)),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    for r in &recs[..4] {
+        assert!(
+            Layout::tweets().to_pg_copy_row(r, &mut Vec::new()).is_err(),
+            "the PostgreSQL path refuses {r:?}"
+        );
+    }
+    let e = t.put(0, 0, &recs, Compression::Gzip, None);
+    let jobs = [t.job(&e)];
+    let refs: Vec<&LoadJob> = jobs.iter().collect();
+    let body = batchlayer::warehouse::redshift::copy_manifest(&t.spec.archive_url, &refs);
+    t.store()
+        .put_bytes_if_absent("_copy_manifests/conv.json", body.as_bytes())
+        .unwrap();
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let copy = |table: &str, cols: &str| {
+        format!(
+            "COPY {}.{table}{cols} FROM '{}/_copy_manifests/conv.json' ACCESS_KEY_ID '{}' SECRET_ACCESS_KEY '{}' MANIFEST DELIMITER ';' ESCAPE GZIP TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS' NULL AS 'None' MAXERROR 100",
+            t.names.schema,
+            t.spec.archive_url,
+            s3_access(),
+            s3_secret()
+        )
+    };
+    // No column for the field after the final delimiter: every line has one field too many.
+    s.execute(&copy("batch_raw", "")).unwrap();
+    assert_eq!(t.count("batch_raw"), 0);
+    let errors = |s: &mut dyn SqlSession| -> Vec<Vec<Option<String>>> {
+        let sql = if serverless {
+            "SELECT CAST(line_number AS BIGINT), trim(error_message) FROM sys_load_error_detail WHERE query_id = pg_last_copy_id() ORDER BY 1"
+        } else {
+            "SELECT CAST(line_number AS BIGINT), trim(err_reason), trim(raw_line) FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY 1"
+        };
+        s.query_text(sql).unwrap().1
+    };
+    let first = errors(&mut s);
+    assert_eq!(first.len(), 5, "{first:?}");
+    assert!(first
+        .iter()
+        .all(|r| r[1].as_deref() == Some("Extra column(s) found")));
+    // With a column for it (as the loader's staging table has), the conversions apply.
+    s.execute(&format!(
+        "CREATE TABLE {0}.conv (LIKE {0}.batch_raw)",
+        t.names.schema
+    ))
+    .unwrap();
+    s.execute(&format!(
+        "ALTER TABLE {}.conv ADD COLUMN \"batchlayer_trailing\" VARCHAR(1)",
+        t.names.schema
+    ))
+    .unwrap();
+    let cols = " (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"batchlayer_trailing\")";
+    s.execute(&copy("conv", cols)).unwrap();
+    let rows: Vec<Vec<Option<String>>> = t
+        .query("SELECT id::text, created_at::text, followers_count::text FROM {s}.conv ORDER BY id")
+        .iter()
+        .map(|r| (0..3).map(|i| r.get(i)).collect())
+        .collect();
+    let v = |a: &str, b: Option<&str>, c: Option<&str>| {
+        vec![
+            Some(a.to_string()),
+            b.map(String::from),
+            c.map(String::from),
+        ]
+    };
+    assert_eq!(
+        rows,
+        vec![
+            v("1", None, Some("5")),
+            v("2", Some("2024-01-01 00:00:00"), None),
+            v("3", Some("2024-01-01 00:00:00.25"), Some("5")),
+        ]
+    );
+    let bad = errors(&mut s);
+    let lines: Vec<Option<&str>> = bad.iter().map(|r| r[0].as_deref()).collect();
+    assert_eq!(lines, vec![Some("4"), Some("5")], "{bad:?}");
+    if !serverless {
+        let raw = bad[1][2].as_deref().unwrap();
+        assert!(
+            raw.contains(&".".repeat(200)) && !raw.contains('é'),
+            "{raw}"
+        );
+    }
 }

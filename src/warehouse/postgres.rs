@@ -25,16 +25,16 @@ pub const REJECT_RAW_PREFIX: usize = 4096;
 
 /// A bad row kept for the rejects table: a bounded prefix of the record, with the whole
 /// record's length and sha256 so it can be found in its object whatever its size.
-struct Reject {
-    line: u64,
-    raw: String,
-    bytes: u64,
-    sha256: String,
-    reason: String,
+pub(crate) struct Reject {
+    pub(crate) line: u64,
+    pub(crate) raw: String,
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
+    pub(crate) reason: String,
 }
 
 impl Reject {
-    fn new(line: u64, rec: &[u8], reason: String) -> Self {
+    pub(crate) fn new(line: u64, rec: &[u8], reason: String) -> Self {
         let text = String::from_utf8_lossy(&rec[..rec.len().min(REJECT_RAW_PREFIX + 4)]);
         let mut end = text.len().min(REJECT_RAW_PREFIX);
         while !text.is_char_boundary(end) {

@@ -7,14 +7,16 @@
 //! like Redshift where this code depends on it); no Redshift cluster is reachable from the test
 //! machines. The SQL snapshot tests below show the exact statements sent.
 
+use super::postgres::Reject;
 use super::session::{shown, PgSession, Rows, SqlError, SqlSession};
 use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
 use crate::archive::layout::COPY_MANIFESTS;
 use crate::archive::{Compression, ObjectStore, PutOutcome};
 use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
-use crate::records::Layout;
+use crate::records::{frame_into, FrameReader, Layout};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
+use std::io::{Seek, SeekFrom};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How Redshift authenticates to S3
@@ -124,6 +126,35 @@ pub struct CopySpec {
 
 /// The staging table each load COPYs into (a temporary table, gone with the transaction).
 pub const STAGING: &str = "batchlayer_staging";
+
+/// The staging table's extra column that takes the empty field after a layout's trailing
+/// delimiter. Whether COPY counts that field as a column is not clear in the documentation
+/// ([t_preparing-input-data](https://docs.aws.amazon.com/redshift/latest/dg/t_preparing-input-data.html):
+/// "This field can be a delimiter"), while
+/// [c_loading_default_values](https://docs.aws.amazon.com/redshift/latest/dg/c_loading_default_values.html)
+/// says a field with no column in the column list fails the COPY. So COPY is told about the
+/// field: it is a column of the list, and is never moved into the raw table.
+pub const TRAILING: &str = "batchlayer_trailing";
+
+/// The statements that create the staging table: the raw table's columns, and the trailing
+/// field's column when the layout ends its records with a delimiter. ADD COLUMN runs inside the
+/// load's transaction: only an external table's ALTER TABLE may not
+/// (https://docs.aws.amazon.com/redshift/latest/dg/r_ALTER_TABLE.html).
+pub fn staging_sql(names: &Names, layout: &Layout) -> Vec<String> {
+    let mut v = vec![format!(
+        "CREATE TEMP TABLE {} (LIKE {})",
+        quote_ident(STAGING),
+        names.qualified(&names.raw)
+    )];
+    if layout.trailing_delimiter {
+        v.push(format!(
+            "ALTER TABLE {} ADD COLUMN {} VARCHAR(1)",
+            quote_ident(STAGING),
+            quote_ident(TRAILING)
+        ));
+    }
+    v
+}
 /// Redshift's largest MAXERROR.
 pub const MAXERROR_LIMIT: u64 = 100_000;
 /// `stl_load_errors.filename` is char(256): longer URLs are cut, so such an object gets a COPY
@@ -255,7 +286,10 @@ pub fn copy_sql(
     group: &CopyGroup,
     mask: bool,
 ) -> Result<String> {
-    let cols = super::column_list(layout);
+    let mut cols = super::column_list(layout);
+    if layout.trailing_delimiter {
+        cols += &format!(", {}", quote_ident(TRAILING));
+    }
     let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
     let mut s = format!("COPY {table} ({})\nFROM {}\n", cols, literal(&manifest_url));
     // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
@@ -625,7 +659,7 @@ impl Redshift {
     /// rejects.
     fn run_copy(
         &mut self,
-        jobs: &[LoadJob],
+        st: &Staged<'_>,
         group: &CopyGroup,
         layout: &Layout,
         opts: &LoadOptions,
@@ -655,22 +689,32 @@ impl Redshift {
             "SELECT trim({}), CAST(count(*) AS BIGINT) FROM {} WHERE {} = {id} GROUP BY 1",
             v.file, v.table, v.query
         ))?;
-        let errors = attribute_errors(v, &self.spec.archive_url, jobs, group, &rows)?;
+        let (jobs, copy_jobs) = (st.jobs, st.copy_jobs);
+        let errors = attribute_errors(v, &self.spec.archive_url, copy_jobs, group, &rows)?;
         let mut out = Vec::new();
         let mut want = 0i64;
         for (&i, &bad) in group.jobs.iter().zip(&errors) {
-            let j = &jobs[i];
+            let (j, cj) = (&jobs[i], &copy_jobs[i]);
+            let checked = st.pre[i].len() as u64;
             match (opts.max_errors, bad) {
                 (_, 0) => {}
+                // The cleaned object holds only records the loader's check accepted: a line
+                // Redshift refuses there is a conversion the check does not model, and its
+                // line number is not the archived object's.
+                _ if cj.key != j.key => bail!(
+                    "object {}: Redshift refused {bad} records that batchlayer's record check accepted; first: {}",
+                    j.key,
+                    self.first_error(id, group, &cj.key)
+                ),
                 (None, n) => bail!("object {}: {n} bad rows in a strict load", j.key),
                 (Some(max), n) if n > max => bail!(
                     "object {}: {n} bad rows, more than {max} (--max-errors); first: {}",
                     j.key,
-                    self.first_error(id, group, &j.key)
+                    self.first_error(id, group, &cj.key)
                 ),
                 _ => {}
             }
-            let loaded = match j.expected_records {
+            let loaded = match cj.expected_records {
                 Some(n) => n.checked_sub(bad).with_context(|| {
                     format!(
                         "object {}: {bad} bad rows but its manifest lists {n} records",
@@ -685,12 +729,19 @@ impl Redshift {
                 i,
                 Measured {
                     loaded,
-                    rejected: bad,
+                    rejected: bad + checked,
                 },
             ));
             if bad > 0 {
-                self.s
-                    .execute(&rejects_sql(v, &self.names, &self.spec, j, group, id))?;
+                self.s.execute(&rejects_sql(
+                    v,
+                    &self.names,
+                    &self.spec,
+                    &j.key,
+                    cj,
+                    group,
+                    id,
+                ))?;
             }
         }
         if staged - staged_before != want {
@@ -724,29 +775,33 @@ impl Redshift {
     /// The whole load, inside its transaction.
     fn load_in_transaction(
         &mut self,
-        jobs: &[LoadJob],
+        st: &Staged<'_>,
         groups: &[CopyGroup],
         layout: &Layout,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
+        let jobs = st.jobs;
         let lock = self.ledger_lock()?;
         self.s.execute(&format!("LOCK {lock}"))?;
         self.recheck(jobs)?;
-        self.s.execute(&format!(
-            "CREATE TEMP TABLE {} (LIKE {})",
-            quote_ident(STAGING),
-            self.names.qualified(&self.names.raw)
-        ))?;
+        for stmt in staging_sql(&self.names, layout) {
+            self.s.execute(&stmt)?;
+        }
         let mut measured: Vec<Measured> = vec![Measured::default(); jobs.len()];
         let mut staged = 0;
         for g in groups {
-            let (now, per) = self.run_copy(jobs, g, layout, opts, staged)?;
+            let (now, per) = self.run_copy(st, g, layout, opts, staged)?;
             staged = now;
             for (i, m) in per {
                 measured[i] = m;
             }
         }
         self.s.execute(&move_sql(&self.names, layout))?;
+        for (j, rejects) in jobs.iter().zip(st.pre) {
+            for r in rejects {
+                self.s.execute(&pre_reject_sql(&self.names, &j.key, r))?;
+            }
+        }
         for (j, m) in jobs.iter().zip(&measured) {
             self.s.execute(&Ledger::insert_sql(
                 &self.names,
@@ -826,16 +881,17 @@ impl Redshift {
     /// errors in the error.
     fn load_once(
         &mut self,
-        jobs: &[LoadJob],
+        st: &Staged<'_>,
         groups: &[CopyGroup],
         layout: &Layout,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
+        let jobs = st.jobs;
         self.last_copy = None;
         self.ledger_lock()?;
         self.s.execute("BEGIN")?;
         let r = self
-            .load_in_transaction(jobs, groups, layout, opts)
+            .load_in_transaction(st, groups, layout, opts)
             .and_then(|v| self.s.execute("COMMIT").map(|_| v));
         let Err(e) = r else { return r };
         let detail = self.rollback_explained();
@@ -978,6 +1034,7 @@ fn rejects_sql(
     v: &LoadErrorView,
     names: &Names,
     spec: &CopySpec,
+    key: &str,
     j: &LoadJob,
     group: &CopyGroup,
     id: i64,
@@ -986,7 +1043,7 @@ fn rejects_sql(
     format!(
         "INSERT INTO {} (\"key\", \"line\", \"raw\", \"reason\")\nSELECT {}, {}, {raw}, trim({}) || ': ' || trim({})\nFROM {} WHERE {} = {id}{}",
         names.qualified(&names.rejects),
-        literal(&j.key),
+        literal(key),
         v.line,
         v.column,
         v.reason,
@@ -1006,22 +1063,135 @@ fn move_sql(names: &Names, layout: &Layout) -> String {
     )
 }
 
-/// Streams an object through sha256 and compares it with its manifest's (Redshift's COPY
-/// cannot check a checksum, so the loader does, before anything is sent).
-fn verify_checksum(store: &dyn ObjectStore, j: &LoadJob) -> Result<()> {
-    let Some(want) = &j.expected_sha256 else {
-        return Ok(());
-    };
-    let mut h = crate::util::Tally::hashing(std::io::sink());
+/// One load's objects: as archived (`jobs`: the ledger's and the rejects' keys), as COPY reads
+/// them (`copy_jobs`: the object itself, or its cleaned copy), and the records the loader's
+/// own check rejected (`pre`), per object.
+struct Staged<'a> {
+    jobs: &'a [LoadJob],
+    copy_jobs: &'a [LoadJob],
+    pre: &'a [Vec<Reject>],
+}
+
+/// What the loader's check of one object found before any COPY.
+struct Checked {
+    rejects: Vec<Reject>,
+    /// What COPY reads: the object itself when all its records are good, else a cleaned
+    /// copy of its good records (uncompressed, in `_copy_manifests/`).
+    copy_job: LoadJob,
+}
+
+/// Reads an object once, before COPY: streams it through sha256 (Redshift's COPY cannot check
+/// a checksum) and checks every record with the PostgreSQL path's record validation
+/// (`Layout::to_pg_copy_row`), so that both warehouses load the same rows and reject the same
+/// records, for the same reasons. Redshift's COPY converts differently: an empty INT or
+/// TIMESTAMP field loads as NULL, `SS` takes fractions, and its error views keep a record's
+/// first 1024 bytes with multibyte characters as `.`
+/// ([copy-parameters-data-conversion](https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html),
+/// [r_DATEFORMAT_and_TIMEFORMAT_strings](https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html),
+/// [r_STL_LOAD_ERRORS](https://docs.aws.amazon.com/redshift/latest/dg/r_STL_LOAD_ERRORS.html)).
+/// A bad record fails a strict load, or more than `--max-errors` of them; otherwise the good
+/// records are written to `{tag}.clean` and COPY reads that object instead.
+fn check_object(
+    store: &dyn ObjectStore,
+    j: &LoadJob,
+    layout: &Layout,
+    opts: &LoadOptions,
+    tag: &str,
+) -> Result<Checked> {
+    let mut file = tempfile::tempfile().context("creating a temporary file")?;
+    let mut h = crate::util::Tally::hashing(&mut file);
     store.get_into(&j.key, &mut h)?;
     let (got, _) = h.finish();
-    if &got != want {
+    if let Some(want) = &j.expected_sha256 {
+        if &got != want {
+            bail!(
+                "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
+                j.key
+            );
+        }
+    }
+    let mut rejects = Vec::new();
+    let mut records = 0u64;
+    let mut clean: Option<Vec<u8>> = None;
+    // Two passes at most: the second, when the first found bad records, writes the good ones.
+    for pass in 0..2 {
+        file.seek(SeekFrom::Start(0))?;
+        let input = file.try_clone()?;
+        let mut reader = FrameReader::new(crate::archive::decoder(input, j.compression)?);
+        let (mut rec, mut row) = (Vec::with_capacity(1024), Vec::new());
+        let mut out = Vec::new();
+        while reader
+            .next_into(&mut rec)
+            .with_context(|| format!("reading object {}", j.key))?
+        {
+            row.clear();
+            let ok = layout.to_pg_copy_row(&rec, &mut row);
+            if pass == 1 {
+                if ok.is_ok() {
+                    frame_into(&rec, &mut out);
+                }
+                continue;
+            }
+            records += 1;
+            if let Err(e) = ok {
+                let line = reader.record_no;
+                let Some(max) = opts.max_errors else {
+                    bail!("object {} record {line}: {e}", j.key);
+                };
+                if rejects.len() as u64 >= max {
+                    bail!(
+                        "object {}: more than {max} bad rows (--max-errors); record {line}: {e}",
+                        j.key
+                    );
+                }
+                rejects.push(Reject::new(line, &rec, e.to_string()));
+            }
+        }
+        if pass == 1 {
+            clean = Some(out);
+        } else if rejects.is_empty() {
+            break;
+        }
+    }
+    if let Some(n) = j.expected_records.filter(|&n| n != records) {
         bail!(
-            "object {} is corrupt: sha256 {got} does not match the manifest's {want}",
+            "object {} holds {records} records, but its manifest lists {n}: nothing loaded",
             j.key
         );
     }
-    Ok(())
+    let mut copy_job = j.clone();
+    if let Some(body) = clean {
+        let key = format!("{COPY_MANIFESTS}{tag}.clean");
+        if store.put_bytes_if_absent(&key, &body)? != PutOutcome::Created {
+            bail!("cleaned object {key} exists already");
+        }
+        copy_job.key = key;
+        copy_job.size = body.len() as u64;
+        copy_job.compression = Compression::None;
+        copy_job.expected_sha256 = None;
+        copy_job.expected_records = Some(records - rejects.len() as u64);
+    }
+    Ok(Checked { rejects, copy_job })
+}
+
+/// One record the loader's check rejected, for the rejects table (the PostgreSQL path's
+/// columns and values: a prefix of the record, its length and sha256).
+fn pre_reject_sql(names: &Names, key: &str, r: &Reject) -> String {
+    // varchar(1024) counts bytes on Redshift.
+    let mut end = r.reason.len().min(1024);
+    while !r.reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "INSERT INTO {} (\"key\", \"line\", \"raw\", \"reason\", \"raw_bytes\", \"raw_sha256\") VALUES ({}, {}, {}, {}, {}, {})",
+        names.qualified(&names.rejects),
+        literal(key),
+        r.line,
+        literal(&r.raw),
+        literal(&r.reason[..end]),
+        r.bytes,
+        literal(&r.sha256)
+    )
 }
 
 /// A tag unique to one load (manifest keys): time, process and a counter.
@@ -1095,12 +1265,18 @@ impl Warehouse for Redshift {
                     j.key
                 );
             }
-            verify_checksum(store, j)?;
         }
+        let tag = load_tag();
+        let mut checked = Vec::with_capacity(jobs.len());
+        for (i, j) in jobs.iter().enumerate() {
+            checked.push(check_object(store, j, layout, opts, &format!("{tag}-{i}"))?);
+        }
+        let copy_jobs: Vec<LoadJob> = checked.iter().map(|c| c.copy_job.clone()).collect();
+        let pre: Vec<Vec<Reject>> = checked.into_iter().map(|c| c.rejects).collect();
         self.flavour()?;
-        let groups = plan_copies(&self.spec.archive_url, jobs, opts.max_errors, &load_tag());
+        let groups = plan_copies(&self.spec.archive_url, &copy_jobs, opts.max_errors, &tag);
         for g in &groups {
-            let listed: Vec<&LoadJob> = g.jobs.iter().map(|&i| &jobs[i]).collect();
+            let listed: Vec<&LoadJob> = g.jobs.iter().map(|&i| &copy_jobs[i]).collect();
             let body = copy_manifest(&self.spec.archive_url, &listed);
             if store.put_bytes_if_absent(&g.manifest_key, body.as_bytes())? != PutOutcome::Created {
                 bail!("COPY manifest {} exists already", g.manifest_key);
@@ -1108,7 +1284,16 @@ impl Warehouse for Redshift {
         }
         let mut retries = 0;
         let results = loop {
-            match self.load_once(jobs, &groups, layout, opts) {
+            match self.load_once(
+                &Staged {
+                    jobs,
+                    copy_jobs: &copy_jobs,
+                    pre: &pre,
+                },
+                &groups,
+                layout,
+                opts,
+            ) {
                 Ok(r) => break r,
                 Err(e) if serialization_violation(&e) && retries < SERIALIZABLE_RETRIES => {
                     let wait = SERIALIZABLE_BACKOFF_MS << retries;
@@ -1142,12 +1327,8 @@ pub fn load_plan(
         "BEGIN".to_string(),
         format!("LOCK {}", names.qualified(&ledger_lock_table(names))),
         "-- re-check the objects' keys and offset ranges in the ledger".to_string(),
-        format!(
-            "CREATE TEMP TABLE {} (LIKE {})",
-            quote_ident(STAGING),
-            names.qualified(&names.raw)
-        ),
     ];
+    v.extend(staging_sql(names, layout));
     for g in &groups {
         v.push(copy_sql(&quote_ident(STAGING), layout, spec, g, true)?);
         v.push("-- count the staged rows and the errors per object in stl_load_errors (sys_load_error_detail on Serverless); check them against the manifests".into());
@@ -1206,6 +1387,27 @@ mod tests {
         }
     }
 
+    /// An archived object of `n` good tweet records, framed and compressed as `c` says.
+    fn object(c: Compression, n: u64) -> Vec<u8> {
+        use std::io::Write;
+        let mut plain = Vec::new();
+        for i in 0..n {
+            crate::records::frame_into(
+                crate::tweets::tweet(7, i, 3).record().as_bytes(),
+                &mut plain,
+            );
+        }
+        match c {
+            Compression::None => plain,
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&plain).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => zstd::encode_all(&plain[..], 1).unwrap(),
+        }
+    }
+
     fn job(key: &str, c: Compression, records: Option<u64>, p: i32) -> LoadJob {
         LoadJob {
             key: key.into(),
@@ -1236,7 +1438,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             sql,
-            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"batchlayer_trailing\")\n\
 FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
 IAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\n\
 MANIFEST\n\
@@ -1379,7 +1581,7 @@ STATUPDATE OFF"
         let real = copy_sql("\"batchlayer_staging\"", &Layout::tweets(), &s, &g, false).unwrap();
         assert_eq!(
             real,
-            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"batchlayer_trailing\")\n\
 FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
 ACCESS_KEY_ID 'ASIAEXAMPLE'\n\
 SECRET_ACCESS_KEY 'tmpsecret'\n\
@@ -1415,7 +1617,7 @@ STATUPDATE OFF"
         let sql = copy_sql("\"batchlayer_staging\"", &Layout::tweets(), &s, &g, false).unwrap();
         assert_eq!(
             sql,
-            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\")\n\
+            "COPY \"batchlayer_staging\" (\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"batchlayer_trailing\")\n\
 FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
 IAM_ROLE default\n\
 MANIFEST\n\
@@ -1555,10 +1757,10 @@ MAXERROR 3"
             ("t/c.log.zst", Compression::Zstd, Some(2), 2),
             ("t/d.log", Compression::None, None, 3),
         ] {
-            let body = format!("object {key}");
-            store.put_bytes_if_absent(key, body.as_bytes()).unwrap();
+            let body = object(c, recs.unwrap_or(7));
+            store.put_bytes_if_absent(key, &body).unwrap();
             let mut j = job(key, c, recs, p);
-            j.expected_sha256 = recs.map(|_| crate::util::sha256_hex(body.as_bytes()));
+            j.expected_sha256 = recs.map(|_| crate::util::sha256_hex(&body));
             j.manifest = Some("m1".into());
             j.manifest_objects = Some(4);
             jobs.push(j);
@@ -1599,7 +1801,7 @@ MAXERROR 3"
         let cols = "\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\"";
         let copy = |n: usize, c: &str, max: u64| {
             format!(
-                "[0] COPY \"batchlayer_staging\" ({cols})\nFROM 's3://arch/tweets/_copy_manifests/TAG-{n}.json'\nIAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\nMANIFEST\nDELIMITER ';'\nESCAPE\n{c}REGION 'eu-west-1'\nTIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\nNULL AS 'None'\nCOMPUPDATE OFF\nSTATUPDATE OFF\nMAXERROR {max}"
+                "[0] COPY \"batchlayer_staging\" ({cols}, \"batchlayer_trailing\")\nFROM 's3://arch/tweets/_copy_manifests/TAG-{n}.json'\nIAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\nMANIFEST\nDELIMITER ';'\nESCAPE\n{c}REGION 'eu-west-1'\nTIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\nNULL AS 'None'\nCOMPUPDATE OFF\nSTATUPDATE OFF\nMAXERROR {max}"
             )
         };
         let ledger = |key: &str, loaded: u64, rejected: u64, p: i32| {
@@ -1624,6 +1826,7 @@ MAXERROR 3"
             "[0] -- table_exists(batchlayer_loads)".into(),
             "[0] SELECT \"topic\", \"partition_id\", \"epoch\", \"first_offset\", \"last_offset\" FROM \"public\".\"batchlayer_loads\" WHERE \"first_offset\" IS NOT NULL AND ((\"topic\" = 't' AND \"partition_id\" = 0 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 1 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 2 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9) OR (\"topic\" = 't' AND \"partition_id\" = 3 AND \"epoch\" = 0 AND \"last_offset\" >= 0 AND \"first_offset\" <= 9))".into(),
             "[0] CREATE TEMP TABLE \"batchlayer_staging\" (LIKE \"public\".\"batch_raw\")".into(),
+            "[0] ALTER TABLE \"batchlayer_staging\" ADD COLUMN \"batchlayer_trailing\" VARCHAR(1)".into(),
             last_id.clone(),
             copy(0, "GZIP\n", 5),
             last_id.clone(),
@@ -1656,6 +1859,94 @@ MAXERROR 3"
         assert_eq!(got.len(), expected.len(), "{got:#?}");
     }
 
+    /// Records the PostgreSQL path refuses never reach COPY: a strict load fails naming the
+    /// record; a tolerant one COPYs a cleaned object (good records only, uncompressed) and
+    /// records the rejects with the PostgreSQL path's line, raw prefix, reason, length and sha256.
+    #[test]
+    fn bad_records_are_rejected_before_copy_as_on_postgresql() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut plain = Vec::new();
+        let bad: &[u8] = b"1;;5;Oslo;1;2;";
+        let records: &[&[u8]] = &[
+            b"1;2024-01-01 00:00:00;5;Oslo;1;2;",
+            bad,
+            b"2;2024-01-01 00:00:00;5;None;1;2;",
+        ];
+        for r in records {
+            crate::records::frame_into(r, &mut plain);
+        }
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&plain).unwrap();
+        store
+            .put_bytes_if_absent("t/a.log.gz", &e.finish().unwrap())
+            .unwrap();
+        let mut j = job("t/a.log.gz", Compression::Gzip, Some(3), 0);
+        j.expected_sha256 = None;
+        let jobs = vec![j];
+        let answer: Answer = Rc::new(|sql: &str| {
+            if sql.contains("pg_last_copy_id") {
+                vec![vec!["5".into()]]
+            } else if sql.starts_with("SELECT count(*)") {
+                vec![vec!["2".into()]]
+            } else {
+                vec![]
+            }
+        });
+        // Strict: the record is named, nothing is sent.
+        let (mut wh, log) = recorded(answer.clone());
+        let err = wh
+            .load(
+                &jobs,
+                &store,
+                &Layout::tweets(),
+                &LoadOptions::default(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(
+            err.contains("object t/a.log.gz record 2: column created_at"),
+            "{err}"
+        );
+        assert!(log.borrow().iter().all(|s| !s.contains("COPY")));
+        // Tolerant: COPY reads the cleaned object.
+        let (mut wh, log) = recorded(answer);
+        let opts = LoadOptions {
+            max_errors: Some(1),
+            ..Default::default()
+        };
+        let r = wh
+            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .unwrap();
+        assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (3, 2, 1));
+        let manifests = store.list(COPY_MANIFESTS).unwrap();
+        let clean = manifests
+            .iter()
+            .find(|m| m.key.ends_with(".clean"))
+            .expect("a cleaned object");
+        let mut body = Vec::new();
+        store.get_into(&clean.key, &mut body).unwrap();
+        assert_eq!(body, [&plain[..34], &plain[34 + 15..]].concat());
+        let manifest = manifests.iter().find(|m| m.key.ends_with(".json")).unwrap();
+        let mut m = Vec::new();
+        store.get_into(&manifest.key, &mut m).unwrap();
+        let m = String::from_utf8(m).unwrap();
+        assert!(m.contains(&clean.key) && !m.contains("t/a.log.gz"), "{m}");
+        let log = log.borrow();
+        assert!(
+            log.iter()
+                .any(|s| s.contains("COPY") && !s.contains("GZIP")),
+            "{log:#?}"
+        );
+        let want = format!(
+            "[0] INSERT INTO \"public\".\"batchlayer_rejects\" (\"key\", \"line\", \"raw\", \"reason\", \"raw_bytes\", \"raw_sha256\") VALUES ('t/a.log.gz', 2, '1;;5;Oslo;1;2;', 'column created_at: value \"\": not a timestamp in format %Y-%m-%d %H:%M:%S (premature end of input)', 14, '{}')",
+            crate::util::sha256_hex(bad)
+        );
+        assert!(log.contains(&want), "{want}\n{log:#?}");
+    }
+
     /// On Serverless the errors are read from sys_load_error_detail (its own columns, no raw
     /// line), never from an STL view.
     #[test]
@@ -1664,7 +1955,9 @@ MAXERROR 3"
         let store = LocalStore::new(dir.path().to_path_buf());
         let mut jobs = Vec::new();
         for (key, p) in [("t/a.log.gz", 0), ("t/b.log.gz", 1)] {
-            store.put_bytes_if_absent(key, b"x").unwrap();
+            store
+                .put_bytes_if_absent(key, &object(Compression::Gzip, 4))
+                .unwrap();
             let mut j = job(key, Compression::Gzip, Some(4), p);
             j.expected_sha256 = None;
             jobs.push(j);
@@ -1705,8 +1998,11 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
     fn measured_counts_must_match_and_maxerror_is_per_object() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_path_buf());
-        store.put_bytes_if_absent("a.log.gz", b"x").unwrap();
-        store.put_bytes_if_absent("b.log.gz", b"y").unwrap();
+        for key in ["a.log.gz", "b.log.gz"] {
+            store
+                .put_bytes_if_absent(key, &object(Compression::Gzip, 4))
+                .unwrap();
+        }
         let jobs = vec![
             job("a.log.gz", Compression::Gzip, Some(4), 0),
             job("b.log.gz", Compression::Gzip, Some(4), 1),

@@ -10,7 +10,10 @@
 //!   EXCLUSIVE until the transaction ends, as Redshift's).
 //! * `COPY`: parses the exact statement (anything it does not understand is an error), reads the
 //!   manifest and the objects it lists from the S3 server, decodes them with the options named
-//!   (GZIP/ZSTD, DELIMITER, ESCAPE, NULL AS, TIMEFORMAT), checks each field against the target
+//!   (GZIP/ZSTD, DELIMITER, ESCAPE, NULL AS, TIMEFORMAT), counts the fields strictly (one more
+//!   than the column list, an empty one after a final delimiter included, is an error), converts
+//!   as COPY's data-conversion page says (an empty INT/TIMESTAMP field is NULL, `SS` takes
+//!   fractions, a NUL byte fails the line), checks each field against the target
 //!   column (integers, timestamps, valid UTF-8, varchar(n) counted in bytes), records each bad
 //!   line in an `stl_load_errors` look-alike written outside the transaction (it survives a
 //!   rollback, as Redshift's system tables do), applies MAXERROR to the whole COPY, and inserts
@@ -349,7 +352,7 @@ impl StandIn {
                 match check_record(&rec, &cols, &stmt) {
                     Ok(()) => {
                         rows += 1;
-                        encode_row(&rec, cols.len(), &stmt, &mut good);
+                        encode_row(&rec, &cols, &stmt, &mut good);
                     }
                     Err(e) => {
                         *errors += 1;
@@ -493,7 +496,9 @@ impl StandIn {
                 &cut(url, 256),
                 &(rec.line as i64),
                 &cut(&e.column, 127),
-                &cut(&printable(&rec.raw), 1024),
+                // raw_line is character(1024), "Multibyte characters in the load data are
+                // replaced with a period": https://docs.aws.amazon.com/redshift/latest/dg/r_STL_LOAD_ERRORS.html
+                &cut(&single_byte(&rec.raw), 1024),
                 &cut(&printable(&e.value), 1024),
                 &e.code,
                 &cut(&e.reason, 100),
@@ -541,6 +546,15 @@ fn cut(s: &str, n: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
+}
+
+/// Bytes as `stl_load_errors.raw_line` shows them: each multibyte character (and each byte
+/// that is not UTF-8, or NUL) as one `.`.
+fn single_byte(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .chars()
+        .map(|c| if c.is_ascii() && c != '\0' { c } else { '.' })
+        .collect()
 }
 
 /// Bytes as text PostgreSQL can store (invalid UTF-8 and NUL replaced).
@@ -1038,11 +1052,9 @@ struct LineError {
     reason: String,
 }
 
-/// Checks a record against the columns: the field count (the last field may be followed by a
-/// delimiter), then each field by its column's type.
+/// Checks a record against the columns: the field count, then each field by its column's type.
 fn check_record(rec: &Record, cols: &[Col], st: &CopyStatement) -> Result<(), LineError> {
     let n = rec.fields.len();
-    let trailing = n == cols.len() + 1 && rec.fields[n - 1].is_empty();
     if n < cols.len() {
         return Err(LineError {
             column: cols[n.min(cols.len() - 1)].name.clone(),
@@ -1051,11 +1063,16 @@ fn check_record(rec: &Record, cols: &[Col], st: &CopyStatement) -> Result<(), Li
             reason: "Delimiter not found".into(),
         });
     }
-    if n > cols.len() && !trailing {
+    // The strict reading: a field with no column in the column list fails, an empty one after
+    // a final delimiter included, unless COPY is told about it (a column for it).
+    // https://docs.aws.amazon.com/redshift/latest/dg/c_loading_default_values.html ("If a field
+    // in the data file does not have a corresponding column in the column list, the COPY
+    // command fails"); 1202: https://docs.aws.amazon.com/redshift/latest/dg/r_Load_Error_Reference.html
+    if n > cols.len() {
         return Err(LineError {
             column: String::new(),
             value: Vec::new(),
-            code: 1214,
+            code: 1202,
             reason: "Extra column(s) found".into(),
         });
     }
@@ -1070,8 +1087,17 @@ fn check_record(rec: &Record, cols: &[Col], st: &CopyStatement) -> Result<(), Li
     Ok(())
 }
 
+/// Whether COPY loads this field as NULL: the NULL AS string, or an empty field of a column
+/// that is not CHAR/VARCHAR. https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html
+/// (BLANKSASNULL: "Empty fields for other data types, such as INT, are always loaded with
+/// NULL"; EMPTYASNULL applies to CHAR and VARCHAR only, and is not given).
+fn loads_as_null(c: &Col, f: &[u8], st: &CopyStatement) -> bool {
+    st.null_as.as_deref().map(str::as_bytes) == Some(f)
+        || (f.is_empty() && !matches!(c.ty, ColType::Varchar(_)))
+}
+
 fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String)> {
-    if st.null_as.as_deref().map(str::as_bytes) == Some(f) {
+    if loads_as_null(c, f, st) {
         return Ok(());
     }
     let text = std::str::from_utf8(f).map_err(|_| {
@@ -1091,14 +1117,27 @@ fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String
             .map_err(|_| (1207, "Invalid digit, Value, Type: Integer".into())),
         ColType::Timestamp => {
             let fmt = st.timeformat.as_deref().unwrap_or("%Y-%m-%d %H:%M:%S");
-            chrono::NaiveDateTime::parse_from_str(text?, fmt)
+            // "The seconds (SS) field also supports fractional seconds up to a microsecond
+            // level of detail." https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html
+            let fmt = fmt.replace("%S", "%S%.f");
+            let t = text?;
+            let frac = t.rsplit_once('.').map_or(0, |(_, f)| f.len());
+            if frac > 6 {
+                return Err((1206, "Invalid timestamp format or value".into()));
+            }
+            chrono::NaiveDateTime::parse_from_str(t, &fmt)
                 .map(|_| ())
                 .map_err(|_| (1206, "Invalid timestamp format or value".into()))
         }
         ColType::Varchar(n) => {
             let t = text?;
+            // Without NULL AS '\0', a null terminator makes COPY fail:
+            // https://docs.aws.amazon.com/redshift/latest/dg/t_preparing-input-data.html
             if t.contains('\0') {
-                return Err((1220, "NUL byte (PostgreSQL cannot store it)".into()));
+                return Err((
+                    1220,
+                    "NUL byte (null terminator) without NULL AS '\\0'".into(),
+                ));
             }
             if t.len() > n {
                 return Err((1204, "String length exceeds DDL length".into()));
@@ -1108,13 +1147,13 @@ fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String
     }
 }
 
-/// Appends a checked record (its first `ncols` fields) as a PostgreSQL text-COPY row.
-fn encode_row(rec: &Record, ncols: usize, st: &CopyStatement, out: &mut Vec<u8>) {
-    for (i, f) in rec.fields.iter().take(ncols).enumerate() {
+/// Appends a checked record as a PostgreSQL text-COPY row.
+fn encode_row(rec: &Record, cols: &[Col], st: &CopyStatement, out: &mut Vec<u8>) {
+    for (i, (c, f)) in cols.iter().zip(&rec.fields).enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
-        if st.null_as.as_deref().map(str::as_bytes) == Some(f.as_slice()) {
+        if loads_as_null(c, f, st) {
             out.extend_from_slice(b"\\N");
         } else {
             pg_escape_into(f, out);
@@ -1882,14 +1921,33 @@ mod tests {
             ty: ColType::Integer,
         };
         assert!(check_field(&int, b"12", &st).is_ok());
-        assert!(check_field(&int, b"", &st).is_err());
+        // An empty INT field is NULL (BLANKSASNULL's paragraph), where PostgreSQL refuses it.
+        assert!(check_field(&int, b"", &st).is_ok());
+        assert!(loads_as_null(&int, b"", &st));
+        assert!(!loads_as_null(&v(3), b"", &st), "an empty VARCHAR is ''");
+        let ts = Col {
+            name: "t".into(),
+            ty: ColType::Timestamp,
+        };
+        assert!(check_field(&ts, b"", &st).is_ok(), "empty timestamp: NULL");
+        assert!(
+            check_field(&ts, b"2024-01-01 00:00:00.25", &st).is_ok(),
+            "SS takes fractions"
+        );
+        assert!(check_field(&ts, b"2024-01-01 00:00:00.1234567", &st).is_err());
+        assert_eq!(check_field(&v(9), b"a\0b", &st).unwrap_err().0, 1220, "NUL");
+        assert_eq!(single_byte("aé\0b".as_bytes()), "a..b");
         assert!(check_field(&int, b"99999999999", &st).is_err());
         let cols = vec![int.clone(), v(5)];
         let rec = |s: &[u8]| split_records(s, b';', true).remove(0);
-        assert!(
-            check_record(&rec(b"1;ab;\n"), &cols, &st).is_ok(),
-            "trailing delimiter"
+        // The strict reading: the empty field after a final delimiter needs a column.
+        assert_eq!(
+            check_record(&rec(b"1;ab;\n"), &cols, &st).unwrap_err().code,
+            1202,
+            "trailing delimiter without a column for it"
         );
+        let with_trailing = vec![int.clone(), v(5), v(1)];
+        assert!(check_record(&rec(b"1;ab;\n"), &with_trailing, &st).is_ok());
         assert!(check_record(&rec(b"1;ab\n"), &cols, &st).is_ok());
         assert!(check_record(&rec(b"1;ab;x\n"), &cols, &st).is_err());
         assert!(check_record(&rec(b"1\n"), &cols, &st).is_err());
