@@ -1885,9 +1885,10 @@ MAXERROR 3"
         let mut j = job("t/a.log.gz", Compression::Gzip, Some(3), 0);
         j.expected_sha256 = None;
         let jobs = vec![j];
-        let answer: Answer = Rc::new(|sql: &str| {
+        let next_id = copy_ids(5);
+        let answer: Answer = Rc::new(move |sql: &str| {
             if sql.contains("pg_last_copy_id") {
-                vec![vec!["5".into()]]
+                vec![vec![next_id().to_string()]]
             } else if sql.starts_with("SELECT count(*)") {
                 vec![vec!["2".into()]]
             } else {
