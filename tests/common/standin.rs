@@ -1788,7 +1788,9 @@ mod tests {
         .unwrap();
         let st = parse_copy(&sql).unwrap();
         assert_eq!(st.table, "\"batchlayer_staging\"");
-        assert_eq!(st.columns.len(), 6);
+        // The layout's six columns and the trailing field's.
+        assert_eq!(st.columns.len(), 7);
+        assert_eq!(st.columns[6], "batchlayer_trailing");
         assert_eq!(st.from, "s3://b/p/_copy_manifests/m.json");
         assert_eq!(st.keys, Some(("id\\'x".into(), "se'cret".into())));
         assert_eq!(st.session_token.as_deref(), Some("to'ken"));
