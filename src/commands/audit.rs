@@ -378,6 +378,30 @@ fn add_entry(
         }
         return;
     }
+    // An object's range accounts for each of its offsets: a record, or a listed hole.
+    if !o.holes.is_empty() {
+        let span = OffsetSpan::new(o.first_offset, o.last_offset);
+        let missing = o.missing();
+        let inside = missing
+            .iter()
+            .all(|m| span.intersect(*m) == Some(*m));
+        let holes = o.missing_count();
+        if !inside || o.records + holes != span.count() {
+            r.problems.push(
+                Finding::new(
+                    "holes_mismatch",
+                    format!(
+                        "manifest {name}: {} records and {holes} offsets without a record do not make up its {} offsets",
+                        o.records,
+                        span.count()
+                    ),
+                )
+                .at(topic, o.partition, epoch)
+                .range(o.first_offset, o.last_offset)
+                .key(&o.key),
+            );
+        }
+    }
     ta.entries.insert(
         o.key.clone(),
         Entry {
