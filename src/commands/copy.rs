@@ -176,9 +176,9 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
             // Newest first: a key listed again by a later run (same name, same data) keeps
             // the later run's entry.
             if let Some(i) = want.remove(&o.key) {
+                jobs[i].gaps = Some(o.missing()).filter(|m| !m.is_empty());
                 jobs[i].expected_sha256 = Some(o.sha256);
                 jobs[i].expected_records = Some(o.records);
-                jobs[i].gaps = Some(o.missing()).filter(|m| !m.is_empty());
                 jobs[i].manifest = layout::manifest_name(&key).map(str::to_string);
                 jobs[i].manifest_objects = Some(listed);
                 if let Some(r) = jobs[i].range.as_mut() {
@@ -272,6 +272,7 @@ fn discover(
             read += 1;
             let listed = man.objects.len() as u32;
             for o in man.objects {
+                let gaps = Some(o.missing()).filter(|m| !m.is_empty());
                 jobs.push(LoadJob {
                     manifest_objects: Some(listed),
                     compression: o.compression,
@@ -282,7 +283,7 @@ fn discover(
                         first: o.first_offset,
                         last: o.last_offset,
                     }),
-                    gaps: Some(o.missing()).filter(|m| !m.is_empty()),
+                    gaps,
                     expected_sha256: Some(o.sha256),
                     expected_records: Some(o.records),
                     size: o.bytes,
