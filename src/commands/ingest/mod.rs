@@ -707,12 +707,11 @@ impl Run<'_> {
         };
         if self.opts.replay_epoch.is_some() {
             // A replay starts where asked (the source refuses expired offsets).
+            // Where a replay starts, objects start at its first message (the source passes
+            // over messages before a start time).
             for &p in ps {
-                let c = committed.get(&p).copied().flatten();
-                self.committed_at_assign.insert(p, c);
-                if let Some(c) = c {
-                    self.start_at.insert(p, c);
-                }
+                self.committed_at_assign
+                    .insert(p, committed.get(&p).copied().flatten());
             }
             return Ok(());
         }
