@@ -124,7 +124,11 @@ pub enum Event {
     /// Offsets `first..=last` of the partition are gone (retention, DeleteRecords) before the
     /// consumer read them: its position fell below the partition's first offset. librdkafka
     /// fetches no more of the partition in this assignment.
-    Expired { partition: i32, first: i64, last: i64 },
+    Expired {
+        partition: i32,
+        first: i64,
+        last: i64,
+    },
     /// Nothing arrived within the timeout.
     Idle,
 }
@@ -1257,7 +1261,11 @@ mod tests {
         let send = |n: usize| {
             for _ in 0..n {
                 producer
-                    .send(BaseRecord::<(), [u8]>::to("ret").partition(0).payload(&big[..]))
+                    .send(
+                        BaseRecord::<(), [u8]>::to("ret")
+                            .partition(0)
+                            .payload(&big[..]),
+                    )
                     .unwrap();
                 // One message set per message: retention drops whole sets.
                 producer.flush(Duration::from_secs(10)).unwrap();
@@ -1288,7 +1296,10 @@ mod tests {
             match src.poll(Duration::from_millis(100)).unwrap() {
                 Event::Message(m) => {
                     let want = got.last().unwrap() + 1;
-                    assert_eq!(m.offset, want, "the read jumped over expired offsets {got:?}");
+                    assert_eq!(
+                        m.offset, want,
+                        "the read jumped over expired offsets {got:?}"
+                    );
                     got.push(m.offset);
                 }
                 Event::Expired {
@@ -1300,7 +1311,11 @@ mod tests {
                 _ => {}
             }
         };
-        assert_eq!(expired, (0, got.last().unwrap() + 1, low - 1), "read {got:?}");
+        assert_eq!(
+            expired,
+            (0, got.last().unwrap() + 1, low - 1),
+            "read {got:?}"
+        );
         // Committed past them (what `ingest --accept-expired` does), the next read starts at
         // the first offset left.
         src.commit(&[(0, low)]).unwrap();
@@ -1308,7 +1323,10 @@ mod tests {
         let mut again = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
         again.start().unwrap();
         let next = loop {
-            assert!(t0.elapsed() < Duration::from_secs(90), "nothing after the gap");
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "nothing after the gap"
+            );
             if let Event::Message(m) = again.poll(Duration::from_millis(100)).unwrap() {
                 break m.offset;
             }

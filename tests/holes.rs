@@ -153,10 +153,18 @@ fn a_transactional_producers_markers_and_aborts_leave_nothing_stuck() {
     produce_raw(&brokers(), &w.topic, 1, &tweet_payloads(40, 5, 5));
     // Markers at 6, 13, 20, 34 (every 7th offset); an aborted transaction at 21..26 and its
     // marker 27; the last offset (39) is a commit marker.
-    let sum = ingest(&w, |o| o % 7 == 6 || (21..=27).contains(&o) || o == 39, false);
+    let sum = ingest(
+        &w,
+        |o| o % 7 == 6 || (21..=27).contains(&o) || o == 39,
+        false,
+    );
     let hidden = 1 + 1 + 1 + 7 + 1 + 1; // 6, 13, 20, 21..=27, 34, 39
     assert_eq!(sum.messages, 40 - hidden);
-    assert_eq!(sum.committed.get(&0), Some(&40), "the position is committed");
+    assert_eq!(
+        sum.committed.get(&0),
+        Some(&40),
+        "the position is committed"
+    );
     let h = holes(&w);
     assert!(h.iter().all(|x| x.2 == HoleReason::Marker), "{h:?}");
     assert!(h.contains(&(20, 27, HoleReason::Marker)), "{h:?}");
@@ -170,7 +178,10 @@ fn a_transactional_producers_markers_and_aborts_leave_nothing_stuck() {
     assert_eq!(sum.messages, 0);
     assert_eq!(sum.object_list.len(), 1, "{:?}", sum.object_list);
     assert_eq!(
-        (sum.object_list[0].first_offset, sum.object_list[0].last_offset),
+        (
+            sum.object_list[0].first_offset,
+            sum.object_list[0].last_offset
+        ),
         (40, 44)
     );
     assert_eq!(sum.object_list[0].records, 0);
@@ -195,7 +206,11 @@ fn a_compacted_topics_missing_offsets_leave_nothing_stuck() {
     // Offsets 3, 10, 17, 24, 31 and the last two (38, 39) were compacted away.
     let sum = ingest(&w, |o| o % 7 == 3 || o >= 38, true);
     assert_eq!(sum.messages, 40 - 7);
-    assert_eq!(sum.committed.get(&0), Some(&40), "the position is committed");
+    assert_eq!(
+        sum.committed.get(&0),
+        Some(&40),
+        "the position is committed"
+    );
     let h = holes(&w);
     assert!(h.contains(&(38, 39, HoleReason::Compacted)), "{h:?}");
     assert!(h.iter().all(|x| x.2 == HoleReason::Compacted), "{h:?}");

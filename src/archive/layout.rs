@@ -613,7 +613,11 @@ mod tests {
         push_hole(&mut holes, Hole::from((10, 10, HoleReason::Tombstone)));
         push_hole(&mut holes, Hole::from((11, 11, HoleReason::Marker)));
         push_hole(&mut holes, Hole::from((12, 1_000_011, HoleReason::Marker)));
-        assert_eq!(holes.len(), 2, "adjacent holes of one reason merge: {holes:?}");
+        assert_eq!(
+            holes.len(),
+            2,
+            "adjacent holes of one reason merge: {holes:?}"
+        );
         let e = ObjectEntry {
             gaps: vec![],
             holes,

@@ -382,9 +382,7 @@ fn add_entry(
     if !o.holes.is_empty() {
         let span = OffsetSpan::new(o.first_offset, o.last_offset);
         let missing = o.missing();
-        let inside = missing
-            .iter()
-            .all(|m| span.intersect(*m) == Some(*m));
+        let inside = missing.iter().all(|m| span.intersect(*m) == Some(*m));
         let holes = o.missing_count();
         if !inside || o.records + holes != span.count() {
             r.problems.push(

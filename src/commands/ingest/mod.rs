@@ -413,7 +413,11 @@ impl Run<'_> {
             // A tombstone is a hole of the object (and listed in the rejects file), also at
             // an object's edge: the next object's range starts with it.
             self.reject_tombstone(p, m.offset);
-            self.add_hole(p, OffsetSpan::new(m.offset, m.offset), HoleReason::Tombstone)?;
+            self.add_hole(
+                p,
+                OffsetSpan::new(m.offset, m.offset),
+                HoleReason::Tombstone,
+            )?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(m.offset + 1);
             st.expected = Some(m.offset + 1);
@@ -1413,7 +1417,11 @@ mod holes {
             }
         }
         fn committed_now(&self) -> i64 {
-            self.commits.lock().unwrap().last().map_or(self.start, |c| c.1)
+            self.commits
+                .lock()
+                .unwrap()
+                .last()
+                .map_or(self.start, |c| c.1)
         }
     }
 
@@ -1535,7 +1543,11 @@ mod holes {
             ],
             "every offset up to the position is in one object's range"
         );
-        assert_eq!(*commits.lock().unwrap(), vec![(0, 13)], "the position is committed");
+        assert_eq!(
+            *commits.lock().unwrap(),
+            vec![(0, 13)],
+            "the position is committed"
+        );
         let cat = Catalog::new(&store, "tx");
         assert_eq!(cat.head_or_default().unwrap().next.get(&0), Some(&13));
 
@@ -1565,7 +1577,10 @@ mod holes {
                 vec![hole(18, 18, Tombstone), hole(20, 20, Compacted)]
             )]
         );
-        assert_eq!(sum.rejected, 1, "the tombstone is listed in the rejects file too");
+        assert_eq!(
+            sum.rejected, 1,
+            "the tombstone is listed in the rejects file too"
+        );
 
         // What copy knows of each record's offset, from the manifests.
         let mut all = Vec::new();
@@ -1614,10 +1629,7 @@ mod holes {
         src.expire = Some((15, 19));
         let err = run(&mut src, &store, &archive, &opts(false), &out).unwrap_err();
         let msg = format!("{err:#}");
-        assert!(
-            msg.contains("partition 0: offsets 15..19 expired"),
-            "{msg}"
-        );
+        assert!(msg.contains("partition 0: offsets 15..19 expired"), "{msg}");
         assert!(msg.contains("--accept-expired"), "{msg}");
         assert!(src.commits.lock().unwrap().is_empty(), "nothing committed");
 
