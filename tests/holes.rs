@@ -186,9 +186,24 @@ fn a_transactional_producers_markers_and_aborts_leave_nothing_stuck() {
     );
     assert_eq!(sum.object_list[0].records, 0);
     nothing_stuck(&w, "after an aborted transaction alone");
-    // A committed one: loaded through its end again.
+    // A committed one, archived but not loaded yet: the loaded prefix ends with the object of
+    // holes only, and its time is that of the newest record loaded (the object before it).
     produce_raw(&brokers(), &w.topic, 1, &tweet_range(45..50, 5, 5));
     ingest(&w, |o| o == 49, false);
+    let newest_loaded = manifests(&w)
+        .iter()
+        .flat_map(|m| m.objects.iter())
+        .filter(|o| o.last_offset <= 44 && o.records > 0)
+        .filter_map(|o| o.max_timestamp_ms)
+        .max()
+        .unwrap();
+    let s = w.json(&["status"]);
+    let p = &s["partitions"][0];
+    assert_eq!(p["loaded_through"], 44, "{p}");
+    let at = chrono::DateTime::parse_from_rfc3339(p["loaded_through_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(at, newest_loaded, "{p}");
     nothing_stuck(&w, "after one more transaction");
     assert_eq!(w.raw_counts(), (32, 32));
 }
