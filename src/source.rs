@@ -832,11 +832,13 @@ impl KafkaSource {
             .with_context(|| format!("reading the assignment of {}", self.topic))?;
         let parts: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
         let committed = self.committed(&parts).unwrap_or_default();
+        let mut unknown = Vec::new();
         for p in parts {
             let Some(at) = self
                 .position(p)
                 .or_else(|| committed.get(&p).copied().flatten())
             else {
+                unknown.push(p);
                 continue;
             };
             let (low, _) = self.watermarks(p)?;
@@ -847,6 +849,13 @@ impl KafkaSource {
                     last: low - 1,
                 });
             }
+        }
+        if !unknown.is_empty() {
+            bail!(
+                "consuming {} from {}: partitions {unknown:?} have no committed offset, and their first offset could not be looked up when they were assigned (auto.offset.reset is error); nothing was committed: run again",
+                self.topic,
+                self.brokers
+            );
         }
         bail!(
             "consuming {} from {}: a partition's read position is not available on the broker (auto offset reset), and no assigned partition is below its first offset",

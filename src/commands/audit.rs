@@ -872,6 +872,54 @@ mod tests {
     }
 
     #[test]
+    fn an_objects_records_and_holes_must_make_up_its_range() {
+        use crate::archive::layout::{Hole, HoleReason};
+        let entry = |records: u64, holes: Vec<Hole>| ObjectEntry {
+            key: format!("t+0+10+19-{records}-{}.log", holes.len()),
+            topic: "t".into(),
+            partition: 0,
+            first_offset: 10,
+            last_offset: 19,
+            records,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: crate::archive::Compression::None,
+            gaps: vec![],
+            holes,
+            max_timestamp_ms: None,
+        };
+        let h = |f, l| Hole::from((f, l, HoleReason::Marker));
+        let mut ta = TopicArchive::default();
+        let mut r = AuditReport::default();
+        add_entry(
+            &mut ta,
+            entry(7, vec![h(10, 10), h(15, 16)]),
+            0,
+            "m",
+            "t",
+            &mut r,
+        );
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        add_entry(
+            &mut ta,
+            entry(8, vec![h(10, 10), h(15, 16)]),
+            0,
+            "m",
+            "t",
+            &mut r,
+        );
+        add_entry(&mut ta, entry(8, vec![h(19, 20)]), 0, "m", "t", &mut r);
+        let kinds: Vec<&str> = r.problems.iter().map(|f| f.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["holes_mismatch", "holes_mismatch"],
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
     fn gaps_are_accounted_for_by_expiry_and_tombstones() {
         let tombs: BTreeSet<i64> = [12, 13].into_iter().collect();
         assert_eq!(unaccounted(10, 20, &[], None), vec![(10, 20)]);
