@@ -609,10 +609,24 @@ impl MessageSource for KafkaSource {
             return None;
         }
         let tpl = self.consumer.position().ok()?;
-        match tpl.find_partition(&self.topic, partition)?.offset() {
-            Offset::Offset(o) if o >= 0 => Some(o),
-            _ => None,
-        }
+        let pos = match tpl.find_partition(&self.topic, partition)?.offset() {
+            Offset::Offset(o) if o >= 0 => o,
+            _ => return None,
+        };
+        // A message kept back behind a rebalance event counts in librdkafka's position but
+        // has not been handed out yet.
+        let kept = self
+            .consumer
+            .context()
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|e| match e {
+                Event::Message(m) if m.partition == partition => Some(m.offset),
+                _ => None,
+            });
+        Some(kept.map_or(pos, |k| pos.min(k)))
     }
 
     fn compacted(&self) -> Result<Option<bool>> {
