@@ -25,6 +25,8 @@ pub struct PendingObject {
     pub epoch: i32,
     pub first_offset: i64,
     pub last_offset: i64,
+    /// Records it holds (0 for an object whose range holds only offsets without a record).
+    pub records: u64,
     pub bytes: u64,
     /// When its manifest was stored (the manifest's name says).
     pub stored_at: Option<DateTime<Utc>>,
@@ -92,6 +94,7 @@ fn pending_object(o: ObjectEntry, epoch: i32, stored_at: Option<DateTime<Utc>>) 
         epoch,
         first_offset: o.first_offset,
         last_offset: o.last_offset,
+        records: o.records,
         bytes: o.bytes,
         stored_at,
         max_timestamp_ms: o.max_timestamp_ms,
@@ -235,7 +238,11 @@ fn fill_times(
         pp.loaded_through = Some(x.through);
         pp.loaded_through_at = loaded_time(x.key.as_ref(), x.manifest.as_ref(), rules, manifests)?;
     }
-    let newest_pending = mine.iter().max_by_key(|o| o.last_offset);
+    // An object of holes only (an aborted transaction's) has no message time.
+    let newest_pending = mine
+        .iter()
+        .filter(|o| o.records > 0)
+        .max_by_key(|o| o.last_offset);
     let top = prefixes_top(prefix);
     pp.newest_archived_at = match newest_pending {
         Some(o) if top.is_none_or(|t| o.last_offset > t) => {

@@ -14,6 +14,7 @@ mod copy;
 mod e2e;
 mod examples;
 mod failures;
+mod holes;
 mod ingest;
 mod ops;
 mod redshift;

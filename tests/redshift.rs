@@ -110,6 +110,7 @@ impl Target {
             sha256: hex::encode(sha2::Sha256::digest(&body)),
             compression: c,
             gaps: vec![],
+            holes: vec![],
             max_timestamp_ms: None,
         }
     }

@@ -324,6 +324,79 @@ pub fn rejected_key(topic: &str, run_id: &str) -> String {
     format!("{REJECTED}{topic}/{run_id}.jsonl")
 }
 
+/// Why offsets inside an object's range hold no record of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoleReason {
+    /// Transaction markers and the records of aborted transactions (which a read_committed
+    /// consumer never sees): offsets the broker skipped in a topic that is not compacted.
+    Marker,
+    /// Offsets the broker skipped in a compacted topic (`cleanup.policy` holds `compact`):
+    /// removed by compaction, or transaction markers (a consumer cannot tell them apart).
+    Compacted,
+    /// A message with a null payload (listed in the run's rejects file).
+    Tombstone,
+    /// Offsets that expired (retention, DeleteRecords) before they were read, accepted with
+    /// `--accept-expired`.
+    Expired,
+    /// Offsets the broker skipped whose cause could not be told (the topic's configuration
+    /// could not be read).
+    Unknown,
+}
+
+impl HoleReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoleReason::Marker => "marker",
+            HoleReason::Compacted => "compacted",
+            HoleReason::Tombstone => "tombstone",
+            HoleReason::Expired => "expired",
+            HoleReason::Unknown => "unknown",
+        }
+    }
+}
+
+/// Offsets `first..=last` inside an object's range that hold no record, and why. Serialized
+/// compactly as `[first, last, "reason"]`: an aborted transaction can span a million offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "(i64, i64, HoleReason)", from = "(i64, i64, HoleReason)")]
+pub struct Hole {
+    pub first: i64,
+    pub last: i64,
+    pub reason: HoleReason,
+}
+
+impl Hole {
+    pub fn span(self) -> OffsetSpan {
+        OffsetSpan::new(self.first, self.last)
+    }
+}
+
+impl From<Hole> for (i64, i64, HoleReason) {
+    fn from(h: Hole) -> Self {
+        (h.first, h.last, h.reason)
+    }
+}
+
+impl From<(i64, i64, HoleReason)> for Hole {
+    fn from((first, last, reason): (i64, i64, HoleReason)) -> Self {
+        Hole {
+            first,
+            last,
+            reason,
+        }
+    }
+}
+
+/// Adds a hole to a list in offset order, merged with the last one when it follows it with the
+/// same reason.
+pub fn push_hole(holes: &mut Vec<Hole>, h: Hole) {
+    match holes.last_mut() {
+        Some(l) if l.reason == h.reason && l.last + 1 == h.first => l.last = h.last,
+        _ => holes.push(h),
+    }
+}
+
 /// One stored (or, in a dry run, planned) object, as its manifest lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ObjectEntry {
@@ -338,14 +411,72 @@ pub struct ObjectEntry {
     pub uncompressed_bytes: u64,
     pub sha256: String,
     pub compression: Compression,
-    /// Offsets inside [first_offset, last_offset] the object does not hold (tombstones), so
-    /// each record's offset is known.
+    /// Offsets inside [first_offset, last_offset] the object does not hold (tombstones), as
+    /// manifests before `holes` list them; read, no longer written (see [`ObjectEntry::missing`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<i64>,
+    /// Every offset inside [first_offset, last_offset] that holds no record of the object, as
+    /// ranges with their reason, in offset order: so each record's offset is known, and the
+    /// range accounts for every offset from the one before it to the one after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holes: Vec<Hole>,
     /// The newest Kafka timestamp (ms) among its records, when known (manifests written before
     /// this field, and adopted objects, have none: readers fall back to the time folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_timestamp_ms: Option<i64>,
+}
+
+impl ObjectEntry {
+    /// The offsets of its range that hold no record (`holes`, and an older manifest's
+    /// `gaps`), merged and in order.
+    pub fn missing(&self) -> Vec<OffsetSpan> {
+        let mut v: Vec<OffsetSpan> = self.holes.iter().map(|h| h.span()).collect();
+        v.extend(self.gaps.iter().map(|&o| OffsetSpan::new(o, o)));
+        merge_spans(v)
+    }
+
+    /// How many offsets of its range hold no record.
+    pub fn missing_count(&self) -> u64 {
+        self.missing().iter().map(|s| s.count()).sum()
+    }
+}
+
+/// Merges spans that touch or overlap, in order.
+pub fn merge_spans(mut v: Vec<OffsetSpan>) -> Vec<OffsetSpan> {
+    v.sort_unstable();
+    let mut out: Vec<OffsetSpan> = Vec::new();
+    for s in v {
+        match out.last_mut() {
+            Some(last) if s.first <= last.last.saturating_add(1) => {
+                last.last = last.last.max(s.last)
+            }
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+/// The parts of `span` that none of `cover` holds, in order.
+pub fn subtract_spans(span: OffsetSpan, cover: &[OffsetSpan]) -> Vec<OffsetSpan> {
+    let mut left = vec![span];
+    for c in cover {
+        let mut next = Vec::new();
+        for s in left {
+            if c.last < s.first || c.first > s.last {
+                next.push(s);
+                continue;
+            }
+            if s.first < c.first {
+                next.push(OffsetSpan::new(s.first, c.first - 1));
+            }
+            if s.last > c.last {
+                next.push(OffsetSpan::new(c.last + 1, s.last));
+            }
+        }
+        left = next;
+    }
+    left.sort_unstable();
+    left
 }
 
 /// A message that could not be archived as a record.
@@ -467,6 +598,52 @@ mod tests {
     }
 
     #[test]
+    fn holes_are_compact_ranges_and_old_manifests_gaps_still_read() {
+        let json = r#"{"key":"k","topic":"t","partition":0,"first_offset":10,"last_offset":20,
+            "records":8,"bytes":1,"uncompressed_bytes":1,"sha256":"","compression":"gzip",
+            "gaps":[12,13]}"#;
+        let old: ObjectEntry = serde_json::from_str(json).unwrap();
+        assert!(old.holes.is_empty());
+        assert_eq!(
+            old.missing(),
+            vec![OffsetSpan::new(12, 13)],
+            "a manifest of an older version: its tombstones"
+        );
+        let mut holes = Vec::new();
+        push_hole(&mut holes, Hole::from((10, 10, HoleReason::Tombstone)));
+        push_hole(&mut holes, Hole::from((11, 11, HoleReason::Marker)));
+        push_hole(&mut holes, Hole::from((12, 1_000_011, HoleReason::Marker)));
+        assert_eq!(
+            holes.len(),
+            2,
+            "adjacent holes of one reason merge: {holes:?}"
+        );
+        let e = ObjectEntry {
+            gaps: vec![],
+            holes,
+            last_offset: 1_000_020,
+            ..old
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v["holes"],
+            serde_json::json!([[10, 10, "tombstone"], [11, 1_000_011, "marker"]])
+        );
+        assert!(v.get("gaps").is_none());
+        let back: ObjectEntry = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.missing(), vec![OffsetSpan::new(10, 1_000_011)]);
+        assert_eq!(back.missing_count(), 1_000_002);
+        assert_eq!(
+            subtract_spans(
+                OffsetSpan::new(0, 20),
+                &[OffsetSpan::new(15, 30), OffsetSpan::new(3, 4)]
+            ),
+            vec![OffsetSpan::new(0, 2), OffsetSpan::new(5, 14)]
+        );
+    }
+
+    #[test]
     fn manifest_compression_is_a_plain_word() {
         let e = ObjectEntry {
             key: "k".into(),
@@ -480,6 +657,7 @@ mod tests {
             sha256: String::new(),
             compression: Compression::Zstd,
             gaps: vec![],
+            holes: vec![],
             max_timestamp_ms: None,
         };
         let v = serde_json::to_value(&e).unwrap();

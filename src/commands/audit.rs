@@ -378,6 +378,28 @@ fn add_entry(
         }
         return;
     }
+    // An object's range accounts for each of its offsets: a record, or a listed hole.
+    if !o.holes.is_empty() {
+        let span = OffsetSpan::new(o.first_offset, o.last_offset);
+        let missing = o.missing();
+        let inside = missing.iter().all(|m| span.intersect(*m) == Some(*m));
+        let holes = o.missing_count();
+        if !inside || o.records + holes != span.count() {
+            r.problems.push(
+                Finding::new(
+                    "holes_mismatch",
+                    format!(
+                        "manifest {name}: {} records and {holes} offsets without a record do not make up its {} offsets",
+                        o.records,
+                        span.count()
+                    ),
+                )
+                .at(topic, o.partition, epoch)
+                .range(o.first_offset, o.last_offset)
+                .key(&o.key),
+            );
+        }
+    }
     ta.entries.insert(
         o.key.clone(),
         Entry {
@@ -847,6 +869,54 @@ mod tests {
             .into_iter()
             .map(|s| s.into())
             .collect()
+    }
+
+    #[test]
+    fn an_objects_records_and_holes_must_make_up_its_range() {
+        use crate::archive::layout::{Hole, HoleReason};
+        let entry = |records: u64, holes: Vec<Hole>| ObjectEntry {
+            key: format!("t+0+10+19-{records}-{}.log", holes.len()),
+            topic: "t".into(),
+            partition: 0,
+            first_offset: 10,
+            last_offset: 19,
+            records,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: crate::archive::Compression::None,
+            gaps: vec![],
+            holes,
+            max_timestamp_ms: None,
+        };
+        let h = |f, l| Hole::from((f, l, HoleReason::Marker));
+        let mut ta = TopicArchive::default();
+        let mut r = AuditReport::default();
+        add_entry(
+            &mut ta,
+            entry(7, vec![h(10, 10), h(15, 16)]),
+            0,
+            "m",
+            "t",
+            &mut r,
+        );
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        add_entry(
+            &mut ta,
+            entry(8, vec![h(10, 10), h(15, 16)]),
+            0,
+            "m",
+            "t",
+            &mut r,
+        );
+        add_entry(&mut ta, entry(8, vec![h(19, 20)]), 0, "m", "t", &mut r);
+        let kinds: Vec<&str> = r.problems.iter().map(|f| f.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["holes_mismatch", "holes_mismatch"],
+            "{:?}",
+            r.problems
+        );
     }
 
     #[test]

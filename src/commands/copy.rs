@@ -101,7 +101,10 @@ fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) ->
                 .or_default();
             let overlap = merge(ranges.iter().filter_map(|s| s.intersect(span)).collect());
             if overlap == [span] {
-                let holes = job.gaps.as_ref().map_or(0, |g| g.len() as u64);
+                let holes = job
+                    .gaps
+                    .as_ref()
+                    .map_or(0, |g| g.iter().map(|s| s.count()).sum());
                 let records = job
                     .expected_records
                     .unwrap_or(span.count().saturating_sub(holes));
@@ -173,9 +176,9 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
             // Newest first: a key listed again by a later run (same name, same data) keeps
             // the later run's entry.
             if let Some(i) = want.remove(&o.key) {
+                jobs[i].gaps = Some(o.missing()).filter(|m| !m.is_empty());
                 jobs[i].expected_sha256 = Some(o.sha256);
                 jobs[i].expected_records = Some(o.records);
-                jobs[i].gaps = (!o.gaps.is_empty()).then_some(o.gaps);
                 jobs[i].manifest = layout::manifest_name(&key).map(str::to_string);
                 jobs[i].manifest_objects = Some(listed);
                 if let Some(r) = jobs[i].range.as_mut() {
@@ -269,6 +272,7 @@ fn discover(
             read += 1;
             let listed = man.objects.len() as u32;
             for o in man.objects {
+                let gaps = Some(o.missing()).filter(|m| !m.is_empty());
                 jobs.push(LoadJob {
                     manifest_objects: Some(listed),
                     compression: o.compression,
@@ -279,7 +283,7 @@ fn discover(
                         first: o.first_offset,
                         last: o.last_offset,
                     }),
-                    gaps: (!o.gaps.is_empty()).then_some(o.gaps),
+                    gaps,
                     expected_sha256: Some(o.sha256),
                     expected_records: Some(o.records),
                     size: o.bytes,

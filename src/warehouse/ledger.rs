@@ -84,16 +84,18 @@ pub struct LedgerSummary {
 }
 
 /// A partition's loaded offsets from their start: `start..=through` is loaded without a hole
-/// (`top` is the highest loaded offset, above `through` when there is a hole).
+/// (`top` is the highest loaded offset, above `through` when there is a hole). Offsets that
+/// hold no record are loaded with the object whose range holds them (its holes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Prefix {
     pub start: i64,
     pub through: i64,
     pub top: i64,
-    /// An object whose last offset is `through`, and the manifest that listed it.
+    /// The loaded object with records whose last offset is the highest at or below
+    /// `through` (its newest record is the prefix's), and the manifest that listed it.
     pub key: Option<String>,
     pub manifest: Option<String>,
-    /// The same for `top`.
+    /// The same at or below `top`.
     pub top_key: Option<String>,
     pub top_manifest: Option<String>,
 }
@@ -321,30 +323,55 @@ impl<'a> Ledger<'a> {
         if out.is_empty() {
             return Ok(out);
         }
-        let ends: Vec<String> = out
-            .iter()
-            .map(|(p, x)| {
-                format!(
-                    r#"("partition_id" = {p} AND "last_offset" IN ({}, {}))"#,
-                    x.through, x.top
-                )
-            })
-            .collect();
+        // The objects that name the times: the newest holding records at or below `through`
+        // and `top` (an object of holes only, such as an aborted transaction's, has no time).
+        let holds = r#"("rows_loaded" + "rows_rejected" + coalesce("rows_skipped", 0)) > 0"#;
+        let upto = |f: &dyn Fn(&Prefix) -> i64| -> String {
+            let conds: Vec<String> = out
+                .iter()
+                .map(|(p, x)| format!(r#"("partition_id" = {p} AND "last_offset" <= {})"#, f(x)))
+                .collect();
+            format!(
+                r#"CAST(max(CASE WHEN {} THEN "last_offset" END) AS BIGINT)"#,
+                conds.join(" OR ")
+            )
+        };
         let sql = format!(
-            r#"SELECT "partition_id", "key", "manifest", "last_offset" FROM {table} WHERE {filter} AND ({}) ORDER BY "key""#,
+            r#"SELECT "partition_id", {} AS "through_at", {} AS "top_at" FROM {table} WHERE {filter} AND {holds} GROUP BY "partition_id""#,
+            upto(&|x: &Prefix| x.through),
+            upto(&|x: &Prefix| x.top),
+        );
+        let mut at: BTreeMap<i32, (Option<i64>, Option<i64>)> = BTreeMap::new();
+        for r in self.read(vec![sql], &what)? {
+            if let Some(p) = r.get::<i32>(0)? {
+                at.insert(p, (r.get(1)?, r.get(2)?));
+            }
+        }
+        let ends: Vec<String> = at
+            .iter()
+            .flat_map(|(p, (a, b))| [a, b].into_iter().flatten().map(move |o| (*p, *o)))
+            .map(|(p, o)| format!(r#"("partition_id" = {p} AND "last_offset" = {o})"#))
+            .collect();
+        if ends.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            r#"SELECT "partition_id", "key", "manifest", "last_offset" FROM {table} WHERE {filter} AND {holds} AND ({}) ORDER BY "key""#,
             ends.join(" OR ")
         );
         for r in self.read(vec![sql], &what)? {
             let last = r.get::<i64>(3)?;
-            if let Some(x) = r.get::<i32>(0)?.and_then(|p| out.get_mut(&p)) {
-                if last == Some(x.through) {
-                    x.key = r.text(1);
-                    x.manifest = r.text(2);
-                }
-                if last == Some(x.top) {
-                    x.top_key = r.text(1);
-                    x.top_manifest = r.text(2);
-                }
+            let Some(p) = r.get::<i32>(0)? else { continue };
+            let (Some(x), Some(&(through_at, top_at))) = (out.get_mut(&p), at.get(&p)) else {
+                continue;
+            };
+            if last.is_some() && last == through_at && x.key.is_none() {
+                x.key = r.text(1);
+                x.manifest = r.text(2);
+            }
+            if last.is_some() && last == top_at && x.top_key.is_none() {
+                x.top_key = r.text(1);
+                x.top_manifest = r.text(2);
             }
         }
         Ok(out)

@@ -177,8 +177,9 @@ pub struct LoadJob {
     /// The records' identity: topic, partition, epoch and offset range (from the manifest or
     /// the key).
     pub range: Option<OffsetRange>,
-    /// Offsets inside the range that the object does not hold (tombstones), when known.
-    pub gaps: Option<Vec<i64>>,
+    /// Offsets inside the range that the object does not hold (tombstones, transaction
+    /// markers, compacted or expired offsets), as merged spans in order, when known.
+    pub gaps: Option<Vec<OffsetSpan>>,
     /// The name of the run manifest that lists the object (recorded in the ledger: copy's
     /// cursor), and how many objects that manifest lists.
     pub manifest: Option<String>,
@@ -209,16 +210,26 @@ impl OffsetRange {
 
 impl LoadJob {
     /// The offset of each record, in order, when it can be known: the range without its gaps.
-    /// None when the range is unknown, or holds more offsets than records and the gaps are not
-    /// listed.
+    /// None when the range is unknown, or the range without its gaps holds another number of
+    /// offsets than the object records.
     pub fn record_offsets(&self, records: Option<u64>) -> Option<Vec<i64>> {
         let r = self.range.as_ref()?;
-        let gaps = self.gaps.clone().unwrap_or_default();
-        let offsets: Vec<i64> = (r.first..=r.last).filter(|o| !gaps.contains(o)).collect();
-        match (records, &self.gaps) {
-            (Some(n), None) if n != offsets.len() as u64 => None,
-            _ => Some(offsets),
+        let gaps = self.gaps.as_deref().unwrap_or_default();
+        let held: u64 = crate::archive::layout::subtract_spans(r.span(), gaps)
+            .iter()
+            .map(|s| s.count())
+            .sum();
+        // Offsets are mapped only when the holes account for every offset the records do not
+        // hold (an object adopted from a crashed run lists its tombstones, not its markers).
+        if records.is_some_and(|n| n != held) {
+            return None;
         }
+        // Spans, not offsets, are walked: a hole may span a million offsets.
+        let mut offsets = Vec::with_capacity(held.min(1 << 24) as usize);
+        for s in crate::archive::layout::subtract_spans(r.span(), gaps) {
+            offsets.extend(s.first..=s.last);
+        }
+        Some(offsets)
     }
 
     /// Whether a record at this offset was loaded by another object.

@@ -20,7 +20,7 @@ mod upload;
 
 use crate::archive::catalog::{Catalog, RunEpoch};
 use crate::archive::layout::{
-    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, OffsetSpan, Rejected,
+    self, CatalogHead, ExpiredGap, HoleReason, Manifest, ObjectEntry, OffsetSpan, Rejected,
 };
 use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::IngestArgs;
@@ -230,8 +230,16 @@ struct PartState {
     /// Archived offset spans at or after where this run started, from the listing.
     archived: Option<Vec<OffsetSpan>>,
     spool: Option<Spool>,
-    /// The offset to commit: one past the last message handled.
+    /// The offset to commit: one past the last offset handled (a message, or an offset the
+    /// consumer's position passed that holds no record).
     next_commit: Option<i64>,
+    /// The next offset this run's objects must account for: where the read started (the
+    /// committed offset, or the first offset of a gap accepted as expired), then one past the
+    /// last offset handled. Offsets the broker skips from here are holes of the objects.
+    expected: Option<i64>,
+    /// The newest Kafka timestamp seen in this partition (the time folder of an object that
+    /// holds no record).
+    last_ts: Option<i64>,
 }
 
 /// One run's state: partitions, their spools, stored objects; it polls the source and
@@ -263,6 +271,13 @@ struct Run<'a> {
     /// Committed offsets at assignment, and the partitions whose first message was seen.
     committed_at_assign: std::collections::HashMap<i32, Option<i64>>,
     first_seen: BTreeSet<i32>,
+    /// Where each assigned partition's read starts (the committed offset, else the first).
+    start_at: std::collections::HashMap<i32, i64>,
+    /// When the run started (the time folder of an object that holds no record, when the
+    /// run saw no message of its partition).
+    started_at: DateTime<Utc>,
+    /// Why offsets the broker skips hold no record: the topic's cleanup policy says.
+    skipped_reason: HoleReason,
 }
 
 impl Run<'_> {
@@ -321,8 +336,63 @@ impl Run<'_> {
         Ok(st.archived.as_deref().expect("set"))
     }
 
+    /// Offsets from the partition's expected one up to `upto` (exclusive) hold no record: the
+    /// broker skipped them (transaction markers, aborted transactions, compaction). They become
+    /// holes of this run's objects, but for those an object of a crashed run holds (that
+    /// object accounts for them). The commit moves past them.
+    fn account_until(&mut self, p: i32, upto: i64, reason: HoleReason) -> Result<()> {
+        let Some(e) = self.parts.get(&p).and_then(|st| st.expected) else {
+            return Ok(());
+        };
+        if upto <= e {
+            return Ok(());
+        }
+        let archived = self.archived_for(p)?.to_vec();
+        let span = OffsetSpan::new(e, upto - 1);
+        for a in archived.iter().filter_map(|a| a.intersect(span)) {
+            // A crashed run's object holds these (one of holes only has no record this run
+            // could recognise it by): this run lists it in its manifest.
+            self.recovery.adopt(p, a.first, false);
+        }
+        for s in layout::subtract_spans(span, &archived) {
+            self.add_hole(p, s, reason)?;
+        }
+        let st = self.parts.get_mut(&p).expect("state");
+        st.expected = Some(upto);
+        st.next_commit = Some(st.next_commit.unwrap_or(upto).max(upto));
+        Ok(())
+    }
+
+    /// Puts a hole in the partition's open object, or opens one at the hole (an object may
+    /// hold no record: its range still accounts for the offsets).
+    fn add_hole(&mut self, p: i32, s: OffsetSpan, reason: HoleReason) -> Result<()> {
+        let contiguous = self
+            .parts
+            .get(&p)
+            .and_then(|st| st.spool.as_ref())
+            .map(|sp| sp.last + 1 == s.first);
+        if contiguous == Some(false) {
+            self.flush_partition(p)?;
+        }
+        let (c, dry) = (self.settings.compression, self.opts.dry_run);
+        let st = self.parts.get_mut(&p).expect("state");
+        if st.spool.is_none() {
+            st.spool = Some(Spool::new(s.first, c, dry)?);
+        }
+        st.spool
+            .as_mut()
+            .expect("spool")
+            .add_hole(s.first, s.last, reason);
+        Ok(())
+    }
+
     fn on_message(&mut self, m: Message) -> Result<()> {
         let p = m.partition;
+        if let Some(ts) = m.timestamp_ms {
+            let st = self.parts.entry(p).or_default();
+            st.last_ts = st.last_ts.max(Some(ts));
+        }
+        self.account_until(p, m.offset, self.skipped_reason)?;
         let covered = self.archived_for(p)?.iter().any(|s| s.contains(m.offset));
         if covered {
             // Already archived by a run that died before committing: skip, and cut the
@@ -335,28 +405,39 @@ impl Run<'_> {
             self.flush_partition(p)?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
+            st.expected = Some(st.expected.unwrap_or(0).max(m.offset + 1));
             self.summary.skipped += 1;
             return Ok(());
         }
         let Some(payload) = m.payload.as_deref() else {
+            // A tombstone is a hole of the object (and listed in the rejects file), also at
+            // an object's edge: the next object's range starts with it.
             self.reject_tombstone(p, m.offset);
+            self.add_hole(
+                p,
+                OffsetSpan::new(m.offset, m.offset),
+                HoleReason::Tombstone,
+            )?;
             let st = self.parts.get_mut(&p).expect("state");
-            if let Some(sp) = st.spool.as_mut() {
-                sp.gaps.push(m.offset);
-            }
             st.next_commit = Some(m.offset + 1);
+            st.expected = Some(m.offset + 1);
             return Ok(());
         };
         let len = payload.len() as u64;
         let c = self.settings.compression;
         let st = self.parts.get_mut(&p).expect("state");
+        if st.spool.as_ref().is_some_and(|sp| sp.last + 1 != m.offset) {
+            // Not contiguous (the read's start was not known): a new object.
+            self.flush_partition(p)?;
+        }
+        let st = self.parts.get_mut(&p).expect("state");
         if st.spool.is_none() {
-            st.spool = Some(Spool::new(&m, c, self.opts.dry_run)?);
+            st.spool = Some(Spool::new(m.offset, c, self.opts.dry_run)?);
         }
         let sp = st.spool.as_mut().expect("spool");
-        sp.append(m.offset, payload)?;
-        sp.max_ts = sp.max_ts.max(m.timestamp_ms);
+        sp.append(&m, payload)?;
         st.next_commit = Some(m.offset + 1);
+        st.expected = Some(m.offset + 1);
         let rotate = sp.uncompressed >= self.settings.max_object_bytes
             || (self.settings.max_object_records > 0
                 && sp.records >= self.settings.max_object_records);
@@ -383,16 +464,23 @@ impl Run<'_> {
         };
         let c = self.settings.compression;
         let name = layout::epoch_file_name(&self.topic, self.head.epoch, p, sp.first, sp.last, c);
+        // An object that holds no record goes in the folder of the newest message seen, else
+        // of the run's start.
+        let last_ts = self.parts.get(&p).and_then(|st| st.last_ts);
+        let folder_ts = sp
+            .first_ts
+            .or(last_ts)
+            .or(Some(self.started_at.timestamp_millis()));
         let dir = layout::folder(
             &self.settings.key_template,
             &self.topic,
-            sp.first_ts,
+            folder_ts,
             self.settings.utc_offset_secs,
         );
         let key = layout::object_key(&dir, &name);
         let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
         let max_timestamp_ms = sp.max_ts;
-        let gaps: Vec<i64> = sp.gaps.iter().copied().filter(|&o| o < last).collect();
+        let holes = sp.holes.clone();
         let done = sp.finish()?;
         let dry = self.opts.dry_run;
         let entry = ObjectEntry {
@@ -406,7 +494,8 @@ impl Run<'_> {
             uncompressed_bytes: uncompressed,
             sha256: if dry { String::new() } else { done.sha256 },
             compression: c,
-            gaps,
+            gaps: Vec::new(),
+            holes,
             max_timestamp_ms,
         };
         if dry {
@@ -502,17 +591,73 @@ impl Run<'_> {
                 Event::Message(m) => self.on_message_event(m)?,
                 // Make sure the reconciliation covered this partition even with no new messages.
                 Event::Eof(p) => {
+                    // The offsets up to the consumer's position that hold no record (a
+                    // transaction's marker after the last record) are accounted for first.
+                    self.account_to_position(source, p)?;
                     // The partition's last object starts uploading now, while the others
                     // drain (once per assignment: later messages wait for the run's end).
                     if self.eof.insert(p) {
                         self.flush_partition(p)?;
                     }
                 }
+                Event::Expired {
+                    partition,
+                    first,
+                    last,
+                } => self.on_expired(partition, first, last)?,
                 Event::Assigned(ps) => self.on_assigned(source, ps)?,
                 Event::Revoked(ps) => self.on_revoked(&ps),
                 Event::Idle => self.check_stall()?,
             }
         }
+    }
+
+    /// Accounts for the offsets below the consumer's position in `p` that hold no record.
+    fn account_to_position(&mut self, source: &dyn MessageSource, p: i32) -> Result<()> {
+        if !self.membership.is_assigned(p) {
+            return Ok(());
+        }
+        if let Some(pos) = source.position(p) {
+            self.account_until(p, pos, self.skipped_reason)?;
+        }
+        Ok(())
+    }
+
+    /// Offsets `first..=last` of `p` expired (retention, DeleteRecords) while this run was
+    /// reading them: the consumer found its position gone. The run fails naming them, unless
+    /// `--accept-expired` was given: then they are a hole of the partition's object and an
+    /// expiry gap of the manifest and the catalog head, the commit moves past them, and this
+    /// run reads no more of the partition (librdkafka stops fetching it; the next run goes on
+    /// after the gap).
+    fn on_expired(&mut self, p: i32, first: i64, last: i64) -> Result<()> {
+        if !self.membership.is_assigned(p) {
+            return Ok(());
+        }
+        if !self.opts.accept_expired || self.opts.replay_epoch.is_some() {
+            bail!(
+                "topic {}: partition {p}: offsets {first}..{last} expired (retention or DeleteRecords) while this run was reading them, before they were archived. Nothing was committed; to record them as a gap and go on, run `batchlayer ingest --accept-expired`",
+                self.topic
+            );
+        }
+        self.account_until(p, first, self.skipped_reason)?;
+        let st = self.parts.entry(p).or_default();
+        if st.expected.is_none() {
+            st.expected = Some(first);
+        }
+        self.account_until(p, last + 1, HoleReason::Expired)?;
+        let gap = ExpiredGap {
+            epoch: self.head.epoch,
+            partition: p,
+            first,
+            last,
+        };
+        self.out.warn(&format!(
+            "partition {p}: offsets {first}..{last} expired while this run read them; recorded as a gap (the next run reads on from offset {})",
+            last + 1
+        ));
+        self.head.expired.push(gap);
+        self.eof.insert(p);
+        self.flush_partition(p)
     }
 
     fn on_message_event(&mut self, m: Message) -> Result<()> {
@@ -566,6 +711,8 @@ impl Run<'_> {
         };
         if self.opts.replay_epoch.is_some() {
             // A replay starts where asked (the source refuses expired offsets).
+            // Where a replay starts, objects start at its first message (the source passes
+            // over messages before a start time).
             for &p in ps {
                 self.committed_at_assign
                     .insert(p, committed.get(&p).copied().flatten());
@@ -580,6 +727,7 @@ impl Run<'_> {
                 Some(pos) => pos.low,
                 None => source.watermarks(p)?.0,
             };
+            self.start_at.insert(p, c.unwrap_or(lo));
             problems.extend(self.head.committed_problem(p, c));
             if let Some(c) = c {
                 if c < lo {
@@ -605,7 +753,19 @@ impl Run<'_> {
         self.check_positions(source, &ps)?;
         self.recovery.forget_listing();
         for p in &ps {
-            self.parts.entry(*p).or_default().archived = None;
+            let start = self.start_at.get(p).copied().map(|s| {
+                // Expired offsets this run accepted are accounted for by its first object.
+                self.head
+                    .expired
+                    .iter()
+                    .find(|g| g.partition == *p && g.last + 1 == s)
+                    .map_or(s, |g| g.first)
+            });
+            let st = self.parts.entry(*p).or_default();
+            st.archived = None;
+            if st.expected.is_none() {
+                st.expected = start;
+            }
         }
         if self.opts.dry_run || self.out.interactive {
             self.pb.finish_and_clear();
@@ -728,6 +888,9 @@ impl Run<'_> {
     ) -> Result<IngestSummary> {
         let part_ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in &part_ids {
+            // Markers after the last message read since end-of-partition: the commit moves
+            // past them, and the last object accounts for them.
+            self.account_to_position(source, *p)?;
             self.flush_partition(*p)?;
         }
         self.finish_uploads()?;
@@ -884,6 +1047,9 @@ fn run_with(
         head,
         committed_at_assign: Default::default(),
         first_seen: BTreeSet::new(),
+        start_at: Default::default(),
+        started_at,
+        skipped_reason: skipped_reason(source, out),
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
@@ -918,6 +1084,23 @@ fn run_epoch(
         head.accept_expired(accept_expired(source, head.epoch, out)?);
     }
     Ok(head)
+}
+
+/// Why offsets the broker skips hold no record: in a compacted topic compaction (or markers),
+/// else transaction markers and aborted transactions; unknown when the topic's configuration
+/// cannot be read.
+fn skipped_reason(source: &dyn MessageSource, out: &Output) -> HoleReason {
+    match source.compacted() {
+        Ok(Some(true)) => HoleReason::Compacted,
+        Ok(Some(false)) => HoleReason::Marker,
+        Ok(None) => HoleReason::Unknown,
+        Err(e) => {
+            out.debug(&format!(
+                "the topic's cleanup.policy could not be read ({e:#}); offsets without a record are recorded as unknown"
+            ));
+            HoleReason::Unknown
+        }
+    }
 }
 
 /// The range and prefix of `--replay`, or None for a normal run.
@@ -1188,5 +1371,296 @@ mod tests {
         let head = Catalog::new(&store, "exp").head_or_default().unwrap();
         assert_eq!(head.expired, sum.expired, "and in the catalog");
         assert_eq!(head.next.get(&0), Some(&20));
+    }
+}
+
+#[cfg(test)]
+mod holes {
+    //! Offsets that hold no record (transaction markers, aborted transactions, compaction,
+    //! tombstones, expiry) through a message source double: librdkafka's mock cluster writes
+    //! no transaction markers and has neither compaction nor DeleteRecords.
+    use super::tests::local_archive;
+    use super::*;
+    use crate::archive::layout::Hole;
+    use crate::archive::local::LocalStore;
+    use std::sync::Mutex;
+
+    /// One partition read as a consumer sees it: the messages at `offsets` (the others hold
+    /// no record), end-of-partition with the position at `end`; or, at `expire`, the position
+    /// found gone (its offsets expired), after which the partition is not read.
+    struct Skipping {
+        /// (offset, payload); None: a tombstone.
+        messages: Vec<(i64, Option<&'static str>)>,
+        end: i64,
+        start: i64,
+        compacted: Option<bool>,
+        /// Offsets first..=last expire when the read reaches `first`.
+        expire: Option<(i64, i64)>,
+        commits: Arc<Mutex<Vec<(i32, i64)>>>,
+        step: usize,
+        pos: i64,
+        reported: bool,
+    }
+
+    impl Skipping {
+        fn new(messages: Vec<(i64, Option<&'static str>)>, end: i64, start: i64) -> Self {
+            Skipping {
+                messages,
+                end,
+                start,
+                compacted: Some(false),
+                expire: None,
+                commits: Arc::default(),
+                step: 0,
+                pos: start,
+                reported: false,
+            }
+        }
+        fn committed_now(&self) -> i64 {
+            self.commits
+                .lock()
+                .unwrap()
+                .last()
+                .map_or(self.start, |c| c.1)
+        }
+    }
+
+    impl MessageSource for Skipping {
+        fn topic(&self) -> &str {
+            "tx"
+        }
+        fn start(&mut self) -> Result<()> {
+            self.pos = self.committed_now();
+            Ok(())
+        }
+        fn poll(&mut self, _t: Duration) -> Result<Event> {
+            self.step += 1;
+            if self.step == 1 {
+                return Ok(Event::Assigned(vec![0]));
+            }
+            if let Some((first, last)) = self.expire {
+                if (first..=last).contains(&self.pos) {
+                    // Like librdkafka under auto.offset.reset=error: reported once, then the
+                    // partition is not read until it is moved.
+                    if !std::mem::replace(&mut self.reported, true) {
+                        return Ok(Event::Expired {
+                            partition: 0,
+                            first,
+                            last,
+                        });
+                    }
+                    return Ok(Event::Idle);
+                }
+            }
+            match self.messages.iter().find(|m| m.0 >= self.pos) {
+                Some(&(o, payload)) => {
+                    self.pos = o + 1;
+                    Ok(Event::Message(Message {
+                        partition: 0,
+                        offset: o,
+                        timestamp_ms: Some(1_700_000_000_000 + o),
+                        payload: payload.map(|p| p.as_bytes().to_vec()),
+                    }))
+                }
+                _ if self.pos <= self.end => {
+                    // Markers after the last message: the position moves past them.
+                    self.pos = self.end + 1;
+                    Ok(Event::Eof(0))
+                }
+                _ => Ok(Event::Idle),
+            }
+        }
+        fn committed(&self, _: &[i32]) -> Result<std::collections::HashMap<i32, Option<i64>>> {
+            Ok([(0, Some(self.committed_now()))].into_iter().collect())
+        }
+        fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
+            self.commits.lock().unwrap().extend_from_slice(offsets);
+            Ok(())
+        }
+        fn watermarks(&self, _: i32) -> Result<(i64, i64)> {
+            Ok((0, self.end))
+        }
+        fn partitions(&self) -> Result<Vec<i32>> {
+            Ok(vec![0])
+        }
+        fn position(&self, _: i32) -> Option<i64> {
+            Some(self.pos.min(self.end))
+        }
+        fn compacted(&self) -> Result<Option<bool>> {
+            Ok(self.compacted)
+        }
+    }
+
+    fn opts(accept_expired: bool) -> IngestOptions {
+        IngestOptions {
+            assignment_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(5),
+            group: "g".into(),
+            accept_expired,
+            ..Default::default()
+        }
+    }
+
+    /// (first, last, records, holes) of each object, in offset order.
+    fn ranges(sum: &IngestSummary) -> Vec<(i64, i64, u64, Vec<Hole>)> {
+        let mut v: Vec<_> = sum
+            .object_list
+            .iter()
+            .map(|o| (o.first_offset, o.last_offset, o.records, o.holes.clone()))
+            .collect();
+        v.sort_by_key(|x| x.0);
+        v
+    }
+
+    fn hole(first: i64, last: i64, reason: HoleReason) -> Hole {
+        Hole {
+            first,
+            last,
+            reason,
+        }
+    }
+
+    #[test]
+    fn offsets_without_a_record_are_holes_of_contiguous_objects_and_the_commit_passes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut archive = local_archive(dir.path());
+        archive.max_object_records = 3;
+        let out = Output::silent();
+        // A transactional producer: a commit marker at 3, an aborted transaction 6..7 and its
+        // marker 8, a commit marker at 12 after the last record.
+        let msgs = [0, 1, 2, 4, 5, 9, 10, 11].map(|o| (o, Some("m"))).to_vec();
+        let mut src = Skipping::new(msgs, 13, 0);
+        let commits = src.commits.clone();
+        let sum = run(&mut src, &store, &archive, &opts(false), &out).unwrap();
+        use HoleReason::*;
+        assert_eq!(
+            ranges(&sum),
+            vec![
+                (0, 2, 3, vec![]),
+                (3, 9, 3, vec![hole(3, 3, Marker), hole(6, 8, Marker)]),
+                (10, 12, 2, vec![hole(12, 12, Marker)]),
+            ],
+            "every offset up to the position is in one object's range"
+        );
+        assert_eq!(
+            *commits.lock().unwrap(),
+            vec![(0, 13)],
+            "the position is committed"
+        );
+        let cat = Catalog::new(&store, "tx");
+        assert_eq!(cat.head_or_default().unwrap().next.get(&0), Some(&13));
+
+        // Only an aborted transaction since: an object of holes only accounts for it.
+        src.end = 18;
+        src.step = 0;
+        let sum = run(&mut src, &store, &archive, &opts(false), &out).unwrap();
+        assert_eq!(ranges(&sum), vec![(13, 17, 0, vec![hole(13, 17, Marker)])]);
+        assert_eq!(commits.lock().unwrap().last(), Some(&(0, 18)));
+        let o = &sum.object_list[0];
+        let mut body = Vec::new();
+        store.get_into(&o.key, &mut body).unwrap();
+        assert_eq!(o.bytes, body.len() as u64, "stored, with no record");
+
+        // A compacted topic, with a tombstone at an object's edge.
+        src.messages = vec![(18, None), (19, Some("a")), (21, Some("b"))];
+        src.end = 22;
+        src.step = 0;
+        src.compacted = Some(true);
+        let sum = run(&mut src, &store, &archive, &opts(false), &out).unwrap();
+        assert_eq!(
+            ranges(&sum),
+            vec![(
+                18,
+                21,
+                2,
+                vec![hole(18, 18, Tombstone), hole(20, 20, Compacted)]
+            )]
+        );
+        assert_eq!(
+            sum.rejected, 1,
+            "the tombstone is listed in the rejects file too"
+        );
+
+        // What copy knows of each record's offset, from the manifests.
+        let mut all = Vec::new();
+        for m in store.list(layout::MANIFESTS).unwrap() {
+            let man: Manifest = cat.read_manifest(&m.key).unwrap();
+            all.extend(man.objects);
+        }
+        all.sort_by_key(|o| o.first_offset);
+        let offsets: Vec<Vec<i64>> = all
+            .iter()
+            .map(|o| {
+                let job = crate::warehouse::LoadJob {
+                    range: Some(crate::warehouse::OffsetRange {
+                        topic: o.topic.clone(),
+                        partition: o.partition,
+                        epoch: 0,
+                        first: o.first_offset,
+                        last: o.last_offset,
+                    }),
+                    gaps: Some(o.missing()).filter(|m| !m.is_empty()),
+                    ..Default::default()
+                };
+                job.record_offsets(Some(o.records)).expect("known")
+            })
+            .collect();
+        assert_eq!(
+            offsets,
+            vec![
+                vec![0, 1, 2],
+                vec![4, 5, 9],
+                vec![10, 11],
+                vec![],
+                vec![19, 21]
+            ]
+        );
+    }
+
+    #[test]
+    fn offsets_expiring_under_a_running_read_fail_it_or_are_recorded_with_accept_expired() {
+        let msgs: Vec<_> = (10..25).map(|o| (o, Some("m"))).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let archive = local_archive(dir.path());
+        let out = Output::silent();
+        let mut src = Skipping::new(msgs.clone(), 25, 10);
+        src.expire = Some((15, 19));
+        let err = run(&mut src, &store, &archive, &opts(false), &out).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("partition 0: offsets 15..19 expired"), "{msg}");
+        assert!(msg.contains("--accept-expired"), "{msg}");
+        assert!(src.commits.lock().unwrap().is_empty(), "nothing committed");
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let archive = local_archive(dir.path());
+        let mut src = Skipping::new(msgs, 25, 10);
+        src.expire = Some((15, 19));
+        let sum = run(&mut src, &store, &archive, &opts(true), &out).unwrap();
+        assert_eq!(
+            ranges(&sum),
+            vec![(10, 19, 5, vec![hole(15, 19, HoleReason::Expired)])]
+        );
+        let gap = ExpiredGap {
+            epoch: 0,
+            partition: 0,
+            first: 15,
+            last: 19,
+        };
+        assert_eq!(sum.expired, vec![gap.clone()]);
+        assert_eq!(*src.commits.lock().unwrap(), vec![(0, 20)], "past the gap");
+        let cat = Catalog::new(&store, "tx");
+        let head = cat.head_or_default().unwrap();
+        assert_eq!(head.expired, vec![gap.clone()], "recorded forever");
+        let key = store.list(layout::MANIFESTS).unwrap().remove(0).key;
+        assert_eq!(cat.read_manifest(&key).unwrap().expired, vec![gap.clone()]);
+        // The next run reads on after the gap: the objects follow each other.
+        src.step = 0;
+        let sum = run(&mut src, &store, &archive, &opts(false), &out).unwrap();
+        assert_eq!(ranges(&sum), vec![(20, 24, 5, vec![])]);
+        assert_eq!(src.commits.lock().unwrap().last(), Some(&(0, 25)));
+        assert_eq!(cat.head_or_default().unwrap().expired, vec![gap]);
     }
 }

@@ -193,6 +193,7 @@ impl<'a> Recovery<'a> {
                 sha256,
                 compression: c,
                 gaps: a.tombstones,
+                holes: Vec::new(),
                 max_timestamp_ms: None,
             });
         }

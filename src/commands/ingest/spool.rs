@@ -1,6 +1,7 @@
 //! The spool: one partition's records framed and compressed into a local temp file, so
 //! memory stays bounded whatever the object size.
 
+use crate::archive::layout::{push_hole, Hole, HoleReason};
 use crate::archive::Compression;
 use crate::records::frame_into;
 use crate::source::Message;
@@ -51,18 +52,21 @@ impl Encoder {
     }
 }
 
-/// Records of one partition being written to a local spool file.
+/// Records of one partition being written to a local spool file. Its range `first..=last`
+/// accounts for every offset from where the partition's read stood when it was opened to the
+/// last one handled: each offset holds a record or lies in one of its `holes`.
 pub struct Spool {
     pub first: i64,
     pub last: i64,
+    /// The first record's Kafka timestamp (its time folder).
     pub first_ts: Option<i64>,
     /// The newest Kafka timestamp among the records (for the manifest).
     pub max_ts: Option<i64>,
     pub records: u64,
     pub uncompressed: u64,
     pub payload_bytes: u64,
-    /// Offsets after `first` that hold no record (tombstones).
-    pub gaps: Vec<i64>,
+    /// Offsets of the range that hold no record, and why, in order.
+    pub holes: Vec<Hole>,
     file: tempfile::TempPath,
     enc: Option<Encoder>,
     buf: Vec<u8>,
@@ -78,21 +82,22 @@ pub struct Finished {
 }
 
 impl Spool {
-    pub fn new(m: &Message, c: Compression, dry_run: bool) -> Result<Self> {
+    /// A spool whose range starts at `first` (a record's offset, or the first of a hole).
+    pub fn new(first: i64, c: Compression, dry_run: bool) -> Result<Self> {
         let (file, path) = tempfile::NamedTempFile::new()
             .context("creating spool file in the temp directory")?
             .into_parts();
         let sink = Tally::hashing(BufWriter::with_capacity(256 << 10, file));
         let enc = Encoder::new(sink, if dry_run { Compression::None } else { c })?;
         Ok(Spool {
-            first: m.offset,
-            last: m.offset,
-            first_ts: m.timestamp_ms,
-            max_ts: m.timestamp_ms,
+            first,
+            last: first - 1,
+            first_ts: None,
+            max_ts: None,
             records: 0,
             uncompressed: 0,
             payload_bytes: 0,
-            gaps: Vec::new(),
+            holes: Vec::new(),
             file: path,
             enc: Some(enc),
             buf: Vec::with_capacity(4096),
@@ -100,7 +105,28 @@ impl Spool {
         })
     }
 
-    pub fn append(&mut self, offset: i64, payload: &[u8]) -> Result<()> {
+    /// Offsets `first..=last`, right after the range, hold no record.
+    pub fn add_hole(&mut self, first: i64, last: i64, reason: HoleReason) {
+        debug_assert_eq!(first, self.last + 1, "holes extend the range");
+        push_hole(
+            &mut self.holes,
+            Hole {
+                first,
+                last,
+                reason,
+            },
+        );
+        self.last = last;
+    }
+
+    /// The record at `offset`, right after the range.
+    pub fn append(&mut self, m: &Message, payload: &[u8]) -> Result<()> {
+        debug_assert_eq!(m.offset, self.last + 1, "records extend the range");
+        if self.records == 0 {
+            self.first_ts = m.timestamp_ms;
+        }
+        self.max_ts = self.max_ts.max(m.timestamp_ms);
+        let offset = m.offset;
         self.buf.clear();
         frame_into(payload, &mut self.buf);
         if !self.dry_run {
