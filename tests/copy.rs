@@ -1011,8 +1011,9 @@ fn a_manifest_named_before_the_cursor_window_is_found_by_its_offsets() {
     assert_eq!(w.raw_counts(), (40, 40));
 }
 
-/// Item 10 of issue 23: two raw tables sharing one ledger each get every object; a ledger made
-/// by an older version (its key `"key"` alone) is upgraded to the key (key, target_table).
+/// Item 10 of issue 23: two raw tables sharing one ledger (two configs naming the same
+/// `ledger_table`) each get every object; a ledger made by an older version (its key `"key"`
+/// alone) is upgraded to the key (key, target_table).
 #[test]
 fn two_raw_tables_sharing_one_ledger_each_get_every_object() {
     if !stack_up() {
@@ -1030,7 +1031,13 @@ fn two_raw_tables_sharing_one_ledger_each_get_every_object() {
     .unwrap();
     let a = w.json(&["copy"]);
     assert_eq!(a["rows"], 100, "{a}");
-    let b = w.json(&["copy", "--raw-table", "other_raw"]);
+    // A second config: another raw table, the same ledger table.
+    let mut other = World::local("cpshare2");
+    other.archive = w.archive.clone();
+    other.topic = w.topic.clone();
+    other.schema = w.schema.clone();
+    other.tail_toml = "raw_table = \"other_raw\"\nledger_table = \"batchlayer_loads\"\n".into();
+    let b = other.json(&["copy"]);
     assert_eq!(b["rows"], 100, "the second raw table skipped the first one's objects: {b}");
     assert_eq!(w.count("batch_raw"), 100);
     assert_eq!(w.count("other_raw"), 100);
@@ -1049,7 +1056,7 @@ fn two_raw_tables_sharing_one_ledger_each_get_every_object() {
     assert_eq!(key, vec!["key", "target_table"]);
     // Each table's questions are its own: nothing left for either, each status counts its own.
     assert_eq!(w.json(&["copy"])["objects"], 0);
-    assert_eq!(w.json(&["copy", "--raw-table", "other_raw"])["objects"], 0);
+    assert_eq!(other.json(&["copy"])["objects"], 0);
     let rows: i64 = pg()
         .query_one(
             &format!("SELECT count(*) FROM {}.batchlayer_loads", w.schema),
@@ -1079,7 +1086,7 @@ fn text_copy_timestamps_mean_the_same_under_any_datestyle() {
     let sep = if pg_url().contains('?') { '&' } else { '?' };
     w.env.insert(
         "BATCHLAYER_WAREHOUSE_URL".into(),
-        format!("{}{sep}options=-c%20DateStyle%3DSQL%2CDMY", pg_url()),
+        format!("{}{sep}options=--DateStyle%3DSQL%2CDMY", pg_url()),
     );
     let cp = w.json(&["copy", "--copy-format", "text"]);
     assert_eq!(cp["rows"], 2, "{cp}");

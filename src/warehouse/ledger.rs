@@ -708,13 +708,13 @@ mod tests {
         assert!(l.loaded_prefixes("t", 0).unwrap().is_empty());
         assert!(l.rows().unwrap().is_empty());
         assert_eq!(l.raw_against_ledger().unwrap(), None);
-        assert_eq!(w.0.log.len(), 11, "{:?}", w.0.log);
+        assert_eq!(w.0.log.len(), 10, "{:?}", w.0.log);
         assert_eq!(w.0.log[2], "exists l__cursor");
-        assert!(w.0.log[..9]
+        assert!(w.0.log[..8]
             .iter()
             .enumerate()
             .all(|(i, s)| i == 2 || s == "exists l"));
-        assert_eq!(w.0.log[9..], ["exists r", "exists l"]);
+        assert_eq!(w.0.log[8..], ["exists r", "exists l"]);
     }
 
     /// NULLs come back as None (or 0 for counts), never as text.
@@ -787,7 +787,7 @@ mod tests {
         assert_eq!(w.0.log.len(), 4);
         assert_eq!(w.0.log[0], "exists l");
         assert!(w.0.log[1].starts_with(
-            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"key\" IN ('k0', 'k1', "
+            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"target_table\" = 's.r' AND \"key\" IN ('k0', 'k1', "
         ));
     }
 

@@ -323,8 +323,8 @@ pub trait Warehouse {
                 .execute(&s)
                 .with_context(|| format!("creating tables in {where_}"))?;
         }
-        let names = self.names().clone();
-        for s in ledger_key_upgrade(self.session(), &names, self.dialect())? {
+        let (names, dialect) = (self.names().clone(), self.dialect());
+        for s in ledger_key_upgrade(self.session(), &names, dialect)? {
             self.session()
                 .execute(&s)
                 .with_context(|| format!("upgrading the ledger's key in {where_}"))?;
