@@ -949,7 +949,13 @@ fn a_filtered_copy_never_moves_the_cursor_past_manifests_it_did_not_load() {
     produce_at(&brokers(), &w.topic, 1, &tweet_range(0..10, 61, 20), t0);
     w.run_ok(&["ingest"]);
     age_newest_manifest(&w, chrono::Duration::hours(3));
-    produce_at(&brokers(), &w.topic, 1, &tweet_range(10..17, 61, 20), t0 + day);
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(10..17, 61, 20),
+        t0 + day,
+    );
     w.run_ok(&["ingest"]);
     age_newest_manifest(&w, chrono::Duration::hours(2));
     let a = w.json(&["copy", "--since", "2024-01-02"]);
@@ -957,10 +963,22 @@ fn a_filtered_copy_never_moves_the_cursor_past_manifests_it_did_not_load() {
     let b = w.json(&["copy"]);
     assert_eq!(b["rows"], 10, "the older manifest was passed over: {b}");
     // --key on the newest object, with an unloaded manifest an hour before it.
-    produce_at(&brokers(), &w.topic, 1, &tweet_range(17..22, 61, 20), t0 + 2 * day);
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(17..22, 61, 20),
+        t0 + 2 * day,
+    );
     w.run_ok(&["ingest"]);
     age_newest_manifest(&w, chrono::Duration::hours(1));
-    produce_at(&brokers(), &w.topic, 1, &tweet_range(22..25, 61, 20), t0 + 3 * day);
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(22..25, 61, 20),
+        t0 + 3 * day,
+    );
     w.run_ok(&["ingest"]);
     let newest = w
         .data_objects()
@@ -969,7 +987,10 @@ fn a_filtered_copy_never_moves_the_cursor_past_manifests_it_did_not_load() {
         .expect("the newest object");
     assert_eq!(w.json(&["copy", "--key", &newest])["rows"], 3);
     let c = w.json(&["copy"]);
-    assert_eq!(c["rows"], 5, "the manifest before the --key one was passed over: {c}");
+    assert_eq!(
+        c["rows"], 5,
+        "the manifest before the --key one was passed over: {c}"
+    );
     assert_eq!(w.raw_counts(), (25, 25));
 }
 
@@ -998,7 +1019,10 @@ fn a_manifest_named_before_the_cursor_window_is_found_by_its_offsets() {
     let (code, out, err) = w.run(&["-v", "--json", "copy"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("listed once"), "{err}");
-    assert!(out.contains("\"rows\":0") || out.contains("\"rows\": 0"), "{out}");
+    assert!(
+        out.contains("\"rows\":0") || out.contains("\"rows\": 0"),
+        "{out}"
+    );
     // A skewed manifest followed by a normal one: the normal one's offsets start above what
     // the ledger holds, and the full listing finds the one between.
     produce_raw(&brokers(), &w.topic, 1, &tweet_range(20..30, 62, 20));
@@ -1038,7 +1062,10 @@ fn two_raw_tables_sharing_one_ledger_each_get_every_object() {
     other.schema = w.schema.clone();
     other.tail_toml = "raw_table = \"other_raw\"\nledger_table = \"batchlayer_loads\"\n".into();
     let b = other.json(&["copy"]);
-    assert_eq!(b["rows"], 100, "the second raw table skipped the first one's objects: {b}");
+    assert_eq!(
+        b["rows"], 100,
+        "the second raw table skipped the first one's objects: {b}"
+    );
     assert_eq!(w.count("batch_raw"), 100);
     assert_eq!(w.count("other_raw"), 100);
     let key: Vec<String> = pg()
@@ -1197,11 +1224,7 @@ impl batchlayer::warehouse::Warehouse for LoggedWh {
     ) -> anyhow::Result<Vec<batchlayer::warehouse::LoadResult>> {
         anyhow::bail!("not a loader")
     }
-    fn record_skipped(
-        &mut self,
-        _: &batchlayer::warehouse::LoadJob,
-        _: u64,
-    ) -> anyhow::Result<()> {
+    fn record_skipped(&mut self, _: &batchlayer::warehouse::LoadJob, _: u64) -> anyhow::Result<()> {
         anyhow::bail!("not a loader")
     }
     fn load_sql(
@@ -1239,8 +1262,8 @@ fn every_per_run_ledger_query_of_copy_uses_an_index_on_a_large_ledger() {
         .unwrap();
     }
     let names = batchlayer::warehouse::Names::from_settings(&s.warehouse);
-    let session = batchlayer::warehouse::session::PgSession::connect(&s.warehouse, names.clone())
-        .unwrap();
+    let session =
+        batchlayer::warehouse::session::PgSession::connect(&s.warehouse, names.clone()).unwrap();
     let mut lw = LoggedWh(
         Logged {
             s: session,
@@ -1280,13 +1303,12 @@ fn every_per_run_ledger_query_of_copy_uses_an_index_on_a_large_ledger() {
     )
     .unwrap();
     assert!(l.copy_cursor("t").unwrap().is_some());
-    let queries: Vec<String> = lw
-        .0
-        .log
-        .iter()
-        .filter(|q| q.starts_with("SELECT"))
-        .cloned()
-        .collect();
+    let queries: Vec<String> =
+        lw.0.log
+            .iter()
+            .filter(|q| q.starts_with("SELECT"))
+            .cloned()
+            .collect();
     assert!(queries.len() >= 5, "{queries:?}");
     let mut c = pg();
     // The old cursor query, for comparison.

@@ -3,6 +3,7 @@
 
 use crate::archive::catalog::{self, Catalog};
 use crate::archive::layout;
+use crate::archive::layout::CatalogHead;
 use crate::archive::layout::OffsetSpan;
 use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
@@ -10,7 +11,6 @@ use crate::config::Settings;
 use crate::output::Output;
 use crate::records::Layout;
 use crate::report::Report;
-use crate::archive::layout::CatalogHead;
 use crate::warehouse::ledger::{CheckedHead, CopyCursor};
 use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
 use anyhow::{bail, Context, Result};
@@ -310,6 +310,10 @@ struct TopicWork {
     head: Option<CheckedHead>,
 }
 
+/// A topic's manifests in copy's window, as (key, name) by name, and the names the ledger holds
+/// in full.
+type Window = (Vec<(String, String)>, HashSet<String>);
+
 /// The manifests of a topic in copy's window: every one after the cursor less the catalog's
 /// grace (all of them when `full`), and those of them the ledger counts as loaded in full.
 fn window(
@@ -317,7 +321,7 @@ fn window(
     wh: &mut dyn Warehouse,
     cursor: Option<&str>,
     full: bool,
-) -> Result<(Vec<(String, String)>, HashSet<String>)> {
+) -> Result<Window> {
     let candidates = cat.recent_manifests(if full { None } else { cursor })?;
     let names: Vec<String> = candidates.iter().map(|(_, n)| n.clone()).collect();
     let done = warehouse::Ledger::new(wh).manifests_loaded(cat.topic(), &names)?;
@@ -538,7 +542,9 @@ fn discover(
 /// A name just below this manifest's: the time it starts with (every name of that time sorts
 /// after it). None for a name that does not start with a time.
 fn just_below(name: &str) -> Option<String> {
-    layout::manifest_time(name).and(name.get(..20)).map(str::to_string)
+    layout::manifest_time(name)
+        .and(name.get(..20))
+        .map(str::to_string)
 }
 
 /// Moves each topic's cursor over the manifests of its window whose every object the ledger
@@ -881,10 +887,7 @@ mod tests {
         // Offsets the ledger holds are no reason to wait: one batch.
         let mut loaded = BTreeMap::new();
         loaded.insert(("t".to_string(), 0, 0), vec![OffsetSpan::new(40, 79)]);
-        let steps = plan_loads(
-            loaded,
-            vec![job("low", 0, 0, 59), job("high", 0, 60, 99)],
-        );
+        let steps = plan_loads(loaded, vec![job("low", 0, 0, 59), job("high", 0, 60, 99)]);
         assert_eq!(steps.len(), 1);
     }
 

@@ -493,7 +493,9 @@ mod tests {
         let mut old = answers(&[&["l_pkey", "1", "key"]]);
         assert_eq!(
             ledger_key_upgrade(&mut old, &n, Dialect::Postgres).unwrap(),
-            vec![r#"ALTER TABLE "s"."l" DROP CONSTRAINT "l_pkey", ADD PRIMARY KEY ("key", "target_table")"#]
+            vec![
+                r#"ALTER TABLE "s"."l" DROP CONSTRAINT "l_pkey", ADD PRIMARY KEY ("key", "target_table")"#
+            ]
         );
         assert_eq!(
             ledger_key_upgrade(&mut old, &n, Dialect::Redshift).unwrap(),
@@ -512,7 +514,10 @@ mod tests {
         let n = names();
         let layout = Layout::tweets();
         assert!(check_raw_widths(&mut answers(&[&["location", "256"]]), &n, &layout).is_ok());
-        assert!(check_raw_widths(&mut answers(&[]), &n, &layout).is_ok(), "text: no limit");
+        assert!(
+            check_raw_widths(&mut answers(&[]), &n, &layout).is_ok(),
+            "text: no limit"
+        );
         let e = check_raw_widths(&mut answers(&[&["location", "100"]]), &n, &layout).unwrap_err();
         assert_eq!(crate::error::code_for(&e), crate::error::USAGE);
         let msg = format!("{e:#}");

@@ -253,7 +253,9 @@ impl StandIn {
             .replace("pg_last_copy_count()", &self.last_copy_count.to_string())
             .replace("PG_LAST_COPY_COUNT()", &self.last_copy_count.to_string());
         if lower.trim_start().starts_with("create table") {
-            s = drop_table_key(&s).replace(" PRIMARY KEY", "").replace(" primary key", "");
+            s = drop_table_key(&s)
+                .replace(" PRIMARY KEY", "")
+                .replace(" primary key", "");
         }
         Ok(s)
     }
