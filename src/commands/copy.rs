@@ -562,24 +562,7 @@ fn advance_cursors(wh: &mut dyn Warehouse, works: &[TopicWork], out: &Output) ->
                     .is_some_and(|k| k.iter().all(|k| loaded.contains(k)))
         };
         let old = w.cursor.as_ref().map(|c| c.manifest.clone());
-        let manifest = match w.candidates.iter().position(|n| !complete(n)) {
-            Some(i) => {
-                let first = &w.candidates[i];
-                let below = match i {
-                    0 => just_below(first),
-                    _ => Some(w.candidates[i - 1].clone()),
-                };
-                match (old.clone(), below) {
-                    (Some(o), Some(b)) if o < *first => Some(o.max(b)),
-                    (o, None) => o,
-                    (_, b) => b,
-                }
-            }
-            None => match (old.clone(), w.candidates.last()) {
-                (Some(o), Some(l)) => Some(o.max(l.clone())),
-                (o, l) => o.or_else(|| l.cloned()),
-            },
-        };
+        let manifest = next_cursor(old.as_deref(), &w.candidates, complete);
         let Some(manifest) = manifest else { continue };
         let checked = w
             .head
@@ -597,6 +580,36 @@ fn advance_cursors(wh: &mut dyn Warehouse, works: &[TopicWork], out: &Output) ->
         }
     }
     Ok(())
+}
+
+/// Where a cursor goes, from `old`, over the window's manifests (`candidates`, by name, in
+/// order): past every one when all are `complete`; else just before the first that is not
+/// (not before `old` when that one is after `old`, and back before it when it landed late,
+/// before `old`). None: no cursor to store.
+fn next_cursor(
+    old: Option<&str>,
+    candidates: &[String],
+    complete: impl Fn(&String) -> bool,
+) -> Option<String> {
+    let old = old.map(str::to_string);
+    match candidates.iter().position(|n| !complete(n)) {
+        Some(i) => {
+            let first = &candidates[i];
+            let below = match i {
+                0 => just_below(first),
+                _ => Some(candidates[i - 1].clone()),
+            };
+            match (old, below) {
+                (Some(o), Some(b)) if o < *first => Some(o.max(b)),
+                (o, None) => o,
+                (_, b) => b,
+            }
+        }
+        None => match (old, candidates.last()) {
+            (Some(o), Some(l)) => Some(o.max(l.clone())),
+            (o, l) => o.or_else(|| l.cloned()),
+        },
+    }
 }
 
 /// Applies --since/--until and --limit.
@@ -889,6 +902,36 @@ mod tests {
         loaded.insert(("t".to_string(), 0, 0), vec![OffsetSpan::new(40, 79)]);
         let steps = plan_loads(loaded, vec![job("low", 0, 0, 59), job("high", 0, 60, 99)]);
         assert_eq!(steps.len(), 1);
+    }
+
+    #[test]
+    fn the_cursor_passes_only_manifests_loaded_in_full_and_goes_back_for_a_late_one() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let m = |s: &str| format!("20261203T1{s}0000.000Z-r");
+        let c = names(&[&m("1"), &m("2"), &m("3")]);
+        let all = |_: &String| true;
+        // All loaded: past the last.
+        assert_eq!(next_cursor(None, &c, all), Some(m("3")));
+        assert_eq!(
+            next_cursor(Some(&m("9")), &c, all),
+            Some(m("9")),
+            "never back for nothing"
+        );
+        // The second not loaded (a filtered run): just before it, not past it.
+        let not2 = |n: &String| *n != m("2");
+        assert_eq!(next_cursor(None, &c, not2), Some(m("1")));
+        assert_eq!(next_cursor(Some(&m("0")), &c, not2), Some(m("1")));
+        // The first not loaded: a name just below it, for the window to include it.
+        let not1 = |n: &String| *n != m("1");
+        assert_eq!(
+            next_cursor(None, &c, not1),
+            Some("20261203T110000.000Z".into())
+        );
+        // One that landed late, before the cursor: the cursor goes back before it.
+        assert_eq!(next_cursor(Some(&m("5")), &c, not2), Some(m("1")));
+        // Nothing in the window: the cursor stays (or there is none).
+        assert_eq!(next_cursor(Some(&m("5")), &[], all), Some(m("5")));
+        assert_eq!(next_cursor(None, &[], all), None);
     }
 
     #[test]

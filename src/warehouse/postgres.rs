@@ -672,17 +672,14 @@ impl Warehouse for Pg {
             self.workers
                 .push(PgSession::connect(&self.settings, names)?);
         }
-        let mut out = Vec::new();
-        // One manifest's objects at a time: copy's cursor (the newest manifest in the ledger)
-        // never passes a manifest with an object that failed.
-        for group in jobs.chunk_by(|a, b| a.manifest == b.manifest) {
-            let mut sessions: Vec<&mut PgSession> = vec![&mut self.s];
-            sessions.extend(self.workers.iter_mut().take(jobs_n - 1));
-            let r = load_parallel(sessions, group, store, layout, opts, format)?;
-            for x in r {
-                progress(&x);
-                out.push(x);
-            }
+        // The whole batch at once: copy's plan puts no two objects that rest on each other's
+        // offsets in one batch, and its cursor passes only manifests the ledger holds in full,
+        // so an object of a manifest may fail while others of it commit.
+        let mut sessions: Vec<&mut PgSession> = vec![&mut self.s];
+        sessions.extend(self.workers.iter_mut().take(jobs_n - 1));
+        let out = load_parallel(sessions, jobs, store, layout, opts, format)?;
+        for x in &out {
+            progress(x);
         }
         Ok(out)
     }
