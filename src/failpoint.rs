@@ -9,6 +9,9 @@
 //! * `ingest-crash-after-first-object`: ingest aborts the process once its first object is
 //!   stored.
 //! * `copy-before-commit`: copy fails after a load's COPY, before its transaction commits.
+//! * `copy-first-parallel-load-fails-last`: in a batch loaded in parallel (`copy --jobs N`),
+//!   the load of the batch's first object fails once every other load of the batch has
+//!   finished (committed or failed).
 
 use crate::config::Settings;
 

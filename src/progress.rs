@@ -42,21 +42,19 @@ pub struct Pending {
     pub unlisted_runs: Vec<String>,
 }
 
-/// The manifests (key, name) a copy reads for a topic: those since the ledger's cursor (less
-/// the catalog's grace), but for the ones up to the cursor whose objects the ledger holds.
+/// The manifests (key, name) a copy reads for a topic: those after copy's cursor (less the
+/// catalog's grace; every one when there is no cursor yet) that the ledger does not count as
+/// loaded in full. The cursor is copy's own row for this raw table and topic: every manifest
+/// named before it is loaded in full.
 pub fn unloaded_manifests(
     cat: &Catalog<'_>,
     wh: &mut dyn Warehouse,
 ) -> Result<Vec<(String, String)>> {
     let topic = cat.topic();
-    let cursor = ledger::Ledger::new(wh).manifest_cursor(topic)?;
-    let candidates = cat.recent_manifests(cursor.as_deref())?;
-    let older: Vec<String> = candidates
-        .iter()
-        .filter(|(_, n)| cursor.as_deref().is_some_and(|c| n.as_str() <= c))
-        .map(|(_, n)| n.clone())
-        .collect();
-    let done = ledger::Ledger::new(wh).manifests_loaded(topic, &older)?;
+    let cursor = ledger::Ledger::new(wh).copy_cursor(topic)?;
+    let candidates = cat.recent_manifests(cursor.as_ref().map(|c| c.manifest.as_str()))?;
+    let names: Vec<String> = candidates.iter().map(|(_, n)| n.clone()).collect();
+    let done = ledger::Ledger::new(wh).manifests_loaded(topic, &names)?;
     Ok(candidates
         .into_iter()
         .filter(|(_, n)| !done.contains(n))

@@ -367,6 +367,14 @@ impl Layout {
                     put_binary(out, &micros.to_be_bytes());
                     return Ok(());
                 }
+                // Text COPY: the server reads a timestamp under its DateStyle, which decides
+                // what 01/02/2024 is; ISO year-month-day is read the same under every one. A
+                // record already in it goes as it came.
+                if fast.is_none() {
+                    use std::io::Write as _;
+                    let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
+                    return Ok(());
+                }
             }
             ColumnType::Text => {
                 if s.contains('\0') {

@@ -813,3 +813,523 @@ fn a_topic_archived_before_the_catalog_is_catalogued_by_the_next_new_topic_and_l
     assert_eq!(w.raw_counts(), (50, 50));
     assert_eq!(w.json(&["copy"])["rows"], 0);
 }
+
+/// Every manifest key of the world's topic, sorted by name (oldest first).
+fn manifest_keys(w: &World) -> Vec<String> {
+    let mut keys: Vec<String> = w
+        .store()
+        .list(&format!("_manifests/{}/", w.topic))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort_by_key(|k| k.rsplit('/').next().unwrap_or_default().to_string());
+    keys
+}
+
+/// Moves the newest manifest of the topic to the name it would have had `back` earlier (its
+/// day folder too): a manifest written by an ingest host whose clock is behind, or one that
+/// copy's window has long passed.
+fn age_newest_manifest(w: &World, back: chrono::Duration) -> String {
+    let store = w.store();
+    let key = manifest_keys(w).pop().expect("a manifest");
+    let name = key.rsplit('/').next().unwrap().trim_end_matches(".json");
+    let (stamp, run) = name.split_at(20);
+    let t = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.3fZ")
+        .unwrap()
+        .and_utc()
+        - back;
+    let new = format!(
+        "_manifests/{}/{}/{}{run}.json",
+        w.topic,
+        t.format("%Y%m%d"),
+        t.format("%Y%m%dT%H%M%S%.3fZ")
+    );
+    let mut body = Vec::new();
+    store.get_into(&key, &mut body).unwrap();
+    store.put_bytes(&new, &body).unwrap();
+    store.delete(&key).unwrap();
+    new
+}
+
+/// Item 2 of issue 23: with `--jobs`, an object that skips offsets another object of the same
+/// run loads must not commit unless that one did. The manifest lists a crafted object with
+/// offsets 40..79 first, then the run's own 0..59 and 60..99, which skip 40..79; the crafted
+/// one's load fails after the others finished. Nothing may claim 40..79 unloaded, and the next
+/// run loads every offset.
+#[test]
+fn copy_with_jobs_never_commits_an_object_whose_skipped_offsets_failed_to_load() {
+    use batchlayer::archive::layout::{object_file_name, Compression};
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("cpjobsdep");
+    w.extra_toml = "max_object_records = 60\n".into();
+    let msgs = tweets(100, 51);
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    w.run_ok(&["ingest"]); // objects 0..59 and 60..99, one manifest
+    let mut body = Vec::new();
+    for m in &msgs[40..80] {
+        batchlayer::records::frame_into(m.as_ref().unwrap(), &mut body);
+    }
+    let key = format!(
+        "{}/0000/{}",
+        w.topic,
+        object_file_name(&w.topic, 0, 40, 79, Compression::None)
+    );
+    let store = w.store();
+    store.put_bytes_if_absent(&key, &body).unwrap();
+    // The manifest lists the crafted object first.
+    let mkey = manifest_keys(&w).pop().unwrap();
+    let mut raw = Vec::new();
+    store.get_into(&mkey, &mut raw).unwrap();
+    let mut man: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    let objects = man["objects"].as_array_mut().unwrap();
+    assert_eq!(objects.len(), 2, "{man}");
+    let mut crafted = objects[0].clone();
+    crafted["key"] = key.clone().into();
+    crafted["first_offset"] = 40.into();
+    crafted["last_offset"] = 79.into();
+    crafted["records"] = 40.into();
+    crafted["bytes"] = (body.len() as u64).into();
+    crafted["uncompressed_bytes"] = (body.len() as u64).into();
+    crafted["sha256"] = batchlayer::util::sha256_hex(&body).into();
+    crafted["compression"] = serde_json::to_value(Compression::None).unwrap();
+    crafted.as_object_mut().unwrap().remove("max_timestamp_ms");
+    objects.insert(0, crafted);
+    store.delete(&mkey).unwrap();
+    store
+        .put_bytes(&mkey, &serde_json::to_vec_pretty(&man).unwrap())
+        .unwrap();
+    w.env.insert(
+        "BATCHLAYER_FAILPOINT".into(),
+        "copy-first-parallel-load-fails-last".into(),
+    );
+    let (code, _, err) = w.run(&["copy", "--jobs", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failpoint"), "{err}");
+    // Whatever committed, the ledger claims no offset whose record is not in the raw table.
+    let claimed: std::collections::BTreeSet<i64> = pg()
+        .query(
+            &format!(
+                "SELECT first_offset, last_offset FROM {}.batchlayer_loads",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.get::<_, i64>(0)..=r.get::<_, i64>(1))
+        .collect();
+    let (rows, distinct) = w.raw_counts();
+    assert_eq!(rows, distinct);
+    assert_eq!(
+        claimed.len() as i64,
+        rows,
+        "the ledger claims {} offsets, the raw table holds {rows} records",
+        claimed.len()
+    );
+    w.env.remove("BATCHLAYER_FAILPOINT");
+    let cp = w.json(&["copy", "--jobs", "2"]);
+    assert_eq!(w.raw_counts(), (100, 100), "{cp}");
+    assert_eq!(w.json(&["copy"])["objects"], 0);
+}
+
+/// Item 3 of issue 23: a filtered copy (--since, --key) on a recent manifest must not move the
+/// cursor past older manifests it did not load, even ones far older than the catalog's grace.
+#[test]
+fn a_filtered_copy_never_moves_the_cursor_past_manifests_it_did_not_load() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpcursor");
+    let day = 86_400_000i64;
+    let t0 = 1_704_067_200_000i64; // 2024-01-01T00:00Z
+    produce_at(&brokers(), &w.topic, 1, &tweet_range(0..10, 61, 20), t0);
+    w.run_ok(&["ingest"]);
+    age_newest_manifest(&w, chrono::Duration::hours(3));
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(10..17, 61, 20),
+        t0 + day,
+    );
+    w.run_ok(&["ingest"]);
+    age_newest_manifest(&w, chrono::Duration::hours(2));
+    let a = w.json(&["copy", "--since", "2024-01-02"]);
+    assert_eq!(a["rows"], 7, "{a}");
+    let b = w.json(&["copy"]);
+    assert_eq!(b["rows"], 10, "the older manifest was passed over: {b}");
+    // --key on the newest object, with an unloaded manifest an hour before it.
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(17..22, 61, 20),
+        t0 + 2 * day,
+    );
+    w.run_ok(&["ingest"]);
+    age_newest_manifest(&w, chrono::Duration::hours(1));
+    produce_at(
+        &brokers(),
+        &w.topic,
+        1,
+        &tweet_range(22..25, 61, 20),
+        t0 + 3 * day,
+    );
+    w.run_ok(&["ingest"]);
+    let newest = w
+        .data_objects()
+        .into_iter()
+        .find(|k| k.contains("/2024/01/04/"))
+        .expect("the newest object");
+    assert_eq!(w.json(&["copy", "--key", &newest])["rows"], 3);
+    let c = w.json(&["copy"]);
+    assert_eq!(
+        c["rows"], 5,
+        "the manifest before the --key one was passed over: {c}"
+    );
+    assert_eq!(w.raw_counts(), (25, 25));
+}
+
+/// Item 3 of issue 23: a manifest named long before copy's cursor (an ingest host whose clock is
+/// behind by more than the grace) is still loaded: the catalog head's offsets say it must
+/// exist, so copy lists every manifest once; it does not list them again while nothing is new.
+#[test]
+fn a_manifest_named_before_the_cursor_window_is_found_by_its_offsets() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpskew");
+    produce_raw(&brokers(), &w.topic, 1, &tweet_range(0..10, 62, 20));
+    w.run_ok(&["ingest"]);
+    assert_eq!(w.json(&["copy"])["rows"], 10);
+    // The next run's manifest carries a name two hours old.
+    produce_raw(&brokers(), &w.topic, 1, &tweet_range(10..20, 62, 20));
+    w.run_ok(&["ingest"]);
+    age_newest_manifest(&w, chrono::Duration::hours(2));
+    let (code, out, err) = w.run(&["-v", "--json", "copy"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["rows"], 10, "the skewed manifest was not loaded: {v}");
+    assert!(err.contains("listed once"), "{err}");
+    // Nothing new: no second full listing.
+    let (code, out, err) = w.run(&["-v", "--json", "copy"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("listed once"), "{err}");
+    assert!(
+        out.contains("\"rows\":0") || out.contains("\"rows\": 0"),
+        "{out}"
+    );
+    // A skewed manifest followed by a normal one: the normal one's offsets start above what
+    // the ledger holds, and the full listing finds the one between.
+    produce_raw(&brokers(), &w.topic, 1, &tweet_range(20..30, 62, 20));
+    w.run_ok(&["ingest"]);
+    age_newest_manifest(&w, chrono::Duration::hours(3));
+    produce_raw(&brokers(), &w.topic, 1, &tweet_range(30..40, 62, 20));
+    w.run_ok(&["ingest"]);
+    let v = w.json(&["copy"]);
+    assert_eq!(v["rows"], 20, "{v}");
+    assert_eq!(w.raw_counts(), (40, 40));
+}
+
+/// Item 10 of issue 23: two raw tables sharing one ledger (two configs naming the same
+/// `ledger_table`) each get every object; a ledger made by an older version (its key `"key"`
+/// alone) is upgraded to the key (key, target_table).
+#[test]
+fn two_raw_tables_sharing_one_ledger_each_get_every_object() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("cpshare");
+    w.extra_toml = "max_object_records = 20\n".into();
+    produce_raw(&brokers(), &w.topic, 2, &tweets(100, 63));
+    w.run_ok(&["ingest"]);
+    // The ledger as an older version made it.
+    pg().batch_execute(&format!(
+        r#"CREATE TABLE {s}.batchlayer_loads ("key" varchar(1024) PRIMARY KEY, "size" bigint NOT NULL, "sha256" varchar(64) NOT NULL, "rows_loaded" bigint NOT NULL, "rows_rejected" bigint NOT NULL, "target_table" varchar(256) NOT NULL, "loaded_at" timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP, "topic" varchar(255), "partition_id" integer, "epoch" integer, "first_offset" bigint, "last_offset" bigint, "rows_skipped" bigint, "manifest" varchar(256), "manifest_objects" integer)"#,
+        s = w.schema
+    ))
+    .unwrap();
+    let a = w.json(&["copy"]);
+    assert_eq!(a["rows"], 100, "{a}");
+    // A second config: another raw table, the same ledger table.
+    let mut other = World::local("cpshare2");
+    other.archive = w.archive.clone();
+    other.topic = w.topic.clone();
+    other.schema = w.schema.clone();
+    other.tail_toml = "raw_table = \"other_raw\"\nledger_table = \"batchlayer_loads\"\n".into();
+    let b = other.json(&["copy"]);
+    assert_eq!(
+        b["rows"], 100,
+        "the second raw table skipped the first one's objects: {b}"
+    );
+    assert_eq!(w.count("batch_raw"), 100);
+    assert_eq!(w.count("other_raw"), 100);
+    let key: Vec<String> = pg()
+        .query(
+            &format!(
+                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = '{}.batchlayer_loads'::regclass AND i.indisprimary ORDER BY a.attname",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(key, vec!["key", "target_table"]);
+    // Each table's questions are its own: nothing left for either, each status counts its own.
+    assert_eq!(w.json(&["copy"])["objects"], 0);
+    assert_eq!(other.json(&["copy"])["objects"], 0);
+    let rows: i64 = pg()
+        .query_one(
+            &format!("SELECT count(*) FROM {}.batchlayer_loads", w.schema),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2 * w.data_objects().len() as i64);
+}
+
+/// Text COPY sends every timestamp as ISO year-month-day, so the server's DateStyle cannot
+/// change what a record's time means (here the layout's times are month/day/year and the
+/// session reads day/month/year).
+#[test]
+fn text_copy_timestamps_mean_the_same_under_any_datestyle() {
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("cpdatestyle");
+    w.tail_toml = "[records]\ntimestamp_format = \"%m/%d/%Y %H:%M:%S\"\n".into();
+    let msgs = vec![
+        Some(b"1;01/02/2024 03:04:05;5;Paris;1;1;".to_vec()),
+        Some(b"2;12/31/2023 23:59:59;5;Paris;1;1;".to_vec()),
+    ];
+    produce_raw(&brokers(), &w.topic, 1, &msgs);
+    w.run_ok(&["ingest"]);
+    let sep = if pg_url().contains('?') { '&' } else { '?' };
+    w.env.insert(
+        "BATCHLAYER_WAREHOUSE_URL".into(),
+        format!("{}{sep}options=--DateStyle%3DSQL%2CDMY", pg_url()),
+    );
+    let cp = w.json(&["copy", "--copy-format", "text"]);
+    assert_eq!(cp["rows"], 2, "{cp}");
+    let got: Vec<String> = pg()
+        .query(
+            &format!(
+                "SELECT to_char(created_at, 'YYYY-MM-DD HH24:MI:SS') FROM {}.batch_raw ORDER BY id",
+                w.schema
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, vec!["2024-01-02 03:04:05", "2023-12-31 23:59:59"]);
+}
+
+/// A raw table whose text column is narrower than the layout's max_len is refused before any
+/// load, naming the table, the column and both widths.
+#[test]
+fn a_raw_table_narrower_than_the_layout_is_refused_by_name() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("cpwidth");
+    produce_raw(&brokers(), &w.topic, 1, &tweets(10, 64));
+    w.run_ok(&["ingest"]);
+    pg().batch_execute(&format!(
+        "CREATE TABLE {}.batch_raw (id bigint, created_at timestamp, followers_count integer, \
+         location varchar(100), favorite_count integer, retweet_count integer)",
+        w.schema
+    ))
+    .unwrap();
+    let (code, _, err) = w.run(&["copy"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("{}.batch_raw", w.schema))
+            && err.contains("location")
+            && err.contains("varchar(100)")
+            && err.contains("256"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(w.count("batch_raw"), 0);
+}
+
+/// A session that remembers the queries it runs (to EXPLAIN them afterwards).
+struct Logged {
+    s: batchlayer::warehouse::session::PgSession,
+    log: Vec<String>,
+}
+
+impl batchlayer::warehouse::SqlSession for Logged {
+    fn describe(&self) -> String {
+        self.s.describe()
+    }
+    fn run_in_transaction(&mut self, stmts: &[String]) -> anyhow::Result<()> {
+        self.log.extend(stmts.iter().cloned());
+        self.s.run_in_transaction(stmts)
+    }
+    fn execute(&mut self, sql: &str) -> anyhow::Result<()> {
+        self.log.push(sql.into());
+        self.s.execute(sql)
+    }
+    fn query_i64(&mut self, sql: &str) -> anyhow::Result<Option<i64>> {
+        self.log.push(sql.into());
+        self.s.query_i64(sql)
+    }
+    fn table_exists(&mut self, table: &str) -> anyhow::Result<bool> {
+        self.s.table_exists(table)
+    }
+    fn query_text(
+        &mut self,
+        sql: &str,
+    ) -> anyhow::Result<(Vec<String>, batchlayer::warehouse::session::Rows)> {
+        self.log.push(sql.into());
+        self.s.query_text(sql)
+    }
+}
+
+/// A warehouse that is only its (logged) session: what the ledger's questions need.
+struct LoggedWh(Logged, batchlayer::warehouse::Names);
+
+impl batchlayer::warehouse::Warehouse for LoggedWh {
+    fn session(&mut self) -> &mut dyn batchlayer::warehouse::SqlSession {
+        &mut self.0
+    }
+    fn names(&self) -> &batchlayer::warehouse::Names {
+        &self.1
+    }
+    fn describe(&self) -> String {
+        "logged".into()
+    }
+    fn try_lock(&mut self, _: &str) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+    fn lock_wait(&mut self, _: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn load(
+        &mut self,
+        _: &[batchlayer::warehouse::LoadJob],
+        _: &dyn batchlayer::archive::ObjectStore,
+        _: &batchlayer::records::Layout,
+        _: &batchlayer::warehouse::LoadOptions,
+        _: &mut dyn FnMut(&batchlayer::warehouse::LoadResult),
+    ) -> anyhow::Result<Vec<batchlayer::warehouse::LoadResult>> {
+        anyhow::bail!("not a loader")
+    }
+    fn record_skipped(&mut self, _: &batchlayer::warehouse::LoadJob, _: u64) -> anyhow::Result<()> {
+        anyhow::bail!("not a loader")
+    }
+    fn load_sql(
+        &self,
+        _: &[batchlayer::warehouse::LoadJob],
+        _: &batchlayer::records::Layout,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Every ledger query a copy run makes, on a ledger of 20,000 rows of this raw table and
+/// 20,000 of another: none reads the whole ledger (no sequential scan of it); each finds its
+/// rows through an index. The plans are printed (bench/notes.md quotes them).
+#[test]
+fn every_per_run_ledger_query_of_copy_uses_an_index_on_a_large_ledger() {
+    use batchlayer::warehouse::{Ledger, LoadJob, OffsetRange};
+    if !s3_and_pg_up() {
+        return;
+    }
+    let w = World::local("cpexplain");
+    let s = w.settings();
+    let mut wh = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
+    wh.ensure_tables(&s.layout).unwrap();
+    let target = format!("{}.batch_raw", w.schema);
+    // 4 partitions x 5,000 objects of 10 offsets, 20 objects per manifest; the same again for
+    // another raw table sharing the ledger.
+    for t in [target.as_str(), "other.raw"] {
+        pg().batch_execute(&format!(
+            "INSERT INTO {s}.batchlayer_loads (key, size, sha256, rows_loaded, rows_rejected, target_table, topic, partition_id, epoch, first_offset, last_offset, rows_skipped, manifest, manifest_objects) \
+             SELECT 't/' || (i % 4) || '/' || lpad(i::text, 8, '0'), 1000, 'x', 10, 0, '{t}', 't', i % 4, 0, (i / 4) * 10, (i / 4) * 10 + 9, 0, 'm' || lpad((i / 20)::text, 6, '0'), 20 \
+             FROM generate_series(0, 19999) i; ANALYZE {s}.batchlayer_loads",
+            s = w.schema
+        ))
+        .unwrap();
+    }
+    let names = batchlayer::warehouse::Names::from_settings(&s.warehouse);
+    let session =
+        batchlayer::warehouse::session::PgSession::connect(&s.warehouse, names.clone()).unwrap();
+    let mut lw = LoggedWh(
+        Logged {
+            s: session,
+            log: Vec::new(),
+        },
+        names,
+    );
+    let mut l = Ledger::new(&mut lw);
+    // What one copy run asks: its cursor, the window's manifests, the jobs' keys, the offsets
+    // around the jobs and the head, and the cursor it stores.
+    assert_eq!(l.copy_cursor("t").unwrap(), None);
+    let manifests: Vec<String> = (990..1000).map(|i| format!("m{i:06}")).collect();
+    assert_eq!(l.manifests_loaded("t", &manifests).unwrap().len(), 10);
+    let keys: Vec<String> = (19_900..20_000)
+        .map(|i| format!("t/{}/{i:08}", i % 4))
+        .collect();
+    assert_eq!(l.keys_loaded(&keys).unwrap().len(), 100);
+    let jobs: Vec<LoadJob> = (0..4)
+        .map(|p| LoadJob {
+            range: Some(OffsetRange {
+                topic: "t".into(),
+                partition: p,
+                epoch: 0,
+                first: 49_990,
+                last: 50_009,
+            }),
+            ..Default::default()
+        })
+        .collect();
+    assert_eq!(l.loaded_ranges(&jobs).unwrap().len(), 4);
+    l.store_copy_cursor(
+        "t",
+        &batchlayer::warehouse::ledger::CopyCursor {
+            manifest: "m000999".into(),
+            checked: None,
+        },
+    )
+    .unwrap();
+    assert!(l.copy_cursor("t").unwrap().is_some());
+    let queries: Vec<String> =
+        lw.0.log
+            .iter()
+            .filter(|q| q.starts_with("SELECT"))
+            .cloned()
+            .collect();
+    assert!(queries.len() >= 5, "{queries:?}");
+    let mut c = pg();
+    // The old cursor query, for comparison.
+    let old = format!(
+        r#"SELECT max("manifest") FROM "{}"."batchlayer_loads" WHERE "topic" = 't'"#,
+        w.schema
+    );
+    for q in queries.iter().chain([&old]) {
+        let plan: Vec<String> = c
+            .query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {q}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        eprintln!("-- {q}\n{plan}\n");
+        if q != &old {
+            assert!(
+                !plan.contains("Seq Scan on batchlayer_loads"),
+                "{q} reads the whole ledger:\n{plan}"
+            );
+        }
+    }
+}

@@ -185,6 +185,7 @@ macro_rules! both_flavours {
 
 both_flavours!(
     redshift_warehouse_conforms_on_the_stand_in,
+    two_raw_tables_sharing_one_ledger_each_get_every_object,
     the_stand_in_refuses_what_it_does_not_model,
     two_copies_started_at_once_load_each_object_once,
     loads_racing_past_the_run_lock_still_load_each_object_once,
@@ -270,6 +271,34 @@ fn redshift_warehouse_conforms_on_the_stand_in(serverless: bool) {
         &good,
         BAD,
     );
+}
+
+/// Item 10 of issue 23 on the Redshift dialect: a second raw table sharing the ledger loads
+/// every object the first one loaded, and each table's next copy has nothing left.
+fn two_raw_tables_sharing_one_ledger_each_get_every_object(serverless: bool) {
+    let Some((_w, t)) = target("rsshare", serverless) else {
+        return;
+    };
+    let entries = vec![
+        t.put(0, 0, &tweets(0..10), Compression::Gzip, None),
+        t.put(1, 0, &tweets(10..25), Compression::Gzip, None),
+    ];
+    t.manifest(entries);
+    let mut other = t.clone();
+    other.names.raw = "other_raw".into();
+    let a = t.copy(None, false).unwrap();
+    assert_eq!((a.objects, a.rows), (2, 25), "{a:?}");
+    let b = other.copy(None, false).unwrap();
+    assert_eq!(
+        (b.objects, b.rows),
+        (2, 25),
+        "the second raw table skipped the first one's objects: {b:?}"
+    );
+    assert_eq!(t.count("batch_raw"), 25);
+    assert_eq!(t.count("other_raw"), 25);
+    assert_eq!(t.count("batchlayer_loads"), 4);
+    assert_eq!(t.copy(None, false).unwrap().objects, 0);
+    assert_eq!(other.copy(None, false).unwrap().objects, 0);
 }
 
 fn the_stand_in_refuses_what_it_does_not_model(serverless: bool) {

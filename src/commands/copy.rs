@@ -3,6 +3,7 @@
 
 use crate::archive::catalog::{self, Catalog};
 use crate::archive::layout;
+use crate::archive::layout::CatalogHead;
 use crate::archive::layout::OffsetSpan;
 use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
@@ -10,11 +11,12 @@ use crate::config::Settings;
 use crate::output::Output;
 use crate::records::Layout;
 use crate::report::Report;
+use crate::warehouse::ledger::{CheckedHead, CopyCursor};
 use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 #[derive(Debug, Clone, Default)]
@@ -89,17 +91,37 @@ fn merge(mut v: Vec<OffsetSpan>) -> Vec<OffsetSpan> {
 /// Offsets are the identity of a record: an object whose every offset (same topic, partition
 /// and epoch) is loaded already is skipped, and one that overlaps loaded offsets loads only the
 /// others, whatever the keys look like. Jobs are planned in order, each counting as loaded
-/// for the ones after it (they load in that order, each in its own transaction).
-fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) -> Vec<Step> {
+/// for the ones after it. A job that rests on offsets another job of this run loads (it skips
+/// them, or is skipped for them) never goes in the same batch as that job: a batch's loads may
+/// run in parallel, each in its own transaction, so one could commit while the other fails, and
+/// its ledger row would claim offsets nobody loaded. It goes in a later batch, or is a later
+/// skip, and batches run in order, each only once the ones before it committed in full.
+fn plan_loads(ledger: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) -> Vec<Step> {
+    type Id = (String, i32, i32);
+    // What this run plans to load, per identity: offsets and the batch (step) loading them.
+    let mut planned: HashMap<Id, Vec<(OffsetSpan, usize)>> = HashMap::new();
     let mut steps: Vec<Step> = Vec::new();
     for mut job in jobs {
         let mut skip_all = None;
+        // The last step this job rests on, if any.
+        let mut rests_on: Option<usize> = None;
         if let Some(r) = job.range.clone() {
             let span = r.span();
-            let ranges = loaded
-                .entry((r.topic.clone(), r.partition, r.epoch))
-                .or_default();
-            let overlap = merge(ranges.iter().filter_map(|s| s.intersect(span)).collect());
+            let id = (r.topic.clone(), r.partition, r.epoch);
+            let mine = planned.entry(id.clone()).or_default();
+            let mut overlap: Vec<OffsetSpan> = ledger
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.intersect(span))
+                .collect();
+            for (s, step) in mine.iter() {
+                if let Some(x) = s.intersect(span) {
+                    overlap.push(x);
+                    rests_on = rests_on.max(Some(*step));
+                }
+            }
+            let overlap = merge(overlap);
             if overlap == [span] {
                 let holes = job
                     .gaps
@@ -112,12 +134,34 @@ fn plan_loads(mut loaded: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) ->
             } else {
                 job.skip = overlap;
             }
-            ranges.push(span);
         }
-        match (skip_all, steps.last_mut()) {
-            (Some(n), _) => steps.push(Step::Skip(job, n)),
-            (None, Some(Step::Load(batch))) => batch.push(job),
-            (None, _) => steps.push(Step::Load(vec![job])),
+        // A batch may take the job when it is the last step and the job rests on no job of it.
+        let joins = match (steps.last(), rests_on) {
+            (Some(Step::Load(_)), Some(r)) => r < steps.len() - 1,
+            (Some(Step::Load(_)), None) => true,
+            _ => false,
+        };
+        let at = match skip_all {
+            Some(n) => {
+                steps.push(Step::Skip(job.clone(), n));
+                steps.len() - 1
+            }
+            None if joins => {
+                if let Some(Step::Load(batch)) = steps.last_mut() {
+                    batch.push(job.clone());
+                }
+                steps.len() - 1
+            }
+            None => {
+                steps.push(Step::Load(vec![job.clone()]));
+                steps.len() - 1
+            }
+        };
+        if let Some(r) = &job.range {
+            planned
+                .entry((r.topic.clone(), r.partition, r.epoch))
+                .or_default()
+                .push((r.span(), at));
         }
     }
     steps
@@ -251,56 +295,325 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
     Ok(Report::Copy(sum))
 }
 
-/// The objects to load, found through the catalog: per topic, the manifests written since
-/// copy's cursor (the newest manifest in the ledger), read in order; their objects that the
-/// ledger does not hold yet. What a run costs follows what is new, not the archive's size.
-/// Returns the jobs and how many manifests were read.
+/// What copy read of one topic's catalog: the manifests it looked at (by name, in order) and
+/// the keys of those it read, for moving the cursor once the loads are done.
+#[derive(Debug, Default)]
+struct TopicWork {
+    topic: String,
+    cursor: Option<CopyCursor>,
+    /// Every manifest in the window, by name, in order.
+    candidates: Vec<String>,
+    /// Those the ledger counted as loaded in full before this run.
+    done: HashSet<String>,
+    /// The keys of each manifest read.
+    keys: HashMap<String, Vec<String>>,
+    /// Whether every manifest of the topic was listed (no cursor yet, or the offset check).
+    full: bool,
+    /// The head when the full listing was made.
+    head: Option<CheckedHead>,
+}
+
+/// A topic's manifests in copy's window, as (key, name) by name, and the names the ledger holds
+/// in full.
+type Window = (Vec<(String, String)>, HashSet<String>);
+
+/// The manifests of a topic in copy's window: every one after the cursor less the catalog's
+/// grace (all of them when `full`), and those of them the ledger counts as loaded in full.
+fn window(
+    cat: &Catalog<'_>,
+    wh: &mut dyn Warehouse,
+    cursor: Option<&str>,
+    full: bool,
+) -> Result<Window> {
+    let candidates = cat.recent_manifests(if full { None } else { cursor })?;
+    let names: Vec<String> = candidates.iter().map(|(_, n)| n.clone()).collect();
+    let done = warehouse::Ledger::new(wh).manifests_loaded(cat.topic(), &names)?;
+    Ok((candidates, done))
+}
+
+/// Reads the manifests of the window that are not loaded in full; their objects as jobs.
+fn read_window(
+    cat: &Catalog<'_>,
+    candidates: &[(String, String)],
+    done: &HashSet<String>,
+    work: &mut TopicWork,
+) -> Result<(Vec<LoadJob>, usize)> {
+    let mut jobs = Vec::new();
+    let mut read = 0;
+    work.keys.clear();
+    for (key, name) in candidates.iter().filter(|(_, n)| !done.contains(n)) {
+        let man = cat.read_manifest(key)?;
+        read += 1;
+        let listed = man.objects.len() as u32;
+        let keys = work.keys.entry(name.clone()).or_default();
+        for o in man.objects {
+            keys.push(o.key.clone());
+            let gaps = Some(o.missing()).filter(|m| !m.is_empty());
+            jobs.push(LoadJob {
+                manifest_objects: Some(listed),
+                compression: o.compression,
+                range: Some(OffsetRange {
+                    topic: o.topic,
+                    partition: o.partition,
+                    epoch: man.epoch,
+                    first: o.first_offset,
+                    last: o.last_offset,
+                }),
+                gaps,
+                expected_sha256: Some(o.sha256),
+                expected_records: Some(o.records),
+                size: o.bytes,
+                manifest: Some(name.clone()),
+                key: o.key,
+                skip: Vec::new(),
+            });
+        }
+    }
+    Ok((jobs, read))
+}
+
+/// The check that rests on offsets, not on manifest names: offsets the catalog head says are
+/// archived, or that lie between the window's objects and what the ledger holds, which neither
+/// the ledger nor a manifest in the window accounts for. A manifest named before the window (an
+/// ingest host whose clock is behind by more than the grace) holds them, or they hold no record
+/// (accepted expired offsets count as accounted for). Returns why, when there are such offsets.
+fn unexplained(
+    wh: &mut dyn Warehouse,
+    topic: &str,
+    head: Option<&CatalogHead>,
+    checked: Option<&CheckedHead>,
+    jobs: &[LoadJob],
+) -> Result<Option<String>> {
+    let Some(head) = head else { return Ok(None) };
+    let epoch = head.epoch;
+    // The window's objects and the accepted expired offsets, per partition of the head's epoch.
+    let mut window: BTreeMap<i32, Vec<OffsetSpan>> = BTreeMap::new();
+    for r in jobs.iter().filter_map(|j| j.range.as_ref()) {
+        if r.topic == topic && r.epoch == epoch {
+            window.entry(r.partition).or_default().push(r.span());
+        }
+    }
+    let mut expired: BTreeMap<i32, Vec<OffsetSpan>> = BTreeMap::new();
+    for g in head.expired.iter().filter(|g| g.epoch == epoch) {
+        expired
+            .entry(g.partition)
+            .or_default()
+            .push(OffsetSpan::new(g.first, g.last));
+    }
+    // The last offset the head says is archived, where a full listing has not accounted for it.
+    let mut tail: BTreeMap<i32, i64> = BTreeMap::new();
+    for (&p, &next) in &head.next {
+        let seen = checked
+            .filter(|c| c.epoch == epoch)
+            .and_then(|c| c.next.get(&p))
+            .is_some_and(|&c| next <= c);
+        if next > 0 && !seen {
+            tail.insert(p, next - 1);
+        }
+    }
+    // What the ledger holds around them: from just below the window's lowest offset to its
+    // highest, and at each tail (an index range each, bounded by the window).
+    let mut probes = Vec::new();
+    let probe = |p: i32, first: i64, last: i64| LoadJob {
+        range: Some(OffsetRange {
+            topic: topic.to_string(),
+            partition: p,
+            epoch,
+            first,
+            last,
+        }),
+        ..Default::default()
+    };
+    for (&p, v) in &window {
+        let lo = v.iter().map(|s| s.first).min().unwrap_or(0);
+        let hi = v.iter().map(|s| s.last).max().unwrap_or(0);
+        probes.push(probe(p, (lo - 1).max(0), hi));
+    }
+    for (&p, &t) in &tail {
+        probes.push(probe(p, t, t));
+    }
+    if probes.is_empty() {
+        return Ok(None);
+    }
+    let ledger = warehouse::Ledger::new(wh).loaded_ranges(&probes)?;
+    let partitions: BTreeSet<i32> = window.keys().chain(tail.keys()).copied().collect();
+    for p in partitions {
+        let mut all: Vec<OffsetSpan> = window.get(&p).cloned().unwrap_or_default();
+        all.extend(expired.get(&p).into_iter().flatten().copied());
+        all.extend(
+            ledger
+                .get(&(topic.to_string(), p, epoch))
+                .into_iter()
+                .flatten()
+                .copied(),
+        );
+        let covered = merge(all);
+        let holds = |o: i64| covered.iter().any(|s| s.contains(o));
+        if let Some(v) = window.get(&p) {
+            let lo = v.iter().map(|s| s.first).min().unwrap_or(0);
+            let hi = v.iter().map(|s| s.last).max().unwrap_or(0);
+            if lo > 0 && !holds(lo - 1) {
+                return Ok(Some(format!(
+                    "partition {p}: offset {} (below the manifests' objects since the cursor, from {lo}) is in no ledger row",
+                    lo - 1
+                )));
+            }
+            if let Some(w) = covered
+                .windows(2)
+                .find(|w| w[0].last >= lo - 1 && w[1].first <= hi)
+            {
+                return Ok(Some(format!(
+                    "partition {p}: offsets {}..{} (between the manifests' objects since the cursor) are in no ledger row or manifest since the cursor",
+                    w[0].last + 1,
+                    w[1].first - 1
+                )));
+            }
+        }
+        if let Some(&t) = tail.get(&p) {
+            if !holds(t) {
+                return Ok(Some(format!(
+                    "partition {p}: the catalog head says offsets through {t} are archived, and no ledger row or manifest since the cursor holds offset {t}"
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The objects to load, found through the catalog: per topic, the manifests in copy's window
+/// (after its cursor, less the grace) that the ledger does not hold in full, read in order;
+/// their objects that the ledger does not hold yet. What a run costs follows what is new, not
+/// the archive's size; only when the offsets say a manifest outside the window must exist
+/// (see [`unexplained`]) is every manifest of the topic listed. Returns the jobs, how many
+/// manifests were read, and what each topic's cursor needs.
 fn discover(
     store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
     opts: &CopyOptions,
     unlisted: &mut Vec<String>,
-) -> Result<(Vec<LoadJob>, usize)> {
+    out: &Output,
+) -> Result<(Vec<LoadJob>, usize, Vec<TopicWork>)> {
     let mut jobs = Vec::new();
     let mut read = 0;
+    let mut works = Vec::new();
     for topic in catalog::topics(store)? {
         let cat = Catalog::new(store, &topic);
         unlisted.extend(cat.marker_keys()?);
-        // Manifests up to the cursor whose objects are in the ledger need no reading.
-        for (key, name) in crate::progress::unloaded_manifests(&cat, wh)? {
-            let man = cat.read_manifest(&key)?;
-            read += 1;
-            let listed = man.objects.len() as u32;
-            for o in man.objects {
-                let gaps = Some(o.missing()).filter(|m| !m.is_empty());
-                jobs.push(LoadJob {
-                    manifest_objects: Some(listed),
-                    compression: o.compression,
-                    range: Some(OffsetRange {
-                        topic: o.topic,
-                        partition: o.partition,
-                        epoch: man.epoch,
-                        first: o.first_offset,
-                        last: o.last_offset,
-                    }),
-                    gaps,
-                    expected_sha256: Some(o.sha256),
-                    expected_records: Some(o.records),
-                    size: o.bytes,
-                    manifest: Some(name.clone()),
-                    key: o.key,
-                    skip: Vec::new(),
-                });
+        let cursor = warehouse::Ledger::new(wh).copy_cursor(&topic)?;
+        let mut work = TopicWork {
+            topic: topic.clone(),
+            full: cursor.is_none(),
+            cursor,
+            ..Default::default()
+        };
+        let head = cat.head()?;
+        let at = work.cursor.as_ref().map(|c| c.manifest.clone());
+        let (mut candidates, mut done) = window(&cat, wh, at.as_deref(), work.full)?;
+        let (mut found, mut n) = read_window(&cat, &candidates, &done, &mut work)?;
+        if !work.full {
+            let checked = work.cursor.as_ref().and_then(|c| c.checked.as_ref());
+            if let Some(why) = unexplained(wh, &topic, head.as_ref(), checked, &found)? {
+                out.debug(&format!(
+                    "topic {topic}: {why}; a manifest named before copy's window may hold them (an ingest host's clock behind), so every manifest of the topic is listed once"
+                ));
+                read += n;
+                work.full = true;
+                (candidates, done) = window(&cat, wh, None, true)?;
+                (found, n) = read_window(&cat, &candidates, &done, &mut work)?;
             }
         }
+        if work.full {
+            work.head = head.map(|h| CheckedHead {
+                epoch: h.epoch,
+                next: h.next,
+            });
+        }
+        read += n;
+        work.candidates = candidates.into_iter().map(|(_, n)| n).collect();
+        work.done = done;
+        jobs.extend(found);
+        works.push(work);
     }
     let keys: Vec<String> = jobs.iter().map(|j| j.key.clone()).collect();
     let loaded = warehouse::Ledger::new(wh).keys_loaded(&keys)?;
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     // A key listed by two manifests (a crashed run's object adopted later) loads once.
     jobs.retain(|j| !loaded.contains(&j.key) && seen.insert(j.key.clone()));
     select(&mut jobs, opts);
-    Ok((jobs, read))
+    Ok((jobs, read, works))
+}
+
+/// A name just below this manifest's: the time it starts with (every name of that time sorts
+/// after it). None for a name that does not start with a time.
+fn just_below(name: &str) -> Option<String> {
+    layout::manifest_time(name)
+        .and(name.get(..20))
+        .map(str::to_string)
+}
+
+/// Moves each topic's cursor over the manifests of its window whose every object the ledger
+/// now holds, up to the first that is not (and back before it when it is older than the
+/// cursor: it landed late). The ledger is asked, so what a filter (--since, --until, --limit)
+/// left out stops the cursor whatever this run loaded.
+fn advance_cursors(wh: &mut dyn Warehouse, works: &[TopicWork], out: &Output) -> Result<()> {
+    for w in works {
+        let keys: Vec<String> = w.keys.values().flatten().cloned().collect();
+        let loaded = warehouse::Ledger::new(wh).keys_loaded(&keys)?;
+        let complete = |name: &String| {
+            w.done.contains(name)
+                || w.keys
+                    .get(name)
+                    .is_some_and(|k| k.iter().all(|k| loaded.contains(k)))
+        };
+        let old = w.cursor.as_ref().map(|c| c.manifest.clone());
+        let manifest = next_cursor(old.as_deref(), &w.candidates, complete);
+        let Some(manifest) = manifest else { continue };
+        let checked = w
+            .head
+            .clone()
+            .or_else(|| w.cursor.as_ref().and_then(|c| c.checked.clone()));
+        let next = CopyCursor { manifest, checked };
+        if w.cursor.as_ref() != Some(&next) {
+            out.debug(&format!(
+                "topic {}: copy's cursor {} -> {}",
+                w.topic,
+                old.as_deref().unwrap_or("(none)"),
+                next.manifest
+            ));
+            warehouse::Ledger::new(wh).store_copy_cursor(&w.topic, &next)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a cursor goes, from `old`, over the window's manifests (`candidates`, by name, in
+/// order): past every one when all are `complete`; else just before the first that is not
+/// (not before `old` when that one is after `old`, and back before it when it landed late,
+/// before `old`). None: no cursor to store.
+fn next_cursor(
+    old: Option<&str>,
+    candidates: &[String],
+    complete: impl Fn(&String) -> bool,
+) -> Option<String> {
+    let old = old.map(str::to_string);
+    match candidates.iter().position(|n| !complete(n)) {
+        Some(i) => {
+            let first = &candidates[i];
+            let below = match i {
+                0 => just_below(first),
+                _ => Some(candidates[i - 1].clone()),
+            };
+            match (old, below) {
+                (Some(o), Some(b)) if o < *first => Some(o.max(b)),
+                (o, None) => o,
+                (_, b) => b,
+            }
+        }
+        None => match (old, candidates.last()) {
+            (Some(o), Some(l)) => Some(o.max(l.clone())),
+            (o, l) => o.or_else(|| l.cloned()),
+        },
+    }
 }
 
 /// Applies --since/--until and --limit.
@@ -356,13 +669,14 @@ pub fn run(
         wh.ensure_tables(layout)?;
     }
     let mut unlisted = Vec::new();
-    let (jobs, read) = if opts.full_scan || opts.key.is_some() {
+    // Only a run that reads the catalog moves copy's cursors (--full-scan and --key do not).
+    let (jobs, read, works) = if opts.full_scan || opts.key.is_some() {
         let mut jobs = pending_jobs(store, wh, opts)?;
         let read = attach_expectations(store, &mut jobs)
             .with_context(|| format!("reading run manifests in {}", store.describe()))?;
-        (jobs, read)
+        (jobs, read, Vec::new())
     } else {
-        discover(store, wh, opts, &mut unlisted)
+        discover(store, wh, opts, &mut unlisted, out)
             .with_context(|| format!("reading the catalog of {}", store.describe()))?
     };
     out.debug(&format!(
@@ -396,6 +710,7 @@ pub fn run(
     };
     let results = execute(steps, store, wh, layout, &lopts, &pb, &mut summary, out)?;
     pb.finish_and_clear();
+    advance_cursors(wh, &works, out)?;
     for r in &results {
         if r.loaded + r.rejected + r.skipped != r.records {
             bail!(
@@ -545,8 +860,92 @@ mod tests {
                 "skip e (15)",
             ]
         );
-        // b, c and d are one batch: loads between skips go together.
-        assert_eq!(steps.len(), 3);
+        // c skips offsets b loads: it goes in a batch after b's (a batch's loads may run in
+        // parallel, and c must not commit unless b did); d rests on nothing and joins c's.
+        let batches: Vec<usize> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Load(b) => b.len(),
+                Step::Skip(..) => 0,
+            })
+            .collect();
+        assert_eq!(batches, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn a_job_resting_on_a_job_of_this_run_never_shares_its_batch() {
+        // The full object first, then the two it overlaps: both rest on it.
+        let steps = plan_loads(
+            BTreeMap::new(),
+            vec![
+                job("full", 0, 40, 79),
+                job("low", 0, 0, 59),
+                job("high", 0, 60, 99),
+                job("other", 1, 0, 9),
+            ],
+        );
+        assert_eq!(
+            describe(&steps),
+            vec![
+                "load full skipping []",
+                "load low skipping [(40, 59)]",
+                "load high skipping [(60, 79)]",
+                "load other skipping []",
+            ]
+        );
+        let batches: Vec<Vec<&str>> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Load(b) => b.iter().map(|j| j.key.as_str()).collect(),
+                Step::Skip(j, _) => vec![j.key.as_str()],
+            })
+            .collect();
+        assert_eq!(batches, vec![vec!["full"], vec!["low", "high", "other"]]);
+        // Offsets the ledger holds are no reason to wait: one batch.
+        let mut loaded = BTreeMap::new();
+        loaded.insert(("t".to_string(), 0, 0), vec![OffsetSpan::new(40, 79)]);
+        let steps = plan_loads(loaded, vec![job("low", 0, 0, 59), job("high", 0, 60, 99)]);
+        assert_eq!(steps.len(), 1);
+    }
+
+    #[test]
+    fn the_cursor_passes_only_manifests_loaded_in_full_and_goes_back_for_a_late_one() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let m = |s: &str| format!("20261203T1{s}0000.000Z-r");
+        let c = names(&[&m("1"), &m("2"), &m("3")]);
+        let all = |_: &String| true;
+        // All loaded: past the last.
+        assert_eq!(next_cursor(None, &c, all), Some(m("3")));
+        assert_eq!(
+            next_cursor(Some(&m("9")), &c, all),
+            Some(m("9")),
+            "never back for nothing"
+        );
+        // The second not loaded (a filtered run): just before it, not past it.
+        let not2 = |n: &String| *n != m("2");
+        assert_eq!(next_cursor(None, &c, not2), Some(m("1")));
+        assert_eq!(next_cursor(Some(&m("0")), &c, not2), Some(m("1")));
+        // The first not loaded: a name just below it, for the window to include it.
+        let not1 = |n: &String| *n != m("1");
+        assert_eq!(
+            next_cursor(None, &c, not1),
+            Some("20261203T110000.000Z".into())
+        );
+        // One that landed late, before the cursor: the cursor goes back before it.
+        assert_eq!(next_cursor(Some(&m("5")), &c, not2), Some(m("1")));
+        // Nothing in the window: the cursor stays (or there is none).
+        assert_eq!(next_cursor(Some(&m("5")), &[], all), Some(m("5")));
+        assert_eq!(next_cursor(None, &[], all), None);
+    }
+
+    #[test]
+    fn a_name_just_below_a_manifest_sorts_before_every_manifest_of_its_time() {
+        let m = "20261203T131833.123Z-run-b";
+        let below = just_below(m).unwrap();
+        assert_eq!(below, "20261203T131833.123Z");
+        assert!(below.as_str() < "20261203T131833.123Z-run-a" && below.as_str() < m);
+        assert!(below.as_str() > "20261203T131833.122Z-run-z");
+        assert_eq!(just_below("no-time-here"), None);
     }
 
     #[test]

@@ -115,6 +115,40 @@ impl Prefix {
     }
 }
 
+/// Copy's cursor for one topic and raw table: every manifest of the topic named before
+/// `manifest` has each object it lists in the ledger (loaded, or skipped as loaded by others),
+/// whatever filter the runs that loaded them used. Copy moves it only over manifests it found
+/// loaded in full, and back before one it finds is not (one that landed late). `checked` is
+/// the catalog head (epoch and next offsets) as it was when copy last read every manifest of
+/// the topic: offsets the head says are archived up to there need no second full listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyCursor {
+    pub manifest: String,
+    pub checked: Option<CheckedHead>,
+}
+
+/// The head's positions a full listing of the manifests accounted for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CheckedHead {
+    pub epoch: i32,
+    pub next: BTreeMap<i32, i64>,
+}
+
+/// The name of the cursor table beside a ledger: `<ledger>__cursor`, in at most 63 bytes
+/// (PostgreSQL's and Redshift's identifier limit; a hash of the ledger's name when longer).
+pub fn cursor_table(names: &Names) -> String {
+    let t = format!("{}__cursor", names.ledger);
+    if t.len() <= 63 {
+        return t;
+    }
+    let h = &crate::util::sha256_hex(names.ledger.as_bytes())[..8];
+    let mut cut = 54;
+    while !t.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{h}", &t[..cut])
+}
+
 /// One ledger row, as the audit reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LedgerRow {
@@ -196,37 +230,100 @@ impl<'a> Ledger<'a> {
         Ok(rows.iter().filter_map(|r| r.text(0)).collect())
     }
 
-    /// Which of these keys are in the ledger.
+    /// Which of these keys the ledger holds for the configured raw table.
     pub fn keys_loaded(&mut self, keys: &[String]) -> Result<HashSet<String>> {
+        let target = self.target();
         self.select_in(keys, &|table, list| {
-            format!(r#"SELECT DISTINCT "key" FROM {table} WHERE "key" IN ({list})"#)
+            format!(
+                r#"SELECT DISTINCT "key" FROM {table} WHERE "target_table" = {target} AND "key" IN ({list})"#
+            )
         })
     }
 
-    /// Every key in the ledger (none when the ledger does not exist yet).
+    /// Every key the ledger holds for the configured raw table (none when the ledger does not
+    /// exist yet).
     pub fn loaded_keys(&mut self) -> Result<HashSet<String>> {
-        let sql = format!(r#"SELECT "key" FROM {}"#, self.table());
+        let sql = format!(
+            r#"SELECT "key" FROM {} WHERE "target_table" = {}"#,
+            self.table(),
+            self.target()
+        );
         let rows = self.read(vec![sql], "reading the ledger")?;
         Ok(rows.iter().filter_map(|r| r.text(0)).collect())
     }
 
-    /// Copy's cursor for a topic: the newest manifest whose objects the ledger records.
-    pub fn manifest_cursor(&mut self, topic: &str) -> Result<Option<String>> {
-        let sql = format!(
-            r#"SELECT max("manifest") FROM {} WHERE "topic" = {}"#,
-            self.table(),
-            self.literal(topic)
-        );
-        let rows = self.read(vec![sql], "reading copy's cursor from the ledger")?;
-        Ok(rows.first().and_then(|r| r.text(0)))
+    /// The cursor table, schema-qualified and quoted.
+    fn cursor_table(&self) -> String {
+        let n = self.wh.names();
+        n.qualified(&cursor_table(n))
     }
 
-    /// Which of these manifests (names) of a topic have every object they list in the ledger.
+    /// Copy's cursor for a topic and the configured raw table ([`CopyCursor`]); None when copy
+    /// has not stored one yet (no cursor table, or no row: copy then reads every manifest).
+    pub fn copy_cursor(&mut self, topic: &str) -> Result<Option<CopyCursor>> {
+        let table = cursor_table(self.wh.names());
+        if !self.wh.session().table_exists(&table)? {
+            return Ok(None);
+        }
+        let sql = format!(
+            r#"SELECT "manifest", "checked_head" FROM {} WHERE "target_table" = {} AND "topic" = {}"#,
+            self.cursor_table(),
+            self.target(),
+            self.literal(topic)
+        );
+        let (_, rows) = self
+            .wh
+            .session()
+            .query_text(&sql)
+            .context("reading copy's cursor")?;
+        let Some(r) = rows.into_iter().next().map(Row) else {
+            return Ok(None);
+        };
+        let checked = match r.text(1) {
+            Some(t) => Some(
+                serde_json::from_str(&t)
+                    .with_context(|| format!("copy's cursor: checked_head {t:?} is not JSON"))?,
+            ),
+            None => None,
+        };
+        Ok(r.text(0).map(|manifest| CopyCursor { manifest, checked }))
+    }
+
+    /// Stores copy's cursor for a topic and the configured raw table (replacing the row, in one
+    /// transaction: both dialects have DELETE and INSERT, not an upsert).
+    pub fn store_copy_cursor(&mut self, topic: &str, c: &CopyCursor) -> Result<()> {
+        let table = self.cursor_table();
+        let (target, topic_l) = (self.target(), self.literal(topic));
+        let checked = match &c.checked {
+            Some(h) => self.literal(&serde_json::to_string(h)?),
+            None => "NULL".into(),
+        };
+        let now = self.wh.dialect().now();
+        let stmts = [
+            format!(
+                r#"DELETE FROM {table} WHERE "target_table" = {target} AND "topic" = {topic_l}"#
+            ),
+            format!(
+                r#"INSERT INTO {table} ("target_table", "topic", "manifest", "checked_head", "updated_at") VALUES ({target}, {topic_l}, {}, {checked}, {now})"#,
+                self.literal(&c.manifest)
+            ),
+        ];
+        self.wh
+            .session()
+            .run_in_transaction(&stmts)
+            .with_context(|| format!("storing copy's cursor for topic {topic}"))
+    }
+
+    /// Which of these manifests (names) of a topic have every object they list in the ledger
+    /// of the configured raw table, counted by the rows that name the manifest. A manifest
+    /// whose objects are recorded under another manifest's name (listed twice) is not among
+    /// them: the caller reads it and asks by key.
     pub fn manifests_loaded(&mut self, topic: &str, names: &[String]) -> Result<HashSet<String>> {
         let topic = self.literal(topic);
+        let target = self.target();
         self.select_in(names, &|table, list| {
             format!(
-                r#"SELECT "manifest" FROM {table} WHERE "topic" = {topic} AND "manifest" IN ({list}) GROUP BY "manifest" HAVING count(*) >= max("manifest_objects")"#
+                r#"SELECT "manifest" FROM {table} WHERE "target_table" = {target} AND "topic" = {topic} AND "manifest" IN ({list}) GROUP BY "manifest" HAVING count(*) >= max("manifest_objects")"#
             )
         })
     }
@@ -254,8 +351,9 @@ impl<'a> Ledger<'a> {
             Vec::new()
         } else {
             vec![format!(
-                r#"SELECT "topic", "partition_id", "epoch", "first_offset", "last_offset" FROM {} WHERE "first_offset" IS NOT NULL AND ({})"#,
+                r#"SELECT "topic", "partition_id", "epoch", "first_offset", "last_offset" FROM {} WHERE "target_table" = {} AND "first_offset" IS NOT NULL AND ({})"#,
                 self.table(),
+                self.target(),
                 conds.join(" OR ")
             )]
         };
@@ -280,9 +378,10 @@ impl<'a> Ledger<'a> {
     /// Totals of the ledger's rows for a topic (one aggregate query).
     pub fn summary(&mut self, topic: &str) -> Result<LedgerSummary> {
         let sql = format!(
-            r#"SELECT CAST(count(*) AS BIGINT) AS "objects", CAST(coalesce(sum("size"), 0) AS BIGINT) AS "bytes", CAST(coalesce(sum("rows_loaded"), 0) AS BIGINT) AS "loaded", CAST(coalesce(sum("rows_rejected"), 0) AS BIGINT) AS "rejected", CAST(coalesce(sum("rows_skipped"), 0) AS BIGINT) AS "skipped", {} AS "last_load" FROM {} WHERE "topic" = {}"#,
+            r#"SELECT CAST(count(*) AS BIGINT) AS "objects", CAST(coalesce(sum("size"), 0) AS BIGINT) AS "bytes", CAST(coalesce(sum("rows_loaded"), 0) AS BIGINT) AS "loaded", CAST(coalesce(sum("rows_rejected"), 0) AS BIGINT) AS "rejected", CAST(coalesce(sum("rows_skipped"), 0) AS BIGINT) AS "skipped", {} AS "last_load" FROM {} WHERE "target_table" = {} AND "topic" = {}"#,
             self.wh.dialect().epoch(r#"max("loaded_at")"#),
             self.table(),
+            self.target(),
             self.literal(topic)
         );
         let what = self.reading();
@@ -304,7 +403,8 @@ impl<'a> Ledger<'a> {
     pub fn loaded_prefixes(&mut self, topic: &str, epoch: i32) -> Result<BTreeMap<i32, Prefix>> {
         let table = self.table();
         let filter = format!(
-            r#""topic" = {} AND "epoch" = {epoch} AND "first_offset" IS NOT NULL"#,
+            r#""target_table" = {} AND "topic" = {} AND "epoch" = {epoch} AND "first_offset" IS NOT NULL"#,
+            self.target(),
             self.literal(topic)
         );
         let sql = format!(
@@ -540,7 +640,7 @@ mod tests {
         }
         fn table_exists(&mut self, table: &str) -> Result<bool> {
             self.log.push(format!("exists {table}"));
-            Ok(self.ledger_exists || table != "l")
+            Ok(self.ledger_exists || (table != "l" && table != "l__cursor"))
         }
         fn query_text(&mut self, sql: &str) -> Result<(Vec<String>, Rows)> {
             self.log.push(sql.to_string());
@@ -628,7 +728,7 @@ mod tests {
         assert!(l.loaded_ranges(&[LoadJob::default()]).unwrap().is_empty());
         assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
         assert!(l.loaded_keys().unwrap().is_empty());
-        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        assert_eq!(l.copy_cursor("t").unwrap(), None);
         assert!(l.manifests_loaded("t", &["m".into()]).unwrap().is_empty());
         assert!(l.loaded_ranges(&[job("a")]).unwrap().is_empty());
         assert_eq!(l.summary("t").unwrap(), LedgerSummary::default());
@@ -636,7 +736,11 @@ mod tests {
         assert!(l.rows().unwrap().is_empty());
         assert_eq!(l.raw_against_ledger().unwrap(), None);
         assert_eq!(w.0.log.len(), 10, "{:?}", w.0.log);
-        assert!(w.0.log[..8].iter().all(|s| s == "exists l"));
+        assert_eq!(w.0.log[2], "exists l__cursor");
+        assert!(w.0.log[..8]
+            .iter()
+            .enumerate()
+            .all(|(i, s)| i == 2 || s == "exists l"));
         assert_eq!(w.0.log[8..], ["exists r", "exists l"]);
     }
 
@@ -644,8 +748,8 @@ mod tests {
     #[test]
     fn nulls_are_none() {
         let mut w = wh(true, |sql| {
-            if sql.starts_with("SELECT max(\"manifest\")") {
-                vec![row(&[None])]
+            if sql.starts_with("SELECT \"manifest\", \"checked_head\"") {
+                vec![row(&[None, None])]
             } else if sql.starts_with("SELECT \"key\", \"size\"") {
                 vec![row(&[
                     Some("k"),
@@ -679,7 +783,7 @@ mod tests {
             }
         });
         let mut l = Ledger::new(&mut w);
-        assert_eq!(l.manifest_cursor("t").unwrap(), None);
+        assert_eq!(l.copy_cursor("t").unwrap(), None);
         let r = &l.rows().unwrap()[0];
         assert_eq!((r.key.as_str(), r.size, r.rows_loaded), ("k", 10, 3));
         assert_eq!((r.topic.clone(), r.partition, r.epoch), (None, None, None));
@@ -710,7 +814,7 @@ mod tests {
         assert_eq!(w.0.log.len(), 4);
         assert_eq!(w.0.log[0], "exists l");
         assert!(w.0.log[1].starts_with(
-            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"key\" IN ('k0', 'k1', "
+            "SELECT DISTINCT \"key\" FROM \"s\".\"l\" WHERE \"target_table\" = 's.r' AND \"key\" IN ('k0', 'k1', "
         ));
     }
 

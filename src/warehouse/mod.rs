@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 pub const CREATE_RAW: &str = include_str!("../../sql/create_raw.sql");
 pub const CREATE_LEDGER: &str = include_str!("../../sql/create_ledger.sql");
+pub const CREATE_CURSOR: &str = include_str!("../../sql/create_cursor.sql");
 pub const CREATE_REJECTS: &str = include_str!("../../sql/create_rejects.sql");
 pub const BATCH_VIEW: &str = include_str!("../../sql/batch_view.sql");
 
@@ -149,6 +150,8 @@ pub fn create_statements(names: &Names, layout: &Layout, dialect: Dialect) -> Ve
         format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(&names.schema)),
         strip_comments(&raw),
         strip_comments(&names.render(CREATE_LEDGER, &[])).replace("{now}", dialect.now()),
+        strip_comments(&names.render(CREATE_CURSOR, &[("cursor", &ledger::cursor_table(names))]))
+            .replace("{now}", dialect.now()),
         strip_comments(&names.render(CREATE_REJECTS, &[])).replace("{now}", dialect.now()),
     ]
 }
@@ -319,7 +322,9 @@ pub trait Warehouse {
         Vec::new()
     }
 
-    /// Creates schema, raw, ledger and rejects tables if missing, and upgrades old ones.
+    /// Creates schema, raw, ledger, cursor and rejects tables if missing, upgrades old ones
+    /// (the ledger's key), and refuses a raw table whose text columns are narrower than the
+    /// layout lets a record's fields be.
     fn ensure_tables(&mut self, layout: &Layout) -> Result<()> {
         let where_ = self.describe();
         let mut stmts = create_statements(self.names(), layout, self.dialect());
@@ -329,8 +334,99 @@ pub trait Warehouse {
                 .execute(&s)
                 .with_context(|| format!("creating tables in {where_}"))?;
         }
-        Ok(())
+        let (names, dialect) = (self.names().clone(), self.dialect());
+        for s in ledger_key_upgrade(self.session(), &names, dialect)? {
+            self.session()
+                .execute(&s)
+                .with_context(|| format!("upgrading the ledger's key in {where_}"))?;
+        }
+        check_raw_widths(self.session(), &names, layout)
     }
+}
+
+/// A ledger made before several raw tables could share one has the key `"key"` alone; it
+/// becomes `("key", "target_table")`. PostgreSQL: the old constraint is dropped and the new
+/// one added in one statement (each key is unique already, so each pair is). Redshift accepts
+/// `DROP CONSTRAINT constraint_name` and `ADD table_constraint` in ALTER TABLE, but refuses a
+/// primary key on a nullable column
+/// (<https://docs.aws.amazon.com/redshift/latest/dg/r_ALTER_TABLE.html>), and its keys are
+/// informational only, never enforced, though the planner trusts them
+/// (<https://docs.aws.amazon.com/redshift/latest/dg/t_Defining_constraints.html>): the old key,
+/// false once two raw tables load one object, is dropped, and no key is added. Nothing is done
+/// when the key is not `"key"` alone (new ledgers, upgraded ones).
+fn ledger_key_upgrade(
+    s: &mut dyn SqlSession,
+    names: &Names,
+    dialect: Dialect,
+) -> Result<Vec<String>> {
+    let sql = format!(
+        r#"SELECT "tc"."constraint_name", CAST(count(*) AS BIGINT), max("k"."column_name") FROM "information_schema"."table_constraints" "tc" JOIN "information_schema"."key_column_usage" "k" ON "k"."constraint_name" = "tc"."constraint_name" AND "k"."table_schema" = "tc"."table_schema" AND "k"."table_name" = "tc"."table_name" WHERE "tc"."table_schema" = {} AND "tc"."table_name" = {} AND "tc"."constraint_type" = 'PRIMARY KEY' GROUP BY "tc"."constraint_name""#,
+        quote_literal(&names.schema),
+        quote_literal(&names.ledger)
+    );
+    let (_, rows) = s
+        .query_text(&sql)
+        .context("reading the ledger's primary key")?;
+    let mut out = Vec::new();
+    let table = names.qualified(&names.ledger);
+    for r in rows {
+        let (Some(name), Some(n), Some(col)) = (&r[0], &r[1], &r[2]) else {
+            continue;
+        };
+        if n != "1" || col != "key" {
+            continue;
+        }
+        out.push(match dialect {
+            Dialect::Postgres => format!(
+                r#"ALTER TABLE {table} DROP CONSTRAINT {}, ADD PRIMARY KEY ("key", "target_table")"#,
+                quote_ident(name)
+            ),
+            Dialect::Redshift => {
+                format!(r#"ALTER TABLE {table} DROP CONSTRAINT {}"#, quote_ident(name))
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The raw table's text columns must hold what the layout accepts: a record whose field passes
+/// the layout's `max_len` (none: 65535, the column the DDL makes) would otherwise fail the COPY
+/// of its whole object. A table made by hand, or by a layout with a smaller `max_len`, is
+/// refused here with the table, the column and both widths (a configuration error).
+fn check_raw_widths(s: &mut dyn SqlSession, names: &Names, layout: &Layout) -> Result<()> {
+    let sql = format!(
+        r#"SELECT "column_name", CAST("character_maximum_length" AS BIGINT) FROM "information_schema"."columns" WHERE "table_schema" = {} AND "table_name" = {} AND "character_maximum_length" IS NOT NULL"#,
+        quote_literal(&names.schema),
+        quote_literal(&names.raw)
+    );
+    let (_, rows) = s
+        .query_text(&sql)
+        .context("reading the raw table's column widths")?;
+    let widths: BTreeMap<String, i64> = rows
+        .into_iter()
+        .filter_map(|r| {
+            let name = r.first().cloned().flatten()?;
+            let n = r.get(1).cloned().flatten()?.parse().ok()?;
+            Some((name, n))
+        })
+        .collect();
+    for c in layout.columns.iter().filter(|c| c.ty == ColumnType::Text) {
+        let want = c.max_len.unwrap_or(65535);
+        if let Some(&have) = widths.get(&c.name) {
+            if (have as usize) < want {
+                let why = match c.max_len {
+                    Some(n) => format!("the layout's max_len {n}"),
+                    None => "65535, what the layout allows without a max_len".into(),
+                };
+                return Err(crate::error::Error::config(format!(
+                    "raw table {}.{}: column {} is varchar({have}), narrower than {why} (records.columns): a record the layout accepts could fail the COPY of its whole object. Widen the column (ALTER TABLE ... ALTER COLUMN {} TYPE varchar({want})) or set its max_len to {have}",
+                    names.schema, names.raw, c.name, quote_ident(&c.name)
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Connects to the configured warehouse (Redshift also needs the archive it COPYs from).
@@ -368,6 +464,81 @@ mod tests {
         );
         assert!(stmts[1].contains("\"location\" varchar(256)"));
         assert!(stmts.iter().all(|s| !s.contains('{') && !s.contains("--")));
+    }
+
+    /// A session whose every query answers these rows.
+    struct Answers(Vec<Vec<Option<String>>>);
+
+    impl SqlSession for Answers {
+        fn describe(&self) -> String {
+            "answers".into()
+        }
+        fn run_in_transaction(&mut self, _: &[String]) -> Result<()> {
+            unimplemented!()
+        }
+        fn execute(&mut self, _: &str) -> Result<()> {
+            unimplemented!()
+        }
+        fn query_i64(&mut self, _: &str) -> Result<Option<i64>> {
+            unimplemented!()
+        }
+        fn table_exists(&mut self, _: &str) -> Result<bool> {
+            unimplemented!()
+        }
+        fn query_text(&mut self, _: &str) -> Result<(Vec<String>, session::Rows)> {
+            Ok((Vec::new(), self.0.clone()))
+        }
+    }
+
+    fn answers(rows: &[&[&str]]) -> Answers {
+        Answers(
+            rows.iter()
+                .map(|r| r.iter().map(|v| Some(v.to_string())).collect())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_old_ledger_key_is_replaced_on_postgresql_and_dropped_on_redshift() {
+        let n = names();
+        let mut old = answers(&[&["l_pkey", "1", "key"]]);
+        assert_eq!(
+            ledger_key_upgrade(&mut old, &n, Dialect::Postgres).unwrap(),
+            vec![
+                r#"ALTER TABLE "s"."l" DROP CONSTRAINT "l_pkey", ADD PRIMARY KEY ("key", "target_table")"#
+            ]
+        );
+        assert_eq!(
+            ledger_key_upgrade(&mut old, &n, Dialect::Redshift).unwrap(),
+            vec![r#"ALTER TABLE "s"."l" DROP CONSTRAINT "l_pkey""#]
+        );
+        for rows in [&[][..], &[&["l_pkey", "2", "target_table"][..]][..]] {
+            let mut new = answers(rows);
+            for d in [Dialect::Postgres, Dialect::Redshift] {
+                assert!(ledger_key_upgrade(&mut new, &n, d).unwrap().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_table_narrower_than_the_layout_is_a_configuration_error() {
+        let n = names();
+        let layout = Layout::tweets();
+        assert!(check_raw_widths(&mut answers(&[&["location", "256"]]), &n, &layout).is_ok());
+        assert!(
+            check_raw_widths(&mut answers(&[]), &n, &layout).is_ok(),
+            "text: no limit"
+        );
+        let e = check_raw_widths(&mut answers(&[&["location", "100"]]), &n, &layout).unwrap_err();
+        assert_eq!(crate::error::code_for(&e), crate::error::USAGE);
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("s.batch_raw")
+                && msg.contains("location")
+                && msg.contains("varchar(100)")
+                && msg.contains("max_len 256"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -440,7 +611,7 @@ pub mod conformance {
         let mut l = Ledger::new(wh);
         assert!(l.loaded_keys().unwrap().is_empty(), "no keys");
         assert!(l.keys_loaded(&["k".into()]).unwrap().is_empty());
-        assert_eq!(l.manifest_cursor("t").unwrap(), None, "no cursor");
+        assert_eq!(l.copy_cursor("t").unwrap(), None, "no cursor");
         assert!(l.manifests_loaded("t", &["m1".into()]).unwrap().is_empty());
         assert!(l.loaded_ranges(&[probe]).unwrap().is_empty());
         assert_eq!(l.summary("t").unwrap(), ledger::LedgerSummary::default());
@@ -458,12 +629,22 @@ pub mod conformance {
             .keys_loaded(&[a.key.clone(), "wconf/none".into(), b.key.clone()])
             .unwrap();
         assert_eq!(got, HashSet::from([a.key.clone(), b.key.clone()]));
-        assert_eq!(l.manifest_cursor("t").unwrap().as_deref(), Some("m1"));
-        assert_eq!(
-            l.manifest_cursor("other").unwrap(),
-            None,
-            "max() of no rows"
-        );
+        // Copy's cursor: a row per raw table and topic, replaced whole.
+        assert_eq!(l.copy_cursor("t").unwrap(), None);
+        let mut c = ledger::CopyCursor {
+            manifest: "m1".into(),
+            checked: None,
+        };
+        l.store_copy_cursor("t", &c).unwrap();
+        assert_eq!(l.copy_cursor("t").unwrap().as_ref(), Some(&c));
+        c.checked = Some(ledger::CheckedHead {
+            epoch: 1,
+            next: [(0, 5), (3, 7)].into(),
+        });
+        c.manifest = "m2".into();
+        l.store_copy_cursor("t", &c).unwrap();
+        assert_eq!(l.copy_cursor("t").unwrap().as_ref(), Some(&c));
+        assert_eq!(l.copy_cursor("other").unwrap(), None);
         let got = l
             .manifests_loaded("t", &["m0".into(), "m1".into()])
             .unwrap();

@@ -327,6 +327,8 @@ fn load_parallel(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
     let next = AtomicUsize::new(0);
+    // Workers between taking a job and finishing it (the failpoint below waits for none).
+    let running = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let enc = &Encoding {
         layout,
@@ -337,13 +339,35 @@ fn load_parallel(
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for s in sessions {
-            let (next, failed, done, first_error) = (&next, &failed, &done, &first_error);
+            let (next, running, failed, done, first_error) =
+                (&next, &running, &failed, &done, &first_error);
             scope.spawn(move || loop {
+                running.fetch_add(1, Ordering::SeqCst);
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= jobs.len() || failed.load(Ordering::SeqCst) {
+                    running.fetch_sub(1, Ordering::SeqCst);
                     break;
                 }
                 let job = &jobs[i];
+                if i == 0 && crate::failpoint::hit("copy-first-parallel-load-fails-last") {
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    // Every other job is taken and finished (committed or failed) first.
+                    while (next.load(Ordering::SeqCst) < jobs.len()
+                        && !failed.load(Ordering::SeqCst))
+                        || running.load(Ordering::SeqCst) > 0
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    failed.store(true, Ordering::SeqCst);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(anyhow!(
+                            "failpoint: the load of {} fails after the other loads of its batch",
+                            job.key
+                        ));
+                    break;
+                }
                 let r = download(store, &job.key, job.expected_sha256.as_deref())
                     .and_then(|file| {
                         std::thread::scope(|scope| {
@@ -354,6 +378,7 @@ fn load_parallel(
                     .with_context(|| {
                         format!("loading {} into {} at {}", job.key, s.names.raw, s.url)
                     });
+                running.fetch_sub(1, Ordering::SeqCst);
                 match r {
                     Ok(r) => done.lock().unwrap_or_else(|e| e.into_inner()).push((i, r)),
                     Err(e) => {
@@ -568,14 +593,26 @@ impl Warehouse for Pg {
             format!(
                 r#"ALTER TABLE {l} ADD COLUMN IF NOT EXISTS "topic" varchar(255), ADD COLUMN IF NOT EXISTS "partition_id" integer, ADD COLUMN IF NOT EXISTS "epoch" integer, ADD COLUMN IF NOT EXISTS "first_offset" bigint, ADD COLUMN IF NOT EXISTS "last_offset" bigint, ADD COLUMN IF NOT EXISTS "rows_skipped" bigint, ADD COLUMN IF NOT EXISTS "manifest" varchar(256), ADD COLUMN IF NOT EXISTS "manifest_objects" integer"#
             ),
-            // Copy's lookups by offset range and by manifest stay cheap as the ledger grows.
+            // Copy's lookups by offset range and by manifest stay cheap as the ledger grows;
+            // every lookup names the raw table first (a ledger may serve several). The
+            // indexes of older versions, without it, go.
             format!(
-                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("topic", "partition_id", "epoch", "last_offset")"#,
+                r#"DROP INDEX IF EXISTS {}.{}"#,
+                quote_ident(&self.s.names.schema),
                 quote_ident(&format!("{}_offsets", self.s.names.ledger))
             ),
             format!(
-                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("topic", "manifest")"#,
+                r#"DROP INDEX IF EXISTS {}.{}"#,
+                quote_ident(&self.s.names.schema),
                 quote_ident(&format!("{}_manifest", self.s.names.ledger))
+            ),
+            format!(
+                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("target_table", "topic", "partition_id", "epoch", "last_offset")"#,
+                quote_ident(&format!("{}_t_offsets", self.s.names.ledger))
+            ),
+            format!(
+                r#"CREATE INDEX IF NOT EXISTS {} ON {l} ("target_table", "topic", "manifest")"#,
+                quote_ident(&format!("{}_t_manifest", self.s.names.ledger))
             ),
         ]
     }
@@ -635,17 +672,14 @@ impl Warehouse for Pg {
             self.workers
                 .push(PgSession::connect(&self.settings, names)?);
         }
-        let mut out = Vec::new();
-        // One manifest's objects at a time: copy's cursor (the newest manifest in the ledger)
-        // never passes a manifest with an object that failed.
-        for group in jobs.chunk_by(|a, b| a.manifest == b.manifest) {
-            let mut sessions: Vec<&mut PgSession> = vec![&mut self.s];
-            sessions.extend(self.workers.iter_mut().take(jobs_n - 1));
-            let r = load_parallel(sessions, group, store, layout, opts, format)?;
-            for x in r {
-                progress(&x);
-                out.push(x);
-            }
+        // The whole batch at once: copy's plan puts no two objects that rest on each other's
+        // offsets in one batch, and its cursor passes only manifests the ledger holds in full,
+        // so an object of a manifest may fail while others of it commit.
+        let mut sessions: Vec<&mut PgSession> = vec![&mut self.s];
+        sessions.extend(self.workers.iter_mut().take(jobs_n - 1));
+        let out = load_parallel(sessions, jobs, store, layout, opts, format)?;
+        for x in &out {
+            progress(x);
         }
         Ok(out)
     }

@@ -4,8 +4,11 @@
 //!
 //! What it models:
 //! * `standard_conforming_strings = off`: a backslash is an escape inside string literals.
-//! * Keys are not enforced: `PRIMARY KEY` is dropped from `CREATE TABLE` (Redshift accepts and
-//!   ignores it).
+//! * Keys are not enforced: `PRIMARY KEY`, a column's or the table's, is dropped from `CREATE
+//!   TABLE` (Redshift accepts it as information and never enforces it:
+//!   https://docs.aws.amazon.com/redshift/latest/dg/t_Defining_constraints.html). So there is
+//!   no key for `ALTER TABLE ... DROP CONSTRAINT` (which Redshift has:
+//!   https://docs.aws.amazon.com/redshift/latest/dg/r_ALTER_TABLE.html) to find here.
 //! * No advisory locks: any statement naming one fails; `LOCK` is PostgreSQL's (ACCESS
 //!   EXCLUSIVE until the transaction ends, as Redshift's).
 //! * `COPY`: parses the exact statement (anything it does not understand is an error), reads the
@@ -174,6 +177,23 @@ impl StandInCluster {
     }
 }
 
+/// A CREATE TABLE without its table-level `PRIMARY KEY (...)` element (and the comma before
+/// it): Redshift accepts and ignores keys, PostgreSQL would enforce them
+/// (https://docs.aws.amazon.com/redshift/latest/dg/t_Defining_constraints.html).
+fn drop_table_key(sql: &str) -> String {
+    let upper = sql.to_ascii_uppercase();
+    let Some(at) = upper.find("PRIMARY KEY (") else {
+        return sql.to_string();
+    };
+    let Some(close) = sql[at..].find(')').map(|i| at + i) else {
+        return sql.to_string();
+    };
+    let Some(comma) = sql[..at].rfind(',') else {
+        return sql.to_string();
+    };
+    format!("{}{}", &sql[..comma], &sql[close + 1..])
+}
+
 /// One session on the stand-in.
 pub struct StandIn {
     pg: PgSession,
@@ -233,7 +253,9 @@ impl StandIn {
             .replace("pg_last_copy_count()", &self.last_copy_count.to_string())
             .replace("PG_LAST_COPY_COUNT()", &self.last_copy_count.to_string());
         if lower.trim_start().starts_with("create table") {
-            s = s.replace(" PRIMARY KEY", "").replace(" primary key", "");
+            s = drop_table_key(&s)
+                .replace(" PRIMARY KEY", "")
+                .replace(" primary key", "");
         }
         Ok(s)
     }
