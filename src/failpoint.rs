@@ -8,6 +8,8 @@
 //!   committing offsets.
 //! * `ingest-crash-after-first-object`: ingest aborts the process once its first object is
 //!   stored.
+//! * `ingest-crash-after-epoch-reset`: `ingest --new-epoch` aborts the process once it has
+//!   reset the group's offsets to the start of every partition.
 //! * `copy-before-commit`: copy fails after a load's COPY, before its transaction commits.
 
 use crate::config::Settings;

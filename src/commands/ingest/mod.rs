@@ -958,6 +958,8 @@ fn start_epoch(
     source
         .commit(&starts)
         .context("resetting the group's offsets for the new epoch")?;
+    // Test hook: die as kill -9 would, with the offsets reset and nothing else.
+    crate::failpoint::crash("ingest-crash-after-epoch-reset");
     out.info(&format!(
         "topic {topic}: starting epoch {epoch}; every partition is read from its first offset"
     ));
