@@ -10,6 +10,14 @@ fn tweets(range: std::ops::Range<u64>, seed: u64) -> Vec<Option<Vec<u8>>> {
     tweet_range(range, seed, 50)
 }
 
+/// Produces over two partitions so that each partition's offset `at` starts a record batch:
+/// ingest reads the record at the last archived offset to tell whether the topic is the
+/// archived one, and tansu's memory engine cannot start a fetch inside a batch
+/// (docs/operating.md).
+fn produce_with_batch_at(w: &World, msgs: &[Option<Vec<u8>>], at: usize) {
+    produce_batched(&brokers(), &w.topic, 2, msgs, 2 * at);
+}
+
 /// Commits these offsets for the world's group, as another consumer of the group (or an
 /// operator's `--reset-offsets --to-latest`) would.
 fn commit_as_another_consumer(w: &World, offsets: &[(i32, i64)]) {
@@ -40,7 +48,7 @@ fn a_commit_ahead_of_the_archive_is_refused_until_the_run_resumes_from_the_archi
     }
     let w = World::local("ahead");
     let mut msgs = tweets(0..600, 71);
-    produce_raw(&brokers(), &w.topic, 2, &msgs);
+    produce_with_batch_at(&w, &msgs, 299);
     assert_eq!(w.json(&["ingest"])["messages"], 600);
 
     // 400 more arrive, and another consumer of the group (or a reset to latest) moves the
@@ -53,16 +61,24 @@ fn a_commit_ahead_of_the_archive_is_refused_until_the_run_resumes_from_the_archi
 
     let (code, out, err) = w.run(&["ingest"]);
     eprintln!("ahead: {err}");
-    assert_eq!(code, 1, "a commit ahead of the archive was accepted: {out} {err}");
+    assert_eq!(
+        code, 1,
+        "a commit ahead of the archive was accepted: {out} {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("partition 0: the committed offset 500 is ahead of the archive's next offset 300")
-            && err.contains("partition 1"),
+        err.contains(
+            "partition 0: the committed offset 500 is ahead of the archive's next offset 300"
+        ) && err.contains("partition 1"),
         "{err}"
     );
     assert!(err.contains("--resume-from-archive"), "{err}");
     assert_eq!(w.data_objects(), objects, "nothing archived");
-    assert_eq!(committed(&w, &[0, 1]), vec![Some(500), Some(500)], "nothing committed");
+    assert_eq!(
+        committed(&w, &[0, 1]),
+        vec![Some(500), Some(500)],
+        "nothing committed"
+    );
 
     // The operator resumes from the archive: the skipped offsets are archived, once.
     let v = w.json(&["ingest", "--resume-from-archive"]);
@@ -76,7 +92,7 @@ fn a_head_behind_commits_of_this_archive_is_not_taken_for_a_skip() {
     if !stack_up() {
         return;
     }
-    let w = World::local("behind-head");
+    let w = World::local("stalehead");
     let mut msgs = tweets(0..600, 72);
     produce_raw(&brokers(), &w.topic, 2, &msgs);
     assert_eq!(w.json(&["ingest"])["messages"], 600);
@@ -107,7 +123,7 @@ fn lost_group_offsets_are_told_apart_from_a_re_created_topic_and_resume_from_the
     }
     let mut w = World::local("lostgroup");
     let mut msgs = tweets(0..600, 73);
-    produce_raw(&brokers(), &w.topic, 2, &msgs);
+    produce_with_batch_at(&w, &msgs, 299);
     assert_eq!(w.json(&["ingest"])["messages"], 600);
     let more = tweets(600..1000, 73);
     produce_raw(&brokers(), &w.topic, 2, &more);
@@ -125,11 +141,22 @@ fn lost_group_offsets_are_told_apart_from_a_re_created_topic_and_resume_from_the
         "{err}"
     );
     assert!(err.contains("--resume-from-archive"), "{err}");
-    assert!(!err.contains("--new-epoch"), "not a re-created topic: {err}");
-    assert_eq!(committed(&w, &[0, 1]), vec![None, None], "nothing committed");
+    assert!(
+        !err.contains("--new-epoch"),
+        "not a re-created topic: {err}"
+    );
+    assert_eq!(
+        committed(&w, &[0, 1]),
+        vec![None, None],
+        "nothing committed"
+    );
 
     let v = w.json(&["ingest", "--resume-from-archive"]);
-    assert_eq!((v["messages"].as_u64(), v["epoch"].as_i64()), (Some(400), Some(0)), "{v}");
+    assert_eq!(
+        (v["messages"].as_u64(), v["epoch"].as_i64()),
+        (Some(400), Some(0)),
+        "{v}"
+    );
     assert_archive_exact(&w, &msgs, 2);
     assert_eq!(committed(&w, &[0, 1]), vec![Some(500), Some(500)]);
 }
@@ -145,7 +172,7 @@ fn a_new_epoch_run_killed_after_resetting_the_offsets_recovers_into_the_new_epoc
     assert_eq!(w.json(&["copy"])["rows"], 1000);
     delete_topic(&w.topic);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    produce_raw(&brokers(), &w.topic, 2, &tweets(0..1500, 75));
+    produce_with_batch_at(&w, &tweets(0..1500, 75), 499);
 
     // Re-created: the archived record differs from what the topic now holds at its offset,
     // and resuming from the archive is refused.
@@ -168,7 +195,10 @@ fn a_new_epoch_run_killed_after_resetting_the_offsets_recovers_into_the_new_epoc
         "ingest-crash-after-epoch-reset".into(),
     );
     let (code, _, err) = w.run(&["ingest", "--new-epoch"]);
-    assert!(code != 0 && code != 1, "the failpoint did not kill the run: {code} {err}");
+    assert!(
+        code != 0 && code != 1,
+        "the failpoint did not kill the run: {code} {err}"
+    );
     w.env.remove("BATCHLAYER_FAILPOINT");
 
     // The next plain run goes on in the new epoch.

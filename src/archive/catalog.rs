@@ -6,13 +6,15 @@
 //!
 //! `layout` names the keys and formats; this module is the one that builds and reads them.
 
-use super::layout::{self, CatalogHead, ExpiredGap, Manifest, CATALOG, MANIFESTS, REJECTED};
+use super::layout::{
+    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, CATALOG, MANIFESTS, REJECTED,
+};
 use super::{ObjectStore, StoreError};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a run's in-flight marker says: the folders it stores objects in. Written before the
 /// first object in each folder, removed after the commit; a marker left behind belongs to a
@@ -285,6 +287,96 @@ impl<'a> Catalog<'a> {
         Ok(out)
     }
 
+    /// The topic's manifests named after `floor` (a manifest or run name: the time it starts
+    /// with, less the grace; all of them for None), newest first.
+    fn manifests_since_newest_first(&self, floor: Option<&str>) -> Result<Vec<String>> {
+        let mut v = self.recent_manifests(floor)?;
+        v.reverse();
+        Ok(v.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The run ids of the in-flight markers (runs going on, or dead before removing theirs).
+    pub fn marker_run_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .marker_keys()?
+            .iter()
+            .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json"))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Of these (partition, committed offset) pairs, those a run of this archive recorded in
+    /// its manifest as what it commits, in epoch `epoch`: the archive holds the offsets up to
+    /// there even where the head lags (a member's head write lost to another's, or a run that
+    /// died between its commit and its head). Reads the manifests stored since `floor` (the
+    /// oldest of the head's run and the runs with a marker; None: all), newest first, until
+    /// every pair is found.
+    pub fn commits_recorded(
+        &self,
+        epoch: i32,
+        wanted: &BTreeMap<i32, i64>,
+        floor: Option<&str>,
+    ) -> Result<BTreeSet<i32>> {
+        let mut found = BTreeSet::new();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        for key in self.manifests_since_newest_first(floor)? {
+            let m = self.read_manifest(&key)?;
+            if m.epoch != epoch {
+                continue;
+            }
+            for (p, c) in wanted {
+                if m.next.get(p) == Some(c) {
+                    found.insert(*p);
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Per partition of `wanted` (partition -> (low, below)), the newest archived object of
+    /// epoch `epoch` whose last offset lies in low..below-1 (a record Kafka may still hold,
+    /// to tell whether the topic is the one archived). Reads at most `max_manifests`
+    /// manifests, newest first.
+    pub fn objects_ending_in(
+        &self,
+        epoch: i32,
+        wanted: &BTreeMap<i32, (i64, i64)>,
+        max_manifests: usize,
+    ) -> Result<BTreeMap<i32, ObjectEntry>> {
+        let mut found: BTreeMap<i32, ObjectEntry> = BTreeMap::new();
+        for key in self
+            .manifests_since_newest_first(None)?
+            .into_iter()
+            .take(max_manifests)
+        {
+            let m = self.read_manifest(&key)?;
+            if m.epoch != epoch {
+                continue;
+            }
+            for o in m.objects {
+                let Some(&(low, below)) = wanted.get(&o.partition) else {
+                    continue;
+                };
+                let fits = o.last_offset >= low && o.last_offset < below;
+                let newer = found
+                    .get(&o.partition)
+                    .is_none_or(|f| f.last_offset < o.last_offset);
+                if fits && newer {
+                    found.insert(o.partition, o);
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
     /// An archive written before the catalog existed names its topics only by their manifest
     /// folders, and copy finds topics through the catalog. A topic's first run (no head yet)
     /// therefore gives every other topic that has manifests but no catalog folder a legacy
@@ -386,6 +478,51 @@ pub struct RunEpoch {
     pub expired: Vec<ExpiredGap>,
 }
 
+/// A partition whose committed offset disagrees with the archive's next offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetProblem {
+    pub partition: i32,
+    pub epoch: i32,
+    /// The archive's next offset.
+    pub next: i64,
+    pub kind: ProblemKind,
+}
+
+/// How a committed offset disagrees with the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The group has no committed offset (a renamed group, expired group offsets, or a
+    /// re-created topic).
+    NoCommit,
+    /// The committed offset is below the archive's next offset (a reset, or a re-created topic).
+    Behind(i64),
+    /// The committed offset is above it, and no run of this archive recorded it: the offsets
+    /// between would be skipped (another consumer of the group, a reset to latest).
+    Ahead(i64),
+}
+
+impl std::fmt::Display for OffsetProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, n, e) = (self.partition, self.next, self.epoch);
+        match self.kind {
+            ProblemKind::NoCommit => write!(
+                f,
+                "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {e})",
+                n - 1
+            ),
+            ProblemKind::Behind(c) => write!(
+                f,
+                "partition {p}: the committed offset {c} is behind the archive's next offset {n} (epoch {e})"
+            ),
+            ProblemKind::Ahead(c) => write!(
+                f,
+                "partition {p}: the committed offset {c} is ahead of the archive's next offset {n} (epoch {e}): offsets {n}..{} would be skipped",
+                c - 1
+            ),
+        }
+    }
+}
+
 impl RunEpoch {
     /// A run on the head found; under `--replay`, of the main archive's epoch `replay_epoch`.
     pub fn new(mut head: CatalogHead, replay_epoch: Option<i32>) -> Self {
@@ -411,21 +548,52 @@ impl RunEpoch {
         self.expired = gaps;
     }
 
-    /// What is wrong with partition `p`'s committed offset, if the archive holds offsets the
-    /// group has not committed (the offsets were reset, or the topic re-created).
-    pub fn committed_problem(&self, p: i32, committed: Option<i64>) -> Option<String> {
-        match (self.head.next.get(&p).copied(), committed) {
-            (Some(h), None) => Some(format!(
-                "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",
-                h - 1,
-                self.epoch
-            )),
-            (Some(h), Some(c)) if c < h => Some(format!(
-                "partition {p}: the committed offset {c} is behind the archive's next offset {h} (epoch {})",
-                self.epoch
-            )),
-            _ => None,
-        }
+    /// The offset the archive expects partition `p` to go on from: the head's next offset
+    /// (None for a partition the head lacks: a topic's first run, a partition no run of the
+    /// catalog's time has committed, an archive written before the catalog).
+    pub fn expected_next(&self, p: i32) -> Option<i64> {
+        self.head.next.get(&p).copied()
+    }
+
+    /// What is wrong with partition `p`'s committed offset against the archive's next offset:
+    /// none, missing or lower (the group's offsets were lost or reset, or the topic
+    /// re-created), or higher (the group moved past offsets the archive may not hold: see
+    /// [`Catalog::commits_recorded`]). A partition the head lacks is not checked.
+    pub fn committed_problem(&self, p: i32, committed: Option<i64>) -> Option<OffsetProblem> {
+        let next = self.expected_next(p)?;
+        let kind = match committed {
+            None if next > 0 => ProblemKind::NoCommit,
+            Some(c) if c < next => ProblemKind::Behind(c),
+            Some(c) if c > next => ProblemKind::Ahead(c),
+            _ => return None,
+        };
+        Some(OffsetProblem {
+            partition: p,
+            epoch: self.epoch,
+            next,
+            kind,
+        })
+    }
+
+    /// The archive holds partition `p` up to `next` - 1 (a commit found recorded by this
+    /// archive's own run): the head this run stores says so.
+    pub fn archived_through(&mut self, p: i32, next: i64) {
+        let e = self.head.next.entry(p).or_insert(next);
+        *e = (*e).max(next);
+    }
+
+    /// `--new-epoch`: the run archives the epoch after the head's, from these offsets (each
+    /// partition's first). Returns the head to store before the group's offsets are reset,
+    /// so a run killed after the reset goes on in the new epoch.
+    pub fn start_next_at(&mut self, starts: &[(i32, i64)], run_id: &str) -> CatalogHead {
+        self.start_next();
+        self.head = self.head.after_run(self.epoch, starts, &[], run_id);
+        self.head.clone()
+    }
+
+    /// The run id of the run that stored the head as found ("" for none).
+    pub fn head_run_id(&self) -> &str {
+        &self.head.run_id
     }
 
     /// The head to store after the run committed `commits` ([`CatalogHead::after_run`]).
@@ -488,6 +656,7 @@ mod tests {
             rejected: 0,
             epoch: 2,
             expired: vec![],
+            next: Default::default(),
         };
         cat.store_manifest(&key, &man).unwrap();
         assert_eq!(classify(&key), KeyKind::Manifest("t"));
@@ -556,46 +725,165 @@ mod tests {
         let found = CatalogHead::default().after_run(0, &[(0, 5), (1, 7)], &[], "r1");
         let run = RunEpoch::new(found.clone(), None);
         assert_eq!(run.epoch, 0);
-        assert_eq!(run.committed_problem(0, Some(5)), None);
+        let problem =
+            |r: &RunEpoch, p: i32, c: Option<i64>| r.committed_problem(p, c).map(|x| x.to_string());
+        assert_eq!(problem(&run, 0, Some(5)), None);
         assert_eq!(
-            run.committed_problem(2, None),
+            problem(&run, 2, None),
             None,
-            "a partition the head lacks"
+            "a partition the head lacks, nothing committed"
         );
         assert_eq!(
-            run.committed_problem(0, Some(4)).unwrap(),
+            problem(&run, 2, Some(9)),
+            None,
+            "a partition the head lacks, committed by runs before the head existed"
+        );
+        assert_eq!(
+            problem(&run, 1, Some(9)).unwrap(),
+            "partition 1: the committed offset 9 is ahead of the archive's next offset 7 (epoch 0): offsets 7..8 would be skipped"
+        );
+        assert_eq!(
+            problem(&run, 0, Some(4)).unwrap(),
             "partition 0: the committed offset 4 is behind the archive's next offset 5 (epoch 0)"
         );
         assert_eq!(
-            run.committed_problem(1, None).unwrap(),
+            problem(&run, 1, None).unwrap(),
             "partition 1: the group has no committed offset, but the archive holds offsets up to 6 (epoch 0)"
+        );
+        assert_eq!(
+            run.committed_problem(1, Some(8)).unwrap().kind,
+            ProblemKind::Ahead(8)
+        );
+        let first_run = RunEpoch::new(CatalogHead::default(), None);
+        assert_eq!(
+            problem(&first_run, 0, Some(9)),
+            None,
+            "no head: nothing to compare"
         );
         assert_eq!(RunEpoch::new(found.clone(), Some(3)).epoch, 3, "--replay");
 
-        let mut next = RunEpoch::new(found.clone(), None);
-        assert_eq!(next.start_next(), 1);
+        let mut ahead = RunEpoch::new(found.clone(), None);
+        ahead.archived_through(1, 9);
+        ahead.archived_through(1, 8);
+        assert_eq!(problem(&ahead, 1, Some(9)), None, "recorded by a run");
+        assert_eq!(ahead.head_after(&[], "r2").next.get(&1), Some(&9));
+
+        let mut next_epoch = RunEpoch::new(found.clone(), None);
+        let stored = next_epoch.start_next_at(&[(0, 0), (1, 3)], "r3");
+        assert_eq!(next_epoch.epoch, 1);
         assert_eq!(
-            next.committed_problem(0, None),
-            None,
-            "the old positions are dropped"
+            stored,
+            CatalogHead::default().after_run(1, &[(0, 0), (1, 3)], &[], "r3"),
+            "the new epoch's head, before the reset"
         );
+        assert_eq!(problem(&next_epoch, 0, Some(0)), None, "the reset offsets");
+        assert!(
+            problem(&next_epoch, 0, Some(5)).is_some(),
+            "the old epoch's offsets are not the new one's"
+        );
+
         let gap = ExpiredGap {
             epoch: 1,
             partition: 1,
             first: 0,
             last: 3,
         };
-        next.accept_expired(vec![gap.clone()]);
-        assert_eq!(next.expired, vec![gap.clone()]);
-        assert!(
-            next.committed_problem(1, Some(3)).is_some(),
-            "behind the gap"
-        );
-        let head = next.head_after(&[(0, 9)], "r2");
+        next_epoch.accept_expired(vec![gap.clone()]);
+        assert_eq!(next_epoch.expired, vec![gap.clone()]);
+        assert!(problem(&next_epoch, 1, Some(3)).is_some(), "behind the gap");
+        let head = next_epoch.head_after(&[(0, 9)], "r2");
         assert_eq!(
             head,
-            CatalogHead::default().after_run(1, &[(0, 9)], &[gap], "r2")
+            CatalogHead::default().after_run(1, &[(0, 9), (1, 4)], &[gap], "r2")
         );
+    }
+
+    #[test]
+    fn commits_ahead_of_the_head_are_found_in_the_manifests_that_record_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let cat = Catalog::new(&store, "t");
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let obj = |p: i32, first: i64, last: i64| ObjectEntry {
+            key: format!("t/t+{p}+{first:020}+{last:020}.log"),
+            topic: "t".into(),
+            partition: p,
+            first_offset: first,
+            last_offset: last,
+            records: (last - first + 1) as u64,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: crate::archive::Compression::None,
+            gaps: vec![],
+            max_timestamp_ms: None,
+        };
+        let store_run = |i: i64, epoch: i32, objects: Vec<ObjectEntry>, next: &[(i32, i64)]| {
+            let at = t0 + chrono::Duration::minutes(i);
+            let run = layout::run_id(at);
+            let m = Manifest {
+                run_id: run.clone(),
+                topic: "t".into(),
+                group: "g".into(),
+                started_at: String::new(),
+                finished_at: String::new(),
+                objects,
+                rejected_key: None,
+                rejected: 0,
+                epoch,
+                expired: vec![],
+                next: next.iter().copied().collect(),
+            };
+            cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
+                .unwrap();
+            run
+        };
+        let r1 = store_run(0, 0, vec![obj(0, 0, 9), obj(1, 0, 4)], &[(0, 10), (1, 5)]);
+        store_run(5, 0, vec![obj(0, 10, 19)], &[(0, 21)]);
+        store_run(6, 1, vec![obj(1, 0, 2)], &[(1, 3)]);
+        let wanted: BTreeMap<i32, i64> = [(0, 21), (1, 3)].into_iter().collect();
+        assert_eq!(
+            cat.commits_recorded(0, &wanted, Some(&r1)).unwrap(),
+            [0].into_iter().collect(),
+            "partition 1's 3 is epoch 1's"
+        );
+        assert_eq!(
+            cat.commits_recorded(1, &wanted, None).unwrap(),
+            [1].into_iter().collect()
+        );
+        let later = layout::run_id(t0 + chrono::Duration::minutes(30));
+        assert!(
+            cat.commits_recorded(0, &wanted, Some(&later))
+                .unwrap()
+                .is_empty(),
+            "manifests older than the floor are not read"
+        );
+
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (0, 21)), (1, (0, 5)), (2, (0, 9))]
+            .into_iter()
+            .collect();
+        let found = cat.objects_ending_in(0, &wanted, 10).unwrap();
+        assert_eq!(found[&0].last_offset, 19);
+        assert_eq!(found[&1].last_offset, 4, "epoch 0's, not epoch 1's");
+        assert!(!found.contains_key(&2));
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (12, 21))].into_iter().collect();
+        assert_eq!(
+            cat.objects_ending_in(0, &wanted, 10).unwrap()[&0].last_offset,
+            19
+        );
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (0, 19))].into_iter().collect();
+        assert_eq!(
+            cat.objects_ending_in(0, &wanted, 10).unwrap()[&0].last_offset,
+            9,
+            "below the offset asked for"
+        );
+        assert_eq!(cat.marker_run_ids().unwrap(), Vec::<String>::new());
+        cat.store_marker(&Marker {
+            run_id: "r9".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(cat.marker_run_ids().unwrap(), vec!["r9".to_string()]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! `membership` follows the group (assignments, partitions others hold), and this module runs
 //! the consumer's state machine.
 
+mod epochs;
 mod membership;
 mod recovery;
 mod spool;
@@ -64,6 +65,10 @@ pub struct IngestOptions {
     /// Accept offsets that expired unarchived: record them as a gap and go on from the
     /// partition's first offset.
     pub accept_expired: bool,
+    /// Commit the catalog head's next offsets for the group where its committed offsets
+    /// differ (lost, reset, or moved past the archive), once the topic is shown to be the
+    /// archived one.
+    pub resume_from_archive: bool,
     /// Find a crashed run's objects by listing the topic's whole archive (repair) instead of
     /// the folders named by the crashed runs' markers.
     pub full_scan: bool,
@@ -189,6 +194,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
+        resume_from_archive: a.resume_from_archive,
         full_scan: a.full_scan,
         replay_epoch,
     };
@@ -573,6 +579,7 @@ impl Run<'_> {
             return Ok(());
         }
         let mut problems = Vec::new();
+        let mut expired = Vec::new();
         for &p in ps {
             let c = committed.get(&p).copied().flatten();
             self.committed_at_assign.insert(p, c);
@@ -583,20 +590,30 @@ impl Run<'_> {
             problems.extend(self.head.committed_problem(p, c));
             if let Some(c) = c {
                 if c < lo {
-                    problems.push(format!(
+                    expired.push(format!(
                         "partition {p}: offsets {c}..{} expired before they were archived (the partition starts at {lo})",
                         lo - 1
                     ));
                 }
             }
         }
-        if problems.is_empty() {
+        // A member may have committed since this run checked (its head may lag its commit).
+        let problems = epochs::drop_own_commits(&self.catalog, &mut self.head, problems)?;
+        if !problems.is_empty() {
+            bail!(epochs::refusal(
+                &self.topic,
+                &self.opts.group,
+                &problems,
+                &Default::default()
+            ));
+        }
+        if expired.is_empty() {
             return Ok(());
         }
         bail!(
-            "topic {} is not the one the archive holds: {}. Nothing was read or committed. If the topic was deleted and re-created, run `batchlayer ingest --new-epoch`; to record expired offsets as a gap and go on, run `batchlayer ingest --accept-expired`",
+            "topic {}: {}. Nothing was read or committed. To record the expired offsets as a gap and go on, run `batchlayer ingest --accept-expired`",
             self.topic,
-            problems.join("; ")
+            expired.join("; ")
         )
     }
 
@@ -695,6 +712,7 @@ impl Run<'_> {
         run_id: &str,
         started_at: DateTime<Utc>,
         rejected_key: Option<String>,
+        commits: &[(i32, i64)],
     ) -> Result<Option<String>> {
         if self.objects.is_empty() && rejected_key.is_none() && self.head.expired.is_empty() {
             return Ok(None);
@@ -710,6 +728,7 @@ impl Run<'_> {
             objects: self.objects.clone(),
             rejected_key,
             rejected: self.rejected.len() as u64,
+            next: commits.iter().copied().collect(),
         };
         let key = self.catalog.key_for_manifest(run_id, Utc::now());
         if !self.opts.dry_run {
@@ -739,12 +758,12 @@ impl Run<'_> {
         }
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
-        let manifest_key = self.store_manifest(&run_id, started_at, rejected_key)?;
         let commits: Vec<(i32, i64)> = self
             .parts
             .iter()
             .filter_map(|(p, st)| st.next_commit.map(|o| (*p, o)))
             .collect();
+        let manifest_key = self.store_manifest(&run_id, started_at, rejected_key, &commits)?;
         if !self.opts.dry_run {
             if crate::failpoint::hit("ingest-before-commit") {
                 bail!("failpoint: stopping after storing objects, before committing offsets");
@@ -848,9 +867,9 @@ fn run_with(
     }
     let topic = source.topic().to_string();
     let catalog = Catalog::new(store, &topic);
-    let head = run_epoch(source, &catalog, opts, out)?;
-    source.start()?;
     let run_id = layout::run_id(started_at);
+    let head = run_epoch(source, store, &catalog, opts, &run_id, out)?;
+    source.start()?;
     let recovery = Recovery::new(
         store,
         catalog.clone(),
@@ -890,12 +909,16 @@ fn run_with(
 }
 
 /// The head this run finds and the epoch it archives: a topic's first run catalogues the
-/// topics archived before the catalog; `--new-epoch` starts the next epoch and
-/// `--accept-expired` records expired offsets as gaps (both move the group's offsets).
+/// topics archived before the catalog; `--new-epoch` starts the next epoch,
+/// `--resume-from-archive` commits the head's offsets, and `--accept-expired` records expired
+/// offsets as gaps (all three move the group's offsets). Then the group's committed offsets
+/// must be the archive's ([`epochs::check_committed`]).
 fn run_epoch(
     source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
     catalog: &Catalog,
     opts: &IngestOptions,
+    run_id: &str,
     out: &Output,
 ) -> Result<RunEpoch> {
     let head = catalog.head_or_default()?;
@@ -909,14 +932,21 @@ fn run_epoch(
         }
     }
     let mut head = RunEpoch::new(head, opts.replay_epoch);
+    if opts.replay_epoch.is_some() {
+        // A replay starts where asked and never commits: no group's offsets are checked.
+        return Ok(head);
+    }
     if opts.new_epoch && !opts.dry_run {
-        let epoch = head.start_next();
-        start_epoch(source, catalog.topic(), epoch, out)?;
+        start_epoch(source, catalog, &mut head, run_id, out)?;
+    }
+    if opts.resume_from_archive && !opts.dry_run {
+        epochs::resume_from_archive(source, store, catalog, &mut head, &opts.group, out)?;
     }
     if opts.accept_expired && !opts.dry_run {
         // The head moves past the gap: the partition now goes on from its first offset.
         head.accept_expired(accept_expired(source, head.epoch, out)?);
     }
+    epochs::check_committed(source, store, catalog, &mut head, &opts.group)?;
     Ok(head)
 }
 
@@ -944,24 +974,33 @@ fn replay_plan(a: &IngestArgs) -> Result<Option<(ReplayRange, String)>> {
 }
 
 /// `--new-epoch`: the group's offsets go to the start of every partition; this run's objects
-/// carry the new epoch, so they never collide with the old incarnation's.
+/// carry the new epoch, so they never collide with the old incarnation's. The head records the
+/// new epoch and its start offsets before the offsets are reset: a run killed after the reset
+/// finds the head in the new epoch, at the offsets committed, and the next run goes on there.
 fn start_epoch(
     source: &mut dyn MessageSource,
-    topic: &str,
-    epoch: i32,
+    catalog: &Catalog,
+    head: &mut RunEpoch,
+    run_id: &str,
     out: &Output,
 ) -> Result<()> {
     let mut starts = Vec::new();
     for p in source.partitions()? {
         starts.push((p, source.watermarks(p)?.0));
     }
+    let started = head.start_next_at(&starts, run_id);
+    catalog
+        .store_head(&started)
+        .context("recording the new epoch in the catalog before resetting the group's offsets")?;
     source
         .commit(&starts)
         .context("resetting the group's offsets for the new epoch")?;
     // Test hook: die as kill -9 would, with the offsets reset and nothing else.
     crate::failpoint::crash("ingest-crash-after-epoch-reset");
     out.info(&format!(
-        "topic {topic}: starting epoch {epoch}; every partition is read from its first offset"
+        "topic {}: starting epoch {}; every partition is read from its first offset",
+        catalog.topic(),
+        head.epoch
     ));
     Ok(())
 }

@@ -1,0 +1,322 @@
+//! The group's committed offsets against the catalog head: before a run reads anything, each
+//! partition's committed offset must be the archive's next offset. When it is not, this
+//! module tells the cases apart and names each one's remedy:
+//! * a commit ahead of the head that a run of this archive recorded in its manifest (the head
+//!   lags a member's commit) is the archive's own: the run goes on, and its head says so;
+//! * any other commit ahead would skip offsets: refused;
+//! * no commit, or a commit behind the head: the group's offsets were lost or reset, or the
+//!   topic was deleted and re-created. The record at an archived offset still in Kafka tells
+//!   which: the same bytes are the same topic (`--resume-from-archive` commits the head's
+//!   offsets), other bytes, or a partition that now ends before it, a new one (`--new-epoch`).
+
+use crate::archive::catalog::{Catalog, OffsetProblem, ProblemKind, RunEpoch};
+use crate::archive::layout::ObjectEntry;
+use crate::archive::ObjectStore;
+use crate::output::Output;
+use crate::source::MessageSource;
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// How many manifests, newest first, are read to find an archived record to compare.
+const IDENTITY_MANIFESTS: usize = 200;
+
+/// Whether the topic still holds, at an archived offset, the record the archive holds there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// The same bytes at this offset: the topic is the archived one.
+    Same(i64),
+    /// Not the archived record (why): the topic was re-created.
+    Different(String),
+    /// No record could be compared (why).
+    Unknown(String),
+}
+
+/// Drops the commits ahead of the head that this archive's runs made: the head as stored now
+/// (a member may have written it since this run read it) or a manifest recording the commit.
+/// The head this run stores moves to them. Returns the other problems.
+pub(super) fn drop_own_commits(
+    catalog: &Catalog,
+    run: &mut RunEpoch,
+    problems: Vec<OffsetProblem>,
+) -> Result<Vec<OffsetProblem>> {
+    let ahead: BTreeMap<i32, i64> = problems
+        .iter()
+        .filter_map(|x| match x.kind {
+            ProblemKind::Ahead(c) => Some((x.partition, c)),
+            _ => None,
+        })
+        .collect();
+    if ahead.is_empty() {
+        return Ok(problems);
+    }
+    let mut own = BTreeSet::new();
+    let fresh = catalog.head()?;
+    if let Some(f) = fresh.as_ref().filter(|f| f.epoch == run.epoch) {
+        for (p, c) in &ahead {
+            if f.next.get(p).is_some_and(|n| n >= c) {
+                own.insert(*p);
+            }
+        }
+    }
+    let rest: BTreeMap<i32, i64> = ahead
+        .iter()
+        .filter(|(p, _)| !own.contains(*p))
+        .map(|(p, c)| (*p, *c))
+        .collect();
+    if !rest.is_empty() {
+        // A lagging head was stored by a run that started after the commits it lacks were
+        // recorded (less the manifests' grace), or their run died before its head and left
+        // its marker: the manifests since the oldest of those hold them.
+        let mut runs = catalog.marker_run_ids()?;
+        runs.push(run.head_run_id().to_string());
+        runs.extend(fresh.map(|f| f.run_id));
+        let floor = if runs.iter().any(String::is_empty) {
+            None
+        } else {
+            runs.into_iter().min()
+        };
+        own.extend(catalog.commits_recorded(run.epoch, &rest, floor.as_deref())?);
+    }
+    for p in &own {
+        run.archived_through(*p, ahead[p]);
+    }
+    Ok(problems
+        .into_iter()
+        .filter(|x| !own.contains(&x.partition))
+        .collect())
+}
+
+/// Per partition of `problems`, whether the topic is the archived one: the newest archived
+/// object whose last offset Kafka still holds, its last record against Kafka's at that offset.
+pub(super) fn identify(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    catalog: &Catalog,
+    epoch: i32,
+    problems: &[OffsetProblem],
+) -> BTreeMap<i32, Identity> {
+    let mut out = BTreeMap::new();
+    let mut wanted = BTreeMap::new();
+    for x in problems {
+        let p = x.partition;
+        match source.watermarks(p) {
+            Ok((low, _)) if low < x.next => {
+                wanted.insert(p, (low, x.next));
+            }
+            Ok((low, _)) => {
+                out.insert(
+                    p,
+                    Identity::Unknown(format!(
+                        "the partition now starts at offset {low}, after every archived offset"
+                    )),
+                );
+            }
+            Err(e) => {
+                out.insert(p, Identity::Unknown(format!("{e:#}")));
+            }
+        }
+    }
+    let objects = match catalog.objects_ending_in(epoch, &wanted, IDENTITY_MANIFESTS) {
+        Ok(o) => o,
+        Err(e) => {
+            for p in wanted.keys() {
+                out.insert(*p, Identity::Unknown(format!("{e:#}")));
+            }
+            return out;
+        }
+    };
+    for (p, (low, _)) in wanted {
+        let id = match objects.get(&p) {
+            Some(o) => compare(source, store, o).unwrap_or_else(|e| Identity::Unknown(format!("{e:#}"))),
+            None => Identity::Unknown(format!(
+                "the newest {IDENTITY_MANIFESTS} manifests list no object of it ending at or after offset {low}, where the partition now starts"
+            )),
+        };
+        out.insert(p, id);
+    }
+    out
+}
+
+/// The object's last record against the message Kafka holds at that offset.
+fn compare(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    o: &ObjectEntry,
+) -> Result<Identity> {
+    let archived = last_record(store, &o.key)?;
+    let at = o.last_offset;
+    Ok(match source.read_at(o.partition, at)? {
+        Some(m) if m.offset == at && m.payload.as_deref() == Some(&archived[..]) => {
+            Identity::Same(at)
+        }
+        Some(m) if m.offset == at => Identity::Different(format!(
+            "the record at offset {at} differs from the archived one"
+        )),
+        // Past the partition's end, the consumer starts over at its first offset.
+        Some(m) if m.offset < at => {
+            Identity::Different(format!("the partition now ends before offset {at}"))
+        }
+        None => Identity::Different(format!("the partition now ends before offset {at}")),
+        Some(m) => Identity::Unknown(format!(
+            "offset {at} holds no record now (the next one is {})",
+            m.offset
+        )),
+    })
+}
+
+/// The last record of an archived object (each record's bytes as Kafka gave them).
+fn last_record(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>> {
+    let c = crate::archive::Compression::from_key(key).unwrap_or_default();
+    let file = crate::archive::download(store, key, None)?;
+    let mut reader = crate::records::FrameReader::new(crate::archive::decoder(file, c)?);
+    let (mut rec, mut last) = (Vec::new(), None);
+    while reader.next_into(&mut rec)? {
+        last = Some(std::mem::take(&mut rec));
+    }
+    last.with_context(|| format!("{key} holds no record"))
+}
+
+/// The one line a refused run ends with: each partition's problem, what it means, what to do.
+pub(super) fn refusal(
+    topic: &str,
+    group: &str,
+    problems: &[OffsetProblem],
+    ids: &BTreeMap<i32, Identity>,
+) -> String {
+    let mut parts = Vec::new();
+    let (mut same, mut different, mut unknown) = (false, false, false);
+    for x in problems {
+        let said = match ids.get(&x.partition) {
+            Some(Identity::Same(at)) => {
+                same = true;
+                let why = match x.kind {
+                    ProblemKind::NoCommit => "the group's offsets were lost (a renamed group, or offsets expired after offsets.retention.minutes)",
+                    ProblemKind::Behind(_) => "the group's offsets were moved back",
+                    ProblemKind::Ahead(_) => "another consumer of the group, or a reset, moved its offsets past what the archive holds",
+                };
+                format!("{x}; the record at offset {at} is the archived one: {why}")
+            }
+            Some(Identity::Different(why)) => {
+                different = true;
+                format!("{x}; {why}: the topic was deleted and re-created")
+            }
+            Some(Identity::Unknown(why)) => {
+                unknown = true;
+                format!("{x}; whether the topic is the archived one is unknown: {why}")
+            }
+            None => {
+                unknown = true;
+                x.to_string()
+            }
+        };
+        parts.push(said);
+    }
+    const NEW_EPOCH: &str = "run `batchlayer ingest --new-epoch` (every partition is read from its start into a new epoch)";
+    const RESUME: &str = "run `batchlayer ingest --resume-from-archive` (it commits the archive's next offsets for the group, then reads on from there)";
+    let remedy = match (same, different, unknown) {
+        (false, true, false) => format!("The topic was re-created: {NEW_EPOCH}"),
+        (true, false, false) => format!("To go on from the archive: {RESUME}"),
+        _ => format!("If the topic was deleted and re-created, {NEW_EPOCH}; otherwise {RESUME}"),
+    };
+    format!(
+        "topic {topic}: the committed offsets of group {group} disagree with the archive: {}. Nothing was read or committed. {remedy}",
+        parts.join("; ")
+    )
+}
+
+/// Before the run joins the group: every partition's committed offset against the head.
+/// Commits this archive's runs made are the head's (the head may lag them); any other
+/// difference fails the run, diagnosed, before anything is read.
+pub(super) fn check_committed(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    catalog: &Catalog,
+    run: &mut RunEpoch,
+    group: &str,
+) -> Result<()> {
+    let parts = source.partitions()?;
+    if parts.iter().all(|p| run.expected_next(*p).is_none()) {
+        return Ok(());
+    }
+    let committed = source.committed(&parts)?;
+    let problems: Vec<OffsetProblem> = parts
+        .iter()
+        .filter_map(|p| run.committed_problem(*p, committed.get(p).copied().flatten()))
+        .collect();
+    let problems = drop_own_commits(catalog, run, problems)?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let ids = identify(source, store, catalog, run.epoch, &problems);
+    bail!(refusal(catalog.topic(), group, &problems, &ids))
+}
+
+/// `--resume-from-archive`: commits the head's next offset for each partition whose committed
+/// offset differs from it (missing, behind, or ahead of it without a run of this archive
+/// having made it), once the topic is shown to be the archived one. A partition whose record
+/// differs from the archived one (a re-created topic) fails the run; one with no record left
+/// to compare is moved with a warning.
+pub(super) fn resume_from_archive(
+    source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
+    catalog: &Catalog,
+    run: &mut RunEpoch,
+    group: &str,
+    out: &Output,
+) -> Result<()> {
+    let parts = source.partitions()?;
+    let committed = source.committed(&parts)?;
+    let problems: Vec<OffsetProblem> = parts
+        .iter()
+        .filter_map(|p| run.committed_problem(*p, committed.get(p).copied().flatten()))
+        .collect();
+    let problems = drop_own_commits(catalog, run, problems)?;
+    if problems.is_empty() {
+        out.info(&format!(
+            "topic {}: the committed offsets of group {group} are the archive's already",
+            catalog.topic()
+        ));
+        return Ok(());
+    }
+    let ids = identify(source, store, catalog, run.epoch, &problems);
+    let recreated: Vec<&OffsetProblem> = problems
+        .iter()
+        .filter(|x| matches!(ids.get(&x.partition), Some(Identity::Different(_))))
+        .collect();
+    if !recreated.is_empty() {
+        let recreated: Vec<OffsetProblem> = recreated.into_iter().cloned().collect();
+        bail!(
+            "--resume-from-archive refused: {}",
+            refusal(catalog.topic(), group, &recreated, &ids)
+        );
+    }
+    let mut moves = Vec::new();
+    for x in &problems {
+        if let Some(Identity::Unknown(why)) = ids.get(&x.partition) {
+            out.warn(&format!(
+                "partition {}: could not check that the topic is the archived one ({why}); resuming from the archive all the same",
+                x.partition
+            ));
+        }
+        moves.push((x.partition, x.next));
+    }
+    source
+        .commit(&moves)
+        .context("committing the archive's next offsets for the group")?;
+    let said: Vec<String> = problems
+        .iter()
+        .map(|x| match x.kind {
+            ProblemKind::NoCommit => format!("{}: none -> {}", x.partition, x.next),
+            ProblemKind::Behind(c) | ProblemKind::Ahead(c) => {
+                format!("{}: {c} -> {}", x.partition, x.next)
+            }
+        })
+        .collect();
+    out.info(&format!(
+        "topic {}: group {group} resumes from the archive (epoch {}): {}",
+        catalog.topic(),
+        run.epoch,
+        said.join(", ")
+    ));
+    Ok(())
+}
