@@ -38,6 +38,7 @@ pub(super) fn drop_own_commits(
     catalog: &Catalog,
     run: &mut RunEpoch,
     problems: Vec<OffsetProblem>,
+    out: &Output,
 ) -> Result<Vec<OffsetProblem>> {
     let ahead: BTreeMap<i32, i64> = problems
         .iter()
@@ -78,6 +79,10 @@ pub(super) fn drop_own_commits(
         own.extend(catalog.commits_recorded(run.epoch, &rest, floor.as_deref())?);
     }
     for p in &own {
+        out.debug(&format!(
+            "partition {p}: the committed offset {} is ahead of the catalog head as this run found it, and a run of this archive made it; going on from there",
+            ahead[p]
+        ));
         run.archived_through(*p, ahead[p]);
     }
     Ok(problems
@@ -233,6 +238,7 @@ pub(super) fn check_committed(
     catalog: &Catalog,
     run: &mut RunEpoch,
     group: &str,
+    out: &Output,
 ) -> Result<()> {
     let parts = source.partitions()?;
     if parts.iter().all(|p| run.expected_next(*p).is_none()) {
@@ -243,7 +249,7 @@ pub(super) fn check_committed(
         .iter()
         .filter_map(|p| run.committed_problem(*p, committed.get(p).copied().flatten()))
         .collect();
-    let problems = drop_own_commits(catalog, run, problems)?;
+    let problems = drop_own_commits(catalog, run, problems, out)?;
     if problems.is_empty() {
         return Ok(());
     }
@@ -270,7 +276,7 @@ pub(super) fn resume_from_archive(
         .iter()
         .filter_map(|p| run.committed_problem(*p, committed.get(p).copied().flatten()))
         .collect();
-    let problems = drop_own_commits(catalog, run, problems)?;
+    let problems = drop_own_commits(catalog, run, problems, out)?;
     if problems.is_empty() {
         out.info(&format!(
             "topic {}: the committed offsets of group {group} are the archive's already",

@@ -598,7 +598,7 @@ impl Run<'_> {
             }
         }
         // A member may have committed since this run checked (its head may lag its commit).
-        let problems = epochs::drop_own_commits(&self.catalog, &mut self.head, problems)?;
+        let problems = epochs::drop_own_commits(&self.catalog, &mut self.head, problems, self.out)?;
         if !problems.is_empty() {
             bail!(epochs::refusal(
                 &self.topic,
@@ -946,7 +946,7 @@ fn run_epoch(
         // The head moves past the gap: the partition now goes on from its first offset.
         head.accept_expired(accept_expired(source, head.epoch, out)?);
     }
-    epochs::check_committed(source, store, catalog, &mut head, &opts.group)?;
+    epochs::check_committed(source, store, catalog, &mut head, &opts.group, out)?;
     Ok(head)
 }
 
