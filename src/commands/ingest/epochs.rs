@@ -326,3 +326,225 @@ pub(super) fn resume_from_archive(
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::catalog::Catalog;
+    use crate::archive::layout::{self, CatalogHead, Manifest};
+    use crate::archive::local::LocalStore;
+    use crate::archive::Compression;
+    use crate::source::{Event, Message};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// One partition: its first offset, the group's committed offset, the record Kafka holds
+    /// at each offset; commits are recorded.
+    struct Topic {
+        low: i64,
+        committed: Mutex<Option<i64>>,
+        records: HashMap<i64, Vec<u8>>,
+        commits: Mutex<Vec<(i32, i64)>>,
+    }
+
+    impl MessageSource for Topic {
+        fn topic(&self) -> &str {
+            "t"
+        }
+        fn start(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn poll(&mut self, _: Duration) -> Result<Event> {
+            Ok(Event::Idle)
+        }
+        fn committed(&self, _: &[i32]) -> Result<HashMap<i32, Option<i64>>> {
+            Ok([(0, *self.committed.lock().unwrap())].into_iter().collect())
+        }
+        fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
+            self.commits.lock().unwrap().extend_from_slice(offsets);
+            if let Some(&(_, o)) = offsets.last() {
+                *self.committed.lock().unwrap() = Some(o);
+            }
+            Ok(())
+        }
+        fn read_at(&mut self, partition: i32, offset: i64) -> Result<Option<Message>> {
+            let at = offset.max(self.low);
+            Ok(self.records.get(&at).map(|r| Message {
+                partition,
+                offset: at,
+                timestamp_ms: None,
+                payload: Some(r.clone()),
+            }))
+        }
+        fn watermarks(&self, _: i32) -> Result<(i64, i64)> {
+            Ok((self.low, 100))
+        }
+        fn partitions(&self) -> Result<Vec<i32>> {
+            Ok(vec![0])
+        }
+    }
+
+    /// An archive of topic `t` holding offsets 0..=9 of partition 0 (records `r0`..`r9`),
+    /// one manifest whose run committed 10, and a head at 10.
+    fn archive(dir: &std::path::Path) -> LocalStore {
+        let store = LocalStore::new(dir.to_path_buf());
+        let key = layout::object_key(
+            "t",
+            &layout::epoch_file_name("t", 0, 0, 0, 9, Compression::None),
+        );
+        let mut body = Vec::new();
+        for i in 0..10 {
+            crate::records::frame_into(format!("r{i}").as_bytes(), &mut body);
+        }
+        store.put_bytes(&key, &body).unwrap();
+        let cat = Catalog::new(&store, "t");
+        let at = chrono::Utc::now();
+        let run = layout::run_id(at);
+        let m = Manifest {
+            run_id: run.clone(),
+            topic: "t".into(),
+            group: "g".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            objects: vec![layout::ObjectEntry {
+                key,
+                topic: "t".into(),
+                partition: 0,
+                first_offset: 0,
+                last_offset: 9,
+                records: 10,
+                bytes: body.len() as u64,
+                uncompressed_bytes: body.len() as u64,
+                sha256: String::new(),
+                compression: Compression::None,
+                gaps: vec![],
+                max_timestamp_ms: None,
+            }],
+            rejected_key: None,
+            rejected: 0,
+            epoch: 0,
+            expired: vec![],
+            next: [(0, 10)].into_iter().collect(),
+        };
+        cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
+            .unwrap();
+        cat.store_head(&CatalogHead::default().after_run(0, &[(0, 10)], &[], &run))
+            .unwrap();
+        store
+    }
+
+    fn topic(low: i64, committed: Option<i64>, prefix: &str) -> Topic {
+        Topic {
+            low,
+            committed: Mutex::new(committed),
+            records: (0..30)
+                .map(|i| (i, format!("{prefix}{i}").into_bytes()))
+                .collect(),
+            commits: Mutex::default(),
+        }
+    }
+
+    fn check(store: &LocalStore, src: &mut Topic) -> Result<RunEpoch> {
+        let cat = Catalog::new(store, "t");
+        let mut run = RunEpoch::new(cat.head_or_default()?, None);
+        check_committed(src, store, &cat, &mut run, "g", &Output::silent())?;
+        Ok(run)
+    }
+
+    fn resume(store: &LocalStore, src: &mut Topic) -> Result<()> {
+        let cat = Catalog::new(store, "t");
+        let mut run = RunEpoch::new(cat.head_or_default()?, None);
+        resume_from_archive(src, store, &cat, &mut run, "g", &Output::silent())
+    }
+
+    #[test]
+    fn the_record_at_the_last_archived_offset_tells_lost_offsets_from_a_re_created_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = archive(dir.path());
+
+        // The same topic, the group's offsets lost: resume from the archive.
+        let mut same = topic(0, None, "r");
+        let err = check(&store, &mut same).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "the record at offset 9 is the archived one: the group's offsets were lost"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("--resume-from-archive") && !err.contains("--new-epoch"),
+            "{err}"
+        );
+        resume(&store, &mut same).unwrap();
+        assert_eq!(*same.commits.lock().unwrap(), vec![(0, 10)]);
+        check(&store, &mut same).unwrap();
+
+        // Other bytes at that offset: re-created; resuming is refused.
+        let mut other = topic(0, None, "x");
+        let err = check(&store, &mut other).unwrap_err().to_string();
+        assert!(
+            err.contains("the record at offset 9 differs from the archived one: the topic was deleted and re-created"),
+            "{err}"
+        );
+        assert!(
+            err.contains("--new-epoch") && !err.contains("--resume-from-archive"),
+            "{err}"
+        );
+        let err = resume(&store, &mut other).unwrap_err().to_string();
+        assert!(err.starts_with("--resume-from-archive refused"), "{err}");
+        assert!(other.commits.lock().unwrap().is_empty());
+
+        // A partition that now ends before the archived offset: re-created.
+        let mut short = topic(0, Some(3), "r");
+        short.records.retain(|o, _| *o < 5);
+        let err = check(&store, &mut short).unwrap_err().to_string();
+        assert!(
+            err.contains("the committed offset 3 is behind the archive's next offset 10")
+                && err.contains("the partition now ends before offset 9"),
+            "{err}"
+        );
+
+        // Every archived offset expired from Kafka too: both remedies; resuming warns and
+        // moves the offsets (the expired check then wants --accept-expired).
+        let mut gone = topic(20, None, "r");
+        let err = check(&store, &mut gone).unwrap_err().to_string();
+        assert!(
+            err.contains("whether the topic is the archived one is unknown"),
+            "{err}"
+        );
+        assert!(
+            err.contains("--new-epoch") && err.contains("--resume-from-archive"),
+            "{err}"
+        );
+        resume(&store, &mut gone).unwrap();
+        assert_eq!(*gone.commits.lock().unwrap(), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn a_commit_ahead_of_the_head_is_the_archives_own_only_when_a_manifest_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = archive(dir.path());
+        let cat = Catalog::new(&store, "t");
+        // The head lags: it says 4, a run's manifest says it committed 10.
+        let run_id = cat.head().unwrap().unwrap().run_id;
+        cat.store_head(&CatalogHead::default().after_run(0, &[(0, 4)], &[], &run_id))
+            .unwrap();
+        let mut own = topic(0, Some(10), "r");
+        let run = check(&store, &mut own).unwrap();
+        assert_eq!(
+            run.head_after(&[], "r2").next.get(&0),
+            Some(&10),
+            "the head this run stores moves to the commit"
+        );
+        // 12 is nobody's: refused, and resuming goes back to the head's 4.
+        let mut ahead = topic(0, Some(12), "r");
+        let err = check(&store, &mut ahead).unwrap_err().to_string();
+        assert!(
+            err.contains("the committed offset 12 is ahead of the archive's next offset 4 (epoch 0): offsets 4..11 would be skipped"),
+            "{err}"
+        );
+        resume(&store, &mut ahead).unwrap();
+        assert_eq!(*ahead.commits.lock().unwrap(), vec![(0, 4)]);
+    }
+}
