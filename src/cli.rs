@@ -230,6 +230,11 @@ pub struct IngestArgs {
     /// holds other records than the archive at an archived offset (re-created: --new-epoch).
     #[arg(long, conflicts_with = "new_epoch")]
     pub resume_from_archive: bool,
+    /// The group's committed offsets are ahead of the archive and the offsets between are to
+    /// be skipped on purpose (a reset to latest): record them as a gap in the manifest and the
+    /// catalog, as --accept-expired does, and go on from the committed offsets.
+    #[arg(long, conflicts_with_all = ["new_epoch", "resume_from_archive"])]
+    pub accept_skipped: bool,
     /// Repair: find objects of runs that died by listing the topic's whole archive, not only
     /// the folders their markers name (for archives written before markers existed).
     #[arg(long)]
@@ -237,7 +242,7 @@ pub struct IngestArgs {
     /// Re-archive a range of the topic under --prefix (a shadow archive), reading without the
     /// group and committing nothing: the group's offsets and the main archive are untouched.
     /// Needs --from-offset or --from-time.
-    #[arg(long, requires = "prefix", conflicts_with_all = ["new_epoch", "accept_expired", "resume_from_archive", "dry_run"])]
+    #[arg(long, requires = "prefix", conflicts_with_all = ["new_epoch", "accept_expired", "resume_from_archive", "accept_skipped", "dry_run"])]
     pub replay: bool,
     /// Replay: the first offset of every partition.
     #[arg(

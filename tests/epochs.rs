@@ -88,6 +88,32 @@ fn a_commit_ahead_of_the_archive_is_refused_until_the_run_resumes_from_the_archi
 }
 
 #[test]
+fn offsets_skipped_on_purpose_are_recorded_as_a_gap() {
+    if !stack_up() {
+        return;
+    }
+    let w = World::local("skipped");
+    produce_with_batch_at(&w, &tweets(0..600, 77), 299);
+    assert_eq!(w.json(&["ingest"])["messages"], 600);
+    produce_raw(&brokers(), &w.topic, 2, &tweets(600..1000, 77));
+    // The operator resets the group to latest on purpose.
+    commit_as_another_consumer(&w, &[(0, 500), (1, 500)]);
+    let (code, _, err) = w.run(&["ingest"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--accept-skipped"), "{err}");
+
+    let v = w.json(&["ingest", "--accept-skipped"]);
+    assert_eq!(v["messages"], 0, "{v}");
+    let gap = |p: i32| serde_json::json!({"epoch": 0, "partition": p, "first": 300, "last": 499});
+    assert_eq!(v["expired"], serde_json::json!([gap(0), gap(1)]), "{v}");
+    assert_eq!(head(&w)["expired"], serde_json::json!([gap(0), gap(1)]));
+    assert_eq!(head(&w)["next"], serde_json::json!({"0": 500, "1": 500}));
+    let more = tweets(1000..1100, 77);
+    produce_raw(&brokers(), &w.topic, 2, &more);
+    assert_eq!(w.json(&["ingest"])["messages"], 100);
+}
+
+#[test]
 fn a_head_behind_commits_of_this_archive_is_not_taken_for_a_skip() {
     if !stack_up() {
         return;

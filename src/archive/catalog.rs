@@ -542,10 +542,11 @@ impl RunEpoch {
         self.epoch
     }
 
-    /// `--accept-expired`: records the gaps; each partition of one goes on after it.
+    /// `--accept-expired` (and `--accept-skipped`): records the gaps; each partition of one
+    /// goes on after it.
     pub fn accept_expired(&mut self, gaps: Vec<ExpiredGap>) {
         self.head.skip_expired(&gaps);
-        self.expired = gaps;
+        self.expired.extend(gaps);
     }
 
     /// The offset the archive expects partition `p` to go on from: the head's next offset

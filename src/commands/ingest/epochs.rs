@@ -10,7 +10,7 @@
 //!   offsets), other bytes, or a partition that now ends before it, a new one (`--new-epoch`).
 
 use crate::archive::catalog::{Catalog, OffsetProblem, ProblemKind, RunEpoch};
-use crate::archive::layout::ObjectEntry;
+use crate::archive::layout::{ExpiredGap, ObjectEntry};
 use crate::archive::ObjectStore;
 use crate::output::Output;
 use crate::source::MessageSource;
@@ -218,11 +218,18 @@ pub(super) fn refusal(
     }
     const NEW_EPOCH: &str = "run `batchlayer ingest --new-epoch` (every partition is read from its start into a new epoch)";
     const RESUME: &str = "run `batchlayer ingest --resume-from-archive` (it commits the archive's next offsets for the group, then reads on from there)";
-    let remedy = match (same, different, unknown) {
+    let mut remedy = match (same, different, unknown) {
         (false, true, false) => format!("The topic was re-created: {NEW_EPOCH}"),
         (true, false, false) => format!("To go on from the archive: {RESUME}"),
         _ => format!("If the topic was deleted and re-created, {NEW_EPOCH}; otherwise {RESUME}"),
     };
+    if !different
+        && problems
+            .iter()
+            .any(|x| matches!(x.kind, ProblemKind::Ahead(_)))
+    {
+        remedy.push_str("; to skip the offsets on purpose, run `batchlayer ingest --accept-skipped` (they are recorded as a gap)");
+    }
     format!(
         "topic {topic}: the committed offsets of group {group} disagree with the archive: {}. Nothing was read or committed. {remedy}",
         parts.join("; ")
@@ -325,6 +332,41 @@ pub(super) fn resume_from_archive(
         said.join(", ")
     ));
     Ok(())
+}
+
+/// `--accept-skipped`: the offsets between the archive's next offset and a committed offset
+/// ahead of it (not one of this archive's runs' commits), as gaps to record; the group's
+/// offsets stay where they are.
+pub(super) fn skipped(
+    source: &mut dyn MessageSource,
+    catalog: &Catalog,
+    run: &mut RunEpoch,
+    out: &Output,
+) -> Result<Vec<ExpiredGap>> {
+    let parts = source.partitions()?;
+    let committed = source.committed(&parts)?;
+    let problems: Vec<OffsetProblem> = parts
+        .iter()
+        .filter_map(|p| run.committed_problem(*p, committed.get(p).copied().flatten()))
+        .collect();
+    let mut gaps = Vec::new();
+    for x in drop_own_commits(catalog, run, problems, out)? {
+        if let ProblemKind::Ahead(c) = x.kind {
+            out.warn(&format!(
+                "partition {}: offsets {}..{} skipped on purpose (the group's committed offset is {c}); recorded as a gap",
+                x.partition,
+                x.next,
+                c - 1
+            ));
+            gaps.push(ExpiredGap {
+                epoch: run.epoch,
+                partition: x.partition,
+                first: x.next,
+                last: c - 1,
+            });
+        }
+    }
+    Ok(gaps)
 }
 
 #[cfg(test)]
@@ -543,6 +585,24 @@ mod tests {
         assert!(
             err.contains("the committed offset 12 is ahead of the archive's next offset 4 (epoch 0): offsets 4..11 would be skipped"),
             "{err}"
+        );
+        let mut run = RunEpoch::new(cat.head_or_default().unwrap(), None);
+        let gaps = skipped(&mut ahead, &cat, &mut run, &Output::silent()).unwrap();
+        assert_eq!(
+            gaps,
+            vec![ExpiredGap {
+                epoch: 0,
+                partition: 0,
+                first: 4,
+                last: 11
+            }],
+            "--accept-skipped records the skipped offsets"
+        );
+        assert!(
+            skipped(&mut own, &cat, &mut run, &Output::silent())
+                .unwrap()
+                .is_empty(),
+            "a run's own commit skips nothing"
         );
         resume(&store, &mut ahead).unwrap();
         assert_eq!(*ahead.commits.lock().unwrap(), vec![(0, 4)]);

@@ -69,6 +69,9 @@ pub struct IngestOptions {
     /// differ (lost, reset, or moved past the archive), once the topic is shown to be the
     /// archived one.
     pub resume_from_archive: bool,
+    /// Record the offsets between the archive's next offset and a committed offset ahead of it
+    /// as a gap (skipped on purpose), and go on from the committed offset.
+    pub accept_skipped: bool,
     /// Find a crashed run's objects by listing the topic's whole archive (repair) instead of
     /// the folders named by the crashed runs' markers.
     pub full_scan: bool,
@@ -195,6 +198,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
         resume_from_archive: a.resume_from_archive,
+        accept_skipped: a.accept_skipped,
         full_scan: a.full_scan,
         replay_epoch,
     };
@@ -706,6 +710,16 @@ impl Run<'_> {
         Ok(Some(key))
     }
 
+    /// Where the group's offsets stand once the run commits: its commits, and past each gap it
+    /// accepted (the offsets were moved there before the run read anything).
+    fn next_offsets(&self, commits: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+        let mut next: BTreeMap<i32, i64> = commits.iter().copied().collect();
+        for g in &self.head.expired {
+            next.entry(g.partition).or_insert(g.last + 1);
+        }
+        next
+    }
+
     /// Stores the run manifest, if the run stored anything; returns its key.
     fn store_manifest(
         &self,
@@ -728,7 +742,7 @@ impl Run<'_> {
             objects: self.objects.clone(),
             rejected_key,
             rejected: self.rejected.len() as u64,
-            next: commits.iter().copied().collect(),
+            next: self.next_offsets(commits),
         };
         let key = self.catalog.key_for_manifest(run_id, Utc::now());
         if !self.opts.dry_run {
@@ -788,7 +802,9 @@ impl Run<'_> {
             ))
             .into());
         }
-        if !self.opts.dry_run && !commits.is_empty() {
+        // Accepted gaps move the head too (the group's offsets were moved past them, or were
+        // there already), also when the run read nothing after them.
+        if !self.opts.dry_run && (!commits.is_empty() || !self.head.expired.is_empty()) {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
@@ -941,6 +957,10 @@ fn run_epoch(
     }
     if opts.resume_from_archive && !opts.dry_run {
         epochs::resume_from_archive(source, store, catalog, &mut head, &opts.group, out)?;
+    }
+    if opts.accept_skipped && !opts.dry_run {
+        let gaps = epochs::skipped(source, catalog, &mut head, out)?;
+        head.accept_expired(gaps);
     }
     if opts.accept_expired && !opts.dry_run {
         // The head moves past the gap: the partition now goes on from its first offset.
