@@ -126,6 +126,22 @@ pub fn classify(key: &str) -> KeyKind<'_> {
     }
 }
 
+/// Whether these inclusive spans hold every offset of first..=last.
+fn covers(spans: &mut [(i64, i64)], first: i64, last: i64) -> bool {
+    spans.sort_unstable();
+    let mut next = first;
+    for &(a, b) in spans.iter() {
+        if a > next {
+            break;
+        }
+        next = next.max(b + 1);
+        if next > last {
+            return true;
+        }
+    }
+    next > last
+}
+
 /// One topic's catalog in an archive.
 #[derive(Clone)]
 pub struct Catalog<'a> {
@@ -287,55 +303,107 @@ impl<'a> Catalog<'a> {
         Ok(out)
     }
 
-    /// The topic's manifests named after `floor` (a manifest or run name: the time it starts
-    /// with, less the grace; all of them for None), newest first.
-    fn manifests_since_newest_first(&self, floor: Option<&str>) -> Result<Vec<String>> {
-        let mut v = self.recent_manifests(floor)?;
-        v.reverse();
-        Ok(v.into_iter().map(|(k, _)| k).collect())
+    /// The topic's manifest keys, newest first, one day folder at a time (the folders of
+    /// older layouts last): a walk that stops early lists only the days it reached.
+    fn manifests_walk(&self) -> Result<impl Iterator<Item = Result<Vec<String>>> + '_> {
+        let base = format!("{MANIFESTS}{}/", self.topic);
+        let mut days = self.store.list_dirs(&base)?;
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut folders: Vec<String> = days.into_iter().map(|d| format!("{base}{d}/")).collect();
+        folders.push(base);
+        Ok(folders.into_iter().map(move |f| {
+            let mut keys: Vec<String> = self
+                .store
+                .list_folder(&f)?
+                .into_iter()
+                .map(|o| o.key)
+                .filter(|k| layout::manifest_name(k).is_some() && k.ends_with(".json"))
+                .collect();
+            keys.sort_by(|a, b| layout::manifest_name(b).cmp(&layout::manifest_name(a)));
+            Ok(keys)
+        }))
     }
 
-    /// The run ids of the in-flight markers (runs going on, or dead before removing theirs).
-    pub fn marker_run_ids(&self) -> Result<Vec<String>> {
-        Ok(self
-            .marker_keys()?
-            .iter()
-            .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json"))
-            .map(str::to_string)
-            .collect())
-    }
-
-    /// Of these (partition, committed offset) pairs, those a run of this archive recorded in
-    /// its manifest as what it commits, in epoch `epoch`: the archive holds the offsets up to
-    /// there even where the head lags (a member's head write lost to another's, or a run that
-    /// died between its commit and its head). Reads the manifests stored since `floor` (the
-    /// oldest of the head's run and the runs with a marker; None: all), newest first, until
-    /// every pair is found.
+    /// Of these partitions (partition -> (the head's next offset, the committed offset above
+    /// it)), those whose committed offset is this archive's own, in epoch `epoch`: a manifest
+    /// records it as what its run commits (each run's manifest does, since this version), or,
+    /// for manifests of older versions, the objects and listed tombstones of the manifests hold
+    /// every offset from the head's to the committed one. The head lags such commits when a
+    /// member's head write is lost to another's, or a run dies between its commit and its head.
+    /// Reads the manifests newest first, for each partition until it is settled: proven, or
+    /// the walk has gone past the manifest holding the head's offset (by the manifests'
+    /// grace): its cost follows the lag, not the archive's history.
     pub fn commits_recorded(
         &self,
         epoch: i32,
-        wanted: &BTreeMap<i32, i64>,
-        floor: Option<&str>,
+        wanted: &BTreeMap<i32, (i64, i64)>,
     ) -> Result<BTreeSet<i32>> {
-        let mut found = BTreeSet::new();
-        if wanted.is_empty() {
-            return Ok(found);
-        }
-        for key in self.manifests_since_newest_first(floor)? {
-            let m = self.read_manifest(&key)?;
-            if m.epoch != epoch {
-                continue;
-            }
-            for (p, c) in wanted {
-                if m.next.get(p) == Some(c) {
-                    found.insert(*p);
+        let mut own = BTreeSet::new();
+        let mut open: BTreeMap<i32, (Vec<(i64, i64)>, Option<DateTime<Utc>>)> =
+            wanted.keys().map(|p| (*p, (Vec::new(), None))).collect();
+        let grace = chrono::Duration::minutes(MANIFEST_GRACE_MINUTES);
+        'walk: for keys in self.manifests_walk()? {
+            for key in keys? {
+                let at = layout::manifest_name(&key).and_then(layout::manifest_time);
+                open.retain(|_, (_, reached)| match (reached, at) {
+                    (Some(r), Some(t)) => t >= *r - grace,
+                    _ => true,
+                });
+                if open.is_empty() {
+                    break 'walk;
+                }
+                let m = self.read_manifest(&key)?;
+                if m.epoch != epoch {
+                    continue;
+                }
+                let tombstones = self.tombstones(&m, &open)?;
+                let mut proven = Vec::new();
+                for (p, (spans, reached)) in open.iter_mut() {
+                    let (next, committed) = wanted[p];
+                    if m.next.get(p) == Some(&committed) {
+                        proven.push(*p);
+                        continue;
+                    }
+                    for o in m.objects.iter().filter(|o| o.partition == *p) {
+                        spans.push((o.first_offset, o.last_offset));
+                        if o.first_offset <= next && reached.is_none() {
+                            *reached = at;
+                        }
+                    }
+                    spans.extend(tombstones.iter().filter(|t| t.0 == *p).map(|t| (t.1, t.1)));
+                    if covers(spans, next, committed - 1) {
+                        proven.push(*p);
+                    }
+                }
+                for p in proven {
+                    open.remove(&p);
+                    own.insert(p);
                 }
             }
-            if found.len() == wanted.len() {
-                break;
+        }
+        Ok(own)
+    }
+
+    /// The tombstones a manifest's run listed, as (partition, offset), for these partitions.
+    fn tombstones<T>(&self, m: &Manifest, of: &BTreeMap<i32, T>) -> Result<Vec<(i32, i64)>> {
+        let Some(key) = m.rejected_key.as_deref().filter(|_| m.rejected > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut body = Vec::new();
+        match self.store.get_into(key, &mut body) {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {key}")),
+        }
+        let mut out = Vec::new();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let r: layout::Rejected =
+                serde_json::from_slice(line).with_context(|| format!("parsing {key}"))?;
+            if of.contains_key(&r.partition) {
+                out.push((r.partition, r.offset));
             }
         }
-        Ok(found)
+        Ok(out)
     }
 
     /// Per partition of `wanted` (partition -> (low, below)), the newest archived object of
@@ -349,29 +417,29 @@ impl<'a> Catalog<'a> {
         max_manifests: usize,
     ) -> Result<BTreeMap<i32, ObjectEntry>> {
         let mut found: BTreeMap<i32, ObjectEntry> = BTreeMap::new();
-        for key in self
-            .manifests_since_newest_first(None)?
-            .into_iter()
-            .take(max_manifests)
-        {
-            let m = self.read_manifest(&key)?;
-            if m.epoch != epoch {
-                continue;
-            }
-            for o in m.objects {
-                let Some(&(low, below)) = wanted.get(&o.partition) else {
-                    continue;
-                };
-                let fits = o.last_offset >= low && o.last_offset < below;
-                let newer = found
-                    .get(&o.partition)
-                    .is_none_or(|f| f.last_offset < o.last_offset);
-                if fits && newer {
-                    found.insert(o.partition, o);
+        let mut read = 0;
+        'walk: for keys in self.manifests_walk()? {
+            for key in keys? {
+                if read == max_manifests || found.len() == wanted.len() {
+                    break 'walk;
                 }
-            }
-            if found.len() == wanted.len() {
-                break;
+                read += 1;
+                let m = self.read_manifest(&key)?;
+                if m.epoch != epoch {
+                    continue;
+                }
+                for o in m.objects {
+                    let Some(&(low, below)) = wanted.get(&o.partition) else {
+                        continue;
+                    };
+                    let fits = o.last_offset >= low && o.last_offset < below;
+                    let newer = found
+                        .get(&o.partition)
+                        .is_none_or(|f| f.last_offset < o.last_offset);
+                    if fits && newer {
+                        found.insert(o.partition, o);
+                    }
+                }
             }
         }
         Ok(found)
@@ -476,6 +544,9 @@ pub struct RunEpoch {
     pub epoch: i32,
     /// Expired offsets the run accepted as gaps (`--accept-expired`).
     pub expired: Vec<ExpiredGap>,
+    /// The head as found lagged commits of this archive's runs: the run stores it even if
+    /// it commits nothing.
+    pub repaired: bool,
 }
 
 /// A partition whose committed offset disagrees with the archive's next offset.
@@ -533,6 +604,7 @@ impl RunEpoch {
             epoch: head.epoch,
             head,
             expired: Vec::new(),
+            repaired: false,
         }
     }
 
@@ -580,7 +652,10 @@ impl RunEpoch {
     /// archive's own run): the head this run stores says so.
     pub fn archived_through(&mut self, p: i32, next: i64) {
         let e = self.head.next.entry(p).or_insert(next);
-        *e = (*e).max(next);
+        if *e < next {
+            *e = next;
+            self.repaired = true;
+        }
     }
 
     /// `--new-epoch`: the run archives the epoch after the head's, from these offsets (each
@@ -819,9 +894,27 @@ mod tests {
             gaps: vec![],
             max_timestamp_ms: None,
         };
-        let store_run = |i: i64, epoch: i32, objects: Vec<ObjectEntry>, next: &[(i32, i64)]| {
+        let store_run = |i: i64,
+                         epoch: i32,
+                         objects: Vec<ObjectEntry>,
+                         next: &[(i32, i64)],
+                         tombstones: &[(i32, i64)]| {
             let at = t0 + chrono::Duration::minutes(i);
             let run = layout::run_id(at);
+            let rejected_key = (!tombstones.is_empty()).then(|| layout::rejected_key("t", &run));
+            if let Some(k) = &rejected_key {
+                let mut body = Vec::new();
+                for &(partition, offset) in tombstones {
+                    let r = layout::Rejected {
+                        partition,
+                        offset,
+                        reason: "null payload (tombstone)".into(),
+                    };
+                    serde_json::to_writer(&mut body, &r).unwrap();
+                    body.push(b'\n');
+                }
+                store.put_bytes(k, &body).unwrap();
+            }
             let m = Manifest {
                 run_id: run.clone(),
                 topic: "t".into(),
@@ -829,36 +922,70 @@ mod tests {
                 started_at: String::new(),
                 finished_at: String::new(),
                 objects,
-                rejected_key: None,
-                rejected: 0,
+                rejected_key,
+                rejected: tombstones.len() as u64,
                 epoch,
                 expired: vec![],
                 next: next.iter().copied().collect(),
             };
             cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
                 .unwrap();
-            run
         };
-        let r1 = store_run(0, 0, vec![obj(0, 0, 9), obj(1, 0, 4)], &[(0, 10), (1, 5)]);
-        store_run(5, 0, vec![obj(0, 10, 19)], &[(0, 21)]);
-        store_run(6, 1, vec![obj(1, 0, 2)], &[(1, 3)]);
-        let wanted: BTreeMap<i32, i64> = [(0, 21), (1, 3)].into_iter().collect();
+        store_run(
+            0,
+            0,
+            vec![obj(0, 0, 9), obj(1, 0, 4)],
+            &[(0, 10), (1, 5)],
+            &[],
+        );
+        store_run(5, 0, vec![obj(0, 10, 19)], &[(0, 21)], &[]);
+        store_run(6, 1, vec![obj(1, 0, 2)], &[(1, 3)], &[]);
+        // A manifest of an older version: no next offsets, a tombstone between two objects.
+        store_run(
+            7,
+            0,
+            vec![obj(2, 0, 9), obj(2, 12, 15)],
+            &[],
+            &[(2, 10), (2, 11)],
+        );
+        // Yesterday's day folder: a run of partition 3, far behind.
+        store_run(-24 * 60, 0, vec![obj(3, 0, 9)], &[(3, 10)], &[]);
+        let wanted =
+            |w: &[(i32, (i64, i64))]| -> BTreeMap<i32, (i64, i64)> { w.iter().copied().collect() };
         assert_eq!(
-            cat.commits_recorded(0, &wanted, Some(&r1)).unwrap(),
+            cat.commits_recorded(0, &wanted(&[(0, (10, 21)), (1, (5, 7))]))
+                .unwrap(),
             [0].into_iter().collect(),
-            "partition 1's 3 is epoch 1's"
+            "a run recorded 21; nothing holds partition 1's 5..6"
         );
         assert_eq!(
-            cat.commits_recorded(1, &wanted, None).unwrap(),
-            [1].into_iter().collect()
+            cat.commits_recorded(1, &wanted(&[(1, (0, 3))])).unwrap(),
+            [1].into_iter().collect(),
+            "epoch 1's own"
         );
-        let later = layout::run_id(t0 + chrono::Duration::minutes(30));
-        assert!(
-            cat.commits_recorded(0, &wanted, Some(&later))
-                .unwrap()
-                .is_empty(),
-            "manifests older than the floor are not read"
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(1, (0, 3))])).unwrap(),
+            [1].into_iter().collect(),
+            "epoch 0's objects hold 0..2"
         );
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(2, (0, 16)), (3, (10, 12))]))
+                .unwrap(),
+            [2].into_iter().collect(),
+            "objects and listed tombstones hold 0..15; nothing holds 10..11 of partition 3"
+        );
+        assert!(cat
+            .commits_recorded(0, &wanted(&[(2, (0, 18))]))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(3, (5, 10))])).unwrap(),
+            [3].into_iter().collect(),
+            "found in an older day folder"
+        );
+        assert!(covers(&mut [(3, 5), (0, 2)], 0, 5));
+        assert!(!covers(&mut [(0, 2), (4, 5)], 0, 5));
+        assert!(covers(&mut [], 3, 2), "an empty range");
 
         let wanted: BTreeMap<i32, (i64, i64)> = [(0, (0, 21)), (1, (0, 5)), (2, (0, 9))]
             .into_iter()
@@ -878,13 +1005,6 @@ mod tests {
             9,
             "below the offset asked for"
         );
-        assert_eq!(cat.marker_run_ids().unwrap(), Vec::<String>::new());
-        cat.store_marker(&Marker {
-            run_id: "r9".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(cat.marker_run_ids().unwrap(), vec!["r9".to_string()]);
     }
 
     #[test]

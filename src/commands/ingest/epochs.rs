@@ -40,10 +40,10 @@ pub(super) fn drop_own_commits(
     problems: Vec<OffsetProblem>,
     out: &Output,
 ) -> Result<Vec<OffsetProblem>> {
-    let ahead: BTreeMap<i32, i64> = problems
+    let ahead: BTreeMap<i32, (i64, i64)> = problems
         .iter()
         .filter_map(|x| match x.kind {
-            ProblemKind::Ahead(c) => Some((x.partition, c)),
+            ProblemKind::Ahead(c) => Some((x.partition, (x.next, c))),
             _ => None,
         })
         .collect();
@@ -51,39 +51,27 @@ pub(super) fn drop_own_commits(
         return Ok(problems);
     }
     let mut own = BTreeSet::new();
-    let fresh = catalog.head()?;
-    if let Some(f) = fresh.as_ref().filter(|f| f.epoch == run.epoch) {
-        for (p, c) in &ahead {
+    if let Some(f) = catalog.head()?.filter(|f| f.epoch == run.epoch) {
+        for (p, (_, c)) in &ahead {
             if f.next.get(p).is_some_and(|n| n >= c) {
                 own.insert(*p);
             }
         }
     }
-    let rest: BTreeMap<i32, i64> = ahead
+    let rest: BTreeMap<i32, (i64, i64)> = ahead
         .iter()
         .filter(|(p, _)| !own.contains(*p))
-        .map(|(p, c)| (*p, *c))
+        .map(|(p, x)| (*p, *x))
         .collect();
     if !rest.is_empty() {
-        // A lagging head was stored by a run that started after the commits it lacks were
-        // recorded (less the manifests' grace), or their run died before its head and left
-        // its marker: the manifests since the oldest of those hold them.
-        let mut runs = catalog.marker_run_ids()?;
-        runs.push(run.head_run_id().to_string());
-        runs.extend(fresh.map(|f| f.run_id));
-        let floor = if runs.iter().any(String::is_empty) {
-            None
-        } else {
-            runs.into_iter().min()
-        };
-        own.extend(catalog.commits_recorded(run.epoch, &rest, floor.as_deref())?);
+        own.extend(catalog.commits_recorded(run.epoch, &rest)?);
     }
     for p in &own {
         out.debug(&format!(
             "partition {p}: the committed offset {} is ahead of the catalog head as this run found it, and a run of this archive made it; going on from there",
-            ahead[p]
+            ahead[p].1
         ));
-        run.archived_through(*p, ahead[p]);
+        run.archived_through(*p, ahead[p].1);
     }
     Ok(problems
         .into_iter()

@@ -803,8 +803,11 @@ impl Run<'_> {
             .into());
         }
         // Accepted gaps move the head too (the group's offsets were moved past them, or were
-        // there already), also when the run read nothing after them.
-        if !self.opts.dry_run && (!commits.is_empty() || !self.head.expired.is_empty()) {
+        // there already), also when the run read nothing after them; so does a lagging head
+        // this run found its archive's commits past.
+        if !self.opts.dry_run
+            && (!commits.is_empty() || !self.head.expired.is_empty() || self.head.repaired)
+        {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
