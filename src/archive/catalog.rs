@@ -339,7 +339,10 @@ impl<'a> Catalog<'a> {
         wanted: &BTreeMap<i32, (i64, i64)>,
     ) -> Result<BTreeSet<i32>> {
         let mut own = BTreeSet::new();
-        let mut open: BTreeMap<i32, (Vec<(i64, i64)>, Option<DateTime<Utc>>)> =
+        // Per partition not settled yet: the spans found, and when the walk reached the
+        // manifest holding the head's offset.
+        type Open = (Vec<(i64, i64)>, Option<DateTime<Utc>>);
+        let mut open: BTreeMap<i32, Open> =
             wanted.keys().map(|p| (*p, (Vec::new(), None))).collect();
         let grace = chrono::Duration::minutes(MANIFEST_GRACE_MINUTES);
         'walk: for keys in self.manifests_walk()? {
