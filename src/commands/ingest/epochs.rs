@@ -266,6 +266,14 @@ pub(super) fn resume_from_archive(
     out: &Output,
 ) -> Result<()> {
     let parts = source.partitions()?;
+    if parts.iter().all(|p| run.expected_next(*p).is_none()) {
+        out.warn(&format!(
+            "--resume-from-archive: the catalog of topic {} holds no next offsets (epoch {}); the group's offsets stay as they are",
+            catalog.topic(),
+            run.epoch
+        ));
+        return Ok(());
+    }
     let committed = source.committed(&parts)?;
     let problems: Vec<OffsetProblem> = parts
         .iter()
