@@ -224,6 +224,17 @@ pub struct IngestArgs {
     /// the catalog, and go on from each partition's first offset.
     #[arg(long)]
     pub accept_expired: bool,
+    /// The group's committed offsets differ from the archive's next offsets (the group was
+    /// renamed, its offsets expired or were reset, or another consumer moved them): commit
+    /// the archive's next offsets for the group and go on from there. Refused when the topic
+    /// holds other records than the archive at an archived offset (re-created: --new-epoch).
+    #[arg(long, conflicts_with = "new_epoch")]
+    pub resume_from_archive: bool,
+    /// The group's committed offsets are ahead of the archive and the offsets between are to
+    /// be skipped on purpose (a reset to latest): record them as a gap in the manifest and the
+    /// catalog, as --accept-expired does, and go on from the committed offsets.
+    #[arg(long, conflicts_with_all = ["new_epoch", "resume_from_archive"])]
+    pub accept_skipped: bool,
     /// Repair: find objects of runs that died by listing the topic's whole archive, not only
     /// the folders their markers name (for archives written before markers existed).
     #[arg(long)]
@@ -231,7 +242,7 @@ pub struct IngestArgs {
     /// Re-archive a range of the topic under --prefix (a shadow archive), reading without the
     /// group and committing nothing: the group's offsets and the main archive are untouched.
     /// Needs --from-offset or --from-time.
-    #[arg(long, requires = "prefix", conflicts_with_all = ["new_epoch", "accept_expired", "dry_run"])]
+    #[arg(long, requires = "prefix", conflicts_with_all = ["new_epoch", "accept_expired", "resume_from_archive", "accept_skipped", "dry_run"])]
     pub replay: bool,
     /// Replay: the first offset of every partition.
     #[arg(

@@ -8,6 +8,8 @@
 //!   committing offsets.
 //! * `ingest-crash-after-first-object`: ingest aborts the process once its first object is
 //!   stored.
+//! * `ingest-crash-after-epoch-reset`: `ingest --new-epoch` aborts the process once it has
+//!   reset the group's offsets to the start of every partition.
 //! * `copy-before-commit`: copy fails after a load's COPY, before its transaction commits.
 //! * `copy-first-parallel-load-fails-last`: in a batch loaded in parallel (`copy --jobs N`),
 //!   the load of the batch's first object fails once every other load of the batch has

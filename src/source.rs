@@ -149,6 +149,13 @@ pub trait MessageSource {
     }
     /// Commits these next-offsets synchronously.
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()>;
+    /// The first message at or after `offset` in `partition` (None: the partition ends
+    /// before), read before the run starts, to tell whether the topic holds what the archive
+    /// holds at that offset. Sources that cannot say fail.
+    fn read_at(&mut self, partition: i32, offset: i64) -> Result<Option<Message>> {
+        let _ = (partition, offset);
+        bail!("this message source cannot read a single offset")
+    }
     /// (low, high) watermarks of a partition. Some brokers report `high` wrongly; use it for display only.
     fn watermarks(&self, partition: i32) -> Result<(i64, i64)>;
     /// Every partition of the topic (assigned to this member or not).
@@ -585,6 +592,41 @@ impl MessageSource for KafkaSource {
 
     fn partitions(&self) -> Result<Vec<i32>> {
         self.topic_partitions()
+    }
+
+    fn read_at(&mut self, partition: i32, offset: i64) -> Result<Option<Message>> {
+        // Before `start`: the consumer has no assignment and is not in the group.
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition, Offset::Offset(offset))?;
+        self.consumer
+            .assign(&tpl)
+            .with_context(|| format!("reading {}/{partition} at offset {offset}", self.topic))?;
+        let give_up = std::time::Instant::now() + self.timeout;
+        let got = loop {
+            if std::time::Instant::now() > give_up {
+                break Err(anyhow!(
+                    "reading {}/{partition} at offset {offset}: no answer from {} within {} s",
+                    self.topic,
+                    self.brokers,
+                    self.timeout.as_secs()
+                ));
+            }
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) if m.partition() == partition => break Ok(Some(own(&m))),
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break Ok(None),
+                Some(Err(e)) if !transient(&e) => {
+                    break Err(anyhow!(
+                        "reading {}/{partition} at offset {offset}: {e}",
+                        self.topic
+                    ))
+                }
+                _ => {}
+            }
+        };
+        self.consumer
+            .unassign()
+            .with_context(|| format!("releasing {}/{partition}", self.topic))?;
+        got
     }
 
     fn rejoin(&mut self) -> Result<()> {
@@ -1355,6 +1397,38 @@ mod tests {
             }
         };
         assert_eq!(next, low);
+    }
+
+    #[test]
+    fn read_at_gives_the_message_at_an_offset_before_the_run_starts() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("at", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce_round_robin(
+            &brokers,
+            "at",
+            2,
+            (0..20u32).map(|i| format!("m{i}").into_bytes()),
+        );
+        let settings = mock_settings(brokers, "at", "at-group");
+        let mut src = KafkaSource::connect(&settings, Mode::Subscribe).unwrap();
+        let m = src.read_at(1, 3).unwrap().expect("a message");
+        assert_eq!((m.partition, m.offset), (1, 3));
+        assert_eq!(m.payload.as_deref(), Some(&b"m7"[..]));
+        assert!(
+            src.read_at(0, 10).unwrap().is_none(),
+            "at the partition's end"
+        );
+        let past = src.read_at(0, 50).unwrap();
+        assert!(
+            past.as_ref().is_none_or(|m| m.offset < 50),
+            "past the end: {past:?}"
+        );
+        // The run then starts as usual: nothing was committed, the group reads everything.
+        assert_eq!(src.committed(&[0, 1]).unwrap()[&0], None);
+        src.start().unwrap();
+        let got = conformance::drain(&mut src);
+        assert_eq!(got.values().map(Vec::len).sum::<usize>(), 20);
     }
 
     #[test]

@@ -653,7 +653,7 @@ fn after_killed_runs_ingest_waits_for_dead_members_and_never_reports_work_it_did
     assert_archive_exact(&w, &msgs, 3);
 }
 
-fn delete_topic(topic: &str) {
+pub(crate) fn delete_topic(topic: &str) {
     use rdkafka::admin::{AdminClient, AdminOptions};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()

@@ -12,6 +12,7 @@ mod cli;
 mod conformance;
 mod copy;
 mod e2e;
+mod epochs;
 mod examples;
 mod failures;
 mod holes;

@@ -130,6 +130,7 @@ impl Target {
             rejected: 0,
             epoch: 0,
             expired: vec![],
+            next: Default::default(),
         };
         let key = layout::manifest_key(&self.topic, &run, now);
         self.store()

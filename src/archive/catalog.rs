@@ -6,13 +6,15 @@
 //!
 //! `layout` names the keys and formats; this module is the one that builds and reads them.
 
-use super::layout::{self, CatalogHead, ExpiredGap, Manifest, CATALOG, MANIFESTS, REJECTED};
+use super::layout::{
+    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, CATALOG, MANIFESTS, REJECTED,
+};
 use super::{ObjectStore, StoreError};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What a run's in-flight marker says: the folders it stores objects in. Written before the
 /// first object in each folder, removed after the commit; a marker left behind belongs to a
@@ -122,6 +124,22 @@ pub fn classify(key: &str) -> KeyKind<'_> {
     } else {
         KeyKind::Other
     }
+}
+
+/// Whether these inclusive spans hold every offset of first..=last.
+fn covers(spans: &mut [(i64, i64)], first: i64, last: i64) -> bool {
+    spans.sort_unstable();
+    let mut next = first;
+    for &(a, b) in spans.iter() {
+        if a > next {
+            break;
+        }
+        next = next.max(b + 1);
+        if next > last {
+            return true;
+        }
+    }
+    next > last
 }
 
 /// One topic's catalog in an archive.
@@ -285,6 +303,151 @@ impl<'a> Catalog<'a> {
         Ok(out)
     }
 
+    /// The topic's manifest keys, newest first, one day folder at a time (the folders of
+    /// older layouts last): a walk that stops early lists only the days it reached.
+    fn manifests_walk(&self) -> Result<impl Iterator<Item = Result<Vec<String>>> + '_> {
+        let base = format!("{MANIFESTS}{}/", self.topic);
+        let mut days = self.store.list_dirs(&base)?;
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        let mut folders: Vec<String> = days.into_iter().map(|d| format!("{base}{d}/")).collect();
+        folders.push(base);
+        Ok(folders.into_iter().map(move |f| {
+            let mut keys: Vec<String> = self
+                .store
+                .list_folder(&f)?
+                .into_iter()
+                .map(|o| o.key)
+                .filter(|k| layout::manifest_name(k).is_some() && k.ends_with(".json"))
+                .collect();
+            keys.sort_by(|a, b| layout::manifest_name(b).cmp(&layout::manifest_name(a)));
+            Ok(keys)
+        }))
+    }
+
+    /// Of these partitions (partition -> (the head's next offset, the committed offset above
+    /// it)), those whose committed offset is this archive's own, in epoch `epoch`: a manifest
+    /// records it as what its run commits (each run's manifest does, since this version), or,
+    /// for manifests of older versions, the objects and listed tombstones of the manifests hold
+    /// every offset from the head's to the committed one. The head lags such commits when a
+    /// member's head write is lost to another's, or a run dies between its commit and its head.
+    /// Reads the manifests newest first, for each partition until it is settled: proven, or
+    /// the walk has gone past the manifest holding the head's offset (by the manifests'
+    /// grace): its cost follows the lag, not the archive's history.
+    pub fn commits_recorded(
+        &self,
+        epoch: i32,
+        wanted: &BTreeMap<i32, (i64, i64)>,
+    ) -> Result<BTreeSet<i32>> {
+        let mut own = BTreeSet::new();
+        // Per partition not settled yet: the spans found, and when the walk reached the
+        // manifest holding the head's offset.
+        type Open = (Vec<(i64, i64)>, Option<DateTime<Utc>>);
+        let mut open: BTreeMap<i32, Open> =
+            wanted.keys().map(|p| (*p, (Vec::new(), None))).collect();
+        let grace = chrono::Duration::minutes(MANIFEST_GRACE_MINUTES);
+        'walk: for keys in self.manifests_walk()? {
+            for key in keys? {
+                let at = layout::manifest_name(&key).and_then(layout::manifest_time);
+                open.retain(|_, (_, reached)| match (reached, at) {
+                    (Some(r), Some(t)) => t >= *r - grace,
+                    _ => true,
+                });
+                if open.is_empty() {
+                    break 'walk;
+                }
+                let m = self.read_manifest(&key)?;
+                if m.epoch != epoch {
+                    continue;
+                }
+                let tombstones = self.tombstones(&m, &open)?;
+                let mut proven = Vec::new();
+                for (p, (spans, reached)) in open.iter_mut() {
+                    let (next, committed) = wanted[p];
+                    if m.next.get(p) == Some(&committed) {
+                        proven.push(*p);
+                        continue;
+                    }
+                    for o in m.objects.iter().filter(|o| o.partition == *p) {
+                        spans.push((o.first_offset, o.last_offset));
+                        if o.first_offset <= next && reached.is_none() {
+                            *reached = at;
+                        }
+                    }
+                    spans.extend(tombstones.iter().filter(|t| t.0 == *p).map(|t| (t.1, t.1)));
+                    if covers(spans, next, committed - 1) {
+                        proven.push(*p);
+                    }
+                }
+                for p in proven {
+                    open.remove(&p);
+                    own.insert(p);
+                }
+            }
+        }
+        Ok(own)
+    }
+
+    /// The tombstones a manifest's run listed, as (partition, offset), for these partitions.
+    fn tombstones<T>(&self, m: &Manifest, of: &BTreeMap<i32, T>) -> Result<Vec<(i32, i64)>> {
+        let Some(key) = m.rejected_key.as_deref().filter(|_| m.rejected > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut body = Vec::new();
+        match self.store.get_into(key, &mut body) {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {key}")),
+        }
+        let mut out = Vec::new();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let r: layout::Rejected =
+                serde_json::from_slice(line).with_context(|| format!("parsing {key}"))?;
+            if of.contains_key(&r.partition) {
+                out.push((r.partition, r.offset));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per partition of `wanted` (partition -> (low, below)), the newest archived object of
+    /// epoch `epoch` whose last offset lies in low..below-1 (a record Kafka may still hold,
+    /// to tell whether the topic is the one archived). Reads at most `max_manifests`
+    /// manifests, newest first.
+    pub fn objects_ending_in(
+        &self,
+        epoch: i32,
+        wanted: &BTreeMap<i32, (i64, i64)>,
+        max_manifests: usize,
+    ) -> Result<BTreeMap<i32, ObjectEntry>> {
+        let mut found: BTreeMap<i32, ObjectEntry> = BTreeMap::new();
+        let mut read = 0;
+        'walk: for keys in self.manifests_walk()? {
+            for key in keys? {
+                if read == max_manifests || found.len() == wanted.len() {
+                    break 'walk;
+                }
+                read += 1;
+                let m = self.read_manifest(&key)?;
+                if m.epoch != epoch {
+                    continue;
+                }
+                for o in m.objects {
+                    let Some(&(low, below)) = wanted.get(&o.partition) else {
+                        continue;
+                    };
+                    let fits = o.last_offset >= low && o.last_offset < below;
+                    let newer = found
+                        .get(&o.partition)
+                        .is_none_or(|f| f.last_offset < o.last_offset);
+                    if fits && newer {
+                        found.insert(o.partition, o);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// An archive written before the catalog existed names its topics only by their manifest
     /// folders, and copy finds topics through the catalog. A topic's first run (no head yet)
     /// therefore gives every other topic that has manifests but no catalog folder a legacy
@@ -384,6 +547,54 @@ pub struct RunEpoch {
     pub epoch: i32,
     /// Expired offsets the run accepted as gaps (`--accept-expired`).
     pub expired: Vec<ExpiredGap>,
+    /// The head as found lagged commits of this archive's runs: the run stores it even if
+    /// it commits nothing.
+    pub repaired: bool,
+}
+
+/// A partition whose committed offset disagrees with the archive's next offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetProblem {
+    pub partition: i32,
+    pub epoch: i32,
+    /// The archive's next offset.
+    pub next: i64,
+    pub kind: ProblemKind,
+}
+
+/// How a committed offset disagrees with the archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The group has no committed offset (a renamed group, expired group offsets, or a
+    /// re-created topic).
+    NoCommit,
+    /// The committed offset is below the archive's next offset (a reset, or a re-created topic).
+    Behind(i64),
+    /// The committed offset is above it, and no run of this archive recorded it: the offsets
+    /// between would be skipped (another consumer of the group, a reset to latest).
+    Ahead(i64),
+}
+
+impl std::fmt::Display for OffsetProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (p, n, e) = (self.partition, self.next, self.epoch);
+        match self.kind {
+            ProblemKind::NoCommit => write!(
+                f,
+                "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {e})",
+                n - 1
+            ),
+            ProblemKind::Behind(c) => write!(
+                f,
+                "partition {p}: the committed offset {c} is behind the archive's next offset {n} (epoch {e})"
+            ),
+            ProblemKind::Ahead(c) => write!(
+                f,
+                "partition {p}: the committed offset {c} is ahead of the archive's next offset {n} (epoch {e}): offsets {n}..{} would be skipped",
+                c - 1
+            ),
+        }
+    }
 }
 
 impl RunEpoch {
@@ -396,6 +607,7 @@ impl RunEpoch {
             epoch: head.epoch,
             head,
             expired: Vec::new(),
+            repaired: false,
         }
     }
 
@@ -405,27 +617,62 @@ impl RunEpoch {
         self.epoch
     }
 
-    /// `--accept-expired`: records the gaps; each partition of one goes on after it.
+    /// `--accept-expired` (and `--accept-skipped`): records the gaps; each partition of one
+    /// goes on after it.
     pub fn accept_expired(&mut self, gaps: Vec<ExpiredGap>) {
         self.head.skip_expired(&gaps);
-        self.expired = gaps;
+        self.expired.extend(gaps);
     }
 
-    /// What is wrong with partition `p`'s committed offset, if the archive holds offsets the
-    /// group has not committed (the offsets were reset, or the topic re-created).
-    pub fn committed_problem(&self, p: i32, committed: Option<i64>) -> Option<String> {
-        match (self.head.next.get(&p).copied(), committed) {
-            (Some(h), None) => Some(format!(
-                "partition {p}: the group has no committed offset, but the archive holds offsets up to {} (epoch {})",
-                h - 1,
-                self.epoch
-            )),
-            (Some(h), Some(c)) if c < h => Some(format!(
-                "partition {p}: the committed offset {c} is behind the archive's next offset {h} (epoch {})",
-                self.epoch
-            )),
-            _ => None,
+    /// The offset the archive expects partition `p` to go on from: the head's next offset
+    /// (None for a partition the head lacks: a topic's first run, a partition no run of the
+    /// catalog's time has committed, an archive written before the catalog).
+    pub fn expected_next(&self, p: i32) -> Option<i64> {
+        self.head.next.get(&p).copied()
+    }
+
+    /// What is wrong with partition `p`'s committed offset against the archive's next offset:
+    /// none, missing or lower (the group's offsets were lost or reset, or the topic
+    /// re-created), or higher (the group moved past offsets the archive may not hold: see
+    /// [`Catalog::commits_recorded`]). A partition the head lacks is not checked.
+    pub fn committed_problem(&self, p: i32, committed: Option<i64>) -> Option<OffsetProblem> {
+        let next = self.expected_next(p)?;
+        let kind = match committed {
+            None if next > 0 => ProblemKind::NoCommit,
+            Some(c) if c < next => ProblemKind::Behind(c),
+            Some(c) if c > next => ProblemKind::Ahead(c),
+            _ => return None,
+        };
+        Some(OffsetProblem {
+            partition: p,
+            epoch: self.epoch,
+            next,
+            kind,
+        })
+    }
+
+    /// The archive holds partition `p` up to `next` - 1 (a commit found recorded by this
+    /// archive's own run): the head this run stores says so.
+    pub fn archived_through(&mut self, p: i32, next: i64) {
+        let e = self.head.next.entry(p).or_insert(next);
+        if *e < next {
+            *e = next;
+            self.repaired = true;
         }
+    }
+
+    /// `--new-epoch`: the run archives the epoch after the head's, from these offsets (each
+    /// partition's first). Returns the head to store before the group's offsets are reset,
+    /// so a run killed after the reset goes on in the new epoch.
+    pub fn start_next_at(&mut self, starts: &[(i32, i64)], run_id: &str) -> CatalogHead {
+        self.start_next();
+        self.head = self.head.after_run(self.epoch, starts, &[], run_id);
+        self.head.clone()
+    }
+
+    /// The run id of the run that stored the head as found ("" for none).
+    pub fn head_run_id(&self) -> &str {
+        &self.head.run_id
     }
 
     /// The head to store after the run committed `commits` ([`CatalogHead::after_run`]).
@@ -488,6 +735,7 @@ mod tests {
             rejected: 0,
             epoch: 2,
             expired: vec![],
+            next: Default::default(),
         };
         cat.store_manifest(&key, &man).unwrap();
         assert_eq!(classify(&key), KeyKind::Manifest("t"));
@@ -556,45 +804,210 @@ mod tests {
         let found = CatalogHead::default().after_run(0, &[(0, 5), (1, 7)], &[], "r1");
         let run = RunEpoch::new(found.clone(), None);
         assert_eq!(run.epoch, 0);
-        assert_eq!(run.committed_problem(0, Some(5)), None);
+        let problem =
+            |r: &RunEpoch, p: i32, c: Option<i64>| r.committed_problem(p, c).map(|x| x.to_string());
+        assert_eq!(problem(&run, 0, Some(5)), None);
         assert_eq!(
-            run.committed_problem(2, None),
+            problem(&run, 2, None),
             None,
-            "a partition the head lacks"
+            "a partition the head lacks, nothing committed"
         );
         assert_eq!(
-            run.committed_problem(0, Some(4)).unwrap(),
+            problem(&run, 2, Some(9)),
+            None,
+            "a partition the head lacks, committed by runs before the head existed"
+        );
+        assert_eq!(
+            problem(&run, 1, Some(9)).unwrap(),
+            "partition 1: the committed offset 9 is ahead of the archive's next offset 7 (epoch 0): offsets 7..8 would be skipped"
+        );
+        assert_eq!(
+            problem(&run, 0, Some(4)).unwrap(),
             "partition 0: the committed offset 4 is behind the archive's next offset 5 (epoch 0)"
         );
         assert_eq!(
-            run.committed_problem(1, None).unwrap(),
+            problem(&run, 1, None).unwrap(),
             "partition 1: the group has no committed offset, but the archive holds offsets up to 6 (epoch 0)"
+        );
+        assert_eq!(
+            run.committed_problem(1, Some(8)).unwrap().kind,
+            ProblemKind::Ahead(8)
+        );
+        let first_run = RunEpoch::new(CatalogHead::default(), None);
+        assert_eq!(
+            problem(&first_run, 0, Some(9)),
+            None,
+            "no head: nothing to compare"
         );
         assert_eq!(RunEpoch::new(found.clone(), Some(3)).epoch, 3, "--replay");
 
-        let mut next = RunEpoch::new(found.clone(), None);
-        assert_eq!(next.start_next(), 1);
+        let mut ahead = RunEpoch::new(found.clone(), None);
+        ahead.archived_through(1, 9);
+        ahead.archived_through(1, 8);
+        assert_eq!(problem(&ahead, 1, Some(9)), None, "recorded by a run");
+        assert_eq!(ahead.head_after(&[], "r2").next.get(&1), Some(&9));
+
+        let mut next_epoch = RunEpoch::new(found.clone(), None);
+        let stored = next_epoch.start_next_at(&[(0, 0), (1, 3)], "r3");
+        assert_eq!(next_epoch.epoch, 1);
         assert_eq!(
-            next.committed_problem(0, None),
-            None,
-            "the old positions are dropped"
+            stored,
+            CatalogHead::default().after_run(1, &[(0, 0), (1, 3)], &[], "r3"),
+            "the new epoch's head, before the reset"
         );
+        assert_eq!(problem(&next_epoch, 0, Some(0)), None, "the reset offsets");
+        assert!(
+            problem(&next_epoch, 0, Some(5)).is_some(),
+            "the old epoch's offsets are not the new one's"
+        );
+
         let gap = ExpiredGap {
             epoch: 1,
             partition: 1,
             first: 0,
             last: 3,
         };
-        next.accept_expired(vec![gap.clone()]);
-        assert_eq!(next.expired, vec![gap.clone()]);
-        assert!(
-            next.committed_problem(1, Some(3)).is_some(),
-            "behind the gap"
-        );
-        let head = next.head_after(&[(0, 9)], "r2");
+        next_epoch.accept_expired(vec![gap.clone()]);
+        assert_eq!(next_epoch.expired, vec![gap.clone()]);
+        assert!(problem(&next_epoch, 1, Some(3)).is_some(), "behind the gap");
+        let head = next_epoch.head_after(&[(0, 9)], "r2");
         assert_eq!(
             head,
-            CatalogHead::default().after_run(1, &[(0, 9)], &[gap], "r2")
+            CatalogHead::default().after_run(1, &[(0, 9), (1, 4)], &[gap], "r2")
+        );
+    }
+
+    #[test]
+    fn commits_ahead_of_the_head_are_found_in_the_manifests_that_record_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let cat = Catalog::new(&store, "t");
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let obj = |p: i32, first: i64, last: i64| ObjectEntry {
+            key: format!("t/t+{p}+{first:020}+{last:020}.log"),
+            topic: "t".into(),
+            partition: p,
+            first_offset: first,
+            last_offset: last,
+            records: (last - first + 1) as u64,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: crate::archive::Compression::None,
+            gaps: vec![],
+            holes: vec![],
+            max_timestamp_ms: None,
+        };
+        let store_run = |i: i64,
+                         epoch: i32,
+                         objects: Vec<ObjectEntry>,
+                         next: &[(i32, i64)],
+                         tombstones: &[(i32, i64)]| {
+            let at = t0 + chrono::Duration::minutes(i);
+            let run = layout::run_id(at);
+            let rejected_key = (!tombstones.is_empty()).then(|| layout::rejected_key("t", &run));
+            if let Some(k) = &rejected_key {
+                let mut body = Vec::new();
+                for &(partition, offset) in tombstones {
+                    let r = layout::Rejected {
+                        partition,
+                        offset,
+                        reason: "null payload (tombstone)".into(),
+                    };
+                    serde_json::to_writer(&mut body, &r).unwrap();
+                    body.push(b'\n');
+                }
+                store.put_bytes(k, &body).unwrap();
+            }
+            let m = Manifest {
+                run_id: run.clone(),
+                topic: "t".into(),
+                group: "g".into(),
+                started_at: String::new(),
+                finished_at: String::new(),
+                objects,
+                rejected_key,
+                rejected: tombstones.len() as u64,
+                epoch,
+                expired: vec![],
+                next: next.iter().copied().collect(),
+            };
+            cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
+                .unwrap();
+        };
+        store_run(
+            0,
+            0,
+            vec![obj(0, 0, 9), obj(1, 0, 4)],
+            &[(0, 10), (1, 5)],
+            &[],
+        );
+        store_run(5, 0, vec![obj(0, 10, 19)], &[(0, 21)], &[]);
+        store_run(6, 1, vec![obj(1, 0, 2)], &[(1, 3)], &[]);
+        // A manifest of an older version: no next offsets, a tombstone between two objects.
+        store_run(
+            7,
+            0,
+            vec![obj(2, 0, 9), obj(2, 12, 15)],
+            &[],
+            &[(2, 10), (2, 11)],
+        );
+        // Yesterday's day folder: a run of partition 3, far behind.
+        store_run(-24 * 60, 0, vec![obj(3, 0, 9)], &[(3, 10)], &[]);
+        let wanted =
+            |w: &[(i32, (i64, i64))]| -> BTreeMap<i32, (i64, i64)> { w.iter().copied().collect() };
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(0, (10, 21)), (1, (5, 7))]))
+                .unwrap(),
+            [0].into_iter().collect(),
+            "a run recorded 21; nothing holds partition 1's 5..6"
+        );
+        assert_eq!(
+            cat.commits_recorded(1, &wanted(&[(1, (0, 3))])).unwrap(),
+            [1].into_iter().collect(),
+            "epoch 1's own"
+        );
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(1, (0, 3))])).unwrap(),
+            [1].into_iter().collect(),
+            "epoch 0's objects hold 0..2"
+        );
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(2, (0, 16)), (3, (10, 12))]))
+                .unwrap(),
+            [2].into_iter().collect(),
+            "objects and listed tombstones hold 0..15; nothing holds 10..11 of partition 3"
+        );
+        assert!(cat
+            .commits_recorded(0, &wanted(&[(2, (0, 18))]))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            cat.commits_recorded(0, &wanted(&[(3, (5, 10))])).unwrap(),
+            [3].into_iter().collect(),
+            "found in an older day folder"
+        );
+        assert!(covers(&mut [(3, 5), (0, 2)], 0, 5));
+        assert!(!covers(&mut [(0, 2), (4, 5)], 0, 5));
+        assert!(covers(&mut [], 3, 2), "an empty range");
+
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (0, 21)), (1, (0, 5)), (2, (0, 9))]
+            .into_iter()
+            .collect();
+        let found = cat.objects_ending_in(0, &wanted, 10).unwrap();
+        assert_eq!(found[&0].last_offset, 19);
+        assert_eq!(found[&1].last_offset, 4, "epoch 0's, not epoch 1's");
+        assert!(!found.contains_key(&2));
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (12, 21))].into_iter().collect();
+        assert_eq!(
+            cat.objects_ending_in(0, &wanted, 10).unwrap()[&0].last_offset,
+            19
+        );
+        let wanted: BTreeMap<i32, (i64, i64)> = [(0, (0, 19))].into_iter().collect();
+        assert_eq!(
+            cat.objects_ending_in(0, &wanted, 10).unwrap()[&0].last_offset,
+            9,
+            "below the offset asked for"
         );
     }
 

@@ -504,6 +504,11 @@ pub struct Manifest {
     /// Expired offsets this run accepted as a gap (recorded forever).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expired: Vec<ExpiredGap>,
+    /// Per partition, the offset the run commits once this manifest is stored (the next
+    /// offset it did not read). A committed offset ahead of the catalog head is this
+    /// archive's own when a manifest records it (the head may lag a member's commit).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub next: std::collections::BTreeMap<i32, i64>,
 }
 
 #[cfg(test)]

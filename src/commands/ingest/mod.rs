@@ -13,6 +13,7 @@
 //! `membership` follows the group (assignments, partitions others hold), and this module runs
 //! the consumer's state machine.
 
+mod epochs;
 mod membership;
 mod recovery;
 mod spool;
@@ -64,6 +65,13 @@ pub struct IngestOptions {
     /// Accept offsets that expired unarchived: record them as a gap and go on from the
     /// partition's first offset.
     pub accept_expired: bool,
+    /// Commit the catalog head's next offsets for the group where its committed offsets
+    /// differ (lost, reset, or moved past the archive), once the topic is shown to be the
+    /// archived one.
+    pub resume_from_archive: bool,
+    /// Record the offsets between the archive's next offset and a committed offset ahead of it
+    /// as a gap (skipped on purpose), and go on from the committed offset.
+    pub accept_skipped: bool,
     /// Find a crashed run's objects by listing the topic's whole archive (repair) instead of
     /// the folders named by the crashed runs' markers.
     pub full_scan: bool,
@@ -189,6 +197,8 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
+        resume_from_archive: a.resume_from_archive,
+        accept_skipped: a.accept_skipped,
         full_scan: a.full_scan,
         replay_epoch,
     };
@@ -720,6 +730,7 @@ impl Run<'_> {
             return Ok(());
         }
         let mut problems = Vec::new();
+        let mut expired = Vec::new();
         for &p in ps {
             let c = committed.get(&p).copied().flatten();
             self.committed_at_assign.insert(p, c);
@@ -731,20 +742,30 @@ impl Run<'_> {
             problems.extend(self.head.committed_problem(p, c));
             if let Some(c) = c {
                 if c < lo {
-                    problems.push(format!(
+                    expired.push(format!(
                         "partition {p}: offsets {c}..{} expired before they were archived (the partition starts at {lo})",
                         lo - 1
                     ));
                 }
             }
         }
-        if problems.is_empty() {
+        // A member may have committed since this run checked (its head may lag its commit).
+        let problems = epochs::drop_own_commits(&self.catalog, &mut self.head, problems, self.out)?;
+        if !problems.is_empty() {
+            bail!(epochs::refusal(
+                &self.topic,
+                &self.opts.group,
+                &problems,
+                &Default::default()
+            ));
+        }
+        if expired.is_empty() {
             return Ok(());
         }
         bail!(
-            "topic {} is not the one the archive holds: {}. Nothing was read or committed. If the topic was deleted and re-created, run `batchlayer ingest --new-epoch`; to record expired offsets as a gap and go on, run `batchlayer ingest --accept-expired`",
+            "topic {}: {}. Nothing was read or committed. To record the expired offsets as a gap and go on, run `batchlayer ingest --accept-expired`",
             self.topic,
-            problems.join("; ")
+            expired.join("; ")
         )
     }
 
@@ -849,12 +870,23 @@ impl Run<'_> {
         Ok(Some(key))
     }
 
+    /// Where the group's offsets stand once the run commits: its commits, and past each gap it
+    /// accepted (the offsets were moved there before the run read anything).
+    fn next_offsets(&self, commits: &[(i32, i64)]) -> BTreeMap<i32, i64> {
+        let mut next: BTreeMap<i32, i64> = commits.iter().copied().collect();
+        for g in &self.head.expired {
+            next.entry(g.partition).or_insert(g.last + 1);
+        }
+        next
+    }
+
     /// Stores the run manifest, if the run stored anything; returns its key.
     fn store_manifest(
         &self,
         run_id: &str,
         started_at: DateTime<Utc>,
         rejected_key: Option<String>,
+        commits: &[(i32, i64)],
     ) -> Result<Option<String>> {
         if self.objects.is_empty() && rejected_key.is_none() && self.head.expired.is_empty() {
             return Ok(None);
@@ -870,6 +902,7 @@ impl Run<'_> {
             objects: self.objects.clone(),
             rejected_key,
             rejected: self.rejected.len() as u64,
+            next: self.next_offsets(commits),
         };
         let key = self.catalog.key_for_manifest(run_id, Utc::now());
         if !self.opts.dry_run {
@@ -902,12 +935,12 @@ impl Run<'_> {
         }
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
-        let manifest_key = self.store_manifest(&run_id, started_at, rejected_key)?;
         let commits: Vec<(i32, i64)> = self
             .parts
             .iter()
             .filter_map(|(p, st)| st.next_commit.map(|o| (*p, o)))
             .collect();
+        let manifest_key = self.store_manifest(&run_id, started_at, rejected_key, &commits)?;
         if !self.opts.dry_run {
             if crate::failpoint::hit("ingest-before-commit") {
                 bail!("failpoint: stopping after storing objects, before committing offsets");
@@ -932,7 +965,12 @@ impl Run<'_> {
             ))
             .into());
         }
-        if !self.opts.dry_run && !commits.is_empty() {
+        // Accepted gaps move the head too (the group's offsets were moved past them, or were
+        // there already), also when the run read nothing after them; so does a lagging head
+        // this run found its archive's commits past.
+        if !self.opts.dry_run
+            && (!commits.is_empty() || !self.head.expired.is_empty() || self.head.repaired)
+        {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
@@ -1011,9 +1049,9 @@ fn run_with(
     }
     let topic = source.topic().to_string();
     let catalog = Catalog::new(store, &topic);
-    let head = run_epoch(source, &catalog, opts, out)?;
-    source.start()?;
     let run_id = layout::run_id(started_at);
+    let head = run_epoch(source, store, &catalog, opts, &run_id, out)?;
+    source.start()?;
     let recovery = Recovery::new(
         store,
         catalog.clone(),
@@ -1056,12 +1094,16 @@ fn run_with(
 }
 
 /// The head this run finds and the epoch it archives: a topic's first run catalogues the
-/// topics archived before the catalog; `--new-epoch` starts the next epoch and
-/// `--accept-expired` records expired offsets as gaps (both move the group's offsets).
+/// topics archived before the catalog; `--new-epoch` starts the next epoch,
+/// `--resume-from-archive` commits the head's offsets, and `--accept-expired` records expired
+/// offsets as gaps (all three move the group's offsets). Then the group's committed offsets
+/// must be the archive's ([`epochs::check_committed`]).
 fn run_epoch(
     source: &mut dyn MessageSource,
+    store: &dyn ObjectStore,
     catalog: &Catalog,
     opts: &IngestOptions,
+    run_id: &str,
     out: &Output,
 ) -> Result<RunEpoch> {
     let head = catalog.head_or_default()?;
@@ -1075,14 +1117,25 @@ fn run_epoch(
         }
     }
     let mut head = RunEpoch::new(head, opts.replay_epoch);
+    if opts.replay_epoch.is_some() {
+        // A replay starts where asked and never commits: no group's offsets are checked.
+        return Ok(head);
+    }
     if opts.new_epoch && !opts.dry_run {
-        let epoch = head.start_next();
-        start_epoch(source, catalog.topic(), epoch, out)?;
+        start_epoch(source, catalog, &mut head, run_id, out)?;
+    }
+    if opts.resume_from_archive && !opts.dry_run {
+        epochs::resume_from_archive(source, store, catalog, &mut head, &opts.group, out)?;
+    }
+    if opts.accept_skipped && !opts.dry_run {
+        let gaps = epochs::skipped(source, catalog, &mut head, out)?;
+        head.accept_expired(gaps);
     }
     if opts.accept_expired && !opts.dry_run {
         // The head moves past the gap: the partition now goes on from its first offset.
         head.accept_expired(accept_expired(source, head.epoch, out)?);
     }
+    epochs::check_committed(source, store, catalog, &mut head, &opts.group, out)?;
     Ok(head)
 }
 
@@ -1127,22 +1180,33 @@ fn replay_plan(a: &IngestArgs) -> Result<Option<(ReplayRange, String)>> {
 }
 
 /// `--new-epoch`: the group's offsets go to the start of every partition; this run's objects
-/// carry the new epoch, so they never collide with the old incarnation's.
+/// carry the new epoch, so they never collide with the old incarnation's. The head records the
+/// new epoch and its start offsets before the offsets are reset: a run killed after the reset
+/// finds the head in the new epoch, at the offsets committed, and the next run goes on there.
 fn start_epoch(
     source: &mut dyn MessageSource,
-    topic: &str,
-    epoch: i32,
+    catalog: &Catalog,
+    head: &mut RunEpoch,
+    run_id: &str,
     out: &Output,
 ) -> Result<()> {
     let mut starts = Vec::new();
     for p in source.partitions()? {
         starts.push((p, source.watermarks(p)?.0));
     }
+    let started = head.start_next_at(&starts, run_id);
+    catalog
+        .store_head(&started)
+        .context("recording the new epoch in the catalog before resetting the group's offsets")?;
     source
         .commit(&starts)
         .context("resetting the group's offsets for the new epoch")?;
+    // Test hook: die as kill -9 would, with the offsets reset and nothing else.
+    crate::failpoint::crash("ingest-crash-after-epoch-reset");
     out.info(&format!(
-        "topic {topic}: starting epoch {epoch}; every partition is read from its first offset"
+        "topic {}: starting epoch {}; every partition is read from its first offset",
+        catalog.topic(),
+        head.epoch
     ));
     Ok(())
 }
