@@ -614,6 +614,11 @@ impl MessageSource for KafkaSource {
             match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) if m.partition() == partition => break Ok(Some(own(&m))),
                 Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break Ok(None),
+                // Out of range (the consumer never resets a position: auto.offset.reset=error):
+                // the partition holds no message there.
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    break Ok(None)
+                }
                 Some(Err(e)) if !transient(&e) => {
                     break Err(anyhow!(
                         "reading {}/{partition} at offset {offset}: {e}",
