@@ -155,6 +155,12 @@ pub trait MessageSource {
     /// it has queued, so the next owner's archive listing sees them. Sources without a group
     /// never revoke and may ignore it.
     fn set_revoke_barrier(&mut self, _barrier: RevokeBarrier) {}
+    /// Stops fetching the assigned partitions (until they are assigned again); polls then
+    /// serve the group's events (a revocation, an assignment) and no more messages. Ingest
+    /// pauses while it stores its last objects and keeps polling, to stay in the group.
+    fn pause(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// See [`MessageSource::set_revoke_barrier`].
@@ -574,6 +580,19 @@ impl MessageSource for KafkaSource {
 
     fn set_revoke_barrier(&mut self, barrier: RevokeBarrier) {
         *self.consumer.context().barrier.lock().unwrap() = Some(barrier);
+    }
+
+    fn pause(&mut self) -> Result<()> {
+        let assigned = self
+            .consumer
+            .assignment()
+            .with_context(|| format!("reading the assignment of {}", self.topic))?;
+        if assigned.count() > 0 {
+            self.consumer
+                .pause(&assigned)
+                .with_context(|| format!("pausing the partitions of {}", self.topic))?;
+        }
+        Ok(())
     }
 }
 
