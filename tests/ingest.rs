@@ -760,7 +760,8 @@ fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_messag
                 s.spawn(move || {
                     let mut runs = Vec::new();
                     let mut i = 0u64;
-                    while !produced.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(120)
+                    while !produced.load(Ordering::SeqCst)
+                        && t0.elapsed() < Duration::from_secs(120)
                     {
                         i += 1;
                         let mut child = w
@@ -801,7 +802,10 @@ fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_messag
     // One clean run, which waits for the killed runs' members to be gone.
     w.kafka_toml = String::new();
     let last = w.json(&["ingest"]);
-    assert!(last["held_by_others"].as_array().unwrap().is_empty(), "{last}");
+    assert!(
+        last["held_by_others"].as_array().unwrap().is_empty(),
+        "{last}"
+    );
     let all = tweet_range(0..sent, seed, 20);
     assert_archive_exact(&w, &all, partitions);
     let store = w.store();
@@ -811,7 +815,12 @@ fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_messag
         .expect("a head");
     let end = (sent / partitions as u64) as i64;
     let want: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, end)).collect();
-    assert_eq!(head.next, want, "the catalog head after {} runs", runs.len());
+    assert_eq!(
+        head.next,
+        want,
+        "the catalog head after {} runs",
+        runs.len()
+    );
     // Every object is in a manifest.
     let mut listed = std::collections::BTreeSet::new();
     for m in store.list("_manifests/").unwrap() {

@@ -705,7 +705,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_path_buf());
         // An archive of an older version: its head.json is where the merged head starts.
-        let old = CatalogHead::default().after_run(0, &[(0, 1), (1, 1), (2, 1), (9, 42)], &[], "r0");
+        let old =
+            CatalogHead::default().after_run(0, &[(0, 1), (1, 1), (2, 1), (9, 42)], &[], "r0");
         store
             .put_bytes(
                 &layout::catalog_head_key("t"),

@@ -178,11 +178,12 @@ impl Membership {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::local_archive;
     use super::super::testkit;
+    use super::super::tests::local_archive;
     use super::super::{run, IngestOptions, IngestSummary};
     use crate::archive::catalog::{Catalog, Marker};
     use crate::archive::local::LocalStore;
+    use crate::archive::ObjectStore;
     use crate::config::KafkaSettings;
     use crate::output::Output;
     use crate::source::{Event, KafkaSource, MessageSource, Mode};
@@ -297,10 +298,7 @@ mod tests {
                             told = true;
                         }
                     }
-                    Event::Revoked(_) => seen
-                        .lock()
-                        .unwrap()
-                        .push((std::time::Instant::now(), 0)),
+                    Event::Revoked(_) => seen.lock().unwrap().push((std::time::Instant::now(), 0)),
                     _ => {}
                 }
             }
@@ -357,7 +355,13 @@ mod tests {
                     member_wait: Duration::from_secs(60),
                     ..testkit::options()
                 };
-                run(&mut src, &store, &local_archive(dir.path()), &opts, &Output::silent())
+                run(
+                    &mut src,
+                    &store,
+                    &local_archive(dir.path()),
+                    &opts,
+                    &Output::silent(),
+                )
             });
             wait_for_an_object(&store);
             produce(&brokers, topic, 2, 20);
@@ -402,12 +406,12 @@ mod tests {
         let brokers = cluster.bootstrap_servers();
         produce(&brokers, topic, 2, 40);
         let mut k = settings(brokers, topic);
-        k.session_timeout_secs = 1;
+        k.session_timeout_secs = 6;
         k.properties
-            .insert("max.poll.interval.ms".into(), "1500".into());
+            .insert("max.poll.interval.ms".into(), "6000".into());
         let dir = tempfile::tempdir().unwrap();
         let mut store = testkit::TestStore::new(dir.path());
-        store.slow_data = Duration::from_millis(2500);
+        store.slow_data = Duration::from_millis(4000);
         // A dead run stored offsets 0..4 of each partition: the run adopts those of its own.
         let c = crate::archive::Compression::None;
         for p in 0..2i64 {
@@ -434,14 +438,20 @@ mod tests {
             ..testkit::options()
         };
         let started = std::time::Instant::now();
-        let r = run(&mut src, &store, &local_archive(dir.path()), &opts, &Output::silent());
+        let r = run(
+            &mut src,
+            &store,
+            &local_archive(dir.path()),
+            &opts,
+            &Output::silent(),
+        );
         let returned = std::time::Instant::now();
         drop(src);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         h.join().unwrap();
         let sum = r.unwrap();
         assert!(
-            returned - started > Duration::from_secs(4),
+            returned - started > Duration::from_secs(8),
             "the store was slow: {:?}",
             returned - started
         );
@@ -453,7 +463,7 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(at, n)| *at < returned && *n == 2)
+            .filter(|(at, n)| *at > started && *at < returned && *n == 2)
             .map(|(at, _)| *at - started)
             .collect();
         assert!(

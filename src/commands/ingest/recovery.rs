@@ -179,10 +179,7 @@ impl<'a> Recovery<'a> {
 
     /// Notes an object this run stores (queued for upload) for partition `p`.
     pub(super) fn stored_own(&mut self, p: i32, span: OffsetSpan, key: &str) {
-        self.own
-            .entry(p)
-            .or_default()
-            .push((span, key.to_string()));
+        self.own.entry(p).or_default().push((span, key.to_string()));
     }
 
     /// The stored object that covers this skipped message: one of this run's own (nothing to
@@ -289,7 +286,7 @@ impl<'a> Recovery<'a> {
         for (key, folders) in &self.crashed_markers {
             let open: Vec<&Listed> = listing
                 .iter()
-                .filter(|o| folders.contains(&o.folder))
+                .filter(|o| folders.iter().any(|f| f.trim_end_matches('/') == o.folder))
                 .filter(|o| {
                     !(self.is_own(&o.key)
                         || self.listed_adopted.contains(&o.key)
@@ -325,8 +322,12 @@ pub(super) fn describe(store: &dyn ObjectStore, topic: &str, a: Adopted) -> Resu
     let key = a.object.key;
     let c = crate::archive::Compression::from_key(&key).unwrap_or_default();
     let mut file = crate::archive::download(store, &key, None)?;
-    let (sha256, size) = crate::util::sha256_of(&mut file)
-        .and_then(|sha| Ok((sha, std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?)))?;
+    let (sha256, size) = crate::util::sha256_of(&mut file).and_then(|sha| {
+        Ok((
+            sha,
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0))?,
+        ))
+    })?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
     let (records, bytes) = count_records(file, c)?;
     Ok(ObjectEntry {
@@ -421,11 +422,17 @@ mod tests {
         let next = ingest(&log, &store, &settings, &options()).unwrap();
         assert_eq!(next.adopted.len(), 3, "{:?}", next.adopted);
         assert_eq!(next.messages, 90 + 20);
-        assert_eq!(markers(&store), 0, "every marker went once its objects were adopted");
+        assert_eq!(
+            markers(&store),
+            0,
+            "every marker went once its objects were adopted"
+        );
         let ends: BTreeMap<i32, i64> = [(0, 100), (1, 80)].into_iter().collect();
         assert_contiguous(&store, &ends);
-        let listed: std::collections::BTreeSet<String> =
-            manifest_entries(&store).into_iter().map(|e| e.key).collect();
+        let listed: std::collections::BTreeSet<String> = manifest_entries(&store)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         for objs in data_objects(&store).values() {
             for (_, _, key) in objs {
                 assert!(listed.contains(key), "{key} is in no manifest");
@@ -454,10 +461,16 @@ mod tests {
         let entries = manifest_entries(&store);
         assert_eq!(entries.len(), 6, "five adopted objects and one new one");
         for e in &entries {
-            assert!(e.max_timestamp_ms.is_some(), "{} has no newest timestamp", e.key);
+            assert!(
+                e.max_timestamp_ms.is_some(),
+                "{} has no newest timestamp",
+                e.key
+            );
             assert_eq!(e.max_timestamp_ms, newest(e), "{}", e.key);
         }
-        let with_gap = entries.iter().find(|e| e.first_offset == 0 && e.partition == 0);
+        let with_gap = entries
+            .iter()
+            .find(|e| e.first_offset == 0 && e.partition == 0);
         assert_eq!(with_gap.unwrap().gaps, vec![12]);
     }
 
@@ -490,8 +503,7 @@ mod tests {
                 };
                 crate::records::frame_into(payload.as_bytes(), &mut framed);
             }
-            let mut gz =
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             gz.write_all(&framed).unwrap();
             let bytes = gz.finish().unwrap();
             store.inner.put_bytes_if_absent(&key, &bytes).unwrap();
@@ -500,7 +512,11 @@ mod tests {
                 let sum = r.unwrap();
                 let e = &sum.object_list[0];
                 assert_eq!(e.key, key);
-                assert_eq!(e.sha256, crate::util::sha256_hex(&bytes), "the stored object's");
+                assert_eq!(
+                    e.sha256,
+                    crate::util::sha256_hex(&bytes),
+                    "the stored object's"
+                );
                 assert_eq!(e.bytes, bytes.len() as u64);
                 assert_eq!(e.records, 10);
                 assert_eq!(manifest_entries(&store)[0], *e);

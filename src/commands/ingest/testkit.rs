@@ -91,7 +91,11 @@ impl MessageSource for Scripted {
             .collect())
     }
     fn commit(&self, offsets: &[(i32, i64)]) -> Result<()> {
-        self.log.lock().unwrap().committed.extend(offsets.iter().copied());
+        self.log
+            .lock()
+            .unwrap()
+            .committed
+            .extend(offsets.iter().copied());
         Ok(())
     }
     fn watermarks(&self, p: i32) -> Result<(i64, i64)> {

@@ -119,8 +119,7 @@ fn existing(store: &dyn ObjectStore, p: &Pending) -> Result<ObjectEntry> {
     }
     stored.seek(SeekFrom::Start(0))?;
     let c = entry.compression;
-    let mut theirs =
-        crate::records::FrameReader::new(crate::archive::decoder(stored, c)?);
+    let mut theirs = crate::records::FrameReader::new(crate::archive::decoder(stored, c)?);
     let ours = std::fs::File::open(&p.file).context("reopening the spool file")?;
     let mut ours = crate::records::FrameReader::new(crate::archive::decoder(ours, c)?);
     let (mut a, mut b) = (Vec::new(), Vec::new());
