@@ -773,7 +773,7 @@ fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_messag
                             .unwrap();
                         // Member 0 is killed (SIGKILL) in every other run, at a moment that
                         // varies from run to run.
-                        if m == 0 && i % 2 == 0 {
+                        if m == 0 && i.is_multiple_of(2) {
                             std::thread::sleep(Duration::from_millis(300 + (i * 263) % 1200));
                             let _ = child.kill();
                             child.wait().unwrap();

@@ -124,6 +124,9 @@ pub fn classify(key: &str) -> KeyKind<'_> {
     }
 }
 
+/// A topic's `head.json` (if any) and its head fragments with their keys.
+type HeadParts = (Option<CatalogHead>, Vec<(String, CatalogHead)>);
+
 /// One topic's catalog in an archive.
 #[derive(Clone)]
 pub struct Catalog<'a> {
@@ -162,7 +165,7 @@ impl<'a> Catalog<'a> {
     /// `head.json` and every head fragment with its key. A fragment listed but gone when read
     /// was merged into a newer one by a writer, which stored that one first: the folder is
     /// listed again.
-    fn head_parts(&self) -> Result<(Option<CatalogHead>, Vec<(String, CatalogHead)>)> {
+    fn head_parts(&self) -> Result<HeadParts> {
         let legacy = get_json(self.store, &layout::catalog_head_key(&self.topic), "")?;
         let prefix = layout::catalog_heads_prefix(&self.topic);
         let mut relisted = 0;
