@@ -716,7 +716,7 @@ mod tests {
                 &serde_json::to_vec(&old).unwrap(),
             )
             .unwrap();
-        let rounds = 40i64;
+        let rounds = 100i64;
         std::thread::scope(|s| {
             for t in 0..3i32 {
                 let store = &store;
