@@ -472,6 +472,67 @@ mod tests {
         );
     }
 
+    /// Item 8 of issue 23, the other side: another member joins while a run stores its last
+    /// objects, and the group takes its partitions (an eager rebalance takes them all). The
+    /// run waits for the objects being stored, then neither stores more for those partitions
+    /// nor commits them: nothing is left to commit, so it is busy (exit 3), and its marker
+    /// stays. The next run adopts what it stored: every offset once, every object in a
+    /// manifest once.
+    #[test]
+    fn partitions_revoked_while_a_run_stores_are_handed_over_uncommitted() {
+        let topic = "handover";
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topic, 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, topic, 2, 40);
+        let k = settings(brokers, topic);
+        let dir = tempfile::tempdir().unwrap();
+        let mut slow = testkit::TestStore::new(dir.path());
+        slow.slow_data = Duration::from_secs(8);
+        let markers = crate::archive::layout::markers_prefix(topic);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, h) = std::thread::scope(|s| {
+            let ingest = s.spawn(|| {
+                let mut src = KafkaSource::connect(&k, Mode::Subscribe)?;
+                let opts = IngestOptions {
+                    member_wait: Duration::ZERO,
+                    ..testkit::options()
+                };
+                run(&mut src, &slow, &local_archive(dir.path()), &opts, &Output::silent())
+            });
+            // The run's marker is stored before its first object: it is storing now.
+            let t0 = std::time::Instant::now();
+            while slow.inner.list(&markers).unwrap().is_empty() {
+                assert!(t0.elapsed() < Duration::from_secs(30), "no marker");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let h = holder(k.clone(), stop.clone());
+            (ingest.join().unwrap(), h)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        let err = r.unwrap_err();
+        assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("took partitions [0, 1]") && msg.contains("nothing was committed"),
+            "{msg}"
+        );
+        let store = &slow.inner;
+        assert_eq!(testkit::data_objects(store).len(), 2, "both objects stored");
+        assert!(testkit::manifests(store).is_empty(), "no manifest lists them yet");
+        assert_eq!(store.list(&markers).unwrap().len(), 1, "its marker stays");
+        // The next run reads from the committed offsets (none) and adopts them.
+        let next = ingest(&k, dir.path()).unwrap();
+        assert_eq!((next.messages, next.skipped), (0, 40), "{next:?}");
+        assert_eq!(next.adopted.len(), 2, "{:?}", next.adopted);
+        let ends: std::collections::BTreeMap<i32, i64> = [(0, 20), (1, 20)].into_iter().collect();
+        assert_eq!(next.committed, ends);
+        testkit::assert_contiguous(store, &ends);
+        assert_eq!(testkit::manifest_entries(store).len(), 2);
+        assert!(store.list(&markers).unwrap().is_empty(), "markers left");
+    }
+
     #[test]
     fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
         let err = ingest_beside_a_holder("held1", 1, 50).unwrap_err();

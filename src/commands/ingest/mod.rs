@@ -911,7 +911,8 @@ impl Run<'_> {
         if commits.is_empty() && !self.handed_over.is_empty() {
             return Err(crate::error::Error::Busy(format!(
                 "the group took partitions {:?} of topic {} from this run while it stored its last objects; nothing was committed, and the next run adopts the objects it stored",
-                self.handed_over, self.topic
+                self.handed_over.iter().collect::<Vec<_>>(),
+                self.topic
             ))
             .into());
         }
