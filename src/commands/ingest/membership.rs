@@ -498,7 +498,13 @@ mod tests {
                     member_wait: Duration::ZERO,
                     ..testkit::options()
                 };
-                run(&mut src, &slow, &local_archive(dir.path()), &opts, &Output::silent())
+                run(
+                    &mut src,
+                    &slow,
+                    &local_archive(dir.path()),
+                    &opts,
+                    &Output::silent(),
+                )
             });
             // The run's marker is stored before its first object: it is storing now.
             let t0 = std::time::Instant::now();
@@ -520,7 +526,10 @@ mod tests {
         );
         let store = &slow.inner;
         assert_eq!(testkit::data_objects(store).len(), 2, "both objects stored");
-        assert!(testkit::manifests(store).is_empty(), "no manifest lists them yet");
+        assert!(
+            testkit::manifests(store).is_empty(),
+            "no manifest lists them yet"
+        );
         assert_eq!(store.list(&markers).unwrap().len(), 1, "its marker stays");
         // The next run reads from the committed offsets (none) and adopts them.
         let next = ingest(&k, dir.path()).unwrap();

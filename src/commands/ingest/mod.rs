@@ -888,6 +888,16 @@ impl Run<'_> {
         let before = self.objects.len();
         self.objects.retain(|o| committing.contains(&o.partition));
         let left_to_next_owner = self.objects.len() < before;
+        // An object this run stored for a partition that came back to it after another member
+        // committed past it is in that member's manifest already (it adopted it).
+        let at_assign = &self.committed_at_assign;
+        self.objects.retain(|o| {
+            at_assign
+                .get(&o.partition)
+                .copied()
+                .flatten()
+                .is_none_or(|c| o.last_offset >= c)
+        });
         // Each object once (a defence: adoption never takes this run's own objects).
         let mut keys = BTreeSet::new();
         self.objects.retain(|o| keys.insert(o.key.clone()));
