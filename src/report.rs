@@ -181,7 +181,7 @@ mod tests {
         let doc = Part::Ingest(&i).document().unwrap().to_string();
         assert_eq!(
             doc,
-            r#"{"adopted":[],"bytes":0,"committed":{"10":9,"2":7},"dry_run":false,"epoch":0,"expired":[],"held_by_others":[],"manifest_key":null,"messages":5,"object_list":[],"objects":0,"partitions":0,"rejected":0,"seconds":0.0,"skipped":0,"stopped_by":"--max-messages"}"#
+            r#"{"adopted":[],"bytes":0,"committed":{"10":9,"2":7},"dry_run":false,"epoch":0,"expired":[],"handed_over":[],"held_by_others":[],"manifest_key":null,"messages":5,"object_list":[],"objects":0,"partitions":0,"rejected":0,"seconds":0.0,"skipped":0,"stopped_by":"--max-messages"}"#
         );
     }
 

@@ -184,6 +184,12 @@ pub trait MessageSource {
     /// it has queued, so the next owner's archive listing sees them. Sources without a group
     /// never revoke and may ignore it.
     fn set_revoke_barrier(&mut self, _barrier: RevokeBarrier) {}
+    /// Stops fetching the assigned partitions (until they are assigned again); polls then
+    /// serve the group's events (a revocation, an assignment) and no more messages. Ingest
+    /// pauses while it stores its last objects and keeps polling, to stay in the group.
+    fn pause(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// See [`MessageSource::set_revoke_barrier`].
@@ -700,6 +706,19 @@ impl MessageSource for KafkaSource {
     fn set_revoke_barrier(&mut self, barrier: RevokeBarrier) {
         *self.consumer.context().barrier.lock().unwrap() = Some(barrier);
     }
+
+    fn pause(&mut self) -> Result<()> {
+        let assigned = self
+            .consumer
+            .assignment()
+            .with_context(|| format!("reading the assignment of {}", self.topic))?;
+        if assigned.count() > 0 {
+            self.consumer
+                .pause(&assigned)
+                .with_context(|| format!("pausing the partitions of {}", self.topic))?;
+        }
+        Ok(())
+    }
 }
 
 impl KafkaSource {
@@ -712,14 +731,18 @@ impl KafkaSource {
         // A rebalance handled inside this poll comes first: it changes what the message means.
         if let Some(ev) = self.take_event() {
             if let Some(Ok(m)) = &r {
-                // Keep the message for after the rebalance event.
+                // Keep the message for after the rebalance events: librdkafka served every
+                // callback of this poll before it handed the message out (older fetches are
+                // dropped by its version barrier), so the message belongs to the newest
+                // assignment. Put before a pending assignment event, it would be read as one
+                // of a partition not assigned, and dropped.
                 let msg = own(m);
                 self.consumer
                     .context()
                     .events
                     .lock()
                     .unwrap()
-                    .insert(0, Event::Message(msg));
+                    .push(Event::Message(msg));
             }
             return Ok(ev);
         }

@@ -723,3 +723,113 @@ fn a_re_created_topic_is_refused_until_a_new_epoch_and_then_loads_exactly_once()
         "{again}"
     );
 }
+
+/// Items 11 and 1 of issue 23: three members of one group ingest side by side, run after run,
+/// while data keeps arriving, one of them killed now and then; then one clean run. The
+/// catalog head must give every partition's end (as the commits do), and the archive must
+/// hold every message once, each object in a manifest.
+#[test]
+fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_message_once() {
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    if !stack_up() {
+        return;
+    }
+    let mut w = World::local("sidebyside");
+    w.extra_toml = "max_object_records = 150\n".into();
+    w.kafka_toml = "member_wait_secs = 3\n".into();
+    let (partitions, batch, batches, seed) = (6i32, 600u64, 12u64, 41u64);
+    let produced = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let (sent, runs) = std::thread::scope(|s| {
+        let producer = s.spawn(|| {
+            let mut sent = 0u64;
+            for _ in 0..batches {
+                let msgs = tweet_range(sent..sent + batch, seed, 20);
+                produce_raw(&brokers(), &w.topic, partitions, &msgs);
+                sent += batch;
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            produced.store(true, Ordering::SeqCst);
+            sent
+        });
+        let members: Vec<_> = (0..3u64)
+            .map(|m| {
+                let (w, produced) = (&w, &produced);
+                s.spawn(move || {
+                    let mut runs = Vec::new();
+                    let mut i = 0u64;
+                    while !produced.load(Ordering::SeqCst)
+                        && t0.elapsed() < Duration::from_secs(120)
+                    {
+                        i += 1;
+                        let mut child = w
+                            .std_cmd()
+                            .args(["ingest"])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                            .unwrap();
+                        // Member 0 is killed (SIGKILL) in every other run, at a moment that
+                        // varies from run to run.
+                        if m == 0 && i.is_multiple_of(2) {
+                            std::thread::sleep(Duration::from_millis(300 + (i * 263) % 1200));
+                            let _ = child.kill();
+                            child.wait().unwrap();
+                            runs.push(format!("member {m} run {i}: killed"));
+                            continue;
+                        }
+                        let out = child.wait_with_output().unwrap();
+                        runs.push(format!(
+                            "member {m} run {i}: {} {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ));
+                    }
+                    runs
+                })
+            })
+            .collect();
+        let sent = producer.join().unwrap();
+        let runs: Vec<String> = members
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (sent, runs)
+    });
+    eprintln!("side by side: {sent} messages, runs:\n{}", runs.join("\n"));
+    // One clean run, which waits for the killed runs' members to be gone.
+    w.kafka_toml = String::new();
+    let last = w.json(&["ingest"]);
+    assert!(
+        last["held_by_others"].as_array().unwrap().is_empty(),
+        "{last}"
+    );
+    let store = w.store();
+    let head = batchlayer::archive::catalog::Catalog::new(store.as_ref(), &w.topic)
+        .head()
+        .unwrap()
+        .expect("a head");
+    let end = (sent / partitions as u64) as i64;
+    let want: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, end)).collect();
+    assert_eq!(
+        head.next,
+        want,
+        "the catalog head after {} runs",
+        runs.len()
+    );
+    let all = tweet_range(0..sent, seed, 20);
+    assert_archive_exact(&w, &all, partitions);
+    // Every object is in a manifest.
+    let mut listed = std::collections::BTreeSet::new();
+    for m in store.list("_manifests/").unwrap() {
+        let mut body = Vec::new();
+        store.get_into(&m.key, &mut body).unwrap();
+        let m: batchlayer::archive::layout::Manifest = serde_json::from_slice(&body).unwrap();
+        listed.extend(m.objects.into_iter().map(|o| o.key));
+    }
+    for k in w.data_objects() {
+        assert!(listed.contains(&k), "{k} is in no manifest");
+    }
+}

@@ -142,6 +142,9 @@ fn covers(spans: &mut [(i64, i64)], first: i64, last: i64) -> bool {
     next > last
 }
 
+/// A topic's `head.json` (if any) and its head fragments with their keys.
+type HeadParts = (Option<CatalogHead>, Vec<(String, CatalogHead)>);
+
 /// One topic's catalog in an archive.
 #[derive(Clone)]
 pub struct Catalog<'a> {
@@ -161,9 +164,48 @@ impl<'a> Catalog<'a> {
         &self.topic
     }
 
-    /// The topic's head, None when no ingest has written one.
+    /// The topic's head, None when no ingest has written one: the merge of its fragments and
+    /// of `head.json` (what older versions wrote). One listing of the fragments' folder and a
+    /// read of each (as many as runs stored heads side by side since the last merge, usually
+    /// one) and of `head.json`.
     pub fn head(&self) -> Result<Option<CatalogHead>> {
-        get_json(self.store, &layout::catalog_head_key(&self.topic), "")
+        let (legacy, fragments) = self.head_parts()?;
+        if legacy.is_none() && fragments.is_empty() {
+            return Ok(None);
+        }
+        let mut head = CatalogHead::default();
+        for h in legacy.iter().chain(fragments.iter().map(|f| &f.1)) {
+            head.merge(h);
+        }
+        Ok(Some(head))
+    }
+
+    /// `head.json` and every head fragment with its key. A fragment listed but gone when read
+    /// was merged into a newer one by a writer, which stored that one first: the folder is
+    /// listed again.
+    fn head_parts(&self) -> Result<HeadParts> {
+        let legacy = get_json(self.store, &layout::catalog_head_key(&self.topic), "")?;
+        let prefix = layout::catalog_heads_prefix(&self.topic);
+        let mut relisted = 0;
+        'list: loop {
+            let mut fragments = Vec::new();
+            for o in self.store.list_folder(&prefix)? {
+                if !o.key.ends_with(".json") {
+                    continue;
+                }
+                match get_json::<CatalogHead>(self.store, &o.key, "the head fragment ")? {
+                    Some(h) => fragments.push((o.key, h)),
+                    None if relisted < 20 => {
+                        relisted += 1;
+                        continue 'list;
+                    }
+                    None => anyhow::bail!(
+                        "the head fragments under {prefix} kept changing while they were read (20 listings)"
+                    ),
+                }
+            }
+            return Ok((legacy, fragments));
+        }
     }
 
     /// The topic's head; an archive without one is at epoch 0 with no recorded positions.
@@ -176,13 +218,47 @@ impl<'a> Catalog<'a> {
         Ok(self.head_or_default()?.epoch)
     }
 
-    /// Replaces the topic's head.
+    /// Records a run's head: merges it with the head as stored now ([`CatalogHead::merge`]:
+    /// positions never go back, another member's newer ones are kept), stores the result as
+    /// this run's fragment (write-once), mirrors it to `head.json` for older versions, then
+    /// removes the fragments it merged. A fragment is removed only by a writer that stored
+    /// one holding it, so concurrent writers lose nothing: at any moment every position is
+    /// in a stored fragment.
     pub fn store_head(&self, head: &CatalogHead) -> Result<()> {
-        let key = layout::catalog_head_key(&self.topic);
-        serde_json::to_vec_pretty(head)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| self.store.put_bytes(&key, &b))
-            .with_context(|| format!("storing {key} failed"))
+        self.store_head_inner(head)
+            .with_context(|| format!("storing the catalog head of topic {}", self.topic))
+    }
+
+    fn store_head_inner(&self, head: &CatalogHead) -> Result<()> {
+        let (legacy, fragments) = self.head_parts()?;
+        let mut merged = CatalogHead::default();
+        for h in legacy.iter().chain(fragments.iter().map(|f| &f.1)) {
+            merged.merge(h);
+        }
+        merged.merge(head);
+        merged.run_id = head.run_id.clone();
+        let body = serde_json::to_vec_pretty(&merged)?;
+        let mut attempt = 0;
+        loop {
+            let key = layout::catalog_head_fragment_key(&self.topic, &head.run_id, attempt);
+            match self.store.put_bytes_if_absent(&key, &body)? {
+                super::PutOutcome::Created => break,
+                super::PutOutcome::AlreadyExists if attempt < 100 => attempt += 1,
+                super::PutOutcome::AlreadyExists => {
+                    anyhow::bail!("every fragment name of run {} is taken", head.run_id)
+                }
+            }
+        }
+        let mirror = layout::catalog_head_key(&self.topic);
+        self.store
+            .put_bytes(&mirror, &body)
+            .with_context(|| format!("storing {mirror}"))?;
+        for (key, _) in &fragments {
+            self.store
+                .delete(key)
+                .with_context(|| format!("removing the merged head fragment {key}"))?;
+        }
+        Ok(())
     }
 
     /// The keys of the in-flight markers: runs going on, or dead, whose objects no manifest
@@ -500,6 +576,32 @@ impl<'a> ManifestCache<'a> {
 /// The topic's epochs: a topic deleted and re-created starts a new epoch (`--new-epoch`), whose
 /// objects carry it in their names; offsets that expired unarchived are recorded as gaps.
 impl CatalogHead {
+    /// Merges another head (a fragment, or `head.json`) into this one. The newer epoch wins and
+    /// an older epoch's positions are dropped; within one epoch each partition keeps its
+    /// highest next offset (a position only moves forward within an epoch); accepted gaps are
+    /// kept from both, once each. The run id is the one of the newest head (by epoch, then run
+    /// id, which starts with the run's start time). Merging is commutative and idempotent, so
+    /// readers and writers may merge fragments in any order.
+    pub fn merge(&mut self, other: &CatalogHead) {
+        if (other.epoch, &other.run_id) > (self.epoch, &self.run_id) {
+            self.run_id = other.run_id.clone();
+        }
+        if other.epoch > self.epoch {
+            self.epoch = other.epoch;
+            self.next = other.next.clone();
+        } else if other.epoch == self.epoch {
+            for (&p, &o) in &other.next {
+                let e = self.next.entry(p).or_insert(o);
+                *e = (*e).max(o);
+            }
+        }
+        for g in &other.expired {
+            if !self.expired.contains(g) {
+                self.expired.push(g.clone());
+            }
+        }
+    }
+
     /// `--new-epoch`: the epoch after this head's. The old epoch's positions are dropped; the
     /// head moves to the new epoch when the run's head is stored ([`CatalogHead::after_run`]).
     pub fn start_next_epoch(&mut self) -> i32 {
@@ -1009,6 +1111,99 @@ mod tests {
             9,
             "below the offset asked for"
         );
+    }
+
+    /// Item 11 of issue 23: runs of several group members store heads side by side. Each
+    /// thread is one member's runs on its own partition, reading the head at its start and
+    /// storing it after its commit as ingest does; no stored position may ever go back.
+    #[test]
+    fn heads_stored_side_by_side_lose_no_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        // An archive of an older version: its head.json is where the merged head starts.
+        let old =
+            CatalogHead::default().after_run(0, &[(0, 1), (1, 1), (2, 1), (9, 42)], &[], "r0");
+        store
+            .put_bytes(
+                &layout::catalog_head_key("t"),
+                &serde_json::to_vec(&old).unwrap(),
+            )
+            .unwrap();
+        let rounds = 100i64;
+        std::thread::scope(|s| {
+            for t in 0..3i32 {
+                let store = &store;
+                s.spawn(move || {
+                    let cat = Catalog::new(store, "t");
+                    for n in 2..=rounds {
+                        let run = RunEpoch::new(cat.head_or_default().unwrap(), None);
+                        let run_id = format!("r{t}-{n:03}");
+                        cat.store_head(&run.head_after(&[(t, n)], &run_id)).unwrap();
+                        let now = cat.head().unwrap().unwrap();
+                        assert!(
+                            now.next[&t] >= n,
+                            "partition {t}: stored {n}, the head says {:?}",
+                            now.next
+                        );
+                        assert_eq!(now.next.get(&9), Some(&42), "{:?}", now.next);
+                    }
+                });
+            }
+        });
+        let cat = Catalog::new(&store, "t");
+        let head = cat.head().unwrap().unwrap();
+        assert_eq!(
+            head.next.into_iter().collect::<Vec<_>>(),
+            vec![(0, rounds), (1, rounds), (2, rounds), (9, 42)]
+        );
+        let left = store.list(&layout::catalog_heads_prefix("t")).unwrap();
+        assert!(
+            (1..=3).contains(&left.len()),
+            "merged fragments are removed: {left:?}"
+        );
+        // head.json mirrors a merged head for older versions.
+        let mut body = Vec::new();
+        store
+            .get_into(&layout::catalog_head_key("t"), &mut body)
+            .unwrap();
+        let mirror: CatalogHead = serde_json::from_slice(&body).unwrap();
+        assert_eq!(mirror.next.get(&9), Some(&42));
+    }
+
+    #[test]
+    fn merging_heads_keeps_the_newest_epoch_the_highest_positions_and_every_gap() {
+        let gap = |epoch, partition| ExpiredGap {
+            epoch,
+            partition,
+            first: 0,
+            last: 3,
+        };
+        let a = CatalogHead::default().after_run(0, &[(0, 5), (1, 9)], &[gap(0, 1)], "r1");
+        let b = CatalogHead::default().after_run(0, &[(0, 7), (2, 3)], &[gap(0, 1)], "r2");
+        let mut m = a.clone();
+        m.merge(&b);
+        let mut m2 = b.clone();
+        m2.merge(&a);
+        assert_eq!(m, m2, "the order does not matter");
+        assert_eq!(
+            m.next.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>(),
+            vec![(0, 7), (1, 9), (2, 3)]
+        );
+        assert_eq!(m.expired, vec![gap(0, 1)], "a gap once");
+        assert_eq!(m.run_id, "r2");
+        let c = CatalogHead::default().after_run(1, &[(0, 2)], &[gap(1, 0)], "r0");
+        m.merge(&c);
+        assert_eq!(m.epoch, 1);
+        assert_eq!(
+            m.next.iter().map(|(p, o)| (*p, *o)).collect::<Vec<_>>(),
+            vec![(0, 2)],
+            "a newer epoch drops the old positions"
+        );
+        assert_eq!(m.expired, vec![gap(0, 1), gap(1, 0)]);
+        assert_eq!(m.run_id, "r0", "the newest epoch's run");
+        m.merge(&a);
+        assert_eq!(m.epoch, 1, "an older epoch changes nothing");
+        assert_eq!(m.next.get(&1), None);
     }
 
     #[test]

@@ -180,6 +180,22 @@ pub fn catalog_head_key(topic: &str) -> String {
     format!("{CATALOG}{topic}/head.json")
 }
 
+/// The folder of a topic's head fragments: `_catalog/{topic}/heads/`. Each ingest run that
+/// commits writes one fragment (write-once, named by its run) holding the head as it merged it;
+/// the topic's head is the merge of the fragments there and of `head.json` (older versions'
+/// head, still written as a mirror). See [`CatalogHead::merge`].
+pub fn catalog_heads_prefix(topic: &str) -> String {
+    format!("{CATALOG}{topic}/heads/")
+}
+
+/// The key of a run's head fragment (`attempt` > 0 when the first name was taken).
+pub fn catalog_head_fragment_key(topic: &str, run_id: &str, attempt: u32) -> String {
+    match attempt {
+        0 => format!("{}{run_id}.json", catalog_heads_prefix(topic)),
+        n => format!("{}{run_id}-{n}.json", catalog_heads_prefix(topic)),
+    }
+}
+
 /// The key that gives a topic archived before the catalog existed its catalog folder.
 pub fn catalog_legacy_key(topic: &str) -> String {
     format!("{CATALOG}{topic}/legacy.json")
@@ -188,6 +204,10 @@ pub fn catalog_legacy_key(topic: &str) -> String {
 /// Where a topic's archive stands, written after each committed run: the epoch and, per
 /// partition, the next offset the archive expects. The committed offsets of the group are
 /// never behind it unless the group's offsets were reset or the topic was re-created.
+///
+/// Stored as fragments that only ever grow when merged ([`CatalogHead::merge`]: the newest
+/// epoch, per partition the highest next offset of that epoch, every accepted gap), so runs of
+/// several group members writing side by side never lose each other's positions.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CatalogHead {
     pub epoch: i32,

@@ -138,9 +138,15 @@ impl ObjectStore for LocalStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
             };
+            // A file removed while the directory is read (another process's) is not listed.
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
             for ent in rd {
                 let ent = ent?;
-                let ft = ent.file_type()?;
+                let ft = match ent.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let p = ent.path();
                 if ft.is_dir() {
                     stack.push(p);
@@ -154,10 +160,12 @@ impl ObjectStore for LocalStore {
                         .to_string_lossy()
                         .replace(std::path::MAIN_SEPARATOR, "/");
                     if key.starts_with(prefix) {
-                        out.push(ObjectMeta {
-                            key,
-                            size: ent.metadata()?.len(),
-                        });
+                        let size = match ent.metadata() {
+                            Ok(m) => m.len(),
+                            Err(e) if gone(&e) => continue,
+                            Err(e) => return Err(e.into()),
+                        };
+                        out.push(ObjectMeta { key, size });
                     }
                 }
             }

@@ -178,9 +178,12 @@ impl Membership {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit;
     use super::super::tests::local_archive;
     use super::super::{run, IngestOptions, IngestSummary};
+    use crate::archive::catalog::{Catalog, Marker};
     use crate::archive::local::LocalStore;
+    use crate::archive::ObjectStore;
     use crate::config::KafkaSettings;
     use crate::output::Output;
     use crate::source::{Event, KafkaSource, MessageSource, Mode};
@@ -270,6 +273,273 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         h.join().unwrap();
         r
+    }
+
+    /// A live member like [`holder`] that notes each assignment (when, and how many
+    /// partitions) until `stop`.
+    fn recording_holder(
+        k: KafkaSettings,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+        seen: Arc<std::sync::Mutex<Vec<(std::time::Instant, usize)>>>,
+    ) -> std::thread::JoinHandle<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let mut src = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
+            src.start().unwrap();
+            let mut told = false;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match src.poll(Duration::from_millis(50)).unwrap() {
+                    Event::Assigned(ps) => {
+                        seen.lock()
+                            .unwrap()
+                            .push((std::time::Instant::now(), ps.len()));
+                        if !ps.is_empty() && !told {
+                            tx.send(()).unwrap();
+                            told = true;
+                        }
+                    }
+                    Event::Revoked(_) => seen.lock().unwrap().push((std::time::Instant::now(), 0)),
+                    _ => {}
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("holder assigned");
+        h
+    }
+
+    /// Waits until the archive holds a data object.
+    fn wait_for_an_object(store: &dyn crate::archive::ObjectStore) {
+        let t0 = std::time::Instant::now();
+        while testkit::data_objects(store).is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no object stored");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Item 1 of issue 23: a run reads its partition to the end and stores its object; more
+    /// messages arrive; the other member leaves, and the group hands this run its partition
+    /// back (with the other one), from the committed offset. The run skips what it stored
+    /// itself: no two objects overlap, and its manifest lists each object once, also when a
+    /// dead run's marker names the same folder (its listing then shows this run's objects).
+    #[test]
+    fn a_partition_handed_back_mid_run_is_not_archived_again() {
+        for (i, dead_marker) in [false, true].into_iter().enumerate() {
+            handed_back(&format!("back{i}"), dead_marker);
+        }
+    }
+
+    fn handed_back(topic: &str, dead_marker: bool) {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topic, 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, topic, 2, 40);
+        let k = settings(brokers.clone(), topic);
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        if dead_marker {
+            let folders = [topic.to_string()].into_iter().collect();
+            Catalog::new(&store, topic)
+                .store_marker(&Marker {
+                    run_id: "20200101T000000.000Z-1".into(),
+                    folders,
+                })
+                .unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = holder(k.clone(), stop.clone());
+        let r = std::thread::scope(|s| {
+            let ingest = s.spawn(|| {
+                let mut src = KafkaSource::connect(&k, Mode::Subscribe)?;
+                let opts = IngestOptions {
+                    member_wait: Duration::from_secs(60),
+                    ..testkit::options()
+                };
+                run(
+                    &mut src,
+                    &store,
+                    &local_archive(dir.path()),
+                    &opts,
+                    &Output::silent(),
+                )
+            });
+            wait_for_an_object(&store);
+            produce(&brokers, topic, 2, 20);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            ingest.join().unwrap()
+        });
+        h.join().unwrap();
+        let sum = r.unwrap();
+        let ends: std::collections::BTreeMap<i32, i64> = [(0, 30), (1, 30)].into_iter().collect();
+        testkit::assert_contiguous(&store, &ends);
+        let mut listed: Vec<String> = testkit::manifest_entries(&store)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        listed.sort();
+        let stored: Vec<String> = testkit::data_objects(&store)
+            .into_values()
+            .flatten()
+            .map(|o| o.2)
+            .collect();
+        assert_eq!(listed, stored, "every object in the manifest, once");
+        assert_eq!(sum.committed, ends);
+        assert!(sum.adopted.is_empty(), "{:?}", sum.adopted);
+        assert!(
+            store
+                .list(&crate::archive::layout::markers_prefix(topic))
+                .unwrap()
+                .is_empty(),
+            "markers left"
+        );
+    }
+
+    /// Item 8 of issue 23: a run whose last objects take longer to store (and whose adopted
+    /// objects take longer to read) than `max.poll.interval.ms` polls the group meanwhile, so
+    /// it stays a member until its commit: the other member does not get its partition
+    /// before the run is over.
+    #[test]
+    fn a_member_that_stores_slowly_stays_in_the_group_until_its_commit() {
+        let topic = "slow";
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topic, 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, topic, 2, 40);
+        let mut k = settings(brokers, topic);
+        k.session_timeout_secs = 6;
+        k.properties
+            .insert("max.poll.interval.ms".into(), "6000".into());
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = testkit::TestStore::new(dir.path());
+        store.slow_data = Duration::from_millis(4000);
+        // A dead run stored offsets 0..4 of each partition: the run adopts those of its own.
+        let c = crate::archive::Compression::None;
+        for p in 0..2i64 {
+            let mut framed = Vec::new();
+            for o in 0..5 {
+                crate::records::frame_into(format!("m{}", 2 * o + p).as_bytes(), &mut framed);
+            }
+            let name = crate::archive::layout::object_file_name(topic, p as i32, 0, 4, c);
+            let key = crate::archive::layout::object_key(topic, &name);
+            store.inner.put_bytes_if_absent(&key, &framed).unwrap();
+        }
+        Catalog::new(&store.inner, topic)
+            .store_marker(&Marker {
+                run_id: "20200101T000000.000Z-1".into(),
+                folders: [topic.to_string()].into_iter().collect(),
+            })
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = recording_holder(k.clone(), stop.clone(), seen.clone());
+        let mut src = KafkaSource::connect(&k, Mode::Subscribe).unwrap();
+        let opts = IngestOptions {
+            member_wait: Duration::ZERO,
+            ..testkit::options()
+        };
+        let started = std::time::Instant::now();
+        let r = run(
+            &mut src,
+            &store,
+            &local_archive(dir.path()),
+            &opts,
+            &Output::silent(),
+        );
+        let returned = std::time::Instant::now();
+        drop(src);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        let sum = r.unwrap();
+        assert!(
+            returned - started > Duration::from_secs(8),
+            "the store was slow: {:?}",
+            returned - started
+        );
+        assert_eq!(sum.committed.len(), 1, "{:?}", sum.committed);
+        assert_eq!(sum.committed.values().next(), Some(&20));
+        assert_eq!(sum.adopted.len(), 1, "{:?}", sum.adopted);
+        assert!(sum.handed_over.is_empty(), "{:?}", sum.handed_over);
+        let early: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, n)| *at > started && *at < returned && *n == 2)
+            .map(|(at, _)| *at - started)
+            .collect();
+        assert!(
+            early.is_empty(),
+            "the other member got every partition {early:?} after the start, before the run ended"
+        );
+    }
+
+    /// Item 8 of issue 23, the other side: another member joins while a run stores its last
+    /// objects, and the group takes its partitions (an eager rebalance takes them all). The
+    /// run waits for the objects being stored, then neither stores more for those partitions
+    /// nor commits them: nothing is left to commit, so it is busy (exit 3), and its marker
+    /// stays. The next run adopts what it stored: every offset once, every object in a
+    /// manifest once.
+    #[test]
+    fn partitions_revoked_while_a_run_stores_are_handed_over_uncommitted() {
+        let topic = "handover";
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(topic, 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        produce(&brokers, topic, 2, 40);
+        let k = settings(brokers, topic);
+        let dir = tempfile::tempdir().unwrap();
+        let mut slow = testkit::TestStore::new(dir.path());
+        slow.slow_data = Duration::from_secs(8);
+        let markers = crate::archive::layout::markers_prefix(topic);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, h) = std::thread::scope(|s| {
+            let ingest = s.spawn(|| {
+                let mut src = KafkaSource::connect(&k, Mode::Subscribe)?;
+                let opts = IngestOptions {
+                    member_wait: Duration::ZERO,
+                    ..testkit::options()
+                };
+                run(
+                    &mut src,
+                    &slow,
+                    &local_archive(dir.path()),
+                    &opts,
+                    &Output::silent(),
+                )
+            });
+            // The run's marker is stored before its first object: it is storing now.
+            let t0 = std::time::Instant::now();
+            while slow.inner.list(&markers).unwrap().is_empty() {
+                assert!(t0.elapsed() < Duration::from_secs(30), "no marker");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let h = holder(k.clone(), stop.clone());
+            (ingest.join().unwrap(), h)
+        });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        h.join().unwrap();
+        let err = r.unwrap_err();
+        assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("took partitions [0, 1]") && msg.contains("nothing was committed"),
+            "{msg}"
+        );
+        let store = &slow.inner;
+        assert_eq!(testkit::data_objects(store).len(), 2, "both objects stored");
+        assert!(
+            testkit::manifests(store).is_empty(),
+            "no manifest lists them yet"
+        );
+        assert_eq!(store.list(&markers).unwrap().len(), 1, "its marker stays");
+        // The next run reads from the committed offsets (none) and adopts them.
+        let next = ingest(&k, dir.path()).unwrap();
+        assert_eq!((next.messages, next.skipped), (0, 40), "{next:?}");
+        assert_eq!(next.adopted.len(), 2, "{:?}", next.adopted);
+        let ends: std::collections::BTreeMap<i32, i64> = [(0, 20), (1, 20)].into_iter().collect();
+        assert_eq!(next.committed, ends);
+        testkit::assert_contiguous(store, &ends);
+        assert_eq!(testkit::manifest_entries(store).len(), 2);
+        assert!(store.list(&markers).unwrap().is_empty(), "markers left");
     }
 
     #[test]

@@ -17,6 +17,8 @@ mod epochs;
 mod membership;
 mod recovery;
 mod spool;
+#[cfg(test)]
+mod testkit;
 mod upload;
 
 use crate::archive::catalog::{Catalog, RunEpoch};
@@ -34,13 +36,16 @@ use chrono::{DateTime, Utc};
 use indicatif::ProgressBar;
 pub use membership::Held;
 use membership::{Membership, Others};
-use recovery::Recovery;
+use recovery::{Cover, Recovery};
 use serde::Serialize;
 use spool::Spool;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use upload::{Pending, Stored, Uploader};
+
+/// How long the run waits between polls of the group while it finishes.
+const FINISH_POLL: Duration = Duration::from_millis(100);
 
 /// Per-run options (limits and mode) on top of the archive settings.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +110,11 @@ pub struct IngestSummary {
     pub expired: Vec<ExpiredGap>,
     /// Objects of runs that died before their manifest, now listed in this run's manifest.
     pub adopted: Vec<String>,
+    /// Partitions the group took from this run (a rebalance, another member joining) after it
+    /// had stored objects for them and before its commit: their offsets are not committed and
+    /// their objects are left to the next owner, which finds them by this run's marker (a
+    /// warning: the run did all it could).
+    pub handed_over: Vec<i32>,
 }
 
 /// Why a run stopped reading. In the summary, the text `as_str` gives.
@@ -214,6 +224,12 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         }
     }
     let sum = run(&mut src, store.as_ref(), &archive, &opts, out)?;
+    if !sum.handed_over.is_empty() {
+        out.warn(&format!(
+            "the group took partitions {:?} of topic {} from this run before its commit; their offsets are not committed, and the objects this run stored for them are left to the next run, which adopts them",
+            sum.handed_over, kafka.topic
+        ));
+    }
     if !sum.held_by_others.is_empty() {
         let parts: Vec<String> = sum
             .held_by_others
@@ -279,7 +295,7 @@ struct Run<'a> {
     /// The catalog head as this run found it, and the epoch it archives.
     head: RunEpoch,
     /// Committed offsets at assignment, and the partitions whose first message was seen.
-    committed_at_assign: std::collections::HashMap<i32, Option<i64>>,
+    committed_at_assign: HashMap<i32, Option<i64>>,
     first_seen: BTreeSet<i32>,
     /// Where each assigned partition's read starts (the committed offset, else the first).
     start_at: std::collections::HashMap<i32, i64>,
@@ -288,6 +304,11 @@ struct Run<'a> {
     started_at: DateTime<Utc>,
     /// Why offsets the broker skips hold no record: the topic's cleanup policy says.
     skipped_reason: HoleReason,
+    /// While the run finishes: objects waiting for room in the upload queue (the run polls the
+    /// group meanwhile instead of blocking on the queue).
+    deferred: Option<VecDeque<Pending>>,
+    /// Partitions revoked while the run finished: not committed, not in its manifest.
+    handed_over: BTreeSet<i32>,
 }
 
 impl Run<'_> {
@@ -317,8 +338,13 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Queues an object for the worker (blocks while the queue is full).
+    /// Queues an object for the worker (blocks while the queue is full; while the run
+    /// finishes, it waits in `deferred` instead, see [`Run::finish_uploads`]).
     fn upload(&mut self, p: Pending) -> Result<()> {
+        if let Some(d) = self.deferred.as_mut() {
+            d.push_back(p);
+            return Ok(());
+        }
         self.collect_uploads()?;
         if let Err(e) = self.uploader.send(p) {
             // The worker is gone: report its error if it left one.
@@ -328,12 +354,116 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Waits for every queued object to be stored; fails on the first upload that failed.
-    fn finish_uploads(&mut self) -> Result<()> {
-        for r in self.uploader.close_and_wait() {
-            self.stored(r)?;
+    /// Queues the deferred objects and waits for every queued object to be stored, polling
+    /// the group meanwhile ([`Run::keep_membership`]); fails on the first upload that failed.
+    fn finish_uploads(&mut self, source: &mut dyn MessageSource) -> Result<()> {
+        loop {
+            let Some(p) = self.deferred.as_mut().and_then(|d| d.pop_front()) else {
+                break;
+            };
+            let sent = self.uploader.try_send(p);
+            let back = match sent {
+                Ok(back) => back,
+                Err(e) => {
+                    // The workers are gone: report their error if they left one.
+                    self.collect_uploads()?;
+                    return Err(e);
+                }
+            };
+            if let Some(p) = back {
+                self.deferred.as_mut().expect("finishing").push_front(p);
+                self.collect_uploads()?;
+                self.keep_membership(source)?;
+            }
+        }
+        self.uploader.close();
+        loop {
+            match self.uploader.next_result(FINISH_POLL) {
+                Ok(r) => self.stored(r)?,
+                Err(true) => return Ok(()),
+                Err(false) => self.keep_membership(source)?,
+            }
+        }
+    }
+
+    /// While the run finishes (stores its last objects, reads adopted ones): polls the group,
+    /// so that this member stays in it. librdkafka sends the heartbeats from its own thread,
+    /// but a member whose application does not poll within `max.poll.interval.ms` leaves the
+    /// group, and another member would archive its partitions again. Nothing more is read (the
+    /// partitions are paused; a message still delivered is dropped: nothing past it is
+    /// committed, the next run reads it). A revocation hands the partitions over: after the
+    /// revoke barrier has waited for the objects being stored, this run neither stores more
+    /// for them nor commits them, and its marker stays so the next owner adopts them.
+    fn keep_membership(&mut self, source: &mut dyn MessageSource) -> Result<()> {
+        if self.opts.dry_run {
+            std::thread::sleep(FINISH_POLL);
+            return Ok(());
+        }
+        match source.poll(FINISH_POLL)? {
+            Event::Revoked(ps) => {
+                self.out.debug(&format!(
+                    "partitions {ps:?} revoked while this run stored its last objects; handing them over uncommitted"
+                ));
+                if let Some(d) = self.deferred.as_mut() {
+                    d.retain(|p| !ps.contains(&p.entry.partition));
+                }
+                self.on_revoked(&ps);
+                self.handed_over.extend(ps);
+            }
+            Event::Assigned(ps) => {
+                // Read nothing more: the run is finishing.
+                self.out.debug(&format!(
+                    "assigned partitions {ps:?} while finishing; not reading them"
+                ));
+                source.pause()?;
+            }
+            // Nothing past the accounted position is committed: a message still delivered, or
+            // offsets found expired, are the next run's.
+            Event::Message(_) | Event::Eof(_) | Event::Expired { .. } | Event::Idle => {}
         }
         Ok(())
+    }
+
+    /// Reads the adopted objects (checksum, size, records) on a thread of their own, polling
+    /// the group meanwhile, and lists them in this run's objects, each once.
+    fn describe_adopted(&mut self, source: &mut dyn MessageSource) -> Result<()> {
+        let handed = self.handed_over.clone();
+        let jobs = self.recovery.take_adopted(|p| !handed.contains(&p));
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (store, topic) = (self.store, self.topic.clone());
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                for a in jobs {
+                    let r = recovery::describe(store, &topic, a);
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            loop {
+                match rx.recv_timeout(FINISH_POLL) {
+                    Ok(r) => {
+                        let e = r?;
+                        self.out.debug(&format!(
+                            "adopting {} ({} records) stored by a run that died before its manifest",
+                            e.key, e.records
+                        ));
+                        if !self.handed_over.contains(&e.partition) {
+                            self.summary.adopted.push(e.key.clone());
+                            self.objects.push(e);
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        self.keep_membership(source)?
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            }
+        })
     }
 
     /// The offsets of partition `p` already archived (by runs that died before committing).
@@ -362,7 +492,7 @@ impl Run<'_> {
         for a in archived.iter().filter_map(|a| a.intersect(span)) {
             // A crashed run's object holds these (one of holes only has no record this run
             // could recognise it by): this run lists it in its manifest.
-            self.recovery.adopt(p, a.first, false);
+            self.recovery.adopt_offset(p, a.first);
         }
         for s in layout::subtract_spans(span, &archived) {
             self.add_hole(p, s, reason)?;
@@ -411,12 +541,15 @@ impl Run<'_> {
             if m.payload.is_none() {
                 self.reject_tombstone(p, m.offset);
             }
-            self.recovery.adopt(p, m.offset, m.payload.is_none());
+            // This run's own object (the partition came back to it) or a dead run's, adopted.
+            let cover = self.recovery.adopt(&m);
             self.flush_partition(p)?;
             let st = self.parts.get_mut(&p).expect("state");
             st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
             st.expected = Some(st.expected.unwrap_or(0).max(m.offset + 1));
-            self.summary.skipped += 1;
+            if cover != Some(Cover::Own) {
+                self.summary.skipped += 1;
+            }
             return Ok(());
         }
         let Some(payload) = m.payload.as_deref() else {
@@ -513,6 +646,8 @@ impl Run<'_> {
             return Ok(());
         }
         self.recovery.mark_folder(&dir)?;
+        self.recovery
+            .stored_own(p, OffsetSpan::new(first, last), &key);
         self.upload(Pending {
             key,
             file: done.file,
@@ -773,6 +908,9 @@ impl Run<'_> {
         self.out.debug(&format!("assigned partitions {ps:?}"));
         self.check_positions(source, &ps)?;
         self.recovery.forget_listing();
+        if !self.opts.dry_run {
+            self.recovery.renew_marker()?;
+        }
         for p in &ps {
             let start = self.start_at.get(p).copied().map(|s| {
                 // Expired offsets this run accepted are accounted for by its first object.
@@ -797,6 +935,7 @@ impl Run<'_> {
     }
 
     fn on_revoked(&mut self, ps: &[i32]) {
+        self.recovery.revoked(ps);
         self.out.debug(&format!(
             "partitions {ps:?} revoked; dropping their uncommitted data"
         ));
@@ -919,6 +1058,12 @@ impl Run<'_> {
         started_at: DateTime<Utc>,
         stopped_by: StopReason,
     ) -> Result<IngestSummary> {
+        // Whether the run held no partition when it stopped (before a revocation now).
+        let held_none = self.membership.holds_none();
+        if !self.opts.dry_run {
+            source.pause()?;
+        }
+        self.deferred = Some(VecDeque::new());
         let part_ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in &part_ids {
             // Markers after the last message read since end-of-partition: the commit moves
@@ -926,13 +1071,34 @@ impl Run<'_> {
             self.account_to_position(source, *p)?;
             self.flush_partition(*p)?;
         }
-        self.finish_uploads()?;
+        self.finish_uploads(source)?;
         if !self.opts.dry_run {
-            for entry in self.recovery.describe_adopted(self.out)? {
-                self.summary.adopted.push(entry.key.clone());
-                self.objects.push(entry);
-            }
+            self.describe_adopted(source)?;
         }
+        // The manifest lists this run's objects of the partitions it commits; those of
+        // partitions taken from it are left, with its marker, to their next owner.
+        let committing: BTreeSet<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, st)| st.next_commit.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        let before = self.objects.len();
+        self.objects.retain(|o| committing.contains(&o.partition));
+        let left_to_next_owner = self.objects.len() < before;
+        // An object this run stored for a partition that came back to it after another member
+        // committed past it is in that member's manifest already (it adopted it).
+        let at_assign = &self.committed_at_assign;
+        self.objects.retain(|o| {
+            at_assign
+                .get(&o.partition)
+                .copied()
+                .flatten()
+                .is_none_or(|c| o.last_offset >= c)
+        });
+        // Each object once (a defence: adoption never takes this run's own objects).
+        let mut keys = BTreeSet::new();
+        self.objects.retain(|o| keys.insert(o.key.clone()));
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
         let commits: Vec<(i32, i64)> = self
@@ -950,7 +1116,15 @@ impl Run<'_> {
             )?;
         }
         let held = stopped_by == StopReason::EndOfPartitionsOthersHeld;
-        if held && self.membership.holds_none() {
+        if commits.is_empty() && !self.handed_over.is_empty() {
+            return Err(crate::error::Error::Busy(format!(
+                "the group took partitions {:?} of topic {} from this run while it stored its last objects; nothing was committed, and the next run adopts the objects it stored",
+                self.handed_over.iter().collect::<Vec<_>>(),
+                self.topic
+            ))
+            .into());
+        }
+        if held && held_none {
             let parts: Vec<String> = self
                 .membership
                 .held()
@@ -974,8 +1148,22 @@ impl Run<'_> {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
-            self.recovery
-                .remove_markers(self.membership.holds_all(), self.out);
+            // Where the group stands now on each partition this run holds.
+            let mut committed: HashMap<i32, i64> = self
+                .membership
+                .assigned()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((*p, self.committed_at_assign.get(p).copied().flatten()?)))
+                .collect();
+            committed.extend(commits.iter().copied());
+            let keep_own = left_to_next_owner || !self.handed_over.is_empty();
+            self.recovery.remove_markers(
+                self.membership.holds_all(),
+                &committed,
+                keep_own,
+                self.out,
+            );
         }
         let mut sum = self.summary;
         sum.epoch = self.head.epoch;
@@ -984,6 +1172,7 @@ impl Run<'_> {
             sum.held_by_others = self.membership.held().to_vec();
         }
         sum.committed = commits.into_iter().collect();
+        sum.handed_over = self.handed_over.iter().copied().collect();
         sum.rejected = self.rejected.len() as u64;
         sum.partitions = self.membership.assigned_count();
         sum.objects = self.objects.len();
@@ -1088,6 +1277,8 @@ fn run_with(
         start_at: Default::default(),
         started_at,
         skipped_reason: skipped_reason(source, out),
+        deferred: None,
+        handed_over: BTreeSet::new(),
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)

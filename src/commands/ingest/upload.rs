@@ -69,7 +69,7 @@ impl Drop for CloseOnDrop {
 /// A worker's loop: store each queued object; after the first failure (of any worker), drop
 /// the rest.
 /// Each worker has its own `results` sender: when the last one ends, the uploader's
-/// `close_and_wait` sees the channel close.
+/// `next_result` sees the channel close.
 pub fn worker(store: &dyn ObjectStore, end: &WorkerEnd, results: Sender<Stored>) {
     let WorkerEnd {
         queue,
@@ -85,11 +85,15 @@ pub fn worker(store: &dyn ObjectStore, end: &WorkerEnd, results: Sender<Stored>)
         if !failed {
             let r = store
                 .put_file_if_absent(&p.key, &p.file)
-                .with_context(|| format!("storing an object in {}", store.describe()));
+                .with_context(|| format!("storing an object in {}", store.describe()))
+                .and_then(|o| match o {
+                    PutOutcome::Created => Ok((p.entry.clone(), o)),
+                    PutOutcome::AlreadyExists => existing(store, &p).map(|e| (e, o)),
+                });
             failed = r.is_err();
             // Sent before `done`, so a caller that waited for the gate finds the result. When
             // the run has already failed (nobody receives), the rest is not worth storing.
-            failed |= results.send(r.map(|o| (p.entry, o))).is_err();
+            failed |= results.send(r).is_err();
             if failed {
                 any_failed.store(true, std::sync::atomic::Ordering::SeqCst);
             }
@@ -98,6 +102,51 @@ pub fn worker(store: &dyn ObjectStore, end: &WorkerEnd, results: Sender<Stored>)
         drop(p.file);
         gate.done();
     }
+}
+
+/// The object stored under `p.key` before this run's put: the same name means the same
+/// offsets, but its bytes may differ (another compression or level, another version). Its
+/// entry describes the stored object (sha256, size) when it holds the same records as this
+/// run's file, record for record; a stored object with other records fails the run.
+fn existing(store: &dyn ObjectStore, p: &Pending) -> Result<ObjectEntry> {
+    use std::io::{Seek, SeekFrom};
+    let mut stored = crate::archive::download(store, &p.key, None)?;
+    let sha256 = crate::util::sha256_of(&mut stored)?;
+    let bytes = stored.seek(SeekFrom::End(0))?;
+    let mut entry = p.entry.clone();
+    if sha256 == entry.sha256 {
+        return Ok(entry);
+    }
+    stored.seek(SeekFrom::Start(0))?;
+    let c = entry.compression;
+    let mut theirs = crate::records::FrameReader::new(crate::archive::decoder(stored, c)?);
+    let ours = std::fs::File::open(&p.file).context("reopening the spool file")?;
+    let mut ours = crate::records::FrameReader::new(crate::archive::decoder(ours, c)?);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut n = 0u64;
+    loop {
+        let more_theirs = theirs
+            .next_into(&mut a)
+            .with_context(|| format!("reading the stored object {}", p.key))?;
+        let more_ours = ours.next_into(&mut b)?;
+        if more_theirs != more_ours || a != b {
+            bail!(
+                "object {} already exists in {} and holds other records than this run read for offsets {}..{} (they differ at record {}); nothing was committed: check what wrote it (another topic of the same name, an archive shared by two clusters)",
+                p.key,
+                store.describe(),
+                entry.first_offset,
+                entry.last_offset,
+                n + 1
+            );
+        }
+        if !more_ours {
+            break;
+        }
+        n += 1;
+    }
+    entry.sha256 = sha256;
+    entry.bytes = bytes;
+    Ok(entry)
 }
 
 /// The consumer's side of the upload worker.
@@ -152,9 +201,36 @@ impl Uploader {
         Ok(())
     }
 
-    /// Closes the queue and waits for every result.
-    pub fn close_and_wait(&mut self) -> Vec<Stored> {
+    /// Queues an object unless the queue is full (then gives it back). Fails when the worker
+    /// is gone.
+    pub fn try_send(&mut self, p: Pending) -> Result<Option<Pending>> {
+        let queue = self.queue.as_ref().expect("uploader open");
+        self.gate.add();
+        match queue.try_send(p) {
+            Ok(()) => Ok(None),
+            Err(std::sync::mpsc::TrySendError::Full(p)) => {
+                self.gate.done();
+                Ok(Some(p))
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                self.gate.done();
+                bail!("the upload worker stopped unexpectedly")
+            }
+        }
+    }
+
+    /// Closes the queue: the workers end once it is drained.
+    pub fn close(&mut self) {
         self.queue = None;
-        std::iter::from_fn(|| self.results.recv().ok()).collect()
+    }
+
+    /// The next result, waiting at most `wait`: `Err(true)` when every worker has ended (no
+    /// more results), `Err(false)` when none came in time.
+    pub fn next_result(&self, wait: std::time::Duration) -> std::result::Result<Stored, bool> {
+        use std::sync::mpsc::RecvTimeoutError;
+        self.results.recv_timeout(wait).map_err(|e| match e {
+            RecvTimeoutError::Disconnected => true,
+            RecvTimeoutError::Timeout => false,
+        })
     }
 }
