@@ -228,11 +228,21 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
             std::thread::sleep(Duration::from_millis(50));
             while waiting.peek().is_some_and(|p| t0.elapsed() >= p.0) {
                 let (_, kill) = waiting.next().unwrap();
+                let log = match std::env::var("BATCHLAYER_CHAOS_LOGS") {
+                    Ok(d) => Stdio::from(
+                        std::fs::File::create(format!(
+                            "{d}/r{round}-{}.log",
+                            children.len() + 100 * ended + 1000 * killed
+                        ))
+                        .unwrap(),
+                    ),
+                    Err(_) => Stdio::null(),
+                };
                 let c = w
                     .std_cmd()
-                    .args(["ingest"])
+                    .args(["-v", "ingest"])
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null())
+                    .stderr(log)
                     .spawn()
                     .unwrap();
                 children.push((c, kill));
@@ -281,6 +291,15 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
         "member chaos: audit exit {code}: problems {} notes {}",
         audit["problems"], audit["notes"]
     );
+    if let Ok(keep) = std::env::var("BATCHLAYER_CHAOS_KEEP") {
+        let _ = std::process::Command::new("cp")
+            .args(["-a", &w.archive, &keep])
+            .status();
+        eprintln!(
+            "member chaos: archive copied to {keep}, schema {}",
+            w.schema
+        );
+    }
     let all = tweet_range(0..sent, tweet_seed, locations);
     // Every message is archived; objects overlap only where audit names them.
     let archived = archived_messages(w.store().as_ref());
