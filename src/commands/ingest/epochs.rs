@@ -565,10 +565,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = archive(dir.path());
         let cat = Catalog::new(&store, "t");
-        // The head lags: it says 4, a run's manifest says it committed 10.
+        // The head lags: it says 4, a run's manifest says it committed 10 (a run killed
+        // between its commit and its head; concurrent writers merge, so only an old head
+        // and no fragment of the later run make one lag).
         let run_id = cat.head().unwrap().unwrap().run_id;
-        cat.store_head(&CatalogHead::default().after_run(0, &[(0, 4)], &[], &run_id))
+        for o in store.list(&layout::catalog_heads_prefix("t")).unwrap() {
+            store.delete(&o.key).unwrap();
+        }
+        let stale = CatalogHead::default().after_run(0, &[(0, 4)], &[], &run_id);
+        store
+            .put_bytes(
+                &layout::catalog_head_key("t"),
+                &serde_json::to_vec(&stale).unwrap(),
+            )
             .unwrap();
+        assert_eq!(cat.head().unwrap().unwrap().next.get(&0), Some(&4));
         let mut own = topic(0, Some(10), "r");
         let run = check(&store, &mut own).unwrap();
         assert_eq!(
