@@ -35,6 +35,16 @@ fn head_key(w: &World) -> String {
     format!("_catalog/{}/head.json", w.topic)
 }
 
+/// Makes the catalog head lag: `stale` as head.json and no run's head fragment (what a run
+/// killed between its commit and its head leaves; writers side by side merge their heads).
+fn put_stale_head(w: &World, stale: &[u8]) {
+    let store = w.store();
+    for o in store.list(&format!("_catalog/{}/heads/", w.topic)).unwrap() {
+        store.delete(&o.key).unwrap();
+    }
+    store.put_bytes(&head_key(w), stale).unwrap();
+}
+
 fn head(w: &World) -> serde_json::Value {
     let mut body = Vec::new();
     w.store().get_into(&head_key(w), &mut body).unwrap();
@@ -129,9 +139,9 @@ fn a_head_behind_commits_of_this_archive_is_not_taken_for_a_skip() {
     produce_raw(&brokers(), &w.topic, 2, &more);
     msgs.extend(more);
     assert_eq!(w.json(&["ingest"])["messages"], 400);
-    // A member that ran side by side rewrites the head it read at its start (the head then
-    // lags behind commits this archive's runs made and listed in their manifests).
-    w.store().put_bytes(&head_key(&w), &stale).unwrap();
+    // A run killed between its commit and its head leaves the head behind commits this
+    // archive's runs made and listed in their manifests.
+    put_stale_head(&w, &stale);
 
     let last = tweets(1000..1200, 72);
     produce_raw(&brokers(), &w.topic, 2, &last);
@@ -143,7 +153,7 @@ fn a_head_behind_commits_of_this_archive_is_not_taken_for_a_skip() {
 
     // The same after an upgrade: manifests of older versions do not say what their run
     // committed; their objects hold the offsets.
-    w.store().put_bytes(&head_key(&w), &stale).unwrap();
+    put_stale_head(&w, &stale);
     let store = w.store();
     for m in store.list("_manifests/").unwrap() {
         let mut body = Vec::new();
