@@ -511,10 +511,14 @@ impl<'a> Catalog<'a> {
                     let Some(&(low, below)) = wanted.get(&o.partition) else {
                         continue;
                     };
-                    let fits = o.last_offset >= low && o.last_offset < below;
+                    // Compared at its last record (its range may end in holes).
+                    let Some(last) = o.last_record_offset() else {
+                        continue;
+                    };
+                    let fits = last >= low && last < below;
                     let newer = found
                         .get(&o.partition)
-                        .is_none_or(|f| f.last_offset < o.last_offset);
+                        .is_none_or(|f| f.last_record_offset() < Some(last));
                     if fits && newer {
                         found.insert(o.partition, o);
                     }

@@ -459,6 +459,23 @@ impl ObjectEntry {
     pub fn missing_count(&self) -> u64 {
         self.missing().iter().map(|s| s.count()).sum()
     }
+
+    /// The offset of its last record: the range's last offset less the holes at its end. None
+    /// when it holds no record, or when its records and holes do not make up its range (an
+    /// adopted object whose holes are not all known), so the offset is not known.
+    pub fn last_record_offset(&self) -> Option<i64> {
+        let span = OffsetSpan::new(self.first_offset, self.last_offset);
+        if self.records == 0 || self.records + self.missing_count() != span.count() {
+            return None;
+        }
+        let mut last = self.last_offset;
+        for h in self.missing().iter().rev() {
+            if h.last >= last && h.first <= last {
+                last = h.first - 1;
+            }
+        }
+        (last >= self.first_offset).then_some(last)
+    }
 }
 
 /// Merges spans that touch or overlap, in order.
@@ -689,5 +706,54 @@ mod tests {
         assert_eq!(v["compression"], "zstd");
         let back: ObjectEntry = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn the_last_record_offset_passes_the_holes_at_the_end() {
+        let mut o = ObjectEntry {
+            key: "t/t+0+00000000000000000000+00000000000000000009.log".into(),
+            topic: "t".into(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 9,
+            records: 5,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: Compression::None,
+            gaps: vec![7],
+            holes: vec![
+                Hole {
+                    first: 2,
+                    last: 3,
+                    reason: HoleReason::Marker,
+                },
+                Hole {
+                    first: 8,
+                    last: 9,
+                    reason: HoleReason::Marker,
+                },
+            ],
+            max_timestamp_ms: None,
+        };
+        assert_eq!(
+            o.last_record_offset(),
+            Some(6),
+            "7 (a tombstone), 8 and 9 hold none"
+        );
+        o.records = 4;
+        assert_eq!(
+            o.last_record_offset(),
+            None,
+            "records and holes do not make up the range"
+        );
+        o.records = 0;
+        o.holes = vec![Hole {
+            first: 0,
+            last: 9,
+            reason: HoleReason::Marker,
+        }];
+        o.gaps.clear();
+        assert_eq!(o.last_record_offset(), None, "no record");
     }
 }

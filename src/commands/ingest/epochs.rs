@@ -136,8 +136,15 @@ fn compare(
     store: &dyn ObjectStore,
     o: &ObjectEntry,
 ) -> Result<Identity> {
+    // The object's range may end in holes (a transaction's marker, a tombstone): compare at
+    // its last record, whose offset the holes give.
+    let Some(at) = o.last_record_offset() else {
+        return Ok(Identity::Unknown(format!(
+            "the offset of the last record of {} is not known",
+            o.key
+        )));
+    };
     let archived = last_record(store, &o.key)?;
-    let at = o.last_offset;
     Ok(match source.read_at(o.partition, at)? {
         Some(m) if m.offset == at && m.payload.as_deref() == Some(&archived[..]) => {
             Identity::Same(at)
@@ -426,10 +433,16 @@ mod tests {
     /// An archive of topic `t` holding offsets 0..=9 of partition 0 (records `r0`..`r9`),
     /// one manifest whose run committed 10, and a head at 10.
     fn archive(dir: &std::path::Path) -> LocalStore {
+        archive_ending(dir, 9)
+    }
+
+    /// [`archive`] whose object's range runs on to `last`: offsets 10..=last are holes (a
+    /// transaction's commit marker after the last record), and the run committed `last + 1`.
+    fn archive_ending(dir: &std::path::Path, last: i64) -> LocalStore {
         let store = LocalStore::new(dir.to_path_buf());
         let key = layout::object_key(
             "t",
-            &layout::epoch_file_name("t", 0, 0, 0, 9, Compression::None),
+            &layout::epoch_file_name("t", 0, 0, 0, last, Compression::None),
         );
         let mut body = Vec::new();
         for i in 0..10 {
@@ -450,25 +463,32 @@ mod tests {
                 topic: "t".into(),
                 partition: 0,
                 first_offset: 0,
-                last_offset: 9,
+                last_offset: last,
                 records: 10,
                 bytes: body.len() as u64,
                 uncompressed_bytes: body.len() as u64,
                 sha256: String::new(),
                 compression: Compression::None,
                 gaps: vec![],
-                holes: vec![],
+                holes: (last > 9)
+                    .then_some(layout::Hole {
+                        first: 10,
+                        last,
+                        reason: layout::HoleReason::Marker,
+                    })
+                    .into_iter()
+                    .collect(),
                 max_timestamp_ms: None,
             }],
             rejected_key: None,
             rejected: 0,
             epoch: 0,
             expired: vec![],
-            next: [(0, 10)].into_iter().collect(),
+            next: [(0, last + 1)].into_iter().collect(),
         };
         cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
             .unwrap();
-        cat.store_head(&CatalogHead::default().after_run(0, &[(0, 10)], &[], &run))
+        cat.store_head(&CatalogHead::default().after_run(0, &[(0, last + 1)], &[], &run))
             .unwrap();
         store
     }
@@ -558,6 +578,23 @@ mod tests {
         );
         resume(&store, &mut gone).unwrap();
         assert_eq!(*gone.commits.lock().unwrap(), vec![(0, 10)]);
+    }
+
+    #[test]
+    fn an_object_ending_in_holes_is_compared_at_its_last_record() {
+        // The object's range ends with a commit marker (offset 10): Kafka holds no record
+        // there (the double's record at 10 stands for the next one a consumer would get).
+        // Compared at offset 9, its last record, a lost group is told as lost, not re-created.
+        let dir = tempfile::tempdir().unwrap();
+        let store = archive_ending(dir.path(), 10);
+        let mut same = topic(0, None, "r");
+        let err = check(&store, &mut same).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "the record at offset 9 is the archived one: the group's offsets were lost"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -491,8 +491,10 @@ impl Run<'_> {
         let span = OffsetSpan::new(e, upto - 1);
         for a in archived.iter().filter_map(|a| a.intersect(span)) {
             // A crashed run's object holds these (one of holes only has no record this run
-            // could recognise it by): this run lists it in its manifest.
+            // could recognise it by): this run lists it in its manifest (both ends: the
+            // object's edges count as seen).
             self.recovery.adopt_offset(p, a.first);
+            self.recovery.adopt_offset(p, a.last);
         }
         for s in layout::subtract_spans(span, &archived) {
             self.add_hole(p, s, reason)?;
@@ -533,8 +535,12 @@ impl Run<'_> {
             st.last_ts = st.last_ts.max(Some(ts));
         }
         self.account_until(p, m.offset, self.skipped_reason)?;
-        let covered = self.archived_for(p)?.iter().any(|s| s.contains(m.offset));
-        if covered {
+        let covering = self
+            .archived_for(p)?
+            .iter()
+            .find(|s| s.contains(m.offset))
+            .copied();
+        if let Some(span) = covering {
             // Already archived by a run that died before committing: skip, and cut the
             // current object here so no object spans the gap. A tombstone inside the archived
             // range is listed here: the run that archived the range died before listing it.
@@ -544,13 +550,27 @@ impl Run<'_> {
             // This run's own object (the partition came back to it) or a dead run's, adopted.
             let cover = self.recovery.adopt(&m);
             self.flush_partition(p)?;
+            // The whole object is archived and listed (in this run's manifest, or, for the
+            // run's own, already): the commit may pass all of it, so a run stopped by a limit
+            // inside it never makes the next run archive its rest again (an overlap, which
+            // Redshift cannot load in part).
             let st = self.parts.get_mut(&p).expect("state");
-            st.next_commit = Some(st.next_commit.unwrap_or(0).max(m.offset + 1));
-            st.expected = Some(st.expected.unwrap_or(0).max(m.offset + 1));
+            st.next_commit = Some(st.next_commit.unwrap_or(0).max(span.last + 1));
+            st.expected = Some(st.expected.unwrap_or(0).max(span.last + 1));
             if cover != Some(Cover::Own) {
                 self.summary.skipped += 1;
             }
             return Ok(());
+        }
+        if let Some(e) = self.parts.get(&p).and_then(|st| st.expected) {
+            if m.offset < e {
+                bail!(
+                    "topic {}: partition {p}: offset {} was delivered after this run had accounted for the offsets up to {} (as records, holes or expired offsets); nothing was committed",
+                    self.topic,
+                    m.offset,
+                    e - 1
+                );
+            }
         }
         let Some(payload) = m.payload.as_deref() else {
             // A tombstone is a hole of the object (and listed in the rejects file), also at

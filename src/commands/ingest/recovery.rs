@@ -451,6 +451,78 @@ mod tests {
         assert_eq!(log.lock().unwrap().committed, ends.into_iter().collect());
     }
 
+    /// A source that answers each poll slowly, so a `--max-duration` run stops a few messages
+    /// into what it reads.
+    struct Slow(Scripted);
+
+    impl crate::source::MessageSource for Slow {
+        fn topic(&self) -> &str {
+            self.0.topic()
+        }
+        fn start(&mut self) -> anyhow::Result<()> {
+            self.0.start()
+        }
+        fn poll(&mut self, t: std::time::Duration) -> anyhow::Result<crate::source::Event> {
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            self.0.poll(t)
+        }
+        fn committed(
+            &self,
+            ps: &[i32],
+        ) -> anyhow::Result<std::collections::HashMap<i32, Option<i64>>> {
+            self.0.committed(ps)
+        }
+        fn commit(&self, offsets: &[(i32, i64)]) -> anyhow::Result<()> {
+            self.0.commit(offsets)
+        }
+        fn watermarks(&self, p: i32) -> anyhow::Result<(i64, i64)> {
+            self.0.watermarks(p)
+        }
+        fn partitions(&self) -> anyhow::Result<Vec<i32>> {
+            self.0.partitions()
+        }
+    }
+
+    /// A run that a limit stops while it skips an object a dead run stored commits past the
+    /// whole object (it lists it), so the next run never stores the rest of its offsets again
+    /// (an overlap Redshift cannot load in part).
+    #[test]
+    fn a_run_stopped_inside_an_object_it_skips_commits_past_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        log.lock().unwrap().produce(0, 60);
+        crashed_run(&log, dir.path(), 25);
+        let store = TestStore::new(dir.path());
+        let settings = archive(dir.path(), 25);
+        let opts = super::super::IngestOptions {
+            max_duration: Some(std::time::Duration::from_millis(300)),
+            ..options()
+        };
+        let mut src = Slow(Scripted::new(log.clone()));
+        let sum = super::super::run(
+            &mut src,
+            &store,
+            &settings,
+            &opts,
+            &crate::output::Output::silent(),
+        )
+        .unwrap();
+        assert!(
+            sum.skipped > 0 && sum.skipped < 25,
+            "stopped inside the first object: {sum:?}"
+        );
+        assert_eq!(
+            log.lock().unwrap().committed.get(&0),
+            Some(&25),
+            "the commit passes the whole skipped object"
+        );
+        let rest = ingest(&log, &store, &settings, &options()).unwrap();
+        // The dead run stored every offset: the next run adopts the other two objects.
+        assert_eq!((rest.messages, rest.skipped), (0, 35), "{rest:?}");
+        let ends: BTreeMap<i32, i64> = [(0, 60)].into_iter().collect();
+        assert_contiguous(&store, &ends);
+    }
+
     /// Item 12 of issue 23: an adopted object is listed once, with the newest Kafka timestamp
     /// of its records (read from the messages the adopting run skipped), as the run that
     /// stored it would have listed it.
