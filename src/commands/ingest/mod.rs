@@ -309,6 +309,10 @@ struct Run<'a> {
     deferred: Option<VecDeque<Pending>>,
     /// Partitions revoked while the run finished: not committed, not in its manifest.
     handed_over: BTreeSet<i32>,
+    /// Offsets accepted as a gap before the run read (`--accept-expired`, `--accept-skipped`),
+    /// and the keys of the objects that account for them (listed whoever holds the partition).
+    accepted_gaps: Vec<ExpiredGap>,
+    gap_objects: BTreeSet<String>,
 }
 
 impl Run<'_> {
@@ -625,6 +629,26 @@ impl Run<'_> {
         let Some(sp) = self.parts.get_mut(&p).and_then(|st| st.spool.take()) else {
             return Ok(());
         };
+        self.store_spool(p, sp).map(|_| ())
+    }
+
+    /// Offsets this run accepted as a gap before it read (`--accept-expired`,
+    /// `--accept-skipped`) are an object of their own that holds no record, whoever holds the
+    /// partition and whether or not the run reads it: the readers of the ledger then find no
+    /// hole there (the gap is also in the manifest's and the head's expired list).
+    fn store_accepted_gaps(&mut self) -> Result<()> {
+        let c = self.settings.compression;
+        for g in self.accepted_gaps.clone() {
+            let mut sp = Spool::new(g.first, c, self.opts.dry_run)?;
+            sp.add_hole(g.first, g.last, HoleReason::Expired);
+            let key = self.store_spool(g.partition, sp)?;
+            self.gap_objects.insert(key);
+        }
+        Ok(())
+    }
+
+    /// Stores a partition's spool as an object (or, in a dry run, plans it); returns its key.
+    fn store_spool(&mut self, p: i32, sp: Spool) -> Result<String> {
         let c = self.settings.compression;
         let name = layout::epoch_file_name(&self.topic, self.head.epoch, p, sp.first, sp.last, c);
         // An object that holds no record goes in the folder of the newest message seen, else
@@ -663,16 +687,17 @@ impl Run<'_> {
         };
         if dry {
             self.objects.push(entry);
-            return Ok(());
+            return Ok(key);
         }
         self.recovery.mark_folder(&dir)?;
         self.recovery
             .stored_own(p, OffsetSpan::new(first, last), &key);
         self.upload(Pending {
-            key,
+            key: key.clone(),
             file: done.file,
             entry,
-        })
+        })?;
+        Ok(key)
     }
 
     /// Stores what is spooled, then leaves and joins the group again. The revocation drops
@@ -932,14 +957,9 @@ impl Run<'_> {
             self.recovery.renew_marker()?;
         }
         for p in &ps {
-            let start = self.start_at.get(p).copied().map(|s| {
-                // Expired offsets this run accepted are accounted for by its first object.
-                self.head
-                    .expired
-                    .iter()
-                    .find(|g| g.partition == *p && g.last + 1 == s)
-                    .map_or(s, |g| g.first)
-            });
+            // Expired offsets this run accepted before it read are an object of their own
+            // (`store_accepted_gaps`): the read starts after them.
+            let start = self.start_at.get(p).copied();
             let st = self.parts.entry(*p).or_default();
             st.archived = None;
             if st.expected.is_none() {
@@ -1084,6 +1104,7 @@ impl Run<'_> {
             source.pause()?;
         }
         self.deferred = Some(VecDeque::new());
+        self.store_accepted_gaps()?;
         let part_ids: Vec<i32> = self.parts.keys().copied().collect();
         for p in &part_ids {
             // Markers after the last message read since end-of-partition: the commit moves
@@ -1103,18 +1124,21 @@ impl Run<'_> {
             .filter(|(_, st)| st.next_commit.is_some())
             .map(|(p, _)| *p)
             .collect();
+        let gaps = &self.gap_objects;
         let before = self.objects.len();
-        self.objects.retain(|o| committing.contains(&o.partition));
+        self.objects
+            .retain(|o| committing.contains(&o.partition) || gaps.contains(&o.key));
         let left_to_next_owner = self.objects.len() < before;
         // An object this run stored for a partition that came back to it after another member
         // committed past it is in that member's manifest already (it adopted it).
         let at_assign = &self.committed_at_assign;
         self.objects.retain(|o| {
-            at_assign
-                .get(&o.partition)
-                .copied()
-                .flatten()
-                .is_none_or(|c| o.last_offset >= c)
+            gaps.contains(&o.key)
+                || at_assign
+                    .get(&o.partition)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|c| o.last_offset >= c)
         });
         // Each object once (a defence: adoption never takes this run's own objects).
         let mut keys = BTreeSet::new();
@@ -1260,6 +1284,7 @@ fn run_with(
     let catalog = Catalog::new(store, &topic);
     let run_id = layout::run_id(started_at);
     let head = run_epoch(source, store, &catalog, opts, &run_id, out)?;
+    let accepted_gaps = head.expired.clone();
     source.start()?;
     let recovery = Recovery::new(
         store,
@@ -1299,6 +1324,8 @@ fn run_with(
         skipped_reason: skipped_reason(source, out),
         deferred: None,
         handed_over: BTreeSet::new(),
+        accepted_gaps,
+        gap_objects: BTreeSet::new(),
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
@@ -1588,12 +1615,19 @@ mod tests {
     }
 
     fn expired_run(accept: bool) -> (Result<IngestSummary>, Vec<(i32, i64)>, tempfile::TempDir) {
+        expired_run_to(accept, 20)
+    }
+
+    fn expired_run_to(
+        accept: bool,
+        high: i64,
+    ) -> (Result<IngestSummary>, Vec<(i32, i64)>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let commits = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut src = Expired {
             committed: 5,
             low: 10,
-            high: 20,
+            high,
             next: 0,
             started: false,
             commits: commits.clone(),
@@ -1610,6 +1644,35 @@ mod tests {
         let r = run(&mut src, &store, &archive, &opts, &Output::silent());
         let c = commits.lock().unwrap().clone();
         (r, c, dir)
+    }
+
+    /// Accepted expired offsets are an object of their own that holds no record, also when
+    /// the run reads nothing of the partition (everything left expired, nothing new): the
+    /// ledger's loaded offsets then pass the gap, and the completeness gate is not held back.
+    #[test]
+    fn an_accepted_gap_is_an_object_of_holes_even_when_nothing_is_read() {
+        let (r, commits, dir) = expired_run_to(true, 10);
+        let sum = r.unwrap();
+        assert_eq!(sum.messages, 0);
+        assert_eq!(commits, vec![(0, 10)], "moved past the gap");
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let manifests = store.list(layout::MANIFESTS).unwrap();
+        assert_eq!(manifests.len(), 1);
+        let mut body = Vec::new();
+        store.get_into(&manifests[0].key, &mut body).unwrap();
+        let m: Manifest = serde_json::from_slice(&body).unwrap();
+        assert_eq!(m.objects.len(), 1, "{:?}", m.objects);
+        let o = &m.objects[0];
+        assert_eq!((o.first_offset, o.last_offset, o.records), (5, 9, 0));
+        assert_eq!(
+            o.holes,
+            vec![layout::Hole {
+                first: 5,
+                last: 9,
+                reason: HoleReason::Expired
+            }]
+        );
+        assert_eq!(m.expired.len(), 1);
     }
 
     #[test]
