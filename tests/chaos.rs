@@ -161,8 +161,10 @@ fn overlapping_objects(w: &World) -> Vec<(i32, (i64, i64), (i64, i64))> {
 
 /// Issue 23's chaos test: two or three ingest members in one group while data keeps arriving,
 /// each killed (kill -9) and restarted at random, copies in between; then one clean run of each
-/// step. batch_raw holds every produced message exactly once, the archive holds every message,
-/// no two objects overlap unless audit names them (as notes), and audit finds no problem.
+/// step. Every member that ends on its own exits 0 or 3 (or 1 for a commit a rebalance refused);
+/// batch_raw holds every produced message exactly once, the archive holds every message, no two
+/// objects overlap, nothing is stuck (every partition caught up, no marker left), and audit
+/// finds no problem.
 #[test]
 fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_nothing() {
     if !stack_up() {
@@ -205,7 +207,7 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
             sent
         })
     };
-    let (mut killed, mut ended) = (0, 0);
+    let (mut killed, mut ended, mut spawned) = (0, 0, 0);
     for round in 0..rounds {
         // Two or three members, started a moment apart (each join is a rebalance that hands
         // partitions back to the members already running, while data keeps arriving); each is
@@ -222,34 +224,43 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
         plan.sort_by_key(|p| p.0);
         let t0 = Instant::now();
         let give_up = Duration::from_secs(60);
-        let mut children: Vec<(std::process::Child, Option<Duration>)> = Vec::new();
+        let mut children: Vec<(std::process::Child, Option<Duration>, String)> = Vec::new();
         let mut waiting = plan.into_iter().peekable();
         while waiting.peek().is_some() || !children.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             while waiting.peek().is_some_and(|p| t0.elapsed() >= p.0) {
                 let (_, kill) = waiting.next().unwrap();
-                let log = match std::env::var("BATCHLAYER_CHAOS_LOGS") {
-                    Ok(d) => Stdio::from(
-                        std::fs::File::create(format!(
-                            "{d}/r{round}-{}.log",
-                            children.len() + 100 * ended + 1000 * killed
-                        ))
-                        .unwrap(),
-                    ),
-                    Err(_) => Stdio::null(),
-                };
+                // Each member's -v log: in BATCHLAYER_CHAOS_LOGS when set, else beside the
+                // config (read when a member that ended on its own failed).
+                let dir = std::env::var("BATCHLAYER_CHAOS_LOGS")
+                    .unwrap_or_else(|_| w.dir.path().display().to_string());
+                let path = format!("{dir}/r{round}-{}.log", spawned);
+                spawned += 1;
                 let c = w
                     .std_cmd()
                     .args(["-v", "ingest"])
                     .stdout(Stdio::null())
-                    .stderr(log)
+                    .stderr(Stdio::from(std::fs::File::create(&path).unwrap()))
                     .spawn()
                     .unwrap();
-                children.push((c, kill));
+                children.push((c, kill, path));
             }
-            children.retain_mut(|(c, kill)| {
-                if c.try_wait().unwrap().is_some() {
+            children.retain_mut(|(c, kill, path)| {
+                if let Some(status) = c.try_wait().unwrap() {
                     ended += 1;
+                    // A member that ends on its own did all it could (0), or found every
+                    // partition with lag held by others (3, busy); a commit refused by a
+                    // rebalance that began after its last poll is exit 1 with its objects
+                    // stored and listed (the next run adopts them). Anything else is a defect:
+                    // a refusal of a good run, a failed check.
+                    let code = status.code();
+                    let log = std::fs::read_to_string(&*path).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or_default().to_string();
+                    assert!(
+                        matches!(code, Some(0) | Some(3))
+                            || (code == Some(1) && last.contains("offset commit failed")),
+                        "seed {seed}: round {round}: a member ended with {code:?}: {last}"
+                    );
                     return false;
                 }
                 if kill.is_some_and(|k| t0.elapsed() >= k) || t0.elapsed() >= give_up {
@@ -283,6 +294,18 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
     );
     w.json(&["copy"]);
     w.json(&["aggregate"]);
+    // Nothing is stuck: every partition caught up (archived to its end, loaded without a
+    // hole), no in-flight marker left (every dead run's objects adopted).
+    let status = w.json(&["status"]);
+    for p in status["partitions"].as_array().unwrap() {
+        assert_eq!(p["caught_up"], true, "seed {seed}: {p}");
+        assert_eq!(p["lag"], 0, "seed {seed}: {p}");
+    }
+    let markers = w
+        .store()
+        .list(&format!("_catalog/{}/inflight/", w.topic))
+        .unwrap();
+    assert!(markers.is_empty(), "seed {seed}: markers left: {markers:?}");
 
     let (code, out, err) = w.run(&["--json", "audit"]);
     let audit: serde_json::Value =
@@ -327,18 +350,11 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
         "seed {seed}"
     );
     assert_eq!(code, 0, "seed {seed}: audit found problems: {audit}");
-    let notes = audit["notes"].as_array().cloned().unwrap_or_default();
-    for (p, a, b) in overlapping_objects(&w) {
-        // The overlap is b.0 ..= min(a.1, b.1): a note of kind "overlap" must name it.
-        let named = notes.iter().any(|n| {
-            n["kind"].as_str().is_some_and(|k| k.contains("overlap"))
-                && n["partition"].as_i64() == Some(i64::from(p))
-                && n["first"].as_i64().is_some_and(|f| f <= b.0)
-                && n["last"].as_i64().is_some_and(|l| l >= b.0.min(a.1))
-        });
-        assert!(
-            named,
-            "seed {seed}: objects {a:?} and {b:?} of partition {p} overlap and audit does not name them: {audit}"
-        );
-    }
+    // No two objects hold the same offset (audit reports any overlap as a problem, so none is
+    // left to be a note).
+    let overlaps = overlapping_objects(&w);
+    assert!(
+        overlaps.is_empty(),
+        "seed {seed}: overlapping objects {overlaps:?}"
+    );
 }
