@@ -23,13 +23,18 @@ const SECRET_PROPERTIES: [&str; 3] = [
 /// Consumer settings that `[kafka.properties]` cannot change: offsets are stored and
 /// committed only by batchlayer, after the objects are stored, and a run stops at each
 /// partition's end.
-const PINNED_CONSUMER_PROPERTIES: [&str; 6] = [
+/// The group protocol is pinned too: ingest's membership reads each assignment as the whole
+/// of what the member holds and each revocation as the loss of it (eager rebalancing), which
+/// cooperative assignors and the KIP-848 protocol (incremental assignments) do not give.
+const PINNED_CONSUMER_PROPERTIES: [&str; 8] = [
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "enable.partition.eof",
     "allow.auto.create.topics",
     "auto.offset.reset",
+    "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// The client configuration every Kafka client of batchlayer shares: brokers, TLS and SASL,
@@ -401,6 +406,9 @@ impl KafkaSource {
             // never a silent jump to the log start over the expired offsets.
             .set("auto.offset.reset", "error")
             .set("allow.auto.create.topics", "false")
+            // Eager rebalancing: every assignment whole, every revocation of all of it.
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set("group.protocol", "classic")
             .set("socket.timeout.ms", "10000")
             .set("session.timeout.ms", session_timeout_ms(k).to_string())
             // Bounded runs are short: notice a rebalance quickly.
@@ -1169,6 +1177,18 @@ mod tests {
         assert!(err.contains("enable.auto.commit"), "{err}");
         let refused = KafkaSource::connect(&k, Mode::Subscribe).err().unwrap();
         assert_eq!(crate::error::code_for(&refused), crate::error::USAGE);
+        // Incremental assignments would break the membership's reading of rebalances.
+        for (key, v) in [
+            ("partition.assignment.strategy", "cooperative-sticky"),
+            ("group.protocol", "consumer"),
+        ] {
+            k.properties.clear();
+            k.properties.insert(key.into(), v.into());
+            let err = KafkaSource::connect(&k, Mode::Subscribe)
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains(key), "{err}");
+        }
         k.properties.clear();
         // A tuning property overrides ingest's default (an invalid value proves it is applied).
         k.properties

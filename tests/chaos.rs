@@ -139,9 +139,11 @@ fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
     assert_eq!(leftovers, 0, "seed {seed}");
 }
 
-/// Pairs of archived objects of one partition whose offsets overlap, as (key-ish, key-ish)
-/// descriptions "p:first..last".
-fn overlapping_objects(w: &World) -> Vec<(i32, (i64, i64), (i64, i64))> {
+/// Two objects of a partition whose offsets overlap: (partition, one's range, the other's).
+type Overlap = (i32, (i64, i64), (i64, i64));
+
+/// Every pair of archived objects of one partition whose offsets overlap.
+fn overlapping_objects(w: &World) -> Vec<Overlap> {
     let mut out = Vec::new();
     for (p, objs) in archived_messages(w.store().as_ref()) {
         let mut top: Option<(i64, i64)> = None;
