@@ -308,11 +308,15 @@ mod tests {
         h
     }
 
-    /// Waits until the archive holds a data object.
-    fn wait_for_an_object(store: &dyn crate::archive::ObjectStore) {
+    /// Waits until the archive holds a data object, or the run is over (its result then
+    /// says why it stored none).
+    fn wait_for_an_object<T>(
+        store: &dyn crate::archive::ObjectStore,
+        run: &std::thread::ScopedJoinHandle<'_, T>,
+    ) {
         let t0 = std::time::Instant::now();
-        while testkit::data_objects(store).is_empty() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "no object stored");
+        while testkit::data_objects(store).is_empty() && !run.is_finished() {
+            assert!(t0.elapsed() < Duration::from_secs(90), "no object stored");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -363,7 +367,7 @@ mod tests {
                     &Output::silent(),
                 )
             });
-            wait_for_an_object(&store);
+            wait_for_an_object(&store, &ingest);
             produce(&brokers, topic, 2, 20);
             stop.store(true, std::sync::atomic::Ordering::SeqCst);
             ingest.join().unwrap()
@@ -544,7 +548,18 @@ mod tests {
 
     #[test]
     fn a_run_that_reads_nothing_while_others_hold_lagging_partitions_is_busy() {
-        let err = ingest_beside_a_holder("held1", 1, 50).unwrap_err();
+        // Which member the group gives the one partition is the mock coordinator's choice
+        // (the range assignor orders members by id, and the mock's ids are addresses): the
+        // holder keeps it nearly always; when the run got it instead, the case did not
+        // arise, and it is set up again on a new cluster.
+        let mut attempt = 0;
+        let err = loop {
+            attempt += 1;
+            match ingest_beside_a_holder(&format!("held1x{attempt}"), 1, 50) {
+                Ok(sum) if sum.partitions == 1 && sum.messages == 50 && attempt < 5 => continue,
+                r => break r.unwrap_err(),
+            }
+        };
         assert_eq!(crate::error::code_for(&err), crate::error::BUSY, "{err:#}");
         let msg = format!("{err:#}");
         assert!(

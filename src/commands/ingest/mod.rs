@@ -1090,6 +1090,84 @@ impl Run<'_> {
         Ok(Some(key))
     }
 
+    /// The objects this run's manifest lists: those of the partitions it commits (those of
+    /// partitions taken from it are left, with its marker, to their next owner), and the
+    /// objects of gaps it accepted; each once. Returns whether it left any to a next owner.
+    fn keep_manifest_objects(&mut self) -> bool {
+        let committing: BTreeSet<i32> = self
+            .parts
+            .iter()
+            .filter(|(_, st)| st.next_commit.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        let gaps = &self.gap_objects;
+        let before = self.objects.len();
+        self.objects
+            .retain(|o| committing.contains(&o.partition) || gaps.contains(&o.key));
+        let left_to_next_owner = self.objects.len() < before;
+        // An object this run stored for a partition that came back to it after another member
+        // committed past it is in that member's manifest already (it adopted it).
+        let at_assign = &self.committed_at_assign;
+        self.objects.retain(|o| {
+            gaps.contains(&o.key)
+                || at_assign
+                    .get(&o.partition)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|c| o.last_offset >= c)
+        });
+        // Each object once (a defence: adoption never takes this run's own objects).
+        let mut keys = BTreeSet::new();
+        self.objects.retain(|o| keys.insert(o.key.clone()));
+        left_to_next_owner
+    }
+
+    /// Busy (exit 3) when the run committed nothing because the group took its partitions
+    /// while it finished, or because other members held every partition with lag.
+    fn refuse_if_busy(&self, committed_nothing: bool, others_held_all: bool) -> Result<()> {
+        if committed_nothing && !self.handed_over.is_empty() {
+            return Err(crate::error::Error::Busy(format!(
+                "the group took partitions {:?} of topic {} from this run while it stored its last objects; nothing was committed, and the next run adopts the objects it stored",
+                self.handed_over.iter().collect::<Vec<_>>(),
+                self.topic
+            ))
+            .into());
+        }
+        if others_held_all {
+            let parts: Vec<String> = self
+                .membership
+                .held()
+                .iter()
+                .map(|h| format!("{} (lag {})", h.partition, h.lag))
+                .collect();
+            return Err(crate::error::Error::Busy(format!(
+                "other members of group {} hold every partition of topic {} that has lag ({}); this run read none and committed nothing",
+                self.opts.group,
+                self.topic,
+                parts.join(", ")
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// After the commit: this run's marker goes (unless it left objects to a next owner), and
+    /// dead runs' markers whose objects are accounted for.
+    fn remove_markers(&self, commits: &[(i32, i64)], left_to_next_owner: bool) {
+        // Where the group stands now on each partition this run holds.
+        let mut committed: HashMap<i32, i64> = self
+            .membership
+            .assigned()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((*p, self.committed_at_assign.get(p).copied().flatten()?)))
+            .collect();
+        committed.extend(commits.iter().copied());
+        let keep_own = left_to_next_owner || !self.handed_over.is_empty();
+        self.recovery
+            .remove_markers(self.membership.holds_all(), &committed, keep_own, self.out);
+    }
+
     /// Stores what is left, the rejects and the manifest, then commits: the order that makes
     /// a crash at any point safe.
     fn finish(
@@ -1116,33 +1194,7 @@ impl Run<'_> {
         if !self.opts.dry_run {
             self.describe_adopted(source)?;
         }
-        // The manifest lists this run's objects of the partitions it commits; those of
-        // partitions taken from it are left, with its marker, to their next owner.
-        let committing: BTreeSet<i32> = self
-            .parts
-            .iter()
-            .filter(|(_, st)| st.next_commit.is_some())
-            .map(|(p, _)| *p)
-            .collect();
-        let gaps = &self.gap_objects;
-        let before = self.objects.len();
-        self.objects
-            .retain(|o| committing.contains(&o.partition) || gaps.contains(&o.key));
-        let left_to_next_owner = self.objects.len() < before;
-        // An object this run stored for a partition that came back to it after another member
-        // committed past it is in that member's manifest already (it adopted it).
-        let at_assign = &self.committed_at_assign;
-        self.objects.retain(|o| {
-            gaps.contains(&o.key)
-                || at_assign
-                    .get(&o.partition)
-                    .copied()
-                    .flatten()
-                    .is_none_or(|c| o.last_offset >= c)
-        });
-        // Each object once (a defence: adoption never takes this run's own objects).
-        let mut keys = BTreeSet::new();
-        self.objects.retain(|o| keys.insert(o.key.clone()));
+        let left_to_next_owner = self.keep_manifest_objects();
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
         let commits: Vec<(i32, i64)> = self
@@ -1160,29 +1212,7 @@ impl Run<'_> {
             )?;
         }
         let held = stopped_by == StopReason::EndOfPartitionsOthersHeld;
-        if commits.is_empty() && !self.handed_over.is_empty() {
-            return Err(crate::error::Error::Busy(format!(
-                "the group took partitions {:?} of topic {} from this run while it stored its last objects; nothing was committed, and the next run adopts the objects it stored",
-                self.handed_over.iter().collect::<Vec<_>>(),
-                self.topic
-            ))
-            .into());
-        }
-        if held && held_none {
-            let parts: Vec<String> = self
-                .membership
-                .held()
-                .iter()
-                .map(|h| format!("{} (lag {})", h.partition, h.lag))
-                .collect();
-            return Err(crate::error::Error::Busy(format!(
-                "other members of group {} hold every partition of topic {} that has lag ({}); this run read none and committed nothing",
-                self.opts.group,
-                self.topic,
-                parts.join(", ")
-            ))
-            .into());
-        }
+        self.refuse_if_busy(commits.is_empty(), held && held_none)?;
         // Accepted gaps move the head too (the group's offsets were moved past them, or were
         // there already), also when the run read nothing after them; so does a lagging head
         // this run found its archive's commits past.
@@ -1192,22 +1222,7 @@ impl Run<'_> {
             self.store_head(&commits, &run_id);
         }
         if !self.opts.dry_run {
-            // Where the group stands now on each partition this run holds.
-            let mut committed: HashMap<i32, i64> = self
-                .membership
-                .assigned()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| Some((*p, self.committed_at_assign.get(p).copied().flatten()?)))
-                .collect();
-            committed.extend(commits.iter().copied());
-            let keep_own = left_to_next_owner || !self.handed_over.is_empty();
-            self.recovery.remove_markers(
-                self.membership.holds_all(),
-                &committed,
-                keep_own,
-                self.out,
-            );
+            self.remove_markers(&commits, left_to_next_owner);
         }
         let mut sum = self.summary;
         sum.epoch = self.head.epoch;
