@@ -195,6 +195,9 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
     // Short sessions so dead members' partitions move on within the test.
     w.kafka_toml =
         "stall_timeout_secs = 20\nsession_timeout_secs = 3\nmember_wait_secs = 8\n".into();
+    // Each message a record batch of its own: tansu 0.6.0 cannot start a fetch inside a batch
+    // (it answers from the next one), and members here commit at any offset; ingest refuses
+    // the skip that makes (see holes.rs), so batched data would fail runs, not the archive.
     let (partitions, batch, locations, tweet_seed) = (3i32, 3000u64, 25u64, 91u64);
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
@@ -203,7 +206,7 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
             let mut sent = 0u64;
             while sent < 2 * batch || !stop.load(Ordering::SeqCst) {
                 let msgs = tweet_range(sent..sent + batch, tweet_seed, locations);
-                produce_raw(&brokers(), &topic, partitions, &msgs);
+                produce_unbatched(&brokers(), &topic, partitions, &msgs);
                 sent += batch;
             }
             sent
@@ -336,10 +339,25 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
     got.dedup();
     let mut want: Vec<Vec<u8>> = all.iter().flatten().cloned().collect();
     want.sort();
-    assert!(
-        got == want,
-        "seed {seed}: the archive's distinct records differ from the produced ones"
-    );
+    if got != want {
+        let gs: std::collections::BTreeSet<&Vec<u8>> = got.iter().collect();
+        let ws: std::collections::BTreeSet<&Vec<u8>> = want.iter().collect();
+        let missing: Vec<String> = ws
+            .difference(&gs)
+            .take(3)
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        let extra: Vec<String> = gs
+            .difference(&ws)
+            .take(3)
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        panic!(
+            "seed {seed}: the archive's distinct records differ from the produced ones: {} missing (e.g. {missing:?}), {} not produced (e.g. {extra:?})",
+            ws.difference(&gs).count(),
+            gs.difference(&ws).count()
+        );
+    }
     let (rows, distinct) = w.raw_counts();
     assert_eq!(
         (rows, distinct),

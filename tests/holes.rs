@@ -119,6 +119,8 @@ fn ingest(
         group: k.group.clone(),
         member_wait: Duration::from_secs(30),
         rejoin_after: Duration::from_secs(12),
+        // `kafka.transactional` from the world's config file.
+        transactional: s.kafka.transactional,
         ..Default::default()
     };
     let out = batchlayer::output::Output::silent();
@@ -150,6 +152,8 @@ fn a_transactional_producers_markers_and_aborts_leave_nothing_stuck() {
     }
     let mut w = World::s3("holestx");
     w.extra_toml = "max_object_records = 7\n".into();
+    // The producers use transactions: the offsets the consumer skips are markers and aborts.
+    w.kafka_toml = "transactional = true\n".into();
     produce_raw(&brokers(), &w.topic, 1, &tweet_payloads(40, 5, 5));
     // Markers at 6, 13, 20, 34 (every 7th offset); an aborted transaction at 21..26 and its
     // marker 27; the last offset (39) is a commit marker.

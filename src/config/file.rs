@@ -104,6 +104,9 @@ pub struct KafkaFile {
     /// How long a run waits for partitions that other members hold while they have lag (a
     /// killed run's member holds them until its session times out). Default 30.
     pub member_wait_secs: Option<u64>,
+    /// The topic's producers use transactions: offsets the consumer skips (transaction
+    /// markers, aborted records) are holes, not a fault. Default false.
+    pub transactional: Option<bool>,
     /// group.instance.id: static membership, where the broker supports it. Give each
     /// concurrent ingest process its own.
     pub group_instance_id: Option<String>,

@@ -96,6 +96,8 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
     pub session_timeout_secs: u64,
     pub member_wait_secs: u64,
+    /// Offsets the consumer skips are transaction markers and aborted records (`kafka.transactional`).
+    pub transactional: bool,
     pub group_instance_id: Option<String>,
     pub retry: RetryPolicy,
     /// Amazon MSK IAM authentication (`sasl_mechanism = "AWS_MSK_IAM"`): librdkafka then

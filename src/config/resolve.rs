@@ -294,6 +294,7 @@ pub(super) fn kafka_settings(
         properties: k.properties.clone().unwrap_or_default(),
         session_timeout_secs: k.session_timeout_secs.unwrap_or(10).max(1),
         member_wait_secs: k.member_wait_secs.unwrap_or(30),
+        transactional: k.transactional.unwrap_or(false),
         group_instance_id: k.group_instance_id.clone(),
         retry,
         msk_iam,

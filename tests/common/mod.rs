@@ -327,7 +327,27 @@ pub fn produce_batched(
     payloads: &[Option<Vec<u8>>],
     flush_every: usize,
 ) {
-    produce_full(brokers, topic, partitions, payloads, flush_every, None)
+    produce_full(
+        brokers,
+        topic,
+        partitions,
+        payloads,
+        flush_every,
+        None,
+        false,
+    )
+}
+
+/// Like `produce_raw`, each message in a record batch of its own, so a fetch may start at any
+/// offset (tansu 0.6.0 cannot start one in the middle of a batch: it answers nothing until the
+/// next batch, and then from that batch's first offset; docs/operating.md).
+pub fn produce_unbatched(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    payloads: &[Option<Vec<u8>>],
+) {
+    produce_full(brokers, topic, partitions, payloads, 0, None, true)
 }
 
 /// Like `produce_raw`, with an explicit Kafka timestamp (ms) on every message.
@@ -338,7 +358,7 @@ pub fn produce_at(
     payloads: &[Option<Vec<u8>>],
     ts_ms: i64,
 ) {
-    produce_full(brokers, topic, partitions, payloads, 0, Some(ts_ms))
+    produce_full(brokers, topic, partitions, payloads, 0, Some(ts_ms), false)
 }
 
 fn produce_full(
@@ -348,6 +368,7 @@ fn produce_full(
     payloads: &[Option<Vec<u8>>],
     flush_every: usize,
     ts_ms: Option<i64>,
+    one_per_batch: bool,
 ) {
     use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
     let k = batchlayer::config::KafkaSettings {
@@ -358,11 +379,12 @@ fn produce_full(
         ..Default::default()
     };
     batchlayer::commands::produce::create_topic(&k, partitions).unwrap();
-    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("log_level", "3")
-        .create()
-        .unwrap();
+    let mut cfg = rdkafka::ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers).set("log_level", "3");
+    if one_per_batch {
+        cfg.set("batch.num.messages", "1");
+    }
+    let p: ThreadedProducer<DefaultProducerContext> = cfg.create().unwrap();
     for (i, m) in payloads.iter().enumerate() {
         let part = (i as i32) % partitions;
         let mut rec: BaseRecord<'_, (), [u8]> = BaseRecord::to(topic).partition(part);

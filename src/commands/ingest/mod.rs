@@ -61,6 +61,10 @@ pub struct IngestOptions {
     pub group: String,
     /// How long to wait for partitions other members hold while they have lag.
     pub member_wait: Duration,
+    /// The topic's producers use transactions (`kafka.transactional`): offsets the consumer
+    /// skips are transaction markers and aborted records, recorded as holes. Otherwise a skip
+    /// fails the run (but in a compacted topic).
+    pub transactional: bool,
     /// Join the group again after this long without the held partitions (a dead member's
     /// session has ended by then; some brokers reassign only on a join).
     pub rejoin_after: Duration,
@@ -204,6 +208,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         stall_timeout: Duration::from_secs(s.kafka.stall_timeout_secs),
         group: kafka.group.clone(),
         member_wait: Duration::from_secs(s.kafka.member_wait_secs),
+        transactional: s.kafka.transactional,
         rejoin_after: Duration::from_secs(s.kafka.session_timeout_secs + 2),
         new_epoch: a.new_epoch,
         accept_expired: a.accept_expired,
@@ -303,7 +308,7 @@ struct Run<'a> {
     /// run saw no message of its partition).
     started_at: DateTime<Utc>,
     /// Why offsets the broker skips hold no record: the topic's cleanup policy says.
-    skipped_reason: HoleReason,
+    skipped_reason: Option<HoleReason>,
     /// While the run finishes: objects waiting for room in the upload queue (the run polls the
     /// group meanwhile instead of blocking on the queue).
     deferred: Option<VecDeque<Pending>>,
@@ -484,7 +489,7 @@ impl Run<'_> {
     /// broker skipped them (transaction markers, aborted transactions, compaction). They become
     /// holes of this run's objects, but for those an object of a crashed run holds (that
     /// object accounts for them). The commit moves past them.
-    fn account_until(&mut self, p: i32, upto: i64, reason: HoleReason) -> Result<()> {
+    fn account_until(&mut self, p: i32, upto: i64, reason: Option<HoleReason>) -> Result<()> {
         let Some(e) = self.parts.get(&p).and_then(|st| st.expected) else {
             return Ok(());
         };
@@ -501,6 +506,14 @@ impl Run<'_> {
             self.recovery.adopt_offset(p, a.last);
         }
         for s in layout::subtract_spans(span, &archived) {
+            let Some(reason) = reason else {
+                bail!(
+                    "topic {}: partition {p}: the consumer skipped offsets {}..{}, which hold no record it could read. Transactional producers leave such offsets (markers, aborted records): if the topic's producers use transactions, set kafka.transactional = true; a compacted topic has them too. Otherwise the broker did not return them; nothing was committed",
+                    self.topic,
+                    s.first,
+                    s.last
+                );
+            };
             self.add_hole(p, s, reason)?;
         }
         let st = self.parts.get_mut(&p).expect("state");
@@ -834,7 +847,7 @@ impl Run<'_> {
         if st.expected.is_none() {
             st.expected = Some(first);
         }
-        self.account_until(p, last + 1, HoleReason::Expired)?;
+        self.account_until(p, last + 1, Some(HoleReason::Expired))?;
         let gap = ExpiredGap {
             epoch: self.head.epoch,
             partition: p,
@@ -1336,7 +1349,7 @@ fn run_with(
         first_seen: BTreeSet::new(),
         start_at: Default::default(),
         started_at,
-        skipped_reason: skipped_reason(source, out),
+        skipped_reason: skipped_reason(source, opts.transactional, out),
         deferred: None,
         handed_over: BTreeSet::new(),
         accepted_gaps,
@@ -1392,20 +1405,28 @@ fn run_epoch(
     Ok(head)
 }
 
-/// Why offsets the broker skips hold no record: in a compacted topic compaction (or markers),
-/// else transaction markers and aborted transactions; unknown when the topic's configuration
-/// cannot be read.
-fn skipped_reason(source: &dyn MessageSource, out: &Output) -> HoleReason {
-    match source.compacted() {
-        Ok(Some(true)) => HoleReason::Compacted,
-        Ok(Some(false)) => HoleReason::Marker,
-        Ok(None) => HoleReason::Unknown,
+/// Why offsets the consumer skips hold no record: in a compacted topic compaction (or
+/// markers); with transactional producers (`kafka.transactional`) transaction markers and
+/// aborted records. None otherwise: nothing explains a skip then (a broker that did not return
+/// them, a truncated log), and it fails the run.
+fn skipped_reason(
+    source: &dyn MessageSource,
+    transactional: bool,
+    out: &Output,
+) -> Option<HoleReason> {
+    let compacted = match source.compacted() {
+        Ok(c) => c,
         Err(e) => {
             out.debug(&format!(
-                "the topic's cleanup.policy could not be read ({e:#}); offsets without a record are recorded as unknown"
+                "the topic's cleanup.policy could not be read ({e:#})"
             ));
-            HoleReason::Unknown
+            None
         }
+    };
+    match (compacted, transactional) {
+        (Some(true), _) => Some(HoleReason::Compacted),
+        (_, true) => Some(HoleReason::Marker),
+        _ => None,
     }
 }
 
@@ -1844,14 +1865,50 @@ mod holes {
         }
     }
 
+    /// Options of a run on a topic whose producers use transactions (`kafka.transactional`).
     fn opts(accept_expired: bool) -> IngestOptions {
         IngestOptions {
             assignment_timeout: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
             group: "g".into(),
             accept_expired,
+            transactional: true,
             ..Default::default()
         }
+    }
+
+    /// Offsets the consumer skips in a topic that is neither compacted nor declared
+    /// transactional have nothing to explain them (a broker that did not return them: tansu
+    /// 0.6.0 answers a fetch from the middle of a record batch with the next batch): the run
+    /// fails naming them and commits nothing, instead of recording records as holes.
+    #[test]
+    fn offsets_skipped_with_nothing_to_explain_them_fail_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let archive = local_archive(dir.path());
+        let msgs = [0, 1, 2, 6, 7].map(|o| (o, Some("m"))).to_vec();
+        let mut src = Skipping::new(msgs, 8, 0);
+        let commits = src.commits.clone();
+        let plain = IngestOptions {
+            transactional: false,
+            ..opts(false)
+        };
+        let err = run(&mut src, &store, &archive, &plain, &Output::silent()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("partition 0: the consumer skipped offsets 3..5")
+                && msg.contains("kafka.transactional = true")
+                && msg.contains("nothing was committed"),
+            "{msg}"
+        );
+        assert!(commits.lock().unwrap().is_empty());
+        // Declared transactional, the same offsets are holes (markers).
+        src.step = 0;
+        let sum = run(&mut src, &store, &archive, &opts(false), &Output::silent()).unwrap();
+        assert_eq!(
+            ranges(&sum),
+            vec![(0, 7, 5, vec![hole(3, 5, HoleReason::Marker)])]
+        );
     }
 
     /// (first, last, records, holes) of each object, in offset order.
