@@ -239,7 +239,7 @@ mod tests {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(30))
+        rx.recv_timeout(Duration::from_secs(90))
             .expect("holder assigned");
         h
     }
@@ -248,8 +248,10 @@ mod tests {
         let store = LocalStore::new(dir.to_path_buf());
         let mut src = KafkaSource::connect(k, Mode::Subscribe)?;
         let archive = local_archive(dir);
+        // Generous: the mock coordinator's rebalances are slow when the 2 cores are shared
+        // with the other tests (30 s was seen to pass by).
         let opts = IngestOptions {
-            assignment_timeout: Duration::from_secs(30),
+            assignment_timeout: Duration::from_secs(90),
             stall_timeout: Duration::from_secs(30),
             group: k.group.clone(),
             member_wait: Duration::from_secs(3),
@@ -303,7 +305,7 @@ mod tests {
                 }
             }
         });
-        rx.recv_timeout(Duration::from_secs(30))
+        rx.recv_timeout(Duration::from_secs(90))
             .expect("holder assigned");
         h
     }
