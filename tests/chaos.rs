@@ -27,12 +27,9 @@ impl Rng {
     }
 }
 
-#[test]
-fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
-    if !stack_up() {
-        return;
-    }
-    let seed: u64 = std::env::var("BATCHLAYER_CHAOS_SEED")
+/// The seed of a chaos run: BATCHLAYER_CHAOS_SEED (to replay one), else the clock.
+fn chaos_seed() -> u64 {
+    std::env::var("BATCHLAYER_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
@@ -41,11 +38,24 @@ fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
                 .unwrap()
                 .as_nanos() as u64
                 | 1
-        });
-    let rounds: u64 = std::env::var("BATCHLAYER_CHAOS_ROUNDS")
+        })
+}
+
+/// How many rounds a chaos run has: BATCHLAYER_CHAOS_ROUNDS, else `default`.
+fn chaos_rounds(default: u64) -> u64 {
+    std::env::var("BATCHLAYER_CHAOS_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(default)
+}
+
+#[test]
+fn kill_9_at_random_moments_then_one_clean_run_equals_a_fault_free_run() {
+    if !stack_up() {
+        return;
+    }
+    let seed = chaos_seed();
+    let rounds = chaos_rounds(8);
     eprintln!("chaos: seed {seed}, {rounds} rounds (replay with BATCHLAYER_CHAOS_SEED={seed})");
     let mut rng = Rng(seed);
 
@@ -172,20 +182,8 @@ fn members_killed_and_restarted_at_random_while_data_arrives_lose_and_double_not
     if !stack_up() {
         return;
     }
-    let seed: u64 = std::env::var("BATCHLAYER_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    let rounds: u64 = std::env::var("BATCHLAYER_CHAOS_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(6);
+    let seed = chaos_seed();
+    let rounds = chaos_rounds(6);
     eprintln!(
         "member chaos: seed {seed}, {rounds} rounds (replay with BATCHLAYER_CHAOS_SEED={seed})"
     );

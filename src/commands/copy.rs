@@ -73,21 +73,6 @@ enum Step {
     Skip(LoadJob, u64),
 }
 
-/// Merges spans that touch or overlap.
-fn merge(mut v: Vec<OffsetSpan>) -> Vec<OffsetSpan> {
-    v.sort_unstable();
-    let mut out: Vec<OffsetSpan> = Vec::new();
-    for s in v {
-        match out.last_mut() {
-            Some(last) if s.first <= last.last.saturating_add(1) => {
-                last.last = last.last.max(s.last)
-            }
-            _ => out.push(s),
-        }
-    }
-    out
-}
-
 /// Offsets are the identity of a record: an object whose every offset (same topic, partition
 /// and epoch) is loaded already is skipped, and one that overlaps loaded offsets loads only the
 /// others, whatever the keys look like. Jobs are planned in order, each counting as loaded
@@ -121,7 +106,7 @@ fn plan_loads(ledger: crate::warehouse::LoadedRanges, jobs: Vec<LoadJob>) -> Vec
                     rests_on = rests_on.max(Some(*step));
                 }
             }
-            let overlap = merge(overlap);
+            let overlap = layout::merge_spans(overlap);
             if overlap == [span] {
                 let holes = job
                     .gaps
@@ -447,7 +432,7 @@ fn unexplained(
                 .flatten()
                 .copied(),
         );
-        let covered = merge(all);
+        let covered = layout::merge_spans(all);
         let holds = |o: i64| covered.iter().any(|s| s.contains(o));
         if let Some(v) = window.get(&p) {
             let lo = v.iter().map(|s| s.first).min().unwrap_or(0);
@@ -966,7 +951,12 @@ mod tests {
     #[test]
     fn intervals_merge_when_they_touch_or_overlap() {
         assert_eq!(
-            pairs(&merge(spans(&[(5, 9), (0, 4), (12, 14), (13, 20)]))),
+            pairs(&layout::merge_spans(spans(&[
+                (5, 9),
+                (0, 4),
+                (12, 14),
+                (13, 20)
+            ]))),
             vec![(0, 9), (12, 20)]
         );
     }
