@@ -7,6 +7,8 @@
 //! can be loaded server-side by Redshift and decoded by `copy` for PostgreSQL. Any byte string,
 //! including invalid UTF-8 and the empty message, round-trips.
 
+pub mod avro;
+
 use anyhow::{bail, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde::{Deserialize, Serialize};
