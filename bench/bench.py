@@ -300,6 +300,17 @@ def write_index():
         for _, _, name in parts:
             with open(os.path.join(bench, name)) as g:
                 f.write(g.read() + "\n")
+        # Record formats (bench/formats.py, examples/bench_formats.sh).
+        for name in sorted(x for x in os.listdir(bench) if re.match(r"results-formats-\d+\.md$", x)):
+            try:
+                with open(os.path.join(bench, name[:-3] + ".json")) as g:
+                    d = json.load(g)
+                f.write(f"Run on {d['date']}, commit {d.get('commit', 'not recorded')} ({d['machine']}), "
+                        "by `examples/bench_formats.sh`.\n\n")
+            except (OSError, KeyError, ValueError):
+                pass
+            with open(os.path.join(bench, name)) as g:
+                f.write(g.read() + "\n")
         f.write(scaling())
         # Kept beside the runs: notes on them, and the archive-size scaling (bench/scale.py).
         for extra in ("notes.md", "scale-results.md"):

@@ -54,7 +54,7 @@ fn postgres_warehouse_conforms() {
     batchlayer::warehouse::conformance::run(
         &open,
         w.store().as_ref(),
-        &s.layout,
+        &batchlayer::records::Codec::new(s.layout.clone()),
         "batch_raw",
         &format!("{}.batch_raw", w.schema),
         &good,

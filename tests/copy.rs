@@ -1218,7 +1218,7 @@ impl batchlayer::warehouse::Warehouse for LoggedWh {
         &mut self,
         _: &[batchlayer::warehouse::LoadJob],
         _: &dyn batchlayer::archive::ObjectStore,
-        _: &batchlayer::records::Layout,
+        _: &batchlayer::records::Codec,
         _: &batchlayer::warehouse::LoadOptions,
         _: &mut dyn FnMut(&batchlayer::warehouse::LoadResult),
     ) -> anyhow::Result<Vec<batchlayer::warehouse::LoadResult>> {

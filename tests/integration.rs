@@ -15,6 +15,7 @@ mod e2e;
 mod epochs;
 mod examples;
 mod failures;
+mod formats;
 mod holes;
 mod ingest;
 mod ops;

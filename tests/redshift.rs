@@ -267,7 +267,7 @@ fn redshift_warehouse_conforms_on_the_stand_in(serverless: bool) {
     batchlayer::warehouse::conformance::run(
         &|| t.open(),
         t.store().as_ref(),
-        &Layout::tweets(),
+        &batchlayer::records::Codec::new(Layout::tweets()),
         "batch_raw",
         &format!("{}.batch_raw", w.schema),
         &good,
@@ -617,7 +617,7 @@ fn loads_racing_past_the_run_lock_still_load_each_object_once(serverless: bool) 
                 wh.load(
                     &jobs,
                     t.store().as_ref(),
-                    &Layout::tweets(),
+                    &batchlayer::records::Codec::new(Layout::tweets()),
                     &LoadOptions::default(),
                     &mut |_| {},
                 )
@@ -991,7 +991,7 @@ fn a_copy_failing_before_loading_quotes_no_earlier_copys_errors(serverless: bool
         wh.load(
             &[t.job(&bad)],
             t.store().as_ref(),
-            &Layout::tweets(),
+            &batchlayer::records::Codec::new(Layout::tweets()),
             &opts,
             &mut |_| {}
         )
@@ -1010,8 +1010,14 @@ fn a_copy_failing_before_loading_quotes_no_earlier_copys_errors(serverless: bool
     let missing = t.job(&entry);
     let err = format!(
         "{:#}",
-        wh.load(&[missing], &local, &Layout::tweets(), &opts, &mut |_| {})
-            .unwrap_err()
+        wh.load(
+            &[missing],
+            &local,
+            &batchlayer::records::Codec::new(Layout::tweets()),
+            &opts,
+            &mut |_| {}
+        )
+        .unwrap_err()
     );
     assert!(
         !err.contains("location") && err.contains("pg_last_copy_id() did not move"),

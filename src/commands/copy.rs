@@ -9,7 +9,7 @@ use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
 use crate::config::Settings;
 use crate::output::Output;
-use crate::records::Layout;
+use crate::records::{Codec, Layout};
 use crate::report::Report;
 use crate::warehouse::ledger::{CheckedHead, CopyCursor};
 use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
@@ -693,7 +693,8 @@ pub fn run(
         format: opts.format,
         jobs: opts.jobs,
     };
-    let results = execute(steps, store, wh, layout, &lopts, &pb, &mut summary, out)?;
+    let codec = codec_for(store, layout)?;
+    let results = execute(steps, store, wh, &codec, &lopts, &pb, &mut summary, out)?;
     pb.finish_and_clear();
     advance_cursors(wh, &works, out)?;
     for r in &results {
@@ -741,6 +742,12 @@ fn plan_summary(summary: &mut CopySummary, steps: Vec<Step>) {
     }
 }
 
+/// The layout's codec: for Avro, with every writer schema the archive holds (`_schemas/`), so
+/// records decode from the archive alone, never from the registry.
+fn codec_for(_store: &dyn ObjectStore, layout: &Layout) -> Result<Codec> {
+    Ok(Codec::new(layout.clone()))
+}
+
 /// Runs the steps in order: each batch of loads commits before the skips that rest on it
 /// are recorded. Returns what each load did.
 #[allow(clippy::too_many_arguments)]
@@ -748,7 +755,7 @@ fn execute(
     steps: Vec<Step>,
     store: &dyn ObjectStore,
     wh: &mut dyn Warehouse,
-    layout: &Layout,
+    layout: &Codec,
     lopts: &LoadOptions,
     pb: &indicatif::ProgressBar,
     summary: &mut CopySummary,

@@ -195,6 +195,8 @@ pub struct WarehouseFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecordsFile {
+    /// delimited (default), json or avro.
+    pub format: Option<crate::records::RecordFormat>,
     pub delimiter: Option<String>,
     pub trailing_delimiter: Option<bool>,
     pub timestamp_format: Option<String>,

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::archive::layout::Compression;
 use crate::output::LogFormat;
-use crate::records::Layout;
+use crate::records::{Column, ColumnType, Layout, RecordFormat};
 use crate::util::RetryPolicy;
 use crate::warehouse::conninfo::split_tls_params;
 use anyhow::{anyhow, bail, Context, Result};
@@ -617,10 +617,73 @@ pub(super) fn layout_settings(r: Option<&RecordsFile>) -> Result<Layout> {
             layout.columns = cols.clone();
         }
     }
+    if let Some(f) = r.and_then(|r| r.format) {
+        layout.format = f;
+    }
     for c in &layout.columns {
         validate_ident("records.columns name", &c.name)?;
+        column_source(layout.format, c)?;
+    }
+    if layout.format != RecordFormat::Delimited {
+        if let Some(r) = r.filter(|r| r.delimiter.is_some() || r.trailing_delimiter.is_some()) {
+            let key = if r.delimiter.is_some() {
+                "delimiter"
+            } else {
+                "trailing_delimiter"
+            };
+            bail!(
+                "records.{key} applies to delimited records; records.format is {}",
+                layout.format.name()
+            );
+        }
     }
     Ok(layout)
+}
+
+/// Where a column's value comes from must suit the record format: `path` (a JSON Pointer)
+/// for JSON, `field` for Avro, neither for delimited; `unit` only on timestamps.
+fn column_source(format: RecordFormat, c: &Column) -> Result<()> {
+    let name = &c.name;
+    match format {
+        RecordFormat::Json => {
+            if let Some(p) = c
+                .path
+                .as_deref()
+                .filter(|p| !p.is_empty() && !p.starts_with('/'))
+            {
+                bail!("records.columns path {p:?} of column {name}: a JSON Pointer is empty (the whole record) or starts with /");
+            }
+        }
+        RecordFormat::Avro => {
+            if let Some(f) = c
+                .field
+                .as_deref()
+                .filter(|f| f.is_empty() || f.split('.').any(str::is_empty))
+            {
+                bail!("records.columns field {f:?} of column {name}: a dotted path of field names (user.id)");
+            }
+        }
+        RecordFormat::Delimited => {}
+    }
+    let wrong = match format {
+        RecordFormat::Json => c.field.as_ref().map(|_| "field"),
+        RecordFormat::Avro => c.path.as_ref().map(|_| "path"),
+        RecordFormat::Delimited => c
+            .path
+            .as_ref()
+            .map(|_| "path")
+            .or(c.field.as_ref().map(|_| "field")),
+    };
+    if let Some(key) = wrong {
+        bail!(
+            "records.columns {key} of column {name} does not apply to records.format {}",
+            format.name()
+        );
+    }
+    if c.unit.is_some() && c.ty != ColumnType::Timestamp {
+        bail!("records.columns unit of column {name}: only timestamp columns take a unit");
+    }
+    Ok(())
 }
 
 pub(super) fn aggregate_settings(g: &AggregateFile) -> Result<AggregateSettings> {

@@ -7,6 +7,12 @@
 //! can be loaded server-side by Redshift and decoded by `copy` for PostgreSQL. Any byte string,
 //! including invalid UTF-8 and the empty message, round-trips.
 
+pub mod codec;
+pub mod json;
+pub mod value;
+
+pub use codec::Codec;
+
 use anyhow::{bail, Result};
 use chrono::{Datelike, NaiveDateTime};
 use serde::{Deserialize, Serialize};
@@ -110,6 +116,57 @@ pub enum ColumnType {
     Int,
     Timestamp,
     Text,
+    /// A JSON value: PostgreSQL `jsonb`, Redshift `SUPER`.
+    Json,
+    /// `double precision` (finite values only: Redshift and JSON have no NaN).
+    Double,
+    Boolean,
+    Date,
+}
+
+/// How a message's bytes hold its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordFormat {
+    /// Fields separated by one byte (the tweets' `;`).
+    #[default]
+    Delimited,
+    /// One JSON value per message; columns pick values by JSON Pointer.
+    Json,
+    /// Avro binary framed by a Confluent Schema Registry header (magic byte 0, schema id).
+    Avro,
+}
+
+impl RecordFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordFormat::Delimited => "delimited",
+            RecordFormat::Json => "json",
+            RecordFormat::Avro => "avro",
+        }
+    }
+}
+
+/// What a number in a timestamp column counts from the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeUnit {
+    #[serde(rename = "s")]
+    Seconds,
+    #[serde(rename = "ms")]
+    Millis,
+    #[serde(rename = "us")]
+    Micros,
+}
+
+impl TimeUnit {
+    /// Microseconds per unit.
+    pub fn micros(self) -> i64 {
+        match self {
+            TimeUnit::Seconds => 1_000_000,
+            TimeUnit::Millis => 1_000,
+            TimeUnit::Micros => 1,
+        }
+    }
 }
 
 /// One column of the record layout.
@@ -128,11 +185,56 @@ pub struct Column {
     /// A field value that means NULL for this column (e.g. "None").
     #[serde(default)]
     pub null_marker: Option<String>,
+    /// JSON records: where the value is, as a JSON Pointer (RFC 6901); "" is the whole
+    /// record. Default: `/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Avro records: the field, as a dotted path through records (`user.id`). Default: the
+    /// column's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Timestamp columns fed numbers: what the number counts since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<TimeUnit>,
+    /// Whether a missing value or null loads as NULL. JSON: default false (a missing value is
+    /// a bad record). Avro: default what the writer's schema says (a union with null, or a
+    /// field the writer does not have, loads NULL); false makes NULL a bad record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nullable: Option<bool>,
+}
+
+impl Column {
+    /// A column of `ty` named `name`, with nothing else set.
+    pub fn new(name: &str, ty: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            max_len: None,
+            null_marker: None,
+            path: None,
+            field: None,
+            unit: None,
+            nullable: None,
+        }
+    }
+
+    /// The JSON Pointer of a JSON record's value.
+    pub fn json_pointer(&self) -> String {
+        self.path
+            .clone()
+            .unwrap_or_else(|| format!("/{}", self.name))
+    }
+
+    /// The Avro field path of an Avro record's value.
+    pub fn avro_field(&self) -> &str {
+        self.field.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// The record layout: how a message splits into typed fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
+    pub format: RecordFormat,
     pub delimiter: u8,
     pub trailing_delimiter: bool,
     pub columns: Vec<Column>,
@@ -144,12 +246,12 @@ impl Layout {
     /// The shipped example: `id;created_at;followers_count;location;favorite_count;retweet_count;`.
     pub fn tweets() -> Layout {
         let c = |name: &str, ty, max_len, null: Option<&str>| Column {
-            name: name.into(),
-            ty,
             max_len,
             null_marker: null.map(String::from),
+            ..Column::new(name, ty)
         };
         Layout {
+            format: RecordFormat::Delimited,
             delimiter: b';',
             trailing_delimiter: true,
             columns: vec![
@@ -375,6 +477,17 @@ impl Layout {
                     let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
                     return Ok(());
                 }
+            }
+            ColumnType::Json | ColumnType::Double | ColumnType::Boolean | ColumnType::Date => {
+                let cell = value::cell(
+                    col,
+                    value::Src::Str(s.into()),
+                    &self.timestamp_format,
+                    false,
+                )
+                .map_err(|reason| err(reason))?;
+                cell.write(format, out);
+                return Ok(());
             }
             ColumnType::Text => {
                 if s.contains('\0') {

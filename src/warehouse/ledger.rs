@@ -671,7 +671,7 @@ mod tests {
             &mut self,
             _: &[LoadJob],
             _: &dyn ObjectStore,
-            _: &Layout,
+            _: &crate::records::Codec,
             _: &LoadOptions,
             _: &mut dyn FnMut(&LoadResult),
         ) -> Result<Vec<LoadResult>> {

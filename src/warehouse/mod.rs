@@ -16,7 +16,7 @@ pub use session::{SqlError, SqlSession};
 use crate::archive::layout::OffsetSpan;
 use crate::archive::{Compression, ObjectStore};
 use crate::config::{ArchiveSettings, WarehouseKind, WarehouseSettings};
-use crate::records::{ColumnType, Layout};
+use crate::records::{Codec, ColumnType, Layout};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -140,6 +140,14 @@ pub fn create_statements(names: &Names, layout: &Layout, dialect: Dialect) -> Ve
                 ColumnType::Int => "integer".to_string(),
                 ColumnType::Timestamp => "timestamp".to_string(),
                 ColumnType::Text => format!("varchar({})", c.max_len.unwrap_or(65535)),
+                ColumnType::Double => "double precision".to_string(),
+                ColumnType::Boolean => "boolean".to_string(),
+                ColumnType::Date => "date".to_string(),
+                // Redshift's semistructured type: https://docs.aws.amazon.com/redshift/latest/dg/r_SUPER_type.html
+                ColumnType::Json => match dialect {
+                    Dialect::Postgres => "jsonb".to_string(),
+                    Dialect::Redshift => "super".to_string(),
+                },
             };
             format!("    {} {ty}", quote_ident(&c.name))
         })
@@ -294,7 +302,7 @@ pub trait Warehouse {
         &mut self,
         jobs: &[LoadJob],
         store: &dyn ObjectStore,
-        layout: &Layout,
+        layout: &Codec,
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadResult),
     ) -> Result<Vec<LoadResult>>;
@@ -735,7 +743,7 @@ pub mod conformance {
     pub fn run(
         open: &dyn Fn() -> Box<dyn Warehouse>,
         store: &dyn ObjectStore,
-        layout: &Layout,
+        layout: &Codec,
         raw: &str,
         qualified_raw: &str,
         good: &[&[u8]],

@@ -6,7 +6,7 @@ use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Wareho
 use crate::archive::{decoder, download, is_broken_pipe, stream, ObjectStore};
 use crate::config::WarehouseSettings;
 use crate::records::{
-    ColumnType, CopyFormat, FrameReader, Layout, PG_BINARY_HEADER, PG_BINARY_TRAILER,
+    Codec, ColumnType, CopyFormat, FrameReader, Layout, PG_BINARY_HEADER, PG_BINARY_TRAILER,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use postgres::Transaction;
@@ -89,6 +89,10 @@ impl Pg {
                 ColumnType::Int => &["integer"],
                 ColumnType::Timestamp => &["timestamp without time zone"],
                 ColumnType::Text => &["character varying", "text"],
+                ColumnType::Double => &["double precision"],
+                ColumnType::Boolean => &["boolean"],
+                ColumnType::Date => &["date"],
+                ColumnType::Json => &["jsonb"],
             };
             !types
                 .get(&c.name)
@@ -203,7 +207,7 @@ fn load_one(
     s: &mut PgSession,
     mut inc: Incoming<'_>,
     store: &dyn ObjectStore,
-    layout: &Layout,
+    layout: &Codec,
     format: CopyFormat,
     sent: &mut dyn FnMut(),
 ) -> Result<LoadResult> {
@@ -277,7 +281,7 @@ fn load_in_order(
     s: &mut PgSession,
     jobs: &[LoadJob],
     store: &dyn ObjectStore,
-    layout: &Layout,
+    layout: &Codec,
     opts: &LoadOptions,
     format: CopyFormat,
     progress: &mut dyn FnMut(&LoadResult),
@@ -320,7 +324,7 @@ fn load_parallel(
     sessions: Vec<&mut PgSession>,
     jobs: &[LoadJob],
     store: &dyn ObjectStore,
-    layout: &Layout,
+    layout: &Codec,
     opts: &LoadOptions,
     format: CopyFormat,
 ) -> Result<Vec<LoadResult>> {
@@ -403,7 +407,7 @@ fn load_parallel(
 
 /// How records become COPY rows.
 struct Encoding<'a> {
-    layout: &'a Layout,
+    layout: &'a Codec,
     format: CopyFormat,
     /// None: strict (first bad row fails the object). Some(n): up to n rejects per object.
     max_errors: Option<u64>,
@@ -655,7 +659,7 @@ impl Warehouse for Pg {
         &mut self,
         jobs: &[LoadJob],
         store: &dyn ObjectStore,
-        layout: &Layout,
+        layout: &Codec,
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadResult),
     ) -> Result<Vec<LoadResult>> {

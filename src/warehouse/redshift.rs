@@ -13,7 +13,7 @@ use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Wareho
 use crate::archive::layout::COPY_MANIFESTS;
 use crate::archive::{Compression, ObjectStore, PutOutcome};
 use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
-use crate::records::{frame_into, FrameReader, Layout};
+use crate::records::{frame_into, Codec, FrameReader, Layout};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, SeekFrom};
@@ -777,7 +777,7 @@ impl Redshift {
         &mut self,
         st: &Staged<'_>,
         groups: &[CopyGroup],
-        layout: &Layout,
+        layout: &Codec,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
         let jobs = st.jobs;
@@ -883,7 +883,7 @@ impl Redshift {
         &mut self,
         st: &Staged<'_>,
         groups: &[CopyGroup],
-        layout: &Layout,
+        layout: &Codec,
         opts: &LoadOptions,
     ) -> Result<Vec<LoadResult>> {
         let jobs = st.jobs;
@@ -1094,7 +1094,7 @@ struct Checked {
 fn check_object(
     store: &dyn ObjectStore,
     j: &LoadJob,
-    layout: &Layout,
+    layout: &Codec,
     opts: &LoadOptions,
     tag: &str,
 ) -> Result<Checked> {
@@ -1250,7 +1250,7 @@ impl Warehouse for Redshift {
         &mut self,
         jobs: &[LoadJob],
         store: &dyn ObjectStore,
-        layout: &Layout,
+        layout: &Codec,
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadResult),
     ) -> Result<Vec<LoadResult>> {
@@ -1791,7 +1791,13 @@ MAXERROR 3"
             ..Default::default()
         };
         let r = wh
-            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .load(
+                &jobs,
+                &store,
+                &Codec::new(Layout::tweets()),
+                &opts,
+                &mut |_| {},
+            )
             .unwrap();
         let got: Vec<(u64, u64, u64)> = r
             .iter()
@@ -1901,7 +1907,7 @@ MAXERROR 3"
             .load(
                 &jobs,
                 &store,
-                &Layout::tweets(),
+                &Codec::new(Layout::tweets()),
                 &LoadOptions::default(),
                 &mut |_| {},
             )
@@ -1919,7 +1925,13 @@ MAXERROR 3"
             ..Default::default()
         };
         let r = wh
-            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .load(
+                &jobs,
+                &store,
+                &Codec::new(Layout::tweets()),
+                &opts,
+                &mut |_| {},
+            )
             .unwrap();
         assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (3, 2, 1));
         let manifests = store.list(COPY_MANIFESTS).unwrap();
@@ -1982,7 +1994,13 @@ MAXERROR 3"
             ..Default::default()
         };
         let r = wh
-            .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+            .load(
+                &jobs,
+                &store,
+                &Codec::new(Layout::tweets()),
+                &opts,
+                &mut |_| {},
+            )
             .unwrap();
         assert_eq!((r[1].loaded, r[1].rejected), (3, 1));
         let log = log.borrow();
@@ -2045,7 +2063,13 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
                 ..Default::default()
             };
             let err = wh
-                .load(&jobs, &store, &Layout::tweets(), &opts, &mut |_| {})
+                .load(
+                    &jobs,
+                    &store,
+                    &Codec::new(Layout::tweets()),
+                    &opts,
+                    &mut |_| {},
+                )
                 .unwrap_err();
             assert!(format!("{err:#}").contains(want), "{err:#}");
             let log = log.borrow();

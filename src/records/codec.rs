@@ -1,0 +1,209 @@
+//! The layout with what decoding its records needs (an Avro topic's writer schemas, read from
+//! the archive): what the loaders call for each record.
+
+use super::value::{self, Cell, Src};
+use super::{json, CopyFormat, Layout, RecordFormat, RowError};
+use std::ops::Deref;
+
+/// Decodes records of one layout into rows for each loader.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    layout: Layout,
+}
+
+impl Deref for Codec {
+    type Target = Layout;
+    fn deref(&self) -> &Layout {
+        &self.layout
+    }
+}
+
+impl Codec {
+    /// A codec for a layout whose records need nothing else (delimited and JSON).
+    pub fn new(layout: Layout) -> Codec {
+        Codec { layout }
+    }
+
+    /// Validates one record and writes it as a PostgreSQL text-COPY row into `out`. On error,
+    /// `out` is as it was and the error names the column, value and reason.
+    pub fn to_pg_copy_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        self.pg_row(rec, CopyFormat::Text, out)
+    }
+
+    /// As [`Codec::to_pg_copy_row`], in PostgreSQL's binary COPY format.
+    pub fn to_pg_binary_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        self.pg_row(rec, CopyFormat::Binary, out)
+    }
+
+    fn pg_row(&self, rec: &[u8], format: CopyFormat, out: &mut Vec<u8>) -> Result<(), RowError> {
+        match self.layout.format {
+            RecordFormat::Delimited => match format {
+                CopyFormat::Text => self.layout.to_pg_copy_row(rec, out),
+                CopyFormat::Binary => self.layout.to_pg_binary_row(rec, out),
+            },
+            _ => {
+                let start = out.len();
+                if format == CopyFormat::Binary {
+                    out.extend_from_slice(&(self.layout.columns.len() as i16).to_be_bytes());
+                }
+                let r = self.each_cell(rec, &mut |i, c| {
+                    if format == CopyFormat::Text && i > 0 {
+                        out.push(b'\t');
+                    }
+                    c.write(format, out);
+                });
+                if r.is_err() {
+                    out.truncate(start);
+                } else if format == CopyFormat::Text {
+                    out.push(b'\n');
+                }
+                r
+            }
+        }
+    }
+
+    /// Validates one record and writes it as one JSON object per line, keyed by column name
+    /// (Redshift's staging objects): see [`Cell::write_json`].
+    pub fn to_json_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {
+        let start = out.len();
+        out.push(b'{');
+        let r = self.each_cell(rec, &mut |i, c| {
+            if i > 0 {
+                out.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut *out, &self.layout.columns[i].name);
+            out.push(b':');
+            c.write_json(out);
+        });
+        match r {
+            Ok(()) => {
+                out.extend_from_slice(b"}\n");
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Calls `f` with each column's cell of a JSON or Avro record, in column order; stops at
+    /// the first column that does not fit.
+    fn each_cell(&self, rec: &[u8], f: &mut dyn FnMut(usize, Cell<'_>)) -> Result<(), RowError> {
+        let ts = &self.layout.timestamp_format;
+        match self.layout.format {
+            RecordFormat::Json => {
+                let doc = json::parse(rec)?;
+                for (i, col) in self.layout.columns.iter().enumerate() {
+                    f(i, json::cell(col, &doc, ts)?);
+                }
+                Ok(())
+            }
+            RecordFormat::Avro => Err(RowError {
+                column: None,
+                value: None,
+                reason: "Avro records are not decoded yet".into(),
+            }),
+            RecordFormat::Delimited => {
+                self.layout.check_fields(rec)?;
+                let d = self.layout.delimiter;
+                for (i, (col, raw)) in self
+                    .layout
+                    .columns
+                    .iter()
+                    .zip(rec.split(|&b| b == d))
+                    .enumerate()
+                {
+                    let err = |reason: String| RowError {
+                        column: Some(col.name.clone()),
+                        value: Some(String::from_utf8_lossy(raw).into_owned()),
+                        reason,
+                    };
+                    let s = std::str::from_utf8(raw)
+                        .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
+                    f(
+                        i,
+                        value::cell(col, Src::Str(s.into()), ts, false).map_err(err)?,
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Column, ColumnType};
+
+    fn json_tweets() -> Layout {
+        let mut l = Layout::tweets();
+        l.format = RecordFormat::Json;
+        for c in &mut l.columns {
+            c.null_marker = None;
+            match c.name.as_str() {
+                "followers_count" => c.path = Some("/user/followers_count".into()),
+                "location" => {
+                    c.path = Some("/user/location".into());
+                    c.nullable = Some(true);
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    const TWEET: &[u8] = br#"{"id":7,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Tab\tTown"},"favorite_count":1,"retweet_count":2}"#;
+
+    #[test]
+    fn a_json_tweet_becomes_the_same_rows_as_its_delimited_twin() {
+        let j = Codec::new(json_tweets());
+        let d = Codec::new(Layout::tweets());
+        let twin = "7;2024-01-01 00:00:01;5;Tab\tTown;1;2;".as_bytes();
+        for format in [CopyFormat::Text, CopyFormat::Binary] {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            j.pg_row(TWEET, format, &mut a).unwrap();
+            d.pg_row(twin, format, &mut b).unwrap();
+            assert_eq!(a, b, "{format:?}");
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        j.to_json_row(TWEET, &mut a).unwrap();
+        d.to_json_row(twin, &mut b).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(a["location"], "Tab\tTown");
+        assert_eq!(a["created_at"], "2024-01-01 00:00:01.000000");
+        assert_eq!(a["id"], 7);
+        let b: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(b["location"], "Tab\tTown");
+    }
+
+    #[test]
+    fn a_bad_json_record_leaves_nothing_and_names_column_and_pointer() {
+        let j = Codec::new(json_tweets());
+        let mut out = b"kept".to_vec();
+        let rec = br#"{"id":7,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":"many"},"favorite_count":1,"retweet_count":2}"#;
+        for format in [CopyFormat::Text, CopyFormat::Binary] {
+            let e = j.pg_row(rec, format, &mut out).unwrap_err();
+            assert_eq!(e.column.as_deref(), Some("followers_count"));
+            assert!(e.reason.contains("/user/followers_count"), "{e}");
+            assert_eq!(out, b"kept");
+        }
+        let e = j.to_json_row(b"[1,", &mut out).unwrap_err();
+        assert!(e.reason.starts_with("not JSON"), "{e}");
+        assert_eq!(out, b"kept");
+    }
+
+    #[test]
+    fn json_columns_take_subtrees() {
+        let mut l = json_tweets();
+        let mut u = Column::new("user_doc", ColumnType::Json);
+        u.path = Some("/user".into());
+        l.columns.push(u);
+        let c = Codec::new(l);
+        let mut out = Vec::new();
+        c.to_json_row(TWEET, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["user_doc"]["followers_count"], 5);
+    }
+}
