@@ -91,6 +91,10 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Transport(e) => match e.kind() {
+                // rustls reports a refused certificate as invalid data.
+                attohttpc::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    write!(f, "TLS: {io}")
+                }
                 attohttpc::ErrorKind::Io(io) => write!(f, "cannot reach it: {io}"),
                 _ => write!(f, "{e}"),
             },

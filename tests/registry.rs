@@ -57,11 +57,12 @@ fn framed(id: u32, body: &str) -> Option<Vec<u8>> {
     Some(m)
 }
 
-/// A world whose config names this registry (and a quick retry policy).
+/// A world of Avro records whose config names this registry (and a quick retry policy).
 fn world(name: &str, registry: &str) -> World {
     let mut w = World::s3(name);
     w.tail_toml = format!(
-        "[schema_registry]\nurl = \"{registry}\"\n[retry]\nattempts = 2\ninitial_backoff_ms = 20\n"
+        "[records]\nformat = \"avro\"\n[[records.columns]]\nname = \"id\"\ntype = \"bigint\"\n\
+         [schema_registry]\nurl = \"{registry}\"\n[retry]\nattempts = 2\ninitial_backoff_ms = 20\n"
     );
     w
 }

@@ -36,12 +36,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 # API, "Content Types": requests and answers are application/vnd.schemaregistry.v1+json;
-# application/vnd.schemaregistry+json and application/json are accepted as well.
+# the less specific application/vnd.schemaregistry+json and application/json are accepted as
+# well, and a request body with no content type (or the generic application/octet-stream) is
+# taken as JSON. Any other type is refused (415).
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 ACCEPTED_BODY_TYPES = {
     "application/vnd.schemaregistry.v1+json",
     "application/vnd.schemaregistry+json",
     "application/json",
+    "application/octet-stream",
+    "",
 }
 
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
@@ -316,7 +320,7 @@ class Handler(BaseHTTPRequestHandler):
             ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
             if ctype not in ACCEPTED_BODY_TYPES:
                 # API, "Content Types": the request's body is one of the registry's JSON types.
-                raise Refused(415, 415, f"HTTP 415 Unsupported Media Type: {ctype or 'none'}")
+                raise Refused(415, 415, f"HTTP 415 Unsupported Media Type: {ctype}")
             try:
                 body = json.loads(raw)
             except ValueError as e:

@@ -154,6 +154,19 @@ pub fn read_schema(store: &dyn ObjectStore, id: u32) -> Result<Option<StoredSche
     Ok(s)
 }
 
+/// Every schema the archive holds, by id (what copy decodes Avro records with): one listing
+/// of `_schemas/` and a read of each.
+pub fn read_schemas(store: &dyn ObjectStore) -> Result<Vec<StoredSchema>> {
+    let mut out = Vec::new();
+    for id in schema_ids_stored(store)? {
+        out.push(
+            read_schema(store, id)?
+                .ok_or_else(|| StoreError::NotFound(layout::schema_key(id)))?,
+        );
+    }
+    Ok(out)
+}
+
 /// Stores a schema unless the archive holds one for its id. One it holds already must be the
 /// same schema (text and type; the registry it came from may be named differently): a
 /// different one means the messages' ids come from another registry than the archive's, and
@@ -1331,6 +1344,10 @@ mod tests {
             schema_ids_stored(&store).unwrap(),
             BTreeSet::from([7, 8, 9])
         );
+        assert!(format!("{:#}", read_schemas(&store).unwrap_err()).contains("not 9"));
+        store.delete("_schemas/9.json").unwrap();
+        let all = read_schemas(&store).unwrap();
+        assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), vec![7, 8]);
     }
 
     #[test]

@@ -225,7 +225,7 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         accept_skipped: a.accept_skipped,
         full_scan: a.full_scan,
         replay_epoch,
-        avro_ids: avro_framed(s),
+        avro_ids: s.layout.format == crate::records::RecordFormat::Avro,
         registry: s.schema_registry.clone(),
     };
     if a.dry_run {
@@ -1392,12 +1392,6 @@ fn run_with(
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)
-}
-
-/// Whether the topic's messages are Confluent-framed (Avro): ingest then reads their schema
-/// ids. Until the record format is a setting of its own, a configured schema registry says so.
-fn avro_framed(s: &Settings) -> bool {
-    s.schema_registry.is_some()
 }
 
 /// The head this run finds and the epoch it archives: a topic's first run catalogues the
