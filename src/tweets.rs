@@ -49,7 +49,75 @@ impl Tweet {
             self.retweet_count
         )
     }
+
+    /// The record in JSON, as the JSON example produces it: `created_at` in RFC 3339 (UTC),
+    /// `location` null where the delimited record says `None`.
+    pub fn json(&self) -> Vec<u8> {
+        let location = match &self.location {
+            // A JSON string of a `String` always serializes.
+            Some(l) => serde_json::to_string(l).unwrap_or_default(),
+            None => "null".to_string(),
+        };
+        format!(
+            "{{\"id\":{},\"created_at\":\"{}Z\",\"user\":{{\"followers_count\":{},\"location\":{}}},\"favorite_count\":{},\"retweet_count\":{}}}",
+            self.id,
+            self.created_at.replacen(' ', "T", 1),
+            self.followers_count,
+            location,
+            self.favorite_count,
+            self.retweet_count
+        )
+        .into_bytes()
+    }
+
+    /// The record as the Avro body of `TWEET_AVRO_SCHEMA` (without the Confluent header):
+    /// `created_at` in milliseconds since the epoch.
+    pub fn avro_body(&self) -> Vec<u8> {
+        use crate::records::avro::{write_long, write_string};
+        let mut out = Vec::with_capacity(32 + self.location.as_ref().map_or(0, String::len));
+        write_long(&mut out, self.id);
+        write_long(&mut out, self.created_millis());
+        write_long(&mut out, self.followers_count as i64);
+        match &self.location {
+            None => write_long(&mut out, 0),
+            Some(l) => {
+                write_long(&mut out, 1);
+                write_string(&mut out, l);
+            }
+        }
+        write_long(&mut out, self.favorite_count as i64);
+        write_long(&mut out, self.retweet_count as i64);
+        out
+    }
+
+    /// `created_at` ("YYYY-MM-DD HH:MM:SS", UTC) in milliseconds since the epoch (0 if it
+    /// does not parse, which `tweet_with` never makes).
+    fn created_millis(&self) -> i64 {
+        chrono::NaiveDateTime::parse_from_str(&self.created_at, "%Y-%m-%d %H:%M:%S")
+            .map_or(0, |t| t.and_utc().timestamp_millis())
+    }
 }
+
+/// The Avro schema of the example (subject `{topic}-value` in the Schema Registry).
+pub const TWEET_AVRO_SCHEMA: &str = r#"{
+  "type": "record",
+  "name": "Tweet",
+  "namespace": "batchlayer.example",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "created_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "user", "type": {
+      "type": "record",
+      "name": "User",
+      "fields": [
+        {"name": "followers_count", "type": "int"},
+        {"name": "location", "type": ["null", "string"], "default": null}
+      ]
+    }},
+    {"name": "favorite_count", "type": "int"},
+    {"name": "retweet_count", "type": "int"}
+  ]
+}"#;
 
 /// Pieces of the long locations: multi-byte characters, escapes and line breaks.
 const LONG_PIECES: &[&str] = &[
@@ -133,6 +201,56 @@ mod tests {
                 .unwrap();
         }
         assert!((0..500).any(|i| tweet(3, i, 50).location.is_none()));
+    }
+
+    #[test]
+    fn json_matches_the_documented_example() {
+        let t = Tweet {
+            id: 1_000_000_001,
+            created_at: "2024-01-01 00:00:01".into(),
+            followers_count: 5,
+            location: Some("Paris".into()),
+            favorite_count: 1,
+            retweet_count: 2,
+        };
+        assert_eq!(
+            String::from_utf8(t.json()).unwrap(),
+            r#"{"id":1000000001,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Paris"},"favorite_count":1,"retweet_count":2}"#
+        );
+        let none = Tweet {
+            location: None,
+            ..t
+        };
+        assert!(String::from_utf8(none.json())
+            .unwrap()
+            .contains(r#""location":null}"#));
+    }
+
+    #[test]
+    fn json_and_avro_carry_the_same_values() {
+        use crate::records::avro::{decode, encode, Schema};
+        let schema = Schema::parse(TWEET_AVRO_SCHEMA).unwrap();
+        for i in 0..300 {
+            let t = tweet_with(7, i, 1000, i % 2 == 0);
+            let j: serde_json::Value = serde_json::from_slice(&t.json()).unwrap();
+            assert_eq!(j["user"]["location"].as_str(), t.location.as_deref());
+            let body = t.avro_body();
+            let v = decode(&schema, &body).unwrap();
+            let expect_ms = chrono::DateTime::parse_from_rfc3339(j["created_at"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(
+                v.get("created_at").unwrap().to_json(),
+                serde_json::json!(expect_ms)
+            );
+            let mut avro_json = v.to_json();
+            avro_json["created_at"] = j["created_at"].clone();
+            assert_eq!(avro_json, j, "tweet {i}");
+            // The hand-written body is what the general encoder makes of the JSON.
+            assert_eq!(encode(&schema, &j).unwrap(), body, "tweet {i}");
+        }
+        // 2024-01-01T00:00:01Z
+        assert_eq!(tweet(1, 1, 5).created_millis(), 1_704_067_201_000);
     }
 
     #[test]

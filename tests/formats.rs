@@ -172,7 +172,7 @@ fn bad_json_records_of_each_kind_land_in_rejects_naming_column_and_pointer() {
     assert_eq!(c["rejects"].as_u64(), Some(bad), "{c}");
     assert_eq!(c["rows"].as_u64(), Some(msgs.len() as u64 - bad), "{c}");
     let rejects = text_rows(&format!(
-        "SELECT line::text, reason FROM {}.batchlayer_rejects ORDER BY line",
+        "SELECT line::text AS l, reason FROM {}.batchlayer_rejects ORDER BY line",
         w.schema
     ));
     let want: Vec<(usize, &str)> = msgs

@@ -75,6 +75,16 @@ if ! port_open 5432; then
   wait_port 5432 postgresql "/var/log/postgresql/postgresql-$ver-main.log"
 fi
 
+# The Avro judge: fastavro in a venv of its own (tests that compare our encoder with fastavro's
+# reader read BATCHLAYER_TEST_VENV). Pinned; created once, reused while the pin matches.
+fastavro_pin=1.13.1
+if ! "$stack/venv/bin/python" -c "import fastavro, sys; sys.exit(fastavro.__version__ != '$fastavro_pin')" 2>/dev/null; then
+  log "installing fastavro $fastavro_pin in $stack/venv"
+  python3 -m venv "$stack/venv" >&2
+  "$stack/venv/bin/pip" install -q --disable-pip-version-check "fastavro==$fastavro_pin" >&2
+fi
+export BATCHLAYER_TEST_VENV="$stack/venv"
+
 # The Schema Registry stand-in (tests/registry_standin.py, Python 3's standard library only).
 if ! port_open 8081; then
   log "starting the schema registry stand-in on 127.0.0.1:8081 (state in $stack/registry.json)"

@@ -127,73 +127,9 @@ fn src_of<'a>(v: &Value<'a>) -> Src<'a> {
         Value::TimestampMicros(us) | Value::LocalTimestampMicros(us) => Src::Micros(*us),
         Value::Decimal {
             unscaled, scale, ..
-        } => Src::Decimal(decimal_text(unscaled, *scale)),
-        Value::Array(_) | Value::Map(_) | Value::Record(_) => Src::Compound(v.to_json().to_string()),
-    }
-}
-
-/// A decimal's text from its unscaled big-endian two's-complement bytes and its scale.
-pub fn decimal_text(unscaled: &[u8], scale: u32) -> String {
-    // Magnitude in base 10 by long division of the byte string (any length).
-    let negative = unscaled.first().is_some_and(|b| b & 0x80 != 0);
-    let mut mag: Vec<u8> = if negative {
-        // Two's complement: invert and add one.
-        let mut v: Vec<u8> = unscaled.iter().map(|b| !b).collect();
-        for b in v.iter_mut().rev() {
-            let (s, carry) = b.overflowing_add(1);
-            *b = s;
-            if !carry {
-                break;
-            }
+        } => Src::Decimal(avro::decimal_string(unscaled, *scale)),
+        Value::Array(_) | Value::Map(_) | Value::Record(_) => {
+            Src::Compound(v.to_json().to_string())
         }
-        v
-    } else {
-        unscaled.to_vec()
-    };
-    let mut digits = Vec::new();
-    while mag.iter().any(|&b| b != 0) {
-        let mut rem = 0u32;
-        for b in mag.iter_mut() {
-            let cur = (rem << 8) | u32::from(*b);
-            *b = (cur / 10) as u8;
-            rem = cur % 10;
-        }
-        digits.push(b'0' + rem as u8);
-    }
-    let scale = scale as usize;
-    while digits.len() <= scale {
-        digits.push(b'0');
-    }
-    digits.reverse();
-    let (int, frac) = digits.split_at(digits.len() - scale);
-    let mut s = String::new();
-    if negative {
-        s.push('-');
-    }
-    s.push_str(std::str::from_utf8(int).unwrap_or("0"));
-    if scale > 0 {
-        s.push('.');
-        s.push_str(std::str::from_utf8(frac).unwrap_or("0"));
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decimals_print_exactly() {
-        assert_eq!(decimal_text(&[0x04, 0xD2], 2), "12.34");
-        assert_eq!(decimal_text(&[0xFB, 0x2E], 2), "-12.34");
-        assert_eq!(decimal_text(&[0x05], 3), "0.005");
-        assert_eq!(decimal_text(&[], 0), "0");
-        assert_eq!(decimal_text(&[0x00, 0xFF], 0), "255");
-        assert_eq!(decimal_text(&[0xFF], 1), "-0.1");
-        // 2^64 with scale 0: past u64.
-        assert_eq!(
-            decimal_text(&[0x01, 0, 0, 0, 0, 0, 0, 0, 0], 0),
-            "18446744073709551616"
-        );
     }
 }

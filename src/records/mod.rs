@@ -7,10 +7,13 @@
 //! can be loaded server-side by Redshift and decoded by `copy` for PostgreSQL. Any byte string,
 //! including invalid UTF-8 and the empty message, round-trips.
 
+pub mod avro;
+pub mod avro_cells;
 pub mod codec;
 pub mod json;
 pub mod value;
 
+pub use avro_cells::SchemaBook;
 pub use codec::Codec;
 
 use anyhow::{bail, Result};
