@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod output;
 pub mod progress;
 pub mod records;
+pub mod registry;
 pub mod report;
 pub mod source;
 pub mod tweets;

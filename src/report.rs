@@ -105,7 +105,7 @@ fn dry_run(yes: bool) -> &'static str {
 
 fn ingest_line(s: &IngestSummary) -> String {
     format!(
-        "ingest{}: {} messages ({}), {} partitions, {} objects, {} skipped, {} rejected, {:.1}s",
+        "ingest{}: {} messages ({}), {} partitions, {} objects, {} skipped, {} rejected{}, {:.1}s",
         dry_run(s.dry_run),
         s.messages,
         indicatif::HumanBytes(s.bytes),
@@ -113,6 +113,10 @@ fn ingest_line(s: &IngestSummary) -> String {
         s.objects,
         s.skipped,
         s.rejected,
+        match s.schemas_stored.len() {
+            0 => String::new(),
+            n => format!(", {n} schemas stored"),
+        },
         s.seconds
     )
 }

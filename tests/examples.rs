@@ -128,6 +128,7 @@ fn config_sections() -> Vec<(&'static str, BTreeSet<&'static str>)> {
         ("retry", fields::<RetryFile>()),
         ("log", fields::<LogFile>()),
         ("status", fields::<StatusFile>()),
+        ("schema_registry", fields::<SchemaRegistryFile>()),
     ];
     let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(

@@ -20,6 +20,7 @@ mod holes;
 mod ingest;
 mod ops;
 mod redshift;
+mod registry;
 mod replay;
 mod status;
 mod tls;

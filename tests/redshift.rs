@@ -112,6 +112,7 @@ impl Target {
             gaps: vec![],
             holes: vec![],
             max_timestamp_ms: None,
+            schema_ids: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once) and starts (if down) the local stack on 127.0.0.1:
-#   tansu 0.6.0 (Kafka protocol, :9092), s3s-fs 0.14.1 (S3, :9000), PostgreSQL (:5432).
+#   tansu 0.6.0 (Kafka protocol, :9092), s3s-fs 0.14.1 (S3, :9000), PostgreSQL (:5432),
+#   the Schema Registry stand-in (:8081).
 # Idempotent and fast when everything is already there. Sourcing it exports the endpoints.
 set -euo pipefail
 
@@ -83,6 +84,15 @@ if ! "$stack/venv/bin/python" -c "import fastavro, sys; sys.exit(fastavro.__vers
   "$stack/venv/bin/pip" install -q --disable-pip-version-check "fastavro==$fastavro_pin" >&2
 fi
 export BATCHLAYER_TEST_VENV="$stack/venv"
+
+# The Schema Registry stand-in (tests/registry_standin.py, Python 3's standard library only).
+if ! port_open 8081; then
+  log "starting the schema registry stand-in on 127.0.0.1:8081 (state in $stack/registry.json)"
+  nohup python3 "$repo/tests/registry_standin.py" --port 8081 --state "$stack/registry.json" \
+    >"$stack/registry.log" 2>&1 &
+  wait_port 8081 registry-standin "$stack/registry.log"
+fi
+export BATCHLAYER_TEST_SCHEMA_REGISTRY=http://127.0.0.1:8081
 
 export BATCHLAYER_TEST_BROKERS=127.0.0.1:9092
 export BATCHLAYER_TEST_S3_ENDPOINT=http://127.0.0.1:9000

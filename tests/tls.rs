@@ -501,6 +501,44 @@ fn s3_over_https_with_a_custom_ca() {
     assert_eq!(v["rows"], 200, "{v}");
 }
 
+/// The schema registry over https (socat in front of the stand-in): its certificate checked
+/// against `schema_registry.ca_file`; without that CA, or with another, a clear refusal.
+#[test]
+fn schema_registry_over_https_with_a_ca_file() {
+    use batchlayer::config::RegistrySettings;
+    use batchlayer::registry::standin::RegistryStandIn;
+    use batchlayer::registry::RegistryClient;
+    let c = certs(true);
+    let sr = RegistryStandIn::start(&[]);
+    let port = free_port();
+    let _tls = tls_terminator(&c, port, sr.port);
+    let https = format!("https://127.0.0.1:{port}");
+    let client = |ca: Option<&Path>| {
+        RegistryClient::new(&RegistrySettings {
+            url: https.clone(),
+            username: None,
+            password: None,
+            bearer_token: None,
+            ca_file: ca.map(Path::to_path_buf),
+            retry: Default::default(),
+        })
+        .unwrap()
+    };
+    let schema = r#"{"type":"record","name":"Tls","fields":[{"name":"id","type":"long"}]}"#;
+    for ca in [None, Some(c.other_ca.as_path())] {
+        let err = format!("{:#}", client(ca).register("t-value", schema).unwrap_err());
+        assert!(
+            err.contains(&format!("schema registry {https}: POST /subjects/t-value/versions"))
+                && err.to_ascii_lowercase().contains("certificate"),
+            "{ca:?}: {err}"
+        );
+        assert!(!err.contains("gave up"), "a refused certificate is not retried: {err}");
+    }
+    let trusted = client(Some(&c.ca));
+    let id = trusted.register("t-value", schema).unwrap();
+    assert!(trusted.schema_by_id(id).unwrap().is_some());
+}
+
 #[test]
 fn s3_credentials_from_session_token_profile_and_config_files() {
     if !stack_up() {

@@ -7,9 +7,10 @@
 //! `layout` names the keys and formats; this module is the one that builds and reads them.
 
 use super::layout::{
-    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, CATALOG, MANIFESTS, REJECTED,
+    self, CatalogHead, ExpiredGap, Manifest, ObjectEntry, StoredSchema, CATALOG, MANIFESTS,
+    REJECTED, SCHEMAS,
 };
-use super::{ObjectStore, StoreError};
+use super::{ObjectStore, PutOutcome, StoreError};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -104,6 +105,8 @@ pub enum KeyKind<'k> {
     Rejects(&'k str),
     /// An in-flight marker of a run of this topic.
     Marker(&'k str),
+    /// The schema of this registry id (`_schemas/{id}.json`).
+    Schema(u32),
     /// An archived data object.
     Data,
     /// Anything else (a head, a legacy entry, a COPY manifest, a foreign file).
@@ -119,11 +122,84 @@ pub fn classify(key: &str) -> KeyKind<'_> {
         KeyKind::Rejects(t)
     } else if let Some(t) = seg(CATALOG).filter(|t| key.starts_with(&layout::markers_prefix(t))) {
         KeyKind::Marker(t)
+    } else if let Some(id) = layout::parse_schema_key(key) {
+        KeyKind::Schema(id)
     } else if layout::is_data_key(key) {
         KeyKind::Data
     } else {
         KeyKind::Other
     }
+}
+
+/// The registry ids whose schemas the archive holds: one listing of `_schemas/`.
+pub fn schema_ids_stored(store: &dyn ObjectStore) -> Result<BTreeSet<u32>> {
+    Ok(store
+        .list_folder(SCHEMAS)
+        .context("listing the archive's schemas")?
+        .iter()
+        .filter_map(|o| layout::parse_schema_key(&o.key))
+        .collect())
+}
+
+/// The schema of a registry id as the archive keeps it; None when it holds none. A file that
+/// names another id than its key is an error.
+pub fn read_schema(store: &dyn ObjectStore, id: u32) -> Result<Option<StoredSchema>> {
+    let key = layout::schema_key(id);
+    let s: Option<StoredSchema> = get_json(store, &key, "schema ")?;
+    if let Some(s) = &s {
+        if s.id != id {
+            anyhow::bail!("{key} holds the schema of id {}, not {id}", s.id);
+        }
+    }
+    Ok(s)
+}
+
+/// Every schema the archive holds, by id (what copy decodes Avro records with): one listing
+/// of `_schemas/` and a read of each.
+pub fn read_schemas(store: &dyn ObjectStore) -> Result<Vec<StoredSchema>> {
+    let mut out = Vec::new();
+    for id in schema_ids_stored(store)? {
+        out.push(
+            read_schema(store, id)?
+                .ok_or_else(|| StoreError::NotFound(layout::schema_key(id)))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Stores a schema unless the archive holds one for its id. One it holds already must be the
+/// same schema (text and type; the registry it came from may be named differently): a
+/// different one means the messages' ids come from another registry than the archive's, and
+/// is an error that names both.
+pub fn store_schema(store: &dyn ObjectStore, s: &StoredSchema) -> Result<PutOutcome> {
+    let key = layout::schema_key(s.id);
+    let body = serde_json::to_vec(s)?;
+    let outcome = store
+        .put_bytes_if_absent(&key, &body)
+        .with_context(|| format!("storing {key}"))?;
+    if outcome == PutOutcome::AlreadyExists {
+        let old = read_schema(store, s.id)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        if old.schema != s.schema || old.schema_type != s.schema_type {
+            anyhow::bail!(
+                "the archive's {key} holds another schema for id {} (from {}) than the registry {} serves now: the messages' ids come from another registry than the archive's? archived: {}; registry: {}",
+                s.id,
+                old.registry,
+                s.registry,
+                clip(&old.schema),
+                clip(&s.schema)
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+/// The start of a long text, for a message.
+fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(120).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
 }
 
 /// Whether these inclusive spans hold every offset of first..=last.
@@ -1003,6 +1079,7 @@ mod tests {
             gaps: vec![],
             holes: vec![],
             max_timestamp_ms: None,
+            schema_ids: Vec::new(),
         };
         let store_run = |i: i64,
                          epoch: i32,
@@ -1211,7 +1288,73 @@ mod tests {
     }
 
     #[test]
+    fn schemas_are_stored_once_and_a_different_one_for_an_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::archive::local::LocalStore::new(dir.path().to_path_buf());
+        assert!(schema_ids_stored(&store).unwrap().is_empty());
+        assert_eq!(read_schema(&store, 7).unwrap(), None);
+        let s = StoredSchema {
+            id: 7,
+            schema: "\"long\"".into(),
+            registry: "http://a:8081".into(),
+            schema_type: None,
+        };
+        assert_eq!(store_schema(&store, &s).unwrap(), PutOutcome::Created);
+        let again = StoredSchema {
+            registry: "https://b".into(),
+            ..s.clone()
+        };
+        assert_eq!(
+            store_schema(&store, &again).unwrap(),
+            PutOutcome::AlreadyExists,
+            "the same schema from another URL of the registry"
+        );
+        assert_eq!(read_schema(&store, 7).unwrap(), Some(s.clone()));
+        let other = StoredSchema {
+            schema: "\"int\"".into(),
+            ..s.clone()
+        };
+        let err = format!("{:#}", store_schema(&store, &other).unwrap_err());
+        assert!(
+            err.contains("_schemas/7.json") && err.contains("\"long\"") && err.contains("\"int\""),
+            "{err}"
+        );
+        assert_eq!(read_schema(&store, 7).unwrap(), Some(s), "kept as it was");
+        let json = StoredSchema {
+            id: 8,
+            schema: "{}".into(),
+            registry: "http://a:8081".into(),
+            schema_type: Some("JSON".into()),
+        };
+        store_schema(&store, &json).unwrap();
+        let mut raw = Vec::new();
+        store.get_into("_schemas/8.json", &mut raw).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&raw).unwrap(),
+            serde_json::json!({"id": 8, "schema": "{}", "registry": "http://a:8081", "schemaType": "JSON"})
+        );
+        store
+            .put_bytes(
+                "_schemas/9.json",
+                br#"{"id": 10, "schema": "1", "registry": "r"}"#,
+            )
+            .unwrap();
+        assert!(format!("{:#}", read_schema(&store, 9).unwrap_err()).contains("not 9"));
+        assert_eq!(
+            schema_ids_stored(&store).unwrap(),
+            BTreeSet::from([7, 8, 9])
+        );
+        assert!(format!("{:#}", read_schemas(&store).unwrap_err()).contains("not 9"));
+        store.delete("_schemas/9.json").unwrap();
+        let all = read_schemas(&store).unwrap();
+        assert_eq!(all.iter().map(|s| s.id).collect::<Vec<_>>(), vec![7, 8]);
+    }
+
+    #[test]
     fn keys_are_classified() {
+        assert_eq!(classify("_schemas/7.json"), KeyKind::Schema(7));
+        assert_eq!(classify("_schemas/07.json"), KeyKind::Other);
+        assert_eq!(classify("_schemas/x.json"), KeyKind::Other);
         assert_eq!(classify("_rejected/t/r.jsonl"), KeyKind::Rejects("t"));
         assert_eq!(classify("_catalog/t/head.json"), KeyKind::Other);
         assert_eq!(classify("_manifests/t/x.txt"), KeyKind::Other);

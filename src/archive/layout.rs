@@ -14,6 +14,9 @@ pub const REJECTED: &str = "_rejected/";
 pub const COPY_MANIFESTS: &str = "_copy_manifests/";
 /// Where the catalog keeps each topic's head: `_catalog/{topic}/head.json`.
 pub const CATALOG: &str = "_catalog/";
+/// Where the schemas of Avro-framed messages live, one per registry id, for the whole archive:
+/// `_schemas/{id}.json` ([`StoredSchema`]).
+pub const SCHEMAS: &str = "_schemas/";
 
 /// How an archived object is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -229,7 +232,7 @@ pub struct ExpiredGap {
 }
 
 /// Prefixes batchlayer keeps its own files under; no data object lives there.
-pub const RESERVED: [&str; 4] = [MANIFESTS, REJECTED, COPY_MANIFESTS, CATALOG];
+pub const RESERVED: [&str; 5] = [MANIFESTS, REJECTED, COPY_MANIFESTS, CATALOG, SCHEMAS];
 
 /// Whether a key names an archived data object (not a manifest or a rejects file). Any topic
 /// name works, `_events` included: only batchlayer's own prefixes are excluded.
@@ -339,6 +342,38 @@ pub fn manifest_time(name: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
+/// The key of the schema with this registry id.
+pub fn schema_key(id: u32) -> String {
+    format!("{SCHEMAS}{id}.json")
+}
+
+/// The registry id a schema's key names (`_schemas/7.json`: 7).
+pub fn parse_schema_key(key: &str) -> Option<u32> {
+    let digits = key.strip_prefix(SCHEMAS)?.strip_suffix(".json")?;
+    // Only the key `schema_key` writes: plain digits, no sign, no leading zero.
+    (digits.bytes().all(|b| b.is_ascii_digit()) && (digits == "0" || !digits.starts_with('0')))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// A schema as the archive keeps it, written once by the ingest run that first archived a
+/// message framed with its id: the text the registry served, so copy decodes without it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredSchema {
+    pub id: u32,
+    /// The schema text, as the registry returned it.
+    pub schema: String,
+    /// The registry it came from (its URL, without credentials).
+    pub registry: String,
+    /// The registry's schema type when it is not Avro (`JSON`, `PROTOBUF`); absent for Avro.
+    #[serde(
+        rename = "schemaType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub schema_type: Option<String>,
+}
+
 /// The key of a run's rejected-messages file.
 pub fn rejected_key(topic: &str, run_id: &str) -> String {
     format!("{REJECTED}{topic}/{run_id}.jsonl")
@@ -444,6 +479,10 @@ pub struct ObjectEntry {
     /// this field, and adopted objects, have none: readers fall back to the time folder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_timestamp_ms: Option<i64>,
+    /// The schema ids of its Confluent-framed messages (Avro topics), sorted, each once; each
+    /// has its schema in the archive (`_schemas/{id}.json`) before the manifest is written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_ids: Vec<u32>,
 }
 
 impl ObjectEntry {
@@ -701,6 +740,7 @@ mod tests {
             gaps: vec![],
             holes: vec![],
             max_timestamp_ms: None,
+            schema_ids: Vec::new(),
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["compression"], "zstd");
@@ -735,6 +775,7 @@ mod tests {
                 },
             ],
             max_timestamp_ms: None,
+            schema_ids: Vec::new(),
         };
         assert_eq!(
             o.last_record_offset(),

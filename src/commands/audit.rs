@@ -223,6 +223,7 @@ pub fn run(
     let rows = ledger::Ledger::new(wh).rows()?;
     r.ledger_rows = rows.len();
     let mut topics = split_listing(&listing, &mut r);
+    let schemas = stored_schemas(&listing);
     for row in &rows {
         if let Some(t) = &row.topic {
             topics.entry(t.clone()).or_default();
@@ -235,6 +236,7 @@ pub fn run(
         out.debug(&format!("auditing topic {topic}"));
         let ta = read_topic(store, &topic, &paths, &listing, &mut r)?;
         check_ranges(&topic, &ta, &mut r);
+        check_schemas(&topic, &ta, &schemas, &mut r);
         if let Some((src, t)) = kafka.filter(|(_, t)| *t == topic) {
             check_committed(src, t, &ta, &mut r)?;
         }
@@ -289,10 +291,49 @@ fn split_listing(listing: &[ObjectMeta], r: &mut AuditReport) -> BTreeMap<String
                     topics.entry(n.topic).or_default();
                 }
             }
-            KeyKind::Other => {}
+            KeyKind::Schema(_) | KeyKind::Other => {}
         }
     }
     topics
+}
+
+/// The registry ids whose schemas the listing holds (`_schemas/{id}.json`).
+fn stored_schemas(listing: &[ObjectMeta]) -> BTreeSet<u32> {
+    listing
+        .iter()
+        .filter_map(|o| match catalog::classify(&o.key) {
+            KeyKind::Schema(id) => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every schema id an object's messages carry has its schema in the archive: copy decodes
+/// with it, and never asks the registry.
+fn check_schemas(topic: &str, ta: &TopicArchive, stored: &BTreeSet<u32>, r: &mut AuditReport) {
+    for e in ta.entries.values() {
+        let missing: Vec<u32> =
+            e.o.schema_ids
+                .iter()
+                .filter(|id| !stored.contains(id))
+                .copied()
+                .collect();
+        if !missing.is_empty() {
+            r.problems.push(
+                Finding::new(
+                    "schema_missing",
+                    format!(
+                        "manifest {} lists schema ids {missing:?} for its messages, but the archive holds no {}{{id}}.json for them: copy cannot decode those records",
+                        e.manifest,
+                        layout::SCHEMAS
+                    ),
+                )
+                .at(topic, e.o.partition, e.epoch)
+                .range(e.o.first_offset, e.o.last_offset)
+                .key(&e.o.key),
+            );
+        }
+    }
 }
 
 /// Reads a topic's manifests (oldest first), rejects files, markers and head.
@@ -888,6 +929,7 @@ mod tests {
             gaps: vec![],
             holes,
             max_timestamp_ms: None,
+            schema_ids: Vec::new(),
         };
         let h = |f, l| Hole::from((f, l, HoleReason::Marker));
         let mut ta = TopicArchive::default();
@@ -917,6 +959,57 @@ mod tests {
             "{:?}",
             r.problems
         );
+    }
+
+    #[test]
+    fn an_objects_schema_ids_must_have_their_schemas_in_the_archive() {
+        let meta = |key: &str| ObjectMeta {
+            key: key.into(),
+            size: 1,
+        };
+        let listing = [
+            meta("_schemas/3.json"),
+            meta("_schemas/4.json"),
+            meta("_schemas/notes.txt"),
+            meta("t/t+0+10+19.log"),
+        ];
+        let stored = stored_schemas(&listing);
+        assert_eq!(stored, BTreeSet::from([3, 4]));
+        let mut r = AuditReport::default();
+        assert_eq!(
+            split_listing(&listing, &mut r).keys().collect::<Vec<_>>(),
+            vec!["t"],
+            "schemas are no topic's files"
+        );
+        assert_eq!(r.objects_listed, 1, "schemas are not data objects");
+        let mut ta = TopicArchive::default();
+        for (key, ids) in [("a", vec![3, 4]), ("b", vec![4, 5, 6]), ("c", vec![])] {
+            let o = ObjectEntry {
+                key: key.into(),
+                topic: "t".into(),
+                partition: 0,
+                first_offset: 0,
+                last_offset: 0,
+                records: 1,
+                bytes: 0,
+                uncompressed_bytes: 0,
+                sha256: String::new(),
+                compression: crate::archive::Compression::None,
+                gaps: vec![],
+                holes: vec![],
+                max_timestamp_ms: None,
+                schema_ids: ids,
+            };
+            add_entry(&mut ta, o, 0, "m", "t", &mut r);
+        }
+        check_schemas("t", &ta, &stored, &mut r);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        let p = &r.problems[0];
+        assert_eq!(
+            (p.kind.as_str(), p.key.as_deref()),
+            ("schema_missing", Some("b"))
+        );
+        assert!(p.detail.contains("[5, 6]"), "{}", p.detail);
     }
 
     #[test]

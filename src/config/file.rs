@@ -31,6 +31,27 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub status: StatusFile,
+    /// A Confluent-compatible Schema Registry (Avro-framed topics).
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryFile>,
+}
+
+/// The Schema Registry ingest reads the schemas of Avro-framed messages from (and
+/// `produce-tweets --format avro` registers the example's schema in).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaRegistryFile {
+    /// Base URL, `http://` or `https://` (no credentials in it); BATCHLAYER_SCHEMA_REGISTRY_URL overrides.
+    pub url: Option<String>,
+    /// Basic authentication's user (a Confluent Cloud API key);
+    /// BATCHLAYER_SCHEMA_REGISTRY_USERNAME overrides.
+    pub username: Option<String>,
+    /// Secret; BATCHLAYER_SCHEMA_REGISTRY_PASSWORD overrides.
+    pub password: Option<Secret>,
+    /// Secret: a bearer token instead of basic authentication; BATCHLAYER_SCHEMA_REGISTRY_TOKEN overrides.
+    pub bearer_token: Option<Secret>,
+    /// CA certificate(s) (PEM) that sign the registry's certificate, trusted besides the system CAs.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What `status` (and `aggregate`'s completeness gate) assume of the data.
@@ -244,6 +265,9 @@ pub(super) fn secrets_exposed(path: &Path, f: &FileConfig) -> Option<String> {
         || f.archive.secret_access_key.is_some()
         || f.archive.session_token.is_some()
         || f.warehouse.password.is_some()
+        || f.schema_registry
+            .as_ref()
+            .is_some_and(|r| r.password.is_some() || r.bearer_token.is_some())
         || f.warehouse.url.as_deref().is_some_and(url_has_password);
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (holds_secret && mode & 0o077 != 0).then(|| {
@@ -274,6 +298,30 @@ mod tests {
             config_path(None, &none),
             (PathBuf::from("batchlayer.toml"), false)
         );
+    }
+
+    #[test]
+    fn a_schema_registry_secret_in_a_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("batchlayer.toml");
+        let sr = "[schema_registry]\nurl = \"http://h:8081\"\n";
+        for (extra, mode, warned) in [
+            ("username = \"u\"\npassword = \"p\"\n", 0o644, true),
+            ("bearer_token = \"t\"\n", 0o640, true),
+            ("bearer_token = \"t\"\n", 0o600, false),
+            ("username = \"u\"\n", 0o644, false),
+        ] {
+            let text = format!("{sr}{extra}");
+            std::fs::write(&p, &text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let f = parse_file(&text).unwrap();
+            assert_eq!(
+                secrets_exposed(&p, &f).is_some(),
+                warned,
+                "{text} mode {mode:o}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod time;
 
 pub use file::{
     config_path, load_file, parse_file, AggregateFile, ArchiveFile, FileConfig, KafkaFile, LogFile,
-    RecordsFile, RetryFile, StatusFile, WarehouseFile,
+    RecordsFile, RetryFile, SchemaRegistryFile, StatusFile, WarehouseFile,
 };
 pub use resolve::validate_ident;
 pub use time::{parse_duration, TimeSpec, UTC};
@@ -24,8 +24,8 @@ use crate::records::Layout;
 use crate::util::RetryPolicy;
 use anyhow::{bail, Result};
 use resolve::{
-    aggregate_settings, archive_settings, kafka_settings, layout_settings, required, retry_policy,
-    status_settings, ui_settings, warehouse_settings,
+    aggregate_settings, archive_settings, kafka_settings, layout_settings, registry_settings,
+    required, retry_policy, status_settings, ui_settings, warehouse_settings,
 };
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -294,6 +294,20 @@ pub struct RedshiftSettings {
     pub region: String,
 }
 
+/// A Confluent-compatible Schema Registry: where it is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// The base URL, without credentials and without a trailing `/` (safe to print).
+    pub url: String,
+    /// Basic authentication (a user and its password), or a bearer token, or neither.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub bearer_token: Option<Secret>,
+    /// CA certificate(s) (PEM) trusted besides the system CAs.
+    pub ca_file: Option<PathBuf>,
+    pub retry: RetryPolicy,
+}
+
 /// Output decisions the environment makes (progress bars off under CI or TERM=dumb), and
 /// how log lines are written.
 #[derive(Debug, Clone, Default)]
@@ -358,6 +372,8 @@ pub struct Settings {
     pub status: StatusSettings,
     pub ui: UiSettings,
     pub retry: RetryPolicy,
+    /// `[schema_registry]` (or BATCHLAYER_SCHEMA_REGISTRY_URL), when set.
+    pub schema_registry: Option<RegistrySettings>,
     /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose (see `failpoint`).
     #[cfg(feature = "testing")]
     pub failpoint: Option<String>,
@@ -407,6 +423,8 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         resolve::redshift_layout(&layout).or_config()?;
     }
     let status = status_settings(&file.status).or_config()?;
+    let schema_registry =
+        registry_settings(file.schema_registry.as_ref(), env, retry).or_config()?;
     Ok(Settings {
         kafka,
         archive,
@@ -416,6 +434,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         status,
         ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
+        schema_registry,
         #[cfg(feature = "testing")]
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
         warnings: Vec::new(),

@@ -3,14 +3,14 @@
 //! [`Env`] (tests give a map); clap reads none.
 
 use super::file::{
-    AggregateFile, ArchiveFile, KafkaFile, LogFile, RecordsFile, RetryFile, StatusFile,
-    WarehouseFile,
+    AggregateFile, ArchiveFile, KafkaFile, LogFile, RecordsFile, RetryFile, SchemaRegistryFile,
+    StatusFile, WarehouseFile,
 };
 use super::time::{parse_duration, TimeSpec};
 use super::{
     AggregateSettings, ArchiveLocation, ArchiveSettings, AwsChain, Env, KafkaSettings,
-    MskIamSettings, Overrides, PgTls, RedshiftSettings, Secret, SslMode, StatusSettings,
-    UiSettings, ViewSettings, WarehouseKind, WarehouseSettings,
+    MskIamSettings, Overrides, PgTls, RedshiftSettings, RegistrySettings, Secret, SslMode,
+    StatusSettings, UiSettings, ViewSettings, WarehouseKind, WarehouseSettings,
 };
 use crate::archive::layout::Compression;
 use crate::output::LogFormat;
@@ -299,6 +299,76 @@ pub(super) fn kafka_settings(
         retry,
         msk_iam,
     })
+}
+
+/// `[schema_registry]`, the environment over the file: None when no URL is set anywhere (other
+/// keys without a URL are an error). The URL is http or https with no user or password in it
+/// (so it can be printed); a password needs a user; basic authentication and a bearer token
+/// exclude each other.
+pub(super) fn registry_settings(
+    r: Option<&SchemaRegistryFile>,
+    env: &dyn Env,
+    retry: RetryPolicy,
+) -> Result<Option<RegistrySettings>> {
+    let none = SchemaRegistryFile::default();
+    let f = r.unwrap_or(&none);
+    let username = env
+        .var("BATCHLAYER_SCHEMA_REGISTRY_USERNAME")
+        .or_else(|| f.username.clone());
+    let password = env
+        .var("BATCHLAYER_SCHEMA_REGISTRY_PASSWORD")
+        .map(Secret::new)
+        .or_else(|| f.password.clone());
+    let bearer_token = env
+        .var("BATCHLAYER_SCHEMA_REGISTRY_TOKEN")
+        .map(Secret::new)
+        .or_else(|| f.bearer_token.clone());
+    let Some(url) = env
+        .var("BATCHLAYER_SCHEMA_REGISTRY_URL")
+        .or_else(|| f.url.clone())
+    else {
+        if r.is_some() || username.is_some() || password.is_some() || bearer_token.is_some() {
+            bail!("missing schema_registry.url: set BATCHLAYER_SCHEMA_REGISTRY_URL, or url in [schema_registry]");
+        }
+        return Ok(None);
+    };
+    // Nothing of the URL is printed before it is known to hold no credentials.
+    let parsed = url::Url::parse(&url)
+        .map_err(|e| anyhow!("schema_registry.url is not a URL ({e}): expected http://host[:port][/path] or https://..."))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!("schema_registry.url has credentials in it: give the user as schema_registry.username and the password in BATCHLAYER_SCHEMA_REGISTRY_PASSWORD");
+    }
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        bail!("schema_registry.url {url:?}: expected http://host[:port][/path] or https://...");
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        bail!("schema_registry.url {url:?}: no query or fragment, only the base URL");
+    }
+    match (&username, &password, &bearer_token) {
+        (Some(_), None, _) => bail!(
+            "schema_registry.username is set but no password: set BATCHLAYER_SCHEMA_REGISTRY_PASSWORD"
+        ),
+        (None, Some(_), _) => bail!(
+            "a schema registry password is set but no user: set schema_registry.username"
+        ),
+        (Some(_), Some(_), Some(_)) => bail!(
+            "the schema registry has both a password and a bearer token: give one (basic authentication or BATCHLAYER_SCHEMA_REGISTRY_TOKEN)"
+        ),
+        _ => {}
+    }
+    if let Some(p) = &f.ca_file {
+        if !p.is_file() {
+            bail!("schema_registry.ca_file {}: no such file", p.display());
+        }
+    }
+    Ok(Some(RegistrySettings {
+        url: url.trim_end_matches('/').to_string(),
+        username,
+        password,
+        bearer_token,
+        ca_file: f.ca_file.clone(),
+        retry,
+    }))
 }
 
 /// Parses `archive.url`: `s3://bucket/prefix`, `file:///dir` or a plain path.
@@ -883,6 +953,92 @@ mod tests {
             s.warehouse.password.as_ref().unwrap().expose(),
             "pgfilesecret"
         );
+    }
+
+    #[test]
+    fn the_schema_registry_is_file_then_env_and_its_secrets_never_print() {
+        let none = resolve(FileConfig::default(), &env(&[]), &Overrides::default()).unwrap();
+        assert!(none.schema_registry.is_none());
+        let text = "[schema_registry]\nurl = \"http://file:8081/\"\nusername = \"fileuser\"\npassword = \"srfilepass1\"\n";
+        let s = resolve(parse_file(text).unwrap(), &env(&[]), &Overrides::default()).unwrap();
+        let r = s.schema_registry.as_ref().unwrap();
+        assert_eq!(r.url, "http://file:8081", "no trailing slash");
+        assert_eq!(r.username.as_deref(), Some("fileuser"));
+        assert_eq!(r.password.as_ref().unwrap().expose(), "srfilepass1");
+        assert_eq!(r.retry, s.retry);
+        let e = env(&[
+            ("BATCHLAYER_SCHEMA_REGISTRY_URL", "https://env.example/api"),
+            ("BATCHLAYER_SCHEMA_REGISTRY_USERNAME", "envuser"),
+            ("BATCHLAYER_SCHEMA_REGISTRY_PASSWORD", "srenvpass2"),
+        ]);
+        let s = resolve(parse_file(text).unwrap(), &e, &Overrides::default()).unwrap();
+        let r = s.schema_registry.as_ref().unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.username.as_deref()),
+            ("https://env.example/api", Some("envuser"))
+        );
+        assert_eq!(r.password.as_ref().unwrap().expose(), "srenvpass2");
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("srenvpass2"), "{dbg}");
+        // A token alone, and the URL from the environment without a section.
+        let e = env(&[
+            ("BATCHLAYER_SCHEMA_REGISTRY_URL", "http://h:1"),
+            ("BATCHLAYER_SCHEMA_REGISTRY_TOKEN", "srtoken3"),
+        ]);
+        let s = resolve(FileConfig::default(), &e, &Overrides::default()).unwrap();
+        let r = s.schema_registry.as_ref().unwrap();
+        assert_eq!(r.bearer_token.as_ref().unwrap().expose(), "srtoken3");
+        assert!(r.username.is_none() && r.password.is_none());
+        assert!(!format!("{s:?}").contains("srtoken3"));
+    }
+
+    #[test]
+    fn schema_registry_settings_that_cannot_work_are_refused() {
+        let sr = |body: &str| format!("[schema_registry]\n{body}");
+        for (text, vars, want) in [
+            (sr("username = \"u\"\n"), vec![], "missing schema_registry.url"),
+            (
+                String::new(),
+                vec![("BATCHLAYER_SCHEMA_REGISTRY_TOKEN", "t")],
+                "missing schema_registry.url",
+            ),
+            (
+                sr("url = \"http://u:pw@h:8081\"\n"),
+                vec![],
+                "credentials in it",
+            ),
+            (sr("url = \"ftp://h\"\n"), vec![], "expected http"),
+            (sr("url = \"h:8081\"\n"), vec![], "expected http"),
+            (sr("url = \"127.0.0.1:8081\"\n"), vec![], "not a URL"),
+            (sr("url = \"http://h/?x=1\"\n"), vec![], "no query"),
+            (
+                sr("url = \"http://h\"\nusername = \"u\"\n"),
+                vec![],
+                "no password",
+            ),
+            (
+                sr("url = \"http://h\"\n"),
+                vec![("BATCHLAYER_SCHEMA_REGISTRY_PASSWORD", "p")],
+                "no user",
+            ),
+            (
+                sr("url = \"http://h\"\nusername = \"u\"\npassword = \"p\"\nbearer_token = \"t\"\n"),
+                vec![],
+                "both a password and a bearer token",
+            ),
+            (
+                sr("url = \"https://h\"\nca_file = \"/nonexistent/ca.pem\"\n"),
+                vec![],
+                "schema_registry.ca_file /nonexistent/ca.pem: no such file",
+            ),
+        ] {
+            let err = resolve(parse_file(&text).unwrap(), &env(&vars), &Overrides::default())
+                .map(|_| ())
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(want), "{text:?} {vars:?}: {err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
     }
 
     #[test]

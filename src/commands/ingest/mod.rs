@@ -16,6 +16,7 @@
 mod epochs;
 mod membership;
 mod recovery;
+mod schemas;
 mod spool;
 #[cfg(test)]
 mod testkit;
@@ -88,6 +89,11 @@ pub struct IngestOptions {
     /// archive's catalog is not checked against the group: the source starts where asked
     /// and never commits).
     pub replay_epoch: Option<i32>,
+    /// The topic's messages are Confluent-framed (Avro): each object lists the schema ids of
+    /// its messages, and the archive gets each id's schema before the manifest.
+    pub avro_ids: bool,
+    /// Where schemas the archive does not hold yet come from.
+    pub registry: Option<crate::config::RegistrySettings>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -119,6 +125,9 @@ pub struct IngestSummary {
     /// their objects are left to the next owner, which finds them by this run's marker (a
     /// warning: the run did all it could).
     pub handed_over: Vec<i32>,
+    /// Schema ids whose schemas this run stored in the archive (fetched from the registry).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemas_stored: Vec<u32>,
 }
 
 /// Why a run stopped reading. In the summary, the text `as_str` gives.
@@ -216,6 +225,8 @@ pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         accept_skipped: a.accept_skipped,
         full_scan: a.full_scan,
         replay_epoch,
+        avro_ids: s.layout.format == crate::records::RecordFormat::Avro,
+        registry: s.schema_registry.clone(),
     };
     if a.dry_run {
         let parts = src.partitions()?;
@@ -318,6 +329,8 @@ struct Run<'a> {
     /// and the keys of the objects that account for them (listed whoever holds the partition).
     accepted_gaps: Vec<ExpiredGap>,
     gap_objects: BTreeSet<String>,
+    /// Where the run first saw each schema id (Avro topics).
+    schema_seen: schemas::FirstSeen,
 }
 
 impl Run<'_> {
@@ -442,11 +455,11 @@ impl Run<'_> {
             return Ok(());
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let (store, topic) = (self.store, self.topic.clone());
+        let (store, topic, avro) = (self.store, self.topic.clone(), self.opts.avro_ids);
         std::thread::scope(|s| {
             s.spawn(move || {
                 for a in jobs {
-                    let r = recovery::describe(store, &topic, a);
+                    let r = recovery::describe(store, &topic, a, avro);
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         break;
@@ -463,6 +476,7 @@ impl Run<'_> {
                         ));
                         if !self.handed_over.contains(&e.partition) {
                             self.summary.adopted.push(e.key.clone());
+                            self.schema_seen.adopted(&e);
                             self.objects.push(e);
                         }
                     }
@@ -616,6 +630,14 @@ impl Run<'_> {
         }
         let sp = st.spool.as_mut().expect("spool");
         sp.append(&m, payload)?;
+        if self.opts.avro_ids {
+            // A message not so framed is archived as it is: copy finds it a bad record.
+            if let Some(id) = crate::registry::framed_schema_id(payload) {
+                if sp.note_schema_id(id) {
+                    self.schema_seen.message(id, p, m.offset);
+                }
+            }
+        }
         st.next_commit = Some(m.offset + 1);
         st.expected = Some(m.offset + 1);
         let rotate = sp.uncompressed >= self.settings.max_object_bytes
@@ -681,6 +703,7 @@ impl Run<'_> {
         let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
         let max_timestamp_ms = sp.max_ts;
         let holes = sp.holes.clone();
+        let schema_ids = sp.schema_ids();
         let done = sp.finish()?;
         let dry = self.opts.dry_run;
         let entry = ObjectEntry {
@@ -697,6 +720,7 @@ impl Run<'_> {
             gaps: Vec::new(),
             holes,
             max_timestamp_ms,
+            schema_ids,
         };
         if dry {
             self.objects.push(entry);
@@ -1208,6 +1232,16 @@ impl Run<'_> {
             self.describe_adopted(source)?;
         }
         let left_to_next_owner = self.keep_manifest_objects();
+        if !self.opts.dry_run {
+            // Before the manifest: copy finds the schema of every id a manifest lists.
+            self.summary.schemas_stored = schemas::store_missing(
+                self.store,
+                &self.topic,
+                &self.objects,
+                self.opts.registry.as_ref(),
+                &self.schema_seen,
+            )?;
+        }
         let run_id = self.run_id.clone();
         let rejected_key = self.store_rejected(&run_id)?;
         let commits: Vec<(i32, i64)> = self
@@ -1354,6 +1388,7 @@ fn run_with(
         handed_over: BTreeSet::new(),
         accepted_gaps,
         gap_objects: BTreeSet::new(),
+        schema_seen: Default::default(),
     };
     let stopped_by = run.consume(source)?;
     run.finish(source, started_at, stopped_by)

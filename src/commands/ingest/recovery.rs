@@ -324,10 +324,16 @@ impl<'a> Recovery<'a> {
     }
 }
 
-/// Reads an adopted object once (its checksum, size and record count) and returns its entry
-/// for this run's manifest. The newest timestamp is the one of the messages the run skipped,
-/// when it saw them all (from the object's first offset to its last), else unknown.
-pub(super) fn describe(store: &dyn ObjectStore, topic: &str, a: Adopted) -> Result<ObjectEntry> {
+/// Reads an adopted object once (its checksum, size and record count, and for an Avro topic
+/// the schema ids of its records) and returns its entry for this run's manifest. The newest
+/// timestamp is the one of the messages the run skipped, when it saw them all (from the
+/// object's first offset to its last), else unknown.
+pub(super) fn describe(
+    store: &dyn ObjectStore,
+    topic: &str,
+    a: Adopted,
+    avro_ids: bool,
+) -> Result<ObjectEntry> {
     let key = a.object.key;
     let c = crate::archive::Compression::from_key(&key).unwrap_or_default();
     let mut file = crate::archive::download(store, &key, None)?;
@@ -338,7 +344,8 @@ pub(super) fn describe(store: &dyn ObjectStore, topic: &str, a: Adopted) -> Resu
         ))
     })?;
     std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))?;
-    let (records, bytes) = count_records(file, c)?;
+    let mut ids = avro_ids.then(BTreeSet::new);
+    let (records, bytes) = count_records(file, c, ids.as_mut())?;
     Ok(ObjectEntry {
         key,
         topic: topic.to_string(),
@@ -353,19 +360,25 @@ pub(super) fn describe(store: &dyn ObjectStore, topic: &str, a: Adopted) -> Resu
         gaps: a.tombstones,
         holes: Vec::new(),
         max_timestamp_ms: a.max_ts.filter(|_| a.seen_first && a.seen_last),
+        schema_ids: ids.unwrap_or_default().into_iter().collect(),
     })
 }
 
-/// An object's records and their framed (uncompressed) size.
+/// An object's records and their framed (uncompressed) size; with `ids`, the schema ids of its
+/// Confluent-framed records are gathered there.
 pub(super) fn count_records(
     file: std::fs::File,
     c: crate::archive::Compression,
+    mut ids: Option<&mut BTreeSet<u32>>,
 ) -> Result<(u64, u64)> {
     let mut reader = crate::records::FrameReader::new(crate::archive::decoder(file, c)?);
     let (mut records, mut bytes, mut rec) = (0u64, 0u64, Vec::new());
     while reader.next_into(&mut rec)? {
         records += 1;
         bytes += rec.len() as u64 + 1;
+        if let Some(ids) = ids.as_deref_mut() {
+            ids.extend(crate::registry::framed_schema_id(&rec));
+        }
     }
     Ok((records, bytes))
 }

@@ -7,6 +7,7 @@ use crate::records::frame_into;
 use crate::source::Message;
 use crate::util::Tally;
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::io::{BufWriter, Write};
 
 type Sink = Tally<BufWriter<std::fs::File>>;
@@ -67,6 +68,9 @@ pub struct Spool {
     pub payload_bytes: u64,
     /// Offsets of the range that hold no record, and why, in order.
     pub holes: Vec<Hole>,
+    /// The schema ids of its Confluent-framed records (Avro topics), and the last one noted.
+    schema_ids: BTreeSet<u32>,
+    last_schema_id: Option<u32>,
     file: tempfile::TempPath,
     enc: Option<Encoder>,
     buf: Vec<u8>,
@@ -98,6 +102,8 @@ impl Spool {
             uncompressed: 0,
             payload_bytes: 0,
             holes: Vec::new(),
+            schema_ids: BTreeSet::new(),
+            last_schema_id: None,
             file: path,
             enc: Some(enc),
             buf: Vec::with_capacity(4096),
@@ -142,6 +148,22 @@ impl Spool {
         self.records += 1;
         self.last = offset;
         Ok(())
+    }
+
+    /// Notes the schema id of a record it holds; true when it is new to this spool. Records
+    /// of one id usually follow each other: those cost one comparison.
+    #[inline]
+    pub fn note_schema_id(&mut self, id: u32) -> bool {
+        if self.last_schema_id == Some(id) {
+            return false;
+        }
+        self.last_schema_id = Some(id);
+        self.schema_ids.insert(id)
+    }
+
+    /// The schema ids noted, sorted.
+    pub fn schema_ids(&self) -> Vec<u32> {
+        self.schema_ids.iter().copied().collect()
     }
 
     /// Closes the compressor and the file.
