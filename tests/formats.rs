@@ -202,7 +202,7 @@ fn bad_json_records_of_each_kind_land_in_rejects_naming_column_and_pointer() {
     // The good rows: a null location is NULL, a digit-string id a bigint, the json column the
     // user object as jsonb.
     let rows = text_rows(&format!(
-        "SELECT id::text, location, user_doc->>'followers_count' FROM {}.batch_raw ORDER BY id",
+        "SELECT id::text AS i, location, user_doc->>'followers_count' FROM {}.batch_raw ORDER BY id",
         w.schema
     ));
     let ids: Vec<&str> = rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
@@ -252,8 +252,19 @@ fn avro_tweets_make_the_same_view_as_their_delimited_twins_and_copy_needs_no_reg
     let (count, seed, locs) = ("1500", "13", "25");
     let produce = |w: &World, format: &str| {
         w.json(&[
-            "produce-tweets", "--format", format, "--count", count, "--seed", seed,
-            "--locations", locs, "--duplicate-every", "9", "--partitions", "3",
+            "produce-tweets",
+            "--format",
+            format,
+            "--count",
+            count,
+            "--seed",
+            seed,
+            "--locations",
+            locs,
+            "--duplicate-every",
+            "9",
+            "--partitions",
+            "3",
         ])
     };
     let avro = avro_world("fmt_avro", &registry.url, AVRO_TWEETS);
@@ -273,7 +284,10 @@ fn avro_tweets_make_the_same_view_as_their_delimited_twins_and_copy_needs_no_reg
     assert_eq!(avro.count("batch_raw"), delimited.count("batch_raw"));
     let (a, b) = (actual_view(&avro.schema), actual_view(&delimited.schema));
     assert!(!a.is_empty());
-    assert_eq!(a, b, "the Avro tweets' view differs from the delimited tweets' view");
+    assert_eq!(
+        a, b,
+        "the Avro tweets' view differs from the delimited tweets' view"
+    );
     assert_eq!(a, crate::e2e::expected_view(13, 1500, 25));
 }
 
@@ -305,14 +319,19 @@ columns = [
     let w = avro_world("fmt_evolve", &registry.url, records);
     let client = registry_client(&registry.url);
     let subject = format!("{}-value", w.topic);
-    let ids: Vec<u32> = EVOLVED.iter().map(|s| client.register(&subject, s).unwrap()).collect();
+    let ids: Vec<u32> = EVOLVED
+        .iter()
+        .map(|s| client.register(&subject, s).unwrap())
+        .collect();
     let schemas: Vec<Schema> = EVOLVED.iter().map(|s| Schema::parse(s).unwrap()).collect();
     let mut payloads = Vec::new();
     for i in 0..60i64 {
         let v = (i % 3) as usize;
         let value = match v {
             0 => serde_json::json!({"id": i, "n": i, "old": format!("o{i}")}),
-            1 => serde_json::json!({"id": i, "n": i, "old": format!("o{i}"), "added": format!("a{i}")}),
+            1 => {
+                serde_json::json!({"id": i, "n": i, "old": format!("o{i}"), "added": format!("a{i}")})
+            }
             _ => serde_json::json!({"id": i, "n": (1i64 << 40) + i, "added": format!("a{i}")}),
         };
         let body = encode(&schemas[v], &value).unwrap();
@@ -325,7 +344,7 @@ columns = [
     let c = w.json(&["copy"]);
     assert_eq!(c["rows"].as_u64(), Some(60), "{c}");
     let rows = text_rows(&format!(
-        "SELECT id::text, n::text, old, added FROM {}.batch_raw ORDER BY id",
+        "SELECT id::text AS i, n::text, old, added FROM {}.batch_raw ORDER BY id",
         w.schema
     ));
     for (i, r) in rows.iter().enumerate() {
@@ -360,7 +379,10 @@ fn bad_avro_records_of_each_kind_land_in_rejects_naming_column_and_field() {
         r#"{"name": "followers_count", "type": "int"}"#,
         r#"{"name": "followers_count", "type": "string"}"#,
     );
-    assert_ne!(stringly, TWEET_AVRO_SCHEMA, "the schema's text changed: fix the test");
+    assert_ne!(
+        stringly, TWEET_AVRO_SCHEMA,
+        "the schema's text changed: fix the test"
+    );
     let sid = client.register(&subject, &stringly).unwrap();
     let lost = TWEET_AVRO_SCHEMA.replace("\"Tweet\"", "\"LostTweet\"");
     assert_ne!(lost, TWEET_AVRO_SCHEMA);
@@ -381,10 +403,19 @@ fn bad_avro_records_of_each_kind_land_in_rejects_naming_column_and_field() {
         (confluent_frame(id, &body), None),
         (good.json(), Some("magic byte")),
         (vec![0, 0], Some("header")),
-        (confluent_frame(id, &body[..body.len() - 2]), Some("writer schema")),
+        (
+            confluent_frame(id, &body[..body.len() - 2]),
+            Some("writer schema"),
+        ),
         (confluent_frame(lid, &body), Some("not in the archive")),
-        (confluent_frame(id, &long.avro_body()), Some("Avro field user.location")),
-        (confluent_frame(sid, &string_followers), Some("Avro field user.followers_count")),
+        (
+            confluent_frame(id, &long.avro_body()),
+            Some("Avro field user.location"),
+        ),
+        (
+            confluent_frame(sid, &string_followers),
+            Some("Avro field user.followers_count"),
+        ),
         (confluent_frame(id, &body), None),
     ];
     let payloads: Vec<Option<Vec<u8>>> = msgs.iter().map(|(m, _)| Some(m.clone())).collect();
@@ -408,11 +439,21 @@ fn bad_avro_records_of_each_kind_land_in_rejects_naming_column_and_field() {
         .collect();
     assert_eq!(rejects.len(), want.len(), "{rejects:?}");
     for (row, (line, needle)) in rejects.iter().zip(&want) {
-        assert_eq!(row[0].as_deref(), Some(line.to_string().as_str()), "{row:?}");
+        assert_eq!(
+            row[0].as_deref(),
+            Some(line.to_string().as_str()),
+            "{row:?}"
+        );
         let reason = row[1].as_deref().unwrap_or_default();
-        assert!(reason.contains(needle), "record {line}: {reason:?} does not name {needle}");
+        assert!(
+            reason.contains(needle),
+            "record {line}: {reason:?} does not name {needle}"
+        );
         if needle.starts_with("Avro field") {
-            assert!(reason.contains("column "), "record {line}: {reason:?} names no column");
+            assert!(
+                reason.contains("column "),
+                "record {line}: {reason:?} names no column"
+            );
         }
     }
 }
