@@ -15,7 +15,7 @@ use batchlayer::commands::aggregate::{self, AggregateOptions};
 use batchlayer::commands::copy::{self, CopyOptions, CopySummary};
 use batchlayer::config::{ArchiveSettings, Secret};
 use batchlayer::output::Output;
-use batchlayer::records::{frame_into, Layout};
+use batchlayer::records::{frame_into, Column, ColumnType, Layout, RecordFormat};
 use batchlayer::warehouse::redshift::{CopySpec, Flavour, Redshift, S3Auth};
 use batchlayer::warehouse::{
     quote_literal, LoadJob, LoadOptions, Names, OffsetRange, SqlSession, Warehouse,
@@ -53,6 +53,15 @@ impl Target {
     }
 
     fn copy(&self, max_errors: Option<u64>, full_scan: bool) -> anyhow::Result<CopySummary> {
+        self.copy_with(&Layout::tweets(), max_errors, full_scan)
+    }
+
+    fn copy_with(
+        &self,
+        layout: &Layout,
+        max_errors: Option<u64>,
+        full_scan: bool,
+    ) -> anyhow::Result<CopySummary> {
         let opts = CopyOptions {
             wait: true,
             max_errors,
@@ -64,7 +73,7 @@ impl Target {
         copy::run(
             self.store().as_ref(),
             wh.as_mut(),
-            &Layout::tweets(),
+            layout,
             &opts,
             &Output::silent(),
         )
@@ -207,6 +216,10 @@ both_flavours!(
     a_load_blocks_other_ledger_writers_but_not_its_readers,
     one_awkward_archive_loads_the_same_into_postgresql_and_redshift,
     the_stand_in_converts_as_copy_is_documented,
+    one_awkward_json_archive_loads_the_same_into_postgresql_and_redshift,
+    a_json_record_redshift_refuses_is_rejected_under_its_archived_line,
+    the_stand_in_reads_json_as_copy_is_documented,
+    the_stand_in_refuses_json_copies_as_redshift_does,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -1368,5 +1381,500 @@ fn the_stand_in_converts_as_copy_is_documented(serverless: bool) {
             raw.contains(&".".repeat(200)) && !raw.contains('é'),
             "{raw}"
         );
+    }
+}
+
+/// The tweets as JSON records (issue 25's example), with two `json` columns: the whole
+/// `/user` object (required) and `/entities` (nullable, mostly missing: NULL).
+fn json_tweets_layout() -> Layout {
+    let mut l = Layout::tweets();
+    l.format = RecordFormat::Json;
+    for c in &mut l.columns {
+        c.null_marker = None;
+        match c.name.as_str() {
+            "followers_count" => c.path = Some("/user/followers_count".into()),
+            "location" => {
+                c.path = Some("/user/location".into());
+                c.nullable = Some(true);
+            }
+            _ => {}
+        }
+    }
+    let mut user = Column::new("user_doc", ColumnType::Json);
+    user.path = Some("/user".into());
+    let mut entities = Column::new("entities", ColumnType::Json);
+    entities.nullable = Some(true);
+    l.columns.extend([user, entities]);
+    l
+}
+
+/// What one archive loaded into both warehouses gave.
+struct Compared {
+    summary: CopySummary,
+    /// Every column as text, ordered by the first column.
+    rows: Vec<Vec<Option<String>>>,
+    rejects: Vec<RejectRow>,
+}
+
+/// Archives `messages` as one object of `t`'s topic, loads it with `layout` by the Redshift
+/// dialect on the stand-in and by the PostgreSQL path (into a schema of its own), and asserts
+/// that both hold the same rows and the same rejects (key, line, raw prefix, reason, length,
+/// sha256). Any record format: a JSON or Avro case is its layout and messages (an Avro test
+/// stores its schemas in `t`'s archive first).
+fn loads_the_same_into_both(
+    w: &World,
+    t: &Target,
+    layout: &Layout,
+    messages: &[Vec<u8>],
+    max_errors: Option<u64>,
+) -> Compared {
+    let e = t.put(0, 0, messages, Compression::Gzip, None);
+    t.manifest(vec![e]);
+    let rs = t.copy_with(layout, max_errors, false).unwrap();
+
+    let mut s = w.settings();
+    let pg_schema = format!("{}_pg", s.warehouse.schema);
+    s.warehouse.schema = pg_schema.clone();
+    let mut pgw = batchlayer::warehouse::connect(&s.warehouse, &s.archive).unwrap();
+    let opts = CopyOptions {
+        wait: true,
+        max_errors,
+        key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+        ..Default::default()
+    };
+    let pgs = copy::run(
+        t.store().as_ref(),
+        pgw.as_mut(),
+        layout,
+        &opts,
+        &Output::silent(),
+    )
+    .unwrap();
+    drop(pgw);
+    assert_eq!(
+        (rs.rows, rs.rejects),
+        (pgs.rows, pgs.rejects),
+        "{rs:?} {pgs:?}"
+    );
+    let cols: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| format!("\"{}\"::text", c.name))
+        .collect();
+    let rows = |schema: &str| -> Vec<Vec<Option<String>>> {
+        pg().query(
+            &format!(
+                "SELECT {} FROM \"{schema}\".batch_raw ORDER BY 1",
+                cols.join(", ")
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (0..cols.len()).map(|i| r.get(i)).collect())
+        .collect()
+    };
+    let rejects = |schema: &str| -> Vec<RejectRow> {
+        pg().query(
+            &format!(
+                "SELECT key, line, raw, reason, raw_bytes, raw_sha256 FROM \"{schema}\".batchlayer_rejects ORDER BY line"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect()
+    };
+    let (rs_rows, pg_rows) = (rows(&t.names.schema), rows(&pg_schema));
+    let (rs_rej, pg_rej) = (rejects(&t.names.schema), rejects(&pg_schema));
+    pg().batch_execute(&format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE"))
+        .unwrap();
+    same_rows(&rs_rows, &pg_rows, "rows");
+    let text = |r: &[RejectRow]| -> Vec<Vec<Option<String>>> {
+        r.iter()
+            .map(|r| {
+                vec![
+                    Some(r.0.clone()),
+                    Some(r.1.to_string()),
+                    r.2.clone(),
+                    Some(r.3.clone()),
+                    r.4.map(|n| n.to_string()),
+                    r.5.clone(),
+                ]
+            })
+            .collect()
+    };
+    same_rows(&text(&rs_rej), &text(&pg_rej), "rejects");
+    Compared {
+        summary: rs,
+        rows: rs_rows,
+        rejects: rs_rej,
+    }
+}
+
+/// Asserts the Redshift side's rows equal PostgreSQL's, naming the first difference with
+/// long values cut (a 1 MB value would drown the message).
+fn same_rows(rs: &[Vec<Option<String>>], pg: &[Vec<Option<String>>], what: &str) {
+    let cut = |r: &[Option<String>]| -> Vec<Option<String>> {
+        r.iter()
+            .map(|c| c.as_ref().map(|v| v.chars().take(120).collect()))
+            .collect()
+    };
+    for (i, (a, b)) in rs.iter().zip(pg).enumerate() {
+        assert!(
+            a == b,
+            "{what} {i}: Redshift {:?}, PostgreSQL {:?}",
+            cut(a),
+            cut(b)
+        );
+    }
+    assert_eq!(rs.len(), pg.len(), "{what}: Redshift's count, PostgreSQL's");
+}
+
+/// A JSON tweet with these parts changed (`user` and `rest` are JSON text).
+fn json_tweet(id: &str, user: &str, rest: &str) -> Vec<u8> {
+    format!(
+        "{{\"id\":{id},\"created_at\":\"2024-01-01T00:00:01Z\",\"user\":{user},\"favorite_count\":1,\"retweet_count\":2{rest}}}"
+    )
+    .into_bytes()
+}
+
+/// Issue 25 on Redshift: one awkward JSON archive, loaded through staged JSON lines and a
+/// JSONPaths file on the stand-in and by the PostgreSQL path, gives the same rows and the
+/// same rejects, reasons included.
+fn one_awkward_json_archive_loads_the_same_into_postgresql_and_redshift(serverless: bool) {
+    let Some((w, t)) = target("rsjson", serverless) else {
+        return;
+    };
+    let user = |loc: &str| format!("{{\"followers_count\":5,\"location\":{loc}}}");
+    let mb = "x".repeat(1 << 20);
+    let messages: Vec<Vec<u8>> = vec![
+        json_tweet("1000000001", &user("\"Paris\""), ""),
+        json_tweet("2", &user("\"Zürich – 東京 🚀\""), ""),
+        // Tab, newline, backslash, quotes.
+        json_tweet("3", &user(r#""a\tb\nc\\d \"q\" 'e'""#), ""),
+        json_tweet("4", &user("null"), ""),
+        // A missing required field.
+        br#"{"id":5,"user":{"followers_count":5,"location":"Oslo"},"favorite_count":1,"retweet_count":2}"#.to_vec(),
+        // A string where an int goes; a digit string where an int goes (loads).
+        br#"{"id":6,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Oslo"},"favorite_count":"many","retweet_count":2}"#.to_vec(),
+        br#"{"id":7,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Oslo"},"favorite_count":"11","retweet_count":2}"#.to_vec(),
+        // A number too large for int.
+        json_tweet("8", "{\"followers_count\":3000000000,\"location\":\"Oslo\"}", ""),
+        // Not JSON; the empty message.
+        b"{\"id\":9,".to_vec(),
+        b"hello".to_vec(),
+        Vec::new(),
+        // A 1 MB string: in the json column it loads; as the location (max 256) it is refused.
+        json_tweet(
+            "12",
+            &format!("{{\"followers_count\":5,\"location\":\"Oslo\",\"bio\":\"{mb}\"}}"),
+            "",
+        ),
+        json_tweet("13", &user(&format!("\"{mb}\"")), ""),
+        // Digit-string ids, one past JavaScript's 2^53.
+        json_tweet("\"9007199254740993\"", &user("\"Lima\""), ""),
+        // The nullable json column given.
+        json_tweet("15", &user("\"Rome\""), ",\"entities\":{\"tags\":[\"a\",\"b\"]}"),
+    ];
+    let c = loads_the_same_into_both(&w, &t, &json_tweets_layout(), &messages, Some(100));
+    assert_eq!(
+        (c.summary.rows, c.summary.rejects),
+        (8, 7),
+        "{:?}",
+        c.summary
+    );
+    let ids: Vec<&str> = c.rows.iter().map(|r| r[0].as_deref().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "1000000001",
+            "12",
+            "15",
+            "2",
+            "3",
+            "4",
+            "7",
+            "9007199254740993"
+        ],
+        "ordered as text"
+    );
+    let row = |id: &str| c.rows.iter().find(|r| r[0].as_deref() == Some(id)).unwrap();
+    assert_eq!(row("2")[3].as_deref(), Some("Zürich – 東京 🚀"));
+    assert_eq!(row("3")[3].as_deref(), Some("a\tb\nc\\d \"q\" 'e'"));
+    assert_eq!(row("4")[3], None, "null location");
+    assert_eq!(row("7")[4].as_deref(), Some("11"));
+    assert_eq!(row("1000000001")[1].as_deref(), Some("2024-01-01 00:00:01"));
+    assert!(row("12")[6].as_deref().unwrap().len() > 1 << 20);
+    assert_eq!(row("4")[7], None, "a missing nullable json value is NULL");
+    assert_eq!(row("15")[7].as_deref(), Some(r#"{"tags": ["a", "b"]}"#));
+    let lines: Vec<i64> = c.rejects.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![5, 6, 8, 9, 10, 11, 13]);
+    let reason = |line: i64| &c.rejects.iter().find(|r| r.1 == line).unwrap().3;
+    assert!(reason(5).contains("created_at"), "{}", reason(5));
+    assert!(reason(6).contains("/favorite_count"), "{}", reason(6));
+    assert!(reason(8).contains("32-bit"), "{}", reason(8));
+    assert!(reason(9).contains("not JSON"), "{}", reason(9));
+    assert!(reason(13).contains("longer than 256"), "{}", reason(13));
+}
+
+/// A record the loader's check accepts and Redshift's COPY refuses (200 `é` in a
+/// varchar(256): 200 characters, 400 bytes) is a reject named by its archived record number:
+/// the staged JSON lines keep an empty line for each record the check refused. Strict, the
+/// load fails.
+fn a_json_record_redshift_refuses_is_rejected_under_its_archived_line(serverless: bool) {
+    let Some((_w, t)) = target("rsjsonline", serverless) else {
+        return;
+    };
+    let user = |loc: &str| format!("{{\"followers_count\":5,\"location\":\"{loc}\"}}");
+    let messages = vec![
+        json_tweet("1", &user("Oslo"), ""),
+        b"not json".to_vec(),
+        json_tweet("3", &user(&"é".repeat(200)), ""),
+        json_tweet("4", &user("Bergen"), ""),
+    ];
+    let e = t.put(0, 0, &messages, Compression::Gzip, None);
+    t.manifest(vec![e.clone()]);
+    let layout = json_tweets_layout();
+    let err = format!("{:#}", t.copy_with(&layout, None, false).unwrap_err());
+    assert!(err.contains("record 2"), "strict: {err}");
+    let s = t.copy_with(&layout, Some(2), false).unwrap();
+    assert_eq!((s.rows, s.rejects), (2, 2), "{s:?}");
+    let rejects = t.query("SELECT line, reason FROM {s}.batchlayer_rejects ORDER BY line");
+    let got: Vec<(i64, String)> = rejects.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(got[0].0, 2);
+    assert!(got[0].1.starts_with("not JSON"), "{got:?}");
+    assert_eq!(got[1].0, 3, "the archived record's number: {got:?}");
+    assert!(
+        got[1].1.starts_with("location: ") && got[1].1.contains("String length exceeds DDL length"),
+        "{got:?}"
+    );
+    let ids: Vec<i64> = t
+        .query("SELECT id FROM {s}.batch_raw ORDER BY id")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 4]);
+}
+
+/// A table `j` (bigint, varchar(64), SUPER, timestamp, integer) on the stand-in, and COPYs
+/// into it from JSON written for each.
+struct JsonCopies {
+    t: Target,
+    s: crate::common::standin::StandIn,
+    n: usize,
+}
+
+impl JsonCopies {
+    fn new(t: Target) -> JsonCopies {
+        let mut s = t.cluster.session(t.names.clone()).unwrap();
+        let sch = &t.names.schema;
+        s.execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{sch}\""))
+            .unwrap();
+        s.execute(&format!(
+            "CREATE TABLE \"{sch}\".\"j\" (\"n\" bigint, \"v\" varchar(64), \"sup\" super, \"ts\" timestamp, \"i\" integer)"
+        ))
+        .unwrap();
+        JsonCopies { t, s, n: 0 }
+    }
+
+    /// Writes `data` and the JSONPaths file `paths` (or 'auto') as a new COPY's objects and
+    /// runs it into the emptied table.
+    fn copy(&mut self, data: &str, paths: &str) -> anyhow::Result<()> {
+        self.n += 1;
+        let (store, n, url) = (self.t.store(), self.n, self.t.spec.archive_url.clone());
+        let put = |name: &str, body: &str| {
+            let key = format!("j{n}/{name}");
+            store.put_bytes(&key, body.as_bytes()).unwrap();
+            format!("{url}/{key}")
+        };
+        let data = put("data.json", data);
+        let manifest = put(
+            "m.json",
+            &format!("{{\"entries\":[{{\"url\":\"{data}\",\"mandatory\":true}}]}}"),
+        );
+        let paths = if paths == "auto" {
+            "auto".into()
+        } else {
+            put("paths.json", paths)
+        };
+        let sch = &self.t.names.schema;
+        self.s.execute(&format!("TRUNCATE \"{sch}\".\"j\""))?;
+        self.s.execute(&format!(
+            "COPY \"{sch}\".\"j\" (\"n\", \"v\", \"sup\", \"ts\", \"i\") FROM '{manifest}' ACCESS_KEY_ID '{}' SECRET_ACCESS_KEY '{}' MANIFEST FORMAT AS JSON '{paths}' TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS' MAXERROR 10",
+            s3_access(),
+            s3_secret()
+        ))
+    }
+
+    /// A COPY that must fail, its error holding `why`.
+    fn fails(&mut self, data: &str, paths: &str, why: &str) {
+        let err = format!("{:#}", self.copy(data, paths).unwrap_err());
+        assert!(err.contains(why), "{paths}: {err}");
+    }
+
+    fn rows(&self) -> Vec<Vec<Option<String>>> {
+        self.t
+            .query("SELECT n::text, v, sup::text, ts::text, i::text FROM {s}.j ORDER BY n")
+            .iter()
+            .map(|r| (0..5).map(|i| r.get(i)).collect())
+            .collect()
+    }
+
+    /// The last COPY's errors: line, column, code.
+    fn errors(&mut self, serverless: bool) -> Vec<Vec<String>> {
+        let sql = if serverless {
+            "SELECT CAST(line_number AS BIGINT), trim(column_name), error_code FROM sys_load_error_detail WHERE query_id = pg_last_copy_id() ORDER BY 1"
+        } else {
+            "SELECT CAST(line_number AS BIGINT), trim(colname), err_code FROM stl_load_errors WHERE query = pg_last_copy_id() ORDER BY 1"
+        };
+        let (_, rows) = self.s.query_text(sql).unwrap();
+        rows.iter()
+            .map(|r| r.iter().map(|c| c.clone().unwrap_or_default()).collect())
+            .collect()
+    }
+}
+
+fn o(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// COPY from JSON as the stand-in models it, rule by rule (each with its page in
+/// `tests/common/standin_json.rs`), on hand-written JSONPaths files and data: conversions,
+/// notations, error lines, 'auto'.
+fn the_stand_in_reads_json_as_copy_is_documented(serverless: bool) {
+    let Some((_w, t)) = target("rsjsonrules", serverless) else {
+        return;
+    };
+    let mut j = JsonCopies::new(t);
+    let data = concat!(
+        "{\"a\":{\"n\":\"7\"},\"o\":{\"y\":1},\"s\":null,\"t\":\"2024-01-01 00:00:01.250000\",\"i\":\"\"}\n",
+        "\n",
+        "{\"a\":{\"n\":8},\"o\":[1,\"two\"],\"t\":\"2024-01-02 00:00:00\",\"i\":5,\"more\":true}\n",
+        "garbage\n",
+        "{\"a\":{\"n\":\"nine\"},\"o\":\"x\",\"t\":\"2024-01-01 00:00:00\",\"i\":1}\n",
+        "{\"a\":{\"n\":10},\"o\":\"x\",\"t\":\"2024-01-03\",\"i\":1}\n",
+        "{\"a\":\n  {\"n\":11},\n \"o\":\"x\",\"s\":[1],\"t\":\"2024-01-01 00:00:00\",\"i\":3000000000}\n",
+    );
+    let want = vec![
+        // A digit string into BIGINT converts; an object into VARCHAR is its JSON text; a JSON
+        // null into SUPER is SUPER's null; an empty string into INTEGER is NULL.
+        vec![
+            o("7"),
+            o(r#"{"y":1}"#),
+            o("null"),
+            o("2024-01-01 00:00:01.25"),
+            None,
+        ],
+        // An array into VARCHAR; a key not found is NULL; keys no expression names are ignored.
+        vec![
+            o("8"),
+            o(r#"[1,"two"]"#),
+            None,
+            o("2024-01-02 00:00:00"),
+            o("5"),
+        ],
+    ];
+    j.copy(
+        data,
+        r#"{"jsonpaths": ["$.a.n", "$.o", "$.s", "$.t", "$.i"]}"#,
+    )
+    .unwrap();
+    assert_eq!(j.rows(), want, "dot notation");
+    // Each error is on the last line of its object; the blank line is white space.
+    let errs = j.errors(serverless);
+    let want_errs: Vec<Vec<String>> = [
+        ["4", "", "1216"],
+        ["5", "n", "1207"],
+        ["6", "ts", "1206"],
+        ["9", "i", "1207"],
+    ]
+    .iter()
+    .map(|r| r.iter().map(|c| c.to_string()).collect())
+    .collect();
+    assert_eq!(errs, want_errs);
+    j.copy(
+        data,
+        r#"{"jsonpaths": ["$['a']['n']", "$['o']", "$['s']", "$['t']", "$['i']"]}"#,
+    )
+    .unwrap();
+    assert_eq!(j.rows(), want, "bracket notation");
+    // Another key name than "jsonpaths": COPY takes 'auto' (top-level keys named as columns).
+    let auto = r#"{"n":1,"v":"x","sup":{"k":[true]},"ts":"2024-01-01 00:00:00","i":2,"other":0}"#;
+    let want_auto = vec![vec![
+        o("1"),
+        o("x"),
+        o(r#"{"k": [true]}"#),
+        o("2024-01-01 00:00:00"),
+        o("2"),
+    ]];
+    j.copy(auto, r#"{"paths": ["$.x"]}"#).unwrap();
+    assert_eq!(j.rows(), want_auto);
+    j.copy(auto, "auto").unwrap();
+    assert_eq!(j.rows(), want_auto);
+    // Arrays through indices.
+    let indexed = r#"{"jsonpaths": ["$[0]", "$[1]", "$[2]", "$[3]", "$[4]"]}"#;
+    j.copy(
+        r#"[3, "three", {"a":1}, "2024-01-01 00:00:00", 3]"#,
+        indexed,
+    )
+    .unwrap();
+    assert_eq!(j.rows()[0][2], o(r#"{"a": 1}"#));
+}
+
+/// What makes the stand-in's COPY from JSON fail, as Redshift's does: an array index out of
+/// range, a JSONPaths file of another shape or count, an object over 4 MB, and options COPY
+/// refuses with JSON.
+fn the_stand_in_refuses_json_copies_as_redshift_does(serverless: bool) {
+    let Some((_w, t)) = target("rsjsonrefuse", serverless) else {
+        return;
+    };
+    let mut j = JsonCopies::new(t);
+    let indexed = r#"{"jsonpaths": ["$[0]", "$[1]", "$[2]", "$[3]", "$[4]"]}"#;
+    j.fails(r#"[3, "three"]"#, indexed, "index out of range");
+    let auto = r#"{"n":1,"v":"x","sup":{"k":[true]},"ts":"2024-01-01 00:00:00","i":2}"#;
+    for (paths, why) in [
+        (
+            r#"{"jsonpaths": ["$.n", "$.v", "$.sup", "$.ts"]}"#,
+            "4 expressions for 5 columns",
+        ),
+        (
+            r#"{"jsonpaths": ["$.n", "$['v']", "$.sup", "$.ts", "$.i"]}"#,
+            "mixes bracket notation and dot notation",
+        ),
+        (
+            r#"["$.n", "$.v", "$.sup", "$.ts", "$.i"]"#,
+            "single JSON object",
+        ),
+        (
+            r#"{"jsonpaths": ["$.n", "", "$.sup", "$.ts", "$.i"]}"#,
+            "empty string or not a string",
+        ),
+        (
+            r#"{"jsonpaths": ["$.n", 2, "$.sup", "$.ts", "$.i"]}"#,
+            "empty string or not a string",
+        ),
+        (
+            r#"{"jsonpaths": ["$.n", "$.v[*]", "$.sup", "$.ts", "$.i"]}"#,
+            "integer >= 0",
+        ),
+        (
+            r#"{"jsonpaths": ["$.n", "$.v", "$.sup", "$.ts", "$.i"]} {"x": 1}"#,
+            "not one well-formed JSON object",
+        ),
+    ] {
+        j.fails(auto, paths, why);
+    }
+    // An object over 4 MB fails the COPY, whatever MAXERROR says.
+    let big = format!(r#"{{"n":1,"v":"{}"}}"#, "x".repeat(4_000_001));
+    j.fails(&big, "auto", "4 MB");
+    for extra in ["DELIMITER ';'", "ESCAPE", "NULL AS 'None'"] {
+        let sql = format!(
+            "COPY \"{}\".\"j\" FROM 's3://b/m' IAM_ROLE default MANIFEST FORMAT AS JSON 'auto' {extra}",
+            j.t.names.schema
+        );
+        let err = format!("{:#}", j.s.execute(&sql).unwrap_err());
+        assert!(err.contains("not supported with JSON"), "{extra}: {err}");
     }
 }

@@ -66,9 +66,12 @@ pub const REDSHIFT_VARCHAR_MAX: usize = 65535;
 const TIMEFORMAT_DIRECTIVES: [&str; 6] = ["%Y", "%m", "%d", "%H", "%M", "%S"];
 
 /// What Redshift's COPY cannot be told of the layout, refused by the key that sets it: a
-/// `max_len` over VARCHAR's 65535 bytes (r_Character_types); a timestamp format with more than the directives TIMEFORMAT is given (%Y %m %d %H %M %S as
+/// `max_len` over VARCHAR's 65535 bytes (r_Character_types); for delimited records (which COPY
+/// reads as archived, with the layout's timestamp format as TIMEFORMAT) a timestamp format with more than the directives TIMEFORMAT is given (%Y %m %d %H %M %S as
 /// YYYY MM DD HH24 MI SS) and datetime separators: a letter would be read as a datepart
 /// (<https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html>).
+/// JSON and Avro records reach COPY as staged JSON lines whose timestamps batchlayer writes in
+/// one format of its own, so their layout's timestamp format is batchlayer's alone.
 pub(super) fn redshift_layout(layout: &Layout) -> Result<()> {
     for c in &layout.columns {
         if let Some(n) = c.max_len.filter(|&n| n > REDSHIFT_VARCHAR_MAX) {
@@ -77,6 +80,9 @@ pub(super) fn redshift_layout(layout: &Layout) -> Result<()> {
                 c.name
             );
         }
+    }
+    if layout.format != RecordFormat::Delimited {
+        return Ok(());
     }
     let f = &layout.timestamp_format;
     let rest = TIMEFORMAT_DIRECTIVES
@@ -1256,6 +1262,21 @@ mod tests {
         let err = run(&format!("{base}{rs}"), &[]).unwrap_err();
         assert_eq!(err.exit_code(), 2, "{err}");
         assert!(err.to_string().contains("warehouse.region"), "{err}");
+        // JSON records reach COPY as staged JSON lines: their timestamp format is not COPY's
+        // TIMEFORMAT, so it is free; max_len still counts Redshift's bytes.
+        let json = "[records]\nformat = \"json\"\ntimestamp_format = \"%Y-%m-%dT%H:%M:%S\"\n";
+        let ok = format!("{base}region=\"eu-west-1\"\n{rs}{json}");
+        let s = run(&ok, &[]).unwrap();
+        assert_eq!(s.layout.format, RecordFormat::Json);
+        let err = run(
+            &format!(
+                "{base}region=\"eu-west-1\"\n{rs}{}format = \"json\"\n",
+                col(65536)
+            ),
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("records.columns max_len"), "{err}");
         let s = run(&format!("{base}region=\"ap-south-1\"\n{rs}"), &[]).unwrap();
         assert_eq!(s.warehouse.redshift.unwrap().region, "ap-south-1");
         let s = run(

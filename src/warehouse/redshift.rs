@@ -13,7 +13,7 @@ use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Wareho
 use crate::archive::layout::COPY_MANIFESTS;
 use crate::archive::{Compression, ObjectStore, PutOutcome};
 use crate::config::{ArchiveLocation, ArchiveSettings, Secret, WarehouseSettings};
-use crate::records::{frame_into, Codec, FrameReader, Layout};
+use crate::records::{frame_into, Codec, ColumnType, FrameReader, Layout, RecordFormat, RowError};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, SeekFrom};
@@ -146,7 +146,7 @@ pub fn staging_sql(names: &Names, layout: &Layout) -> Vec<String> {
         quote_ident(STAGING),
         names.qualified(&names.raw)
     )];
-    if layout.trailing_delimiter {
+    if has_trailing_field(layout) {
         v.push(format!(
             "ALTER TABLE {} ADD COLUMN {} VARCHAR(1)",
             quote_ident(STAGING),
@@ -155,6 +155,13 @@ pub fn staging_sql(names: &Names, layout: &Layout) -> Vec<String> {
     }
     v
 }
+
+/// Whether COPY reads a field after the layout's last delimiter: delimited records only (a
+/// JSON or Avro layout is staged as JSON lines, [`staged_json`]).
+fn has_trailing_field(layout: &Layout) -> bool {
+    layout.format == RecordFormat::Delimited && layout.trailing_delimiter
+}
+
 /// Redshift's largest MAXERROR.
 pub const MAXERROR_LIMIT: u64 = 100_000;
 /// `stl_load_errors.filename` is char(256): longer URLs are cut, so such an object gets a COPY
@@ -279,6 +286,9 @@ pub fn plan_copies(
 }
 
 /// The COPY statement of one group into `table`. With `mask`, secrets are replaced by `***`.
+/// Delimited records are read as archived (DELIMITER, ESCAPE, NULL AS); JSON and Avro records
+/// from the staged JSON lines ([`staged_json`]) through the group's JSONPaths file
+/// ([`jsonpaths_key`]).
 pub fn copy_sql(
     table: &str,
     layout: &Layout,
@@ -287,15 +297,31 @@ pub fn copy_sql(
     mask: bool,
 ) -> Result<String> {
     let mut cols = super::column_list(layout);
-    if layout.trailing_delimiter {
+    if has_trailing_field(layout) {
         cols += &format!(", {}", quote_ident(TRAILING));
     }
     let manifest_url = object_url(&spec.archive_url, &group.manifest_key);
     let mut s = format!("COPY {table} ({})\nFROM {}\n", cols, literal(&manifest_url));
-    // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
-    // IAM_ROLE { default | 'arn:aws:iam::<AWS account-id>:role/<role-name>' }, or
-    // ACCESS_KEY_ID '..' SECRET_ACCESS_KEY '..' [SESSION_TOKEN '..'] for temporary keys.
-    // The keys are on lines of their own: errors quote a statement's first line only.
+    s += &copy_auth(spec, mask)?;
+    s += "MANIFEST\n";
+    match layout.format {
+        RecordFormat::Delimited => s += &delimited_options(layout, spec, group)?,
+        RecordFormat::Json | RecordFormat::Avro => s += &json_options(spec, group),
+    }
+    // A staging table: no compression analysis, no statistics.
+    s += "COMPUPDATE OFF\nSTATUPDATE OFF\n";
+    if let Some(n) = group.max_error {
+        s += &format!("MAXERROR {n}\n");
+    }
+    Ok(s.trim_end().to_string())
+}
+
+/// COPY's credentials, one per line.
+/// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-authorization.html:
+/// IAM_ROLE { default | 'arn:aws:iam::<AWS account-id>:role/<role-name>' }, or
+/// ACCESS_KEY_ID '..' SECRET_ACCESS_KEY '..' [SESSION_TOKEN '..'] for temporary keys.
+/// The keys are on lines of their own: errors quote a statement's first line only.
+fn copy_auth(spec: &CopySpec, mask: bool) -> Result<String> {
     let hide = |v: &Secret| -> String {
         if mask {
             literal("***")
@@ -303,6 +329,7 @@ pub fn copy_sql(
             literal(v.expose())
         }
     };
+    let mut s = String::new();
     match &spec.auth {
         S3Auth::IamRole(role) if role == "default" => s += "IAM_ROLE default\n",
         S3Auth::IamRole(arn) => {
@@ -326,17 +353,25 @@ pub fn copy_sql(
             }
         }
     }
-    s += "MANIFEST\n";
-    s += &format!(
+    Ok(s)
+}
+
+fn compression_option(c: Compression) -> &'static str {
+    match c {
+        Compression::Gzip => "GZIP\n",
+        Compression::Zstd => "ZSTD\n",
+        Compression::None => "",
+    }
+}
+
+/// The options of a COPY of archived delimited records.
+fn delimited_options(layout: &Layout, spec: &CopySpec, group: &CopyGroup) -> Result<String> {
+    let mut s = format!(
         "DELIMITER {}\n",
         literal(&(layout.delimiter as char).to_string())
     );
     s += "ESCAPE\n";
-    match group.compression {
-        Compression::Gzip => s += "GZIP\n",
-        Compression::Zstd => s += "ZSTD\n",
-        Compression::None => {}
-    }
+    s += compression_option(group.compression);
     s += &format!("REGION {}\n", literal(&spec.region));
     s += &format!(
         "TIMEFORMAT {}\n",
@@ -352,12 +387,54 @@ pub fn copy_sql(
         1 => s += &format!("NULL AS {}\n", literal(markers.iter().next().expect("one"))),
         _ => bail!("Redshift COPY takes one NULL AS string for all columns; the layout has several null markers"),
     }
-    // A staging table: no compression analysis, no statistics.
-    s += "COMPUPDATE OFF\nSTATUPDATE OFF\n";
-    if let Some(n) = group.max_error {
-        s += &format!("MAXERROR {n}\n");
-    }
-    Ok(s.trim_end().to_string())
+    Ok(s)
+}
+
+/// The TIMEFORMAT and DATEFORMAT of staged JSON lines: [`Codec::to_json_row`] writes
+/// timestamps as `YYYY-MM-DD HH:MM:SS.ffffff` and dates as `YYYY-MM-DD`. "The seconds (SS)
+/// field also supports fractional seconds up to a microsecond level of detail"
+/// (https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html).
+pub const JSON_TIMEFORMAT: &str = "YYYY-MM-DD HH24:MI:SS";
+pub const JSON_DATEFORMAT: &str = "YYYY-MM-DD";
+
+/// The options of a COPY of staged JSON lines: `FORMAT AS JSON 's3://jsonpaths_file'`, and
+/// none of the options COPY refuses with JSON (CSV, DELIMITER, ESCAPE, FILLRECORD,
+/// FIXEDWIDTH, IGNOREBLANKLINES, NULL AS, READRATIO, REMOVEQUOTES:
+/// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json).
+/// TIMEFORMAT and DATEFORMAT apply to JSON too (they are not in that list).
+fn json_options(spec: &CopySpec, group: &CopyGroup) -> String {
+    let paths = object_url(&spec.archive_url, &jsonpaths_key(&group.manifest_key));
+    let mut s = format!("FORMAT AS JSON {}\n", literal(&paths));
+    s += compression_option(group.compression);
+    s += &format!("REGION {}\n", literal(&spec.region));
+    s += &format!("TIMEFORMAT {}\n", literal(JSON_TIMEFORMAT));
+    s += &format!("DATEFORMAT {}\n", literal(JSON_DATEFORMAT));
+    s
+}
+
+/// The JSONPaths file of a group's COPY, beside its manifest. Its key does not start with the
+/// manifest's (COPY would take a JSONPaths file under the data's prefix for a data file:
+/// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json).
+pub fn jsonpaths_key(manifest_key: &str) -> String {
+    let base = manifest_key.strip_suffix(".json").unwrap_or(manifest_key);
+    format!("{base}-jsonpaths.json")
+}
+
+/// The JSONPaths file for a layout's staged JSON lines: one expression per column, in the
+/// column list's order, each naming the column's key at the root in bracket notation.
+/// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json-jsonpaths:
+/// a single JSON object whose one key is "jsonpaths", its value an array of JSONPath
+/// expressions, "Each JSONPath expression corresponds to one column"; bracket notation
+/// `$['name']` (https://docs.aws.amazon.com/redshift/latest/dg/copy-usage_notes-copy-from-json.html).
+/// Column names are identifiers (letters, digits and `_`: validated at config time), so a
+/// name never holds the `'` or `]` that would end its bracket.
+pub fn jsonpaths_file(layout: &Layout) -> String {
+    let paths: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| format!("$['{}']", c.name))
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({ "jsonpaths": paths })).unwrap_or_default()
 }
 
 /// The query that explains a failed COPY: the error view's first rows for query `id` (the
@@ -700,16 +777,18 @@ impl Redshift {
                 (_, 0) => {}
                 // The cleaned object holds only records the loader's check accepted: a line
                 // Redshift refuses there is a conversion the check does not model, and its
-                // line number is not the archived object's.
-                _ if cj.key != j.key => bail!(
+                // line number is not the archived object's. (Staged JSON lines keep the
+                // archived record numbers: `staged_json`.)
+                _ if cj.key != j.key && layout.format == RecordFormat::Delimited => bail!(
                     "object {}: Redshift refused {bad} records that batchlayer's record check accepted; first: {}",
                     j.key,
                     self.first_error(id, group, &cj.key)
                 ),
                 (None, n) => bail!("object {}: {n} bad rows in a strict load", j.key),
-                (Some(max), n) if n > max => bail!(
-                    "object {}: {n} bad rows, more than {max} (--max-errors); first: {}",
+                (Some(max), n) if n + checked > max => bail!(
+                    "object {}: {} bad rows, more than {max} (--max-errors); first: {}",
                     j.key,
+                    n + checked,
                     self.first_error(id, group, &cj.key)
                 ),
                 _ => {}
@@ -1053,12 +1132,32 @@ fn rejects_sql(
     )
 }
 
-/// Moves the staged rows into the raw table.
+/// Moves the staged rows into the raw table. From staged JSON lines, a SUPER column's JSON
+/// null becomes NULL: [`Codec::to_json_row`] writes a NULL cell as `null`, and what COPY loads
+/// from a JSON null into a SUPER column is not documented (an element a JSONPath does not find
+/// loads NULL; a JSON null is a SUPER value of its own, which JSON_TYPEOF names 'null':
+/// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json-jsonpaths,
+/// https://docs.aws.amazon.com/redshift/latest/dg/r_json_typeof.html). Archived delimited
+/// records keep a field `null` as the JSON null, as the PostgreSQL path does.
 fn move_sql(names: &Names, layout: &Layout) -> String {
     let cols = super::column_list(layout);
+    let from_json = layout.format != RecordFormat::Delimited;
+    let select: Vec<String> = layout
+        .columns
+        .iter()
+        .map(|c| {
+            let q = quote_ident(&c.name);
+            if from_json && c.ty == ColumnType::Json {
+                format!("CASE WHEN JSON_TYPEOF({q}) = 'null' THEN NULL ELSE {q} END")
+            } else {
+                q
+            }
+        })
+        .collect();
     format!(
-        "INSERT INTO {} ({cols})\nSELECT {cols} FROM {}",
+        "INSERT INTO {} ({cols})\nSELECT {} FROM {}",
         names.qualified(&names.raw),
+        select.join(", "),
         quote_ident(STAGING),
     )
 }
@@ -1081,16 +1180,9 @@ struct Checked {
 }
 
 /// Reads an object once, before COPY: streams it through sha256 (Redshift's COPY cannot check
-/// a checksum) and checks every record with the PostgreSQL path's record validation
-/// (`Layout::to_pg_copy_row`), so that both warehouses load the same rows and reject the same
-/// records, for the same reasons. Redshift's COPY converts differently: an empty INT or
-/// TIMESTAMP field loads as NULL, `SS` takes fractions, and its error views keep a record's
-/// first 1024 bytes with multibyte characters as `.`
-/// ([copy-parameters-data-conversion](https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html),
-/// [r_DATEFORMAT_and_TIMEFORMAT_strings](https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html),
-/// [r_STL_LOAD_ERRORS](https://docs.aws.amazon.com/redshift/latest/dg/r_STL_LOAD_ERRORS.html)).
-/// A bad record fails a strict load, or more than `--max-errors` of them; otherwise the good
-/// records are written to `{tag}.clean` and COPY reads that object instead.
+/// a checksum) and checks every record with the PostgreSQL path's record validation, so that
+/// both warehouses load the same rows and reject the same records, for the same reasons.
+/// Delimited records: [`check_delimited`]; JSON and Avro records: [`staged_json`].
 fn check_object(
     store: &dyn ObjectStore,
     j: &LoadJob,
@@ -1110,6 +1202,51 @@ fn check_object(
             );
         }
     }
+    match layout.format {
+        RecordFormat::Delimited => check_delimited(store, file, j, layout, opts, tag),
+        RecordFormat::Json | RecordFormat::Avro => staged_json(store, file, j, layout, opts, tag),
+    }
+}
+
+/// Counts a record the check refused: a strict load fails naming it, and so does one past
+/// `--max-errors`; otherwise it joins the object's rejects.
+fn refuse(
+    rejects: &mut Vec<Reject>,
+    j: &LoadJob,
+    opts: &LoadOptions,
+    line: u64,
+    rec: &[u8],
+    e: &RowError,
+) -> Result<()> {
+    let Some(max) = opts.max_errors else {
+        bail!("object {} record {line}: {e}", j.key);
+    };
+    if rejects.len() as u64 >= max {
+        bail!(
+            "object {}: more than {max} bad rows (--max-errors); record {line}: {e}",
+            j.key
+        );
+    }
+    rejects.push(Reject::new(line, rec, e.to_string()));
+    Ok(())
+}
+
+/// Archived delimited records, checked with `Layout::to_pg_copy_row`. Redshift's COPY
+/// converts differently: an empty INT or TIMESTAMP field loads as NULL, `SS` takes fractions,
+/// and its error views keep a record's first 1024 bytes with multibyte characters as `.`
+/// ([copy-parameters-data-conversion](https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-conversion.html),
+/// [r_DATEFORMAT_and_TIMEFORMAT_strings](https://docs.aws.amazon.com/redshift/latest/dg/r_DATEFORMAT_and_TIMEFORMAT_strings.html),
+/// [r_STL_LOAD_ERRORS](https://docs.aws.amazon.com/redshift/latest/dg/r_STL_LOAD_ERRORS.html)).
+/// When all records are good COPY reads the object itself; otherwise the good records are
+/// written to `{tag}.clean` and COPY reads that object instead.
+fn check_delimited(
+    store: &dyn ObjectStore,
+    mut file: std::fs::File,
+    j: &LoadJob,
+    layout: &Codec,
+    opts: &LoadOptions,
+    tag: &str,
+) -> Result<Checked> {
     let mut rejects = Vec::new();
     let mut records = 0u64;
     let mut clean: Option<Vec<u8>> = None;
@@ -1134,17 +1271,7 @@ fn check_object(
             }
             records += 1;
             if let Err(e) = ok {
-                let line = reader.record_no;
-                let Some(max) = opts.max_errors else {
-                    bail!("object {} record {line}: {e}", j.key);
-                };
-                if rejects.len() as u64 >= max {
-                    bail!(
-                        "object {}: more than {max} bad rows (--max-errors); record {line}: {e}",
-                        j.key
-                    );
-                }
-                rejects.push(Reject::new(line, &rec, e.to_string()));
+                refuse(&mut rejects, j, opts, reader.record_no, &rec, &e)?;
             }
         }
         if pass == 1 {
@@ -1153,25 +1280,105 @@ fn check_object(
             break;
         }
     }
+    check_count(j, records)?;
+    let mut copy_job = j.clone();
+    if let Some(body) = clean {
+        let key = format!("{COPY_MANIFESTS}{tag}.clean");
+        copy_job = put_staged(store, j, key, &body, records - rejects.len() as u64)?;
+    }
+    Ok(Checked { rejects, copy_job })
+}
+
+/// The most a JSON object COPY reads may hold: "The maximum size of a single JSON object or
+/// array, including braces or brackets, is 4 MB. [...] the COPY command fails"
+/// (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json;
+/// copy_json.html: "The maximum size for a JSON object before shredding is 4 MB"). Taken as
+/// the smaller reading of "4 MB": a staged line longer than this is refused by the check
+/// rather than failing the whole COPY.
+pub const JSON_OBJECT_MAX: usize = 4_000_000;
+
+/// JSON and Avro records: Redshift's COPY cannot read them as archived (escaped framing,
+/// Confluent-framed Avro), so each record is checked and decoded by [`Codec::to_json_row`] (the
+/// PostgreSQL path's validation, so the same records are refused for the same reasons) and
+/// written as one JSON object per line to `{tag}.staged.json`, which COPY reads with a
+/// JSONPaths file ([`jsonpaths_file`]). A refused record leaves an empty line: COPY skips
+/// white space between JSON objects and numbers an object by its last line
+/// (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json),
+/// so line N of the staged object is record N of the archived one, and an error COPY records
+/// for a line names the archived record.
+fn staged_json(
+    store: &dyn ObjectStore,
+    mut file: std::fs::File,
+    j: &LoadJob,
+    layout: &Codec,
+    opts: &LoadOptions,
+    tag: &str,
+) -> Result<Checked> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = FrameReader::new(crate::archive::decoder(file, j.compression)?);
+    let (mut rec, mut out) = (Vec::with_capacity(1024), Vec::new());
+    let mut rejects = Vec::new();
+    let mut records = 0u64;
+    while reader
+        .next_into(&mut rec)
+        .with_context(|| format!("reading object {}", j.key))?
+    {
+        records += 1;
+        let start = out.len();
+        let row = layout.to_json_row(&rec, &mut out).and_then(|()| {
+            // The line without its newline.
+            let n = out.len() - start - 1;
+            if n > JSON_OBJECT_MAX {
+                out.truncate(start);
+                return Err(RowError {
+                    column: None,
+                    value: None,
+                    reason: format!("as a JSON object for Redshift's COPY it has {n} bytes, more than COPY reads in one JSON object ({JSON_OBJECT_MAX})"),
+                });
+            }
+            Ok(())
+        });
+        if let Err(e) = row {
+            refuse(&mut rejects, j, opts, reader.record_no, &rec, &e)?;
+            out.push(b'\n');
+        }
+    }
+    check_count(j, records)?;
+    let key = format!("{COPY_MANIFESTS}{tag}.staged.json");
+    let copy_job = put_staged(store, j, key, &out, records - rejects.len() as u64)?;
+    Ok(Checked { rejects, copy_job })
+}
+
+/// Fails when the object does not hold the records its manifest lists.
+fn check_count(j: &LoadJob, records: u64) -> Result<()> {
     if let Some(n) = j.expected_records.filter(|&n| n != records) {
         bail!(
             "object {} holds {records} records, but its manifest lists {n}: nothing loaded",
             j.key
         );
     }
-    let mut copy_job = j.clone();
-    if let Some(body) = clean {
-        let key = format!("{COPY_MANIFESTS}{tag}.clean");
-        if store.put_bytes_if_absent(&key, &body)? != PutOutcome::Created {
-            bail!("cleaned object {key} exists already");
-        }
-        copy_job.key = key;
-        copy_job.size = body.len() as u64;
-        copy_job.compression = Compression::None;
-        copy_job.expected_sha256 = None;
-        copy_job.expected_records = Some(records - rejects.len() as u64);
+    Ok(())
+}
+
+/// Writes an object COPY reads instead of `j` (uncompressed, under `_copy_manifests/`) and
+/// gives the job that loads it.
+fn put_staged(
+    store: &dyn ObjectStore,
+    j: &LoadJob,
+    key: String,
+    body: &[u8],
+    records: u64,
+) -> Result<LoadJob> {
+    if store.put_bytes_if_absent(&key, body)? != PutOutcome::Created {
+        bail!("staged object {key} exists already");
     }
-    Ok(Checked { rejects, copy_job })
+    let mut copy_job = j.clone();
+    copy_job.key = key;
+    copy_job.size = body.len() as u64;
+    copy_job.compression = Compression::None;
+    copy_job.expected_sha256 = None;
+    copy_job.expected_records = Some(records);
+    Ok(copy_job)
 }
 
 /// One record the loader's check rejected, for the rejects table (the PostgreSQL path's
@@ -1281,6 +1488,13 @@ impl Warehouse for Redshift {
             if store.put_bytes_if_absent(&g.manifest_key, body.as_bytes())? != PutOutcome::Created {
                 bail!("COPY manifest {} exists already", g.manifest_key);
             }
+            if layout.format != RecordFormat::Delimited {
+                let key = jsonpaths_key(&g.manifest_key);
+                let body = jsonpaths_file(layout);
+                if store.put_bytes_if_absent(&key, body.as_bytes())? != PutOutcome::Created {
+                    bail!("JSONPaths file {key} exists already");
+                }
+            }
         }
         let mut retries = 0;
         let results = loop {
@@ -1329,6 +1543,12 @@ pub fn load_plan(
         "-- re-check the objects' keys and offset ranges in the ledger".to_string(),
     ];
     v.extend(staging_sql(names, layout));
+    if layout.format != RecordFormat::Delimited {
+        v.push(format!(
+            "-- each object's records decoded and checked, written as JSON lines to {COPY_MANIFESTS}{{load}}-N.staged.json; each COPY's JSONPaths file beside its manifest: {}",
+            jsonpaths_file(layout).split_whitespace().collect::<String>()
+        ));
+    }
     for g in &groups {
         v.push(copy_sql(&quote_ident(STAGING), layout, spec, g, true)?);
         v.push("-- count the staged rows and the errors per object in stl_load_errors (sys_load_error_detail on Serverless); check them against the manifests".into());
@@ -2110,6 +2330,259 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
         );
         let long = wh.lock_table(&"x".repeat(100));
         assert!(long.len() <= 63, "{long}");
+    }
+
+    /// The tweets as JSON records, with a json column (SUPER) of the whole user; the layout
+    /// keeps the tweets' trailing delimiter, which JSON records do not have.
+    fn json_layout() -> Layout {
+        let mut l = Layout::tweets();
+        l.format = RecordFormat::Json;
+        for c in &mut l.columns {
+            c.null_marker = None;
+            match c.name.as_str() {
+                "followers_count" => c.path = Some("/user/followers_count".into()),
+                "location" => {
+                    c.path = Some("/user/location".into());
+                    c.nullable = Some(true);
+                }
+                _ => {}
+            }
+        }
+        let mut user = crate::records::Column::new("user_doc", ColumnType::Json);
+        user.path = Some("/user".into());
+        l.columns.push(user);
+        l
+    }
+
+    const JSON_COLS: &str = "\"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", \"user_doc\"";
+
+    /// JSON and Avro layouts: COPY reads staged JSON lines through a JSONPaths file beside
+    /// the manifest, with the TIMEFORMAT and DATEFORMAT of what `to_json_row` writes, and none
+    /// of DELIMITER, ESCAPE, NULL AS; no trailing field.
+    #[test]
+    fn copy_of_staged_json_lines_snapshot() {
+        let g = group(Compression::None, 2, Some(4));
+        for format in [RecordFormat::Json, RecordFormat::Avro] {
+            let mut l = json_layout();
+            l.format = format;
+            let sql = copy_sql("\"batchlayer_staging\"", &l, &spec(role()), &g, false).unwrap();
+            assert_eq!(
+                sql,
+                format!(
+                    "COPY \"batchlayer_staging\" ({JSON_COLS})\n\
+FROM 's3://arch/tweets/_copy_manifests/run1-0.json'\n\
+IAM_ROLE 'arn:aws:iam::123456789012:role/Loader'\n\
+MANIFEST\n\
+FORMAT AS JSON 's3://arch/tweets/_copy_manifests/run1-0-jsonpaths.json'\n\
+REGION 'eu-west-1'\n\
+TIMEFORMAT 'YYYY-MM-DD HH24:MI:SS'\n\
+DATEFORMAT 'YYYY-MM-DD'\n\
+COMPUPDATE OFF\n\
+STATUPDATE OFF\n\
+MAXERROR 4"
+                )
+            );
+        }
+        // The delimited layout's statement is as it was (its snapshots above).
+        let d = copy_sql("x", &Layout::tweets(), &spec(role()), &g, false).unwrap();
+        assert!(
+            d.contains("DELIMITER ';'\nESCAPE\n") && !d.contains("JSON"),
+            "{d}"
+        );
+        // Compressed groups say so.
+        let gz = group(Compression::Gzip, 1, None);
+        let sql = copy_sql("x", &json_layout(), &spec(role()), &gz, true).unwrap();
+        assert!(sql.contains("-jsonpaths.json'\nGZIP\nREGION"), "{sql}");
+    }
+
+    /// The JSONPaths file: one object, one "jsonpaths" key, one bracket-notation expression
+    /// per column in column order; its key never starts with the manifest's.
+    #[test]
+    fn the_jsonpaths_file_names_each_column_in_order() {
+        let body = jsonpaths_file(&json_layout());
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let m = v.as_object().unwrap();
+        assert_eq!(m.len(), 1);
+        let paths: Vec<&str> = m["jsonpaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "$['id']",
+                "$['created_at']",
+                "$['followers_count']",
+                "$['location']",
+                "$['favorite_count']",
+                "$['retweet_count']",
+                "$['user_doc']"
+            ]
+        );
+        let manifest = "_copy_manifests/T-1.json";
+        let key = jsonpaths_key(manifest);
+        assert_eq!(key, "_copy_manifests/T-1-jsonpaths.json");
+        assert!(!key.starts_with(manifest));
+    }
+
+    /// JSON layouts: no trailing column in staging; the move turns a SUPER column's JSON null
+    /// into NULL. Delimited layouts move as they did.
+    #[test]
+    fn staging_and_move_for_json_layouts() {
+        let l = json_layout();
+        assert!(l.trailing_delimiter, "kept from the tweets' layout");
+        assert_eq!(staging_sql(&names(), &l).len(), 1);
+        assert_eq!(staging_sql(&names(), &Layout::tweets()).len(), 2);
+        assert_eq!(
+            move_sql(&names(), &l),
+            format!("INSERT INTO \"public\".\"batch_raw\" ({JSON_COLS})\nSELECT \"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", CASE WHEN JSON_TYPEOF(\"user_doc\") = 'null' THEN NULL ELSE \"user_doc\" END FROM \"batchlayer_staging\"")
+        );
+        let mut d = Layout::tweets();
+        d.columns
+            .push(crate::records::Column::new("doc", ColumnType::Json));
+        assert!(!move_sql(&names(), &d).contains("CASE"));
+    }
+
+    /// `t/a.log.gz`: a good JSON tweet, a truncated one, an empty message, the good one again.
+    fn json_object(store: &LocalStore) -> LoadJob {
+        use std::io::Write;
+        let good = br#"{"id":"7","created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Tab\tTown"},"favorite_count":1,"retweet_count":2}"#;
+        let records: &[&[u8]] = &[good, b"{\"id\":", b"", good];
+        let mut plain = Vec::new();
+        for r in records {
+            crate::records::frame_into(r, &mut plain);
+        }
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&plain).unwrap();
+        store
+            .put_bytes_if_absent("t/a.log.gz", &e.finish().unwrap())
+            .unwrap();
+        let mut j = job("t/a.log.gz", Compression::Gzip, Some(4), 0);
+        j.expected_sha256 = None;
+        j
+    }
+
+    /// A JSON load: each object's records checked and staged as JSON lines (an empty line for
+    /// each refused record, so line N is record N), the JSONPaths file written beside the
+    /// manifest, COPY reading the staged objects, the rejects the PostgreSQL path's.
+    #[test]
+    fn a_json_load_stages_json_lines_and_copies_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let j = json_object(&store);
+        let next_id = copy_ids(5);
+        let answer: Answer = Rc::new(move |sql: &str| {
+            if sql.contains("pg_last_copy_id") {
+                vec![vec![next_id().to_string()]]
+            } else if sql.starts_with("SELECT count(*)") {
+                vec![vec!["2".into()]]
+            } else {
+                vec![]
+            }
+        });
+        let codec = Codec::new(json_layout());
+        let (mut wh, _) = recorded(answer.clone());
+        let err = wh
+            .load(
+                std::slice::from_ref(&j),
+                &store,
+                &codec,
+                &LoadOptions::default(),
+                &mut |_| {},
+            )
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("record 2: not JSON"), "{err:#}");
+        let (mut wh, log) = recorded(answer);
+        let opts = LoadOptions {
+            max_errors: Some(2),
+            ..Default::default()
+        };
+        let r = wh.load(&[j], &store, &codec, &opts, &mut |_| {}).unwrap();
+        assert_eq!((r[0].records, r[0].loaded, r[0].rejected), (4, 2, 2));
+        let listed = store.list(COPY_MANIFESTS).unwrap();
+        let staged = listed
+            .iter()
+            .find(|o| o.key.ends_with(".staged.json"))
+            .expect("a staged object");
+        let mut body = Vec::new();
+        store.get_into(&staged.key, &mut body).unwrap();
+        let lines: Vec<&[u8]> = body.split(|&b| b == b'\n').collect();
+        assert_eq!(lines.len(), 5, "four lines and the end");
+        assert!(lines[1].is_empty() && lines[2].is_empty() && lines[4].is_empty());
+        let row: serde_json::Value = serde_json::from_slice(lines[0]).unwrap();
+        assert_eq!(row["id"], 7);
+        assert_eq!(row["created_at"], "2024-01-01 00:00:01.000000");
+        assert_eq!(row["location"], "Tab\tTown");
+        assert_eq!(row["user_doc"]["followers_count"], 5);
+        assert_eq!(lines[3], lines[0]);
+        let paths = listed
+            .iter()
+            .find(|o| o.key.ends_with("-jsonpaths.json"))
+            .expect("a JSONPaths file");
+        let mut p = Vec::new();
+        store.get_into(&paths.key, &mut p).unwrap();
+        assert_eq!(p, jsonpaths_file(&codec).into_bytes());
+        let manifest = listed
+            .iter()
+            .find(|o| {
+                o.key.ends_with(".json")
+                    && !o.key.ends_with("-jsonpaths.json")
+                    && !o.key.ends_with(".staged.json")
+            })
+            .unwrap();
+        let mut m = Vec::new();
+        store.get_into(&manifest.key, &mut m).unwrap();
+        let m = String::from_utf8(m).unwrap();
+        assert!(m.contains(&staged.key) && !m.contains("t/a.log.gz"), "{m}");
+        let log = log.borrow();
+        let copy = log.iter().find(|s| s.contains("COPY")).unwrap();
+        assert!(
+            copy.contains("FORMAT AS JSON") && !copy.contains("GZIP"),
+            "{copy}"
+        );
+        let rejects: Vec<&String> = log
+            .iter()
+            .filter(|s| s.contains("batchlayer_rejects"))
+            .collect();
+        assert_eq!(rejects.len(), 2, "{log:#?}");
+        assert!(
+            rejects[0].contains("VALUES ('t/a.log.gz', 2, '{\"id\":', 'not JSON"),
+            "{}",
+            rejects[0]
+        );
+        assert!(
+            rejects[1].contains("VALUES ('t/a.log.gz', 3, '', 'not JSON"),
+            "{}",
+            rejects[1]
+        );
+    }
+
+    /// A staged JSON line over what COPY reads in one JSON object is refused by the check
+    /// (COPY would fail whole), counted like any bad record.
+    #[test]
+    fn a_json_line_over_four_mb_is_refused_before_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let mut l = json_layout();
+        l.columns[3].max_len = None;
+        let rec = format!(
+            r#"{{"id":1,"created_at":"2024-01-01T00:00:01Z","user":{{"followers_count":5,"location":"{}"}},"favorite_count":1,"retweet_count":2}}"#,
+            "x".repeat(JSON_OBJECT_MAX / 2)
+        );
+        let mut plain = Vec::new();
+        crate::records::frame_into(rec.as_bytes(), &mut plain);
+        store.put_bytes_if_absent("t/big.log", &plain).unwrap();
+        let mut j = job("t/big.log", Compression::None, Some(1), 0);
+        j.expected_sha256 = None;
+        let err = check_object(&store, &j, &Codec::new(l), &LoadOptions::default(), "tag")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").contains("more than COPY reads in one JSON object"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -24,6 +24,17 @@
 //!   transaction. `pg_last_copy_id()` and `pg_last_copy_count()` answer for this session;
 //!   the id moves when a COPY begins loading, not when it fails before (the manifest or an
 //!   object unreadable, credentials refused): PG_LAST_COPY_ID.html.
+//! * `COPY ... FORMAT [AS] JSON 's3://jsonpaths_file'` (or `'auto'`), in `standin_json.rs`,
+//!   each rule with its page: the JSONPaths file's documented shape (one object, one
+//!   "jsonpaths" key, an array of non-empty strings; another key name means 'auto'), bracket
+//!   and dot notation (not mixed, no wildcards or filters, array indices >= 0), as many
+//!   expressions as columns; the data's objects and arrays one row each, anything else between
+//!   them a load error, an object over 4 MB failing the COPY; a missing element NULL, an array
+//!   index out of range failing the COPY; objects and arrays into VARCHAR as their JSON text,
+//!   into SUPER (jsonb here) as SUPER values within SUPER's size, string and nesting limits;
+//!   strings converted by the column's type as delimited fields are (TIMEFORMAT, DATEFORMAT,
+//!   varchar bytes), an empty string NULL except in VARCHAR; DELIMITER, ESCAPE or NULL AS
+//!   with JSON refused. SUPER columns are jsonb, `JSON_TYPEOF` is jsonb_typeof.
 //! * Serializable isolation error 1023 can be injected at the COMMIT of a transaction that ran
 //!   a COPY ([`StandInCluster::serial_violations`]); sessions otherwise run read committed.
 //! * Statements Redshift has no form of that PostgreSQL would accept (`CREATE INDEX`,
@@ -53,6 +64,9 @@
 //! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
 //! cluster, and Redshift's serializable isolation (sessions here run read committed).
+
+#[path = "standin_json.rs"]
+pub mod json;
 
 use anyhow::{anyhow, bail, Context, Result};
 use batchlayer::archive::s3::S3Store;
@@ -128,6 +142,11 @@ impl StandInCluster {
                         l.relation::bigint::integer AS relation, l.granted
                  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype IN ('relation', 'transactionid');
+             -- JSON_TYPEOF(super): 'boolean', 'number', 'string', 'object', 'array' or 'null'
+             -- (https://docs.aws.amazon.com/redshift/latest/dg/r_json_typeof.html); SUPER is
+             -- jsonb here, whose jsonb_typeof answers the same names.
+             CREATE FUNCTION {sys}.json_typeof(jsonb) RETURNS text
+                 AS 'SELECT jsonb_typeof($1)' LANGUAGE sql IMMUTABLE;
              CREATE SEQUENCE {sys}.sys_query_ids START {SYS_QUERY_IDS_FROM};
              CREATE TABLE {sys}.sys_load_error_detail (
                  user_id integer, query_id bigint, transaction_id bigint, session_id integer,
@@ -322,9 +341,14 @@ impl StandIn {
         self.log.execute(
             &format!(
                 "INSERT INTO {sys}.sys_load_history (query_id, status, table_name, data_source, file_format, copy_job_id) \
-                 VALUES ($1, 'running', $2, $3, 'txt', 0)"
+                 VALUES ($1, 'running', $2, $3, $4, 0)"
             ),
-            &[&self.sys_id, &stmt.table, &stmt.from],
+            &[
+                &self.sys_id,
+                &stmt.table,
+                &stmt.from,
+                &if stmt.json.is_some() { "json" } else { "txt" },
+            ],
         )?;
         let (errors, r) = self.copy_rows(&stmt);
         let status = if r.is_ok() { "completed" } else { "aborted" };
@@ -356,6 +380,7 @@ impl StandIn {
         let stmt = stmt.clone();
         let cols = self.target_columns(&stmt)?;
         let files = self.fetch(&stmt)?;
+        let paths = self.json_paths(&stmt, &cols)?;
         // pg_last_copy_id() moves when the COPY begins loading, not when it fails before (a
         // syntax, access or credentials error): "The COPY ID is not updated if the COPY
         // command fails because of an error that occurs before the load process begins".
@@ -370,11 +395,11 @@ impl StandIn {
         let fail_at = stmt.max_error.max(1);
         let mut rows = 0u64;
         for (url, data) in &files {
-            for rec in split_records(data, stmt.delimiter, stmt.escape) {
-                match check_record(&rec, &cols, &stmt) {
-                    Ok(()) => {
+            for (rec, row) in rows_of(data, &cols, &stmt, paths.as_deref())? {
+                match row {
+                    Ok(encoded) => {
                         rows += 1;
-                        encode_row(&rec, &cols, &stmt, &mut good);
+                        good.extend_from_slice(&encoded);
                     }
                     Err(e) => {
                         *errors += 1;
@@ -400,6 +425,39 @@ impl StandIn {
         w.finish()?;
         self.last_copy_count = rows as i64;
         Ok(())
+    }
+
+    /// A COPY from JSON: each column's JSONPath, from the JSONPaths file or 'auto' (None for
+    /// delimited data). Read before the load begins, and not subject to MAXERROR ("MAXERROR
+    /// does not apply to the JSONPaths file", copy-parameters-data-format.html#copy-json).
+    /// "Each JSONPath expression corresponds to one column in the Amazon Redshift target
+    /// table" (copy-usage_notes-copy-from-json.html): another count fails the COPY.
+    fn json_paths(
+        &self,
+        stmt: &CopyStatement,
+        cols: &[Col],
+    ) -> Result<Option<Vec<Vec<json::Step>>>> {
+        let Some(source) = &stmt.json else {
+            return Ok(None);
+        };
+        let paths = match source {
+            json::JsonSource::Auto => None,
+            json::JsonSource::Paths(url) => {
+                let body = self
+                    .get(stmt, url)
+                    .with_context(|| format!("reading the JSONPaths file {url}"))?;
+                json::parse_jsonpaths(&body).with_context(|| format!("JSONPaths file {url}"))?
+            }
+        };
+        let paths = paths.unwrap_or_else(|| json::auto_paths(cols));
+        if paths.len() != cols.len() {
+            bail!(
+                "the JSONPaths file has {} expressions for {} columns: each JSONPath expression corresponds to one column of the table or column list",
+                paths.len(),
+                cols.len()
+            );
+        }
+        Ok(Some(paths))
     }
 
     /// The target's columns in the statement's order, with their PostgreSQL types.
@@ -631,6 +689,11 @@ enum ColType {
     Timestamp,
     /// varchar(n): n bytes.
     Varchar(usize),
+    Double,
+    Boolean,
+    Date,
+    /// SUPER, kept as jsonb (https://docs.aws.amazon.com/redshift/latest/dg/r_SUPER_type.html).
+    Super,
 }
 
 impl ColType {
@@ -641,6 +704,10 @@ impl ColType {
             ColType::Integer => "int4",
             ColType::Timestamp => "timestamp",
             ColType::Varchar(_) => "varchar",
+            ColType::Double => "float8",
+            ColType::Boolean => "bool",
+            ColType::Date => "date",
+            ColType::Super => "super",
         }
         .into()
     }
@@ -670,6 +737,10 @@ impl Col {
             "bigint" => ColType::Bigint,
             "integer" => ColType::Integer,
             "timestamp without time zone" => ColType::Timestamp,
+            "double precision" => ColType::Double,
+            "boolean" => ColType::Boolean,
+            "date" => ColType::Date,
+            "jsonb" => ColType::Super,
             v if v.starts_with("character varying(") => ColType::Varchar(
                 v["character varying(".len()..v.len() - 1]
                     .parse()
@@ -705,6 +776,10 @@ pub struct CopyStatement {
     pub timeformat: Option<String>,
     pub null_as: Option<String>,
     pub max_error: u64,
+    /// `FORMAT [AS] JSON '...'`: the data is JSON, its columns found as this says.
+    pub json: Option<json::JsonSource>,
+    /// A chrono format converted from DATEFORMAT.
+    pub dateformat: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -880,7 +955,14 @@ fn parse_option(
     // `[AS]` is optional before these options' values.
     if matches!(
         kw,
-        "DELIMITER" | "REGION" | "TIMEFORMAT" | "NULL" | "MAXERROR"
+        "DELIMITER"
+            | "REGION"
+            | "TIMEFORMAT"
+            | "DATEFORMAT"
+            | "NULL"
+            | "MAXERROR"
+            | "FORMAT"
+            | "JSON"
     ) && matches!(t.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("AS"))
     {
         t.next();
@@ -917,6 +999,15 @@ fn parse_option(
         }
         "REGION" => st.region = Some(string(t.next())?),
         "TIMEFORMAT" => st.timeformat = Some(timeformat(&string(t.next())?)?),
+        "DATEFORMAT" => st.dateformat = Some(timeformat(&string(t.next())?)?),
+        // https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html:
+        // FORMAT [AS] JSON [AS] 'json_option' (the FORMAT keyword is optional); CSV, AVRO,
+        // FIXEDWIDTH, PARQUET and ORC are not modelled.
+        "FORMAT" => match word(t.next())?.as_str() {
+            "JSON" => parse_option("JSON", t, st, keys)?,
+            other => bail!("FORMAT {other} is not modelled by the stand-in"),
+        },
+        "JSON" => st.json = Some(json::json_option(&string(t.next())?)?),
         "NULL" => st.null_as = Some(string(t.next())?),
         "MAXERROR" => match t.next() {
             Some(Tok::Num(n)) if n <= 100_000 => st.max_error = n,
@@ -956,6 +1047,21 @@ fn parse_tokens(toks: Vec<Tok>) -> Result<CopyStatement> {
     }
     if seen.contains("GZIP") && seen.contains("ZSTD") {
         bail!("GZIP and ZSTD together");
+    }
+    if seen.contains("FORMAT") && seen.contains("JSON") {
+        bail!("JSON given twice (FORMAT AS JSON and JSON)");
+    }
+    // "The following options aren't supported with JSON: CSV, DELIMITER, ESCAPE, FILLRECORD,
+    // FIXEDWIDTH, IGNOREBLANKLINES, NULL AS, READRATIO, REMOVEQUOTES"
+    // (https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json);
+    // the others are refused as unmodelled options already.
+    if st.json.is_some() {
+        if let Some(o) = ["DELIMITER", "ESCAPE", "NULL"]
+            .iter()
+            .find(|o| seen.contains(**o))
+        {
+            bail!("{o} is not supported with JSON");
+        }
     }
     if !st.manifest {
         bail!("the stand-in loads only from a manifest (MANIFEST missing)");
@@ -1166,7 +1272,79 @@ fn check_field(c: &Col, f: &[u8], st: &CopyStatement) -> Result<(), (i32, String
             }
             Ok(())
         }
+        ColType::Double => text?
+            .parse::<f64>()
+            .map(|_| ())
+            .map_err(|_| (1208, "Invalid float value, Type: Double".into())),
+        // A part of the input literals the Boolean type page lists
+        // (https://docs.aws.amazon.com/redshift/latest/dg/r_Boolean_type.html); others refused.
+        ColType::Boolean => match text?.to_ascii_lowercase().as_str() {
+            "true" | "t" | "false" | "f" => Ok(()),
+            _ => Err((1210, "Invalid boolean value".into())),
+        },
+        // The default date format is YYYY-MM-DD (r_DATEFORMAT_and_TIMEFORMAT_strings).
+        ColType::Date => {
+            let fmt = st.dateformat.as_deref().unwrap_or("%Y-%m-%d");
+            chrono::NaiveDate::parse_from_str(text?, fmt)
+                .map(|_| ())
+                .map_err(|_| {
+                    (
+                        1205,
+                        "Invalid Date Format - length must be 10 or more".into(),
+                    )
+                })
+        }
+        // A SUPER field of text data: "Amazon Redshift represents SUPER columns in text and
+        // CSV formats as single-line JSON objects" (https://docs.aws.amazon.com/redshift/latest/dg/copy_json.html).
+        ColType::Super => serde_json::from_str::<serde_json::Value>(text?)
+            .map(|_| ())
+            .map_err(|_| (1224, "Invalid JSON for the SUPER data type".into())),
     }
+}
+
+/// A data file's rows, each a PostgreSQL text-COPY row or its load error, with the record the
+/// error views show: delimited lines, or (with `paths`) JSON objects and arrays. Err: the COPY
+/// fails (an object over 4 MB, an array index out of range).
+type Rows = Vec<(Record, std::result::Result<Vec<u8>, LineError>)>;
+
+fn rows_of(
+    data: &[u8],
+    cols: &[Col],
+    st: &CopyStatement,
+    paths: Option<&[Vec<json::Step>]>,
+) -> Result<Rows> {
+    let Some(paths) = paths else {
+        return Ok(split_records(data, st.delimiter, st.escape)
+            .into_iter()
+            .map(|rec| {
+                let row = check_record(&rec, cols, st).map(|()| {
+                    let mut out = Vec::new();
+                    encode_row(&rec, cols, st, &mut out);
+                    out
+                });
+                (rec, row)
+            })
+            .collect());
+    };
+    let mut out = Vec::new();
+    for item in json::items(data)? {
+        let row = json::row(&item, paths, cols, st)?.map(|cells| {
+            let mut row = Vec::new();
+            for (i, c) in cells.iter().enumerate() {
+                if i > 0 {
+                    row.push(b'\t');
+                }
+                match c {
+                    None => row.extend_from_slice(b"\\N"),
+                    Some(v) => pg_escape_into(v.as_bytes(), &mut row),
+                }
+            }
+            row.push(b'\n');
+            row
+        });
+        out.push((json::record_of(&item), row));
+    }
+    Ok(out)
 }
 
 /// Appends a checked record as a PostgreSQL text-COPY row.
@@ -1702,6 +1880,10 @@ pub fn redshift_sql(sql: &str) -> Result<String> {
             // SYSDATE: the start of the transaction in the session's zone (UTC by default).
             // https://docs.aws.amazon.com/redshift/latest/dg/r_SYSDATE.html
             Lex::Word(w) if w.eq_ignore_ascii_case("SYSDATE") => out.push_str("LOCALTIMESTAMP"),
+            // SUPER, Redshift's type for semistructured data, is jsonb here: a JSON value as
+            // it came, objects, arrays, scalars and null alike.
+            // https://docs.aws.amazon.com/redshift/latest/dg/r_SUPER_type.html
+            Lex::Word(w) if w.eq_ignore_ascii_case("SUPER") => out.push_str("jsonb"),
             // GETDATE() is a function of the system schema (`StandInCluster::install`).
             // TEXT is converted to VARCHAR(256), and VARCHAR lengths count bytes: a value cast
             // to TEXT holds at most 256 bytes.
@@ -1780,8 +1962,8 @@ fn user_table(toks: &[Lex], sig: &[usize]) -> Option<String> {
 mod tests {
     use super::*;
     use batchlayer::archive::Compression;
-    use batchlayer::records::{frame_into, Layout};
-    use batchlayer::warehouse::redshift::{copy_sql, CopyGroup, CopySpec, S3Auth};
+    use batchlayer::records::{frame_into, Layout, RecordFormat};
+    use batchlayer::warehouse::redshift::{copy_sql, jsonpaths_file, CopyGroup, CopySpec, S3Auth};
 
     #[test]
     fn parses_the_dialects_copy_exactly() {
@@ -1893,6 +2075,125 @@ mod tests {
             let err = format!("{:#}", ok(bad).unwrap_err());
             assert!(err.contains("does not understand"), "{bad}: {err}");
         }
+    }
+
+    /// The dialect's COPY of staged JSON lines: FORMAT AS JSON with the JSONPaths file, the
+    /// TIMEFORMAT and DATEFORMAT of what it stages, no trailing column; the JSONPaths file it
+    /// writes is one the stand-in reads. DELIMITER, ESCAPE or NULL AS with JSON are refused.
+    #[test]
+    fn parses_the_dialects_json_copy_and_jsonpaths_file() {
+        let spec = CopySpec {
+            archive_url: "s3://b/p".into(),
+            region: "eu-west-1".into(),
+            auth: S3Auth::IamRole("default".into()),
+        };
+        let g = CopyGroup {
+            compression: Compression::None,
+            jobs: vec![0],
+            manifest_key: "_copy_manifests/m.json".into(),
+            max_error: Some(3),
+        };
+        let mut l = Layout::tweets();
+        l.format = RecordFormat::Json;
+        let sql = copy_sql("\"batchlayer_staging\"", &l, &spec, &g, false).unwrap();
+        let st = parse_copy(&sql).unwrap();
+        assert_eq!(st.columns.len(), 6, "no trailing field");
+        assert_eq!(
+            st.json,
+            Some(json::JsonSource::Paths(
+                "s3://b/p/_copy_manifests/m-jsonpaths.json".into()
+            ))
+        );
+        assert_eq!(st.timeformat.as_deref(), Some("%Y-%m-%d %H:%M:%S"));
+        assert_eq!(st.dateformat.as_deref(), Some("%Y-%m-%d"));
+        assert!(!st.escape && st.null_as.is_none() && st.compression.is_none());
+        let paths = json::parse_jsonpaths(jsonpaths_file(&l).as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(paths.len(), 6);
+        assert_eq!(paths[1], vec![json::Step::Key("created_at".into())]);
+        for extra in ["DELIMITER ';'", "ESCAPE", "NULL AS 'None'"] {
+            let err = format!("{:#}", parse_copy(&format!("{sql}\n{extra}")).unwrap_err());
+            assert!(err.contains("not supported with JSON"), "{extra}: {err}");
+        }
+        for other in ["'noshred'", "'auto ignorecase'", "'s4://x'"] {
+            let bad = sql.replace("'s3://b/p/_copy_manifests/m-jsonpaths.json'", other);
+            assert!(parse_copy(&bad).is_err(), "{other}");
+        }
+        let auto = sql.replace("'s3://b/p/_copy_manifests/m-jsonpaths.json'", "'auto'");
+        assert_eq!(
+            parse_copy(&auto).unwrap().json,
+            Some(json::JsonSource::Auto)
+        );
+        let short = sql.replace("FORMAT AS JSON", "JSON");
+        assert!(
+            parse_copy(&short).unwrap().json.is_some(),
+            "JSON without FORMAT"
+        );
+    }
+
+    /// JSONPaths files and expressions: the documented shape, bracket and dot notation, and
+    /// what makes COPY fail.
+    #[test]
+    fn jsonpaths_files_and_expressions_as_documented() {
+        use json::Step::{Index, Key};
+        let read = |s: &str| json::parse_jsonpaths(s.as_bytes());
+        let bracket = read(r#"{"jsonpaths": ["$['a']['b c'][0]", "$[2]"]}"#)
+            .unwrap()
+            .unwrap();
+        let dot = read(r#" {"jsonpaths": ["$.a.b c[0]", "$[2]"]} "#)
+            .unwrap()
+            .unwrap();
+        let want = vec![
+            vec![Key("a".into()), Key("b c".into()), Index(0)],
+            vec![Index(2)],
+        ];
+        assert_eq!((&bracket, &dot), (&want, &want));
+        assert_eq!(read(r#"{"paths": ["$.a"]}"#).unwrap(), None, "'auto'");
+        for bad in [
+            r#"{"jsonpaths": ["$.a", "$['b']"]}"#,
+            r#"{"jsonpaths": ["$.a['b']"]}"#,
+            r#"{"jsonpaths": ["$.a[*]"]}"#,
+            r#"{"jsonpaths": ["$.a[-1]"]}"#,
+            r#"{"jsonpaths": ["$..a"]}"#,
+            r#"{"jsonpaths": ["$.*"]}"#,
+            r#"{"jsonpaths": ["$.a[?(@.b)]"]}"#,
+            r#"{"jsonpaths": ["a.b"]}"#,
+            r#"{"jsonpaths": ["$['a"]}"#,
+            r#"{"jsonpaths": [""]}"#,
+            r#"{"jsonpaths": [1]}"#,
+            r#"{"jsonpaths": "$.a"}"#,
+            r#"{"jsonpaths": ["$.a"], "more": 1}"#,
+            r#"["$.a"]"#,
+            r#"{"jsonpaths": ["$.a"]} x"#,
+            r#"{"jsonpaths": ["$.a"]}{"jsonpaths": ["$.a"]}"#,
+            r#"{"jsonpaths": ["$.a"]"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The data's objects and arrays, each numbered by its last line; white space between
+    /// them is skipped, anything else is one error; an object over 4 MB fails the COPY.
+    #[test]
+    fn json_data_is_read_object_by_object() {
+        let data = b"{\"a\":1}\n\n{\n \"b\": 2\n}\ngarbage here\n[1, 2] 7\n{\"c\":";
+        let items = json::items(data).unwrap();
+        let got: Vec<(u64, bool)> = items.iter().map(|i| (i.line, i.value.is_ok())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, true),
+                (5, true),
+                (6, false),
+                (7, true),
+                (7, false),
+                (8, false)
+            ]
+        );
+        assert_eq!(items[1].raw, b"{\n \"b\": 2\n}");
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(json::JSON_OBJECT_MAX));
+        assert!(json::items(big.as_bytes()).is_err());
     }
 
     #[test]
