@@ -1,7 +1,7 @@
 //! The layout with what decoding its records needs (an Avro topic's writer schemas, read from
 //! the archive): what the loaders call for each record.
 
-use super::value::{self, Cell, Src};
+use super::value::{self, Cell};
 use super::{avro_cells, json, CopyFormat, Layout, RecordFormat, RowError, SchemaBook};
 use std::ops::Deref;
 
@@ -134,10 +134,8 @@ impl Codec {
                     };
                     let s = std::str::from_utf8(raw)
                         .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-                    f(
-                        i,
-                        value::cell(col, Src::Str(s.into()), ts, false).map_err(err)?,
-                    );
+                    let src = value::field_src(col, s).map_err(err)?;
+                    f(i, value::cell(col, src, ts, false).map_err(err)?);
                 }
                 Ok(())
             }

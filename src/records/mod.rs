@@ -482,13 +482,9 @@ impl Layout {
                 }
             }
             ColumnType::Json | ColumnType::Double | ColumnType::Boolean | ColumnType::Date => {
-                let cell = value::cell(
-                    col,
-                    value::Src::Str(s.into()),
-                    &self.timestamp_format,
-                    false,
-                )
-                .map_err(|reason| err(reason))?;
+                let cell = value::field_src(col, s)
+                    .and_then(|src| value::cell(col, src, &self.timestamp_format, false))
+                    .map_err(err)?;
                 cell.write(format, out);
                 return Ok(());
             }

@@ -90,6 +90,17 @@ pub fn cell<'a>(
     }
 }
 
+/// A delimited record's field as a source value: text, but for a `json` column, where the
+/// field must be JSON itself.
+pub fn field_src<'a>(col: &Column, s: &'a str) -> Result<Src<'a>, String> {
+    if col.ty != ColumnType::Json || col.null_marker.as_deref() == Some(s) {
+        return Ok(Src::Str(s.into()));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(s)
+        .map(|_| Src::Compound(s.to_string()))
+        .map_err(|e| format!("not JSON ({e})"))
+}
+
 fn kind(s: &Src<'_>) -> &'static str {
     match s {
         Src::Missing => "missing",
@@ -223,12 +234,9 @@ fn text<'a>(col: &Column, src: Src<'a>) -> Result<Cow<'a, str>, String> {
 fn json(src: Src<'_>) -> Result<Cow<'_, str>, String> {
     let j: Cow<'_, str> = match src {
         Src::Compound(j) => j.into(),
-        // A whole value given as text (delimited records) must be JSON; a string value of a
-        // JSON or Avro record is a JSON string.
-        Src::Str(s) => match serde_json::from_str::<serde_json::Value>(&s) {
-            Ok(_) if !s.is_empty() => s,
-            _ => serde_json::Value::String(s.into_owned()).to_string().into(),
-        },
+        // A string value of a JSON or Avro record is a JSON string (a delimited field comes
+        // as a compound: `field_src`).
+        Src::Str(s) => serde_json::Value::String(s.into_owned()).to_string().into(),
         Src::Int(v) => v.to_string().into(),
         Src::Uint(v) => v.to_string().into(),
         Src::Float(v) if v.is_finite() => serde_json::Value::from(v).to_string().into(),
@@ -407,6 +415,10 @@ mod tests {
             ok(&j, Src::Str("x\"y".into())),
             Cell::Json("\"x\\\"y\"".into())
         );
+        // A string that looks like JSON stays a string; a delimited field is JSON itself.
+        assert_eq!(ok(&j, Src::Str("[1]".into())), Cell::Json("\"[1]\"".into()));
+        assert_eq!(field_src(&j, "[1]"), Ok(Src::Compound("[1]".into())));
+        assert!(field_src(&j, "[1").unwrap_err().contains("not JSON"));
         assert!(cell(&j, Src::Compound("\"a\\u0000\"".into()), ISO, true).is_err());
         let mut t = col(ColumnType::Text);
         t.max_len = Some(3);
