@@ -528,11 +528,15 @@ fn schema_registry_over_https_with_a_ca_file() {
     for ca in [None, Some(c.other_ca.as_path())] {
         let err = format!("{:#}", client(ca).register("t-value", schema).unwrap_err());
         assert!(
-            err.contains(&format!("schema registry {https}: POST /subjects/t-value/versions"))
-                && err.to_ascii_lowercase().contains("certificate"),
+            err.contains(&format!(
+                "schema registry {https}: POST /subjects/t-value/versions"
+            )) && err.to_ascii_lowercase().contains("certificate"),
             "{ca:?}: {err}"
         );
-        assert!(!err.contains("gave up"), "a refused certificate is not retried: {err}");
+        assert!(
+            !err.contains("gave up"),
+            "a refused certificate is not retried: {err}"
+        );
     }
     let trusted = client(Some(&c.ca));
     let id = trusted.register("t-value", schema).unwrap();

@@ -160,8 +160,7 @@ pub fn read_schemas(store: &dyn ObjectStore) -> Result<Vec<StoredSchema>> {
     let mut out = Vec::new();
     for id in schema_ids_stored(store)? {
         out.push(
-            read_schema(store, id)?
-                .ok_or_else(|| StoreError::NotFound(layout::schema_key(id)))?,
+            read_schema(store, id)?.ok_or_else(|| StoreError::NotFound(layout::schema_key(id)))?,
         );
     }
     Ok(out)
