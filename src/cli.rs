@@ -437,6 +437,18 @@ pub struct ProduceArgs {
     /// Create the topic with this many partitions first (if it does not exist).
     #[arg(long)]
     pub partitions: Option<i32>,
+    /// The messages' format: the delimited records, JSON, or Avro in the Confluent wire format
+    /// (the schema registered first under the subject `{topic}-value`; needs [schema_registry]).
+    #[arg(long, value_enum, default_value_t = TweetFormat::Delimited)]
+    pub format: TweetFormat,
+}
+
+/// How `produce-tweets` writes each tweet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TweetFormat {
+    Delimited,
+    Json,
+    Avro,
 }
 
 /// Parses a whole number of seconds.

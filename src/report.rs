@@ -167,6 +167,7 @@ mod tests {
         let p = ProduceSummary {
             produced: 3,
             topic: "tweets".into(),
+            schema_id: None,
         };
         let doc = Part::Produce(&p).document().unwrap();
         assert_eq!(doc.to_string(), r#"{"produced":3,"topic":"tweets"}"#);

@@ -337,3 +337,70 @@ fn basic_auth_is_sent_and_a_wrong_password_is_a_clear_refusal() {
     assert_eq!(s["schemas_stored"], serde_json::json!([id]), "{s}");
     assert_eq!(committed(&w, &[0]), vec![Some(2)]);
 }
+
+#[test]
+fn produce_tweets_writes_json_and_avro_registering_the_schema_first() {
+    if !stack_up() {
+        return;
+    }
+    use batchlayer::records::avro::confluent_frame;
+    use batchlayer::tweets::{tweet_with, TWEET_AVRO_SCHEMA};
+    let sr = RegistryStandIn::start(&[]);
+    let w = world("sr_produce", &sr.url);
+    let args = |fmt: &'static str| {
+        vec![
+            "produce-tweets",
+            "--format",
+            fmt,
+            "--count",
+            "20",
+            "--seed",
+            "5",
+            "--locations",
+            "3",
+            "--partitions",
+            "1",
+        ]
+    };
+    let p = w.json(&args("avro"));
+    let id = p["schema_id"].as_u64().unwrap_or_else(|| panic!("{p}")) as u32;
+    // Registered under {topic}-value; registering again gives the same id.
+    let c = client(&sr.url, None);
+    assert_eq!(
+        c.register(&format!("{}-value", w.topic), TWEET_AVRO_SCHEMA)
+            .unwrap(),
+        id
+    );
+    let p = w.json(&args("avro"));
+    assert_eq!(p["schema_id"], id, "{p}");
+    let s = w.json(&["ingest"]);
+    assert_eq!(s["messages"], 40, "{s}");
+    assert_eq!(s["schemas_stored"], serde_json::json!([id]), "{s}");
+    let got = stored_schema(&w, id).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&got.schema).unwrap(),
+        serde_json::from_str::<serde_json::Value>(TWEET_AVRO_SCHEMA).unwrap()
+    );
+    let want: Vec<Vec<u8>> = (0..2)
+        .flat_map(|_| (0..20).map(|i| confluent_frame(id, &tweet_with(5, i, 3, false).avro_body())))
+        .collect();
+    let archived = archived_messages(w.store().as_ref());
+    let recs: Vec<Vec<u8>> = archived[&0].iter().flat_map(|o| o.2.clone()).collect();
+    assert!(
+        recs == want,
+        "the archived Avro messages differ from the tweets' frames"
+    );
+    // JSON tweets: Tweet::json, no registry needed.
+    let wj = World::local("sr_produce_json");
+    let p = wj.json(&args("json"));
+    assert!(p.get("schema_id").is_none(), "{p}");
+    wj.run_ok(&["ingest"]);
+    let archived = archived_messages(wj.store().as_ref());
+    let recs: Vec<Vec<u8>> = archived[&0].iter().flat_map(|o| o.2.clone()).collect();
+    let want: Vec<Vec<u8>> = (0..20).map(|i| tweet_with(5, i, 3, false).json()).collect();
+    assert_eq!(recs, want);
+    // Avro without a registry is a configuration error.
+    let (code, _, err) = wj.run(&args("avro"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[schema_registry] url"), "{err}");
+}

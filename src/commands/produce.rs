@@ -1,7 +1,10 @@
-//! Hidden `produce-tweets`: sends N deterministic synthetic tweets (quickstart, tests, benchmarks).
+//! Hidden `produce-tweets`: sends N deterministic synthetic tweets (quickstart, tests, benchmarks),
+//! as delimited records, JSON, or Avro in the Confluent wire format (the schema registered in
+//! the Schema Registry first).
 
-use crate::cli::ProduceArgs;
+use crate::cli::{ProduceArgs, TweetFormat};
 use crate::config::{KafkaSettings, Settings};
+use crate::registry::RegistryClient;
 use crate::report::Report;
 use crate::tweets::tweet_with;
 use anyhow::{anyhow, Context, Result};
@@ -46,6 +49,29 @@ pub struct ProduceOptions {
     pub duplicate_every: u64,
     pub partitions: Option<i32>,
     pub long_locations: bool,
+    pub encoding: Encoding,
+}
+
+/// How each tweet becomes a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// `Tweet::record`, the tweets layout.
+    #[default]
+    Delimited,
+    /// `Tweet::json`.
+    Json,
+    /// `Tweet::avro_body` after the Confluent header with this schema id.
+    Avro(u32),
+}
+
+impl Encoding {
+    fn message(self, t: &crate::tweets::Tweet) -> Vec<u8> {
+        match self {
+            Encoding::Delimited => t.record().into_bytes(),
+            Encoding::Json => t.json(),
+            Encoding::Avro(id) => crate::records::avro::confluent_frame(id, &t.avro_body()),
+        }
+    }
 }
 
 /// What `produce-tweets` did.
@@ -53,10 +79,19 @@ pub struct ProduceOptions {
 pub struct ProduceSummary {
     pub produced: u64,
     pub topic: String,
+    /// The id the registry gave the tweets' Avro schema (`--format avro`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_id: Option<u32>,
 }
 
 /// `batchlayer produce-tweets` (hidden): produces, and reports how many.
 pub fn exec(a: &ProduceArgs, s: &Settings) -> Result<Report> {
+    let kafka = s.require_kafka()?;
+    let encoding = match a.format {
+        TweetFormat::Delimited => Encoding::Delimited,
+        TweetFormat::Json => Encoding::Json,
+        TweetFormat::Avro => Encoding::Avro(register_tweet_schema(s, &kafka.topic)?),
+    };
     let opts = ProduceOptions {
         count: a.count,
         seed: a.seed,
@@ -64,12 +99,29 @@ pub fn exec(a: &ProduceArgs, s: &Settings) -> Result<Report> {
         duplicate_every: a.duplicate_every,
         partitions: a.partitions,
         long_locations: a.long_locations,
+        encoding,
     };
-    let n = run(s.require_kafka()?, &opts)?;
+    let n = run(kafka, &opts)?;
     Ok(Report::Produce(ProduceSummary {
         produced: n,
         topic: s.kafka.topic.clone(),
+        schema_id: match encoding {
+            Encoding::Avro(id) => Some(id),
+            _ => None,
+        },
     }))
+}
+
+/// Registers the tweets' Avro schema under the subject `{topic}-value` (Confluent's default
+/// subject name for a topic's values), or finds it registered; returns its id.
+fn register_tweet_schema(s: &Settings, topic: &str) -> Result<u32> {
+    let Some(r) = &s.schema_registry else {
+        return Err(crate::error::Error::config(
+            "produce-tweets --format avro registers the tweets' schema: set [schema_registry] url (or BATCHLAYER_SCHEMA_REGISTRY_URL)",
+        )
+        .into());
+    };
+    RegistryClient::new(r)?.register(&format!("{topic}-value"), crate::tweets::TWEET_AVRO_SCHEMA)
 }
 
 fn client_config(k: &KafkaSettings) -> Result<ClientConfig> {
@@ -114,7 +166,9 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
         .context("creating Kafka producer")?;
     let mut sent = 0u64;
     for i in 0..o.count {
-        let rec = tweet_with(o.seed, i, o.locations, o.long_locations).record();
+        let rec = o
+            .encoding
+            .message(&tweet_with(o.seed, i, o.locations, o.long_locations));
         let key = i.to_string();
         let copies = if o.duplicate_every > 0 && i % o.duplicate_every == 0 {
             2
