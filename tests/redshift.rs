@@ -217,6 +217,7 @@ both_flavours!(
     one_awkward_archive_loads_the_same_into_postgresql_and_redshift,
     the_stand_in_converts_as_copy_is_documented,
     one_awkward_json_archive_loads_the_same_into_postgresql_and_redshift,
+    one_awkward_avro_archive_loads_the_same_into_postgresql_and_redshift,
     a_json_record_redshift_refuses_is_rejected_under_its_archived_line,
     the_stand_in_reads_json_as_copy_is_documented,
     the_stand_in_refuses_json_copies_as_redshift_does,
@@ -1617,6 +1618,120 @@ fn one_awkward_json_archive_loads_the_same_into_postgresql_and_redshift(serverle
     assert!(reason(8).contains("32-bit"), "{}", reason(8));
     assert!(reason(9).contains("not JSON"), "{}", reason(9));
     assert!(reason(13).contains("longer than 256"), "{}", reason(13));
+}
+
+/// Issue 25 on Redshift, Avro: one awkward archive of Confluent-framed tweets (two writer
+/// versions, one of them adding a field with a default; bad framing, a truncated body, an id
+/// the archive lacks, values that do not fit) gives the same rows and rejects in both.
+fn one_awkward_avro_archive_loads_the_same_into_postgresql_and_redshift(serverless: bool) {
+    use batchlayer::archive::catalog::store_schema;
+    use batchlayer::archive::layout::StoredSchema;
+    use batchlayer::records::avro::{confluent_frame, encode, Schema};
+    use batchlayer::tweets::{tweet, Tweet, TWEET_AVRO_SCHEMA};
+    let Some((w, t)) = target("rsavro", serverless) else {
+        return;
+    };
+    // Version 2 adds `lang` with a default.
+    let v2 = TWEET_AVRO_SCHEMA.replace(
+        r#"{"name": "retweet_count", "type": "int"}"#,
+        r#"{"name": "retweet_count", "type": "int"}, {"name": "lang", "type": "string", "default": "und"}"#,
+    );
+    assert_ne!(v2, TWEET_AVRO_SCHEMA);
+    for (id, text) in [(1, TWEET_AVRO_SCHEMA), (2, v2.as_str())] {
+        let s = StoredSchema {
+            id,
+            schema: text.to_string(),
+            registry: "http://registry.test".into(),
+            schema_type: None,
+        };
+        store_schema(t.store().as_ref(), &s).unwrap();
+    }
+    let mut layout = Layout::tweets();
+    layout.format = RecordFormat::Avro;
+    for c in &mut layout.columns {
+        c.null_marker = None;
+        if c.name == "followers_count" || c.name == "location" {
+            c.field = Some(format!("user.{}", c.name));
+        }
+    }
+    let mut lang = Column::new("lang", ColumnType::Text);
+    lang.max_len = Some(8);
+    layout.columns.push(lang);
+    let with = |loc: Option<&str>| Tweet {
+        location: loc.map(String::from),
+        ..tweet(3, 1, 4)
+    };
+    let v1 = |t: &Tweet| confluent_frame(1, &t.avro_body());
+    let s2 = Schema::parse(&v2).unwrap();
+    let as_v2 = |id: i64, lang: &str| {
+        let body = encode(
+            &s2,
+            &serde_json::json!({"id": id, "created_at": 1_704_067_201_000i64, "user": {"followers_count": 5, "location": "Lima"}, "favorite_count": 1, "retweet_count": 2, "lang": lang}),
+        )
+        .unwrap();
+        confluent_frame(2, &body)
+    };
+    let good = with(Some("Paris")).avro_body();
+    let messages: Vec<Vec<u8>> = vec![
+        v1(&Tweet {
+            id: 1,
+            ..with(Some("Zürich – 東京 🚀"))
+        }),
+        v1(&Tweet {
+            id: 2,
+            ..with(Some("a\tb\nc\\d \"q\" 'e'"))
+        }),
+        v1(&Tweet {
+            id: 3,
+            ..with(None)
+        }),
+        as_v2(4, "de"),
+        // Bad: JSON, no header, truncated, an id the archive lacks, too long, too long for lang.
+        br#"{"id":5}"#.to_vec(),
+        vec![0, 0, 0],
+        confluent_frame(1, &good[..good.len() - 3]),
+        confluent_frame(7, &good),
+        v1(&Tweet {
+            id: 9,
+            ..with(Some(&"x".repeat(300)))
+        }),
+        as_v2(10, "far-too-long"),
+        Vec::new(),
+        v1(&Tweet {
+            id: 9_007_199_254_740_993,
+            ..with(Some("Rome"))
+        }),
+    ];
+    let c = loads_the_same_into_both(&w, &t, &layout, &messages, Some(100));
+    assert_eq!(
+        (c.summary.rows, c.summary.rejects),
+        (5, 7),
+        "{:?}",
+        c.summary
+    );
+    let row = |id: &str| c.rows.iter().find(|r| r[0].as_deref() == Some(id)).unwrap();
+    assert_eq!(row("1")[3].as_deref(), Some("Zürich – 東京 🚀"));
+    assert_eq!(row("2")[3].as_deref(), Some("a\tb\nc\\d \"q\" 'e'"));
+    assert_eq!(row("3")[3], None, "a null location");
+    assert_eq!(
+        row("1")[6].as_deref(),
+        Some("und"),
+        "version 1 takes version 2's default"
+    );
+    assert_eq!(row("4")[6].as_deref(), Some("de"));
+    assert_eq!(row("4")[1].as_deref(), Some("2024-01-01 00:00:01"));
+    let lines: Vec<i64> = c.rejects.iter().map(|r| r.1).collect();
+    assert_eq!(lines, vec![5, 6, 7, 8, 9, 10, 11]);
+    let reason = |line: i64| &c.rejects.iter().find(|r| r.1 == line).unwrap().3;
+    assert!(reason(5).contains("magic byte"), "{}", reason(5));
+    assert!(reason(7).contains("writer schema 1"), "{}", reason(7));
+    assert!(reason(8).contains("schema id 7"), "{}", reason(8));
+    assert!(
+        reason(9).contains("Avro field user.location"),
+        "{}",
+        reason(9)
+    );
+    assert!(reason(10).contains("column lang"), "{}", reason(10));
 }
 
 /// A record the loader's check accepts and Redshift's COPY refuses (200 `é` in a
