@@ -160,7 +160,7 @@ def main():
                 pipe = (f"{venv_py} {peer} {schema_file} {framed} | "
                         + " ".join(PG) + f" -c \"\\copy {psch}.batch_raw FROM STDIN\"")
                 secs, rss, _ = timed(["bash", "-o", "pipefail", "-c", pipe])
-                name = "fastavro in Python | psql \\copy"
+                name = "fastavro in Python, piped to psql \\copy"
             count = subprocess.run(PG + ["-At", "-c", f"SELECT count(*) FROM {psch}.batch_raw"],
                                    capture_output=True, text=True, check=True).stdout.strip()
             if int(count) != n:
@@ -188,8 +188,8 @@ def report(n, a, res, payload):
     checks = [
         ("JSON copy vs psql \\copy into jsonb + INSERT ... SELECT",
          med[("json", "copy", "psql \\copy into jsonb + INSERT ... SELECT")][0] / bl("json", "copy"), ">= 1.5x", 1.5),
-        ("Avro copy vs fastavro | psql \\copy",
-         med[("avro", "copy", "fastavro in Python | psql \\copy")][0] / bl("avro", "copy"), ">= 3x", 3.0),
+        ("Avro copy vs fastavro piped to psql \\copy",
+         med[("avro", "copy", "fastavro in Python, piped to psql \\copy")][0] / bl("avro", "copy"), ">= 3x", 3.0),
         ("JSON ingest vs bare consumer",
          med[("json", "ingest", "bare librdkafka consumer (limit)")][0] / bl("json", "ingest"), ">= 0.9x", 0.9),
         ("Avro ingest vs bare consumer",

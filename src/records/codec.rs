@@ -11,6 +11,8 @@ pub struct Codec {
     layout: Layout,
     /// Avro: the archive's writer schemas.
     schemas: std::sync::Arc<SchemaBook>,
+    /// JSON: each column's pointer.
+    pointers: Vec<String>,
 }
 
 impl Deref for Codec {
@@ -24,6 +26,7 @@ impl Codec {
     /// A codec for a layout whose records need nothing else (delimited and JSON).
     pub fn new(layout: Layout) -> Codec {
         Codec {
+            pointers: layout.columns.iter().map(|c| c.json_pointer()).collect(),
             layout,
             schemas: Default::default(),
         }
@@ -34,8 +37,8 @@ impl Codec {
     pub fn with_schemas(layout: Layout, schemas: &[(u32, String)]) -> anyhow::Result<Codec> {
         let book = SchemaBook::new(schemas, &layout.columns)?;
         Ok(Codec {
-            layout,
             schemas: std::sync::Arc::new(book),
+            ..Codec::new(layout)
         })
     }
 
@@ -110,7 +113,7 @@ impl Codec {
             RecordFormat::Json => {
                 let doc = json::parse(rec)?;
                 for (i, col) in self.layout.columns.iter().enumerate() {
-                    f(i, json::cell(col, &doc, ts)?);
+                    f(i, json::cell(col, &self.pointers[i], &doc, ts)?);
                 }
                 Ok(())
             }

@@ -38,19 +38,22 @@ pub fn src_of(v: &Value) -> Src<'_> {
     }
 }
 
-/// The cell of `col` in the parsed record `doc`; errors name the column and the pointer.
-pub fn cell<'a>(col: &Column, doc: &'a Value, ts_format: &str) -> Result<Cell<'a>, RowError> {
-    let pointer = col.json_pointer();
-    let src = src_at(doc, &pointer);
-    let shown = match &src {
-        Src::Missing => None,
-        Src::Str(s) => Some(s.to_string()),
-        _ => doc.pointer(&pointer).map(|v| v.to_string()),
-    };
+/// The cell of `col` in the parsed record `doc`, its value at `pointer` (the column's
+/// [`Column::json_pointer`]); errors name the column and the pointer.
+pub fn cell<'a>(
+    col: &Column,
+    pointer: &str,
+    doc: &'a Value,
+    ts_format: &str,
+) -> Result<Cell<'a>, RowError> {
+    let src = src_at(doc, pointer);
     let null_ok = col.nullable.unwrap_or(false);
     value::cell(col, src, ts_format, null_ok).map_err(|reason| RowError {
         column: Some(col.name.clone()),
-        value: shown,
+        value: doc.pointer(pointer).map(|v| match v {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }),
         reason: format!("at JSON pointer {pointer:?}: {reason}"),
     })
 }
@@ -64,25 +67,34 @@ mod tests {
     fn pointers_reach_nested_values_and_missing_ones_are_named() {
         let doc = parse(br#"{"id":"12","user":{"loc":null,"n":3},"tags":["a"]}"#).unwrap();
         let mut id = Column::new("id", ColumnType::Bigint);
-        assert_eq!(cell(&id, &doc, "%F").unwrap(), Cell::Bigint(12));
+        assert_eq!(
+            cell(&id, &id.json_pointer(), &doc, "%F").unwrap(),
+            Cell::Bigint(12)
+        );
         let mut n = Column::new("n", ColumnType::Int);
         n.path = Some("/user/n".into());
-        assert_eq!(cell(&n, &doc, "%F").unwrap(), Cell::Int(3));
+        assert_eq!(
+            cell(&n, &n.json_pointer(), &doc, "%F").unwrap(),
+            Cell::Int(3)
+        );
         let mut loc = Column::new("loc", ColumnType::Text);
         loc.path = Some("/user/loc".into());
-        let e = cell(&loc, &doc, "%F").unwrap_err();
+        let e = cell(&loc, &loc.json_pointer(), &doc, "%F").unwrap_err();
         assert_eq!(e.column.as_deref(), Some("loc"));
         assert!(e.reason.contains("\"/user/loc\""), "{e}");
         loc.nullable = Some(true);
-        assert_eq!(cell(&loc, &doc, "%F").unwrap(), Cell::Null);
+        assert_eq!(
+            cell(&loc, &loc.json_pointer(), &doc, "%F").unwrap(),
+            Cell::Null
+        );
         let mut whole = Column::new("doc", ColumnType::Json);
         whole.path = Some(String::new());
-        let Cell::Json(j) = cell(&whole, &doc, "%F").unwrap() else {
+        let Cell::Json(j) = cell(&whole, &whole.json_pointer(), &doc, "%F").unwrap() else {
             panic!()
         };
         assert_eq!(serde_json::from_str::<Value>(&j).unwrap(), doc);
         id.path = Some("/nope".into());
-        let e = cell(&id, &doc, "%F").unwrap_err();
+        let e = cell(&id, &id.json_pointer(), &doc, "%F").unwrap_err();
         assert!(e.reason.contains("no value"), "{e}");
         assert!(parse(b"{\"a\":")
             .unwrap_err()
