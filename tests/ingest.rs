@@ -251,7 +251,7 @@ fn two_concurrent_runs_in_one_group_archive_each_message_once() {
         "the runs did not share the partitions: {split:?}"
     );
     // Between them, the two runs archived everything, exactly once: a third run finds nothing.
-    let third = w.json(&["ingest"]);
+    let third = w.json_after_members_left(&["ingest"]);
     assert_eq!(
         third["messages"].as_u64().unwrap(),
         0,
@@ -801,7 +801,7 @@ fn members_side_by_side_with_data_arriving_keep_the_head_and_archive_each_messag
     eprintln!("side by side: {sent} messages, runs:\n{}", runs.join("\n"));
     // One clean run, which waits for the killed runs' members to be gone.
     w.kafka_toml = String::new();
-    let last = w.json(&["ingest"]);
+    let last = w.json_after_members_left(&["ingest"]);
     assert!(
         last["held_by_others"].as_array().unwrap().is_empty(),
         "{last}"
