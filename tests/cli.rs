@@ -142,14 +142,13 @@ fn shipped_example_configs_load() {
                 "{}",
                 p.display()
             );
-            if s.layout.format == batchlayer::records::RecordFormat::Delimited {
-                assert_eq!(
-                    s.layout,
-                    batchlayer::records::Layout::tweets(),
-                    "{}",
-                    p.display()
-                );
-            }
+            use batchlayer::records::{Layout, RecordFormat};
+            let want = match s.layout.format {
+                RecordFormat::Delimited => Layout::tweets(),
+                RecordFormat::Json => Layout::tweets_json(),
+                RecordFormat::Avro => Layout::tweets_avro(),
+            };
+            assert_eq!(s.layout, want, "{}", p.display());
         }
     }
 }

@@ -112,6 +112,40 @@ fn text_rows(sql: &str) -> Vec<Vec<Option<String>>> {
         .collect()
 }
 
+/// The rejects table holds exactly the records whose `expected` entry is Some (by record
+/// number, in order), each reason containing that text, and naming a column where `of_column`
+/// says the text is a column's.
+fn assert_rejects_name(w: &World, expected: &[Option<&str>], of_column: fn(&str) -> bool) {
+    let rejects = text_rows(&format!(
+        "SELECT line::text AS l, reason FROM {}.batchlayer_rejects ORDER BY line",
+        w.schema
+    ));
+    let want: Vec<(usize, &str)> = expected
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.map(|r| (i + 1, r)))
+        .collect();
+    assert_eq!(rejects.len(), want.len(), "{rejects:?}");
+    for (row, (line, needle)) in rejects.iter().zip(&want) {
+        assert_eq!(
+            row[0].as_deref(),
+            Some(line.to_string().as_str()),
+            "{row:?}"
+        );
+        let reason = row[1].as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(needle),
+            "record {line}: {reason:?} does not name {needle}"
+        );
+        if of_column(needle) {
+            assert!(
+                reason.contains("column "),
+                "record {line}: {reason:?} names no column"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_json_records_of_each_kind_land_in_rejects_naming_column_and_pointer() {
     if !stack_up() {
@@ -171,34 +205,8 @@ fn bad_json_records_of_each_kind_land_in_rejects_naming_column_and_pointer() {
     let bad = msgs.iter().filter(|(_, r)| r.is_some()).count() as u64;
     assert_eq!(c["rejects"].as_u64(), Some(bad), "{c}");
     assert_eq!(c["rows"].as_u64(), Some(msgs.len() as u64 - bad), "{c}");
-    let rejects = text_rows(&format!(
-        "SELECT line::text AS l, reason FROM {}.batchlayer_rejects ORDER BY line",
-        w.schema
-    ));
-    let want: Vec<(usize, &str)> = msgs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, r))| r.map(|r| (i + 1, r)))
-        .collect();
-    assert_eq!(rejects.len(), want.len(), "{rejects:?}");
-    for (row, (line, needle)) in rejects.iter().zip(&want) {
-        assert_eq!(
-            row[0].as_deref(),
-            Some(line.to_string().as_str()),
-            "{row:?}"
-        );
-        let reason = row[1].as_deref().unwrap_or_default();
-        assert!(
-            reason.contains(needle),
-            "record {line}: {reason:?} does not name {needle}"
-        );
-        if needle.starts_with('/') || needle.starts_with('"') {
-            assert!(
-                reason.contains("column "),
-                "record {line}: {reason:?} names no column"
-            );
-        }
-    }
+    let expected: Vec<Option<&str>> = msgs.iter().map(|(_, r)| *r).collect();
+    assert_rejects_name(&w, &expected, |n| n.starts_with('/') || n.starts_with('"'));
     // The good rows: a null location is NULL, a digit-string id a bigint, the json column the
     // user object as jsonb.
     let rows = text_rows(&format!(
@@ -428,32 +436,6 @@ fn bad_avro_records_of_each_kind_land_in_rejects_naming_column_and_field() {
     assert!(err.contains("magic byte"), "{err}");
     let c = w.json(&["copy", "--max-errors", "100"]);
     assert_eq!(c["rows"].as_u64(), Some(2), "{c}");
-    let rejects = text_rows(&format!(
-        "SELECT line::text AS l, reason FROM {}.batchlayer_rejects ORDER BY line",
-        w.schema
-    ));
-    let want: Vec<(usize, &str)> = msgs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (_, r))| r.map(|r| (i + 1, r)))
-        .collect();
-    assert_eq!(rejects.len(), want.len(), "{rejects:?}");
-    for (row, (line, needle)) in rejects.iter().zip(&want) {
-        assert_eq!(
-            row[0].as_deref(),
-            Some(line.to_string().as_str()),
-            "{row:?}"
-        );
-        let reason = row[1].as_deref().unwrap_or_default();
-        assert!(
-            reason.contains(needle),
-            "record {line}: {reason:?} does not name {needle}"
-        );
-        if needle.starts_with("Avro field") {
-            assert!(
-                reason.contains("column "),
-                "record {line}: {reason:?} names no column"
-            );
-        }
-    }
+    let expected: Vec<Option<&str>> = msgs.iter().map(|(_, r)| *r).collect();
+    assert_rejects_name(&w, &expected, |n| n.starts_with("Avro field"));
 }

@@ -15,7 +15,7 @@ use batchlayer::commands::aggregate::{self, AggregateOptions};
 use batchlayer::commands::copy::{self, CopyOptions, CopySummary};
 use batchlayer::config::{ArchiveSettings, Secret};
 use batchlayer::output::Output;
-use batchlayer::records::{frame_into, Column, ColumnType, Layout, RecordFormat};
+use batchlayer::records::{frame_into, Column, ColumnType, Layout};
 use batchlayer::warehouse::redshift::{CopySpec, Flavour, Redshift, S3Auth};
 use batchlayer::warehouse::{
     quote_literal, LoadJob, LoadOptions, Names, OffsetRange, SqlSession, Warehouse,
@@ -1388,19 +1388,7 @@ fn the_stand_in_converts_as_copy_is_documented(serverless: bool) {
 /// The tweets as JSON records (issue 25's example), with two `json` columns: the whole
 /// `/user` object (required) and `/entities` (nullable, mostly missing: NULL).
 fn json_tweets_layout() -> Layout {
-    let mut l = Layout::tweets();
-    l.format = RecordFormat::Json;
-    for c in &mut l.columns {
-        c.null_marker = None;
-        match c.name.as_str() {
-            "followers_count" => c.path = Some("/user/followers_count".into()),
-            "location" => {
-                c.path = Some("/user/location".into());
-                c.nullable = Some(true);
-            }
-            _ => {}
-        }
-    }
+    let mut l = Layout::tweets_json();
     let mut user = Column::new("user_doc", ColumnType::Json);
     user.path = Some("/user".into());
     let mut entities = Column::new("entities", ColumnType::Json);
@@ -1646,14 +1634,7 @@ fn one_awkward_avro_archive_loads_the_same_into_postgresql_and_redshift(serverle
         };
         store_schema(t.store().as_ref(), &s).unwrap();
     }
-    let mut layout = Layout::tweets();
-    layout.format = RecordFormat::Avro;
-    for c in &mut layout.columns {
-        c.null_marker = None;
-        if c.name == "followers_count" || c.name == "location" {
-            c.field = Some(format!("user.{}", c.name));
-        }
-    }
+    let mut layout = Layout::tweets_avro();
     let mut lang = Column::new("lang", ColumnType::Text);
     lang.max_len = Some(8);
     layout.columns.push(lang);

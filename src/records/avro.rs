@@ -1150,6 +1150,21 @@ impl<'a> Decoder<'a> {
     /// A zig-zag varint of at most 64 significant bits.
     #[inline]
     fn long(&mut self) -> Result<i64, DecodeError> {
+        let acc = self.varint(63, 0x01, false)?;
+        Ok((acc >> 1) as i64 ^ -((acc & 1) as i64))
+    }
+
+    /// A zig-zag varint of at most 32 significant bits.
+    #[inline]
+    fn int(&mut self) -> Result<i32, DecodeError> {
+        let acc = self.varint(28, 0x0f, true)? as u32;
+        Ok((acc >> 1) as i32 ^ -((acc & 1) as i32))
+    }
+
+    /// The raw bits of a varint whose byte at `last_shift` may be at most `max_last` (which
+    /// ends it): more is an overflow of an int or a long.
+    #[inline]
+    fn varint(&mut self, last_shift: u32, max_last: u8, int: bool) -> Result<u64, DecodeError> {
         let start = self.pos;
         let mut acc: u64 = 0;
         let mut shift = 0u32;
@@ -1158,34 +1173,12 @@ impl<'a> Decoder<'a> {
                 return Err(self.err(start, DecodeErrorKind::TruncatedVarint));
             };
             self.pos += 1;
-            if shift == 63 && b > 1 {
-                return Err(self.err(start, DecodeErrorKind::VarintOverflow { int: false }));
+            if shift == last_shift && b > max_last {
+                return Err(self.err(start, DecodeErrorKind::VarintOverflow { int }));
             }
             acc |= ((b & 0x7f) as u64) << shift;
             if b < 0x80 {
-                return Ok((acc >> 1) as i64 ^ -((acc & 1) as i64));
-            }
-            shift += 7;
-        }
-    }
-
-    /// A zig-zag varint of at most 32 significant bits.
-    #[inline]
-    fn int(&mut self) -> Result<i32, DecodeError> {
-        let start = self.pos;
-        let mut acc: u32 = 0;
-        let mut shift = 0u32;
-        loop {
-            let Some(&b) = self.buf.get(self.pos) else {
-                return Err(self.err(start, DecodeErrorKind::TruncatedVarint));
-            };
-            self.pos += 1;
-            if shift == 28 && b > 0x0f {
-                return Err(self.err(start, DecodeErrorKind::VarintOverflow { int: true }));
-            }
-            acc |= ((b & 0x7f) as u32) << shift;
-            if b < 0x80 {
-                return Ok((acc >> 1) as i32 ^ -((acc & 1) as i32));
+                return Ok(acc);
             }
             shift += 7;
         }

@@ -151,28 +151,11 @@ mod tests {
     use super::*;
     use crate::records::{Column, ColumnType};
 
-    fn json_tweets() -> Layout {
-        let mut l = Layout::tweets();
-        l.format = RecordFormat::Json;
-        for c in &mut l.columns {
-            c.null_marker = None;
-            match c.name.as_str() {
-                "followers_count" => c.path = Some("/user/followers_count".into()),
-                "location" => {
-                    c.path = Some("/user/location".into());
-                    c.nullable = Some(true);
-                }
-                _ => {}
-            }
-        }
-        l
-    }
-
     const TWEET: &[u8] = br#"{"id":7,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Tab\tTown"},"favorite_count":1,"retweet_count":2}"#;
 
     #[test]
     fn a_json_tweet_becomes_the_same_rows_as_its_delimited_twin() {
-        let j = Codec::new(json_tweets());
+        let j = Codec::new(Layout::tweets_json());
         let d = Codec::new(Layout::tweets());
         let twin = "7;2024-01-01 00:00:01;5;Tab\tTown;1;2;".as_bytes();
         for format in [CopyFormat::Text, CopyFormat::Binary] {
@@ -194,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_bad_json_record_leaves_nothing_and_names_column_and_pointer() {
-        let j = Codec::new(json_tweets());
+        let j = Codec::new(Layout::tweets_json());
         let mut out = b"kept".to_vec();
         let rec = br#"{"id":7,"created_at":"2024-01-01T00:00:01Z","user":{"followers_count":"many"},"favorite_count":1,"retweet_count":2}"#;
         for format in [CopyFormat::Text, CopyFormat::Binary] {
@@ -210,7 +193,7 @@ mod tests {
 
     #[test]
     fn json_columns_take_subtrees() {
-        let mut l = json_tweets();
+        let mut l = Layout::tweets_json();
         let mut u = Column::new("user_doc", ColumnType::Json);
         u.path = Some("/user".into());
         l.columns.push(u);
@@ -221,23 +204,12 @@ mod tests {
         assert_eq!(v["user_doc"]["followers_count"], 5);
     }
 
-    fn avro_tweets() -> Layout {
-        let mut l = Layout::tweets();
-        l.format = RecordFormat::Avro;
-        for c in &mut l.columns {
-            c.null_marker = None;
-            if c.name == "followers_count" || c.name == "location" {
-                c.field = Some(format!("user.{}", c.name));
-            }
-        }
-        l
-    }
-
     #[test]
     fn avro_tweets_become_the_same_rows_as_their_delimited_twins() {
         use crate::records::avro::confluent_frame;
         use crate::tweets::{tweet_with, TWEET_AVRO_SCHEMA};
-        let a = Codec::with_schemas(avro_tweets(), &[(3, TWEET_AVRO_SCHEMA.to_string())]).unwrap();
+        let a = Codec::with_schemas(Layout::tweets_avro(), &[(3, TWEET_AVRO_SCHEMA.to_string())])
+            .unwrap();
         let d = Codec::new(Layout::tweets());
         for i in 0..200 {
             let t = tweet_with(5, i, 40, i % 3 == 0);
@@ -261,7 +233,8 @@ mod tests {
     fn bad_avro_records_name_what_is_wrong() {
         use crate::records::avro::confluent_frame;
         use crate::tweets::{tweet, TWEET_AVRO_SCHEMA};
-        let a = Codec::with_schemas(avro_tweets(), &[(3, TWEET_AVRO_SCHEMA.to_string())]).unwrap();
+        let a = Codec::with_schemas(Layout::tweets_avro(), &[(3, TWEET_AVRO_SCHEMA.to_string())])
+            .unwrap();
         let body = tweet(1, 1, 4).avro_body();
         let mut out = Vec::new();
         let reason = |msg: &[u8]| a.to_pg_binary_row(msg, &mut Vec::new()).unwrap_err();
@@ -272,7 +245,7 @@ mod tests {
             .contains("schema id 9 is not in the archive"));
         let e = reason(&confluent_frame(3, &body[..body.len() - 1]));
         assert!(e.reason.contains("writer schema 3"), "{e}");
-        let mut narrow = avro_tweets();
+        let mut narrow = Layout::tweets_avro();
         narrow.columns[3].max_len = Some(1);
         let n = Codec::with_schemas(narrow, &[(3, TWEET_AVRO_SCHEMA.to_string())]).unwrap();
         let long = crate::tweets::Tweet {

@@ -269,6 +269,39 @@ impl Layout {
         }
     }
 
+    /// The tweets as JSON messages (`tweets::Tweet::json`, `examples/tweets-json.toml`):
+    /// followers and location under `/user`, location nullable.
+    pub fn tweets_json() -> Layout {
+        let mut l = Layout::tweets();
+        l.format = RecordFormat::Json;
+        for c in &mut l.columns {
+            c.null_marker = None;
+            match c.name.as_str() {
+                "followers_count" => c.path = Some("/user/followers_count".into()),
+                "location" => {
+                    c.path = Some("/user/location".into());
+                    c.nullable = Some(true);
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    /// The tweets as Avro messages of `tweets::TWEET_AVRO_SCHEMA`
+    /// (`examples/tweets-avro.toml`): followers and location in the `user` record.
+    pub fn tweets_avro() -> Layout {
+        let mut l = Layout::tweets();
+        l.format = RecordFormat::Avro;
+        for c in &mut l.columns {
+            c.null_marker = None;
+            if c.name == "followers_count" || c.name == "location" {
+                c.field = Some(format!("user.{}", c.name));
+            }
+        }
+        l
+    }
+
     /// Validates one record and writes it as a PostgreSQL text-COPY row into `out`.
     /// On error, `out` is left as it was and the error names the column, value and reason.
     pub fn to_pg_copy_row(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<(), RowError> {

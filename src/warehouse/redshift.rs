@@ -1607,9 +1607,16 @@ mod tests {
         }
     }
 
+    /// `plain` gzip-compressed, as an archived `.log.gz` object holds it.
+    fn gzip(plain: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(plain).unwrap();
+        e.finish().unwrap()
+    }
+
     /// An archived object of `n` good tweet records, framed and compressed as `c` says.
     fn object(c: Compression, n: u64) -> Vec<u8> {
-        use std::io::Write;
         let mut plain = Vec::new();
         for i in 0..n {
             crate::records::frame_into(
@@ -1619,11 +1626,7 @@ mod tests {
         }
         match c {
             Compression::None => plain,
-            Compression::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(&plain).unwrap();
-                e.finish().unwrap()
-            }
+            Compression::Gzip => gzip(&plain),
             Compression::Zstd => zstd::encode_all(&plain[..], 1).unwrap(),
         }
     }
@@ -2090,7 +2093,6 @@ MAXERROR 3"
     /// records the rejects with the PostgreSQL path's line, raw prefix, reason, length and sha256.
     #[test]
     fn bad_records_are_rejected_before_copy_as_on_postgresql() {
-        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path().to_path_buf());
         let mut plain = Vec::new();
@@ -2103,10 +2105,8 @@ MAXERROR 3"
         for r in records {
             crate::records::frame_into(r, &mut plain);
         }
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(&plain).unwrap();
         store
-            .put_bytes_if_absent("t/a.log.gz", &e.finish().unwrap())
+            .put_bytes_if_absent("t/a.log.gz", &gzip(&plain))
             .unwrap();
         let mut j = job("t/a.log.gz", Compression::Gzip, Some(3), 0);
         j.expected_sha256 = None;
@@ -2335,19 +2335,7 @@ FROM "sys_load_error_detail" WHERE "query_id" = 900001 AND trim("file_name") = '
     /// The tweets as JSON records, with a json column (SUPER) of the whole user; the layout
     /// keeps the tweets' trailing delimiter, which JSON records do not have.
     fn json_layout() -> Layout {
-        let mut l = Layout::tweets();
-        l.format = RecordFormat::Json;
-        for c in &mut l.columns {
-            c.null_marker = None;
-            match c.name.as_str() {
-                "followers_count" => c.path = Some("/user/followers_count".into()),
-                "location" => {
-                    c.path = Some("/user/location".into());
-                    c.nullable = Some(true);
-                }
-                _ => {}
-            }
-        }
+        let mut l = Layout::tweets_json();
         let mut user = crate::records::Column::new("user_doc", ColumnType::Json);
         user.path = Some("/user".into());
         l.columns.push(user);
@@ -2447,17 +2435,14 @@ MAXERROR 4"
 
     /// `t/a.log.gz`: a good JSON tweet, a truncated one, an empty message, the good one again.
     fn json_object(store: &LocalStore) -> LoadJob {
-        use std::io::Write;
         let good = br#"{"id":"7","created_at":"2024-01-01T00:00:01Z","user":{"followers_count":5,"location":"Tab\tTown"},"favorite_count":1,"retweet_count":2}"#;
         let records: &[&[u8]] = &[good, b"{\"id\":", b"", good];
         let mut plain = Vec::new();
         for r in records {
             crate::records::frame_into(r, &mut plain);
         }
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(&plain).unwrap();
         store
-            .put_bytes_if_absent("t/a.log.gz", &e.finish().unwrap())
+            .put_bytes_if_absent("t/a.log.gz", &gzip(&plain))
             .unwrap();
         let mut j = job("t/a.log.gz", Compression::Gzip, Some(4), 0);
         j.expected_sha256 = None;
