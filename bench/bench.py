@@ -311,6 +311,11 @@ def write_index():
                 pass
             with open(os.path.join(bench, name)) as g:
                 f.write(g.read() + "\n")
+        # Many topics (bench/topics.py, examples/bench_topics.sh): one file, a row per size.
+        path = os.path.join(bench, "results-topics.md")
+        if os.path.exists(path):
+            with open(path) as g:
+                f.write(g.read() + "\n")
         f.write(scaling())
         # Kept beside the runs: notes on them, and the archive-size scaling (bench/scale.py).
         for extra in ("notes.md", "scale-results.md"):

@@ -95,9 +95,11 @@ pub struct KafkaOpts {
     /// Kafka bootstrap servers. [config: kafka.brokers; env: BATCHLAYER_KAFKA_BROKERS]
     #[arg(long, value_name = "HOST:PORT,...")]
     pub brokers: Option<String>,
-    /// Kafka topic. [config: kafka.topic; env: BATCHLAYER_KAFKA_TOPIC]
-    #[arg(long)]
-    pub topic: Option<String>,
+    /// Kafka topic; repeatable, and `^...` is a regex: with many topics in the config
+    /// (kafka.topics, kafka.topics_pattern) only those it names. [config: kafka.topic; env:
+    /// BATCHLAYER_KAFKA_TOPIC]
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: Vec<String>,
     /// Kafka consumer group. [config: kafka.group; env: BATCHLAYER_KAFKA_GROUP]
     #[arg(long)]
     pub group: Option<String>,
@@ -158,7 +160,6 @@ pub enum Command {
 impl Command {
     /// The flags that override the environment and the config file.
     pub fn overrides(&self) -> Overrides {
-        let none = (None, None, None);
         let (kafka, archive, warehouse, compression) = match self {
             Command::Ingest(a) => (Some(&a.kafka), Some(&a.archive), None, a.compression),
             Command::Copy(a) => (None, Some(&a.archive), Some(&a.warehouse), None),
@@ -168,12 +169,21 @@ impl Command {
             Command::ProduceTweets(a) => (Some(&a.kafka), None, None, None),
             Command::Completions(_) | Command::Man(_) => (None, None, None, None),
         };
-        let (brokers, topic, group) = kafka
+        let (brokers, mut topics, group) = kafka
             .map(|k| (k.brokers.clone(), k.topic.clone(), k.group.clone()))
-            .unwrap_or(none);
+            .unwrap_or((None, Vec::new(), None));
+        if let Command::Copy(a) = self {
+            topics = a.topics.clone();
+        }
+        // One plain topic replaces kafka.topic, as it always did.
+        let topic = match topics.as_slice() {
+            [t] if !t.starts_with('^') && !matches!(self, Command::Copy(_)) => Some(t.clone()),
+            _ => None,
+        };
         Overrides {
             brokers,
             topic,
+            topics,
             group,
             archive: archive.and_then(|a| a.archive.clone()),
             s3_endpoint: archive.and_then(|a| a.s3_endpoint.clone()),
@@ -279,6 +289,9 @@ pub struct IngestArgs {
 pub struct CopyArgs {
     #[command(flatten)]
     pub archive: ArchiveOpts,
+    /// Load only this topic (repeatable; `^...` is a regex).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    pub topics: Vec<String>,
     #[command(flatten)]
     pub warehouse: WarehouseOpts,
     /// List what would be loaded and the SQL; load nothing.

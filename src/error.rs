@@ -39,6 +39,10 @@ pub enum Error {
     /// The audit found problems (exit 6).
     #[error("inconsistent: {0}")]
     Inconsistent(String),
+    /// A run over many topics in which some failed: the first failed topic's exit code, and a
+    /// line naming each.
+    #[error("{msg}")]
+    Topics { code: u8, msg: String },
 }
 
 impl Error {
@@ -54,6 +58,7 @@ impl Error {
             Error::Gate(_) => GATE,
             Error::Unhealthy(_) => UNHEALTHY,
             Error::Inconsistent(_) => INCONSISTENT,
+            Error::Topics { code, .. } => *code,
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct Figures {
     pub lag: Vec<(i32, i64)>,
     /// (view, rows) of each view aggregate built or rolled back.
     pub views: Vec<(String, i64)>,
+    /// A run over many topics: each topic's figures and exit code (0, or its failure's),
+    /// written with a `topic` label; the step's own figures are their sums.
+    pub topics: Vec<(String, u8, Figures)>,
 }
 
 impl Figures {
@@ -87,6 +90,33 @@ impl Figures {
                 views: views.iter().map(|v| (v.view.clone(), v.rows)).collect(),
                 ..Figures::default()
             },
+            ("ingest" | "copy", Report::Many(m)) => {
+                let mut total = Figures::default();
+                let mut topics = Vec::new();
+                for (t, r) in &m.topics {
+                    let f = Figures::from_report(step, r)?;
+                    let add = |a: &mut Option<u64>, b: Option<u64>| {
+                        if let Some(b) = b {
+                            *a = Some(a.unwrap_or(0) + b);
+                        }
+                    };
+                    add(&mut total.messages, f.messages);
+                    add(&mut total.bytes, f.bytes);
+                    add(&mut total.objects, f.objects);
+                    add(&mut total.rows, f.rows);
+                    add(&mut total.rejects, f.rejects);
+                    add(&mut total.skipped_offsets, f.skipped_offsets);
+                    topics.push((t.clone(), OK, f));
+                }
+                for t in &m.idle {
+                    topics.push((t.clone(), OK, Figures::default()));
+                }
+                for (t, f) in &m.failed {
+                    topics.push((t.clone(), f.exit, Figures::default()));
+                }
+                topics.sort_by(|a, b| a.0.cmp(&b.0));
+                Figures { topics, ..total }
+            }
             ("ingest" | "copy" | "aggregate", _) => bail!("{step} reported no summary"),
             (other, _) => bail!("no metrics for step {other}"),
         };
@@ -194,6 +224,54 @@ impl StepMetrics {
                     .set(*rows);
             }
         }
+        if !f.topics.is_empty() {
+            let code = family::<Gauge>(
+                &mut reg,
+                "batchlayer_topic_exit_code",
+                "Exit code of each topic of the step's last run over many topics (0 ok)",
+            );
+            let mut per: Vec<(&str, Family<Labels, Gauge>)> = Vec::new();
+            for (what, help) in [
+                (
+                    "messages",
+                    "Kafka messages the last run archived, per topic",
+                ),
+                ("bytes", "Bytes the last run archived or loaded, per topic"),
+                (
+                    "objects",
+                    "Objects the last run stored or loaded, per topic",
+                ),
+                ("rows", "Rows the last run loaded, per topic"),
+                ("rejects", "Records the last run rejected, per topic"),
+                (
+                    "skipped_offsets",
+                    "Offsets the last run skipped as done already, per topic",
+                ),
+            ] {
+                per.push((
+                    what,
+                    family::<Gauge>(&mut reg, &format!("batchlayer_topic_{what}"), help),
+                ));
+            }
+            for (t, exit, tf) in &f.topics {
+                let l = labels(&self.step, Some(("topic", t.clone())));
+                code.get_or_create(&l).set(i64::from(*exit));
+                let values = [
+                    tf.messages,
+                    tf.bytes,
+                    tf.objects,
+                    tf.rows,
+                    tf.rejects,
+                    tf.skipped_offsets,
+                ];
+                for ((_, g), v) in per.iter().zip(values) {
+                    if let Some(v) = v {
+                        g.get_or_create(&l)
+                            .set(i64::try_from(v).unwrap_or(i64::MAX));
+                    }
+                }
+            }
+        }
         let mut text = String::new();
         encode(&mut text, &reg).map_err(|e| anyhow!("encoding metrics: {e}"))?;
         Ok(text)
@@ -253,12 +331,16 @@ pub fn finish(
     let written = (|| {
         let m = StepMetrics {
             step: step.to_string(),
-            exit_code: result.as_ref().map_or_else(code_for, |_| OK),
+            // A run over many topics reports even when topics failed; its verdict is theirs.
+            exit_code: match &result {
+                Ok(r) => r.outcome().err().map_or(OK, |e| code_for(&e)),
+                Err(e) => code_for(e),
+            },
             finished_at,
             duration_seconds: started.elapsed().as_secs_f64(),
             last_success: match &result {
-                Ok(_) => Some(finished_at),
-                Err(_) => std::fs::read_to_string(path)
+                Ok(r) if r.outcome().is_ok() => Some(finished_at),
+                _ => std::fs::read_to_string(path)
                     .ok()
                     .and_then(|t| last_success_in(&t, step)),
             },

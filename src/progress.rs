@@ -124,6 +124,9 @@ impl TimeRules {
 /// One partition along the chain.
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionProgress {
+    /// The topic, when a gate looks at several (aggregate over many topics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     pub partition: i32,
     /// The group's committed offset (next to read); None when nothing is committed.
     pub committed: Option<i64>,
@@ -181,6 +184,7 @@ pub fn progress(
             .collect();
         let prefix = prefixes.get(&p);
         let mut pp = PartitionProgress {
+            topic: None,
             partition: p,
             committed: c,
             start,
@@ -308,8 +312,13 @@ pub fn holding_back(parts: &[PartitionProgress], t: DateTime<Utc>) -> Vec<String
                 (Some(o), None) => format!("loaded through offset {o}, time unknown"),
                 _ => "nothing loaded".to_string(),
             };
+            let topic = p
+                .topic
+                .as_ref()
+                .map(|t| format!("topic {t} "))
+                .unwrap_or_default();
             format!(
-                "partition {} ({through}; end offset {}, lag {}, {} objects not loaded)",
+                "{topic}partition {} ({through}; end offset {}, lag {}, {} objects not loaded)",
                 p.partition, p.end, p.lag, p.unloaded_objects
             )
         })
@@ -379,6 +388,7 @@ mod tests {
 
     fn part(p: i32, end: i64, next: Option<i64>, through_at: Option<&str>) -> PartitionProgress {
         PartitionProgress {
+            topic: None,
             partition: p,
             committed: next,
             start: 0,

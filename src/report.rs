@@ -6,6 +6,8 @@
 use crate::commands::{audit, status};
 use crate::output::{Human, Summary};
 use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 pub use crate::commands::aggregate::AggregateSummary;
 pub use crate::commands::audit::AuditReport;
@@ -24,8 +26,169 @@ pub enum Report {
     Status(StatusReport),
     Audit(AuditReport),
     Produce(ProduceSummary),
+    /// A run over many topics: each topic's report.
+    Many(Many),
     /// A command that reports nothing (completions, man).
     None,
+}
+
+/// A step run over many topics: each topic's report (as its single-topic run reports it),
+/// the topics that failed, and those it found nothing to do for.
+#[derive(Debug, Default)]
+pub struct Many {
+    pub step: &'static str,
+    pub topics: BTreeMap<String, Report>,
+    pub failed: BTreeMap<String, Failure>,
+    pub idle: Vec<String>,
+}
+
+/// Why one topic of a run over many failed, and the exit code it alone would have had.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub error: String,
+    pub exit: u8,
+}
+
+impl Many {
+    pub fn new(step: &'static str) -> Many {
+        Many {
+            step,
+            ..Default::default()
+        }
+    }
+
+    /// Records one topic's result: its report, or its failure (the others go on).
+    pub fn record(&mut self, topic: &str, r: Result<Report>, out: &crate::output::Output) {
+        match r {
+            Ok(rep) => {
+                self.topics.insert(topic.to_string(), rep);
+            }
+            Err(e) => {
+                let f = Failure {
+                    error: format!("{e:#}"),
+                    exit: crate::error::code_for(&e),
+                };
+                out.warn(&format!("topic {topic}: {} (exit {})", f.error, f.exit));
+                self.failed.insert(topic.to_string(), f);
+            }
+        }
+    }
+
+    /// Fails (the first failed topic's exit code) naming every failed topic.
+    pub fn outcome(&self) -> Result<()> {
+        let Some(first) = self.failed.values().next() else {
+            return Ok(());
+        };
+        let n = self.failed.len() + self.topics.len() + self.idle.len();
+        let each: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(t, f)| format!("topic {t}: {}", f.error))
+            .collect();
+        Err(crate::error::Error::Topics {
+            code: first.exit,
+            msg: format!(
+                "{} of {n} topics failed: {}",
+                self.failed.len(),
+                each.join("; ")
+            ),
+        }
+        .into())
+    }
+
+    /// The single-topic summaries of the topics, by name.
+    fn documents(&self) -> serde_json::Result<serde_json::Map<String, serde_json::Value>> {
+        let mut m = serde_json::Map::new();
+        for (t, r) in &self.topics {
+            let docs: Vec<serde_json::Value> = r
+                .parts()
+                .iter()
+                .map(|p| p.document())
+                .collect::<serde_json::Result<_>>()?;
+            let doc = match docs.len() {
+                1 => docs.into_iter().next().unwrap_or_default(),
+                _ => serde_json::Value::Array(docs),
+            };
+            m.insert(t.clone(), doc);
+        }
+        Ok(m)
+    }
+
+    fn totals(&self) -> Vec<(&'static str, serde_json::Value)> {
+        let keys: &[&'static str] = match self.step {
+            "ingest" => &["messages", "objects", "bytes"],
+            "copy" => &["rows", "objects", "rejects", "bytes"],
+            "status" => &["lag"],
+            _ => &[],
+        };
+        let mut t: BTreeMap<&'static str, u64> = keys.iter().map(|k| (*k, 0)).collect();
+        for r in self.topics.values() {
+            match r {
+                Report::Ingest(s) => {
+                    *t.entry("messages").or_default() += s.messages;
+                    *t.entry("objects").or_default() += s.objects as u64;
+                    *t.entry("bytes").or_default() += s.bytes;
+                }
+                Report::Copy(s) => {
+                    *t.entry("rows").or_default() += s.rows;
+                    *t.entry("objects").or_default() += s.objects as u64;
+                    *t.entry("rejects").or_default() += s.rejects;
+                    *t.entry("bytes").or_default() += s.bytes;
+                }
+                Report::Status(s) => {
+                    *t.entry("lag").or_default() += s.total_lag.max(0) as u64;
+                }
+                _ => {}
+            }
+        }
+        let mut v: Vec<(&'static str, serde_json::Value)> =
+            t.into_iter().map(|(k, n)| (k, n.into())).collect();
+        let problems: Vec<String> = self
+            .topics
+            .values()
+            .flat_map(|r| match r {
+                Report::Status(s) => s.problems.clone(),
+                Report::Audit(a) => a.problems.iter().map(|f| f.line()).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if matches!(self.step, "status" | "audit") {
+            v.push(("problems", problems.into()));
+        }
+        v
+    }
+
+    fn human(&self) -> String {
+        let mut s = String::new();
+        for (t, r) in &self.topics {
+            for p in r.parts() {
+                match p.human() {
+                    Human::Line(l) => s += &format!("topic {t}: {l}\n"),
+                    Human::Table(text) => s += &text,
+                }
+            }
+        }
+        for (t, f) in &self.failed {
+            s += &format!("topic {t}: FAILED (exit {}): {}\n", f.exit, f.error);
+        }
+        let totals: Vec<String> = self
+            .totals()
+            .into_iter()
+            .filter(|(k, _)| *k != "problems")
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect();
+        s += &format!(
+            "{}: {} topics ({} with something to do, {} idle, {} failed){}{}",
+            self.step,
+            self.topics.len() + self.idle.len() + self.failed.len(),
+            self.topics.len(),
+            self.idle.len(),
+            self.failed.len(),
+            if totals.is_empty() { "" } else { ": " },
+            totals.join(", ")
+        );
+        s
+    }
 }
 
 /// One summary of a report: with `--json`, one JSON document on a line of stdout.
@@ -38,6 +201,7 @@ pub enum Part<'a> {
     Status(&'a StatusReport),
     Audit(&'a AuditReport),
     Produce(&'a ProduceSummary),
+    Many(&'a Many),
 }
 
 impl Report {
@@ -50,6 +214,7 @@ impl Report {
             Report::Status(s) => vec![Part::Status(s)],
             Report::Audit(s) => vec![Part::Audit(s)],
             Report::Produce(s) => vec![Part::Produce(s)],
+            Report::Many(m) => vec![Part::Many(m)],
             Report::None => Vec::new(),
         }
     }
@@ -60,6 +225,29 @@ impl Report {
         match self {
             Report::Status(s) => Ok(s.outcome()?),
             Report::Audit(s) => Ok(s.outcome()?),
+            Report::Many(m) => {
+                // Each topic's own verdict (a threshold, an audit problem) counts as its failure.
+                let mut m2 = Many {
+                    step: m.step,
+                    failed: m.failed.clone(),
+                    ..Default::default()
+                };
+                for (t, r) in &m.topics {
+                    if let Err(e) = r.outcome() {
+                        m2.failed.insert(
+                            t.clone(),
+                            Failure {
+                                error: format!("{e:#}"),
+                                exit: crate::error::code_for(&e),
+                            },
+                        );
+                    } else {
+                        m2.topics.insert(t.clone(), Report::None);
+                    }
+                }
+                m2.idle = m.idle.clone();
+                m2.outcome()
+            }
             _ => Ok(()),
         }
     }
@@ -77,6 +265,16 @@ impl Summary for Part<'_> {
             Part::Status(s) => serde_json::to_value(s),
             Part::Audit(s) => serde_json::to_value(s),
             Part::Produce(s) => serde_json::to_value(s),
+            Part::Many(m) => {
+                let mut doc = serde_json::Map::new();
+                doc.insert("topics".into(), serde_json::Value::Object(m.documents()?));
+                doc.insert("failed".into(), serde_json::to_value(&m.failed)?);
+                doc.insert("idle".into(), serde_json::to_value(&m.idle)?);
+                for (k, v) in m.totals() {
+                    doc.insert(k.into(), v);
+                }
+                Ok(serde_json::Value::Object(doc))
+            }
         }
     }
 
@@ -91,6 +289,8 @@ impl Summary for Part<'_> {
             Part::Produce(s) => {
                 Human::Line(format!("produced {} messages to {}", s.produced, s.topic))
             }
+            Part::Many(m) if matches!(m.step, "status" | "audit") => Human::Table(m.human() + "\n"),
+            Part::Many(m) => Human::Line(m.human()),
         }
     }
 }

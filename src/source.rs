@@ -384,6 +384,97 @@ pub struct ReplayRange {
     pub to: Option<ReplayPoint>,
 }
 
+/// Where a group stands in many topics at once, from one client: the cluster's topics (one
+/// metadata request), the group's committed offsets (one request) and the end offsets (one
+/// request per leader). What a run over many topics reads before it joins the group for the
+/// topics that have new messages.
+#[derive(Debug, Default)]
+pub struct GroupOverview {
+    /// Every topic of the cluster (the broker's own, `__*`, left out), sorted.
+    pub topics: Vec<String>,
+    /// Per topic asked for: per partition, the committed offset (None: none) and the end.
+    pub positions: std::collections::BTreeMap<String, Vec<(i32, Option<i64>, i64)>>,
+}
+
+impl GroupOverview {
+    /// Reads the cluster's topics, and the positions of those `want` takes.
+    pub fn read(k: &KafkaSettings, want: &dyn Fn(&str) -> bool) -> Result<GroupOverview> {
+        let mut cfg = client_config(k);
+        cfg.set("group.id", &k.group)
+            .set("enable.auto.commit", "false")
+            .set("allow.auto.create.topics", "false");
+        let ctx = Ctx {
+            msk: k.msk_iam.as_ref().map(msk_iam::MskTokens::new),
+            ..Ctx::default()
+        };
+        let c: BaseConsumer<Ctx> = cfg
+            .create_with_context(ctx)
+            .map_err(|e| anyhow!("creating Kafka client for {}: {e}", k.brokers))?;
+        first_token(&c, &k.brokers)?;
+        let timeout = Duration::from_secs(30);
+        let md = c
+            .fetch_metadata(None, timeout)
+            .map_err(|e| anyhow!("cannot reach Kafka at {}: {e}", k.brokers))?;
+        let mut out = GroupOverview::default();
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = TopicPartitionList::new();
+        for t in md.topics() {
+            if t.name().starts_with("__") || t.error().is_some() {
+                continue;
+            }
+            out.topics.push(t.name().to_string());
+            if !want(t.name()) {
+                continue;
+            }
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+                ends.add_partition_offset(t.name(), p.id(), Offset::End)?;
+            }
+        }
+        out.topics.sort();
+        if tpl.count() == 0 {
+            return Ok(out);
+        }
+        let committed = c
+            .committed_offsets(tpl, timeout)
+            .with_context(|| format!("reading group {}'s committed offsets", k.group))?;
+        // The latest offset of each partition (ListOffsets with timestamp -1), batched.
+        let ends = c
+            .offsets_for_times(ends, timeout)
+            .with_context(|| format!("reading end offsets from {}", k.brokers))?;
+        let end_of: HashMap<(String, i32), i64> = ends
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect();
+        for e in committed.elements() {
+            let Some(&end) = end_of.get(&(e.topic().to_string(), e.partition())) else {
+                bail!(
+                    "no end offset for {}/{} from {}",
+                    e.topic(),
+                    e.partition(),
+                    k.brokers
+                );
+            };
+            let at = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            out.positions
+                .entry(e.topic().to_string())
+                .or_default()
+                .push((e.partition(), at, end));
+        }
+        for v in out.positions.values_mut() {
+            v.sort();
+        }
+        Ok(out)
+    }
+}
+
 impl KafkaSource {
     pub fn connect(k: &KafkaSettings, mode: Mode) -> Result<Self> {
         if let Some(key) = PINNED_CONSUMER_PROPERTIES

@@ -123,12 +123,13 @@ fn config_sections() -> Vec<(&'static str, BTreeSet<&'static str>)> {
         ("kafka", fields::<KafkaFile>()),
         ("archive", fields::<ArchiveFile>()),
         ("warehouse", fields::<WarehouseFile>()),
-        ("records", fields::<RecordsFile>()),
+        ("records", fields::<LayoutFile>()),
         ("aggregate", fields::<AggregateFile>()),
         ("retry", fields::<RetryFile>()),
         ("log", fields::<LogFile>()),
         ("status", fields::<StatusFile>()),
         ("schema_registry", fields::<SchemaRegistryFile>()),
+        ("topics", fields::<TopicFile>()),
     ];
     let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(

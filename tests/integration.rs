@@ -24,3 +24,4 @@ mod registry;
 mod replay;
 mod status;
 mod tls;
+mod topics;

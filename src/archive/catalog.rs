@@ -82,6 +82,52 @@ pub fn topics(store: &dyn ObjectStore) -> Result<Vec<String>> {
     Ok(topics)
 }
 
+/// The index of change ([`layout::TOPICS_INDEX`]): per topic, its keys there, sorted. One
+/// folder listing for every topic of the archive.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeIndex(BTreeMap<String, Vec<String>>);
+
+impl ChangeIndex {
+    pub fn read(store: &dyn ObjectStore) -> Result<ChangeIndex> {
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for o in store
+            .list_folder(layout::TOPICS_INDEX)
+            .context("listing the index of change (_topics/)")?
+        {
+            let rest = &o.key[layout::TOPICS_INDEX.len()..];
+            if let Some((topic, _)) = rest.split_once('+') {
+                m.entry(topic.to_string()).or_default().push(o.key.clone());
+            }
+        }
+        for v in m.values_mut() {
+            v.sort();
+        }
+        Ok(ChangeIndex(m))
+    }
+
+    /// The topic's keys (empty when it has none: an archive older than the index).
+    pub fn keys(&self, topic: &str) -> &[String] {
+        self.0.get(topic).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Records in the index that a manifest of this topic was stored: its key, then the
+    /// topic's keys this index listed go (another run's newer key, stored meanwhile, stays:
+    /// copy then sees two keys, a change).
+    pub fn mark(&self, store: &dyn ObjectStore, topic: &str, manifest_key: &str) -> Result<()> {
+        let name = layout::manifest_name(manifest_key).unwrap_or(manifest_key);
+        let key = layout::topic_index_key(topic, name);
+        store
+            .put_bytes(&key, b"")
+            .with_context(|| format!("storing {key} (the index of change)"))?;
+        for old in self.keys(topic).iter().filter(|k| **k != key) {
+            if let Err(e) = store.delete(old) {
+                tracing::warn!("removing {old} from the index of change: {e:#}");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every run manifest of every topic, newest first (by name: the time it was stored, or its
 /// run's start for manifests of older versions).
 pub fn manifests_newest_first(store: &dyn ObjectStore) -> Result<Vec<String>> {
@@ -281,6 +327,12 @@ impl<'a> Catalog<'a> {
             }
             return Ok((legacy, fragments));
         }
+    }
+
+    /// The head as the last writer mirrored it in `head.json` (one read; never ahead of
+    /// [`Catalog::head`], behind it only while runs store heads side by side).
+    pub fn mirrored_head(&self) -> Result<Option<CatalogHead>> {
+        get_json(self.store, &layout::catalog_head_key(&self.topic), "")
     }
 
     /// The topic's head; an archive without one is at epoch 0 with no recorded positions.

@@ -14,6 +14,16 @@ pub const REJECTED: &str = "_rejected/";
 pub const COPY_MANIFESTS: &str = "_copy_manifests/";
 /// Where the catalog keeps each topic's head: `_catalog/{topic}/head.json`.
 pub const CATALOG: &str = "_catalog/";
+/// The cross-topic index of change: one empty object per topic, `_topics/{topic}+{manifest}`,
+/// named by the newest manifest an ingest run stored for it. One listing of this folder tells
+/// copy which topics changed since it last loaded them all, whatever the number of topics.
+pub const TOPICS_INDEX: &str = "_topics/";
+
+/// A topic's key in the index of change ([`TOPICS_INDEX`]): `+` never occurs in a topic name.
+pub fn topic_index_key(topic: &str, manifest_name: &str) -> String {
+    format!("{TOPICS_INDEX}{topic}+{manifest_name}")
+}
+
 /// Where the schemas of Avro-framed messages live, one per registry id, for the whole archive:
 /// `_schemas/{id}.json` ([`StoredSchema`]).
 pub const SCHEMAS: &str = "_schemas/";
@@ -232,7 +242,14 @@ pub struct ExpiredGap {
 }
 
 /// Prefixes batchlayer keeps its own files under; no data object lives there.
-pub const RESERVED: [&str; 5] = [MANIFESTS, REJECTED, COPY_MANIFESTS, CATALOG, SCHEMAS];
+pub const RESERVED: [&str; 6] = [
+    MANIFESTS,
+    REJECTED,
+    COPY_MANIFESTS,
+    CATALOG,
+    SCHEMAS,
+    TOPICS_INDEX,
+];
 
 /// Whether a key names an archived data object (not a manifest or a rejects file). Any topic
 /// name works, `_events` included: only batchlayer's own prefixes are excluded.

@@ -10,7 +10,7 @@ use crate::report::Report;
 use crate::warehouse::views::{record_build, BuildRecord, GateResult};
 use crate::warehouse::views::{version_name, ViewTable};
 use crate::warehouse::{self, quote_ident, strip_comments, Names, SqlSession, Warehouse};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -286,20 +286,25 @@ pub fn exec(
             .map(|t| t.resolve(now, s.archive.utc_offset_secs))
     };
     let gated = !a.dry_run && !a.rollback && views.iter().any(|v| required(v).is_some());
-    let progress = if gated {
-        let store = crate::archive::open(&s.archive)?;
-        let snap = progress::snapshot(s, store.as_ref(), wh.as_mut(), s.status.lateness, now)?;
-        Some(snap.partitions)
+    let store = if gated {
+        Some(crate::archive::open(&s.archive)?)
     } else {
         None
     };
     let mut sums = Vec::with_capacity(views.len());
     for vs in &views {
+        let progress = match &store {
+            Some(store) if required(vs).is_some() => {
+                Some(gate_progress(s, vs, store.as_ref(), wh.as_mut(), now)?)
+            }
+            _ => None,
+        };
         let view_sql = match &vs.sql {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| Error::config(format!("view SQL {}: {e}", p.display())))?,
             None => warehouse::BATCH_VIEW.to_string(),
         };
+        let view_sql = topic_tables(&view_sql, s)?;
         let opts = AggregateOptions {
             dry_run: a.dry_run,
             rollback: a.rollback,
@@ -314,7 +319,7 @@ pub fn exec(
             non_null_columns: vs.non_null_columns.clone(),
             keep_versions: vs.keep_versions,
             require_complete_through: required(vs),
-            progress: progress.clone(),
+            progress,
         };
         let sum = run(wh.as_mut(), &names, &opts, out)?;
         print_plan(&sum, out);
@@ -322,6 +327,61 @@ pub fn exec(
         sums.push(sum);
     }
     Ok(Report::Aggregate(sums))
+}
+
+/// Where each partition the view's completeness gate looks at stands: the configured
+/// topic's, or with many topics those of every topic the view declares (`topics`).
+fn gate_progress(
+    s: &Settings,
+    vs: &ViewSettings,
+    store: &dyn crate::archive::ObjectStore,
+    wh: &mut dyn Warehouse,
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<progress::PartitionProgress>> {
+    if !s.topics.multi() {
+        return Ok(progress::snapshot(s, store, wh, s.status.lateness, now)?.partitions);
+    }
+    if vs.topics.is_empty() {
+        return Err(Error::config(format!(
+            "view {}: the completeness gate over many topics needs the view's topics (topics = [...] in its [aggregate] entry)",
+            vs.view
+        ))
+        .into());
+    }
+    let home = wh.names().clone();
+    let mut all = Vec::new();
+    for t in &vs.topics {
+        let ts = s.for_topic(t)?;
+        wh.set_names(Names::from_settings(&ts.warehouse));
+        let snap = progress::snapshot(&ts, store, wh, s.status.lateness, now)
+            .with_context(|| format!("topic {t}"));
+        wh.set_names(home.clone());
+        for mut p in snap?.partitions {
+            p.topic = Some(t.clone());
+            all.push(p);
+        }
+    }
+    Ok(all)
+}
+
+/// The view SQL with each `{raw:TOPIC}` made that topic's raw table (schema-qualified,
+/// quoted).
+fn topic_tables(sql: &str, s: &Settings) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find("{raw:") {
+        out += &rest[..i];
+        let after = &rest[i + 5..];
+        let Some(end) = after.find('}') else {
+            return Err(Error::config("view SQL: {raw: without its closing }").into());
+        };
+        let topic = &after[..end];
+        let ts = s.for_topic(topic)?;
+        out += &Names::from_settings(&ts.warehouse).qualified(&ts.warehouse.raw_table);
+        rest = &after[end + 1..];
+    }
+    out += rest;
+    Ok(out)
 }
 
 /// A view's plan (dry run) and rows (`--print`), before its summary.

@@ -135,6 +135,38 @@ struct TopicArchive {
 /// `batchlayer audit`: reconciles the chain, and reports what it found (judged by
 /// `AuditReport::outcome` once it is printed).
 pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<Report> {
+    if s.topics.multi() {
+        let store = archive::open(&s.archive)?;
+        let archived = crate::archive::catalog::topics(store.as_ref())?;
+        let mut many = crate::report::Many::new("audit");
+        for t in super::config_topics(s, Some(&archived))? {
+            let r = match s.for_topic(&t) {
+                Ok(ts) => exec_one(a, &ts, out, Some(&t)),
+                Err(e) => Err(e.into()),
+            };
+            many.record(&t, r, out);
+        }
+        return Ok(Report::Many(many));
+    }
+    let only: Vec<String> = s
+        .topics
+        .narrow
+        .iter()
+        .filter_map(|m| match m {
+            crate::config::topics::Matcher::Name(n) => Some(n.clone()),
+            crate::config::topics::Matcher::Pattern(_) => None,
+        })
+        .collect();
+    exec_one(
+        a,
+        s,
+        out,
+        only.first().map(String::as_str).filter(|_| only.len() == 1),
+    )
+}
+
+/// The audit of one raw table's ledger against the archive: every topic, or one (`only`).
+fn exec_one(a: &AuditArgs, s: &Settings, out: &Output, only: Option<&str>) -> Result<Report> {
     let store = archive::open(&s.archive)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let source = if a.no_kafka || s.kafka.topic.is_empty() {
@@ -145,7 +177,7 @@ pub fn exec(a: &AuditArgs, s: &Settings, out: &Output) -> Result<Report> {
     let kafka = source
         .as_ref()
         .map(|src| (src as &dyn MessageSource, s.kafka.topic.as_str()));
-    let report = run(store.as_ref(), wh.as_mut(), kafka, a.deep, out)?;
+    let report = run(store.as_ref(), wh.as_mut(), kafka, a.deep, only, out)?;
     Ok(Report::Audit(report))
 }
 
@@ -211,6 +243,7 @@ pub fn run(
     wh: &mut dyn Warehouse,
     kafka: Option<(&dyn MessageSource, &str)>,
     deep: bool,
+    only: Option<&str>,
     out: &Output,
 ) -> Result<AuditReport> {
     let listing = store
@@ -230,6 +263,10 @@ pub fn run(
         }
     }
     if let Some((_, t)) = kafka {
+        topics.entry(t.to_string()).or_default();
+    }
+    if let Some(t) = only {
+        topics.retain(|topic, _| topic == t);
         topics.entry(t.to_string()).or_default();
     }
     for (topic, paths) in topics {

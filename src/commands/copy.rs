@@ -38,6 +38,10 @@ pub struct CopyOptions {
     pub format: crate::records::CopyFormat,
     /// PostgreSQL: connections loading at once.
     pub jobs: usize,
+    /// Only these topics (None: every topic of the archive).
+    pub topics: Option<Vec<String>>,
+    /// The index of change as read once for a run over many topics (None: read here).
+    pub index: Option<std::sync::Arc<catalog::ChangeIndex>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -221,6 +225,104 @@ pub fn attach_expectations(store: &dyn ObjectStore, jobs: &mut [LoadJob]) -> Res
 
 /// `batchlayer copy`: connects, runs, prints the plan (dry run), and reports the summary.
 pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
+    if s.topics.multi() {
+        return exec_many(a, s, out);
+    }
+    exec_one(a, s, out, None)
+}
+
+/// Copy over many topics: each archived topic the config takes into its route's raw table,
+/// one after the other, each with a connection and lock of its own. The index of change is
+/// read once, and one connection asks each topic's cursor: a topic with no manifest since
+/// copy last loaded it all costs that question and nothing in the archive. A topic that
+/// fails (no route, a bad record in strict mode, a missing table) fails alone.
+fn exec_many(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
+    let archive = match &a.prefix {
+        Some(p) => s.archive.under(p).map_err(crate::error::Error::Config)?,
+        None => s.archive.clone(),
+    };
+    if a.raw_table.is_some() {
+        return Err(crate::error::Error::config(
+            "--raw-table with many topics: each topic's raw table is its [[topics]] route's",
+        )
+        .into());
+    }
+    let store = archive_mod::open(&archive)?;
+    let index = std::sync::Arc::new(catalog::ChangeIndex::read(store.as_ref())?);
+    let topics = s.topics.pick(&catalog::topics(store.as_ref())?);
+    out.debug(&format!(
+        "copy: {} archived topics of {}",
+        topics.len(),
+        s.topics.describe()
+    ));
+    let mut many = crate::report::Many::new("copy");
+    // Which topics load into each table: several need the table's topic column.
+    let mut settings = BTreeMap::new();
+    let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &topics {
+        match s.for_topic(t) {
+            Ok(ts) => {
+                by_table
+                    .entry(ts.warehouse.raw_table.clone())
+                    .or_default()
+                    .push(t.clone());
+                settings.insert(t.clone(), ts);
+            }
+            Err(e) => many.record(t, Err(e.into()), out),
+        }
+    }
+    for (table, ts) in &by_table {
+        let no_column = ts.iter().any(|t| settings[t].layout.topic_column.is_none());
+        if ts.len() > 1 && no_column {
+            for t in ts {
+                settings.remove(t);
+                let e = crate::error::Error::config(format!(
+                    "topics {} all load into raw table {table}: give their [[topics]] entries topic_column = \"topic\" so each row says its topic",
+                    ts.join(", ")
+                ));
+                many.record(t, Err(e.into()), out);
+            }
+        }
+    }
+    let mut probe: Option<Box<dyn Warehouse>> = None;
+    for (t, ts) in settings {
+        if probe.is_none() {
+            probe = Some(warehouse::connect(&ts.warehouse, &archive)?);
+        }
+        let wh = probe.as_mut().expect("connected above");
+        wh.set_names(warehouse::Names::from_settings(&ts.warehouse));
+        if !a.dry_run && !a.full_scan && a.key.is_none() && unchanged(wh.as_mut(), &index, &t)? {
+            many.idle.push(t);
+            continue;
+        }
+        let r = exec_one(a, &ts, out, Some((&t, index.clone())))
+            .with_context(|| format!("topic {t} into {}", ts.warehouse.raw_table));
+        many.record(&t, r, out);
+    }
+    Ok(Report::Many(many))
+}
+
+/// Whether copy left nothing of the topic to load and no manifest was stored since: its
+/// keys in the index of change are those its cursor recorded then.
+fn unchanged(wh: &mut dyn Warehouse, index: &catalog::ChangeIndex, topic: &str) -> Result<bool> {
+    let keys = index.keys(topic);
+    if keys.is_empty() {
+        return Ok(false);
+    }
+    let cursor = warehouse::Ledger::new(wh).copy_cursor(topic)?;
+    Ok(cursor
+        .and_then(|c| c.checked)
+        .is_some_and(|c| c.index == keys))
+}
+
+/// Copy into one raw table: every archived topic (one topic's config), or the one topic of
+/// a run over many (`one`, with the index of change that run read).
+fn exec_one(
+    a: &CopyArgs,
+    s: &Settings,
+    out: &Output,
+    one: Option<(&str, std::sync::Arc<catalog::ChangeIndex>)>,
+) -> Result<Report> {
     // A shadow archive (ingest --replay --prefix) and another raw table with its own ledger.
     let archive = match &a.prefix {
         Some(p) => s.archive.under(p).map_err(crate::error::Error::Config)?,
@@ -252,7 +354,24 @@ pub fn exec(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
         full_scan: a.full_scan,
         format: a.copy_format.unwrap_or(s.warehouse.copy_format),
         jobs: usize::from(a.jobs),
+        topics: None,
+        index: None,
     };
+    let mut opts = CopyOptions {
+        max_errors: a.max_errors.or(s.max_errors),
+        ..opts
+    };
+    match one {
+        Some((t, index)) => {
+            opts.topics = Some(vec![t.to_string()]);
+            opts.index = Some(index);
+        }
+        // One topic's config with --topic: only the archived topics it names.
+        None if !s.topics.narrow.is_empty() => {
+            opts.topics = Some(s.topics.pick(&catalog::topics(store.as_ref())?));
+        }
+        None => {}
+    }
     let sum = run(store.as_ref(), wh.as_mut(), &s.layout, &opts, out)?;
     if !sum.unlisted_runs.is_empty() {
         out.warn(&format!(
@@ -296,6 +415,8 @@ struct TopicWork {
     full: bool,
     /// The head when the full listing was made.
     head: Option<CheckedHead>,
+    /// The topic's keys in the index of change when the run started.
+    index: Vec<String>,
 }
 
 /// A topic's manifests in copy's window, as (key, name) by name, and the names the ledger holds
@@ -481,14 +602,34 @@ fn discover(
     let mut jobs = Vec::new();
     let mut read = 0;
     let mut works = Vec::new();
-    for topic in catalog::topics(store)? {
+    let index = match &opts.index {
+        Some(i) => i.clone(),
+        None => std::sync::Arc::new(catalog::ChangeIndex::read(store)?),
+    };
+    let topics = match &opts.topics {
+        Some(t) => t.clone(),
+        None => catalog::topics(store)?,
+    };
+    for topic in topics {
         let cat = Catalog::new(store, &topic);
-        unlisted.extend(cat.marker_keys()?);
         let cursor = warehouse::Ledger::new(wh).copy_cursor(&topic)?;
+        let keys = index.keys(&topic);
+        let unchanged = cursor
+            .as_ref()
+            .and_then(|c| c.checked.as_ref())
+            .is_some_and(|c| !keys.is_empty() && c.index == keys);
+        if unchanged {
+            out.debug(&format!(
+                "topic {topic}: no manifest since copy last loaded it all (the index of change)"
+            ));
+            continue;
+        }
+        unlisted.extend(cat.marker_keys()?);
         let mut work = TopicWork {
             topic: topic.clone(),
             full: cursor.is_none(),
             cursor,
+            index: keys.to_vec(),
             ..Default::default()
         };
         let head = cat.head()?;
@@ -511,6 +652,7 @@ fn discover(
             work.head = head.map(|h| CheckedHead {
                 epoch: h.epoch,
                 next: h.next,
+                index: Vec::new(),
             });
         }
         read += n;
@@ -553,10 +695,23 @@ fn advance_cursors(wh: &mut dyn Warehouse, works: &[TopicWork], out: &Output) ->
         let old = w.cursor.as_ref().map(|c| c.manifest.clone());
         let manifest = next_cursor(old.as_deref(), &w.candidates, complete);
         let Some(manifest) = manifest else { continue };
-        let checked = w
+        let mut checked = w
             .head
             .clone()
             .or_else(|| w.cursor.as_ref().and_then(|c| c.checked.clone()));
+        // Nothing of the topic left to load: the index's keys say when that changes.
+        let all_loaded = w.candidates.iter().all(&complete);
+        match (&mut checked, all_loaded && !w.index.is_empty()) {
+            (Some(c), true) => c.index = w.index.clone(),
+            (Some(c), false) => c.index.clear(),
+            (None, true) => {
+                checked = Some(CheckedHead {
+                    index: w.index.clone(),
+                    ..Default::default()
+                })
+            }
+            (None, false) => {}
+        }
         let next = CopyCursor { manifest, checked };
         if w.cursor.as_ref() != Some(&next) {
             out.debug(&format!(
@@ -693,7 +848,12 @@ pub fn run(
         format: opts.format,
         jobs: opts.jobs,
     };
-    let codec = codec_for(store, layout)?;
+    let mut codec = codec_for(store, layout)?;
+    if let Some([t]) = opts.topics.as_deref() {
+        codec = codec.for_topic(t);
+    } else if layout.topic_column.is_some() {
+        bail!("a raw table with a topic column loads one topic at a time");
+    }
     let results = execute(steps, store, wh, &codec, &lopts, &pb, &mut summary, out)?;
     pb.finish_and_clear();
     advance_cursors(wh, &works, out)?;

@@ -35,3 +35,18 @@ pub fn take_lock(
     ));
     wh.lock_wait(name)
 }
+
+/// The topics a run over many takes: the listed ones, or those of the cluster (and, given,
+/// of the archive) that the pattern matches; narrowed by `--topic`.
+pub fn config_topics(
+    s: &crate::config::Settings,
+    archived: Option<&[String]>,
+) -> Result<Vec<String>> {
+    if let Some(l) = s.topics.listed() {
+        return Ok(l);
+    }
+    let ov = crate::source::GroupOverview::read(&s.kafka, &|_| false)?;
+    let mut all = ov.topics;
+    all.extend(archived.into_iter().flatten().cloned());
+    Ok(s.topics.pick(&all))
+}

@@ -97,6 +97,23 @@ pub struct Thresholds {
 /// `batchlayer status`: reads where the pipeline stands, and reports it (judged by
 /// `StatusReport::outcome` once it is printed).
 pub fn exec(a: &StatusArgs, s: &Settings) -> Result<Report> {
+    if s.topics.multi() {
+        let mut many = crate::report::Many::new("status");
+        let quiet = crate::output::Output::new(true, false, false, true);
+        for t in super::config_topics(s, None)? {
+            let r = match s.for_topic(&t) {
+                Ok(ts) => exec_one(a, &ts),
+                Err(e) => Err(e.into()),
+            };
+            many.record(&t, r, &quiet);
+        }
+        return Ok(Report::Many(many));
+    }
+    exec_one(a, s)
+}
+
+/// One topic's status.
+fn exec_one(a: &StatusArgs, s: &Settings) -> Result<Report> {
     let store = archive::open(&s.archive)?;
     let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
     let lateness = a.lateness.unwrap_or(s.status.lateness);

@@ -34,6 +34,32 @@ pub struct FileConfig {
     /// A Confluent-compatible Schema Registry (Avro-framed topics).
     #[serde(default)]
     pub schema_registry: Option<SchemaRegistryFile>,
+    /// `[[topics]]`: where each topic goes (many topics in one config).
+    #[serde(default)]
+    pub topics: Vec<TopicFile>,
+}
+
+/// One `[[topics]]` entry: the topics it matches and where they go.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicFile {
+    /// One topic, by name.
+    pub name: Option<String>,
+    /// Topics whose names match this regex.
+    pub pattern: Option<String>,
+    /// The raw table (default: the topic's name made an identifier: prod.orders -> prod_orders).
+    pub raw_table: Option<String>,
+    /// The record layout by name: `[records.NAME]` (default: `[records]`).
+    pub records: Option<String>,
+    /// A text column of the raw table that holds each row's topic (needed when several topics
+    /// load into one raw table).
+    pub topic_column: Option<String>,
+    /// The archive's compression for this topic (none, gzip, zstd).
+    pub compression: Option<String>,
+    /// The archive's key template for this topic.
+    pub key_template: Option<String>,
+    /// copy's --max-errors for this topic.
+    pub max_errors: Option<u64>,
 }
 
 /// The Schema Registry ingest reads the schemas of Avro-framed messages from (and
@@ -93,6 +119,10 @@ pub struct KafkaFile {
     pub brokers: Option<String>,
     /// Topic to archive.
     pub topic: Option<String>,
+    /// Topics to archive, each into its own place (`[[topics]]`).
+    pub topics: Option<Vec<String>>,
+    /// Every topic whose name matches this regex (new ones are picked up by the next run).
+    pub topics_pattern: Option<String>,
     /// Consumer group whose committed offsets mark what is archived.
     pub group: Option<String>,
     /// security.protocol (plaintext, ssl, sasl_plaintext, sasl_ssl).
@@ -192,9 +222,20 @@ pub struct WarehouseFile {
     pub copy_format: Option<crate::records::CopyFormat>,
 }
 
+/// `[records]`, and the named layouts `[records.NAME]` beside its keys (any other key is
+/// refused when the settings are resolved: serde cannot refuse unknown keys next to a map).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RecordsFile {
+    #[serde(flatten)]
+    pub layout: LayoutFile,
+    /// `[records.NAME]` tables (and any unknown key, refused by `resolve`).
+    #[serde(flatten)]
+    pub named: BTreeMap<String, toml::Value>,
+}
+
+/// The keys of a record layout (`[records]`, `[records.NAME]`).
+#[derive(Debug, Default, Deserialize)]
+pub struct LayoutFile {
     /// delimited (default), json or avro.
     pub format: Option<crate::records::RecordFormat>,
     pub delimiter: Option<String>,
@@ -225,6 +266,8 @@ pub struct AggregateFile {
     /// Refuse to build unless every partition is archived and loaded through this time: a
     /// duration before now ("2h") or a time ("2024-01-02T03:00", archive zone; RFC 3339).
     pub require_complete_through: Option<String>,
+    /// The topics the view reads (many topics): the completeness gate checks each.
+    pub topics: Option<Vec<String>>,
 }
 
 /// Which config file to read: flag, then BATCHLAYER_CONFIG, then ./batchlayer.toml.

@@ -9,10 +9,12 @@
 mod file;
 mod resolve;
 mod time;
+pub mod topics;
 
 pub use file::{
-    config_path, load_file, parse_file, AggregateFile, ArchiveFile, FileConfig, KafkaFile, LogFile,
-    RecordsFile, RetryFile, SchemaRegistryFile, StatusFile, WarehouseFile,
+    config_path, load_file, parse_file, AggregateFile, ArchiveFile, FileConfig, KafkaFile,
+    LayoutFile, LogFile, RecordsFile, RetryFile, SchemaRegistryFile, StatusFile, TopicFile,
+    WarehouseFile,
 };
 pub use resolve::validate_ident;
 pub use time::{parse_duration, TimeSpec, UTC};
@@ -325,6 +327,9 @@ pub struct UiSettings {
 pub struct Overrides {
     pub brokers: Option<String>,
     pub topic: Option<String>,
+    /// Every `--topic` value: narrows many topics (or, several or a pattern, makes one topic
+    /// many).
+    pub topics: Vec<String>,
     pub group: Option<String>,
     pub archive: Option<String>,
     pub s3_endpoint: Option<String>,
@@ -346,6 +351,8 @@ pub struct ViewSettings {
     pub keep_versions: u32,
     /// The completeness gate: every partition archived and loaded through this time.
     pub require_complete_through: Option<TimeSpec>,
+    /// The topics the view reads (many topics): the gate checks every partition of each.
+    pub topics: Vec<String>,
 }
 
 /// What `status` assumes of the data.
@@ -374,6 +381,11 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// `[schema_registry]` (or BATCHLAYER_SCHEMA_REGISTRY_URL), when set.
     pub schema_registry: Option<RegistrySettings>,
+    /// Many topics: which (`kafka.topics`, `kafka.topics_pattern`, `--topic`) and where each
+    /// goes (`[[topics]]`). [`Settings::for_topic`] gives one topic's settings.
+    pub topics: topics::TopicsSettings,
+    /// copy's --max-errors unless given (`[[topics]] max_errors`).
+    pub max_errors: Option<u64>,
     /// Test hook (BATCHLAYER_FAILPOINT): where a run stops on purpose (see `failpoint`).
     #[cfg(feature = "testing")]
     pub failpoint: Option<String>,
@@ -389,6 +401,70 @@ impl Settings {
             required(None, "topic", "BATCHLAYER_KAFKA_TOPIC", "kafka.topic").or_config()?;
         }
         Ok(&self.kafka)
+    }
+
+    /// One topic's settings, as a single-topic run takes them: the topic, its route's raw
+    /// table (with its own ledger and rejects tables), layout, archive compression and key
+    /// template, and copy's max errors. A topic that no `[[topics]]` entry matches is a
+    /// configuration error (exit 2) naming it.
+    pub fn for_topic(&self, topic: &str) -> Result<Settings, Error> {
+        self.topic_settings(topic, true)
+    }
+
+    /// A topic's settings for archiving it: as [`Settings::for_topic`], but a topic that no
+    /// route matches is archived with the config's archive settings (copy refuses it).
+    pub fn for_topic_archive(&self, topic: &str) -> Result<Settings, Error> {
+        self.topic_settings(topic, false)
+    }
+
+    fn topic_settings(&self, topic: &str, need_route: bool) -> Result<Settings, Error> {
+        let mut s = self.clone();
+        s.kafka.topic = topic.to_string();
+        s.topics = topics::TopicsSettings {
+            narrow: vec![topics::Matcher::Name(topic.to_string())],
+            ..Default::default()
+        };
+        if !self.topics.multi() {
+            return Ok(s);
+        }
+        let route = match self.topics.route(topic) {
+            Some(r) => Some(r),
+            None if self.topics.routes.is_empty() || !need_route => None,
+            None => {
+                return Err(Error::config(format!(
+                    "topic {topic} matches no [[topics]] entry: it is archived, but copy does not know its raw table or layout (add an entry whose name or pattern matches it)"
+                )))
+            }
+        };
+        let table = route
+            .and_then(|r| r.raw_table.clone())
+            .unwrap_or_else(|| topics::derived_table(topic));
+        s.warehouse = self
+            .warehouse
+            .with_raw_table(&table)
+            .map_err(|e| Error::config(format!("topic {topic}: {e}")))?;
+        if let Some(r) = route {
+            s.layout = r.layout.clone();
+            s.layout.topic_column = r.topic_column.clone();
+            if let Some(c) = r.compression {
+                s.archive.compression = c;
+            }
+            if let Some(k) = &r.key_template {
+                s.archive.key_template = k.clone();
+            }
+            s.max_errors = r.max_errors;
+            if s.warehouse.kind == WarehouseKind::Redshift {
+                resolve::redshift_layout(&s.layout)
+                    .map_err(|e| Error::config(format!("topic {topic}: {e}")))?;
+            }
+        }
+        Ok(s)
+    }
+
+    /// The raw table of a topic (its route's, or derived from its name; the configured one
+    /// for a single topic).
+    pub fn raw_table_of(&self, topic: &str) -> Result<String, Error> {
+        Ok(self.for_topic(topic)?.warehouse.raw_table)
     }
 }
 
@@ -417,6 +493,32 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
     )
     .or_config()?;
     let layout = layout_settings(file.records.as_ref()).or_config()?;
+    let named = resolve::named_layouts(file.records.as_ref()).or_config()?;
+    // The environment's topics (a list or a pattern) replace the file's topic or topics.
+    let env_list = env.var("BATCHLAYER_KAFKA_TOPICS").map(|v| {
+        v.split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+    });
+    let env_pattern = env.var("BATCHLAYER_KAFKA_TOPICS_PATTERN");
+    let (list, pattern, single) = if env_list.is_some() || env_pattern.is_some() {
+        (env_list, env_pattern, None)
+    } else {
+        (
+            file.kafka.topics.clone(),
+            file.kafka.topics_pattern.clone(),
+            file.kafka.topic.as_deref(),
+        )
+    };
+    let (select, narrow) =
+        topics::topic_select(list, pattern, single, &flags.topics).or_config()?;
+    let routes = topics::routes(&file.topics, &layout, &named).or_config()?;
+    if select.is_none() && !routes.is_empty() {
+        return Err(Error::config(
+            "[[topics]] routes topics of kafka.topics or kafka.topics_pattern; with one kafka.topic, use warehouse.raw_table and [records]",
+        ));
+    }
     let aggregate = aggregate_settings(&file.aggregate).or_config()?;
     if warehouse.kind == WarehouseKind::Redshift {
         resolve::redshift_names(&warehouse, &layout, &aggregate).or_config()?;
@@ -435,6 +537,12 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
         schema_registry,
+        topics: topics::TopicsSettings {
+            select,
+            routes,
+            narrow,
+        },
+        max_errors: None,
         #[cfg(feature = "testing")]
         failpoint: env.var("BATCHLAYER_FAILPOINT"),
         warnings: Vec::new(),

@@ -597,8 +597,37 @@ pub(super) fn warehouse_settings(
     })
 }
 
+/// The named layouts, `[records.NAME]`: each as `[records]` is read, on top of the tweets'.
+pub(super) fn named_layouts(
+    r: Option<&RecordsFile>,
+) -> Result<std::collections::BTreeMap<String, Layout>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, v) in r.map(|r| &r.named).into_iter().flatten() {
+        if !v.is_table() {
+            continue; // refused by layout_settings as an unknown key
+        }
+        validate_ident(&format!("records.{name}"), name)?;
+        let f: RecordsFile = v
+            .clone()
+            .try_into()
+            .map_err(|e| anyhow!("records.{name}: {e}"))?;
+        if let Some(k) = f.named.keys().next() {
+            bail!("records.{name}.{k}: unknown key (named layouts do not nest)");
+        }
+        out.insert(
+            name.clone(),
+            layout_settings(Some(&f)).map_err(|e| anyhow!("records.{name}: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
 pub(super) fn layout_settings(r: Option<&RecordsFile>) -> Result<Layout> {
     let mut layout = Layout::tweets();
+    if let Some((k, _)) = r.and_then(|r| r.named.iter().find(|(_, v)| !v.is_table())) {
+        bail!("records.{k}: unknown key (expected format, delimiter, trailing_delimiter, timestamp_format, columns, or a named layout [records.NAME])");
+    }
+    let r = r.map(|r| &r.layout);
     if let Some(r) = r {
         if let Some(d) = &r.delimiter {
             let b = d.as_bytes();
@@ -773,7 +802,9 @@ fn view_settings(
         .map(TimeSpec::parse)
         .transpose()
         .map_err(|e| anyhow!("{what}.require_complete_through: {e}"))?;
+    let topics = g.topics.clone().unwrap_or_default();
     Ok(ViewSettings {
+        topics,
         require_complete_through,
         view,
         sql: g.sql.clone(),

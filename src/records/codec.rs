@@ -13,6 +13,9 @@ pub struct Codec {
     schemas: std::sync::Arc<SchemaBook>,
     /// JSON: each column's pointer.
     pointers: Vec<String>,
+    /// The topic the rows come from, written after the layout's columns when the layout has a
+    /// topic column (several topics in one raw table).
+    topic: Option<String>,
 }
 
 impl Deref for Codec {
@@ -29,6 +32,36 @@ impl Codec {
             pointers: layout.columns.iter().map(|c| c.json_pointer()).collect(),
             layout,
             schemas: Default::default(),
+            topic: None,
+        }
+    }
+
+    /// The same codec for rows of this topic: a layout with a topic column gets its name.
+    pub fn for_topic(mut self, topic: &str) -> Codec {
+        if self.layout.topic_column.is_some() {
+            self.topic = Some(topic.to_string());
+        }
+        self
+    }
+
+    /// Appends the topic cell to a row just written from `start` (its field count, in
+    /// binary, counts one more field).
+    fn topic_cell(&self, format: CopyFormat, start: usize, out: &mut Vec<u8>) {
+        let Some(t) = &self.topic else { return };
+        match format {
+            CopyFormat::Binary => {
+                let n = i16::from_be_bytes([out[start], out[start + 1]]) + 1;
+                out[start..start + 2].copy_from_slice(&n.to_be_bytes());
+                out.extend_from_slice(&(t.len() as i32).to_be_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+            CopyFormat::Text => {
+                // A topic name is [a-zA-Z0-9._-]: nothing to escape.
+                out.pop();
+                out.push(b'\t');
+                out.extend_from_slice(t.as_bytes());
+                out.push(b'\n');
+            }
         }
     }
 
@@ -54,6 +87,20 @@ impl Codec {
     }
 
     fn pg_row(&self, rec: &[u8], format: CopyFormat, out: &mut Vec<u8>) -> Result<(), RowError> {
+        let start = out.len();
+        let r = self.pg_row_of_layout(rec, format, out);
+        if r.is_ok() {
+            self.topic_cell(format, start, out);
+        }
+        r
+    }
+
+    fn pg_row_of_layout(
+        &self,
+        rec: &[u8],
+        format: CopyFormat,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RowError> {
         match self.layout.format {
             RecordFormat::Delimited => match format {
                 CopyFormat::Text => self.layout.to_pg_copy_row(rec, out),

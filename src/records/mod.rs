@@ -243,6 +243,10 @@ pub struct Layout {
     pub columns: Vec<Column>,
     /// chrono format of timestamp fields.
     pub timestamp_format: String,
+    /// A text column after the layout's columns that holds the topic of each row's record
+    /// (`[[topics]] topic_column`: several topics in one raw table). Not in the records: the
+    /// codec writes the topic it loads.
+    pub topic_column: Option<String>,
 }
 
 impl Layout {
@@ -266,6 +270,7 @@ impl Layout {
                 c("retweet_count", ColumnType::Int, None, None),
             ],
             timestamp_format: "%Y-%m-%d %H:%M:%S".into(),
+            topic_column: None,
         }
     }
 

@@ -132,6 +132,11 @@ pub struct CopyCursor {
 pub struct CheckedHead {
     pub epoch: i32,
     pub next: BTreeMap<i32, i64>,
+    /// The topic's keys in the index of change (`_topics/`) when copy last left nothing of it
+    /// to load: while they are the same, no manifest was stored since, and copy passes the
+    /// topic by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index: Vec<String>,
 }
 
 /// The name of the cursor table beside a ledger: `<ledger>__cursor`, in at most 63 bytes
@@ -657,6 +662,9 @@ mod tests {
         }
         fn names(&self) -> &Names {
             &self.1
+        }
+        fn set_names(&mut self, names: Names) {
+            self.1 = names;
         }
         fn describe(&self) -> String {
             "wh".into()

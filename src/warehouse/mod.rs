@@ -129,9 +129,17 @@ pub fn column_list(layout: &Layout) -> String {
     cols.join(", ")
 }
 
+/// The raw table's columns as loads write them: the layout's, then its topic column if any.
+pub fn table_column_list(layout: &Layout) -> String {
+    match &layout.topic_column {
+        Some(t) => format!("{}, {}", column_list(layout), quote_ident(t)),
+        None => column_list(layout),
+    }
+}
+
 /// The DDL that creates the raw, ledger and rejects tables, idempotently, in this dialect.
 pub fn create_statements(names: &Names, layout: &Layout, dialect: Dialect) -> Vec<String> {
-    let cols: Vec<String> = layout
+    let mut cols: Vec<String> = layout
         .columns
         .iter()
         .map(|c| {
@@ -152,6 +160,10 @@ pub fn create_statements(names: &Names, layout: &Layout, dialect: Dialect) -> Ve
             format!("    {} {ty}", quote_ident(&c.name))
         })
         .collect();
+    if let Some(t) = &layout.topic_column {
+        // Kafka's longest topic name.
+        cols.push(format!("    {} varchar(249)", quote_ident(t)));
+    }
     let raw =
         strip_comments(&names.render(CREATE_RAW, &[])).replace("{columns}", &cols.join(",\n"));
     vec![
@@ -281,6 +293,9 @@ pub trait Warehouse {
     fn session(&mut self) -> &mut dyn SqlSession;
     /// The configured table names.
     fn names(&self) -> &Names;
+    /// Points this session at other tables (one connection asking about many topics' tables;
+    /// loads take a connection of their own).
+    fn set_names(&mut self, names: Names);
     /// Where it points (no secrets).
     fn describe(&self) -> String;
     /// A string literal as this warehouse reads it (Redshift reads a backslash as an escape):
@@ -648,6 +663,7 @@ pub mod conformance {
         c.checked = Some(ledger::CheckedHead {
             epoch: 1,
             next: [(0, 5), (3, 7)].into(),
+            index: vec!["_topics/t+m2".into()],
         });
         c.manifest = "m2".into();
         l.store_copy_cursor("t", &c).unwrap();

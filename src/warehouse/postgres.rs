@@ -98,6 +98,18 @@ impl Pg {
                 .get(&c.name)
                 .is_some_and(|t| want.contains(&t.as_str()))
         });
+        let topic_mismatch = layout.topic_column.as_ref().filter(|t| {
+            !types
+                .get(*t)
+                .is_some_and(|ty| ty == "character varying" || ty == "text")
+        });
+        if let Some(t) = topic_mismatch {
+            tracing::warn!(
+                "topic column {t} of {} is not text: loading with text COPY",
+                self.s.names.raw
+            );
+            return Ok(CopyFormat::Text);
+        }
         Ok(match mismatch {
             None => CopyFormat::Binary,
             Some(c) => {
@@ -116,7 +128,7 @@ impl Pg {
 
 /// The COPY statement for the raw table's layout columns.
 fn copy_sql(names: &Names, layout: &Layout, format: CopyFormat) -> String {
-    let cols = super::column_list(layout);
+    let cols = super::table_column_list(layout);
     format!(
         "COPY {} ({}) FROM STDIN{}",
         names.qualified(&names.raw),
@@ -581,6 +593,10 @@ impl Warehouse for Pg {
 
     fn names(&self) -> &Names {
         &self.s.names
+    }
+
+    fn set_names(&mut self, names: Names) {
+        self.s.names = names;
     }
 
     fn describe(&self) -> String {

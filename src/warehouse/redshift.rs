@@ -875,7 +875,11 @@ impl Redshift {
                 measured[i] = m;
             }
         }
-        self.s.execute(&move_sql(&self.names, layout))?;
+        let topic = jobs
+            .first()
+            .and_then(|j| j.range.as_ref())
+            .map(|r| r.topic.as_str());
+        self.s.execute(&move_sql(&self.names, layout, topic))?;
         for (j, rejects) in jobs.iter().zip(st.pre) {
             for r in rejects {
                 self.s.execute(&pre_reject_sql(&self.names, &j.key, r))?;
@@ -1139,10 +1143,10 @@ fn rejects_sql(
 /// https://docs.aws.amazon.com/redshift/latest/dg/copy-parameters-data-format.html#copy-json-jsonpaths,
 /// https://docs.aws.amazon.com/redshift/latest/dg/r_json_typeof.html). Archived delimited
 /// records keep a field `null` as the JSON null, as the PostgreSQL path does.
-fn move_sql(names: &Names, layout: &Layout) -> String {
-    let cols = super::column_list(layout);
+fn move_sql(names: &Names, layout: &Layout, topic: Option<&str>) -> String {
+    let cols = super::table_column_list(layout);
     let from_json = layout.format != RecordFormat::Delimited;
-    let select: Vec<String> = layout
+    let mut select: Vec<String> = layout
         .columns
         .iter()
         .map(|c| {
@@ -1154,6 +1158,10 @@ fn move_sql(names: &Names, layout: &Layout) -> String {
             }
         })
         .collect();
+    if layout.topic_column.is_some() {
+        // The staging table has the column (LIKE the raw table); COPY leaves it NULL.
+        select.push(super::quote_literal(topic.unwrap_or_default()));
+    }
     format!(
         "INSERT INTO {} ({cols})\nSELECT {} FROM {}",
         names.qualified(&names.raw),
@@ -1419,6 +1427,10 @@ impl Warehouse for Redshift {
     fn names(&self) -> &Names {
         &self.names
     }
+    fn set_names(&mut self, names: Names) {
+        self.names = names;
+        self.ledger_lock_ready = false;
+    }
     fn describe(&self) -> String {
         format!("redshift {}", self.s.describe())
     }
@@ -1553,7 +1565,11 @@ pub fn load_plan(
         v.push(copy_sql(&quote_ident(STAGING), layout, spec, g, true)?);
         v.push("-- count the staged rows and the errors per object in stl_load_errors (sys_load_error_detail on Serverless); check them against the manifests".into());
     }
-    v.push(move_sql(names, layout));
+    let topic = jobs
+        .first()
+        .and_then(|j| j.range.as_ref())
+        .map(|r| r.topic.as_str());
+    v.push(move_sql(names, layout, topic));
     for j in jobs {
         v.push(Ledger::insert_sql(
             names,
@@ -2424,13 +2440,13 @@ MAXERROR 4"
         assert_eq!(staging_sql(&names(), &l).len(), 1);
         assert_eq!(staging_sql(&names(), &Layout::tweets()).len(), 2);
         assert_eq!(
-            move_sql(&names(), &l),
+            move_sql(&names(), &l, None),
             format!("INSERT INTO \"public\".\"batch_raw\" ({JSON_COLS})\nSELECT \"id\", \"created_at\", \"followers_count\", \"location\", \"favorite_count\", \"retweet_count\", CASE WHEN JSON_TYPEOF(\"user_doc\") = 'null' THEN NULL ELSE \"user_doc\" END FROM \"batchlayer_staging\"")
         );
         let mut d = Layout::tweets();
         d.columns
             .push(crate::records::Column::new("doc", ColumnType::Json));
-        assert!(!move_sql(&names(), &d).contains("CASE"));
+        assert!(!move_sql(&names(), &d, None).contains("CASE"));
     }
 
     /// `t/a.log.gz`: a good JSON tweet, a truncated one, an empty message, the good one again.

@@ -176,6 +176,80 @@ impl Serialize for StopReason {
 
 /// `batchlayer ingest`: connects, runs, prints the plan (dry run), and reports the summary.
 pub fn exec(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
+    if s.topics.multi() {
+        return exec_many(a, s, out);
+    }
+    exec_one(a, s, out)
+}
+
+/// Ingest over many topics, one group for all: one client reads the cluster's topics, the
+/// group's committed offsets and the end offsets of every partition the config takes; a
+/// topic whose every partition is committed at its end, where the catalog head agrees (one
+/// read of its `head.json`), has nothing new and is passed by. The others are ingested one
+/// after the other, each as a single-topic run (its own catalog, epochs and manifests); one
+/// topic's failure does not stop the others.
+fn exec_many(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
+    if a.replay {
+        return Err(crate::error::Error::config(
+            "--replay reads one topic: give the config one kafka.topic, or --topic with one name",
+        )
+        .into());
+    }
+    let kafka = &s.kafka;
+    let ov = crate::source::GroupOverview::read(kafka, &|t| s.topics.takes(t))?;
+    let topics = match s.topics.listed() {
+        Some(l) => l,
+        None => s.topics.pick(&ov.topics),
+    };
+    out.debug(&format!(
+        "ingest: {} topics of {} ({} on the cluster)",
+        topics.len(),
+        s.topics.describe(),
+        ov.topics.len()
+    ));
+    let store = archive_mod::open(&s.archive)?;
+    let plain = !(a.dry_run
+        || a.new_epoch
+        || a.resume_from_archive
+        || a.accept_skipped
+        || a.accept_expired
+        || a.full_scan);
+    let mut many = crate::report::Many::new("ingest");
+    for t in topics {
+        if plain && idle(&ov, store.as_ref(), &t)? {
+            many.idle.push(t);
+            continue;
+        }
+        let r = match s.for_topic_archive(&t) {
+            Ok(ts) => exec_one(a, &ts, out),
+            Err(e) => Err(e.into()),
+        };
+        many.record(&t, r, out);
+    }
+    Ok(Report::Many(many))
+}
+
+/// Whether a topic has nothing new for the group: every partition committed at its end (or
+/// empty and never committed), and the catalog head (its `head.json`) at those offsets. A
+/// mismatch is no error here: the topic's run decides (a commit ahead of the archive, a
+/// re-created topic).
+fn idle(ov: &crate::source::GroupOverview, store: &dyn ObjectStore, topic: &str) -> Result<bool> {
+    let Some(ps) = ov.positions.get(topic).filter(|ps| !ps.is_empty()) else {
+        return Ok(false);
+    };
+    let at_end = |c: Option<i64>, end: i64| c == Some(end) || (c.is_none() && end == 0);
+    if !ps.iter().all(|&(_, c, end)| at_end(c, end)) {
+        return Ok(false);
+    }
+    let head = Catalog::new(store, topic).mirrored_head()?;
+    Ok(ps.iter().all(|&(p, _, end)| {
+        let next = head.as_ref().and_then(|h| h.next.get(&p).copied());
+        next == Some(end) || (end == 0 && next.is_none_or(|n| n == 0))
+    }))
+}
+
+/// One topic's ingest.
+fn exec_one(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
     let mut kafka = s.require_kafka()?.clone();
     let main_store = archive_mod::open(&s.archive)?;
     if let Some(src) = main_store.credential_source() {
@@ -1123,6 +1197,14 @@ impl Run<'_> {
         let key = self.catalog.key_for_manifest(run_id, Utc::now());
         if !self.opts.dry_run {
             self.catalog.store_manifest(&key, &m)?;
+            // Before the commit: copy finds every committed manifest through the index.
+            if self.opts.replay_epoch.is_none() {
+                crate::archive::catalog::ChangeIndex::read(self.store)?.mark(
+                    self.store,
+                    &self.topic,
+                    &key,
+                )?;
+            }
         }
         Ok(Some(key))
     }
