@@ -368,6 +368,51 @@ mod tests {
     use crate::report::{AggregateSummary, CopySummary};
 
     #[test]
+    fn a_run_over_many_topics_labels_each_topic_and_sums_the_step() {
+        use crate::report::{Failure, Many};
+        let mut m = Many::new("copy");
+        for (t, rows) in [("a", 5), ("b", 7)] {
+            m.topics.insert(
+                t.into(),
+                Report::Copy(CopySummary {
+                    objects: 1,
+                    rows,
+                    ..Default::default()
+                }),
+            );
+        }
+        m.idle.push("c".into());
+        m.failed.insert(
+            "d".into(),
+            Failure {
+                error: "bad record".into(),
+                exit: 1,
+            },
+        );
+        let f = Figures::from_report("copy", &Report::Many(m)).unwrap();
+        assert_eq!(f.rows, Some(12));
+        let text = StepMetrics {
+            step: "copy".into(),
+            exit_code: 1,
+            finished_at: 1.0,
+            duration_seconds: 1.0,
+            last_success: None,
+            figures: f,
+        }
+        .encode()
+        .unwrap();
+        for line in [
+            "batchlayer_last_run_rows{step=\"copy\"} 12",
+            "batchlayer_topic_rows{step=\"copy\",topic=\"a\"} 5",
+            "batchlayer_topic_rows{step=\"copy\",topic=\"b\"} 7",
+            "batchlayer_topic_exit_code{step=\"copy\",topic=\"c\"} 0",
+            "batchlayer_topic_exit_code{step=\"copy\",topic=\"d\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
     fn failed_run_keeps_the_last_success_and_has_no_figures() {
         let ok = StepMetrics {
             step: "copy".into(),

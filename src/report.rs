@@ -68,7 +68,8 @@ impl Many {
                     error: format!("{e:#}"),
                     exit: crate::error::code_for(&e),
                 };
-                out.warn(&format!("topic {topic}: {} (exit {})", f.error, f.exit));
+                // Named once, with every other failed topic, in the run's error line.
+                out.debug(&format!("topic {topic}: {} (exit {})", f.error, f.exit));
                 self.failed.insert(topic.to_string(), f);
             }
         }

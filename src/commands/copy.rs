@@ -272,12 +272,24 @@ fn exec_many(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
         }
     }
     for (table, ts) in &by_table {
-        let no_column = ts.iter().any(|t| settings[t].layout.topic_column.is_none());
-        if ts.len() > 1 && no_column {
+        if ts.len() < 2 {
+            continue;
+        }
+        let first = &settings[&ts[0]].layout;
+        let why = if ts.iter().any(|t| settings[t].layout.topic_column.is_none()) {
+            Some(
+                "give their [[topics]] entries topic_column = \"topic\" so each row says its topic",
+            )
+        } else if ts.iter().any(|t| settings[t].layout != *first) {
+            Some("their record layouts differ (columns, format or topic_column): one table takes one layout")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             for t in ts {
                 settings.remove(t);
                 let e = crate::error::Error::config(format!(
-                    "topics {} all load into raw table {table}: give their [[topics]] entries topic_column = \"topic\" so each row says its topic",
+                    "topics {} all load into raw table {table}: {why}",
                     ts.join(", ")
                 ));
                 many.record(t, Err(e.into()), out);

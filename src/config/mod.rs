@@ -446,7 +446,10 @@ impl Settings {
         if let Some(r) = route {
             s.layout = r.layout.clone();
             s.layout.topic_column = r.topic_column.clone();
-            if let Some(c) = r.compression {
+            if let Some(c) = r
+                .compression
+                .filter(|_| self.topics.compression_flag.is_none())
+            {
                 s.archive.compression = c;
             }
             if let Some(k) = &r.key_template {
@@ -541,6 +544,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
             select,
             routes,
             narrow,
+            compression_flag: flags.compression,
         },
         max_errors: None,
         #[cfg(feature = "testing")]

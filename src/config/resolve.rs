@@ -829,6 +829,148 @@ mod tests {
             .collect()
     }
 
+    const MANY: &str = r#"
+[kafka]
+topics_pattern = '^prod\.'
+[archive]
+url = "s3://b/p"
+compression = "gzip"
+[records.orders]
+format = "json"
+columns = [{ name = "id", type = "bigint" }, { name = "amount", type = "double" }]
+[[topics]]
+name = "prod.orders"
+records = "orders"
+compression = "zstd"
+key_template = "{topic}/{YYYY}/{MM}"
+max_errors = 7
+[[topics]]
+pattern = '^prod\.tweets\.'
+raw_table = "tweets_raw"
+topic_column = "topic"
+"#;
+
+    #[test]
+    fn each_topic_gets_its_routes_table_layout_and_overrides() {
+        let s = resolve(parse_file(MANY).unwrap(), &env(&[]), &Overrides::default()).unwrap();
+        assert!(s.topics.multi());
+        assert!(s.topics.takes("prod.orders") && !s.topics.takes("dev.orders"));
+        let o = s.for_topic("prod.orders").unwrap();
+        assert_eq!(o.kafka.topic, "prod.orders");
+        assert_eq!(o.warehouse.raw_table, "prod_orders");
+        assert_eq!(o.warehouse.ledger_table, "prod_orders_loads");
+        assert_eq!(o.warehouse.rejects_table, "prod_orders_rejects");
+        assert_eq!(o.layout.format, RecordFormat::Json);
+        assert_eq!(o.layout.columns.len(), 2);
+        assert_eq!(o.archive.compression, Compression::Zstd);
+        assert_eq!(o.archive.key_template, "{topic}/{YYYY}/{MM}");
+        assert_eq!(o.max_errors, Some(7));
+        // A per-topic run of a topic is a single-topic run narrowed to it.
+        assert!(!o.topics.multi() && o.topics.takes("prod.orders") && !o.topics.takes("x"));
+        let t = s.for_topic("prod.tweets.eu").unwrap();
+        assert_eq!(t.warehouse.raw_table, "tweets_raw");
+        assert_eq!(t.layout.topic_column.as_deref(), Some("topic"));
+        assert_eq!(t.layout.columns, Layout::tweets().columns);
+        assert_eq!(t.archive.compression, Compression::Gzip);
+        assert_eq!(t.max_errors, None);
+        // Archived, but no route: copy refuses it (exit 2), ingest archives it as configured.
+        let err = s.for_topic("prod.other").unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::USAGE);
+        assert!(
+            err.to_string()
+                .contains("prod.other matches no [[topics]] entry"),
+            "{err}"
+        );
+        let a = s.for_topic_archive("prod.other").unwrap();
+        assert_eq!(a.archive.compression, Compression::Gzip);
+    }
+
+    #[test]
+    fn many_topics_keys_are_checked() {
+        let with = |extra: &str| {
+            resolve(
+                parse_file(&format!("{MANY}{extra}")).unwrap(),
+                &env(&[]),
+                &Overrides::default(),
+            )
+        };
+        let err = |extra: &str| format!("{:#}", with(extra).unwrap_err());
+        assert!(err("[[topics]]\nname = \"x\"\nrecords = \"nope\"\n").contains("no [records.nope]"));
+        assert!(err("[[topics]]\nname = \"x\"\npattern = \"y\"\n").contains("one of them"));
+        assert!(err("[[topics]]\nname = \"x\"\nraw_table = \"a b\"\n")
+            .contains("not a valid identifier"));
+        assert!(err("[[topics]]\nname = \"x\"\ncompression = \"lz4\"\n")
+            .contains("topics[2].compression"));
+        assert!(
+            err("[[topics]]\nname = \"x\"\nrecords = \"orders\"\ntopic_column = \"id\"\n")
+                .contains("also a column")
+        );
+        // A key of [records] that is neither a layout key nor a named layout.
+        let e = format!(
+            "{:#}",
+            resolve(
+                parse_file("[kafka]\ntopic = \"t\"\n[records]\ndelimter = \";\"\n").unwrap(),
+                &env(&[]),
+                &Overrides::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("records.delimter: unknown key"), "{e}");
+        // One topic and many exclude each other; [[topics]] needs many.
+        let e = format!(
+            "{:#}",
+            resolve(
+                parse_file("[kafka]\ntopic = \"t\"\ntopics = [\"a\"]\n").unwrap(),
+                &env(&[]),
+                &Overrides::default()
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("set one of them"), "{e}");
+        let e = format!(
+            "{:#}",
+            resolve(
+                parse_file("[kafka]\ntopic = \"t\"\n[[topics]]\nname = \"t\"\n").unwrap(),
+                &env(&[]),
+                &Overrides::default()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("[[topics]] routes topics of kafka.topics"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_environment_s_topics_replace_the_file_s() {
+        let file = "[kafka]\ntopic = \"t\"\n";
+        let s = resolve(
+            parse_file(file).unwrap(),
+            &env(&[("BATCHLAYER_KAFKA_TOPICS", "a, b")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.topics.listed(),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        let s = resolve(
+            parse_file(MANY).unwrap(),
+            &env(&[("BATCHLAYER_KAFKA_TOPICS_PATTERN", "^dev\\.")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(s.topics.takes("dev.x") && !s.topics.takes("prod.orders"));
+        // --topic narrows many topics.
+        let flags = Overrides {
+            topics: vec!["^prod\\.tweets".into()],
+            ..Overrides::default()
+        };
+        let s = resolve(parse_file(MANY).unwrap(), &env(&[]), &flags).unwrap();
+        assert!(s.topics.takes("prod.tweets.eu") && !s.topics.takes("prod.orders"));
+    }
+
     #[test]
     fn status_lateness_and_the_completeness_gate_from_the_file() {
         let s = resolve(

@@ -115,6 +115,8 @@ pub struct TopicsSettings {
     pub routes: Vec<Route>,
     /// `--topic`: only the topics these match.
     pub narrow: Vec<Matcher>,
+    /// `ingest --compression`: beats a route's compression, as flags beat the file.
+    pub compression_flag: Option<Compression>,
 }
 
 impl TopicsSettings {
@@ -352,8 +354,8 @@ mod tests {
         let (sel, narrow) = topic_select(list, None, None, &["^a".into()]).unwrap();
         let t = TopicsSettings {
             select: sel,
-            routes: vec![],
             narrow,
+            ..Default::default()
         };
         assert!(t.takes("a") && !t.takes("b") && !t.takes("c"));
         // One topic: one plain --topic replaces it; a pattern makes it many.
