@@ -384,16 +384,20 @@ pub struct ReplayRange {
     pub to: Option<ReplayPoint>,
 }
 
-/// Where a group stands in many topics at once, from one client: the cluster's topics (one
-/// metadata request), the group's committed offsets (one request) and the end offsets (one
-/// request per leader). What a run over many topics reads before it joins the group for the
-/// topics that have new messages.
+/// Where a group stands in many topics at once, from one client that never joins the group:
+/// the cluster's topics (one metadata request), the group's committed offsets (one request),
+/// and whether each partition holds anything past its committed offset, told by the broker's
+/// fetch (end of partition, or a message) as a run's read is: some brokers answer ListOffsets
+/// wrong (tansu gives the last batch's base offset plus one), so no end offset is trusted.
+/// What a run over many topics reads before it joins the group for the topics with new
+/// messages.
 #[derive(Debug, Default)]
 pub struct GroupOverview {
     /// Every topic of the cluster (the broker's own, `__*`, left out), sorted.
     pub topics: Vec<String>,
-    /// Per topic asked for: per partition, the committed offset (None: none) and the end.
-    pub positions: std::collections::BTreeMap<String, Vec<(i32, Option<i64>, i64)>>,
+    /// Per topic asked for: per partition, the committed offset (None: none) and whether the
+    /// partition holds a message at or past it (or could not be told within the wait).
+    pub positions: std::collections::BTreeMap<String, Vec<(i32, Option<i64>, bool)>>,
 }
 
 impl GroupOverview {
@@ -402,14 +406,23 @@ impl GroupOverview {
         let mut cfg = client_config(k);
         cfg.set("group.id", &k.group)
             .set("enable.auto.commit", "false")
-            .set("allow.auto.create.topics", "false");
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error")
+            .set("allow.auto.create.topics", "false")
+            // One short fetch round: the answer is "end of partition" or the first messages.
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.max.bytes", "1048576")
+            .set("max.partition.fetch.bytes", "65536")
+            .set("queued.max.messages.kbytes", "1024");
         let ctx = Ctx {
             msk: k.msk_iam.as_ref().map(msk_iam::MskTokens::new),
             ..Ctx::default()
         };
-        let c: BaseConsumer<Ctx> = cfg
-            .create_with_context(ctx)
-            .map_err(|e| anyhow!("creating Kafka client for {}: {e}", k.brokers))?;
+        let c: Arc<BaseConsumer<Ctx>> = Arc::new(
+            cfg.create_with_context(ctx)
+                .map_err(|e| anyhow!("creating Kafka client for {}: {e}", k.brokers))?,
+        );
         first_token(&c, &k.brokers)?;
         let timeout = Duration::from_secs(30);
         let md = c
@@ -417,7 +430,6 @@ impl GroupOverview {
             .map_err(|e| anyhow!("cannot reach Kafka at {}: {e}", k.brokers))?;
         let mut out = GroupOverview::default();
         let mut tpl = TopicPartitionList::new();
-        let mut ends = TopicPartitionList::new();
         for t in md.topics() {
             if t.name().starts_with("__") || t.error().is_some() {
                 continue;
@@ -428,7 +440,6 @@ impl GroupOverview {
             }
             for p in t.partitions() {
                 tpl.add_partition(t.name(), p.id());
-                ends.add_partition_offset(t.name(), p.id(), Offset::End)?;
             }
         }
         out.topics.sort();
@@ -438,35 +449,54 @@ impl GroupOverview {
         let committed = c
             .committed_offsets(tpl, timeout)
             .with_context(|| format!("reading group {}'s committed offsets", k.group))?;
-        // The latest offset of each partition (ListOffsets with timestamp -1), batched.
-        let ends = c
-            .offsets_for_times(ends, timeout)
-            .with_context(|| format!("reading end offsets from {}", k.brokers))?;
-        let end_of: HashMap<(String, i32), i64> = ends
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
-                _ => None,
-            })
-            .collect();
+        let mut at: Vec<(String, i32, Option<i64>)> = Vec::new();
+        let mut assign = TopicPartitionList::new();
         for e in committed.elements() {
-            let Some(&end) = end_of.get(&(e.topic().to_string(), e.partition())) else {
-                bail!(
-                    "no end offset for {}/{} from {}",
-                    e.topic(),
-                    e.partition(),
-                    k.brokers
-                );
-            };
-            let at = match e.offset() {
+            let pos = match e.offset() {
                 Offset::Offset(o) => Some(o),
                 _ => None,
             };
-            out.positions
-                .entry(e.topic().to_string())
-                .or_default()
-                .push((e.partition(), at, end));
+            assign.add_partition_offset(
+                e.topic(),
+                e.partition(),
+                pos.map_or(Offset::Beginning, Offset::Offset),
+            )?;
+            at.push((e.topic().to_string(), e.partition(), pos));
+        }
+        // Each partition's events on a queue of its own: an end of partition names no topic.
+        let mut queues = Vec::with_capacity(at.len());
+        for (i, (t, p, _)) in at.iter().enumerate() {
+            let q = c
+                .split_partition_queue(t, *p)
+                .ok_or_else(|| anyhow!("no queue for {t}/{p}"))?;
+            queues.push((i, q));
+        }
+        c.assign(&assign)
+            .with_context(|| format!("reading ahead of group {}'s offsets", k.group))?;
+        let mut more = vec![true; at.len()];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !queues.is_empty() && std::time::Instant::now() < deadline {
+            // The main queue: a message of a partition not split yet, errors, callbacks.
+            if let Some(Ok(m)) = c.poll(Duration::ZERO) {
+                let key = (m.topic().to_string(), m.partition());
+                queues.retain(|(i, _)| (at[*i].0.as_str(), at[*i].1) != (key.0.as_str(), key.1));
+            }
+            queues.retain(|(i, q)| match q.poll(Duration::ZERO) {
+                None => true,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    more[*i] = false;
+                    false
+                }
+                // A message, or an error (an expired offset): the topic's run decides.
+                Some(_) => false,
+            });
+            if !queues.is_empty() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let _ = c.unassign();
+        for (i, (t, p, pos)) in at.into_iter().enumerate() {
+            out.positions.entry(t).or_default().push((p, pos, more[i]));
         }
         for v in out.positions.values_mut() {
             v.sort();

@@ -195,6 +195,7 @@ macro_rules! both_flavours {
 }
 
 both_flavours!(
+    two_topics_share_one_raw_table_by_its_topic_column,
     redshift_warehouse_conforms_on_the_stand_in,
     two_raw_tables_sharing_one_ledger_each_get_every_object,
     the_stand_in_refuses_what_it_does_not_model,
@@ -315,6 +316,61 @@ fn two_raw_tables_sharing_one_ledger_each_get_every_object(serverless: bool) {
     assert_eq!(t.count("batchlayer_loads"), 4);
     assert_eq!(t.copy(None, false).unwrap().objects, 0);
     assert_eq!(other.copy(None, false).unwrap().objects, 0);
+}
+
+/// Many topics (issue 26) on the Redshift dialect: two topics loaded one after the other
+/// into one raw table, each row's topic in the table's topic column (COPY leaves the staging
+/// table's column NULL; the move from staging writes the topic).
+fn two_topics_share_one_raw_table_by_its_topic_column(serverless: bool) {
+    let Some((_w, t)) = target("rstopics", serverless) else {
+        return;
+    };
+    let mut other = t.clone();
+    other.topic = format!("{}.other", t.topic);
+    t.manifest(vec![t.put(0, 0, &tweets(0..10), Compression::Gzip, None)]);
+    other.manifest(vec![
+        other.put(0, 0, &tweets(10..14), Compression::Gzip, None),
+        other.put(1, 0, &tweets(14..20), Compression::None, None),
+    ]);
+    let layout = Layout {
+        topic_column: Some("topic".into()),
+        ..Layout::tweets()
+    };
+    for (topic, rows) in [(&t.topic, 10), (&other.topic, 10)] {
+        let opts = CopyOptions {
+            wait: true,
+            key_template: "{topic}/{YYYY}/{MM}/{DD}/{HH}".into(),
+            topics: Some(vec![topic.clone()]),
+            ..Default::default()
+        };
+        let mut wh = t.open();
+        let sum = copy::run(
+            t.store().as_ref(),
+            wh.as_mut(),
+            &layout,
+            &opts,
+            &Output::silent(),
+        )
+        .unwrap();
+        assert_eq!(sum.rows, rows, "{topic}: {sum:?}");
+    }
+    let by_topic: Vec<(String, i64)> = t
+        .query("SELECT \"topic\", count(*) FROM {s}.batch_raw GROUP BY 1 ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        by_topic,
+        vec![(t.topic.clone(), 10), (other.topic.clone(), 10)]
+    );
+    let ids: Vec<(String, i64)> = t
+        .query("SELECT \"topic\", min(\"id\") FROM {s}.batch_raw GROUP BY 1 ORDER BY 1")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let first = |i| batchlayer::tweets::tweet(77, i, 5).id;
+    assert_eq!(ids[0].1, (0..10).map(first).min().unwrap());
+    assert_eq!(ids[1].1, (10..20).map(first).min().unwrap());
 }
 
 fn the_stand_in_refuses_what_it_does_not_model(serverless: bool) {

@@ -313,9 +313,12 @@ fn three_topics_by_pattern_each_in_its_own_table_through_every_step() {
     assert_eq!(per_topic(&ing, &a, "messages"), 10, "{ing}");
     assert_eq!(per_topic(&ing, &b, "messages"), 0, "{ing}");
     assert_eq!(per_topic(&ing, &c, "messages"), 30, "{ing}");
+    // b, with nothing new, is passed by without joining the group for it.
+    assert_eq!(ing["idle"], serde_json::json!([b]), "{ing}");
     let cp = m.json(&["copy"]);
     assert_eq!(cp["rows"], 40, "{cp}");
     assert_eq!(per_topic(&cp, &b, "rows"), 0, "{cp}");
+    assert_eq!(cp["idle"], serde_json::json!([b]), "{cp}");
     assert_eq!(per_topic(&cp, &c, "rows"), 30, "{cp}");
     for (x, n) in [("a", 70), ("b", 40), ("c", 30)] {
         assert_eq!(m.rows(&m.table(x)), Some(n), "table of {x}");
@@ -767,4 +770,62 @@ fn a_topic_that_matches_no_route_is_archived_but_refused_by_copy() {
     let cp = m.json(&["copy", "--topic", &a]);
     assert_eq!(cp["rows"], 0, "{cp}");
     assert_eq!(m.rows(&m.table("a")), Some(20));
+}
+
+#[test]
+fn a_topic_missing_from_the_cluster_fails_alone_and_the_metrics_name_each_topic() {
+    if !stack_up() {
+        return;
+    }
+    let m = Multi::local("tpmissing");
+    let (a, gone) = (m.topic("a"), m.topic("gone"));
+    m.configure(&format!("topics = {}", toml_list(&[&a, &gone])), "", "");
+    produce_raw(&brokers(), &a, 2, &tweet_payloads(20, 1, 10));
+    let prom = m.w.dir.path().join("ingest.prom");
+    let prom_arg = path_str(&prom);
+
+    // The listed topic the cluster lacks fails; a is archived and committed all the same.
+    let (code, doc, err) = m.json_run(&["ingest", "--metrics-file", &prom_arg]);
+    assert_eq!(code, 1, "{doc}\n{err}");
+    let line = err
+        .lines()
+        .filter(|l| l.contains("topics failed"))
+        .collect::<Vec<_>>();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(
+        line[0].contains(&format!("1 of 2 topics failed: topic {gone}")),
+        "{err}"
+    );
+    assert!(line[0].contains("does not exist"), "{err}");
+    assert_eq!(per_topic(&doc, &a, "messages"), 20, "{doc}");
+    assert_eq!(doc["failed"][gone.as_str()]["exit"], 1, "{doc}");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    for want in [
+        "batchlayer_last_run_exit_code{step=\"ingest\"} 1".to_string(),
+        "batchlayer_last_run_messages{step=\"ingest\"} 20".to_string(),
+        format!("batchlayer_topic_messages{{step=\"ingest\",topic=\"{a}\"}} 20"),
+        format!("batchlayer_topic_exit_code{{step=\"ingest\",topic=\"{a}\"}} 0"),
+        format!("batchlayer_topic_exit_code{{step=\"ingest\",topic=\"{gone}\"}} 1"),
+    ] {
+        assert!(text.lines().any(|l| l == want), "{want} not in:\n{text}");
+    }
+    // Nothing is left to read of a: the next run passes it by (committed at the end, and the
+    // catalog head there), and still fails for the missing topic alone.
+    let (code, doc, _) = m.json_run(&["ingest"]);
+    assert_eq!(code, 1, "{doc}");
+    assert_eq!(doc["idle"], serde_json::json!([a]), "{doc}");
+    assert_eq!(doc["messages"], 0, "{doc}");
+    // Copy loads a; then it too has nothing new, and says so without reading its manifests.
+    let cp = m.json(&["copy"]);
+    assert_eq!(cp["rows"], 20, "{cp}");
+    let cp = m.json(&["copy"]);
+    assert_eq!(cp["idle"], serde_json::json!([a]), "{cp}");
+    assert_eq!(cp["rows"], 0, "{cp}");
+    // A new message makes a busy again for both.
+    produce_raw(&brokers(), &a, 2, &tweet_range(20..21, 1, 10));
+    let (_, doc, _) = m.json_run(&["ingest"]);
+    assert_eq!(per_topic(&doc, &a, "messages"), 1, "{doc}");
+    let cp = m.json(&["copy"]);
+    assert_eq!(cp["rows"], 1, "{cp}");
+    assert_eq!(m.rows(&m.table("a")), Some(21));
 }

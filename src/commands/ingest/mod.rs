@@ -229,22 +229,21 @@ fn exec_many(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
     Ok(Report::Many(many))
 }
 
-/// Whether a topic has nothing new for the group: every partition committed at its end (or
-/// empty and never committed), and the catalog head (its `head.json`) at those offsets. A
-/// mismatch is no error here: the topic's run decides (a commit ahead of the archive, a
-/// re-created topic).
+/// Whether a topic has nothing new for the group: every partition at its end at the
+/// committed offset (or empty and never committed), as the broker's fetch tells, and the
+/// catalog head (its `head.json`) at those offsets. Anything else is no error here: the
+/// topic's run decides (new messages, a commit ahead of the archive, a re-created topic).
 fn idle(ov: &crate::source::GroupOverview, store: &dyn ObjectStore, topic: &str) -> Result<bool> {
     let Some(ps) = ov.positions.get(topic).filter(|ps| !ps.is_empty()) else {
         return Ok(false);
     };
-    let at_end = |c: Option<i64>, end: i64| c == Some(end) || (c.is_none() && end == 0);
-    if !ps.iter().all(|&(_, c, end)| at_end(c, end)) {
+    if ps.iter().any(|&(_, _, more)| more) {
         return Ok(false);
     }
     let head = Catalog::new(store, topic).mirrored_head()?;
-    Ok(ps.iter().all(|&(p, _, end)| {
+    Ok(ps.iter().all(|&(p, committed, _)| {
         let next = head.as_ref().and_then(|h| h.next.get(&p).copied());
-        next == Some(end) || (end == 0 && next.is_none_or(|n| n == 0))
+        next == committed
     }))
 }
 
