@@ -384,6 +384,36 @@ pub struct ReplayRange {
     pub to: Option<ReplayPoint>,
 }
 
+/// A consumer's settings that exactly-once archiving rests on: the group's offsets, committed
+/// by batchlayer alone and only after the objects are stored; an end-of-partition event; no
+/// topic created by reading. Every start position is set explicitly (`start_positions`,
+/// `start_replay`), so a reset happens only when the position is gone (retention or
+/// DeleteRecords passed it while the run read): an error (ERR__AUTO_OFFSET_RESET,
+/// `Event::Expired`), never a silent jump to the log start over the expired offsets.
+fn reader_config(k: &KafkaSettings) -> ClientConfig {
+    let mut cfg = client_config(k);
+    cfg.set("group.id", &k.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error")
+        .set("allow.auto.create.topics", "false");
+    cfg
+}
+
+/// A consumer with batchlayer's context (MSK IAM tokens signed in it), its first token in.
+fn create_consumer(cfg: &ClientConfig, k: &KafkaSettings) -> Result<BaseConsumer<Ctx>> {
+    let ctx = Ctx {
+        msk: k.msk_iam.as_ref().map(msk_iam::MskTokens::new),
+        ..Ctx::default()
+    };
+    let c: BaseConsumer<Ctx> = cfg
+        .create_with_context(ctx)
+        .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
+    first_token(&c, &k.brokers)?;
+    Ok(c)
+}
+
 /// Where a group stands in many topics at once, from one client that never joins the group:
 /// the cluster's topics (one metadata request), the group's committed offsets (one request),
 /// and whether each partition holds anything past its committed offset, told by the broker's
@@ -403,27 +433,13 @@ pub struct GroupOverview {
 impl GroupOverview {
     /// Reads the cluster's topics, and the positions of those `want` takes.
     pub fn read(k: &KafkaSettings, want: &dyn Fn(&str) -> bool) -> Result<GroupOverview> {
-        let mut cfg = client_config(k);
-        cfg.set("group.id", &k.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "error")
-            .set("allow.auto.create.topics", "false")
-            // One short fetch round: the answer is "end of partition" or the first messages.
-            .set("fetch.wait.max.ms", "10")
+        let mut cfg = reader_config(k);
+        // One short fetch round: the answer is "end of partition" or the first messages.
+        cfg.set("fetch.wait.max.ms", "10")
             .set("fetch.max.bytes", "1048576")
             .set("max.partition.fetch.bytes", "65536")
             .set("queued.max.messages.kbytes", "1024");
-        let ctx = Ctx {
-            msk: k.msk_iam.as_ref().map(msk_iam::MskTokens::new),
-            ..Ctx::default()
-        };
-        let c: Arc<BaseConsumer<Ctx>> = Arc::new(
-            cfg.create_with_context(ctx)
-                .map_err(|e| anyhow!("creating Kafka client for {}: {e}", k.brokers))?,
-        );
-        first_token(&c, &k.brokers)?;
+        let c = Arc::new(create_consumer(&cfg, k)?);
         let timeout = Duration::from_secs(30);
         let md = c
             .fetch_metadata(None, timeout)
@@ -516,19 +532,9 @@ impl KafkaSource {
             ))
             .into());
         }
-        let mut cfg = client_config(k);
-        cfg.set("group.id", &k.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "true")
-            // Every start position is set explicitly (`start_positions`, `start_replay`), so a
-            // reset happens only when the position is gone (retention or DeleteRecords passed
-            // it while the run read): an error (ERR__AUTO_OFFSET_RESET, `Event::Expired`),
-            // never a silent jump to the log start over the expired offsets.
-            .set("auto.offset.reset", "error")
-            .set("allow.auto.create.topics", "false")
-            // Eager rebalancing: every assignment whole, every revocation of all of it.
-            .set("partition.assignment.strategy", "range,roundrobin")
+        let mut cfg = reader_config(k);
+        // Eager rebalancing: every assignment whole, every revocation of all of it.
+        cfg.set("partition.assignment.strategy", "range,roundrobin")
             .set("group.protocol", "classic")
             .set("socket.timeout.ms", "10000")
             .set("session.timeout.ms", session_timeout_ms(k).to_string())
@@ -549,16 +555,9 @@ impl KafkaSource {
             // Static membership (KIP-345): a restarted run takes over its partitions at once.
             cfg.set("group.instance.id", id);
         }
-        let ctx = Ctx {
-            msk: k.msk_iam.as_ref().map(msk_iam::MskTokens::new),
-            ..Ctx::default()
-        };
         // MSK IAM tokens come from the consumer's context; an admin client has none.
         let admin_config = k.msk_iam.is_none().then(|| client_config(k));
-        let consumer: BaseConsumer<Ctx> = cfg
-            .create_with_context(ctx)
-            .map_err(|e| anyhow!("creating Kafka consumer for {}: {e}", k.brokers))?;
-        first_token(&consumer, &k.brokers)?;
+        let consumer = create_consumer(&cfg, k)?;
         let src = KafkaSource {
             consumer,
             admin_config,

@@ -296,35 +296,31 @@ fn exec_many(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
             }
         }
     }
-    let mut probe: Option<Box<dyn Warehouse>> = None;
-    for (t, ts) in settings {
-        if probe.is_none() {
-            probe = Some(warehouse::connect(&ts.warehouse, &archive)?);
+    // One connection asks every topic's cursor at once; a topic whose keys in the index of
+    // change are those its cursor recorded has nothing new (no lock, no archive request).
+    let checked = match settings.values().next() {
+        Some(first) if !(a.dry_run || a.full_scan || a.key.is_some()) => {
+            let mut wh = warehouse::connect(&first.warehouse, &archive)?;
+            let pairs: Vec<(warehouse::Names, String)> = settings
+                .iter()
+                .map(|(t, ts)| (warehouse::Names::from_settings(&ts.warehouse), t.clone()))
+                .collect();
+            warehouse::Ledger::new(wh.as_mut()).checked_heads(&pairs)?
         }
-        let wh = probe.as_mut().expect("connected above");
-        wh.set_names(warehouse::Names::from_settings(&ts.warehouse));
-        if !a.dry_run && !a.full_scan && a.key.is_none() && unchanged(wh.as_mut(), &index, &t)? {
+        _ => Default::default(),
+    };
+    for (t, ts) in settings {
+        let keys = index.keys(&t);
+        let seen = checked.get(&(ts.warehouse.raw_table.clone(), t.clone()));
+        if !keys.is_empty() && seen.is_some_and(|c| c.index == keys) {
             many.idle.push(t);
             continue;
         }
         let r = exec_one(a, &ts, out, Some((&t, index.clone())))
-            .with_context(|| format!("topic {t} into {}", ts.warehouse.raw_table));
+            .with_context(|| format!("loading into {}", ts.warehouse.raw_table));
         many.record(&t, r, out);
     }
     Ok(Report::Many(many))
-}
-
-/// Whether copy left nothing of the topic to load and no manifest was stored since: its
-/// keys in the index of change are those its cursor recorded then.
-fn unchanged(wh: &mut dyn Warehouse, index: &catalog::ChangeIndex, topic: &str) -> Result<bool> {
-    let keys = index.keys(topic);
-    if keys.is_empty() {
-        return Ok(false);
-    }
-    let cursor = warehouse::Ledger::new(wh).copy_cursor(topic)?;
-    Ok(cursor
-        .and_then(|c| c.checked)
-        .is_some_and(|c| c.index == keys))
 }
 
 /// Copy into one raw table: every archived topic (one topic's config), or the one topic of

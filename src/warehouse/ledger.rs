@@ -9,7 +9,7 @@ use crate::archive::layout::OffsetSpan;
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Display;
 use std::str::FromStr;
 
@@ -292,6 +292,59 @@ impl<'a> Ledger<'a> {
             None => None,
         };
         Ok(r.text(0).map(|manifest| CopyCursor { manifest, checked }))
+    }
+
+    /// What copy's cursors recorded of many (raw table, topic) pairs at once (a run over many
+    /// topics asks before it takes any table's lock): one query for the schema's tables, and
+    /// one per 200 pairs whose cursor table exists. Keyed by (raw table, topic); a pair copy
+    /// has no cursor for is absent.
+    pub fn checked_heads(
+        &mut self,
+        pairs: &[(Names, String)],
+    ) -> Result<HashMap<(String, String), CheckedHead>> {
+        let mut out = HashMap::new();
+        let Some((first, _)) = pairs.first() else {
+            return Ok(out);
+        };
+        let sql = format!(
+            r#"SELECT "table_name" FROM "information_schema"."tables" WHERE "table_schema" = {}"#,
+            self.literal(&first.schema)
+        );
+        let (_, rows) = self
+            .wh
+            .session()
+            .query_text(&sql)
+            .context("listing the warehouse's tables")?;
+        let tables: HashSet<String> = rows.into_iter().filter_map(|r| Row(r).text(0)).collect();
+        let asked: Vec<String> = pairs
+            .iter()
+            .filter(|(n, _)| n.schema == first.schema && tables.contains(&cursor_table(n)))
+            .map(|(n, topic)| {
+                format!(
+                    r#"SELECT {raw} AS "raw", {t} AS "topic", "checked_head" FROM {} WHERE "target_table" = {} AND "topic" = {t}"#,
+                    n.qualified(&cursor_table(n)),
+                    self.literal(&format!("{}.{}", n.schema, n.raw)),
+                    raw = self.literal(&n.raw),
+                    t = self.literal(topic),
+                )
+            })
+            .collect();
+        for chunk in asked.chunks(200) {
+            let (_, rows) = self
+                .wh
+                .session()
+                .query_text(&chunk.join("\nUNION ALL\n"))
+                .context("reading copy's cursors")?;
+            for r in rows.into_iter().map(Row) {
+                let (Some(raw), Some(topic), Some(t)) = (r.text(0), r.text(1), r.text(2)) else {
+                    continue;
+                };
+                let c: CheckedHead = serde_json::from_str(&t)
+                    .with_context(|| format!("copy's cursor: checked_head {t:?} is not JSON"))?;
+                out.insert((raw, topic), c);
+            }
+        }
+        Ok(out)
     }
 
     /// Stores copy's cursor for a topic and the configured raw table (replacing the row, in one
