@@ -490,7 +490,8 @@ impl GroupOverview {
         c.assign(&assign)
             .with_context(|| format!("reading ahead of group {}'s offsets", k.group))?;
         let mut more = vec![true; at.len()];
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // A real broker answers in milliseconds; what is not told by then is "maybe more".
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !queues.is_empty() && std::time::Instant::now() < deadline {
             // The main queue: a message of a partition not split yet, errors, callbacks.
             if let Some(Ok(m)) = c.poll(Duration::ZERO) {

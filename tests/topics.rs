@@ -829,3 +829,40 @@ fn a_topic_missing_from_the_cluster_fails_alone_and_the_metrics_name_each_topic(
     assert_eq!(cp["rows"], 1, "{cp}");
     assert_eq!(m.rows(&m.table("a")), Some(21));
 }
+
+/// A topic that looks idle to the group (committed at its end) while the archive is behind (the
+/// offsets moved past it outside batchlayer) is not passed by: its run refuses the commit, as a
+/// single-topic run does, and the other topic stays idle.
+#[test]
+fn a_commit_moved_past_the_archive_is_not_taken_for_an_idle_topic() {
+    if !stack_up() {
+        return;
+    }
+    let m = Multi::local("tpahead");
+    let (a, b) = (m.topic("a"), m.topic("b"));
+    m.configure(&format!("topics = {}", toml_list(&[&a, &b])), "", "");
+    produce_raw(&brokers(), &a, 2, &tweet_payloads(20, 1, 10));
+    produce_raw(&brokers(), &b, 1, &tweet_payloads(10, 2, 10));
+    assert_eq!(m.json(&["ingest"])["messages"], 30);
+    // 10 more in a (5 a partition), and the group is moved to their end: 10..14 would be
+    // skipped.
+    produce_raw(&brokers(), &a, 2, &tweet_range(20..30, 1, 10));
+    let mut k = m.w.kafka();
+    k.topic = a.clone();
+    let src =
+        batchlayer::source::KafkaSource::connect(&k, batchlayer::source::Mode::Subscribe).unwrap();
+    batchlayer::source::MessageSource::commit(&src, &[(0, 15), (1, 15)]).unwrap();
+    drop(src);
+    let (code, doc, err) = m.json_run(&["ingest"]);
+    assert_eq!(code, 1, "{doc}\n{err}");
+    assert!(err.contains(&format!("topic {a}")), "{err}");
+    assert!(err.contains("ahead of the archive"), "{err}");
+    assert_eq!(doc["idle"], serde_json::json!([b]), "{doc}");
+    let objects = m.objects_of(&a).len();
+    // The operator resumes from the archive: the skipped offsets are archived.
+    let v = m.json(&["ingest", "--topic", &a, "--resume-from-archive"]);
+    assert_eq!(v["messages"], 10, "{v}");
+    assert!(m.objects_of(&a).len() > objects);
+    let v = m.json(&["ingest"]);
+    assert_eq!(v["idle"], serde_json::json!([a, b]), "{v}");
+}

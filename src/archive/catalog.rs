@@ -105,6 +105,15 @@ impl ChangeIndex {
         Ok(ChangeIndex(m))
     }
 
+    /// Whether the topic's one key says its newest manifest's run committed exactly these
+    /// positions (None: no key, or several: runs side by side).
+    pub fn committed_as(&self, topic: &str, positions: &BTreeMap<i32, i64>) -> Option<bool> {
+        match self.keys(topic) {
+            [k] => Some(k.ends_with(&format!("+{}", layout::positions_tag(positions)))),
+            _ => None,
+        }
+    }
+
     /// The topic's keys (empty when it has none: an archive older than the index).
     pub fn keys(&self, topic: &str) -> &[String] {
         self.0.get(topic).map(Vec::as_slice).unwrap_or_default()
@@ -113,9 +122,15 @@ impl ChangeIndex {
     /// Records in the index that a manifest of this topic was stored: its key, then the
     /// topic's keys this index listed go (another run's newer key, stored meanwhile, stays:
     /// copy then sees two keys, a change).
-    pub fn mark(&self, store: &dyn ObjectStore, topic: &str, manifest_key: &str) -> Result<()> {
+    pub fn mark(
+        &self,
+        store: &dyn ObjectStore,
+        topic: &str,
+        manifest_key: &str,
+        next: &BTreeMap<i32, i64>,
+    ) -> Result<()> {
         let name = layout::manifest_name(manifest_key).unwrap_or(manifest_key);
-        let key = layout::topic_index_key(topic, name);
+        let key = layout::topic_index_key(topic, name, next);
         store
             .put_bytes(&key, b"")
             .with_context(|| format!("storing {key} (the index of change)"))?;

@@ -19,9 +19,30 @@ pub const CATALOG: &str = "_catalog/";
 /// copy which topics changed since it last loaded them all, whatever the number of topics.
 pub const TOPICS_INDEX: &str = "_topics/";
 
-/// A topic's key in the index of change ([`TOPICS_INDEX`]): `+` never occurs in a topic name.
-pub fn topic_index_key(topic: &str, manifest_name: &str) -> String {
-    format!("{TOPICS_INDEX}{topic}+{manifest_name}")
+/// A topic's key in the index of change ([`TOPICS_INDEX`]):
+/// `_topics/{topic}+{manifest}+{positions}`, `positions` being [`positions_tag`] of the offsets
+/// the manifest's run commits (`+` never occurs in a topic or manifest name).
+pub fn topic_index_key(
+    topic: &str,
+    manifest_name: &str,
+    next: &std::collections::BTreeMap<i32, i64>,
+) -> String {
+    format!(
+        "{TOPICS_INDEX}{topic}+{manifest_name}+{}",
+        positions_tag(next)
+    )
+}
+
+/// A short tag of a set of positions (partition: next offset): the first 16 hex digits of the
+/// SHA-256 of `p:o,` for each, in partition order. Equal tags: the same positions (but for a
+/// 64-bit collision).
+pub fn positions_tag(next: &std::collections::BTreeMap<i32, i64>) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (p, o) in next {
+        h.update(format!("{p}:{o},").as_bytes());
+    }
+    hex::encode(h.finalize())[..16].to_string()
 }
 
 /// Where the schemas of Avro-framed messages live, one per registry id, for the whole archive:

@@ -208,6 +208,7 @@ fn exec_many(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         ov.topics.len()
     ));
     let store = archive_mod::open(&s.archive)?;
+    let index = crate::archive::catalog::ChangeIndex::read(store.as_ref())?;
     let plain = !(a.dry_run
         || a.new_epoch
         || a.resume_from_archive
@@ -216,7 +217,7 @@ fn exec_many(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
         || a.full_scan);
     let mut many = crate::report::Many::new("ingest");
     for t in topics {
-        if plain && idle(&ov, store.as_ref(), &t)? {
+        if plain && idle(&ov, &index, store.as_ref(), &t)? {
             many.idle.push(t);
             continue;
         }
@@ -231,14 +232,25 @@ fn exec_many(a: &IngestArgs, s: &Settings, out: &Output) -> Result<Report> {
 
 /// Whether a topic has nothing new for the group: every partition at its end at the
 /// committed offset (or empty and never committed), as the broker's fetch tells, and the
-/// catalog head (its `head.json`) at those offsets. Anything else is no error here: the
-/// topic's run decides (new messages, a commit ahead of the archive, a re-created topic).
-fn idle(ov: &crate::source::GroupOverview, store: &dyn ObjectStore, topic: &str) -> Result<bool> {
+/// archive at those offsets: the positions its newest manifest's run committed (the index of
+/// change says, in the listing read once for all topics), else the catalog head (a read of
+/// its `head.json`). Anything else is no error here: the topic's run decides (new messages, a
+/// commit ahead of the archive, a re-created topic).
+fn idle(
+    ov: &crate::source::GroupOverview,
+    index: &crate::archive::catalog::ChangeIndex,
+    store: &dyn ObjectStore,
+    topic: &str,
+) -> Result<bool> {
     let Some(ps) = ov.positions.get(topic).filter(|ps| !ps.is_empty()) else {
         return Ok(false);
     };
     if ps.iter().any(|&(_, _, more)| more) {
         return Ok(false);
+    }
+    let committed: BTreeMap<i32, i64> = ps.iter().filter_map(|&(p, c, _)| Some((p, c?))).collect();
+    if committed.len() == ps.len() && index.committed_as(topic, &committed) == Some(true) {
+        return Ok(true);
     }
     let head = Catalog::new(store, topic).mirrored_head()?;
     Ok(ps.iter().all(|&(p, committed, _)| {
@@ -1202,6 +1214,7 @@ impl Run<'_> {
                     self.store,
                     &self.topic,
                     &key,
+                    &m.next,
                 )?;
             }
         }
