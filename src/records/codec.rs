@@ -185,7 +185,9 @@ impl Codec {
                     let s = std::str::from_utf8(raw)
                         .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
                     let src = value::field_src(col, s).map_err(err)?;
-                    f(i, value::cell(col, src, ts, false).map_err(err)?);
+                    // A delimited field is NULL only as the column's null marker, which COPY
+                    // loads as NULL: the marker is the column's way to say it takes NULL.
+                    f(i, value::cell(col, src, ts, true).map_err(err)?);
                 }
                 Ok(())
             }
@@ -211,6 +213,16 @@ mod tests {
             d.pg_row(twin, format, &mut b).unwrap();
             assert_eq!(a, b, "{format:?}");
         }
+        // A delimited field equal to its column's null marker is NULL here as in COPY.
+        let mut out = Vec::new();
+        d.to_json_row(b"7;2024-01-01 00:00:01;5;None;1;2;", &mut out)
+            .unwrap();
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains(r#""location":null"#),
+            "a null marker is not NULL"
+        );
         let (mut a, mut b) = (Vec::new(), Vec::new());
         j.to_json_row(TWEET, &mut a).unwrap();
         d.to_json_row(twin, &mut b).unwrap();
