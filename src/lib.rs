@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod lake;
 pub mod metrics;
 pub mod output;
 pub mod progress;

@@ -840,22 +840,9 @@ fn prop_decoding_any_bytes_never_panics() {
 // The fastavro judge
 // ---------------------------------------------------------------------------------------------
 
-/// The test venv's Python (tests/stack.sh), or None with a note; under CI a missing venv fails.
-#[allow(clippy::print_stderr)]
+/// The test venv's Python, or None with a note.
 fn judge_python() -> Option<PathBuf> {
-    let Some(venv) = std::env::var_os("BATCHLAYER_TEST_VENV") else {
-        let required = std::env::var("CI").is_ok_and(|v| v == "true")
-            || std::env::var_os("BATCHLAYER_REQUIRE_SERVICES").is_some();
-        assert!(
-            !required,
-            "BATCHLAYER_TEST_VENV is not set (tests/stack.sh makes the fastavro venv)"
-        );
-        eprintln!("note: BATCHLAYER_TEST_VENV is not set; the fastavro judge did not run (source tests/stack.sh)");
-        return None;
-    };
-    let python = PathBuf::from(venv).join("bin/python");
-    assert!(python.exists(), "{} does not exist", python.display());
-    Some(python)
+    crate::util::judge_python("fastavro")
 }
 
 /// Runs judge.py over (schema, body) pairs; fastavro's reading of each, in our JSON mapping.
