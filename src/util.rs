@@ -157,6 +157,27 @@ impl<W: Write> Write for Tally<W> {
     }
 }
 
+/// The test venv's Python (tests/stack.sh makes it: fastavro, pyarrow, DuckDB), the judges of
+/// what batchlayer writes; None with a note when it is not there, and under CI (or
+/// `BATCHLAYER_REQUIRE_SERVICES`) a missing venv fails the test.
+#[cfg(test)]
+#[allow(clippy::print_stderr)]
+pub fn judge_python(judge: &str) -> Option<std::path::PathBuf> {
+    let Some(venv) = std::env::var_os("BATCHLAYER_TEST_VENV") else {
+        let required = std::env::var("CI").is_ok_and(|v| v == "true")
+            || std::env::var_os("BATCHLAYER_REQUIRE_SERVICES").is_some();
+        assert!(
+            !required,
+            "BATCHLAYER_TEST_VENV is not set (tests/stack.sh makes the judges' venv)"
+        );
+        eprintln!("note: BATCHLAYER_TEST_VENV is not set; the {judge} judge did not run (source tests/stack.sh)");
+        return None;
+    };
+    let python = std::path::PathBuf::from(venv).join("bin/python");
+    assert!(python.exists(), "{} does not exist", python.display());
+    Some(python)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,25 +260,4 @@ mod tests {
         c.write_all(b"hello").unwrap();
         assert_eq!((c.bytes, c.finish().0), (5, String::new()));
     }
-}
-
-/// The test venv's Python (tests/stack.sh makes it: fastavro, pyarrow, DuckDB), the judges of
-/// what batchlayer writes; None with a note when it is not there, and under CI (or
-/// `BATCHLAYER_REQUIRE_SERVICES`) a missing venv fails the test.
-#[cfg(test)]
-#[allow(clippy::print_stderr)]
-pub fn judge_python(judge: &str) -> Option<std::path::PathBuf> {
-    let Some(venv) = std::env::var_os("BATCHLAYER_TEST_VENV") else {
-        let required = std::env::var("CI").is_ok_and(|v| v == "true")
-            || std::env::var_os("BATCHLAYER_REQUIRE_SERVICES").is_some();
-        assert!(
-            !required,
-            "BATCHLAYER_TEST_VENV is not set (tests/stack.sh makes the judges' venv)"
-        );
-        eprintln!("note: BATCHLAYER_TEST_VENV is not set; the {judge} judge did not run (source tests/stack.sh)");
-        return None;
-    };
-    let python = std::path::PathBuf::from(venv).join("bin/python");
-    assert!(python.exists(), "{} does not exist", python.display());
-    Some(python)
 }

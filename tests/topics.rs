@@ -866,3 +866,38 @@ fn a_commit_moved_past_the_archive_is_not_taken_for_an_idle_topic() {
     let v = m.json(&["ingest"]);
     assert_eq!(v["idle"], serde_json::json!([a, b]), "{v}");
 }
+
+/// `copy --key` over many topics loads that one object into its topic's table; the other
+/// topics are not touched, and a key of no configured topic is a usage error.
+#[test]
+fn copy_key_loads_one_object_of_its_topic() {
+    if !stack_up() {
+        return;
+    }
+    let m = Multi::local("tpkey");
+    let (a, b) = (m.topic("a"), m.topic("b"));
+    m.configure(&format!("topics = {}", toml_list(&[&a, &b])), "", "");
+    produce_raw(&brokers(), &a, 2, &tweet_payloads(20, 1, 10));
+    produce_raw(&brokers(), &b, 1, &tweet_payloads(10, 2, 10));
+    m.json(&["ingest"]);
+    let keys = m.objects_of(&a);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let cp = m.json(&["copy", "--key", &keys[0]]);
+    assert_eq!(cp["rows"], 10, "{cp}");
+    assert_eq!(names(&cp["topics"]), vec![a.clone()], "{cp}");
+    assert_eq!(m.rows(&m.table("a")), Some(10));
+    assert_eq!(m.rows(&m.table("b")), None);
+    let (code, _, err) = m.run(&[
+        "copy",
+        "--key",
+        "other/x+0+00000000000000000000+00000000000000000001.log.gz",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not an object of a topic this config takes"),
+        "{err}"
+    );
+    // The rest loads as usual.
+    let cp = m.json(&["copy"]);
+    assert_eq!(cp["rows"], 20, "{cp}");
+}

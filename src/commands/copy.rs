@@ -249,7 +249,18 @@ fn exec_many(a: &CopyArgs, s: &Settings, out: &Output) -> Result<Report> {
     }
     let store = archive_mod::open(&archive)?;
     let index = std::sync::Arc::new(catalog::ChangeIndex::read(store.as_ref())?);
-    let topics = s.topics.pick(&catalog::topics(store.as_ref())?);
+    let mut topics = s.topics.pick(&catalog::topics(store.as_ref())?);
+    // --key names one object: only its topic loads it.
+    if let Some(k) = &a.key {
+        let of = layout::parse_object_key(k).map(|(t, ..)| t);
+        topics.retain(|t| of.as_ref() == Some(t));
+        if topics.is_empty() {
+            return Err(crate::error::Error::config(format!(
+                "--key {k}: not an object of a topic this config takes"
+            ))
+            .into());
+        }
+    }
     out.debug(&format!(
         "copy: {} archived topics of {}",
         topics.len(),
