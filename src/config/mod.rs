@@ -463,12 +463,6 @@ impl Settings {
         }
         Ok(s)
     }
-
-    /// The raw table of a topic (its route's, or derived from its name; the configured one
-    /// for a single topic).
-    pub fn raw_table_of(&self, topic: &str) -> Result<String, Error> {
-        Ok(self.for_topic(topic)?.warehouse.raw_table)
-    }
 }
 
 /// Finds, reads and resolves the configuration once; every error here exits 2.

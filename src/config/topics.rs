@@ -57,13 +57,6 @@ impl Matcher {
             Matcher::Pattern(p) => p.matches(topic),
         }
     }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Matcher::Name(n) => n.clone(),
-            Matcher::Pattern(p) => format!("/{}/", p.text),
-        }
-    }
 }
 
 /// Kafka's rule for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
