@@ -178,13 +178,20 @@ impl Many {
             .filter(|(k, _)| *k != "problems")
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
+        let n = self.topics.len() + self.idle.len() + self.failed.len();
+        let counts = if matches!(self.step, "ingest" | "copy") {
+            format!(
+                "{} with something to do, {} idle, {} failed",
+                self.topics.len(),
+                self.idle.len(),
+                self.failed.len()
+            )
+        } else {
+            format!("{} failed", self.failed.len())
+        };
         s += &format!(
-            "{}: {} topics ({} with something to do, {} idle, {} failed){}{}",
+            "{}: {n} topics ({counts}){}{}",
             self.step,
-            self.topics.len() + self.idle.len() + self.failed.len(),
-            self.topics.len(),
-            self.idle.len(),
-            self.failed.len(),
             if totals.is_empty() { "" } else { ": " },
             totals.join(", ")
         );
@@ -388,6 +395,54 @@ mod tests {
         assert_eq!(
             doc,
             r#"{"adopted":[],"bytes":0,"committed":{"10":9,"2":7},"dry_run":false,"epoch":0,"expired":[],"handed_over":[],"held_by_others":[],"manifest_key":null,"messages":5,"object_list":[],"objects":0,"partitions":0,"rejected":0,"seconds":0.0,"skipped":0,"stopped_by":"--max-messages"}"#
+        );
+    }
+
+    #[test]
+    fn a_run_over_many_topics_is_one_document_and_fails_with_its_first_failed_topic() {
+        let mut m = Many::new("copy");
+        m.topics.insert(
+            "a".into(),
+            Report::Copy(CopySummary {
+                rows: 5,
+                objects: 1,
+                ..Default::default()
+            }),
+        );
+        m.idle.push("b".into());
+        for (t, exit) in [("d", 2), ("c", 1)] {
+            m.failed.insert(
+                t.into(),
+                Failure {
+                    error: format!("{t} broke"),
+                    exit,
+                },
+            );
+        }
+        let r = Report::Many(m);
+        let doc = r.parts()[0].document().unwrap();
+        assert_eq!(doc["topics"]["a"]["rows"], 5);
+        assert_eq!(doc["idle"], serde_json::json!(["b"]));
+        assert_eq!(doc["failed"]["c"]["exit"], 1);
+        assert_eq!(
+            (doc["rows"].clone(), doc["objects"].clone()),
+            (5.into(), 1.into())
+        );
+        let Human::Line(text) = r.parts()[0].human() else {
+            panic!("not a line")
+        };
+        assert!(text.starts_with("topic a: copy: 1 objects"), "{text}");
+        assert!(text.contains("topic c: FAILED (exit 1): c broke"), "{text}");
+        assert!(
+            text.ends_with("copy: 4 topics (1 with something to do, 1 idle, 2 failed): 0 bytes, 1 objects, 0 rejects, 5 rows"),
+            "{text}"
+        );
+        // By name, c is the first failed topic: its exit code is the run's; the line names both.
+        let e = r.outcome().unwrap_err();
+        assert_eq!(crate::error::code_for(&e), 1);
+        assert_eq!(
+            e.to_string(),
+            "2 of 4 topics failed: topic c: c broke; topic d: d broke"
         );
     }
 
