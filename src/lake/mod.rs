@@ -2,10 +2,11 @@
 //! (Spark, Trino or Athena, Redshift Spectrum, DuckDB), under Hive-style hour folders.
 //!
 //! Here so far: [`parquet`], the file writer (a layout's columns plus each record's Kafka
-//! coordinates, typed, without arrow). What `publish` builds on it (which archive objects
-//! and hours, the lake's catalog, `_SUCCESS`, `ddl`, `audit`) is designed in
-//! `docs/lake-design.md`.
+//! coordinates, typed, without arrow), and [`ddl`], the table each engine declares over a
+//! topic's folder. What `publish` builds on them (which archive objects and hours, the lake's
+//! catalog, `_SUCCESS`, the `ddl` command, `audit`) is designed in `docs/lake-design.md`.
 
+pub mod ddl;
 pub mod parquet;
 
 pub use self::parquet::{
