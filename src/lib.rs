@@ -80,6 +80,16 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<Report> {
         // Answered in `run`, before any configuration is read.
         Command::Completions(_) | Command::Man(_) => Report::None,
     };
+    if let Report::Many(m) = &report {
+        if m.topics.is_empty() && m.idle.is_empty() && m.failed.is_empty() {
+            // Nothing was asked of no topic, but a pattern that matches nothing is worth saying.
+            out.warn(&format!(
+                "no topic of {} to {}",
+                s.topics.describe(),
+                m.step
+            ));
+        }
+    }
     for part in report.parts() {
         out.summary(&part)?;
     }

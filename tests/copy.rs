@@ -1205,9 +1205,6 @@ impl batchlayer::warehouse::Warehouse for LoggedWh {
     fn names(&self) -> &batchlayer::warehouse::Names {
         &self.1
     }
-    fn set_names(&mut self, names: batchlayer::warehouse::Names) {
-        self.1 = names;
-    }
     fn describe(&self) -> String {
         "logged".into()
     }

@@ -901,3 +901,25 @@ fn copy_key_loads_one_object_of_its_topic() {
     let cp = m.json(&["copy"]);
     assert_eq!(cp["rows"], 20, "{cp}");
 }
+
+/// A pattern that matches no topic does nothing, and says so (a named warning, exit 0).
+#[test]
+fn a_pattern_matching_no_topic_says_so() {
+    if !stack_up() {
+        return;
+    }
+    let m = Multi::local("tpnone");
+    m.configure(&format!("topics_pattern = '{}'", m.pattern()), "", "");
+    for step in ["ingest", "copy"] {
+        let (code, doc, err) = m.json_run(&[step]);
+        assert_eq!(code, 0, "{doc}\n{err}");
+        assert!(
+            err.contains(&format!(
+                "warning: no topic of topics matching /{}/ to {step}",
+                m.pattern()
+            )),
+            "{err}"
+        );
+        assert_eq!(doc["topics"], serde_json::json!({}), "{doc}");
+    }
+}

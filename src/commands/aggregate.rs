@@ -348,15 +348,14 @@ fn gate_progress(
         ))
         .into());
     }
-    let home = wh.names().clone();
     let mut all = Vec::new();
     for t in &vs.topics {
+        // Each topic's ledger is its own raw table's: a connection of its own asks it.
         let ts = s.for_topic(t)?;
-        wh.set_names(Names::from_settings(&ts.warehouse));
-        let snap = progress::snapshot(&ts, store, wh, s.status.lateness, now)
-            .with_context(|| format!("topic {t}"));
-        wh.set_names(home.clone());
-        for mut p in snap?.partitions {
+        let mut twh = warehouse::connect(&ts.warehouse, &ts.archive)?;
+        let snap = progress::snapshot(&ts, store, twh.as_mut(), s.status.lateness, now)
+            .with_context(|| format!("topic {t}"))?;
+        for mut p in snap.partitions {
             p.topic = Some(t.clone());
             all.push(p);
         }

@@ -716,9 +716,6 @@ mod tests {
         fn names(&self) -> &Names {
             &self.1
         }
-        fn set_names(&mut self, names: Names) {
-            self.1 = names;
-        }
         fn describe(&self) -> String {
             "wh".into()
         }

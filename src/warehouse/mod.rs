@@ -293,9 +293,6 @@ pub trait Warehouse {
     fn session(&mut self) -> &mut dyn SqlSession;
     /// The configured table names.
     fn names(&self) -> &Names;
-    /// Points this session at other tables (one connection asking about many topics' tables;
-    /// loads take a connection of their own).
-    fn set_names(&mut self, names: Names);
     /// Where it points (no secrets).
     fn describe(&self) -> String;
     /// A string literal as this warehouse reads it (Redshift reads a backslash as an escape):

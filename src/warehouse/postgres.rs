@@ -595,10 +595,6 @@ impl Warehouse for Pg {
         &self.s.names
     }
 
-    fn set_names(&mut self, names: Names) {
-        self.s.names = names;
-    }
-
     fn describe(&self) -> String {
         self.s.describe()
     }

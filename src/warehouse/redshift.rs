@@ -1427,10 +1427,6 @@ impl Warehouse for Redshift {
     fn names(&self) -> &Names {
         &self.names
     }
-    fn set_names(&mut self, names: Names) {
-        self.names = names;
-        self.ledger_lock_ready = false;
-    }
     fn describe(&self) -> String {
         format!("redshift {}", self.s.describe())
     }
