@@ -311,11 +311,13 @@ def write_index():
                 pass
             with open(os.path.join(bench, name)) as g:
                 f.write(g.read() + "\n")
-        # Many topics (bench/topics.py, examples/bench_topics.sh): one file, a row per size.
-        path = os.path.join(bench, "results-topics.md")
-        if os.path.exists(path):
-            with open(path) as g:
-                f.write(g.read() + "\n")
+        # Many topics (bench/topics.py, examples/bench_topics.sh) and the lake (bench/publish.py,
+        # examples/bench_publish.sh): one file each, a row per size.
+        for extra in ("results-topics.md", "results-publish.md"):
+            path = os.path.join(bench, extra)
+            if os.path.exists(path):
+                with open(path) as g:
+                    f.write(g.read() + "\n")
         f.write(scaling())
         # Kept beside the runs: notes on them, and the archive-size scaling (bench/scale.py).
         for extra in ("notes.md", "scale-results.md"):

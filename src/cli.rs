@@ -73,7 +73,9 @@ impl Cli {
     pub fn parse_args() -> Cli {
         let matches = Cli::command().get_matches();
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if let Some(("copy" | "aggregate" | "status" | "audit", sub)) = matches.subcommand() {
+        if let Some(("copy" | "aggregate" | "status" | "audit" | "publish", sub)) =
+            matches.subcommand()
+        {
             let url = sub.get_one::<String>("warehouse_url");
             if url.is_some_and(|u| crate::warehouse::conninfo::url_has_password(u)) {
                 Cli::command()
@@ -152,6 +154,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Reconcile offsets, manifests, archived objects and the ledger; report every mismatch.
     Audit(AuditArgs),
+    /// Write the archive's closed hours as Parquet files under {lake}/{topic}/dt=/hour=/.
+    Publish(PublishArgs),
+    /// Print the table definition of the lake for a query engine.
+    Ddl(DdlArgs),
     /// Produce N deterministic synthetic tweets (for the quickstart, tests and benchmarks).
     #[command(hide = true)]
     ProduceTweets(ProduceArgs),
@@ -167,6 +173,8 @@ impl Command {
             Command::Status(a) => (Some(&a.kafka), Some(&a.archive), Some(&a.warehouse), None),
             Command::Audit(a) => (Some(&a.kafka), Some(&a.archive), Some(&a.warehouse), None),
             Command::ProduceTweets(a) => (Some(&a.kafka), None, None, None),
+            Command::Publish(a) => (Some(&a.kafka), Some(&a.archive), Some(&a.warehouse), None),
+            Command::Ddl(a) => (Some(&a.kafka), Some(&a.archive), None, None),
             Command::Completions(_) | Command::Man(_) => (None, None, None, None),
         };
         let (brokers, mut topics, group) = kafka
@@ -190,6 +198,11 @@ impl Command {
             warehouse_url: warehouse.and_then(|w| w.warehouse_url.clone()),
             compression,
             log_format: None,
+            lake: match self {
+                Command::Publish(a) => a.lake.clone(),
+                Command::Ddl(a) => a.lake.clone(),
+                _ => None,
+            },
         }
     }
 
@@ -199,6 +212,7 @@ impl Command {
             Command::Ingest(a) => ("ingest", &a.metrics),
             Command::Copy(a) => ("copy", &a.metrics),
             Command::Aggregate(a) => ("aggregate", &a.metrics),
+            Command::Publish(a) => ("publish", &a.metrics),
             _ => return None,
         };
         m.metrics_file.as_deref().map(|p| (step, p))
@@ -342,6 +356,62 @@ pub struct CopyArgs {
 }
 
 #[derive(Debug, Args, Default)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
+    #[command(flatten)]
+    pub warehouse: WarehouseOpts,
+    /// The lake: s3://bucket/prefix, file:///dir or a path. [config: lake.url; env:
+    /// BATCHLAYER_LAKE_URL; default: the archive's URL with -lake added]
+    #[arg(long, value_name = "URL")]
+    pub lake: Option<String>,
+    /// Also write hours that are not closed yet (tests, backfills); a later run seals them
+    /// once closed, adding files for what arrived since.
+    #[arg(long)]
+    pub open: bool,
+    /// Print the files a run would write; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Tolerate up to N bad records per file (listed under _lake/{topic}/rejects/). Default:
+    /// strict.
+    #[arg(long, value_name = "N")]
+    pub max_errors: Option<u64>,
+    /// Exit at once with code 3 when another publish holds the lock (default: wait).
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Rebuild the lake's head from its commit and hour records, read every manifest of the
+    /// topic again, and write the `_SUCCESS` of every sealed hour that lost it.
+    #[arg(long)]
+    pub repair: bool,
+    #[command(flatten)]
+    pub metrics: MetricsOpts,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct DdlArgs {
+    #[command(flatten)]
+    pub kafka: KafkaOpts,
+    #[command(flatten)]
+    pub archive: ArchiveOpts,
+    /// The engine: spark, trino, athena, duckdb or spectrum.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: String,
+    /// The lake (as publish's --lake).
+    #[arg(long, value_name = "URL")]
+    pub lake: Option<String>,
+    /// The table's LOCATION, when engines reach the lake by another URL than batchlayer
+    /// (s3a:// for Spark); default: the lake's URL and the topic.
+    #[arg(long, value_name = "URL")]
+    pub location: Option<String>,
+    /// Trino's catalog.schema, Spectrum's external schema (default: lake, or
+    /// lake.spectrum_schema).
+    #[arg(long, value_name = "SCHEMA")]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Args, Default)]
 pub struct AggregateArgs {
     #[command(flatten)]
     pub warehouse: WarehouseOpts,
@@ -454,6 +524,18 @@ pub struct ProduceArgs {
     /// (the schema registered first under the subject `{topic}-value`; needs [schema_registry]).
     #[arg(long, value_enum, default_value_t = TweetFormat::Delimited)]
     pub format: TweetFormat,
+    /// Give the messages Kafka timestamps from this time on (UTC unless it says its zone;
+    /// a duration like 3h is before now), spread evenly over --span; default: the time sent.
+    #[arg(long, value_name = "TIME", value_parser = TimeSpec::parse)]
+    pub start_time: Option<TimeSpec>,
+    /// With --start-time: the seconds the messages' timestamps span.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 3600,
+        requires = "start_time"
+    )]
+    pub span: u64,
 }
 
 /// How `produce-tweets` writes each tweet.

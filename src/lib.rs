@@ -22,7 +22,7 @@ pub mod warehouse;
 
 use anyhow::Result;
 use cli::{Cli, Command};
-use commands::{aggregate, audit, completions, copy, ingest, produce, status};
+use commands::{aggregate, audit, completions, copy, ddl, ingest, produce, publish, status};
 use config::ProcessEnv;
 use output::Output;
 use report::{Part, Report};
@@ -77,6 +77,8 @@ fn run_step(cli: &Cli, out: &mut Output) -> Result<Report> {
         Command::Status(a) => status::exec(a, &s)?,
         Command::Audit(a) => audit::exec(a, &s, out)?,
         Command::ProduceTweets(a) => produce::exec(a, &s)?,
+        Command::Publish(a) => publish::exec(a, &s, out)?,
+        Command::Ddl(a) => ddl::exec(a, &s, out)?,
         // Answered in `run`, before any configuration is read.
         Command::Completions(_) | Command::Man(_) => Report::None,
     };

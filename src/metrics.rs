@@ -86,11 +86,18 @@ impl Figures {
                 skipped_offsets: Some(c.skipped_rows),
                 ..Figures::default()
             },
+            ("publish", Report::Publish(p)) => Figures {
+                bytes: Some(p.bytes),
+                objects: Some(p.files as u64),
+                rows: Some(p.rows),
+                rejects: Some(p.rejects),
+                ..Figures::default()
+            },
             ("aggregate", Report::Aggregate(views)) => Figures {
                 views: views.iter().map(|v| (v.view.clone(), v.rows)).collect(),
                 ..Figures::default()
             },
-            ("ingest" | "copy", Report::Many(m)) => {
+            ("ingest" | "copy" | "publish", Report::Many(m)) => {
                 let mut total = Figures::default();
                 let mut topics = Vec::new();
                 for (t, r) in &m.topics {

@@ -14,6 +14,7 @@ pub use crate::commands::audit::AuditReport;
 pub use crate::commands::copy::CopySummary;
 pub use crate::commands::ingest::{IngestSummary, StopReason};
 pub use crate::commands::produce::ProduceSummary;
+pub use crate::commands::publish::PublishSummary;
 pub use crate::commands::status::StatusReport;
 
 /// The report of one run, as its command's `exec` returns it.
@@ -26,6 +27,7 @@ pub enum Report {
     Status(StatusReport),
     Audit(AuditReport),
     Produce(ProduceSummary),
+    Publish(PublishSummary),
     /// A run over many topics: each topic's report.
     Many(Many),
     /// A command that reports nothing (completions, man).
@@ -119,6 +121,7 @@ impl Many {
         let keys: &[&'static str] = match self.step {
             "ingest" => &["messages", "objects", "bytes"],
             "copy" => &["rows", "objects", "rejects", "bytes"],
+            "publish" => &["rows", "files", "rejects", "bytes"],
             "status" => &["lag"],
             _ => &[],
         };
@@ -138,6 +141,12 @@ impl Many {
                 }
                 Report::Status(s) => {
                     *t.entry("lag").or_default() += s.total_lag.max(0) as u64;
+                }
+                Report::Publish(s) => {
+                    *t.entry("rows").or_default() += s.rows;
+                    *t.entry("files").or_default() += s.files as u64;
+                    *t.entry("rejects").or_default() += s.rejects;
+                    *t.entry("bytes").or_default() += s.bytes;
                 }
                 _ => {}
             }
@@ -179,7 +188,7 @@ impl Many {
             .map(|(k, v)| format!("{v} {k}"))
             .collect();
         let n = self.topics.len() + self.idle.len() + self.failed.len();
-        let counts = if matches!(self.step, "ingest" | "copy") {
+        let counts = if matches!(self.step, "ingest" | "copy" | "publish") {
             format!(
                 "{} with something to do, {} idle, {} failed",
                 self.topics.len(),
@@ -209,6 +218,7 @@ pub enum Part<'a> {
     Status(&'a StatusReport),
     Audit(&'a AuditReport),
     Produce(&'a ProduceSummary),
+    Publish(&'a PublishSummary),
     Many(&'a Many),
 }
 
@@ -222,6 +232,7 @@ impl Report {
             Report::Status(s) => vec![Part::Status(s)],
             Report::Audit(s) => vec![Part::Audit(s)],
             Report::Produce(s) => vec![Part::Produce(s)],
+            Report::Publish(s) => vec![Part::Publish(s)],
             Report::Many(m) => vec![Part::Many(m)],
             Report::None => Vec::new(),
         }
@@ -273,6 +284,7 @@ impl Summary for Part<'_> {
             Part::Status(s) => serde_json::to_value(s),
             Part::Audit(s) => serde_json::to_value(s),
             Part::Produce(s) => serde_json::to_value(s),
+            Part::Publish(s) => serde_json::to_value(s),
             Part::Many(m) => {
                 let mut doc = serde_json::Map::new();
                 doc.insert("topics".into(), serde_json::Value::Object(m.documents()?));
@@ -297,6 +309,7 @@ impl Summary for Part<'_> {
             Part::Produce(s) => {
                 Human::Line(format!("produced {} messages to {}", s.produced, s.topic))
             }
+            Part::Publish(s) => Human::Line(publish_line(s)),
             Part::Many(m) if matches!(m.step, "status" | "audit") => Human::Table(m.human() + "\n"),
             Part::Many(m) => Human::Line(m.human()),
         }
@@ -364,6 +377,40 @@ fn view_line(s: &AggregateSummary) -> String {
         if s.rolled_back { ", rolled back" } else { "" },
         s.seconds
     )
+}
+
+/// publish's summary line.
+fn publish_line(s: &PublishSummary) -> String {
+    if s.dry_run {
+        return format!(
+            "dry run: would write {} files ({} records) into {}; {} hours not closed",
+            s.plan.len(),
+            s.plan.iter().map(|f| f.records).sum::<u64>(),
+            s.lake,
+            s.hours_waiting.len()
+        );
+    }
+    let mut l = format!(
+        "published {} rows in {} files ({}) to {}; {} hours sealed",
+        s.rows,
+        s.files,
+        indicatif::HumanBytes(s.bytes),
+        s.lake,
+        s.hours_sealed.len()
+    );
+    if !s.hours_open.is_empty() {
+        l += &format!(", {} written open", s.hours_open.len());
+    }
+    if !s.hours_waiting.is_empty() {
+        l += &format!(", {} not closed yet", s.hours_waiting.len());
+    }
+    if s.rejects > 0 {
+        l += &format!("; {} records rejected", s.rejects);
+    }
+    if s.resumed > 0 {
+        l += &format!("; finished {} files of a run that died", s.resumed);
+    }
+    l + &format!(" in {:.1}s", s.seconds)
 }
 
 #[cfg(test)]

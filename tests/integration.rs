@@ -18,6 +18,7 @@ mod failures;
 mod formats;
 mod holes;
 mod ingest;
+mod lake;
 mod ops;
 mod redshift;
 mod registry;

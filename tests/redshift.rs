@@ -6,8 +6,12 @@
 //!
 //! Every test runs twice: on a stand-in provisioned cluster (STL views) and on a stand-in
 //! Redshift Serverless (no STL views; SYS views), the flavour detected by the dialect's probe.
+//!
+//! `publish` with `lake.spectrum_schema` runs the real binary against the stand-in through the
+//! stand-in's wire-protocol server (`StandInCluster::serve`), the Spectrum statements modelled
+//! in tests/common/standin_spectrum.rs.
 
-use crate::common::standin::StandInCluster;
+use crate::common::standin::{StandIn, StandInCluster};
 use crate::common::*;
 use batchlayer::archive::layout::{self, Compression, Manifest, ObjectEntry};
 use batchlayer::archive::ObjectStore;
@@ -122,6 +126,7 @@ impl Target {
             holes: vec![],
             max_timestamp_ms: None,
             schema_ids: Vec::new(),
+            timestamps: None,
         }
     }
 
@@ -222,6 +227,8 @@ both_flavours!(
     a_json_record_redshift_refuses_is_rejected_under_its_archived_line,
     the_stand_in_reads_json_as_copy_is_documented,
     the_stand_in_refuses_json_copies_as_redshift_does,
+    the_stand_in_models_spectrum_as_documented,
+    publish_adds_each_sealed_hour_to_spectrum_once,
 );
 
 /// A world with an S3 archive and the stand-in (Serverless or provisioned) over its schema;
@@ -2029,4 +2036,349 @@ fn the_stand_in_refuses_json_copies_as_redshift_does(serverless: bool) {
         let err = format!("{:#}", j.s.execute(&sql).unwrap_err());
         assert!(err.contains("not supported with JSON"), "{extra}: {err}");
     }
+}
+
+/// Runs `sql` on the stand-in, which must refuse it with a message holding `why`.
+fn spectrum_refused(s: &mut StandIn, sql: &str, why: &str) {
+    let err = format!("{:#}", s.execute(sql).unwrap_err());
+    assert!(err.contains(why), "{sql}: {err}");
+}
+
+/// The partitions the stand-in recorded for `lake.{table}`: (values, location), by location.
+fn spectrum_partitions(t: &Target, table: &str) -> Vec<(String, String)> {
+    pg().query(
+        &format!(
+            "SELECT partition_values, location FROM {}.standin_spectrum_partitions \
+             WHERE schemaname = 'lake' AND tablename = $1 ORDER BY location",
+            t.cluster.system_schema
+        ),
+        &[&table],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Redshift Spectrum as the stand-in models it (standin_spectrum.rs, each rule with its
+/// page): an external schema, a partitioned external table in it, its partitions; and what
+/// Redshift refuses: an ALTER naming a table never created, a table in a schema that does not
+/// exist or is not external, a second table or partition of the same name (a partition's repeat
+/// is a no-op with IF NOT EXISTS), partition columns other than the table's, an unqualified
+/// name, ADD PARTITION on a local table, either statement inside a transaction block.
+fn the_stand_in_models_spectrum_as_documented(serverless: bool) {
+    let Some((_w, t)) = target("rsspecsi", serverless) else {
+        return;
+    };
+    let mut s = t.cluster.session(t.names.clone()).unwrap();
+    let table = "CREATE EXTERNAL TABLE \"lake\".\"tl\" (\n  \"id\" bigint,\n  \"location\" varchar(256)\n)\nPARTITIONED BY (dt char(10), hour int)\nSTORED AS PARQUET\nLOCATION 's3://b/lake/t/'";
+    let add = |dt: &str, hour: u32| {
+        format!(
+            "ALTER TABLE \"lake\".\"tl\" ADD IF NOT EXISTS PARTITION (dt='{dt}', hour={hour}) LOCATION 's3://b/lake/t/dt={dt}/hour={hour:02}/'"
+        )
+    };
+    // Nothing created yet: neither the table an ALTER names nor the schema.
+    spectrum_refused(
+        &mut s,
+        &add("2026-11-27", 9).replace("\"tl\"", "\"never\""),
+        "does not exist",
+    );
+    spectrum_refused(&mut s, table, "does not exist");
+    let schema = "CREATE EXTERNAL SCHEMA lake FROM DATA CATALOG DATABASE 'lake' IAM_ROLE 'arn:aws:iam::123456789012:role/spectrum' CREATE EXTERNAL DATABASE IF NOT EXISTS";
+    s.execute(schema).unwrap();
+    spectrum_refused(&mut s, schema, "already exists");
+    s.execute("CREATE EXTERNAL SCHEMA IF NOT EXISTS lake FROM DATA CATALOG DATABASE 'lake' IAM_ROLE default")
+        .unwrap();
+    spectrum_refused(
+        &mut s,
+        "CREATE EXTERNAL SCHEMA hive FROM HIVE METASTORE DATABASE 'h' URI 'h' IAM_ROLE default",
+        "not modelled",
+    );
+    // A local schema is not an external one.
+    pg().batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE {s}.local (id bigint)",
+        s = t.names.schema
+    ))
+    .unwrap();
+    spectrum_refused(
+        &mut s,
+        &table.replace("\"lake\".", &format!("\"{}\".", t.names.schema)),
+        "not an external schema",
+    );
+    // Not inside a transaction block; outside one it runs, once.
+    s.execute("BEGIN").unwrap();
+    spectrum_refused(&mut s, table, "transaction block");
+    s.execute("ROLLBACK").unwrap();
+    s.execute(table).unwrap();
+    spectrum_refused(&mut s, table, "already exists");
+    spectrum_refused(
+        &mut s,
+        &table
+            .replace("\"tl\"", "\"t2\"")
+            .replace("hour int", "\"id\" int"),
+        "more than once",
+    );
+    spectrum_refused(
+        &mut s,
+        &table
+            .replace("\"tl\"", "\"t3\"")
+            .replace("PARQUET", "TEXTFILE"),
+        "not modelled",
+    );
+    // Partitions: a repeat is a no-op with IF NOT EXISTS, an error without.
+    s.execute(&add("2026-11-27", 9)).unwrap();
+    s.execute(&add("2026-11-27", 9)).unwrap();
+    spectrum_refused(
+        &mut s,
+        &add("2026-11-27", 9).replace(" IF NOT EXISTS", ""),
+        "already exists",
+    );
+    for (sql, why) in [
+        (
+            "ALTER TABLE \"lake\".\"tl\" ADD PARTITION (hour=10, dt='2026-11-27') LOCATION 's3://b/lake/t/x/'",
+            "partition columns",
+        ),
+        (
+            "ALTER TABLE \"lake\".\"tl\" ADD PARTITION (dt='2026-11-27') LOCATION 's3://b/lake/t/x/'",
+            "partition columns",
+        ),
+        (
+            "ALTER TABLE \"tl\" ADD PARTITION (dt='2026-11-27', hour=10) LOCATION 's3://b/lake/t/x/'",
+            "qualified",
+        ),
+        (
+            "ALTER TABLE \"lake\".\"tl\" ADD PARTITION (dt='2026-11-27', hour=10)",
+            "does not understand",
+        ),
+        (
+            "ALTER TABLE \"lake\".\"tl\" ADD PARTITION (dt='2026-11-27', hour=10) LOCATION '/tmp/x/'",
+            "not an Amazon S3 path",
+        ),
+        (
+            "ALTER TABLE \"lake\".\"tl\" DROP PARTITION (dt='2026-11-27', hour=9)",
+            "not modelled",
+        ),
+    ] {
+        spectrum_refused(&mut s, sql, why);
+    }
+    spectrum_refused(
+        &mut s,
+        &format!(
+            "ALTER TABLE {}.local ADD PARTITION (dt='2026-11-27', hour=10) LOCATION 's3://b/lake/t/x/'",
+            t.names.schema
+        ),
+        "not an external table",
+    );
+    s.execute("BEGIN").unwrap();
+    spectrum_refused(&mut s, &add("2026-11-27", 10), "transaction block");
+    s.execute("ROLLBACK").unwrap();
+    // Two partitions in one statement, one after the other (PARTS' example).
+    s.execute("ALTER TABLE lake.tl ADD PARTITION (dt='2026-11-27', hour=10) LOCATION 's3://b/lake/t/dt=2026-11-27/hour=10/' PARTITION (dt='2026-11-27', hour='11') LOCATION 's3://b/lake/t/dt=2026-11-27/hour=11/'")
+        .unwrap();
+    let part = |h: &str, folder: &str| {
+        (
+            format!(r#"["2026-11-27","{h}"]"#),
+            format!("s3://b/lake/t/dt=2026-11-27/hour={folder}/"),
+        )
+    };
+    assert_eq!(
+        spectrum_partitions(&t, "tl"),
+        vec![part("9", "09"), part("10", "10"), part("11", "11")]
+    );
+}
+
+/// A lake hour id (`2026112709`) as publish names its partition (`dt=2026-11-27/hour=09`).
+fn hour_folder(id: &str) -> String {
+    format!(
+        "dt={}-{}-{}/hour={}",
+        &id[..4],
+        &id[4..6],
+        &id[6..8],
+        &id[8..10]
+    )
+}
+
+/// A list of strings of a JSON report, sorted.
+fn sorted_strings(v: &serde_json::Value, key: &str) -> Vec<String> {
+    let mut out: Vec<String> = v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no list {key}: {v}"))
+        .iter()
+        .map(|x| {
+            x.as_str()
+                .unwrap_or_else(|| panic!("{key}: {v}"))
+                .to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `publish` with `lake.spectrum_schema` (issue 27), the real binary against the stand-in
+/// through its wire-protocol server: the operator creates the external schema (the statement
+/// `ddl --engine spectrum` prints as a comment, with a role) and the table (its statement);
+/// tweets with Kafka timestamps from 3 hours ago over 2 hours are ingested, copied and
+/// published. Each sealed hour is in `spectrum_partitions` once, the stand-in holds one
+/// partition per hour written with the hour's folder as its LOCATION, and a second publish
+/// adds none (nor do the ALTERs `ddl` prints for the sealed hours).
+fn publish_adds_each_sealed_hour_to_spectrum_once(serverless: bool) {
+    if !stack_up() {
+        return;
+    }
+    let Some((mut w, t)) = target("rsspectrum", serverless) else {
+        return;
+    };
+    w.env.insert(
+        "BATCHLAYER_WAREHOUSE_URL".into(),
+        t.cluster.serve(t.names.clone()),
+    );
+    // Objects of 100 records at most: two hours of messages start objects in each hour.
+    w.extra_toml = "max_object_records = 100\n".into();
+    // After [warehouse]'s url and schema.
+    w.tail_toml = "kind = \"redshift\"\nregion = \"us-east-1\"\n\n[status]\nlateness = \"1m\"\n\n[lake]\nspectrum_schema = \"lake\"\ntable = \"tweets_lake\"\n".into();
+    let mut operator = t.cluster.session(t.names.clone()).unwrap();
+    let ddl = w.run_ok(&["ddl", "--engine", "spectrum"]);
+    let placeholder = "arn:aws:iam::ACCOUNT:role/ROLE";
+    let schema = ddl
+        .lines()
+        .filter_map(|l| l.strip_prefix("-- "))
+        .find(|l| l.starts_with("CREATE EXTERNAL SCHEMA"))
+        .unwrap_or_else(|| panic!("no CREATE EXTERNAL SCHEMA comment: {ddl}"));
+    assert!(schema.contains(placeholder), "{schema}");
+    operator
+        .execute(
+            schema
+                .trim_end_matches(';')
+                .replace(placeholder, "arn:aws:iam::123456789012:role/spectrum")
+                .as_str(),
+        )
+        .unwrap();
+    let statements = |ddl: &str| -> Vec<String> {
+        let body: String = ddl
+            .lines()
+            .filter(|l| !l.starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        body.split(";\n")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let create = statements(&ddl);
+    assert_eq!(
+        create.len(),
+        1,
+        "the table alone, no hour sealed yet: {ddl}"
+    );
+    assert!(
+        create[0].starts_with("CREATE EXTERNAL TABLE \"lake\".\"tweets_lake\""),
+        "{ddl}"
+    );
+    operator.execute(&create[0]).unwrap();
+
+    w.json(&[
+        "produce-tweets",
+        "--start-time",
+        "3h",
+        "--span",
+        "7200",
+        "--count",
+        "2000",
+        "--partitions",
+        "2",
+    ]);
+    let ing = w.json(&["ingest"]);
+    assert_eq!(ing["messages"].as_u64(), Some(2000), "{ing}");
+    let cp = w.json(&["copy"]);
+    assert_eq!(cp["rows"].as_u64(), Some(2000), "{cp}");
+    assert_eq!(w.count("batch_raw"), 2000);
+
+    let p1 = w.json(&["publish"]);
+    let sealed = sorted_strings(&p1, "hours_sealed");
+    // The first two of the (two or three) hours the timestamps span end an hour before now at
+    // the latest: closed, whatever the minute.
+    assert!(sealed.len() >= 2, "{p1}");
+    let want: Vec<String> = sealed.iter().map(|h| hour_folder(h)).collect();
+    assert_eq!(sorted_strings(&p1, "spectrum_partitions"), want, "{p1}");
+    // Every hour the archive holds is sealed or waiting (not closed yet).
+    let settings = w.settings();
+    let archived: std::collections::BTreeSet<String> = w
+        .data_objects()
+        .iter()
+        .filter_map(|k| layout::folder_time(&settings.archive.key_template, k))
+        .map(|time| time.format("%Y%m%d%H").to_string())
+        .collect();
+    let published: std::collections::BTreeSet<String> = sealed
+        .iter()
+        .chain(&sorted_strings(&p1, "hours_waiting"))
+        .cloned()
+        .collect();
+    assert_eq!(published, archived, "{p1}");
+    // One partition per hour, its LOCATION the hour's folder, which holds the hour's files.
+    let lake_url = p1["lake"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let lake = batchlayer::archive::open(&settings.lake.store).unwrap();
+    let expected = |hours: &[String]| -> Vec<(String, String)> {
+        hours
+            .iter()
+            .map(|h| {
+                let day = format!("{}-{}-{}", &h[..4], &h[4..6], &h[6..8]);
+                let hour: u32 = h[8..10].parse().unwrap();
+                (
+                    serde_json::to_string(&[day, hour.to_string()]).unwrap(),
+                    format!("{lake_url}/{}/{}/", w.topic, hour_folder(h)),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(spectrum_partitions(&t, "tweets_lake"), expected(&sealed));
+    for h in &sealed {
+        let keys: Vec<String> = lake
+            .list(&format!("{}/{}/", w.topic, hour_folder(h)))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert!(
+            keys.iter().any(|k| k.ends_with(".parquet")),
+            "{h}: {keys:?}"
+        );
+        assert!(
+            keys.iter().any(|k| k.ends_with("/_SUCCESS")),
+            "{h}: {keys:?}"
+        );
+    }
+
+    // A second run adds no partition for an hour it sealed before (an hour that closed in
+    // between, the clock passing the hour, is that run's own).
+    let p2 = w.json(&["publish"]);
+    let again = sorted_strings(&p2, "spectrum_partitions");
+    assert!(again.iter().all(|p| !want.contains(p)), "{p2}");
+    let sealed2 = sorted_strings(&p2, "hours_sealed");
+    assert_eq!(
+        again,
+        sealed2.iter().map(|h| hour_folder(h)).collect::<Vec<_>>(),
+        "{p2}"
+    );
+    let all: Vec<String> = {
+        let mut v: Vec<String> = sealed.iter().chain(&sealed2).cloned().collect();
+        v.sort();
+        v
+    };
+    assert_eq!(spectrum_partitions(&t, "tweets_lake"), expected(&all));
+    // The ALTERs ddl now prints for the sealed hours (IF NOT EXISTS) are publish's: no-ops.
+    let ddl = w.run_ok(&["ddl", "--engine", "spectrum"]);
+    let alters: Vec<String> = statements(&ddl)
+        .into_iter()
+        .filter(|s| s.starts_with("ALTER TABLE"))
+        .collect();
+    assert_eq!(alters.len(), all.len(), "{ddl}");
+    for a in &alters {
+        operator.execute(a).unwrap();
+    }
+    assert_eq!(spectrum_partitions(&t, "tweets_lake"), expected(&all));
 }

@@ -77,16 +77,19 @@ fi
 
 # The judges, in a venv of their own (tests that compare our output with an independent reader
 # read BATCHLAYER_TEST_VENV): fastavro for Avro, pyarrow and DuckDB for Parquet, sqlglot for the
-# lake's DDL. Pinned; created once, reused while every pin matches.
+# lake's DDL, pyspark (a local Spark on the machine's Java 17) for the lake as Spark reads it.
+# Pinned; created once, reused while every pin matches.
 fastavro_pin=1.13.1
 pyarrow_pin=23.0.1
 duckdb_pin=1.4.3
 sqlglot_pin=30.31.0
-if ! "$stack/venv/bin/python" -c "import sys, fastavro, pyarrow, duckdb, sqlglot; sys.exit((fastavro.__version__, pyarrow.__version__, duckdb.__version__, sqlglot.__version__) != ('$fastavro_pin', '$pyarrow_pin', '$duckdb_pin', '$sqlglot_pin'))" 2>/dev/null; then
-  log "installing fastavro $fastavro_pin, pyarrow $pyarrow_pin, duckdb $duckdb_pin and sqlglot $sqlglot_pin in $stack/venv"
+pyspark_pin=4.3.0
+if ! "$stack/venv/bin/python" -c "import sys, fastavro, pyarrow, duckdb, sqlglot, pyspark; sys.exit((fastavro.__version__, pyarrow.__version__, duckdb.__version__, sqlglot.__version__, pyspark.__version__) != ('$fastavro_pin', '$pyarrow_pin', '$duckdb_pin', '$sqlglot_pin', '$pyspark_pin'))" 2>/dev/null; then
+  log "installing fastavro $fastavro_pin, pyarrow $pyarrow_pin, duckdb $duckdb_pin, sqlglot $sqlglot_pin and pyspark $pyspark_pin in $stack/venv"
   python3 -m venv "$stack/venv" >&2
   "$stack/venv/bin/pip" install -q --disable-pip-version-check \
-    "fastavro==$fastavro_pin" "pyarrow==$pyarrow_pin" "duckdb==$duckdb_pin" "sqlglot==$sqlglot_pin" >&2
+    "fastavro==$fastavro_pin" "pyarrow==$pyarrow_pin" "duckdb==$duckdb_pin" "sqlglot==$sqlglot_pin" \
+    "pyspark==$pyspark_pin" >&2
 fi
 export BATCHLAYER_TEST_VENV="$stack/venv"
 

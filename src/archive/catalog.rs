@@ -30,7 +30,7 @@ pub struct Marker {
 /// written, and one may land a little after a later one (a slow PUT, retries).
 const MANIFEST_GRACE_MINUTES: i64 = 15;
 
-fn is_not_found(e: &anyhow::Error) -> bool {
+pub(crate) fn is_not_found(e: &anyhow::Error) -> bool {
     matches!(
         e.downcast_ref::<StoreError>(),
         Some(StoreError::NotFound(_))
@@ -39,7 +39,7 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 
 /// The catalog's one JSON getter: reads and parses a small JSON file; None when it does not
 /// exist. A parse error names the file (`parsing {what}{key}`).
-fn get_json<T: DeserializeOwned>(
+pub(crate) fn get_json<T: DeserializeOwned>(
     store: &dyn ObjectStore,
     key: &str,
     what: &str,
@@ -1145,6 +1145,7 @@ mod tests {
             gaps: vec![],
             holes: vec![],
             max_timestamp_ms: None,
+            timestamps: None,
             schema_ids: Vec::new(),
         };
         let store_run = |i: i64,

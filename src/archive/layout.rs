@@ -521,6 +521,79 @@ pub struct ObjectEntry {
     /// has its schema in the archive (`_schemas/{id}.json`) before the manifest is written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema_ids: Vec<u32>,
+    /// Each record's Kafka timestamp, in record order ([`RecordTimes`]): what the lake's
+    /// `_timestamp` column holds. Manifests written before it, and adopted objects, have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<String>,
+}
+
+/// Each record's Kafka timestamp (ms) of one object, as a manifest keeps it: `z1:` then the
+/// base64 of a zstd frame of one zigzag varint per record, the difference from the record
+/// before (the first from 0); -1 stands for a record without a timestamp. Messages of a
+/// partition come in about time order, so most differences take a byte or less after zstd.
+#[derive(Debug, Default)]
+pub struct RecordTimes {
+    buf: Vec<u8>,
+    prev: i64,
+    pub count: u64,
+}
+
+impl RecordTimes {
+    pub fn push(&mut self, ts_ms: Option<i64>) {
+        let v = ts_ms.unwrap_or(-1);
+        let d = v.wrapping_sub(self.prev);
+        self.prev = v;
+        let mut z = ((d << 1) ^ (d >> 63)) as u64;
+        while z >= 0x80 {
+            self.buf.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        self.buf.push(z as u8);
+        self.count += 1;
+    }
+
+    /// The manifest's form.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let packed = zstd::bulk::compress(&self.buf, 3).unwrap_or_default();
+        format!(
+            "z1:{}",
+            base64::engine::general_purpose::STANDARD.encode(packed)
+        )
+    }
+
+    /// The timestamps of a manifest's form, in record order (None: a record without one).
+    pub fn decode(s: &str) -> Result<Vec<Option<i64>>, String> {
+        use base64::Engine as _;
+        let b64 = s
+            .strip_prefix("z1:")
+            .ok_or_else(|| "record timestamps in an unknown form".to_string())?;
+        let packed = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("record timestamps: {e}"))?;
+        let raw =
+            zstd::stream::decode_all(&packed[..]).map_err(|e| format!("record timestamps: {e}"))?;
+        let mut out = Vec::new();
+        let (mut prev, mut z, mut shift) = (0i64, 0u64, 0u32);
+        for &b in &raw {
+            if shift >= 64 {
+                return Err("record timestamps: a varint too long".into());
+            }
+            z |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 != 0 {
+                shift += 7;
+                continue;
+            }
+            let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            prev = prev.wrapping_add(d);
+            out.push((prev >= 0).then_some(prev));
+            (z, shift) = (0, 0);
+        }
+        if shift != 0 {
+            return Err("record timestamps: cut short".into());
+        }
+        Ok(out)
+    }
 }
 
 impl ObjectEntry {
@@ -779,6 +852,7 @@ mod tests {
             holes: vec![],
             max_timestamp_ms: None,
             schema_ids: Vec::new(),
+            timestamps: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["compression"], "zstd");
@@ -814,6 +888,7 @@ mod tests {
             ],
             max_timestamp_ms: None,
             schema_ids: Vec::new(),
+            timestamps: None,
         };
         assert_eq!(
             o.last_record_offset(),

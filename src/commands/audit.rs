@@ -177,7 +177,20 @@ fn exec_one(a: &AuditArgs, s: &Settings, out: &Output, only: Option<&str>) -> Re
     let kafka = source
         .as_ref()
         .map(|src| (src as &dyn MessageSource, s.kafka.topic.as_str()));
-    let report = run(store.as_ref(), wh.as_mut(), kafka, a.deep, only, out)?;
+    let lake_store = archive::open(&s.lake.store)?;
+    let lake = LakeAudit {
+        store: lake_store.as_ref(),
+        key_template: &s.archive.key_template,
+    };
+    let report = run_with_lake(
+        store.as_ref(),
+        wh.as_mut(),
+        kafka,
+        a.deep,
+        only,
+        Some(lake),
+        out,
+    )?;
     Ok(Report::Audit(report))
 }
 
@@ -246,6 +259,25 @@ pub fn run(
     only: Option<&str>,
     out: &Output,
 ) -> Result<AuditReport> {
+    run_with_lake(store, wh, kafka, deep, only, None, out)
+}
+
+/// The lake a run audits besides the archive: its store and the archive's folder template.
+pub struct LakeAudit<'a> {
+    pub store: &'a dyn ObjectStore,
+    pub key_template: &'a str,
+}
+
+/// As [`run`], and each topic's lake (when it has one) against the archive.
+pub fn run_with_lake(
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    kafka: Option<(&dyn MessageSource, &str)>,
+    deep: bool,
+    only: Option<&str>,
+    lake: Option<LakeAudit<'_>>,
+    out: &Output,
+) -> Result<AuditReport> {
     let listing = store
         .list("")
         .with_context(|| format!("listing the archive {}", store.describe()))?;
@@ -281,6 +313,11 @@ pub fn run(
         check_ledger(&topic, &ta, &rows, &mut r);
         if deep {
             reread(store, &topic, &ta, &mut r)?;
+        }
+        if let Some(l) = &lake {
+            check_lake(l, &topic, &ta, deep, &mut r).with_context(|| {
+                format!("auditing the lake {} of topic {topic}", l.store.describe())
+            })?;
         }
         r.topics.push(topic);
     }
@@ -371,6 +408,267 @@ fn check_schemas(topic: &str, ta: &TopicArchive, stored: &BTreeSet<u32>, r: &mut
             );
         }
     }
+}
+
+/// The topic's lake against its archive: every Parquet file has a commit record and every
+/// record its file; no offset is in two files; in a sealed hour every archived record's offset
+/// is in a file or its rejects; `_SUCCESS` only on sealed hours. `--deep` reads each file's
+/// `_partition`, `_offset` and `_epoch` columns and compares them with its commit record.
+fn check_lake(
+    l: &LakeAudit<'_>,
+    topic: &str,
+    ta: &TopicArchive,
+    deep: bool,
+    r: &mut AuditReport,
+) -> Result<()> {
+    use crate::lake::catalog as lc;
+    let catalog = l.store.list(&format!("{}/{topic}/", lc::LAKE_DIR))?;
+    let data = l.store.list(&format!("{topic}/"))?;
+    if catalog.is_empty() && data.is_empty() {
+        return Ok(());
+    }
+    let lake_finding = |kind: &str, detail: String| {
+        let mut f = Finding::new(kind, detail);
+        f.topic = Some(topic.to_string());
+        f
+    };
+    let mut records: Vec<lc::FileRecord> = Vec::new();
+    let mut sealed: BTreeSet<String> = BTreeSet::new();
+    let mut intents: Vec<lc::Intent> = Vec::new();
+    for o in &catalog {
+        let k = o.key.as_str();
+        if k.starts_with(&lc::files_prefix(topic)) {
+            if let Some(rec) = lc::read_file_record(l.store, k)? {
+                records.push(rec);
+            }
+        } else if k.starts_with(&lc::hours_prefix(topic)) {
+            if let Some(h) = lc::read_hour_record(l.store, k)? {
+                sealed.insert(h.hour);
+            }
+        } else if k.starts_with(&lc::intents_prefix(topic)) {
+            if let Some(i) = lc::read_intent(l.store, k)? {
+                intents.push(i);
+            }
+        }
+    }
+    let sizes: BTreeMap<&str, u64> = data.iter().map(|o| (o.key.as_str(), o.size)).collect();
+    // Every file has its record, every record its file.
+    let recorded: BTreeSet<&str> = records.iter().map(|x| x.key.as_str()).collect();
+    let planned: BTreeSet<String> = intents
+        .iter()
+        .map(|i| lc::data_key(topic, &i.hour, &i.name))
+        .collect();
+    for o in data.iter().filter(|o| o.key.ends_with(".parquet")) {
+        if recorded.contains(o.key.as_str()) {
+            continue;
+        }
+        if planned.contains(&o.key) {
+            r.notes.push(lake_finding("lake_uncommitted_file", "a file a run planned and stored, not committed yet (a run going on, or one that died: the next publish commits it)".into()).key(&o.key));
+        } else {
+            r.problems.push(lake_finding("lake_orphan_file", "a Parquet file in the lake that no commit record lists: engines read it, and its rows may be in other files too".into()).key(&o.key));
+        }
+    }
+    for rec in &records {
+        match sizes.get(rec.key.as_str()) {
+            None => r.problems.push(
+                lake_finding(
+                    "lake_missing_file",
+                    format!(
+                        "its commit record says it holds {} rows, and the lake has no such file",
+                        rec.rows
+                    ),
+                )
+                .key(&rec.key),
+            ),
+            Some(&n) if n != rec.bytes => r.problems.push(
+                lake_finding(
+                    "lake_missing_file",
+                    format!("{n} bytes, and its commit record says {}", rec.bytes),
+                )
+                .key(&rec.key),
+            ),
+            _ => {}
+        }
+    }
+    for i in &intents {
+        r.notes.push(lake_finding("lake_stale_intent", format!("hour {}: a file planned by a run that has not finished it (the next publish does)", i.hour)).key(&lc::intent_key(topic, &i.name)));
+    }
+    // No offset in two files.
+    let mut by_part: BTreeMap<String, Vec<(OffsetSpan, &str)>> = BTreeMap::new();
+    for rec in &records {
+        for (p, spans) in &rec.spans {
+            for s in lc::from_spans(spans) {
+                by_part
+                    .entry(p.clone())
+                    .or_default()
+                    .push((s, rec.key.as_str()));
+            }
+        }
+    }
+    for (p, mut v) in by_part.clone() {
+        v.sort();
+        for w in v.windows(2) {
+            if let Some(x) = w[0].0.intersect(w[1].0) {
+                let (epoch, part) = split_part(&p);
+                r.problems.push(
+                    lake_finding(
+                        "lake_overlap",
+                        format!("in two files: {} and {}", w[0].1, w[1].1),
+                    )
+                    .at(topic, part, epoch)
+                    .range(x.first, x.last),
+                );
+            }
+        }
+    }
+    // `_SUCCESS` only on sealed hours; a sealed hour has its `_SUCCESS`.
+    let successes: BTreeSet<&str> = data
+        .iter()
+        .filter(|o| o.key.ends_with(&format!("/{}", lc::SUCCESS)))
+        .map(|o| o.key.as_str())
+        .collect();
+    let success_of = |h: &str| format!("{}{}", lc::hour_folder(topic, h), lc::SUCCESS);
+    for s in &successes {
+        if !sealed.iter().any(|h| success_of(h) == *s) {
+            r.problems.push(lake_finding("lake_success_without_seal", "a _SUCCESS marker in an hour the lake's catalog has not sealed: readers take the hour as complete".into()).key(s));
+        }
+    }
+    for h in &sealed {
+        if !successes.contains(success_of(h).as_str()) {
+            r.notes.push(lake_finding("lake_seal_without_success", format!("hour {h} is sealed in the catalog and its folder has no _SUCCESS (a run died while sealing it: the next publish writes it; deleted: publish --repair writes it)")).key(&success_of(h)));
+        }
+    }
+    // In a sealed hour, every archived record's offset is in a file (or its rejects).
+    let mut covered: BTreeMap<String, Vec<OffsetSpan>> = BTreeMap::new();
+    for (p, v) in by_part {
+        covered.insert(p, layout::merge_spans(v.into_iter().map(|x| x.0).collect()));
+    }
+    for e in ta.entries.values() {
+        let Some(t) = layout::folder_time(l.key_template, &e.o.key) else {
+            continue;
+        };
+        if !sealed.contains(&lc::hour_id(t)) || e.o.records == 0 {
+            continue;
+        }
+        let span = OffsetSpan::new(e.o.first_offset, e.o.last_offset);
+        let mut left = layout::subtract_spans(span, &e.o.missing());
+        let cover = covered
+            .get(&lc::part_id(e.epoch, e.o.partition))
+            .cloned()
+            .unwrap_or_default();
+        left = left
+            .into_iter()
+            .flat_map(|s| layout::subtract_spans(s, &cover))
+            .collect();
+        for g in left {
+            r.problems.push(
+                lake_finding(
+                    "lake_gap",
+                    format!(
+                        "hour {} is sealed, and these archived records are in no file of the lake",
+                        lc::hour_id(t)
+                    ),
+                )
+                .at(topic, e.o.partition, e.epoch)
+                .range(g.first, g.last)
+                .key(&e.o.key),
+            );
+        }
+    }
+    let rejects: u64 = records.iter().map(|x| x.rejects).sum();
+    if rejects > 0 {
+        r.notes.push(lake_finding("lake_rejects", format!("{rejects} records the layout refused are listed under {}{topic}/rejects/, not in any file", lc::LAKE_DIR.to_string() + "/")));
+    }
+    if deep {
+        for rec in &records {
+            if sizes.contains_key(rec.key.as_str()) {
+                deep_check_file(l.store, topic, rec, r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn split_part(p: &str) -> (i32, i32) {
+    let (e, q) = p.split_once('/').unwrap_or(("0", p));
+    (e.parse().unwrap_or(0), q.parse().unwrap_or(0))
+}
+
+/// Reads a file's `_epoch`, `_partition` and `_offset` columns: each row's offset once, in its
+/// commit record's spans, and as many rows as it says.
+fn deep_check_file(
+    store: &dyn ObjectStore,
+    topic: &str,
+    rec: &crate::lake::catalog::FileRecord,
+    r: &mut AuditReport,
+) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = archive::download(store, &rec.key, Some(&rec.sha256))?;
+    let reader = SerializedFileReader::new(file).with_context(|| format!("reading {}", rec.key))?;
+    let schema = reader.metadata().file_metadata().schema_descr();
+    let idx = |name: &str| schema.columns().iter().position(|c| c.name() == name);
+    let (Some(pi), Some(oi), Some(ei)) = (
+        idx(crate::lake::PARTITION),
+        idx(crate::lake::OFFSET),
+        idx(crate::lake::EPOCH),
+    ) else {
+        r.problems.push(
+            Finding::new(
+                "lake_bad_file",
+                "it has no _partition, _offset and _epoch columns".into(),
+            )
+            .key(&rec.key),
+        );
+        return Ok(());
+    };
+    let mut seen: BTreeMap<(i32, i32), Vec<i64>> = BTreeMap::new();
+    let mut rows = 0u64;
+    for row in reader.get_row_iter(None)? {
+        let row = row?;
+        use parquet::record::RowAccessor as _;
+        let (p, o, e) = (row.get_int(pi)?, row.get_long(oi)?, row.get_int(ei)?);
+        seen.entry((e, p)).or_default().push(o);
+        rows += 1;
+    }
+    r.objects_reread += 1;
+    if rows != rec.rows {
+        r.problems.push(
+            Finding::new(
+                "lake_bad_file",
+                format!("{rows} rows, and its commit record says {}", rec.rows),
+            )
+            .key(&rec.key),
+        );
+    }
+    for ((e, p), mut offs) in seen {
+        offs.sort_unstable();
+        let spans = rec
+            .spans
+            .get(&crate::lake::catalog::part_id(e, p))
+            .map(crate::lake::catalog::from_spans)
+            .unwrap_or_default();
+        if let Some(w) = offs.windows(2).find(|w| w[0] == w[1]) {
+            r.problems.push(
+                Finding::new(
+                    "lake_overlap",
+                    format!("offset {} is in two rows of the file", w[0]),
+                )
+                .at(topic, p, e)
+                .key(&rec.key),
+            );
+        }
+        if let Some(o) = offs.iter().find(|o| !spans.iter().any(|s| s.contains(**o))) {
+            r.problems.push(
+                Finding::new(
+                    "lake_bad_file",
+                    format!("a row of offset {o}, outside the offsets its commit record lists"),
+                )
+                .at(topic, p, e)
+                .key(&rec.key),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Reads a topic's manifests (oldest first), rejects files, markers and head.
@@ -966,6 +1264,7 @@ mod tests {
             gaps: vec![],
             holes,
             max_timestamp_ms: None,
+            timestamps: None,
             schema_ids: Vec::new(),
         };
         let h = |f, l| Hole::from((f, l, HoleReason::Marker));
@@ -1035,6 +1334,7 @@ mod tests {
                 gaps: vec![],
                 holes: vec![],
                 max_timestamp_ms: None,
+                timestamps: None,
                 schema_ids: ids,
             };
             add_entry(&mut ta, o, 0, "m", "t", &mut r);

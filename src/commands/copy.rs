@@ -9,7 +9,7 @@ use crate::archive::{self as archive_mod, Compression, ObjectStore};
 use crate::cli::CopyArgs;
 use crate::config::Settings;
 use crate::output::Output;
-use crate::records::{Codec, Layout, RecordFormat};
+use crate::records::{Codec, Layout};
 use crate::report::Report;
 use crate::warehouse::ledger::{CheckedHead, CopyCursor};
 use crate::warehouse::{self, LoadJob, LoadOptions, LoadResult, OffsetRange, Warehouse};
@@ -867,7 +867,7 @@ pub fn run(
         format: opts.format,
         jobs: opts.jobs,
     };
-    let mut codec = codec_for(store, layout)?;
+    let mut codec = super::codec_for(store, layout)?;
     if let Some([t]) = opts.topics.as_deref() {
         codec = codec.for_topic(t);
     } else if layout.topic_column.is_some() {
@@ -919,21 +919,6 @@ fn plan_summary(summary: &mut CopySummary, steps: Vec<Step>) {
             }
         }
     }
-}
-
-/// The layout's codec: for Avro, with every writer schema the archive holds (`_schemas/`), so
-/// records decode from the archive alone, never from the registry.
-fn codec_for(store: &dyn ObjectStore, layout: &Layout) -> Result<Codec> {
-    if layout.format != RecordFormat::Avro {
-        return Ok(Codec::new(layout.clone()));
-    }
-    let schemas: Vec<(u32, String)> = crate::archive::catalog::read_schemas(store)
-        .context("reading the archive's writer schemas (_schemas/)")?
-        .into_iter()
-        .map(|s| (s.id, s.schema))
-        .collect();
-    tracing::debug!("{} writer schemas in the archive", schemas.len());
-    Codec::with_schemas(layout.clone(), &schemas)
 }
 
 /// Runs the steps in order: each batch of loads commits before the skips that rest on it

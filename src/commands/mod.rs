@@ -6,8 +6,10 @@ pub mod aggregate;
 pub mod audit;
 pub mod completions;
 pub mod copy;
+pub mod ddl;
 pub mod ingest;
 pub mod produce;
+pub mod publish;
 pub mod status;
 
 use crate::error::Error;
@@ -49,4 +51,24 @@ pub fn config_topics(
     let mut all = ov.topics;
     all.extend(archived.into_iter().flatten().cloned());
     Ok(s.topics.pick(&all))
+}
+
+/// The layout's codec: for Avro, with every writer schema the archive holds (`_schemas/`), so
+/// records decode from the archive alone, never from the registry.
+pub fn codec_for(
+    store: &dyn crate::archive::ObjectStore,
+    layout: &crate::records::Layout,
+) -> anyhow::Result<crate::records::Codec> {
+    use crate::records::{Codec, RecordFormat};
+    use anyhow::Context as _;
+    if layout.format != RecordFormat::Avro {
+        return Ok(Codec::new(layout.clone()));
+    }
+    let schemas: Vec<(u32, String)> = crate::archive::catalog::read_schemas(store)
+        .context("reading the archive's writer schemas (_schemas/)")?
+        .into_iter()
+        .map(|s| (s.id, s.schema))
+        .collect();
+    tracing::debug!("{} writer schemas in the archive", schemas.len());
+    Codec::with_schemas(layout.clone(), &schemas)
 }

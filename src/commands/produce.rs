@@ -50,6 +50,9 @@ pub struct ProduceOptions {
     pub partitions: Option<i32>,
     pub long_locations: bool,
     pub encoding: Encoding,
+    /// Kafka timestamps: the first message's (ms since the epoch) and the span (ms) the
+    /// messages are spread over; None: the time each is sent.
+    pub timestamps: Option<(i64, i64)>,
 }
 
 /// How each tweet becomes a message.
@@ -100,6 +103,13 @@ pub fn exec(a: &ProduceArgs, s: &Settings) -> Result<Report> {
         partitions: a.partitions,
         long_locations: a.long_locations,
         encoding,
+        timestamps: a.start_time.map(|t| {
+            let start = t
+                .wall_clock(chrono::Utc::now(), 0)
+                .and_utc()
+                .timestamp_millis();
+            (start, (a.span * 1000) as i64)
+        }),
     };
     let n = run(kafka, &opts)?;
     Ok(Report::Produce(ProduceSummary {
@@ -175,9 +185,16 @@ pub fn run(k: &KafkaSettings, o: &ProduceOptions) -> Result<u64> {
         } else {
             1
         };
+        let ts = o.timestamps.map(|(start, span)| {
+            start + (i128::from(span) * i128::from(i) / i128::from(o.count.max(1))) as i64
+        });
         for _ in 0..copies {
             loop {
-                match producer.send(BaseRecord::to(&k.topic).key(&key).payload(&rec)) {
+                let mut msg = BaseRecord::to(&k.topic).key(&key).payload(&rec);
+                if let Some(ts) = ts {
+                    msg = msg.timestamp(ts);
+                }
+                match producer.send(msg) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         std::thread::sleep(Duration::from_millis(5));

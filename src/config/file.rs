@@ -37,6 +37,33 @@ pub struct FileConfig {
     /// `[[topics]]`: where each topic goes (many topics in one config).
     #[serde(default)]
     pub topics: Vec<TopicFile>,
+    /// `[lake]`: where `publish` writes the Parquet lake, and how.
+    #[serde(default)]
+    pub lake: LakeFile,
+}
+
+/// `[lake]`: the archive as Parquet (`publish`, `ddl`). Credentials are the archive's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeFile {
+    /// s3://bucket/prefix, file:///dir or a path (default: the archive's URL + "-lake").
+    pub url: Option<String>,
+    /// The lake's S3 endpoint (default: the archive's).
+    pub endpoint: Option<String>,
+    /// snappy (default) or zstd.
+    pub compression: Option<String>,
+    /// zstd's level, 1 to 22 (default 3).
+    pub zstd_level: Option<i32>,
+    /// Target size of a Parquet file in bytes (default 128 MiB).
+    pub file_bytes: Option<u64>,
+    /// Buffered values of a row group at most, in bytes (default 64 MiB): the writer's memory.
+    pub row_group_bytes: Option<u64>,
+    /// Rows of a row group at most (default 1,000,000).
+    pub row_group_rows: Option<u64>,
+    /// The table name `ddl` prints and Spectrum uses (default: the raw table's name).
+    pub table: Option<String>,
+    /// Redshift Spectrum's external schema: publish adds each hour it writes as a partition.
+    pub spectrum_schema: Option<String>,
 }
 
 /// One `[[topics]]` entry: the topics it matches and where they go.

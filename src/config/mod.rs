@@ -332,6 +332,8 @@ pub struct Overrides {
     pub topics: Vec<String>,
     pub group: Option<String>,
     pub archive: Option<String>,
+    /// `--lake`: the lake's URL.
+    pub lake: Option<String>,
     pub s3_endpoint: Option<String>,
     pub warehouse_url: Option<String>,
     pub compression: Option<Compression>,
@@ -353,6 +355,22 @@ pub struct ViewSettings {
     pub require_complete_through: Option<TimeSpec>,
     /// The topics the view reads (many topics): the gate checks every partition of each.
     pub topics: Vec<String>,
+}
+
+/// `[lake]`: where and how `publish` writes the Parquet lake.
+#[derive(Debug, Clone)]
+pub struct LakeSettings {
+    /// The lake's store: the archive's settings (credentials, retry) with the lake's location.
+    pub store: ArchiveSettings,
+    /// The lake's URL as given or derived, for messages and `ddl`'s LOCATION.
+    pub url: String,
+    pub compression: crate::lake::ParquetCompression,
+    pub file_bytes: u64,
+    pub row_group_bytes: u64,
+    pub row_group_rows: u64,
+    /// `ddl`'s table name (None: the raw table's).
+    pub table: Option<String>,
+    pub spectrum_schema: Option<String>,
 }
 
 /// What `status` assumes of the data.
@@ -377,6 +395,7 @@ pub struct Settings {
     pub layout: Layout,
     pub aggregate: AggregateSettings,
     pub status: StatusSettings,
+    pub lake: LakeSettings,
     pub ui: UiSettings,
     pub retry: RetryPolicy,
     /// `[schema_registry]` (or BATCHLAYER_SCHEMA_REGISTRY_URL), when set.
@@ -522,6 +541,8 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         resolve::redshift_layout(&layout).or_config()?;
     }
     let status = status_settings(&file.status).or_config()?;
+    let lake =
+        resolve::lake_settings(&file.lake, &file.archive, &archive, env, flags).or_config()?;
     let schema_registry =
         registry_settings(file.schema_registry.as_ref(), env, retry).or_config()?;
     Ok(Settings {
@@ -531,6 +552,7 @@ pub fn resolve(file: FileConfig, env: &dyn Env, flags: &Overrides) -> Result<Set
         layout,
         aggregate,
         status,
+        lake,
         ui: ui_settings(&file.log, env, flags).or_config()?,
         retry,
         schema_registry,

@@ -3,14 +3,14 @@
 //! [`Env`] (tests give a map); clap reads none.
 
 use super::file::{
-    AggregateFile, ArchiveFile, KafkaFile, LogFile, RecordsFile, RetryFile, SchemaRegistryFile,
-    StatusFile, WarehouseFile,
+    AggregateFile, ArchiveFile, KafkaFile, LakeFile, LogFile, RecordsFile, RetryFile,
+    SchemaRegistryFile, StatusFile, WarehouseFile,
 };
 use super::time::{parse_duration, TimeSpec};
 use super::{
     AggregateSettings, ArchiveLocation, ArchiveSettings, AwsChain, Env, KafkaSettings,
-    MskIamSettings, Overrides, PgTls, RedshiftSettings, RegistrySettings, Secret, SslMode,
-    StatusSettings, UiSettings, ViewSettings, WarehouseKind, WarehouseSettings,
+    LakeSettings, MskIamSettings, Overrides, PgTls, RedshiftSettings, RegistrySettings, Secret,
+    SslMode, StatusSettings, UiSettings, ViewSettings, WarehouseKind, WarehouseSettings,
 };
 use crate::archive::layout::Compression;
 use crate::output::LogFormat;
@@ -756,6 +756,93 @@ fn parse_tz(s: &str) -> Result<i32> {
         bail!("archive.timezone {s:?} out of range");
     }
     Ok(sign * (h * 3600 + m * 60))
+}
+
+/// `[lake]`: the lake's store is opened as the archive's is (same credentials and retry); its
+/// URL is `--lake`, BATCHLAYER_LAKE_URL, `lake.url`, else the archive's with `-lake` added
+/// (a directory beside the archive's, or a prefix beside it in the same bucket).
+pub(super) fn lake_settings(
+    l: &LakeFile,
+    a: &ArchiveFile,
+    archive: &ArchiveSettings,
+    env: &dyn Env,
+    flags: &Overrides,
+) -> Result<LakeSettings> {
+    let given = pick(&flags.lake, env, "BATCHLAYER_LAKE_URL", &l.url);
+    let (location, url) =
+        match given {
+            Some(url) => {
+                let endpoint = pick(&None, env, "BATCHLAYER_LAKE_S3_ENDPOINT", &l.endpoint)
+                    .or_else(|| match &archive.location {
+                        ArchiveLocation::S3 { endpoint, .. } => endpoint.clone(),
+                        ArchiveLocation::Local(_) => None,
+                    });
+                let loc = archive_location(&url, a, env, endpoint)
+                    .map_err(|e| anyhow!("lake.url: {e}"))?;
+                (loc, url)
+            }
+            None => match &archive.location {
+                ArchiveLocation::Local(dir) => {
+                    let mut name = dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "batchlayer-archive".into());
+                    name.push_str("-lake");
+                    let d = dir.with_file_name(name);
+                    let url = d.display().to_string();
+                    (ArchiveLocation::Local(d), url)
+                }
+                ArchiveLocation::S3 { bucket, prefix, .. } => {
+                    let p = if prefix.is_empty() {
+                        "batchlayer-lake".to_string()
+                    } else {
+                        format!("{}-lake", prefix.trim_end_matches('/'))
+                    };
+                    let mut loc = archive.location.clone();
+                    if let ArchiveLocation::S3 { prefix: q, .. } = &mut loc {
+                        *q = p.clone();
+                    }
+                    (loc, format!("s3://{bucket}/{p}"))
+                }
+            },
+        };
+    let compression = match l.compression.as_deref().unwrap_or("snappy") {
+        "snappy" => crate::lake::ParquetCompression::Snappy,
+        "zstd" => {
+            let level = l.zstd_level.unwrap_or(3);
+            if !(1..=22).contains(&level) {
+                bail!("lake.zstd_level {level}: zstd's levels are 1 to 22");
+            }
+            crate::lake::ParquetCompression::Zstd(level)
+        }
+        other => bail!("lake.compression {other:?}: use snappy or zstd"),
+    };
+    if let Some(t) = &l.table {
+        validate_ident("lake.table", t)?;
+    }
+    if let Some(t) = &l.spectrum_schema {
+        validate_ident("lake.spectrum_schema", t)?;
+    }
+    let positive = |v: Option<u64>, d: u64, what: &str| -> Result<u64> {
+        match v {
+            Some(0) => bail!("lake.{what} must be above 0"),
+            Some(n) => Ok(n),
+            None => Ok(d),
+        }
+    };
+    Ok(LakeSettings {
+        store: ArchiveSettings {
+            location,
+            ..archive.clone()
+        },
+        url,
+        compression,
+        file_bytes: positive(l.file_bytes, 128 << 20, "file_bytes")?,
+        row_group_bytes: positive(l.row_group_bytes, 64 << 20, "row_group_bytes")?,
+        row_group_rows: positive(l.row_group_rows, 1_000_000, "row_group_rows")?,
+        table: l.table.clone(),
+        spectrum_schema: l.spectrum_schema.clone(),
+    })
 }
 
 pub(super) fn status_settings(f: &StatusFile) -> Result<StatusSettings> {

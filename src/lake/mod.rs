@@ -6,6 +6,7 @@
 //! topic's folder. What `publish` builds on them (which archive objects and hours, the lake's
 //! catalog, `_SUCCESS`, the `ddl` command, `audit`) is designed in `docs/lake-design.md`.
 
+pub mod catalog;
 pub mod ddl;
 pub mod parquet;
 

@@ -152,8 +152,15 @@ impl Codec {
         }
     }
 
-    /// Calls `f` with each column's cell of a JSON or Avro record, in column order; stops at
-    /// the first column that does not fit.
+    /// Calls `f` with each column's checked cell of a record, in column order; stops at the
+    /// first column that does not fit. Refuses what the loaders refuse (a delimited
+    /// timestamp only in the layout's format, as `copy` reads it): what `publish` writes.
+    pub fn cells(&self, rec: &[u8], f: &mut dyn FnMut(usize, Cell<'_>)) -> Result<(), RowError> {
+        self.each_cell(rec, f)
+    }
+
+    /// Calls `f` with each column's cell of a record, in column order; stops at the first
+    /// column that does not fit.
     fn each_cell(&self, rec: &[u8], f: &mut dyn FnMut(usize, Cell<'_>)) -> Result<(), RowError> {
         let ts = &self.layout.timestamp_format;
         match self.layout.format {
@@ -184,7 +191,15 @@ impl Codec {
                     };
                     let s = std::str::from_utf8(raw)
                         .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-                    let src = value::field_src(col, s).map_err(err)?;
+                    let src = if col.ty == super::ColumnType::Timestamp
+                        && col.null_marker.as_deref() != Some(s)
+                    {
+                        // The layout's format only, as copy's COPY rows take it.
+                        let t = super::parse_timestamp_field(s, ts).map_err(err)?;
+                        value::Src::Micros(t.and_utc().timestamp_micros())
+                    } else {
+                        value::field_src(col, s).map_err(err)?
+                    };
                     // A delimited field is NULL only as the column's null marker, which COPY
                     // loads as NULL: the marker is the column's way to say it takes NULL.
                     f(i, value::cell(col, src, ts, true).map_err(err)?);

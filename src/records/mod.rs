@@ -550,6 +550,17 @@ impl Layout {
     }
 }
 
+/// A delimited timestamp field in the layout's format (what COPY rows take).
+pub(crate) fn parse_timestamp_field(s: &str, format: &str) -> Result<NaiveDateTime, String> {
+    if format == ISO_SECONDS {
+        if let Some(t) = parse_iso_seconds(s) {
+            return Ok(t);
+        }
+    }
+    NaiveDateTime::parse_from_str(s, format)
+        .map_err(|e| format!("not a timestamp in format {format} ({e})"))
+}
+
 /// The tweets' timestamp format, which `parse_iso_seconds` reads without chrono's parser.
 const ISO_SECONDS: &str = "%Y-%m-%d %H:%M:%S";
 

@@ -61,12 +61,27 @@
 //!   with `SECRET_ACCESS_KEY` and an optional `SESSION_TOKEN`; IAM_ROLE with keys, a token
 //!   without keys, or a quoted non-ARN role is refused.
 //!
+//! * Redshift Spectrum, in `standin_spectrum.rs`, each rule with its page: `CREATE EXTERNAL
+//!   SCHEMA ... FROM DATA CATALOG`, `CREATE EXTERNAL TABLE schema.table (...) PARTITIONED BY
+//!   (...) STORED AS PARQUET LOCATION 's3://...'` in an external schema, and `ALTER TABLE
+//!   schema.table ADD [IF NOT EXISTS] PARTITION (...) LOCATION 's3://...' ...` on such a table
+//!   (the table's partition columns, a repeat a no-op only with IF NOT EXISTS); neither of the
+//!   last two inside a transaction block. The catalog is in the system schema
+//!   (`standin_external_schemas`, `standin_external_tables`, `standin_spectrum_partitions`).
+//! * A PostgreSQL wire-protocol server in front of it, in `standin_wire.rs`
+//!   ([`StandInCluster::serve`]): each connection a session of the cluster, so the real binary
+//!   (`warehouse.kind = "redshift"`, `warehouse.url` the server's) runs against the stand-in.
+//!
 //! What it cannot model: a cluster's parallel COPY over slices, IAM roles (a COPY naming
 //! IAM_ROLE reads with the keys configured here), when `stl_*` rows become visible on a real
 //! cluster, and Redshift's serializable isolation (sessions here run read committed).
 
 #[path = "standin_json.rs"]
 pub mod json;
+#[path = "standin_spectrum.rs"]
+pub mod spectrum;
+#[path = "standin_wire.rs"]
+pub mod wire;
 
 use anyhow::{anyhow, bail, Context, Result};
 use batchlayer::archive::s3::S3Store;
@@ -161,7 +176,23 @@ impl StandInCluster {
                  data_source text, file_format text, loaded_rows bigint, loaded_bytes bigint,
                  source_file_count integer, source_file_bytes bigint,
                  file_count_scanned integer, file_bytes_scanned bigint, error_count bigint,
-                 copy_job_id bigint);",
+                 copy_job_id bigint);
+             -- Redshift Spectrum's external catalog (standin_spectrum.rs): what
+             -- SVV_EXTERNAL_SCHEMAS, SVV_EXTERNAL_TABLES and SVV_EXTERNAL_PARTITIONS show on
+             -- Redshift, in the stand-in's own tables. Columns and partition columns as JSON
+             -- arrays of [name, type]; a partition's values as a JSON array of the values.
+             CREATE TABLE {sys}.standin_external_schemas (
+                 schemaname text PRIMARY KEY, databasename text NOT NULL, iam_role text,
+                 created timestamp DEFAULT now());
+             CREATE TABLE {sys}.standin_external_tables (
+                 schemaname text NOT NULL, tablename text NOT NULL, columns text NOT NULL,
+                 partition_columns text NOT NULL, location text NOT NULL,
+                 created timestamp DEFAULT now(), PRIMARY KEY (schemaname, tablename));
+             CREATE TABLE {sys}.standin_spectrum_partitions (
+                 schemaname text NOT NULL, tablename text NOT NULL,
+                 partition_values text NOT NULL, location text NOT NULL,
+                 added timestamp DEFAULT clock_timestamp(),
+                 PRIMARY KEY (schemaname, tablename, partition_values));",
             text = TEXT_DOMAIN
         ))?;
         Ok(())
@@ -279,7 +310,8 @@ impl StandIn {
         Ok(s)
     }
 
-    /// One statement: a COPY is carried out here, anything else goes to PostgreSQL.
+    /// One statement: a COPY and Redshift Spectrum's statements are carried out here, anything
+    /// else goes to PostgreSQL.
     fn statement(&mut self, sql: &str) -> Result<()> {
         if sql.trim_start().to_lowercase().starts_with("copy") {
             self.copies.push(sql.to_string());
@@ -290,6 +322,16 @@ impl StandIn {
                     .pg
                     .client
                     .batch_execute("DO $$ BEGIN RAISE EXCEPTION 'COPY failed'; END $$");
+            }
+            return r;
+        }
+        if spectrum::is_spectrum(sql) {
+            let r = self.spectrum(sql);
+            if r.is_err() {
+                // As a COPY's, its failure aborts the transaction it is in.
+                let _ = self.pg.client.batch_execute(
+                    "DO $$ BEGIN RAISE EXCEPTION 'Spectrum statement failed'; END $$",
+                );
             }
             return r;
         }
@@ -864,7 +906,7 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>> {
                 i += 1;
             }
             out.push(Tok::Word(b[start..i].iter().collect()));
-        } else if "(),.;".contains(c) {
+        } else if "(),.;=".contains(c) {
             out.push(Tok::Punct(c));
             i += 1;
         } else {

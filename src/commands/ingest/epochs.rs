@@ -479,6 +479,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 max_timestamp_ms: None,
+                timestamps: None,
                 schema_ids: Vec::new(),
             }],
             rejected_key: None,

@@ -787,6 +787,7 @@ impl Run<'_> {
         let key = layout::object_key(&dir, &name);
         let (first, last, records, uncompressed) = (sp.first, sp.last, sp.records, sp.uncompressed);
         let max_timestamp_ms = sp.max_ts;
+        let timestamps = (sp.records > 0).then(|| sp.times.encode());
         let holes = sp.holes.clone();
         let schema_ids = sp.schema_ids();
         let done = sp.finish()?;
@@ -806,6 +807,7 @@ impl Run<'_> {
             holes,
             max_timestamp_ms,
             schema_ids,
+            timestamps,
         };
         if dry {
             self.objects.push(entry);

@@ -360,6 +360,7 @@ pub(super) fn describe(
         gaps: a.tombstones,
         holes: Vec::new(),
         max_timestamp_ms: a.max_ts.filter(|_| a.seen_first && a.seen_last),
+        timestamps: None,
         schema_ids: ids.unwrap_or_default().into_iter().collect(),
     })
 }

@@ -139,6 +139,7 @@ mod tests {
             gaps: vec![],
             holes: vec![],
             max_timestamp_ms: None,
+            timestamps: None,
             schema_ids: ids.to_vec(),
         }
     }

@@ -1,7 +1,7 @@
 //! The spool: one partition's records framed and compressed into a local temp file, so
 //! memory stays bounded whatever the object size.
 
-use crate::archive::layout::{push_hole, Hole, HoleReason};
+use crate::archive::layout::{push_hole, Hole, HoleReason, RecordTimes};
 use crate::archive::Compression;
 use crate::records::frame_into;
 use crate::source::Message;
@@ -63,6 +63,8 @@ pub struct Spool {
     pub first_ts: Option<i64>,
     /// The newest Kafka timestamp among the records (for the manifest).
     pub max_ts: Option<i64>,
+    /// Each record's Kafka timestamp, in order (for the manifest: the lake's `_timestamp`).
+    pub times: RecordTimes,
     pub records: u64,
     pub uncompressed: u64,
     pub payload_bytes: u64,
@@ -98,6 +100,7 @@ impl Spool {
             last: first - 1,
             first_ts: None,
             max_ts: None,
+            times: RecordTimes::default(),
             records: 0,
             uncompressed: 0,
             payload_bytes: 0,
@@ -132,6 +135,7 @@ impl Spool {
             self.first_ts = m.timestamp_ms;
         }
         self.max_ts = self.max_ts.max(m.timestamp_ms);
+        self.times.push(m.timestamp_ms);
         let offset = m.offset;
         self.buf.clear();
         frame_into(payload, &mut self.buf);

@@ -1,0 +1,869 @@
+//! `publish`: the archive as a Parquet lake, one hour folder at a time, each written once its
+//! hour is closed (every partition archived and loaded past the hour's end plus
+//! `status.lateness`: the "complete through" status computes), then sealed with `_SUCCESS`.
+//! `--open` also writes hours not closed yet. The lake's own catalog (`lake::catalog`) makes
+//! each archived offset land in exactly one row, whatever kills a run and when
+//! (docs/lake-design.md).
+
+use crate::archive::catalog::Catalog;
+use crate::archive::layout::{self, subtract_spans, ObjectEntry, OffsetSpan, RecordTimes};
+use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
+use crate::cli::PublishArgs;
+use crate::config::Settings;
+use crate::error::Error;
+use crate::lake::catalog::{
+    self as lc, FileRecord, HourRecord, Intent, LakeHead, PlannedObject, Spans,
+};
+use crate::lake::{ParquetOptions, ParquetSink, RowValues};
+use crate::output::Output;
+use crate::records::{Codec, FrameReader, Layout};
+use crate::report::Report;
+use crate::warehouse::{self, Warehouse};
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Instant;
+
+/// Parquet bytes per uncompressed archive byte assumed until the lake has a file to go by.
+const FIRST_RATIO: f64 = 0.3;
+
+/// One file of the plan (a dry run prints them).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedFile {
+    pub hour: String,
+    pub name: String,
+    pub open: bool,
+    pub late: bool,
+    pub objects: usize,
+    pub records: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PublishSummary {
+    pub topic: String,
+    pub lake: String,
+    /// Every partition is archived and loaded through this time (less the lateness): hours
+    /// ending at or before it are closed.
+    pub complete_through: Option<DateTime<Utc>>,
+    /// Parquet files written, their rows, records refused by the layout, and bytes.
+    pub files: usize,
+    pub rows: u64,
+    pub rejects: u64,
+    pub bytes: u64,
+    /// Archive bytes read (as stored).
+    pub archive_bytes: u64,
+    /// Hours sealed by this run (`_SUCCESS` written).
+    pub hours_sealed: Vec<String>,
+    /// Hours written before they closed (`--open`): sealed by a later run once closed.
+    pub hours_open: Vec<String>,
+    /// Hours with archived records not published because they are not closed yet.
+    pub hours_waiting: Vec<String>,
+    /// Files written into hours sealed already (records later than the lateness).
+    pub late_files: Vec<String>,
+    /// Files a run that died had planned, finished by this one.
+    pub resumed: usize,
+    /// Partitions added in Redshift Spectrum.
+    pub spectrum_partitions: Vec<String>,
+    /// `_SUCCESS` markers of sealed hours written again (`--repair`, or a lost head).
+    pub markers_restored: Vec<String>,
+    pub manifests_read: usize,
+    pub dry_run: bool,
+    pub plan: Vec<PlannedFile>,
+    pub seconds: f64,
+}
+
+/// `batchlayer publish`.
+pub fn exec(a: &PublishArgs, s: &Settings, out: &Output) -> Result<Report> {
+    if s.topics.multi() {
+        let store = archive_mod::open(&s.archive)?;
+        let topics = s
+            .topics
+            .pick(&crate::archive::catalog::topics(store.as_ref())?);
+        let mut many = crate::report::Many::new("publish");
+        for t in topics {
+            let r = s
+                .for_topic(&t)
+                .map_err(anyhow::Error::from)
+                .and_then(|ts| exec_one(a, &ts, &t, out));
+            many.record(&t, r, out);
+        }
+        return Ok(Report::Many(many));
+    }
+    let topic = s.require_kafka()?.topic.clone();
+    exec_one(a, s, &topic, out)
+}
+
+fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<Report> {
+    let started = Instant::now();
+    check_settings(s, topic)?;
+    let archive = archive_mod::open(&s.archive)?;
+    let lake = archive_mod::open(&s.lake.store)?;
+    if !a.dry_run {
+        lake.check()
+            .with_context(|| format!("the lake {}", s.lake.url))?;
+    }
+    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    if !a.dry_run {
+        super::take_lock(
+            wh.as_mut(),
+            "publish",
+            !a.no_wait,
+            || "another publish holds the lock on this raw table's topic".into(),
+            out,
+        )?;
+    }
+    let now = Utc::now();
+    let snap = crate::progress::snapshot(s, archive.as_ref(), wh.as_mut(), s.status.lateness, now)
+        .context("reading how complete the topic is (status's complete-through)")?;
+    let complete_through = crate::progress::complete_through(&snap.partitions);
+    let mut p = Publisher {
+        s,
+        topic,
+        archive: archive.as_ref(),
+        lake: lake.as_ref(),
+        wh: wh.as_mut(),
+        out,
+        codec: super::codec_for(archive.as_ref(), &s.layout)?,
+        max_errors: a.max_errors.or(s.max_errors),
+        registered: BTreeSet::new(),
+        repair: a.repair,
+        sum: PublishSummary {
+            topic: topic.to_string(),
+            lake: s.lake.url.clone(),
+            complete_through,
+            dry_run: a.dry_run,
+            ..Default::default()
+        },
+    };
+    p.run(a.open, a.dry_run)?;
+    let mut sum = p.sum;
+    if a.dry_run {
+        for f in &sum.plan {
+            out.plan(&format!(
+                "would write {} ({} hour {}{}): {} objects, {} records",
+                f.name,
+                if f.open { "open" } else { "closed" },
+                f.hour,
+                if f.late { ", late" } else { "" },
+                f.objects,
+                f.records
+            ));
+        }
+    }
+    for h in &sum.hours_open {
+        out.info(&format!(
+            "hour {h} written open (not closed yet): it is sealed by a later run once closed"
+        ));
+    }
+    if !sum.late_files.is_empty() {
+        out.warn(&format!(
+            "{} late file(s) written into hours sealed already (records later than status.lateness): {}",
+            sum.late_files.len(),
+            sum.late_files.join(", ")
+        ));
+    }
+    sum.seconds = started.elapsed().as_secs_f64();
+    Ok(Report::Publish(sum))
+}
+
+/// What publish needs of the settings: a time folder per hour, a topic the lake can hold.
+fn check_settings(s: &Settings, topic: &str) -> Result<()> {
+    let t = &s.archive.key_template;
+    if !["{YYYY}", "{MM}", "{DD}", "{HH}"]
+        .iter()
+        .all(|f| t.contains(f))
+    {
+        return Err(Error::config(format!(
+            "archive.key_template {t:?}: publish writes one folder per hour of the archive's time folders, so the template needs {{YYYY}}, {{MM}}, {{DD}} and {{HH}}"
+        ))
+        .into());
+    }
+    if topic == lc::LAKE_DIR {
+        return Err(Error::config(format!(
+            "topic {topic:?}: the lake keeps its catalog under that name"
+        ))
+        .into());
+    }
+    crate::lake::ParquetSink::new(std::io::sink(), &s.layout, &ParquetOptions::default())
+        .map(|_| ())
+        .map_err(|e| Error::config(format!("the layout cannot be a lake table: {e:#}")).into())
+}
+
+/// A manifest's name and its objects' (key, epoch, partition).
+type ManifestObjects = (String, Vec<(String, i32, i32)>);
+
+/// An archived object with something to publish.
+struct Candidate {
+    entry: ObjectEntry,
+    epoch: i32,
+    manifest: String,
+    hour: String,
+    /// Its offsets the lake does not hold yet.
+    todo: Vec<OffsetSpan>,
+}
+
+struct Publisher<'a> {
+    s: &'a Settings,
+    topic: &'a str,
+    archive: &'a dyn ObjectStore,
+    lake: &'a dyn ObjectStore,
+    wh: &'a mut dyn Warehouse,
+    out: &'a Output,
+    codec: Codec,
+    max_errors: Option<u64>,
+    sum: PublishSummary,
+    /// Hours this run added (or found) as Spectrum partitions.
+    registered: BTreeSet<String>,
+    /// Rebuild the head from the lake's records and restore sealed hours' `_SUCCESS`.
+    repair: bool,
+}
+
+impl Publisher<'_> {
+    fn run(&mut self, open: bool, dry_run: bool) -> Result<()> {
+        let mut head = match LakeHead::read(self.lake, self.topic)? {
+            Some(h) if !self.repair => h,
+            _ => {
+                let mut h = LakeHead::rebuild(self.lake, self.topic)?;
+                let old = LakeHead::read(self.lake, self.topic)?.unwrap_or_default();
+                h.cursor = if self.repair { None } else { old.cursor };
+                h.ratio = old.ratio;
+                if !dry_run {
+                    // Every sealed hour has its marker (a lost head, a marker deleted).
+                    for hour in &h.sealed {
+                        let success =
+                            format!("{}{}", lc::hour_folder(self.topic, hour), lc::SUCCESS);
+                        if self.lake.put_bytes_if_absent(&success, b"")? == PutOutcome::Created {
+                            self.sum.markers_restored.push(success);
+                        }
+                    }
+                }
+                h
+            }
+        };
+        if !dry_run {
+            self.resume(&mut head)?;
+        }
+        // What the archive holds since the cursor, less what the lake holds.
+        let cat = Catalog::new(self.archive, self.topic);
+        let manifests = cat.recent_manifests(head.cursor.as_deref())?;
+        let mut cands: Vec<Candidate> = Vec::new();
+        let mut keys_of: Vec<ManifestObjects> = Vec::new();
+        let mut seen = HashSet::new();
+        // Offsets a candidate of this run claims: an offset archived twice (a partition
+        // handed back mid-run, an adopted object) is published once.
+        let mut claimed: BTreeMap<String, Vec<OffsetSpan>> = BTreeMap::new();
+        for (key, name) in &manifests {
+            let man = cat.read_manifest(key)?;
+            self.sum.manifests_read += 1;
+            let mut mine = Vec::new();
+            for o in man.objects {
+                mine.push((o.key.clone(), man.epoch, o.partition));
+                if !seen.insert(o.key.clone()) {
+                    continue;
+                }
+                let span = OffsetSpan::new(o.first_offset, o.last_offset);
+                if o.last_offset < o.first_offset {
+                    continue;
+                }
+                let part = lc::part_id(man.epoch, o.partition);
+                let mut taken = head.published(man.epoch, o.partition);
+                taken.extend(claimed.get(&part).into_iter().flatten().copied());
+                let todo = subtract_spans(span, &layout::merge_spans(taken));
+                if todo.is_empty() {
+                    continue;
+                }
+                claimed
+                    .entry(part)
+                    .or_default()
+                    .extend(todo.iter().copied());
+                let t = layout::folder_time(&self.s.archive.key_template, &o.key)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "object {}: its key does not follow archive.key_template {:?}, so its hour is unknown",
+                            o.key,
+                            self.s.archive.key_template
+                        )
+                    })?;
+                cands.push(Candidate {
+                    hour: lc::hour_id(t),
+                    epoch: man.epoch,
+                    manifest: name.clone(),
+                    entry: o,
+                    todo,
+                });
+            }
+            keys_of.push((name.clone(), mine));
+        }
+        // Objects without records publish nothing: their offsets are accounted for.
+        let mut empty = Vec::new();
+        cands.retain(|c| {
+            if c.entry.records == 0 {
+                empty.push((lc::part_id(c.epoch, c.entry.partition), c.todo.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        // Which hours are closed: ended (in UTC) at or before complete-through.
+        let ct = self.sum.complete_through;
+        let closed = |hour: &str| -> bool {
+            let Some(start) = lc::hour_start(hour) else {
+                return false;
+            };
+            let end = start.and_utc()
+                - chrono::Duration::seconds(i64::from(self.s.archive.utc_offset_secs))
+                + chrono::Duration::hours(1);
+            ct.is_some_and(|c| end <= c)
+        };
+        let mut by_hour: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+        let mut waiting = BTreeSet::new();
+        for c in cands {
+            if closed(&c.hour) || open {
+                by_hour.entry(c.hour.clone()).or_default().push(c);
+            } else {
+                waiting.insert(c.hour.clone());
+            }
+        }
+        self.sum.hours_waiting = waiting.iter().cloned().collect();
+        let intents = self.plan(&head, by_hour, &closed)?;
+        for i in &intents {
+            self.sum.plan.push(PlannedFile {
+                hour: i.hour.clone(),
+                name: i.name.clone(),
+                open: i.open,
+                late: i.late,
+                objects: i.objects.len(),
+                records: i.objects.iter().map(count_records).sum(),
+            });
+        }
+        if dry_run {
+            return Ok(());
+        }
+        for (part, spans) in &empty {
+            head.add_published(part, spans);
+        }
+        let total: u64 = intents
+            .iter()
+            .flat_map(|i| &i.objects)
+            .map(count_records)
+            .sum();
+        let pb = self.out.progress(total, "publish", false);
+        for intent in &intents {
+            lc::put_record(
+                self.lake,
+                &lc::intent_key(self.topic, &intent.name),
+                intent,
+                |a, b| a == b,
+            )?;
+            crate::failpoint::crash("publish-crash-after-intent");
+            let rec = self.write_file(intent, &pb)?;
+            self.commit(&mut head, intent, rec)?;
+        }
+        pb.finish_and_clear();
+        let mut hours_open: BTreeSet<String> = BTreeSet::new();
+        for i in intents.iter().filter(|i| i.open) {
+            hours_open.insert(i.hour.clone());
+        }
+        // Seal the closed hours with files: every object of theirs is published now (the
+        // window's objects of a closed hour were all planned, and older ones are behind the
+        // cursor), and a run that failed to write one stopped before this.
+        for hour in head.unsealed.clone() {
+            if closed(&hour) && !waiting.contains(&hour) {
+                self.seal(&mut head, &hour)?;
+                hours_open.remove(&hour);
+            }
+        }
+        self.sum.hours_open = hours_open.into_iter().collect();
+        // The cursor passes the manifests whose every object the lake now holds, up to the
+        // first that is not.
+        let complete = |objs: &Vec<(String, i32, i32)>, head: &LakeHead| {
+            objs.iter()
+                .all(|(key, epoch, p)| match layout::parse_object_name(key) {
+                    Some(n) => subtract_spans(
+                        OffsetSpan::new(n.first, n.last),
+                        &head.published(*epoch, *p),
+                    )
+                    .is_empty(),
+                    None => false,
+                })
+        };
+        let first_open = keys_of.iter().position(|(_, objs)| !complete(objs, &head));
+        let next = match first_open {
+            None => keys_of.last().map(|(n, _)| n.clone()),
+            Some(0) => keys_of[0].0.get(..20).map(str::to_string),
+            Some(i) => Some(keys_of[i - 1].0.clone()),
+        };
+        let next = match (&head.cursor, next) {
+            (Some(old), Some(n)) if first_open.is_none() => Some(old.clone().max(n)),
+            (old, None) => old.clone(),
+            (_, n) => n,
+        };
+        if next != head.cursor {
+            head.cursor = next;
+        }
+        head.store(self.lake, self.topic)?;
+        Ok(())
+    }
+
+    /// Finishes what a run that died started: each intent's file is written (or found
+    /// written) and committed; hour records without their `_SUCCESS` get it.
+    fn resume(&mut self, head: &mut LakeHead) -> Result<()> {
+        let listed = self.lake.list(&lc::intents_prefix(self.topic))?;
+        if listed.is_empty() {
+            return Ok(());
+        }
+        let pb = indicatif::ProgressBar::hidden();
+        for o in listed {
+            let Some(intent) = lc::read_intent(self.lake, &o.key)? else {
+                continue;
+            };
+            let rec_key = lc::file_record_key(self.topic, &intent.hour, &intent.name);
+            let rec = match lc::read_file_record(self.lake, &rec_key)? {
+                Some(r) => r,
+                None => self.write_file(&intent, &pb)?,
+            };
+            self.out.debug(&format!(
+                "finished file {} that an earlier run planned",
+                intent.name
+            ));
+            self.commit(head, &intent, rec)?;
+            self.sum.resumed += 1;
+        }
+        Ok(())
+    }
+
+    /// The files to write: per hour, its objects in (epoch, partition, offset) order, cut
+    /// into files of about `lake.file_bytes` (an object is never split).
+    fn plan(
+        &self,
+        head: &LakeHead,
+        by_hour: BTreeMap<String, Vec<Candidate>>,
+        closed: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<Intent>> {
+        let ratio = head.ratio.unwrap_or(FIRST_RATIO);
+        let target = self.s.lake.file_bytes as f64;
+        let mut intents = Vec::new();
+        for (hour, mut cands) in by_hour {
+            cands.sort_by_key(|c| (c.epoch, c.entry.partition, c.entry.first_offset));
+            let open = !closed(&hour);
+            let late = head.sealed.contains(&hour);
+            let mut group: Vec<PlannedObject> = Vec::new();
+            let mut est = 0.0;
+            for c in cands {
+                let o = &c.entry;
+                let span = OffsetSpan::new(o.first_offset, o.last_offset);
+                // Each record's offset must be known to give it its `_offset`.
+                if o.records + o.missing_count() != span.count() {
+                    bail!(
+                        "object {}: its {} records and {} listed holes do not make up its offsets {}..{} (an object adopted from an ingest run that died, whose holes are not all known), so its records' offsets are unknown; publish gives no row an _offset it cannot prove",
+                        o.key,
+                        o.records,
+                        o.missing_count(),
+                        o.first_offset,
+                        o.last_offset
+                    );
+                }
+                let share =
+                    c.todo.iter().map(|s| s.count()).sum::<u64>() as f64 / span.count() as f64;
+                let size = o.uncompressed_bytes as f64 * ratio * share;
+                if !group.is_empty() && est + size > target {
+                    intents.push(intent(&hour, open, late, std::mem::take(&mut group)));
+                    est = 0.0;
+                }
+                est += size;
+                group.push(PlannedObject {
+                    key: o.key.clone(),
+                    sha256: o.sha256.clone(),
+                    records: o.records,
+                    epoch: c.epoch,
+                    partition: o.partition,
+                    first: o.first_offset,
+                    last: o.last_offset,
+                    holes: lc::to_spans(&o.missing()),
+                    compression: o.compression,
+                    bytes: o.bytes,
+                    uncompressed: o.uncompressed_bytes,
+                    timestamps: o.timestamps.clone(),
+                    spans: lc::to_spans(&c.todo),
+                    manifest: c.manifest.clone(),
+                });
+            }
+            if !group.is_empty() {
+                intents.push(intent(&hour, open, late, group));
+            }
+        }
+        Ok(intents)
+    }
+
+    /// Writes one intent's file (rows from its objects' planned offsets) and stores it, with
+    /// its rejects; returns its commit record (not written yet).
+    fn write_file(&mut self, intent: &Intent, pb: &indicatif::ProgressBar) -> Result<FileRecord> {
+        let plan_sha = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(serde_json::to_vec(intent)?))
+        };
+        let opts = ParquetOptions {
+            compression: self.s.lake.compression,
+            row_group_rows: self.s.lake.row_group_rows as usize,
+            row_group_bytes: self.s.lake.row_group_bytes as usize,
+            metadata: vec![
+                ("batchlayer.topic".into(), self.topic.to_string()),
+                ("batchlayer.intent".into(), plan_sha),
+            ],
+        };
+        let tmp =
+            tempfile::NamedTempFile::new().context("creating a temp file for a Parquet file")?;
+        let file = tmp.reopen()?;
+        let mut sink = ParquetSink::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            &self.s.layout,
+            &opts,
+        )?;
+        let mut rejects: Vec<u8> = Vec::new();
+        let mut rejected = 0u64;
+        for o in &intent.objects {
+            let r = read_object(
+                self.archive,
+                o,
+                &self.codec,
+                &self.s.layout,
+                self.max_errors,
+                &mut sink,
+                &mut rejects,
+                pb,
+            )
+            .with_context(|| format!("publishing object {}", o.key))?;
+            rejected += r;
+            self.sum.archive_bytes += o.bytes;
+        }
+        let stats = sink.finish().context("finishing the Parquet file")?;
+        let key = lc::data_key(self.topic, &intent.hour, &intent.name);
+        if rejected > 0 {
+            let rk = lc::rejects_key(self.topic, &intent.name);
+            if self.lake.put_bytes_if_absent(&rk, &rejects)? == PutOutcome::AlreadyExists {
+                self.out
+                    .debug(&format!("{rk} was stored by an earlier attempt"));
+            }
+        }
+        match self
+            .lake
+            .put_file_if_absent(&key, tmp.path())
+            .with_context(|| format!("storing {key} in the lake"))?
+        {
+            PutOutcome::Created => {}
+            PutOutcome::AlreadyExists => {
+                // An earlier attempt of this very plan stored it: the same bytes, or the key
+                // holds something else and nothing is committed.
+                archive_mod::download(self.lake, &key, Some(&stats.sha256)).with_context(|| {
+                    format!("{key} exists in the lake and is not the file this run made of the same plan")
+                })?;
+            }
+        }
+        crate::failpoint::crash("publish-crash-after-upload");
+        let mut spans: BTreeMap<String, Spans> = BTreeMap::new();
+        for (p, v) in intent.spans() {
+            spans.insert(p, lc::to_spans(&v));
+        }
+        Ok(FileRecord {
+            key,
+            hour: intent.hour.clone(),
+            name: intent.name.clone(),
+            rows: stats.rows,
+            rejects: rejected,
+            bytes: stats.bytes,
+            sha256: stats.sha256,
+            row_groups: stats.row_groups,
+            open: intent.open,
+            late: intent.late,
+            spans,
+            objects: intent.objects.iter().map(|o| o.key.clone()).collect(),
+            at: Utc::now(),
+        })
+    }
+
+    /// Writes the commit record (the lake's catalog entry), folds it into the head, stores
+    /// the head and drops the intent.
+    fn commit(&mut self, head: &mut LakeHead, intent: &Intent, rec: FileRecord) -> Result<()> {
+        // The hour's partition is there before its file counts as published: a run that dies
+        // after this adds it again (IF NOT EXISTS), one that dies before never relied on it.
+        if !self.registered.contains(&rec.hour) {
+            self.add_spectrum_partition(&rec.hour)?;
+            self.registered.insert(rec.hour.clone());
+        }
+        let key = lc::file_record_key(self.topic, &intent.hour, &intent.name);
+        lc::put_record(self.lake, &key, &rec, |a, b| {
+            a.key == b.key && a.sha256 == b.sha256 && a.spans == b.spans
+        })?;
+        crate::failpoint::crash("publish-crash-after-commit");
+        head.fold(&rec);
+        let archived: u64 = intent.objects.iter().map(count_records).sum();
+        if archived > 0 && rec.rows > 0 {
+            let r = rec.bytes as f64 / self.uncompressed_of(intent).max(1) as f64;
+            head.ratio = Some(match head.ratio {
+                Some(old) => (old * 3.0 + r) / 4.0,
+                None => r,
+            });
+        }
+        head.store(self.lake, self.topic)?;
+        self.lake
+            .delete(&lc::intent_key(self.topic, &intent.name))?;
+        self.sum.files += 1;
+        self.sum.rows += rec.rows;
+        self.sum.rejects += rec.rejects;
+        self.sum.bytes += rec.bytes;
+        if rec.late {
+            self.sum.late_files.push(rec.key.clone());
+        }
+        Ok(())
+    }
+
+    /// The archive bytes (uncompressed) of the offsets an intent publishes.
+    fn uncompressed_of(&self, intent: &Intent) -> u64 {
+        intent
+            .objects
+            .iter()
+            .map(|o| {
+                let all = o.records.max(1);
+                (o.uncompressed as f64 * count_records(o) as f64 / all as f64) as u64
+            })
+            .sum()
+    }
+
+    /// With `lake.spectrum_schema`, registers the hour's folder as a partition of the
+    /// Spectrum table (idempotent: `IF NOT EXISTS`).
+    fn add_spectrum_partition(&mut self, hour: &str) -> Result<()> {
+        let Some(schema) = self.s.lake.spectrum_schema.clone() else {
+            return Ok(());
+        };
+        let Some(start) = lc::hour_start(hour) else {
+            return Ok(());
+        };
+        let table = self
+            .s
+            .lake
+            .table
+            .clone()
+            .unwrap_or_else(|| self.s.warehouse.raw_table.clone());
+        let location = format!("{}/{}", self.s.lake.url.trim_end_matches('/'), self.topic) + "/";
+        let t = crate::lake::ddl::LakeTable {
+            name: &table,
+            schema: &schema,
+            location: &location,
+            layout: &self.s.layout,
+            first_day: "",
+        };
+        let day = start.format("%Y-%m-%d").to_string();
+        let sql = crate::lake::ddl::spectrum_partition(
+            &t,
+            &day,
+            start.format("%H").to_string().parse().unwrap_or(0),
+        );
+        self.wh.session().execute(&sql).with_context(|| {
+            format!("adding hour {hour} as a partition of {schema}.{table} in Redshift Spectrum")
+        })?;
+        self.sum
+            .spectrum_partitions
+            .push(format!("dt={day}/hour={}", start.format("%H")));
+        Ok(())
+    }
+
+    /// Seals a closed hour: its record (files, rows), then `_SUCCESS` in its folder.
+    fn seal(&mut self, head: &mut LakeHead, hour: &str) -> Result<()> {
+        let (rows, rejects) = head.rows.get(hour).copied().unwrap_or_default();
+        let rec = HourRecord {
+            hour: hour.to_string(),
+            files: head.files.get(hour).cloned().unwrap_or_default(),
+            rows,
+            rejects,
+            complete_through: self.sum.complete_through,
+            at: Utc::now(),
+        };
+        lc::put_record(
+            self.lake,
+            &lc::hour_record_key(self.topic, hour),
+            &rec,
+            |a, b| a.hour == b.hour,
+        )?;
+        crate::failpoint::crash("publish-crash-before-success");
+        let success = format!("{}{}", lc::hour_folder(self.topic, hour), lc::SUCCESS);
+        self.lake.put_bytes_if_absent(&success, b"")?;
+        head.unsealed.remove(hour);
+        head.files.remove(hour);
+        head.rows.remove(hour);
+        head.sealed.insert(hour.to_string());
+        head.store(self.lake, self.topic)?;
+        self.sum.hours_sealed.push(hour.to_string());
+        Ok(())
+    }
+}
+
+fn intent(hour: &str, open: bool, late: bool, objects: Vec<PlannedObject>) -> Intent {
+    Intent {
+        hour: hour.to_string(),
+        name: Intent::name_for(hour, &objects),
+        open,
+        late,
+        objects,
+    }
+}
+
+/// Records of an object's planned offsets (its spans less its holes).
+fn count_records(o: &PlannedObject) -> u64 {
+    let holes = lc::from_spans(&o.holes);
+    lc::from_spans(&o.spans)
+        .into_iter()
+        .map(|s| {
+            subtract_spans(s, &holes)
+                .iter()
+                .map(|x| x.count())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Streams one archived object into the file: each record of the planned offsets decoded by
+/// the layout, with its partition, offset, epoch and Kafka timestamp. A record the layout
+/// refuses is a reject (a JSON line in `rejects`) under `max_errors`, else the error. The
+/// object's record count and sha256 must be its manifest's. Returns the records rejected.
+#[allow(clippy::too_many_arguments)]
+fn read_object<W: std::io::Write + Send>(
+    store: &dyn ObjectStore,
+    o: &PlannedObject,
+    codec: &Codec,
+    layout: &Layout,
+    max_errors: Option<u64>,
+    sink: &mut ParquetSink<W>,
+    rejects: &mut Vec<u8>,
+    pb: &indicatif::ProgressBar,
+) -> Result<u64> {
+    let holes = lc::from_spans(&o.holes);
+    let wanted = lc::from_spans(&o.spans);
+    let times = match &o.timestamps {
+        Some(t) => {
+            let v = RecordTimes::decode(t).map_err(|e| anyhow!("its manifest's {e}"))?;
+            if v.len() as u64 != o.records {
+                bail!(
+                    "its manifest lists {} record timestamps for {} records",
+                    v.len(),
+                    o.records
+                );
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    std::thread::scope(|scope| -> Result<u64> {
+        let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
+        let mut frames = FrameReader::new(archive_mod::decoder(reader, o.compression)?);
+        let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
+            .into_iter()
+            .flat_map(|s| s.first..=s.last);
+        let mut rec = Vec::with_capacity(1024);
+        let mut row = RowValues {
+            cells: Vec::with_capacity(layout.columns.len()),
+            partition: o.partition,
+            epoch: o.epoch,
+            ..Default::default()
+        };
+        let mut n: u64 = 0;
+        let mut rejected = 0u64;
+        let read = (|| -> Result<()> {
+            while frames.next_into(&mut rec)? {
+                let Some(off) = offsets.next() else {
+                    bail!(
+                        "holds more records than its offsets {}..{} less its holes",
+                        o.first,
+                        o.last
+                    );
+                };
+                let idx = n as usize;
+                n += 1;
+                if !wanted.iter().any(|s| s.contains(off)) {
+                    continue;
+                }
+                row.cells.clear();
+                row.offset = off;
+                row.timestamp_micros = times
+                    .as_ref()
+                    .and_then(|t| t[idx])
+                    .map(|ms| ms.saturating_mul(1000));
+                let cells = &mut row.cells;
+                match codec.cells(&rec, &mut |_, c| cells.push(c.into())) {
+                    Ok(()) => sink.push(&row)?,
+                    Err(e) => {
+                        let Some(max) = max_errors else {
+                            bail!("partition {} offset {off} (record {n}): {e}", o.partition);
+                        };
+                        rejected += 1;
+                        if rejected > max {
+                            bail!(
+                                "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
+                                o.partition
+                            );
+                        }
+                        use base64::Engine as _;
+                        let line = serde_json::json!({
+                            "object": o.key,
+                            "partition": o.partition,
+                            "epoch": o.epoch,
+                            "offset": off,
+                            "record": n,
+                            "error": e.to_string(),
+                            "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
+                        });
+                        serde_json::to_writer(&mut *rejects, &line)?;
+                        rejects.push(b'\n');
+                    }
+                }
+                pb.inc(1);
+            }
+            Ok(())
+        })();
+        let got = getter
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
+        // A failed download, or bytes that are not the manifest's, is the cause to report.
+        match got {
+            Err(e) if !archive_mod::is_broken_pipe(&e) => return Err(e),
+            Ok(sha) if sha != o.sha256 => bail!(
+                "object {} is corrupt: sha256 {sha} does not match the manifest's {}",
+                o.key,
+                o.sha256
+            ),
+            _ => {}
+        }
+        read?;
+        if n != o.records {
+            bail!("holds {n} records but its manifest says {}", o.records);
+        }
+        Ok(rejected)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_a_plan_are_its_spans_less_the_holes() {
+        let o = PlannedObject {
+            key: "k".into(),
+            sha256: "s".into(),
+            records: 8,
+            epoch: 0,
+            partition: 0,
+            first: 0,
+            last: 9,
+            holes: vec![(3, 4)],
+            compression: crate::archive::Compression::Gzip,
+            bytes: 1,
+            uncompressed: 2,
+            timestamps: None,
+            spans: vec![(2, 9)],
+            manifest: "m".into(),
+        };
+        // 2..9 is 8 offsets, 3 and 4 hold no record.
+        assert_eq!(count_records(&o), 6);
+    }
+}
