@@ -11,7 +11,7 @@ For each N (default 1,000,000 and 10,000,000; --quick: 100,000 alone):
   as CSV (`\\copy (SELECT id, created_at, followers_count, location, favorite_count,
   retweet_count FROM batch_raw) TO '...' CSV`), timed and reported on its own.
 * each repetition, in alternating order:
-  - `batchlayer --json publish --open` into a fresh local lake directory (BATCHLAYER_LAKE_URL);
+  - `batchlayer --json publish` into a fresh local lake directory (BATCHLAYER_LAKE_URL);
     wall time and peak RSS from /usr/bin/time -v. Then, untimed, DuckDB reads every Parquet
     file of the lake: the rows must be N and the (_epoch, _partition, _offset) triples N
     distinct ones.
@@ -23,8 +23,9 @@ For each N (default 1,000,000 and 10,000,000; --quick: 100,000 alone):
 * sizes: the Parquet bytes of the lake (its .parquet files, not `_lake/`) against the archive's
   data objects for the same records (the archive's .log.gz files, not its `_` folders).
 
-Why `--open`: `produce-tweets` has no option to set the messages' Kafka timestamps, so every
-record is in the current hour, which no run can close; `--open` writes the open hours too.
+The tweets carry Kafka timestamps spread over four hours that ended before the run
+(`produce-tweets --start-time 5h --span 14400`), so publish writes closed hours and seals them:
+the path a nightly run takes.
 
 Medians over the repetitions; peak RSS is the largest. Writes bench/results-publish.json
 (merged by N with the sizes kept from earlier runs) and bench/results-publish.md, and rewrites
@@ -60,7 +61,7 @@ QUICK_JSON = os.path.join(REPO, "bench/out/results-publish-quick.json")
 QUICK_MD = os.path.join(REPO, "bench/out/results-publish-quick.md")
 MIB = 1024 * 1024
 RSS_TARGET_MIB = 256
-PUBLISH = ["--json", "publish", "--open"]
+PUBLISH = ["--json", "publish"]
 ARCHIVE_EXTENSIONS = (".log", ".log.gz", ".log.zst")
 
 # The raw table's columns as DuckDB reads them from the CSV (the tweets layout).
@@ -186,7 +187,7 @@ def run_size(n, a, env, venv_py):
         # ---- setup: produce, ingest, copy, the CSV export ----
         log(f"{n:,} tweets: producing to {topic} ({a.partitions} partitions)")
         secs, _, _ = timed([BL] + cfg + ["produce-tweets", "--count", str(n), "--partitions", str(a.partitions),
-                                         "--locations", "1000"], env=env)
+                                         "--locations", "1000", "--start-time", "5h", "--span", "14400"], env=env)
         st["produce_s"] = round(secs, 3)
         secs, rss, doc = bl_json(cfg + ["--json", "ingest"], env, "ingest")
         if doc.get("messages") != n:
@@ -312,7 +313,7 @@ def plural(k, what):
 def render(runs):
     sizes = sorted(runs, key=int)
     lines = ["## The lake: `batchlayer publish` against DuckDB writing Parquet (issue 27)", "",
-             "`batchlayer publish --open` of N tweets from the archive (s3s-fs) into a local lake directory, against "
+             "`batchlayer publish` of N tweets from the archive (s3s-fs) into a local lake directory, against "
              "DuckDB (Python, its own process) copying the same rows from a CSV export of the raw table into one "
              "Parquet file with Snappy: `COPY (SELECT ... FROM read_csv(...)) TO '...' (FORMAT parquet, COMPRESSION "
              "snappy)`. Wall time (median of the repetitions, in alternating order) and peak RSS (`/usr/bin/time -v`, "
@@ -356,8 +357,8 @@ def render(runs):
             lines.append(f"Note ({int(s):,}): {note}.")
     lines.append("")
     lines.append(
-        "Publish runs with `--open`: `produce-tweets` cannot set the messages' Kafka timestamps, so every record "
-        "falls in an hour no run can close yet. Publish reads the archive from s3s-fs; DuckDB reads a local CSV "
+        "Publish writes closed hours: the tweets' Kafka timestamps span four hours that ended before the run "
+        "(`produce-tweets --start-time 5h --span 14400`), each sealed with `_SUCCESS`. Publish reads the archive from s3s-fs; DuckDB reads a local CSV "
         "file. Each lake is checked after its timed run: DuckDB reads all its files, N rows and N distinct "
         "(`_epoch`, `_partition`, `_offset`).")
     lines.append("")

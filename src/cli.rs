@@ -374,8 +374,8 @@ pub struct PublishArgs {
     /// Print the files a run would write; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Tolerate up to N bad records per file (listed under _lake/{topic}/rejects/). Default:
-    /// strict.
+    /// Tolerate up to N bad records per archived object (listed under
+    /// _lake/{topic}/rejects/). Default: strict.
     #[arg(long, value_name = "N")]
     pub max_errors: Option<u64>,
     /// Exit at once with code 3 when another publish holds the lock (default: wait).

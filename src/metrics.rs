@@ -2,7 +2,7 @@
 //! node_exporter's textfile collector reads, written atomically (a temp file in the same
 //! folder, then a rename) when the step ends, on success and on failure.
 //!
-//! Every metric is a gauge labelled `step="ingest|copy|aggregate"`, with the same help text
+//! Every metric is a gauge labelled `step="ingest|copy|publish|aggregate"`, with the same help text
 //! whatever the step, so the files of several steps can sit in one collector folder. The
 //! figures of a run come from the report the step returned (what `--json` prints); a failed
 //! run writes its exit code, duration and end time, and keeps the last success timestamp of
@@ -124,7 +124,7 @@ impl Figures {
                 topics.sort_by(|a, b| a.0.cmp(&b.0));
                 Figures { topics, ..total }
             }
-            ("ingest" | "copy" | "aggregate", _) => bail!("{step} reported no summary"),
+            ("ingest" | "copy" | "publish" | "aggregate", _) => bail!("{step} reported no summary"),
             (other, _) => bail!("no metrics for step {other}"),
         };
         Ok(figures)

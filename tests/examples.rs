@@ -130,6 +130,7 @@ fn config_sections() -> Vec<(&'static str, BTreeSet<&'static str>)> {
         ("status", fields::<StatusFile>()),
         ("schema_registry", fields::<SchemaRegistryFile>()),
         ("topics", fields::<TopicFile>()),
+        ("lake", fields::<LakeFile>()),
     ];
     let top: BTreeSet<&str> = sections.iter().map(|(s, _)| *s).collect();
     assert_eq!(

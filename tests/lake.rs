@@ -1061,6 +1061,7 @@ fn killed_at_random_moments_publish_ends_with_every_offset_once() {
     assert_eq!(produced["produced"], 30000, "{produced}");
     w.run_ok(&["ingest"]);
     w.run_ok(&["copy"]);
+    let mut killed = 0;
     for round in 0..4 {
         let ms = 50 + rng.below(1451);
         let mut child = w
@@ -1082,6 +1083,7 @@ fn killed_at_random_moments_publish_ends_with_every_offset_once() {
             None => {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
+                killed += 1;
                 "killed".to_string()
             }
         };
@@ -1099,6 +1101,8 @@ fn killed_at_random_moments_publish_ends_with_every_offset_once() {
             "seed {seed}: {doc}"
         );
     }
+    // The first run alone takes longer than its 50-1500 ms: it, at least, was killed.
+    assert!(killed >= 1, "seed {seed}: no round was killed");
     publish(&w, &[]);
     let (t, _) = assert_sealed_lake(&w, judge.as_ref(), true);
     assert_eq!(t.records, 30000, "seed {seed}");

@@ -181,6 +181,7 @@ fn exec_one(a: &AuditArgs, s: &Settings, out: &Output, only: Option<&str>) -> Re
     let lake = LakeAudit {
         store: lake_store.as_ref(),
         key_template: &s.archive.key_template,
+        explicit: s.lake.explicit,
     };
     let report = run_with_lake(
         store.as_ref(),
@@ -266,6 +267,30 @@ pub fn run(
 pub struct LakeAudit<'a> {
     pub store: &'a dyn ObjectStore,
     pub key_template: &'a str,
+    /// Configured (not the default beside the archive): a lake that cannot be read fails.
+    pub explicit: bool,
+}
+
+/// The lake's audit; a lake nobody configured (the default beside the archive) that cannot
+/// be read is no lake to audit, a configured one is an error.
+fn check_lake_or_skip(
+    l: &LakeAudit<'_>,
+    topic: &str,
+    ta: &TopicArchive,
+    deep: bool,
+    r: &mut AuditReport,
+    out: &Output,
+) -> Result<()> {
+    match check_lake(l, topic, ta, deep, r) {
+        Err(e) if !l.explicit => {
+            out.debug(&format!(
+                "the default lake {} was not audited: {e:#}",
+                l.store.describe()
+            ));
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// As [`run`], and each topic's lake (when it has one) against the archive.
@@ -315,7 +340,7 @@ pub fn run_with_lake(
             reread(store, &topic, &ta, &mut r)?;
         }
         if let Some(l) = &lake {
-            check_lake(l, &topic, &ta, deep, &mut r).with_context(|| {
+            check_lake_or_skip(l, &topic, &ta, deep, &mut r, out).with_context(|| {
                 format!("auditing the lake {} of topic {topic}", l.store.describe())
             })?;
         }

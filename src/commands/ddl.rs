@@ -63,7 +63,7 @@ pub fn exec(a: &DdlArgs, s: &Settings, out: &Output) -> Result<Report> {
         .lake
         .table
         .clone()
-        .unwrap_or_else(|| s.warehouse.raw_table.clone());
+        .unwrap_or_else(|| crate::config::topics::derived_table(&topic));
     let schema = a
         .schema
         .clone()

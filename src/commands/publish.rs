@@ -537,7 +537,7 @@ impl Publisher<'_> {
             rejected += r;
             self.sum.archive_bytes += o.bytes;
         }
-        let stats = sink.finish().context("finishing the Parquet file")?;
+        let mut stats = sink.finish().context("finishing the Parquet file")?;
         let key = lc::data_key(self.topic, &intent.hour, &intent.name);
         if rejected > 0 {
             let rk = lc::rejects_key(self.topic, &intent.name);
@@ -553,11 +553,10 @@ impl Publisher<'_> {
         {
             PutOutcome::Created => {}
             PutOutcome::AlreadyExists => {
-                // An earlier attempt of this very plan stored it: the same bytes, or the key
-                // holds something else and nothing is committed.
-                archive_mod::download(self.lake, &key, Some(&stats.sha256)).with_context(|| {
-                    format!("{key} exists in the lake and is not the file this run made of the same plan")
-                })?;
+                // An earlier attempt of this very plan stored it (its footer names the plan, and
+                // it holds the rows; the writer's settings may have changed since): that file
+                // is the one committed. Anything else under the key stops the run.
+                stats = stored_file(self.lake, &key, &opts.metadata[1].1, stats.rows)?;
             }
         }
         crate::failpoint::crash("publish-crash-after-upload");
@@ -644,7 +643,7 @@ impl Publisher<'_> {
             .lake
             .table
             .clone()
-            .unwrap_or_else(|| self.s.warehouse.raw_table.clone());
+            .unwrap_or_else(|| crate::config::topics::derived_table(self.topic));
         let location = format!("{}/{}", self.s.lake.url.trim_end_matches('/'), self.topic) + "/";
         let t = crate::lake::ddl::LakeTable {
             name: &table,
@@ -706,6 +705,43 @@ fn intent(hour: &str, open: bool, late: bool, objects: Vec<PlannedObject>) -> In
         late,
         objects,
     }
+}
+
+/// A file an earlier attempt of the same plan stored: its footer's `batchlayer.intent` is the
+/// plan's hash and it holds `rows` rows. Its own size and sha256 are what the commit records.
+fn stored_file(
+    lake: &dyn ObjectStore,
+    key: &str,
+    plan_sha: &str,
+    rows: u64,
+) -> Result<crate::lake::FileStats> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use std::io::{Seek, SeekFrom};
+    let mut file = archive_mod::download(lake, key, None)?;
+    let sha256 = crate::util::sha256_of(&mut file)?;
+    let bytes = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(0))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{key} exists in the lake and is not a Parquet file"))?;
+    let meta = reader.metadata();
+    let names_plan = meta
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .any(|kv| kv.key == "batchlayer.intent" && kv.value.as_deref() == Some(plan_sha));
+    let held = meta.file_metadata().num_rows() as u64;
+    if !names_plan || held != rows {
+        bail!(
+            "{key} exists in the lake and is not the file of this plan (its footer names another plan, or it holds {held} rows, not {rows}): move it away and run again"
+        );
+    }
+    Ok(crate::lake::FileStats {
+        rows,
+        row_groups: meta.num_row_groups(),
+        bytes,
+        sha256,
+    })
 }
 
 /// Records of an object's planned offsets (its spans less its holes).

@@ -13,8 +13,8 @@ pub mod topics;
 
 pub use file::{
     config_path, load_file, parse_file, AggregateFile, ArchiveFile, FileConfig, KafkaFile,
-    LayoutFile, LogFile, RecordsFile, RetryFile, SchemaRegistryFile, StatusFile, TopicFile,
-    WarehouseFile,
+    LakeFile, LayoutFile, LogFile, RecordsFile, RetryFile, SchemaRegistryFile, StatusFile,
+    TopicFile, WarehouseFile,
 };
 pub use resolve::validate_ident;
 pub use time::{parse_duration, TimeSpec, UTC};
@@ -368,8 +368,10 @@ pub struct LakeSettings {
     pub file_bytes: u64,
     pub row_group_bytes: u64,
     pub row_group_rows: u64,
-    /// `ddl`'s table name (None: the raw table's).
+    /// `ddl`'s table name and Spectrum's (None: the topic made an identifier).
     pub table: Option<String>,
+    /// Whether the lake's URL was given (flag, env or file), not derived from the archive's.
+    pub explicit: bool,
     pub spectrum_schema: Option<String>,
 }
 

@@ -769,6 +769,7 @@ pub(super) fn lake_settings(
     flags: &Overrides,
 ) -> Result<LakeSettings> {
     let given = pick(&flags.lake, env, "BATCHLAYER_LAKE_URL", &l.url);
+    let explicit = given.is_some();
     let (location, url) =
         match given {
             Some(url) => {
@@ -799,8 +800,17 @@ pub(super) fn lake_settings(
                         format!("{}-lake", prefix.trim_end_matches('/'))
                     };
                     let mut loc = archive.location.clone();
-                    if let ArchiveLocation::S3 { prefix: q, .. } = &mut loc {
+                    let own = pick(&None, env, "BATCHLAYER_LAKE_S3_ENDPOINT", &l.endpoint);
+                    if let ArchiveLocation::S3 {
+                        prefix: q,
+                        endpoint,
+                        ..
+                    } = &mut loc
+                    {
                         *q = p.clone();
+                        if own.is_some() {
+                            *endpoint = own;
+                        }
                     }
                     (loc, format!("s3://{bucket}/{p}"))
                 }
@@ -841,6 +851,7 @@ pub(super) fn lake_settings(
         row_group_bytes: positive(l.row_group_bytes, 64 << 20, "row_group_bytes")?,
         row_group_rows: positive(l.row_group_rows, 1_000_000, "row_group_rows")?,
         table: l.table.clone(),
+        explicit,
         spectrum_schema: l.spectrum_schema.clone(),
     })
 }

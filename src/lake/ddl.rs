@@ -1,5 +1,5 @@
-//! The lake's table definitions for the engines that read it (issue 27's `ddl`; not a command
-//! yet): a topic's folder of Hive-style `dt=YYYY-MM-DD/hour=HH/` folders of Parquet files
+//! The lake's table definitions for the engines that read it (`batchlayer ddl`, and the
+//! partitions `publish` adds in Spectrum): a topic's folder of Hive-style `dt=YYYY-MM-DD/hour=HH/` folders of Parquet files
 //! ([`super::parquet`]'s schema), as Spark, Trino (Hive connector), Athena (with partition
 //! projection: no partition is ever registered), DuckDB and Redshift Spectrum declare it. The
 //! statements and the documentation each rests on are in docs/lake-design.md.

@@ -442,15 +442,21 @@ impl StandIn {
     /// (https://www.postgresql.org/docs/current/functions-datetime.html#FUNCTIONS-DATETIME-CURRENT),
     /// so they differ once a BEGIN came before. A transaction block already failed refuses the
     /// question: inside a block too.
+    /// Asked over the simple query protocol: one message, so outside a block the query is the
+    /// first command of its own transaction (the extended protocol's Parse and Execute are
+    /// separate messages, and the two times differ there whatever the block).
     fn in_transaction_block(&mut self) -> bool {
-        self.pg
+        let rows = self
+            .pg
             .client
-            .query_one(
-                "SELECT transaction_timestamp() <> statement_timestamp()",
-                &[],
-            )
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(true)
+            .simple_query("SELECT transaction_timestamp() <> statement_timestamp()");
+        match rows {
+            Ok(msgs) => msgs.iter().any(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("t"),
+                _ => false,
+            }),
+            Err(_) => true,
+        }
     }
 
     fn refuse_in_transaction_block(&mut self, what: &str) -> Result<()> {
