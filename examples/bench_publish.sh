@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lake (issue 27): `batchlayer publish --open` of N tweets against DuckDB copying the same rows
+# The lake (issue 27): `batchlayer publish` (closed hours) of N tweets against DuckDB copying the same rows
 # from a CSV export of the raw table into Parquet; wall time, peak RSS, Parquet bytes against the
 # gzip archive's (bench/publish.py).
 #   examples/bench_publish.sh [N ...] [--quick] [--reps 3] [--partitions 3] [--duckdb-threads T] [--keep]

@@ -564,6 +564,12 @@ impl RecordTimes {
 
     /// The timestamps of a manifest's form, in record order (None: a record without one).
     pub fn decode(s: &str) -> Result<Vec<Option<i64>>, String> {
+        RecordTimes::reader(s)?.collect()
+    }
+
+    /// The timestamps of a manifest's form as they are read, one per record: the varints
+    /// stay packed (about a byte a record), not a vector of every record's.
+    pub fn reader(s: &str) -> Result<TimesReader, String> {
         use base64::Engine as _;
         let b64 = s
             .strip_prefix("z1:")
@@ -573,11 +579,41 @@ impl RecordTimes {
             .map_err(|e| format!("record timestamps: {e}"))?;
         let raw =
             zstd::stream::decode_all(&packed[..]).map_err(|e| format!("record timestamps: {e}"))?;
-        let mut out = Vec::new();
-        let (mut prev, mut z, mut shift) = (0i64, 0u64, 0u32);
-        for &b in &raw {
+        Ok(TimesReader {
+            raw,
+            at: 0,
+            prev: 0,
+        })
+    }
+}
+
+/// Reads [`RecordTimes`]' varints one record at a time.
+#[derive(Debug)]
+pub struct TimesReader {
+    raw: Vec<u8>,
+    at: usize,
+    prev: i64,
+}
+
+impl TimesReader {
+    /// How many timestamps it holds (a pass over the bytes).
+    pub fn records(&self) -> usize {
+        self.raw.iter().filter(|&&b| b & 0x80 == 0).count()
+    }
+}
+
+impl Iterator for TimesReader {
+    type Item = Result<Option<i64>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.raw.len() {
+            return None;
+        }
+        let (mut z, mut shift) = (0u64, 0u32);
+        while let Some(&b) = self.raw.get(self.at) {
+            self.at += 1;
             if shift >= 64 {
-                return Err("record timestamps: a varint too long".into());
+                return Some(Err("record timestamps: a varint too long".into()));
             }
             z |= u64::from(b & 0x7f) << shift;
             if b & 0x80 != 0 {
@@ -585,14 +621,10 @@ impl RecordTimes {
                 continue;
             }
             let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
-            prev = prev.wrapping_add(d);
-            out.push((prev >= 0).then_some(prev));
-            (z, shift) = (0, 0);
+            self.prev = self.prev.wrapping_add(d);
+            return Some(Ok((self.prev >= 0).then_some(self.prev)));
         }
-        if shift != 0 {
-            return Err("record timestamps: cut short".into());
-        }
-        Ok(out)
+        Some(Err("record timestamps: cut short".into()))
     }
 }
 
@@ -700,6 +732,34 @@ pub struct Manifest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn record_times_round_trip_in_order_with_gaps_and_clocks_going_back() {
+        let v = vec![
+            Some(1_764_806_400_000),
+            Some(1_764_806_400_000),
+            Some(1_764_806_399_001),
+            None,
+            Some(0),
+            Some(i64::MAX / 4),
+            Some(1_764_806_400_007),
+        ];
+        let mut t = RecordTimes::default();
+        for x in &v {
+            t.push(*x);
+        }
+        let s = t.encode();
+        assert!(s.starts_with("z1:"), "{s}");
+        assert_eq!(RecordTimes::decode(&s).unwrap(), v);
+        assert_eq!(RecordTimes::reader(&s).unwrap().records(), v.len());
+        assert!(RecordTimes::decode("z2:AAAA").is_err());
+        // A million timestamps a millisecond apart take a few hundred bytes.
+        let mut m = RecordTimes::default();
+        for i in 0..1_000_000i64 {
+            m.push(Some(1_764_806_400_000 + i));
+        }
+        assert!(m.encode().len() < 4096, "{}", m.encode().len());
+    }
+
     use super::*;
 
     #[test]

@@ -758,10 +758,17 @@ fn count_records(o: &PlannedObject) -> u64 {
         .sum()
 }
 
+/// Rows handed from the decoding thread to the writer at a time.
+const CHUNK_ROWS: usize = 2048;
+
 /// Streams one archived object into the file: each record of the planned offsets decoded by
 /// the layout, with its partition, offset, epoch and Kafka timestamp. A record the layout
 /// refuses is a reject (a JSON line in `rejects`) under `max_errors`, else the error. The
 /// object's record count and sha256 must be its manifest's. Returns the records rejected.
+///
+/// Three threads: the GET (hashing), the decoding (decompression, framing, the layout's
+/// cells) and this one, which writes the rows; chunks of rows go back and forth so their
+/// buffers are reused.
 #[allow(clippy::too_many_arguments)]
 fn read_object<W: std::io::Write + Send>(
     store: &dyn ObjectStore,
@@ -773,89 +780,50 @@ fn read_object<W: std::io::Write + Send>(
     rejects: &mut Vec<u8>,
     pb: &indicatif::ProgressBar,
 ) -> Result<u64> {
-    let holes = lc::from_spans(&o.holes);
-    let wanted = lc::from_spans(&o.spans);
     let times = match &o.timestamps {
         Some(t) => {
-            let v = RecordTimes::decode(t).map_err(|e| anyhow!("its manifest's {e}"))?;
-            if v.len() as u64 != o.records {
+            let r = RecordTimes::reader(t).map_err(|e| anyhow!("its manifest's {e}"))?;
+            let n = r.records();
+            if n as u64 != o.records {
                 bail!(
-                    "its manifest lists {} record timestamps for {} records",
-                    v.len(),
+                    "its manifest lists {n} record timestamps for {} records",
                     o.records
                 );
             }
-            Some(v)
+            Some(r)
         }
         None => None,
     };
     std::thread::scope(|scope| -> Result<u64> {
         let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
-        let mut frames = FrameReader::new(archive_mod::decoder(reader, o.compression)?);
-        let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
-            .into_iter()
-            .flat_map(|s| s.first..=s.last);
-        let mut rec = Vec::with_capacity(1024);
-        let mut row = RowValues {
-            cells: Vec::with_capacity(layout.columns.len()),
-            partition: o.partition,
-            epoch: o.epoch,
-            ..Default::default()
-        };
-        let mut n: u64 = 0;
-        let mut rejected = 0u64;
-        let read = (|| -> Result<()> {
-            while frames.next_into(&mut rec)? {
-                let Some(off) = offsets.next() else {
-                    bail!(
-                        "holds more records than its offsets {}..{} less its holes",
-                        o.first,
-                        o.last
-                    );
-                };
-                let idx = n as usize;
-                n += 1;
-                if !wanted.iter().any(|s| s.contains(off)) {
-                    continue;
+        let frames = FrameReader::new(archive_mod::decoder(reader, o.compression)?);
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<RowValues>>(4);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<RowValues>>();
+        let decoder = scope.spawn(move || {
+            decode_rows(
+                frames, o, codec, layout, max_errors, times, &full_tx, &spare_rx,
+            )
+        });
+        let mut written = Ok(());
+        for chunk in full_rx.iter() {
+            for row in &chunk {
+                if let Err(e) = sink.push(row) {
+                    written = Err(e);
+                    break;
                 }
-                row.cells.clear();
-                row.offset = off;
-                row.timestamp_micros = times
-                    .as_ref()
-                    .and_then(|t| t[idx])
-                    .map(|ms| ms.saturating_mul(1000));
-                let cells = &mut row.cells;
-                match codec.cells(&rec, &mut |_, c| cells.push(c.into())) {
-                    Ok(()) => sink.push(&row)?,
-                    Err(e) => {
-                        let Some(max) = max_errors else {
-                            bail!("partition {} offset {off} (record {n}): {e}", o.partition);
-                        };
-                        rejected += 1;
-                        if rejected > max {
-                            bail!(
-                                "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
-                                o.partition
-                            );
-                        }
-                        use base64::Engine as _;
-                        let line = serde_json::json!({
-                            "object": o.key,
-                            "partition": o.partition,
-                            "epoch": o.epoch,
-                            "offset": off,
-                            "record": n,
-                            "error": e.to_string(),
-                            "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
-                        });
-                        serde_json::to_writer(&mut *rejects, &line)?;
-                        rejects.push(b'\n');
-                    }
-                }
-                pb.inc(1);
             }
-            Ok(())
-        })();
+            if written.is_err() {
+                break;
+            }
+            pb.inc(chunk.len() as u64);
+            // Back to the decoder, which overwrites its rows' cells.
+            let _ = spare_tx.send(chunk);
+        }
+        // Stop the decoder if the writer failed (its sends then fail), then hear it out.
+        drop(full_rx);
+        let decoded = decoder
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the decoder of {} panicked", o.key)));
         let got = getter
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
@@ -869,12 +837,129 @@ fn read_object<W: std::io::Write + Send>(
             ),
             _ => {}
         }
-        read?;
+        written?;
+        let (n, rejected, lines) = decoded?;
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);
         }
+        rejects.extend_from_slice(&lines);
         Ok(rejected)
     })
+}
+
+/// The decoding thread of [`read_object`]: reads every record, decodes those of the planned
+/// offsets and sends them in chunks. Returns the records read, those rejected and the
+/// rejects' JSON lines.
+#[allow(clippy::too_many_arguments)]
+fn decode_rows<R: std::io::BufRead>(
+    mut frames: FrameReader<R>,
+    o: &PlannedObject,
+    codec: &Codec,
+    layout: &Layout,
+    max_errors: Option<u64>,
+    mut times: Option<crate::archive::layout::TimesReader>,
+    full: &std::sync::mpsc::SyncSender<Vec<RowValues>>,
+    spare: &std::sync::mpsc::Receiver<Vec<RowValues>>,
+) -> Result<(u64, u64, Vec<u8>)> {
+    let holes = lc::from_spans(&o.holes);
+    let wanted = lc::from_spans(&o.spans);
+    let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
+        .into_iter()
+        .flat_map(|s| s.first..=s.last);
+    let columns = layout.columns.len();
+    let mut rec = Vec::with_capacity(1024);
+    let mut chunk: Vec<RowValues> = Vec::with_capacity(CHUNK_ROWS);
+    // Rows of the chunk in use (the rest are buffers kept for reuse).
+    let mut used = 0usize;
+    let mut n: u64 = 0;
+    let mut rejected = 0u64;
+    let mut lines = Vec::new();
+    while frames.next_into(&mut rec)? {
+        let Some(off) = offsets.next() else {
+            bail!(
+                "holds more records than its offsets {}..{} less its holes",
+                o.first,
+                o.last
+            );
+        };
+        n += 1;
+        // Each record's timestamp is read, published or not: they come in record order.
+        let ts = match times.as_mut().map(|t| t.next()) {
+            Some(Some(Ok(t))) => t,
+            Some(Some(Err(e))) => bail!("its manifest's {e}"),
+            Some(None) => bail!("its manifest lists fewer record timestamps than records"),
+            None => None,
+        };
+        if !wanted.iter().any(|s| s.contains(off)) {
+            continue;
+        }
+        if used == chunk.len() {
+            chunk.push(RowValues {
+                cells: Vec::with_capacity(columns),
+                partition: o.partition,
+                epoch: o.epoch,
+                ..Default::default()
+            });
+        }
+        let row = &mut chunk[used];
+        row.offset = off;
+        row.partition = o.partition;
+        row.epoch = o.epoch;
+        row.timestamp_micros = ts.map(|ms| ms.saturating_mul(1000));
+        let cells = &mut row.cells;
+        let decoded = codec.cells(&rec, &mut |i, c| {
+            if i < cells.len() {
+                crate::lake::parquet::assign(&mut cells[i], c);
+            } else {
+                cells.push(c.into());
+            }
+        });
+        match decoded {
+            Ok(()) => {
+                row.cells.truncate(columns);
+                used += 1;
+            }
+            Err(e) => {
+                let Some(max) = max_errors else {
+                    bail!("partition {} offset {off} (record {n}): {e}", o.partition);
+                };
+                rejected += 1;
+                if rejected > max {
+                    bail!(
+                        "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
+                        o.partition
+                    );
+                }
+                use base64::Engine as _;
+                let line = serde_json::json!({
+                    "object": o.key,
+                    "partition": o.partition,
+                    "epoch": o.epoch,
+                    "offset": off,
+                    "record": n,
+                    "error": e.to_string(),
+                    "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
+                });
+                serde_json::to_writer(&mut lines, &line)?;
+                lines.push(b'\n');
+            }
+        }
+        if used == CHUNK_ROWS {
+            let next = spare.try_recv().unwrap_or_default();
+            let mut full_chunk = std::mem::replace(&mut chunk, next);
+            full_chunk.truncate(used);
+            used = 0;
+            if full.send(full_chunk).is_err() {
+                // The writer stopped: its error is the one to report.
+                return Ok((n, rejected, lines));
+            }
+        }
+    }
+    if used > 0 {
+        chunk.truncate(used);
+        let _ = full.send(chunk);
+    }
+    Ok((n, rejected, lines))
 }
 
 #[cfg(test)]

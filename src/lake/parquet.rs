@@ -132,6 +132,17 @@ impl From<value::Cell<'_>> for Cell {
     }
 }
 
+/// Overwrites `dst` with `src`, reusing its buffer when both are text.
+pub fn assign(dst: &mut Cell, src: value::Cell<'_>) {
+    match (dst, src) {
+        (Cell::Bytes(v), value::Cell::Text(s) | value::Cell::Json(s)) => {
+            v.clear();
+            v.extend_from_slice(s.as_bytes());
+        }
+        (d, s) => *d = s.into(),
+    }
+}
+
 /// One row: the layout's cells, in column order, and the record's Kafka coordinates.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RowValues {
@@ -504,8 +515,22 @@ impl<W: Write + Send> ParquetSink<W> {
         let mut props = WriterProperties::builder()
             .set_writer_version(WriterVersion::PARQUET_1_0)
             .set_compression(compression)
-            // Every offset of a partition is new: a dictionary would only be tried and dropped.
-            .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false);
+            // Every offset of a partition is new, and Kafka timestamps nearly so: a dictionary
+            // would only be tried and dropped.
+            .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false)
+            .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false);
+        // Layout columns of 64-bit values (ids, amounts, times) rarely repeat within a row
+        // group; text, flags, small integers and dates do. The dictionary costs a hash of every
+        // value until it gives up, so it is kept for the second kind only.
+        for c in &layout.columns {
+            if matches!(
+                c.ty,
+                ColumnType::Bigint | ColumnType::Double | ColumnType::Timestamp
+            ) {
+                props =
+                    props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
+            }
+        }
         if !opts.metadata.is_empty() {
             let kv = opts
                 .metadata

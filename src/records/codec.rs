@@ -177,6 +177,22 @@ impl Codec {
             RecordFormat::Delimited => {
                 self.layout.check_fields(rec)?;
                 let d = self.layout.delimiter;
+                // One UTF-8 check of the whole record (SIMD), then fields as text; a record
+                // that fails it goes field by field, for the message to name its column.
+                if d.is_ascii() {
+                    if let Ok(text) = simdutf8::basic::from_utf8(rec) {
+                        for (i, (col, s)) in self
+                            .layout
+                            .columns
+                            .iter()
+                            .zip(text.split(d as char))
+                            .enumerate()
+                        {
+                            f(i, self.delimited_cell(col, s)?);
+                        }
+                        return Ok(());
+                    }
+                }
                 for (i, (col, raw)) in self
                     .layout
                     .columns
@@ -191,22 +207,31 @@ impl Codec {
                     };
                     let s = std::str::from_utf8(raw)
                         .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-                    let src = if col.ty == super::ColumnType::Timestamp
-                        && col.null_marker.as_deref() != Some(s)
-                    {
-                        // The layout's format only, as copy's COPY rows take it.
-                        let t = super::parse_timestamp_field(s, ts).map_err(err)?;
-                        value::Src::Micros(t.and_utc().timestamp_micros())
-                    } else {
-                        value::field_src(col, s).map_err(err)?
-                    };
-                    // A delimited field is NULL only as the column's null marker, which COPY
-                    // loads as NULL: the marker is the column's way to say it takes NULL.
-                    f(i, value::cell(col, src, ts, true).map_err(err)?);
+                    f(i, self.delimited_cell(col, s)?);
                 }
                 Ok(())
             }
         }
+    }
+
+    /// A delimited field's cell: a timestamp in the layout's format only (as copy's COPY rows
+    /// take it); NULL only as the column's null marker, which COPY loads as NULL (the marker is
+    /// the column's way to say it takes NULL).
+    fn delimited_cell<'a>(&self, col: &super::Column, s: &'a str) -> Result<Cell<'a>, RowError> {
+        let err = |reason: String| RowError {
+            column: Some(col.name.clone()),
+            value: Some(s.to_string()),
+            reason,
+        };
+        let ts = &self.layout.timestamp_format;
+        let src = if col.ty == super::ColumnType::Timestamp && col.null_marker.as_deref() != Some(s)
+        {
+            let t = super::parse_timestamp_field(s, ts).map_err(err)?;
+            value::Src::Micros(t.and_utc().timestamp_micros())
+        } else {
+            value::field_src(col, s).map_err(err)?
+        };
+        value::cell(col, src, ts, true).map_err(err)
     }
 }
 
