@@ -770,7 +770,7 @@ const CHUNK_ROWS: usize = 2048;
 /// cells) and this one, which writes the rows; chunks of rows go back and forth so their
 /// buffers are reused.
 #[allow(clippy::too_many_arguments)]
-fn read_object<W: std::io::Write + Send>(
+fn read_object<W: std::io::Write + Send + 'static>(
     store: &dyn ObjectStore,
     o: &PlannedObject,
     codec: &Codec,
@@ -796,7 +796,16 @@ fn read_object<W: std::io::Write + Send>(
     };
     std::thread::scope(|scope| -> Result<u64> {
         let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
-        let frames = FrameReader::new(archive_mod::decoder(reader, o.compression)?);
+        // Decompression on a thread of its own, into a second pipe: the decoding thread is
+        // the pipeline's slowest stage.
+        let (plain, mut plain_w) = std::io::pipe().context("creating a pipe for a download")?;
+        let compression = o.compression;
+        let inflater = scope.spawn(move || -> Result<()> {
+            let mut src = archive_mod::decoder(reader, compression)?;
+            std::io::copy(&mut src, &mut plain_w)?;
+            Ok(())
+        });
+        let frames = FrameReader::new(std::io::BufReader::with_capacity(256 << 10, plain));
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<RowValues>>(4);
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<RowValues>>();
         let decoder = scope.spawn(move || {
@@ -824,6 +833,9 @@ fn read_object<W: std::io::Write + Send>(
         let decoded = decoder
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the decoder of {} panicked", o.key)));
+        let inflated = inflater
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the decompression of {} panicked", o.key)));
         let got = getter
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
@@ -838,6 +850,12 @@ fn read_object<W: std::io::Write + Send>(
             _ => {}
         }
         written?;
+        // A decompression that failed (not one stopped by the decoder) says why first.
+        if let Err(e) = inflated {
+            if !archive_mod::is_broken_pipe(&e) {
+                return Err(e).context("decompressing");
+            }
+        }
         let (n, rejected, lines) = decoded?;
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);

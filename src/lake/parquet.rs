@@ -448,12 +448,91 @@ fn write_byte_arrays(
     Ok(())
 }
 
+/// The thread that encodes full row groups into the file while the next one fills: it owns
+/// the file writer, takes each row group's buffers and gives them back emptied.
+struct Encoder<W: Write + Send + 'static> {
+    /// A rendezvous: a row group is handed over only once the one before it is written, so
+    /// at most two are in memory (one filling, one being encoded).
+    to: Option<std::sync::mpsc::SyncSender<Vec<ColumnBuf>>>,
+    back: std::sync::mpsc::Receiver<Vec<ColumnBuf>>,
+    thread: Option<std::thread::JoinHandle<Result<SerializedFileWriter<Tally<W>>>>>,
+    /// The file's bytes after the last row group written.
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<W: Write + Send + 'static> Encoder<W> {
+    fn start(mut writer: SerializedFileWriter<Tally<W>>) -> Self {
+        let (to, from) = std::sync::mpsc::sync_channel::<Vec<ColumnBuf>>(0);
+        let (give_back, back) = std::sync::mpsc::channel();
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(
+            writer.bytes_written() as u64
+        ));
+        let w2 = written.clone();
+        let thread = std::thread::Builder::new()
+            .name("parquet-encoder".into())
+            .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
+                for mut columns in from {
+                    let mut rg = writer.next_row_group()?;
+                    for col in &mut columns {
+                        let mut w = rg.next_column()?.with_context(|| {
+                            format!("the Parquet writer has no column {}", col.name)
+                        })?;
+                        col.write_to(w.untyped())
+                            .with_context(|| format!("writing column {}", col.name))?;
+                        w.close()
+                            .with_context(|| format!("closing column {}", col.name))?;
+                    }
+                    rg.close().context("closing a row group")?;
+                    w2.store(
+                        writer.bytes_written() as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                    let _ = give_back.send(columns);
+                }
+                Ok(writer)
+            })
+            .expect("starting the Parquet encoder thread");
+        Encoder {
+            to: Some(to),
+            back,
+            thread: Some(thread),
+            written,
+        }
+    }
+
+    /// Hands a full row group over; waits while the one before it is being written.
+    fn send(&mut self, columns: Vec<ColumnBuf>) -> Result<()> {
+        let sent = self.to.as_ref().map(|t| t.send(columns));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: its error is the one to report.
+            _ => Err(self.stop().err().unwrap_or_else(|| {
+                anyhow::anyhow!("the Parquet encoder stopped before the file was complete")
+            })),
+        }
+    }
+
+    /// Waits for every row group to be written; the file writer back.
+    fn stop(&mut self) -> Result<SerializedFileWriter<Tally<W>>> {
+        drop(self.to.take());
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet encoder panicked"))),
+            None => bail!("the Parquet encoder was stopped before"),
+        }
+    }
+}
+
 /// Writes rows of one layout as one Parquet file into `W` (a file, a spool, a `Vec`). An
-/// error leaves the file unfinished: discard what was written.
-pub struct ParquetSink<W: Write + Send> {
-    writer: SerializedFileWriter<Tally<W>>,
+/// error leaves the file unfinished: discard what was written. Full row groups are encoded
+/// on a thread of their own while the next one fills (two row groups in memory at most).
+pub struct ParquetSink<W: Write + Send + 'static> {
+    encoder: Encoder<W>,
     /// The layout's columns, then [`META_COLUMNS`].
     columns: Vec<ColumnBuf>,
+    /// Their names and kinds, for new buffers.
+    kinds: Vec<(String, Kind)>,
     layout_columns: usize,
     row_group_rows: usize,
     row_group_bytes: usize,
@@ -464,7 +543,7 @@ pub struct ParquetSink<W: Write + Send> {
     row_groups: usize,
 }
 
-impl<W: Write + Send> ParquetSink<W> {
+impl<W: Write + Send + 'static> ParquetSink<W> {
     /// Starts a file of `layout`'s rows in `w` (its first bytes are written now).
     pub fn new(w: W, layout: &Layout, opts: &ParquetOptions) -> Result<Self> {
         let mut kinds: Vec<(&str, Kind)> = layout
@@ -543,7 +622,8 @@ impl<W: Write + Send> ParquetSink<W> {
             SerializedFileWriter::new(Tally::hashing(w), Arc::new(schema), Arc::new(props.build()))
                 .context("starting a Parquet file")?;
         Ok(ParquetSink {
-            writer,
+            encoder: Encoder::start(writer),
+            kinds: kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
             columns: kinds
                 .iter()
                 .map(|(name, kind)| ColumnBuf::new(name, *kind))
@@ -600,7 +680,9 @@ impl<W: Write + Send> ParquetSink<W> {
     /// The file's bytes so far: the row groups written (what a caller rolling files at a
     /// size checks, with [`ParquetSink::buffered_bytes`] for what is still to come).
     pub fn bytes_written(&self) -> u64 {
-        self.writer.bytes_written() as u64
+        self.encoder
+            .written
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the buffered row group's values take, about (before encoding and compression).
@@ -613,17 +695,15 @@ impl<W: Write + Send> ParquetSink<W> {
         if self.buffered_rows == 0 {
             return Ok(());
         }
-        let mut rg = self.writer.next_row_group()?;
-        for col in &mut self.columns {
-            let mut w = rg
-                .next_column()?
-                .with_context(|| format!("the Parquet writer has no column {}", col.name))?;
-            col.write_to(w.untyped())
-                .with_context(|| format!("writing column {}", col.name))?;
-            w.close()
-                .with_context(|| format!("closing column {}", col.name))?;
-        }
-        rg.close().context("closing a row group")?;
+        // The encoder's emptied buffers when it has given some back, else new ones.
+        let next = self.encoder.back.try_recv().unwrap_or_else(|_| {
+            self.kinds
+                .iter()
+                .map(|(name, kind)| ColumnBuf::new(name, *kind))
+                .collect()
+        });
+        let full = std::mem::replace(&mut self.columns, next);
+        self.encoder.send(full)?;
         self.rows += self.buffered_rows as u64;
         self.row_groups += 1;
         self.buffered_rows = 0;
@@ -639,10 +719,8 @@ impl<W: Write + Send> ParquetSink<W> {
     /// As [`ParquetSink::finish`], giving the writer back (flushed).
     pub fn into_inner(mut self) -> Result<(W, FileStats)> {
         self.write_row_group()?;
-        let mut tally = self
-            .writer
-            .into_inner()
-            .context("writing the Parquet footer")?;
+        let writer = self.encoder.stop()?;
+        let mut tally = writer.into_inner().context("writing the Parquet footer")?;
         tally.flush().context("flushing the Parquet file")?;
         let bytes = tally.bytes;
         let (sha256, w) = tally.finish();
