@@ -56,7 +56,7 @@ pub struct LakeFile {
     pub zstd_level: Option<i32>,
     /// Target size of a Parquet file in bytes (default 128 MiB).
     pub file_bytes: Option<u64>,
-    /// Buffered values of a row group at most, in bytes (default 64 MiB): the writer's memory.
+    /// Buffered values of a row group at most, in bytes (default 32 MiB): the writer's memory.
     pub row_group_bytes: Option<u64>,
     /// Rows of a row group at most (default 1,000,000).
     pub row_group_rows: Option<u64>,

@@ -848,7 +848,7 @@ pub(super) fn lake_settings(
         url,
         compression,
         file_bytes: positive(l.file_bytes, 128 << 20, "file_bytes")?,
-        row_group_bytes: positive(l.row_group_bytes, 64 << 20, "row_group_bytes")?,
+        row_group_bytes: positive(l.row_group_bytes, 32 << 20, "row_group_bytes")?,
         row_group_rows: positive(l.row_group_rows, 1_000_000, "row_group_rows")?,
         table: l.table.clone(),
         explicit,

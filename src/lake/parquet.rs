@@ -184,7 +184,7 @@ impl Default for ParquetOptions {
         ParquetOptions {
             compression: ParquetCompression::Snappy,
             row_group_rows: 1_000_000,
-            row_group_bytes: 64 << 20,
+            row_group_bytes: 32 << 20,
             metadata: Vec::new(),
         }
     }
