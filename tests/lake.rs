@@ -648,6 +648,17 @@ fn the_pipeline_publishes_closed_hours_that_duckdb_spark_and_the_batch_view_agre
                     count(DISTINCT id), sum(followers_count), sum(favorite_count), sum(retweet_count), count(location)
              FROM read_parquet({glob})"
         ));
+        // Inside each file, rows in (epoch, partition, offset) order: the decoding threads'
+        // chunks are put back in order.
+        let unordered = j.sql(&format!(
+            "SELECT count(*) FROM (
+                 SELECT filename, _epoch, _partition, _offset,
+                        lag(_epoch) OVER w AS e, lag(_partition) OVER w AS p, lag(_offset) OVER w AS o
+                 FROM read_parquet({glob}, filename = true, file_row_number = true)
+                 WINDOW w AS (PARTITION BY filename ORDER BY file_row_number))
+             WHERE e > _epoch OR (e = _epoch AND (p > _partition OR (p = _partition AND o >= _offset)))"
+        ));
+        assert_eq!(unordered, vec![json!([0])], "rows out of order in a file");
         let last = start + span_ms * (count as i64 - 1) / count as i64;
         let row = got[0].as_array().unwrap();
         assert_eq!(
