@@ -318,9 +318,9 @@ impl<'a> Catalog<'a> {
 
     /// `head.json` and every head fragment with its key. A fragment listed but gone when read
     /// was merged into a newer one by a writer, which stored that one first: the folder is
-    /// listed again.
+    /// listed again. (A session-11 CI run under load saw a head go back before `head.json`
+    /// was read last.)
     fn head_parts(&self) -> Result<HeadParts> {
-        let legacy = get_json(self.store, &layout::catalog_head_key(&self.topic), "")?;
         let prefix = layout::catalog_heads_prefix(&self.topic);
         let mut relisted = 0;
         'list: loop {
@@ -340,6 +340,11 @@ impl<'a> Catalog<'a> {
                     ),
                 }
             }
+            // `head.json` is read after the fragments: a writer mirrors its merged fragment
+            // there before it deletes the fragments it merged, so a listing that missed both
+            // its new fragment and the deleted ones (a listing is not a snapshot) still finds
+            // their positions in the mirror read after it.
+            let legacy = get_json(self.store, &layout::catalog_head_key(&self.topic), "")?;
             return Ok((legacy, fragments));
         }
     }
