@@ -806,51 +806,30 @@ fn read_object<W: std::io::Write + Send + 'static>(
             Ok(())
         });
         let frames = FrameReader::new(std::io::BufReader::with_capacity(256 << 10, plain));
-        // The records, in chunks, to two decoding threads; their rows back in any order, put
-        // back in order here.
-        let (raw_tx, raw_rx) = std::sync::mpsc::sync_channel::<RawChunk>(4);
-        let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<DecodedChunk>(4);
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<RowValues>>(4);
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<RowValues>>();
-        let raw_rx = std::sync::Arc::new(std::sync::Mutex::new(raw_rx));
-        let spare_rx = std::sync::Arc::new(std::sync::Mutex::new(spare_rx));
-        let decoder = scope.spawn(move || read_records(frames, o, times, &raw_tx));
-        let mut workers = Vec::new();
-        for _ in 0..DECODERS {
-            let done_tx = done_tx.clone();
-            let (raw_rx, spare_rx) = (raw_rx.clone(), spare_rx.clone());
-            workers.push(scope.spawn(move || {
-                decode_chunks(o, codec, layout.columns.len(), &raw_rx, &spare_rx, &done_tx)
-            }));
-        }
-        drop(done_tx);
+        let decoder = scope.spawn(move || {
+            decode_rows(
+                frames, o, codec, layout, max_errors, times, &full_tx, &spare_rx,
+            )
+        });
         let mut written = Ok(());
-        let mut rejected = 0u64;
-        let mut pending: BTreeMap<u64, DecodedChunk> = BTreeMap::new();
-        let mut next = 0u64;
-        'recv: for chunk in done_rx.iter() {
-            pending.insert(chunk.seq, chunk);
-            while let Some(chunk) = pending.remove(&next) {
-                next += 1;
-                if let Err(e) = write_chunk(&chunk, o, max_errors, &mut rejected, rejects, sink) {
+        for chunk in full_rx.iter() {
+            for row in &chunk {
+                if let Err(e) = sink.push(row) {
                     written = Err(e);
-                    break 'recv;
+                    break;
                 }
-                pb.inc((chunk.rows.len() + chunk.bad.len()) as u64);
-                let _ = spare_tx.send(chunk.rows);
             }
-        }
-        // Stop the decoders if the writer failed (their sends then fail), then hear them out.
-        drop(done_rx);
-        drop(spare_tx);
-        let mut worked = Ok(());
-        for w in workers {
-            let r = w
-                .join()
-                .unwrap_or_else(|_| Err(anyhow!("a decoder of {} panicked", o.key)));
-            if worked.is_ok() {
-                worked = r;
+            if written.is_err() {
+                break;
             }
+            pb.inc(chunk.len() as u64);
+            // Back to the decoder, which overwrites its rows' cells.
+            let _ = spare_tx.send(chunk);
         }
+        // Stop the decoder if the writer failed (its sends then fail), then hear it out.
+        drop(full_rx);
         let decoded = decoder
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the decoder of {} panicked", o.key)));
@@ -877,67 +856,42 @@ fn read_object<W: std::io::Write + Send + 'static>(
                 return Err(e).context("decompressing");
             }
         }
-        let n = decoded?;
-        worked?;
-        if !pending.is_empty() {
-            bail!("the decoders of {} left rows unwritten", o.key);
-        }
+        let (n, rejected, lines) = decoded?;
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);
         }
+        rejects.extend_from_slice(&lines);
         Ok(rejected)
     })
 }
 
-/// Threads that decode an object's records at once.
-const DECODERS: usize = 2;
-
-/// Records of an object read and not decoded yet, with their offsets and timestamps.
-#[derive(Debug, Default)]
-struct RawChunk {
-    seq: u64,
-    data: Vec<u8>,
-    ends: Vec<usize>,
-    offsets: Vec<i64>,
-    times: Vec<Option<i64>>,
-    /// Each record's number in the object (1 for the first).
-    numbers: Vec<u64>,
-}
-
-impl RawChunk {
-    fn record(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.data[start..self.ends[i]]
-    }
-}
-
-/// A chunk decoded: its good rows in order, and the records the layout refused (their index
-/// in the chunk, and why).
-#[derive(Debug)]
-struct DecodedChunk {
-    seq: u64,
-    rows: Vec<RowValues>,
-    bad: Vec<(usize, String)>,
-    raw: RawChunk,
-}
-
-/// The reading thread of [`read_object`]: every record of the object, in chunks of the
-/// planned ones (with offset, timestamp and number). Returns the records read.
-fn read_records<R: std::io::BufRead>(
+/// The decoding thread of [`read_object`]: reads every record, decodes those of the planned
+/// offsets and sends them in chunks. Returns the records read, those rejected and the
+/// rejects' JSON lines.
+#[allow(clippy::too_many_arguments)]
+fn decode_rows<R: std::io::BufRead>(
     mut frames: FrameReader<R>,
     o: &PlannedObject,
+    codec: &Codec,
+    layout: &Layout,
+    max_errors: Option<u64>,
     mut times: Option<crate::archive::layout::TimesReader>,
-    out: &std::sync::mpsc::SyncSender<RawChunk>,
-) -> Result<u64> {
+    full: &std::sync::mpsc::SyncSender<Vec<RowValues>>,
+    spare: &std::sync::mpsc::Receiver<Vec<RowValues>>,
+) -> Result<(u64, u64, Vec<u8>)> {
     let holes = lc::from_spans(&o.holes);
     let wanted = lc::from_spans(&o.spans);
     let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
         .into_iter()
         .flat_map(|s| s.first..=s.last);
+    let columns = layout.columns.len();
     let mut rec = Vec::with_capacity(1024);
-    let mut chunk = RawChunk::default();
-    let mut seq = 0u64;
+    let mut chunk: Vec<RowValues> = Vec::with_capacity(CHUNK_ROWS);
+    // Rows of the chunk in use (the rest are buffers kept for reuse).
+    let mut used = 0usize;
     let mut n: u64 = 0;
+    let mut rejected = 0u64;
+    let mut lines = Vec::new();
     while frames.next_into(&mut rec)? {
         let Some(off) = offsets.next() else {
             bail!(
@@ -957,127 +911,73 @@ fn read_records<R: std::io::BufRead>(
         if !wanted.iter().any(|s| s.contains(off)) {
             continue;
         }
-        chunk.data.extend_from_slice(&rec);
-        chunk.ends.push(chunk.data.len());
-        chunk.offsets.push(off);
-        chunk.times.push(ts);
-        chunk.numbers.push(n);
-        if chunk.ends.len() == CHUNK_ROWS {
-            chunk.seq = seq;
-            seq += 1;
-            if out.send(std::mem::take(&mut chunk)).is_err() {
-                // The writer stopped: its error is the one to report.
-                return Ok(n);
-            }
-        }
-    }
-    if !chunk.ends.is_empty() {
-        chunk.seq = seq;
-        let _ = out.send(chunk);
-    }
-    Ok(n)
-}
-
-/// A decoding thread of [`read_object`]: takes chunks of records and decodes them into rows
-/// (buffers of rows come back from the writer to be reused).
-fn decode_chunks(
-    o: &PlannedObject,
-    codec: &Codec,
-    columns: usize,
-    raw: &std::sync::Mutex<std::sync::mpsc::Receiver<RawChunk>>,
-    spare: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<RowValues>>>,
-    done: &std::sync::mpsc::SyncSender<DecodedChunk>,
-) -> Result<()> {
-    loop {
-        let next = raw.lock().map_err(|_| anyhow!("a decoder failed"))?.recv();
-        let Ok(chunk) = next else { return Ok(()) };
-        let mut rows = spare
-            .lock()
-            .map_err(|_| anyhow!("a decoder failed"))?
-            .try_recv()
-            .unwrap_or_default();
-        let mut used = 0usize;
-        let mut bad = Vec::new();
-        for i in 0..chunk.ends.len() {
-            if used == rows.len() {
-                rows.push(RowValues {
-                    cells: Vec::with_capacity(columns),
-                    ..Default::default()
-                });
-            }
-            let row = &mut rows[used];
-            row.partition = o.partition;
-            row.epoch = o.epoch;
-            row.offset = chunk.offsets[i];
-            row.timestamp_micros = chunk.times[i].map(|ms| ms.saturating_mul(1000));
-            let cells = &mut row.cells;
-            let decoded = codec.cells(chunk.record(i), &mut |j, c| {
-                if j < cells.len() {
-                    crate::lake::parquet::assign(&mut cells[j], c);
-                } else {
-                    cells.push(c.into());
-                }
+        if used == chunk.len() {
+            chunk.push(RowValues {
+                cells: Vec::with_capacity(columns),
+                partition: o.partition,
+                epoch: o.epoch,
+                ..Default::default()
             });
-            match decoded {
-                Ok(()) => {
-                    row.cells.truncate(columns);
-                    used += 1;
+        }
+        let row = &mut chunk[used];
+        row.offset = off;
+        row.partition = o.partition;
+        row.epoch = o.epoch;
+        row.timestamp_micros = ts.map(|ms| ms.saturating_mul(1000));
+        let cells = &mut row.cells;
+        let decoded = codec.cells(&rec, &mut |i, c| {
+            if i < cells.len() {
+                crate::lake::parquet::assign(&mut cells[i], c);
+            } else {
+                cells.push(c.into());
+            }
+        });
+        match decoded {
+            Ok(()) => {
+                row.cells.truncate(columns);
+                used += 1;
+            }
+            Err(e) => {
+                let Some(max) = max_errors else {
+                    bail!("partition {} offset {off} (record {n}): {e}", o.partition);
+                };
+                rejected += 1;
+                if rejected > max {
+                    bail!(
+                        "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
+                        o.partition
+                    );
                 }
-                Err(e) => bad.push((i, e.to_string())),
+                use base64::Engine as _;
+                let line = serde_json::json!({
+                    "object": o.key,
+                    "partition": o.partition,
+                    "epoch": o.epoch,
+                    "offset": off,
+                    "record": n,
+                    "error": e.to_string(),
+                    "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
+                });
+                serde_json::to_writer(&mut lines, &line)?;
+                lines.push(b'\n');
             }
         }
-        rows.truncate(used);
-        let d = DecodedChunk {
-            seq: chunk.seq,
-            rows,
-            bad,
-            raw: chunk,
-        };
-        if done.send(d).is_err() {
-            return Ok(());
+        if used == CHUNK_ROWS {
+            let next = spare.try_recv().unwrap_or_default();
+            let mut full_chunk = std::mem::replace(&mut chunk, next);
+            full_chunk.truncate(used);
+            used = 0;
+            if full.send(full_chunk).is_err() {
+                // The writer stopped: its error is the one to report.
+                return Ok((n, rejected, lines));
+            }
         }
     }
-}
-
-/// Writes a decoded chunk, in order: its refused records first counted (strict: the first is
-/// the error; else up to `max_errors` a run, each a JSON line of `rejects`), then its rows.
-fn write_chunk<W: std::io::Write + Send + 'static>(
-    chunk: &DecodedChunk,
-    o: &PlannedObject,
-    max_errors: Option<u64>,
-    rejected: &mut u64,
-    rejects: &mut Vec<u8>,
-    sink: &mut ParquetSink<W>,
-) -> Result<()> {
-    for (i, e) in &chunk.bad {
-        let (off, n) = (chunk.raw.offsets[*i], chunk.raw.numbers[*i]);
-        let Some(max) = max_errors else {
-            bail!("partition {} offset {off} (record {n}): {e}", o.partition);
-        };
-        *rejected += 1;
-        if *rejected > max {
-            bail!(
-                "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
-                o.partition
-            );
-        }
-        use base64::Engine as _;
-        let line = serde_json::json!({
-            "object": o.key,
-            "partition": o.partition,
-            "epoch": o.epoch,
-            "offset": off,
-            "record": n,
-            "error": e,
-            "bytes_base64": base64::engine::general_purpose::STANDARD.encode(chunk.raw.record(*i)),
-        });
-        serde_json::to_writer(&mut *rejects, &line)?;
-        rejects.push(b'\n');
+    if used > 0 {
+        chunk.truncate(used);
+        let _ = full.send(chunk);
     }
-    for row in &chunk.rows {
-        sink.push(row)?;
-    }
-    Ok(())
+    Ok((n, rejected, lines))
 }
 
 #[cfg(test)]
