@@ -4,7 +4,7 @@
 
 use crate::archive as archive_mod;
 use crate::cli::DdlArgs;
-use crate::config::{ArchiveLocation, Settings};
+use crate::config::Settings;
 use crate::error::Error;
 use crate::lake::catalog::{self as lc, LakeHead};
 use crate::lake::ddl::{self, Engine, LakeTable};
@@ -33,19 +33,7 @@ pub fn exec(a: &DdlArgs, s: &Settings, out: &Output) -> Result<Report> {
     };
     let location = match &a.location {
         Some(l) => format!("{}/", l.trim_end_matches('/')),
-        None => match &s.lake.store.location {
-            // A local lake: an absolute path, which DuckDB and Spark read as it is.
-            ArchiveLocation::Local(dir) => {
-                let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
-                format!(
-                    "{}/{topic}/",
-                    abs.display().to_string().trim_end_matches('/')
-                )
-            }
-            ArchiveLocation::S3 { .. } => {
-                format!("{}/{topic}/", s.lake.url.trim_end_matches('/'))
-            }
-        },
+        None => s.lake.topic_location(&topic),
     };
     // The lake's hours, when it can be read: Athena's projection starts at the first one,
     // Spectrum's partitions are the sealed ones.
@@ -59,11 +47,7 @@ pub fn exec(a: &DdlArgs, s: &Settings, out: &Output) -> Result<Report> {
         .and_then(lc::hour_start)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| chrono::Utc::now().format("%Y-%m-%d").to_string());
-    let table = s
-        .lake
-        .table
-        .clone()
-        .unwrap_or_else(|| crate::config::topics::derived_table(&topic));
+    let table = s.lake.table_for(&topic);
     let schema = a
         .schema
         .clone()

@@ -185,8 +185,7 @@ fn check_settings(s: &Settings, topic: &str) -> Result<()> {
         ))
         .into());
     }
-    crate::lake::ParquetSink::new(std::io::sink(), &s.layout, &ParquetOptions::default())
-        .map(|_| ())
+    crate::lake::parquet::check_layout(&s.layout)
         .map_err(|e| Error::config(format!("the layout cannot be a lake table: {e:#}")).into())
 }
 
@@ -638,13 +637,8 @@ impl Publisher<'_> {
         let Some(start) = lc::hour_start(hour) else {
             return Ok(());
         };
-        let table = self
-            .s
-            .lake
-            .table
-            .clone()
-            .unwrap_or_else(|| crate::config::topics::derived_table(self.topic));
-        let location = format!("{}/{}", self.s.lake.url.trim_end_matches('/'), self.topic) + "/";
+        let table = self.s.lake.table_for(self.topic);
+        let location = self.s.lake.topic_location(self.topic);
         let t = crate::lake::ddl::LakeTable {
             name: &table,
             schema: &schema,

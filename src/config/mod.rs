@@ -375,6 +375,31 @@ pub struct LakeSettings {
     pub spectrum_schema: Option<String>,
 }
 
+impl LakeSettings {
+    /// A topic's table in the engines (`ddl`, Spectrum): `lake.table`, else the topic made an
+    /// identifier.
+    pub fn table_for(&self, topic: &str) -> String {
+        self.table
+            .clone()
+            .unwrap_or_else(|| topics::derived_table(topic))
+    }
+
+    /// A topic's folder as the engines' LOCATION, ending with `/`: the lake's URL and the
+    /// topic; a local lake as an absolute path (what DuckDB and Spark read as it is).
+    pub fn topic_location(&self, topic: &str) -> String {
+        match &self.store.location {
+            ArchiveLocation::Local(dir) => {
+                let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+                format!(
+                    "{}/{topic}/",
+                    abs.display().to_string().trim_end_matches('/')
+                )
+            }
+            ArchiveLocation::S3 { .. } => format!("{}/{topic}/", self.url.trim_end_matches('/')),
+        }
+    }
+}
+
 /// What `status` assumes of the data.
 #[derive(Debug, Clone, Default)]
 pub struct StatusSettings {

@@ -448,6 +448,55 @@ fn write_byte_arrays(
     Ok(())
 }
 
+/// The file's columns (the layout's, then the lake's own) and its Parquet schema; refuses a
+/// layout the lake cannot hold (a name of the lake's own columns, two names equal but for case).
+fn schema_of(layout: &Layout) -> Result<(Vec<(&str, Kind)>, Type)> {
+    let mut kinds: Vec<(&str, Kind)> = layout
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), Kind::Layout(c.ty)))
+        .collect();
+    kinds.extend([
+        (PARTITION, Kind::RequiredInt),
+        (OFFSET, Kind::RequiredBigint),
+        (EPOCH, Kind::RequiredInt),
+        (TIMESTAMP, Kind::KafkaTime),
+    ]);
+    // Hive, Athena and Spark (by default) take column names without case: two names that
+    // differ only in case would be one column to them.
+    let mut seen = HashSet::new();
+    for c in &layout.columns {
+        let lower = c.name.to_ascii_lowercase();
+        if META_COLUMNS.contains(&lower.as_str()) {
+            bail!(
+                "layout column {} has the name of one of the lake's own columns ({})",
+                c.name,
+                META_COLUMNS.join(", ")
+            );
+        }
+        if !seen.insert(lower) {
+            bail!(
+                    "layout column {} repeats an earlier column's name (the engines compare names without case)",
+                    c.name
+                );
+        }
+    }
+    let fields = kinds
+        .iter()
+        .map(|(name, kind)| kind.parquet_type(name).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let schema = Type::group_type_builder("schema")
+        .with_fields(fields)
+        .build()
+        .context("the Parquet schema")?;
+    Ok((kinds, schema))
+}
+
+/// Whether a layout can be a lake table (what `ParquetSink::new` refuses, without a file).
+pub fn check_layout(layout: &Layout) -> Result<()> {
+    schema_of(layout).map(|_| ())
+}
+
 /// The thread that encodes full row groups into the file while the next one fills: it owns
 /// the file writer, takes each row group's buffers and gives them back emptied.
 struct Encoder<W: Write + Send + 'static> {
@@ -546,44 +595,7 @@ pub struct ParquetSink<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> ParquetSink<W> {
     /// Starts a file of `layout`'s rows in `w` (its first bytes are written now).
     pub fn new(w: W, layout: &Layout, opts: &ParquetOptions) -> Result<Self> {
-        let mut kinds: Vec<(&str, Kind)> = layout
-            .columns
-            .iter()
-            .map(|c| (c.name.as_str(), Kind::Layout(c.ty)))
-            .collect();
-        kinds.extend([
-            (PARTITION, Kind::RequiredInt),
-            (OFFSET, Kind::RequiredBigint),
-            (EPOCH, Kind::RequiredInt),
-            (TIMESTAMP, Kind::KafkaTime),
-        ]);
-        // Hive, Athena and Spark (by default) take column names without case: two names that
-        // differ only in case would be one column to them.
-        let mut seen = HashSet::new();
-        for c in &layout.columns {
-            let lower = c.name.to_ascii_lowercase();
-            if META_COLUMNS.contains(&lower.as_str()) {
-                bail!(
-                    "layout column {} has the name of one of the lake's own columns ({})",
-                    c.name,
-                    META_COLUMNS.join(", ")
-                );
-            }
-            if !seen.insert(lower) {
-                bail!(
-                    "layout column {} repeats an earlier column's name (the engines compare names without case)",
-                    c.name
-                );
-            }
-        }
-        let fields = kinds
-            .iter()
-            .map(|(name, kind)| kind.parquet_type(name).map(Arc::new))
-            .collect::<Result<Vec<_>>>()?;
-        let schema = Type::group_type_builder("schema")
-            .with_fields(fields)
-            .build()
-            .context("the Parquet schema")?;
+        let (kinds, schema) = schema_of(layout)?;
         let compression = match opts.compression {
             ParquetCompression::Snappy => Compression::SNAPPY,
             ParquetCompression::Zstd(level) => Compression::ZSTD(
