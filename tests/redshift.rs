@@ -2074,7 +2074,7 @@ fn the_stand_in_models_spectrum_as_documented(serverless: bool) {
     let table = "CREATE EXTERNAL TABLE \"lake\".\"tl\" (\n  \"id\" bigint,\n  \"location\" varchar(256)\n)\nPARTITIONED BY (dt char(10), hour int)\nSTORED AS PARQUET\nLOCATION 's3://b/lake/t/'";
     let add = |dt: &str, hour: u32| {
         format!(
-            "ALTER TABLE \"lake\".\"tl\" ADD IF NOT EXISTS PARTITION (dt='{dt}', hour={hour}) LOCATION 's3://b/lake/t/dt={dt}/hour={hour:02}/'"
+            "ALTER TABLE \"lake\".\"tl\" ADD IF NOT EXISTS PARTITION (dt='{dt}', hour='{hour}') LOCATION 's3://b/lake/t/dt={dt}/hour={hour:02}/'"
         )
     };
     // Nothing created yet: neither the table an ALTER names nor the schema.

@@ -14,9 +14,9 @@ use crate::error::Error;
 use crate::lake::catalog::{
     self as lc, FileRecord, HourRecord, Intent, LakeHead, PlannedObject, Spans,
 };
-use crate::lake::{ParquetOptions, ParquetSink, RowValues};
+use crate::lake::{Coordinates, ParquetOptions, ParquetSink};
 use crate::output::Output;
-use crate::records::{Codec, FrameReader, Layout};
+use crate::records::{Codec, FrameReader};
 use crate::report::Report;
 use crate::warehouse::{self, Warehouse};
 use anyhow::{anyhow, bail, Context, Result};
@@ -526,7 +526,6 @@ impl Publisher<'_> {
                 self.archive,
                 o,
                 &self.codec,
-                &self.s.layout,
                 self.max_errors,
                 &mut sink,
                 &mut rejects,
@@ -752,23 +751,33 @@ fn count_records(o: &PlannedObject) -> u64 {
         .sum()
 }
 
-/// Rows handed from the decoding thread to the writer at a time.
-const CHUNK_ROWS: usize = 2048;
+/// Records handed from the framing thread to the decoding one at a time: about this many
+/// bytes of them...
+const BATCH_BYTES: usize = 1 << 20;
+/// ...or this many records.
+const BATCH_RECORDS: usize = 16 << 10;
+
+/// Records framed from an object, packed one after another: the bytes and where each ends.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
 
 /// Streams one archived object into the file: each record of the planned offsets decoded by
 /// the layout, with its partition, offset, epoch and Kafka timestamp. A record the layout
 /// refuses is a reject (a JSON line in `rejects`) under `max_errors`, else the error. The
 /// object's record count and sha256 must be its manifest's. Returns the records rejected.
 ///
-/// Three threads: the GET (hashing), the decoding (decompression, framing, the layout's
-/// cells) and this one, which writes the rows; chunks of rows go back and forth so their
-/// buffers are reused.
+/// Three threads: the GET (hashing), the decompression and framing (records into batches),
+/// and this one, which decodes each record's cells straight into the row group's column
+/// buffers ([`ParquetSink::push_with`]); the sink's encoder is a fourth. Batches go back and
+/// forth so their buffers are reused.
 #[allow(clippy::too_many_arguments)]
 fn read_object<W: std::io::Write + Send + 'static>(
     store: &dyn ObjectStore,
     o: &PlannedObject,
     codec: &Codec,
-    layout: &Layout,
     max_errors: Option<u64>,
     sink: &mut ParquetSink<W>,
     rejects: &mut Vec<u8>,
@@ -790,44 +799,35 @@ fn read_object<W: std::io::Write + Send + 'static>(
     };
     std::thread::scope(|scope| -> Result<u64> {
         let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
-        // Decompression on a thread of its own, into a second pipe: the decoding thread is
-        // the pipeline's slowest stage.
-        let (plain, mut plain_w) = std::io::pipe().context("creating a pipe for a download")?;
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
         let compression = o.compression;
-        let inflater = scope.spawn(move || -> Result<()> {
-            let mut src = archive_mod::decoder(reader, compression)?;
-            std::io::copy(&mut src, &mut plain_w)?;
-            Ok(())
-        });
-        let frames = FrameReader::new(std::io::BufReader::with_capacity(256 << 10, plain));
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<RowValues>>(4);
-        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<RowValues>>();
-        let decoder = scope.spawn(move || {
-            decode_rows(
-                frames, o, codec, layout, max_errors, times, &full_tx, &spare_rx,
-            )
-        });
-        let mut written = Ok(());
-        for chunk in full_rx.iter() {
-            for row in &chunk {
-                if let Err(e) = sink.push(row) {
-                    written = Err(e);
-                    break;
+        let framer = scope.spawn(move || -> Result<()> {
+            let mut frames = FrameReader::new(archive_mod::decoder(reader, compression)?);
+            let mut batch = Batch::default();
+            while frames.append_next(&mut batch.data)? {
+                batch.ends.push(batch.data.len());
+                if batch.data.len() >= BATCH_BYTES || batch.ends.len() >= BATCH_RECORDS {
+                    let mut next = spare_rx.try_recv().unwrap_or_default();
+                    next.data.clear();
+                    next.ends.clear();
+                    if full_tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                        // The decoding stopped: its error is the one to report.
+                        return Ok(());
+                    }
                 }
             }
-            if written.is_err() {
-                break;
+            if !batch.ends.is_empty() {
+                let _ = full_tx.send(batch);
             }
-            pb.inc(chunk.len() as u64);
-            // Back to the decoder, which overwrites its rows' cells.
-            let _ = spare_tx.send(chunk);
-        }
-        // Stop the decoder if the writer failed (its sends then fail), then hear it out.
+            Ok(())
+        });
+        let decoded = decode_rows(
+            &full_rx, &spare_tx, o, codec, max_errors, times, sink, rejects, pb,
+        );
+        // Stop the framing if the decoding failed (its sends then fail), then hear it out.
         drop(full_rx);
-        let decoded = decoder
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("the decoder of {} panicked", o.key)));
-        let inflated = inflater
+        let framed = framer
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the decompression of {} panicked", o.key)));
         let got = getter
@@ -843,135 +843,106 @@ fn read_object<W: std::io::Write + Send + 'static>(
             ),
             _ => {}
         }
-        written?;
-        // A decompression that failed (not one stopped by the decoder) says why first.
-        if let Err(e) = inflated {
+        // A decompression or framing that failed (not one stopped by the decoding) next.
+        if let Err(e) = framed {
             if !archive_mod::is_broken_pipe(&e) {
                 return Err(e).context("decompressing");
             }
         }
-        let (n, rejected, lines) = decoded?;
+        let (n, rejected) = decoded?;
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);
         }
-        rejects.extend_from_slice(&lines);
         Ok(rejected)
     })
 }
 
-/// The decoding thread of [`read_object`]: reads every record, decodes those of the planned
-/// offsets and sends them in chunks. Returns the records read, those rejected and the
-/// rejects' JSON lines.
+/// The decoding of [`read_object`]: takes every framed record, decodes those of the planned
+/// offsets into the sink and lists the rejects. Returns the records read and those rejected.
 #[allow(clippy::too_many_arguments)]
-fn decode_rows<R: std::io::BufRead>(
-    mut frames: FrameReader<R>,
+fn decode_rows<W: std::io::Write + Send + 'static>(
+    full: &std::sync::mpsc::Receiver<Batch>,
+    spare: &std::sync::mpsc::Sender<Batch>,
     o: &PlannedObject,
     codec: &Codec,
-    layout: &Layout,
     max_errors: Option<u64>,
     mut times: Option<crate::archive::layout::TimesReader>,
-    full: &std::sync::mpsc::SyncSender<Vec<RowValues>>,
-    spare: &std::sync::mpsc::Receiver<Vec<RowValues>>,
-) -> Result<(u64, u64, Vec<u8>)> {
+    sink: &mut ParquetSink<W>,
+    rejects: &mut Vec<u8>,
+    pb: &indicatif::ProgressBar,
+) -> Result<(u64, u64)> {
     let holes = lc::from_spans(&o.holes);
     let wanted = lc::from_spans(&o.spans);
     let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
         .into_iter()
         .flat_map(|s| s.first..=s.last);
-    let columns = layout.columns.len();
-    let mut rec = Vec::with_capacity(1024);
-    let mut chunk: Vec<RowValues> = Vec::with_capacity(CHUNK_ROWS);
-    // Rows of the chunk in use (the rest are buffers kept for reuse).
-    let mut used = 0usize;
     let mut n: u64 = 0;
     let mut rejected = 0u64;
-    let mut lines = Vec::new();
-    while frames.next_into(&mut rec)? {
-        let Some(off) = offsets.next() else {
-            bail!(
-                "holds more records than its offsets {}..{} less its holes",
-                o.first,
-                o.last
-            );
-        };
-        n += 1;
-        // Each record's timestamp is read, published or not: they come in record order.
-        let ts = match times.as_mut().map(|t| t.next()) {
-            Some(Some(Ok(t))) => t,
-            Some(Some(Err(e))) => bail!("its manifest's {e}"),
-            Some(None) => bail!("its manifest lists fewer record timestamps than records"),
-            None => None,
-        };
-        if !wanted.iter().any(|s| s.contains(off)) {
-            continue;
-        }
-        if used == chunk.len() {
-            chunk.push(RowValues {
-                cells: Vec::with_capacity(columns),
+    for batch in full.iter() {
+        let mut start = 0;
+        let mut pushed = 0u64;
+        for &end in &batch.ends {
+            let rec = &batch.data[start..end];
+            start = end;
+            let Some(off) = offsets.next() else {
+                bail!(
+                    "holds more records than its offsets {}..{} less its holes",
+                    o.first,
+                    o.last
+                );
+            };
+            n += 1;
+            // Each record's timestamp is read, published or not: they come in record order.
+            let ts = match times.as_mut().map(|t| t.next()) {
+                Some(Some(Ok(t))) => t,
+                Some(Some(Err(e))) => bail!("its manifest's {e}"),
+                Some(None) => bail!("its manifest lists fewer record timestamps than records"),
+                None => None,
+            };
+            if !wanted.iter().any(|s| s.contains(off)) {
+                continue;
+            }
+            let at = Coordinates {
                 partition: o.partition,
+                offset: off,
                 epoch: o.epoch,
-                ..Default::default()
-            });
-        }
-        let row = &mut chunk[used];
-        row.offset = off;
-        row.partition = o.partition;
-        row.epoch = o.epoch;
-        row.timestamp_micros = ts.map(|ms| ms.saturating_mul(1000));
-        let cells = &mut row.cells;
-        let decoded = codec.cells(&rec, &mut |i, c| {
-            if i < cells.len() {
-                crate::lake::parquet::assign(&mut cells[i], c);
-            } else {
-                cells.push(c.into());
-            }
-        });
-        match decoded {
-            Ok(()) => {
-                row.cells.truncate(columns);
-                used += 1;
-            }
-            Err(e) => {
-                let Some(max) = max_errors else {
-                    bail!("partition {} offset {off} (record {n}): {e}", o.partition);
-                };
-                rejected += 1;
-                if rejected > max {
-                    bail!(
-                        "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
-                        o.partition
-                    );
+                timestamp_micros: ts.map(|ms| ms.saturating_mul(1000)),
+            };
+            let e = match sink.push_with(&at, |put| codec.cells(rec, put))? {
+                Ok(()) => {
+                    pushed += 1;
+                    continue;
                 }
-                use base64::Engine as _;
-                let line = serde_json::json!({
-                    "object": o.key,
-                    "partition": o.partition,
-                    "epoch": o.epoch,
-                    "offset": off,
-                    "record": n,
-                    "error": e.to_string(),
-                    "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
-                });
-                serde_json::to_writer(&mut lines, &line)?;
-                lines.push(b'\n');
+                Err(e) => e,
+            };
+            let Some(max) = max_errors else {
+                bail!("partition {} offset {off} (record {n}): {e}", o.partition);
+            };
+            rejected += 1;
+            if rejected > max {
+                bail!(
+                    "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
+                    o.partition
+                );
             }
+            use base64::Engine as _;
+            let line = serde_json::json!({
+                "object": o.key,
+                "partition": o.partition,
+                "epoch": o.epoch,
+                "offset": off,
+                "record": n,
+                "error": e.to_string(),
+                "bytes_base64": base64::engine::general_purpose::STANDARD.encode(rec),
+            });
+            serde_json::to_writer(&mut *rejects, &line)?;
+            rejects.push(b'\n');
         }
-        if used == CHUNK_ROWS {
-            let next = spare.try_recv().unwrap_or_default();
-            let mut full_chunk = std::mem::replace(&mut chunk, next);
-            full_chunk.truncate(used);
-            used = 0;
-            if full.send(full_chunk).is_err() {
-                // The writer stopped: its error is the one to report.
-                return Ok((n, rejected, lines));
-            }
-        }
+        pb.inc(pushed);
+        // Back to the framing, which overwrites it.
+        let _ = spare.send(batch);
     }
-    if used > 0 {
-        chunk.truncate(used);
-        let _ = full.send(chunk);
-    }
-    Ok((n, rejected, lines))
+    Ok((n, rejected))
 }
 
 #[cfg(test)]

@@ -195,10 +195,13 @@ pub fn statements(engine: Engine, t: &LakeTable<'_>) -> Vec<String> {
     }
 }
 
-/// Spectrum's statement that adds one hour's folder (publish runs it for each new hour).
+/// Spectrum's statement that adds one hour's folder (publish runs it for each new hour). Both
+/// values quoted, the int's too, as the AWS guide writes them ("Partitioning Redshift
+/// Spectrum external tables", c-spectrum-external-tables.html: `event integer` added as
+/// `partition(salesmonth='2008-01', event='101')`).
 pub fn spectrum_partition(t: &LakeTable<'_>, day: &str, hour: u32) -> String {
     format!(
-        "ALTER TABLE {}.{} ADD IF NOT EXISTS PARTITION (dt={}, hour={hour}) LOCATION {}",
+        "ALTER TABLE {}.{} ADD IF NOT EXISTS PARTITION (dt={}, hour='{hour}') LOCATION {}",
         quote(Engine::Spectrum, t.schema),
         quote(Engine::Spectrum, t.name),
         sql_string(day),
@@ -240,7 +243,7 @@ mod tests {
         assert!(spectrum.contains("\"location\" varchar(256)"), "{spectrum}");
         assert_eq!(
             spectrum_partition(&t, "2026-11-27", 9),
-            "ALTER TABLE \"lake\".\"tweets\" ADD IF NOT EXISTS PARTITION (dt='2026-11-27', hour=9) LOCATION 's3://b/lake/tweets/dt=2026-11-27/hour=09/'"
+            "ALTER TABLE \"lake\".\"tweets\" ADD IF NOT EXISTS PARTITION (dt='2026-11-27', hour='9') LOCATION 's3://b/lake/tweets/dt=2026-11-27/hour=09/'"
         );
         assert!(Engine::parse("hive").is_err());
     }

@@ -12,6 +12,6 @@ pub mod ddl;
 pub mod parquet;
 
 pub use self::parquet::{
-    Cell, FileStats, ParquetCompression, ParquetOptions, ParquetSink, RowValues, EPOCH,
-    META_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
+    Cell, Coordinates, FileStats, ParquetCompression, ParquetOptions, ParquetSink, RowValues,
+    EPOCH, META_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
 };

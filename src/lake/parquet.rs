@@ -112,6 +112,19 @@ impl Cell {
     }
 }
 
+/// Days since 1970-01-01 of a date. NaiveDate spans about 262,000 years either side: the
+/// difference fits an i32.
+fn days_of(d: chrono::NaiveDate) -> i32 {
+    d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE
+}
+
+/// A wall-clock timestamp's digits, counted as if in UTC (what TIMESTAMP with
+/// isAdjustedToUTC=false means). A leap second (:60) carries into the next second, as
+/// PostgreSQL's binary COPY of the same cell does.
+fn micros_of(t: chrono::NaiveDateTime) -> i64 {
+    t.and_utc().timestamp_micros()
+}
+
 /// A record's checked value (`records::value`, what the loaders write) as the file stores it.
 impl From<value::Cell<'_>> for Cell {
     fn from(c: value::Cell<'_>) -> Cell {
@@ -121,12 +134,8 @@ impl From<value::Cell<'_>> for Cell {
             value::Cell::Int(v) => Cell::I32(v),
             value::Cell::Double(v) => Cell::F64(v),
             value::Cell::Bool(v) => Cell::Bool(v),
-            // NaiveDate spans about 262,000 years either side: the difference fits an i32.
-            value::Cell::Date(d) => Cell::Date(d.num_days_from_ce() - UNIX_EPOCH_DAYS_FROM_CE),
-            // The wall clock's digits, counted as if in UTC (what TIMESTAMP with
-            // isAdjustedToUTC=false means). A leap second (:60) carries into the next second,
-            // as PostgreSQL's binary COPY of the same cell does.
-            value::Cell::Timestamp(t) => Cell::TimestampMicros(t.and_utc().timestamp_micros()),
+            value::Cell::Date(d) => Cell::Date(days_of(d)),
+            value::Cell::Timestamp(t) => Cell::TimestampMicros(micros_of(t)),
             value::Cell::Text(s) | value::Cell::Json(s) => Cell::Bytes(s.into_owned().into_bytes()),
         }
     }
@@ -152,6 +161,16 @@ pub struct RowValues {
     pub epoch: i32,
     /// The Kafka timestamp in microseconds since the Unix epoch (Kafka's milliseconds times
     /// 1000); None writes NULL.
+    pub timestamp_micros: Option<i64>,
+}
+
+/// A record's Kafka coordinates: the lake's own columns of its row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coordinates {
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: i32,
+    /// As [`RowValues::timestamp_micros`].
     pub timestamp_micros: Option<i64>,
 }
 
@@ -296,6 +315,15 @@ enum Values {
     },
 }
 
+/// Where a column's buffer ended before a row: what a refused row rolls back to.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    defs: usize,
+    values: usize,
+    /// Text columns: the bytes.
+    data: usize,
+}
+
 /// One column of the row group being buffered.
 #[derive(Debug)]
 struct ColumnBuf {
@@ -382,6 +410,102 @@ impl ColumnBuf {
             (_, other) => unreachable!("column {}: unchecked cell {other:?}", self.name),
         };
         size
+    }
+
+    /// Where the buffer ends now, for [`ColumnBuf::rollback`].
+    fn mark(&self) -> Mark {
+        let (values, data) = match &self.values {
+            Values::Bool(v) => (v.len(), 0),
+            Values::I32(v) => (v.len(), 0),
+            Values::I64(v) => (v.len(), 0),
+            Values::F64(v) => (v.len(), 0),
+            Values::Bytes { data, ends } => (ends.len(), data.len()),
+        };
+        Mark {
+            defs: self.defs.len(),
+            values,
+            data,
+        }
+    }
+
+    /// Drops what was appended since `m`.
+    fn rollback(&mut self, m: Mark) {
+        self.defs.truncate(m.defs);
+        match &mut self.values {
+            Values::Bool(v) => v.truncate(m.values),
+            Values::I32(v) => v.truncate(m.values),
+            Values::I64(v) => v.truncate(m.values),
+            Values::F64(v) => v.truncate(m.values),
+            Values::Bytes { data, ends } => {
+                ends.truncate(m.values);
+                data.truncate(m.data);
+            }
+        }
+    }
+
+    /// Appends a record's checked value (`records::value`, borrowed from the record) straight
+    /// into the buffer; returns the bytes it takes there. A value of another type, or NULL
+    /// in a required column, is refused with nothing appended. Text is UTF-8 by its type.
+    fn append_value(&mut self, cell: value::Cell<'_>) -> Result<usize> {
+        use value::Cell as V;
+        use ColumnType as T;
+        let optional = self.kind.optional();
+        let size = match (self.kind, cell, &mut self.values) {
+            (_, V::Null, _) if optional => {
+                self.defs.push(0);
+                return Ok(2);
+            }
+            (Kind::Layout(T::Bigint), V::Bigint(x), Values::I64(v)) => {
+                v.push(x);
+                8
+            }
+            (Kind::Layout(T::Timestamp), V::Timestamp(t), Values::I64(v)) => {
+                v.push(micros_of(t));
+                8
+            }
+            (Kind::Layout(T::Int), V::Int(x), Values::I32(v)) => {
+                v.push(x);
+                4
+            }
+            (Kind::Layout(T::Date), V::Date(d), Values::I32(v)) => {
+                v.push(days_of(d));
+                4
+            }
+            (Kind::Layout(T::Double), V::Double(x), Values::F64(v)) => {
+                v.push(x);
+                8
+            }
+            (Kind::Layout(T::Boolean), V::Bool(x), Values::Bool(v)) => {
+                v.push(x);
+                1
+            }
+            (
+                Kind::Layout(T::Text | T::Json),
+                V::Text(s) | V::Json(s),
+                Values::Bytes { data, ends },
+            ) => {
+                data.extend_from_slice(s.as_bytes());
+                ends.push(data.len());
+                s.len() + std::mem::size_of::<usize>()
+            }
+            (kind, cell, _) => {
+                let c = Cell::from(cell);
+                if matches!(c, Cell::Null) {
+                    bail!("column {}: NULL, and the column takes none", self.name);
+                }
+                bail!(
+                    "column {}: a {} value for a {} column",
+                    self.name,
+                    c.type_name(),
+                    kind.type_name()
+                )
+            }
+        };
+        if optional {
+            self.defs.push(1);
+            return Ok(size + 2);
+        }
+        Ok(size)
     }
 
     /// Writes the buffered values into the row group's column writer, then empties the buffer.
@@ -590,6 +714,8 @@ pub struct ParquetSink<W: Write + Send + 'static> {
     /// Rows in the row groups written.
     rows: u64,
     row_groups: usize,
+    /// The layout columns' marks before the row being added (reused).
+    marks: Vec<Mark>,
 }
 
 impl<W: Write + Send + 'static> ParquetSink<W> {
@@ -647,6 +773,7 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
             buffered_bytes: 0,
             rows: 0,
             row_groups: 0,
+            marks: Vec::with_capacity(layout.columns.len()),
         })
     }
 
@@ -682,6 +809,70 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
             self.write_row_group()?;
         }
         Ok(())
+    }
+
+    /// Adds a row whose layout cells `fill` hands over one at a time, in column order (it is
+    /// given the function that takes them: `Codec::cells` fits), straight into the row
+    /// group's buffers: no owned copy of the row. `fill`'s own error (a record the layout
+    /// refuses) comes back as `Ok(Err(..))`; a cell that does not fit the schema, or a cell
+    /// too many or too few, is an error. Either way nothing of the row stays buffered.
+    pub fn push_with<E>(
+        &mut self,
+        at: &Coordinates,
+        fill: impl FnOnce(&mut dyn FnMut(usize, value::Cell<'_>)) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
+        let n = self.layout_columns;
+        self.marks.clear();
+        self.marks
+            .extend(self.columns[..n].iter().map(ColumnBuf::mark));
+        let columns = &mut self.columns[..n];
+        let mut next = 0usize;
+        let mut added = 0usize;
+        let mut refused: Option<anyhow::Error> = None;
+        let filled = fill(&mut |i, cell| {
+            if refused.is_some() {
+                return;
+            }
+            if i != next || i >= n {
+                refused = Some(anyhow::anyhow!(
+                    "cell {i} of a row handed over out of column order (expected {next} of {n})"
+                ));
+                return;
+            }
+            match columns[i].append_value(cell) {
+                Ok(size) => added += size,
+                Err(e) => refused = Some(e),
+            }
+            next += 1;
+        });
+        if filled.is_err() || refused.is_some() || next != n {
+            for (col, m) in self.columns.iter_mut().zip(&self.marks) {
+                col.rollback(*m);
+            }
+            if let Err(e) = filled {
+                return Ok(Err(e));
+            }
+            return Err(refused.unwrap_or_else(|| {
+                anyhow::anyhow!("a row of {next} cells for a layout of {n} columns")
+            }));
+        }
+        let meta = [
+            Cell::I32(at.partition),
+            Cell::I64(at.offset),
+            Cell::I32(at.epoch),
+            at.timestamp_micros
+                .map_or(Cell::Null, Cell::TimestampMicros),
+        ];
+        for (col, cell) in self.columns[n..].iter_mut().zip(&meta) {
+            added += col.append(cell);
+        }
+        self.buffered_rows += 1;
+        self.buffered_bytes += added;
+        if self.buffered_rows >= self.row_group_rows || self.buffered_bytes >= self.row_group_bytes
+        {
+            self.write_row_group()?;
+        }
+        Ok(Ok(()))
     }
 
     /// Rows pushed so far (written or buffered).
@@ -1208,6 +1399,121 @@ mod tests {
             column(&rows_of(&reader(file)), "_offset"),
             [Field::Long(1), Field::Long(2)]
         );
+    }
+
+    #[test]
+    fn rows_pushed_cell_by_cell_equal_rows_pushed_whole_and_refusals_leave_nothing() {
+        // What publish does: `Codec::cells` hands each record's checked values to the sink.
+        let layout = every_type();
+        let day = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+        let values = |i: i64| -> Vec<value::Cell<'static>> {
+            vec![
+                value::Cell::Bigint(i * 1_000_000_007),
+                if i % 3 == 0 {
+                    value::Cell::Null
+                } else {
+                    value::Cell::Int(i as i32)
+                },
+                value::Cell::Timestamp(day.and_hms_micro_opt(23, 59, 59, i as u32).unwrap()),
+                value::Cell::Text(format!("caf\u{e9} {i}; \n").into()),
+                value::Cell::Json("{\"a\":[1]}".into()),
+                value::Cell::Double(i as f64 / 3.0),
+                value::Cell::Bool(i % 2 == 0),
+                value::Cell::Date(day),
+            ]
+        };
+        let at = |i: i64| Coordinates {
+            partition: 2,
+            offset: 10 + i,
+            epoch: 1,
+            timestamp_micros: (i % 4 != 0).then_some(i * 1000),
+        };
+        let opts = ParquetOptions {
+            row_group_rows: 7,
+            ..ParquetOptions::default()
+        };
+        let whole: Vec<RowValues> = (0..20)
+            .map(|i| {
+                let a = at(i);
+                RowValues {
+                    cells: values(i).into_iter().map(Cell::from).collect(),
+                    partition: a.partition,
+                    offset: a.offset,
+                    epoch: a.epoch,
+                    timestamp_micros: a.timestamp_micros,
+                }
+            })
+            .collect();
+        let (want, want_stats) = write(&layout, &opts, &whole);
+
+        let mut sink = ParquetSink::new(Vec::new(), &layout, &opts).unwrap();
+        for i in 0..20 {
+            // Before each good row, refused ones that stop at each column in turn.
+            for stop in 0..8 {
+                let r = sink
+                    .push_with(&at(i), |put| {
+                        for (c, v) in values(i).into_iter().enumerate().take(stop) {
+                            put(c, v);
+                        }
+                        Err(format!("bad at {stop}"))
+                    })
+                    .unwrap();
+                assert_eq!(r, Err(format!("bad at {stop}")));
+            }
+            let mut wrong = values(i);
+            wrong[7] = value::Cell::Text("2024-01-01".into());
+            let e = sink
+                .push_with(&at(i), |put| {
+                    for (c, v) in wrong.into_iter().enumerate() {
+                        put(c, v);
+                    }
+                    Ok::<(), String>(())
+                })
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("column day: a text value for a date column"),
+                "{e}"
+            );
+            let e = sink
+                .push_with(&at(i), |put| {
+                    for (c, v) in values(i).into_iter().enumerate().take(7) {
+                        put(c, v);
+                    }
+                    Ok::<(), String>(())
+                })
+                .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("a row of 7 cells for a layout of 8 columns"),
+                "{e}"
+            );
+            let e = sink
+                .push_with(&at(i), |put| {
+                    put(0, value::Cell::Bigint(1));
+                    put(2, value::Cell::Null);
+                    Ok::<(), String>(())
+                })
+                .unwrap_err();
+            assert!(e.to_string().contains("out of column order"), "{e}");
+            sink.push_with(&at(i), |put| {
+                for (c, v) in values(i).into_iter().enumerate() {
+                    put(c, v);
+                }
+                Ok::<(), String>(())
+            })
+            .unwrap()
+            .unwrap();
+        }
+        let (got, got_stats) = sink.into_inner().unwrap();
+        assert_eq!(got_stats.rows, 20);
+        assert_eq!(got_stats.row_groups, want_stats.row_groups);
+        assert_eq!(
+            rows_of(&reader(got.clone())),
+            rows_of(&reader(want.clone()))
+        );
+        // The same values make the same file, byte for byte.
+        assert!(got == want, "the files differ");
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Codec {
     /// The topic the rows come from, written after the layout's columns when the layout has a
     /// topic column (several topics in one raw table).
     topic: Option<String>,
+    /// Whether the layout's timestamp format is `YYYY-MM-DD HH:MM:SS`, which delimited fields
+    /// are read in without chrono's parser.
+    iso_seconds: bool,
 }
 
 impl Deref for Codec {
@@ -30,6 +33,7 @@ impl Codec {
     pub fn new(layout: Layout) -> Codec {
         Codec {
             pointers: layout.columns.iter().map(|c| c.json_pointer()).collect(),
+            iso_seconds: layout.timestamp_format == super::ISO_SECONDS,
             layout,
             schemas: Default::default(),
             topic: None,
@@ -174,50 +178,148 @@ impl Codec {
             RecordFormat::Avro => {
                 avro_cells::each_cell(&self.schemas, &self.layout.columns, ts, rec, f)
             }
-            RecordFormat::Delimited => {
-                self.layout.check_fields(rec)?;
-                let d = self.layout.delimiter;
-                // One UTF-8 check of the whole record (SIMD), then fields as text; a record
-                // that fails it goes field by field, for the message to name its column.
-                if d.is_ascii() {
-                    if let Ok(text) = simdutf8::basic::from_utf8(rec) {
-                        for (i, (col, s)) in self
-                            .layout
-                            .columns
-                            .iter()
-                            .zip(text.split(d as char))
-                            .enumerate()
-                        {
-                            f(i, self.delimited_cell(col, s)?);
-                        }
-                        return Ok(());
-                    }
-                }
-                for (i, (col, raw)) in self
-                    .layout
-                    .columns
-                    .iter()
-                    .zip(rec.split(|&b| b == d))
-                    .enumerate()
-                {
-                    let err = |reason: String| RowError {
-                        column: Some(col.name.clone()),
-                        value: Some(String::from_utf8_lossy(raw).into_owned()),
-                        reason,
-                    };
-                    let s = std::str::from_utf8(raw)
-                        .map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
-                    f(i, self.delimited_cell(col, s)?);
-                }
-                Ok(())
-            }
+            RecordFormat::Delimited => self.delimited_cells(rec, f),
         }
+    }
+
+    /// [`Codec::each_cell`] of a delimited record: one pass over the delimiters, one UTF-8
+    /// check of the whole record (SIMD), then each field by its column. Whatever is wrong with
+    /// the record's shape is reported before any field's value (`Layout::check_fields`), as
+    /// copy reports it; cells already handed to `f` are for the caller to drop.
+    fn delimited_cells(
+        &self,
+        rec: &[u8],
+        f: &mut dyn FnMut(usize, Cell<'_>),
+    ) -> Result<(), RowError> {
+        let l = &self.layout;
+        let text = match l.delimiter.is_ascii() {
+            true => simdutf8::basic::from_utf8(rec).ok(),
+            false => None,
+        };
+        // Not UTF-8 (or a delimiter that is not ASCII, which could cut a character): field by
+        // field, for the message to name the column.
+        let Some(text) = text else {
+            return self.delimited_cells_bytes(rec, f);
+        };
+        let shape = || match l.check_fields(rec) {
+            Err(e) => e,
+            Ok(()) => RowError {
+                column: None,
+                value: None,
+                reason: "fields that do not fit the layout".into(),
+            },
+        };
+        let last = l.columns.len().saturating_sub(1);
+        let mut ends = memchr::memchr_iter(l.delimiter, rec);
+        let mut begin = 0;
+        for (i, col) in l.columns.iter().enumerate() {
+            let end = match ends.next() {
+                Some(e) if i < last || l.trailing_delimiter => e,
+                None if i == last && !l.trailing_delimiter => rec.len(),
+                _ => return Err(shape()),
+            };
+            match self.delimited_cell(col, &text[begin..end]) {
+                Ok(c) => f(i, c),
+                Err(e) => {
+                    l.check_fields(rec)?;
+                    return Err(e);
+                }
+            }
+            begin = end + 1;
+        }
+        // With a trailing delimiter it must end the record; without, the last field does.
+        if l.trailing_delimiter && begin != rec.len() {
+            return Err(shape());
+        }
+        Ok(())
+    }
+
+    /// [`Codec::delimited_cells`] of a record that is not UTF-8 as a whole.
+    fn delimited_cells_bytes(
+        &self,
+        rec: &[u8],
+        f: &mut dyn FnMut(usize, Cell<'_>),
+    ) -> Result<(), RowError> {
+        self.layout.check_fields(rec)?;
+        let d = self.layout.delimiter;
+        for (i, (col, raw)) in self
+            .layout
+            .columns
+            .iter()
+            .zip(rec.split(|&b| b == d))
+            .enumerate()
+        {
+            let err = |reason: String| RowError {
+                column: Some(col.name.clone()),
+                value: Some(String::from_utf8_lossy(raw).into_owned()),
+                reason,
+            };
+            let s = std::str::from_utf8(raw).map_err(|e| err(format!("invalid UTF-8 ({e})")))?;
+            f(i, self.delimited_cell(col, s)?);
+        }
+        Ok(())
     }
 
     /// A delimited field's cell: a timestamp in the layout's format only (as copy's COPY rows
     /// take it); NULL only as the column's null marker, which COPY loads as NULL (the marker is
-    /// the column's way to say it takes NULL).
+    /// the column's way to say it takes NULL). Integers, timestamps and text are read here
+    /// directly; they are what `value::cell` makes of the field (a unit test holds the two
+    /// together), without its detour through a source value.
     fn delimited_cell<'a>(&self, col: &super::Column, s: &'a str) -> Result<Cell<'a>, RowError> {
+        use super::ColumnType as T;
+        let err = |reason: String| RowError {
+            column: Some(col.name.clone()),
+            value: Some(s.to_string()),
+            reason,
+        };
+        if col.null_marker.as_deref() == Some(s) {
+            return Ok(Cell::Null);
+        }
+        match col.ty {
+            T::Bigint => s
+                .parse::<i64>()
+                .map(Cell::Bigint)
+                .map_err(|_| err("not a 64-bit integer".into())),
+            T::Int => match s.parse::<i64>() {
+                Ok(v) => i32::try_from(v)
+                    .map(Cell::Int)
+                    .map_err(|_| err(format!("{v} is out of a 32-bit integer's range"))),
+                Err(_) => Err(err("not a 64-bit integer".into())),
+            },
+            T::Timestamp => {
+                let ts = &self.layout.timestamp_format;
+                let fast = if self.iso_seconds {
+                    super::parse_iso_seconds(s)
+                } else {
+                    None
+                };
+                let t = match fast {
+                    Some(t) => t,
+                    None => super::parse_timestamp_field(s, ts).map_err(err)?,
+                };
+                value::checked_timestamp(t)
+                    .map(Cell::Timestamp)
+                    .map_err(err)
+            }
+            T::Text => value::checked_text(col, s.into())
+                .map(Cell::Text)
+                .map_err(err),
+            T::Json | T::Double | T::Boolean | T::Date => {
+                let ts = &self.layout.timestamp_format;
+                let src = value::field_src(col, s).map_err(err)?;
+                value::cell(col, src, ts, true).map_err(err)
+            }
+        }
+    }
+
+    /// What the field's cell was before the direct reads of [`Codec::delimited_cell`]: every
+    /// field through `value::cell`. The unit tests hold the two together.
+    #[cfg(test)]
+    fn delimited_cell_by_value<'a>(
+        &self,
+        col: &super::Column,
+        s: &'a str,
+    ) -> Result<Cell<'a>, RowError> {
         let err = |reason: String| RowError {
             column: Some(col.name.clone()),
             value: Some(s.to_string()),
@@ -408,5 +510,219 @@ mod tests {
             e.reason.contains("writer schema 3 has no such field"),
             "{e}"
         );
+    }
+
+    /// The cells of a delimited record as every field through `value::cell` made them (the
+    /// path before the direct reads): the shape checked first, then field by field.
+    fn cells_by_value(codec: &Codec, rec: &[u8]) -> Result<Vec<(usize, Cell<'static>)>, RowError> {
+        let l = &codec.layout;
+        l.check_fields(rec)?;
+        let mut out = Vec::new();
+        for (i, (col, raw)) in l
+            .columns
+            .iter()
+            .zip(rec.split(|&b| b == l.delimiter))
+            .enumerate()
+        {
+            let s = std::str::from_utf8(raw).map_err(|e| RowError {
+                column: Some(col.name.clone()),
+                value: Some(String::from_utf8_lossy(raw).into_owned()),
+                reason: format!("invalid UTF-8 ({e})"),
+            })?;
+            out.push((i, owned(codec.delimited_cell_by_value(col, s)?)));
+        }
+        Ok(out)
+    }
+
+    fn owned(c: Cell<'_>) -> Cell<'static> {
+        match c {
+            Cell::Text(s) => Cell::Text(s.into_owned().into()),
+            Cell::Json(s) => Cell::Json(s.into_owned().into()),
+            Cell::Null => Cell::Null,
+            Cell::Bigint(v) => Cell::Bigint(v),
+            Cell::Int(v) => Cell::Int(v),
+            Cell::Double(v) => Cell::Double(v),
+            Cell::Bool(v) => Cell::Bool(v),
+            Cell::Date(v) => Cell::Date(v),
+            Cell::Timestamp(v) => Cell::Timestamp(v),
+        }
+    }
+
+    fn cells_now(codec: &Codec, rec: &[u8]) -> Result<Vec<(usize, Cell<'static>)>, RowError> {
+        let mut out = Vec::new();
+        codec.cells(rec, &mut |i, c| out.push((i, owned(c))))?;
+        Ok(out)
+    }
+
+    /// Layouts for the comparison: the tweets, and one of every type with null markers, a
+    /// short text, no trailing delimiter and a timestamp format chrono parses.
+    fn compared_layouts() -> Vec<Layout> {
+        let mut every = Layout::tweets();
+        every.trailing_delimiter = false;
+        every.delimiter = b'|';
+        every.timestamp_format = "%d/%m/%Y %H:%M:%S%.f".into();
+        let c = |name: &str, ty, max_len, null: Option<&str>| Column {
+            max_len,
+            null_marker: null.map(String::from),
+            ..Column::new(name, ty)
+        };
+        every.columns = vec![
+            c("big", ColumnType::Bigint, None, Some("")),
+            c("small", ColumnType::Int, None, Some("None")),
+            c("at", ColumnType::Timestamp, None, Some("-")),
+            c("txt", ColumnType::Text, Some(5), None),
+            c("doc", ColumnType::Json, None, Some("None")),
+            c("num", ColumnType::Double, None, None),
+            c("flag", ColumnType::Boolean, None, Some("")),
+            c("day", ColumnType::Date, None, None),
+        ];
+        let mut iso_every = every.clone();
+        iso_every.timestamp_format = "%Y-%m-%d %H:%M:%S".into();
+        iso_every.trailing_delimiter = true;
+        vec![Layout::tweets(), every, iso_every]
+    }
+
+    /// Field values that each column type takes or refuses, at and past the edges.
+    const FIELDS: &[&str] = &[
+        "",
+        "None",
+        "-",
+        "0",
+        "-0",
+        "+7",
+        "7",
+        " 7",
+        "7 ",
+        "2147483647",
+        "2147483648",
+        "-2147483648",
+        "-2147483649",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "1e3",
+        "1.5",
+        "NaN",
+        "inf",
+        "-1.25e-3",
+        "true",
+        "false",
+        "TRUE",
+        "2024-01-01 00:00:01",
+        "2024-02-30 00:00:00",
+        "2016-12-31 23:59:60",
+        "0000-12-31 23:59:59",
+        "0001-01-01 00:00:00",
+        "2024-01-01 24:00:00",
+        "2024-01-01T00:00:01",
+        "2024-01-01 0:00:01",
+        "31/12/2016 23:59:60",
+        "01/02/2024 03:04:05.123456789",
+        "01/02/2024 03:04:05.5",
+        "29/02/2023 00:00:00",
+        "2024-02-29",
+        "2024-13-01",
+        "caf\u{e9}",
+        "\u{1f1e8}\u{1f1ed}",
+        "abcde",
+        "abcdef",
+        "a\0b",
+        "{\"a\":[1,2]}",
+        "[1",
+        "\"\\u0000\"",
+        "null",
+        "{}",
+        "Z\u{fc}rich \u{1f1e8}\u{1f1ed} 855",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The direct reads give what `value::cell` gives, cell for cell and error for error,
+        /// on records of every shape (fields from the edge values, raw bytes, delimiters too
+        /// many or too few, bytes that are not UTF-8).
+        #[test]
+        fn direct_reads_of_delimited_fields_equal_value_cells(
+            layout in 0usize..3,
+            picks in proptest::collection::vec((0usize..FIELDS.len(), proptest::prelude::any::<u8>()), 0..11),
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6),
+            damage in 0u8..8,
+        ) {
+            let l = compared_layouts().swap_remove(layout);
+            let codec = Codec::new(l.clone());
+            let d = l.delimiter;
+            let mut rec = Vec::new();
+            for (k, (f, b)) in picks.iter().enumerate() {
+                if k > 0 {
+                    rec.push(d);
+                }
+                rec.extend_from_slice(FIELDS[*f].as_bytes());
+                // Now and then a raw byte in the field (a delimiter, a byte not UTF-8).
+                if damage == 1 && k == 2 {
+                    rec.push(*b);
+                }
+            }
+            if l.trailing_delimiter && damage != 2 {
+                rec.push(d);
+            }
+            if damage == 3 {
+                rec.extend_from_slice(&raw);
+            }
+            if damage == 4 {
+                rec.insert(0, 0xff);
+            }
+            let now = cells_now(&codec, &rec);
+            let before = cells_by_value(&codec, &rec);
+            proptest::prop_assert_eq!(now, before, "record {:?}", String::from_utf8_lossy(&rec));
+        }
+    }
+
+    #[test]
+    fn direct_reads_hold_on_well_formed_records_of_each_layout() {
+        // Records of the right shape: good values but in one column, which takes each edge
+        // value in turn, so that the comparison reaches every field of every column.
+        for l in compared_layouts() {
+            let codec = Codec::new(l.clone());
+            let good: Vec<&str> = l
+                .columns
+                .iter()
+                .map(|c| match c.ty {
+                    ColumnType::Bigint | ColumnType::Int => "7",
+                    ColumnType::Timestamp if codec.iso_seconds => "2024-01-01 00:00:01",
+                    ColumnType::Timestamp => "01/02/2024 03:04:05.5",
+                    ColumnType::Text => "abc",
+                    ColumnType::Json => "{}",
+                    ColumnType::Double => "1.5",
+                    ColumnType::Boolean => "true",
+                    ColumnType::Date => "2024-02-29",
+                })
+                .collect();
+            let (mut taken, mut refused) = (0, 0);
+            for j in 0..l.columns.len() {
+                for v in FIELDS
+                    .iter()
+                    .filter(|v| !v.as_bytes().contains(&l.delimiter))
+                {
+                    let mut fields = good.clone();
+                    fields[j] = v;
+                    let mut rec = fields.join(&(l.delimiter as char).to_string());
+                    if l.trailing_delimiter {
+                        rec.push(l.delimiter as char);
+                    }
+                    let now = cells_now(&codec, rec.as_bytes());
+                    assert_eq!(now, cells_by_value(&codec, rec.as_bytes()), "{rec:?}");
+                    match now {
+                        Ok(_) => taken += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+            }
+            assert!(taken > 0 && refused > 0, "{taken} taken, {refused} refused");
+        }
+        // And the tweet as the producer writes it.
+        let codec = Codec::new(Layout::tweets());
+        let rec = "7;2016-12-31 23:59:60;5;None;1;2;".as_bytes();
+        let cells = cells_now(&codec, rec).unwrap();
+        assert_eq!(cells, cells_by_value(&codec, rec).unwrap());
+        assert_eq!(cells[3], (3, Cell::Null));
     }
 }

@@ -55,6 +55,12 @@ impl<R: BufRead> FrameReader<R> {
     /// Reads the next record (unescaped) into `buf`. Returns false at end of input.
     pub fn next_into(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         buf.clear();
+        self.append_next(buf)
+    }
+
+    /// Reads the next record (unescaped) onto the end of `buf` (records packed one after
+    /// another, their ends kept by the caller). Returns false at end of input.
+    pub fn append_next(&mut self, buf: &mut Vec<u8>) -> Result<bool> {
         let mut pending_escape = false;
         let mut any = false;
         loop {
@@ -562,12 +568,12 @@ pub(crate) fn parse_timestamp_field(s: &str, format: &str) -> Result<NaiveDateTi
 }
 
 /// The tweets' timestamp format, which `parse_iso_seconds` reads without chrono's parser.
-const ISO_SECONDS: &str = "%Y-%m-%d %H:%M:%S";
+pub(crate) const ISO_SECONDS: &str = "%Y-%m-%d %H:%M:%S";
 
 /// `YYYY-MM-DD HH:MM:SS` (19 bytes) parsed directly; None for anything else, which then goes
 /// to chrono (so what is accepted does not change, only how fast). Second 60 is a leap
 /// second, as chrono reads it.
-fn parse_iso_seconds(s: &str) -> Option<NaiveDateTime> {
+pub(crate) fn parse_iso_seconds(s: &str) -> Option<NaiveDateTime> {
     let b = s.as_bytes();
     if b.len() != 19
         || b[4] != b'-'

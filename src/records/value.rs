@@ -198,6 +198,25 @@ fn timestamp(col: &Column, src: Src<'_>, ts_format: &str) -> Result<NaiveDateTim
     Ok(t)
 }
 
+/// A timestamp read from text as a timestamp column takes it: in whole microseconds (what
+/// the column holds; a leap second carried into the next second), year 1 AD or later. What
+/// [`cell`] makes of the same timestamp given as microseconds.
+pub fn checked_timestamp(t: NaiveDateTime) -> Result<NaiveDateTime, String> {
+    let nanos = t.and_utc().timestamp_subsec_nanos();
+    let t = if nanos % 1000 != 0 || nanos >= 1_000_000_000 {
+        let m = t.and_utc().timestamp_micros();
+        DateTime::from_timestamp_micros(m)
+            .map(|t| t.naive_utc())
+            .ok_or_else(|| format!("{m} microseconds from the epoch is out of range"))?
+    } else {
+        t
+    };
+    if t.year() < 1 {
+        return Err("a year before 1 AD".into());
+    }
+    Ok(t)
+}
+
 /// A timestamp written as text: in the layout's format, or RFC 3339 (an offset is applied:
 /// the column holds UTC).
 fn text_timestamp(s: &str, ts_format: &str) -> Result<NaiveDateTime, String> {
@@ -219,6 +238,12 @@ fn text<'a>(col: &Column, src: Src<'a>) -> Result<Cow<'a, str>, String> {
         Src::Decimal(d) | Src::Compound(d) => d.into(),
         other => return Err(format!("not text ({})", kind(&other))),
     };
+    checked_text(col, s)
+}
+
+/// Text as a text column takes it: no NUL byte (PostgreSQL's text has none), at most the
+/// column's `max_len` characters.
+pub fn checked_text<'a>(col: &Column, s: Cow<'a, str>) -> Result<Cow<'a, str>, String> {
     if s.contains('\0') {
         return Err("contains a NUL byte".into());
     }
