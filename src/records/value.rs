@@ -203,7 +203,7 @@ fn timestamp(col: &Column, src: Src<'_>, ts_format: &str) -> Result<NaiveDateTim
 /// [`cell`] makes of the same timestamp given as microseconds.
 pub fn checked_timestamp(t: NaiveDateTime) -> Result<NaiveDateTime, String> {
     let nanos = t.and_utc().timestamp_subsec_nanos();
-    let t = if nanos % 1000 != 0 || nanos >= 1_000_000_000 {
+    let t = if !nanos.is_multiple_of(1000) || nanos >= 1_000_000_000 {
         let m = t.and_utc().timestamp_micros();
         DateTime::from_timestamp_micros(m)
             .map(|t| t.naive_utc())
