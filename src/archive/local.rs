@@ -85,6 +85,37 @@ impl ObjectStore for LocalStore {
     }
 
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome> {
+        // On the store's filesystem the file itself becomes the object: made durable and
+        // readable, then linked into place (no copy; an existing object is never replaced).
+        // On another filesystem it is copied.
+        let dest = self.path(key)?;
+        if dest.exists() {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating directory {}", dir.display()))?;
+        let src = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        src.sync_all()
+            .with_context(|| format!("syncing {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            src.set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
+        match fs::hard_link(path, &dest) {
+            Ok(()) => {
+                if let Ok(d) = fs::File::open(&dir) {
+                    let _ = d.sync_all();
+                }
+                return Ok(PutOutcome::Created);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Ok(PutOutcome::AlreadyExists)
+            }
+            // Another filesystem (EXDEV), or links not allowed there: copy.
+            Err(_) => {}
+        }
         self.put_with(key, &mut |f| {
             let mut src =
                 fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

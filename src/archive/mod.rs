@@ -48,7 +48,8 @@ pub trait ObjectStore: Send + Sync {
     /// Fails with a clear error when the store cannot be reached or written (missing bucket,
     /// wrong credentials, missing directory).
     fn check(&self) -> Result<()>;
-    /// Stores the contents of `path` under `key` unless `key` exists. Durable on return.
+    /// Stores the contents of `path` under `key` unless `key` exists. Durable on return. The
+    /// file must not change afterwards: a local store on its filesystem links it in place.
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome>;
     /// Stores `data` under `key` unless `key` exists.
     fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;

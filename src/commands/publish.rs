@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::lake::catalog::{
     self as lc, FileRecord, HourRecord, Intent, LakeHead, PlannedObject, Spans,
 };
-use crate::lake::{Coordinates, ParquetOptions, ParquetSink};
+use crate::lake::{Coordinates, ParquetOptions, ParquetSink, RowChunk};
 use crate::output::Output;
 use crate::records::{Codec, FrameReader};
 use crate::report::Report;
@@ -751,28 +751,56 @@ fn count_records(o: &PlannedObject) -> u64 {
         .sum()
 }
 
-/// Records handed from the framing thread to the decoding one at a time: about this many
+/// Records handed from the framing thread to a decoding one at a time: about this many
 /// bytes of them...
-const BATCH_BYTES: usize = 1 << 20;
+const BATCH_BYTES: usize = 512 << 10;
 /// ...or this many records.
-const BATCH_RECORDS: usize = 16 << 10;
+const BATCH_RECORDS: usize = 4096;
 
-/// Records framed from an object, packed one after another: the bytes and where each ends.
+/// Records of the planned offsets framed from an object, packed one after another: the
+/// bytes, where each ends, and each one's coordinates and number in the object.
 #[derive(Default)]
 struct Batch {
     data: Vec<u8>,
     ends: Vec<usize>,
+    at: Vec<Coordinates>,
+    /// 1-based record numbers in the object (for messages).
+    numbers: Vec<u64>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
+        self.at.clear();
+        self.numbers.clear();
+    }
+}
+
+/// A batch decoded: its rows, and the records the layout refused (offset, record number,
+/// why), in record order.
+struct Decoded {
+    rows: RowChunk,
+    refused: Vec<(Coordinates, u64, String, Vec<u8>)>,
+}
+
+/// Threads that decode records at once: the machine's cores, up to 4.
+fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 /// Streams one archived object into the file: each record of the planned offsets decoded by
 /// the layout, with its partition, offset, epoch and Kafka timestamp. A record the layout
-/// refuses is a reject (a JSON line in `rejects`) under `max_errors`, else the error. The
-/// object's record count and sha256 must be its manifest's. Returns the records rejected.
+/// refuses is a reject (a JSON line in `rejects`) under `max_errors` (bad records per
+/// object), else the error. The object's record count and sha256 must be its manifest's.
+/// Returns the records rejected.
 ///
-/// Three threads: the GET (hashing), the decompression and framing (records into batches),
-/// and this one, which decodes each record's cells straight into the row group's column
-/// buffers ([`ParquetSink::push_with`]); the sink's encoder is a fourth. Batches go back and
-/// forth so their buffers are reused.
+/// The GET (hashing) on a thread; the decompression and framing on another, which hands
+/// batches of the planned records round the decoding threads (one per core); each decodes a
+/// batch's cells straight into column buffers (a [`RowChunk`]); this thread takes the chunks
+/// in batch order and appends them to the file's row group ([`ParquetSink::append`]), whose
+/// encoder is a thread of its own. Batches and chunks go back to be reused, and each channel
+/// holds two at most: the memory is bounded whatever the object's size.
 #[allow(clippy::too_many_arguments)]
 fn read_object<W: std::io::Write + Send + 'static>(
     store: &dyn ObjectStore,
@@ -797,39 +825,99 @@ fn read_object<W: std::io::Write + Send + 'static>(
         }
         None => None,
     };
+    let k = decoders();
     std::thread::scope(|scope| -> Result<u64> {
         let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Batch>(4);
-        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
+        let (spare_batch_tx, spare_batch_rx) = std::sync::mpsc::channel::<Batch>();
+        let mut to_decoders = Vec::with_capacity(k);
+        let mut from_decoders = Vec::with_capacity(k);
+        let mut spare_chunks = Vec::with_capacity(k);
+        let mut decoder_threads = Vec::with_capacity(k);
+        for _ in 0..k {
+            let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Decoded>(2);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel::<RowChunk>();
+            let spare_batches = spare_batch_tx.clone();
+            // Two chunks each: one being filled while the other waits to be appended.
+            let fresh = vec![sink.chunk(), sink.chunk()];
+            decoder_threads.push(scope.spawn(move || {
+                decode_batches(codec, &batch_rx, &done_tx, &spare_rx, &spare_batches, fresh)
+            }));
+            to_decoders.push(batch_tx);
+            from_decoders.push(done_rx);
+            spare_chunks.push(spare_tx);
+        }
+        drop(spare_batch_tx);
         let compression = o.compression;
-        let framer = scope.spawn(move || -> Result<()> {
-            let mut frames = FrameReader::new(archive_mod::decoder(reader, compression)?);
-            let mut batch = Batch::default();
-            while frames.append_next(&mut batch.data)? {
-                batch.ends.push(batch.data.len());
-                if batch.data.len() >= BATCH_BYTES || batch.ends.len() >= BATCH_RECORDS {
-                    let mut next = spare_rx.try_recv().unwrap_or_default();
-                    next.data.clear();
-                    next.ends.clear();
-                    if full_tx.send(std::mem::replace(&mut batch, next)).is_err() {
-                        // The decoding stopped: its error is the one to report.
-                        return Ok(());
-                    }
-                }
-            }
-            if !batch.ends.is_empty() {
-                let _ = full_tx.send(batch);
-            }
-            Ok(())
+        let framer = scope.spawn(move || -> Result<u64> {
+            let frames = FrameReader::new(archive_mod::decoder(reader, compression)?);
+            frame_batches(frames, o, times, &to_decoders, &spare_batch_rx)
         });
-        let decoded = decode_rows(
-            &full_rx, &spare_tx, o, codec, max_errors, times, sink, rejects, pb,
-        );
-        // Stop the framing if the decoding failed (its sends then fail), then hear it out.
-        drop(full_rx);
+        // The chunks in batch order: batch i went to decoder i % k.
+        let mut appended: Result<u64> = Ok(0);
+        let mut rejected = 0u64;
+        'chunks: for i in 0.. {
+            let Ok(mut d) = from_decoders[i % k].recv() else {
+                break;
+            };
+            for (at, n, e, rec) in d.refused.drain(..) {
+                rejected += 1;
+                let Some(max) = max_errors else {
+                    appended = Err(anyhow!(
+                        "partition {} offset {} (record {n}): {e}",
+                        at.partition,
+                        at.offset
+                    ));
+                    break 'chunks;
+                };
+                if rejected > max {
+                    appended = Err(anyhow!(
+                        "more than {max} bad records (--max-errors); partition {} offset {} (record {n}): {e}",
+                        at.partition,
+                        at.offset
+                    ));
+                    break 'chunks;
+                }
+                use base64::Engine as _;
+                let line = serde_json::json!({
+                    "object": o.key,
+                    "partition": at.partition,
+                    "epoch": at.epoch,
+                    "offset": at.offset,
+                    "record": n,
+                    "error": e,
+                    "bytes_base64": base64::engine::general_purpose::STANDARD.encode(&rec),
+                });
+                if let Err(e) = serde_json::to_writer(&mut *rejects, &line) {
+                    appended = Err(e.into());
+                    break 'chunks;
+                }
+                rejects.push(b'\n');
+            }
+            let rows = d.rows.rows() as u64;
+            if let Err(e) = sink.append(&mut d.rows) {
+                appended = Err(e);
+                break;
+            }
+            pb.inc(rows);
+            // Back to its decoder, emptied.
+            let _ = spare_chunks[i % k].send(d.rows);
+        }
+        // Stop the decoders and the framing if this side stopped first (their sends then
+        // fail), then hear everyone out.
+        drop(from_decoders);
         let framed = framer
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the decompression of {} panicked", o.key)));
+        let mut decoded = Ok(());
+        for t in decoder_threads {
+            let r = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("a decoder of {} panicked", o.key)));
+            if decoded.is_ok() {
+                decoded = r;
+            }
+        }
         let got = getter
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
@@ -843,13 +931,14 @@ fn read_object<W: std::io::Write + Send + 'static>(
             ),
             _ => {}
         }
-        // A decompression or framing that failed (not one stopped by the decoding) next.
-        if let Err(e) = framed {
-            if !archive_mod::is_broken_pipe(&e) {
-                return Err(e).context("decompressing");
-            }
-        }
-        let (n, rejected) = decoded?;
+        // Then what stopped this side (a bad record, the file), a decoder, the framing.
+        appended?;
+        decoded?;
+        let n = match framed {
+            Err(e) if archive_mod::is_broken_pipe(&e) => bail!("the download of {} stopped", o.key),
+            Err(e) => return Err(e).context("decompressing"),
+            Ok(n) => n,
+        };
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);
         }
@@ -857,92 +946,115 @@ fn read_object<W: std::io::Write + Send + 'static>(
     })
 }
 
-/// The decoding of [`read_object`]: takes every framed record, decodes those of the planned
-/// offsets into the sink and lists the rejects. Returns the records read and those rejected.
-#[allow(clippy::too_many_arguments)]
-fn decode_rows<W: std::io::Write + Send + 'static>(
-    full: &std::sync::mpsc::Receiver<Batch>,
-    spare: &std::sync::mpsc::Sender<Batch>,
+/// The framing of [`read_object`]: reads every record of the decompressed object, keeps
+/// those of the planned offsets with their coordinates, and deals the batches round the
+/// decoders. Returns the records read (or, when a decoder stopped first, those so far).
+fn frame_batches<R: std::io::BufRead>(
+    mut frames: FrameReader<R>,
     o: &PlannedObject,
-    codec: &Codec,
-    max_errors: Option<u64>,
     mut times: Option<crate::archive::layout::TimesReader>,
-    sink: &mut ParquetSink<W>,
-    rejects: &mut Vec<u8>,
-    pb: &indicatif::ProgressBar,
-) -> Result<(u64, u64)> {
+    decoders: &[std::sync::mpsc::SyncSender<Batch>],
+    spare: &std::sync::mpsc::Receiver<Batch>,
+) -> Result<u64> {
     let holes = lc::from_spans(&o.holes);
     let wanted = lc::from_spans(&o.spans);
     let mut offsets = subtract_spans(OffsetSpan::new(o.first, o.last), &holes)
         .into_iter()
         .flat_map(|s| s.first..=s.last);
     let mut n: u64 = 0;
-    let mut rejected = 0u64;
-    for batch in full.iter() {
+    let mut sent = 0usize;
+    let mut batch = Batch::default();
+    let mut send = |batch: &mut Batch| -> bool {
+        let mut next = spare.try_recv().unwrap_or_default();
+        next.clear();
+        let full = std::mem::replace(batch, next);
+        let ok = decoders[sent % decoders.len()].send(full).is_ok();
+        sent += 1;
+        ok
+    };
+    loop {
+        let start = batch.data.len();
+        if !frames.append_next(&mut batch.data)? {
+            break;
+        }
+        let Some(off) = offsets.next() else {
+            bail!(
+                "holds more records than its offsets {}..{} less its holes",
+                o.first,
+                o.last
+            );
+        };
+        n += 1;
+        // Each record's timestamp is read, published or not: they come in record order.
+        let ts = match times.as_mut().map(|t| t.next()) {
+            Some(Some(Ok(t))) => t,
+            Some(Some(Err(e))) => bail!("its manifest's {e}"),
+            Some(None) => bail!("its manifest lists fewer record timestamps than records"),
+            None => None,
+        };
+        if !wanted.iter().any(|s| s.contains(off)) {
+            batch.data.truncate(start);
+            continue;
+        }
+        batch.ends.push(batch.data.len());
+        batch.at.push(Coordinates {
+            partition: o.partition,
+            offset: off,
+            epoch: o.epoch,
+            timestamp_micros: ts.map(|ms| ms.saturating_mul(1000)),
+        });
+        batch.numbers.push(n);
+        if (batch.data.len() >= BATCH_BYTES || batch.ends.len() >= BATCH_RECORDS)
+            && !send(&mut batch)
+        {
+            // A decoder stopped: the reason is on the other side.
+            return Ok(n);
+        }
+    }
+    if !batch.ends.is_empty() {
+        send(&mut batch);
+    }
+    Ok(n)
+}
+
+/// A decoding thread of [`read_object`]: each batch's records decoded into a chunk of rows,
+/// the refused ones listed, in order.
+fn decode_batches(
+    codec: &Codec,
+    batches: &std::sync::mpsc::Receiver<Batch>,
+    done: &std::sync::mpsc::SyncSender<Decoded>,
+    spare: &std::sync::mpsc::Receiver<RowChunk>,
+    spare_batches: &std::sync::mpsc::Sender<Batch>,
+    mut fresh: Vec<RowChunk>,
+) -> Result<()> {
+    for batch in batches.iter() {
+        let mut rows = match spare.try_recv() {
+            Ok(c) => c,
+            Err(_) => match fresh.pop() {
+                Some(c) => c,
+                // All in flight: wait for one back.
+                None => match spare.recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(()),
+                },
+            },
+        };
+        let mut refused = Vec::new();
         let mut start = 0;
-        let mut pushed = 0u64;
-        for &end in &batch.ends {
+        for ((&end, at), &n) in batch.ends.iter().zip(&batch.at).zip(&batch.numbers) {
             let rec = &batch.data[start..end];
             start = end;
-            let Some(off) = offsets.next() else {
-                bail!(
-                    "holds more records than its offsets {}..{} less its holes",
-                    o.first,
-                    o.last
-                );
-            };
-            n += 1;
-            // Each record's timestamp is read, published or not: they come in record order.
-            let ts = match times.as_mut().map(|t| t.next()) {
-                Some(Some(Ok(t))) => t,
-                Some(Some(Err(e))) => bail!("its manifest's {e}"),
-                Some(None) => bail!("its manifest lists fewer record timestamps than records"),
-                None => None,
-            };
-            if !wanted.iter().any(|s| s.contains(off)) {
-                continue;
+            if let Err(e) = rows.push_with(at, |put| codec.cells(rec, put))? {
+                refused.push((*at, n, e.to_string(), rec.to_vec()));
             }
-            let at = Coordinates {
-                partition: o.partition,
-                offset: off,
-                epoch: o.epoch,
-                timestamp_micros: ts.map(|ms| ms.saturating_mul(1000)),
-            };
-            let e = match sink.push_with(&at, |put| codec.cells(rec, put))? {
-                Ok(()) => {
-                    pushed += 1;
-                    continue;
-                }
-                Err(e) => e,
-            };
-            let Some(max) = max_errors else {
-                bail!("partition {} offset {off} (record {n}): {e}", o.partition);
-            };
-            rejected += 1;
-            if rejected > max {
-                bail!(
-                    "more than {max} bad records (--max-errors); partition {} offset {off} (record {n}): {e}",
-                    o.partition
-                );
-            }
-            use base64::Engine as _;
-            let line = serde_json::json!({
-                "object": o.key,
-                "partition": o.partition,
-                "epoch": o.epoch,
-                "offset": off,
-                "record": n,
-                "error": e.to_string(),
-                "bytes_base64": base64::engine::general_purpose::STANDARD.encode(rec),
-            });
-            serde_json::to_writer(&mut *rejects, &line)?;
-            rejects.push(b'\n');
         }
-        pb.inc(pushed);
-        // Back to the framing, which overwrites it.
-        let _ = spare.send(batch);
+        let _ = spare_batches.send(batch);
+        if done.send(Decoded { rows, refused }).is_err() {
+            // The writing side stopped: its reason is the one to report.
+            return Ok(());
+        }
     }
-    Ok((n, rejected))
+    Ok(())
 }
 
 #[cfg(test)]

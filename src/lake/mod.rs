@@ -12,6 +12,6 @@ pub mod ddl;
 pub mod parquet;
 
 pub use self::parquet::{
-    Cell, Coordinates, FileStats, ParquetCompression, ParquetOptions, ParquetSink, RowValues,
-    EPOCH, META_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
+    Cell, Coordinates, FileStats, ParquetCompression, ParquetOptions, ParquetSink, RowChunk,
+    RowValues, EPOCH, META_COLUMNS, OFFSET, PARTITION, TIMESTAMP,
 };

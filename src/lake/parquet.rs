@@ -443,6 +443,59 @@ impl ColumnBuf {
         }
     }
 
+    /// Appends rows `from..to` of `src`, a buffer of the same column; returns the bytes they
+    /// take (as [`ColumnBuf::append`] counts them).
+    fn append_rows(&mut self, src: &ColumnBuf, from: usize, to: usize) -> usize {
+        let mut size = 0;
+        let (v0, v1) = if self.kind.optional() {
+            let set = |d: &[i16]| d.iter().filter(|&&x| x == 1).count();
+            let v0 = if from == 0 { 0 } else { set(&src.defs[..from]) };
+            let v1 = v0 + set(&src.defs[from..to]);
+            self.defs.extend_from_slice(&src.defs[from..to]);
+            size += 2 * (to - from);
+            (v0, v1)
+        } else {
+            (from, to)
+        };
+        size += match (&mut self.values, &src.values) {
+            (Values::Bool(d), Values::Bool(s)) => {
+                d.extend_from_slice(&s[v0..v1]);
+                v1 - v0
+            }
+            (Values::I32(d), Values::I32(s)) => {
+                d.extend_from_slice(&s[v0..v1]);
+                4 * (v1 - v0)
+            }
+            (Values::I64(d), Values::I64(s)) => {
+                d.extend_from_slice(&s[v0..v1]);
+                8 * (v1 - v0)
+            }
+            (Values::F64(d), Values::F64(s)) => {
+                d.extend_from_slice(&s[v0..v1]);
+                8 * (v1 - v0)
+            }
+            (Values::Bytes { data, ends }, Values::Bytes { data: sd, ends: se }) => {
+                let b0 = if v0 == 0 { 0 } else { se[v0 - 1] };
+                let b1 = if v1 == 0 { 0 } else { se[v1 - 1] };
+                let base = data.len();
+                data.extend_from_slice(&sd[b0..b1]);
+                ends.extend(se[v0..v1].iter().map(|e| e - b0 + base));
+                (b1 - b0) + std::mem::size_of::<usize>() * (v1 - v0)
+            }
+            _ => unreachable!("column {}: buffers of two kinds", self.name),
+        };
+        size
+    }
+
+    /// Empties the buffer, keeping its allocations.
+    fn clear(&mut self) {
+        self.rollback(Mark {
+            defs: 0,
+            values: 0,
+            data: 0,
+        });
+    }
+
     /// Appends a record's checked value (`records::value`, borrowed from the record) straight
     /// into the buffer; returns the bytes it takes there. A value of another type, or NULL
     /// in a required column, is refused with nothing appended. Text is UTF-8 by its type.
@@ -529,9 +582,8 @@ impl ColumnBuf {
                 v.clear();
             }
             (ColumnWriter::ByteArrayColumnWriter(w), Values::Bytes { data, ends }) => {
-                // The buffer becomes one shared `Bytes`; each value is a slice of it.
-                let all = bytes::Bytes::from(std::mem::take(data));
-                write_byte_arrays(w, &all, ends, defs)?;
+                write_byte_arrays(w, data, ends, defs)?;
+                data.clear();
                 ends.clear();
             }
             _ => bail!(
@@ -545,10 +597,13 @@ impl ColumnBuf {
 }
 
 /// Writes byte-array values (slices of `all` ending at `ends`) with their definition levels,
-/// [`BYTES_CHUNK`] rows at a time.
+/// [`BYTES_CHUNK`] rows at a time. Each chunk's values are copied into a `Bytes` of their
+/// own, of which each value is a slice: the writer keeps some values past the row group (the
+/// column chunk's min and max, in the footer's statistics), and they must not hold the whole
+/// row group's buffer until the file ends.
 fn write_byte_arrays(
     w: &mut ColumnWriterImpl<'_, ByteArrayType>,
-    all: &bytes::Bytes,
+    all: &[u8],
     ends: &[usize],
     defs: Option<&[i16]>,
 ) -> Result<()> {
@@ -561,9 +616,12 @@ fn write_byte_arrays(
         let levels = defs.map(|d| &d[row..to]);
         let n = levels.map_or(to - row, |l| l.iter().filter(|&&d| d == 1).count());
         chunk.clear();
-        for &end in &ends[next..next + n] {
-            chunk.push(ByteArray::from(all.slice(start..end)));
-            start = end;
+        let end = if n == 0 { start } else { ends[next + n - 1] };
+        let own = bytes::Bytes::copy_from_slice(&all[start..end]);
+        let base = start;
+        for &e in &ends[next..next + n] {
+            chunk.push(ByteArray::from(own.slice(start - base..e - base)));
+            start = e;
         }
         w.write_batch(&chunk[..], levels, None)?;
         next += n;
@@ -626,8 +684,8 @@ pub fn check_layout(layout: &Layout) -> Result<()> {
 struct Encoder<W: Write + Send + 'static> {
     /// A rendezvous: a row group is handed over only once the one before it is written, so
     /// at most two are in memory (one filling, one being encoded).
-    to: Option<std::sync::mpsc::SyncSender<Vec<ColumnBuf>>>,
-    back: std::sync::mpsc::Receiver<Vec<ColumnBuf>>,
+    to: Option<std::sync::mpsc::SyncSender<RowChunk>>,
+    back: std::sync::mpsc::Receiver<RowChunk>,
     thread: Option<std::thread::JoinHandle<Result<SerializedFileWriter<Tally<W>>>>>,
     /// The file's bytes after the last row group written.
     written: Arc<std::sync::atomic::AtomicU64>,
@@ -635,7 +693,7 @@ struct Encoder<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> Encoder<W> {
     fn start(mut writer: SerializedFileWriter<Tally<W>>) -> Self {
-        let (to, from) = std::sync::mpsc::sync_channel::<Vec<ColumnBuf>>(0);
+        let (to, from) = std::sync::mpsc::sync_channel::<RowChunk>(0);
         let (give_back, back) = std::sync::mpsc::channel();
         let written = Arc::new(std::sync::atomic::AtomicU64::new(
             writer.bytes_written() as u64
@@ -644,9 +702,9 @@ impl<W: Write + Send + 'static> Encoder<W> {
         let thread = std::thread::Builder::new()
             .name("parquet-encoder".into())
             .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
-                for mut columns in from {
+                for mut group in from {
                     let mut rg = writer.next_row_group()?;
-                    for col in &mut columns {
+                    for col in &mut group.columns {
                         let mut w = rg.next_column()?.with_context(|| {
                             format!("the Parquet writer has no column {}", col.name)
                         })?;
@@ -660,7 +718,8 @@ impl<W: Write + Send + 'static> Encoder<W> {
                         writer.bytes_written() as u64,
                         std::sync::atomic::Ordering::Relaxed,
                     );
-                    let _ = give_back.send(columns);
+                    group.clear();
+                    let _ = give_back.send(group);
                 }
                 Ok(writer)
             })
@@ -674,8 +733,8 @@ impl<W: Write + Send + 'static> Encoder<W> {
     }
 
     /// Hands a full row group over; waits while the one before it is being written.
-    fn send(&mut self, columns: Vec<ColumnBuf>) -> Result<()> {
-        let sent = self.to.as_ref().map(|t| t.send(columns));
+    fn send(&mut self, group: RowChunk) -> Result<()> {
+        let sent = self.to.as_ref().map(|t| t.send(group));
         match sent {
             Some(Ok(())) => Ok(()),
             // The thread stopped: its error is the one to report.
@@ -697,90 +756,53 @@ impl<W: Write + Send + 'static> Encoder<W> {
     }
 }
 
-/// Writes rows of one layout as one Parquet file into `W` (a file, a spool, a `Vec`). An
-/// error leaves the file unfinished: discard what was written. Full row groups are encoded
-/// on a thread of their own while the next one fills (two row groups in memory at most).
-pub struct ParquetSink<W: Write + Send + 'static> {
-    encoder: Encoder<W>,
+/// Rows of one layout, column by column: a row group being filled, or a chunk of rows
+/// decoded on another thread ([`ParquetSink::chunk`]) for [`ParquetSink::append`].
+pub struct RowChunk {
     /// The layout's columns, then [`META_COLUMNS`].
     columns: Vec<ColumnBuf>,
-    /// Their names and kinds, for new buffers.
-    kinds: Vec<(String, Kind)>,
     layout_columns: usize,
-    row_group_rows: usize,
-    row_group_bytes: usize,
-    buffered_rows: usize,
-    buffered_bytes: usize,
-    /// Rows in the row groups written.
-    rows: u64,
-    row_groups: usize,
+    rows: usize,
+    bytes: usize,
     /// The layout columns' marks before the row being added (reused).
     marks: Vec<Mark>,
 }
 
-impl<W: Write + Send + 'static> ParquetSink<W> {
-    /// Starts a file of `layout`'s rows in `w` (its first bytes are written now).
-    pub fn new(w: W, layout: &Layout, opts: &ParquetOptions) -> Result<Self> {
-        let (kinds, schema) = schema_of(layout)?;
-        let compression = match opts.compression {
-            ParquetCompression::Snappy => Compression::SNAPPY,
-            ParquetCompression::Zstd(level) => Compression::ZSTD(
-                ZstdLevel::try_new(level).with_context(|| format!("zstd level {level}"))?,
-            ),
-        };
-        // Format version 1 data pages (the default): what every engine reads.
-        let mut props = WriterProperties::builder()
-            .set_writer_version(WriterVersion::PARQUET_1_0)
-            .set_compression(compression)
-            // Every offset of a partition is new, and Kafka timestamps nearly so: a dictionary
-            // would only be tried and dropped.
-            .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false)
-            .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false);
-        // Layout columns of 64-bit values (ids, amounts, times) rarely repeat within a row
-        // group; text, flags, small integers and dates do. The dictionary costs a hash of every
-        // value until it gives up, so it is kept for the second kind only.
-        for c in &layout.columns {
-            if matches!(
-                c.ty,
-                ColumnType::Bigint | ColumnType::Double | ColumnType::Timestamp
-            ) {
-                props =
-                    props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
-            }
-        }
-        if !opts.metadata.is_empty() {
-            let kv = opts
-                .metadata
-                .iter()
-                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-                .collect();
-            props = props.set_key_value_metadata(Some(kv));
-        }
-        let writer =
-            SerializedFileWriter::new(Tally::hashing(w), Arc::new(schema), Arc::new(props.build()))
-                .context("starting a Parquet file")?;
-        Ok(ParquetSink {
-            encoder: Encoder::start(writer),
-            kinds: kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect(),
+impl RowChunk {
+    fn new(kinds: &[(String, Kind)], layout_columns: usize) -> RowChunk {
+        RowChunk {
             columns: kinds
                 .iter()
                 .map(|(name, kind)| ColumnBuf::new(name, *kind))
                 .collect(),
-            layout_columns: layout.columns.len(),
-            row_group_rows: opts.row_group_rows.max(1),
-            row_group_bytes: opts.row_group_bytes.max(1),
-            buffered_rows: 0,
-            buffered_bytes: 0,
+            layout_columns,
             rows: 0,
-            row_groups: 0,
-            marks: Vec::with_capacity(layout.columns.len()),
-        })
+            bytes: 0,
+            marks: Vec::with_capacity(layout_columns),
+        }
     }
 
-    /// Adds a row; writes the row group once it is full. A row that does not fit the schema
-    /// (a cell of another type, NULL in a required column, text that is not UTF-8, a cell
-    /// too many or too few) is refused before anything is buffered, naming the column.
-    pub fn push(&mut self, row: &RowValues) -> Result<()> {
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// What the rows' values take, about (before encoding and compression).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Empties the chunk, keeping its buffers for the next rows.
+    pub fn clear(&mut self) {
+        for c in &mut self.columns {
+            c.clear();
+        }
+        self.rows = 0;
+        self.bytes = 0;
+    }
+
+    /// Adds a row of owned cells: see [`ParquetSink::push`].
+    fn push(&mut self, row: &RowValues) -> Result<()> {
         if row.cells.len() != self.layout_columns {
             bail!(
                 "a row of {} cells for a layout of {} columns",
@@ -802,20 +824,16 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         for (col, cell) in self.columns.iter_mut().zip(row.cells.iter().chain(&meta)) {
             added += col.append(cell);
         }
-        self.buffered_rows += 1;
-        self.buffered_bytes += added;
-        if self.buffered_rows >= self.row_group_rows || self.buffered_bytes >= self.row_group_bytes
-        {
-            self.write_row_group()?;
-        }
+        self.rows += 1;
+        self.bytes += added;
         Ok(())
     }
 
     /// Adds a row whose layout cells `fill` hands over one at a time, in column order (it is
-    /// given the function that takes them: `Codec::cells` fits), straight into the row
-    /// group's buffers: no owned copy of the row. `fill`'s own error (a record the layout
-    /// refuses) comes back as `Ok(Err(..))`; a cell that does not fit the schema, or a cell
-    /// too many or too few, is an error. Either way nothing of the row stays buffered.
+    /// given the function that takes them: `Codec::cells` fits), straight into the column
+    /// buffers: no owned copy of the row. `fill`'s own error (a record the layout refuses)
+    /// comes back as `Ok(Err(..))`; a cell that does not fit the schema, or a cell too many or
+    /// too few, is an error. Either way nothing of the row stays.
     pub fn push_with<E>(
         &mut self,
         at: &Coordinates,
@@ -866,18 +884,147 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         for (col, cell) in self.columns[n..].iter_mut().zip(&meta) {
             added += col.append(cell);
         }
-        self.buffered_rows += 1;
-        self.buffered_bytes += added;
-        if self.buffered_rows >= self.row_group_rows || self.buffered_bytes >= self.row_group_bytes
-        {
+        self.rows += 1;
+        self.bytes += added;
+        Ok(Ok(()))
+    }
+
+    /// Appends rows `from..to` of `src` (a chunk of the same file).
+    fn append_rows(&mut self, src: &RowChunk, from: usize, to: usize) {
+        for (d, s) in self.columns.iter_mut().zip(&src.columns) {
+            self.bytes += d.append_rows(s, from, to);
+        }
+        self.rows += to - from;
+    }
+}
+
+/// Writes rows of one layout as one Parquet file into `W` (a file, a spool, a `Vec`). An
+/// error leaves the file unfinished: discard what was written. Full row groups are encoded
+/// on a thread of their own while the next one fills (two row groups in memory at most).
+pub struct ParquetSink<W: Write + Send + 'static> {
+    encoder: Encoder<W>,
+    /// The row group being filled.
+    group: RowChunk,
+    /// The columns' names and kinds, for new buffers.
+    kinds: Vec<(String, Kind)>,
+    layout_columns: usize,
+    row_group_rows: usize,
+    row_group_bytes: usize,
+    /// Rows in the row groups written.
+    rows: u64,
+    row_groups: usize,
+}
+
+impl<W: Write + Send + 'static> ParquetSink<W> {
+    /// Starts a file of `layout`'s rows in `w` (its first bytes are written now).
+    pub fn new(w: W, layout: &Layout, opts: &ParquetOptions) -> Result<Self> {
+        let (kinds, schema) = schema_of(layout)?;
+        let compression = match opts.compression {
+            ParquetCompression::Snappy => Compression::SNAPPY,
+            ParquetCompression::Zstd(level) => Compression::ZSTD(
+                ZstdLevel::try_new(level).with_context(|| format!("zstd level {level}"))?,
+            ),
+        };
+        // Format version 1 data pages (the default): what every engine reads.
+        let mut props = WriterProperties::builder()
+            .set_writer_version(WriterVersion::PARQUET_1_0)
+            .set_compression(compression)
+            // Every offset of a partition is new, and Kafka timestamps nearly so: a dictionary
+            // would only be tried and dropped.
+            .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false)
+            .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false);
+        // Layout columns of 64-bit values (ids, amounts, times) rarely repeat within a row
+        // group; text, flags, small integers and dates do. The dictionary costs a hash of every
+        // value until it gives up, so it is kept for the second kind only.
+        for c in &layout.columns {
+            if matches!(
+                c.ty,
+                ColumnType::Bigint | ColumnType::Double | ColumnType::Timestamp
+            ) {
+                props =
+                    props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
+            }
+        }
+        if !opts.metadata.is_empty() {
+            let kv = opts
+                .metadata
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+                .collect();
+            props = props.set_key_value_metadata(Some(kv));
+        }
+        let writer =
+            SerializedFileWriter::new(Tally::hashing(w), Arc::new(schema), Arc::new(props.build()))
+                .context("starting a Parquet file")?;
+        let kinds: Vec<(String, Kind)> = kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect();
+        Ok(ParquetSink {
+            encoder: Encoder::start(writer),
+            group: RowChunk::new(&kinds, layout.columns.len()),
+            kinds,
+            layout_columns: layout.columns.len(),
+            row_group_rows: opts.row_group_rows.max(1),
+            row_group_bytes: opts.row_group_bytes.max(1),
+            rows: 0,
+            row_groups: 0,
+        })
+    }
+
+    /// Adds a row; writes the row group once it is full. A row that does not fit the schema
+    /// (a cell of another type, NULL in a required column, text that is not UTF-8, a cell
+    /// too many or too few) is refused before anything is buffered, naming the column.
+    pub fn push(&mut self, row: &RowValues) -> Result<()> {
+        self.group.push(row)?;
+        self.write_if_full()
+    }
+
+    /// As [`RowChunk::push_with`], into the row group, which is written once it is full.
+    pub fn push_with<E>(
+        &mut self,
+        at: &Coordinates,
+        fill: impl FnOnce(&mut dyn FnMut(usize, value::Cell<'_>)) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(), E>> {
+        let r = self.group.push_with(at, fill)?;
+        if r.is_ok() {
+            self.write_if_full()?;
+        }
+        Ok(r)
+    }
+
+    /// An empty chunk of this file's columns, to fill on another thread
+    /// ([`RowChunk::push_with`]) and hand to [`ParquetSink::append`].
+    pub fn chunk(&self) -> RowChunk {
+        RowChunk::new(&self.kinds, self.layout_columns)
+    }
+
+    /// Adds a chunk's rows in their order (and empties it): row groups are cut where
+    /// [`ParquetOptions`]'s row count says, within a chunk if need be; the byte bound is
+    /// checked after each chunk (a row group may pass it by one chunk's bytes).
+    pub fn append(&mut self, chunk: &mut RowChunk) -> Result<()> {
+        if chunk.columns.len() != self.group.columns.len() {
+            bail!("a chunk of another file's columns");
+        }
+        let mut from = 0;
+        while from < chunk.rows {
+            let room = self.row_group_rows - self.group.rows;
+            let to = chunk.rows.min(from + room);
+            self.group.append_rows(chunk, from, to);
+            from = to;
+            self.write_if_full()?;
+        }
+        chunk.clear();
+        Ok(())
+    }
+
+    fn write_if_full(&mut self) -> Result<()> {
+        if self.group.rows >= self.row_group_rows || self.group.bytes >= self.row_group_bytes {
             self.write_row_group()?;
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
     /// Rows pushed so far (written or buffered).
     pub fn rows(&self) -> u64 {
-        self.rows + self.buffered_rows as u64
+        self.rows + self.group.rows as u64
     }
 
     /// The file's bytes so far: the row groups written (what a caller rolling files at a
@@ -890,27 +1037,25 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
 
     /// What the buffered row group's values take, about (before encoding and compression).
     pub fn buffered_bytes(&self) -> usize {
-        self.buffered_bytes
+        self.group.bytes
     }
 
     /// Writes the buffered rows as one row group, column after column.
     fn write_row_group(&mut self) -> Result<()> {
-        if self.buffered_rows == 0 {
+        if self.group.rows == 0 {
             return Ok(());
         }
-        // The encoder's emptied buffers when it has given some back, else new ones.
-        let next = self.encoder.back.try_recv().unwrap_or_else(|_| {
-            self.kinds
-                .iter()
-                .map(|(name, kind)| ColumnBuf::new(name, *kind))
-                .collect()
-        });
-        let full = std::mem::replace(&mut self.columns, next);
-        self.encoder.send(full)?;
-        self.rows += self.buffered_rows as u64;
+        // Handed over first (an empty chunk holds no memory): once the encoder has taken it,
+        // it has given back the row group before it, whose buffers fill next. Two row groups
+        // exist at most, one filling and one being encoded.
+        let empty = RowChunk::new(&self.kinds, self.layout_columns);
+        let full = std::mem::replace(&mut self.group, empty);
+        self.rows += full.rows as u64;
         self.row_groups += 1;
-        self.buffered_rows = 0;
-        self.buffered_bytes = 0;
+        self.encoder.send(full)?;
+        if let Ok(emptied) = self.encoder.back.try_recv() {
+            self.group = emptied;
+        }
         Ok(())
     }
 
