@@ -1662,6 +1662,62 @@ mod tests {
     }
 
     #[test]
+    fn chunks_appended_make_the_file_rows_pushed_one_by_one_make() {
+        // What publish's decoding threads do: rows into chunks, the chunks appended in order;
+        // row groups cut inside a chunk where the row count says, nulls counted across cuts.
+        let layout = every_type();
+        let rows = every_type_rows();
+        let many: Vec<RowValues> = (0..60)
+            .map(|i| {
+                let mut r = rows[i % rows.len()].clone();
+                r.offset = i as i64;
+                r
+            })
+            .collect();
+        for group in [1, 7, 13, 1000] {
+            let opts = ParquetOptions {
+                row_group_rows: group,
+                row_group_bytes: 1 << 30,
+                ..ParquetOptions::default()
+            };
+            let (want, want_stats) = write(&layout, &opts, &many);
+            for chunk_rows in [1, 5, 7, 16, 60] {
+                let mut sink = ParquetSink::new(Vec::new(), &layout, &opts).unwrap();
+                let mut chunk = sink.chunk();
+                for (i, r) in many.iter().enumerate() {
+                    chunk.push(r).unwrap();
+                    if chunk.rows() == chunk_rows || i + 1 == many.len() {
+                        sink.append(&mut chunk).unwrap();
+                        assert_eq!(chunk.rows(), 0);
+                        assert_eq!(chunk.bytes(), 0);
+                    }
+                }
+                assert_eq!(sink.rows(), 60);
+                let (got, stats) = sink.into_inner().unwrap();
+                assert_eq!(
+                    stats.row_groups, want_stats.row_groups,
+                    "{group}/{chunk_rows}"
+                );
+                assert_eq!(
+                    rows_of(&reader(got.clone())),
+                    rows_of(&reader(want.clone())),
+                    "{group}/{chunk_rows}"
+                );
+                assert!(
+                    got == want,
+                    "rows in groups of {group}, chunks of {chunk_rows}: the files differ"
+                );
+            }
+        }
+        // A chunk of another file's columns is refused.
+        let mut sink = ParquetSink::new(Vec::new(), &layout, &ParquetOptions::default()).unwrap();
+        let other =
+            ParquetSink::new(Vec::new(), &Layout::tweets(), &ParquetOptions::default()).unwrap();
+        let mut foreign = other.chunk();
+        assert!(sink.append(&mut foreign).is_err());
+    }
+
+    #[test]
     fn layout_names_that_clash_are_refused() {
         for (names, why) in [
             (
