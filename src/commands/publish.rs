@@ -903,9 +903,11 @@ fn read_object<W: std::io::Write + Send + 'static>(
             // Back to its decoder, emptied.
             let _ = spare_chunks[i % k].send(d.rows);
         }
-        // Stop the decoders and the framing if this side stopped first (their sends then
-        // fail), then hear everyone out.
+        // Stop the decoders and the framing if this side stopped first (their sends fail, and
+        // a decoder waiting for a chunk back hears that none will come), then hear everyone
+        // out.
         drop(from_decoders);
+        drop(spare_chunks);
         let framed = framer
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the decompression of {} panicked", o.key)));
