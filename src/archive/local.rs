@@ -95,13 +95,31 @@ impl ObjectStore for LocalStore {
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating directory {}", dir.display()))?;
-        let src = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        src.sync_all()
-            .with_context(|| format!("syncing {}", path.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            src.set_permissions(fs::Permissions::from_mode(0o644))?;
+        // Only a regular file (a symlink would be linked itself), and only one this process
+        // may make readable: anything else is copied.
+        let regular = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+        let linkable = regular && {
+            let src =
+                fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            src.sync_all()
+                .with_context(|| format!("syncing {}", path.display()))?;
+            #[cfg(unix)]
+            let readable = {
+                use std::os::unix::fs::PermissionsExt;
+                src.set_permissions(fs::Permissions::from_mode(0o644))
+                    .is_ok()
+            };
+            #[cfg(not(unix))]
+            let readable = true;
+            readable
+        };
+        if !linkable {
+            return self.put_with(key, &mut |f| {
+                let mut src =
+                    fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+                std::io::copy(&mut src, f)?;
+                Ok(())
+            });
         }
         match fs::hard_link(path, &dest) {
             Ok(()) => {

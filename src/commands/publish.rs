@@ -850,7 +850,9 @@ fn read_object<W: std::io::Write + Send + 'static>(
         drop(spare_batch_tx);
         let compression = o.compression;
         let framer = scope.spawn(move || -> Result<u64> {
-            let frames = FrameReader::new(archive_mod::decoder(reader, compression)?);
+            let frames = FrameReader::new(
+                archive_mod::decoder(reader, compression).context("decompressing")?,
+            );
             frame_batches(frames, o, times, &to_decoders, &spare_batch_rx)
         });
         // The chunks in batch order: batch i went to decoder i % k.
@@ -924,23 +926,34 @@ fn read_object<W: std::io::Write + Send + 'static>(
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
         // A failed download, or bytes that are not the manifest's, is the cause to report.
-        match got {
+        // A download cut short (the reading side stopped on an error) has no sha256: the
+        // object is hashed again, so that a corrupt object is named as such, not by what its
+        // garbage made the decoding say.
+        let sha = match got {
             Err(e) if !archive_mod::is_broken_pipe(&e) => return Err(e),
-            Ok(sha) if sha != o.sha256 => bail!(
+            Ok(sha) => Some(sha),
+            Err(_) if appended.is_err() || decoded.is_err() || framed.is_err() => {
+                let mut h = crate::util::Tally::hashing(std::io::sink());
+                store
+                    .get_into(&o.key, &mut h)
+                    .with_context(|| format!("downloading {} again to check it", o.key))?;
+                Some(h.finish().0)
+            }
+            Err(_) => None,
+        };
+        if let Some(sha) = sha.filter(|sha| *sha != o.sha256) {
+            bail!(
                 "object {} is corrupt: sha256 {sha} does not match the manifest's {}",
                 o.key,
                 o.sha256
-            ),
-            _ => {}
+            );
         }
-        // Then what stopped this side (a bad record, the file), a decoder, the framing.
+        // Then what the framing found (the decompression, the records against the
+        // manifest's offsets and timestamps: the causes of what the decoding saw), then what
+        // stopped this side (a bad record, the file), then a decoder.
+        let n = framed?;
         appended?;
         decoded?;
-        let n = match framed {
-            Err(e) if archive_mod::is_broken_pipe(&e) => bail!("the download of {} stopped", o.key),
-            Err(e) => return Err(e).context("decompressing"),
-            Ok(n) => n,
-        };
         if n != o.records {
             bail!("holds {n} records but its manifest says {}", o.records);
         }
@@ -976,7 +989,10 @@ fn frame_batches<R: std::io::BufRead>(
     };
     loop {
         let start = batch.data.len();
-        if !frames.append_next(&mut batch.data)? {
+        if !frames
+            .append_next(&mut batch.data)
+            .context("decompressing")?
+        {
             break;
         }
         let Some(off) = offsets.next() else {
@@ -1083,5 +1099,220 @@ mod tests {
         };
         // 2..9 is 8 offsets, 3 and 4 hold no record.
         assert_eq!(count_records(&o), 6);
+    }
+
+    /// An object of `recs` (framed, gzip) stored at `key`; its plan: every offset from 100.
+    fn stored(
+        store: &dyn ObjectStore,
+        key: &str,
+        recs: &[Vec<u8>],
+        bytes: Option<Vec<u8>>,
+    ) -> PlannedObject {
+        use std::io::Write as _;
+        let mut framed = Vec::new();
+        for r in recs {
+            crate::records::frame_into(r, &mut framed);
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&framed).unwrap();
+        let good = gz.finish().unwrap();
+        let sha = crate::util::sha256_of(&mut &good[..]).unwrap();
+        // Other bytes stored than the manifest's sha256 describes (corruption), or the same.
+        store
+            .put_bytes(key, bytes.as_deref().unwrap_or(&good))
+            .unwrap();
+        let n = recs.len() as i64;
+        PlannedObject {
+            key: key.into(),
+            sha256: sha,
+            records: recs.len() as u64,
+            epoch: 1,
+            partition: 2,
+            first: 100,
+            last: 100 + n - 1,
+            holes: vec![],
+            compression: crate::archive::Compression::Gzip,
+            bytes: good.len() as u64,
+            uncompressed: framed.len() as u64,
+            timestamps: None,
+            spans: vec![(100, 100 + n - 1)],
+            manifest: "m".into(),
+        }
+    }
+
+    /// A tweet whose location is 200 characters of noise: objects of a few MB compressed,
+    /// more than the pipeline's buffers hold, so that a stop cuts the download short.
+    fn tweet(i: usize) -> Vec<u8> {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let noise: String = (0..200)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + (x % 26) as u8)
+            })
+            .collect();
+        format!(
+            "{};2024-01-01 00:00:{:02};{};{noise};{};{};",
+            1000 + i,
+            i % 60,
+            i,
+            i % 5,
+            i % 3
+        )
+        .into_bytes()
+    }
+
+    /// Runs `read_object` on its own thread, failing the test if it does not end within a
+    /// minute (a hang is a failure): the offsets written, the reject lines, or the error.
+    fn publish_object(
+        store: std::sync::Arc<crate::archive::local::LocalStore>,
+        o: PlannedObject,
+        max_errors: Option<u64>,
+    ) -> Result<(Vec<i64>, Vec<serde_json::Value>), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let layout = crate::records::Layout::tweets();
+            let codec = Codec::new(layout.clone());
+            let mut sink =
+                ParquetSink::new(Vec::new(), &layout, &ParquetOptions::default()).unwrap();
+            let mut rejects = Vec::new();
+            let pb = indicatif::ProgressBar::hidden();
+            let r = read_object(
+                &*store,
+                &o,
+                &codec,
+                max_errors,
+                &mut sink,
+                &mut rejects,
+                &pb,
+            );
+            let out = r.map_err(|e| format!("{e:#}")).map(|_| {
+                let (file, _) = sink.into_inner().unwrap();
+                use ::parquet::file::reader::FileReader as _;
+                let reader =
+                    ::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(file))
+                        .unwrap();
+                let offsets = reader
+                    .get_row_iter(None)
+                    .unwrap()
+                    .map(|row| {
+                        let row = row.unwrap();
+                        let (_, f) = row
+                            .get_column_iter()
+                            .find(|(name, _)| name.as_str() == "_offset")
+                            .unwrap();
+                        match f {
+                            ::parquet::record::Field::Long(v) => *v,
+                            other => panic!("_offset {other:?}"),
+                        }
+                    })
+                    .collect();
+                let lines = String::from_utf8(rejects)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (offsets, lines)
+            });
+            let _ = tx.send(out);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("read_object did not end within a minute")
+    }
+
+    #[test]
+    fn an_object_goes_through_the_decoding_threads_in_order_with_its_rejects_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(crate::archive::local::LocalStore::new(
+            dir.path().to_path_buf(),
+        ));
+        // Enough records for several batches per decoding thread.
+        let n = 5 * BATCH_RECORDS + 123;
+        let mut recs: Vec<Vec<u8>> = (0..n).map(tweet).collect();
+        let good = stored(&*store, "a/good.log.gz", &recs, None);
+        let (offsets, lines) = publish_object(store.clone(), good.clone(), None).unwrap();
+        assert_eq!(offsets, (100..100 + n as i64).collect::<Vec<_>>());
+        assert!(lines.is_empty());
+
+        // Bad records on both sides of batch boundaries, in every decoder's batches.
+        let bad_at = [
+            0,
+            BATCH_RECORDS - 1,
+            BATCH_RECORDS,
+            2 * BATCH_RECORDS + 1,
+            n - 1,
+        ];
+        for &i in &bad_at {
+            recs[i] = format!("{};not a time;1;x;1;1;", i).into_bytes();
+        }
+        let with_bad = stored(&*store, "a/bad.log.gz", &recs, None);
+        let (offsets, lines) =
+            publish_object(store.clone(), with_bad.clone(), Some(bad_at.len() as u64)).unwrap();
+        let bad_offsets: Vec<i64> = bad_at.iter().map(|&i| 100 + i as i64).collect();
+        let want: Vec<i64> = (100..100 + n as i64)
+            .filter(|o| !bad_offsets.contains(o))
+            .collect();
+        assert_eq!(offsets, want);
+        let listed: Vec<i64> = lines
+            .iter()
+            .map(|l| l["offset"].as_i64().unwrap())
+            .collect();
+        assert_eq!(listed, bad_offsets, "the rejects in record order");
+        assert_eq!(lines[1]["record"], BATCH_RECORDS as u64);
+        assert!(
+            lines[0]["error"].as_str().unwrap().contains("created_at"),
+            "{}",
+            lines[0]
+        );
+
+        // Strict: the first bad record; one over --max-errors: that one.
+        let e = publish_object(store.clone(), with_bad.clone(), None).unwrap_err();
+        assert!(e.contains("partition 2 offset 100 (record 1)"), "{e}");
+        let e = publish_object(store.clone(), with_bad.clone(), Some(2)).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "more than 2 bad records (--max-errors); partition 2 offset {} (record {})",
+                100 + BATCH_RECORDS,
+                BATCH_RECORDS + 1
+            )),
+            "{e}"
+        );
+
+        // A stored object whose bytes are not the manifest's: named corrupt, whether the
+        // garbage stops the decompression or not.
+        let mut flipped = {
+            let mut v = Vec::new();
+            store.get_into("a/good.log.gz", &mut v).unwrap();
+            v
+        };
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x55;
+        let corrupt = stored(&*store, "a/corrupt.log.gz", &recs, Some(flipped.clone()));
+        let e = publish_object(store.clone(), corrupt, None).unwrap_err();
+        assert!(e.contains("is corrupt: sha256"), "{e}");
+        let cut = flipped[..mid].to_vec();
+        let truncated = stored(&*store, "a/cut.log.gz", &recs, Some(cut.clone()));
+        let e = publish_object(store.clone(), truncated.clone(), None).unwrap_err();
+        assert!(e.contains("is corrupt: sha256"), "{e}");
+        // The same truncated bytes, as the manifest describes them: the decompression says so.
+        let mut described = truncated;
+        described.sha256 = crate::util::sha256_of(&mut &cut[..]).unwrap();
+        let e = publish_object(store.clone(), described, None).unwrap_err();
+        assert!(e.contains("decompressing"), "{e}");
+
+        // Fewer records than the manifest says: counted.
+        let mut short = good;
+        short.records += 1;
+        short.last += 1;
+        short.spans = vec![(short.first, short.last)];
+        let e = publish_object(store, short, None).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "holds {n} records but its manifest says {}",
+                n + 1
+            )),
+            "{e}"
+        );
     }
 }

@@ -1000,7 +1000,13 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
     /// [`ParquetOptions`]'s row count says, within a chunk if need be; the byte bound is
     /// checked after each chunk (a row group may pass it by one chunk's bytes).
     pub fn append(&mut self, chunk: &mut RowChunk) -> Result<()> {
-        if chunk.columns.len() != self.group.columns.len() {
+        let same = chunk.columns.len() == self.group.columns.len()
+            && chunk
+                .columns
+                .iter()
+                .zip(&self.group.columns)
+                .all(|(a, b)| a.name == b.name && a.kind == b.kind);
+        if !same {
             bail!("a chunk of another file's columns");
         }
         let mut from = 0;
