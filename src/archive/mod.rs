@@ -244,4 +244,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         super::conformance::run(&super::local::LocalStore::new(dir.path().to_path_buf()));
     }
+
+    #[test]
+    fn a_local_store_links_a_file_of_its_filesystem_and_copies_a_symlinks_target() {
+        use super::{ObjectStore as _, PutOutcome};
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::local::LocalStore::new(dir.path().join("store"));
+        // A file beside the store: linked, readable by others, and the object outlives it.
+        let src = dir.path().join("spool");
+        std::fs::write(&src, b"linked bytes").unwrap();
+        assert_eq!(
+            store.put_file_if_absent("a/one", &src).unwrap(),
+            PutOutcome::Created
+        );
+        let object = dir.path().join("store/a/one");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+            let m = std::fs::metadata(&object).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o644);
+            assert_eq!(m.nlink(), 2, "linked, not copied");
+        }
+        std::fs::remove_file(&src).unwrap();
+        let mut got = Vec::new();
+        store.get_into("a/one", &mut got).unwrap();
+        assert_eq!(got, b"linked bytes");
+        // Never replaced: a second put of other bytes finds it.
+        std::fs::write(&src, b"other").unwrap();
+        assert_eq!(
+            store.put_file_if_absent("a/one", &src).unwrap(),
+            PutOutcome::AlreadyExists
+        );
+        got.clear();
+        store.get_into("a/one", &mut got).unwrap();
+        assert_eq!(got, b"linked bytes");
+        // A symlink is not linked itself: its target's bytes are stored, as a file.
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&src, &link).unwrap();
+            assert_eq!(
+                store.put_file_if_absent("a/two", &link).unwrap(),
+                PutOutcome::Created
+            );
+            let m = std::fs::symlink_metadata(dir.path().join("store/a/two")).unwrap();
+            assert!(m.file_type().is_file(), "{m:?}");
+            std::fs::remove_file(&src).unwrap();
+            got.clear();
+            store.get_into("a/two", &mut got).unwrap();
+            assert_eq!(got, b"other");
+        }
+    }
 }
