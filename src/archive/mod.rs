@@ -148,8 +148,14 @@ pub fn decoder<R: std::io::Read + Send + 'static>(
     let f = BufReader::with_capacity(256 << 10, input);
     Ok(match c {
         Compression::None => Box::new(f),
-        Compression::Gzip => Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(f))),
-        Compression::Zstd => Box::new(BufReader::new(zstd::stream::read::Decoder::with_buffer(f)?)),
+        Compression::Gzip => Box::new(BufReader::with_capacity(
+            128 << 10,
+            flate2::bufread::MultiGzDecoder::new(f),
+        )),
+        Compression::Zstd => Box::new(BufReader::with_capacity(
+            128 << 10,
+            zstd::stream::read::Decoder::with_buffer(f)?,
+        )),
     })
 }
 

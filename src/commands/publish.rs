@@ -1059,10 +1059,18 @@ fn decode_batches(
         };
         let mut refused = Vec::new();
         let mut start = 0;
+        // One UTF-8 check of the whole batch (SIMD over a long buffer): a record cut from it
+        // at character boundaries is UTF-8 itself, and is not checked again.
+        let text = simdutf8::basic::from_utf8(&batch.data).ok();
         for ((&end, at), &n) in batch.ends.iter().zip(&batch.at).zip(&batch.numbers) {
             let rec = &batch.data[start..end];
+            let as_text = text.and_then(|t| t.get(start..end));
             start = end;
-            if let Err(e) = rows.push_with(at, |put| codec.cells(rec, put))? {
+            let decoded = match as_text {
+                Some(t) => rows.push_with(at, |put| codec.text_cells(t, put))?,
+                None => rows.push_with(at, |put| codec.cells(rec, put))?,
+            };
+            if let Err(e) = decoded {
                 refused.push((*at, n, e.to_string(), rec.to_vec()));
             }
         }

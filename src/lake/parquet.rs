@@ -932,7 +932,9 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
             // Every offset of a partition is new, and Kafka timestamps nearly so: a dictionary
             // would only be tried and dropped.
             .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false)
-            .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false);
+            .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false)
+            .set_column_dictionary_enabled(ColumnPath::from(PARTITION), false)
+            .set_column_dictionary_enabled(ColumnPath::from(EPOCH), false);
         // Layout columns of 64-bit values (ids, amounts, times) rarely repeat within a row
         // group; text, flags, small integers and dates do. The dictionary costs a hash of every
         // value until it gives up, so it is kept for the second kind only.

@@ -191,16 +191,41 @@ impl Codec {
         rec: &[u8],
         f: &mut dyn FnMut(usize, Cell<'_>),
     ) -> Result<(), RowError> {
-        let l = &self.layout;
-        let text = match l.delimiter.is_ascii() {
+        let text = match self.layout.delimiter.is_ascii() {
             true => simdutf8::basic::from_utf8(rec).ok(),
             false => None,
         };
         // Not UTF-8 (or a delimiter that is not ASCII, which could cut a character): field by
         // field, for the message to name the column.
-        let Some(text) = text else {
-            return self.delimited_cells_bytes(rec, f);
-        };
+        match text {
+            Some(text) => self.delimited_text_cells(text, f),
+            None => self.delimited_cells_bytes(rec, f),
+        }
+    }
+
+    /// [`Codec::cells`] of a record already known to be UTF-8 (a slice of a batch checked
+    /// whole, say): the same cells and errors, without checking it again.
+    pub fn text_cells(
+        &self,
+        rec: &str,
+        f: &mut dyn FnMut(usize, Cell<'_>),
+    ) -> Result<(), RowError> {
+        match self.layout.format {
+            RecordFormat::Delimited if self.layout.delimiter.is_ascii() => {
+                self.delimited_text_cells(rec, f)
+            }
+            _ => self.each_cell(rec.as_bytes(), f),
+        }
+    }
+
+    /// [`Codec::delimited_cells`] of a UTF-8 record (the delimiter is ASCII).
+    fn delimited_text_cells(
+        &self,
+        text: &str,
+        f: &mut dyn FnMut(usize, Cell<'_>),
+    ) -> Result<(), RowError> {
+        let l = &self.layout;
+        let rec = text.as_bytes();
         let shape = || match l.check_fields(rec) {
             Err(e) => e,
             Ok(()) => RowError {
@@ -551,6 +576,12 @@ mod tests {
     fn cells_now(codec: &Codec, rec: &[u8]) -> Result<Vec<(usize, Cell<'static>)>, RowError> {
         let mut out = Vec::new();
         codec.cells(rec, &mut |i, c| out.push((i, owned(c))))?;
+        // A record known to be UTF-8 gives the same by `text_cells`.
+        if let Ok(text) = std::str::from_utf8(rec) {
+            let mut again = Vec::new();
+            let r = codec.text_cells(text, &mut |i, c| again.push((i, owned(c))));
+            assert_eq!(r.map(|()| again), Ok(out.clone()), "{text:?}");
+        }
         Ok(out)
     }
 
