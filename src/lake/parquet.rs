@@ -930,7 +930,9 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
             .set_writer_version(WriterVersion::PARQUET_1_0)
             .set_compression(compression)
             // Every offset of a partition is new, and Kafka timestamps nearly so: a dictionary
-            // would only be tried and dropped.
+            // would only be tried and dropped. The partition and epoch are one value for a
+            // whole object: Snappy shrinks them as well, and the dictionary's hash of every
+            // value cost more time than its smaller pages saved (files 1.5% larger without).
             .set_column_dictionary_enabled(ColumnPath::from(OFFSET), false)
             .set_column_dictionary_enabled(ColumnPath::from(TIMESTAMP), false)
             .set_column_dictionary_enabled(ColumnPath::from(PARTITION), false)
