@@ -131,6 +131,33 @@ pub fn stream<'scope>(
     Ok((reader, getter))
 }
 
+/// What a streamed object's download ([`stream`]'s thread, joined: `got`) says once the
+/// reading side is done: a download that failed, or bytes that are not the manifest's
+/// (`want`), is the error to report; None when neither. A download cut short because the
+/// reading side stopped first tells nothing by itself: when the reading side stopped on an
+/// error (`failed`), the object is read once more, so that a corrupt object is named corrupt
+/// rather than by what its bytes made the decoding say.
+pub fn stream_verdict(
+    got: Result<String>,
+    store: &dyn ObjectStore,
+    key: &str,
+    want: Option<&str>,
+    failed: bool,
+) -> Option<anyhow::Error> {
+    match got {
+        Err(e) if !is_broken_pipe(&e) => Some(e),
+        Ok(sha) => want.filter(|w| *w != sha).map(|w| {
+            anyhow::anyhow!(
+                "object {key} is corrupt: sha256 {sha} does not match the manifest's {w}"
+            )
+        }),
+        Err(_) if failed => want
+            .map(|w| download(store, key, Some(w)))
+            .and_then(Result::err),
+        Err(_) => None,
+    }
+}
+
 /// True when an error is only a closed pipe (the reading side stopped first, for its own
 /// reason, which is the one to report).
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

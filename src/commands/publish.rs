@@ -925,28 +925,11 @@ fn read_object<W: std::io::Write + Send + 'static>(
         let got = getter
             .join()
             .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", o.key)));
-        // A failed download, or bytes that are not the manifest's, is the cause to report.
-        // A download cut short (the reading side stopped on an error) has no sha256: the
-        // object is hashed again, so that a corrupt object is named as such, not by what its
-        // garbage made the decoding say.
-        let sha = match got {
-            Err(e) if !archive_mod::is_broken_pipe(&e) => return Err(e),
-            Ok(sha) => Some(sha),
-            Err(_) if appended.is_err() || decoded.is_err() || framed.is_err() => {
-                let mut h = crate::util::Tally::hashing(std::io::sink());
-                store
-                    .get_into(&o.key, &mut h)
-                    .with_context(|| format!("downloading {} again to check it", o.key))?;
-                Some(h.finish().0)
-            }
-            Err(_) => None,
-        };
-        if let Some(sha) = sha.filter(|sha| *sha != o.sha256) {
-            bail!(
-                "object {} is corrupt: sha256 {sha} does not match the manifest's {}",
-                o.key,
-                o.sha256
-            );
+        // A failed download, or bytes that are not the manifest's, is the cause to report
+        // (read again if the download was cut short by an error here).
+        let failed = appended.is_err() || decoded.is_err() || framed.is_err();
+        if let Some(e) = archive_mod::stream_verdict(got, store, &o.key, Some(&o.sha256), failed) {
+            return Err(e);
         }
         // Then what the framing found (the decompression, the records against the
         // manifest's offsets and timestamps: the causes of what the decoding saw), then what

@@ -1556,6 +1556,20 @@ mod tests {
         );
     }
 
+    /// Hands `cells` to the sink one by one, as `Codec::cells` does.
+    fn push_cells(
+        sink: &mut ParquetSink<Vec<u8>>,
+        at: &Coordinates,
+        cells: Vec<value::Cell<'_>>,
+    ) -> Result<std::result::Result<(), String>> {
+        sink.push_with(at, |put| {
+            for (c, v) in cells.into_iter().enumerate() {
+                put(c, v);
+            }
+            Ok(())
+        })
+    }
+
     #[test]
     fn rows_pushed_cell_by_cell_equal_rows_pushed_whole_and_refusals_leave_nothing() {
         // What publish does: `Codec::cells` hands each record's checked values to the sink.
@@ -1617,27 +1631,15 @@ mod tests {
             }
             let mut wrong = values(i);
             wrong[7] = value::Cell::Text("2024-01-01".into());
-            let e = sink
-                .push_with(&at(i), |put| {
-                    for (c, v) in wrong.into_iter().enumerate() {
-                        put(c, v);
-                    }
-                    Ok::<(), String>(())
-                })
-                .unwrap_err();
+            let e = push_cells(&mut sink, &at(i), wrong).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("column day: a text value for a date column"),
                 "{e}"
             );
-            let e = sink
-                .push_with(&at(i), |put| {
-                    for (c, v) in values(i).into_iter().enumerate().take(7) {
-                        put(c, v);
-                    }
-                    Ok::<(), String>(())
-                })
-                .unwrap_err();
+            let mut short = values(i);
+            short.pop();
+            let e = push_cells(&mut sink, &at(i), short).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("a row of 7 cells for a layout of 8 columns"),
@@ -1651,14 +1653,7 @@ mod tests {
                 })
                 .unwrap_err();
             assert!(e.to_string().contains("out of column order"), "{e}");
-            sink.push_with(&at(i), |put| {
-                for (c, v) in values(i).into_iter().enumerate() {
-                    put(c, v);
-                }
-                Ok::<(), String>(())
-            })
-            .unwrap()
-            .unwrap();
+            push_cells(&mut sink, &at(i), values(i)).unwrap().unwrap();
         }
         let (got, got_stats) = sink.into_inner().unwrap();
         assert_eq!(got_stats.rows, 20);

@@ -3,7 +3,7 @@
 
 use super::session::{PgSession, SqlContext, SqlSession};
 use super::{quote_ident, Ledger, LoadJob, LoadOptions, LoadResult, Names, Warehouse};
-use crate::archive::{decoder, download, is_broken_pipe, stream, ObjectStore};
+use crate::archive::{decoder, download, stream, ObjectStore};
 use crate::config::WarehouseSettings;
 use crate::records::{
     Codec, ColumnType, CopyFormat, FrameReader, Layout, PG_BINARY_HEADER, PG_BINARY_TRAILER,
@@ -272,19 +272,7 @@ fn download_cause(inc: &mut Incoming<'_>, store: &dyn ObjectStore) -> Option<any
     let got = getter
         .join()
         .unwrap_or_else(|_| Err(anyhow!("the download of {} panicked", inc.job.key)));
-    match got {
-        Err(d) if !is_broken_pipe(&d) => Some(d),
-        Ok(got) if want.is_some_and(|w| w != got) => Some(anyhow!(
-            "object {} is corrupt: sha256 {got} does not match the manifest's {}",
-            inc.job.key,
-            want.unwrap_or_default()
-        )),
-        Ok(_) => None,
-        // Cut short: read it once more to tell corruption from a bad record.
-        Err(_) => want
-            .map(|w| download(store, &inc.job.key, Some(w)))
-            .and_then(Result::err),
-    }
+    crate::archive::stream_verdict(got, store, &inc.job.key, want, true)
 }
 
 /// Loads the objects one after another on one connection, each streamed as it downloads; the
