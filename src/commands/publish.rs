@@ -510,6 +510,7 @@ impl Publisher<'_> {
                 ("batchlayer.topic".into(), self.topic.to_string()),
                 ("batchlayer.intent".into(), plan_sha),
             ],
+            ..ParquetOptions::default()
         };
         let tmp =
             tempfile::NamedTempFile::new().context("creating a temp file for a Parquet file")?;

@@ -25,27 +25,33 @@
 //! UTC: it shows the same wall clock in a UTC session. A layout's `topic_column` is not
 //! written: a file's folder names its topic.
 //!
-//! Rows are buffered column by column, at most one row group ([`ParquetOptions`]'s rows or
-//! bytes, whichever comes first), then written as one row group, column after column; the
-//! writer's own memory on top of that is one column chunk, encoded, at a time.
+//! Rows come in chunks, column by column ([`RowChunk`]), and are encoded as they come: each
+//! column of the open row group has a column writer of its own, on one of a few encoding
+//! threads, whose pages (encoded and compressed) stay in memory until the row group is cut
+//! ([`ParquetOptions`]'s rows or bytes, whichever comes first) and then go into the file
+//! column after column. What a file holds in memory is the open row group, encoded (for the
+//! tweets, about a third of its raw values), and the few chunks in flight.
 
 use crate::records::{value, ColumnType, Layout};
 use crate::util::Tally;
 use ::parquet::basic::{
     Compression, LogicalType, Repetition, TimeUnit, Type as PhysicalType, ZstdLevel,
 };
-use ::parquet::column::writer::{ColumnWriter, ColumnWriterImpl};
+use ::parquet::column::writer::{
+    get_column_writer, ColumnCloseResult, ColumnWriter, ColumnWriterImpl,
+};
 use ::parquet::data_type::{ByteArray, ByteArrayType};
 use ::parquet::file::metadata::KeyValue;
-use ::parquet::file::properties::{WriterProperties, WriterVersion};
-use ::parquet::file::writer::SerializedFileWriter;
-use ::parquet::schema::types::{ColumnPath, Type};
+use ::parquet::file::properties::{WriterProperties, WriterPropertiesPtr, WriterVersion};
+use ::parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
+use ::parquet::schema::types::{ColumnDescPtr, ColumnPath, Type};
 use anyhow::{bail, Context, Result};
 use chrono::Datelike;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The record's Kafka partition.
 pub const PARTITION: &str = "_partition";
@@ -64,6 +70,10 @@ const UNIX_EPOCH_DAYS_FROM_CE: i32 = 719_163;
 /// Byte-array values handed to the column writer at a time: the `ByteArray`s of one chunk
 /// exist at once, not the row group's.
 const BYTES_CHUNK: usize = 4096;
+
+/// The dictionary page of a column of small fixed-width values stops growing at this size
+/// (8,192 four-byte values); the rest of its row group is written plain.
+const SMALL_DICTIONARY: usize = 32 << 10;
 
 /// One value of a row, owned, as the file stores it.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,9 +200,13 @@ pub struct ParquetOptions {
     pub compression: ParquetCompression,
     /// A row group is written once it holds this many rows...
     pub row_group_rows: usize,
-    /// ...or once its buffered values take about this many bytes (the values, a definition
-    /// level per optional cell, and a length per text value): the writer's memory bound.
+    /// ...or once its rows' values take about this many bytes before encoding (the values,
+    /// a definition level per optional cell, and a length per text value). The writer holds
+    /// one row group, encoded and compressed, in memory.
     pub row_group_bytes: usize,
+    /// Threads that encode the columns (each column on one of them); 0: one per core, at
+    /// most four. The file's bytes do not depend on it.
+    pub encoding_threads: usize,
     /// Key-value pairs for the file's footer (what the lake's catalog wants to find in a
     /// file, for one).
     pub metadata: Vec<(String, String)>,
@@ -204,6 +218,7 @@ impl Default for ParquetOptions {
             compression: ParquetCompression::Snappy,
             row_group_rows: 1_000_000,
             row_group_bytes: 32 << 20,
+            encoding_threads: 0,
             metadata: Vec::new(),
         }
     }
@@ -443,50 +458,6 @@ impl ColumnBuf {
         }
     }
 
-    /// Appends rows `from..to` of `src`, a buffer of the same column; returns the bytes they
-    /// take (as [`ColumnBuf::append`] counts them).
-    fn append_rows(&mut self, src: &ColumnBuf, from: usize, to: usize) -> usize {
-        let mut size = 0;
-        let (v0, v1) = if self.kind.optional() {
-            let set = |d: &[i16]| d.iter().filter(|&&x| x == 1).count();
-            let v0 = if from == 0 { 0 } else { set(&src.defs[..from]) };
-            let v1 = v0 + set(&src.defs[from..to]);
-            self.defs.extend_from_slice(&src.defs[from..to]);
-            size += 2 * (to - from);
-            (v0, v1)
-        } else {
-            (from, to)
-        };
-        size += match (&mut self.values, &src.values) {
-            (Values::Bool(d), Values::Bool(s)) => {
-                d.extend_from_slice(&s[v0..v1]);
-                v1 - v0
-            }
-            (Values::I32(d), Values::I32(s)) => {
-                d.extend_from_slice(&s[v0..v1]);
-                4 * (v1 - v0)
-            }
-            (Values::I64(d), Values::I64(s)) => {
-                d.extend_from_slice(&s[v0..v1]);
-                8 * (v1 - v0)
-            }
-            (Values::F64(d), Values::F64(s)) => {
-                d.extend_from_slice(&s[v0..v1]);
-                8 * (v1 - v0)
-            }
-            (Values::Bytes { data, ends }, Values::Bytes { data: sd, ends: se }) => {
-                let b0 = if v0 == 0 { 0 } else { se[v0 - 1] };
-                let b1 = if v1 == 0 { 0 } else { se[v1 - 1] };
-                let base = data.len();
-                data.extend_from_slice(&sd[b0..b1]);
-                ends.extend(se[v0..v1].iter().map(|e| e - b0 + base));
-                (b1 - b0) + std::mem::size_of::<usize>() * (v1 - v0)
-            }
-            _ => unreachable!("column {}: buffers of two kinds", self.name),
-        };
-        size
-    }
-
     /// Empties the buffer, keeping its allocations.
     fn clear(&mut self) {
         self.rollback(Mark {
@@ -561,42 +532,48 @@ impl ColumnBuf {
         Ok(size)
     }
 
-    /// Writes the buffered values into the row group's column writer, then empties the buffer.
-    fn write_to(&mut self, w: &mut ColumnWriter<'_>) -> Result<()> {
-        let defs = self.kind.optional().then_some(&self.defs[..]);
-        match (w, &mut self.values) {
+    /// Writes rows `from..to` into a column writer of the row group being encoded (the
+    /// buffer keeps them).
+    fn write_rows(&self, w: &mut ColumnWriter<'_>, from: usize, to: usize) -> Result<()> {
+        let (v0, v1, defs) = if self.kind.optional() {
+            let set = |d: &[i16]| d.iter().filter(|&&x| x == 1).count();
+            let v0 = set(&self.defs[..from]);
+            (
+                v0,
+                v0 + set(&self.defs[from..to]),
+                Some(&self.defs[from..to]),
+            )
+        } else {
+            (from, to, None)
+        };
+        match (w, &self.values) {
             (ColumnWriter::BoolColumnWriter(w), Values::Bool(v)) => {
-                w.write_batch(&v[..], defs, None)?;
-                v.clear();
+                w.write_batch(&v[v0..v1], defs, None)?;
             }
             (ColumnWriter::Int32ColumnWriter(w), Values::I32(v)) => {
-                w.write_batch(&v[..], defs, None)?;
-                v.clear();
+                w.write_batch(&v[v0..v1], defs, None)?;
             }
             (ColumnWriter::Int64ColumnWriter(w), Values::I64(v)) => {
-                w.write_batch(&v[..], defs, None)?;
-                v.clear();
+                w.write_batch(&v[v0..v1], defs, None)?;
             }
             (ColumnWriter::DoubleColumnWriter(w), Values::F64(v)) => {
-                w.write_batch(&v[..], defs, None)?;
-                v.clear();
+                w.write_batch(&v[v0..v1], defs, None)?;
             }
             (ColumnWriter::ByteArrayColumnWriter(w), Values::Bytes { data, ends }) => {
-                write_byte_arrays(w, data, ends, defs)?;
-                data.clear();
-                ends.clear();
+                let start = if v0 == 0 { 0 } else { ends[v0 - 1] };
+                write_byte_arrays(w, data, &ends[v0..v1], start, defs)?;
             }
             _ => bail!(
                 "column {}: the Parquet writer's column type is not the buffer's",
                 self.name
             ),
         }
-        self.defs.clear();
         Ok(())
     }
 }
 
-/// Writes byte-array values (slices of `all` ending at `ends`) with their definition levels,
+/// Writes byte-array values (slices of `all` ending at `ends`, the first from `first`) with
+/// their definition levels,
 /// [`BYTES_CHUNK`] rows at a time. Each chunk's values are copied into a `Bytes` of their
 /// own, of which each value is a slice: the writer keeps some values past the row group (the
 /// column chunk's min and max, in the footer's statistics), and they must not hold the whole
@@ -605,12 +582,13 @@ fn write_byte_arrays(
     w: &mut ColumnWriterImpl<'_, ByteArrayType>,
     all: &[u8],
     ends: &[usize],
+    first: usize,
     defs: Option<&[i16]>,
 ) -> Result<()> {
     let rows = defs.map_or(ends.len(), <[i16]>::len);
     let mut chunk: Vec<ByteArray> = Vec::with_capacity(BYTES_CHUNK.min(ends.len()));
     // The next row, the next value (its index in `ends`) and where its bytes start.
-    let (mut row, mut next, mut start) = (0, 0, 0);
+    let (mut row, mut next, mut start) = (0, 0, first);
     while row < rows {
         let to = (row + BYTES_CHUNK).min(rows);
         let levels = defs.map(|d| &d[row..to]);
@@ -679,12 +657,31 @@ pub fn check_layout(layout: &Layout) -> Result<()> {
     schema_of(layout).map(|_| ())
 }
 
-/// The thread that encodes full row groups into the file while the next one fills: it owns
-/// the file writer, takes each row group's buffers and gives them back emptied.
+/// Rows `from..to` of a chunk, for the encoder; `cut`: the row group ends after them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Segment {
+    from: usize,
+    to: usize,
+    cut: bool,
+}
+
+/// A chunk of rows handed to the encoder, and the segments of it to write in order.
+struct Work {
+    /// Shared by the encoding threads; the last to be done with it gives it back.
+    chunk: Arc<RowChunk>,
+    segments: VecDeque<Segment>,
+}
+
+/// The thread that encodes rows into the file as they come. Each column of the open row
+/// group has its own column writer, whose pages (encoded and compressed) are kept in memory
+/// until the row group is cut, then appended to the file column after column: rows are not
+/// held raw for a whole row group, and a row group's encoding is done when its last rows
+/// come, not started then. The columns are shared out between encoding threads ("lanes",
+/// one per core, up to four), which take each chunk at once.
 struct Encoder<W: Write + Send + 'static> {
-    /// A rendezvous: a row group is handed over only once the one before it is written, so
-    /// at most two are in memory (one filling, one being encoded).
-    to: Option<std::sync::mpsc::SyncSender<RowChunk>>,
+    /// Two chunks wait at most (one queued, one being encoded).
+    to: Option<std::sync::mpsc::SyncSender<Work>>,
+    /// Chunks written, given back emptied for the next rows.
     back: std::sync::mpsc::Receiver<RowChunk>,
     thread: Option<std::thread::JoinHandle<Result<SerializedFileWriter<Tally<W>>>>>,
     /// The file's bytes after the last row group written.
@@ -692,8 +689,8 @@ struct Encoder<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> Encoder<W> {
-    fn start(mut writer: SerializedFileWriter<Tally<W>>) -> Self {
-        let (to, from) = std::sync::mpsc::sync_channel::<RowChunk>(0);
+    fn start(mut writer: SerializedFileWriter<Tally<W>>, threads: usize) -> Self {
+        let (to, from) = std::sync::mpsc::sync_channel::<Work>(1);
         let (give_back, back) = std::sync::mpsc::channel();
         let written = Arc::new(std::sync::atomic::AtomicU64::new(
             writer.bytes_written() as u64
@@ -702,24 +699,39 @@ impl<W: Write + Send + 'static> Encoder<W> {
         let thread = std::thread::Builder::new()
             .name("parquet-encoder".into())
             .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
-                for mut group in from {
-                    let mut rg = writer.next_row_group()?;
-                    for col in &mut group.columns {
-                        let mut w = rg.next_column()?.with_context(|| {
-                            format!("the Parquet writer has no column {}", col.name)
-                        })?;
-                        col.write_to(w.untyped())
-                            .with_context(|| format!("writing column {}", col.name))?;
-                        w.close()
-                            .with_context(|| format!("closing column {}", col.name))?;
-                    }
-                    rg.close().context("closing a row group")?;
+                let columns = writer.schema_descr().columns().to_vec();
+                let props = writer.properties().clone();
+                let n = if threads == 0 {
+                    encoding_lanes()
+                } else {
+                    threads
+                };
+                let mut lanes = lanes_of(&guessed_costs(&columns, &props), n);
+                // Each column's encoding time so far: the lanes of the next row groups.
+                let mut spent = vec![Duration::ZERO; columns.len()];
+                let mut carry = None;
+                loop {
+                    let work = match carry.take() {
+                        Some(w) => w,
+                        None => match from.recv() {
+                            Ok(w) => w,
+                            Err(_) => break,
+                        },
+                    };
+                    let group = RowGroupInput {
+                        columns: &columns,
+                        props: &props,
+                        lanes: &lanes,
+                        from: &from,
+                        give_back: &give_back,
+                    };
+                    carry = encode_row_group(&mut writer, &group, work, &mut spent)?;
+                    let costs: Vec<u64> = spent.iter().map(|d| d.as_micros() as u64).collect();
+                    lanes = lanes_of(&costs, n);
                     w2.store(
                         writer.bytes_written() as u64,
                         std::sync::atomic::Ordering::Relaxed,
                     );
-                    group.clear();
-                    let _ = give_back.send(group);
                 }
                 Ok(writer)
             })
@@ -732,9 +744,9 @@ impl<W: Write + Send + 'static> Encoder<W> {
         }
     }
 
-    /// Hands a full row group over; waits while the one before it is being written.
-    fn send(&mut self, group: RowChunk) -> Result<()> {
-        let sent = self.to.as_ref().map(|t| t.send(group));
+    /// Hands rows over; waits while two chunks are waiting.
+    fn send(&mut self, work: Work) -> Result<()> {
+        let sent = self.to.as_ref().map(|t| t.send(work));
         match sent {
             Some(Ok(())) => Ok(()),
             // The thread stopped: its error is the one to report.
@@ -744,7 +756,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
         }
     }
 
-    /// Waits for every row group to be written; the file writer back.
+    /// Waits for every row to be written (the open row group is cut); the file writer back.
     fn stop(&mut self) -> Result<SerializedFileWriter<Tally<W>>> {
         drop(self.to.take());
         match self.thread.take() {
@@ -756,7 +768,183 @@ impl<W: Write + Send + 'static> Encoder<W> {
     }
 }
 
-/// Rows of one layout, column by column: a row group being filled, or a chunk of rows
+/// Encoding threads for a file's columns: one per core, at most four.
+fn encoding_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// What encoding a column's value costs, roughly, before any is timed: text most (copied,
+/// hashed into a dictionary, compressed), then values with a dictionary and 64-bit values
+/// (8 bytes each through the compressor), then narrower plain values.
+fn guessed_costs(columns: &[ColumnDescPtr], props: &WriterProperties) -> Vec<u64> {
+    columns
+        .iter()
+        .map(
+            |c| match (c.physical_type(), props.dictionary_enabled(c.path())) {
+                (PhysicalType::BYTE_ARRAY, _) => 6,
+                (_, true) | (PhysicalType::INT64 | PhysicalType::DOUBLE, _) => 3,
+                _ => 1,
+            },
+        )
+        .collect()
+}
+
+/// Shares the columns out between `n` lanes by their costs (the largest first, each to the
+/// least loaded lane): each column's lane.
+fn lanes_of(costs: &[u64], n: usize) -> Vec<usize> {
+    let n = n.clamp(1, costs.len().max(1));
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by_key(|&i| (std::cmp::Reverse(costs[i]), i));
+    let mut load = vec![0u64; n];
+    let mut lane = vec![0usize; costs.len()];
+    for i in order {
+        let least = (0..n).min_by_key(|&l| (load[l], l)).unwrap_or(0);
+        lane[i] = least;
+        load[least] += costs[i];
+    }
+    lane
+}
+
+/// What every row group of a file is encoded with.
+struct RowGroupInput<'a> {
+    columns: &'a [ColumnDescPtr],
+    props: &'a WriterPropertiesPtr,
+    /// Each column's lane.
+    lanes: &'a [usize],
+    from: &'a std::sync::mpsc::Receiver<Work>,
+    give_back: &'a std::sync::mpsc::Sender<RowChunk>,
+}
+
+/// A chunk handed to a lane, and the segments of it in this row group.
+type LaneWork = (Arc<RowChunk>, Vec<Segment>);
+
+/// Encodes one row group: `work`'s segments, then those of the chunks that come, until a
+/// segment cuts it (what follows that segment comes back, for the next row group) or no
+/// more chunks come. Each lane writes its columns of every chunk on a thread of its own;
+/// the last to be done with a chunk gives it back emptied.
+fn encode_row_group<W: Write + Send>(
+    writer: &mut SerializedFileWriter<W>,
+    input: &RowGroupInput<'_>,
+    mut work: Work,
+    spent: &mut [Duration],
+) -> Result<Option<Work>> {
+    let RowGroupInput {
+        columns,
+        props,
+        lanes,
+        from,
+        give_back,
+    } = *input;
+    let recycle = |chunk: Arc<RowChunk>| {
+        if let Some(mut c) = Arc::into_inner(chunk) {
+            c.clear();
+            let _ = give_back.send(c);
+        }
+    };
+    let mut pages: Vec<TrackedWrite<Vec<u8>>> = columns
+        .iter()
+        .map(|_| TrackedWrite::new(Vec::new()))
+        .collect();
+    let lane_count = lanes.iter().max().map_or(1, |m| m + 1);
+    let mut lane_pages: Vec<Vec<(usize, &mut TrackedWrite<Vec<u8>>)>> =
+        (0..lane_count).map(|_| Vec::new()).collect();
+    for (i, p) in pages.iter_mut().enumerate() {
+        lane_pages[lanes[i]].push((i, p));
+    }
+    let (closed, carry) = std::thread::scope(|scope| -> Result<_> {
+        let mut to_lanes = Vec::new();
+        let mut threads = Vec::new();
+        for mine in lane_pages {
+            let (to, lane_from) = std::sync::mpsc::sync_channel::<LaneWork>(1);
+            to_lanes.push(to);
+            threads.push(scope.spawn(
+                move || -> Result<Vec<(usize, ColumnCloseResult, Duration)>> {
+                    let mut writers: Vec<(usize, ColumnWriter<'_>)> = mine
+                        .into_iter()
+                        .map(|(i, p)| {
+                            let pw = Box::new(SerializedPageWriter::new(p));
+                            (i, get_column_writer(columns[i].clone(), props.clone(), pw))
+                        })
+                        .collect();
+                    let mut spent = vec![std::time::Duration::ZERO; writers.len()];
+                    for (chunk, segments) in lane_from {
+                        for s in &segments {
+                            for ((i, w), t) in writers.iter_mut().zip(&mut spent) {
+                                let t0 = std::time::Instant::now();
+                                let col = &chunk.columns[*i];
+                                col.write_rows(w, s.from, s.to)
+                                    .with_context(|| format!("writing column {}", col.name))?;
+                                *t += t0.elapsed();
+                            }
+                        }
+                        recycle(chunk);
+                    }
+                    writers
+                        .into_iter()
+                        .zip(spent)
+                        .map(|((i, w), t)| {
+                            let closed = w
+                                .close()
+                                .with_context(|| format!("closing column {}", columns[i].name()))?;
+                            Ok((i, closed, t))
+                        })
+                        .collect()
+                },
+            ));
+        }
+        let carry = loop {
+            let mut segments = Vec::new();
+            let mut cut = false;
+            while let Some(s) = work.segments.pop_front() {
+                segments.push(s);
+                if s.cut {
+                    cut = true;
+                    break;
+                }
+            }
+            let mut stopped = false;
+            for to in &to_lanes {
+                stopped |= to.send((work.chunk.clone(), segments.clone())).is_err();
+            }
+            // A lane that stopped has failed: its error comes out of its thread.
+            if stopped {
+                break None;
+            }
+            if cut && !work.segments.is_empty() {
+                break Some(work);
+            }
+            recycle(work.chunk);
+            if cut {
+                break None;
+            }
+            match from.recv() {
+                Ok(w) => work = w,
+                Err(_) => break None,
+            }
+        };
+        drop(to_lanes);
+        let mut closed = Vec::with_capacity(columns.len());
+        for t in threads {
+            let lane = t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a Parquet encoding thread panicked")))?;
+            closed.extend(lane);
+        }
+        closed.sort_by_key(|(i, _, _)| *i);
+        Ok((closed, carry))
+    })?;
+    let mut rg = writer.next_row_group()?;
+    for ((p, (i, close, took)), c) in pages.into_iter().zip(closed).zip(columns) {
+        spent[i] += took;
+        let chunk = bytes::Bytes::from(p.into_inner()?);
+        rg.append_column(&chunk, close)
+            .with_context(|| format!("writing column {}", c.name()))?;
+    }
+    rg.close().context("closing a row group")?;
+    Ok(carry)
+}
+
+/// Rows of one layout, column by column: rows pushed one at a time, or a chunk of rows
 /// decoded on another thread ([`ParquetSink::chunk`]) for [`ParquetSink::append`].
 pub struct RowChunk {
     /// The layout's columns, then [`META_COLUMNS`].
@@ -888,30 +1076,27 @@ impl RowChunk {
         self.bytes += added;
         Ok(Ok(()))
     }
-
-    /// Appends rows `from..to` of `src` (a chunk of the same file).
-    fn append_rows(&mut self, src: &RowChunk, from: usize, to: usize) {
-        for (d, s) in self.columns.iter_mut().zip(&src.columns) {
-            self.bytes += d.append_rows(s, from, to);
-        }
-        self.rows += to - from;
-    }
 }
 
 /// Writes rows of one layout as one Parquet file into `W` (a file, a spool, a `Vec`). An
-/// error leaves the file unfinished: discard what was written. Full row groups are encoded
-/// on a thread of their own while the next one fills (two row groups in memory at most).
+/// error leaves the file unfinished: discard what was written. Rows are encoded on threads
+/// of their own as they come (see the module's notes); rows pushed one at a time are handed
+/// over 4,096 at a time.
 pub struct ParquetSink<W: Write + Send + 'static> {
     encoder: Encoder<W>,
-    /// The row group being filled.
+    /// Rows pushed one at a time, not handed to the encoder yet.
     group: RowChunk,
     /// The columns' names and kinds, for new buffers.
     kinds: Vec<(String, Kind)>,
     layout_columns: usize,
     row_group_rows: usize,
     row_group_bytes: usize,
-    /// Rows in the row groups written.
-    rows: u64,
+    /// Rows handed to the encoder.
+    sent: u64,
+    /// Rows and bytes (about) handed to the encoder since the last cut: the open row group.
+    open_rows: usize,
+    open_bytes: usize,
+    /// Row groups cut.
     row_groups: usize,
 }
 
@@ -941,12 +1126,21 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         // group; text, flags, small integers and dates do. The dictionary costs a hash of every
         // value until it gives up, so it is kept for the second kind only.
         for c in &layout.columns {
-            if matches!(
-                c.ty,
-                ColumnType::Bigint | ColumnType::Double | ColumnType::Timestamp
-            ) {
-                props =
-                    props.set_column_dictionary_enabled(ColumnPath::from(c.name.as_str()), false);
+            let path = || ColumnPath::from(c.name.as_str());
+            match c.ty {
+                ColumnType::Bigint | ColumnType::Double | ColumnType::Timestamp => {
+                    props = props.set_column_dictionary_enabled(path(), false);
+                }
+                // Small values (counts, flags, days) with a dictionary of a few thousand
+                // values at most: past that, the dictionary is dropped for the rest of the
+                // row group and the values written plain. A large dictionary of 4-byte values
+                // saves little (its indices take 2 bytes or more) and its hash table costs
+                // most of the file's encoding time (a column of 65,536 counts: 3-4 times a
+                // column of 256).
+                ColumnType::Int | ColumnType::Date | ColumnType::Boolean => {
+                    props = props.set_column_dictionary_page_size_limit(path(), SMALL_DICTIONARY);
+                }
+                ColumnType::Text | ColumnType::Json => {}
             }
         }
         if !opts.metadata.is_empty() {
@@ -962,13 +1156,15 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
                 .context("starting a Parquet file")?;
         let kinds: Vec<(String, Kind)> = kinds.iter().map(|(n, k)| (n.to_string(), *k)).collect();
         Ok(ParquetSink {
-            encoder: Encoder::start(writer),
+            encoder: Encoder::start(writer, opts.encoding_threads),
             group: RowChunk::new(&kinds, layout.columns.len()),
             kinds,
             layout_columns: layout.columns.len(),
             row_group_rows: opts.row_group_rows.max(1),
             row_group_bytes: opts.row_group_bytes.max(1),
-            rows: 0,
+            sent: 0,
+            open_rows: 0,
+            open_bytes: 0,
             row_groups: 0,
         })
     }
@@ -1002,7 +1198,8 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
 
     /// Adds a chunk's rows in their order (and empties it): row groups are cut where
     /// [`ParquetOptions`]'s row count says, within a chunk if need be; the byte bound is
-    /// checked after each chunk (a row group may pass it by one chunk's bytes).
+    /// checked after each chunk (a row group may pass it by one chunk's bytes). The chunk
+    /// goes to the encoder; the caller's is replaced by an empty one.
     pub fn append(&mut self, chunk: &mut RowChunk) -> Result<()> {
         let same = chunk.columns.len() == self.group.columns.len()
             && chunk
@@ -1013,28 +1210,78 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         if !same {
             bail!("a chunk of another file's columns");
         }
-        let mut from = 0;
-        while from < chunk.rows {
-            let room = self.row_group_rows - self.group.rows;
-            let to = chunk.rows.min(from + room);
-            self.group.append_rows(chunk, from, to);
-            from = to;
-            self.write_if_full()?;
+        if chunk.rows == 0 {
+            return Ok(());
         }
-        chunk.clear();
+        // Rows pushed one at a time before it come first.
+        self.send_group()?;
+        let empty = self.spare();
+        let full = std::mem::replace(chunk, empty);
+        self.send(full)
+    }
+
+    /// Hands the pushed rows to the encoder once there are enough of them for a batch or
+    /// for the row group's bounds.
+    fn write_if_full(&mut self) -> Result<()> {
+        if self.group.rows >= BYTES_CHUNK
+            || self.open_rows + self.group.rows >= self.row_group_rows
+            || self.open_bytes + self.group.bytes >= self.row_group_bytes
+        {
+            self.send_group()?;
+        }
         Ok(())
     }
 
-    fn write_if_full(&mut self) -> Result<()> {
-        if self.group.rows >= self.row_group_rows || self.group.bytes >= self.row_group_bytes {
-            self.write_row_group()?;
+    /// Hands the pushed rows, if any, to the encoder.
+    fn send_group(&mut self) -> Result<()> {
+        if self.group.rows == 0 {
+            return Ok(());
         }
-        Ok(())
+        let empty = self.spare();
+        let full = std::mem::replace(&mut self.group, empty);
+        self.send(full)
+    }
+
+    /// An empty chunk: one the encoder gave back, or a new one.
+    fn spare(&mut self) -> RowChunk {
+        self.encoder
+            .back
+            .try_recv()
+            .unwrap_or_else(|_| RowChunk::new(&self.kinds, self.layout_columns))
+    }
+
+    /// Hands a chunk of rows to the encoder, with where row groups end in it.
+    fn send(&mut self, chunk: RowChunk) -> Result<()> {
+        let rows = chunk.rows;
+        let mut segments = VecDeque::new();
+        let mut from = 0;
+        while from < rows {
+            let to = rows.min(from + (self.row_group_rows - self.open_rows));
+            self.open_rows += to - from;
+            self.open_bytes += chunk.bytes * (to - from) / rows;
+            let cut = self.open_rows >= self.row_group_rows
+                || (to == rows && self.open_bytes >= self.row_group_bytes);
+            segments.push_back(Segment { from, to, cut });
+            if cut {
+                self.row_groups += 1;
+                self.open_rows = 0;
+                self.open_bytes = 0;
+            }
+            from = to;
+        }
+        if segments.is_empty() {
+            return Ok(());
+        }
+        self.sent += rows as u64;
+        self.encoder.send(Work {
+            chunk: Arc::new(chunk),
+            segments,
+        })
     }
 
     /// Rows pushed so far (written or buffered).
     pub fn rows(&self) -> u64 {
-        self.rows + self.group.rows as u64
+        self.sent + self.group.rows as u64
     }
 
     /// The file's bytes so far: the row groups written (what a caller rolling files at a
@@ -1045,28 +1292,10 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// What the buffered row group's values take, about (before encoding and compression).
+    /// What the rows of the row group not cut yet take, about (before encoding and
+    /// compression).
     pub fn buffered_bytes(&self) -> usize {
-        self.group.bytes
-    }
-
-    /// Writes the buffered rows as one row group, column after column.
-    fn write_row_group(&mut self) -> Result<()> {
-        if self.group.rows == 0 {
-            return Ok(());
-        }
-        // Handed over first (an empty chunk holds no memory): once the encoder has taken it,
-        // it has given back the row group before it, whose buffers fill next. Two row groups
-        // exist at most, one filling and one being encoded.
-        let empty = RowChunk::new(&self.kinds, self.layout_columns);
-        let full = std::mem::replace(&mut self.group, empty);
-        self.rows += full.rows as u64;
-        self.row_groups += 1;
-        self.encoder.send(full)?;
-        if let Ok(emptied) = self.encoder.back.try_recv() {
-            self.group = emptied;
-        }
-        Ok(())
+        self.open_bytes + self.group.bytes
     }
 
     /// Writes what is buffered and the footer; the file is complete.
@@ -1076,7 +1305,10 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
 
     /// As [`ParquetSink::finish`], giving the writer back (flushed).
     pub fn into_inner(mut self) -> Result<(W, FileStats)> {
-        self.write_row_group()?;
+        self.send_group()?;
+        if self.open_rows > 0 {
+            self.row_groups += 1;
+        }
         let writer = self.encoder.stop()?;
         let mut tally = writer.into_inner().context("writing the Parquet footer")?;
         tally.flush().context("flushing the Parquet file")?;
@@ -1085,7 +1317,7 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         Ok((
             w,
             FileStats {
-                rows: self.rows,
+                rows: self.sent,
                 row_groups: self.row_groups,
                 bytes,
                 sha256,
@@ -1686,7 +1918,11 @@ mod tests {
                 ..ParquetOptions::default()
             };
             let (want, want_stats) = write(&layout, &opts, &many);
-            for chunk_rows in [1, 5, 7, 16, 60] {
+            for (chunk_rows, threads) in [(1, 1), (5, 2), (7, 3), (16, 8), (60, 0)] {
+                let opts = ParquetOptions {
+                    encoding_threads: threads,
+                    ..opts.clone()
+                };
                 let mut sink = ParquetSink::new(Vec::new(), &layout, &opts).unwrap();
                 let mut chunk = sink.chunk();
                 for (i, r) in many.iter().enumerate() {
@@ -1710,7 +1946,7 @@ mod tests {
                 );
                 assert!(
                     got == want,
-                    "rows in groups of {group}, chunks of {chunk_rows}: the files differ"
+                    "rows in groups of {group}, chunks of {chunk_rows}, {threads} encoding threads: the files differ"
                 );
             }
         }
@@ -1720,6 +1956,101 @@ mod tests {
             ParquetSink::new(Vec::new(), &Layout::tweets(), &ParquetOptions::default()).unwrap();
         let mut foreign = other.chunk();
         assert!(sink.append(&mut foreign).is_err());
+    }
+
+    #[test]
+    fn columns_are_shared_out_between_lanes_by_cost() {
+        // Largest first, each to the least loaded lane; ties go to the lower lane.
+        assert_eq!(lanes_of(&[6, 3, 3, 3, 1, 1], 2), [0, 1, 1, 0, 1, 1]);
+        assert_eq!(lanes_of(&[100, 30, 30, 30, 30, 5], 2), [0, 1, 1, 1, 1, 0]);
+        // More lanes than columns: one column each; one lane: all on it.
+        assert_eq!(lanes_of(&[1, 2], 4), [1, 0]);
+        assert_eq!(lanes_of(&[5, 1, 9], 1), [0, 0, 0]);
+        assert_eq!(lanes_of(&[], 3), Vec::<usize>::new());
+        // The guess before any row group is timed: text, then dictionary and 64-bit values.
+        let (_, schema) = schema_of(&Layout::tweets()).unwrap();
+        let descr = ::parquet::schema::types::SchemaDescriptor::new(Arc::new(schema));
+        let props = WriterProperties::builder()
+            .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("created_at"), false)
+            .set_column_dictionary_enabled(ColumnPath::from(PARTITION), false)
+            .build();
+        let names: Vec<&str> = descr.columns().iter().map(|c| c.name()).collect();
+        assert_eq!(
+            &names[..4],
+            ["id", "created_at", "followers_count", "location"]
+        );
+        let costs = guessed_costs(descr.columns(), &props);
+        // id and created_at: 64-bit; followers_count: a dictionary; location: text;
+        // _partition: plain 32-bit; _offset: 64-bit.
+        assert_eq!(&costs[..4], [3, 3, 3, 6]);
+        assert_eq!(costs[6], 1);
+        assert_eq!(costs[7], 3);
+    }
+
+    /// A column of small values keeps its dictionary while the dictionary is small, and
+    /// drops it (the rest of the row group plain) once it passes [`SMALL_DICTIONARY`]; the
+    /// values read back either way.
+    #[test]
+    fn a_small_values_dictionary_stops_at_its_limit() {
+        let layout = Layout {
+            columns: vec![
+                Column::new("few", ColumnType::Int),
+                Column::new("many", ColumnType::Int),
+                Column::new("txt", ColumnType::Text),
+            ],
+            ..Layout::tweets()
+        };
+        let rows: Vec<RowValues> = (0..100_000i64)
+            .map(|i| {
+                row(
+                    vec![
+                        Cell::I32((i % 50) as i32),
+                        Cell::I32((i * 7919 % 65_536) as i32),
+                        text(&format!("city {}", i % 900)),
+                    ],
+                    0,
+                    i,
+                    None,
+                )
+            })
+            .collect();
+        let (file, _) = write(&layout, &ParquetOptions::default(), &rows);
+        let r = reader(file);
+        let g = &r.metadata().row_groups()[0];
+        let dictionary_bytes = |name: &str| {
+            let c = g
+                .columns()
+                .iter()
+                .find(|c| c.column_descr().name() == name)
+                .unwrap();
+            let dict = c.dictionary_page_offset().expect("a dictionary page");
+            c.data_page_offset() - dict
+        };
+        let few = dictionary_bytes("few");
+        let many = dictionary_bytes("many");
+        let txt = dictionary_bytes("txt");
+        assert!(few < 1_000, "{few}");
+        // The limit is checked after each batch of values the crate takes (1,024).
+        assert!(
+            many <= (SMALL_DICTIONARY + 1024 * 4 + 100) as i64 && many > 16_000,
+            "{many}"
+        );
+        // Text keeps the crate's default limit (1 MiB): 900 names fit (about 9 KiB before
+        // Snappy, which the sizes here are after).
+        assert!(txt > 1_000 && txt < 20_000, "{txt}");
+        let got = rows_of(&r);
+        assert_eq!(
+            column(&got, "many"),
+            (0..100_000i64)
+                .map(|i| Field::Int((i * 7919 % 65_536) as i32))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(column(&got, "few")[99_999], Field::Int(49));
+        assert_eq!(
+            column(&got, "txt")[12_345],
+            Field::Str(format!("city {}", 12_345 % 900))
+        );
     }
 
     #[test]
