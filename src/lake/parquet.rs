@@ -818,6 +818,9 @@ struct RowGroupInput<'a> {
 /// A chunk handed to a lane, and the segments of it in this row group.
 type LaneWork = (Arc<RowChunk>, Vec<Segment>);
 
+/// A column's index and the buffer its pages go to.
+type ColumnPages<'a> = (usize, &'a mut TrackedWrite<Vec<u8>>);
+
 /// Encodes one row group: `work`'s segments, then those of the chunks that come, until a
 /// segment cuts it (what follows that segment comes back, for the next row group) or no
 /// more chunks come. Each lane writes its columns of every chunk on a thread of its own;
@@ -846,8 +849,7 @@ fn encode_row_group<W: Write + Send>(
         .map(|_| TrackedWrite::new(Vec::new()))
         .collect();
     let lane_count = lanes.iter().max().map_or(1, |m| m + 1);
-    let mut lane_pages: Vec<Vec<(usize, &mut TrackedWrite<Vec<u8>>)>> =
-        (0..lane_count).map(|_| Vec::new()).collect();
+    let mut lane_pages: Vec<Vec<ColumnPages<'_>>> = (0..lane_count).map(|_| Vec::new()).collect();
     for (i, p) in pages.iter_mut().enumerate() {
         lane_pages[lanes[i]].push((i, p));
     }
