@@ -74,6 +74,23 @@ impl ObjectStore for LocalStore {
         format!("file://{}", self.root.display())
     }
 
+    fn keeps_file(&self, path: &Path) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            // The root, or the nearest folder above it that exists (the root is made on the
+            // first put).
+            let root = self.root.ancestors().find_map(|a| fs::metadata(a).ok());
+            let file = fs::symlink_metadata(path);
+            matches!((file, root), (Ok(f), Some(r)) if f.file_type().is_file() && f.dev() == r.dev())
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            false
+        }
+    }
+
     fn check(&self) -> Result<()> {
         fs::create_dir_all(&self.root)
             .with_context(|| format!("archive directory {}", self.root.display()))?;

@@ -51,6 +51,12 @@ pub trait ObjectStore: Send + Sync {
     /// Stores the contents of `path` under `key` unless `key` exists. Durable on return. The
     /// file must not change afterwards: a local store on its filesystem links it in place.
     fn put_file_if_absent(&self, key: &str, path: &Path) -> Result<PutOutcome>;
+    /// Whether [`ObjectStore::put_file_if_absent`] would keep `path` itself as the object (a
+    /// local store on the file's filesystem): a writer of a large file may then start its
+    /// bytes to disk while it writes the rest, and the sync on storing has little left to do.
+    fn keeps_file(&self, _path: &Path) -> bool {
+        false
+    }
     /// Stores `data` under `key` unless `key` exists.
     fn put_bytes_if_absent(&self, key: &str, data: &[u8]) -> Result<PutOutcome>;
     /// Stores `data` under `key`, replacing it (only for batchlayer's own small state files,
@@ -286,6 +292,10 @@ mod tests {
         // A file beside the store: linked, readable by others, and the object outlives it.
         let src = dir.path().join("spool");
         std::fs::write(&src, b"linked bytes").unwrap();
+        // Kept as it is (before the store's folder exists, too): a writer may sync it early.
+        #[cfg(unix)]
+        assert!(store.keeps_file(&src));
+        assert!(!store.keeps_file(&dir.path().join("missing")));
         assert_eq!(
             store.put_file_if_absent("a/one", &src).unwrap(),
             PutOutcome::Created
@@ -316,6 +326,7 @@ mod tests {
         {
             let link = dir.path().join("link");
             std::os::unix::fs::symlink(&src, &link).unwrap();
+            assert!(!store.keeps_file(&link), "a symlink is copied, not kept");
             assert_eq!(
                 store.put_file_if_absent("a/two", &link).unwrap(),
                 PutOutcome::Created

@@ -515,6 +515,12 @@ impl Publisher<'_> {
         let tmp =
             tempfile::NamedTempFile::new().context("creating a temp file for a Parquet file")?;
         let file = tmp.reopen()?;
+        // A file the lake keeps as it is goes to disk object by object, behind the writing.
+        let mut syncer = if self.lake.keeps_file(tmp.path()) {
+            Some(EarlySync::start(tmp.reopen()?))
+        } else {
+            None
+        };
         let mut sink = ParquetSink::new(
             std::io::BufWriter::with_capacity(1 << 20, file),
             &self.s.layout,
@@ -535,8 +541,15 @@ impl Publisher<'_> {
             .with_context(|| format!("publishing object {}", o.key))?;
             rejected += r;
             self.sum.archive_bytes += o.bytes;
+            if let Some(s) = &syncer {
+                s.kick();
+            }
         }
         let mut stats = sink.finish().context("finishing the Parquet file")?;
+        if let Some(s) = syncer.take() {
+            s.finish()
+                .with_context(|| format!("syncing {}", tmp.path().display()))?;
+        }
         let key = lc::data_key(self.topic, &intent.hour, &intent.name);
         if rejected > 0 {
             let rk = lc::rejects_key(self.topic, &intent.name);
@@ -688,6 +701,58 @@ impl Publisher<'_> {
         head.store(self.lake, self.topic)?;
         self.sum.hours_sealed.push(hour.to_string());
         Ok(())
+    }
+}
+
+/// Writes a file's bytes to disk on a thread of its own whenever kicked (kicks while it is
+/// syncing fold into one), so the sync that makes the file durable finds most of it there.
+/// Its first error is kept: a failed sync may not be reported again by the next one.
+struct EarlySync {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl EarlySync {
+    fn start(file: std::fs::File) -> EarlySync {
+        let (kick, kicked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("publish-sync".into())
+            .spawn(move || -> std::io::Result<()> {
+                for () in kicked {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
+            .expect("starting the sync thread");
+        EarlySync {
+            kick: Some(kick),
+            thread: Some(thread),
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.try_send(());
+        }
+    }
+
+    /// Waits for the syncs asked for; the first error.
+    fn finish(mut self) -> std::io::Result<()> {
+        drop(self.kick.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(std::io::Error::other("the sync thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EarlySync {
+    fn drop(&mut self) {
+        drop(self.kick.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

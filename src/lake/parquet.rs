@@ -1064,19 +1064,44 @@ impl RowChunk {
                 anyhow::anyhow!("a row of {next} cells for a layout of {n} columns")
             }));
         }
-        let meta = [
-            Cell::I32(at.partition),
-            Cell::I64(at.offset),
-            Cell::I32(at.epoch),
-            at.timestamp_micros
-                .map_or(Cell::Null, Cell::TimestampMicros),
-        ];
-        for (col, cell) in self.columns[n..].iter_mut().zip(&meta) {
-            added += col.append(cell);
-        }
+        added += self.push_coordinates(at);
         self.rows += 1;
         self.bytes += added;
         Ok(Ok(()))
+    }
+
+    /// Appends a row's Kafka coordinates to [`META_COLUMNS`] (straight into their buffers:
+    /// this runs once a record); returns the bytes they take, as [`ColumnBuf::append`]
+    /// counts them.
+    fn push_coordinates(&mut self, at: &Coordinates) -> usize {
+        let n = self.layout_columns;
+        let [partition, offset, epoch, timestamp] = &mut self.columns[n..] else {
+            unreachable!("a chunk has the four coordinate columns after the layout's");
+        };
+        match (
+            &mut partition.values,
+            &mut offset.values,
+            &mut epoch.values,
+            &mut timestamp.values,
+        ) {
+            (Values::I32(p), Values::I64(o), Values::I32(e), Values::I64(t)) => {
+                p.push(at.partition);
+                o.push(at.offset);
+                e.push(at.epoch);
+                match at.timestamp_micros {
+                    Some(ts) => {
+                        timestamp.defs.push(1);
+                        t.push(ts);
+                        4 + 8 + 4 + 2 + 8
+                    }
+                    None => {
+                        timestamp.defs.push(0);
+                        4 + 8 + 4 + 2
+                    }
+                }
+            }
+            _ => unreachable!("the coordinate columns' buffers are INT32, INT64, INT32, INT64"),
+        }
     }
 }
 
