@@ -709,6 +709,10 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 let mut lanes = lanes_of(&guessed_costs(&columns, &props), n);
                 // Each column's encoding time so far: the lanes of the next row groups.
                 let mut spent = vec![Duration::ZERO; columns.len()];
+                // Each column's page buffer, used again by every row group: a new one each
+                // time, grown by doubling and freed, left the allocator's heap growing over
+                // a file's row groups.
+                let mut buffers = vec![Vec::new(); columns.len()];
                 let mut carry = None;
                 loop {
                     let work = match carry.take() {
@@ -725,7 +729,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
                         from: &from,
                         give_back: &give_back,
                     };
-                    carry = encode_row_group(&mut writer, &group, work, &mut spent)?;
+                    carry = encode_row_group(&mut writer, &group, work, &mut spent, &mut buffers)?;
                     let costs: Vec<u64> = spent.iter().map(|d| d.as_micros() as u64).collect();
                     lanes = lanes_of(&costs, n);
                     w2.store(
@@ -830,6 +834,7 @@ fn encode_row_group<W: Write + Send>(
     input: &RowGroupInput<'_>,
     mut work: Work,
     spent: &mut [Duration],
+    buffers: &mut [Vec<u8>],
 ) -> Result<Option<Work>> {
     let RowGroupInput {
         columns,
@@ -844,9 +849,9 @@ fn encode_row_group<W: Write + Send>(
             let _ = give_back.send(c);
         }
     };
-    let mut pages: Vec<TrackedWrite<Vec<u8>>> = columns
-        .iter()
-        .map(|_| TrackedWrite::new(Vec::new()))
+    let mut pages: Vec<TrackedWrite<Vec<u8>>> = buffers
+        .iter_mut()
+        .map(|b| TrackedWrite::new(std::mem::take(b)))
         .collect();
     let lane_count = lanes.iter().max().map_or(1, |m| m + 1);
     let mut lane_pages: Vec<Vec<ColumnPages<'_>>> = (0..lane_count).map(|_| Vec::new()).collect();
@@ -941,6 +946,10 @@ fn encode_row_group<W: Write + Send>(
         let chunk = bytes::Bytes::from(p.into_inner()?);
         rg.append_column(&chunk, close)
             .with_context(|| format!("writing column {}", c.name()))?;
+        if let Ok(mut b) = chunk.try_into_mut() {
+            b.clear();
+            buffers[i] = Vec::from(b);
+        }
     }
     rg.close().context("closing a row group")?;
     Ok(carry)
