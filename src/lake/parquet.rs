@@ -679,13 +679,28 @@ struct Work {
 /// come, not started then. The columns are shared out between encoding threads ("lanes",
 /// one per core, up to four), which take each chunk at once.
 struct Encoder<W: Write + Send + 'static> {
-    /// Two chunks wait at most (one queued, one being encoded).
+    /// A few chunks wait at most: one queued here, and for each lane one queued and one
+    /// being encoded.
     to: Option<std::sync::mpsc::SyncSender<Work>>,
     /// Chunks written, given back emptied for the next rows.
     back: std::sync::mpsc::Receiver<RowChunk>,
     thread: Option<std::thread::JoinHandle<Result<SerializedFileWriter<Tally<W>>>>>,
     /// The file's bytes after the last row group written.
     written: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the file is given up (the sink dropped unfinished): the open row group is
+    /// dropped, not written.
+    abort: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W: Write + Send + 'static> Drop for Encoder<W> {
+    /// A sink dropped before it finished (an error upstream) stops its encoder without
+    /// writing the open row group, and waits for it: nothing writes to `W` afterwards.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.abort.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.stop();
+        }
+    }
 }
 
 impl<W: Write + Send + 'static> Encoder<W> {
@@ -696,6 +711,8 @@ impl<W: Write + Send + 'static> Encoder<W> {
             writer.bytes_written() as u64
         ));
         let w2 = written.clone();
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let aborted = abort.clone();
         let thread = std::thread::Builder::new()
             .name("parquet-encoder".into())
             .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
@@ -728,9 +745,10 @@ impl<W: Write + Send + 'static> Encoder<W> {
                         lanes: &lanes,
                         from: &from,
                         give_back: &give_back,
+                        aborted: &aborted,
                     };
                     carry = encode_row_group(&mut writer, &group, work, &mut spent, &mut buffers)?;
-                    let costs: Vec<u64> = spent.iter().map(|d| d.as_micros() as u64).collect();
+                    let costs: Vec<u64> = spent.iter().map(|d| d.as_nanos() as u64).collect();
                     lanes = lanes_of(&costs, n);
                     w2.store(
                         writer.bytes_written() as u64,
@@ -745,10 +763,11 @@ impl<W: Write + Send + 'static> Encoder<W> {
             back,
             thread: Some(thread),
             written,
+            abort,
         }
     }
 
-    /// Hands rows over; waits while two chunks are waiting.
+    /// Hands rows over; waits while the encoder is busy.
     fn send(&mut self, work: Work) -> Result<()> {
         let sent = self.to.as_ref().map(|t| t.send(work));
         match sent {
@@ -786,6 +805,8 @@ fn guessed_costs(columns: &[ColumnDescPtr], props: &WriterProperties) -> Vec<u64
         .map(
             |c| match (c.physical_type(), props.dictionary_enabled(c.path())) {
                 (PhysicalType::BYTE_ARRAY, _) => 6,
+                // The crate keeps no dictionary for booleans.
+                (PhysicalType::BOOLEAN, _) => 1,
                 (_, true) | (PhysicalType::INT64 | PhysicalType::DOUBLE, _) => 3,
                 _ => 1,
             },
@@ -817,6 +838,8 @@ struct RowGroupInput<'a> {
     lanes: &'a [usize],
     from: &'a std::sync::mpsc::Receiver<Work>,
     give_back: &'a std::sync::mpsc::Sender<RowChunk>,
+    /// The file was given up: the open row group is not written.
+    aborted: &'a std::sync::atomic::AtomicBool,
 }
 
 /// A chunk handed to a lane, and the segments of it in this row group.
@@ -842,6 +865,7 @@ fn encode_row_group<W: Write + Send>(
         lanes,
         from,
         give_back,
+        aborted,
     } = *input;
     let recycle = |chunk: Arc<RowChunk>| {
         if let Some(mut c) = Arc::into_inner(chunk) {
@@ -940,6 +964,9 @@ fn encode_row_group<W: Write + Send>(
         closed.sort_by_key(|(i, _, _)| *i);
         Ok((closed, carry))
     })?;
+    if aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("the Parquet file was given up before it was complete");
+    }
     let mut rg = writer.next_row_group()?;
     for ((p, (i, close, took)), c) in pages.into_iter().zip(closed).zip(columns) {
         spent[i] += took;
@@ -1205,7 +1232,8 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         })
     }
 
-    /// Adds a row; writes the row group once it is full. A row that does not fit the schema
+    /// Adds a row (handed to the encoder with the next rows, 4,096 at a time or where the row
+    /// group ends). A row that does not fit the schema
     /// (a cell of another type, NULL in a required column, text that is not UTF-8, a cell
     /// too many or too few) is refused before anything is buffered, naming the column.
     pub fn push(&mut self, row: &RowValues) -> Result<()> {
@@ -1320,8 +1348,8 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         self.sent + self.group.rows as u64
     }
 
-    /// The file's bytes so far: the row groups written (what a caller rolling files at a
-    /// size checks, with [`ParquetSink::buffered_bytes`] for what is still to come).
+    /// The file's bytes so far: the row groups written. A row group cut but still being
+    /// encoded and appended is in neither this nor [`ParquetSink::buffered_bytes`].
     pub fn bytes_written(&self) -> u64 {
         self.encoder
             .written
@@ -1992,6 +2020,64 @@ mod tests {
             ParquetSink::new(Vec::new(), &Layout::tweets(), &ParquetOptions::default()).unwrap();
         let mut foreign = other.chunk();
         assert!(sink.append(&mut foreign).is_err());
+    }
+
+    /// A sink dropped unfinished (an error upstream) writes nothing more: the rows its
+    /// encoder has are not written as a row group after the caller has moved on.
+    #[test]
+    fn a_sink_dropped_unfinished_writes_no_row_group() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let layout = Layout::tweets();
+        let rows: Vec<RowValues> = (0..10_000i64)
+            .map(|i| {
+                row(
+                    vec![
+                        Cell::I64(i),
+                        Cell::TimestampMicros(i),
+                        Cell::I32(1),
+                        text("somewhere"),
+                        Cell::I32(2),
+                        Cell::I32(3),
+                    ],
+                    0,
+                    i,
+                    Some(i),
+                )
+            })
+            .collect();
+        for finish in [false, true] {
+            let out = Shared::default();
+            let mut sink =
+                ParquetSink::new(out.clone(), &layout, &ParquetOptions::default()).unwrap();
+            for r in &rows {
+                sink.push(r).unwrap();
+            }
+            if finish {
+                let stats = sink.finish().unwrap();
+                assert_eq!((stats.rows, stats.row_groups), (10_000, 1));
+                assert!(out.0.lock().unwrap().len() > 10_000);
+            } else {
+                // 8,192 of the rows are with the encoder by now.
+                drop(sink);
+                let written = out.0.lock().unwrap();
+                assert_eq!(
+                    written.len(),
+                    4,
+                    "bytes after the magic: a row group was written"
+                );
+                assert_eq!(&written[..], b"PAR1");
+            }
+        }
     }
 
     #[test]
