@@ -1039,17 +1039,16 @@ impl RowChunk {
         for (col, cell) in self.columns.iter().zip(&row.cells) {
             col.check(cell)?;
         }
-        let meta = [
-            Cell::I32(row.partition),
-            Cell::I64(row.offset),
-            Cell::I32(row.epoch),
-            row.timestamp_micros
-                .map_or(Cell::Null, Cell::TimestampMicros),
-        ];
         let mut added = 0;
-        for (col, cell) in self.columns.iter_mut().zip(row.cells.iter().chain(&meta)) {
+        for (col, cell) in self.columns.iter_mut().zip(&row.cells) {
             added += col.append(cell);
         }
+        added += self.push_coordinates(&Coordinates {
+            partition: row.partition,
+            offset: row.offset,
+            epoch: row.epoch,
+            timestamp_micros: row.timestamp_micros,
+        });
         self.rows += 1;
         self.bytes += added;
         Ok(())
@@ -1241,7 +1240,7 @@ impl<W: Write + Send + 'static> ParquetSink<W> {
         self.write_if_full()
     }
 
-    /// As [`RowChunk::push_with`], into the row group, which is written once it is full.
+    /// As [`RowChunk::push_with`]; handed to the encoder as [`ParquetSink::push`] says.
     pub fn push_with<E>(
         &mut self,
         at: &Coordinates,
