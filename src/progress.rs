@@ -7,14 +7,14 @@
 use crate::archive::catalog::{Catalog, ManifestCache};
 use crate::archive::layout::{self, CatalogHead, ObjectEntry};
 use crate::archive::ObjectStore;
-use crate::config::Settings;
+use crate::config::{KafkaSettings, Settings};
 use crate::source::{KafkaSource, MessageSource, Mode};
 use crate::warehouse::ledger::{self, Prefix};
 use crate::warehouse::Warehouse;
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// An archived object no ledger row holds yet, as its manifest lists it.
@@ -162,7 +162,7 @@ pub struct Inputs<'a> {
 /// Each partition's position in Kafka, the archive and the ledger, and the time it is
 /// complete through.
 pub fn progress(
-    source: &dyn MessageSource,
+    kafka: &KafkaPositions,
     wh: &mut dyn Warehouse,
     topic: &str,
     inp: &Inputs<'_>,
@@ -170,12 +170,10 @@ pub fn progress(
 ) -> Result<Vec<PartitionProgress>> {
     let epoch = inp.head.map_or(0, |h| h.epoch);
     let prefixes = ledger::Ledger::new(wh).loaded_prefixes(topic, epoch)?;
-    let parts = source.partitions()?;
-    let committed = source.committed(&parts)?;
     let mut out = Vec::new();
-    for p in parts {
-        let (start, end) = source.watermarks(p)?;
-        let c = committed.get(&p).copied().flatten();
+    for &p in &kafka.partitions {
+        let (start, end) = kafka.watermarks[&p];
+        let c = kafka.committed.get(&p).copied().flatten();
         let mine: Vec<&PendingObject> = inp
             .pending
             .objects
@@ -338,6 +336,77 @@ pub struct Snapshot {
     pub manifests_read_by_name: usize,
 }
 
+/// What Kafka says of a topic: its partitions, the group's committed offsets, and each
+/// partition's watermarks (low, high).
+pub struct KafkaPositions {
+    pub partitions: Vec<i32>,
+    pub committed: HashMap<i32, Option<i64>>,
+    pub watermarks: HashMap<i32, (i64, i64)>,
+}
+
+/// Partitions whose watermarks are asked for at once.
+const WATERMARK_THREADS: usize = 8;
+
+impl KafkaPositions {
+    /// Connects (no group is joined, nothing is committed) and reads them; the watermarks of
+    /// several partitions at once, so that a topic of many partitions costs a few round trips,
+    /// not one per partition.
+    pub fn read(k: &KafkaSettings) -> Result<KafkaPositions> {
+        let source = KafkaSource::connect(k, Mode::AssignAll)?;
+        let partitions = source.partitions()?;
+        let committed = source.committed(&partitions)?;
+        let per = partitions.len().div_ceil(WATERMARK_THREADS).max(1);
+        let marks = std::thread::scope(|scope| {
+            let threads: Vec<_> = partitions
+                .chunks(per)
+                .map(|ps| {
+                    let source = &source;
+                    scope.spawn(move || -> Result<Vec<(i32, (i64, i64))>> {
+                        ps.iter().map(|&p| Ok((p, source.watermarks(p)?))).collect()
+                    })
+                })
+                .collect();
+            let mut marks = HashMap::new();
+            for t in threads {
+                let got = t
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("reading watermarks panicked")))?;
+                marks.extend(got);
+            }
+            Ok::<_, anyhow::Error>(marks)
+        })?;
+        Ok(KafkaPositions {
+            partitions,
+            committed,
+            watermarks: marks,
+        })
+    }
+}
+
+/// [`KafkaPositions`] read on a thread of their own (Kafka's round trips are the slowest part
+/// of a snapshot) while the caller reads the archive and the warehouse; see
+/// [`snapshot_with`]. Dropped without [`KafkaPrefetch::wait`], the thread is left to end
+/// on its own.
+pub struct KafkaPrefetch(std::thread::JoinHandle<Result<KafkaPositions>>);
+
+impl KafkaPrefetch {
+    pub fn start(k: &KafkaSettings) -> KafkaPrefetch {
+        let k = k.clone();
+        KafkaPrefetch(
+            std::thread::Builder::new()
+                .name("kafka-positions".into())
+                .spawn(move || KafkaPositions::read(&k))
+                .expect("starting a thread to read Kafka"),
+        )
+    }
+
+    pub fn wait(self) -> Result<KafkaPositions> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("reading Kafka's positions panicked")))
+    }
+}
+
 /// Reads the configured topic along the chain: Kafka's committed offsets and watermarks (no
 /// group is joined, nothing is committed), the catalog head, the manifests since copy's
 /// cursor, the ledger's aggregates, and one manifest per partition.
@@ -348,12 +417,31 @@ pub fn snapshot(
     lateness: Duration,
     now: DateTime<Utc>,
 ) -> Result<Snapshot> {
+    let kafka = KafkaPrefetch::start(s.require_kafka()?);
+    snapshot_with(kafka, s, store, wh, lateness, now)
+}
+
+/// [`snapshot`] with Kafka's positions read already or being read: the catalog and the
+/// ledger are read meanwhile. Kafka's error, if any, is the one reported (as when Kafka was
+/// read first).
+pub fn snapshot_with(
+    kafka: KafkaPrefetch,
+    s: &Settings,
+    store: &dyn ObjectStore,
+    wh: &mut dyn Warehouse,
+    lateness: Duration,
+    now: DateTime<Utc>,
+) -> Result<Snapshot> {
     let k = s.require_kafka()?;
-    let source = KafkaSource::connect(k, Mode::AssignAll)?;
     let catalog = Catalog::new(store, &k.topic);
-    let head = catalog.head()?;
-    let pending = pending(&catalog, wh)
-        .with_context(|| format!("reading the catalog of {}", store.describe()))?;
+    let head = catalog.head();
+    let pending = head.as_ref().ok().map(|_| {
+        pending(&catalog, wh)
+            .with_context(|| format!("reading the catalog of {}", store.describe()))
+    });
+    let positions = kafka.wait()?;
+    let head = head?;
+    let pending = pending.expect("read when the head was")?;
     let rules = TimeRules {
         key_template: s.archive.key_template.clone(),
         utc_offset_secs: s.archive.utc_offset_secs,
@@ -366,7 +454,7 @@ pub fn snapshot(
         lateness,
         now,
     };
-    let partitions = progress(&source, wh, &k.topic, &inputs, &mut manifests)?;
+    let partitions = progress(&positions, wh, &k.topic, &inputs, &mut manifests)?;
     Ok(Snapshot {
         topic: k.topic.clone(),
         group: k.group.clone(),

@@ -5,7 +5,7 @@
 //! each archived offset land in exactly one row, whatever kills a run and when
 //! (docs/lake-design.md).
 
-use crate::archive::catalog::Catalog;
+use crate::archive::catalog::{Catalog, ManifestCache};
 use crate::archive::layout::{self, subtract_spans, ObjectEntry, OffsetSpan, RecordTimes};
 use crate::archive::{self as archive_mod, ObjectStore, PutOutcome};
 use crate::cli::PublishArgs;
@@ -97,6 +97,9 @@ pub fn exec(a: &PublishArgs, s: &Settings, out: &Output) -> Result<Report> {
 fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<Report> {
     let started = Instant::now();
     check_settings(s, topic)?;
+    // Kafka's round trips (for complete-through) go on while the stores are opened, the
+    // warehouse connected and locked, and the catalog read.
+    let kafka = crate::progress::KafkaPrefetch::start(s.require_kafka()?);
     let archive = archive_mod::open(&s.archive)?;
     let lake = archive_mod::open(&s.lake.store)?;
     if !a.dry_run {
@@ -114,8 +117,15 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
         )?;
     }
     let now = Utc::now();
-    let snap = crate::progress::snapshot(s, archive.as_ref(), wh.as_mut(), s.status.lateness, now)
-        .context("reading how complete the topic is (status's complete-through)")?;
+    let snap = crate::progress::snapshot_with(
+        kafka,
+        s,
+        archive.as_ref(),
+        wh.as_mut(),
+        s.status.lateness,
+        now,
+    )
+    .context("reading how complete the topic is (status's complete-through)")?;
     let complete_through = crate::progress::complete_through(&snap.partitions);
     let mut p = Publisher {
         s,
@@ -256,7 +266,10 @@ impl Publisher<'_> {
             let man = cat.read_manifest(key)?;
             self.sum.manifests_read += 1;
             let mut mine = Vec::new();
-            for o in man.objects {
+            for mut o in man.objects {
+                // Record timestamps (about a byte a record) are read again when the object's
+                // file is written: a backlog's plan holds none of them.
+                o.timestamps = None;
                 mine.push((o.key.clone(), man.epoch, o.partition));
                 if !seen.insert(o.key.clone()) {
                     continue;
@@ -483,7 +496,7 @@ impl Publisher<'_> {
                     compression: o.compression,
                     bytes: o.bytes,
                     uncompressed: o.uncompressed_bytes,
-                    timestamps: o.timestamps.clone(),
+                    timestamps: None,
                     spans: lc::to_spans(&c.todo),
                     manifest: c.manifest.clone(),
                 });
@@ -493,6 +506,39 @@ impl Publisher<'_> {
             }
         }
         Ok(intents)
+    }
+
+    /// The record timestamps of an intent's objects (None: the manifest has none), read from
+    /// their manifests, each manifest once; an intent written by an older version carries
+    /// them itself.
+    fn record_times(&self, intent: &Intent) -> Result<BTreeMap<String, Option<String>>> {
+        let mut times = BTreeMap::new();
+        let mut by_manifest: BTreeMap<&str, Vec<&PlannedObject>> = BTreeMap::new();
+        for o in &intent.objects {
+            match &o.timestamps {
+                Some(t) => {
+                    times.insert(o.key.clone(), Some(t.clone()));
+                }
+                None => by_manifest.entry(o.manifest.as_str()).or_default().push(o),
+            }
+        }
+        for (name, objects) in by_manifest {
+            let mut cache = ManifestCache::new(Catalog::new(self.archive, self.topic));
+            let man = cache.get(name)?.ok_or_else(|| {
+                anyhow!(
+                    "manifest {name}, which lists {}, is gone from the archive",
+                    objects[0].key
+                )
+            })?;
+            for o in objects {
+                let entry =
+                    man.objects.iter().find(|e| e.key == o.key).ok_or_else(|| {
+                        anyhow!("manifest {name} no longer lists object {}", o.key)
+                    })?;
+                times.insert(o.key.clone(), entry.timestamps.clone());
+            }
+        }
+        Ok(times)
     }
 
     /// Writes one intent's file (rows from its objects' planned offsets) and stores it, with
@@ -526,12 +572,14 @@ impl Publisher<'_> {
             &self.s.layout,
             &opts,
         )?;
+        let mut times = self.record_times(intent)?;
         let mut rejects: Vec<u8> = Vec::new();
         let mut rejected = 0u64;
         for o in &intent.objects {
             let r = read_object(
                 self.archive,
                 o,
+                times.remove(&o.key).flatten().as_deref(),
                 &self.codec,
                 self.max_errors,
                 &mut sink,
@@ -871,13 +919,14 @@ fn decoders() -> usize {
 fn read_object<W: std::io::Write + Send + 'static>(
     store: &dyn ObjectStore,
     o: &PlannedObject,
+    timestamps: Option<&str>,
     codec: &Codec,
     max_errors: Option<u64>,
     sink: &mut ParquetSink<W>,
     rejects: &mut Vec<u8>,
     pb: &indicatif::ProgressBar,
 ) -> Result<u64> {
-    let times = match &o.timestamps {
+    let times = match timestamps {
         Some(t) => {
             let r = RecordTimes::reader(t).map_err(|e| anyhow!("its manifest's {e}"))?;
             let n = r.records();
@@ -1238,6 +1287,7 @@ mod tests {
             let r = read_object(
                 &*store,
                 &o,
+                None,
                 &codec,
                 max_errors,
                 &mut sink,
