@@ -726,36 +726,72 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 let mut lanes = lanes_of(&guessed_costs(&columns, &props), n);
                 // Each column's encoding time so far: the lanes of the next row groups.
                 let mut spent = vec![Duration::ZERO; columns.len()];
-                // Each column's page buffer, used again by every row group: a new one each
-                // time, grown by doubling and freed, left the allocator's heap growing over
-                // a file's row groups.
-                let mut buffers = vec![Vec::new(); columns.len()];
-                let mut carry = None;
-                loop {
-                    let work = match carry.take() {
-                        Some(w) => w,
-                        None => match from.recv() {
-                            Ok(w) => w,
-                            Err(_) => break,
-                        },
-                    };
-                    let group = RowGroupInput {
-                        columns: &columns,
-                        props: &props,
-                        lanes: &lanes,
-                        from: &from,
-                        give_back: &give_back,
-                        aborted: &aborted,
-                    };
-                    carry = encode_row_group(&mut writer, &group, work, &mut spent, &mut buffers)?;
-                    let costs: Vec<u64> = spent.iter().map(|d| d.as_nanos() as u64).collect();
-                    lanes = lanes_of(&costs, n);
-                    w2.store(
-                        writer.bytes_written() as u64,
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
-                Ok(writer)
+                // The row groups encoded are appended to the file by a thread of its own,
+                // while the next one is encoded: appending one (its pages copied through the
+                // file's sha256 into the write buffer, about 10 MB for the tweets) took 15-20
+                // ms, in which no column was encoded and the decoders stood still behind.
+                let (to_appender, appended) = std::sync::mpsc::sync_channel::<ClosedGroup>(0);
+                // Each column's page buffers come back emptied, to be used again: a new one
+                // each time, grown by doubling and freed, left the allocator's heap growing
+                // over a file's row groups. Two sets go round (one being appended, one being
+                // filled).
+                let (recycle, recycled) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
+                let appender_aborted = aborted.clone();
+                let appender = std::thread::Builder::new()
+                    .name("parquet-appender".into())
+                    .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
+                        for group in appended {
+                            if appender_aborted.load(std::sync::atomic::Ordering::SeqCst) {
+                                bail!("the Parquet file was given up before it was complete");
+                            }
+                            let buffers = append_row_group(&mut writer, group)?;
+                            w2.store(
+                                writer.bytes_written() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                            let _ = recycle.send(buffers);
+                        }
+                        Ok(writer)
+                    })
+                    .expect("starting the Parquet appender thread");
+                let encoded = (|| -> Result<()> {
+                    let mut carry = None;
+                    loop {
+                        let work = match carry.take() {
+                            Some(w) => w,
+                            None => match from.recv() {
+                                Ok(w) => w,
+                                Err(_) => return Ok(()),
+                            },
+                        };
+                        let group = RowGroupInput {
+                            columns: &columns,
+                            props: &props,
+                            lanes: &lanes,
+                            from: &from,
+                            give_back: &give_back,
+                            aborted: &aborted,
+                        };
+                        let buffers = recycled
+                            .try_recv()
+                            .unwrap_or_else(|_| vec![Vec::new(); columns.len()]);
+                        let (closed, next) = encode_row_group(&group, work, &mut spent, buffers)?;
+                        carry = next;
+                        let costs: Vec<u64> = spent.iter().map(|d| d.as_nanos() as u64).collect();
+                        lanes = lanes_of(&costs, n);
+                        if to_appender.send(closed).is_err() {
+                            // The appender stopped: its error is the one to report.
+                            return Ok(());
+                        }
+                    }
+                })();
+                drop(to_appender);
+                let writer = appender
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet appender panicked")));
+                // The encoding's error first (the appender then only saw its channel close).
+                encoded?;
+                writer
             })
             .expect("starting the Parquet encoder thread");
         Encoder {
@@ -848,17 +884,48 @@ type LaneWork = (Arc<RowChunk>, Vec<Segment>);
 /// A column's index and the buffer its pages go to.
 type ColumnPages<'a> = (usize, &'a mut TrackedWrite<Vec<u8>>);
 
+/// A row group encoded: each column's pages (in column order) and what closing its writer
+/// gave, for [`append_row_group`].
+struct ClosedGroup {
+    pages: Vec<Vec<u8>>,
+    closed: Vec<ColumnCloseResult>,
+}
+
+/// Appends an encoded row group to the file; returns its page buffers, emptied.
+fn append_row_group<W: Write + Send>(
+    writer: &mut SerializedFileWriter<W>,
+    group: ClosedGroup,
+) -> Result<Vec<Vec<u8>>> {
+    let columns = writer.schema_descr().columns().to_vec();
+    let mut buffers = Vec::with_capacity(group.pages.len());
+    let mut rg = writer.next_row_group()?;
+    for ((p, close), c) in group.pages.into_iter().zip(group.closed).zip(&columns) {
+        let chunk = bytes::Bytes::from(p);
+        rg.append_column(&chunk, close)
+            .with_context(|| format!("writing column {}", c.name()))?;
+        buffers.push(match chunk.try_into_mut() {
+            Ok(mut b) => {
+                b.clear();
+                Vec::from(b)
+            }
+            Err(_) => Vec::new(),
+        });
+    }
+    rg.close().context("closing a row group")?;
+    Ok(buffers)
+}
+
 /// Encodes one row group: `work`'s segments, then those of the chunks that come, until a
 /// segment cuts it (what follows that segment comes back, for the next row group) or no
 /// more chunks come. Each lane writes its columns of every chunk on a thread of its own;
-/// the last to be done with a chunk gives it back emptied.
-fn encode_row_group<W: Write + Send>(
-    writer: &mut SerializedFileWriter<W>,
+/// the last to be done with a chunk gives it back emptied. The pages go to `buffers`
+/// (one per column, emptied).
+fn encode_row_group(
     input: &RowGroupInput<'_>,
     mut work: Work,
     spent: &mut [Duration],
-    buffers: &mut [Vec<u8>],
-) -> Result<Option<Work>> {
+    buffers: Vec<Vec<u8>>,
+) -> Result<(ClosedGroup, Option<Work>)> {
     let RowGroupInput {
         columns,
         props,
@@ -873,10 +940,8 @@ fn encode_row_group<W: Write + Send>(
             let _ = give_back.send(c);
         }
     };
-    let mut pages: Vec<TrackedWrite<Vec<u8>>> = buffers
-        .iter_mut()
-        .map(|b| TrackedWrite::new(std::mem::take(b)))
-        .collect();
+    let mut pages: Vec<TrackedWrite<Vec<u8>>> =
+        buffers.into_iter().map(TrackedWrite::new).collect();
     let lane_count = lanes.iter().max().map_or(1, |m| m + 1);
     let mut lane_pages: Vec<Vec<ColumnPages<'_>>> = (0..lane_count).map(|_| Vec::new()).collect();
     for (i, p) in pages.iter_mut().enumerate() {
@@ -967,19 +1032,16 @@ fn encode_row_group<W: Write + Send>(
     if aborted.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("the Parquet file was given up before it was complete");
     }
-    let mut rg = writer.next_row_group()?;
-    for ((p, (i, close, took)), c) in pages.into_iter().zip(closed).zip(columns) {
+    let mut group = ClosedGroup {
+        pages: Vec::with_capacity(pages.len()),
+        closed: Vec::with_capacity(pages.len()),
+    };
+    for (p, (i, close, took)) in pages.into_iter().zip(closed) {
         spent[i] += took;
-        let chunk = bytes::Bytes::from(p.into_inner()?);
-        rg.append_column(&chunk, close)
-            .with_context(|| format!("writing column {}", c.name()))?;
-        if let Ok(mut b) = chunk.try_into_mut() {
-            b.clear();
-            buffers[i] = Vec::from(b);
-        }
+        group.pages.push(p.into_inner()?);
+        group.closed.push(close);
     }
-    rg.close().context("closing a row group")?;
-    Ok(carry)
+    Ok((group, carry))
 }
 
 /// Rows of one layout, column by column: rows pushed one at a time, or a chunk of rows
@@ -2019,6 +2081,72 @@ mod tests {
             ParquetSink::new(Vec::new(), &Layout::tweets(), &ParquetOptions::default()).unwrap();
         let mut foreign = other.chunk();
         assert!(sink.append(&mut foreign).is_err());
+    }
+
+    /// A write that fails (a full disk) is the error the caller gets, whichever thread met
+    /// it, and nothing waits forever.
+    #[test]
+    fn a_write_that_fails_mid_file_is_the_error_and_nothing_hangs() {
+        // A file that takes 100 KB, then fails every write (a full disk): the rows are
+        // pushed on (row groups of 2,000 rows, appended by their own thread while the next
+        // ones are encoded) until the failure reaches the caller, by a push or by finish.
+        struct Full(usize);
+        impl Write for Full {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                if self.0 + b.len() > 100_000 {
+                    return Err(std::io::Error::other("no space left (test)"));
+                }
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let layout = Layout::tweets();
+        let opts = ParquetOptions {
+            row_group_rows: 2_000,
+            ..ParquetOptions::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sink = ParquetSink::new(Full(0), &layout, &opts).unwrap();
+            let mut failed = None;
+            for i in 0..200_000i64 {
+                let r = row(
+                    vec![
+                        Cell::I64(i),
+                        Cell::TimestampMicros(i * 7_919),
+                        Cell::I32((i % 1_000) as i32),
+                        text(&format!("place {}", i * 31 % 9_973)),
+                        Cell::I32(2),
+                        Cell::I32(3),
+                    ],
+                    0,
+                    i,
+                    Some(i),
+                );
+                if let Err(e) = sink.push(&r) {
+                    failed = Some((i, format!("{e:#}")));
+                    break;
+                }
+            }
+            let out = match failed {
+                Some((i, e)) => Err((Some(i), e)),
+                None => sink
+                    .finish()
+                    .map_err(|e| (None, format!("{e:#}")))
+                    .map(|_| ()),
+            };
+            let _ = tx.send(out);
+        });
+        let out = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the sink hung on a failed write");
+        let (at, e) = out.expect_err("a file that could not be written was finished");
+        assert!(e.contains("no space left (test)"), "{e}");
+        // The failure stopped the pushing early, or finish reported it.
+        assert!(at.is_none_or(|i| i < 200_000), "{at:?}");
     }
 
     /// A sink dropped unfinished (an error upstream) writes nothing more: the rows its
