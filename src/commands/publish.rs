@@ -572,27 +572,28 @@ impl Publisher<'_> {
             &self.s.layout,
             &opts,
         )?;
-        let mut times = self.record_times(intent)?;
+        let times = self.record_times(intent)?;
         let mut rejects: Vec<u8> = Vec::new();
         let mut rejected = 0u64;
-        for o in &intent.objects {
-            let r = read_object(
-                self.archive,
-                o,
-                times.remove(&o.key).flatten().as_deref(),
-                &self.codec,
-                self.max_errors,
-                &mut sink,
-                &mut rejects,
-                pb,
-            )
-            .with_context(|| format!("publishing object {}", o.key))?;
-            rejected += r;
-            self.sum.archive_bytes += o.bytes;
-            if let Some(s) = &syncer {
-                s.kick();
-            }
-        }
+        let mut archive_bytes = 0;
+        read_objects(
+            self.archive,
+            &intent.objects,
+            &times,
+            &self.codec,
+            self.max_errors,
+            &mut sink,
+            &mut rejects,
+            pb,
+            |o, r| {
+                rejected += r;
+                archive_bytes += o.bytes;
+                if let Some(s) = &syncer {
+                    s.kick();
+                }
+            },
+        )?;
+        self.sum.archive_bytes += archive_bytes;
         let mut stats = sink.finish().context("finishing the Parquet file")?;
         if let Some(s) = syncer.take() {
             s.finish()
@@ -903,18 +904,10 @@ fn decoders() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
-/// Streams one archived object into the file: each record of the planned offsets decoded by
-/// the layout, with its partition, offset, epoch and Kafka timestamp. A record the layout
-/// refuses is a reject (a JSON line in `rejects`) under `max_errors` (bad records per
-/// object), else the error. The object's record count and sha256 must be its manifest's.
-/// Returns the records rejected.
-///
-/// The GET (hashing) on a thread; the decompression and framing on another, which hands
-/// batches of the planned records round the decoding threads (one per core); each decodes a
-/// batch's cells straight into column buffers (a [`RowChunk`]); this thread takes the chunks
-/// in batch order and appends them to the file's row group ([`ParquetSink::append`]), whose
-/// encoder is a thread of its own. Batches and chunks go back to be reused, and each channel
-/// holds two at most: the memory is bounded whatever the object's size.
+/// Streams one archived object into the file (see [`ObjectReader`]): each record of the
+/// planned offsets decoded by the layout, with its partition, offset, epoch and Kafka
+/// timestamp. Returns the records rejected.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn read_object<W: std::io::Write + Send + 'static>(
     store: &dyn ObjectStore,
@@ -926,22 +919,115 @@ fn read_object<W: std::io::Write + Send + 'static>(
     rejects: &mut Vec<u8>,
     pb: &indicatif::ProgressBar,
 ) -> Result<u64> {
-    let times = match timestamps {
-        Some(t) => {
-            let r = RecordTimes::reader(t).map_err(|e| anyhow!("its manifest's {e}"))?;
-            let n = r.records();
-            if n as u64 != o.records {
-                bail!(
-                    "its manifest lists {n} record timestamps for {} records",
-                    o.records
-                );
-            }
-            Some(r)
+    let proto = sink.chunk();
+    std::thread::scope(|scope| {
+        ObjectReader::start(scope, store, o, timestamps, codec, &proto)?.finish(
+            max_errors,
+            sink,
+            rejects,
+            pb,
+            &mut || {},
+        )
+    })
+}
+
+/// Streams a file's objects into it in order, each as [`ObjectReader`] says; `done` is told
+/// of each object read (and its records rejected) before the next is appended. The next
+/// object's download, decompression and decoding start once the current one's download has
+/// ended, while its last records are decoded and appended: no pause between objects.
+#[allow(clippy::too_many_arguments)]
+fn read_objects<W: std::io::Write + Send + 'static>(
+    store: &dyn ObjectStore,
+    objects: &[PlannedObject],
+    times: &BTreeMap<String, Option<String>>,
+    codec: &Codec,
+    max_errors: Option<u64>,
+    sink: &mut ParquetSink<W>,
+    rejects: &mut Vec<u8>,
+    pb: &indicatif::ProgressBar,
+    mut done: impl FnMut(&PlannedObject, u64),
+) -> Result<()> {
+    let proto = sink.chunk();
+    let times_of = |o: &PlannedObject| times.get(&o.key).and_then(|t| t.as_deref());
+    std::thread::scope(|scope| -> Result<()> {
+        // The reader of the object after the current one, once started.
+        let mut ahead: Option<Result<ObjectReader<'_>>> = None;
+        for (i, o) in objects.iter().enumerate() {
+            let reader = match ahead.take() {
+                Some(r) => r,
+                None => ObjectReader::start(scope, store, o, times_of(o), codec, &proto),
+            };
+            let next = objects.get(i + 1);
+            let mut start_next = || {
+                if let (None, Some(n)) = (&ahead, next) {
+                    ahead = Some(ObjectReader::start(
+                        scope,
+                        store,
+                        n,
+                        times_of(n),
+                        codec,
+                        &proto,
+                    ));
+                }
+            };
+            let rejected = reader
+                .and_then(|r| r.finish(max_errors, sink, rejects, pb, &mut start_next))
+                .with_context(|| format!("publishing object {}", o.key))?;
+            done(o, rejected);
         }
-        None => None,
-    };
-    let k = decoders();
-    std::thread::scope(|scope| -> Result<u64> {
+        Ok(())
+    })
+}
+
+/// One archived object being read into the file. A record the layout refuses is a reject
+/// (a JSON line in `rejects`) under `max_errors` (bad records per object), else the error.
+/// The object's record count and sha256 must be its manifest's.
+///
+/// The GET (hashing) on a thread; the decompression and framing on another, which hands
+/// batches of the planned records round the decoding threads (one per core); each decodes a
+/// batch's cells straight into column buffers (a [`RowChunk`]); [`ObjectReader::finish`]
+/// takes the chunks in batch order and appends them to the file's row group
+/// ([`ParquetSink::append`]), whose encoder is a thread of its own. Batches and chunks go
+/// back to be reused, and each channel holds two at most: the memory is bounded whatever the
+/// object's size.
+struct ObjectReader<'scope> {
+    o: &'scope PlannedObject,
+    store: &'scope dyn ObjectStore,
+    getter: std::thread::ScopedJoinHandle<'scope, Result<String>>,
+    framer: std::thread::ScopedJoinHandle<'scope, Result<u64>>,
+    decoders: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
+    from_decoders: Vec<std::sync::mpsc::Receiver<Decoded>>,
+    spare_chunks: Vec<std::sync::mpsc::Sender<RowChunk>>,
+    /// Set when the framing has ended: the object is downloaded (or its reading failed).
+    framed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<'scope> ObjectReader<'scope> {
+    /// Starts the download, the framing and the decoding threads of `o`; `proto` is a chunk
+    /// of the file's columns.
+    fn start(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        store: &'scope dyn ObjectStore,
+        o: &'scope PlannedObject,
+        timestamps: Option<&str>,
+        codec: &'scope Codec,
+        proto: &RowChunk,
+    ) -> Result<Self> {
+        let times = match timestamps {
+            Some(t) => {
+                let r = RecordTimes::reader(t).map_err(|e| anyhow!("its manifest's {e}"))?;
+                let n = r.records();
+                if n as u64 != o.records {
+                    bail!(
+                        "its manifest lists {n} record timestamps for {} records",
+                        o.records
+                    );
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        let k = decoders();
         let (reader, getter) = archive_mod::stream(scope, store, &o.key)?;
         let (spare_batch_tx, spare_batch_rx) = std::sync::mpsc::channel::<Batch>();
         let mut to_decoders = Vec::with_capacity(k);
@@ -954,7 +1040,7 @@ fn read_object<W: std::io::Write + Send + 'static>(
             let (spare_tx, spare_rx) = std::sync::mpsc::channel::<RowChunk>();
             let spare_batches = spare_batch_tx.clone();
             // Two chunks each: one being filled while the other waits to be appended.
-            let fresh = vec![sink.chunk(), sink.chunk()];
+            let fresh = vec![proto.empty_like(), proto.empty_like()];
             decoder_threads.push(scope.spawn(move || {
                 decode_batches(codec, &batch_rx, &done_tx, &spare_rx, &spare_batches, fresh)
             }));
@@ -964,16 +1050,59 @@ fn read_object<W: std::io::Write + Send + 'static>(
         }
         drop(spare_batch_tx);
         let compression = o.compression;
+        let framed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = framed.clone();
         let framer = scope.spawn(move || -> Result<u64> {
-            let frames = FrameReader::new(
-                archive_mod::decoder(reader, compression).context("decompressing")?,
-            );
-            frame_batches(frames, o, times, &to_decoders, &spare_batch_rx)
+            let r = archive_mod::decoder(reader, compression)
+                .context("decompressing")
+                .and_then(|d| {
+                    frame_batches(FrameReader::new(d), o, times, &to_decoders, &spare_batch_rx)
+                });
+            flag.store(true, std::sync::atomic::Ordering::Release);
+            r
         });
+        Ok(ObjectReader {
+            o,
+            store,
+            getter,
+            framer,
+            decoders: decoder_threads,
+            from_decoders,
+            spare_chunks,
+            framed,
+        })
+    }
+
+    /// Appends the object's records to the file, in order; calls `ahead` once its download
+    /// has ended (to start the next object's). Returns the records rejected.
+    fn finish<W: std::io::Write + Send + 'static>(
+        self,
+        max_errors: Option<u64>,
+        sink: &mut ParquetSink<W>,
+        rejects: &mut Vec<u8>,
+        pb: &indicatif::ProgressBar,
+        ahead: &mut dyn FnMut(),
+    ) -> Result<u64> {
+        let ObjectReader {
+            o,
+            store,
+            getter,
+            framer,
+            decoders: decoder_threads,
+            from_decoders,
+            spare_chunks,
+            framed,
+        } = self;
+        let k = from_decoders.len();
         // The chunks in batch order: batch i went to decoder i % k.
         let mut appended: Result<u64> = Ok(0);
         let mut rejected = 0u64;
+        let mut started_ahead = false;
         'chunks: for i in 0.. {
+            if !started_ahead && framed.load(std::sync::atomic::Ordering::Acquire) {
+                started_ahead = true;
+                ahead();
+            }
             let Ok(mut d) = from_decoders[i % k].recv() else {
                 break;
             };
@@ -1056,7 +1185,7 @@ fn read_object<W: std::io::Write + Send + 'static>(
             bail!("holds {n} records but its manifest says {}", o.records);
         }
         Ok(rejected)
-    })
+    }
 }
 
 /// The framing of [`read_object`]: reads every record of the decompressed object, keeps
@@ -1326,6 +1455,118 @@ mod tests {
         });
         rx.recv_timeout(std::time::Duration::from_secs(60))
             .expect("read_object did not end within a minute")
+    }
+
+    /// Runs `read_objects` over `objects` into one file, on its own thread, failing the test
+    /// if it does not end within a minute: each row's (partition, offset), or the error.
+    fn publish_objects(
+        store: std::sync::Arc<crate::archive::local::LocalStore>,
+        objects: Vec<PlannedObject>,
+    ) -> Result<Vec<(i32, i64)>, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let layout = crate::records::Layout::tweets();
+            let codec = Codec::new(layout.clone());
+            let mut sink =
+                ParquetSink::new(Vec::new(), &layout, &ParquetOptions::default()).unwrap();
+            let mut rejects = Vec::new();
+            let pb = indicatif::ProgressBar::hidden();
+            let mut seen = Vec::new();
+            let r = read_objects(
+                &*store,
+                &objects,
+                &BTreeMap::new(),
+                &codec,
+                None,
+                &mut sink,
+                &mut rejects,
+                &pb,
+                |o, _| seen.push(o.key.clone()),
+            );
+            let out = r.map_err(|e| format!("{e:#}")).map(|()| {
+                let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+                assert_eq!(seen, keys, "each object reported done once, in order");
+                let (file, _) = sink.into_inner().unwrap();
+                use ::parquet::file::reader::FileReader as _;
+                let reader =
+                    ::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(file))
+                        .unwrap();
+                reader
+                    .get_row_iter(None)
+                    .unwrap()
+                    .map(|row| {
+                        let row = row.unwrap();
+                        let get = |name: &str| {
+                            row.get_column_iter()
+                                .find(|(n, _)| n.as_str() == name)
+                                .map(|(_, f)| f.clone())
+                                .unwrap()
+                        };
+                        match (get("_partition"), get("_offset")) {
+                            (
+                                ::parquet::record::Field::Int(p),
+                                ::parquet::record::Field::Long(o),
+                            ) => (p, o),
+                            other => panic!("{other:?}"),
+                        }
+                    })
+                    .collect()
+            });
+            let _ = tx.send(out);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("read_objects did not end within a minute")
+    }
+
+    #[test]
+    fn a_files_objects_are_read_ahead_but_appended_in_order_and_a_failure_names_its_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(crate::archive::local::LocalStore::new(
+            dir.path().to_path_buf(),
+        ));
+        // Objects of several batches each and one of a few records, in three partitions.
+        let sizes = [3 * BATCH_RECORDS + 17, 5, 2 * BATCH_RECORDS + 1];
+        let objects: Vec<PlannedObject> = sizes
+            .iter()
+            .enumerate()
+            .map(|(p, &n)| {
+                let recs: Vec<Vec<u8>> = (0..n).map(|i| tweet(i + 10_000 * p)).collect();
+                let mut o = stored(&*store, &format!("a/p{p}.log.gz"), &recs, None);
+                o.partition = p as i32;
+                o
+            })
+            .collect();
+        let rows = publish_objects(store.clone(), objects.clone()).unwrap();
+        let want: Vec<(i32, i64)> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(p, &n)| (100..100 + n as i64).map(move |o| (p as i32, o)))
+            .collect();
+        assert_eq!(rows, want, "the objects' rows in the plan's order");
+
+        // The middle object's bytes are not its manifest's: it is named, after the first was
+        // read and while the last may be read ahead.
+        let mut corrupt = objects.clone();
+        store.put_bytes("a/p1.log.gz", b"not gzip at all").unwrap();
+        let e = publish_objects(store.clone(), corrupt.clone()).unwrap_err();
+        assert!(e.contains("publishing object a/p1.log.gz"), "{e}");
+
+        // The first object has a bad record (strict) while the next is read ahead: the first
+        // one's record is the error.
+        let mut recs: Vec<Vec<u8>> = (0..sizes[0]).map(tweet).collect();
+        recs[2 * BATCH_RECORDS + 3] = b"1;not a time;1;x;1;1;".to_vec();
+        corrupt[0] = stored(&*store, "a/p0.log.gz", &recs, None);
+        corrupt[0].partition = 0;
+        corrupt[1] = objects[1].clone();
+        let e = publish_objects(store.clone(), corrupt).unwrap_err();
+        assert!(e.contains("publishing object a/p0.log.gz"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "partition 0 offset {}",
+                100 + 2 * BATCH_RECORDS + 3
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1071,6 +1071,16 @@ impl RowChunk {
     }
 
     /// Rows held.
+    /// An empty chunk of the same columns.
+    pub fn empty_like(&self) -> RowChunk {
+        let kinds: Vec<(String, Kind)> = self
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.kind))
+            .collect();
+        RowChunk::new(&kinds, self.layout_columns)
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
