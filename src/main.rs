@@ -22,11 +22,14 @@ fn main() -> ExitCode {
 /// buffers, manifests, download and write buffers) come and go all run long: with the
 /// sliding threshold its peak RSS grew from 51 MiB at 1M records to 93 MiB at 10M; with the
 /// threshold fixed at 1 MiB (which stops the sliding), 49 and 57 (docs/lake-design.md, memory).
-/// `MALLOC_MMAP_THRESHOLD_` in the environment still wins. The crate's one `unsafe`.
+/// A threshold set in the environment (`MALLOC_MMAP_THRESHOLD_`, or `mmap_threshold` in
+/// `GLIBC_TUNABLES`) is left as it is. The crate's one `unsafe`.
 #[allow(unsafe_code)]
 fn fixed_mmap_threshold() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none()
+        && !std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mmap_threshold"))
+    {
         // SAFETY: mallopt takes two integers and sets a parameter of the allocator (under
         // its own lock); no pointer is passed and no memory changes hands.
         unsafe {

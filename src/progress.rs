@@ -161,8 +161,11 @@ pub struct Inputs<'a> {
 
 /// Each partition's position in Kafka, the archive and the ledger, and the time it is
 /// complete through.
+///
+/// `kafka`: what reading Kafka's positions gave (its error is reported after the ledger's,
+/// as when they were read here).
 pub fn progress(
-    kafka: &KafkaPositions,
+    kafka: Result<KafkaPositions>,
     wh: &mut dyn Warehouse,
     topic: &str,
     inp: &Inputs<'_>,
@@ -170,9 +173,14 @@ pub fn progress(
 ) -> Result<Vec<PartitionProgress>> {
     let epoch = inp.head.map_or(0, |h| h.epoch);
     let prefixes = ledger::Ledger::new(wh).loaded_prefixes(topic, epoch)?;
+    let kafka = kafka?;
     let mut out = Vec::new();
     for &p in &kafka.partitions {
-        let (start, end) = kafka.watermarks[&p];
+        let (start, end) = kafka
+            .watermarks
+            .get(&p)
+            .copied()
+            .ok_or_else(|| anyhow!("no watermarks read for partition {p}"))?;
         let c = kafka.committed.get(&p).copied().flatten();
         let mine: Vec<&PendingObject> = inp
             .pending
@@ -350,9 +358,14 @@ const WATERMARK_THREADS: usize = 8;
 impl KafkaPositions {
     /// Connects (no group is joined, nothing is committed) and reads them; the watermarks of
     /// several partitions at once, so that a topic of many partitions costs a few round trips,
-    /// not one per partition.
-    pub fn read(k: &KafkaSettings) -> Result<KafkaPositions> {
+    /// not one per partition. The outer error: connecting (the topic's metadata) failed; the
+    /// inner: reading the offsets or watermarks did.
+    pub fn read(k: &KafkaSettings) -> Result<Result<KafkaPositions>> {
         let source = KafkaSource::connect(k, Mode::AssignAll)?;
+        Ok(Self::read_from(&source))
+    }
+
+    fn read_from(source: &KafkaSource) -> Result<KafkaPositions> {
         let partitions = source.partitions()?;
         let committed = source.committed(&partitions)?;
         let per = partitions.len().div_ceil(WATERMARK_THREADS).max(1);
@@ -360,7 +373,6 @@ impl KafkaPositions {
             let threads: Vec<_> = partitions
                 .chunks(per)
                 .map(|ps| {
-                    let source = &source;
                     scope.spawn(move || -> Result<Vec<(i32, (i64, i64))>> {
                         ps.iter().map(|&p| Ok((p, source.watermarks(p)?))).collect()
                     })
@@ -384,13 +396,11 @@ impl KafkaPositions {
 }
 
 /// [`KafkaPositions`] read on a thread of their own (Kafka's round trips are the slowest part
-/// of a snapshot) while the caller reads the archive and the warehouse; see
-/// [`snapshot_with`]. Dropped without [`KafkaPrefetch::wait`], the thread is left to end
-/// on its own.
-pub struct KafkaPrefetch(std::thread::JoinHandle<Result<KafkaPositions>>);
+/// of a snapshot) while [`snapshot`] reads the catalog.
+struct KafkaPrefetch(std::thread::JoinHandle<Result<Result<KafkaPositions>>>);
 
 impl KafkaPrefetch {
-    pub fn start(k: &KafkaSettings) -> KafkaPrefetch {
+    fn start(k: &KafkaSettings) -> KafkaPrefetch {
         let k = k.clone();
         KafkaPrefetch(
             std::thread::Builder::new()
@@ -400,7 +410,7 @@ impl KafkaPrefetch {
         )
     }
 
-    pub fn wait(self) -> Result<KafkaPositions> {
+    fn wait(self) -> Result<Result<KafkaPositions>> {
         self.0
             .join()
             .unwrap_or_else(|_| Err(anyhow!("reading Kafka's positions panicked")))
@@ -409,7 +419,11 @@ impl KafkaPrefetch {
 
 /// Reads the configured topic along the chain: Kafka's committed offsets and watermarks (no
 /// group is joined, nothing is committed), the catalog head, the manifests since copy's
-/// cursor, the ledger's aggregates, and one manifest per partition.
+/// cursor, the ledger's aggregates, and one manifest per partition. Kafka is read on a thread
+/// of its own while the catalog is; the errors come in the order they did when Kafka was
+/// read first (connecting, then the catalog, the ledger, then Kafka's offsets). `now` must
+/// be taken before the call: a partition caught up is complete through `now`, so it must
+/// not be later than the reading of its end offset.
 pub fn snapshot(
     s: &Settings,
     store: &dyn ObjectStore,
@@ -417,22 +431,8 @@ pub fn snapshot(
     lateness: Duration,
     now: DateTime<Utc>,
 ) -> Result<Snapshot> {
-    let kafka = KafkaPrefetch::start(s.require_kafka()?);
-    snapshot_with(kafka, s, store, wh, lateness, now)
-}
-
-/// [`snapshot`] with Kafka's positions read already or being read: the catalog and the
-/// ledger are read meanwhile. Kafka's error, if any, is the one reported (as when Kafka was
-/// read first).
-pub fn snapshot_with(
-    kafka: KafkaPrefetch,
-    s: &Settings,
-    store: &dyn ObjectStore,
-    wh: &mut dyn Warehouse,
-    lateness: Duration,
-    now: DateTime<Utc>,
-) -> Result<Snapshot> {
     let k = s.require_kafka()?;
+    let kafka = KafkaPrefetch::start(k);
     let catalog = Catalog::new(store, &k.topic);
     let head = catalog.head();
     let pending = head.as_ref().ok().map(|_| {
@@ -454,7 +454,7 @@ pub fn snapshot_with(
         lateness,
         now,
     };
-    let partitions = progress(&positions, wh, &k.topic, &inputs, &mut manifests)?;
+    let partitions = progress(positions, wh, &k.topic, &inputs, &mut manifests)?;
     Ok(Snapshot {
         topic: k.topic.clone(),
         group: k.group.clone(),

@@ -546,8 +546,9 @@ impl KafkaSource {
             // default, for throughput (bench/notes.md).
             .set("queued.max.messages.kbytes", "16384");
         if mode == Mode::AssignAll {
-            // Reading positions (status, complete-through) talks to every partition's leader
-            // at once: connect to the brokers up front. With sparse connections (librdkafka's
+            // Without joining the group (the positions of status and complete-through, audit,
+            // ingest --dry-run) every partition's leader is asked at once: connect to the
+            // brokers up front. With sparse connections (librdkafka's
             // default) a broker learned from the metadata was connected late, and the first
             // request to it waited about 50 ms (tansu 0.6.0, librdkafka 2.12: 8 ms instead,
             // 12 runs of each; docs/benchmarks.md).

@@ -22,7 +22,7 @@ use crate::warehouse::{self, Warehouse};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// Parquet bytes per uncompressed archive byte assumed until the lake has a file to go by.
@@ -97,9 +97,6 @@ pub fn exec(a: &PublishArgs, s: &Settings, out: &Output) -> Result<Report> {
 fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<Report> {
     let started = Instant::now();
     check_settings(s, topic)?;
-    // Kafka's round trips (for complete-through) go on while the stores are opened, the
-    // warehouse connected and locked, and the catalog read.
-    let kafka = crate::progress::KafkaPrefetch::start(s.require_kafka()?);
     let archive = archive_mod::open(&s.archive)?;
     let lake = archive_mod::open(&s.lake.store)?;
     if !a.dry_run {
@@ -116,16 +113,12 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
             out,
         )?;
     }
+    // Before Kafka's positions are read (the snapshot reads them on a thread of their own
+    // while it reads the catalog): a partition caught up is complete through this time, so
+    // it must not be later than its end offset's reading.
     let now = Utc::now();
-    let snap = crate::progress::snapshot_with(
-        kafka,
-        s,
-        archive.as_ref(),
-        wh.as_mut(),
-        s.status.lateness,
-        now,
-    )
-    .context("reading how complete the topic is (status's complete-through)")?;
+    let snap = crate::progress::snapshot(s, archive.as_ref(), wh.as_mut(), s.status.lateness, now)
+        .context("reading how complete the topic is (status's complete-through)")?;
     let complete_through = crate::progress::complete_through(&snap.partitions);
     let mut p = Publisher {
         s,
@@ -135,6 +128,7 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
         wh: wh.as_mut(),
         out,
         codec: super::codec_for(archive.as_ref(), &s.layout)?,
+        manifest_times: None,
         max_errors: a.max_errors.or(s.max_errors),
         registered: BTreeSet::new(),
         repair: a.repair,
@@ -220,6 +214,8 @@ struct Publisher<'a> {
     wh: &'a mut dyn Warehouse,
     out: &'a Output,
     codec: Codec,
+    /// The record timestamps of the objects of the manifest read last, by object key.
+    manifest_times: Option<(String, HashMap<String, Option<String>>)>,
     max_errors: Option<u64>,
     sum: PublishSummary,
     /// Hours this run added (or found) as Spectrum partitions.
@@ -509,9 +505,10 @@ impl Publisher<'_> {
     }
 
     /// The record timestamps of an intent's objects (None: the manifest has none), read from
-    /// their manifests, each manifest once; an intent written by an older version carries
-    /// them itself.
-    fn record_times(&self, intent: &Intent) -> Result<BTreeMap<String, Option<String>>> {
+    /// their manifests, each manifest once per file, and the last one read kept for the next
+    /// file (files of one hour draw on the same manifests); an intent written by an older
+    /// version carries them itself.
+    fn record_times(&mut self, intent: &Intent) -> Result<BTreeMap<String, Option<String>>> {
         let mut times = BTreeMap::new();
         let mut by_manifest: BTreeMap<&str, Vec<&PlannedObject>> = BTreeMap::new();
         for o in &intent.objects {
@@ -523,19 +520,31 @@ impl Publisher<'_> {
             }
         }
         for (name, objects) in by_manifest {
-            let mut cache = ManifestCache::new(Catalog::new(self.archive, self.topic));
-            let man = cache.get(name)?.ok_or_else(|| {
-                anyhow!(
-                    "manifest {name}, which lists {}, is gone from the archive",
-                    objects[0].key
-                )
-            })?;
+            let cached = matches!(&self.manifest_times, Some((n, _)) if n == name);
+            if !cached {
+                let mut cache = ManifestCache::new(Catalog::new(self.archive, self.topic));
+                let man = cache.get(name)?.ok_or_else(|| {
+                    anyhow!(
+                        "manifest {name}, which lists {}, is gone from the archive",
+                        objects[0].key
+                    )
+                })?;
+                let of_objects = man
+                    .objects
+                    .iter()
+                    .map(|e| (e.key.clone(), e.timestamps.clone()))
+                    .collect();
+                self.sum.manifests_read += cache.read;
+                self.manifest_times = Some((name.to_string(), of_objects));
+            }
+            let Some((_, of_objects)) = &self.manifest_times else {
+                unreachable!("the manifest's timestamps were just read");
+            };
             for o in objects {
-                let entry =
-                    man.objects.iter().find(|e| e.key == o.key).ok_or_else(|| {
-                        anyhow!("manifest {name} no longer lists object {}", o.key)
-                    })?;
-                times.insert(o.key.clone(), entry.timestamps.clone());
+                let t = of_objects
+                    .get(&o.key)
+                    .ok_or_else(|| anyhow!("manifest {name} no longer lists object {}", o.key))?;
+                times.insert(o.key.clone(), t.clone());
             }
         }
         Ok(times)
@@ -972,8 +981,18 @@ fn read_objects<W: std::io::Write + Send + 'static>(
             };
             let rejected = reader
                 .and_then(|r| r.finish(max_errors, sink, rejects, pb, &mut start_next))
-                .with_context(|| format!("publishing object {}", o.key))?;
-            done(o, rejected);
+                .with_context(|| format!("publishing object {}", o.key));
+            match rejected {
+                Ok(r) => done(o, r),
+                Err(e) => {
+                    // The object read ahead is stopped and heard out: its threads' endings
+                    // (a panic included) are not this error's.
+                    if let Some(Ok(next)) = ahead.take() {
+                        next.abandon();
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     })
@@ -998,7 +1017,7 @@ struct ObjectReader<'scope> {
     decoders: Vec<std::thread::ScopedJoinHandle<'scope, Result<()>>>,
     from_decoders: Vec<std::sync::mpsc::Receiver<Decoded>>,
     spare_chunks: Vec<std::sync::mpsc::Sender<RowChunk>>,
-    /// Set when the framing has ended: the object is downloaded (or its reading failed).
+    /// Set when the framing has ended well: the object is downloaded.
     framed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -1058,7 +1077,9 @@ impl<'scope> ObjectReader<'scope> {
                 .and_then(|d| {
                     frame_batches(FrameReader::new(d), o, times, &to_decoders, &spare_batch_rx)
                 });
-            flag.store(true, std::sync::atomic::Ordering::Release);
+            if r.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            }
             r
         });
         Ok(ObjectReader {
@@ -1071,6 +1092,27 @@ impl<'scope> ObjectReader<'scope> {
             spare_chunks,
             framed,
         })
+    }
+
+    /// Stops the reading (its channels closed: the decoding threads and the framing stop at
+    /// their next batch, the download at its next write) and waits for its threads, whatever
+    /// they end with.
+    fn abandon(self) {
+        let ObjectReader {
+            getter,
+            framer,
+            decoders,
+            from_decoders,
+            spare_chunks,
+            ..
+        } = self;
+        drop(from_decoders);
+        drop(spare_chunks);
+        let _ = framer.join();
+        for t in decoders {
+            let _ = t.join();
+        }
+        let _ = getter.join();
     }
 
     /// Appends the object's records to the file, in order; calls `ahead` once its download
@@ -1188,7 +1230,7 @@ impl<'scope> ObjectReader<'scope> {
     }
 }
 
-/// The framing of [`read_object`]: reads every record of the decompressed object, keeps
+/// The framing of [`ObjectReader`]: reads every record of the decompressed object, keeps
 /// those of the planned offsets with their coordinates, and deals the batches round the
 /// decoders. Returns the records read (or, when a decoder stopped first, those so far).
 fn frame_batches<R: std::io::BufRead>(
@@ -1262,7 +1304,7 @@ fn frame_batches<R: std::io::BufRead>(
     Ok(n)
 }
 
-/// A decoding thread of [`read_object`]: each batch's records decoded into a chunk of rows,
+/// A decoding thread of [`ObjectReader`]: each batch's records decoded into a chunk of rows,
 /// the refused ones listed, in order.
 fn decode_batches(
     codec: &Codec,

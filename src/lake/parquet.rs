@@ -737,21 +737,31 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 // filled).
                 let (recycle, recycled) = std::sync::mpsc::channel::<Vec<Vec<u8>>>();
                 let appender_aborted = aborted.clone();
+                // Set when an append failed (a full disk, say): the encoding stops at its next
+                // chunk, not a row group later.
+                let append_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let failed = append_failed.clone();
                 let appender = std::thread::Builder::new()
                     .name("parquet-appender".into())
                     .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
-                        for group in appended {
-                            if appender_aborted.load(std::sync::atomic::Ordering::SeqCst) {
-                                bail!("the Parquet file was given up before it was complete");
+                        let r = (|| {
+                            for group in appended {
+                                if appender_aborted.load(std::sync::atomic::Ordering::SeqCst) {
+                                    bail!("the Parquet file was given up before it was complete");
+                                }
+                                let buffers = append_row_group(&mut writer, group)?;
+                                w2.store(
+                                    writer.bytes_written() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                );
+                                let _ = recycle.send(buffers);
                             }
-                            let buffers = append_row_group(&mut writer, group)?;
-                            w2.store(
-                                writer.bytes_written() as u64,
-                                std::sync::atomic::Ordering::Relaxed,
-                            );
-                            let _ = recycle.send(buffers);
+                            Ok(())
+                        })();
+                        if r.is_err() {
+                            failed.store(true, std::sync::atomic::Ordering::SeqCst);
                         }
-                        Ok(writer)
+                        r.map(|()| writer)
                     })
                     .expect("starting the Parquet appender thread");
                 let encoded = (|| -> Result<()> {
@@ -771,6 +781,7 @@ impl<W: Write + Send + 'static> Encoder<W> {
                             from: &from,
                             give_back: &give_back,
                             aborted: &aborted,
+                            append_failed: &append_failed,
                         };
                         let buffers = recycled
                             .try_recv()
@@ -789,9 +800,11 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 let writer = appender
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet appender panicked")));
-                // The encoding's error first (the appender then only saw its channel close).
+                // An append that failed is the cause (the encoding then stopped); else the
+                // encoding's error (the appender only saw its channel close).
+                let writer = writer?;
                 encoded?;
-                writer
+                Ok(writer)
             })
             .expect("starting the Parquet encoder thread");
         Encoder {
@@ -876,6 +889,8 @@ struct RowGroupInput<'a> {
     give_back: &'a std::sync::mpsc::Sender<RowChunk>,
     /// The file was given up: the open row group is not written.
     aborted: &'a std::sync::atomic::AtomicBool,
+    /// Appending a row group failed: the encoding stops.
+    append_failed: &'a std::sync::atomic::AtomicBool,
 }
 
 /// A chunk handed to a lane, and the segments of it in this row group.
@@ -933,6 +948,7 @@ fn encode_row_group(
         from,
         give_back,
         aborted,
+        append_failed,
     } = *input;
     let recycle = |chunk: Arc<RowChunk>| {
         if let Some(mut c) = Arc::into_inner(chunk) {
@@ -1010,7 +1026,7 @@ fn encode_row_group(
                 break Some(work);
             }
             recycle(work.chunk);
-            if cut {
+            if cut || append_failed.load(std::sync::atomic::Ordering::SeqCst) {
                 break None;
             }
             match from.recv() {
@@ -1031,6 +1047,9 @@ fn encode_row_group(
     })?;
     if aborted.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("the Parquet file was given up before it was complete");
+    }
+    if append_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("a row group could not be appended to the file");
     }
     let mut group = ClosedGroup {
         pages: Vec::with_capacity(pages.len()),
@@ -1070,7 +1089,6 @@ impl RowChunk {
         }
     }
 
-    /// Rows held.
     /// An empty chunk of the same columns.
     pub fn empty_like(&self) -> RowChunk {
         let kinds: Vec<(String, Kind)> = self
@@ -1081,6 +1099,7 @@ impl RowChunk {
         RowChunk::new(&kinds, self.layout_columns)
     }
 
+    /// Rows held.
     pub fn rows(&self) -> usize {
         self.rows
     }
