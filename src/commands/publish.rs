@@ -501,43 +501,6 @@ impl Publisher<'_> {
         Ok(intents)
     }
 
-    /// The record timestamps of an intent's objects (None: the manifest has none), read from
-    /// their manifests, each manifest once; an intent written by an older version carries
-    /// them itself. Only the file's own are kept, while it is written: a manifest kept for
-    /// the next file would hold an ingest run's timestamps (about 0.6 bytes a record it
-    /// archived) through this file's writing, where the peak memory is.
-    fn record_times(&mut self, intent: &Intent) -> Result<BTreeMap<String, Option<String>>> {
-        let mut times = BTreeMap::new();
-        let mut by_manifest: BTreeMap<&str, Vec<&PlannedObject>> = BTreeMap::new();
-        for o in &intent.objects {
-            match &o.timestamps {
-                Some(t) => {
-                    times.insert(o.key.clone(), Some(t.clone()));
-                }
-                None => by_manifest.entry(o.manifest.as_str()).or_default().push(o),
-            }
-        }
-        for (name, objects) in by_manifest {
-            // One manifest parsed at a time.
-            let mut cache = ManifestCache::new(Catalog::new(self.archive, self.topic));
-            let man = cache.get(name)?.ok_or_else(|| {
-                anyhow!(
-                    "manifest {name}, which lists {}, is gone from the archive",
-                    objects[0].key
-                )
-            })?;
-            for o in objects {
-                let entry =
-                    man.objects.iter().find(|e| e.key == o.key).ok_or_else(|| {
-                        anyhow!("manifest {name} no longer lists object {}", o.key)
-                    })?;
-                times.insert(o.key.clone(), entry.timestamps.clone());
-            }
-            self.sum.manifests_read += cache.read;
-        }
-        Ok(times)
-    }
-
     /// Writes one intent's file (rows from its objects' planned offsets) and stores it, with
     /// its rejects; returns its commit record (not written yet).
     fn write_file(&mut self, intent: &Intent, pb: &indicatif::ProgressBar) -> Result<FileRecord> {
@@ -569,7 +532,8 @@ impl Publisher<'_> {
             &self.s.layout,
             &opts,
         )?;
-        let times = self.record_times(intent)?;
+        let (times, read) = record_times(self.archive, self.topic, intent)?;
+        self.sum.manifests_read += read;
         let mut rejects: Vec<u8> = Vec::new();
         let mut rejected = 0u64;
         let mut archive_bytes = 0;
@@ -899,6 +863,49 @@ struct Decoded {
 /// Threads that decode records at once: the machine's cores, up to 4.
 fn decoders() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// The record timestamps of an intent's objects (None: the manifest has none), read from
+/// their manifests, each manifest once; an intent written by an older version carries them
+/// itself. Only the file's own are kept, while it is written: a manifest kept for the next
+/// file would hold an ingest run's timestamps (about 0.6 bytes a record it archived) through
+/// this file's writing, where the peak memory is. Also returns the manifest keys tried.
+fn record_times(
+    archive: &dyn ObjectStore,
+    topic: &str,
+    intent: &Intent,
+) -> Result<(BTreeMap<String, Option<String>>, usize)> {
+    let mut times = BTreeMap::new();
+    let mut read = 0;
+    let mut by_manifest: BTreeMap<&str, Vec<&PlannedObject>> = BTreeMap::new();
+    for o in &intent.objects {
+        match &o.timestamps {
+            Some(t) => {
+                times.insert(o.key.clone(), Some(t.clone()));
+            }
+            None => by_manifest.entry(o.manifest.as_str()).or_default().push(o),
+        }
+    }
+    for (name, objects) in by_manifest {
+        // One manifest parsed at a time.
+        let mut cache = ManifestCache::new(Catalog::new(archive, topic));
+        let man = cache.get(name)?.ok_or_else(|| {
+            anyhow!(
+                "manifest {name}, which lists {}, is gone from the archive",
+                objects[0].key
+            )
+        })?;
+        for o in objects {
+            let entry = man
+                .objects
+                .iter()
+                .find(|e| e.key == o.key)
+                .ok_or_else(|| anyhow!("manifest {name} no longer lists object {}", o.key))?;
+            times.insert(o.key.clone(), entry.timestamps.clone());
+        }
+        read += cache.read;
+    }
+    Ok((times, read))
 }
 
 /// Streams one archived object into the file (see [`ObjectReader`]): each record of the
@@ -1485,6 +1492,122 @@ mod tests {
         });
         rx.recv_timeout(std::time::Duration::from_secs(60))
             .expect("read_object did not end within a minute")
+    }
+
+    #[test]
+    fn record_timestamps_come_from_the_manifest_or_from_an_older_intent() {
+        use crate::archive::layout::{Manifest, RecordTimes};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::archive::local::LocalStore::new(dir.path().to_path_buf());
+        let cat = Catalog::new(&store, "t");
+        let mut times = RecordTimes::default();
+        for ms in [1_000, 2_000, -1, 3_500] {
+            times.push((ms >= 0).then_some(ms));
+        }
+        let entry = |key: &str, timestamps: Option<String>| ObjectEntry {
+            key: key.into(),
+            topic: "t".into(),
+            partition: 0,
+            first_offset: 0,
+            last_offset: 3,
+            records: 4,
+            bytes: 1,
+            uncompressed_bytes: 1,
+            sha256: "s".into(),
+            compression: crate::archive::Compression::Gzip,
+            gaps: vec![],
+            holes: vec![],
+            max_timestamp_ms: None,
+            schema_ids: vec![],
+            timestamps,
+        };
+        let at = chrono::DateTime::parse_from_rfc3339("2026-12-05T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let key = cat.key_for_manifest("run1", at);
+        let name = layout::manifest_name(&key).unwrap().to_string();
+        cat.store_manifest(
+            &key,
+            &Manifest {
+                run_id: "run1".into(),
+                topic: "t".into(),
+                group: "g".into(),
+                started_at: "a".into(),
+                finished_at: "b".into(),
+                objects: vec![
+                    entry("a/with", Some(times.encode())),
+                    entry("a/without", None),
+                ],
+                rejected_key: None,
+                rejected: 0,
+                epoch: 0,
+                expired: vec![],
+                next: BTreeMap::new(),
+            },
+        )
+        .unwrap();
+        let planned = |key: &str, manifest: &str, timestamps: Option<&str>| PlannedObject {
+            key: key.into(),
+            sha256: "s".into(),
+            records: 4,
+            epoch: 0,
+            partition: 0,
+            first: 0,
+            last: 3,
+            holes: vec![],
+            compression: crate::archive::Compression::Gzip,
+            bytes: 1,
+            uncompressed: 1,
+            timestamps: timestamps.map(str::to_string),
+            spans: vec![(0, 3)],
+            manifest: manifest.into(),
+        };
+        let intent = |objects| Intent {
+            hour: "2026120510".into(),
+            name: "f".into(),
+            open: false,
+            late: false,
+            objects,
+        };
+        // This version's intents carry none: the manifest's, read once for both objects; an
+        // older intent's own are used as they are (its manifest is not read for them).
+        let (got, read) = record_times(
+            &store,
+            "t",
+            &intent(vec![
+                planned("a/with", &name, None),
+                planned("a/without", &name, None),
+                planned("a/older", "gone", Some("z1:old")),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(got["a/with"], Some(times.encode()));
+        assert_eq!(
+            RecordTimes::decode(got["a/with"].as_deref().unwrap()).unwrap(),
+            vec![Some(1_000), Some(2_000), None, Some(3_500)]
+        );
+        assert_eq!(got["a/without"], None);
+        assert_eq!(got["a/older"].as_deref(), Some("z1:old"));
+        assert_eq!(read, 1, "one manifest key tried");
+        // A manifest gone, or one that no longer lists the object: named.
+        let e = record_times(
+            &store,
+            "t",
+            &intent(vec![planned("a/x", "20261205T0000", None)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("manifest 20261205T0000, which lists a/x, is gone"),
+            "{e}"
+        );
+        let e = record_times(&store, "t", &intent(vec![planned("a/x", &name, None)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("manifest {name} no longer lists object a/x")),
+            "{e}"
+        );
     }
 
     /// Runs `read_objects` over `objects` into one file, on its own thread, failing the test
