@@ -741,70 +741,79 @@ impl<W: Write + Send + 'static> Encoder<W> {
                 // chunk, not a row group later.
                 let append_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let failed = append_failed.clone();
-                let appender = std::thread::Builder::new()
-                    .name("parquet-appender".into())
-                    .spawn(move || -> Result<SerializedFileWriter<Tally<W>>> {
-                        let r = (|| {
-                            for group in appended {
-                                if appender_aborted.load(std::sync::atomic::Ordering::SeqCst) {
-                                    bail!("the Parquet file was given up before it was complete");
+                std::thread::scope(|scope| {
+                    // Scoped: a panic of the encoding still waits for the appender (which stops
+                    // when its channel closes), so nothing writes to the file afterwards.
+                    let to_appender = to_appender;
+                    let appender = std::thread::Builder::new()
+                        .name("parquet-appender".into())
+                        .spawn_scoped(scope, move || -> Result<SerializedFileWriter<Tally<W>>> {
+                            let r = (|| {
+                                for group in appended {
+                                    if appender_aborted.load(std::sync::atomic::Ordering::SeqCst) {
+                                        bail!(
+                                            "the Parquet file was given up before it was complete"
+                                        );
+                                    }
+                                    let buffers = append_row_group(&mut writer, group)?;
+                                    w2.store(
+                                        writer.bytes_written() as u64,
+                                        std::sync::atomic::Ordering::Relaxed,
+                                    );
+                                    let _ = recycle.send(buffers);
                                 }
-                                let buffers = append_row_group(&mut writer, group)?;
-                                w2.store(
-                                    writer.bytes_written() as u64,
-                                    std::sync::atomic::Ordering::Relaxed,
-                                );
-                                let _ = recycle.send(buffers);
+                                Ok(())
+                            })();
+                            if r.is_err() {
+                                failed.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
-                            Ok(())
-                        })();
-                        if r.is_err() {
-                            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                            r.map(|()| writer)
+                        })
+                        .expect("starting the Parquet appender thread");
+                    let encoded = (|| -> Result<()> {
+                        let mut carry = None;
+                        loop {
+                            let work = match carry.take() {
+                                Some(w) => w,
+                                None => match from.recv() {
+                                    Ok(w) => w,
+                                    Err(_) => return Ok(()),
+                                },
+                            };
+                            let group = RowGroupInput {
+                                columns: &columns,
+                                props: &props,
+                                lanes: &lanes,
+                                from: &from,
+                                give_back: &give_back,
+                                aborted: &aborted,
+                                append_failed: &append_failed,
+                            };
+                            let buffers = recycled
+                                .try_recv()
+                                .unwrap_or_else(|_| vec![Vec::new(); columns.len()]);
+                            let (closed, next) =
+                                encode_row_group(&group, work, &mut spent, buffers)?;
+                            carry = next;
+                            let costs: Vec<u64> =
+                                spent.iter().map(|d| d.as_nanos() as u64).collect();
+                            lanes = lanes_of(&costs, n);
+                            if to_appender.send(closed).is_err() {
+                                // The appender stopped: its error is the one to report.
+                                return Ok(());
+                            }
                         }
-                        r.map(|()| writer)
-                    })
-                    .expect("starting the Parquet appender thread");
-                let encoded = (|| -> Result<()> {
-                    let mut carry = None;
-                    loop {
-                        let work = match carry.take() {
-                            Some(w) => w,
-                            None => match from.recv() {
-                                Ok(w) => w,
-                                Err(_) => return Ok(()),
-                            },
-                        };
-                        let group = RowGroupInput {
-                            columns: &columns,
-                            props: &props,
-                            lanes: &lanes,
-                            from: &from,
-                            give_back: &give_back,
-                            aborted: &aborted,
-                            append_failed: &append_failed,
-                        };
-                        let buffers = recycled
-                            .try_recv()
-                            .unwrap_or_else(|_| vec![Vec::new(); columns.len()]);
-                        let (closed, next) = encode_row_group(&group, work, &mut spent, buffers)?;
-                        carry = next;
-                        let costs: Vec<u64> = spent.iter().map(|d| d.as_nanos() as u64).collect();
-                        lanes = lanes_of(&costs, n);
-                        if to_appender.send(closed).is_err() {
-                            // The appender stopped: its error is the one to report.
-                            return Ok(());
-                        }
-                    }
-                })();
-                drop(to_appender);
-                let writer = appender
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet appender panicked")));
-                // An append that failed is the cause (the encoding then stopped); else the
-                // encoding's error (the appender only saw its channel close).
-                let writer = writer?;
-                encoded?;
-                Ok(writer)
+                    })();
+                    drop(to_appender);
+                    let writer = appender
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet appender panicked")));
+                    // An append that failed is the cause (the encoding then stopped); else the
+                    // encoding's error (the appender only saw its channel close).
+                    let writer = writer?;
+                    encoded?;
+                    Ok(writer)
+                })
             })
             .expect("starting the Parquet encoder thread");
         Encoder {
