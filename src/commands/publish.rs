@@ -908,33 +908,6 @@ fn record_times(
     Ok((times, read))
 }
 
-/// Streams one archived object into the file (see [`ObjectReader`]): each record of the
-/// planned offsets decoded by the layout, with its partition, offset, epoch and Kafka
-/// timestamp. Returns the records rejected.
-#[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-fn read_object<W: std::io::Write + Send + 'static>(
-    store: &dyn ObjectStore,
-    o: &PlannedObject,
-    timestamps: Option<&str>,
-    codec: &Codec,
-    max_errors: Option<u64>,
-    sink: &mut ParquetSink<W>,
-    rejects: &mut Vec<u8>,
-    pb: &indicatif::ProgressBar,
-) -> Result<u64> {
-    let proto = sink.chunk();
-    std::thread::scope(|scope| {
-        ObjectReader::start(scope, store, o, timestamps, codec, &proto)?.finish(
-            max_errors,
-            sink,
-            rejects,
-            pb,
-            &mut || {},
-        )
-    })
-}
-
 /// Streams a file's objects into it in order, each as [`ObjectReader`] says; `done` is told
 /// of each object read (and its records rejected) before the next is appended. The next
 /// object's download, decompression and decoding start once the current one's download has
@@ -1435,63 +1408,14 @@ mod tests {
         .into_bytes()
     }
 
-    /// Runs `read_object` on its own thread, failing the test if it does not end within a
-    /// minute (a hang is a failure): the offsets written, the reject lines, or the error.
+    /// [`publish_objects`] of one object: its offsets written, the reject lines, or the error.
     fn publish_object(
         store: std::sync::Arc<crate::archive::local::LocalStore>,
         o: PlannedObject,
         max_errors: Option<u64>,
     ) -> Result<(Vec<i64>, Vec<serde_json::Value>), String> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let layout = crate::records::Layout::tweets();
-            let codec = Codec::new(layout.clone());
-            let mut sink =
-                ParquetSink::new(Vec::new(), &layout, &ParquetOptions::default()).unwrap();
-            let mut rejects = Vec::new();
-            let pb = indicatif::ProgressBar::hidden();
-            let r = read_object(
-                &*store,
-                &o,
-                None,
-                &codec,
-                max_errors,
-                &mut sink,
-                &mut rejects,
-                &pb,
-            );
-            let out = r.map_err(|e| format!("{e:#}")).map(|_| {
-                let (file, _) = sink.into_inner().unwrap();
-                use ::parquet::file::reader::FileReader as _;
-                let reader =
-                    ::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(file))
-                        .unwrap();
-                let offsets = reader
-                    .get_row_iter(None)
-                    .unwrap()
-                    .map(|row| {
-                        let row = row.unwrap();
-                        let (_, f) = row
-                            .get_column_iter()
-                            .find(|(name, _)| name.as_str() == "_offset")
-                            .unwrap();
-                        match f {
-                            ::parquet::record::Field::Long(v) => *v,
-                            other => panic!("_offset {other:?}"),
-                        }
-                    })
-                    .collect();
-                let lines = String::from_utf8(rejects)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect();
-                (offsets, lines)
-            });
-            let _ = tx.send(out);
-        });
-        rx.recv_timeout(std::time::Duration::from_secs(60))
-            .expect("read_object did not end within a minute")
+        publish_objects(store, vec![o], max_errors)
+            .map(|(rows, lines)| (rows.into_iter().map(|(_, o)| o).collect(), lines))
     }
 
     #[test]
@@ -1611,11 +1535,14 @@ mod tests {
     }
 
     /// Runs `read_objects` over `objects` into one file, on its own thread, failing the test
-    /// if it does not end within a minute: each row's (partition, offset), or the error.
+    /// if it does not end within a minute (a hang is a failure): each row's (partition,
+    /// offset) and the reject lines, or the error.
+    #[allow(clippy::type_complexity)]
     fn publish_objects(
         store: std::sync::Arc<crate::archive::local::LocalStore>,
         objects: Vec<PlannedObject>,
-    ) -> Result<Vec<(i32, i64)>, String> {
+        max_errors: Option<u64>,
+    ) -> Result<(Vec<(i32, i64)>, Vec<serde_json::Value>), String> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let layout = crate::records::Layout::tweets();
@@ -1630,7 +1557,7 @@ mod tests {
                 &objects,
                 &BTreeMap::new(),
                 &codec,
-                None,
+                max_errors,
                 &mut sink,
                 &mut rejects,
                 &pb,
@@ -1644,7 +1571,7 @@ mod tests {
                 let reader =
                     ::parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(file))
                         .unwrap();
-                reader
+                let rows = reader
                     .get_row_iter(None)
                     .unwrap()
                     .map(|row| {
@@ -1663,7 +1590,13 @@ mod tests {
                             other => panic!("{other:?}"),
                         }
                     })
-                    .collect()
+                    .collect();
+                let lines = String::from_utf8(rejects)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                (rows, lines)
             });
             let _ = tx.send(out);
         });
@@ -1689,7 +1622,7 @@ mod tests {
                 o
             })
             .collect();
-        let rows = publish_objects(store.clone(), objects.clone()).unwrap();
+        let (rows, _) = publish_objects(store.clone(), objects.clone(), None).unwrap();
         let want: Vec<(i32, i64)> = sizes
             .iter()
             .enumerate()
@@ -1701,7 +1634,7 @@ mod tests {
         // read and while the last may be read ahead.
         let mut corrupt = objects.clone();
         store.put_bytes("a/p1.log.gz", b"not gzip at all").unwrap();
-        let e = publish_objects(store.clone(), corrupt.clone()).unwrap_err();
+        let e = publish_objects(store.clone(), corrupt.clone(), None).unwrap_err();
         assert!(e.contains("publishing object a/p1.log.gz"), "{e}");
 
         // The first object has a bad record (strict) while the next is read ahead: the first
@@ -1711,7 +1644,7 @@ mod tests {
         corrupt[0] = stored(&*store, "a/p0.log.gz", &recs, None);
         corrupt[0].partition = 0;
         corrupt[1] = objects[1].clone();
-        let e = publish_objects(store.clone(), corrupt).unwrap_err();
+        let e = publish_objects(store.clone(), corrupt, None).unwrap_err();
         assert!(e.contains("publishing object a/p0.log.gz"), "{e}");
         assert!(
             e.contains(&format!(
