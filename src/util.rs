@@ -157,6 +157,124 @@ impl<W: Write> Write for Tally<W> {
     }
 }
 
+/// An in-process pipe of byte chunks between two threads: the writer fills a buffer of
+/// `chunk` bytes and hands it over whole, at most `depth` waiting; the reader gives each one
+/// back emptied when done with it, so the same few buffers go round. Against an OS pipe
+/// (64 KiB in the kernel): no copy into and out of the kernel, and one hand-over per `chunk`
+/// bytes instead of a wake-up of each side every 64 KiB.
+///
+/// The reader sees the end once the writer is dropped (what it wrote before its last
+/// [`Write::flush`] is delivered; an unflushed buffer is not: a writer that stops on an error
+/// does not flush, and its error is the one to report). A write or flush after the reader is
+/// gone fails with [`std::io::ErrorKind::BrokenPipe`], as a pipe's would.
+pub fn byte_channel(chunk: usize, depth: usize) -> (ChunkWriter, ChunkReader) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(depth);
+    let (back_tx, back_rx) = std::sync::mpsc::channel();
+    let chunk = chunk.max(1);
+    (
+        ChunkWriter {
+            buf: Vec::with_capacity(chunk),
+            chunk,
+            tx,
+            spare: back_rx,
+        },
+        ChunkReader {
+            rx,
+            back: back_tx,
+            cur: Vec::new(),
+            pos: 0,
+        },
+    )
+}
+
+/// The writing end of [`byte_channel`].
+pub struct ChunkWriter {
+    buf: Vec<u8>,
+    chunk: usize,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl ChunkWriter {
+    /// Hands the buffer over (waits while `depth` buffers wait already).
+    fn hand_over(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = match self.spare.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(self.chunk),
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        self.tx.send(full).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the reading side of the download stopped",
+            )
+        })
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(self.chunk - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= self.chunk {
+            self.hand_over()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.hand_over()
+    }
+}
+
+/// The reading end of [`byte_channel`].
+pub struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let have = std::io::BufRead::fill_buf(self)?;
+        let n = have.len().min(out.len());
+        out[..n].copy_from_slice(&have[..n]);
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    let done = std::mem::replace(&mut self.cur, next);
+                    self.pos = 0;
+                    if done.capacity() > 0 {
+                        // The writer may be gone: then the buffer is simply dropped.
+                        let _ = self.back.send(done);
+                    }
+                }
+                // The writer is gone: the end.
+                Err(_) => return Ok(&[]),
+            }
+        }
+        Ok(&self.cur[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.cur.len());
+    }
+}
+
 /// The test venv's Python (tests/stack.sh makes it: fastavro, pyarrow, DuckDB), the judges of
 /// what batchlayer writes; None with a note when it is not there, and under CI (or
 /// `BATCHLAYER_REQUIRE_SERVICES`) a missing venv fails the test.
@@ -181,6 +299,52 @@ pub fn judge_python(judge: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_channel_delivers_every_byte_in_order_then_the_end_and_reports_a_gone_reader() {
+        // Odd sizes on both sides, buffers going round (depth 2), the reader on another thread.
+        let data: Vec<u8> = (0..200_003u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (mut w, mut r) = byte_channel(1000, 2);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut small = [0u8; 333];
+            loop {
+                let n = r.read(&mut small).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&small[..n]);
+            }
+            got
+        });
+        for piece in data.chunks(4097) {
+            w.write_all(piece).unwrap();
+        }
+        w.flush().unwrap();
+        drop(w);
+        assert_eq!(reader.join().unwrap(), data);
+
+        // What was not flushed when the writer went is not delivered (a writer that failed).
+        let (mut w, mut r) = byte_channel(8, 4);
+        w.write_all(b"12345678abc").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"12345678");
+
+        // The reader gone: the next hand-over is a broken pipe.
+        let (mut w, r) = byte_channel(4, 1);
+        drop(r);
+        let e = w.write_all(b"abcdefgh").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let (mut w, r) = byte_channel(4, 1);
+        w.write_all(b"ab").unwrap();
+        drop(r);
+        assert_eq!(
+            w.flush().unwrap_err().kind(),
+            std::io::ErrorKind::BrokenPipe
+        );
+    }
 
     #[test]
     fn retries_transient_errors_with_growing_waits_then_gives_up() {

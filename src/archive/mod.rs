@@ -114,21 +114,21 @@ pub fn download(
     Ok(file)
 }
 
-/// Streams an object through a pipe: a thread of `scope` runs the GET into the pipe, hashing
-/// the bytes on the way; the reader gets them as they arrive (memory stays bounded by the
-/// pipe). The thread's result is the object's sha256 once all of it went through.
+/// Streams an object through an in-process pipe ([`crate::util::byte_channel`]): a thread of
+/// `scope` runs the GET into it, hashing the bytes on the way; the reader gets them as they
+/// arrive (memory stays bounded: four 256 KiB buffers wait at most). The thread's result is
+/// the object's sha256 once all of it went through.
 pub fn stream<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     store: &'scope dyn ObjectStore,
     key: &'scope str,
 ) -> Result<(
-    std::io::PipeReader,
+    crate::util::ChunkReader,
     std::thread::ScopedJoinHandle<'scope, Result<String>>,
 )> {
-    let (reader, writer) = std::io::pipe().context("creating a pipe for a download")?;
+    let (writer, reader) = crate::util::byte_channel(256 << 10, 4);
     let getter = scope.spawn(move || {
-        let mut w =
-            crate::util::Tally::hashing(std::io::BufWriter::with_capacity(128 << 10, writer));
+        let mut w = crate::util::Tally::hashing(writer);
         store.get_into(key, &mut w)?;
         let (sha, mut inner) = w.finish();
         inner.flush()?;

@@ -1022,7 +1022,7 @@ impl<'scope> ObjectReader<'scope> {
         let mut spare_chunks = Vec::with_capacity(k);
         let mut decoder_threads = Vec::with_capacity(k);
         for _ in 0..k {
-            let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+            let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(3);
             let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Decoded>(2);
             let (spare_tx, spare_rx) = std::sync::mpsc::channel::<RowChunk>();
             let spare_batches = spare_batch_tx.clone();

@@ -705,7 +705,7 @@ impl<W: Write + Send + 'static> Drop for Encoder<W> {
 
 impl<W: Write + Send + 'static> Encoder<W> {
     fn start(mut writer: SerializedFileWriter<Tally<W>>, threads: usize) -> Self {
-        let (to, from) = std::sync::mpsc::sync_channel::<Work>(1);
+        let (to, from) = std::sync::mpsc::sync_channel::<Work>(2);
         let (give_back, back) = std::sync::mpsc::channel();
         let written = Arc::new(std::sync::atomic::AtomicU64::new(
             writer.bytes_written() as u64
@@ -976,7 +976,7 @@ fn encode_row_group(
         let mut to_lanes = Vec::new();
         let mut threads = Vec::new();
         for mine in lane_pages {
-            let (to, lane_from) = std::sync::mpsc::sync_channel::<LaneWork>(1);
+            let (to, lane_from) = std::sync::mpsc::sync_channel::<LaneWork>(2);
             to_lanes.push(to);
             threads.push(scope.spawn(
                 move || -> Result<Vec<(usize, ColumnCloseResult, Duration)>> {
