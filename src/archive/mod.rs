@@ -178,7 +178,15 @@ pub fn decoder<R: std::io::Read + Send + 'static>(
     input: R,
     c: Compression,
 ) -> Result<Box<dyn BufRead + Send>> {
-    let f = BufReader::with_capacity(256 << 10, input);
+    buffered_decoder(BufReader::with_capacity(256 << 10, input), c)
+}
+
+/// [`decoder`] of a reader that has its own buffers (a [`stream`]'s): the decompressor reads
+/// them in place, with no copy into a buffer of its own.
+pub fn buffered_decoder<R: BufRead + Send + 'static>(
+    f: R,
+    c: Compression,
+) -> Result<Box<dyn BufRead + Send>> {
     Ok(match c {
         Compression::None => Box::new(f),
         Compression::Gzip => Box::new(BufReader::with_capacity(

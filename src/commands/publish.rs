@@ -1040,7 +1040,7 @@ impl<'scope> ObjectReader<'scope> {
         let framed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = framed.clone();
         let framer = scope.spawn(move || -> Result<u64> {
-            let r = archive_mod::decoder(reader, compression)
+            let r = archive_mod::buffered_decoder(reader, compression)
                 .context("decompressing")
                 .and_then(|d| {
                     frame_batches(FrameReader::new(d), o, times, &to_decoders, &spare_batch_rx)
@@ -1282,6 +1282,11 @@ fn decode_batches(
     spare_batches: &std::sync::mpsc::Sender<Batch>,
     mut fresh: Vec<RowChunk>,
 ) -> Result<()> {
+    // Records whose every field the fast reading takes skip the general one (which reads
+    // the others, and names what is wrong with a bad one).
+    let fast = codec
+        .fast_delimited()
+        .filter(|f| fresh.first().is_some_and(|c| c.fits_fast(f.kinds())));
     for batch in batches.iter() {
         let mut rows = match spare.try_recv() {
             Ok(c) => c,
@@ -1299,13 +1304,19 @@ fn decode_batches(
         // One UTF-8 check of the whole batch (SIMD over a long buffer): a record cut from it
         // at character boundaries is UTF-8 itself, and is not checked again.
         let text = simdutf8::basic::from_utf8(&batch.data).ok();
+        let mut values =
+            [crate::records::codec::FastValue::Null; crate::records::codec::FAST_COLUMNS];
         for ((&end, at), &n) in batch.ends.iter().zip(&batch.at).zip(&batch.numbers) {
             let rec = &batch.data[start..end];
             let as_text = text.and_then(|t| t.get(start..end));
             start = end;
-            let decoded = match as_text {
-                Some(t) => rows.push_with(at, |put| codec.text_cells(t, put))?,
-                None => rows.push_with(at, |put| codec.cells(rec, put))?,
+            let decoded = match (as_text, &fast) {
+                (Some(t), Some(f)) if f.read(t, &mut values) => {
+                    rows.push_fast(at, &values[..f.columns()])?;
+                    Ok(())
+                }
+                (Some(t), _) => rows.push_with(at, |put| codec.text_cells(t, put))?,
+                (None, _) => rows.push_with(at, |put| codec.cells(rec, put))?,
             };
             if let Err(e) = decoded {
                 refused.push((*at, n, e.to_string(), rec.to_vec()));

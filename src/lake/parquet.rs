@@ -32,6 +32,7 @@
 //! column after column. What a file holds in memory is the open row group, encoded (for the
 //! tweets, about a third of its raw values), and the few chunks in flight.
 
+use crate::records::codec::{FastKind, FastValue};
 use crate::records::{value, ColumnType, Layout};
 use crate::util::Tally;
 use ::parquet::basic::{
@@ -1205,6 +1206,80 @@ impl RowChunk {
         Ok(Ok(()))
     }
 
+    /// Whether rows read by a [`crate::records::codec::FastDelimited`] of these kinds (one per layout column) fit
+    /// this chunk's layout columns, for [`RowChunk::push_fast`].
+    pub fn fits_fast(&self, kinds: impl Iterator<Item = FastKind>) -> bool {
+        let kinds: Vec<FastKind> = kinds.collect();
+        kinds.len() == self.layout_columns
+            && self.columns[..self.layout_columns]
+                .iter()
+                .zip(&kinds)
+                .all(|(c, k)| {
+                    matches!(
+                        (c.kind, k, &c.values),
+                        (
+                            Kind::Layout(ColumnType::Bigint),
+                            FastKind::Bigint,
+                            Values::I64(_)
+                        ) | (Kind::Layout(ColumnType::Int), FastKind::Int, Values::I32(_))
+                            | (
+                                Kind::Layout(ColumnType::Timestamp),
+                                FastKind::Timestamp,
+                                Values::I64(_)
+                            )
+                            | (
+                                Kind::Layout(ColumnType::Text),
+                                FastKind::Text { .. },
+                                Values::Bytes { .. }
+                            )
+                    )
+                })
+    }
+
+    /// Adds a row of values that [`crate::records::codec::FastDelimited::read`] read, one per layout column, to a
+    /// chunk that [`RowChunk::fits_fast`] its reading: what [`RowChunk::push_with`] adds for
+    /// the same record, without a cell or a callback per value.
+    pub fn push_fast(&mut self, at: &Coordinates, values: &[FastValue<'_>]) -> Result<()> {
+        let n = self.layout_columns;
+        if values.len() != n {
+            bail!(
+                "a row of {} values for a layout of {n} columns",
+                values.len()
+            );
+        }
+        let mut added = 0usize;
+        for (col, v) in self.columns[..n].iter_mut().zip(values) {
+            // Layout columns are optional: a definition level each.
+            added += 2;
+            match (v, &mut col.values) {
+                (FastValue::Null, _) => {
+                    col.defs.push(0);
+                    continue;
+                }
+                (FastValue::I64(x), Values::I64(buf)) => {
+                    buf.push(*x);
+                    added += 8;
+                }
+                (FastValue::I32(x), Values::I32(buf)) => {
+                    buf.push(*x);
+                    added += 4;
+                }
+                (FastValue::Text(t), Values::Bytes { data, ends }) => {
+                    data.extend_from_slice(t.as_bytes());
+                    ends.push(data.len());
+                    added += t.len() + std::mem::size_of::<usize>();
+                }
+                // `fits_fast` lets no other pair through; the chunk is given up.
+                _ => bail!("column {}: a value of another type", col.name),
+            }
+            col.defs.push(1);
+        }
+        added += self.push_coordinates(at);
+        self.rows += 1;
+        self.bytes += added;
+        Ok(())
+    }
+
     /// Appends a row's Kafka coordinates to [`META_COLUMNS`] (straight into their buffers:
     /// this runs once a record); returns the bytes they take, as [`ColumnBuf::append`]
     /// counts them.
@@ -2119,6 +2194,49 @@ mod tests {
             ParquetSink::new(Vec::new(), &Layout::tweets(), &ParquetOptions::default()).unwrap();
         let mut foreign = other.chunk();
         assert!(sink.append(&mut foreign).is_err());
+    }
+
+    #[test]
+    fn rows_read_fast_make_the_chunk_the_general_reading_makes() {
+        use crate::records::codec::{Codec, FastValue, FAST_COLUMNS};
+        let layout = Layout::tweets();
+        let codec = Codec::new(layout.clone());
+        let fast = codec.fast_delimited().unwrap();
+        let sink = ParquetSink::new(Vec::new(), &layout, &ParquetOptions::default()).unwrap();
+        let (mut general, mut quick) = (sink.chunk(), sink.chunk());
+        assert!(quick.fits_fast(fast.kinds()));
+        let records = [
+            "1;2024-01-01 00:00:01;5;Z\u{fc}rich \u{1f1e8}\u{1f1ed};2;3;",
+            "-9223372036854775808;1970-01-01 00:00:00;-1;None;0;0;",
+            "9223372036854775807;9999-12-31 23:59:59;2147483647;;0;-2147483648;",
+            "42;0001-01-01 00:00:00;0;a;1;1;",
+        ];
+        for (i, rec) in records.iter().enumerate() {
+            let at = Coordinates {
+                partition: 2,
+                offset: i as i64,
+                epoch: 1,
+                timestamp_micros: (i % 2 == 0).then_some(i as i64 * 1000),
+            };
+            general
+                .push_with(&at, |put| codec.text_cells(rec, put))
+                .unwrap()
+                .unwrap();
+            let mut v = [FastValue::Null; FAST_COLUMNS];
+            assert!(fast.read(rec, &mut v), "{rec}");
+            quick.push_fast(&at, &v[..fast.columns()]).unwrap();
+        }
+        assert_eq!(quick.rows(), records.len());
+        assert_eq!(quick.bytes(), general.bytes());
+        assert_eq!(
+            format!("{:?}", quick.columns),
+            format!("{:?}", general.columns)
+        );
+        // A chunk of other columns does not take the tweets' fast rows.
+        let other = ParquetSink::new(Vec::new(), &every_type(), &ParquetOptions::default())
+            .unwrap()
+            .chunk();
+        assert!(!other.fits_fast(fast.kinds()));
     }
 
     /// A write that fails (a full disk) is the error the caller gets, whichever thread met

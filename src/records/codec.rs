@@ -362,6 +362,202 @@ impl Codec {
     }
 }
 
+/// Columns a [`FastDelimited`] reads at most (its values go in an array on the stack).
+pub const FAST_COLUMNS: usize = 32;
+
+/// The fast reading of a delimited layout's records (publish's decoders): each field parsed
+/// straight into the value its Parquet column takes, with no cell and no callback per field.
+/// It takes only what the general path ([`Codec::text_cells`]) reads without an error, and
+/// gives the same values; any other record (a field it does not take, a bad one, the wrong
+/// number of fields) it leaves to the general path, which reads it or names its error.
+#[derive(Debug, Clone)]
+pub struct FastDelimited {
+    delimiter: u8,
+    trailing: bool,
+    columns: Vec<FastColumn>,
+}
+
+#[derive(Debug, Clone)]
+struct FastColumn {
+    kind: FastKind,
+    null_marker: Option<String>,
+}
+
+/// What a [`FastColumn`] reads its field as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastKind {
+    Bigint,
+    Int,
+    /// `YYYY-MM-DD HH:MM:SS` (the layout's timestamp format), as microseconds since the epoch.
+    Timestamp,
+    Text {
+        max_len: Option<usize>,
+    },
+}
+
+/// A field's value as its Parquet column takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastValue<'a> {
+    Null,
+    I64(i64),
+    I32(i32),
+    Text(&'a str),
+}
+
+impl Codec {
+    /// The fast reading of this layout's records: None unless the records are delimited (by
+    /// an ASCII byte) and every column is a bigint, int, text, or timestamp in the
+    /// `YYYY-MM-DD HH:MM:SS` format, [`FAST_COLUMNS`] at most.
+    pub fn fast_delimited(&self) -> Option<FastDelimited> {
+        use super::ColumnType as T;
+        let l = &self.layout;
+        if l.format != RecordFormat::Delimited
+            || !l.delimiter.is_ascii()
+            || l.columns.is_empty()
+            || l.columns.len() > FAST_COLUMNS
+        {
+            return None;
+        }
+        let columns = l
+            .columns
+            .iter()
+            .map(|c| {
+                let kind = match c.ty {
+                    T::Bigint => FastKind::Bigint,
+                    T::Int => FastKind::Int,
+                    T::Timestamp if self.iso_seconds => FastKind::Timestamp,
+                    T::Text => FastKind::Text { max_len: c.max_len },
+                    _ => return None,
+                };
+                Some(FastColumn {
+                    kind,
+                    null_marker: c.null_marker.clone(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(FastDelimited {
+            delimiter: l.delimiter,
+            trailing: l.trailing_delimiter,
+            columns,
+        })
+    }
+}
+
+impl FastDelimited {
+    /// The layout's columns: the values [`FastDelimited::read`] gives a record.
+    pub fn columns(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// What each column is read as, in order.
+    pub fn kinds(&self) -> impl Iterator<Item = FastKind> + '_ {
+        self.columns.iter().map(|c| c.kind)
+    }
+
+    /// Reads a record (UTF-8) into `out`, one value per column in order (`out` is at least
+    /// that long); false when the record is one to leave to the general path (what `out`
+    /// holds then means nothing).
+    #[inline]
+    pub fn read<'a>(&self, rec: &'a str, out: &mut [FastValue<'a>]) -> bool {
+        let b = rec.as_bytes();
+        let last = self.columns.len() - 1;
+        let mut ends = memchr::memchr_iter(self.delimiter, b);
+        let mut begin = 0;
+        for (i, (col, slot)) in self.columns.iter().zip(out.iter_mut()).enumerate() {
+            // The fields as `Codec::delimited_text_cells` cuts them.
+            let end = match ends.next() {
+                Some(e) if i < last || self.trailing => e,
+                None if i == last && !self.trailing => b.len(),
+                _ => return false,
+            };
+            // The delimiter is ASCII: a cut next to it is a character boundary.
+            let Some(v) = col.read(&rec[begin..end]) else {
+                return false;
+            };
+            *slot = v;
+            begin = end + 1;
+        }
+        !self.trailing || begin == b.len()
+    }
+}
+
+impl FastColumn {
+    /// A field's value where `Codec::delimited_cell` reads it without an error, else None.
+    #[inline]
+    fn read<'a>(&self, s: &'a str) -> Option<FastValue<'a>> {
+        if self.null_marker.as_deref() == Some(s) {
+            return Some(FastValue::Null);
+        }
+        match self.kind {
+            FastKind::Bigint => s.parse::<i64>().ok().map(FastValue::I64),
+            FastKind::Int => s
+                .parse::<i64>()
+                .ok()
+                .and_then(|v| i32::try_from(v).ok())
+                .map(FastValue::I32),
+            FastKind::Timestamp => iso_seconds_micros(s).map(FastValue::I64),
+            FastKind::Text { max_len } => {
+                // `value::checked_text`: no NUL, at most max_len characters.
+                if memchr::memchr(0, s.as_bytes()).is_some() {
+                    return None;
+                }
+                if let Some(max) = max_len.filter(|&m| s.len() > m) {
+                    if s.chars().count() > max {
+                        return None;
+                    }
+                }
+                Some(FastValue::Text(s))
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` as microseconds since the Unix epoch, for the times that
+/// [`super::parse_iso_seconds`] reads and `value::checked_timestamp` keeps as they are: a
+/// real date of the years 1 to 9999 and a time before 24:00:00 (a leap second, `:60`, is
+/// left to the general path, which moves it to the next second).
+#[inline]
+pub fn iso_seconds_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        b[r].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if y < 1 || d < 1 || d > month_days || h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (the proleptic Gregorian calendar): March-based years,
+    // so that the leap day ends a year; 719,468 days from 0000-03-01 to 1970-01-01.
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400) + h * 3_600 + mi * 60 + sec) * 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,6 +900,144 @@ mod tests {
             let now = cells_now(&codec, &rec);
             let before = cells_by_value(&codec, &rec);
             proptest::prop_assert_eq!(now, before, "record {:?}", String::from_utf8_lossy(&rec));
+        }
+    }
+
+    /// Layouts the fast reading takes: the tweets, and one of its four kinds with null
+    /// markers, a short text and no trailing delimiter.
+    fn fast_layouts() -> Vec<Layout> {
+        let mut marked = Layout::tweets();
+        marked.trailing_delimiter = false;
+        marked.delimiter = b'|';
+        let c = |name: &str, ty, max_len, null: Option<&str>| Column {
+            max_len,
+            null_marker: null.map(String::from),
+            ..Column::new(name, ty)
+        };
+        marked.columns = vec![
+            c("big", ColumnType::Bigint, None, Some("")),
+            c("small", ColumnType::Int, None, Some("None")),
+            c("at", ColumnType::Timestamp, None, Some("-")),
+            c("txt", ColumnType::Text, Some(5), None),
+            c("any", ColumnType::Text, None, Some("None")),
+        ];
+        vec![Layout::tweets(), marked]
+    }
+
+    /// A general path's cell as the fast reading gives it (its Debug form).
+    fn as_fast(c: &Cell<'_>) -> String {
+        let v = match c {
+            Cell::Null => FastValue::Null,
+            Cell::Bigint(v) => FastValue::I64(*v),
+            Cell::Int(v) => FastValue::I32(*v),
+            Cell::Timestamp(t) => FastValue::I64(t.and_utc().timestamp_micros()),
+            Cell::Text(s) => FastValue::Text(s),
+            other => panic!("no fast value for {other:?}"),
+        };
+        format!("{v:?}")
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// Whatever record the fast reading takes, the general path reads without an error
+        /// and into the same values; and a record of good fields in their places it takes.
+        #[test]
+        fn the_fast_reading_takes_only_what_the_general_path_reads_and_gives_the_same(
+            layout in 0usize..2,
+            picks in proptest::collection::vec((0usize..FIELDS.len(), proptest::prelude::any::<u8>()), 0..8),
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..6),
+            damage in 0u8..8,
+        ) {
+            let l = fast_layouts().swap_remove(layout);
+            let codec = Codec::new(l.clone());
+            let fast = codec.fast_delimited().expect("a layout the fast reading takes");
+            let d = l.delimiter;
+            let mut rec = Vec::new();
+            for (k, (f, b)) in picks.iter().enumerate() {
+                if k > 0 {
+                    rec.push(d);
+                }
+                rec.extend_from_slice(FIELDS[*f].as_bytes());
+                if damage == 1 && k == 2 {
+                    rec.push(*b);
+                }
+            }
+            if l.trailing_delimiter && damage != 2 {
+                rec.push(d);
+            }
+            if damage == 3 {
+                rec.extend_from_slice(&raw);
+            }
+            let Ok(text) = std::str::from_utf8(&rec) else {
+                return Ok(());
+            };
+            let mut values = [FastValue::Null; FAST_COLUMNS];
+            let general = cells_now(&codec, &rec);
+            if fast.read(text, &mut values) {
+                let cells = general.map_err(|e| proptest::test_runner::TestCaseError::fail(
+                    format!("fast took {text:?}, the general path refused it: {e:?}")))?;
+                let want: Vec<String> = cells.iter().map(|(_, c)| as_fast(c)).collect();
+                let got: Vec<String> =
+                    values[..fast.columns()].iter().map(|v| format!("{v:?}")).collect();
+                proptest::prop_assert_eq!(got, want, "{:?}", text);
+            }
+        }
+
+        /// The fast timestamp is chrono's, in microseconds, for every time it reads; it reads
+        /// every time of the years 1-9999 that chrono reads, but a leap second.
+        #[test]
+        fn fast_timestamps_are_chronos_microseconds(
+            y in 0u32..10000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..62,
+            sec in 0u32..62, junk in proptest::option::of(0usize..19)) {
+            let mut t = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{sec:02}").into_bytes();
+            if let Some(i) = junk {
+                t[i] = b'x';
+            }
+            let t = String::from_utf8(t).unwrap();
+            let chrono = chrono::NaiveDateTime::parse_from_str(&t, super::super::ISO_SECONDS)
+                .ok()
+                .filter(|_| sec < 60 && y >= 1)
+                .map(|t| t.and_utc().timestamp_micros());
+            proptest::prop_assert_eq!(iso_seconds_micros(&t), chrono, "{}", t);
+        }
+    }
+
+    #[test]
+    fn the_fast_reading_takes_good_records_and_only_layouts_it_can_read() {
+        let codec = Codec::new(Layout::tweets());
+        let fast = codec.fast_delimited().unwrap();
+        let mut v = [FastValue::Null; FAST_COLUMNS];
+        assert!(fast.read("7;2024-02-29 23:59:59;5;None;-1;0;", &mut v));
+        assert_eq!(
+            &v[..6],
+            &[
+                FastValue::I64(7),
+                FastValue::I64(1_709_251_199_000_000),
+                FastValue::I32(5),
+                FastValue::Null,
+                FastValue::I32(-1),
+                FastValue::I32(0),
+            ]
+        );
+        assert!(fast.read("7;2024-02-29 23:59:59;5;Z\u{fc}rich;1;0;", &mut v));
+        assert_eq!(v[3], FastValue::Text("Z\u{fc}rich"));
+        // Not a NULL marker there: a bad record, for the general path to name.
+        assert!(!fast.read("7;2024-02-29 23:59:59;None;x;1;0;", &mut v));
+        // Left to the general path: a leap second, a field too many, one missing.
+        assert!(!fast.read("7;2016-12-31 23:59:60;5;x;1;0;", &mut v));
+        assert!(!fast.read("7;2024-01-01 00:00:00;5;x;1;0;9;", &mut v));
+        assert!(!fast.read("7;2024-01-01 00:00:00;5;x;1;", &mut v));
+        assert_eq!(iso_seconds_micros("1970-01-01 00:00:00"), Some(0));
+        assert_eq!(
+            iso_seconds_micros("0001-01-01 00:00:00"),
+            Some(-62_135_596_800_000_000)
+        );
+        // Layouts with another kind of column, or timestamps in another format, have none.
+        let mut other = Layout::tweets();
+        other.timestamp_format = "%d/%m/%Y %H:%M:%S".into();
+        assert!(Codec::new(other).fast_delimited().is_none());
+        for l in compared_layouts().into_iter().skip(1) {
+            assert!(Codec::new(l).fast_delimited().is_none());
         }
     }
 
