@@ -165,8 +165,10 @@ impl<W: Write> Write for Tally<W> {
 ///
 /// The reader sees the end once the writer is dropped (what it wrote before its last
 /// [`Write::flush`] is delivered; an unflushed buffer is not: a writer that stops on an error
-/// does not flush, and its error is the one to report). A write or flush after the reader is
-/// gone fails with [`std::io::ErrorKind::BrokenPipe`], as a pipe's would.
+/// does not flush, and its error is the one to report). Once the reader is gone, the next
+/// hand-over (a full buffer, or a flush) fails with [`std::io::ErrorKind::BrokenPipe`], as a
+/// pipe's write would; writes into the buffer before it succeed. Alive at once: up to `depth`
+/// buffers waiting, one more being handed over, the writer's and the reader's.
 pub fn byte_channel(chunk: usize, depth: usize) -> (ChunkWriter, ChunkReader) {
     let (tx, rx) = std::sync::mpsc::sync_channel(depth);
     let (back_tx, back_rx) = std::sync::mpsc::channel();

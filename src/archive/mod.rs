@@ -116,7 +116,7 @@ pub fn download(
 
 /// Streams an object through an in-process pipe ([`crate::util::byte_channel`]): a thread of
 /// `scope` runs the GET into it, hashing the bytes on the way; the reader gets them as they
-/// arrive (memory stays bounded: four 256 KiB buffers wait at most). The thread's result is
+/// arrive (memory stays bounded: four 256 KiB buffers wait at most, seven exist at most). The thread's result is
 /// the object's sha256 once all of it went through.
 pub fn stream<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
@@ -281,6 +281,35 @@ pub mod conformance {
         let mut got = Vec::new();
         store.get_into("conf/state.json", &mut got).unwrap();
         assert_eq!(got, b"two, longer");
+
+        // A streamed download whose reader stops first (a bad record, a failed load) ends in
+        // a broken pipe, which the callers tell from a download that failed: the object is
+        // larger than what waits between the two sides.
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        store.put_bytes("conf-stream/big.bin", &big).unwrap();
+        std::thread::scope(|scope| {
+            let (mut reader, getter) = stream(scope, store, "conf-stream/big.bin").unwrap();
+            let mut first = [0u8; 16];
+            std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+            assert_eq!(&first[..], &big[..16]);
+            drop(reader);
+            let e = getter
+                .join()
+                .unwrap()
+                .expect_err("the download goes on with no reader");
+            assert!(is_broken_pipe(&e), "not a broken pipe: {e:#}");
+        });
+        // Read whole, it is the object, and its sha256 is given.
+        std::thread::scope(|scope| {
+            let (mut reader, getter) = stream(scope, store, "conf-stream/big.bin").unwrap();
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut reader, &mut all).unwrap();
+            assert!(all == big, "streamed bytes differ");
+            let sha = getter.join().unwrap().unwrap();
+            use sha2::Digest as _;
+            assert_eq!(sha, hex::encode(sha2::Sha256::digest(&big)));
+        });
+        store.delete("conf-stream/big.bin").unwrap();
     }
 }
 

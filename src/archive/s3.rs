@@ -522,6 +522,12 @@ impl ObjectStore for S3Store {
             {
                 Err(StoreError::NotFound(self.url(key)).into())
             }
+            // The writer's side stopped first (a streamed download whose reader is done): kept
+            // an io error, which the stream's callers tell from a failed download.
+            Err(Tried(S3Error::Io(io), _)) if io.kind() == std::io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(io))
+                    .with_context(|| format!("downloading {}", self.url(key)))
+            }
             Err(e) => {
                 Err(self.explain(&e)).with_context(|| format!("downloading {}", self.url(key)))
             }
