@@ -518,23 +518,7 @@ impl FastColumn {
 /// left to the general path, which moves it to the next second).
 #[inline]
 pub fn iso_seconds_micros(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        b[r].iter().try_fold(0i64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-        })
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let [y, mo, d, h, mi, sec] = super::iso_seconds_fields(s)?.map(i64::from);
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let month_days = match mo {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -862,6 +846,34 @@ mod tests {
         "Z\u{fc}rich \u{1f1e8}\u{1f1ed} 855",
     ];
 
+    /// A record of `l`'s delimiter from edge values (`picks`: a field each, and a byte), with
+    /// `damage` now and then: 1 a raw byte in the third field (a delimiter, a byte not UTF-8),
+    /// 2 no trailing delimiter where one is due, 3 raw bytes after the end, 4 a byte not UTF-8
+    /// first.
+    fn shaped_record(l: &Layout, picks: &[(usize, u8)], raw: &[u8], damage: u8) -> Vec<u8> {
+        let d = l.delimiter;
+        let mut rec = Vec::new();
+        for (k, (f, b)) in picks.iter().enumerate() {
+            if k > 0 {
+                rec.push(d);
+            }
+            rec.extend_from_slice(FIELDS[*f].as_bytes());
+            if damage == 1 && k == 2 {
+                rec.push(*b);
+            }
+        }
+        if l.trailing_delimiter && damage != 2 {
+            rec.push(d);
+        }
+        if damage == 3 {
+            rec.extend_from_slice(raw);
+        }
+        if damage == 4 {
+            rec.insert(0, 0xff);
+        }
+        rec
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
         /// The direct reads give what `value::cell` gives, cell for cell and error for error,
@@ -876,27 +888,7 @@ mod tests {
         ) {
             let l = compared_layouts().swap_remove(layout);
             let codec = Codec::new(l.clone());
-            let d = l.delimiter;
-            let mut rec = Vec::new();
-            for (k, (f, b)) in picks.iter().enumerate() {
-                if k > 0 {
-                    rec.push(d);
-                }
-                rec.extend_from_slice(FIELDS[*f].as_bytes());
-                // Now and then a raw byte in the field (a delimiter, a byte not UTF-8).
-                if damage == 1 && k == 2 {
-                    rec.push(*b);
-                }
-            }
-            if l.trailing_delimiter && damage != 2 {
-                rec.push(d);
-            }
-            if damage == 3 {
-                rec.extend_from_slice(&raw);
-            }
-            if damage == 4 {
-                rec.insert(0, 0xff);
-            }
+            let rec = shaped_record(&l, &picks, &raw, damage);
             let now = cells_now(&codec, &rec);
             let before = cells_by_value(&codec, &rec);
             proptest::prop_assert_eq!(now, before, "record {:?}", String::from_utf8_lossy(&rec));
@@ -951,23 +943,7 @@ mod tests {
             let l = fast_layouts().swap_remove(layout);
             let codec = Codec::new(l.clone());
             let fast = codec.fast_delimited().expect("a layout the fast reading takes");
-            let d = l.delimiter;
-            let mut rec = Vec::new();
-            for (k, (f, b)) in picks.iter().enumerate() {
-                if k > 0 {
-                    rec.push(d);
-                }
-                rec.extend_from_slice(FIELDS[*f].as_bytes());
-                if damage == 1 && k == 2 {
-                    rec.push(*b);
-                }
-            }
-            if l.trailing_delimiter && damage != 2 {
-                rec.push(d);
-            }
-            if damage == 3 {
-                rec.extend_from_slice(&raw);
-            }
+            let rec = shaped_record(&l, &picks, &raw, damage);
             let Ok(text) = std::str::from_utf8(&rec) else {
                 return Ok(());
             };

@@ -570,10 +570,10 @@ pub(crate) fn parse_timestamp_field(s: &str, format: &str) -> Result<NaiveDateTi
 /// The tweets' timestamp format, which `parse_iso_seconds` reads without chrono's parser.
 pub(crate) const ISO_SECONDS: &str = "%Y-%m-%d %H:%M:%S";
 
-/// `YYYY-MM-DD HH:MM:SS` (19 bytes) parsed directly; None for anything else, which then goes
-/// to chrono (so what is accepted does not change, only how fast). Second 60 is a leap
-/// second, as chrono reads it.
-pub(crate) fn parse_iso_seconds(s: &str) -> Option<NaiveDateTime> {
+/// The six numbers of `YYYY-MM-DD HH:MM:SS` (19 bytes, digits and separators in place),
+/// unchecked beyond that: year, month, day, hour, minute, second.
+#[inline]
+pub(crate) fn iso_seconds_fields(s: &str) -> Option<[u32; 6]> {
     let b = s.as_bytes();
     if b.len() != 19
         || b[4] != b'-'
@@ -589,8 +589,22 @@ pub(crate) fn parse_iso_seconds(s: &str) -> Option<NaiveDateTime> {
             c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
         })
     };
-    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
-    let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    Some([
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    ])
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (19 bytes) parsed directly; None for anything else, which then goes
+/// to chrono (so what is accepted does not change, only how fast). Second 60 is a leap
+/// second, as chrono reads it.
+pub(crate) fn parse_iso_seconds(s: &str) -> Option<NaiveDateTime> {
+    let [y, mo, d, h, m, sec] = iso_seconds_fields(s)?;
+    let date = chrono::NaiveDate::from_ymd_opt(y as i32, mo, d)?;
     let time = if sec == 60 {
         chrono::NaiveTime::from_hms_nano_opt(h, m, 59, 1_000_000_000)?
     } else {
