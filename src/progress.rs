@@ -417,6 +417,30 @@ impl KafkaPrefetch {
     }
 }
 
+/// Kafka's positions being read on a thread of their own since `now` (taken first): a command
+/// starts this before it connects to the warehouse, then hands it to [`snapshot_from`].
+pub struct Started {
+    now: DateTime<Utc>,
+    kafka: KafkaPrefetch,
+}
+
+impl Started {
+    /// The time the snapshot is taken at: before Kafka's end offsets were read.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.now
+    }
+}
+
+/// Starts reading Kafka's positions (see [`Started`]).
+pub fn start(s: &Settings) -> Result<Started> {
+    let k = s.require_kafka()?;
+    let now = Utc::now();
+    Ok(Started {
+        now,
+        kafka: KafkaPrefetch::start(k),
+    })
+}
+
 /// Reads the configured topic along the chain: Kafka's committed offsets and watermarks (no
 /// group is joined, nothing is committed), the catalog head, the manifests since copy's
 /// cursor, the ledger's aggregates, and one manifest per partition. Kafka is read on a thread
@@ -432,12 +456,30 @@ pub fn snapshot(
     now: DateTime<Utc>,
 ) -> Result<Snapshot> {
     let k = s.require_kafka()?;
-    let kafka = KafkaPrefetch::start(k);
+    let started = Started {
+        now,
+        kafka: KafkaPrefetch::start(k),
+    };
     let catalog = Catalog::new(store, &k.topic);
+    snapshot_from(s, &mut ManifestCache::new(catalog), wh, lateness, started)
+}
+
+/// [`snapshot`] with Kafka's reading started already, its manifests read through `manifests`
+/// (which keeps them for the caller).
+pub fn snapshot_from(
+    s: &Settings,
+    manifests: &mut ManifestCache<'_>,
+    wh: &mut dyn Warehouse,
+    lateness: Duration,
+    started: Started,
+) -> Result<Snapshot> {
+    let k = s.require_kafka()?;
+    let Started { now, kafka } = started;
+    let catalog = manifests.catalog();
     let head = catalog.head();
     let pending = head.as_ref().ok().map(|_| {
-        pending(&catalog, wh)
-            .with_context(|| format!("reading the catalog of {}", store.describe()))
+        pending(catalog, wh)
+            .with_context(|| format!("reading the catalog of {}", catalog.store().describe()))
     });
     let positions = kafka.wait()?;
     let head = head?;
@@ -446,7 +488,7 @@ pub fn snapshot(
         key_template: s.archive.key_template.clone(),
         utc_offset_secs: s.archive.utc_offset_secs,
     };
-    let mut manifests = ManifestCache::new(catalog);
+    let read_before = manifests.read;
     let inputs = Inputs {
         head: head.as_ref(),
         pending: &pending,
@@ -454,7 +496,7 @@ pub fn snapshot(
         lateness,
         now,
     };
-    let partitions = progress(positions, wh, &k.topic, &inputs, &mut manifests)?;
+    let partitions = progress(positions, wh, &k.topic, &inputs, manifests)?;
     Ok(Snapshot {
         topic: k.topic.clone(),
         group: k.group.clone(),
@@ -462,7 +504,7 @@ pub fn snapshot(
         head,
         pending,
         partitions,
-        manifests_read_by_name: manifests.read,
+        manifests_read_by_name: manifests.read - read_before,
     })
 }
 

@@ -289,6 +289,11 @@ pub struct Catalog<'a> {
 }
 
 impl<'a> Catalog<'a> {
+    /// The store it reads.
+    pub fn store(&self) -> &'a dyn ObjectStore {
+        self.store
+    }
+
     pub fn new(store: &'a dyn ObjectStore, topic: &str) -> Self {
         Catalog {
             store,
@@ -703,21 +708,90 @@ pub struct ManifestCache<'a> {
     by_name: HashMap<String, Option<Manifest>>,
     /// Keys tried so far.
     pub read: usize,
+    /// About how many bytes the manifests kept take ([`manifest_size`]).
+    held: usize,
+    /// Manifests read by [`ManifestCache::listed`] are kept only while `held` stays under this.
+    budget: usize,
+}
+
+/// About the memory a parsed manifest takes: its record timestamps, and a few hundred bytes
+/// an object.
+fn manifest_size(m: &Manifest) -> usize {
+    512 + m
+        .objects
+        .iter()
+        .map(|o| 256 + o.key.len() + o.timestamps.as_ref().map_or(0, String::len))
+        .sum::<usize>()
 }
 
 impl<'a> ManifestCache<'a> {
     pub fn new(catalog: Catalog<'a>) -> Self {
+        Self::with_budget(catalog, usize::MAX)
+    }
+
+    /// A cache that keeps the manifests [`ManifestCache::listed`] reads only up to about
+    /// `budget` bytes in all (those [`ManifestCache::get`] reads are always kept).
+    pub fn with_budget(catalog: Catalog<'a>, budget: usize) -> Self {
         ManifestCache {
             catalog,
             by_name: HashMap::new(),
             read: 0,
+            held: 0,
+            budget,
         }
+    }
+
+    /// The manifest listed at `key` (named `name`): the one kept if it is, else read (and
+    /// kept while the budget allows).
+    pub fn listed(&mut self, key: &str, name: &str) -> Result<std::borrow::Cow<'_, Manifest>> {
+        if matches!(self.by_name.get(name), Some(Some(_))) {
+            return Ok(std::borrow::Cow::Borrowed(
+                self.by_name[name].as_ref().expect("matched"),
+            ));
+        }
+        let m = self.catalog.read_manifest(key)?;
+        self.read += 1;
+        let size = manifest_size(&m);
+        if self.held.saturating_add(size) > self.budget {
+            return Ok(std::borrow::Cow::Owned(m));
+        }
+        self.held += size;
+        let kept = self.by_name.entry(name.to_string()).or_default();
+        *kept = Some(m);
+        Ok(std::borrow::Cow::Borrowed(kept.as_ref().expect("kept")))
+    }
+
+    /// Reads the manifests [`Catalog::recent_manifests`] lists from `cursor`, in order, while
+    /// the budget keeps them: a guess at what a run is about to read, made while it waits for
+    /// something else, so a failed read is left to the read that needs it.
+    pub fn warm(&mut self, cursor: Option<&str>) {
+        let Ok(listed) = self.catalog.recent_manifests(cursor) else {
+            return;
+        };
+        for (key, name) in listed {
+            if !matches!(self.listed(&key, &name), Ok(std::borrow::Cow::Borrowed(_))) {
+                break;
+            }
+        }
+    }
+
+    /// The manifest of this name if it is kept.
+    pub fn kept(&self, name: &str) -> Option<&Manifest> {
+        self.by_name.get(name).and_then(Option::as_ref)
+    }
+
+    /// The catalog it reads.
+    pub fn catalog(&self) -> &Catalog<'a> {
+        &self.catalog
     }
 
     /// The manifest of this name, from its day folder (or the topic's folder, older layout).
     pub fn get(&mut self, name: &str) -> Result<Option<&Manifest>> {
         if !self.by_name.contains_key(name) {
             let found = self.catalog.manifest_named(name, &mut self.read)?;
+            self.held = self
+                .held
+                .saturating_add(found.as_ref().map_or(0, manifest_size));
             self.by_name.insert(name.to_string(), found);
         }
         Ok(self.by_name.get(name).and_then(Option::as_ref))
@@ -1005,6 +1079,93 @@ mod tests {
         assert_eq!(manifests_newest_first(&store).unwrap(), vec![key]);
         let err = cat.read_manifest("_manifests/t/missing.json").unwrap_err();
         assert!(is_not_found(&err), "{err:#}");
+    }
+
+    #[test]
+    fn a_budgeted_cache_reads_each_manifest_once_and_keeps_what_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf());
+        let cat = Catalog::new(&store, "t");
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        // Three runs, each with one object whose record times take 10,000 bytes.
+        for i in 0..3i64 {
+            let at = t0 + chrono::Duration::minutes(i);
+            let run = layout::run_id(at);
+            let man = Manifest {
+                run_id: run.clone(),
+                topic: "t".into(),
+                group: "g".into(),
+                started_at: String::new(),
+                finished_at: String::new(),
+                objects: vec![ObjectEntry {
+                    key: format!("t/t+0+{i:020}+{i:020}.log"),
+                    topic: "t".into(),
+                    partition: 0,
+                    first_offset: i,
+                    last_offset: i,
+                    records: 1,
+                    bytes: 0,
+                    uncompressed_bytes: 0,
+                    sha256: String::new(),
+                    compression: crate::archive::Compression::None,
+                    gaps: vec![],
+                    holes: vec![],
+                    max_timestamp_ms: None,
+                    timestamps: Some("x".repeat(10_000)),
+                    schema_ids: Vec::new(),
+                }],
+                rejected_key: None,
+                rejected: 0,
+                epoch: 0,
+                expired: vec![],
+                next: Default::default(),
+            };
+            cat.store_manifest(&cat.key_for_manifest(&run, at), &man)
+                .unwrap();
+        }
+        let listed = cat.recent_manifests(None).unwrap();
+        assert_eq!(listed.len(), 3);
+        // Room for two: warming reads the first two and keeps them, then the third (read,
+        // not kept) stops it.
+        let mut cache = ManifestCache::with_budget(cat.clone(), 25_000);
+        cache.warm(None);
+        assert_eq!(cache.read, 3);
+        assert!(cache.kept(&listed[0].1).is_some());
+        assert!(cache.kept(&listed[1].1).is_some());
+        assert!(cache.kept(&listed[2].1).is_none());
+        // Kept ones are not read again, by key or by name; the other is, each time.
+        for (key, name) in &listed[..2] {
+            assert!(matches!(
+                cache.listed(key, name).unwrap(),
+                std::borrow::Cow::Borrowed(_)
+            ));
+            assert!(cache.get(name).unwrap().is_some());
+        }
+        assert_eq!(cache.read, 3);
+        let (key, name) = &listed[2];
+        let m = cache.listed(key, name).unwrap();
+        assert!(matches!(m, std::borrow::Cow::Owned(_)));
+        assert_eq!(m.objects[0].first_offset, 2);
+        assert_eq!(
+            m.objects[0].timestamps.as_deref().map(str::len),
+            Some(10_000)
+        );
+        assert_eq!(cache.read, 4);
+        // A copy of an entry without its times is the entry less them.
+        let e = &cache.kept(&listed[0].1).unwrap().objects[0];
+        let bare = e.without_times();
+        assert_eq!(bare.timestamps, None);
+        assert_eq!(
+            ObjectEntry {
+                timestamps: e.timestamps.clone(),
+                ..bare
+            },
+            *e
+        );
+        // Unbudgeted (status, copy): all kept.
+        let mut all = ManifestCache::new(cat.clone());
+        all.warm(None);
+        assert!(listed.iter().all(|(_, n)| all.kept(n).is_some()));
     }
 
     #[test]

@@ -527,6 +527,22 @@ pub struct ObjectEntry {
     pub timestamps: Option<String>,
 }
 
+impl ObjectEntry {
+    /// A copy without its record timestamps (the large part of an entry).
+    pub fn without_times(&self) -> ObjectEntry {
+        ObjectEntry {
+            key: self.key.clone(),
+            topic: self.topic.clone(),
+            sha256: self.sha256.clone(),
+            gaps: self.gaps.clone(),
+            holes: self.holes.clone(),
+            schema_ids: self.schema_ids.clone(),
+            timestamps: None,
+            ..*self
+        }
+    }
+}
+
 /// Each record's Kafka timestamp (ms) of one object, as a manifest keeps it: `z1:` then the
 /// base64 of a zstd frame of one zigzag varint per record, the difference from the record
 /// before (the first from 0); -1 stands for a record without a timestamp. Messages of a

@@ -18,15 +18,16 @@ use crate::warehouse::Warehouse;
 use anyhow::Result;
 
 /// Takes a warehouse lock: at once if free, else waits (saying so) or fails busy (exit 3).
+/// True when it had to wait.
 pub fn take_lock(
     wh: &mut dyn Warehouse,
     name: &str,
     wait: bool,
     busy: impl FnOnce() -> String,
     out: &Output,
-) -> Result<()> {
+) -> Result<bool> {
     if wh.try_lock(name)? {
-        return Ok(());
+        return Ok(false);
     }
     if !wait {
         return Err(Error::Busy(busy()).into());
@@ -35,7 +36,8 @@ pub fn take_lock(
         "waiting for another {name} run to finish (lock on {})",
         wh.names().raw
     ));
-    wh.lock_wait(name)
+    wh.lock_wait(name)?;
+    Ok(true)
 }
 
 /// The topics a run over many takes: the listed ones, or those of the cluster (and, given,

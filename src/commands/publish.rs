@@ -28,6 +28,11 @@ use std::time::Instant;
 /// Parquet bytes per uncompressed archive byte assumed until the lake has a file to go by.
 const FIRST_RATIO: f64 = 0.3;
 
+/// About how many bytes of parsed manifests (mostly their record timestamps, about 0.6 bytes
+/// a record) a run keeps to read each once; beyond it, a manifest is read again when a file's
+/// record times are (a backlog of many runs).
+const MANIFESTS_KEPT: usize = 16 << 20;
+
 /// One file of the plan (a dry run prints them).
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedFile {
@@ -67,6 +72,7 @@ pub struct PublishSummary {
     pub spectrum_partitions: Vec<String>,
     /// `_SUCCESS` markers of sealed hours written again (`--repair`, or a lost head).
     pub markers_restored: Vec<String>,
+    /// Manifest keys read for the plan and the files' record times.
     pub manifests_read: usize,
     pub dry_run: bool,
     pub plan: Vec<PlannedFile>,
@@ -103,23 +109,48 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
         lake.check()
             .with_context(|| format!("the lake {}", s.lake.url))?;
     }
-    let mut wh = warehouse::connect(&s.warehouse, &s.archive)?;
+    // Kafka's positions are read on a thread of their own while the warehouse is connected
+    // to and locked. The snapshot's time is taken before them: a partition caught up is
+    // complete through it, so it must not be later than its end offset's reading.
+    let mut kafka = crate::progress::start(s)?;
+    // Meanwhile, the manifests the lake's cursor has not passed are read too (a guess: the
+    // plan reads those it lists after the lock); the snapshot, the plan and the files' record
+    // times find them kept (each read once), up to a bound.
+    let (wh, manifests) = std::thread::scope(|scope| {
+        let warm = scope.spawn(|| {
+            let mut m =
+                ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT);
+            let head = LakeHead::read(lake.as_ref(), topic).ok().flatten();
+            m.warm(head.and_then(|h| h.cursor).as_deref());
+            m
+        });
+        let wh = warehouse::connect(&s.warehouse, &s.archive);
+        let manifests = warm.join().unwrap_or_else(|_| {
+            ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT)
+        });
+        (wh, manifests)
+    });
+    let mut manifests = manifests;
+    let warm_reads = manifests.read;
+    let mut wh = wh?;
     if !a.dry_run {
-        super::take_lock(
+        let waited = super::take_lock(
             wh.as_mut(),
             "publish",
             !a.no_wait,
             || "another publish holds the lock on this raw table's topic".into(),
             out,
         )?;
+        if waited {
+            // Another publish ran meanwhile: read the positions after it.
+            kafka = crate::progress::start(s)?;
+        }
     }
-    // Before Kafka's positions are read (the snapshot reads them on a thread of their own
-    // while it reads the catalog): a partition caught up is complete through this time, so
-    // it must not be later than its end offset's reading.
-    let now = Utc::now();
-    let snap = crate::progress::snapshot(s, archive.as_ref(), wh.as_mut(), s.status.lateness, now)
-        .context("reading how complete the topic is (status's complete-through)")?;
+    let snap =
+        crate::progress::snapshot_from(s, &mut manifests, wh.as_mut(), s.status.lateness, kafka)
+            .context("reading how complete the topic is (status's complete-through)")?;
     let complete_through = crate::progress::complete_through(&snap.partitions);
+    let codec = super::codec_for(archive.as_ref(), &s.layout)?;
     let mut p = Publisher {
         s,
         topic,
@@ -127,7 +158,8 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
         lake: lake.as_ref(),
         wh: wh.as_mut(),
         out,
-        codec: super::codec_for(archive.as_ref(), &s.layout)?,
+        codec: &codec,
+        manifests,
         max_errors: a.max_errors.or(s.max_errors),
         registered: BTreeSet::new(),
         repair: a.repair,
@@ -136,6 +168,7 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
             lake: s.lake.url.clone(),
             complete_through,
             dry_run: a.dry_run,
+            manifests_read: warm_reads,
             ..Default::default()
         },
     };
@@ -212,7 +245,9 @@ struct Publisher<'a> {
     lake: &'a dyn ObjectStore,
     wh: &'a mut dyn Warehouse,
     out: &'a Output,
-    codec: Codec,
+    codec: &'a Codec,
+    /// Manifests read (by the snapshot, the plan), kept up to [`MANIFESTS_KEPT`].
+    manifests: ManifestCache<'a>,
     max_errors: Option<u64>,
     sum: PublishSummary,
     /// Hours this run added (or found) as Spectrum partitions.
@@ -221,7 +256,7 @@ struct Publisher<'a> {
     repair: bool,
 }
 
-impl Publisher<'_> {
+impl<'a> Publisher<'a> {
     fn run(&mut self, open: bool, dry_run: bool) -> Result<()> {
         let mut head = match LakeHead::read(self.lake, self.topic)? {
             Some(h) if !self.repair => h,
@@ -247,8 +282,10 @@ impl Publisher<'_> {
             self.resume(&mut head)?;
         }
         // What the archive holds since the cursor, less what the lake holds.
-        let cat = Catalog::new(self.archive, self.topic);
-        let manifests = cat.recent_manifests(head.cursor.as_deref())?;
+        let manifests = self
+            .manifests
+            .catalog()
+            .recent_manifests(head.cursor.as_deref())?;
         let mut cands: Vec<Candidate> = Vec::new();
         let mut keys_of: Vec<ManifestObjects> = Vec::new();
         let mut seen = HashSet::new();
@@ -256,13 +293,14 @@ impl Publisher<'_> {
         // handed back mid-run, an adopted object) is published once.
         let mut claimed: BTreeMap<String, Vec<OffsetSpan>> = BTreeMap::new();
         for (key, name) in &manifests {
-            let man = cat.read_manifest(key)?;
-            self.sum.manifests_read += 1;
+            let read = self.manifests.read;
+            let man = self.manifests.listed(key, name)?;
             let mut mine = Vec::new();
-            for mut o in man.objects {
-                // Record timestamps (about a byte a record) are read again when the object's
-                // file is written: a backlog's plan holds none of them.
-                o.timestamps = None;
+            for o in &man.objects {
+                // Record timestamps (about a byte a record) are kept in the cache up to its
+                // bound, else read again when the object's file is written: the plan holds
+                // none of them.
+                let o = o.without_times();
                 mine.push((o.key.clone(), man.epoch, o.partition));
                 if !seen.insert(o.key.clone()) {
                     continue;
@@ -299,6 +337,7 @@ impl Publisher<'_> {
                 });
             }
             keys_of.push((name.clone(), mine));
+            self.sum.manifests_read += self.manifests.read - read;
         }
         // Objects without records publish nothing: their offsets are accounted for.
         let mut empty = Vec::new();
@@ -354,17 +393,15 @@ impl Publisher<'_> {
             .map(count_records)
             .sum();
         let pb = self.out.progress(total, "publish", false);
-        for intent in &intents {
-            lc::put_record(
-                self.lake,
-                &lc::intent_key(self.topic, &intent.name),
-                intent,
-                |a, b| a == b,
-            )?;
-            crate::failpoint::crash("publish-crash-after-intent");
-            let rec = self.write_file(intent, &pb)?;
-            self.commit(&mut head, intent, rec)?;
-        }
+        // A closed hour is sealed once its last file is committed (an hour's files are planned
+        // one after another), while the next hour's first file is written.
+        let seal_now = |i: usize, head: &LakeHead| -> Option<String> {
+            let hour = &intents[i].hour;
+            let last = intents.get(i + 1).is_none_or(|n| &n.hour != hour);
+            (last && closed(hour) && !waiting.contains(hour) && head.unsealed.contains(hour))
+                .then(|| hour.clone())
+        };
+        self.write_files(&mut head, &intents, &pb, &seal_now)?;
         pb.finish_and_clear();
         let mut hours_open: BTreeSet<String> = BTreeSet::new();
         for i in intents.iter().filter(|i| i.open) {
@@ -408,6 +445,80 @@ impl Publisher<'_> {
             head.cursor = next;
         }
         head.store(self.lake, self.topic)?;
+        Ok(())
+    }
+
+    /// Writes the intents' files in order: each one's intent is stored before the file is,
+    /// and the file committed after. File i+1's objects are read and encoded (on a thread of
+    /// the run's) while file i's last row group is encoded, its footer written, and it is
+    /// stored and committed (here), and only then is intent i+1 stored: one intent at most is
+    /// outstanding, as when files were written one after the other. Whatever stops the run,
+    /// a file not committed keeps its intent (or has none yet), which the next run finishes.
+    /// `seal_now` names the hour to seal after file i's commit, if any.
+    fn write_files(
+        &mut self,
+        head: &mut LakeHead,
+        intents: &[Intent],
+        pb: &indicatif::ProgressBar,
+        seal_now: &dyn Fn(usize, &LakeHead) -> Option<String>,
+    ) -> Result<()> {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let stop = &stop;
+        std::thread::scope(|scope| -> Result<()> {
+            // The file streamed last, not stored yet.
+            let mut pending: Option<(usize, Streamed)> = None;
+            for (i, intent) in intents.iter().enumerate() {
+                let rd = self.reading();
+                let known = kept_times(&self.manifests, intent);
+                let streaming = std::thread::Builder::new()
+                    .name("publish-file".into())
+                    .spawn_scoped(scope, move || stream_file(rd, intent, known, pb, stop))
+                    .context("starting a thread to write a Parquet file")?;
+                let before = match pending.take() {
+                    Some((j, f)) => self.finish_file(head, &intents[j], f, j, seal_now),
+                    None => Ok(()),
+                };
+                let planned = before.and_then(|()| {
+                    lc::put_record(
+                        self.lake,
+                        &lc::intent_key(self.topic, &intent.name),
+                        intent,
+                        |a, b| a == b,
+                    )
+                });
+                if let Err(e) = planned {
+                    // Its file is not stored: its reading stops at its next object.
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = streaming.join();
+                    return Err(e);
+                }
+                crate::failpoint::crash("publish-crash-after-intent");
+                let streamed = streaming
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("writing {} panicked", intent.name)))?;
+                pending = Some((i, streamed));
+            }
+            if let Some((j, f)) = pending.take() {
+                self.finish_file(head, &intents[j], f, j, seal_now)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stores and commits a streamed file, then seals its hour if `seal_now` says so.
+    fn finish_file(
+        &mut self,
+        head: &mut LakeHead,
+        intent: &Intent,
+        f: Streamed,
+        i: usize,
+        seal_now: &dyn Fn(usize, &LakeHead) -> Option<String>,
+    ) -> Result<()> {
+        let rec = self.store_file(intent, f)?;
+        self.commit(head, intent, rec)?;
+        if let Some(hour) = seal_now(i, head) {
+            self.seal(head, &hour)?;
+        }
         Ok(())
     }
 
@@ -501,62 +612,49 @@ impl Publisher<'_> {
         Ok(intents)
     }
 
+    /// What streaming a file reads (references only: a thread of the run's may hold them
+    /// while this side commits the file before).
+    fn reading(&self) -> Reading<'a> {
+        Reading {
+            s: self.s,
+            topic: self.topic,
+            archive: self.archive,
+            lake: self.lake,
+            codec: self.codec,
+            max_errors: self.max_errors,
+        }
+    }
+
     /// Writes one intent's file (rows from its objects' planned offsets) and stores it, with
     /// its rejects; returns its commit record (not written yet).
     fn write_file(&mut self, intent: &Intent, pb: &indicatif::ProgressBar) -> Result<FileRecord> {
-        let plan_sha = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(serde_json::to_vec(intent)?))
-        };
-        let opts = ParquetOptions {
-            compression: self.s.lake.compression,
-            row_group_rows: self.s.lake.row_group_rows as usize,
-            row_group_bytes: self.s.lake.row_group_bytes as usize,
-            metadata: vec![
-                ("batchlayer.topic".into(), self.topic.to_string()),
-                ("batchlayer.intent".into(), plan_sha),
-            ],
-            ..ParquetOptions::default()
-        };
-        let tmp =
-            tempfile::NamedTempFile::new().context("creating a temp file for a Parquet file")?;
-        let file = tmp.reopen()?;
-        // A file the lake keeps as it is goes to disk object by object, behind the writing.
-        let mut syncer = if self.lake.keeps_file(tmp.path()) {
-            Some(EarlySync::start(tmp.reopen()?))
-        } else {
-            None
-        };
-        let mut sink = ParquetSink::new(
-            std::io::BufWriter::with_capacity(1 << 20, file),
-            &self.s.layout,
-            &opts,
-        )?;
-        let (times, read) = record_times(self.archive, self.topic, intent)?;
-        self.sum.manifests_read += read;
-        let mut rejects: Vec<u8> = Vec::new();
-        let mut rejected = 0u64;
-        let mut archive_bytes = 0;
-        read_objects(
-            self.archive,
-            &intent.objects,
-            &times,
-            &self.codec,
-            self.max_errors,
-            &mut sink,
-            &mut rejects,
+        let streamed = stream_file(
+            self.reading(),
+            intent,
+            kept_times(&self.manifests, intent),
             pb,
-            |o, r| {
-                rejected += r;
-                archive_bytes += o.bytes;
-                if let Some(s) = &syncer {
-                    s.kick();
-                }
-            },
+            &std::sync::atomic::AtomicBool::new(false),
         )?;
+        self.store_file(intent, streamed)
+    }
+
+    /// Finishes a streamed file (its last row group, its footer, its sync) and stores it,
+    /// with its rejects; returns its commit record (not written yet).
+    fn store_file(&mut self, intent: &Intent, f: Streamed) -> Result<FileRecord> {
+        let Streamed {
+            sink,
+            syncer,
+            tmp,
+            plan_sha,
+            rejects,
+            rejected,
+            archive_bytes,
+            manifests_read,
+        } = f;
+        self.sum.manifests_read += manifests_read;
         self.sum.archive_bytes += archive_bytes;
         let mut stats = sink.finish().context("finishing the Parquet file")?;
-        if let Some(s) = syncer.take() {
+        if let Some(s) = syncer {
             s.finish()
                 .with_context(|| format!("syncing {}", tmp.path().display()))?;
         }
@@ -578,7 +676,7 @@ impl Publisher<'_> {
                 // An earlier attempt of this very plan stored it (its footer names the plan, and
                 // it holds the rows; the writer's settings may have changed since): that file
                 // is the one committed. Anything else under the key stops the run.
-                stats = stored_file(self.lake, &key, &opts.metadata[1].1, stats.rows)?;
+                stats = stored_file(self.lake, &key, &plan_sha, stats.rows)?;
             }
         }
         crate::failpoint::crash("publish-crash-after-upload");
@@ -712,6 +810,101 @@ impl Publisher<'_> {
         self.sum.hours_sealed.push(hour.to_string());
         Ok(())
     }
+}
+
+/// What streaming a file reads; see [`Publisher::reading`].
+#[derive(Clone, Copy)]
+struct Reading<'a> {
+    s: &'a Settings,
+    topic: &'a str,
+    archive: &'a dyn ObjectStore,
+    lake: &'a dyn ObjectStore,
+    codec: &'a Codec,
+    max_errors: Option<u64>,
+}
+
+/// A file whose every row is handed to its writer, the last row group still being encoded:
+/// what finishing and storing it takes ([`Publisher::store_file`]).
+struct Streamed {
+    sink: ParquetSink<std::io::BufWriter<std::fs::File>>,
+    syncer: Option<EarlySync>,
+    tmp: tempfile::NamedTempFile,
+    /// The sha256 of the intent, in the file's footer.
+    plan_sha: String,
+    rejects: Vec<u8>,
+    rejected: u64,
+    archive_bytes: u64,
+    manifests_read: usize,
+}
+
+/// Streams an intent's objects into a new Parquet file (a temp file), up to its last rows;
+/// stops before its next object once `stop` is set.
+fn stream_file(
+    rd: Reading<'_>,
+    intent: &Intent,
+    known: BTreeMap<String, Option<String>>,
+    pb: &indicatif::ProgressBar,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Streamed> {
+    let plan_sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(intent)?))
+    };
+    let opts = ParquetOptions {
+        compression: rd.s.lake.compression,
+        row_group_rows: rd.s.lake.row_group_rows as usize,
+        row_group_bytes: rd.s.lake.row_group_bytes as usize,
+        metadata: vec![
+            ("batchlayer.topic".into(), rd.topic.to_string()),
+            ("batchlayer.intent".into(), plan_sha.clone()),
+        ],
+        ..ParquetOptions::default()
+    };
+    let tmp = tempfile::NamedTempFile::new().context("creating a temp file for a Parquet file")?;
+    let file = tmp.reopen()?;
+    // A file the lake keeps as it is goes to disk object by object, behind the writing.
+    let syncer = if rd.lake.keeps_file(tmp.path()) {
+        Some(EarlySync::start(tmp.reopen()?))
+    } else {
+        None
+    };
+    let mut sink = ParquetSink::new(
+        std::io::BufWriter::with_capacity(1 << 20, file),
+        &rd.s.layout,
+        &opts,
+    )?;
+    let (times, manifests_read) = record_times(rd.archive, rd.topic, intent, known)?;
+    let mut rejects: Vec<u8> = Vec::new();
+    let mut rejected = 0u64;
+    let mut archive_bytes = 0;
+    read_objects(
+        rd.archive,
+        &intent.objects,
+        &times,
+        rd.codec,
+        rd.max_errors,
+        &mut sink,
+        &mut rejects,
+        pb,
+        stop,
+        |o, r| {
+            rejected += r;
+            archive_bytes += o.bytes;
+            if let Some(s) = &syncer {
+                s.kick();
+            }
+        },
+    )?;
+    Ok(Streamed {
+        sink,
+        syncer,
+        tmp,
+        plan_sha,
+        rejects,
+        rejected,
+        archive_bytes,
+        manifests_read,
+    })
 }
 
 /// Writes a file's bytes to disk on a thread of its own whenever kicked (kicks while it is
@@ -865,17 +1058,34 @@ fn decoders() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
-/// The record timestamps of an intent's objects (None: the manifest has none), read from
-/// their manifests, each manifest once; an intent written by an older version carries them
-/// itself. Only the file's own are kept, while it is written: a manifest kept for the next
-/// file would hold an ingest run's timestamps (about 0.6 bytes a record it archived) through
-/// this file's writing, where the peak memory is. Also returns the manifest keys tried.
+/// The record timestamps of an intent's objects that manifests kept in `cache` give (None:
+/// the manifest has none), copied out for a thread that writes the file.
+fn kept_times(cache: &ManifestCache<'_>, intent: &Intent) -> BTreeMap<String, Option<String>> {
+    let mut times = BTreeMap::new();
+    for o in intent.objects.iter().filter(|o| o.timestamps.is_none()) {
+        let entry = cache
+            .kept(&o.manifest)
+            .and_then(|m| m.objects.iter().find(|e| e.key == o.key));
+        if let Some(e) = entry {
+            times.insert(o.key.clone(), e.timestamps.clone());
+        }
+    }
+    times
+}
+
+/// The record timestamps of an intent's objects (None: the manifest has none): those in
+/// `known` (see [`kept_times`]), the others read from their manifests, each manifest once; an
+/// intent written by an older version carries them itself. Only the file's own are kept,
+/// while it is written: a manifest kept for the next file would hold an ingest run's
+/// timestamps (about 0.6 bytes a record it archived) through this file's writing, where the
+/// peak memory is. Also returns the manifest keys tried.
 fn record_times(
     archive: &dyn ObjectStore,
     topic: &str,
     intent: &Intent,
+    known: BTreeMap<String, Option<String>>,
 ) -> Result<(BTreeMap<String, Option<String>>, usize)> {
-    let mut times = BTreeMap::new();
+    let mut times = known;
     let mut read = 0;
     let mut by_manifest: BTreeMap<&str, Vec<&PlannedObject>> = BTreeMap::new();
     for o in &intent.objects {
@@ -883,6 +1093,7 @@ fn record_times(
             Some(t) => {
                 times.insert(o.key.clone(), Some(t.clone()));
             }
+            None if times.contains_key(&o.key) => {}
             None => by_manifest.entry(o.manifest.as_str()).or_default().push(o),
         }
     }
@@ -922,6 +1133,7 @@ fn read_objects<W: std::io::Write + Send + 'static>(
     sink: &mut ParquetSink<W>,
     rejects: &mut Vec<u8>,
     pb: &indicatif::ProgressBar,
+    stop: &std::sync::atomic::AtomicBool,
     mut done: impl FnMut(&PlannedObject, u64),
 ) -> Result<()> {
     let proto = sink.chunk();
@@ -930,6 +1142,12 @@ fn read_objects<W: std::io::Write + Send + 'static>(
         // The reader of the object after the current one, once started.
         let mut ahead: Option<Result<ObjectReader<'_>>> = None;
         for (i, o) in objects.iter().enumerate() {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(Ok(next)) = ahead.take() {
+                    next.abandon();
+                }
+                bail!("stopped before object {}: the run failed", o.key);
+            }
             let reader = match ahead.take() {
                 Some(r) => r,
                 None => ObjectReader::start(scope, store, o, times_of(o), codec, &proto),
@@ -1514,6 +1732,7 @@ mod tests {
                 planned("a/without", &name, None),
                 planned("a/older", "gone", Some("z1:old")),
             ]),
+            BTreeMap::new(),
         )
         .unwrap();
         assert_eq!(got["a/with"], Some(times.encode()));
@@ -1529,6 +1748,7 @@ mod tests {
             &store,
             "t",
             &intent(vec![planned("a/x", "20261205T0000", None)]),
+            BTreeMap::new(),
         )
         .unwrap_err()
         .to_string();
@@ -1536,9 +1756,14 @@ mod tests {
             e.contains("manifest 20261205T0000, which lists a/x, is gone"),
             "{e}"
         );
-        let e = record_times(&store, "t", &intent(vec![planned("a/x", &name, None)]))
-            .unwrap_err()
-            .to_string();
+        let e = record_times(
+            &store,
+            "t",
+            &intent(vec![planned("a/x", &name, None)]),
+            BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains(&format!("manifest {name} no longer lists object a/x")),
             "{e}"
@@ -1572,6 +1797,7 @@ mod tests {
                 &mut sink,
                 &mut rejects,
                 &pb,
+                &std::sync::atomic::AtomicBool::new(false),
                 |o, _| seen.push(o.key.clone()),
             );
             let out = r.map_err(|e| format!("{e:#}")).map(|()| {
