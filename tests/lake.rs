@@ -897,6 +897,51 @@ fn an_hour_not_closed_waits_and_publish_open_writes_it_without_success() {
     assert_audit_clean(&w, &[]);
 }
 
+/// A publish that finds the lock held waits, reads Kafka's positions and the lake again once
+/// it has the lock (the manifests it read ahead are forgotten), and publishes what was
+/// archived meanwhile too: every hour sealed, every offset once.
+#[test]
+fn a_publish_that_waits_for_the_lock_publishes_what_was_archived_meanwhile() {
+    if !stack_up() {
+        return;
+    }
+    let judge = Judge::get();
+    let w = World::local("lakelock");
+    let first = hour_start_ms(5);
+    archive_at(&w, 3, &tweet_range(0..300, 5, 20), first + 10 * 60_000);
+    let mut holder = pg();
+    let key = format!("batchlayer:publish:{}.batch_raw", w.schema);
+    holder
+        .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+        .unwrap();
+    let (p, err) = std::thread::scope(|s| {
+        let waiting = s.spawn(|| publish_err(&w, &[]));
+        // While it waits: another hour archived and loaded, then the lock let go.
+        std::thread::sleep(Duration::from_millis(500));
+        archive_at(&w, 3, &tweet_range(300..600, 5, 20), first + 70 * 60_000);
+        assert!(
+            !waiting.is_finished(),
+            "publish waits while the lock is held"
+        );
+        holder
+            .execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])
+            .unwrap();
+        waiting.join().unwrap()
+    });
+    assert_eq!(p["rows"], 600, "{p}\n{err}");
+    assert_eq!(
+        strs(&p["hours_sealed"]),
+        vec![
+            hour_of_ms(first + 10 * 60_000),
+            hour_of_ms(first + 70 * 60_000)
+        ],
+        "{p}"
+    );
+    let (t, _) = assert_sealed_lake(&w, judge.as_ref(), false);
+    assert_eq!(t.records, 600);
+    assert_audit_clean(&w, &[]);
+}
+
 #[test]
 fn records_within_the_lateness_are_sealed_in_their_hour_and_later_ones_are_late_files() {
     if !stack_up() {

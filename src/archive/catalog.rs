@@ -730,7 +730,8 @@ impl<'a> ManifestCache<'a> {
     }
 
     /// A cache that keeps the manifests [`ManifestCache::listed`] reads only up to about
-    /// `budget` bytes in all (those [`ManifestCache::get`] reads are always kept).
+    /// `budget` bytes in all (those [`ManifestCache::get`] reads are kept until
+    /// [`ManifestCache::trim`]).
     pub fn with_budget(catalog: Catalog<'a>, budget: usize) -> Self {
         ManifestCache {
             catalog,
@@ -762,15 +763,41 @@ impl<'a> ManifestCache<'a> {
     }
 
     /// Reads the manifests [`Catalog::recent_manifests`] lists from `cursor`, in order, while
-    /// the budget keeps them: a guess at what a run is about to read, made while it waits for
-    /// something else, so a failed read is left to the read that needs it.
-    pub fn warm(&mut self, cursor: Option<&str>) {
+    /// the budget keeps them and `stop` is not set: a guess at what a run is about to read,
+    /// made while it waits for something else, so a failed read is left to the read that
+    /// needs it.
+    pub fn warm(&mut self, cursor: Option<&str>, stop: &std::sync::atomic::AtomicBool) {
         let Ok(listed) = self.catalog.recent_manifests(cursor) else {
             return;
         };
         for (key, name) in listed {
-            if !matches!(self.listed(&key, &name), Ok(std::borrow::Cow::Borrowed(_))) {
+            if stop.load(std::sync::atomic::Ordering::Relaxed)
+                || !matches!(self.listed(&key, &name), Ok(std::borrow::Cow::Borrowed(_)))
+            {
                 break;
+            }
+        }
+    }
+
+    /// Drops kept manifests, the newest names first, until what is kept fits the budget
+    /// again (those [`ManifestCache::get`] read are kept whatever their size until then).
+    pub fn trim(&mut self) {
+        if self.held <= self.budget {
+            return;
+        }
+        let mut names: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, m)| m.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        while self.held > self.budget {
+            let Some(name) = names.pop() else {
+                break;
+            };
+            if let Some(Some(m)) = self.by_name.remove(&name) {
+                self.held = self.held.saturating_sub(manifest_size(&m));
             }
         }
     }
@@ -1127,8 +1154,9 @@ mod tests {
         assert_eq!(listed.len(), 3);
         // Room for two: warming reads the first two and keeps them, then the third (read,
         // not kept) stops it.
+        let go = std::sync::atomic::AtomicBool::new(false);
         let mut cache = ManifestCache::with_budget(cat.clone(), 25_000);
-        cache.warm(None);
+        cache.warm(None, &go);
         assert_eq!(cache.read, 3);
         assert!(cache.kept(&listed[0].1).is_some());
         assert!(cache.kept(&listed[1].1).is_some());
@@ -1162,9 +1190,22 @@ mod tests {
             },
             *e
         );
+        // Read by name (the snapshot's), the third is kept over the budget until trimmed:
+        // then the newest go first until the rest fits.
+        assert!(cache.get(name).unwrap().is_some());
+        assert!(cache.kept(name).is_some());
+        cache.trim();
+        assert!(cache.kept(&listed[0].1).is_some());
+        assert!(cache.kept(&listed[1].1).is_some());
+        assert!(cache.kept(name).is_none());
+        // Warming stops when told to.
+        let stopped = std::sync::atomic::AtomicBool::new(true);
+        let mut none = ManifestCache::with_budget(cat.clone(), 25_000);
+        none.warm(None, &stopped);
+        assert_eq!(none.read, 0);
         // Unbudgeted (status, copy): all kept.
         let mut all = ManifestCache::new(cat.clone());
-        all.warm(None);
+        all.warm(None, &go);
         assert!(listed.iter().all(|(_, n)| all.kept(n).is_some()));
     }
 

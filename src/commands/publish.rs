@@ -72,7 +72,8 @@ pub struct PublishSummary {
     pub spectrum_partitions: Vec<String>,
     /// `_SUCCESS` markers of sealed hours written again (`--repair`, or a lost head).
     pub markers_restored: Vec<String>,
-    /// Manifest keys read for the plan and the files' record times.
+    /// Manifest keys read beyond the snapshot's: for the plan and the files' record times, and
+    /// those read ahead while the warehouse was connected to.
     pub manifests_read: usize,
     pub dry_run: bool,
     pub plan: Vec<PlannedFile>,
@@ -116,21 +117,26 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
     // Meanwhile, the manifests the lake's cursor has not passed are read too (a guess: the
     // plan reads those it lists after the lock); the snapshot, the plan and the files' record
     // times find them kept (each read once), up to a bound.
+    let fresh_cache =
+        || ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT);
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let (wh, manifests) = std::thread::scope(|scope| {
         let warm = scope.spawn(|| {
-            let mut m =
-                ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT);
+            let mut m = fresh_cache();
             let head = LakeHead::read(lake.as_ref(), topic).ok().flatten();
-            m.warm(head.and_then(|h| h.cursor).as_deref());
+            m.warm(head.and_then(|h| h.cursor).as_deref(), &failed);
             m
         });
         let wh = warehouse::connect(&s.warehouse, &s.archive);
-        let manifests = warm.join().unwrap_or_else(|_| {
-            ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT)
-        });
+        if wh.is_err() {
+            // The error is told at once: the warming stops at its next manifest.
+            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let manifests = warm.join().unwrap_or_else(|_| fresh_cache());
         (wh, manifests)
     });
     let mut manifests = manifests;
+    // Read ahead, whether the plan uses them or not.
     let warm_reads = manifests.read;
     let mut wh = wh?;
     if !a.dry_run {
@@ -142,13 +148,18 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
             out,
         )?;
         if waited {
-            // Another publish ran meanwhile: read the positions after it.
+            // Another publish ran meanwhile: read the positions after it, and forget the
+            // manifests read ahead (its run has moved the lake's cursor past some of them).
             kafka = crate::progress::start(s)?;
+            manifests = fresh_cache();
         }
     }
     let snap =
         crate::progress::snapshot_from(s, &mut manifests, wh.as_mut(), s.status.lateness, kafka)
             .context("reading how complete the topic is (status's complete-through)")?;
+    // The snapshot's own reads (a manifest per partition) are kept over the bound; from here
+    // on, while files are written, it holds.
+    manifests.trim();
     let complete_through = crate::progress::complete_through(&snap.partitions);
     let codec = super::codec_for(archive.as_ref(), &s.layout)?;
     let mut p = Publisher {
