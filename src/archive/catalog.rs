@@ -712,6 +712,8 @@ pub struct ManifestCache<'a> {
     held: usize,
     /// Manifests read by [`ManifestCache::listed`] are kept only while `held` stays under this.
     budget: usize,
+    /// Objects whose record timestamps were taken ([`ManifestCache::take_times`]).
+    taken: std::collections::HashSet<String>,
 }
 
 /// About the memory a parsed manifest takes: its record timestamps, and a few hundred bytes
@@ -739,6 +741,7 @@ impl<'a> ManifestCache<'a> {
             read: 0,
             held: 0,
             budget,
+            taken: std::collections::HashSet::new(),
         }
     }
 
@@ -798,6 +801,46 @@ impl<'a> ManifestCache<'a> {
             };
             if let Some(Some(m)) = self.by_name.remove(&name) {
                 self.held = self.held.saturating_sub(manifest_size(&m));
+            }
+        }
+    }
+
+    /// Takes the record timestamps of object `key` out of the kept manifest `name`: `Some`
+    /// (holding None when the manifest has none) the first time, None when the manifest is
+    /// not kept, does not list it, or its times were taken before.
+    pub fn take_times(&mut self, name: &str, key: &str) -> Option<Option<String>> {
+        let entry = self
+            .by_name
+            .get_mut(name)?
+            .as_mut()?
+            .objects
+            .iter_mut()
+            .find(|e| e.key == key)?;
+        if !self.taken.insert(key.to_string()) {
+            return None;
+        }
+        let times = entry.timestamps.take();
+        self.held = self
+            .held
+            .saturating_sub(times.as_ref().map_or(0, String::len));
+        Some(times)
+    }
+
+    /// Drops the record timestamps of every kept object `keep` does not name (those no file
+    /// of the run will take).
+    pub fn drop_times_except(&mut self, keep: &std::collections::HashSet<&str>) {
+        for m in self.by_name.values_mut().flatten() {
+            for e in m
+                .objects
+                .iter_mut()
+                .filter(|e| !keep.contains(e.key.as_str()))
+            {
+                // Not to be taken as "the manifest has none": a file that wants them after
+                // all reads them from the manifest.
+                self.taken.insert(e.key.clone());
+                if let Some(t) = e.timestamps.take() {
+                    self.held = self.held.saturating_sub(t.len());
+                }
             }
         }
     }
@@ -1198,6 +1241,28 @@ mod tests {
         assert!(cache.kept(&listed[0].1).is_some());
         assert!(cache.kept(&listed[1].1).is_some());
         assert!(cache.kept(name).is_none());
+        // A file takes an object's times once; then the cache holds them no longer.
+        let key0 = format!("t/t+0+{:020}+{:020}.log", 0, 0);
+        let held = cache.held;
+        assert_eq!(
+            cache
+                .take_times(&listed[0].1, &key0)
+                .map(|t| t.map(|s| s.len())),
+            Some(Some(10_000))
+        );
+        assert_eq!(cache.held, held - 10_000);
+        assert_eq!(cache.take_times(&listed[0].1, &key0), None, "taken already");
+        assert_eq!(cache.take_times(&listed[0].1, "t/other.log"), None);
+        assert_eq!(cache.take_times(name, "t/whatever.log"), None, "not kept");
+        // Times no file takes are dropped, the named ones kept.
+        let key1 = format!("t/t+0+{:020}+{:020}.log", 1, 1);
+        cache.drop_times_except(&std::collections::HashSet::new());
+        assert_eq!(cache.held, held - 20_000);
+        assert_eq!(
+            cache.take_times(&listed[1].1, &key1),
+            None,
+            "dropped: to be read from the manifest, not taken as none"
+        );
         // Warming stops when told to.
         let stopped = std::sync::atomic::AtomicBool::new(true);
         let mut none = ManifestCache::with_budget(cat.clone(), 25_000);

@@ -382,6 +382,14 @@ impl<'a> Publisher<'a> {
         }
         self.sum.hours_waiting = waiting.iter().cloned().collect();
         let intents = self.plan(&head, by_hour, &closed)?;
+        // The kept manifests hold record times of the planned objects only, each until its
+        // file takes them.
+        let planned: HashSet<&str> = intents
+            .iter()
+            .flat_map(|i| &i.objects)
+            .map(|o| o.key.as_str())
+            .collect();
+        self.manifests.drop_times_except(&planned);
         for i in &intents {
             self.sum.plan.push(PlannedFile {
                 hour: i.hour.clone(),
@@ -480,7 +488,7 @@ impl<'a> Publisher<'a> {
             let mut pending: Option<(usize, Streamed)> = None;
             for (i, intent) in intents.iter().enumerate() {
                 let rd = self.reading();
-                let known = kept_times(&self.manifests, intent);
+                let known = take_times(&mut self.manifests, intent);
                 let streaming = std::thread::Builder::new()
                     .name("publish-file".into())
                     .spawn_scoped(scope, move || stream_file(rd, intent, known, pb, stop))
@@ -642,7 +650,7 @@ impl<'a> Publisher<'a> {
         let streamed = stream_file(
             self.reading(),
             intent,
-            kept_times(&self.manifests, intent),
+            take_times(&mut self.manifests, intent),
             pb,
             &std::sync::atomic::AtomicBool::new(false),
         )?;
@@ -1070,22 +1078,20 @@ fn decoders() -> usize {
 }
 
 /// The record timestamps of an intent's objects that manifests kept in `cache` give (None:
-/// the manifest has none), copied out for a thread that writes the file.
-fn kept_times(cache: &ManifestCache<'_>, intent: &Intent) -> BTreeMap<String, Option<String>> {
+/// the manifest has none), taken out of it for the thread that writes the file: the cache
+/// holds them no longer.
+fn take_times(cache: &mut ManifestCache<'_>, intent: &Intent) -> BTreeMap<String, Option<String>> {
     let mut times = BTreeMap::new();
     for o in intent.objects.iter().filter(|o| o.timestamps.is_none()) {
-        let entry = cache
-            .kept(&o.manifest)
-            .and_then(|m| m.objects.iter().find(|e| e.key == o.key));
-        if let Some(e) = entry {
-            times.insert(o.key.clone(), e.timestamps.clone());
+        if let Some(t) = cache.take_times(&o.manifest, &o.key) {
+            times.insert(o.key.clone(), t);
         }
     }
     times
 }
 
 /// The record timestamps of an intent's objects (None: the manifest has none): those in
-/// `known` (see [`kept_times`]), the others read from their manifests, each manifest once; an
+/// `known` (see [`take_times`]), the others read from their manifests, each manifest once; an
 /// intent written by an older version carries them itself. Only the file's own are kept,
 /// while it is written: a manifest kept for the next file would hold an ingest run's
 /// timestamps (about 0.6 bytes a record it archived) through this file's writing, where the
