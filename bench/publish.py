@@ -331,7 +331,11 @@ def render(runs):
     checks = []
     for s in sizes:
         m = runs[s]["median"]
-        checks.append((f"{int(s):,}: DuckDB s / publish s", f"{m['ratio']:.2f}", ">= 1.0", m["ratio"] >= 1.0))
+        # Issue 27's speed target is at 1M; other sizes are shown beside it, not judged.
+        if int(s) == 1_000_000:
+            checks.append((f"{int(s):,}: DuckDB s / publish s", f"{m['ratio']:.2f}", ">= 1.0", m["ratio"] >= 1.0))
+        else:
+            checks.append((f"{int(s):,}: DuckDB s / publish s", f"{m['ratio']:.2f}", "(info; the target is at 1M)", None))
         checks.append((f"{int(s):,}: publish peak RSS (MiB)", f"{m['publish_rss_mib']:.1f}", f"< {RSS_TARGET_MIB}",
                        m["publish_rss_mib"] < RSS_TARGET_MIB))
     small, big = runs.get(str(1_000_000)), runs.get(str(10_000_000))
@@ -340,7 +344,7 @@ def render(runs):
         checks.append(("publish peak RSS, 10M / 1M", f"{r:.2f}", "<= 1.2 (flat)", r <= 1.2))
     lines += ["", "| target | measured | target | met |", "|---|---:|---|---|"]
     for name, v, t, ok in checks:
-        lines.append(f"| {name} | {v} | {t} | {'yes' if ok else '**no**'} |")
+        lines.append(f"| {name} | {v} | {t} | {'(info)' if ok is None else 'yes' if ok else '**no**'} |")
     lines.append("")
     for s in sizes:
         r = runs[s]
