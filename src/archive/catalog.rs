@@ -845,7 +845,8 @@ impl<'a> ManifestCache<'a> {
         }
     }
 
-    /// The manifest of this name if it is kept.
+    /// The manifest of this name if it is kept (what the tests look at).
+    #[cfg(test)]
     pub fn kept(&self, name: &str) -> Option<&Manifest> {
         self.by_name.get(name).and_then(Option::as_ref)
     }
@@ -1161,35 +1162,13 @@ mod tests {
         for i in 0..3i64 {
             let at = t0 + chrono::Duration::minutes(i);
             let run = layout::run_id(at);
-            let man = Manifest {
-                run_id: run.clone(),
-                topic: "t".into(),
-                group: "g".into(),
-                started_at: String::new(),
-                finished_at: String::new(),
-                objects: vec![ObjectEntry {
-                    key: format!("t/t+0+{i:020}+{i:020}.log"),
-                    topic: "t".into(),
-                    partition: 0,
-                    first_offset: i,
-                    last_offset: i,
-                    records: 1,
-                    bytes: 0,
-                    uncompressed_bytes: 0,
-                    sha256: String::new(),
-                    compression: crate::archive::Compression::None,
-                    gaps: vec![],
-                    holes: vec![],
-                    max_timestamp_ms: None,
+            let man = Manifest::sample(
+                &run,
+                vec![ObjectEntry {
                     timestamps: Some("x".repeat(10_000)),
-                    schema_ids: Vec::new(),
+                    ..ObjectEntry::sample(&format!("t/t+0+{i:020}+{i:020}.log"), 0, i, i)
                 }],
-                rejected_key: None,
-                rejected: 0,
-                epoch: 0,
-                expired: vec![],
-                next: Default::default(),
-            };
+            );
             cat.store_manifest(&cat.key_for_manifest(&run, at), &man)
                 .unwrap();
         }
@@ -1403,22 +1382,13 @@ mod tests {
         let store = LocalStore::new(dir.path().to_path_buf());
         let cat = Catalog::new(&store, "t");
         let t0 = Utc::now() - chrono::Duration::hours(1);
-        let obj = |p: i32, first: i64, last: i64| ObjectEntry {
-            key: format!("t/t+{p}+{first:020}+{last:020}.log"),
-            topic: "t".into(),
-            partition: p,
-            first_offset: first,
-            last_offset: last,
-            records: (last - first + 1) as u64,
-            bytes: 0,
-            uncompressed_bytes: 0,
-            sha256: String::new(),
-            compression: crate::archive::Compression::None,
-            gaps: vec![],
-            holes: vec![],
-            max_timestamp_ms: None,
-            timestamps: None,
-            schema_ids: Vec::new(),
+        let obj = |p: i32, first: i64, last: i64| {
+            ObjectEntry::sample(
+                &format!("t/t+{p}+{first:020}+{last:020}.log"),
+                p,
+                first,
+                last,
+            )
         };
         let store_run = |i: i64,
                          epoch: i32,

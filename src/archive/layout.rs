@@ -527,6 +527,51 @@ pub struct ObjectEntry {
     pub timestamps: Option<String>,
 }
 
+#[cfg(test)]
+impl ObjectEntry {
+    /// A test entry of topic `t`: offsets `first..=last` of `partition`, every one a record,
+    /// nothing else set.
+    pub fn sample(key: &str, partition: i32, first: i64, last: i64) -> ObjectEntry {
+        ObjectEntry {
+            key: key.into(),
+            topic: "t".into(),
+            partition,
+            first_offset: first,
+            last_offset: last,
+            records: (last - first + 1).max(0) as u64,
+            bytes: 0,
+            uncompressed_bytes: 0,
+            sha256: String::new(),
+            compression: Compression::None,
+            gaps: vec![],
+            holes: vec![],
+            max_timestamp_ms: None,
+            timestamps: None,
+            schema_ids: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Manifest {
+    /// A test manifest of topic `t`, group `g`, epoch 0: run `run_id`'s `objects`.
+    pub fn sample(run_id: &str, objects: Vec<ObjectEntry>) -> Manifest {
+        Manifest {
+            run_id: run_id.into(),
+            topic: "t".into(),
+            group: "g".into(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            objects,
+            rejected_key: None,
+            rejected: 0,
+            epoch: 0,
+            expired: vec![],
+            next: Default::default(),
+        }
+    }
+}
+
 impl ObjectEntry {
     /// A copy without its record timestamps (the large part of an entry).
     pub fn without_times(&self) -> ObjectEntry {

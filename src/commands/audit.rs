@@ -1346,21 +1346,8 @@ mod tests {
         let mut ta = TopicArchive::default();
         for (key, ids) in [("a", vec![3, 4]), ("b", vec![4, 5, 6]), ("c", vec![])] {
             let o = ObjectEntry {
-                key: key.into(),
-                topic: "t".into(),
-                partition: 0,
-                first_offset: 0,
-                last_offset: 0,
-                records: 1,
-                bytes: 0,
-                uncompressed_bytes: 0,
-                sha256: String::new(),
-                compression: crate::archive::Compression::None,
-                gaps: vec![],
-                holes: vec![],
-                max_timestamp_ms: None,
-                timestamps: None,
                 schema_ids: ids,
+                ..ObjectEntry::sample(key, 0, 0, 0)
             };
             add_entry(&mut ta, o, 0, "m", "t", &mut r);
         }

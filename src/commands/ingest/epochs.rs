@@ -453,23 +453,10 @@ mod tests {
         let at = chrono::Utc::now();
         let run = layout::run_id(at);
         let m = Manifest {
-            run_id: run.clone(),
-            topic: "t".into(),
-            group: "g".into(),
-            started_at: String::new(),
-            finished_at: String::new(),
             objects: vec![layout::ObjectEntry {
-                key,
-                topic: "t".into(),
-                partition: 0,
-                first_offset: 0,
-                last_offset: last,
                 records: 10,
                 bytes: body.len() as u64,
                 uncompressed_bytes: body.len() as u64,
-                sha256: String::new(),
-                compression: Compression::None,
-                gaps: vec![],
                 holes: (last > 9)
                     .then_some(layout::Hole {
                         first: 10,
@@ -478,15 +465,10 @@ mod tests {
                     })
                     .into_iter()
                     .collect(),
-                max_timestamp_ms: None,
-                timestamps: None,
-                schema_ids: Vec::new(),
+                ..layout::ObjectEntry::sample(&key, 0, 0, last)
             }],
-            rejected_key: None,
-            rejected: 0,
-            epoch: 0,
-            expired: vec![],
             next: [(0, last + 1)].into_iter().collect(),
+            ..Manifest::sample(&run, vec![])
         };
         cat.store_manifest(&cat.key_for_manifest(&run, at), &m)
             .unwrap();

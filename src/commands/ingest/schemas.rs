@@ -126,21 +126,8 @@ mod tests {
 
     fn object(key: &str, ids: &[u32]) -> ObjectEntry {
         ObjectEntry {
-            key: key.into(),
-            topic: "t".into(),
-            partition: 0,
-            first_offset: 0,
-            last_offset: 0,
-            records: 1,
-            bytes: 0,
-            uncompressed_bytes: 0,
-            sha256: String::new(),
-            compression: crate::archive::Compression::None,
-            gaps: vec![],
-            holes: vec![],
-            max_timestamp_ms: None,
-            timestamps: None,
             schema_ids: ids.to_vec(),
+            ..ObjectEntry::sample(key, 0, 0, 0)
         }
     }
 
