@@ -424,13 +424,6 @@ pub struct Started {
     kafka: KafkaPrefetch,
 }
 
-impl Started {
-    /// The time the snapshot is taken at: before Kafka's end offsets were read.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.now
-    }
-}
-
 /// Starts reading Kafka's positions (see [`Started`]).
 pub fn start(s: &Settings) -> Result<Started> {
     let k = s.require_kafka()?;

@@ -120,7 +120,7 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
     let fresh_cache =
         || ManifestCache::with_budget(Catalog::new(archive.as_ref(), topic), MANIFESTS_KEPT);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let (wh, manifests) = std::thread::scope(|scope| {
+    let (wh, mut manifests) = std::thread::scope(|scope| {
         let warm = scope.spawn(|| {
             let mut m = fresh_cache();
             let head = LakeHead::read(lake.as_ref(), topic).ok().flatten();
@@ -135,7 +135,6 @@ fn exec_one(a: &PublishArgs, s: &Settings, topic: &str, out: &Output) -> Result<
         let manifests = warm.join().unwrap_or_else(|_| fresh_cache());
         (wh, manifests)
     });
-    let mut manifests = manifests;
     // Read ahead, whether the plan uses them or not.
     let warm_reads = manifests.read;
     let mut wh = wh?;
