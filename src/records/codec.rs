@@ -958,24 +958,6 @@ mod tests {
                 proptest::prop_assert_eq!(got, want, "{:?}", text);
             }
         }
-
-        /// The fast timestamp is chrono's, in microseconds, for every time it reads; it reads
-        /// every time of the years 1-9999 that chrono reads, but a leap second.
-        #[test]
-        fn fast_timestamps_are_chronos_microseconds(
-            y in 0u32..10000, mo in 0u32..14, d in 0u32..33, h in 0u32..26, mi in 0u32..62,
-            sec in 0u32..62, junk in proptest::option::of(0usize..19)) {
-            let mut t = format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{sec:02}").into_bytes();
-            if let Some(i) = junk {
-                t[i] = b'x';
-            }
-            let t = String::from_utf8(t).unwrap();
-            let chrono = chrono::NaiveDateTime::parse_from_str(&t, super::super::ISO_SECONDS)
-                .ok()
-                .filter(|_| sec < 60 && y >= 1)
-                .map(|t| t.and_utc().timestamp_micros());
-            proptest::prop_assert_eq!(iso_seconds_micros(&t), chrono, "{}", t);
-        }
     }
 
     #[test]
